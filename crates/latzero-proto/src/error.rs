@@ -1,0 +1,111 @@
+//! Error codes carried by every `error` frame. The table with meanings is in docs/PROTOCOL.md.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A machine-readable error code. Serialised as SCREAMING_SNAKE_CASE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No app in the pool registered the trigger (sent at once, never after a wait).
+    NoHandler,
+    /// The call's deadline passed before a response arrived.
+    Timeout,
+    /// The handler disconnected while the call was in flight.
+    HandlerGone,
+    /// The caller, the destination or the reply target is not a member of the pool.
+    NotInPool,
+    /// The message is not valid: bad JSON, a missing or ill-typed field.
+    InvalidMessage,
+    /// A name (app id, pool, trigger) is not valid.
+    InvalidName,
+    /// The frame is longer than the configured maximum; the connection is closed.
+    FrameTooLarge,
+    /// The `action` is not one the server knows.
+    UnknownAction,
+    /// A limit was hit (in-flight calls, a receiver's queue); retry later.
+    Overloaded,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Another live connection already uses this app id.
+    DuplicateApp,
+    /// The message needs a handshake first.
+    HandshakeRequired,
+    /// The client speaks an incompatible protocol major version.
+    UnsupportedVersion,
+    /// A response names a call this connection was not asked to answer.
+    UnknownCall,
+    /// The connection stopped reading and its outbound queue filled up; it is closed.
+    SlowConsumer,
+    /// The feature exists in the protocol but is not available in this server yet.
+    NotAvailable,
+    /// A bug in the server; the message says what failed.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling, e.g. `NO_HANDLER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoHandler => "NO_HANDLER",
+            Self::Timeout => "TIMEOUT",
+            Self::HandlerGone => "HANDLER_GONE",
+            Self::NotInPool => "NOT_IN_POOL",
+            Self::InvalidMessage => "INVALID_MESSAGE",
+            Self::InvalidName => "INVALID_NAME",
+            Self::FrameTooLarge => "FRAME_TOO_LARGE",
+            Self::UnknownAction => "UNKNOWN_ACTION",
+            Self::Overloaded => "OVERLOADED",
+            Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::DuplicateApp => "DUPLICATE_APP",
+            Self::HandshakeRequired => "HANDSHAKE_REQUIRED",
+            Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            Self::UnknownCall => "UNKNOWN_CALL",
+            Self::SlowConsumer => "SLOW_CONSUMER",
+            Self::NotAvailable => "NOT_AVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Every code, in the order of the table in docs/PROTOCOL.md.
+    pub const ALL: [ErrorCode; 17] = [
+        Self::NoHandler,
+        Self::Timeout,
+        Self::HandlerGone,
+        Self::NotInPool,
+        Self::InvalidMessage,
+        Self::InvalidName,
+        Self::FrameTooLarge,
+        Self::UnknownAction,
+        Self::Overloaded,
+        Self::ShuttingDown,
+        Self::DuplicateApp,
+        Self::HandshakeRequired,
+        Self::UnsupportedVersion,
+        Self::UnknownCall,
+        Self::SlowConsumer,
+        Self::NotAvailable,
+        Self::Internal,
+    ];
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_spelling_matches_as_str() {
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{}\"", c.as_str()));
+            let back: ErrorCode = serde_json::from_str(&format!("\"{c}\"")).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+}

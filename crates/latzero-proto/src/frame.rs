@@ -1,0 +1,264 @@
+//! Frames: a 4-byte big-endian length, then that many bytes of payload.
+//!
+//! A payload is either a JSON frame (one UTF-8 JSON object; its first byte is never 0x00) or a
+//! binary frame, which carries raw bytes without base64:
+//!
+//! ```text
+//! [u32 BE payload length][0x00][u32 BE header length][header: JSON object][body: raw bytes]
+//! ```
+//!
+//! The header is an ordinary message; the body is the data it describes (the memory-block
+//! messages use it). [`FrameCodec`] enforces the maximum payload length *before* buffering: an
+//! oversized length is an error at once, and since the stream cannot be resynchronised the
+//! connection must be closed.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Default maximum payload length: 16 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+/// The first payload byte that marks a binary frame.
+pub const BINARY_MARKER: u8 = 0x00;
+
+/// Errors while framing.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced payload length exceeds the limit.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The payload length was zero.
+    #[error("empty frame: a frame must carry a JSON object or a binary header")]
+    Empty,
+    /// A binary frame whose header length does not fit inside the payload.
+    #[error("binary frame header of {header} bytes does not fit in a {payload}-byte payload")]
+    BadBinaryHeader {
+        /// The announced header length.
+        header: usize,
+        /// The payload length.
+        payload: usize,
+    },
+    /// The underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A JSON frame: the payload bytes, one JSON object.
+    Json(Bytes),
+    /// A binary frame: a JSON header and raw bytes.
+    Binary {
+        /// The JSON header.
+        header: Bytes,
+        /// The raw body.
+        body: Bytes,
+    },
+}
+
+impl Frame {
+    /// Splits a payload into a JSON or binary frame.
+    pub fn from_payload(mut payload: Bytes) -> Result<Frame, FrameError> {
+        match payload.first() {
+            None => Err(FrameError::Empty),
+            Some(&BINARY_MARKER) => {
+                let total = payload.len();
+                if total < 5 {
+                    return Err(FrameError::BadBinaryHeader { header: 0, payload: total });
+                }
+                payload.advance(1);
+                let header_len = payload.get_u32() as usize;
+                if header_len > payload.len() {
+                    return Err(FrameError::BadBinaryHeader { header: header_len, payload: total });
+                }
+                let header = payload.split_to(header_len);
+                Ok(Frame::Binary { header, body: payload })
+            }
+            Some(_) => Ok(Frame::Json(payload)),
+        }
+    }
+
+    /// The JSON part: the whole payload of a JSON frame, the header of a binary one.
+    pub fn json(&self) -> &Bytes {
+        match self {
+            Frame::Json(b) => b,
+            Frame::Binary { header, .. } => header,
+        }
+    }
+}
+
+/// Encodes a JSON payload as a complete frame (length prefix included).
+pub fn encode_json(payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(4 + payload.len());
+    b.put_u32(payload.len() as u32);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// Serialises `msg` straight into a complete frame, without an intermediate buffer.
+pub fn encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Bytes {
+    let mut b = BytesMut::with_capacity(128);
+    b.put_u32(0);
+    // Serialising our own message types into memory cannot fail: they hold no maps with
+    // non-string keys and no failing Serialize impls.
+    serde_json::to_writer((&mut b).writer(), msg).expect("serialising a message into memory");
+    let len = (b.len() - 4) as u32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+/// Encodes a binary frame (length prefix included).
+pub fn encode_binary(header: &[u8], body: &[u8]) -> Bytes {
+    let payload_len = 1 + 4 + header.len() + body.len();
+    let mut b = BytesMut::with_capacity(4 + payload_len);
+    b.put_u32(payload_len as u32);
+    b.put_u8(BINARY_MARKER);
+    b.put_u32(header.len() as u32);
+    b.put_slice(header);
+    b.put_slice(body);
+    b.freeze()
+}
+
+/// The length-prefix codec with an explicit maximum payload length.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_len: usize,
+}
+
+impl FrameCodec {
+    /// A codec that refuses payloads longer than `max_len` bytes.
+    pub fn new(max_len: usize) -> Self {
+        Self { max_len }
+    }
+
+    /// The configured maximum.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge { len, max: self.max_len });
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let payload = src.split_to(len).freeze();
+        Frame::from_payload(payload).map(Some)
+    }
+}
+
+impl Encoder<&[u8]> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+        if payload.len() > self.max_len {
+            return Err(FrameError::TooLarge { len: payload.len(), max: self.max_len });
+        }
+        dst.reserve(4 + payload.len());
+        dst.put_u32(payload.len() as u32);
+        dst.put_slice(payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Vec<Frame> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = vec![];
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn round_trips_json_frames_split_anywhere() {
+        let a = encode_json(br#"{"action":"ping"}"#);
+        let b = encode_message(&serde_json::json!({"action": "pong"}));
+        let stream: Vec<u8> = [a.as_ref(), b.as_ref()].concat();
+        for cut in 0..stream.len() {
+            let mut codec = FrameCodec::default();
+            let mut buf = BytesMut::new();
+            let mut got = vec![];
+            for chunk in [&stream[..cut], &stream[cut..]] {
+                buf.extend_from_slice(chunk);
+                while let Some(f) = codec.decode(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            assert_eq!(got[0].json().as_ref(), br#"{"action":"ping"}"#);
+            assert_eq!(got[1].json().as_ref(), br#"{"action":"pong"}"#);
+        }
+    }
+
+    #[test]
+    fn binary_frames_carry_raw_bytes() {
+        let body = [0u8, 255, 1, 2, 0];
+        let f = encode_binary(br#"{"action":"x"}"#, &body);
+        let got = decode_all(&mut FrameCodec::default(), &f);
+        assert_eq!(
+            got,
+            vec![Frame::Binary {
+                header: Bytes::from_static(br#"{"action":"x"}"#),
+                body: Bytes::copy_from_slice(&body)
+            }]
+        );
+    }
+
+    #[test]
+    fn oversized_length_fails_before_buffering() {
+        let mut codec = FrameCodec::new(10);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 11][..]);
+        match codec.decode(&mut buf) {
+            Err(FrameError::TooLarge { len: 11, max: 10 }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn bad_binary_header_and_empty_frames_are_errors() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(FrameError::Empty)));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 6, 0, 0, 0, 0, 9, b'{'][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(FrameError::BadBinaryHeader { .. })));
+    }
+
+    #[test]
+    fn encoder_enforces_the_limit() {
+        let mut codec = FrameCodec::new(3);
+        let mut dst = BytesMut::new();
+        assert!(codec.encode(&b"abcd"[..], &mut dst).is_err());
+        codec.encode(&b"abc"[..], &mut dst).unwrap();
+        assert_eq!(&dst[..], &[0, 0, 0, 3, b'a', b'b', b'c']);
+    }
+}

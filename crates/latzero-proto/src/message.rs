@@ -1,0 +1,821 @@
+//! Messages: what clients send, parsed at the edge into [`Request`]s, and what the server sends.
+//!
+//! Every message is a JSON object with an `action` (`type` is accepted as an alias for clients
+//! of the original server). Parsing is one pass over a flat [`Envelope`] that borrows from the
+//! frame; payloads (`data`, `response`, `error`, `meta`) stay [`RawValue`]s, so the server
+//! forwards them byte for byte and never re-serialises them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+pub use serde_json::value::RawValue;
+
+use crate::error::ErrorCode;
+use crate::name::{AppId, NameError, PoolName, TriggerName};
+use crate::{PROTOCOL_MAJOR, PROTOCOL_VERSION};
+
+/// Longest request id accepted, in bytes of JSON.
+pub const MAX_ID_LEN: usize = 256;
+
+/// A string that borrows from the frame when it holds no escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The flat shape of every message, both directions: every field any action uses, all optional.
+/// Unknown fields are ignored (forward compatibility within a major version).
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct Envelope<'a> {
+    #[serde(borrow)]
+    pub action: Option<Str<'a>>,
+    #[serde(borrow, rename = "type")]
+    pub type_alias: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub app_id: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub pools: Option<Vec<Str<'a>>>,
+    #[serde(borrow)]
+    pub triggers: Option<Vec<Str<'a>>>,
+    #[serde(borrow)]
+    pub meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub protocol_version: Option<Str<'a>>,
+    pub takeover: Option<bool>,
+    #[serde(borrow)]
+    pub process: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub pool: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub origin: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub destination: Option<Str<'a>>,
+    pub ttl: Option<u64>,
+    #[serde(borrow)]
+    pub reply_to: Option<Str<'a>>,
+    pub broadcast: Option<bool>,
+    #[serde(borrow)]
+    pub in_reply_to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub status: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub response: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub code: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub message: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub event: Option<Str<'a>>,
+    pub delivered: Option<u64>,
+    #[serde(borrow)]
+    pub responses: Option<&'a RawValue>,
+    pub handler_may_still_run: Option<bool>,
+    #[serde(borrow)]
+    pub handler: Option<Str<'a>>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses the envelope of a JSON payload.
+    pub fn parse(json: &'a [u8]) -> Result<Envelope<'a>, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+
+    /// The action, falling back to the `type` alias.
+    pub fn action(&self) -> Option<&str> {
+        self.action.as_deref().or(self.type_alias.as_deref())
+    }
+}
+
+/// Whether a handler's response succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// `"ok"`: `response` holds the result.
+    Ok,
+    /// `"error"`: `error` holds the handler's error.
+    Error,
+}
+
+impl Status {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// A request a client sends, validated.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// Identify the connection as an app and join pools.
+    Handshake(Handshake),
+    /// Register triggers for this app.
+    Register(Vec<TriggerName>),
+    /// Unregister triggers.
+    Unregister(Vec<TriggerName>),
+    /// Join pools (created on first join).
+    Join(Vec<PoolName>),
+    /// Leave pools.
+    Leave(Vec<PoolName>),
+    /// Call a trigger (RPC).
+    Trigger(Trigger<'a>),
+    /// A handler's answer to a delivered trigger.
+    Response(Response<'a>),
+    /// Fire-and-forget to every handler of a trigger in a pool.
+    Emit(Emit<'a>),
+    /// Ask for presence events of a pool.
+    PresenceSubscribe(PoolName),
+    /// Stop presence events of a pool.
+    PresenceUnsubscribe(PoolName),
+    /// Server introspection.
+    Status,
+    /// Liveness check.
+    Ping,
+    /// Ask the server to shut down gracefully.
+    Shutdown,
+    /// A memory-block action (reserved; see docs/PROTOCOL.md).
+    Block(&'static str),
+}
+
+/// The handshake.
+#[derive(Debug)]
+pub struct Handshake {
+    /// Who the connection is.
+    pub app_id: AppId,
+    /// Pools to join.
+    pub pools: Vec<PoolName>,
+    /// Triggers to register.
+    pub triggers: Vec<TriggerName>,
+    /// Opaque application metadata, stored as sent.
+    pub meta: Option<Box<RawValue>>,
+    /// Whether to take over a live connection with the same app id.
+    pub takeover: bool,
+}
+
+/// A call.
+#[derive(Debug)]
+pub struct Trigger<'a> {
+    /// The caller's id for the call, echoed verbatim in the terminal frame.
+    pub id: &'a RawValue,
+    /// The trigger to run.
+    pub process: Str<'a>,
+    /// The pool it runs in.
+    pub pool: Str<'a>,
+    /// Its argument (absent means `null`).
+    pub data: Option<&'a RawValue>,
+    /// A specific app to run it.
+    pub destination: Option<Str<'a>>,
+    /// Deadline in milliseconds.
+    pub ttl_ms: Option<u64>,
+    /// A third app that receives the response.
+    pub reply_to: Option<Str<'a>>,
+    /// Fan out to every handler in the pool.
+    pub broadcast: bool,
+}
+
+/// A handler's response.
+#[derive(Debug)]
+pub struct Response<'a> {
+    /// The delivered trigger's id.
+    pub in_reply_to: &'a RawValue,
+    /// Ok or error.
+    pub status: Status,
+    /// `response` for ok, `error` for error; absent means `null`.
+    pub body: Option<&'a RawValue>,
+}
+
+/// A fire-and-forget event.
+#[derive(Debug)]
+pub struct Emit<'a> {
+    /// Its trigger.
+    pub process: Str<'a>,
+    /// Its pool.
+    pub pool: Str<'a>,
+    /// Its payload.
+    pub data: Option<&'a RawValue>,
+}
+
+/// A request that could not be parsed: the error frame to send, with the id when one was read.
+#[derive(Debug)]
+pub struct ParseError<'a> {
+    /// The request's id, if it could be read, so the error is correlated.
+    pub id: Option<&'a RawValue>,
+    /// The code.
+    pub code: ErrorCode,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+/// A parsed request and its optional id.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// The request's id (any JSON string or integer), echoed in replies.
+    pub id: Option<&'a RawValue>,
+    /// The request.
+    pub request: Request<'a>,
+}
+
+/// Reserved memory-block actions (see docs/PROTOCOL.md); answered with NOT_AVAILABLE for now.
+pub const BLOCK_ACTIONS: [&str; 11] = [
+    "block_create",
+    "block_attach",
+    "block_read",
+    "block_write",
+    "block_lock",
+    "block_unlock",
+    "block_watch",
+    "block_unwatch",
+    "block_delete",
+    "block_list",
+    "block_stat",
+];
+
+fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> ParseError<'a> {
+    ParseError { id, code: ErrorCode::InvalidMessage, message: message.into() }
+}
+
+fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) -> ParseError<'a> {
+    ParseError { id, code: ErrorCode::InvalidName, message: format!("{field}: {e}") }
+}
+
+/// Parses one request. Errors carry the request's id whenever it could be read.
+pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
+    let env = match Envelope::parse(json) {
+        Ok(env) => env,
+        Err(e) => return Err(explain_bad_json(json, e)),
+    };
+    let id = env.id;
+    if let Some(raw) = id {
+        check_id(raw).map_err(|m| invalid(None, m))?;
+    }
+    let Some(action) = env.action() else {
+        return Err(invalid(id, "missing field `action` (or its alias `type`)"));
+    };
+    let request = match action {
+        "handshake" => Request::Handshake(handshake(&env, id)?),
+        "register" => Request::Register(names(env.triggers.as_deref(), "triggers", id)?),
+        "unregister" => Request::Unregister(names(env.triggers.as_deref(), "triggers", id)?),
+        "join" => Request::Join(pool_list(&env, id)?),
+        "leave" => Request::Leave(pool_list(&env, id)?),
+        "trigger" => Request::Trigger(trigger(env, id)?),
+        "response" => Request::Response(response(&env, id)?),
+        "emit" => Request::Emit(Emit {
+            process: required_name(env.process, "process", id, TriggerName::check)?,
+            pool: required_name(env.pool, "pool", id, PoolName::check)?,
+            data: env.data,
+        }),
+        "presence_subscribe" => Request::PresenceSubscribe(one_pool(&env, id)?),
+        "presence_unsubscribe" => Request::PresenceUnsubscribe(one_pool(&env, id)?),
+        "status" => Request::Status,
+        "ping" => Request::Ping,
+        "shutdown" => Request::Shutdown,
+        other => match BLOCK_ACTIONS.iter().find(|a| **a == other) {
+            Some(a) => Request::Block(a),
+            None => {
+                return Err(ParseError {
+                    id,
+                    code: ErrorCode::UnknownAction,
+                    message: format!("unknown action '{}'; see docs/PROTOCOL.md", truncate(other)),
+                });
+            }
+        },
+    };
+    Ok(Parsed { id, request })
+}
+
+/// A clear message for JSON that did not fit the envelope, with the id if it can be salvaged.
+fn explain_bad_json(json: &[u8], e: serde_json::Error) -> ParseError<'_> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    let id = serde_json::from_slice::<IdOnly<'_>>(json)
+        .ok()
+        .and_then(|x| x.id)
+        .filter(|raw| check_id(raw).is_ok());
+    if id.is_none() && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err() {
+        return invalid(None, format!("frame is not valid JSON: {e}"));
+    }
+    // Valid JSON with an ill-typed field: find the field's name for the message.
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let message = match serde_path_to_error::deserialize::<_, Envelope<'_>>(&mut de) {
+        Err(pe) if !pe.path().to_string().is_empty() && pe.path().to_string() != "." => {
+            format!("field `{}`: {}", pe.path(), pe.inner())
+        }
+        _ => format!("message is not a valid LatZero message: {e}"),
+    };
+    invalid(id, message)
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Ids are JSON strings or integers of at most [`MAX_ID_LEN`] bytes.
+fn check_id(raw: &RawValue) -> Result<(), String> {
+    let s = raw.get();
+    if s.len() > MAX_ID_LEN {
+        return Err(format!("field `id` is {} bytes; the limit is {MAX_ID_LEN}", s.len()));
+    }
+    let first = s.as_bytes()[0];
+    let integer = (first == b'-' || first.is_ascii_digit())
+        && s[1..].bytes().all(|b| b.is_ascii_digit());
+    if first == b'"' || integer {
+        Ok(())
+    } else {
+        Err(format!("field `id` must be a string or an integer, got {}", truncate(s)))
+    }
+}
+
+fn required_name<'a>(
+    value: Option<Str<'a>>,
+    field: &str,
+    id: Option<&'a RawValue>,
+    check: fn(&str) -> Result<(), NameError>,
+) -> Result<Str<'a>, ParseError<'a>> {
+    let v = value.ok_or_else(|| invalid(id, format!("missing field `{field}`")))?;
+    check(&v).map_err(|e| bad_name(id, field, e))?;
+    Ok(v)
+}
+
+fn optional_name<'a>(
+    value: Option<Str<'a>>,
+    field: &str,
+    id: Option<&'a RawValue>,
+    check: fn(&str) -> Result<(), NameError>,
+) -> Result<Option<Str<'a>>, ParseError<'a>> {
+    value.map(|v| required_name(Some(v), field, id, check)).transpose()
+}
+
+fn names<'a, T: for<'s> TryFrom<&'s str, Error = NameError>>(
+    list: Option<&[Str<'_>]>,
+    field: &str,
+    id: Option<&'a RawValue>,
+) -> Result<Vec<T>, ParseError<'a>> {
+    let Some(list) = list else {
+        return Err(invalid(id, format!("missing field `{field}` (a list of names)")));
+    };
+    list.iter().map(|s| T::try_from(&**s).map_err(|e| bad_name(id, field, e))).collect()
+}
+
+fn pool_list<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<Vec<PoolName>, ParseError<'a>> {
+    match (&env.pools, &env.pool) {
+        (Some(list), _) => names(Some(list), "pools", id),
+        (None, Some(p)) => Ok(vec![PoolName::try_from(&**p).map_err(|e| bad_name(id, "pool", e))?]),
+        (None, None) => Err(invalid(id, "missing field `pools` (or `pool`)")),
+    }
+}
+
+fn one_pool<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<PoolName, ParseError<'a>> {
+    let p = env.pool.as_ref().ok_or_else(|| invalid(id, "missing field `pool`"))?;
+    PoolName::try_from(&**p).map_err(|e| bad_name(id, "pool", e))
+}
+
+fn handshake<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<Handshake, ParseError<'a>> {
+    if let Some(v) = &env.protocol_version {
+        check_version(v).map_err(|(code, message)| ParseError { id, code, message })?;
+    }
+    let app_id = env.app_id.as_ref().ok_or_else(|| invalid(id, "missing field `app_id`"))?;
+    let app_id = AppId::try_from(&**app_id).map_err(|e| bad_name(id, "app_id", e))?;
+    let pools = names(Some(env.pools.as_deref().unwrap_or_default()), "pools", id)?;
+    let triggers = names(Some(env.triggers.as_deref().unwrap_or_default()), "triggers", id)?;
+    Ok(Handshake {
+        app_id,
+        pools,
+        triggers,
+        meta: env.meta.map(|m| m.to_owned()),
+        takeover: env.takeover.unwrap_or(false),
+    })
+}
+
+/// Checks a peer's `MAJOR[.MINOR[.PATCH]]` against ours.
+pub fn check_version(v: &str) -> Result<(), (ErrorCode, String)> {
+    let major = v.split('.').next().and_then(|m| m.parse::<u32>().ok());
+    match major {
+        Some(PROTOCOL_MAJOR) => Ok(()),
+        Some(m) => Err((
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {v} (major {m}) is not supported; this server speaks {PROTOCOL_VERSION}"),
+        )),
+        None => Err((
+            ErrorCode::InvalidMessage,
+            format!("field `protocol_version` must look like \"MAJOR.MINOR\", got \"{}\"", truncate(v)),
+        )),
+    }
+}
+
+fn trigger<'a>(env: Envelope<'a>, id: Option<&'a RawValue>) -> Result<Trigger<'a>, ParseError<'a>> {
+    let call_id = id.ok_or_else(|| {
+        invalid(None, "a trigger needs an `id` (string or integer); use `emit` for fire-and-forget")
+    })?;
+    if env.ttl == Some(0) {
+        return Err(invalid(id, "field `ttl` must be at least 1 (milliseconds)"));
+    }
+    let broadcast = env.broadcast.unwrap_or(false);
+    if broadcast && (env.destination.is_some() || env.reply_to.is_some()) {
+        return Err(invalid(id, "a broadcast call cannot have a `destination` or a `reply_to`"));
+    }
+    Ok(Trigger {
+        id: call_id,
+        process: required_name(env.process, "process", id, TriggerName::check)?,
+        pool: required_name(env.pool, "pool", id, PoolName::check)?,
+        data: env.data,
+        destination: optional_name(env.destination, "destination", id, AppId::check)?,
+        ttl_ms: env.ttl,
+        reply_to: optional_name(env.reply_to, "reply_to", id, AppId::check)?,
+        broadcast,
+    })
+}
+
+fn response<'a>(env: &Envelope<'a>, id: Option<&'a RawValue>) -> Result<Response<'a>, ParseError<'a>> {
+    let in_reply_to = env.in_reply_to.ok_or_else(|| invalid(id, "missing field `in_reply_to`"))?;
+    let status = match env.status.as_deref() {
+        Some("ok") => Status::Ok,
+        Some("error") => Status::Error,
+        Some(other) => {
+            return Err(invalid(id, format!("field `status` must be \"ok\" or \"error\", got \"{}\"", truncate(other))));
+        }
+        None => return Err(invalid(id, "missing field `status` (\"ok\" or \"error\")")),
+    };
+    let body = match status {
+        Status::Ok => env.response,
+        Status::Error => env.error,
+    };
+    Ok(Response { in_reply_to, status, body })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server → client messages. Serialised straight into frames with `frame::encode_message`.
+
+/// `origin` of a delivered trigger or emit.
+#[derive(Debug, Serialize)]
+pub struct Origin<'a> {
+    /// The calling app.
+    pub app_id: &'a str,
+}
+
+/// Information about the server in the handshake ack.
+#[derive(Debug, Serialize)]
+pub struct ServerInfo<'a> {
+    /// Always "latzero".
+    pub name: &'a str,
+    /// The server's version.
+    pub version: &'a str,
+    /// The server's process id.
+    pub pid: u32,
+}
+
+/// `handshake_ack`.
+#[derive(Debug, Serialize)]
+pub struct HandshakeAck<'a> {
+    /// "handshake_ack".
+    pub action: &'static str,
+    /// The handshake's id, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<&'a RawValue>,
+    /// The app id now bound to this connection.
+    pub app_id: &'a str,
+    /// Pools joined.
+    pub pools: Vec<&'a str>,
+    /// Triggers registered.
+    pub triggers: Vec<&'a str>,
+    /// The server's protocol version.
+    pub protocol_version: &'static str,
+    /// Whether an older connection of this app id was taken over.
+    pub took_over: bool,
+    /// Server information.
+    pub server: ServerInfo<'a>,
+}
+
+/// A trigger delivered to a handler.
+#[derive(Debug, Serialize)]
+pub struct DeliverTrigger<'a> {
+    /// "trigger".
+    pub action: &'static str,
+    /// The server-assigned hop id; answer with `in_reply_to` set to it.
+    pub id: &'a str,
+    /// The trigger.
+    pub process: &'a str,
+    /// The pool.
+    pub pool: &'a str,
+    /// The payload, byte for byte as the caller sent it.
+    pub data: &'a RawValue,
+    /// Who called.
+    pub origin: Origin<'a>,
+    /// Milliseconds left before the call times out.
+    pub ttl: u64,
+}
+
+/// A response forwarded to the caller (or to its `reply_to` app).
+#[derive(Debug, Serialize)]
+pub struct ForwardResponse<'a> {
+    /// "response".
+    pub action: &'static str,
+    /// The caller's own id.
+    pub in_reply_to: &'a RawValue,
+    /// "ok" or "error".
+    pub status: &'static str,
+    /// The result, for "ok".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<&'a RawValue>,
+    /// The handler's error, for "error".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a RawValue>,
+    /// The caller, only when the response goes to a `reply_to` app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin<'a>>,
+}
+
+/// A server-generated error.
+#[derive(Debug, Serialize)]
+pub struct ErrorFrame<'a> {
+    /// "error".
+    pub action: &'static str,
+    /// The id of the request that failed, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<&'a RawValue>,
+    /// The code.
+    pub code: ErrorCode,
+    /// What went wrong and what to do.
+    pub message: &'a str,
+    /// For TIMEOUT and HANDLER_GONE: whether the handler may still run (or have run) the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler_may_still_run: Option<bool>,
+    /// For TIMEOUT and HANDLER_GONE: the app the call was handed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<&'a str>,
+    /// The caller, only when the error goes to a `reply_to` app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin<'a>>,
+}
+
+impl<'a> ErrorFrame<'a> {
+    /// A plain error frame.
+    pub fn new(in_reply_to: Option<&'a RawValue>, code: ErrorCode, message: &'a str) -> Self {
+        Self {
+            action: "error",
+            in_reply_to,
+            code,
+            message,
+            handler_may_still_run: None,
+            handler: None,
+            origin: None,
+        }
+    }
+}
+
+/// An emit delivered to a handler.
+#[derive(Debug, Serialize)]
+pub struct DeliverEmit<'a> {
+    /// "emit".
+    pub action: &'static str,
+    /// The trigger.
+    pub process: &'a str,
+    /// The pool.
+    pub pool: &'a str,
+    /// The payload as sent.
+    pub data: &'a RawValue,
+    /// Who emitted.
+    pub origin: Origin<'a>,
+}
+
+/// `ack`: a membership change succeeded; carries the connection's pools and triggers now.
+#[derive(Debug, Serialize)]
+pub struct Ack<'a> {
+    /// "ack".
+    pub action: &'static str,
+    /// The request's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<&'a RawValue>,
+    /// Pools the app is in now.
+    pub pools: Vec<&'a str>,
+    /// Triggers the app has registered now.
+    pub triggers: Vec<&'a str>,
+}
+
+/// `accepted`: a `reply_to` call was handed to a handler; its result goes to the reply target.
+#[derive(Debug, Serialize)]
+pub struct Accepted<'a> {
+    /// "accepted".
+    pub action: &'static str,
+    /// The caller's id.
+    pub in_reply_to: &'a RawValue,
+    /// Where the result will go.
+    pub reply_to: &'a str,
+    /// The app running the call.
+    pub handler: &'a str,
+}
+
+/// `emitted`: the receipt for an emit that carried an `id`.
+#[derive(Debug, Serialize)]
+pub struct Emitted<'a> {
+    /// "emitted".
+    pub action: &'static str,
+    /// The emit's id.
+    pub in_reply_to: &'a RawValue,
+    /// How many handlers it was queued to.
+    pub delivered: u64,
+}
+
+/// `presence`: an app joined or left a pool.
+#[derive(Debug, Serialize)]
+pub struct Presence<'a> {
+    /// "presence".
+    pub action: &'static str,
+    /// The pool.
+    pub pool: &'a str,
+    /// The app.
+    pub app_id: &'a str,
+    /// "joined" or "left".
+    pub event: &'static str,
+}
+
+/// `closing`: the server is about to close this connection, and why.
+#[derive(Debug, Serialize)]
+pub struct Closing<'a> {
+    /// "closing".
+    pub action: &'static str,
+    /// Why.
+    pub code: ErrorCode,
+    /// For a human.
+    pub message: &'a str,
+}
+
+/// `pong`.
+#[derive(Debug, Serialize)]
+pub struct Pong<'a> {
+    /// "pong".
+    pub action: &'static str,
+    /// The ping's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<&'a RawValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_HANDSHAKE: &str = r#"{
+  "action": "handshake",
+  "app_id": "myApp",
+  "pools": ["alpha"],
+  "triggers": ["foo", "bar"],
+  "meta": { "version": "1.0.0" }
+}"#;
+    const SEED_TRIGGER: &str = r#"{
+  "action": "trigger",
+  "id": "uuid-v4",
+  "process": "foo",
+  "data": { "x": 42 },
+  "pool": "alpha",
+  "origin": { "app_id": "clientApp" },
+  "destination": "targetApp"
+}"#;
+    const SEED_RESPONSE: &str = r#"{
+  "action": "response",
+  "in_reply_to": "uuid-v4",
+  "status": "ok",
+  "response": { "result": 84 }
+}"#;
+
+    #[test]
+    fn parses_the_seed_examples() {
+        let p = parse_request(SEED_HANDSHAKE.as_bytes()).unwrap();
+        let Request::Handshake(h) = p.request else { panic!() };
+        assert_eq!(h.app_id.as_str(), "myApp");
+        assert_eq!(h.pools.len(), 1);
+        assert_eq!(h.triggers.len(), 2);
+        assert_eq!(h.meta.unwrap().get(), r#"{ "version": "1.0.0" }"#);
+
+        let p = parse_request(SEED_TRIGGER.as_bytes()).unwrap();
+        let Request::Trigger(t) = p.request else { panic!() };
+        assert_eq!(t.id.get(), "\"uuid-v4\"");
+        assert_eq!(&*t.process, "foo");
+        assert_eq!(&*t.pool, "alpha");
+        assert_eq!(t.data.unwrap().get(), r#"{ "x": 42 }"#);
+        assert_eq!(t.destination.as_deref(), Some("targetApp"));
+
+        let p = parse_request(SEED_RESPONSE.as_bytes()).unwrap();
+        let Request::Response(r) = p.request else { panic!() };
+        assert_eq!(r.in_reply_to.get(), "\"uuid-v4\"");
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.body.unwrap().get(), r#"{ "result": 84 }"#);
+    }
+
+    #[test]
+    fn type_is_an_alias_for_action() {
+        let p = parse_request(br#"{"type":"ping","id":1}"#).unwrap();
+        assert!(matches!(p.request, Request::Ping));
+        assert_eq!(p.id.unwrap().get(), "1");
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_keep_the_id() {
+        let e = parse_request(br#"{"action":"trigger","id":"a","pool":"p"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert_eq!(e.id.unwrap().get(), "\"a\"");
+        assert!(e.message.contains("`process`"), "{}", e.message);
+
+        let e = parse_request(br#"{"action":"trigger","id":"a","pool":"p","process":"f","ttl":"x"}"#)
+            .unwrap_err();
+        assert_eq!(e.id.unwrap().get(), "\"a\"");
+        assert!(e.message.contains("`ttl`"), "{}", e.message);
+
+        let e = parse_request(br#"{"action":"nope","id":7}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownAction);
+        assert!(e.message.contains("nope"));
+
+        let e = parse_request(b"{not json").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+
+        let e = parse_request(br#"{"id":3}"#).unwrap_err();
+        assert!(e.message.contains("`action`"));
+
+        let e = parse_request(br#"{"action":"join","id":"j","pools":["a b"]}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidName);
+        assert_eq!(e.id.unwrap().get(), "\"j\"");
+
+        let e = parse_request(br#"{"action":"ping","id":{"x":1}}"#).unwrap_err();
+        assert!(e.message.contains("string or an integer"));
+
+        let e = parse_request(br#"{"action":"trigger","process":"f","pool":"p"}"#).unwrap_err();
+        assert!(e.message.contains("needs an `id`"));
+
+        let e = parse_request(br#"[1,2]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn version_check() {
+        assert!(check_version("1.0").is_ok());
+        assert!(check_version("1.7.2").is_ok());
+        assert_eq!(check_version("2.0").unwrap_err().0, ErrorCode::UnsupportedVersion);
+        assert_eq!(check_version("abc").unwrap_err().0, ErrorCode::InvalidMessage);
+        let e = parse_request(br#"{"action":"handshake","app_id":"a","protocol_version":"2.0"}"#)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+    }
+
+    #[test]
+    fn escaped_strings_are_accepted() {
+        let p = parse_request(br#"{"action":"emit","process":"f\u006fo","pool":"p"}"#).unwrap();
+        let Request::Emit(e) = p.request else { panic!() };
+        assert_eq!(&*e.process, "foo");
+    }
+
+    #[test]
+    fn outbound_messages_serialise_as_specified() {
+        let id = RawValue::from_string("\"uuid-v4\"".into()).unwrap();
+        let resp = RawValue::from_string(r#"{"result":84}"#.into()).unwrap();
+        let f = ForwardResponse {
+            action: "response",
+            in_reply_to: &id,
+            status: "ok",
+            response: Some(&resp),
+            error: None,
+            origin: None,
+        };
+        let got: serde_json::Value = serde_json::to_value(&f).unwrap();
+        let want: serde_json::Value = serde_json::from_str(SEED_RESPONSE).unwrap();
+        assert_eq!(got, want);
+    }
+}
