@@ -1,1 +1,44 @@
-//! placeholder
+//! The LatZero Rust SDK.
+//!
+//! ```no_run
+//! use latzero_client::{Client, HandlerError, Request};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), latzero_client::ClientError> {
+//! // A handler app.
+//! let worker = Client::connect("latzero://worker?pools=alpha").await?;
+//! worker
+//!     .handle("double", |req: Request| async move {
+//!         let x = req.data["x"].as_i64().ok_or_else(|| HandlerError::msg("x must be a number"))?;
+//!         Ok(json!({ "result": x * 2 }))
+//!     })
+//!     .await?;
+//!
+//! // A caller app.
+//! let caller = Client::connect("latzero://caller?pools=alpha").await?;
+//! let out = caller.call("alpha", "double", &json!({ "x": 42 })).await?;
+//! assert_eq!(out["result"], 84);
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client::connect`] takes a `latzero://APP_ID[@HOST:PORT][?socket=PATH&pools=A,B]` URL;
+//!   without host or socket it prefers the local Unix socket (faster) and falls back to TCP.
+//! - Calls: [`Client::call`], [`Client::call_to`], and [`Client::request`] for timeouts,
+//!   broadcast and third-party reply. A call to a trigger this client registered itself, in a
+//!   pool it is in, runs in-process without a network round trip.
+//! - The connection reconnects with exponential backoff and jitter, handshakes again with its
+//!   pools and triggers, and reports it through [`Client::events`]. Calls in flight when the
+//!   connection drops fail at once with [`ClientError::Disconnected`].
+
+pub mod admin;
+mod client;
+mod connection;
+mod error;
+mod handler;
+mod options;
+
+pub use client::{BroadcastReply, Call, Client, ClientEvent, Forwarded};
+pub use error::{ClientError, RemoteError};
+pub use handler::{HandlerError, Request};
+pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TriggerName};
+pub use options::ClientOptions;

@@ -48,8 +48,8 @@ impl std::ops::Deref for Str<'_> {
     }
 }
 
-/// The flat shape of every message, both directions: every field any action uses, all optional.
-/// Unknown fields are ignored (forward compatibility within a major version).
+/// The flat shape of every client → server message: every field any request uses, all
+/// optional. Unknown fields are ignored (forward compatibility within a major version).
 #[derive(Debug, Default, Deserialize)]
 #[allow(missing_docs)]
 pub struct Envelope<'a> {
@@ -92,18 +92,6 @@ pub struct Envelope<'a> {
     pub response: Option<&'a RawValue>,
     #[serde(borrow)]
     pub error: Option<&'a RawValue>,
-    #[serde(borrow)]
-    pub code: Option<Str<'a>>,
-    #[serde(borrow)]
-    pub message: Option<Str<'a>>,
-    #[serde(borrow)]
-    pub event: Option<Str<'a>>,
-    pub delivered: Option<u64>,
-    #[serde(borrow)]
-    pub responses: Option<&'a RawValue>,
-    pub handler_may_still_run: Option<bool>,
-    #[serde(borrow)]
-    pub handler: Option<Str<'a>>,
 }
 
 impl<'a> Envelope<'a> {
@@ -115,6 +103,57 @@ impl<'a> Envelope<'a> {
     /// The action, falling back to the `type` alias.
     pub fn action(&self) -> Option<&str> {
         self.action.as_deref().or(self.type_alias.as_deref())
+    }
+}
+
+/// The flat shape of the server → client frames a client reacts to (replies, delivered
+/// triggers and emits, presence, closing). Other fields (such as those of `status_result`) are
+/// ignored.
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct ServerFrame<'a> {
+    #[serde(borrow)]
+    pub action: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub in_reply_to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub status: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub response: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub code: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub message: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub handler: Option<Str<'a>>,
+    pub handler_may_still_run: Option<bool>,
+    #[serde(borrow)]
+    pub origin: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub process: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub pool: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub app_id: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub event: Option<Str<'a>>,
+}
+
+impl<'a> ServerFrame<'a> {
+    /// Parses a server frame's JSON.
+    pub fn parse(json: &'a [u8]) -> Result<ServerFrame<'a>, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+
+    /// The action.
+    pub fn action(&self) -> Option<&str> {
+        self.action.as_deref()
     }
 }
 

@@ -1,1 +1,37 @@
-//! placeholder
+//! The LatZero orchestrator, as a library so that tests and benches can embed it.
+//!
+//! ```text
+//! server.rs      bind listeners, shared State, graceful shutdown
+//! transport.rs   TCP and Unix-socket accept loops
+//! session/       one connection: reader loop (mod.rs), outbound queue + writer (conn.rs)
+//! directory.rs   the registry (connected apps) and the pools (members, trigger index)
+//! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
+//! admin.rs       counters and the status snapshot
+//! datadir.rs     data-directory layout, lock file, server.json
+//! config.rs      configuration and limits
+//! ```
+//!
+//! Memory blocks, persistence, security and clustering arrive in later releases; their wire
+//! actions are reserved and answered with NOT_AVAILABLE.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), latzero_server::ServerError> {
+//! let server = latzero_server::Server::bind(latzero_server::ServerConfig::new("/tmp/lz")).await?;
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod admin;
+mod config;
+mod datadir;
+mod directory;
+mod error;
+mod router;
+mod server;
+mod session;
+mod transport;
+
+pub use config::{Limits, ServerConfig};
+pub use datadir::{RuntimeInfo, LOCK_FILE, RUNTIME_FILE, SUBDIRS};
+pub use error::ServerError;
+pub use server::Server;

@@ -1,0 +1,126 @@
+//! Transport for the SDK: opening TCP or Unix streams, reading frames, and the writer task that
+//! batches queued frames into few writes.
+
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use latzero_proto::frame::{Frame, FrameCodec, FrameError};
+use latzero_proto::{Endpoint, DEFAULT_HOST, DEFAULT_PORT, UNIX_SOCKET_NAME};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ClientError;
+
+pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The data directory a client assumes for the default endpoint: `$LATZERO_DATA_DIR`, else
+/// `~/.latzero`.
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("LATZERO_DATA_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => dirs::home_dir().unwrap_or_else(|| PathBuf::from(".")).join(".latzero"),
+    }
+}
+
+/// Turns [`Endpoint::Default`] into a concrete endpoint: the default data dir's Unix socket if
+/// it exists (faster), else TCP `$LATZERO_HOST:$LATZERO_PORT` (defaults 127.0.0.1:45227).
+pub fn resolve(endpoint: &Endpoint) -> Endpoint {
+    match endpoint {
+        Endpoint::Default => {
+            let sock = default_data_dir().join(UNIX_SOCKET_NAME);
+            if sock.exists() {
+                return Endpoint::Unix(sock);
+            }
+            let host = std::env::var("LATZERO_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
+            let port = std::env::var("LATZERO_PORT")
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(DEFAULT_PORT);
+            Endpoint::Tcp(format!("{host}:{port}"))
+        }
+        other => other.clone(),
+    }
+}
+
+/// Opens a stream to a concrete endpoint.
+pub(crate) async fn open(endpoint: &Endpoint) -> Result<(Reader, Writer), ClientError> {
+    let err = |e| ClientError::Connect { endpoint: endpoint.to_string(), source: e };
+    match resolve(endpoint) {
+        Endpoint::Tcp(addr) => {
+            let s = TcpStream::connect(&addr).await.map_err(err)?;
+            let _ = s.set_nodelay(true);
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Endpoint::Unix(path) => {
+            let s = UnixStream::connect(&path).await.map_err(err)?;
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Endpoint::Default => unreachable!("resolve never returns Default"),
+    }
+}
+
+/// Reads frames from a stream.
+pub(crate) struct FrameReader {
+    r: Reader,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl FrameReader {
+    pub fn new(r: Reader, max_frame_len: usize) -> Self {
+        FrameReader { r, buf: BytesMut::with_capacity(64 * 1024), codec: FrameCodec::new(max_frame_len) }
+    }
+
+    /// The next frame; `None` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if let Some(f) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Drains queued frames into the socket, many per write. Ends when every sender is gone or
+/// `dead` is cancelled; cancels `dead` itself when a write fails.
+pub(crate) async fn writer_task(mut rx: mpsc::Receiver<Bytes>, mut w: Writer, dead: CancellationToken) {
+    let mut batch = Vec::with_capacity(256);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = dead.cancelled() => break,
+            n = rx.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let ok = if batch.len() == 1 {
+            w.write_all(&batch[0]).await.is_ok()
+        } else {
+            buf.clear();
+            for f in &batch {
+                buf.extend_from_slice(f);
+            }
+            w.write_all(&buf).await.is_ok()
+        };
+        batch.clear();
+        if !ok {
+            dead.cancel();
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}

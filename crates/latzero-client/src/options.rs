@@ -1,0 +1,102 @@
+//! Client options (a builder).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// How a client connects and behaves. Build with [`ClientOptions::new`], then
+/// [`connect`](ClientOptions::connect).
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub(crate) request_timeout: Duration,
+    pub(crate) reconnect: bool,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) takeover: bool,
+    pub(crate) meta: Option<Value>,
+    pub(crate) write_queue: usize,
+    pub(crate) max_frame_len: usize,
+    pub(crate) triggers: Vec<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            reconnect: true,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            takeover: false,
+            meta: None,
+            write_queue: 8192,
+            max_frame_len: latzero_proto::DEFAULT_MAX_FRAME_LEN,
+            triggers: Vec::new(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Defaults: 30 s call timeout, reconnect on, backoff 50 ms to 5 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Default timeout of calls (sent as `ttl`).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// Whether to reconnect automatically after the connection drops.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+
+    /// Reconnect backoff bounds (exponential between them, with jitter).
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// Take over a live connection that uses the same app id instead of failing with
+    /// DUPLICATE_APP.
+    pub fn takeover(mut self, on: bool) -> Self {
+        self.takeover = on;
+        self
+    }
+
+    /// Application metadata sent in the handshake.
+    pub fn meta(mut self, meta: Value) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// Frames the client may queue for writing before `call`/`emit` wait (backpressure).
+    pub fn write_queue(mut self, frames: usize) -> Self {
+        self.write_queue = frames.max(1);
+        self
+    }
+
+    /// Longest frame accepted from the server.
+    pub fn max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self
+    }
+
+    /// Triggers to announce in the handshake. Each must get a handler with
+    /// [`Client::handle`]; until then a call to it is answered with a handler error.
+    pub fn triggers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, triggers: I) -> Self {
+        self.triggers = triggers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Connects.
+    pub async fn connect(self, url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(url, self).await
+    }
+}

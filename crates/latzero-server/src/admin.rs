@@ -1,0 +1,72 @@
+//! Introspection: the counters every part of the server bumps, and the `status` snapshot that
+//! `latzero status` prints.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{json, Map, Value};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Monotonic counters since start.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// All counters by name.
+            pub fn snapshot(&self) -> Map<String, Value> {
+                let mut m = Map::new();
+                $(m.insert(stringify!($name).to_owned(), json!(self.$name.load(Ordering::Relaxed)));)*
+                m
+            }
+        }
+    };
+}
+
+counters!(
+    /// Connections accepted.
+    connections_total,
+    /// Frames received.
+    frames_in,
+    /// Calls (trigger requests) accepted for routing.
+    calls_total,
+    /// Calls answered by a handler with status ok.
+    calls_ok,
+    /// Calls answered by a handler with status error.
+    calls_handler_error,
+    /// Calls refused at once (NO_HANDLER, NOT_IN_POOL, OVERLOADED, ...).
+    calls_refused,
+    /// Calls that timed out.
+    calls_timed_out,
+    /// Calls failed because their handler disconnected.
+    calls_handler_gone,
+    /// Calls failed by shutdown.
+    calls_shut_down,
+    /// Responses that arrived after their call was already finished (timed out); dropped.
+    late_responses,
+    /// Terminal frames that could not be delivered because the receiver had gone.
+    undeliverable,
+    /// Emits received.
+    emits_total,
+    /// Emit deliveries queued (one per receiving handler).
+    emits_delivered,
+    /// Emits that found no handler in their pool.
+    emits_unrouted,
+    /// Error frames sent for bad input.
+    invalid_messages,
+    /// Connections closed as slow consumers.
+    slow_consumers,
+);
+
+impl Counters {
+    /// Adds one.
+    pub fn inc(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}

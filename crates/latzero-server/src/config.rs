@@ -1,0 +1,68 @@
+//! Server configuration and its limits. Every limit is explicit, has a documented default, and
+//! hitting it is an error the user sees (docs/PROTOCOL.md, "Limits").
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use latzero_proto::{DEFAULT_HOST, DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT};
+
+/// Limits that protect the server and its peers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest frame payload accepted, in bytes (FRAME_TOO_LARGE beyond it).
+    pub max_frame_len: usize,
+    /// Frames queued to one connection before it counts as a slow consumer.
+    pub outbound_queue_frames: usize,
+    /// Bytes queued to one connection before it counts as a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// Calls one connection may have in flight (OVERLOADED beyond it).
+    pub max_inflight_per_conn: usize,
+    /// Deadline of a call that gives no `ttl`.
+    pub default_ttl: Duration,
+    /// Largest `ttl` accepted.
+    pub max_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            outbound_queue_frames: 8192,
+            outbound_queue_bytes: 64 * 1024 * 1024,
+            max_inflight_per_conn: 65_536,
+            default_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// TCP host to bind.
+    pub host: String,
+    /// TCP port to bind; 0 picks a free one.
+    pub port: u16,
+    /// The data directory (created with backups/, memory/, logs/, config/).
+    pub data_dir: PathBuf,
+    /// Also listen on `<data_dir>/latzero.sock`.
+    pub unix_socket: bool,
+    /// Limits.
+    pub limits: Limits,
+    /// How long a graceful shutdown waits for connections to flush.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            host: DEFAULT_HOST.to_owned(),
+            port: DEFAULT_PORT,
+            data_dir: data_dir.into(),
+            unix_socket: true,
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The data directory: its layout, the lock that keeps a second server out, and `server.json`,
+//! which tells local tools (`latzero status`, `latzero stop`) where the running server listens.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fs4::fs_std::FileExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+/// Sub-directories created in every data directory.
+pub const SUBDIRS: [&str; 4] = ["backups", "memory", "logs", "config"];
+/// The lock file's name.
+pub const LOCK_FILE: &str = "latzero.lock";
+/// The runtime file's name.
+pub const RUNTIME_FILE: &str = "server.json";
+
+/// What `server.json` holds while a server runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// The server's process id.
+    pub pid: u32,
+    /// The bound TCP address.
+    pub tcp: SocketAddr,
+    /// The Unix socket path, if enabled.
+    pub unix: Option<PathBuf>,
+    /// The server's version.
+    pub version: String,
+}
+
+impl RuntimeInfo {
+    /// Reads `server.json` from a data directory.
+    pub fn read(data_dir: &Path) -> std::io::Result<RuntimeInfo> {
+        let text = fs::read_to_string(data_dir.join(RUNTIME_FILE))?;
+        serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+}
+
+/// A prepared, locked data directory. The lock is released when this is dropped.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    lock: File,
+}
+
+impl DataDir {
+    /// Creates the directory tree and takes the lock.
+    pub fn prepare(path: &Path) -> Result<DataDir, ServerError> {
+        let unwritable = |what: &Path, e: std::io::Error| ServerError::DataDir {
+            path: what.to_path_buf(),
+            source: e,
+        };
+        fs::create_dir_all(path).map_err(|e| unwritable(path, e))?;
+        for sub in SUBDIRS {
+            let p = path.join(sub);
+            fs::create_dir_all(&p).map_err(|e| unwritable(&p, e))?;
+        }
+        let lock_path = path.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| unwritable(&lock_path, e))?;
+        match FileExt::try_lock_exclusive(&lock) {
+            Ok(true) => {}
+            Ok(false) => {
+                let pid = RuntimeInfo::read(path).ok().map(|i| i.pid);
+                return Err(ServerError::AlreadyRunning { path: path.to_path_buf(), pid });
+            }
+            Err(e) => return Err(unwritable(&lock_path, e)),
+        }
+        Ok(DataDir { path: path.to_path_buf(), lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `server.json` atomically (write then rename).
+    pub fn write_runtime(&self, info: &RuntimeInfo) -> Result<(), ServerError> {
+        let tmp = self.path.join(format!("{RUNTIME_FILE}.tmp"));
+        let dst = self.path.join(RUNTIME_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(serde_json::to_string_pretty(info).map_err(std::io::Error::other)?.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &dst)
+        };
+        write().map_err(|e| ServerError::DataDir { path: dst, source: e })
+    }
+
+    /// Removes `server.json` on a clean exit.
+    pub fn clear_runtime(&self) {
+        let _ = fs::remove_file(self.path.join(RUNTIME_FILE));
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.lock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_layout_and_refuses_a_second_lock() {
+        let t = tempfile::tempdir().unwrap();
+        let d = DataDir::prepare(t.path()).unwrap();
+        for sub in SUBDIRS {
+            assert!(t.path().join(sub).is_dir());
+        }
+        let err = DataDir::prepare(t.path()).unwrap_err();
+        assert!(matches!(err, ServerError::AlreadyRunning { .. }), "{err}");
+        drop(d);
+        DataDir::prepare(t.path()).unwrap();
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        let err = DataDir::prepare(&file.join("sub")).unwrap_err();
+        assert!(err.to_string().contains("cannot use data directory"), "{err}");
+    }
+}

@@ -1,0 +1,268 @@
+//! The directory: which apps are connected (the registry) and which pools exist, who is in them
+//! and who handles which trigger (the pools). One `RwLock` guards it; the call path takes only the
+//! read side, for a lookup, and never across an `.await`.
+//!
+//! Triggers belong to an app, not to a pool: an app's triggers can be called in every pool it
+//! is a member of. The per-pool handler index is kept in step on join, leave, register,
+//! unregister and disconnect.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use latzero_proto::frame::encode_message;
+use latzero_proto::message::{Presence, RawValue};
+use latzero_proto::{AppId, PoolName, TriggerName};
+use serde_json::{json, Value};
+
+use crate::session::conn::{Conn, ConnId};
+
+/// A connected app.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub conn: Arc<Conn>,
+    pub pools: BTreeSet<PoolName>,
+    pub triggers: BTreeSet<TriggerName>,
+    pub meta: Option<Box<RawValue>>,
+    pub connected_at: SystemTime,
+}
+
+/// The kind of a pool. Only local pools exist so far; global and encrypted pools come with
+/// clustering and security.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PoolKind {
+    Local,
+}
+
+/// The handlers of one trigger in one pool, with the round-robin cursor.
+#[derive(Debug, Default)]
+pub(crate) struct Handlers {
+    pub list: Vec<Arc<Conn>>,
+    cursor: AtomicUsize,
+}
+
+impl Handlers {
+    /// The next handler in round-robin order.
+    pub fn pick(&self) -> Option<&Arc<Conn>> {
+        if self.list.is_empty() {
+            return None;
+        }
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.list.len();
+        self.list.get(i)
+    }
+}
+
+/// A pool.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub kind: PoolKind,
+    pub created_at: SystemTime,
+    pub members: BTreeMap<AppId, Arc<Conn>>,
+    pub handlers: HashMap<TriggerName, Handlers>,
+    pub presence: HashMap<ConnId, Arc<Conn>>,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Pool {
+            kind: PoolKind::Local,
+            created_at: SystemTime::now(),
+            members: BTreeMap::new(),
+            handlers: HashMap::new(),
+            presence: HashMap::new(),
+        }
+    }
+
+    fn add_handler(&mut self, trigger: &TriggerName, conn: &Arc<Conn>) {
+        let h = self.handlers.entry(trigger.clone()).or_default();
+        if !h.list.iter().any(|c| c.id == conn.id) {
+            h.list.push(conn.clone());
+        }
+    }
+
+    fn remove_handler(&mut self, trigger: &TriggerName, conn: ConnId) {
+        if let Some(h) = self.handlers.get_mut(trigger) {
+            h.list.retain(|c| c.id != conn);
+            if h.list.is_empty() {
+                self.handlers.remove(trigger);
+            }
+        }
+    }
+
+    /// Tells presence subscribers (other than the app itself) that an app joined or left.
+    fn announce(&self, app: &AppId, event: &'static str, pool: &PoolName) {
+        if self.presence.is_empty() {
+            return;
+        }
+        let frame: Bytes = encode_message(&Presence {
+            action: "presence",
+            pool: pool.as_str(),
+            app_id: app.as_str(),
+            event,
+        });
+        for c in self.presence.values() {
+            if c.app() != Some(app) {
+                let _ = c.send(frame.clone());
+            }
+        }
+    }
+}
+
+/// Apps and pools.
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    pub apps: HashMap<AppId, App>,
+    pub pools: BTreeMap<PoolName, Pool>,
+}
+
+impl Directory {
+    /// The live connection of an app, if any.
+    pub fn conn_of(&self, app: &str) -> Option<&Arc<Conn>> {
+        self.apps.get(app).map(|a| &a.conn)
+    }
+
+    /// Binds an app to a connection. The caller has checked for duplicates.
+    pub fn add_app(&mut self, conn: &Arc<Conn>, app: AppId, meta: Option<Box<RawValue>>) {
+        self.apps.insert(
+            app,
+            App {
+                conn: conn.clone(),
+                pools: BTreeSet::new(),
+                triggers: BTreeSet::new(),
+                meta,
+                connected_at: SystemTime::now(),
+            },
+        );
+    }
+
+    /// Joins pools, creating them on first join.
+    pub fn join(&mut self, app_id: &AppId, pools: &[PoolName]) {
+        let Some(app) = self.apps.get_mut(app_id) else { return };
+        for p in pools {
+            if !app.pools.insert(p.clone()) {
+                continue;
+            }
+            let pool = self.pools.entry(p.clone()).or_insert_with(Pool::new);
+            pool.members.insert(app_id.clone(), app.conn.clone());
+            for t in &app.triggers {
+                pool.add_handler(t, &app.conn);
+            }
+            pool.announce(app_id, "joined", p);
+            tracing::debug!(app = %app_id, pool = %p, "joined pool");
+        }
+    }
+
+    /// Leaves pools. Empty pools stay (they are cheap and keep their creation time).
+    pub fn leave(&mut self, app_id: &AppId, pools: &[PoolName]) {
+        let Some(app) = self.apps.get_mut(app_id) else { return };
+        for p in pools {
+            if !app.pools.remove(p) {
+                continue;
+            }
+            if let Some(pool) = self.pools.get_mut(p) {
+                pool.members.remove(app_id);
+                pool.presence.remove(&app.conn.id);
+                for t in &app.triggers {
+                    pool.remove_handler(t, app.conn.id);
+                }
+                pool.announce(app_id, "left", p);
+            }
+        }
+    }
+
+    /// Registers triggers in every pool the app is in.
+    pub fn register(&mut self, app_id: &AppId, triggers: &[TriggerName]) {
+        let Some(app) = self.apps.get_mut(app_id) else { return };
+        for t in triggers {
+            if !app.triggers.insert(t.clone()) {
+                continue;
+            }
+            for p in &app.pools {
+                if let Some(pool) = self.pools.get_mut(p) {
+                    pool.add_handler(t, &app.conn);
+                }
+            }
+        }
+    }
+
+    /// Unregisters triggers.
+    pub fn unregister(&mut self, app_id: &AppId, triggers: &[TriggerName]) {
+        let Some(app) = self.apps.get_mut(app_id) else { return };
+        for t in triggers {
+            if !app.triggers.remove(t) {
+                continue;
+            }
+            for p in &app.pools {
+                if let Some(pool) = self.pools.get_mut(p) {
+                    pool.remove_handler(t, app.conn.id);
+                }
+            }
+        }
+    }
+
+    /// Removes an app if `conn` is still its connection (a takeover may have replaced it).
+    pub fn remove_app(&mut self, app_id: &AppId, conn: ConnId) {
+        match self.apps.get(app_id) {
+            Some(a) if a.conn.id == conn => {}
+            _ => return,
+        }
+        let pools: Vec<PoolName> = self.apps[app_id].pools.iter().cloned().collect();
+        self.leave(app_id, &pools);
+        self.apps.remove(app_id);
+    }
+
+    /// The pools and triggers of an app, for acks.
+    pub fn app_state(&self, app_id: &AppId) -> (Vec<&str>, Vec<&str>) {
+        match self.apps.get(app_id) {
+            Some(a) => (
+                a.pools.iter().map(PoolName::as_str).collect(),
+                a.triggers.iter().map(TriggerName::as_str).collect(),
+            ),
+            None => (vec![], vec![]),
+        }
+    }
+
+    /// Pools, members and triggers for `status`.
+    pub fn snapshot(&self) -> Value {
+        let pools: Vec<Value> = self
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                let mut triggers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                for (t, h) in &p.handlers {
+                    triggers.insert(t.as_str(), h.list.iter().map(|c| c.app_str()).collect());
+                }
+                json!({
+                    "name": name.as_str(),
+                    "type": match p.kind { PoolKind::Local => "local" },
+                    "created_at": unix_ms(p.created_at),
+                    "members": p.members.keys().map(AppId::as_str).collect::<Vec<_>>(),
+                    "triggers": triggers,
+                })
+            })
+            .collect();
+        let mut apps: Vec<Value> = self
+            .apps
+            .iter()
+            .map(|(id, a)| {
+                json!({
+                    "app_id": id.as_str(),
+                    "peer": a.conn.peer,
+                    "pools": a.pools.iter().map(PoolName::as_str).collect::<Vec<_>>(),
+                    "triggers": a.triggers.iter().map(TriggerName::as_str).collect::<Vec<_>>(),
+                    "meta": a.meta.as_ref().and_then(|m| serde_json::from_str::<Value>(m.get()).ok()),
+                    "connected_at": unix_ms(a.connected_at),
+                    "calls_in_flight": a.conn.inflight.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        apps.sort_by(|a, b| a["app_id"].as_str().cmp(&b["app_id"].as_str()));
+        json!({ "pools": pools, "apps": apps })
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,41 @@
+//! Errors of the server library's public API (start-up and run). Errors on the wire are
+//! [`latzero_proto::ErrorCode`]s, produced by the session and the router.
+
+use std::path::PathBuf;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory (or a file in it) could not be created or written.
+    #[error("cannot use data directory {}: {source}; check its permissions or pick another with --data-dir", path.display())]
+    DataDir {
+        /// The path that failed.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another server holds the data directory's lock.
+    #[error("another latzero server is already running on data directory {}{}; stop it with `latzero stop` or pick another --data-dir", path.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        /// The data directory.
+        path: PathBuf,
+        /// The running server's pid, if known.
+        pid: Option<u32>,
+    },
+    /// The TCP address is in use.
+    #[error("address {addr} is already in use; is another server running? pick another with --port")]
+    AddrInUse {
+        /// The address.
+        addr: String,
+    },
+    /// Binding a listener failed for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address or socket path.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,449 @@
+//! The router: triggers (RPC) and emits.
+//!
+//! A call goes caller reader → [`Router::call`] (pick a handler, record the hop in the
+//! [`pending`] table with its deadline, queue the trigger to the handler) → handler →
+//! [`Router::respond`] (match the hop, check it was sent to this connection) → the caller's
+//! queue. No disk and no global lock on this path: the directory is read under its read lock
+//! and released before anything is queued.
+//!
+//! Handlers see a server-assigned hop id, never the caller's id, so two callers may use the
+//! same id without being confused, and a connection can only answer calls sent to it.
+
+pub(crate) mod pending;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use latzero_proto::frame::encode_message;
+use latzero_proto::message::{
+    Accepted, DeliverEmit, DeliverTrigger, Emit, ErrorFrame, ForwardResponse, Origin, RawValue,
+    Response, Status, Trigger,
+};
+use latzero_proto::ErrorCode;
+use tokio::time::{sleep_until, Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use self::pending::{Group, Pending, PendingTable, Take, Target};
+use crate::admin::Counters;
+use crate::config::Limits;
+use crate::directory::Directory;
+use crate::session::conn::{Conn, ConnId, SendError};
+
+/// A request the router refused: the code and message of the error frame the session sends.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+/// How a call ended.
+enum Outcome<'a> {
+    /// The handler answered.
+    Handler { status: Status, body: Option<&'a RawValue> },
+    /// The server ended it.
+    Failed { code: ErrorCode, message: &'a str, may_still_run: Option<bool> },
+}
+
+/// `null`, for absent payloads.
+fn null() -> &'static RawValue {
+    RawValue::NULL
+}
+
+/// Triggers and emits.
+#[derive(Debug)]
+pub(crate) struct Router {
+    pub table: PendingTable,
+    counters: Arc<Counters>,
+    limits: Limits,
+}
+
+impl Router {
+    pub fn new(counters: Arc<Counters>, limits: Limits) -> Self {
+        Router { table: PendingTable::new(), counters, limits }
+    }
+
+    /// Routes a call from `caller`. On refusal nothing was recorded or sent.
+    pub fn call(
+        &self,
+        directory: &std::sync::RwLock<Directory>,
+        caller: &Arc<Conn>,
+        t: &Trigger<'_>,
+    ) -> Result<(), Refusal> {
+        let caller_app = caller.app().expect("calls are only routed after the handshake");
+        let ttl = match t.ttl_ms {
+            Some(ms) if Duration::from_millis(ms) > self.limits.max_ttl => {
+                return Err(refuse(
+                    ErrorCode::InvalidMessage,
+                    format!("ttl {ms} ms exceeds the maximum of {} ms", self.limits.max_ttl.as_millis()),
+                ));
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => self.limits.default_ttl,
+        };
+        let (handlers, reply_conn) = {
+            let dir = directory.read().unwrap_or_else(|e| e.into_inner());
+            let pool = dir
+                .pools
+                .get(&*t.pool)
+                .filter(|p| p.members.contains_key(caller_app.as_str()))
+                .ok_or_else(|| {
+                    refuse(
+                        ErrorCode::NotInPool,
+                        format!("app '{caller_app}' is not in pool '{}'; join it first", &*t.pool),
+                    )
+                })?;
+            let reply_conn = match &t.reply_to {
+                Some(r) => Some(pool.members.get(&**r).cloned().ok_or_else(|| {
+                    refuse(ErrorCode::NotInPool, format!("reply_to app '{}' is not in pool '{}'", &**r, &*t.pool))
+                })?),
+                None => None,
+            };
+            let registered = pool.handlers.get(&*t.process);
+            let no_handler = || {
+                refuse(
+                    ErrorCode::NoHandler,
+                    format!("no app in pool '{}' has registered trigger '{}'", &*t.pool, &*t.process),
+                )
+            };
+            let handlers: Vec<Arc<Conn>> = if t.broadcast {
+                let list = registered.map(|h| h.list.clone()).unwrap_or_default();
+                if list.is_empty() {
+                    return Err(no_handler());
+                }
+                list
+            } else if let Some(dest) = &t.destination {
+                let conn = pool.members.get(&**dest).ok_or_else(|| {
+                    refuse(
+                        ErrorCode::NotInPool,
+                        format!("destination app '{}' is not in pool '{}'", &**dest, &*t.pool),
+                    )
+                })?;
+                if !registered.is_some_and(|h| h.list.iter().any(|c| c.id == conn.id)) {
+                    return Err(refuse(
+                        ErrorCode::NoHandler,
+                        format!("app '{}' has not registered trigger '{}'", &**dest, &*t.process),
+                    ));
+                }
+                vec![conn.clone()]
+            } else {
+                vec![registered.and_then(|h| h.pick()).ok_or_else(no_handler)?.clone()]
+            };
+            (handlers, reply_conn)
+        };
+
+        let n = handlers.len();
+        let before = caller.inflight.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.limits.max_inflight_per_conn {
+            caller.inflight.fetch_sub(n, Ordering::Relaxed);
+            self.counters.inc(&self.counters.calls_refused);
+            return Err(refuse(
+                ErrorCode::Overloaded,
+                format!(
+                    "this connection has {before} calls in flight; the limit is {}",
+                    self.limits.max_inflight_per_conn
+                ),
+            ));
+        }
+        self.counters.inc(&self.counters.calls_total);
+
+        let deadline = Instant::now() + ttl;
+        let group = t.broadcast.then(|| Group::new(n));
+        let data = t.data.unwrap_or(null());
+        let mut hop_buf = itoa::Buffer::new();
+        for (slot, handler) in handlers.into_iter().enumerate() {
+            let hop = self.table.next_hop();
+            let target = match (&group, &reply_conn) {
+                (Some(g), _) => Target::Broadcast { group: g.clone(), slot },
+                (None, Some(r)) => Target::ReplyTo(r.clone()),
+                (None, None) => Target::Caller,
+            };
+            let frame = encode_message(&DeliverTrigger {
+                action: "trigger",
+                id: hop_buf.format(hop),
+                process: &t.process,
+                pool: &t.pool,
+                data,
+                origin: Origin { app_id: caller_app.as_str() },
+                ttl: ttl.as_millis() as u64,
+            });
+            self.table.insert(
+                hop,
+                Pending {
+                    caller: caller.clone(),
+                    caller_id: t.id.to_owned(),
+                    handler: handler.clone(),
+                    deadline,
+                    ttl,
+                    target,
+                },
+            );
+            if let Err(e) = handler.send(frame) {
+                // Not delivered: fail this hop now. Errors before `accepted` go to the caller.
+                if let Some(mut p) = self.table.take(hop) {
+                    if matches!(p.target, Target::ReplyTo(_)) {
+                        p.target = Target::Caller;
+                    }
+                    let (code, message) = match e {
+                        SendError::Full => (
+                            ErrorCode::Overloaded,
+                            format!("handler '{}' is not reading its queue; it was disconnected as a slow consumer", handler.app_str()),
+                        ),
+                        SendError::Closed => (
+                            ErrorCode::HandlerGone,
+                            format!("handler '{}' disconnected before the call could be delivered", handler.app_str()),
+                        ),
+                    };
+                    self.complete(p, Outcome::Failed { code, message: &message, may_still_run: Some(false) });
+                }
+                continue;
+            }
+            if let Some(r) = &reply_conn {
+                let accepted = encode_message(&Accepted {
+                    action: "accepted",
+                    in_reply_to: t.id,
+                    reply_to: r.app_str(),
+                    handler: handler.app_str(),
+                });
+                let _ = caller.send(accepted);
+            }
+        }
+        Ok(())
+    }
+
+    /// A handler's response.
+    pub fn respond(&self, conn: &Arc<Conn>, r: &Response<'_>) -> Result<(), Refusal> {
+        let raw = r.in_reply_to.get();
+        let hop = raw.trim_matches('"').parse::<u64>().ok();
+        let unknown = || {
+            refuse(
+                ErrorCode::UnknownCall,
+                format!("in_reply_to {raw} is not a call this server sent to this connection"),
+            )
+        };
+        let Some(hop) = hop else { return Err(unknown()) };
+        match self.table.take_for(hop, conn.id) {
+            Take::Found(p) => {
+                self.complete(p, Outcome::Handler { status: r.status, body: r.body });
+                Ok(())
+            }
+            Take::Finished => {
+                self.counters.inc(&self.counters.late_responses);
+                tracing::debug!(hop, app = conn.app_str(), "late response dropped");
+                Ok(())
+            }
+            Take::NotYours | Take::Never => Err(unknown()),
+        }
+    }
+
+    /// Fire-and-forget: queues the emit to every handler of the trigger in the pool.
+    /// Returns how many handlers it was queued to.
+    pub fn emit(
+        &self,
+        directory: &std::sync::RwLock<Directory>,
+        sender: &Arc<Conn>,
+        e: &Emit<'_>,
+    ) -> Result<u64, Refusal> {
+        let sender_app = sender.app().expect("emits are only routed after the handshake");
+        let targets: Vec<Arc<Conn>> = {
+            let dir = directory.read().unwrap_or_else(|e| e.into_inner());
+            let pool = dir
+                .pools
+                .get(&*e.pool)
+                .filter(|p| p.members.contains_key(sender_app.as_str()))
+                .ok_or_else(|| {
+                    refuse(
+                        ErrorCode::NotInPool,
+                        format!("app '{sender_app}' is not in pool '{}'; join it first", &*e.pool),
+                    )
+                })?;
+            pool.handlers.get(&*e.process).map(|h| h.list.clone()).unwrap_or_default()
+        };
+        self.counters.inc(&self.counters.emits_total);
+        if targets.is_empty() {
+            self.counters.inc(&self.counters.emits_unrouted);
+            return Ok(0);
+        }
+        let frame = encode_message(&DeliverEmit {
+            action: "emit",
+            process: &e.process,
+            pool: &e.pool,
+            data: e.data.unwrap_or(null()),
+            origin: Origin { app_id: sender_app.as_str() },
+        });
+        let mut delivered = 0;
+        let mut slow = Vec::new();
+        for c in &targets {
+            match c.send(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(SendError::Full) => slow.push(c.app_str().to_owned()),
+                Err(SendError::Closed) => {}
+            }
+        }
+        self.counters.add(&self.counters.emits_delivered, delivered);
+        if !slow.is_empty() {
+            return Err(refuse(
+                ErrorCode::Overloaded,
+                format!(
+                    "emit not delivered to {} (slow consumer, disconnected); delivered to {delivered} other handler(s)",
+                    slow.join(", ")
+                ),
+            ));
+        }
+        Ok(delivered)
+    }
+
+    /// Fails or drops every call that involves a connection that has gone.
+    pub fn on_disconnect(&self, conn: ConnId) {
+        let gone = self.table.drain_where(|p| {
+            p.handler.id == conn
+                || p.caller.id == conn
+                || matches!(&p.target, Target::ReplyTo(r) if r.id == conn)
+        });
+        for p in gone {
+            if p.handler.id == conn && p.caller.id != conn {
+                let message = format!(
+                    "handler '{}' disconnected before answering; the call may have run partly or fully",
+                    p.handler.app_str()
+                );
+                self.complete(p, Outcome::Failed { code: ErrorCode::HandlerGone, message: &message, may_still_run: None });
+            } else {
+                // The caller (or its reply target) has gone: nobody is left to tell.
+                p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
+                self.counters.inc(&self.counters.undeliverable);
+            }
+        }
+    }
+
+    /// Fails every pending call (shutdown).
+    pub fn fail_all(&self, code: ErrorCode, message: &str) {
+        for p in self.table.drain_where(|_| true) {
+            self.complete(p, Outcome::Failed { code, message, may_still_run: Some(true) });
+        }
+    }
+
+    /// Fires deadlines until `stop` is cancelled.
+    pub async fn run_timer(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let next = self.table.next_deadline();
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.table.wake.notified() => continue,
+                _ = sleep_until(next.unwrap_or(far)) => {}
+            }
+            for p in self.table.expire(Instant::now()) {
+                let message = format!(
+                    "call timed out after {} ms; handler '{}' may still run it",
+                    p.ttl.as_millis(),
+                    p.handler.app_str()
+                );
+                self.complete(p, Outcome::Failed { code: ErrorCode::Timeout, message: &message, may_still_run: Some(true) });
+            }
+        }
+    }
+
+    /// Sends the terminal frame of a call that has left the table.
+    fn complete(&self, p: Pending, outcome: Outcome<'_>) {
+        let c = &self.counters;
+        match &outcome {
+            Outcome::Handler { status: Status::Ok, .. } => c.inc(&c.calls_ok),
+            Outcome::Handler { status: Status::Error, .. } => c.inc(&c.calls_handler_error),
+            Outcome::Failed { code: ErrorCode::Timeout, .. } => c.inc(&c.calls_timed_out),
+            Outcome::Failed { code: ErrorCode::HandlerGone, .. } => c.inc(&c.calls_handler_gone),
+            Outcome::Failed { code: ErrorCode::ShuttingDown, .. } => c.inc(&c.calls_shut_down),
+            Outcome::Failed { .. } => c.inc(&c.calls_refused),
+        }
+        p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
+        let handler = p.handler.app_str();
+        let caller_app = p.caller.app_str();
+        let (dest, origin) = match &p.target {
+            Target::Caller => (&p.caller, None),
+            Target::ReplyTo(r) => (r, Some(Origin { app_id: caller_app })),
+            Target::Broadcast { group, slot } => {
+                self.complete_slot(&p, group, *slot, &outcome);
+                return;
+            }
+        };
+        let frame = match outcome {
+            Outcome::Handler { status, body } => encode_message(&ForwardResponse {
+                action: "response",
+                in_reply_to: &p.caller_id,
+                status: status.as_str(),
+                response: (status == Status::Ok).then(|| body.unwrap_or(null())),
+                error: (status == Status::Error).then(|| body.unwrap_or(null())),
+                origin,
+            }),
+            Outcome::Failed { code, message, may_still_run } => encode_message(&ErrorFrame {
+                handler_may_still_run: may_still_run,
+                handler: Some(handler),
+                origin,
+                ..ErrorFrame::new(Some(&p.caller_id), code, message)
+            }),
+        };
+        if dest.send(frame).is_err() {
+            c.inc(&c.undeliverable);
+        }
+    }
+
+    fn complete_slot(&self, p: &Pending, group: &Group, slot: usize, outcome: &Outcome<'_>) {
+        #[derive(serde::Serialize)]
+        struct Entry<'a> {
+            app_id: &'a str,
+            status: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            response: Option<&'a RawValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a RawValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            code: Option<ErrorCode>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            message: Option<&'a str>,
+        }
+        let app_id = p.handler.app_str();
+        let entry = match *outcome {
+            Outcome::Handler { status, body } => Entry {
+                app_id,
+                status: status.as_str(),
+                response: (status == Status::Ok).then(|| body.unwrap_or(null())),
+                error: (status == Status::Error).then(|| body.unwrap_or(null())),
+                code: None,
+                message: None,
+            },
+            Outcome::Failed { code, message, .. } => Entry {
+                app_id,
+                status: "error",
+                response: None,
+                error: None,
+                code: Some(code),
+                message: Some(message),
+            },
+        };
+        let text = serde_json::to_string(&entry).expect("serialising an entry into memory");
+        let done = {
+            let mut g = group.state.lock().unwrap_or_else(|e| e.into_inner());
+            g.slots[slot] = Some(text);
+            g.remaining -= 1;
+            (g.remaining == 0).then(|| std::mem::take(&mut g.slots))
+        };
+        if let Some(slots) = done {
+            let mut json = String::with_capacity(64 + slots.iter().flatten().map(String::len).sum::<usize>());
+            json.push_str(r#"{"action":"response","in_reply_to":"#);
+            json.push_str(p.caller_id.get());
+            json.push_str(r#","status":"ok","broadcast":true,"responses":["#);
+            for (i, s) in slots.iter().flatten().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push_str(s);
+            }
+            json.push_str("]}");
+            if p.caller.send(latzero_proto::frame::encode_json(json.as_bytes())).is_err() {
+                self.counters.inc(&self.counters.undeliverable);
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The server: binds the listeners, owns the shared state, and runs until shut down.
+//!
+//! Shutdown is injected (`run(shutdown)`); signals are handled by the binary. A shutdown stops
+//! accepting, fails every call in flight with SHUTTING_DOWN, tells each client (`closing`),
+//! lets the writers flush for at most `shutdown_grace`, and returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::time::Instant;
+
+use latzero_proto::message::RawValue;
+use latzero_proto::{ErrorCode, PROTOCOL_VERSION, UNIX_SOCKET_NAME};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Counters;
+use crate::config::ServerConfig;
+use crate::datadir::{DataDir, RuntimeInfo};
+use crate::directory::Directory;
+use crate::error::ServerError;
+use crate::router::Router;
+use crate::session::conn::{Conn, ConnId};
+use crate::transport;
+
+/// State shared by every session.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub config: ServerConfig,
+    pub directory: RwLock<Directory>,
+    pub router: Arc<Router>,
+    pub counters: Arc<Counters>,
+    pub conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
+    next_conn: AtomicU64,
+    pub shutting_down: AtomicBool,
+    /// Tells sessions to say goodbye and close.
+    pub sessions_stop: CancellationToken,
+    /// Cancelled by a `shutdown` request over the protocol.
+    pub stop_requested: CancellationToken,
+    started: Instant,
+    tcp: SocketAddr,
+    unix: Option<PathBuf>,
+}
+
+impl State {
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `status_result` message.
+    pub fn status(&self, id: Option<&RawValue>) -> Value {
+        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner()).snapshot();
+        let connections = self.conns.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let l = &self.config.limits;
+        let mut v = json!({
+            "action": "status_result",
+            "server": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol_version": PROTOCOL_VERSION,
+                "pid": std::process::id(),
+                "uptime_ms": self.started.elapsed().as_millis() as u64,
+                "tcp": self.tcp.to_string(),
+                "unix": self.unix.as_ref().map(|p| p.display().to_string()),
+                "data_dir": self.config.data_dir.display().to_string(),
+                "shutting_down": self.shutting_down.load(Ordering::Relaxed),
+            },
+            "connections": connections,
+            "calls_in_flight": self.router.table.len(),
+            "pools": dir["pools"],
+            "apps": dir["apps"],
+            "counters": self.counters.snapshot(),
+            "limits": {
+                "max_frame_len": l.max_frame_len,
+                "outbound_queue_frames": l.outbound_queue_frames,
+                "outbound_queue_bytes": l.outbound_queue_bytes,
+                "max_inflight_per_conn": l.max_inflight_per_conn,
+                "default_ttl_ms": l.default_ttl.as_millis() as u64,
+                "max_ttl_ms": l.max_ttl.as_millis() as u64,
+            },
+        });
+        if let Some(id) = id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+            v["in_reply_to"] = id;
+        }
+        v
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<State>,
+    tcp: TcpListener,
+    unix: Option<UnixListener>,
+    datadir: DataDir,
+}
+
+impl Server {
+    /// Prepares the data directory, takes its lock and binds the listeners.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let datadir = DataDir::prepare(&config.data_dir)?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let tcp = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
+            _ => ServerError::Bind { addr: addr.clone(), source: e },
+        })?;
+        let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?;
+        let (unix, unix_path) = if config.unix_socket {
+            let path = datadir.path().join(UNIX_SOCKET_NAME);
+            // We hold the data dir's lock, so a socket file here is left over from a crash.
+            let _ = std::fs::remove_file(&path);
+            let bind_err = |e| ServerError::Bind { addr: path.display().to_string(), source: e };
+            let l = UnixListener::bind(&path).map_err(bind_err)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+            (Some(l), Some(path))
+        } else {
+            (None, None)
+        };
+        datadir.write_runtime(&RuntimeInfo {
+            pid: std::process::id(),
+            tcp: tcp_addr,
+            unix: unix_path.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })?;
+        let counters = Arc::new(Counters::default());
+        let state = Arc::new(State {
+            router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
+            config,
+            directory: RwLock::new(Directory::default()),
+            counters,
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            sessions_stop: CancellationToken::new(),
+            stop_requested: CancellationToken::new(),
+            started: Instant::now(),
+            tcp: tcp_addr,
+            unix: unix_path,
+        });
+        Ok(Server { state, tcp, unix, datadir })
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.tcp
+    }
+
+    /// The Unix socket path, if enabled.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.state.unix.as_deref()
+    }
+
+    /// Serves until `shutdown` completes or a client sends `shutdown`, then shuts down
+    /// gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server { state, tcp, unix, datadir } = self;
+        let tracker = TaskTracker::new();
+        let accept_stop = CancellationToken::new();
+        let timer_stop = CancellationToken::new();
+        tracker.spawn(transport::accept_tcp(state.clone(), tcp, accept_stop.clone(), tracker.clone()));
+        if let Some(l) = unix {
+            tracker.spawn(transport::accept_unix(state.clone(), l, accept_stop.clone(), tracker.clone()));
+        }
+        let timer = tokio::spawn(state.router.clone().run_timer(timer_stop.clone()));
+        tracing::info!(
+            tcp = %state.tcp,
+            unix = %state.unix.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into()),
+            data_dir = %state.config.data_dir.display(),
+            pid = std::process::id(),
+            "server ready"
+        );
+        tokio::select! {
+            _ = shutdown => {}
+            _ = state.stop_requested.cancelled() => {}
+        }
+        tracing::info!(calls_in_flight = state.router.table.len(), "shutting down");
+        accept_stop.cancel();
+        state.shutting_down.store(true, Ordering::SeqCst);
+        state.router.fail_all(ErrorCode::ShuttingDown, "server is shutting down");
+        state.sessions_stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(state.config.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!("connections did not close within the grace period; closing them");
+            for c in state.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                c.kill.cancel();
+            }
+            tracker.wait().await;
+        }
+        timer_stop.cancel();
+        let _ = timer.await;
+        if let Some(p) = &state.unix {
+            let _ = std::fs::remove_file(p);
+        }
+        datadir.clear_runtime();
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}

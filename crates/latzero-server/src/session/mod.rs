@@ -1,0 +1,328 @@
+//! One connection: a reader (this task) that decodes frames and handles each message, and a
+//! writer task ([`conn::writer`]) that drains the bounded outbound queue.
+//!
+//! Handling is synchronous — a lookup, a table insert, a non-blocking queue push — so the reader
+//! never awaits anything but the socket. Bad input gets an error frame naming the problem and the
+//! connection stays usable; only an oversized frame closes it (the stream cannot be
+//! resynchronised).
+
+pub(crate) mod conn;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use latzero_proto::frame::{encode_message, Frame, FrameCodec, FrameError};
+use latzero_proto::message::{
+    parse_request, Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue,
+    Request, ServerInfo,
+};
+use latzero_proto::{AppId, ErrorCode, PoolName, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_util::codec::Decoder;
+use tracing::Instrument;
+
+use self::conn::Conn;
+use crate::server::State;
+
+/// Why the read loop ended.
+enum End {
+    /// The peer closed or the socket failed.
+    Eof,
+    /// The connection was killed (slow consumer, takeover, writer failure).
+    Killed,
+    /// The server is shutting down.
+    Shutdown,
+    /// We decided to close after a final frame (oversized frame).
+    Close,
+}
+
+/// Runs one connection to completion.
+pub(crate) async fn run<R, W>(state: Arc<State>, reader: R, writer: W, peer: String)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = state.next_conn_id();
+    let limits = &state.config.limits;
+    let (conn, rx) = Conn::new(
+        id,
+        peer.clone(),
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+        state.counters.clone(),
+    );
+    state.counters.inc(&state.counters.connections_total);
+    let span = tracing::info_span!("session", conn = id, peer = %peer);
+    let writer_task = tokio::spawn(conn::writer(conn.clone(), rx, writer).instrument(span.clone()));
+    state.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
+
+    let mut session = Session { state: state.clone(), conn: conn.clone(), app: None };
+    let end = session.read_loop(reader).instrument(span.clone()).await;
+    let _guard = span.enter();
+    match end {
+        End::Shutdown => {
+            let _ = conn.send(encode_message(&Closing {
+                action: "closing",
+                code: ErrorCode::ShuttingDown,
+                message: "server is shutting down",
+            }));
+            conn.close_gracefully();
+        }
+        End::Close => conn.close_gracefully(),
+        End::Eof | End::Killed => conn.kill.cancel(),
+    }
+    session.cleanup();
+    drop(_guard);
+    if tokio::time::timeout(state.config.shutdown_grace, writer_task).await.is_err() {
+        conn.kill.cancel();
+    }
+    tracing::debug!(conn = id, "connection closed");
+}
+
+struct Session {
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    app: Option<AppId>,
+}
+
+impl Session {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> End {
+        let mut codec = FrameCodec::new(self.state.config.limits.max_frame_len);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => self.handle(frame),
+                    Ok(None) => break,
+                    Err(FrameError::TooLarge { len, max }) => {
+                        let msg = format!(
+                            "frame of {len} bytes exceeds the maximum of {max} bytes; closing the connection (the stream cannot be resynchronised)"
+                        );
+                        self.error(None, ErrorCode::FrameTooLarge, &msg);
+                        return End::Close;
+                    }
+                    Err(e) => self.error(None, ErrorCode::InvalidMessage, &e.to_string()),
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                biased;
+                _ = self.conn.kill.cancelled() => return End::Killed,
+                _ = self.state.sessions_stop.cancelled() => return End::Shutdown,
+                r = reader.read_buf(&mut buf) => match r {
+                    Ok(0) => return End::Eof,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read failed");
+                        return End::Eof;
+                    }
+                },
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: Frame) {
+        let st = &self.state;
+        st.counters.inc(&st.counters.frames_in);
+        let binary = matches!(frame, Frame::Binary { .. });
+        let json = frame.json();
+        let parsed = match parse_request(json) {
+            Ok(p) => p,
+            Err(e) => return self.error(e.id, e.code, &e.message),
+        };
+        let id = parsed.id;
+        if binary && !matches!(parsed.request, Request::Block(_)) {
+            return self.error(
+                id,
+                ErrorCode::InvalidMessage,
+                "binary frames carry memory-block data only; send this action as a JSON frame",
+            );
+        }
+        if st.shutting_down.load(Ordering::Relaxed)
+            && !matches!(parsed.request, Request::Status | Request::Ping | Request::Response(_))
+        {
+            return self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
+        }
+        let app = match (&parsed.request, &self.app) {
+            (Request::Handshake(_), Some(app)) => {
+                let msg = format!("this connection already completed its handshake as '{app}'");
+                return self.error(id, ErrorCode::InvalidMessage, &msg);
+            }
+            (Request::Handshake(_), None) => None,
+            (Request::Status | Request::Ping | Request::Shutdown | Request::Block(_), _) => None,
+            (_, None) => {
+                return self.error(
+                    id,
+                    ErrorCode::HandshakeRequired,
+                    r#"send a handshake first: {"action":"handshake","app_id":"...","pools":[...],"triggers":[...]}"#,
+                );
+            }
+            (_, Some(app)) => Some(app.clone()),
+        };
+        match parsed.request {
+            Request::Handshake(h) => self.handshake(id, h),
+            Request::Status => {
+                let frame = encode_message(&st.status(id));
+                let _ = self.conn.send(frame);
+            }
+            Request::Ping => {
+                let _ = self.conn.send(encode_message(&Pong { action: "pong", in_reply_to: id }));
+            }
+            Request::Shutdown => {
+                tracing::info!(peer = %self.conn.peer, "shutdown requested over the protocol");
+                self.ack(id, None);
+                st.stop_requested.cancel();
+            }
+            Request::Block(action) => {
+                let msg = format!("memory blocks ({action}) are not available yet in this server");
+                self.error(id, ErrorCode::NotAvailable, &msg);
+            }
+            Request::Register(ts) => {
+                let app = app.expect("checked above");
+                st.directory_mut().register(&app, &ts);
+                self.ack(id, Some(&app));
+            }
+            Request::Unregister(ts) => {
+                let app = app.expect("checked above");
+                st.directory_mut().unregister(&app, &ts);
+                self.ack(id, Some(&app));
+            }
+            Request::Join(ps) => {
+                let app = app.expect("checked above");
+                st.directory_mut().join(&app, &ps);
+                self.ack(id, Some(&app));
+            }
+            Request::Leave(ps) => {
+                let app = app.expect("checked above");
+                st.directory_mut().leave(&app, &ps);
+                self.ack(id, Some(&app));
+            }
+            Request::PresenceSubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, true),
+            Request::PresenceUnsubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, false),
+            Request::Trigger(t) => {
+                if let Err(r) = st.router.call(&st.directory, &self.conn, &t) {
+                    st.counters.inc(&st.counters.calls_refused);
+                    self.error(Some(t.id), r.code, &r.message);
+                }
+            }
+            Request::Response(r) => {
+                if let Err(refusal) = st.router.respond(&self.conn, &r) {
+                    self.error(id, refusal.code, &refusal.message);
+                }
+            }
+            Request::Emit(e) => match st.router.emit(&st.directory, &self.conn, &e) {
+                Ok(delivered) => {
+                    if let Some(id) = id {
+                        let receipt = Emitted { action: "emitted", in_reply_to: id, delivered };
+                        let _ = self.conn.send(encode_message(&receipt));
+                    }
+                }
+                Err(r) => self.error(id, r.code, &r.message),
+            },
+        }
+    }
+
+    fn handshake(&mut self, id: Option<&RawValue>, h: Handshake) {
+        let st = self.state.clone();
+        let app = h.app_id.clone();
+        let old = {
+            let mut dir = st.directory_mut();
+            let old = dir.conn_of(app.as_str()).cloned();
+            if let Some(existing) = &old {
+                if !h.takeover {
+                    drop(dir);
+                    let msg = format!(
+                        "app id '{app}' is already connected (from {}); use another app id, or send \"takeover\": true to replace that connection",
+                        existing.peer
+                    );
+                    return self.error(id, ErrorCode::DuplicateApp, &msg);
+                }
+                dir.remove_app(&app, existing.id);
+            }
+            self.conn.bind_app(app.clone());
+            dir.add_app(&self.conn, app.clone(), h.meta);
+            dir.register(&app, &h.triggers);
+            dir.join(&app, &h.pools);
+            let (pools, triggers) = dir.app_state(&app);
+            let ack = encode_message(&HandshakeAck {
+                action: "handshake_ack",
+                in_reply_to: id,
+                app_id: app.as_str(),
+                pools,
+                triggers,
+                protocol_version: PROTOCOL_VERSION,
+                took_over: old.is_some(),
+                server: ServerInfo { name: "latzero", version: env!("CARGO_PKG_VERSION"), pid: std::process::id() },
+            });
+            let _ = self.conn.send(ack);
+            old
+        };
+        if let Some(old) = old {
+            tracing::info!(app = %app, old_conn = old.id, "app taken over by a new connection");
+            st.router.on_disconnect(old.id);
+            let _ = old.send(encode_message(&Closing {
+                action: "closing",
+                code: ErrorCode::DuplicateApp,
+                message: "this app id was taken over by a new connection",
+            }));
+            old.close_gracefully();
+        }
+        tracing::info!(app = %app, "handshake");
+        self.app = Some(app);
+    }
+
+    fn presence(&self, id: Option<&RawValue>, app: &AppId, pool: &PoolName, subscribe: bool) {
+        let member = {
+            let mut dir = self.state.directory_mut();
+            match dir.pools.get_mut(pool).filter(|p| p.members.contains_key(app)) {
+                Some(p) => {
+                    if subscribe {
+                        p.presence.insert(self.conn.id, self.conn.clone());
+                    } else {
+                        p.presence.remove(&self.conn.id);
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        if member {
+            self.ack(id, Some(app));
+        } else {
+            let msg = format!("app '{app}' is not in pool '{pool}'; join it first");
+            self.error(id, ErrorCode::NotInPool, &msg);
+        }
+    }
+
+    fn ack(&self, id: Option<&RawValue>, app: Option<&AppId>) {
+        let dir = self.state.directory.read().unwrap_or_else(|e| e.into_inner());
+        let (pools, triggers) = app.map(|a| dir.app_state(a)).unwrap_or_default();
+        let frame = encode_message(&Ack { action: "ack", in_reply_to: id, pools, triggers });
+        drop(dir);
+        let _ = self.conn.send(frame);
+    }
+
+    fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+        if matches!(
+            code,
+            ErrorCode::InvalidMessage | ErrorCode::InvalidName | ErrorCode::UnknownAction | ErrorCode::FrameTooLarge
+        ) {
+            self.state.counters.inc(&self.state.counters.invalid_messages);
+        }
+        tracing::debug!(code = %code, message, "error frame");
+        let _ = self.conn.send(encode_message(&ErrorFrame::new(id, code, message)));
+    }
+
+    /// Leaves the directory and fails or drops every call this connection was part of.
+    fn cleanup(&mut self) {
+        if let Some(app) = self.app.take() {
+            self.state.directory_mut().remove_app(&app, self.conn.id);
+            tracing::info!(app = %app, "app disconnected");
+        }
+        self.state.router.on_disconnect(self.conn.id);
+        self.state.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.conn.id);
+    }
+}

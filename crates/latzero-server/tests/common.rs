@@ -1,0 +1,136 @@
+//! Shared helpers: an in-process server on 127.0.0.1:0 with a temp data dir, and a raw
+//! frame-level client for exact wire assertions.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use latzero_proto::frame::{encode_json, Frame, FrameCodec};
+use latzero_server::{Limits, Server, ServerConfig};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::codec::Decoder;
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub unix: PathBuf,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::with_limits(Limits::default()).await
+    }
+
+    pub async fn with_limits(limits: Limits) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::new(dir.path());
+        cfg.port = 0;
+        cfg.limits = limits;
+        cfg.shutdown_grace = Duration::from_secs(2);
+        let server = Server::bind(cfg).await.unwrap();
+        let addr = server.local_addr();
+        let unix = server.unix_path().unwrap().to_path_buf();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server.run(async { let _ = rx.await; }).await.unwrap();
+        });
+        TestServer { addr, unix, dir, stop: Some(tx), task: Some(task) }
+    }
+
+    /// `latzero://APP@HOST:PORT[?QUERY]` from "APP[?QUERY]".
+    pub fn url(&self, app_query: &str) -> String {
+        let (app, q) = app_query.split_once('?').unwrap_or((app_query, ""));
+        let q = if q.is_empty() { String::new() } else { format!("?{q}") };
+        format!("latzero://{app}@{}{q}", self.addr)
+    }
+
+    /// `latzero://APP?socket=PATH[&QUERY]` from "APP[?QUERY]".
+    pub fn unix_url(&self, app_query: &str) -> String {
+        let (app, q) = app_query.split_once('?').unwrap_or((app_query, ""));
+        let q = if q.is_empty() { String::new() } else { format!("&{q}") };
+        format!("latzero://{app}?socket={}{q}", self.unix.display())
+    }
+
+    pub async fn raw(&self) -> Raw {
+        Raw::connect(self.addr).await
+    }
+
+    /// Shuts down and waits for `run` to return.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// A raw protocol client: writes frames, reads frames, nothing else.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: bytes::BytesMut,
+    codec: FrameCodec,
+}
+
+impl Raw {
+    pub async fn connect(addr: std::net::SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Raw { stream, buf: bytes::BytesMut::new(), codec: FrameCodec::default() }
+    }
+
+    pub async fn send_text(&mut self, json: &str) {
+        self.stream.write_all(&encode_json(json.as_bytes())).await.unwrap();
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).await.unwrap();
+    }
+
+    /// The next frame as JSON; `None` at end of stream. Fails the test after 10 s.
+    pub async fn recv(&mut self) -> Option<Value> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
+                    let Frame::Json(b) = f else { panic!("unexpected binary frame") };
+                    return Some(serde_json::from_slice(&b).unwrap());
+                }
+                if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("no frame within 10 s")
+    }
+
+    pub async fn expect(&mut self) -> Value {
+        self.recv().await.expect("connection closed")
+    }
+
+    /// Sends a handshake and returns the ack.
+    pub async fn handshake(&mut self, app: &str, pools: &[&str], triggers: &[&str]) -> Value {
+        self.send(serde_json::json!({"action":"handshake","app_id":app,"pools":pools,"triggers":triggers})).await;
+        let ack = self.expect().await;
+        assert_eq!(ack["action"], "handshake_ack", "{ack}");
+        ack
+    }
+
+    /// A ping round trip: everything the server queued before the pong has been read.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send(serde_json::json!({"action":"ping","id":"sync"})).await;
+        let mut before = vec![];
+        loop {
+            let f = self.expect().await;
+            if f["action"] == "pong" && f["in_reply_to"] == "sync" {
+                return before;
+            }
+            before.push(f);
+        }
+    }
+}

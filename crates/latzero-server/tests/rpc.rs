@@ -1,0 +1,221 @@
+//! Calls through an in-process server: the seed examples, routing, correlation, every way a
+//! call can end.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::TestServer;
+use latzero_client::{Client, ClientError, ErrorCode, HandlerError, Request};
+use serde_json::{json, Value};
+
+const SEED_HANDSHAKE: &str = r#"{
+  "action": "handshake",
+  "app_id": "myApp",
+  "pools": ["alpha"],
+  "triggers": ["foo", "bar"],
+  "meta": { "version": "1.0.0" }
+}"#;
+const SEED_TRIGGER: &str = r#"{
+  "action": "trigger",
+  "id": "uuid-v4",
+  "process": "foo",
+  "data": { "x": 42 },
+  "pool": "alpha",
+  "origin": { "app_id": "clientApp" },
+  "destination": "targetApp"
+}"#;
+const SEED_RESPONSE: &str = r#"{
+  "action": "response",
+  "in_reply_to": "uuid-v4",
+  "status": "ok",
+  "response": { "result": 84 }
+}"#;
+
+#[tokio::test]
+async fn seed_examples_work_verbatim() {
+    let s = TestServer::start().await;
+    let mut handler = s.raw().await;
+    handler.handshake("targetApp", &["alpha"], &["foo"]).await;
+    let mut caller = s.raw().await;
+    caller.send_text(SEED_HANDSHAKE).await;
+    let ack = caller.expect().await;
+    assert_eq!(ack["action"], "handshake_ack");
+    assert_eq!(ack["app_id"], "myApp");
+    assert_eq!(ack["pools"], json!(["alpha"]));
+    assert_eq!(ack["triggers"], json!(["bar", "foo"]));
+    assert_eq!(ack["protocol_version"], "1.0");
+
+    caller.send_text(SEED_TRIGGER).await;
+    let delivered = handler.expect().await;
+    assert_eq!(delivered["action"], "trigger");
+    assert_eq!(delivered["process"], "foo");
+    assert_eq!(delivered["pool"], "alpha");
+    assert_eq!(delivered["data"], json!({"x": 42}));
+    // The server states who really called, whatever the message claimed.
+    assert_eq!(delivered["origin"], json!({"app_id": "myApp"}));
+    let hop = delivered["id"].as_str().unwrap().to_owned();
+    assert_ne!(hop, "uuid-v4", "handlers see per-hop ids");
+
+    let answer = SEED_RESPONSE.replace("\"uuid-v4\"", &format!("\"{hop}\""));
+    handler.send_text(&answer).await;
+    let got = caller.expect().await;
+    assert_eq!(got, serde_json::from_str::<Value>(SEED_RESPONSE).unwrap());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn type_alias_and_same_ids_from_two_callers() {
+    let s = TestServer::start().await;
+    let mut h = s.raw().await;
+    h.handshake("h", &["p"], &["echo"]).await;
+    let mut a = s.raw().await;
+    a.handshake("a", &["p"], &[]).await;
+    let mut b = s.raw().await;
+    b.send_text(r#"{"type":"handshake","app_id":"b","pools":["p"]}"#).await;
+    assert_eq!(b.expect().await["action"], "handshake_ack");
+
+    a.send(json!({"action":"trigger","id":"same","process":"echo","pool":"p","data":"from-a"})).await;
+    b.send(json!({"type":"trigger","id":"same","process":"echo","pool":"p","data":"from-b"})).await;
+    let t1 = h.expect().await;
+    let t2 = h.expect().await;
+    assert_ne!(t1["id"], t2["id"]);
+    // Answer in reverse order; each caller must get its own data back.
+    for t in [t2, t1] {
+        h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":t["data"]})).await;
+    }
+    assert_eq!(a.expect().await, json!({"action":"response","in_reply_to":"same","status":"ok","response":"from-a"}));
+    assert_eq!(b.expect().await, json!({"action":"response","in_reply_to":"same","status":"ok","response":"from-b"}));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_from_a_connection_not_asked_is_rejected() {
+    let s = TestServer::start().await;
+    let mut h = s.raw().await;
+    h.handshake("h", &["p"], &["f"]).await;
+    let mut intruder = s.raw().await;
+    intruder.handshake("x", &["p"], &["f2"]).await;
+    let mut c = s.raw().await;
+    c.handshake("c", &["p"], &[]).await;
+    c.send(json!({"action":"trigger","id":1,"process":"f","pool":"p"})).await;
+    let t = h.expect().await;
+    intruder.send(json!({"action":"response","id":"r","in_reply_to":t["id"],"status":"ok","response":"forged"})).await;
+    let e = intruder.expect().await;
+    assert_eq!(e["code"], "UNKNOWN_CALL", "{e}");
+    assert_eq!(e["in_reply_to"], "r");
+    h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":"real"})).await;
+    assert_eq!(c.expect().await["response"], "real");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sdk_round_robin_destination_and_errors() {
+    let s = TestServer::start().await;
+    let mut workers = vec![];
+    for name in ["w1", "w2"] {
+        let w = Client::connect(&s.url(&format!("{name}?pools=alpha"))).await.unwrap();
+        let me = name.to_owned();
+        w.handle("who", move |_req: Request| {
+            let me = me.clone();
+            async move { Ok(json!(me)) }
+        })
+        .await
+        .unwrap();
+        w.handle("fail", |_req: Request| async { Err(HandlerError::msg("nope")) }).await.unwrap();
+        workers.push(w);
+    }
+    let c = Client::connect(&s.unix_url("caller?pools=alpha")).await.unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10 {
+        let v = c.call("alpha", "who", &()).await.unwrap();
+        *seen.entry(v.as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen.get("w1"), Some(&5));
+    assert_eq!(seen.get("w2"), Some(&5));
+    for _ in 0..4 {
+        assert_eq!(c.call_to("alpha", "who", "w2", &()).await.unwrap(), "w2");
+    }
+    match c.call("alpha", "fail", &()).await {
+        Err(ClientError::Handler(v)) => assert_eq!(v, json!({"message": "nope"})),
+        other => panic!("{other:?}"),
+    }
+    let e = c.call("alpha", "missing", &()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NoHandler));
+    let e = c.call("beta", "who", &()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotInPool));
+    let e = c.call_to("alpha", "who", "nobody", &()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotInPool));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn timeout_fires_once_and_the_late_response_is_counted() {
+    let s = TestServer::start().await;
+    let mut h = s.raw().await;
+    h.handshake("slow", &["p"], &["f"]).await;
+    let mut c = s.raw().await;
+    c.handshake("c", &["p"], &[]).await;
+    c.send(json!({"action":"trigger","id":"t","process":"f","pool":"p","ttl":30})).await;
+    let t = h.expect().await;
+    let e = c.expect().await;
+    assert_eq!(e["action"], "error");
+    assert_eq!(e["code"], "TIMEOUT");
+    assert_eq!(e["in_reply_to"], "t");
+    assert_eq!(e["handler_may_still_run"], true);
+    assert_eq!(e["handler"], "slow");
+    // The late response is dropped: the handler gets no error, the caller nothing more.
+    h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":1})).await;
+    assert!(h.sync().await.is_empty());
+    assert!(c.sync().await.is_empty());
+    c.send(json!({"action":"status","id":"s"})).await;
+    let st = c.expect().await;
+    assert_eq!(st["counters"]["late_responses"], 1);
+    assert_eq!(st["counters"]["calls_timed_out"], 1);
+    assert_eq!(st["calls_in_flight"], 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn handler_gone_mid_call_fails_the_caller_at_once() {
+    let s = TestServer::start().await;
+    let h = Client::connect(&s.url("h?pools=p")).await.unwrap();
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let entered = std::sync::Mutex::new(Some(entered_tx));
+    h.handle("hang", move |_r: Request| {
+        if let Some(tx) = entered.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        std::future::pending::<Result<Value, HandlerError>>()
+    })
+    .await
+    .unwrap();
+    let c = Client::connect(&s.url("c?pools=p")).await.unwrap();
+    let call = tokio::spawn({
+        let c = c.clone();
+        async move { c.request("p", "hang").timeout(Duration::from_secs(600)).send().await }
+    });
+    entered_rx.await.unwrap();
+    h.close();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::HandlerGone), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_short_circuit_needs_no_server_round_trip() {
+    let s = TestServer::start().await;
+    let c = Client::connect(&s.url("self?pools=p")).await.unwrap();
+    c.handle("double", |r: Request| async move {
+        assert!(r.origin.is_none(), "in-process calls have no origin");
+        Ok(json!(r.data.as_i64().unwrap() * 2))
+    })
+    .await
+    .unwrap();
+    let before = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string())).await.unwrap();
+    assert_eq!(c.call("p", "double", &21).await.unwrap(), 42);
+    let after = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string())).await.unwrap();
+    assert_eq!(before["counters"]["calls_total"], after["counters"]["calls_total"]);
+    s.stop().await;
+}
