@@ -139,7 +139,6 @@ impl Router {
         let before = caller.inflight.fetch_add(n, Ordering::Relaxed);
         if before + n > self.limits.max_inflight_per_conn {
             caller.inflight.fetch_sub(n, Ordering::Relaxed);
-            self.counters.inc(&self.counters.calls_refused);
             return Err(refuse(
                 ErrorCode::Overloaded,
                 format!(

@@ -1,0 +1,184 @@
+//! The command line: clap-derive types only. `command/<verb>.rs` does the work.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// LatZero: one local fabric for processes to call each other (RPC, emit) in pools.
+#[derive(Debug, Parser)]
+#[command(name = "latzero", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the server in the foreground (Ctrl-C or `latzero stop` stops it)
+    Start(StartArgs),
+    /// Show the running server: uptime, connections, pools, apps, triggers, counters
+    Status(StatusArgs),
+    /// Stop the running server gracefully (in-flight calls fail with SHUTTING_DOWN)
+    Stop(TargetArgs),
+    /// Call a trigger and print its result
+    Call(CallArgs),
+    /// Emit to every handler of a trigger in a pool (fire-and-forget) and print the receipt
+    Emit(EmitArgs),
+    /// Serve triggers from the command line: echo the request or answer with fixed JSON
+    Reply(ReplyArgs),
+}
+
+/// `latzero start`. `-h` is the host, as in the original CLI; help is `--help`.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct StartArgs {
+    /// TCP port [default: 45227; 0 picks a free port]
+    #[arg(short = 'p', long, env = "LATZERO_PORT")]
+    pub port: Option<u16>,
+    /// TCP host to bind [default: 127.0.0.1]
+    #[arg(short = 'h', long, env = "LATZERO_HOST")]
+    pub host: Option<String>,
+    /// Data directory [default: ~/.latzero]
+    #[arg(short = 'd', long, env = "LATZERO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Enable cluster mode (not available yet)
+    #[arg(long, env = "LATZERO_CLUSTER_MODE", action = ArgAction::SetTrue)]
+    pub cluster: bool,
+    /// Serve TLS on the TCP port (not available yet)
+    #[arg(long, env = "LATZERO_ENABLE_TLS", action = ArgAction::SetTrue)]
+    pub tls: bool,
+    /// Log level: error, warn, info, debug, trace [default: info]
+    #[arg(long, env = "LATZERO_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Do not listen on the Unix socket in the data directory
+    #[arg(long, env = "LATZERO_NO_UNIX_SOCKET", action = ArgAction::SetTrue)]
+    pub no_unix_socket: bool,
+    /// Largest frame payload accepted, bytes [default: 16777216]
+    #[arg(long, env = "LATZERO_MAX_FRAME_LEN")]
+    pub max_frame_len: Option<usize>,
+    /// Frames queued to one connection before it is closed as a slow consumer [default: 8192]
+    #[arg(long, env = "LATZERO_OUTBOUND_QUEUE_FRAMES")]
+    pub outbound_queue_frames: Option<usize>,
+    /// Bytes queued to one connection before it is closed as a slow consumer [default: 67108864]
+    #[arg(long, env = "LATZERO_OUTBOUND_QUEUE_BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// Calls one connection may have in flight [default: 65536]
+    #[arg(long, env = "LATZERO_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Timeout of calls that give no ttl, ms [default: 30000]
+    #[arg(long, env = "LATZERO_DEFAULT_TTL_MS")]
+    pub default_ttl_ms: Option<u64>,
+    /// Largest ttl accepted, ms [default: 3600000]
+    #[arg(long, env = "LATZERO_MAX_TTL_MS")]
+    pub max_ttl_ms: Option<u64>,
+    /// How long shutdown waits for connections to flush, ms [default: 5000]
+    #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// How to find a running server: explicit --host/--port, else the data directory's
+/// server.json (Unix socket preferred), else 127.0.0.1:45227.
+#[derive(Debug, Args, Clone)]
+pub struct TargetArgs {
+    /// Data directory of the server [default: ~/.latzero]
+    #[arg(short = 'd', long, env = "LATZERO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Server host (forces TCP)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Server port (forces TCP)
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the raw status as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// App id to connect as [default: latzero-cli-<pid>]
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Pool to call in
+    #[arg(long)]
+    pub pool: String,
+    /// Trigger to call
+    pub trigger: String,
+    /// JSON payload [default: null]
+    pub data: Option<String>,
+    /// Run on this app instead of any handler
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Call every handler and print each result
+    #[arg(long, conflicts_with = "to")]
+    pub broadcast: bool,
+    /// Call timeout in ms [default: 30000]
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Make this many calls and print a summary instead of each result
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Calls in flight at once with --count
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u64,
+    /// With --count: send {"seq":N,"from":APP} and check each reply echoes it (see `reply --echo`)
+    #[arg(long)]
+    pub expect_echo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// App id to connect as [default: latzero-cli-<pid>]
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Pool to emit in
+    #[arg(long)]
+    pub pool: String,
+    /// Trigger to emit to
+    pub trigger: String,
+    /// JSON payload [default: null]
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplyArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// App id to connect as [default: latzero-cli-<pid>]
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Pools to join (repeatable)
+    #[arg(long = "pool", required = true)]
+    pub pools: Vec<String>,
+    /// Triggers to serve
+    #[arg(required = true)]
+    pub triggers: Vec<String>,
+    /// Answer every call with this JSON instead of echoing {"app_id","process","data"}
+    #[arg(long, conflicts_with_all = ["error", "hang"])]
+    pub respond: Option<String>,
+    /// Answer every call with status "error" and this JSON
+    #[arg(long, conflicts_with = "hang")]
+    pub error: Option<String>,
+    /// Wait this long before answering, ms
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Never answer (to test timeouts and HANDLER_GONE)
+    #[arg(long)]
+    pub hang: bool,
+    /// Take over a live connection with the same app id
+    #[arg(long)]
+    pub takeover: bool,
+}

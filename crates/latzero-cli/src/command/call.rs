@@ -1,0 +1,122 @@
+//! `latzero call`: one call (prints the result), or `--count` calls (prints a JSON summary).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use latzero_client::{Client, ClientError, ClientOptions};
+use serde_json::{json, Value};
+
+use crate::cli::CallArgs;
+
+pub async fn run(args: CallArgs) -> Result<()> {
+    let data = super::json_arg(args.data.as_deref(), "DATA")?;
+    let mut opts = ClientOptions::new().reconnect(false);
+    if let Some(ms) = args.timeout_ms {
+        opts = opts.request_timeout(Duration::from_millis(ms));
+    }
+    let client = opts.connect(&super::url(&args.target, args.app.as_deref(), std::slice::from_ref(&args.pool))?).await?;
+    if args.count <= 1 {
+        return single(&client, &args, &data).await;
+    }
+    let client = Arc::new(client);
+    let args = Arc::new(args);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (client, args, next, data) = (client.clone(), args.clone(), next.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            let mut mismatched = 0u64;
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut responders: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seq >= args.count {
+                    break;
+                }
+                let payload = if args.expect_echo { json!({"seq": seq, "from": client.app_id().as_str()}) } else { data.clone() };
+                let mut req = client.request(&args.pool, &args.trigger).data(&payload);
+                if let Some(to) = &args.to {
+                    req = req.destination(to);
+                }
+                match req.send().await {
+                    Ok(v) => {
+                        ok += 1;
+                        if let Some(app) = v.get("app_id").and_then(Value::as_str) {
+                            *responders.entry(app.to_owned()).or_default() += 1;
+                        }
+                        if args.expect_echo && v.get("data") != Some(&payload) {
+                            mismatched += 1;
+                        }
+                    }
+                    Err(e) => *errors.entry(error_name(&e)).or_default() += 1,
+                }
+            }
+            (ok, mismatched, errors, responders)
+        }));
+    }
+    let mut ok = 0;
+    let mut mismatched = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut responders: BTreeMap<String, u64> = BTreeMap::new();
+    for t in tasks {
+        let (o, m, e, r) = t.await?;
+        ok += o;
+        mismatched += m;
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+        for (k, v) in r {
+            *responders.entry(k).or_default() += v;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"calls": args.count, "ok": ok, "mismatched": mismatched, "errors": errors,
+               "responders": responders, "seconds": secs, "calls_per_sec": args.count as f64 / secs})
+    );
+    if ok != args.count || mismatched != 0 {
+        bail!("{} of {} calls failed or mismatched", args.count - ok + mismatched, args.count);
+    }
+    Ok(())
+}
+
+fn error_name(e: &ClientError) -> String {
+    match e.code() {
+        Some(c) => c.to_string(),
+        None => match e {
+            ClientError::Handler(_) => "HANDLER_ERROR".into(),
+            ClientError::Disconnected => "DISCONNECTED".into(),
+            other => other.to_string(),
+        },
+    }
+}
+
+async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
+    let mut req = client.request(&args.pool, &args.trigger).data(data);
+    if let Some(to) = &args.to {
+        req = req.destination(to);
+    }
+    if args.broadcast {
+        let replies = req.broadcast().await?;
+        for r in replies {
+            match r.result {
+                Ok(v) => println!("{}", json!({"app_id": r.app_id, "status": "ok", "response": v})),
+                Err(e) => println!("{}", json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})),
+            }
+        }
+        return Ok(());
+    }
+    match req.send().await {
+        Ok(v) => {
+            println!("{v}");
+            Ok(())
+        }
+        Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),
+        Err(e) => Err(e.into()),
+    }
+}

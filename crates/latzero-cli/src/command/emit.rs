@@ -1,0 +1,17 @@
+//! `latzero emit`: fire-and-forget, waiting only for the server's receipt.
+
+use anyhow::Result;
+use latzero_client::ClientOptions;
+
+use crate::cli::EmitArgs;
+
+pub async fn run(args: EmitArgs) -> Result<()> {
+    let data = super::json_arg(args.data.as_deref(), "DATA")?;
+    let client = ClientOptions::new()
+        .reconnect(false)
+        .connect(&super::url(&args.target, args.app.as_deref(), std::slice::from_ref(&args.pool))?)
+        .await?;
+    let delivered = client.emit_confirmed(&args.pool, &args.trigger, &data).await?;
+    println!("{}", serde_json::json!({"delivered": delivered}));
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! One file per verb. Shared here: finding the running server and building app URLs.
+
+pub mod call;
+pub mod emit;
+pub mod reply;
+pub mod start;
+pub mod status;
+pub mod stop;
+
+use anyhow::{Context, Result};
+use latzero_proto::{Endpoint, DEFAULT_HOST, DEFAULT_PORT};
+use latzero_server::RuntimeInfo;
+
+use crate::cli::TargetArgs;
+use crate::config::default_data_dir;
+
+/// Where the target server listens: --host/--port, else server.json in the data dir (Unix
+/// socket preferred), else the default TCP address.
+pub fn endpoint(t: &TargetArgs) -> Endpoint {
+    if t.host.is_some() || t.port.is_some() {
+        let host = t.host.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned());
+        return Endpoint::Tcp(format!("{host}:{}", t.port.unwrap_or(DEFAULT_PORT)));
+    }
+    let dir = t.data_dir.clone().unwrap_or_else(default_data_dir);
+    match RuntimeInfo::read(&dir) {
+        Ok(info) => match info.unix {
+            Some(p) if p.exists() => Endpoint::Unix(p),
+            _ => Endpoint::Tcp(info.tcp.to_string()),
+        },
+        Err(_) => Endpoint::Tcp(format!("{DEFAULT_HOST}:{DEFAULT_PORT}")),
+    }
+}
+
+/// A `latzero://` URL for `app` at the target.
+pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String> {
+    let app = app.map(str::to_owned).unwrap_or_else(|| format!("latzero-cli-{}", std::process::id()));
+    let pools = if pools.is_empty() { String::new() } else { format!("pools={}", pools.join(",")) };
+    let u = match endpoint(t) {
+        Endpoint::Tcp(a) => format!("latzero://{app}@{a}{}", if pools.is_empty() { String::new() } else { format!("?{pools}") }),
+        Endpoint::Unix(p) => {
+            let path: String = form_urlencoded::byte_serialize(p.display().to_string().as_bytes()).collect();
+            format!("latzero://{app}?socket={path}{}", if pools.is_empty() { String::new() } else { format!("&{pools}") })
+        }
+        Endpoint::Default => format!("latzero://{app}"),
+    };
+    Ok(u)
+}
+
+/// Parses a JSON argument.
+pub fn json_arg(s: Option<&str>, what: &str) -> Result<serde_json::Value> {
+    match s {
+        None => Ok(serde_json::Value::Null),
+        Some(s) => serde_json::from_str(s).with_context(|| format!("{what} is not valid JSON: {s}")),
+    }
+}

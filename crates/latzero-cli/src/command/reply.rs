@@ -1,0 +1,59 @@
+//! `latzero reply`: serve triggers from the command line. Prints one JSON line per event on
+//! stdout — `ready` once the handshake is done, then `call` and `emit` as they arrive — so
+//! scripts and tests can synchronise on it.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use latzero_client::{ClientEvent, ClientOptions, HandlerError, Request};
+use serde_json::json;
+
+use crate::cli::ReplyArgs;
+
+pub async fn run(args: ReplyArgs) -> Result<()> {
+    let respond = args.respond.as_deref().map(|s| super::json_arg(Some(s), "--respond")).transpose()?;
+    let error = args.error.as_deref().map(|s| super::json_arg(Some(s), "--error")).transpose()?;
+    let client = ClientOptions::new()
+        .takeover(args.takeover)
+        .connect(&super::url(&args.target, args.app.as_deref(), &args.pools)?)
+        .await?;
+    let me = client.app_id().to_string();
+    for t in &args.triggers {
+        let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
+        let (delay, hang) = (args.delay_ms, args.hang);
+        client
+            .handle(t, move |req: Request| {
+                let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
+                async move {
+                    let kind = if req.is_emit { "emit" } else { "call" };
+                    println!("{}", json!({"event": kind, "process": req.process, "pool": req.pool, "data": req.data, "origin": req.origin}));
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    if let Some(e) = error {
+                        return Err(HandlerError(e));
+                    }
+                    Ok(respond.unwrap_or_else(|| json!({"app_id": me, "process": req.process, "data": req.data})))
+                }
+            })
+            .await?;
+    }
+    let mut events = client.events();
+    println!("{}", json!({"event": "ready", "app_id": me, "pools": args.pools, "triggers": args.triggers}));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            e = events.recv() => match e {
+                Ok(ClientEvent::Disconnected { reason }) => println!("{}", json!({"event": "disconnected", "reason": reason})),
+                Ok(ClientEvent::Reconnected) => println!("{}", json!({"event": "reconnected"})),
+                Ok(ClientEvent::ServerError(e)) => println!("{}", json!({"event": "server_error", "code": e.code, "message": e.message})),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => println!("{}", json!({"event": "events_lagged", "missed": n})),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `latzero status`: a human summary of the running server, or `--json`.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::cli::StatusArgs;
+
+pub async fn run(args: StatusArgs) -> Result<()> {
+    let ep = super::endpoint(&args.target);
+    let st = latzero_client::admin::status(&ep)
+        .await
+        .with_context(|| format!("no latzero server answering at {ep}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{}", render(&st));
+    }
+    Ok(())
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    out
+}
+
+fn list(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(|x| x.as_str().unwrap_or("?")).collect::<Vec<_>>().join(", "),
+        _ => "-".into(),
+    }
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Renders the status as text.
+pub fn render(st: &Value) -> String {
+    let srv = &st["server"];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "LatZero {} (protocol {}), pid {}, up {}",
+        srv["version"].as_str().unwrap_or("?"),
+        srv["protocol_version"].as_str().unwrap_or("?"),
+        srv["pid"],
+        uptime(srv["uptime_ms"].as_u64().unwrap_or(0))
+    );
+    let _ = writeln!(
+        out,
+        "listening: tcp {}, unix {}\ndata dir:  {}",
+        srv["tcp"].as_str().unwrap_or("?"),
+        srv["unix"].as_str().unwrap_or("off"),
+        srv["data_dir"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(out, "connections: {}   calls in flight: {}\n", st["connections"], st["calls_in_flight"]);
+
+    let mut rows = vec![vec!["POOL".into(), "TYPE".into(), "MEMBERS".into(), "TRIGGERS (handlers)".into()]];
+    for p in st["pools"].as_array().into_iter().flatten() {
+        let triggers = p["triggers"]
+            .as_object()
+            .map(|m| m.iter().map(|(t, h)| format!("{t}({})", list(h))).collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".into());
+        rows.push(vec![
+            p["name"].as_str().unwrap_or("?").into(),
+            p["type"].as_str().unwrap_or("?").into(),
+            list(&p["members"]),
+            triggers,
+        ]);
+    }
+    if rows.len() == 1 {
+        out.push_str("pools: none\n");
+    } else {
+        out.push_str(&table(&rows));
+    }
+    out.push('\n');
+    let mut rows = vec![vec!["APP".into(), "POOLS".into(), "TRIGGERS".into(), "IN FLIGHT".into(), "PEER".into()]];
+    for a in st["apps"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            a["app_id"].as_str().unwrap_or("?").into(),
+            list(&a["pools"]),
+            list(&a["triggers"]),
+            a["calls_in_flight"].to_string(),
+            a["peer"].as_str().unwrap_or("?").into(),
+        ]);
+    }
+    if rows.len() == 1 {
+        out.push_str("apps: none\n");
+    } else {
+        out.push_str(&table(&rows));
+    }
+    out.push_str("\ncounters:\n");
+    if let Some(c) = st["counters"].as_object() {
+        let rows: Vec<Vec<String>> = c.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn renders_pools_apps_and_counters() {
+        let st = json!({
+            "server": {"version": "0.1.0", "protocol_version": "1.0", "pid": 7, "uptime_ms": 61000,
+                       "tcp": "127.0.0.1:45227", "unix": "/d/latzero.sock", "data_dir": "/d"},
+            "connections": 2, "calls_in_flight": 0,
+            "pools": [{"name": "alpha", "type": "local", "members": ["a", "b"], "triggers": {"foo": ["b"]}}],
+            "apps": [{"app_id": "a", "pools": ["alpha"], "triggers": [], "calls_in_flight": 0, "peer": "unix"}],
+            "counters": {"calls_total": 3}
+        });
+        let text = super::render(&st);
+        assert!(text.contains("up 1m 1s"), "{text}");
+        assert!(text.contains("alpha  local  a, b     foo(b)"), "{text}");
+        assert!(text.contains("calls_total  3"), "{text}");
+    }
+}

@@ -1,0 +1,16 @@
+//! `latzero stop`: ask the server to shut down gracefully and wait until it has closed us.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cli::TargetArgs;
+
+pub async fn run(t: TargetArgs) -> Result<()> {
+    let ep = super::endpoint(&t);
+    latzero_client::admin::shutdown(&ep, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("cannot stop the server at {ep}"))?;
+    println!("server at {ep} stopped");
+    Ok(())
+}

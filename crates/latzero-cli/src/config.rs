@@ -1,0 +1,115 @@
+//! Layered configuration for `latzero start`: CLI > `LATZERO_*` env (both via clap) > the config
+//! file `<data_dir>/config/latzero.toml` > defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use latzero_server::ServerConfig;
+use serde::Deserialize;
+
+use crate::cli::StartArgs;
+
+/// The config file's name inside `<data_dir>/config/`.
+pub const CONFIG_FILE: &str = "latzero.toml";
+
+/// `config/latzero.toml`. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub log_level: Option<String>,
+    pub tls: Option<bool>,
+    pub cluster: Option<bool>,
+    pub unix_socket: Option<bool>,
+    pub shutdown_grace_ms: Option<u64>,
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_frame_len: Option<usize>,
+    pub outbound_queue_frames: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
+    pub max_inflight_per_conn: Option<usize>,
+    pub default_ttl_ms: Option<u64>,
+    pub max_ttl_ms: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Debug)]
+pub struct Resolved {
+    pub server: ServerConfig,
+    pub log_level: String,
+}
+
+/// `~/.latzero`.
+pub fn default_data_dir() -> PathBuf {
+    dirs::home_dir().unwrap_or_else(|| PathBuf::from(".")).join(".latzero")
+}
+
+fn read_file(data_dir: &Path) -> Result<FileConfig> {
+    let path = data_dir.join("config").join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+    }
+}
+
+/// Resolves `start`'s configuration.
+pub fn resolve(args: &StartArgs) -> Result<Resolved> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let file = read_file(&data_dir)?;
+    if args.tls || file.tls == Some(true) {
+        bail!("TLS is not available yet in this release (--tls / LATZERO_ENABLE_TLS / tls in the config file)");
+    }
+    if args.cluster || file.cluster == Some(true) {
+        bail!("cluster mode is not available yet in this release (--cluster / LATZERO_CLUSTER_MODE / cluster in the config file)");
+    }
+    let mut c = ServerConfig::new(data_dir);
+    if let Some(h) = args.host.clone().or(file.host) {
+        c.host = h;
+    }
+    if let Some(p) = args.port.or(file.port) {
+        c.port = p;
+    }
+    c.unix_socket = !args.no_unix_socket && file.unix_socket.unwrap_or(true);
+    if let Some(ms) = args.shutdown_grace_ms.or(file.shutdown_grace_ms) {
+        c.shutdown_grace = Duration::from_millis(ms);
+    }
+    let l = &mut c.limits;
+    let fl = file.limits;
+    if let Some(v) = args.max_frame_len.or(fl.max_frame_len) {
+        if v == 0 || v > u32::MAX as usize {
+            bail!("max_frame_len must be between 1 and {} bytes", u32::MAX);
+        }
+        l.max_frame_len = v;
+    }
+    if let Some(v) = args.outbound_queue_frames.or(fl.outbound_queue_frames) {
+        l.outbound_queue_frames = v.max(1);
+    }
+    if let Some(v) = args.outbound_queue_bytes.or(fl.outbound_queue_bytes) {
+        l.outbound_queue_bytes = v;
+    }
+    if let Some(v) = args.max_inflight.or(fl.max_inflight_per_conn) {
+        l.max_inflight_per_conn = v;
+    }
+    if let Some(v) = args.default_ttl_ms.or(fl.default_ttl_ms) {
+        l.default_ttl = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = args.max_ttl_ms.or(fl.max_ttl_ms) {
+        l.max_ttl = Duration::from_millis(v.max(1));
+    }
+    if l.default_ttl > l.max_ttl {
+        bail!("default_ttl_ms ({}) exceeds max_ttl_ms ({})", l.default_ttl.as_millis(), l.max_ttl.as_millis());
+    }
+    let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+    if !matches!(log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+        bail!("log level '{log_level}' is not one of error, warn, info, debug, trace");
+    }
+    Ok(Resolved { server: c, log_level })
+}
