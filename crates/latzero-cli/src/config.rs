@@ -56,7 +56,9 @@ fn read_file(data_dir: &Path) -> Result<FileConfig> {
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read config file {}", path.display())),
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot use data directory {}: cannot read config file {}", data_dir.display(), path.display())
+        }),
     }
 }
 

@@ -370,6 +370,9 @@ fn explain_bad_json(json: &[u8], e: serde_json::Error) -> ParseError<'_> {
     if id.is_none() && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err() {
         return invalid(None, format!("frame is not valid JSON: {e}"));
     }
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return invalid(None, "a message must be a JSON object with an `action`; see docs/PROTOCOL.md");
+    }
     // Valid JSON with an ill-typed field: find the field's name for the message.
     let mut de = serde_json::Deserializer::from_slice(json);
     let message = match serde_path_to_error::deserialize::<_, Envelope<'_>>(&mut de) {
@@ -821,6 +824,7 @@ mod tests {
 
         let e = parse_request(br#"[1,2]"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("must be a JSON object"), "{}", e.message);
     }
 
     #[test]
