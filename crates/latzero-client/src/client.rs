@@ -475,7 +475,11 @@ impl Call<'_> {
                 ttl,
             )
             .await?;
-        let v = reply_result(&frame)?;
+        let env = ServerFrame::parse(&frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
+        if env.action() == Some("error") {
+            return Err(remote_error(&env).into());
+        }
+        let v: Value = serde_json::from_slice(&frame)?;
         let list = v
             .get("responses")
             .and_then(Value::as_array)

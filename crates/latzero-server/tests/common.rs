@@ -77,6 +77,7 @@ pub struct Raw {
 impl Raw {
     pub async fn connect(addr: std::net::SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
         Raw { stream, buf: bytes::BytesMut::new(), codec: FrameCodec::default() }
     }
 

@@ -1,11 +1,20 @@
 //! One connection's outbound side: the handle other tasks use to queue frames to it, and the
 //! writer task that drains the queue.
 //!
-//! The queue is bounded twice, in frames and in bytes. The policy when it is full is named
-//! *slow consumer*: the frame that did not fit fails back to whoever sent it (the router turns
-//! that into an OVERLOADED error for a caller), and the stuck connection is closed at once, which
-//! in turn fails its own pending calls with HANDLER_GONE. Memory stays bounded and nothing is
-//! dropped without someone being told.
+//! The queue is bounded twice, in frames and in bytes, and frames enter it two ways:
+//!
+//! - [`Conn::send`]: frames caused by *other* connections (a trigger delivered to a handler, an
+//!   emit, a presence event, a result forwarded to a `reply_to` app). When the queue is full the
+//!   policy is named *slow consumer*: the frame fails back to whoever sent it (the router turns
+//!   that into an OVERLOADED error for a caller), and the stuck connection is closed at once,
+//!   which in turn fails its own pending calls with HANDLER_GONE.
+//! - [`Conn::reply`]: frames answering this connection's *own* requests (acks, errors, pongs,
+//!   the terminal frame of its calls). These are always queued — a burst of failures for a
+//!   caller that reads fine must not cost it its connection — and they are bounded by the
+//!   connection itself: terminal frames by its in-flight limit, the rest because the session
+//!   stops reading from a connection whose queue is over the limit until the writer drains it.
+//!
+//! Memory stays bounded and nothing is dropped without someone being told.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -13,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use latzero_proto::AppId;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Counters;
@@ -45,9 +54,13 @@ pub(crate) struct Conn {
     pub id: ConnId,
     pub peer: String,
     app: OnceLock<AppId>,
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::UnboundedSender<Out>,
+    queued_frames: AtomicUsize,
     queued_bytes: AtomicUsize,
+    max_queued_frames: usize,
     max_queued_bytes: usize,
+    /// Signalled by the writer when the queue is back under its limits.
+    drained: Notify,
     /// Cancelled to close the connection at once (slow consumer, takeover, server gone).
     pub kill: CancellationToken,
     slow: AtomicBool,
@@ -63,15 +76,18 @@ impl Conn {
         queue_frames: usize,
         queue_bytes: usize,
         counters: Arc<Counters>,
-    ) -> (Arc<Conn>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(queue_frames.max(1));
+    ) -> (Arc<Conn>, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let conn = Conn {
             id,
             peer,
             app: OnceLock::new(),
             tx,
+            queued_frames: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
+            max_queued_frames: queue_frames.max(1),
             max_queued_bytes: queue_bytes,
+            drained: Notify::new(),
             kill: CancellationToken::new(),
             slow: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
@@ -94,35 +110,65 @@ impl Conn {
         let _ = self.app.set(app);
     }
 
-    /// Queues a frame without waiting. A full queue closes the connection (see module docs).
+    /// Queues a frame caused by another connection. A full queue closes this connection as a
+    /// slow consumer and fails the frame back to the sender (see module docs).
     pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
         if self.kill.is_cancelled() {
             return Err(SendError::Closed);
         }
         let len = frame.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before > 0 && before + len > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        let frames = self.queued_frames.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if frames >= self.max_queued_frames || (bytes > 0 && bytes + len > self.max_queued_bytes) {
+            self.unqueue(1, len);
             self.mark_slow();
             return Err(SendError::Full);
         }
-        match self.tx.try_send(Out::Frame(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                self.mark_slow();
-                Err(SendError::Full)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                Err(SendError::Closed)
+        self.push(frame, len)
+    }
+
+    /// Queues a frame that answers this connection's own request; never refused for space.
+    pub(crate) fn reply(&self, frame: Bytes) -> Result<(), SendError> {
+        if self.kill.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        let len = frame.len();
+        self.queued_frames.fetch_add(1, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.push(frame, len)
+    }
+
+    fn push(&self, frame: Bytes, len: usize) -> Result<(), SendError> {
+        self.tx.send(Out::Frame(frame)).map_err(|_| {
+            self.unqueue(1, len);
+            SendError::Closed
+        })
+    }
+
+    fn unqueue(&self, frames: usize, bytes: usize) {
+        self.queued_frames.fetch_sub(frames, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the queue is at or over a limit (the session then stops reading).
+    pub(crate) fn over_limit(&self) -> bool {
+        self.queued_frames.load(Ordering::Relaxed) >= self.max_queued_frames
+            || self.queued_bytes.load(Ordering::Relaxed) >= self.max_queued_bytes
+    }
+
+    /// Waits until the writer has drained the queue under its limits (or the conn is killed).
+    pub(crate) async fn drained(&self) {
+        while self.over_limit() && !self.kill.is_cancelled() {
+            tokio::select! {
+                _ = self.drained.notified() => {}
+                _ = self.kill.cancelled() => {}
             }
         }
     }
 
     /// Asks the writer to flush what is queued and close. Falls back to a hard close.
     pub(crate) fn close_gracefully(&self) {
-        if self.tx.try_send(Out::Close).is_err() {
+        if self.tx.send(Out::Close).is_err() {
             self.kill.cancel();
         }
     }
@@ -143,7 +189,7 @@ const BATCH_FRAMES: usize = 256;
 const LARGE_FRAME: usize = 64 * 1024;
 
 /// Drains a connection's queue, coalescing queued frames into as few writes as possible.
-pub(crate) async fn writer<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut rx: mpsc::Receiver<Out>, mut w: W) {
+pub(crate) async fn writer<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<Out>, mut w: W) {
     let mut batch = Vec::with_capacity(BATCH_FRAMES);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     'outer: loop {
@@ -157,6 +203,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut rx: mpsc:
         }
         let mut close = false;
         let mut done = 0usize;
+        let frames = batch.iter().filter(|o| matches!(o, Out::Frame(_))).count();
         buf.clear();
         for item in batch.drain(..) {
             match item {
@@ -183,7 +230,10 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut rx: mpsc:
         if !buf.is_empty() && !write(&conn, &mut w, &buf).await {
             break;
         }
-        conn.queued_bytes.fetch_sub(done, Ordering::Relaxed);
+        conn.unqueue(frames, done);
+        if !conn.over_limit() {
+            conn.drained.notify_one();
+        }
         if close {
             break;
         }

@@ -62,7 +62,7 @@ where
     let _guard = span.enter();
     match end {
         End::Shutdown => {
-            let _ = conn.send(encode_message(&Closing {
+            let _ = conn.reply(encode_message(&Closing {
                 action: "closing",
                 code: ErrorCode::ShuttingDown,
                 message: "server is shutting down",
@@ -104,6 +104,18 @@ impl Session {
                     }
                     Err(e) => self.error(None, ErrorCode::InvalidMessage, &e.to_string()),
                 }
+            }
+            if self.conn.over_limit() {
+                // Backpressure: a peer that sends but does not read is not read either.
+                tokio::select! {
+                    biased;
+                    _ = self.state.sessions_stop.cancelled() => return End::Shutdown,
+                    _ = self.conn.drained() => {}
+                }
+                if self.conn.kill.is_cancelled() {
+                    return End::Killed;
+                }
+                continue;
             }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
@@ -166,10 +178,10 @@ impl Session {
             Request::Handshake(h) => self.handshake(id, h),
             Request::Status => {
                 let frame = encode_message(&st.status(id));
-                let _ = self.conn.send(frame);
+                let _ = self.conn.reply(frame);
             }
             Request::Ping => {
-                let _ = self.conn.send(encode_message(&Pong { action: "pong", in_reply_to: id }));
+                let _ = self.conn.reply(encode_message(&Pong { action: "pong", in_reply_to: id }));
             }
             Request::Shutdown => {
                 tracing::info!(peer = %self.conn.peer, "shutdown requested over the protocol");
@@ -217,7 +229,7 @@ impl Session {
                 Ok(delivered) => {
                     if let Some(id) = id {
                         let receipt = Emitted { action: "emitted", in_reply_to: id, delivered };
-                        let _ = self.conn.send(encode_message(&receipt));
+                        let _ = self.conn.reply(encode_message(&receipt));
                     }
                 }
                 Err(r) => self.error(id, r.code, &r.message),
@@ -257,13 +269,13 @@ impl Session {
                 took_over: old.is_some(),
                 server: ServerInfo { name: "latzero", version: env!("CARGO_PKG_VERSION"), pid: std::process::id() },
             });
-            let _ = self.conn.send(ack);
+            let _ = self.conn.reply(ack);
             old
         };
         if let Some(old) = old {
             tracing::info!(app = %app, old_conn = old.id, "app taken over by a new connection");
             st.router.on_disconnect(old.id);
-            let _ = old.send(encode_message(&Closing {
+            let _ = old.reply(encode_message(&Closing {
                 action: "closing",
                 code: ErrorCode::DuplicateApp,
                 message: "this app id was taken over by a new connection",
@@ -302,7 +314,7 @@ impl Session {
         let (pools, triggers) = app.map(|a| dir.app_state(a)).unwrap_or_default();
         let frame = encode_message(&Ack { action: "ack", in_reply_to: id, pools, triggers });
         drop(dir);
-        let _ = self.conn.send(frame);
+        let _ = self.conn.reply(frame);
     }
 
     fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
@@ -313,7 +325,7 @@ impl Session {
             self.state.counters.inc(&self.state.counters.invalid_messages);
         }
         tracing::debug!(code = %code, message, "error frame");
-        let _ = self.conn.send(encode_message(&ErrorFrame::new(id, code, message)));
+        let _ = self.conn.reply(encode_message(&ErrorFrame::new(id, code, message)));
     }
 
     /// Leaves the directory and fails or drops every call this connection was part of.
