@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use latzero_server::ServerConfig;
 use serde::Deserialize;
 
@@ -57,7 +57,11 @@ fn read_file(data_dir: &Path) -> Result<FileConfig> {
         Ok(text) => toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
         Err(e) => Err(e).with_context(|| {
-            format!("cannot use data directory {}: cannot read config file {}", data_dir.display(), path.display())
+            format!(
+                "cannot use data directory {}: cannot read config file {}",
+                data_dir.display(),
+                path.display()
+            )
         }),
     }
 }
@@ -70,7 +74,9 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         bail!("TLS is not available yet in this release (--tls / LATZERO_ENABLE_TLS / tls in the config file)");
     }
     if args.cluster || file.cluster == Some(true) {
-        bail!("cluster mode is not available yet in this release (--cluster / LATZERO_CLUSTER_MODE / cluster in the config file)");
+        bail!(
+            "cluster mode is not available yet in this release (--cluster / LATZERO_CLUSTER_MODE / cluster in the config file)"
+        );
     }
     let mut c = ServerConfig::new(data_dir);
     if let Some(h) = args.host.clone().or(file.host) {
@@ -107,9 +113,17 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         l.max_ttl = Duration::from_millis(v.max(1));
     }
     if l.default_ttl > l.max_ttl {
-        bail!("default_ttl_ms ({}) exceeds max_ttl_ms ({})", l.default_ttl.as_millis(), l.max_ttl.as_millis());
+        bail!(
+            "default_ttl_ms ({}) exceeds max_ttl_ms ({})",
+            l.default_ttl.as_millis(),
+            l.max_ttl.as_millis()
+        );
     }
-    let log_level = args.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+    let log_level = args
+        .log_level
+        .clone()
+        .or(file.log_level)
+        .unwrap_or_else(|| "info".into());
     if !matches!(log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         bail!("log level '{log_level}' is not one of error, warn, info, debug, trace");
     }

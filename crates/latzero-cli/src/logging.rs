@@ -7,19 +7,28 @@ use anyhow::{Context, Result};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the subscriber. Keep the guard alive until exit so the file is flushed.
 pub fn init(data_dir: &Path, level: &str) -> Result<WorkerGuard> {
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| {
-        format!("cannot use data directory {}: cannot create {}", data_dir.display(), logs.display())
+        format!(
+            "cannot use data directory {}: cannot create {}",
+            data_dir.display(),
+            logs.display()
+        )
     })?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(logs.join("server.log"))
-        .with_context(|| format!("cannot use data directory {}: cannot open logs/server.log", data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot use data directory {}: cannot open logs/server.log",
+                data_dir.display()
+            )
+        })?;
     let (file_writer, guard) = tracing_appender::non_blocking(file);
     let filter = std::env::var("RUST_LOG")
         .ok()

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use latzero_testkit::{free_port, Proc, ServerProc};
-use serde_json::{json, Value};
+use latzero_testkit::{Proc, ServerProc, free_port};
+use serde_json::{Value, json};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_latzero"))
@@ -50,7 +50,10 @@ fn seed_examples_verbatim_over_raw_tcp() -> Result<()> {
     assert_eq!(ack["app_id"], "myApp");
     caller.send_text(SEED_TRIGGER)?;
     let t = handler.expect()?;
-    assert_eq!((t["action"].as_str(), t["process"].as_str()), (Some("trigger"), Some("foo")));
+    assert_eq!(
+        (t["action"].as_str(), t["process"].as_str()),
+        (Some("trigger"), Some("foo"))
+    );
     assert_eq!(t["data"], json!({"x": 42}));
     handler.send_text(&SEED_RESPONSE.replace("\"uuid-v4\"", &t["id"].to_string()))?;
     assert_eq!(caller.expect()?, serde_json::from_str::<Value>(SEED_RESPONSE)?);
@@ -75,13 +78,26 @@ fn destination_routing_reaches_the_named_app_and_the_reply_the_caller() -> Resul
     let s = server();
     let _w1 = s.reply(&["--app", "w1", "--pool", "alpha", "who"])?;
     let _w2 = s.reply(&["--app", "w2", "--pool", "alpha", "who"])?;
-    let (ok, out, err) = s.run(&["call", "--pool", "alpha", "who", "--to", "w2", "--count", "20", "--expect-echo"])?;
+    let (ok, out, err) = s.run(&[
+        "call",
+        "--pool",
+        "alpha",
+        "who",
+        "--to",
+        "w2",
+        "--count",
+        "20",
+        "--expect-echo",
+    ])?;
     assert!(ok, "{err}");
     let summary: Value = serde_json::from_str(out.trim())?;
     assert_eq!(summary["responders"], json!({"w2": 20}));
     let (ok, out, _) = s.run(&["call", "--pool", "alpha", "who", "--to", "w1", r#"{"k":1}"#])?;
     assert!(ok);
-    assert_eq!(serde_json::from_str::<Value>(out.trim())?, json!({"app_id": "w1", "process": "who", "data": {"k": 1}}));
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim())?,
+        json!({"app_id": "w1", "process": "who", "data": {"k": 1}})
+    );
     Ok(())
 }
 
@@ -93,7 +109,19 @@ fn thousand_concurrent_calls_from_ten_client_processes() -> Result<()> {
     let callers: Vec<Proc> = (0..10)
         .map(|i| {
             let app = format!("c{i}");
-            Proc::spawn(s.cli(&["call", "--app", &app, "--pool", "alpha", "echo", "--count", "100", "--concurrency", "100", "--expect-echo"]))
+            Proc::spawn(s.cli(&[
+                "call",
+                "--app",
+                &app,
+                "--pool",
+                "alpha",
+                "echo",
+                "--count",
+                "100",
+                "--concurrency",
+                "100",
+                "--expect-echo",
+            ]))
         })
         .collect::<Result<_>>()?;
     let mut total = 0;
@@ -102,7 +130,11 @@ fn thousand_concurrent_calls_from_ten_client_processes() -> Result<()> {
         let (st, err) = c.wait_exit()?;
         assert!(st.success(), "{line} {err}");
         let v: Value = serde_json::from_str(&line)?;
-        assert_eq!((v["ok"].as_u64(), v["mismatched"].as_u64()), (Some(100), Some(0)), "{v}");
+        assert_eq!(
+            (v["ok"].as_u64(), v["mismatched"].as_u64()),
+            (Some(100), Some(0)),
+            "{v}"
+        );
         total += v["ok"].as_u64().unwrap();
     }
     assert_eq!(total, 1000);
@@ -122,24 +154,42 @@ fn error_codes_over_the_wire() -> Result<()> {
     // Before the handshake.
     let e = code(&mut c, json!({"action":"join","id":1,"pools":["p"]}))?;
     assert_eq!(e["code"], "HANDSHAKE_REQUIRED");
-    let e = code(&mut c, json!({"action":"handshake","id":2,"app_id":"c","protocol_version":"2.0"}))?;
+    let e = code(
+        &mut c,
+        json!({"action":"handshake","id":2,"app_id":"c","protocol_version":"2.0"}),
+    )?;
     assert_eq!(e["code"], "UNSUPPORTED_VERSION");
     let e = code(&mut c, json!({"action":"handshake","id":3,"app_id":"bad id"}))?;
-    assert_eq!((e["code"].as_str(), e["in_reply_to"].as_i64()), (Some("INVALID_NAME"), Some(3)));
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_i64()),
+        (Some("INVALID_NAME"), Some(3))
+    );
     let e = code(&mut c, json!({"action":"handshake","id":4,"app_id":"h"}))?;
     assert_eq!(e["code"], "DUPLICATE_APP");
-    assert_eq!(code(&mut c, json!({"action":"handshake","id":5,"app_id":"c","pools":["p"]}))?["action"], "handshake_ack");
+    assert_eq!(
+        code(&mut c, json!({"action":"handshake","id":5,"app_id":"c","pools":["p"]}))?["action"],
+        "handshake_ack"
+    );
     // Calls.
     let e = code(&mut c, json!({"action":"trigger","id":"a","process":"nope","pool":"p"}))?;
-    assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("NO_HANDLER"), Some("a")));
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("NO_HANDLER"), Some("a"))
+    );
     let e = code(&mut c, json!({"action":"trigger","id":"b","process":"f","pool":"q"}))?;
     assert_eq!(e["code"], "NOT_IN_POOL");
     let e = code(&mut c, json!({"action":"frobnicate","id":"c"}))?;
-    assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("UNKNOWN_ACTION"), Some("c")));
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("UNKNOWN_ACTION"), Some("c"))
+    );
     let e = code(&mut c, json!({"action":"trigger","id":"d","pool":"p"}))?;
     assert_eq!(e["code"], "INVALID_MESSAGE");
     assert!(e["message"].as_str().unwrap().contains("process"), "{e}");
-    let e = code(&mut c, json!({"action":"response","id":"e","in_reply_to":"999999","status":"ok"}))?;
+    let e = code(
+        &mut c,
+        json!({"action":"response","id":"e","in_reply_to":"999999","status":"ok"}),
+    )?;
     assert_eq!(e["code"], "UNKNOWN_CALL");
     let e = code(&mut c, json!({"action":"block_create","id":"m"}))?;
     assert_eq!(e["code"], "NOT_AVAILABLE");
@@ -147,12 +197,21 @@ fn error_codes_over_the_wire() -> Result<()> {
     c.send(&json!({"action":"trigger","id":"o1","process":"f","pool":"p","ttl":60000}))?;
     c.send(&json!({"action":"trigger","id":"o2","process":"f","pool":"p","ttl":60000}))?;
     let e = code(&mut c, json!({"action":"trigger","id":"o3","process":"f","pool":"p"}))?;
-    assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("OVERLOADED"), Some("o3")));
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("OVERLOADED"), Some("o3"))
+    );
     // TIMEOUT, exactly once.
     let mut c2 = s.raw()?;
     c2.handshake("c2", &["p"], &[])?;
-    let e = code(&mut c2, json!({"action":"trigger","id":"t","process":"f","pool":"p","ttl":50}))?;
-    assert_eq!((e["code"].as_str(), e["handler_may_still_run"].as_bool()), (Some("TIMEOUT"), Some(true)));
+    let e = code(
+        &mut c2,
+        json!({"action":"trigger","id":"t","process":"f","pool":"p","ttl":50}),
+    )?;
+    assert_eq!(
+        (e["code"].as_str(), e["handler_may_still_run"].as_bool()),
+        (Some("TIMEOUT"), Some(true))
+    );
     assert!(c2.sync()?.is_empty(), "exactly one terminal frame");
     // FRAME_TOO_LARGE closes only that connection.
     let mut big = s.raw()?;
@@ -162,10 +221,13 @@ fn error_codes_over_the_wire() -> Result<()> {
     assert!(big.recv()?.is_none(), "connection closed after FRAME_TOO_LARGE");
     // HANDLER_GONE for the two calls parked on h; the caller learns at once.
     drop(h);
-    let mut gone = vec![c.expect()?, c.expect()?];
+    let mut gone = [c.expect()?, c.expect()?];
     gone.sort_by_key(|v| v["in_reply_to"].to_string());
     for (g, id) in gone.iter().zip(["o1", "o2"]) {
-        assert_eq!((g["code"].as_str(), g["in_reply_to"].as_str()), (Some("HANDLER_GONE"), Some(id)));
+        assert_eq!(
+            (g["code"].as_str(), g["in_reply_to"].as_str()),
+            (Some("HANDLER_GONE"), Some(id))
+        );
     }
     Ok(())
 }
@@ -261,7 +323,10 @@ fn sigterm_and_sigint_shut_down_cleanly() -> Result<()> {
         c.handshake("c", &["p"], &[])?;
         s.proc.signal(sig);
         let closing = c.expect()?;
-        assert_eq!((closing["action"].as_str(), closing["code"].as_str()), (Some("closing"), Some("SHUTTING_DOWN")));
+        assert_eq!(
+            (closing["action"].as_str(), closing["code"].as_str()),
+            (Some("closing"), Some("SHUTTING_DOWN"))
+        );
         let (st, _) = s.proc.wait_exit()?;
         assert!(st.success(), "signal {sig}: {st:?}");
         let log = std::fs::read_to_string(s.data_dir.join("logs/server.log"))?;
@@ -274,19 +339,32 @@ fn sigterm_and_sigint_shut_down_cleanly() -> Result<()> {
 fn start_refuses_with_one_line_reasons() -> Result<()> {
     let s = server();
     let run = |args: &[&str]| -> Result<(bool, String)> {
-        let out = std::process::Command::new(bin()).args(args).env_remove("LATZERO_PORT").env_remove("LATZERO_DATA_DIR").output()?;
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env_remove("LATZERO_PORT")
+            .env_remove("LATZERO_DATA_DIR")
+            .output()?;
         Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into()))
     };
     let port = s.tcp.port().to_string();
     let other = tempfile::tempdir()?;
     let (ok, err) = run(&["start", "-p", &port, "-d", other.path().to_str().unwrap()])?;
-    assert!(!ok && err.contains("already in use") && err.lines().count() == 1, "{err}");
+    assert!(
+        !ok && err.contains("already in use") && err.lines().count() == 1,
+        "{err}"
+    );
     let (ok, err) = run(&["start", "-p", "0", "-d", s.data_dir.to_str().unwrap()])?;
-    assert!(!ok && err.contains("already running") && err.lines().count() == 1, "{err}");
+    assert!(
+        !ok && err.contains("already running") && err.lines().count() == 1,
+        "{err}"
+    );
     let file = other.path().join("file");
     std::fs::write(&file, "x")?;
     let (ok, err) = run(&["start", "-p", "0", "-d", file.join("sub").to_str().unwrap()])?;
-    assert!(!ok && err.contains("cannot use data directory") && err.lines().count() == 1, "{err}");
+    assert!(
+        !ok && err.contains("cannot use data directory") && err.lines().count() == 1,
+        "{err}"
+    );
     for flag in ["--tls", "--cluster"] {
         let (ok, err) = run(&["start", "-p", "0", "-d", other.path().to_str().unwrap(), flag])?;
         assert!(!ok && err.contains("not available yet"), "{flag}: {err}");
@@ -299,10 +377,16 @@ fn configuration_layers_cli_over_env_over_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("config"))?;
     let (file_port, env_port, cli_port) = (free_port(), free_port(), free_port());
-    std::fs::write(dir.path().join("config/latzero.toml"), format!("port = {file_port}\n[limits]\nmax_frame_len = 4096\n"))?;
+    std::fs::write(
+        dir.path().join("config/latzero.toml"),
+        format!("port = {file_port}\n[limits]\nmax_frame_len = 4096\n"),
+    )?;
     let start = |env: Option<u16>, cli: Option<u16>| -> Result<ServerProc> {
         let mut cmd = std::process::Command::new(bin());
-        cmd.args(["start", "-d"]).arg(dir.path()).env_remove("LATZERO_PORT").env_remove("LATZERO_DATA_DIR");
+        cmd.args(["start", "-d"])
+            .arg(dir.path())
+            .env_remove("LATZERO_PORT")
+            .env_remove("LATZERO_DATA_DIR");
         if let Some(p) = env {
             cmd.env("LATZERO_PORT", p.to_string());
         }
@@ -311,7 +395,11 @@ fn configuration_layers_cli_over_env_over_file() -> Result<()> {
         }
         ServerProc::spawn(bin(), cmd, dir.path())
     };
-    for (env, cli, want) in [(None, None, file_port), (Some(env_port), None, env_port), (Some(env_port), Some(cli_port), cli_port)] {
+    for (env, cli, want) in [
+        (None, None, file_port),
+        (Some(env_port), None, env_port),
+        (Some(env_port), Some(cli_port), cli_port),
+    ] {
         let mut s = start(env, cli)?;
         assert_eq!(s.tcp.port(), want);
         let (ok, out, _) = s.run(&["status", "--json"])?;
@@ -322,7 +410,10 @@ fn configuration_layers_cli_over_env_over_file() -> Result<()> {
         s.proc.wait_exit()?;
     }
     std::fs::write(dir.path().join("config/latzero.toml"), "prot = 1\n")?;
-    let out = std::process::Command::new(bin()).args(["start", "-d"]).arg(dir.path()).output()?;
+    let out = std::process::Command::new(bin())
+        .args(["start", "-d"])
+        .arg(dir.path())
+        .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config file"));
     Ok(())
@@ -334,14 +425,20 @@ fn status_shows_pools_apps_and_triggers() -> Result<()> {
     let _w = s.reply(&["--app", "worker", "--pool", "alpha", "foo", "bar"])?;
     let (ok, out, _) = s.run(&["status"])?;
     assert!(ok);
-    assert!(out.contains("alpha") && out.contains("bar(worker) foo(worker)") && out.contains("connections:"), "{out}");
+    assert!(
+        out.contains("alpha") && out.contains("bar(worker) foo(worker)") && out.contains("connections:"),
+        "{out}"
+    );
     let (ok, out, _) = s.run(&["status", "--json"])?;
     assert!(ok);
     let st: Value = serde_json::from_str(&out)?;
     assert_eq!(st["pools"][0]["members"], json!(["worker"]));
     assert!(st["server"]["uptime_ms"].is_u64());
     let stopped = tempfile::tempdir()?;
-    let out = std::process::Command::new(bin()).args(["status", "-p", &free_port().to_string(), "-d"]).arg(stopped.path()).output()?;
+    let out = std::process::Command::new(bin())
+        .args(["status", "-p", &free_port().to_string(), "-d"])
+        .arg(stopped.path())
+        .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no latzero server answering"));
     Ok(())

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use latzero_proto::Endpoint;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::ServerFrame;
-use latzero_proto::Endpoint;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::connection::{open, FrameReader};
+use crate::connection::{FrameReader, open};
 use crate::error::ClientError;
 
 pub use crate::connection::{default_data_dir, resolve};
@@ -19,7 +19,10 @@ async fn request(endpoint: &Endpoint, action: &str, wait: Duration) -> Result<(V
     let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
     w.write_all(&encode_message(&json!({"action": action, "id": 1})))
         .await
-        .map_err(|e| ClientError::Connect { endpoint: endpoint.to_string(), source: e })?;
+        .map_err(|e| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source: e,
+        })?;
     let fut = async {
         loop {
             let frame = reader
@@ -37,7 +40,9 @@ async fn request(endpoint: &Endpoint, action: &str, wait: Duration) -> Result<(V
             return Ok(serde_json::from_slice::<Value>(frame.json())?);
         }
     };
-    let v = tokio::time::timeout(wait, fut).await.map_err(|_| ClientError::NoReply(wait))??;
+    let v = tokio::time::timeout(wait, fut)
+        .await
+        .map_err(|_| ClientError::NoReply(wait))??;
     Ok((v, reader))
 }
 
@@ -57,9 +62,9 @@ pub async fn ping(endpoint: &Endpoint) -> Result<Duration, ClientError> {
 /// has finished its graceful shutdown of the sessions), at most `wait`.
 pub async fn shutdown(endpoint: &Endpoint, wait: Duration) -> Result<(), ClientError> {
     let (_, mut reader) = request(endpoint, "shutdown", wait).await?;
-    let drained = async {
-        while let Ok(Some(_)) = reader.next().await {}
-    };
-    tokio::time::timeout(wait, drained).await.map_err(|_| ClientError::NoReply(wait))?;
+    let drained = async { while let Ok(Some(_)) = reader.next().await {} };
+    tokio::time::timeout(wait, drained)
+        .await
+        .map_err(|_| ClientError::NoReply(wait))?;
     Ok(())
 }

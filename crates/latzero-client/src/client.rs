@@ -13,19 +13,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::{encode_message, Frame};
-use latzero_proto::message::{ServerFrame, RawValue};
-use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName, PROTOCOL_VERSION};
+use latzero_proto::frame::{Frame, encode_message};
+use latzero_proto::message::{RawValue, ServerFrame};
+use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{open, writer_task, FrameReader};
+use crate::connection::{FrameReader, open, writer_task};
 use crate::error::{ClientError, RemoteError};
-use crate::handler::{invoke, HandlerError, HandlerFn, Request};
+use crate::handler::{HandlerError, HandlerFn, Request, invoke};
 use crate::options::ClientOptions;
 
 /// Something that happened to the client, for the application to observe.
@@ -110,7 +110,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("app_id", &self.inner.app_id).field("endpoint", &self.inner.endpoint).finish()
+        f.debug_struct("Client")
+            .field("app_id", &self.inner.app_id)
+            .field("endpoint", &self.inner.endpoint)
+            .finish()
     }
 }
 
@@ -183,7 +186,11 @@ impl Client {
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             handlers: RwLock::new(HashMap::new()),
-            shared: Mutex::new(Shared { pools: url.pools.into_iter().collect(), triggers, tx: None }),
+            shared: Mutex::new(Shared {
+                pools: url.pools.into_iter().collect(),
+                triggers,
+                tx: None,
+            }),
             events,
             closed: CancellationToken::new(),
             opts,
@@ -228,10 +235,15 @@ impl Client {
     {
         let name = TriggerName::try_from(trigger)?;
         let h: HandlerFn = Arc::new(move |req| Box::pin(f(req)));
-        self.inner.handlers.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), h);
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), h);
         let new = lock(&self.inner.shared).triggers.insert(name.clone());
         if new || !self.is_connected() {
-            self.membership("register", json!({ "triggers": [name.as_str()] })).await?;
+            self.membership("register", json!({ "triggers": [name.as_str()] }))
+                .await?;
         }
         Ok(())
     }
@@ -239,29 +251,41 @@ impl Client {
     /// Unregisters a trigger and drops its handler.
     pub async fn unhandle(&self, trigger: &str) -> Result<(), ClientError> {
         let name = TriggerName::try_from(trigger)?;
-        self.inner.handlers.write().unwrap_or_else(|e| e.into_inner()).remove(name.as_str());
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name.as_str());
         lock(&self.inner.shared).triggers.remove(&name);
-        self.membership("unregister", json!({ "triggers": [name.as_str()] })).await.map(|_| ())
+        self.membership("unregister", json!({ "triggers": [name.as_str()] }))
+            .await
+            .map(|_| ())
     }
 
     /// Joins a pool (created on first join).
     pub async fn join(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
         lock(&self.inner.shared).pools.insert(name.clone());
-        self.membership("join", json!({ "pools": [name.as_str()] })).await.map(|_| ())
+        self.membership("join", json!({ "pools": [name.as_str()] }))
+            .await
+            .map(|_| ())
     }
 
     /// Leaves a pool.
     pub async fn leave(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
         lock(&self.inner.shared).pools.remove(&name);
-        self.membership("leave", json!({ "pools": [name.as_str()] })).await.map(|_| ())
+        self.membership("leave", json!({ "pools": [name.as_str()] }))
+            .await
+            .map(|_| ())
     }
 
     /// Asks for presence events of a pool; they arrive as [`ClientEvent::Presence`].
     pub async fn subscribe_presence(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
-        self.membership("presence_subscribe", json!({ "pool": name.as_str() })).await.map(|_| ())
+        self.membership("presence_subscribe", json!({ "pool": name.as_str() }))
+            .await
+            .map(|_| ())
     }
 
     async fn membership(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
@@ -295,7 +319,11 @@ impl Client {
         destination: &str,
         data: &T,
     ) -> Result<Value, ClientError> {
-        self.request(pool, process).destination(destination).data(data).send().await
+        self.request(pool, process)
+            .destination(destination)
+            .data(data)
+            .send()
+            .await
     }
 
     /// A call with options (timeout, destination, reply_to, broadcast).
@@ -321,18 +349,29 @@ impl Client {
     }
 
     /// Emits and waits for the server's receipt: how many handlers it was queued to.
-    pub async fn emit_confirmed<T: Serialize + ?Sized>(&self, pool: &str, process: &str, data: &T) -> Result<u64, ClientError> {
+    pub async fn emit_confirmed<T: Serialize + ?Sized>(
+        &self,
+        pool: &str,
+        process: &str,
+        data: &T,
+    ) -> Result<u64, ClientError> {
         PoolName::check(pool)?;
         TriggerName::check(process)?;
         let data = serde_json::value::to_raw_value(data)?;
         let v = self
             .inner
             .roundtrip(
-                |id| encode_message(&json!({"action": "emit", "id": id, "process": process, "pool": pool, "data": &*data})),
+                |id| {
+                    encode_message(
+                        &json!({"action": "emit", "id": id, "process": process, "pool": pool, "data": &*data}),
+                    )
+                },
                 self.inner.opts.request_timeout,
             )
             .await?;
-        v["delivered"].as_u64().ok_or_else(|| ClientError::Protocol("emitted without delivered".into()))
+        v["delivered"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Protocol("emitted without delivered".into()))
     }
 }
 
@@ -402,28 +441,29 @@ impl Call<'_> {
         let data = std::mem::replace(&mut self.data, Ok(None))?;
         let inner = &self.client.inner;
         let local = self.destination.as_deref().is_none_or(|d| d == inner.app_id.as_str());
-        if local {
-            if let Some(h) = inner.local_handler(&self.pool, &self.process) {
-                let req = Request {
-                    process: self.process.clone(),
-                    pool: self.pool.clone(),
-                    data: raw_to_value(data.as_deref())?,
-                    origin: None,
-                    is_emit: false,
-                };
-                let ttl = self.timeout.unwrap_or(inner.opts.request_timeout);
-                return match tokio::time::timeout(ttl, invoke(h, req)).await {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
-                    Err(_) => Err(RemoteError {
-                        code: ErrorCode::Timeout,
-                        message: format!("in-process call timed out after {} ms; the handler may still run it", ttl.as_millis()),
-                        handler: Some(inner.app_id.to_string()),
-                        handler_may_still_run: Some(true),
-                    }
-                    .into()),
-                };
-            }
+        if local && let Some(h) = inner.local_handler(&self.pool, &self.process) {
+            let req = Request {
+                process: self.process.clone(),
+                pool: self.pool.clone(),
+                data: raw_to_value(data.as_deref())?,
+                origin: None,
+                is_emit: false,
+            };
+            let ttl = self.timeout.unwrap_or(inner.opts.request_timeout);
+            return match tokio::time::timeout(ttl, invoke(h, req)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
+                Err(_) => Err(RemoteError {
+                    code: ErrorCode::Timeout,
+                    message: format!(
+                        "in-process call timed out after {} ms; the handler may still run it",
+                        ttl.as_millis()
+                    ),
+                    handler: Some(inner.app_id.to_string()),
+                    handler_may_still_run: Some(true),
+                }
+                .into()),
+            };
         }
         let ttl = self.ttl();
         let data = data.as_deref().unwrap_or(RawValue::NULL);
@@ -530,7 +570,9 @@ fn broadcast_entry(e: &Value) -> BroadcastReply {
             handler: Some(app_id.clone()),
             handler_may_still_run: None,
         }))),
-        _ => Err(Arc::new(ClientError::Handler(e.get("error").cloned().unwrap_or(Value::Null)))),
+        _ => Err(Arc::new(ClientError::Handler(
+            e.get("error").cloned().unwrap_or(Value::Null),
+        ))),
     };
     BroadcastReply { app_id, result }
 }
@@ -544,7 +586,11 @@ impl Inner {
         if !registered {
             return None;
         }
-        self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(process).cloned()
+        self.handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(process)
+            .cloned()
     }
 
     async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
@@ -568,7 +614,11 @@ impl Inner {
         let wait = ttl + Duration::from_secs(1).max(ttl / 10);
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(frame)) => Ok(frame),
-            Ok(Err(_)) => Err(if self.closed.is_cancelled() { ClientError::Closed } else { ClientError::Disconnected }),
+            Ok(Err(_)) => Err(if self.closed.is_cancelled() {
+                ClientError::Closed
+            } else {
+                ClientError::Disconnected
+            }),
             Err(_) => {
                 lock(&self.pending).remove(&id);
                 Err(ClientError::NoReply(wait))
@@ -615,9 +665,15 @@ impl Inner {
                 ));
             }
             Some(action) if env.origin.is_some() && matches!(action, "response" | "error") => {
-                let origin: Value = env.origin.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or(Value::Null);
+                let origin: Value = env
+                    .origin
+                    .and_then(|o| serde_json::from_str(o.get()).ok())
+                    .unwrap_or(Value::Null);
                 self.event(ClientEvent::Forwarded(Forwarded {
-                    in_reply_to: env.in_reply_to.and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null),
+                    in_reply_to: env
+                        .in_reply_to
+                        .and_then(|r| serde_json::from_str(r.get()).ok())
+                        .unwrap_or(Value::Null),
                     origin: origin["app_id"].as_str().unwrap_or_default().to_owned(),
                     result: reply_result(json).map_err(Arc::new),
                 }));
@@ -640,7 +696,12 @@ impl Inner {
     /// Runs a delivered trigger or emit on its handler, in its own task.
     fn deliver(self: &Arc<Self>, env: &ServerFrame<'_>, is_emit: bool, tx: &mpsc::Sender<Bytes>) {
         let process = env.process.as_deref().unwrap_or_default().to_owned();
-        let handler = self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(&process).cloned();
+        let handler = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&process)
+            .cloned();
         let data = match raw_to_value(env.data) {
             Ok(v) => v,
             Err(_) => Value::Null,
@@ -649,7 +710,13 @@ impl Inner {
             .origin
             .and_then(|o| serde_json::from_str::<Value>(o.get()).ok())
             .and_then(|o| o["app_id"].as_str().map(str::to_owned));
-        let req = Request { process: process.clone(), pool: env.pool.as_deref().unwrap_or_default().to_owned(), data, origin, is_emit };
+        let req = Request {
+            process: process.clone(),
+            pool: env.pool.as_deref().unwrap_or_default().to_owned(),
+            data,
+            origin,
+            is_emit,
+        };
         let hop = env.id.map(|r| r.to_owned());
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -665,8 +732,12 @@ impl Inner {
             }
             let Some(hop) = hop else { return };
             let frame = match &result {
-                Ok(v) => encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "ok", "response": v})),
-                Err(HandlerError(e)) => encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "error", "error": e})),
+                Ok(v) => {
+                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "ok", "response": v}))
+                }
+                Err(HandlerError(e)) => {
+                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "error", "error": e}))
+                }
             };
             // If the connection dropped meanwhile, the server has already failed the call
             // with HANDLER_GONE; there is nobody to send this to.
@@ -694,7 +765,10 @@ async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientErr
     };
     w.write_all(&encode_message(&handshake))
         .await
-        .map_err(|e| ClientError::Connect { endpoint: inner.endpoint.to_string(), source: e })?;
+        .map_err(|e| ClientError::Connect {
+            endpoint: inner.endpoint.to_string(),
+            source: e,
+        })?;
     let wait = inner.opts.request_timeout;
     let ack = async {
         loop {
@@ -711,7 +785,9 @@ async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientErr
             }
         }
     };
-    tokio::time::timeout(wait, ack).await.map_err(|_| ClientError::NoReply(wait))??;
+    tokio::time::timeout(wait, ack)
+        .await
+        .map_err(|_| ClientError::NoReply(wait))??;
     let (tx, rx) = mpsc::channel(inner.opts.write_queue);
     let dead = CancellationToken::new();
     tokio::spawn(writer_task(rx, w, dead.clone()));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use latzero_proto::frame::{Frame, FrameCodec, FrameError};
-use latzero_proto::{Endpoint, DEFAULT_HOST, DEFAULT_PORT, UNIX_SOCKET_NAME};
+use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, UNIX_SOCKET_NAME};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
@@ -48,7 +48,10 @@ pub fn resolve(endpoint: &Endpoint) -> Endpoint {
 
 /// Opens a stream to a concrete endpoint.
 pub(crate) async fn open(endpoint: &Endpoint) -> Result<(Reader, Writer), ClientError> {
-    let err = |e| ClientError::Connect { endpoint: endpoint.to_string(), source: e };
+    let err = |e| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source: e,
+    };
     match resolve(endpoint) {
         Endpoint::Tcp(addr) => {
             let s = TcpStream::connect(&addr).await.map_err(err)?;
@@ -74,7 +77,11 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub fn new(r: Reader, max_frame_len: usize) -> Self {
-        FrameReader { r, buf: BytesMut::with_capacity(64 * 1024), codec: FrameCodec::new(max_frame_len) }
+        FrameReader {
+            r,
+            buf: BytesMut::with_capacity(64 * 1024),
+            codec: FrameCodec::new(max_frame_len),
+        }
     }
 
     /// The next frame; `None` at a clean end of stream.

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// A trigger (or emit) delivered to a handler.
 #[derive(Debug, Clone)]

@@ -69,12 +69,18 @@ impl Frame {
             Some(&BINARY_MARKER) => {
                 let total = payload.len();
                 if total < 5 {
-                    return Err(FrameError::BadBinaryHeader { header: 0, payload: total });
+                    return Err(FrameError::BadBinaryHeader {
+                        header: 0,
+                        payload: total,
+                    });
                 }
                 payload.advance(1);
                 let header_len = payload.get_u32() as usize;
                 if header_len > payload.len() {
-                    return Err(FrameError::BadBinaryHeader { header: header_len, payload: total });
+                    return Err(FrameError::BadBinaryHeader {
+                        header: header_len,
+                        payload: total,
+                    });
                 }
                 let header = payload.split_to(header_len);
                 Ok(Frame::Binary { header, body: payload })
@@ -175,7 +181,10 @@ impl Encoder<&[u8]> for FrameCodec {
 
     fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
         if payload.len() > self.max_len {
-            return Err(FrameError::TooLarge { len: payload.len(), max: self.max_len });
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max: self.max_len,
+            });
         }
         dst.reserve(4 + payload.len());
         dst.put_u32(payload.len() as u32);
@@ -250,7 +259,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert!(matches!(codec.decode(&mut buf), Err(FrameError::Empty)));
         let mut buf = BytesMut::from(&[0u8, 0, 0, 6, 0, 0, 0, 0, 9, b'{'][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::BadBinaryHeader { .. })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::BadBinaryHeader { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod name;
 pub mod url;
 
 pub use error::ErrorCode;
-pub use frame::{Frame, FrameCodec, FrameError, DEFAULT_MAX_FRAME_LEN};
+pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, FrameError};
 pub use name::{AppId, NameError, PoolName, TriggerName};
 pub use url::{Endpoint, LatzeroUrl, UrlError};
 

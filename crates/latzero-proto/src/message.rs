@@ -304,11 +304,19 @@ pub const BLOCK_ACTIONS: [&str; 11] = [
 ];
 
 fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> ParseError<'a> {
-    ParseError { id, code: ErrorCode::InvalidMessage, message: message.into() }
+    ParseError {
+        id,
+        code: ErrorCode::InvalidMessage,
+        message: message.into(),
+    }
 }
 
 fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) -> ParseError<'a> {
-    ParseError { id, code: ErrorCode::InvalidName, message: format!("{field}: {e}") }
+    ParseError {
+        id,
+        code: ErrorCode::InvalidName,
+        message: format!("{field}: {e}"),
+    }
 }
 
 /// Parses one request. Errors carry the request's id whenever it could be read.
@@ -371,7 +379,10 @@ fn explain_bad_json(json: &[u8], e: serde_json::Error) -> ParseError<'_> {
         return invalid(None, format!("frame is not valid JSON: {e}"));
     }
     if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return invalid(None, "a message must be a JSON object with an `action`; see docs/PROTOCOL.md");
+        return invalid(
+            None,
+            "a message must be a JSON object with an `action`; see docs/PROTOCOL.md",
+        );
     }
     // Valid JSON with an ill-typed field: find the field's name for the message.
     let mut de = serde_json::Deserializer::from_slice(json);
@@ -398,12 +409,14 @@ fn check_id(raw: &RawValue) -> Result<(), String> {
         return Err(format!("field `id` is {} bytes; the limit is {MAX_ID_LEN}", s.len()));
     }
     let first = s.as_bytes()[0];
-    let integer = (first == b'-' || first.is_ascii_digit())
-        && s[1..].bytes().all(|b| b.is_ascii_digit());
+    let integer = (first == b'-' || first.is_ascii_digit()) && s[1..].bytes().all(|b| b.is_ascii_digit());
     if first == b'"' || integer {
         Ok(())
     } else {
-        Err(format!("field `id` must be a string or an integer, got {}", truncate(s)))
+        Err(format!(
+            "field `id` must be a string or an integer, got {}",
+            truncate(s)
+        ))
     }
 }
 
@@ -435,7 +448,9 @@ fn names<'a, T: for<'s> TryFrom<&'s str, Error = NameError>>(
     let Some(list) = list else {
         return Err(invalid(id, format!("missing field `{field}` (a list of names)")));
     };
-    list.iter().map(|s| T::try_from(&**s).map_err(|e| bad_name(id, field, e))).collect()
+    list.iter()
+        .map(|s| T::try_from(&**s).map_err(|e| bad_name(id, field, e)))
+        .collect()
 }
 
 fn pool_list<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<Vec<PoolName>, ParseError<'a>> {
@@ -455,7 +470,10 @@ fn handshake<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<Handsha
     if let Some(v) = &env.protocol_version {
         check_version(v).map_err(|(code, message)| ParseError { id, code, message })?;
     }
-    let app_id = env.app_id.as_ref().ok_or_else(|| invalid(id, "missing field `app_id`"))?;
+    let app_id = env
+        .app_id
+        .as_ref()
+        .ok_or_else(|| invalid(id, "missing field `app_id`"))?;
     let app_id = AppId::try_from(&**app_id).map_err(|e| bad_name(id, "app_id", e))?;
     let pools = names(Some(env.pools.as_deref().unwrap_or_default()), "pools", id)?;
     let triggers = names(Some(env.triggers.as_deref().unwrap_or_default()), "triggers", id)?;
@@ -479,21 +497,30 @@ pub fn check_version(v: &str) -> Result<(), (ErrorCode, String)> {
         )),
         None => Err((
             ErrorCode::InvalidMessage,
-            format!("field `protocol_version` must look like \"MAJOR.MINOR\", got \"{}\"", truncate(v)),
+            format!(
+                "field `protocol_version` must look like \"MAJOR.MINOR\", got \"{}\"",
+                truncate(v)
+            ),
         )),
     }
 }
 
 fn trigger<'a>(env: Envelope<'a>, id: Option<&'a RawValue>) -> Result<Trigger<'a>, ParseError<'a>> {
     let call_id = id.ok_or_else(|| {
-        invalid(None, "a trigger needs an `id` (string or integer); use `emit` for fire-and-forget")
+        invalid(
+            None,
+            "a trigger needs an `id` (string or integer); use `emit` for fire-and-forget",
+        )
     })?;
     if env.ttl == Some(0) {
         return Err(invalid(id, "field `ttl` must be at least 1 (milliseconds)"));
     }
     let broadcast = env.broadcast.unwrap_or(false);
     if broadcast && (env.destination.is_some() || env.reply_to.is_some()) {
-        return Err(invalid(id, "a broadcast call cannot have a `destination` or a `reply_to`"));
+        return Err(invalid(
+            id,
+            "a broadcast call cannot have a `destination` or a `reply_to`",
+        ));
     }
     Ok(Trigger {
         id: call_id,
@@ -508,12 +535,20 @@ fn trigger<'a>(env: Envelope<'a>, id: Option<&'a RawValue>) -> Result<Trigger<'a
 }
 
 fn response<'a>(env: &Envelope<'a>, id: Option<&'a RawValue>) -> Result<Response<'a>, ParseError<'a>> {
-    let in_reply_to = env.in_reply_to.ok_or_else(|| invalid(id, "missing field `in_reply_to`"))?;
+    let in_reply_to = env
+        .in_reply_to
+        .ok_or_else(|| invalid(id, "missing field `in_reply_to`"))?;
     let status = match env.status.as_deref() {
         Some("ok") => Status::Ok,
         Some("error") => Status::Error,
         Some(other) => {
-            return Err(invalid(id, format!("field `status` must be \"ok\" or \"error\", got \"{}\"", truncate(other))));
+            return Err(invalid(
+                id,
+                format!(
+                    "field `status` must be \"ok\" or \"error\", got \"{}\"",
+                    truncate(other)
+                ),
+            ));
         }
         None => return Err(invalid(id, "missing field `status` (\"ok\" or \"error\")")),
     };
@@ -521,7 +556,11 @@ fn response<'a>(env: &Envelope<'a>, id: Option<&'a RawValue>) -> Result<Response
         Status::Ok => env.response,
         Status::Error => env.error,
     };
-    Ok(Response { in_reply_to, status, body })
+    Ok(Response {
+        in_reply_to,
+        status,
+        body,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -796,8 +835,7 @@ mod tests {
         assert_eq!(e.id.unwrap().get(), "\"a\"");
         assert!(e.message.contains("`process`"), "{}", e.message);
 
-        let e = parse_request(br#"{"action":"trigger","id":"a","pool":"p","process":"f","ttl":"x"}"#)
-            .unwrap_err();
+        let e = parse_request(br#"{"action":"trigger","id":"a","pool":"p","process":"f","ttl":"x"}"#).unwrap_err();
         assert_eq!(e.id.unwrap().get(), "\"a\"");
         assert!(e.message.contains("`ttl`"), "{}", e.message);
 
@@ -833,8 +871,7 @@ mod tests {
         assert!(check_version("1.7.2").is_ok());
         assert_eq!(check_version("2.0").unwrap_err().0, ErrorCode::UnsupportedVersion);
         assert_eq!(check_version("abc").unwrap_err().0, ErrorCode::InvalidMessage);
-        let e = parse_request(br#"{"action":"handshake","app_id":"a","protocol_version":"2.0"}"#)
-            .unwrap_err();
+        let e = parse_request(br#"{"action":"handshake","app_id":"a","protocol_version":"2.0"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::UnsupportedVersion);
     }
 

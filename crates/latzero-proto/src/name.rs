@@ -30,9 +30,7 @@ pub enum NameError {
         max: usize,
     },
     /// The name held a character outside the allowed set.
-    #[error(
-        "{kind} '{name}' contains {ch:?} at byte {pos}; use letters, digits, '_', '-', '.' or ':'"
-    )]
+    #[error("{kind} '{name}' contains {ch:?} at byte {pos}; use letters, digits, '_', '-', '.' or ':'")]
     BadChar {
         /// Which kind of name.
         kind: &'static str,
@@ -50,13 +48,22 @@ fn validate(kind: &'static str, s: &str) -> Result<(), NameError> {
         return Err(NameError::Empty { kind });
     }
     if s.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { kind, len: s.len(), max: MAX_NAME_LEN });
+        return Err(NameError::TooLong {
+            kind,
+            len: s.len(),
+            max: MAX_NAME_LEN,
+        });
     }
     if let Some((pos, ch)) = s
         .char_indices()
         .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
     {
-        return Err(NameError::BadChar { kind, name: s.to_owned(), ch, pos });
+        return Err(NameError::BadChar {
+            kind,
+            name: s.to_owned(),
+            ch,
+            pos,
+        });
     }
     Ok(())
 }
@@ -163,7 +170,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_with_a_reason() {
-        assert_eq!(PoolName::try_from("").unwrap_err(), NameError::Empty { kind: "pool name" });
+        assert_eq!(
+            PoolName::try_from("").unwrap_err(),
+            NameError::Empty { kind: "pool name" }
+        );
         let e = AppId::try_from("my app").unwrap_err();
         assert!(e.to_string().contains("' ' at byte 2"), "{e}");
         let e = TriggerName::try_from("a/b").unwrap_err();

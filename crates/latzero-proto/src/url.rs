@@ -78,7 +78,9 @@ impl std::str::FromStr for LatzeroUrl {
         if s.starts_with("latzeros://") {
             return Err(UrlError::TlsNotAvailable);
         }
-        let rest = s.strip_prefix("latzero://").ok_or_else(|| UrlError::Scheme(s.to_owned()))?;
+        let rest = s
+            .strip_prefix("latzero://")
+            .ok_or_else(|| UrlError::Scheme(s.to_owned()))?;
         let (main, query) = match rest.split_once('?') {
             Some((m, q)) => (m, Some(q)),
             None => (rest, None),
@@ -118,7 +120,11 @@ impl std::str::FromStr for LatzeroUrl {
                 other => return Err(UrlError::UnknownParam(other.to_owned())),
             }
         }
-        Ok(LatzeroUrl { app_id, endpoint, pools })
+        Ok(LatzeroUrl {
+            app_id,
+            endpoint,
+            pools,
+        })
     }
 }
 
@@ -141,10 +147,22 @@ mod tests {
     #[test]
     fn refuses_bad_urls_clearly() {
         assert!(matches!("http://x".parse::<LatzeroUrl>(), Err(UrlError::Scheme(_))));
-        assert!(matches!("latzeros://x".parse::<LatzeroUrl>(), Err(UrlError::TlsNotAvailable)));
+        assert!(matches!(
+            "latzeros://x".parse::<LatzeroUrl>(),
+            Err(UrlError::TlsNotAvailable)
+        ));
         assert!(matches!("latzero://a b".parse::<LatzeroUrl>(), Err(UrlError::Name(_))));
-        assert!(matches!("latzero://a@host".parse::<LatzeroUrl>(), Err(UrlError::Address(_))));
-        assert!(matches!("latzero://a@h:1?socket=/x".parse::<LatzeroUrl>(), Err(UrlError::Conflict)));
-        assert!(matches!("latzero://a?x=1".parse::<LatzeroUrl>(), Err(UrlError::UnknownParam(_))));
+        assert!(matches!(
+            "latzero://a@host".parse::<LatzeroUrl>(),
+            Err(UrlError::Address(_))
+        ));
+        assert!(matches!(
+            "latzero://a@h:1?socket=/x".parse::<LatzeroUrl>(),
+            Err(UrlError::Conflict)
+        ));
+        assert!(matches!(
+            "latzero://a?x=1".parse::<LatzeroUrl>(),
+            Err(UrlError::UnknownParam(_))
+        ));
     }
 }

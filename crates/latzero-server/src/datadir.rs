@@ -69,11 +69,17 @@ impl DataDir {
             Ok(true) => {}
             Ok(false) => {
                 let pid = RuntimeInfo::read(path).ok().map(|i| i.pid);
-                return Err(ServerError::AlreadyRunning { path: path.to_path_buf(), pid });
+                return Err(ServerError::AlreadyRunning {
+                    path: path.to_path_buf(),
+                    pid,
+                });
             }
             Err(e) => return Err(unwritable(&lock_path, e)),
         }
-        Ok(DataDir { path: path.to_path_buf(), lock })
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            lock,
+        })
     }
 
     /// The directory.
@@ -87,7 +93,11 @@ impl DataDir {
         let dst = self.path.join(RUNTIME_FILE);
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
-            f.write_all(serde_json::to_string_pretty(info).map_err(std::io::Error::other)?.as_bytes())?;
+            f.write_all(
+                serde_json::to_string_pretty(info)
+                    .map_err(std::io::Error::other)?
+                    .as_bytes(),
+            )?;
             f.sync_all()?;
             fs::rename(&tmp, &dst)
         };

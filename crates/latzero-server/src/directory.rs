@@ -7,15 +7,15 @@
 //! unregister and disconnect.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::{Presence, RawValue};
 use latzero_proto::{AppId, PoolName, TriggerName};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::session::conn::{Conn, ConnId};
 
@@ -264,5 +264,7 @@ impl Directory {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -32,6 +32,6 @@ mod session;
 mod transport;
 
 pub use config::{Limits, ServerConfig};
-pub use datadir::{RuntimeInfo, LOCK_FILE, RUNTIME_FILE, SUBDIRS};
+pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;
 pub use server::Server;

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use latzero_proto::message::RawValue;
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, UNIX_SOCKET_NAME};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -111,14 +111,20 @@ impl Server {
         let addr = format!("{}:{}", config.host, config.port);
         let tcp = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
-            _ => ServerError::Bind { addr: addr.clone(), source: e },
+            _ => ServerError::Bind {
+                addr: addr.clone(),
+                source: e,
+            },
         })?;
         let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?;
         let (unix, unix_path) = if config.unix_socket {
             let path = datadir.path().join(UNIX_SOCKET_NAME);
             // We hold the data dir's lock, so a socket file here is left over from a crash.
             let _ = std::fs::remove_file(&path);
-            let bind_err = |e| ServerError::Bind { addr: path.display().to_string(), source: e };
+            let bind_err = |e| ServerError::Bind {
+                addr: path.display().to_string(),
+                source: e,
+            };
             let l = UnixListener::bind(&path).map_err(bind_err)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
             (Some(l), Some(path))
@@ -146,7 +152,12 @@ impl Server {
             tcp: tcp_addr,
             unix: unix_path,
         });
-        Ok(Server { state, tcp, unix, datadir })
+        Ok(Server {
+            state,
+            tcp,
+            unix,
+            datadir,
+        })
     }
 
     /// The bound TCP address (useful with port 0).
@@ -162,13 +173,28 @@ impl Server {
     /// Serves until `shutdown` completes or a client sends `shutdown`, then shuts down
     /// gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { state, tcp, unix, datadir } = self;
+        let Server {
+            state,
+            tcp,
+            unix,
+            datadir,
+        } = self;
         let tracker = TaskTracker::new();
         let accept_stop = CancellationToken::new();
         let timer_stop = CancellationToken::new();
-        tracker.spawn(transport::accept_tcp(state.clone(), tcp, accept_stop.clone(), tracker.clone()));
+        tracker.spawn(transport::accept_tcp(
+            state.clone(),
+            tcp,
+            accept_stop.clone(),
+            tracker.clone(),
+        ));
         if let Some(l) = unix {
-            tracker.spawn(transport::accept_unix(state.clone(), l, accept_stop.clone(), tracker.clone()));
+            tracker.spawn(transport::accept_unix(
+                state.clone(),
+                l,
+                accept_stop.clone(),
+                tracker.clone(),
+            ));
         }
         let timer = tokio::spawn(state.router.clone().run_timer(timer_stop.clone()));
         tracing::info!(
@@ -185,10 +211,15 @@ impl Server {
         tracing::info!(calls_in_flight = state.router.table.len(), "shutting down");
         accept_stop.cancel();
         state.shutting_down.store(true, Ordering::SeqCst);
-        state.router.fail_all(ErrorCode::ShuttingDown, "server is shutting down");
+        state
+            .router
+            .fail_all(ErrorCode::ShuttingDown, "server is shutting down");
         state.sessions_stop.cancel();
         tracker.close();
-        if tokio::time::timeout(state.config.shutdown_grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(state.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections did not close within the grace period; closing them");
             for c in state.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
                 c.kill.cancel();

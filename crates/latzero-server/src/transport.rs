@@ -14,7 +14,12 @@ use crate::session;
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn accept_tcp(state: Arc<State>, listener: TcpListener, stop: CancellationToken, tracker: TaskTracker) {
+pub(crate) async fn accept_tcp(
+    state: Arc<State>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -33,7 +38,12 @@ pub(crate) async fn accept_tcp(state: Arc<State>, listener: TcpListener, stop: C
     }
 }
 
-pub(crate) async fn accept_unix(state: Arc<State>, listener: UnixListener, stop: CancellationToken, tracker: TaskTracker) {
+pub(crate) async fn accept_unix(
+    state: Arc<State>,
+    listener: UnixListener,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

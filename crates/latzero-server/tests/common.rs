@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use latzero_proto::frame::{encode_json, Frame, FrameCodec};
+use latzero_proto::frame::{Frame, FrameCodec, encode_json};
 use latzero_server::{Limits, Server, ServerConfig};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,9 +37,20 @@ impl TestServer {
         let unix = server.unix_path().unwrap().to_path_buf();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            server.run(async { let _ = rx.await; }).await.unwrap();
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
         });
-        TestServer { addr, unix, dir, stop: Some(tx), task: Some(task) }
+        TestServer {
+            addr,
+            unix,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// `latzero://APP@HOST:PORT[?QUERY]` from "APP[?QUERY]".
@@ -78,7 +89,11 @@ impl Raw {
     pub async fn connect(addr: std::net::SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        Raw { stream, buf: bytes::BytesMut::new(), codec: FrameCodec::default() }
+        Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+            codec: FrameCodec::default(),
+        }
     }
 
     pub async fn send_text(&mut self, json: &str) {
@@ -98,7 +113,9 @@ impl Raw {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
-                    let Frame::Json(b) = f else { panic!("unexpected binary frame") };
+                    let Frame::Json(b) = f else {
+                        panic!("unexpected binary frame")
+                    };
                     return Some(serde_json::from_slice(&b).unwrap());
                 }
                 if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
@@ -116,7 +133,8 @@ impl Raw {
 
     /// Sends a handshake and returns the ack.
     pub async fn handshake(&mut self, app: &str, pools: &[&str], triggers: &[&str]) -> Value {
-        self.send(serde_json::json!({"action":"handshake","app_id":app,"pools":pools,"triggers":triggers})).await;
+        self.send(serde_json::json!({"action":"handshake","app_id":app,"pools":pools,"triggers":triggers}))
+            .await;
         let ack = self.expect().await;
         assert_eq!(ack["action"], "handshake_ack", "{ack}");
         ack

@@ -8,9 +8,12 @@ use std::time::Duration;
 use common::TestServer;
 use latzero_client::{Client, ClientError, ClientEvent, ClientOptions, ErrorCode, Request};
 use latzero_server::{Limits, Server, ServerConfig};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<ClientEvent>, pred: impl Fn(&ClientEvent) -> bool) -> ClientEvent {
+async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    pred: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let e = rx.recv().await.expect("events channel open");
@@ -44,7 +47,11 @@ async fn broadcast_reaches_every_handler_with_correlated_results() {
     let got: Vec<(String, Value)> = replies.into_iter().map(|r| (r.app_id, r.result.unwrap())).collect();
     assert_eq!(
         got,
-        vec![("a".into(), json!("hi from a")), ("b".into(), json!("hi from b")), ("c".into(), json!("hi from c"))]
+        vec![
+            ("a".into(), json!("hi from a")),
+            ("b".into(), json!("hi from b")),
+            ("c".into(), json!("hi from c"))
+        ]
     );
     s.stop().await;
 }
@@ -53,13 +60,24 @@ async fn broadcast_reaches_every_handler_with_correlated_results() {
 async fn reply_to_sends_the_result_to_a_third_app() {
     let s = TestServer::start().await;
     let worker = Client::connect(&s.url("worker?pools=p")).await.unwrap();
-    worker.handle("sum", |r: Request| async move { Ok(json!(r.data["a"].as_i64().unwrap() + r.data["b"].as_i64().unwrap())) }).await.unwrap();
+    worker
+        .handle("sum", |r: Request| async move {
+            Ok(json!(r.data["a"].as_i64().unwrap() + r.data["b"].as_i64().unwrap()))
+        })
+        .await
+        .unwrap();
     let sink = Client::connect(&s.url("sink?pools=p")).await.unwrap();
     let mut sink_events = sink.events();
     let caller = Client::connect(&s.url("caller?pools=p")).await.unwrap();
-    let handler = caller.request("p", "sum").data(&json!({"a": 2, "b": 3})).forward("sink").await.unwrap();
+    let handler = caller
+        .request("p", "sum")
+        .data(&json!({"a": 2, "b": 3}))
+        .forward("sink")
+        .await
+        .unwrap();
     assert_eq!(handler, "worker");
-    let ClientEvent::Forwarded(f) = next_event(&mut sink_events, |e| matches!(e, ClientEvent::Forwarded(_))).await else {
+    let ClientEvent::Forwarded(f) = next_event(&mut sink_events, |e| matches!(e, ClientEvent::Forwarded(_))).await
+    else {
         unreachable!()
     };
     assert_eq!(f.origin, "caller");
@@ -77,10 +95,16 @@ async fn presence_events_announce_joins_and_leaves() {
     watcher.subscribe_presence("p").await.unwrap();
     let other = Client::connect(&s.url("other?pools=p")).await.unwrap();
     let e = next_event(&mut ev, |e| matches!(e, ClientEvent::Presence { .. })).await;
-    assert!(matches!(e, ClientEvent::Presence { ref app_id, joined: true, .. } if app_id == "other"), "{e:?}");
+    assert!(
+        matches!(e, ClientEvent::Presence { ref app_id, joined: true, .. } if app_id == "other"),
+        "{e:?}"
+    );
     other.close();
     let e = next_event(&mut ev, |e| matches!(e, ClientEvent::Presence { .. })).await;
-    assert!(matches!(e, ClientEvent::Presence { ref app_id, joined: false, .. } if app_id == "other"), "{e:?}");
+    assert!(
+        matches!(e, ClientEvent::Presence { ref app_id, joined: false, .. } if app_id == "other"),
+        "{e:?}"
+    );
     let e = watcher.subscribe_presence("elsewhere").await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotInPool));
     s.stop().await;
@@ -93,28 +117,47 @@ async fn takeover_closes_the_old_connection_and_fails_its_calls() {
     old.handshake("svc", &["p"], &["f"]).await;
     let mut caller = s.raw().await;
     caller.handshake("caller", &["p"], &[]).await;
-    caller.send(json!({"action":"trigger","id":"q","process":"f","pool":"p"})).await;
+    caller
+        .send(json!({"action":"trigger","id":"q","process":"f","pool":"p"}))
+        .await;
     assert_eq!(old.expect().await["action"], "trigger");
     let mut new = s.raw().await;
-    new.send(json!({"action":"handshake","app_id":"svc","pools":["p"],"triggers":["f"]})).await;
+    new.send(json!({"action":"handshake","app_id":"svc","pools":["p"],"triggers":["f"]}))
+        .await;
     assert_eq!(new.expect().await["code"], "DUPLICATE_APP");
-    new.send(json!({"action":"handshake","app_id":"svc","pools":["p"],"triggers":["f"],"takeover":true})).await;
+    new.send(json!({"action":"handshake","app_id":"svc","pools":["p"],"triggers":["f"],"takeover":true}))
+        .await;
     let ack = new.expect().await;
-    assert_eq!((ack["action"].as_str(), ack["took_over"].as_bool()), (Some("handshake_ack"), Some(true)));
+    assert_eq!(
+        (ack["action"].as_str(), ack["took_over"].as_bool()),
+        (Some("handshake_ack"), Some(true))
+    );
     let e = caller.expect().await;
-    assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("HANDLER_GONE"), Some("q")));
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("HANDLER_GONE"), Some("q"))
+    );
     let closing = old.expect().await;
-    assert_eq!((closing["action"].as_str(), closing["code"].as_str()), (Some("closing"), Some("DUPLICATE_APP")));
+    assert_eq!(
+        (closing["action"].as_str(), closing["code"].as_str()),
+        (Some("closing"), Some("DUPLICATE_APP"))
+    );
     assert!(old.recv().await.is_none(), "old connection closed");
     // The new connection serves the trigger now.
-    caller.send(json!({"action":"trigger","id":"r","process":"f","pool":"p"})).await;
+    caller
+        .send(json!({"action":"trigger","id":"r","process":"f","pool":"p"}))
+        .await;
     assert_eq!(new.expect().await["action"], "trigger");
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_and_callers_get_overloaded() {
-    let limits = Limits { outbound_queue_frames: 64, outbound_queue_bytes: 1 << 20, ..Limits::default() };
+    let limits = Limits {
+        outbound_queue_frames: 64,
+        outbound_queue_bytes: 1 << 20,
+        ..Limits::default()
+    };
     let s = TestServer::with_limits(limits).await;
     let mut stuck = s.raw().await;
     stuck.handshake("stuck", &["p"], &["f"]).await;
@@ -124,7 +167,9 @@ async fn a_peer_that_stops_reading_is_closed_and_callers_get_overloaded() {
     let mut frames: Vec<Value> = vec![];
     let mut overloaded_at = None;
     for i in 0..10_000u64 {
-        caller.send(json!({"action":"trigger","id":i,"process":"f","pool":"p","data":blob})).await;
+        caller
+            .send(json!({"action":"trigger","id":i,"process":"f","pool":"p","data":blob}))
+            .await;
         // Ping after each call: the reply shows whether the call failed at once.
         frames.extend(caller.sync().await);
         if frames.iter().any(|f| f["code"] == "OVERLOADED") {
@@ -158,19 +203,36 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
         cfg.port = 0;
         let server = Server::bind(cfg).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move { server.run(async { let _ = rx.await; }).await.unwrap() });
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap()
+        });
         (tx, task)
     };
     let sock = dir.path().join("latzero.sock");
     let url = |app: &str| format!("latzero://{app}?socket={}&pools=p", sock.display());
     let (stop1, task1) = start().await;
-    let worker = ClientOptions::new().backoff(Duration::from_millis(5), Duration::from_millis(50)).connect(&url("worker")).await.unwrap();
-    worker.handle("ping", |_r: Request| async { Ok(json!("pong")) }).await.unwrap();
+    let worker = ClientOptions::new()
+        .backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .connect(&url("worker"))
+        .await
+        .unwrap();
+    worker
+        .handle("ping", |_r: Request| async { Ok(json!("pong")) })
+        .await
+        .unwrap();
     let mut ev = worker.events();
     stop1.send(()).unwrap();
     task1.await.unwrap();
     let e = next_event(&mut ev, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
-    assert!(matches!(e, ClientEvent::Disconnected { ref reason } if reason.contains("SHUTTING_DOWN")), "{e:?}");
+    assert!(
+        matches!(e, ClientEvent::Disconnected { ref reason } if reason.contains("SHUTTING_DOWN")),
+        "{e:?}"
+    );
     // While disconnected, remote calls fail at once (no hang).
     let e = worker.request("p", "other").send().await.unwrap_err();
     assert!(matches!(e, ClientError::Disconnected), "{e:?}");
@@ -178,7 +240,11 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
     let (stop2, task2) = start().await;
     next_event(&mut ev, |e| matches!(e, ClientEvent::Reconnected)).await;
     let caller = Client::connect(&url("caller")).await.unwrap();
-    assert_eq!(caller.call("p", "ping", &()).await.unwrap(), "pong", "pools and triggers restored");
+    assert_eq!(
+        caller.call("p", "ping", &()).await.unwrap(),
+        "pong",
+        "pools and triggers restored"
+    );
     stop2.send(()).unwrap();
     task2.await.unwrap();
 }
@@ -190,11 +256,15 @@ async fn shutdown_fails_calls_in_flight_with_shutting_down() {
     h.handshake("h", &["p"], &["f"]).await;
     let mut c = s.raw().await;
     c.handshake("c", &["p"], &[]).await;
-    c.send(json!({"action":"trigger","id":"z","process":"f","pool":"p"})).await;
+    c.send(json!({"action":"trigger","id":"z","process":"f","pool":"p"}))
+        .await;
     assert_eq!(h.expect().await["action"], "trigger");
     s.stop().await;
     let e = c.expect().await;
-    assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("SHUTTING_DOWN"), Some("z")));
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("SHUTTING_DOWN"), Some("z"))
+    );
     let closing = c.expect().await;
     assert_eq!(closing["action"], "closing");
     assert!(c.recv().await.is_none());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use latzero_client::{Client, ClientError, ErrorCode, HandlerError, Request};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const SEED_HANDSHAKE: &str = r#"{
   "action": "handshake",
@@ -76,17 +76,26 @@ async fn type_alias_and_same_ids_from_two_callers() {
     b.send_text(r#"{"type":"handshake","app_id":"b","pools":["p"]}"#).await;
     assert_eq!(b.expect().await["action"], "handshake_ack");
 
-    a.send(json!({"action":"trigger","id":"same","process":"echo","pool":"p","data":"from-a"})).await;
-    b.send(json!({"type":"trigger","id":"same","process":"echo","pool":"p","data":"from-b"})).await;
+    a.send(json!({"action":"trigger","id":"same","process":"echo","pool":"p","data":"from-a"}))
+        .await;
+    b.send(json!({"type":"trigger","id":"same","process":"echo","pool":"p","data":"from-b"}))
+        .await;
     let t1 = h.expect().await;
     let t2 = h.expect().await;
     assert_ne!(t1["id"], t2["id"]);
     // Answer in reverse order; each caller must get its own data back.
     for t in [t2, t1] {
-        h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":t["data"]})).await;
+        h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":t["data"]}))
+            .await;
     }
-    assert_eq!(a.expect().await, json!({"action":"response","in_reply_to":"same","status":"ok","response":"from-a"}));
-    assert_eq!(b.expect().await, json!({"action":"response","in_reply_to":"same","status":"ok","response":"from-b"}));
+    assert_eq!(
+        a.expect().await,
+        json!({"action":"response","in_reply_to":"same","status":"ok","response":"from-a"})
+    );
+    assert_eq!(
+        b.expect().await,
+        json!({"action":"response","in_reply_to":"same","status":"ok","response":"from-b"})
+    );
     s.stop().await;
 }
 
@@ -99,13 +108,17 @@ async fn a_response_from_a_connection_not_asked_is_rejected() {
     intruder.handshake("x", &["p"], &["f2"]).await;
     let mut c = s.raw().await;
     c.handshake("c", &["p"], &[]).await;
-    c.send(json!({"action":"trigger","id":1,"process":"f","pool":"p"})).await;
+    c.send(json!({"action":"trigger","id":1,"process":"f","pool":"p"}))
+        .await;
     let t = h.expect().await;
-    intruder.send(json!({"action":"response","id":"r","in_reply_to":t["id"],"status":"ok","response":"forged"})).await;
+    intruder
+        .send(json!({"action":"response","id":"r","in_reply_to":t["id"],"status":"ok","response":"forged"}))
+        .await;
     let e = intruder.expect().await;
     assert_eq!(e["code"], "UNKNOWN_CALL", "{e}");
     assert_eq!(e["in_reply_to"], "r");
-    h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":"real"})).await;
+    h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":"real"}))
+        .await;
     assert_eq!(c.expect().await["response"], "real");
     s.stop().await;
 }
@@ -123,7 +136,9 @@ async fn sdk_round_robin_destination_and_errors() {
         })
         .await
         .unwrap();
-        w.handle("fail", |_req: Request| async { Err(HandlerError::msg("nope")) }).await.unwrap();
+        w.handle("fail", |_req: Request| async { Err(HandlerError::msg("nope")) })
+            .await
+            .unwrap();
         workers.push(w);
     }
     let c = Client::connect(&s.unix_url("caller?pools=alpha")).await.unwrap();
@@ -157,7 +172,8 @@ async fn timeout_fires_once_and_the_late_response_is_counted() {
     h.handshake("slow", &["p"], &["f"]).await;
     let mut c = s.raw().await;
     c.handshake("c", &["p"], &[]).await;
-    c.send(json!({"action":"trigger","id":"t","process":"f","pool":"p","ttl":30})).await;
+    c.send(json!({"action":"trigger","id":"t","process":"f","pool":"p","ttl":30}))
+        .await;
     let t = h.expect().await;
     let e = c.expect().await;
     assert_eq!(e["action"], "error");
@@ -166,7 +182,8 @@ async fn timeout_fires_once_and_the_late_response_is_counted() {
     assert_eq!(e["handler_may_still_run"], true);
     assert_eq!(e["handler"], "slow");
     // The late response is dropped: the handler gets no error, the caller nothing more.
-    h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":1})).await;
+    h.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":1}))
+        .await;
     assert!(h.sync().await.is_empty());
     assert!(c.sync().await.is_empty());
     c.send(json!({"action":"status","id":"s"})).await;
@@ -213,9 +230,13 @@ async fn in_process_short_circuit_needs_no_server_round_trip() {
     })
     .await
     .unwrap();
-    let before = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string())).await.unwrap();
+    let before = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()))
+        .await
+        .unwrap();
     assert_eq!(c.call("p", "double", &21).await.unwrap(), 42);
-    let after = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string())).await.unwrap();
+    let after = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()))
+        .await
+        .unwrap();
     assert_eq!(before["counters"]["calls_total"], after["counters"]["calls_total"]);
     s.stop().await;
 }

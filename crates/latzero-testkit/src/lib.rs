@@ -1,5 +1,5 @@
 //! Dev-only helpers for end-to-end tests and benches: a temp data dir, the real `latzero`
-//! binary as a child process (ready when it logs "server ready"), child peers whose stdout is
+//! binary as a child process (ready when it prints "listening on"), child peers whose stdout is
 //! read line by line, and a blocking raw-frame client.
 //!
 //! Synchronisation is on events — a line on stdout, a frame on a socket, a process exit — with
@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 /// The safety-net timeout for waiting on an event.
@@ -42,7 +42,11 @@ impl Proc {
                 }
             }
         });
-        Ok(Proc { child, lines: rx, seen: Vec::new() })
+        Ok(Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        })
     }
 
     /// The next stdout line, or an error at EOF or after the timeout.
@@ -70,10 +74,10 @@ impl Proc {
     pub fn wait_event(&mut self, event: &str) -> Result<Value> {
         loop {
             let l = self.next_line()?;
-            if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                if v["event"] == event {
-                    return Ok(v);
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(&l)
+                && v["event"] == event
+            {
+                return Ok(v);
             }
         }
     }
@@ -86,7 +90,10 @@ impl Proc {
     /// Sends a signal.
     pub fn signal(&self, sig: i32) {
         // The workspace denies unsafe code, so signals go through kill(1) instead of libc.
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Waits for exit; returns the status and everything on stderr.
@@ -151,26 +158,43 @@ impl ServerProc {
         Ok(s)
     }
 
-    /// Starts the server in `data_dir` and waits for "server ready".
+    /// Starts the server in `data_dir` and waits for its "listening on" line.
     pub fn start_in(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<ServerProc> {
         let mut cmd = Command::new(bin);
-        cmd.args(["start", "--port", "0", "--data-dir"]).arg(data_dir).args(extra);
-        cmd.env_remove("LATZERO_PORT").env_remove("LATZERO_HOST").env_remove("LATZERO_DATA_DIR").env("NO_COLOR", "1");
+        cmd.args(["start", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra);
+        cmd.env_remove("LATZERO_PORT")
+            .env_remove("LATZERO_HOST")
+            .env_remove("LATZERO_DATA_DIR")
+            .env("NO_COLOR", "1");
         Self::spawn(bin, cmd, data_dir)
     }
 
-    /// Spawns a prepared `start` command and waits for "server ready".
+    /// Spawns a prepared `start` command and waits for its "listening on" line.
     pub fn spawn(bin: &Path, cmd: Command, data_dir: &Path) -> Result<ServerProc> {
         let mut proc = Proc::spawn(cmd)?;
-        let ready = proc.wait_line(|l| l.contains("server ready"));
+        let ready = proc.wait_line(|l| l.starts_with("latzero ") && l.contains(" listening on "));
         if let Err(e) = ready {
-            let (st, err) = proc.wait_exit().unwrap_or_else(|_| (ExitStatus::default(), String::new()));
+            let (st, err) = proc
+                .wait_exit()
+                .unwrap_or_else(|_| (ExitStatus::default(), String::new()));
             bail!("server did not become ready: {e}; exit {st:?}; stderr: {err}");
         }
         let info: Value = serde_json::from_str(&std::fs::read_to_string(data_dir.join("server.json"))?)?;
-        let tcp = info["tcp"].as_str().ok_or_else(|| anyhow!("server.json without tcp"))?.parse()?;
+        let tcp = info["tcp"]
+            .as_str()
+            .ok_or_else(|| anyhow!("server.json without tcp"))?
+            .parse()?;
         let unix = info["unix"].as_str().map(PathBuf::from);
-        Ok(ServerProc { proc, tcp, unix, data_dir: data_dir.to_path_buf(), bin: bin.to_path_buf(), _tmp: None })
+        Ok(ServerProc {
+            proc,
+            tcp,
+            unix,
+            data_dir: data_dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            _tmp: None,
+        })
     }
 
     /// A `latzero://` URL over TCP for "APP[?QUERY]".
@@ -183,22 +207,32 @@ impl ServerProc {
     /// A command for the same binary pointed at this server's data dir (e.g. `call`, `reply`).
     pub fn cli(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(args).arg("--data-dir").arg(&self.data_dir).env("NO_COLOR", "1");
-        cmd.env_remove("LATZERO_PORT").env_remove("LATZERO_HOST").env_remove("LATZERO_DATA_DIR");
+        cmd.args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("NO_COLOR", "1");
+        cmd.env_remove("LATZERO_PORT")
+            .env_remove("LATZERO_HOST")
+            .env_remove("LATZERO_DATA_DIR");
         cmd
     }
 
     /// Starts `latzero reply` and waits until it is ready.
     pub fn reply(&self, args: &[&str]) -> Result<Proc> {
         let mut p = Proc::spawn(self.cli(&[&["reply"], args].concat()))?;
-        p.wait_event("ready").with_context(|| format!("reply {args:?} never became ready"))?;
+        p.wait_event("ready")
+            .with_context(|| format!("reply {args:?} never became ready"))?;
         Ok(p)
     }
 
     /// Runs a CLI command to completion: (success, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let out = self.cli(args).output()?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
     }
 
     /// A raw TCP protocol client.
@@ -219,12 +253,16 @@ impl RawClient {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(EVENT_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        Ok(RawClient { stream, buf: Vec::new() })
+        Ok(RawClient {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Sends one JSON frame with exactly these bytes as payload.
     pub fn send_text(&mut self, json: &str) -> Result<()> {
-        self.stream.write_all(&latzero_proto::frame::encode_json(json.as_bytes()))?;
+        self.stream
+            .write_all(&latzero_proto::frame::encode_json(json.as_bytes()))?;
         Ok(())
     }
 
@@ -261,7 +299,8 @@ impl RawClient {
     }
 
     pub fn expect(&mut self) -> Result<Value> {
-        self.recv()?.ok_or_else(|| anyhow!("connection closed while a frame was expected"))
+        self.recv()?
+            .ok_or_else(|| anyhow!("connection closed while a frame was expected"))
     }
 
     pub fn handshake(&mut self, app: &str, pools: &[&str], triggers: &[&str]) -> Result<Value> {
@@ -289,5 +328,8 @@ impl RawClient {
 
 /// A free TCP port on 127.0.0.1 (bound then released; for config-layering tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use latzero_client::{Client, ClientError, ClientOptions};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
 
@@ -16,7 +16,13 @@ pub async fn run(args: CallArgs) -> Result<()> {
     if let Some(ms) = args.timeout_ms {
         opts = opts.request_timeout(Duration::from_millis(ms));
     }
-    let client = opts.connect(&super::url(&args.target, args.app.as_deref(), std::slice::from_ref(&args.pool))?).await?;
+    let client = opts
+        .connect(&super::url(
+            &args.target,
+            args.app.as_deref(),
+            std::slice::from_ref(&args.pool),
+        )?)
+        .await?;
     if args.count <= 1 {
         return single(&client, &args, &data).await;
     }
@@ -37,7 +43,11 @@ pub async fn run(args: CallArgs) -> Result<()> {
                 if seq >= args.count {
                     break;
                 }
-                let payload = if args.expect_echo { json!({"seq": seq, "from": client.app_id().as_str()}) } else { data.clone() };
+                let payload = if args.expect_echo {
+                    json!({"seq": seq, "from": client.app_id().as_str()})
+                } else {
+                    data.clone()
+                };
                 let mut req = client.request(&args.pool, &args.trigger).data(&payload);
                 if let Some(to) = &args.to {
                     req = req.destination(to);
@@ -80,7 +90,11 @@ pub async fn run(args: CallArgs) -> Result<()> {
                "responders": responders, "seconds": secs, "calls_per_sec": args.count as f64 / secs})
     );
     if ok != args.count || mismatched != 0 {
-        bail!("{} of {} calls failed or mismatched", args.count - ok + mismatched, args.count);
+        bail!(
+            "{} of {} calls failed or mismatched",
+            args.count - ok + mismatched,
+            args.count
+        );
     }
     Ok(())
 }
@@ -106,7 +120,10 @@ async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
         for r in replies {
             match r.result {
                 Ok(v) => println!("{}", json!({"app_id": r.app_id, "status": "ok", "response": v})),
-                Err(e) => println!("{}", json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})),
+                Err(e) => println!(
+                    "{}",
+                    json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})
+                ),
             }
         }
         return Ok(());

@@ -9,7 +9,11 @@ pub async fn run(args: EmitArgs) -> Result<()> {
     let data = super::json_arg(args.data.as_deref(), "DATA")?;
     let client = ClientOptions::new()
         .reconnect(false)
-        .connect(&super::url(&args.target, args.app.as_deref(), std::slice::from_ref(&args.pool))?)
+        .connect(&super::url(
+            &args.target,
+            args.app.as_deref(),
+            std::slice::from_ref(&args.pool),
+        )?)
         .await?;
     let delivered = client.emit_confirmed(&args.pool, &args.trigger, &data).await?;
     println!("{}", serde_json::json!({"delivered": delivered}));

@@ -8,7 +8,7 @@ pub mod status;
 pub mod stop;
 
 use anyhow::{Context, Result};
-use latzero_proto::{Endpoint, DEFAULT_HOST, DEFAULT_PORT};
+use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint};
 use latzero_server::RuntimeInfo;
 
 use crate::cli::TargetArgs;
@@ -33,13 +33,33 @@ pub fn endpoint(t: &TargetArgs) -> Endpoint {
 
 /// A `latzero://` URL for `app` at the target.
 pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String> {
-    let app = app.map(str::to_owned).unwrap_or_else(|| format!("latzero-cli-{}", std::process::id()));
-    let pools = if pools.is_empty() { String::new() } else { format!("pools={}", pools.join(",")) };
+    let app = app
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("latzero-cli-{}", std::process::id()));
+    let pools = if pools.is_empty() {
+        String::new()
+    } else {
+        format!("pools={}", pools.join(","))
+    };
     let u = match endpoint(t) {
-        Endpoint::Tcp(a) => format!("latzero://{app}@{a}{}", if pools.is_empty() { String::new() } else { format!("?{pools}") }),
+        Endpoint::Tcp(a) => format!(
+            "latzero://{app}@{a}{}",
+            if pools.is_empty() {
+                String::new()
+            } else {
+                format!("?{pools}")
+            }
+        ),
         Endpoint::Unix(p) => {
             let path: String = form_urlencoded::byte_serialize(p.display().to_string().as_bytes()).collect();
-            format!("latzero://{app}?socket={path}{}", if pools.is_empty() { String::new() } else { format!("&{pools}") })
+            format!(
+                "latzero://{app}?socket={path}{}",
+                if pools.is_empty() {
+                    String::new()
+                } else {
+                    format!("&{pools}")
+                }
+            )
         }
         Endpoint::Default => format!("latzero://{app}"),
     };

@@ -11,8 +11,16 @@ use serde_json::json;
 use crate::cli::ReplyArgs;
 
 pub async fn run(args: ReplyArgs) -> Result<()> {
-    let respond = args.respond.as_deref().map(|s| super::json_arg(Some(s), "--respond")).transpose()?;
-    let error = args.error.as_deref().map(|s| super::json_arg(Some(s), "--error")).transpose()?;
+    let respond = args
+        .respond
+        .as_deref()
+        .map(|s| super::json_arg(Some(s), "--respond"))
+        .transpose()?;
+    let error = args
+        .error
+        .as_deref()
+        .map(|s| super::json_arg(Some(s), "--error"))
+        .transpose()?;
     let client = ClientOptions::new()
         .takeover(args.takeover)
         .connect(&super::url(&args.target, args.app.as_deref(), &args.pools)?)
@@ -42,7 +50,10 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
             .await?;
     }
     let mut events = client.events();
-    println!("{}", json!({"event": "ready", "app_id": me, "pools": args.pools, "triggers": args.triggers}));
+    println!(
+        "{}",
+        json!({"event": "ready", "app_id": me, "pools": args.pools, "triggers": args.triggers})
+    );
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -22,11 +22,21 @@ pub async fn run(args: StatusArgs) -> Result<()> {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
         let _ = writeln!(out, "  {}", line.join("  ").trim_end());
     }
     out
@@ -34,7 +44,11 @@ fn table(rows: &[Vec<String>]) -> String {
 
 fn list(v: &Value) -> String {
     match v.as_array() {
-        Some(a) if !a.is_empty() => a.iter().map(|x| x.as_str().unwrap_or("?")).collect::<Vec<_>>().join(", "),
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(", "),
         _ => "-".into(),
     }
 }
@@ -67,13 +81,27 @@ pub fn render(st: &Value) -> String {
         srv["unix"].as_str().unwrap_or("off"),
         srv["data_dir"].as_str().unwrap_or("?")
     );
-    let _ = writeln!(out, "connections: {}   calls in flight: {}\n", st["connections"], st["calls_in_flight"]);
+    let _ = writeln!(
+        out,
+        "connections: {}   calls in flight: {}\n",
+        st["connections"], st["calls_in_flight"]
+    );
 
-    let mut rows = vec![vec!["POOL".into(), "TYPE".into(), "MEMBERS".into(), "TRIGGERS (handlers)".into()]];
+    let mut rows = vec![vec![
+        "POOL".into(),
+        "TYPE".into(),
+        "MEMBERS".into(),
+        "TRIGGERS (handlers)".into(),
+    ]];
     for p in st["pools"].as_array().into_iter().flatten() {
         let triggers = p["triggers"]
             .as_object()
-            .map(|m| m.iter().map(|(t, h)| format!("{t}({})", list(h))).collect::<Vec<_>>().join(" "))
+            .map(|m| {
+                m.iter()
+                    .map(|(t, h)| format!("{t}({})", list(h)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "-".into());
         rows.push(vec![
@@ -89,7 +117,13 @@ pub fn render(st: &Value) -> String {
         out.push_str(&table(&rows));
     }
     out.push('\n');
-    let mut rows = vec![vec!["APP".into(), "POOLS".into(), "TRIGGERS".into(), "IN FLIGHT".into(), "PEER".into()]];
+    let mut rows = vec![vec![
+        "APP".into(),
+        "POOLS".into(),
+        "TRIGGERS".into(),
+        "IN FLIGHT".into(),
+        "PEER".into(),
+    ]];
     for a in st["apps"].as_array().into_iter().flatten() {
         rows.push(vec![
             a["app_id"].as_str().unwrap_or("?").into(),

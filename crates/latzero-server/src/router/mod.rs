@@ -11,16 +11,16 @@
 
 pub(crate) mod pending;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use latzero_proto::ErrorCode;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::{
-    Accepted, DeliverEmit, DeliverTrigger, Emit, ErrorFrame, ForwardResponse, Origin, RawValue,
-    Response, Status, Trigger,
+    Accepted, DeliverEmit, DeliverTrigger, Emit, ErrorFrame, ForwardResponse, Origin, RawValue, Response, Status,
+    Trigger,
 };
-use latzero_proto::ErrorCode;
-use tokio::time::{sleep_until, Duration, Instant};
+use tokio::time::{Duration, Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use self::pending::{Group, Pending, PendingTable, Take, Target};
@@ -37,7 +37,10 @@ pub(crate) struct Refusal {
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into() }
+    Refusal {
+        code,
+        message: message.into(),
+    }
 }
 
 /// How a call ended.
@@ -45,7 +48,11 @@ enum Outcome<'a> {
     /// The handler answered.
     Handler { status: Status, body: Option<&'a RawValue> },
     /// The server ended it.
-    Failed { code: ErrorCode, message: &'a str, may_still_run: Option<bool> },
+    Failed {
+        code: ErrorCode,
+        message: &'a str,
+        may_still_run: Option<bool>,
+    },
 }
 
 /// `null`, for absent payloads.
@@ -63,7 +70,11 @@ pub(crate) struct Router {
 
 impl Router {
     pub fn new(counters: Arc<Counters>, limits: Limits) -> Self {
-        Router { table: PendingTable::new(), counters, limits }
+        Router {
+            table: PendingTable::new(),
+            counters,
+            limits,
+        }
     }
 
     /// Routes a call from `caller`. On refusal nothing was recorded or sent.
@@ -78,7 +89,10 @@ impl Router {
             Some(ms) if Duration::from_millis(ms) > self.limits.max_ttl => {
                 return Err(refuse(
                     ErrorCode::InvalidMessage,
-                    format!("ttl {ms} ms exceeds the maximum of {} ms", self.limits.max_ttl.as_millis()),
+                    format!(
+                        "ttl {ms} ms exceeds the maximum of {} ms",
+                        self.limits.max_ttl.as_millis()
+                    ),
                 ));
             }
             Some(ms) => Duration::from_millis(ms),
@@ -98,7 +112,10 @@ impl Router {
                 })?;
             let reply_conn = match &t.reply_to {
                 Some(r) => Some(pool.members.get(&**r).cloned().ok_or_else(|| {
-                    refuse(ErrorCode::NotInPool, format!("reply_to app '{}' is not in pool '{}'", &**r, &*t.pool))
+                    refuse(
+                        ErrorCode::NotInPool,
+                        format!("reply_to app '{}' is not in pool '{}'", &**r, &*t.pool),
+                    )
                 })?),
                 None => None,
             };
@@ -166,7 +183,9 @@ impl Router {
                 process: &t.process,
                 pool: &t.pool,
                 data,
-                origin: Origin { app_id: caller_app.as_str() },
+                origin: Origin {
+                    app_id: caller_app.as_str(),
+                },
                 ttl: ttl.as_millis() as u64,
             });
             self.table.insert(
@@ -189,14 +208,27 @@ impl Router {
                     let (code, message) = match e {
                         SendError::Full => (
                             ErrorCode::Overloaded,
-                            format!("handler '{}' is not reading its queue; it was disconnected as a slow consumer", handler.app_str()),
+                            format!(
+                                "handler '{}' is not reading its queue; it was disconnected as a slow consumer",
+                                handler.app_str()
+                            ),
                         ),
                         SendError::Closed => (
                             ErrorCode::HandlerGone,
-                            format!("handler '{}' disconnected before the call could be delivered", handler.app_str()),
+                            format!(
+                                "handler '{}' disconnected before the call could be delivered",
+                                handler.app_str()
+                            ),
                         ),
                     };
-                    self.complete(p, Outcome::Failed { code, message: &message, may_still_run: Some(false) });
+                    self.complete(
+                        p,
+                        Outcome::Failed {
+                            code,
+                            message: &message,
+                            may_still_run: Some(false),
+                        },
+                    );
                 }
                 continue;
             }
@@ -226,7 +258,13 @@ impl Router {
         let Some(hop) = hop else { return Err(unknown()) };
         match self.table.take_for(hop, conn.id) {
             Take::Found(p) => {
-                self.complete(p, Outcome::Handler { status: r.status, body: r.body });
+                self.complete(
+                    p,
+                    Outcome::Handler {
+                        status: r.status,
+                        body: r.body,
+                    },
+                );
                 Ok(())
             }
             Take::Finished => {
@@ -259,7 +297,10 @@ impl Router {
                         format!("app '{sender_app}' is not in pool '{}'; join it first", &*e.pool),
                     )
                 })?;
-            pool.handlers.get(&*e.process).map(|h| h.list.clone()).unwrap_or_default()
+            pool.handlers
+                .get(&*e.process)
+                .map(|h| h.list.clone())
+                .unwrap_or_default()
         };
         self.counters.inc(&self.counters.emits_total);
         if targets.is_empty() {
@@ -271,7 +312,9 @@ impl Router {
             process: &e.process,
             pool: &e.pool,
             data: e.data.unwrap_or(null()),
-            origin: Origin { app_id: sender_app.as_str() },
+            origin: Origin {
+                app_id: sender_app.as_str(),
+            },
         });
         let mut delivered = 0;
         let mut slow = Vec::new();
@@ -298,9 +341,7 @@ impl Router {
     /// Fails or drops every call that involves a connection that has gone.
     pub fn on_disconnect(&self, conn: ConnId) {
         let gone = self.table.drain_where(|p| {
-            p.handler.id == conn
-                || p.caller.id == conn
-                || matches!(&p.target, Target::ReplyTo(r) if r.id == conn)
+            p.handler.id == conn || p.caller.id == conn || matches!(&p.target, Target::ReplyTo(r) if r.id == conn)
         });
         for p in gone {
             if p.handler.id == conn && p.caller.id != conn {
@@ -308,7 +349,14 @@ impl Router {
                     "handler '{}' disconnected before answering; the call may have run partly or fully",
                     p.handler.app_str()
                 );
-                self.complete(p, Outcome::Failed { code: ErrorCode::HandlerGone, message: &message, may_still_run: None });
+                self.complete(
+                    p,
+                    Outcome::Failed {
+                        code: ErrorCode::HandlerGone,
+                        message: &message,
+                        may_still_run: None,
+                    },
+                );
             } else {
                 // The caller (or its reply target) has gone: nobody is left to tell.
                 p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -320,7 +368,14 @@ impl Router {
     /// Fails every pending call (shutdown).
     pub fn fail_all(&self, code: ErrorCode, message: &str) {
         for p in self.table.drain_where(|_| true) {
-            self.complete(p, Outcome::Failed { code, message, may_still_run: Some(true) });
+            self.complete(
+                p,
+                Outcome::Failed {
+                    code,
+                    message,
+                    may_still_run: Some(true),
+                },
+            );
         }
     }
 
@@ -340,7 +395,14 @@ impl Router {
                     p.ttl.as_millis(),
                     p.handler.app_str()
                 );
-                self.complete(p, Outcome::Failed { code: ErrorCode::Timeout, message: &message, may_still_run: Some(true) });
+                self.complete(
+                    p,
+                    Outcome::Failed {
+                        code: ErrorCode::Timeout,
+                        message: &message,
+                        may_still_run: Some(true),
+                    },
+                );
             }
         }
     }
@@ -350,10 +412,21 @@ impl Router {
         let c = &self.counters;
         match &outcome {
             Outcome::Handler { status: Status::Ok, .. } => c.inc(&c.calls_ok),
-            Outcome::Handler { status: Status::Error, .. } => c.inc(&c.calls_handler_error),
-            Outcome::Failed { code: ErrorCode::Timeout, .. } => c.inc(&c.calls_timed_out),
-            Outcome::Failed { code: ErrorCode::HandlerGone, .. } => c.inc(&c.calls_handler_gone),
-            Outcome::Failed { code: ErrorCode::ShuttingDown, .. } => c.inc(&c.calls_shut_down),
+            Outcome::Handler {
+                status: Status::Error, ..
+            } => c.inc(&c.calls_handler_error),
+            Outcome::Failed {
+                code: ErrorCode::Timeout,
+                ..
+            } => c.inc(&c.calls_timed_out),
+            Outcome::Failed {
+                code: ErrorCode::HandlerGone,
+                ..
+            } => c.inc(&c.calls_handler_gone),
+            Outcome::Failed {
+                code: ErrorCode::ShuttingDown,
+                ..
+            } => c.inc(&c.calls_shut_down),
             Outcome::Failed { .. } => c.inc(&c.calls_refused),
         }
         p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -377,7 +450,11 @@ impl Router {
                 error: (status == Status::Error).then(|| body.unwrap_or(null())),
                 origin,
             }),
-            Outcome::Failed { code, message, may_still_run } => encode_message(&ErrorFrame {
+            Outcome::Failed {
+                code,
+                message,
+                may_still_run,
+            } => encode_message(&ErrorFrame {
                 handler_may_still_run: may_still_run,
                 handler: Some(handler),
                 origin,
@@ -443,7 +520,10 @@ impl Router {
                 json.push_str(s);
             }
             json.push_str("]}");
-            if p.caller.reply(latzero_proto::frame::encode_json(json.as_bytes())).is_err() {
+            if p.caller
+                .reply(latzero_proto::frame::encode_json(json.as_bytes()))
+                .is_err()
+            {
                 self.counters.inc(&self.counters.undeliverable);
             }
         }
@@ -457,9 +537,9 @@ mod tests {
 
     use std::sync::RwLock;
 
-    use latzero_proto::message::{parse_request, Request};
+    use latzero_proto::message::{Request, parse_request};
     use latzero_proto::{AppId, PoolName, TriggerName};
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -473,8 +553,15 @@ mod tests {
 
     fn fixture() -> Fixture {
         let counters = Arc::new(Counters::default());
-        let limits = Limits { default_ttl: Duration::from_secs(30), ..Limits::default() };
-        Fixture { router: Arc::new(Router::new(counters.clone(), limits)), dir: RwLock::default(), counters }
+        let limits = Limits {
+            default_ttl: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        Fixture {
+            router: Arc::new(Router::new(counters.clone(), limits)),
+            dir: RwLock::default(),
+            counters,
+        }
     }
 
     impl Fixture {
@@ -492,13 +579,17 @@ mod tests {
 
         fn call(&self, caller: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
             let text = msg.to_string();
-            let Request::Trigger(t) = parse_request(text.as_bytes()).unwrap().request else { panic!() };
+            let Request::Trigger(t) = parse_request(text.as_bytes()).unwrap().request else {
+                panic!()
+            };
             self.router.call(&self.dir, caller, &t)
         }
 
         fn respond(&self, handler: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
             let text = msg.to_string();
-            let Request::Response(r) = parse_request(text.as_bytes()).unwrap().request else { panic!() };
+            let Request::Response(r) = parse_request(text.as_bytes()).unwrap().request else {
+                panic!()
+            };
             self.router.respond(handler, &r)
         }
     }
@@ -516,12 +607,23 @@ mod tests {
         let f = fixture();
         let (h, mut hrx) = f.app(1, "h", &["f"]);
         let (c, mut crx) = f.app(2, "c", &[]);
-        f.call(&c, json!({"action":"trigger","id":"x","process":"f","pool":"p","data":[1]})).unwrap();
+        f.call(
+            &c,
+            json!({"action":"trigger","id":"x","process":"f","pool":"p","data":[1]}),
+        )
+        .unwrap();
         assert_eq!(f.router.table.len(), 1);
         let t = next(&mut hrx).unwrap();
         assert_eq!(t["origin"]["app_id"], "c");
-        f.respond(&h, json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":2})).unwrap();
-        assert_eq!(next(&mut crx).unwrap(), json!({"action":"response","in_reply_to":"x","status":"ok","response":2}));
+        f.respond(
+            &h,
+            json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":2}),
+        )
+        .unwrap();
+        assert_eq!(
+            next(&mut crx).unwrap(),
+            json!({"action":"response","in_reply_to":"x","status":"ok","response":2})
+        );
         assert_eq!(f.router.table.len(), 0);
         assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
     }
@@ -533,16 +635,24 @@ mod tests {
         tokio::spawn(f.router.clone().run_timer(stop.clone()));
         let (h, mut hrx) = f.app(1, "h", &["f"]);
         let (c, mut crx) = f.app(2, "c", &[]);
-        f.call(&c, json!({"action":"trigger","id":7,"process":"f","pool":"p","ttl":100})).unwrap();
+        f.call(
+            &c,
+            json!({"action":"trigger","id":7,"process":"f","pool":"p","ttl":100}),
+        )
+        .unwrap();
         let t = next(&mut hrx).unwrap();
         tokio::time::sleep(Duration::from_millis(99)).await;
         assert!(next(&mut crx).is_none(), "not before the deadline");
         tokio::time::sleep(Duration::from_millis(2)).await;
         let e = next(&mut crx).unwrap();
-        assert_eq!((e["code"].as_str(), e["in_reply_to"].as_i64()), (Some("TIMEOUT"), Some(7)));
+        assert_eq!(
+            (e["code"].as_str(), e["in_reply_to"].as_i64()),
+            (Some("TIMEOUT"), Some(7))
+        );
         assert_eq!(f.router.table.len(), 0);
         // The late response is counted, not delivered.
-        f.respond(&h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"})).unwrap();
+        f.respond(&h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
+            .unwrap();
         assert!(next(&mut crx).is_none());
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(next(&mut crx).is_none(), "fires once");
@@ -558,9 +668,17 @@ mod tests {
         tokio::spawn(f.router.clone().run_timer(stop.clone()));
         let (_h, _hrx) = f.app(1, "h", &["f"]);
         let (c, mut crx) = f.app(2, "c", &[]);
-        f.call(&c, json!({"action":"trigger","id":"long","process":"f","pool":"p","ttl":10000})).unwrap();
+        f.call(
+            &c,
+            json!({"action":"trigger","id":"long","process":"f","pool":"p","ttl":10000}),
+        )
+        .unwrap();
         tokio::task::yield_now().await;
-        f.call(&c, json!({"action":"trigger","id":"short","process":"f","pool":"p","ttl":10})).unwrap();
+        f.call(
+            &c,
+            json!({"action":"trigger","id":"short","process":"f","pool":"p","ttl":10}),
+        )
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(11)).await;
         assert_eq!(next(&mut crx).unwrap()["in_reply_to"], "short");
         assert!(next(&mut crx).is_none());
@@ -572,14 +690,19 @@ mod tests {
         let f = fixture();
         let (h, _hrx) = f.app(1, "h", &["f"]);
         let (c, mut crx) = f.app(2, "c", &[]);
-        f.call(&c, json!({"action":"trigger","id":"a","process":"f","pool":"p"})).unwrap();
+        f.call(&c, json!({"action":"trigger","id":"a","process":"f","pool":"p"}))
+            .unwrap();
         f.router.on_disconnect(h.id);
         let e = next(&mut crx).unwrap();
-        assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("HANDLER_GONE"), Some("a")));
+        assert_eq!(
+            (e["code"].as_str(), e["in_reply_to"].as_str()),
+            (Some("HANDLER_GONE"), Some("a"))
+        );
         assert_eq!(f.router.table.len(), 0);
 
         let (_h2, _h2rx) = f.app(3, "h2", &["g"]);
-        f.call(&c, json!({"action":"trigger","id":"b","process":"g","pool":"p"})).unwrap();
+        f.call(&c, json!({"action":"trigger","id":"b","process":"g","pool":"p"}))
+            .unwrap();
         f.router.on_disconnect(c.id);
         assert_eq!(f.router.table.len(), 0);
         assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
@@ -592,7 +715,8 @@ mod tests {
         let (_h, _hrx) = f.app(1, "h", &["f"]);
         let (c, mut crx) = f.app(2, "c", &[]);
         for i in 0..3 {
-            f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"})).unwrap();
+            f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
+                .unwrap();
         }
         f.router.fail_all(ErrorCode::ShuttingDown, "bye");
         for _ in 0..3 {
@@ -608,17 +732,32 @@ mod tests {
         let (_b, mut brx) = f.app(2, "b", &["f"]);
         let (c, _crx) = f.app(3, "c", &[]);
         for i in 0..4 {
-            f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"})).unwrap();
+            f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
+                .unwrap();
         }
         let count = |rx: &mut mpsc::UnboundedReceiver<Out>| std::iter::from_fn(|| next(rx)).count();
         assert_eq!((count(&mut arx), count(&mut brx)), (2, 2));
-        let r = f.call(&c, json!({"action":"trigger","id":9,"process":"zz","pool":"p"})).unwrap_err();
+        let r = f
+            .call(&c, json!({"action":"trigger","id":9,"process":"zz","pool":"p"}))
+            .unwrap_err();
         assert_eq!(r.code, ErrorCode::NoHandler);
-        let r = f.call(&c, json!({"action":"trigger","id":9,"process":"f","pool":"q"})).unwrap_err();
+        let r = f
+            .call(&c, json!({"action":"trigger","id":9,"process":"f","pool":"q"}))
+            .unwrap_err();
         assert_eq!(r.code, ErrorCode::NotInPool);
-        let r = f.call(&c, json!({"action":"trigger","id":9,"process":"f","pool":"p","destination":"c"})).unwrap_err();
+        let r = f
+            .call(
+                &c,
+                json!({"action":"trigger","id":9,"process":"f","pool":"p","destination":"c"}),
+            )
+            .unwrap_err();
         assert_eq!(r.code, ErrorCode::NoHandler);
-        let r = f.call(&c, json!({"action":"trigger","id":9,"process":"f","pool":"p","ttl":999999999})).unwrap_err();
+        let r = f
+            .call(
+                &c,
+                json!({"action":"trigger","id":9,"process":"f","pool":"p","ttl":999999999}),
+            )
+            .unwrap_err();
         assert_eq!(r.code, ErrorCode::InvalidMessage);
     }
 
@@ -628,12 +767,17 @@ mod tests {
         let (h, _hrx) = f.app(1, "h", &["f"]);
         let (c, mut crx) = f.app(2, "c", &[]);
         for i in 0..16 {
-            f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"})).unwrap();
+            f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
+                .unwrap();
         }
         assert!(next(&mut crx).is_none());
-        f.call(&c, json!({"action":"trigger","id":"over","process":"f","pool":"p"})).unwrap();
+        f.call(&c, json!({"action":"trigger","id":"over","process":"f","pool":"p"}))
+            .unwrap();
         let e = next(&mut crx).unwrap();
-        assert_eq!((e["code"].as_str(), e["in_reply_to"].as_str()), (Some("OVERLOADED"), Some("over")));
+        assert_eq!(
+            (e["code"].as_str(), e["in_reply_to"].as_str()),
+            (Some("OVERLOADED"), Some("over"))
+        );
         assert!(h.kill.is_cancelled(), "slow consumer is closed");
         assert_eq!(f.counters.slow_consumers.load(Ordering::Relaxed), 1);
     }
@@ -646,10 +790,18 @@ mod tests {
         let (a, mut arx) = f.app(1, "a", &["f"]);
         let (_b, mut brx) = f.app(2, "b", &["f"]);
         let (c, mut crx) = f.app(3, "c", &[]);
-        f.call(&c, json!({"action":"trigger","id":"bc","process":"f","pool":"p","broadcast":true,"ttl":50})).unwrap();
+        f.call(
+            &c,
+            json!({"action":"trigger","id":"bc","process":"f","pool":"p","broadcast":true,"ttl":50}),
+        )
+        .unwrap();
         let ta = next(&mut arx).unwrap();
         assert!(next(&mut brx).is_some());
-        f.respond(&a, json!({"action":"response","in_reply_to":ta["id"],"status":"ok","response":"A"})).unwrap();
+        f.respond(
+            &a,
+            json!({"action":"response","in_reply_to":ta["id"],"status":"ok","response":"A"}),
+        )
+        .unwrap();
         assert!(next(&mut crx).is_none(), "waits for every handler");
         tokio::time::sleep(Duration::from_millis(51)).await;
         let r = next(&mut crx).unwrap();

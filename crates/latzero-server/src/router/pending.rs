@@ -57,7 +57,12 @@ pub(crate) struct GroupState {
 
 impl Group {
     pub fn new(n: usize) -> Arc<Group> {
-        Arc::new(Group { state: Mutex::new(GroupState { slots: vec![None; n], remaining: n }) })
+        Arc::new(Group {
+            state: Mutex::new(GroupState {
+                slots: vec![None; n],
+                remaining: n,
+            }),
+        })
     }
 }
 
@@ -114,7 +119,9 @@ impl PendingTable {
     fn shard(&self, hop: u64) -> MutexGuard<'_, Shard> {
         // A panic while holding a shard lock would be a bug; the data is still consistent
         // (each operation is a single map update), so keep serving.
-        self.shards[(hop as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[(hop as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// A fresh hop id; never reused.
@@ -123,7 +130,9 @@ impl PendingTable {
     }
 
     fn ns(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos().min(u64::MAX as u128 - 1) as u64
+        t.saturating_duration_since(self.epoch)
+            .as_nanos()
+            .min(u64::MAX as u128 - 1) as u64
     }
 
     pub fn insert(&self, hop: u64, p: Pending) {
@@ -178,7 +187,13 @@ impl PendingTable {
         let min = self
             .shards
             .iter()
-            .filter_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).deadlines.first().map(|d| d.0))
+            .filter_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .deadlines
+                    .first()
+                    .map(|d| d.0)
+            })
             .min();
         if let Some(m) = min {
             self.earliest.fetch_min(self.ns(m), Ordering::AcqRel);
@@ -203,6 +218,9 @@ impl PendingTable {
 
     /// Calls in flight.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
+            .sum()
     }
 }

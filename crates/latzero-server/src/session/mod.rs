@@ -8,16 +8,15 @@
 
 pub(crate) mod conn;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use latzero_proto::frame::{encode_message, Frame, FrameCodec, FrameError};
+use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
-    parse_request, Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue,
-    Request, ServerInfo,
+    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue, Request, ServerInfo, parse_request,
 };
-use latzero_proto::{AppId, ErrorCode, PoolName, PROTOCOL_VERSION};
+use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
@@ -55,9 +54,17 @@ where
     state.counters.inc(&state.counters.connections_total);
     let span = tracing::info_span!("session", conn = id, peer = %peer);
     let writer_task = tokio::spawn(conn::writer(conn.clone(), rx, writer).instrument(span.clone()));
-    state.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
+    state
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, conn.clone());
 
-    let mut session = Session { state: state.clone(), conn: conn.clone(), app: None };
+    let mut session = Session {
+        state: state.clone(),
+        conn: conn.clone(),
+        app: None,
+    };
     let end = session.read_loop(reader).instrument(span.clone()).await;
     let _guard = span.enter();
     match end {
@@ -74,7 +81,10 @@ where
     }
     session.cleanup();
     drop(_guard);
-    if tokio::time::timeout(state.config.shutdown_grace, writer_task).await.is_err() {
+    if tokio::time::timeout(state.config.shutdown_grace, writer_task)
+        .await
+        .is_err()
+    {
         conn.kill.cancel();
     }
     tracing::debug!(conn = id, "connection closed");
@@ -181,7 +191,10 @@ impl Session {
                 let _ = self.conn.reply(frame);
             }
             Request::Ping => {
-                let _ = self.conn.reply(encode_message(&Pong { action: "pong", in_reply_to: id }));
+                let _ = self.conn.reply(encode_message(&Pong {
+                    action: "pong",
+                    in_reply_to: id,
+                }));
             }
             Request::Shutdown => {
                 tracing::info!(peer = %self.conn.peer, "shutdown requested over the protocol");
@@ -228,7 +241,11 @@ impl Session {
             Request::Emit(e) => match st.router.emit(&st.directory, &self.conn, &e) {
                 Ok(delivered) => {
                     if let Some(id) = id {
-                        let receipt = Emitted { action: "emitted", in_reply_to: id, delivered };
+                        let receipt = Emitted {
+                            action: "emitted",
+                            in_reply_to: id,
+                            delivered,
+                        };
                         let _ = self.conn.reply(encode_message(&receipt));
                     }
                 }
@@ -267,7 +284,11 @@ impl Session {
                 triggers,
                 protocol_version: PROTOCOL_VERSION,
                 took_over: old.is_some(),
-                server: ServerInfo { name: "latzero", version: env!("CARGO_PKG_VERSION"), pid: std::process::id() },
+                server: ServerInfo {
+                    name: "latzero",
+                    version: env!("CARGO_PKG_VERSION"),
+                    pid: std::process::id(),
+                },
             });
             let _ = self.conn.reply(ack);
             old
@@ -312,7 +333,12 @@ impl Session {
     fn ack(&self, id: Option<&RawValue>, app: Option<&AppId>) {
         let dir = self.state.directory.read().unwrap_or_else(|e| e.into_inner());
         let (pools, triggers) = app.map(|a| dir.app_state(a)).unwrap_or_default();
-        let frame = encode_message(&Ack { action: "ack", in_reply_to: id, pools, triggers });
+        let frame = encode_message(&Ack {
+            action: "ack",
+            in_reply_to: id,
+            pools,
+            triggers,
+        });
         drop(dir);
         let _ = self.conn.reply(frame);
     }
@@ -335,6 +361,10 @@ impl Session {
             tracing::info!(app = %app, "app disconnected");
         }
         self.state.router.on_disconnect(self.conn.id);
-        self.state.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.conn.id);
+        self.state
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.conn.id);
     }
 }
