@@ -31,7 +31,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             ev = events.recv() => match ev {
-                Ok(ClientEvent::Disconnected { reason }) => println!("disconnected: {reason}; reconnecting"),
+                Ok(ClientEvent::Disconnected { reason, reconnecting: true }) => println!("disconnected: {reason}; reconnecting"),
+                Ok(ClientEvent::Disconnected { reason, reconnecting: false }) => anyhow::bail!("disconnected: {reason}"),
                 Ok(ClientEvent::Reconnected) => println!("reconnected"),
                 _ => {}
             },

@@ -7,5 +7,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest (one time)" >&2
   cargo install cargo-nextest --locked
 fi
-cargo nextest run --workspace --all-targets --no-fail-fast
 cargo test --workspace --doc
+cargo nextest run --workspace --all-targets --no-fail-fast

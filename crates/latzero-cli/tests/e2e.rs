@@ -453,5 +453,11 @@ fn duplicate_app_and_takeover_across_processes() -> Result<()> {
     let _second = s.reply(&["--app", "svc", "--pool", "p", "f", "--takeover"])?;
     let ev = first.wait_event("disconnected")?;
     assert!(ev["reason"].as_str().unwrap().contains("DUPLICATE_APP"), "{ev}");
+    // The replaced client gives up instead of taking the app id back.
+    assert_eq!(ev["reconnecting"], false);
+    let (st, err) = first.wait_exit()?;
+    assert!(!st.success() && err.contains("DUPLICATE_APP"), "{err}");
+    let (ok, out, _) = s.run(&["call", "--pool", "p", "f", "--count", "3", "--expect-echo"])?;
+    assert!(ok, "the new connection serves the trigger: {out}");
     Ok(())
 }

@@ -35,6 +35,10 @@ pub enum ClientEvent {
     Disconnected {
         /// Why, as far as the client knows.
         reason: String,
+        /// Whether the client is trying to reconnect. It does not after [`Client::close`], with
+        /// reconnect turned off, or when another connection took over its app id (reconnecting
+        /// would take it back and the two would flap forever).
+        reconnecting: bool,
     },
     /// The client reconnected and handshook again with its pools and triggers.
     Reconnected,
@@ -640,8 +644,8 @@ impl Inner {
         let _ = self.events.send(e);
     }
 
-    /// Handles one frame from the server.
-    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<String> {
+    /// Handles one frame from the server. Returns why the server is closing us, if it said so.
+    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
         let json = frame.json();
         let env = match ServerFrame::parse(json) {
             Ok(env) => env,
@@ -658,11 +662,14 @@ impl Inner {
                 joined: env.event.as_deref() == Some("joined"),
             }),
             Some("closing") => {
-                return Some(format!(
-                    "server closed the connection: {}: {}",
-                    env.code.as_deref().unwrap_or("?"),
-                    env.message.as_deref().unwrap_or("")
-                ));
+                let code = env.code.as_deref().unwrap_or("?");
+                return Some(Closing {
+                    reason: format!(
+                        "server closed the connection: {code}: {}",
+                        env.message.as_deref().unwrap_or("")
+                    ),
+                    taken_over: code == ErrorCode::DuplicateApp.as_str(),
+                });
             }
             Some(action) if env.origin.is_some() && matches!(action, "response" | "error") => {
                 let origin: Value = env
@@ -746,6 +753,13 @@ impl Inner {
     }
 }
 
+/// The server's `closing` notice.
+struct Closing {
+    reason: String,
+    /// Another connection took over this app id.
+    taken_over: bool,
+}
+
 /// Connects and handshakes with the client's current pools and triggers.
 async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientError> {
     let (r, mut w) = open(&inner.endpoint).await?;
@@ -798,6 +812,7 @@ async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientErr
 async fn connection_task(inner: Arc<Inner>, mut live: Live) {
     loop {
         let mut reason = String::from("server closed the connection");
+        let mut taken_over = false;
         loop {
             let frame = tokio::select! {
                 _ = inner.closed.cancelled() => { reason = "client closed".into(); break; }
@@ -806,8 +821,9 @@ async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             };
             match frame {
                 Ok(Some(f)) => {
-                    if let Some(r) = inner.dispatch(f, &live.tx) {
-                        reason = r;
+                    if let Some(c) = inner.dispatch(f, &live.tx) {
+                        reason = c.reason;
+                        taken_over = c.taken_over;
                     }
                 }
                 Ok(None) => break,
@@ -820,8 +836,12 @@ async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         lock(&inner.shared).tx = None;
         live.dead.cancel();
         inner.fail_pending();
-        inner.event(ClientEvent::Disconnected { reason: reason.clone() });
-        if inner.closed.is_cancelled() || !inner.opts.reconnect {
+        let reconnecting = !inner.closed.is_cancelled() && inner.opts.reconnect && !taken_over;
+        inner.event(ClientEvent::Disconnected {
+            reason: reason.clone(),
+            reconnecting,
+        });
+        if !reconnecting {
             return;
         }
         tracing::info!(app = %inner.app_id, %reason, "connection lost; reconnecting");
@@ -834,8 +854,9 @@ async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                 _ = inner.closed.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            // The server may not have noticed the old connection's end yet: take it over.
-            match establish(&inner, true).await {
+            // Never take over on our own: if the server has not noticed our old connection's
+            // end yet, DUPLICATE_APP is retried with backoff until it has.
+            match establish(&inner, inner.opts.takeover).await {
                 Ok(l) => break l,
                 Err(e) => {
                     tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");

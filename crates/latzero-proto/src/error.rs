@@ -36,11 +36,10 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// A response names a call this connection was not asked to answer.
     UnknownCall,
-    /// The connection stopped reading and its outbound queue filled up; it is closed.
-    SlowConsumer,
     /// The feature exists in the protocol but is not available in this server yet.
     NotAvailable,
-    /// A bug in the server; the message says what failed.
+    /// A bug in the server; the message says what failed. Clients also map codes they do not
+    /// know (from a newer server) to it.
     Internal,
 }
 
@@ -62,14 +61,13 @@ impl ErrorCode {
             Self::HandshakeRequired => "HANDSHAKE_REQUIRED",
             Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
             Self::UnknownCall => "UNKNOWN_CALL",
-            Self::SlowConsumer => "SLOW_CONSUMER",
             Self::NotAvailable => "NOT_AVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -84,7 +82,6 @@ impl ErrorCode {
         Self::HandshakeRequired,
         Self::UnsupportedVersion,
         Self::UnknownCall,
-        Self::SlowConsumer,
         Self::NotAvailable,
         Self::Internal,
     ];

@@ -230,7 +230,7 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
     task1.await.unwrap();
     let e = next_event(&mut ev, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
     assert!(
-        matches!(e, ClientEvent::Disconnected { ref reason } if reason.contains("SHUTTING_DOWN")),
+        matches!(e, ClientEvent::Disconnected { ref reason, reconnecting: true } if reason.contains("SHUTTING_DOWN")),
         "{e:?}"
     );
     // While disconnected, remote calls fail at once (no hang).

@@ -58,7 +58,12 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             e = events.recv() => match e {
-                Ok(ClientEvent::Disconnected { reason }) => println!("{}", json!({"event": "disconnected", "reason": reason})),
+                Ok(ClientEvent::Disconnected { reason, reconnecting }) => {
+                    println!("{}", json!({"event": "disconnected", "reason": reason, "reconnecting": reconnecting}));
+                    if !reconnecting {
+                        anyhow::bail!("disconnected for good: {reason}");
+                    }
+                }
                 Ok(ClientEvent::Reconnected) => println!("{}", json!({"event": "reconnected"})),
                 Ok(ClientEvent::ServerError(e)) => println!("{}", json!({"event": "server_error", "code": e.code, "message": e.message})),
                 Ok(_) => {}

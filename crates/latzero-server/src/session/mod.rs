@@ -76,8 +76,10 @@ where
             }));
             conn.close_gracefully();
         }
-        End::Close => conn.close_gracefully(),
-        End::Eof | End::Killed => conn.kill.cancel(),
+        // The peer may have closed only its write side: flush what is queued (bounded by the
+        // grace period below) rather than drop replies already accepted.
+        End::Close | End::Eof => conn.close_gracefully(),
+        End::Killed => conn.kill.cancel(),
     }
     session.cleanup();
     drop(_guard);
