@@ -15,28 +15,7 @@ fn server() -> ServerProc {
     ServerProc::start(bin(), &[]).expect("server starts")
 }
 
-const SEED_HANDSHAKE: &str = r#"{
-  "action": "handshake",
-  "app_id": "myApp",
-  "pools": ["alpha"],
-  "triggers": ["foo", "bar"],
-  "meta": { "version": "1.0.0" }
-}"#;
-const SEED_TRIGGER: &str = r#"{
-  "action": "trigger",
-  "id": "uuid-v4",
-  "process": "foo",
-  "data": { "x": 42 },
-  "pool": "alpha",
-  "origin": { "app_id": "clientApp" },
-  "destination": "targetApp"
-}"#;
-const SEED_RESPONSE: &str = r#"{
-  "action": "response",
-  "in_reply_to": "uuid-v4",
-  "status": "ok",
-  "response": { "result": 84 }
-}"#;
+use latzero_proto::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
 
 #[test]
 fn seed_examples_verbatim_over_raw_tcp() -> Result<()> {

@@ -4,46 +4,22 @@
 use std::time::Duration;
 
 use latzero_proto::Endpoint;
-use latzero_proto::frame::encode_message;
-use latzero_proto::message::ServerFrame;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 
-use crate::connection::{FrameReader, open};
+use crate::connection::{FrameReader, Writer, open_with_request};
 use crate::error::ClientError;
 
 pub use crate::connection::{default_data_dir, resolve};
 
-async fn request(endpoint: &Endpoint, action: &str, wait: Duration) -> Result<(Value, FrameReader), ClientError> {
-    let (r, mut w) = open(endpoint).await?;
-    let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
-    w.write_all(&encode_message(&json!({"action": action, "id": 1})))
-        .await
-        .map_err(|e| ClientError::Connect {
-            endpoint: endpoint.to_string(),
-            source: e,
-        })?;
-    let fut = async {
-        loop {
-            let frame = reader
-                .next()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .ok_or(ClientError::Disconnected)?;
-            let env = ServerFrame::parse(frame.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if env.in_reply_to.map(|r| r.get()) != Some("1") {
-                continue;
-            }
-            if env.action() == Some("error") {
-                return Err(ClientError::Remote(crate::client::remote_error(&env)));
-            }
-            return Ok(serde_json::from_slice::<Value>(frame.json())?);
-        }
-    };
-    let v = tokio::time::timeout(wait, fut)
-        .await
-        .map_err(|_| ClientError::NoReply(wait))??;
-    Ok((v, reader))
+/// One anonymous request; returns the answer and the still-open connection.
+async fn request(
+    endpoint: &Endpoint,
+    action: &str,
+    wait: Duration,
+) -> Result<(Value, FrameReader, Writer), ClientError> {
+    let request = json!({"action": action, "id": 1});
+    let (json, reader, w) = open_with_request(endpoint, &request, latzero_proto::DEFAULT_MAX_FRAME_LEN, wait).await?;
+    Ok((serde_json::from_slice(&json)?, reader, w))
 }
 
 /// The server's `status_result`.
@@ -61,7 +37,8 @@ pub async fn ping(endpoint: &Endpoint) -> Result<Duration, ClientError> {
 /// Asks the server to shut down and waits until it has closed this connection (so the server
 /// has finished its graceful shutdown of the sessions), at most `wait`.
 pub async fn shutdown(endpoint: &Endpoint, wait: Duration) -> Result<(), ClientError> {
-    let (_, mut reader) = request(endpoint, "shutdown", wait).await?;
+    // Keep our write side open: closing it would end the session before the server does.
+    let (_, mut reader, _w) = request(endpoint, "shutdown", wait).await?;
     let drained = async { while let Ok(Some(_)) = reader.next().await {} };
     tokio::time::timeout(wait, drained)
         .await

@@ -13,19 +13,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::{Frame, encode_message};
+use latzero_proto::frame::encode_message;
 use latzero_proto::message::{RawValue, ServerFrame};
-use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PROTOCOL_VERSION, PoolName, TriggerName};
-use rand::Rng;
+use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{FrameReader, open, writer_task};
+use crate::call::Call;
+use crate::driver::{connection_task, establish};
 use crate::error::{ClientError, RemoteError};
-use crate::handler::{HandlerError, HandlerFn, Request, invoke};
+use crate::handler::{HandlerError, HandlerFn, Request};
 use crate::options::ClientOptions;
 
 /// Something that happened to the client, for the application to observe.
@@ -69,31 +68,22 @@ pub struct Forwarded {
     pub result: Result<Value, Arc<ClientError>>,
 }
 
-/// One handler's part of a broadcast result.
-#[derive(Debug, Clone)]
-pub struct BroadcastReply {
-    /// The handler.
-    pub app_id: String,
-    /// Its result.
-    pub result: Result<Value, Arc<ClientError>>,
-}
-
-struct Shared {
-    pools: BTreeSet<PoolName>,
-    triggers: BTreeSet<TriggerName>,
-    tx: Option<mpsc::Sender<Bytes>>,
+pub(crate) struct Shared {
+    pub(crate) pools: BTreeSet<PoolName>,
+    pub(crate) triggers: BTreeSet<TriggerName>,
+    pub(crate) tx: Option<mpsc::Sender<Bytes>>,
 }
 
 pub(crate) struct Inner {
-    app_id: AppId,
-    endpoint: Endpoint,
-    opts: ClientOptions,
-    next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
-    handlers: RwLock<HashMap<String, HandlerFn>>,
-    shared: Mutex<Shared>,
-    events: broadcast::Sender<ClientEvent>,
-    closed: CancellationToken,
+    pub(crate) app_id: AppId,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) opts: ClientOptions,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
+    pub(crate) handlers: RwLock<HashMap<String, HandlerFn>>,
+    pub(crate) shared: Mutex<Shared>,
+    pub(crate) events: broadcast::Sender<ClientEvent>,
+    pub(crate) closed: CancellationToken,
 }
 
 struct CloseOnDrop(CancellationToken);
@@ -108,7 +98,7 @@ impl Drop for CloseOnDrop {
 /// (or on [`Client::close`]).
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     _guard: Arc<CloseOnDrop>,
 }
 
@@ -121,14 +111,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A live connection: its frame reader and the queue to its writer.
-struct Live {
-    reader: FrameReader,
-    tx: mpsc::Sender<Bytes>,
-    dead: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -147,7 +130,7 @@ pub(crate) fn remote_error(env: &ServerFrame<'_>) -> RemoteError {
     }
 }
 
-fn raw_to_value(raw: Option<&RawValue>) -> Result<Value, ClientError> {
+pub(crate) fn raw_to_value(raw: Option<&RawValue>) -> Result<Value, ClientError> {
     Ok(match raw {
         Some(r) => serde_json::from_str(r.get())?,
         None => Value::Null,
@@ -155,7 +138,7 @@ fn raw_to_value(raw: Option<&RawValue>) -> Result<Value, ClientError> {
 }
 
 /// Turns a reply frame into the call's result.
-fn reply_result(frame: &[u8]) -> Result<Value, ClientError> {
+pub(crate) fn reply_result(frame: &[u8]) -> Result<Value, ClientError> {
     let env = ServerFrame::parse(frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
     match env.action() {
         Some("error") => Err(remote_error(&env).into()),
@@ -379,210 +362,8 @@ impl Client {
     }
 }
 
-/// A call being built. Finish with [`send`](Call::send), [`broadcast`](Call::broadcast) or
-/// [`forward`](Call::forward).
-#[derive(Debug)]
-pub struct Call<'a> {
-    client: &'a Client,
-    pool: String,
-    process: String,
-    data: Result<Option<Box<RawValue>>, serde_json::Error>,
-    timeout: Option<Duration>,
-    destination: Option<String>,
-}
-
-#[derive(Serialize)]
-struct TriggerOut<'a> {
-    action: &'static str,
-    id: u64,
-    process: &'a str,
-    pool: &'a str,
-    data: &'a RawValue,
-    ttl: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    destination: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reply_to: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    broadcast: bool,
-}
-
-impl Call<'_> {
-    /// The payload (any `Serialize`; default `null`).
-    pub fn data<T: Serialize + ?Sized>(mut self, data: &T) -> Self {
-        self.data = serde_json::value::to_raw_value(data).map(Some);
-        self
-    }
-
-    /// This call's timeout (sent as `ttl`), instead of the client's default.
-    pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
-        self
-    }
-
-    /// Run the call on this app.
-    pub fn destination(mut self, app: &str) -> Self {
-        self.destination = Some(app.to_owned());
-        self
-    }
-
-    fn ttl(&self) -> Duration {
-        self.timeout.unwrap_or(self.client.inner.opts.request_timeout)
-    }
-
-    fn check(&self) -> Result<(), ClientError> {
-        PoolName::check(&self.pool)?;
-        TriggerName::check(&self.process)?;
-        if let Some(d) = &self.destination {
-            AppId::check(d)?;
-        }
-        Ok(())
-    }
-
-    /// Sends the call and waits for its result.
-    pub async fn send(mut self) -> Result<Value, ClientError> {
-        self.check()?;
-        let data = std::mem::replace(&mut self.data, Ok(None))?;
-        let inner = &self.client.inner;
-        let local = self.destination.as_deref().is_none_or(|d| d == inner.app_id.as_str());
-        if local && let Some(h) = inner.local_handler(&self.pool, &self.process) {
-            let req = Request {
-                process: self.process.clone(),
-                pool: self.pool.clone(),
-                data: raw_to_value(data.as_deref())?,
-                origin: None,
-                is_emit: false,
-            };
-            let ttl = self.timeout.unwrap_or(inner.opts.request_timeout);
-            return match tokio::time::timeout(ttl, invoke(h, req)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
-                Err(_) => Err(RemoteError {
-                    code: ErrorCode::Timeout,
-                    message: format!(
-                        "in-process call timed out after {} ms; the handler may still run it",
-                        ttl.as_millis()
-                    ),
-                    handler: Some(inner.app_id.to_string()),
-                    handler_may_still_run: Some(true),
-                }
-                .into()),
-            };
-        }
-        let ttl = self.ttl();
-        let data = data.as_deref().unwrap_or(RawValue::NULL);
-        let frame = inner
-            .roundtrip_frame(
-                |id| {
-                    encode_message(&TriggerOut {
-                        action: "trigger",
-                        id,
-                        process: &self.process,
-                        pool: &self.pool,
-                        data,
-                        ttl: ttl.as_millis() as u64,
-                        destination: self.destination.as_deref(),
-                        reply_to: None,
-                        broadcast: false,
-                    })
-                },
-                ttl,
-            )
-            .await?;
-        reply_result(&frame)
-    }
-
-    /// Sends the call to every handler of the trigger in the pool; returns one result per
-    /// handler once all have answered or timed out.
-    pub async fn broadcast(mut self) -> Result<Vec<BroadcastReply>, ClientError> {
-        self.check()?;
-        let ttl = self.ttl();
-        let data = std::mem::replace(&mut self.data, Ok(None))?;
-        let data = data.as_deref().unwrap_or(RawValue::NULL);
-        let frame = self
-            .client
-            .inner
-            .roundtrip_frame(
-                |id| {
-                    encode_message(&TriggerOut {
-                        action: "trigger",
-                        id,
-                        process: &self.process,
-                        pool: &self.pool,
-                        data,
-                        ttl: ttl.as_millis() as u64,
-                        destination: None,
-                        reply_to: None,
-                        broadcast: true,
-                    })
-                },
-                ttl,
-            )
-            .await?;
-        let env = ServerFrame::parse(&frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
-        if env.action() == Some("error") {
-            return Err(remote_error(&env).into());
-        }
-        let v: Value = serde_json::from_slice(&frame)?;
-        let list = v
-            .get("responses")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol("broadcast reply without responses".into()))?;
-        Ok(list.iter().map(broadcast_entry).collect())
-    }
-
-    /// Sends the call with its result going to another app (`reply_to`), which receives it as
-    /// [`ClientEvent::Forwarded`]. Returns the app that is running the call once the server
-    /// has handed it over.
-    pub async fn forward(mut self, reply_to: &str) -> Result<String, ClientError> {
-        self.check()?;
-        AppId::check(reply_to)?;
-        let ttl = self.ttl();
-        let data = std::mem::replace(&mut self.data, Ok(None))?;
-        let data = data.as_deref().unwrap_or(RawValue::NULL);
-        let v = self
-            .client
-            .inner
-            .roundtrip(
-                |id| {
-                    encode_message(&TriggerOut {
-                        action: "trigger",
-                        id,
-                        process: &self.process,
-                        pool: &self.pool,
-                        data,
-                        ttl: ttl.as_millis() as u64,
-                        destination: self.destination.as_deref(),
-                        reply_to: Some(reply_to),
-                        broadcast: false,
-                    })
-                },
-                ttl,
-            )
-            .await?;
-        Ok(v["handler"].as_str().unwrap_or_default().to_owned())
-    }
-}
-
-fn broadcast_entry(e: &Value) -> BroadcastReply {
-    let app_id = e["app_id"].as_str().unwrap_or_default().to_owned();
-    let result = match (e["status"].as_str(), e.get("code")) {
-        (Some("ok"), _) => Ok(e.get("response").cloned().unwrap_or(Value::Null)),
-        (_, Some(code)) => Err(Arc::new(ClientError::Remote(RemoteError {
-            code: serde_json::from_value(code.clone()).unwrap_or(ErrorCode::Internal),
-            message: e["message"].as_str().unwrap_or_default().to_owned(),
-            handler: Some(app_id.clone()),
-            handler_may_still_run: None,
-        }))),
-        _ => Err(Arc::new(ClientError::Handler(
-            e.get("error").cloned().unwrap_or(Value::Null),
-        ))),
-    };
-    BroadcastReply { app_id, result }
-}
-
 impl Inner {
-    fn local_handler(&self, pool: &str, process: &str) -> Option<HandlerFn> {
+    pub(crate) fn local_handler(&self, pool: &str, process: &str) -> Option<HandlerFn> {
         let registered = {
             let s = lock(&self.shared);
             s.pools.contains(pool) && s.triggers.contains(process)
@@ -597,7 +378,7 @@ impl Inner {
             .cloned()
     }
 
-    async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
+    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
         if self.closed.is_cancelled() {
             return Err(ClientError::Closed);
         }
@@ -606,7 +387,11 @@ impl Inner {
     }
 
     /// Sends a request built around a fresh id and waits for the frame that answers it.
-    async fn roundtrip_frame(&self, build: impl FnOnce(u64) -> Bytes, ttl: Duration) -> Result<Bytes, ClientError> {
+    pub(crate) async fn roundtrip_frame(
+        &self,
+        build: impl FnOnce(u64) -> Bytes,
+        ttl: Duration,
+    ) -> Result<Bytes, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
@@ -630,242 +415,21 @@ impl Inner {
         }
     }
 
-    async fn roundtrip(&self, build: impl FnOnce(u64) -> Bytes, ttl: Duration) -> Result<Value, ClientError> {
+    pub(crate) async fn roundtrip(
+        &self,
+        build: impl FnOnce(u64) -> Bytes,
+        ttl: Duration,
+    ) -> Result<Value, ClientError> {
         let frame = self.roundtrip_frame(build, ttl).await?;
         reply_result(&frame)
     }
 
-    fn fail_pending(&self) {
+    pub(crate) fn fail_pending(&self) {
         // Dropping the senders wakes every waiter with Disconnected.
         lock(&self.pending).clear();
     }
 
-    fn event(&self, e: ClientEvent) {
+    pub(crate) fn event(&self, e: ClientEvent) {
         let _ = self.events.send(e);
-    }
-
-    /// Handles one frame from the server. Returns why the server is closing us, if it said so.
-    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
-        let json = frame.json();
-        let env = match ServerFrame::parse(json) {
-            Ok(env) => env,
-            Err(e) => {
-                tracing::warn!(error = %e, "unparseable frame from the server");
-                return None;
-            }
-        };
-        match env.action() {
-            Some(action @ ("trigger" | "emit")) => self.deliver(&env, action == "emit", tx),
-            Some("presence") => self.event(ClientEvent::Presence {
-                pool: env.pool.as_deref().unwrap_or_default().to_owned(),
-                app_id: env.app_id.as_deref().unwrap_or_default().to_owned(),
-                joined: env.event.as_deref() == Some("joined"),
-            }),
-            Some("closing") => {
-                let code = env.code.as_deref().unwrap_or("?");
-                return Some(Closing {
-                    reason: format!(
-                        "server closed the connection: {code}: {}",
-                        env.message.as_deref().unwrap_or("")
-                    ),
-                    taken_over: code == ErrorCode::DuplicateApp.as_str(),
-                });
-            }
-            Some(action) if env.origin.is_some() && matches!(action, "response" | "error") => {
-                let origin: Value = env
-                    .origin
-                    .and_then(|o| serde_json::from_str(o.get()).ok())
-                    .unwrap_or(Value::Null);
-                self.event(ClientEvent::Forwarded(Forwarded {
-                    in_reply_to: env
-                        .in_reply_to
-                        .and_then(|r| serde_json::from_str(r.get()).ok())
-                        .unwrap_or(Value::Null),
-                    origin: origin["app_id"].as_str().unwrap_or_default().to_owned(),
-                    result: reply_result(json).map_err(Arc::new),
-                }));
-            }
-            Some(action) => {
-                let id = env.in_reply_to.and_then(|r| r.get().parse::<u64>().ok());
-                match id.and_then(|id| lock(&self.pending).remove(&id)) {
-                    Some(waiter) => {
-                        let _ = waiter.send(json.clone());
-                    }
-                    None if action == "error" => self.event(ClientEvent::ServerError(remote_error(&env))),
-                    None => tracing::debug!(action, "reply for a request no longer waiting"),
-                }
-            }
-            None => tracing::warn!("frame from the server without an action"),
-        }
-        None
-    }
-
-    /// Runs a delivered trigger or emit on its handler, in its own task.
-    fn deliver(self: &Arc<Self>, env: &ServerFrame<'_>, is_emit: bool, tx: &mpsc::Sender<Bytes>) {
-        let process = env.process.as_deref().unwrap_or_default().to_owned();
-        let handler = self
-            .handlers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&process)
-            .cloned();
-        let data = match raw_to_value(env.data) {
-            Ok(v) => v,
-            Err(_) => Value::Null,
-        };
-        let origin = env
-            .origin
-            .and_then(|o| serde_json::from_str::<Value>(o.get()).ok())
-            .and_then(|o| o["app_id"].as_str().map(str::to_owned));
-        let req = Request {
-            process: process.clone(),
-            pool: env.pool.as_deref().unwrap_or_default().to_owned(),
-            data,
-            origin,
-            is_emit,
-        };
-        let hop = env.id.map(|r| r.to_owned());
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let result = match handler {
-                Some(h) => invoke(h, req).await,
-                None => Err(HandlerError::msg(format!("this app has no handler for '{process}'"))),
-            };
-            if is_emit {
-                if let Err(HandlerError(e)) = result {
-                    tracing::warn!(trigger = %process, error = %e, "emit handler failed");
-                }
-                return;
-            }
-            let Some(hop) = hop else { return };
-            let frame = match &result {
-                Ok(v) => {
-                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "ok", "response": v}))
-                }
-                Err(HandlerError(e)) => {
-                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "error", "error": e}))
-                }
-            };
-            // If the connection dropped meanwhile, the server has already failed the call
-            // with HANDLER_GONE; there is nobody to send this to.
-            let _ = tx.send(frame).await;
-        });
-    }
-}
-
-/// The server's `closing` notice.
-struct Closing {
-    reason: String,
-    /// Another connection took over this app id.
-    taken_over: bool,
-}
-
-/// Connects and handshakes with the client's current pools and triggers.
-async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientError> {
-    let (r, mut w) = open(&inner.endpoint).await?;
-    let mut reader = FrameReader::new(r, inner.opts.max_frame_len);
-    let handshake = {
-        let s = lock(&inner.shared);
-        json!({
-            "action": "handshake",
-            "id": 0,
-            "app_id": inner.app_id.as_str(),
-            "pools": s.pools.iter().map(PoolName::as_str).collect::<Vec<_>>(),
-            "triggers": s.triggers.iter().map(TriggerName::as_str).collect::<Vec<_>>(),
-            "meta": inner.opts.meta,
-            "protocol_version": PROTOCOL_VERSION,
-            "takeover": takeover,
-        })
-    };
-    w.write_all(&encode_message(&handshake))
-        .await
-        .map_err(|e| ClientError::Connect {
-            endpoint: inner.endpoint.to_string(),
-            source: e,
-        })?;
-    let wait = inner.opts.request_timeout;
-    let ack = async {
-        loop {
-            let frame = reader
-                .next()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .ok_or(ClientError::Disconnected)?;
-            let env = ServerFrame::parse(frame.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            match env.action() {
-                Some("handshake_ack") => return Ok(()),
-                Some("error") => return Err(ClientError::Remote(remote_error(&env))),
-                _ => continue,
-            }
-        }
-    };
-    tokio::time::timeout(wait, ack)
-        .await
-        .map_err(|_| ClientError::NoReply(wait))??;
-    let (tx, rx) = mpsc::channel(inner.opts.write_queue);
-    let dead = CancellationToken::new();
-    tokio::spawn(writer_task(rx, w, dead.clone()));
-    Ok(Live { reader, tx, dead })
-}
-
-/// Owns the connection: reads frames, and reconnects when it drops.
-async fn connection_task(inner: Arc<Inner>, mut live: Live) {
-    loop {
-        let mut reason = String::from("server closed the connection");
-        let mut taken_over = false;
-        loop {
-            let frame = tokio::select! {
-                _ = inner.closed.cancelled() => { reason = "client closed".into(); break; }
-                _ = live.dead.cancelled() => { reason = "write to the server failed".into(); break; }
-                f = live.reader.next() => f,
-            };
-            match frame {
-                Ok(Some(f)) => {
-                    if let Some(c) = inner.dispatch(f, &live.tx) {
-                        reason = c.reason;
-                        taken_over = c.taken_over;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    reason = e.to_string();
-                    break;
-                }
-            }
-        }
-        lock(&inner.shared).tx = None;
-        live.dead.cancel();
-        inner.fail_pending();
-        let reconnecting = !inner.closed.is_cancelled() && inner.opts.reconnect && !taken_over;
-        inner.event(ClientEvent::Disconnected {
-            reason: reason.clone(),
-            reconnecting,
-        });
-        if !reconnecting {
-            return;
-        }
-        tracing::info!(app = %inner.app_id, %reason, "connection lost; reconnecting");
-        let mut attempt = 0u32;
-        live = loop {
-            let cap = inner.opts.backoff_max.as_secs_f64();
-            let base = (inner.opts.backoff_min.as_secs_f64() * 2f64.powi(attempt.min(20) as i32)).min(cap);
-            let delay = Duration::from_secs_f64(base * rand::rng().random_range(0.5..=1.0));
-            tokio::select! {
-                _ = inner.closed.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            // Never take over on our own: if the server has not noticed our old connection's
-            // end yet, DUPLICATE_APP is retried with backoff until it has.
-            match establish(&inner, inner.opts.takeover).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");
-                    attempt += 1;
-                }
-            }
-        };
-        lock(&inner.shared).tx = Some(live.tx.clone());
-        tracing::info!(app = %inner.app_id, "reconnected");
-        inner.event(ClientEvent::Reconnected);
     }
 }

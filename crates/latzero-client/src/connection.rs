@@ -2,9 +2,11 @@
 //! batches queued frames into few writes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use latzero_proto::frame::{Frame, FrameCodec, FrameError};
+use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
+use latzero_proto::message::ServerFrame;
 use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, UNIX_SOCKET_NAME};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -12,6 +14,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use serde_json::Value;
+
+use crate::client::remote_error;
 use crate::error::ClientError;
 
 pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -98,6 +103,47 @@ impl FrameReader {
             }
         }
     }
+}
+
+/// Opens a connection, sends `request` (which must carry an `id`) and reads frames until the
+/// one answering it. Returns that frame's JSON with the open connection, or the server's error;
+/// gives up after `wait`.
+pub(crate) async fn open_with_request(
+    endpoint: &Endpoint,
+    request: &Value,
+    max_frame_len: usize,
+    wait: Duration,
+) -> Result<(Bytes, FrameReader, Writer), ClientError> {
+    let (r, mut w) = open(endpoint).await?;
+    let mut reader = FrameReader::new(r, max_frame_len);
+    let id = request["id"].to_string();
+    w.write_all(&encode_message(request))
+        .await
+        .map_err(|e| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source: e,
+        })?;
+    let answer = async {
+        loop {
+            let frame = reader
+                .next()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .ok_or(ClientError::Disconnected)?;
+            let env = ServerFrame::parse(frame.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if env.in_reply_to.map(|r| r.get()) != Some(id.as_str()) {
+                continue;
+            }
+            if env.action() == Some("error") {
+                return Err(ClientError::Remote(remote_error(&env)));
+            }
+            return Ok(frame.json().clone());
+        }
+    };
+    let json = tokio::time::timeout(wait, answer)
+        .await
+        .map_err(|_| ClientError::NoReply(wait))??;
+    Ok((json, reader, w))
 }
 
 /// Drains queued frames into the socket, many per write. Ends when every sender is gone or

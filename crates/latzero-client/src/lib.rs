@@ -31,13 +31,16 @@
 //!   connection drops fail at once with [`ClientError::Disconnected`].
 
 pub mod admin;
+mod call;
 mod client;
 mod connection;
+mod driver;
 mod error;
 mod handler;
 mod options;
 
-pub use client::{BroadcastReply, Call, Client, ClientEvent, Forwarded};
+pub use call::{BroadcastReply, Call};
+pub use client::{Client, ClientEvent, Forwarded};
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TriggerName};

@@ -6,6 +6,7 @@
 //! - [`error`]: the error codes every error frame carries.
 //! - [`name`]: validated names (app ids, pools, triggers).
 //! - [`url`]: the `latzero://APP_ID` URL.
+//! - [`seed`]: the original design's protocol examples, which must keep working verbatim.
 //!
 //! docs/PROTOCOL.md is the normative description; this crate implements it.
 
@@ -13,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod name;
+pub mod seed;
 pub mod url;
 
 pub use error::ErrorCode;

@@ -182,14 +182,14 @@ impl Server {
         let tracker = TaskTracker::new();
         let accept_stop = CancellationToken::new();
         let timer_stop = CancellationToken::new();
-        tracker.spawn(transport::accept_tcp(
+        tracker.spawn(transport::accept_loop(
             state.clone(),
             tcp,
             accept_stop.clone(),
             tracker.clone(),
         ));
         if let Some(l) = unix {
-            tracker.spawn(transport::accept_unix(
+            tracker.spawn(transport::accept_loop(
                 state.clone(),
                 l,
                 accept_stop.clone(),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,33 +15,45 @@ use crate::session;
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn accept_tcp(
-    state: Arc<State>,
-    listener: TcpListener,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (r, w) = stream.into_split();
-                    tracker.spawn(session::run(state.clone(), r, w, peer.to_string()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-        }
+/// A listener whose accepted streams split into owned read and write halves.
+pub(crate) trait Listener: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    const KIND: &'static str;
+
+    /// Accepts one connection: its halves and a peer description for logs and status.
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Read, Self::Write, String)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    const KIND: &'static str = "tcp";
+
+    async fn accept(&self) -> std::io::Result<(Self::Read, Self::Write, String)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Ok((r, w, peer.to_string()))
     }
 }
 
-pub(crate) async fn accept_unix(
+impl Listener for UnixListener {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    const KIND: &'static str = "unix";
+
+    async fn accept(&self) -> std::io::Result<(Self::Read, Self::Write, String)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        let (r, w) = stream.into_split();
+        Ok((r, w, "unix".to_owned()))
+    }
+}
+
+/// Accepts until `stop`, running each connection as a tracked session.
+pub(crate) async fn accept_loop<L: Listener>(
     state: Arc<State>,
-    listener: UnixListener,
+    listener: L,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -48,12 +61,11 @@ pub(crate) async fn accept_unix(
         tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let (r, w) = stream.into_split();
-                    tracker.spawn(session::run(state.clone(), r, w, "unix".to_owned()));
+                Ok((r, w, peer)) => {
+                    tracker.spawn(session::run(state.clone(), r, w, peer));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "unix accept failed");
+                    tracing::warn!(listener = L::KIND, error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },

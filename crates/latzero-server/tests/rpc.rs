@@ -10,28 +10,7 @@ use common::TestServer;
 use latzero_client::{Client, ClientError, ErrorCode, HandlerError, Request};
 use serde_json::{Value, json};
 
-const SEED_HANDSHAKE: &str = r#"{
-  "action": "handshake",
-  "app_id": "myApp",
-  "pools": ["alpha"],
-  "triggers": ["foo", "bar"],
-  "meta": { "version": "1.0.0" }
-}"#;
-const SEED_TRIGGER: &str = r#"{
-  "action": "trigger",
-  "id": "uuid-v4",
-  "process": "foo",
-  "data": { "x": 42 },
-  "pool": "alpha",
-  "origin": { "app_id": "clientApp" },
-  "destination": "targetApp"
-}"#;
-const SEED_RESPONSE: &str = r#"{
-  "action": "response",
-  "in_reply_to": "uuid-v4",
-  "status": "ok",
-  "response": { "result": 84 }
-}"#;
+use latzero_proto::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
 
 #[tokio::test]
 async fn seed_examples_work_verbatim() {

@@ -16,13 +16,13 @@ pub async fn run(args: CallArgs) -> Result<()> {
     if let Some(ms) = args.timeout_ms {
         opts = opts.request_timeout(Duration::from_millis(ms));
     }
-    let client = opts
-        .connect(&super::url(
-            &args.target,
-            args.app.as_deref(),
-            std::slice::from_ref(&args.pool),
-        )?)
-        .await?;
+    let client = super::connect(
+        &args.target,
+        args.app.as_deref(),
+        std::slice::from_ref(&args.pool),
+        opts,
+    )
+    .await?;
     if args.count <= 1 {
         return single(&client, &args, &data).await;
     }

@@ -7,14 +7,14 @@ use crate::cli::EmitArgs;
 
 pub async fn run(args: EmitArgs) -> Result<()> {
     let data = super::json_arg(args.data.as_deref(), "DATA")?;
-    let client = ClientOptions::new()
-        .reconnect(false)
-        .connect(&super::url(
-            &args.target,
-            args.app.as_deref(),
-            std::slice::from_ref(&args.pool),
-        )?)
-        .await?;
+    let opts = ClientOptions::new().reconnect(false);
+    let client = super::connect(
+        &args.target,
+        args.app.as_deref(),
+        std::slice::from_ref(&args.pool),
+        opts,
+    )
+    .await?;
     let delivered = client.emit_confirmed(&args.pool, &args.trigger, &data).await?;
     println!("{}", serde_json::json!({"delivered": delivered}));
     Ok(())

@@ -66,6 +66,16 @@ pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String
     Ok(u)
 }
 
+/// Connects as `app` (default `latzero-cli-<pid>`) to the target server, joining `pools`.
+pub async fn connect(
+    t: &TargetArgs,
+    app: Option<&str>,
+    pools: &[String],
+    opts: latzero_client::ClientOptions,
+) -> Result<latzero_client::Client> {
+    Ok(opts.connect(&url(t, app, pools)?).await?)
+}
+
 /// Parses a JSON argument.
 pub fn json_arg(s: Option<&str>, what: &str) -> Result<serde_json::Value> {
     match s {

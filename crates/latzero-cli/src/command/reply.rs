@@ -21,10 +21,8 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
         .as_deref()
         .map(|s| super::json_arg(Some(s), "--error"))
         .transpose()?;
-    let client = ClientOptions::new()
-        .takeover(args.takeover)
-        .connect(&super::url(&args.target, args.app.as_deref(), &args.pools)?)
-        .await?;
+    let opts = ClientOptions::new().takeover(args.takeover);
+    let client = super::connect(&args.target, args.app.as_deref(), &args.pools, opts).await?;
     let me = client.app_id().to_string();
     for t in &args.triggers {
         let (me, respond, error) = (me.clone(), respond.clone(), error.clone());

@@ -1,0 +1,195 @@
+//! Calls with options: the [`Call`] builder, and broadcast results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use latzero_proto::frame::encode_message;
+use latzero_proto::message::{RawValue, ServerFrame};
+use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::client::{Client, raw_to_value, remote_error, reply_result};
+use crate::error::{ClientError, RemoteError};
+use crate::handler::{HandlerError, Request, invoke};
+
+/// One handler's part of a broadcast result.
+#[derive(Debug, Clone)]
+pub struct BroadcastReply {
+    /// The handler.
+    pub app_id: String,
+    /// Its result.
+    pub result: Result<Value, Arc<ClientError>>,
+}
+
+/// A call being built. Finish with [`send`](Call::send), [`broadcast`](Call::broadcast) or
+/// [`forward`](Call::forward).
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) pool: String,
+    pub(crate) process: String,
+    pub(crate) data: Result<Option<Box<RawValue>>, serde_json::Error>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) destination: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TriggerOut<'a> {
+    action: &'static str,
+    id: u64,
+    process: &'a str,
+    pool: &'a str,
+    data: &'a RawValue,
+    ttl: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    broadcast: bool,
+}
+
+impl Call<'_> {
+    /// The payload (any `Serialize`; default `null`).
+    pub fn data<T: Serialize + ?Sized>(mut self, data: &T) -> Self {
+        self.data = serde_json::value::to_raw_value(data).map(Some);
+        self
+    }
+
+    /// This call's timeout (sent as `ttl`), instead of the client's default.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Run the call on this app.
+    pub fn destination(mut self, app: &str) -> Self {
+        self.destination = Some(app.to_owned());
+        self
+    }
+
+    fn frame(&self, id: u64, data: &RawValue, ttl: Duration, reply_to: Option<&str>, broadcast: bool) -> Bytes {
+        encode_message(&TriggerOut {
+            action: "trigger",
+            id,
+            process: &self.process,
+            pool: &self.pool,
+            data,
+            ttl: ttl.as_millis() as u64,
+            destination: self.destination.as_deref(),
+            reply_to,
+            broadcast,
+        })
+    }
+
+    fn ttl(&self) -> Duration {
+        self.timeout.unwrap_or(self.client.inner.opts.request_timeout)
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        PoolName::check(&self.pool)?;
+        TriggerName::check(&self.process)?;
+        if let Some(d) = &self.destination {
+            AppId::check(d)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the call and waits for its result.
+    pub async fn send(mut self) -> Result<Value, ClientError> {
+        self.check()?;
+        let data = std::mem::replace(&mut self.data, Ok(None))?;
+        let inner = &self.client.inner;
+        let local = self.destination.as_deref().is_none_or(|d| d == inner.app_id.as_str());
+        if local && let Some(h) = inner.local_handler(&self.pool, &self.process) {
+            let req = Request {
+                process: self.process.clone(),
+                pool: self.pool.clone(),
+                data: raw_to_value(data.as_deref())?,
+                origin: None,
+                is_emit: false,
+            };
+            let ttl = self.timeout.unwrap_or(inner.opts.request_timeout);
+            return match tokio::time::timeout(ttl, invoke(h, req)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
+                Err(_) => Err(RemoteError {
+                    code: ErrorCode::Timeout,
+                    message: format!(
+                        "in-process call timed out after {} ms; the handler may still run it",
+                        ttl.as_millis()
+                    ),
+                    handler: Some(inner.app_id.to_string()),
+                    handler_may_still_run: Some(true),
+                }
+                .into()),
+            };
+        }
+        let ttl = self.ttl();
+        let data = data.as_deref().unwrap_or(RawValue::NULL);
+        let frame = inner
+            .roundtrip_frame(|id| self.frame(id, data, ttl, None, false), ttl)
+            .await?;
+        reply_result(&frame)
+    }
+
+    /// Sends the call to every handler of the trigger in the pool; returns one result per
+    /// handler once all have answered or timed out.
+    pub async fn broadcast(mut self) -> Result<Vec<BroadcastReply>, ClientError> {
+        self.check()?;
+        let ttl = self.ttl();
+        let data = std::mem::replace(&mut self.data, Ok(None))?;
+        let data = data.as_deref().unwrap_or(RawValue::NULL);
+        let frame = self
+            .client
+            .inner
+            .roundtrip_frame(|id| self.frame(id, data, ttl, None, true), ttl)
+            .await?;
+        let env = ServerFrame::parse(&frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
+        if env.action() == Some("error") {
+            return Err(remote_error(&env).into());
+        }
+        let v: Value = serde_json::from_slice(&frame)?;
+        let list = v
+            .get("responses")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ClientError::Protocol("broadcast reply without responses".into()))?;
+        Ok(list.iter().map(broadcast_entry).collect())
+    }
+
+    /// Sends the call with its result going to another app (`reply_to`), which receives it as
+    /// [`ClientEvent::Forwarded`]. Returns the app that is running the call once the server
+    /// has handed it over.
+    pub async fn forward(mut self, reply_to: &str) -> Result<String, ClientError> {
+        self.check()?;
+        AppId::check(reply_to)?;
+        let ttl = self.ttl();
+        let data = std::mem::replace(&mut self.data, Ok(None))?;
+        let data = data.as_deref().unwrap_or(RawValue::NULL);
+        let v = self
+            .client
+            .inner
+            .roundtrip(|id| self.frame(id, data, ttl, Some(reply_to), false), ttl)
+            .await?;
+        Ok(v["handler"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn broadcast_entry(e: &Value) -> BroadcastReply {
+    let app_id = e["app_id"].as_str().unwrap_or_default().to_owned();
+    let result = match (e["status"].as_str(), e.get("code")) {
+        (Some("ok"), _) => Ok(e.get("response").cloned().unwrap_or(Value::Null)),
+        (_, Some(code)) => Err(Arc::new(ClientError::Remote(RemoteError {
+            code: serde_json::from_value(code.clone()).unwrap_or(ErrorCode::Internal),
+            message: e["message"].as_str().unwrap_or_default().to_owned(),
+            handler: Some(app_id.clone()),
+            handler_may_still_run: None,
+        }))),
+        _ => Err(Arc::new(ClientError::Handler(
+            e.get("error").cloned().unwrap_or(Value::Null),
+        ))),
+    };
+    BroadcastReply { app_id, result }
+}

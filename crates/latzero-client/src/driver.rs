@@ -1,0 +1,234 @@
+//! The connection driver: handshake, the read loop that dispatches server frames (replies to
+//! waiters, delivered triggers and emits to handlers, events), and reconnecting with exponential
+//! backoff and jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use latzero_proto::frame::{Frame, encode_message};
+use latzero_proto::message::ServerFrame;
+use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_to_value, remote_error, reply_result};
+use crate::connection::{FrameReader, open_with_request, writer_task};
+use crate::error::ClientError;
+use crate::handler::{HandlerError, Request, invoke};
+
+/// A live connection: its frame reader and the queue to its writer.
+pub(crate) struct Live {
+    pub(crate) reader: FrameReader,
+    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) dead: CancellationToken,
+}
+
+impl Inner {
+    /// Handles one frame from the server. Returns why the server is closing us, if it said so.
+    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
+        let json = frame.json();
+        let env = match ServerFrame::parse(json) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(error = %e, "unparseable frame from the server");
+                return None;
+            }
+        };
+        match env.action() {
+            Some(action @ ("trigger" | "emit")) => self.deliver(&env, action == "emit", tx),
+            Some("presence") => self.event(ClientEvent::Presence {
+                pool: env.pool.as_deref().unwrap_or_default().to_owned(),
+                app_id: env.app_id.as_deref().unwrap_or_default().to_owned(),
+                joined: env.event.as_deref() == Some("joined"),
+            }),
+            Some("closing") => {
+                let code = env.code.as_deref().unwrap_or("?");
+                return Some(Closing {
+                    reason: format!(
+                        "server closed the connection: {code}: {}",
+                        env.message.as_deref().unwrap_or("")
+                    ),
+                    taken_over: code == ErrorCode::DuplicateApp.as_str(),
+                });
+            }
+            Some(action) if env.origin.is_some() && matches!(action, "response" | "error") => {
+                let origin: Value = env
+                    .origin
+                    .and_then(|o| serde_json::from_str(o.get()).ok())
+                    .unwrap_or(Value::Null);
+                self.event(ClientEvent::Forwarded(Forwarded {
+                    in_reply_to: env
+                        .in_reply_to
+                        .and_then(|r| serde_json::from_str(r.get()).ok())
+                        .unwrap_or(Value::Null),
+                    origin: origin["app_id"].as_str().unwrap_or_default().to_owned(),
+                    result: reply_result(json).map_err(Arc::new),
+                }));
+            }
+            Some(action) => {
+                let id = env.in_reply_to.and_then(|r| r.get().parse::<u64>().ok());
+                match id.and_then(|id| lock(&self.pending).remove(&id)) {
+                    Some(waiter) => {
+                        let _ = waiter.send(json.clone());
+                    }
+                    None if action == "error" => self.event(ClientEvent::ServerError(remote_error(&env))),
+                    None => tracing::debug!(action, "reply for a request no longer waiting"),
+                }
+            }
+            None => tracing::warn!("frame from the server without an action"),
+        }
+        None
+    }
+
+    /// Runs a delivered trigger or emit on its handler, in its own task.
+    fn deliver(self: &Arc<Self>, env: &ServerFrame<'_>, is_emit: bool, tx: &mpsc::Sender<Bytes>) {
+        let process = env.process.as_deref().unwrap_or_default().to_owned();
+        let handler = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&process)
+            .cloned();
+        let data = match raw_to_value(env.data) {
+            Ok(v) => v,
+            Err(_) => Value::Null,
+        };
+        let origin = env
+            .origin
+            .and_then(|o| serde_json::from_str::<Value>(o.get()).ok())
+            .and_then(|o| o["app_id"].as_str().map(str::to_owned));
+        let req = Request {
+            process: process.clone(),
+            pool: env.pool.as_deref().unwrap_or_default().to_owned(),
+            data,
+            origin,
+            is_emit,
+        };
+        let hop = env.id.map(|r| r.to_owned());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = match handler {
+                Some(h) => invoke(h, req).await,
+                None => Err(HandlerError::msg(format!("this app has no handler for '{process}'"))),
+            };
+            if is_emit {
+                if let Err(HandlerError(e)) = result {
+                    tracing::warn!(trigger = %process, error = %e, "emit handler failed");
+                }
+                return;
+            }
+            let Some(hop) = hop else { return };
+            let frame = match &result {
+                Ok(v) => {
+                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "ok", "response": v}))
+                }
+                Err(HandlerError(e)) => {
+                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "error", "error": e}))
+                }
+            };
+            // If the connection dropped meanwhile, the server has already failed the call
+            // with HANDLER_GONE; there is nobody to send this to.
+            let _ = tx.send(frame).await;
+        });
+    }
+}
+
+/// The server's `closing` notice.
+struct Closing {
+    reason: String,
+    /// Another connection took over this app id.
+    taken_over: bool,
+}
+
+/// Connects and handshakes with the client's current pools and triggers.
+pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientError> {
+    let handshake = {
+        let s = lock(&inner.shared);
+        json!({
+            "action": "handshake",
+            "id": 0,
+            "app_id": inner.app_id.as_str(),
+            "pools": s.pools.iter().map(PoolName::as_str).collect::<Vec<_>>(),
+            "triggers": s.triggers.iter().map(TriggerName::as_str).collect::<Vec<_>>(),
+            "meta": inner.opts.meta,
+            "protocol_version": PROTOCOL_VERSION,
+            "takeover": takeover,
+        })
+    };
+    let (_ack, reader, w) = open_with_request(
+        &inner.endpoint,
+        &handshake,
+        inner.opts.max_frame_len,
+        inner.opts.request_timeout,
+    )
+    .await?;
+    let (tx, rx) = mpsc::channel(inner.opts.write_queue);
+    let dead = CancellationToken::new();
+    tokio::spawn(writer_task(rx, w, dead.clone()));
+    Ok(Live { reader, tx, dead })
+}
+
+/// Owns the connection: reads frames, and reconnects when it drops.
+pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
+    loop {
+        let mut reason = String::from("server closed the connection");
+        let mut taken_over = false;
+        loop {
+            let frame = tokio::select! {
+                _ = inner.closed.cancelled() => { reason = "client closed".into(); break; }
+                _ = live.dead.cancelled() => { reason = "write to the server failed".into(); break; }
+                f = live.reader.next() => f,
+            };
+            match frame {
+                Ok(Some(f)) => {
+                    if let Some(c) = inner.dispatch(f, &live.tx) {
+                        reason = c.reason;
+                        taken_over = c.taken_over;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    reason = e.to_string();
+                    break;
+                }
+            }
+        }
+        lock(&inner.shared).tx = None;
+        live.dead.cancel();
+        inner.fail_pending();
+        let reconnecting = !inner.closed.is_cancelled() && inner.opts.reconnect && !taken_over;
+        inner.event(ClientEvent::Disconnected {
+            reason: reason.clone(),
+            reconnecting,
+        });
+        if !reconnecting {
+            return;
+        }
+        tracing::info!(app = %inner.app_id, %reason, "connection lost; reconnecting");
+        let mut attempt = 0u32;
+        live = loop {
+            let cap = inner.opts.backoff_max.as_secs_f64();
+            let base = (inner.opts.backoff_min.as_secs_f64() * 2f64.powi(attempt.min(20) as i32)).min(cap);
+            let delay = Duration::from_secs_f64(base * rand::rng().random_range(0.5..=1.0));
+            tokio::select! {
+                _ = inner.closed.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            // Never take over on our own: if the server has not noticed our old connection's
+            // end yet, DUPLICATE_APP is retried with backoff until it has.
+            match establish(&inner, inner.opts.takeover).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");
+                    attempt += 1;
+                }
+            }
+        };
+        lock(&inner.shared).tx = Some(live.tx.clone());
+        tracing::info!(app = %inner.app_id, "reconnected");
+        inner.event(ClientEvent::Reconnected);
+    }
+}

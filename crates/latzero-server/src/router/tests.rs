@@ -1,0 +1,280 @@
+//! Every way a pending call leaves the table — reply, deadline, handler disconnect, caller
+//! disconnect, shutdown — with paused time and in-memory connections.
+
+use std::sync::RwLock;
+
+use latzero_proto::message::{Request, parse_request};
+use latzero_proto::{AppId, PoolName, TriggerName};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::session::conn::Out;
+
+struct Fixture {
+    router: Arc<Router>,
+    dir: RwLock<Directory>,
+    counters: Arc<Counters>,
+}
+
+fn fixture() -> Fixture {
+    let counters = Arc::new(Counters::default());
+    let limits = Limits {
+        default_ttl: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    Fixture {
+        router: Arc::new(Router::new(counters.clone(), limits)),
+        dir: RwLock::default(),
+        counters,
+    }
+}
+
+impl Fixture {
+    fn app(&self, id: u64, name: &str, triggers: &[&str]) -> (Arc<Conn>, mpsc::UnboundedReceiver<Out>) {
+        let (c, rx) = Conn::new(id, "test".into(), 16, 1 << 20, self.counters.clone());
+        let app = AppId::try_from(name).unwrap();
+        c.bind_app(app.clone());
+        let mut d = self.dir.write().unwrap();
+        d.add_app(&c, app.clone(), None);
+        let ts: Vec<TriggerName> = triggers.iter().map(|t| TriggerName::try_from(*t).unwrap()).collect();
+        d.register(&app, &ts);
+        d.join(&app, &[PoolName::try_from("p").unwrap()]);
+        (c, rx)
+    }
+
+    fn call(&self, caller: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
+        let text = msg.to_string();
+        let Request::Trigger(t) = parse_request(text.as_bytes()).unwrap().request else {
+            panic!()
+        };
+        self.router.call(&self.dir, caller, &t)
+    }
+
+    fn respond(&self, handler: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
+        let text = msg.to_string();
+        let Request::Response(r) = parse_request(text.as_bytes()).unwrap().request else {
+            panic!()
+        };
+        self.router.respond(handler, &r)
+    }
+}
+
+fn next(rx: &mut mpsc::UnboundedReceiver<Out>) -> Option<Value> {
+    match rx.try_recv() {
+        Ok(Out::Frame(b)) => Some(serde_json::from_slice(&b[4..]).unwrap()),
+        Ok(Out::Close) => panic!("unexpected close"),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reply_removes_the_call_and_reaches_the_caller() {
+    let f = fixture();
+    let (h, mut hrx) = f.app(1, "h", &["f"]);
+    let (c, mut crx) = f.app(2, "c", &[]);
+    f.call(
+        &c,
+        json!({"action":"trigger","id":"x","process":"f","pool":"p","data":[1]}),
+    )
+    .unwrap();
+    assert_eq!(f.router.table.len(), 1);
+    let t = next(&mut hrx).unwrap();
+    assert_eq!(t["origin"]["app_id"], "c");
+    f.respond(
+        &h,
+        json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":2}),
+    )
+    .unwrap();
+    assert_eq!(
+        next(&mut crx).unwrap(),
+        json!({"action":"response","in_reply_to":"x","status":"ok","response":2})
+    );
+    assert_eq!(f.router.table.len(), 0);
+    assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_fires_exactly_once() {
+    let f = fixture();
+    let stop = CancellationToken::new();
+    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let (h, mut hrx) = f.app(1, "h", &["f"]);
+    let (c, mut crx) = f.app(2, "c", &[]);
+    f.call(
+        &c,
+        json!({"action":"trigger","id":7,"process":"f","pool":"p","ttl":100}),
+    )
+    .unwrap();
+    let t = next(&mut hrx).unwrap();
+    tokio::time::sleep(Duration::from_millis(99)).await;
+    assert!(next(&mut crx).is_none(), "not before the deadline");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let e = next(&mut crx).unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_i64()),
+        (Some("TIMEOUT"), Some(7))
+    );
+    assert_eq!(f.router.table.len(), 0);
+    // The late response is counted, not delivered.
+    f.respond(&h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
+        .unwrap();
+    assert!(next(&mut crx).is_none());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(next(&mut crx).is_none(), "fires once");
+    assert_eq!(f.counters.late_responses.load(Ordering::Relaxed), 1);
+    assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_deadline_wakes_the_timer() {
+    let f = fixture();
+    let stop = CancellationToken::new();
+    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let (_h, _hrx) = f.app(1, "h", &["f"]);
+    let (c, mut crx) = f.app(2, "c", &[]);
+    f.call(
+        &c,
+        json!({"action":"trigger","id":"long","process":"f","pool":"p","ttl":10000}),
+    )
+    .unwrap();
+    tokio::task::yield_now().await;
+    f.call(
+        &c,
+        json!({"action":"trigger","id":"short","process":"f","pool":"p","ttl":10}),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(11)).await;
+    assert_eq!(next(&mut crx).unwrap()["in_reply_to"], "short");
+    assert!(next(&mut crx).is_none());
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
+    let f = fixture();
+    let (h, _hrx) = f.app(1, "h", &["f"]);
+    let (c, mut crx) = f.app(2, "c", &[]);
+    f.call(&c, json!({"action":"trigger","id":"a","process":"f","pool":"p"}))
+        .unwrap();
+    f.router.on_disconnect(h.id);
+    let e = next(&mut crx).unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("HANDLER_GONE"), Some("a"))
+    );
+    assert_eq!(f.router.table.len(), 0);
+
+    let (_h2, _h2rx) = f.app(3, "h2", &["g"]);
+    f.call(&c, json!({"action":"trigger","id":"b","process":"g","pool":"p"}))
+        .unwrap();
+    f.router.on_disconnect(c.id);
+    assert_eq!(f.router.table.len(), 0);
+    assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+    assert_eq!(f.counters.undeliverable.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_fails_every_call() {
+    let f = fixture();
+    let (_h, _hrx) = f.app(1, "h", &["f"]);
+    let (c, mut crx) = f.app(2, "c", &[]);
+    for i in 0..3 {
+        f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
+            .unwrap();
+    }
+    f.router.fail_all(ErrorCode::ShuttingDown, "bye");
+    for _ in 0..3 {
+        assert_eq!(next(&mut crx).unwrap()["code"], "SHUTTING_DOWN");
+    }
+    assert_eq!(f.router.table.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_and_refusals() {
+    let f = fixture();
+    let (_a, mut arx) = f.app(1, "a", &["f"]);
+    let (_b, mut brx) = f.app(2, "b", &["f"]);
+    let (c, _crx) = f.app(3, "c", &[]);
+    for i in 0..4 {
+        f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
+            .unwrap();
+    }
+    let count = |rx: &mut mpsc::UnboundedReceiver<Out>| std::iter::from_fn(|| next(rx)).count();
+    assert_eq!((count(&mut arx), count(&mut brx)), (2, 2));
+    let r = f
+        .call(&c, json!({"action":"trigger","id":9,"process":"zz","pool":"p"}))
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::NoHandler);
+    let r = f
+        .call(&c, json!({"action":"trigger","id":9,"process":"f","pool":"q"}))
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::NotInPool);
+    let r = f
+        .call(
+            &c,
+            json!({"action":"trigger","id":9,"process":"f","pool":"p","destination":"c"}),
+        )
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::NoHandler);
+    let r = f
+        .call(
+            &c,
+            json!({"action":"trigger","id":9,"process":"f","pool":"p","ttl":999999999}),
+        )
+        .unwrap_err();
+    assert_eq!(r.code, ErrorCode::InvalidMessage);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_handler_queue_fails_the_call_with_overloaded_and_closes_the_handler() {
+    let f = fixture();
+    let (h, _hrx) = f.app(1, "h", &["f"]);
+    let (c, mut crx) = f.app(2, "c", &[]);
+    for i in 0..16 {
+        f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
+            .unwrap();
+    }
+    assert!(next(&mut crx).is_none());
+    f.call(&c, json!({"action":"trigger","id":"over","process":"f","pool":"p"}))
+        .unwrap();
+    let e = next(&mut crx).unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("OVERLOADED"), Some("over"))
+    );
+    assert!(h.kill.is_cancelled(), "slow consumer is closed");
+    assert_eq!(f.counters.slow_consumers.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn broadcast_collects_one_result_per_handler() {
+    let f = fixture();
+    let stop = CancellationToken::new();
+    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let (a, mut arx) = f.app(1, "a", &["f"]);
+    let (_b, mut brx) = f.app(2, "b", &["f"]);
+    let (c, mut crx) = f.app(3, "c", &[]);
+    f.call(
+        &c,
+        json!({"action":"trigger","id":"bc","process":"f","pool":"p","broadcast":true,"ttl":50}),
+    )
+    .unwrap();
+    let ta = next(&mut arx).unwrap();
+    assert!(next(&mut brx).is_some());
+    f.respond(
+        &a,
+        json!({"action":"response","in_reply_to":ta["id"],"status":"ok","response":"A"}),
+    )
+    .unwrap();
+    assert!(next(&mut crx).is_none(), "waits for every handler");
+    tokio::time::sleep(Duration::from_millis(51)).await;
+    let r = next(&mut crx).unwrap();
+    assert_eq!(r["broadcast"], true);
+    assert_eq!(r["in_reply_to"], "bc");
+    assert_eq!(r["responses"][0], json!({"app_id":"a","status":"ok","response":"A"}));
+    assert_eq!(r["responses"][1]["code"], "TIMEOUT");
+    assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+    stop.cancel();
+}
