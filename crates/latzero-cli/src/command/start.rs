@@ -1,7 +1,8 @@
 //! `latzero start`: run the server in the foreground until SIGINT/SIGTERM or `latzero stop`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use latzero_server::Server;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::StartArgs;
 use crate::{config, logging};
@@ -9,6 +10,10 @@ use crate::{config, logging};
 pub async fn run(args: StartArgs) -> Result<()> {
     let cfg = config::resolve(&args)?;
     let _guard = logging::init(&cfg.server.data_dir, &cfg.log_level)?;
+    // Install the handlers before anyone can learn we are up: a signal that arrives between the
+    // ready line and the first poll of the shutdown future must still shut down gracefully.
+    let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let data_dir = cfg.server.data_dir.clone();
     let server = Server::bind(cfg.server).await?;
     // Printed whatever the log level: scripts and the test kit wait for this line.
@@ -16,27 +21,16 @@ pub async fn run(args: StartArgs) -> Result<()> {
         "latzero {} listening on tcp {}, unix {}, data dir {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
-        server
-            .unix_path()
-            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+        server.unix_path().map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
         data_dir.display()
     );
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown_signal(term, int)).await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
