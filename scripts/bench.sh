@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Builds the release binaries and runs the RPC benchmark, pinned (taskset -c 0) and unpinned,
-# over TCP and the Unix socket. Extra arguments go to latzero-bench (see --help), e.g.
-#   scripts/bench.sh --write /tmp/table.md
+# The race: builds the release binaries and runs latzero-bench, which starts nats-server, a raw
+# frame relay (the floor) and the latzero server itself on 127.0.0.1, pinned (taskset -c 0) and
+# unpinned, and prints the tables with ratios. Extra arguments go to latzero-bench (--help), e.g.
+#   scripts/bench.sh --write docs/BENCHMARKS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v taskset >/dev/null 2>&1; then
-  echo "installing util-linux for taskset" >&2
-  apt-get update -qq && apt-get install -y -qq util-linux
+missing=()
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 cargo build --release -p latzero-cli -p latzero-bench
 exec target/release/latzero-bench "$@"

@@ -1,144 +1,102 @@
-//! `latzero-bench`: RPC round trip and throughput of the real server, pinned and unpinned.
+//! `latzero-bench`: LatZero against its peers, side by side, in one run.
 //!
-//! It starts the `latzero` binary (built next to this one) as its own process in a temp data
-//! dir, connects an echo handler and a caller (two SDK clients, so the in-process short-circuit
-//! does not apply), and measures over TCP and over the Unix socket:
-//! - sequential calls: p50 / p99 / p99.9 round trip;
-//! - pipelined calls: throughput with N calls in flight from one caller.
+//! Peers, each started here on 127.0.0.1 and stopped by PID: `nats-server` (async-nats
+//! request-reply and publish/subscribe), a minimal frame relay (the floor any broker process can
+//! reach; `relay.rs`), and the real `latzero` binary over TCP and over its Unix socket.
 //!
-//! With `--placement both` (the default) it runs itself twice — under `taskset -c 0` (server,
-//! handler and caller on one vCPU) and unpinned — and prints one table; `--write FILE` also
-//! writes it as Markdown.
+//! Workloads: sequential RPC p50/p99/p99.9 with 64 B and 4 KiB payloads; pipelined calls/s with
+//! 64 in flight from one caller; 10 callers × 2 handlers calls/s; emit (publish) fan-out to 4
+//! receivers in msgs/s. Placements: everything under `taskset -c 0`, and unpinned; the bench
+//! re-runs itself under each and prints one table per placement with ratios. `--write FILE`
+//! replaces the generated section of FILE (between the race markers).
 
+mod latzero;
+mod nats;
+mod relay;
+mod stats;
+
+use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
-use latzero_client::{Client, Request};
-use latzero_testkit::ServerProc;
-use serde::{Deserialize, Serialize};
+use clap::{Parser, Subcommand};
+
+use crate::stats::{CALLERS, Figures, HANDLERS, RECEIVERS, Sizes};
 
 #[derive(Debug, Parser)]
-#[command(about = "LatZero RPC benchmark: sequential latency and pipelined throughput, TCP and Unix socket")]
+#[command(about = "LatZero vs NATS vs a raw relay floor: RPC latency, throughput and fan-out, pinned and unpinned")]
 struct Args {
-    /// pinned (taskset -c 0), unpinned, or both (runs itself twice)
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// pinned (taskset -c 0), unpinned, or both (runs itself once per placement)
     #[arg(long, default_value = "both")]
     placement: String,
-    /// Sequential calls measured
+    /// Sequential calls per payload size
     #[arg(long, default_value_t = 20_000)]
     seq: usize,
-    /// Pipelined calls measured
+    /// Pipelined calls
     #[arg(long, default_value_t = 200_000)]
     pipelined: usize,
     /// Calls in flight for the pipelined run
     #[arg(long, default_value_t = 64)]
     inflight: usize,
-    /// Payload size in bytes (a JSON string of that length)
-    #[arg(long, default_value_t = 64)]
-    payload: usize,
-    /// Warm-up calls before each measurement
+    /// Calls for the 10 callers × 2 handlers run
+    #[arg(long, default_value_t = 100_000)]
+    multi: usize,
+    /// Messages for the fan-out run
+    #[arg(long, default_value_t = 200_000)]
+    fanout: usize,
+    /// Warm-up calls before each sequential measurement
     #[arg(long, default_value_t = 2_000)]
     warmup: usize,
     /// The latzero binary [default: next to this executable]
     #[arg(long)]
     server: Option<PathBuf>,
-    /// Print the result as JSON (used by --placement both)
+    /// Print the figures as JSON (used between placements)
     #[arg(long)]
     json: bool,
-    /// Also write the Markdown table to this file
+    /// Replace the generated section of this Markdown file with the result
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Peers to run, comma-separated: relay, nats, tcp, unix
+    #[arg(long, default_value = "relay,nats,tcp,unix", value_delimiter = ',')]
+    peers: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Row {
-    placement: String,
-    transport: String,
-    p50_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    seq_calls_per_sec: f64,
-    pipelined_calls_per_sec: f64,
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the relay floor process (used by the bench itself)
+    #[command(hide = true)]
+    Relay,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::Relay) = args.cmd {
+        return relay::serve();
+    }
+    let sizes = Sizes {
+        seq: args.seq,
+        pipelined: args.pipelined,
+        inflight: args.inflight.max(1),
+        multi: args.multi,
+        fanout: args.fanout,
+        warmup: args.warmup,
+    };
     match args.placement.as_str() {
         "both" => both(&args),
-        "pinned" | "unpinned" => {
+        p @ ("pinned" | "unpinned") => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let rows = rt.block_on(measure(&args))?;
+            let figures = rt.block_on(measure(&args, &sizes))?;
             if args.json {
-                println!("{}", serde_json::to_string(&rows)?);
+                println!("{}", serde_json::to_string(&figures)?);
             } else {
-                print!("{}", table(&rows, &args));
+                print!("{}", table(p, &figures, &sizes));
             }
             Ok(())
         }
         other => bail!("--placement must be pinned, unpinned or both, not {other}"),
     }
-}
-
-fn both(args: &Args) -> Result<()> {
-    let me = std::env::current_exe()?;
-    let mut rows: Vec<Row> = vec![];
-    for placement in ["pinned", "unpinned"] {
-        let mut cmd = if placement == "pinned" {
-            let mut c = std::process::Command::new("taskset");
-            c.args(["-c", "0"]).arg(&me);
-            c
-        } else {
-            std::process::Command::new(&me)
-        };
-        cmd.args(["--placement", placement, "--json"])
-            .args([
-                "--seq",
-                &args.seq.to_string(),
-                "--pipelined",
-                &args.pipelined.to_string(),
-            ])
-            .args([
-                "--inflight",
-                &args.inflight.to_string(),
-                "--payload",
-                &args.payload.to_string(),
-            ])
-            .args(["--warmup", &args.warmup.to_string()]);
-        if let Some(s) = &args.server {
-            cmd.arg("--server").arg(s);
-        }
-        eprintln!("running {placement} ...");
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {cmd:?} (is taskset installed? it is in util-linux)"))?;
-        if !out.status.success() {
-            bail!("{placement} run failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        rows.extend(serde_json::from_slice::<Vec<Row>>(&out.stdout)?);
-    }
-    let text = table(&rows, args);
-    print!("{text}");
-    if let Some(path) = &args.write {
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-fn table(rows: &[Row], args: &Args) -> String {
-    let mut s = format!(
-        "| placement | transport | seq p50 µs | seq p99 µs | seq p99.9 µs | seq calls/s | pipelined calls/s ({} in flight) |\n|---|---|---:|---:|---:|---:|---:|\n",
-        args.inflight
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |\n",
-            r.placement, r.transport, r.p50_us, r.p99_us, r.p999_us, r.seq_calls_per_sec, r.pipelined_calls_per_sec
-        ));
-    }
-    s
 }
 
 fn server_bin(args: &Args) -> Result<PathBuf> {
@@ -155,72 +113,182 @@ fn server_bin(args: &Args) -> Result<PathBuf> {
     Ok(p)
 }
 
-async fn measure(args: &Args) -> Result<Vec<Row>> {
-    let server = ServerProc::start(&server_bin(args)?, &["--log-level", "warn"])?;
-    let unix = server.unix.clone().context("server has no unix socket")?;
-    let payload = serde_json::Value::String("x".repeat(args.payload.saturating_sub(2)));
-    let mut rows = vec![];
-    for (transport, base) in [
-        ("tcp", format!("@{}", server.tcp)),
-        ("unix", format!("?socket={}", unix.display())),
-    ] {
-        let sep = if base.starts_with('?') { '&' } else { '?' };
-        let handler = Client::connect(&format!("latzero://bench-handler-{transport}{base}{sep}pools=bench")).await?;
-        handler.handle("echo", |r: Request| async move { Ok(r.data) }).await?;
-        let caller =
-            Arc::new(Client::connect(&format!("latzero://bench-caller-{transport}{base}{sep}pools=bench")).await?);
-
-        for _ in 0..args.warmup {
-            caller.call("bench", "echo", &payload).await?;
-        }
-        let mut lat = Vec::with_capacity(args.seq);
-        let t0 = Instant::now();
-        for _ in 0..args.seq {
-            let t = Instant::now();
-            caller.call("bench", "echo", &payload).await?;
-            lat.push(t.elapsed());
-        }
-        let seq_rate = args.seq as f64 / t0.elapsed().as_secs_f64();
-        lat.sort();
-        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
-
-        let per_task = args.pipelined / args.inflight.max(1);
-        let run = |n: usize| {
-            let tasks: Vec<_> = (0..args.inflight.max(1))
-                .map(|_| {
-                    let (c, p) = (caller.clone(), payload.clone());
-                    tokio::spawn(async move {
-                        for _ in 0..n {
-                            c.call("bench", "echo", &p).await?;
-                        }
-                        Ok::<_, latzero_client::ClientError>(())
-                    })
-                })
-                .collect();
-            async move {
-                for t in tasks {
-                    t.await??;
-                }
-                Ok::<_, anyhow::Error>(())
-            }
-        };
-        run((args.warmup / args.inflight.max(1)).max(1)).await?;
-        let t0 = Instant::now();
-        run(per_task).await?;
-        let pipelined_rate = (per_task * args.inflight.max(1)) as f64 / t0.elapsed().as_secs_f64();
-
-        rows.push(Row {
-            placement: args.placement.clone(),
-            transport: transport.into(),
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
-            p999_us: pct(0.999),
-            seq_calls_per_sec: seq_rate,
-            pipelined_calls_per_sec: pipelined_rate,
+async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
+    let bin = server_bin(args)?;
+    let mut out = vec![];
+    for peer in &args.peers {
+        eprintln!("  {peer}");
+        out.push(match peer.as_str() {
+            "relay" => relay::run(sizes).await?,
+            "nats" => nats::run(sizes).await?,
+            "tcp" => latzero::run(&bin, sizes, false).await?,
+            "unix" => latzero::run(&bin, sizes, true).await?,
+            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix"),
         });
-        caller.close();
-        handler.close();
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(rows)
+    Ok(out)
+}
+
+fn both(args: &Args) -> Result<()> {
+    let me = std::env::current_exe()?;
+    let mut out = String::new();
+    let sizes = Sizes {
+        seq: args.seq,
+        pipelined: args.pipelined,
+        inflight: args.inflight.max(1),
+        multi: args.multi,
+        fanout: args.fanout,
+        warmup: args.warmup,
+    };
+    for placement in ["pinned", "unpinned"] {
+        let mut cmd = if placement == "pinned" {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "0"]).arg(&me);
+            c
+        } else {
+            std::process::Command::new(&me)
+        };
+        cmd.args(["--placement", placement, "--json", "--peers", &args.peers.join(",")])
+            .args([
+                "--seq",
+                &args.seq.to_string(),
+                "--pipelined",
+                &args.pipelined.to_string(),
+            ])
+            .args([
+                "--inflight",
+                &args.inflight.to_string(),
+                "--multi",
+                &args.multi.to_string(),
+            ])
+            .args([
+                "--fanout",
+                &args.fanout.to_string(),
+                "--warmup",
+                &args.warmup.to_string(),
+            ])
+            .stderr(std::process::Stdio::inherit());
+        if let Some(s) = &args.server {
+            cmd.arg("--server").arg(s);
+        }
+        eprintln!("{placement}:");
+        let o = cmd
+            .output()
+            .with_context(|| format!("running {cmd:?} (taskset is in util-linux)"))?;
+        if !o.status.success() {
+            bail!("{placement} run failed");
+        }
+        let figures: Vec<Figures> = serde_json::from_slice(&o.stdout)?;
+        out.push_str(&table(placement, &figures, &sizes));
+        out.push('\n');
+    }
+    let text = format!("{}\n{out}", header(&sizes));
+    print!("{text}");
+    if let Some(path) = &args.write {
+        write_section(path, &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn cmd_out(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn header(s: &Sizes) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "Run {date} on {n} vCPU {cpu}, Linux {kernel}; {nats}; latzero {lz}; async-nats 0.42.\n\
+         Sizes: {seq} sequential calls per payload (after {w} warm-up), {p} pipelined calls with {inf} in flight, \
+         {m} calls from {CALLERS} callers to {HANDLERS} handlers, {f} emits fanned out to {RECEIVERS} receivers.\n",
+        date = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        nats = nats::NatsServer::version(),
+        lz = env!("CARGO_PKG_VERSION"),
+        seq = s.seq,
+        w = s.warmup,
+        p = s.pipelined,
+        inf = s.inflight,
+        m = s.multi,
+        f = s.fanout,
+    )
+}
+
+fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {
+    let find = |name: &str| f.iter().find(|x| x.peer == name);
+    let (floor, nats, tcp, unix) = (
+        find("relay floor"),
+        find("NATS"),
+        find("LatZero tcp"),
+        find("LatZero unix"),
+    );
+    let mut t = format!(
+        "**{placement}** (lower is better for µs, higher for /s; ratios are LatZero ÷ peer)\n\n\
+         | workload | relay floor | NATS | LatZero tcp | LatZero unix | unix ÷ NATS | tcp ÷ NATS | unix ÷ floor |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    type Get = fn(&Figures) -> Option<f64>;
+    let rows: [(&str, Get); 9] = [
+        ("seq 64 B p50 µs", |x| Some(x.seq_64.p50)),
+        ("seq 64 B p99 µs", |x| Some(x.seq_64.p99)),
+        ("seq 64 B p99.9 µs", |x| Some(x.seq_64.p999)),
+        ("seq 4 KiB p50 µs", |x| Some(x.seq_4k.p50)),
+        ("seq 4 KiB p99 µs", |x| Some(x.seq_4k.p99)),
+        ("seq 4 KiB p99.9 µs", |x| Some(x.seq_4k.p999)),
+        ("pipelined calls/s", |x| Some(x.pipelined)),
+        ("10×2 calls/s", |x| x.multi),
+        ("fan-out ×4 msgs/s", |x| x.fanout),
+    ];
+    let _ = s;
+    for (name, get) in rows {
+        let v = |p: Option<&Figures>| p.and_then(get);
+        let cell = |x: Option<f64>| match x {
+            Some(x) if x >= 1000.0 => format!("{x:.0}"),
+            Some(x) => format!("{x:.1}"),
+            None => "n/a".into(),
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(v(floor)),
+            cell(v(nats)),
+            cell(v(tcp)),
+            cell(v(unix)),
+            ratio(v(unix), v(nats)),
+            ratio(v(tcp), v(nats)),
+            ratio(v(unix), v(floor)),
+        );
+    }
+    t
+}
+
+const BEGIN: &str = "<!-- race:begin (generated by latzero-bench --write) -->";
+const END: &str = "<!-- race:end -->";
+
+fn write_section(path: &PathBuf, text: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{BEGIN}\n{text}{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
+        _ => format!("{old}\n{section}\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }

@@ -56,7 +56,7 @@ pub struct StartArgs {
     /// Largest frame payload accepted, bytes [default: 16777216]
     #[arg(long, env = "LATZERO_MAX_FRAME_LEN")]
     pub max_frame_len: Option<usize>,
-    /// Frames queued to one connection before it is closed as a slow consumer [default: 8192]
+    /// Frames queued to one connection before it is closed as a slow consumer [default: 1048576]
     #[arg(long, env = "LATZERO_OUTBOUND_QUEUE_FRAMES")]
     pub outbound_queue_frames: Option<usize>,
     /// Bytes queued to one connection before it is closed as a slow consumer [default: 67108864]

@@ -27,7 +27,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            outbound_queue_frames: 8192,
+            // The byte bound is the one that protects memory (NATS's max_pending is 64 MB too);
+            // the frame bound only caps per-frame overhead for floods of tiny frames.
+            outbound_queue_frames: 1 << 20,
             outbound_queue_bytes: 64 * 1024 * 1024,
             max_inflight_per_conn: 65_536,
             default_ttl: Duration::from_secs(30),

@@ -21,7 +21,9 @@ pub async fn run(args: StartArgs) -> Result<()> {
         "latzero {} listening on tcp {}, unix {}, data dir {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
-        server.unix_path().map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+        server
+            .unix_path()
+            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
         data_dir.display()
     );
     server.run(shutdown_signal(term, int)).await?;
