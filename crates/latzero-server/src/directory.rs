@@ -104,7 +104,7 @@ impl Pool {
         });
         for c in self.presence.values() {
             if c.app() != Some(app) {
-                let _ = c.send(frame.clone());
+                let _ = c.send(&frame);
             }
         }
     }

@@ -199,7 +199,7 @@ impl Router {
                     target,
                 },
             );
-            if let Err(e) = handler.send(frame) {
+            if let Err(e) = handler.send(&frame) {
                 // Not delivered: fail this hop now. Errors before `accepted` go to the caller.
                 if let Some(mut p) = self.table.take(hop) {
                     if matches!(p.target, Target::ReplyTo(_)) {
@@ -239,7 +239,7 @@ impl Router {
                     reply_to: r.app_str(),
                     handler: handler.app_str(),
                 });
-                let _ = caller.reply(accepted);
+                let _ = caller.reply(&accepted);
             }
         }
         Ok(())
@@ -319,7 +319,7 @@ impl Router {
         let mut delivered = 0;
         let mut slow = Vec::new();
         for c in &targets {
-            match c.send(frame.clone()) {
+            match c.send(&frame) {
                 Ok(()) => delivered += 1,
                 Err(SendError::Full) => slow.push(c.app_str().to_owned()),
                 Err(SendError::Closed) => {}
@@ -462,7 +462,11 @@ impl Router {
             }),
         };
         // The caller asked for this frame; a reply_to app did not, so it is bounded.
-        let sent = if forwarded { dest.send(frame) } else { dest.reply(frame) };
+        let sent = if forwarded {
+            dest.send(&frame)
+        } else {
+            dest.reply(&frame)
+        };
         if sent.is_err() {
             c.inc(&c.undeliverable);
         }
@@ -521,7 +525,7 @@ impl Router {
             }
             json.push_str("]}");
             if p.caller
-                .reply(latzero_proto::frame::encode_json(json.as_bytes()))
+                .reply(&latzero_proto::frame::encode_json(json.as_bytes()))
                 .is_err()
             {
                 self.counters.inc(&self.counters.undeliverable);

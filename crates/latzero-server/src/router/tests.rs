@@ -1,15 +1,21 @@
 //! Every way a pending call leaves the table — reply, deadline, handler disconnect, caller
-//! disconnect, shutdown — with paused time and in-memory connections.
+//! disconnect, shutdown — with paused time and real socket pairs standing in for peers.
 
 use std::sync::RwLock;
 
+use super::*;
+use crate::session::conn::Sock;
 use latzero_proto::message::{Request, parse_request};
 use latzero_proto::{AppId, PoolName, TriggerName};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use super::*;
-use crate::session::conn::Out;
+/// The far end of a connection's socket: what the peer would read.
+struct Peer {
+    s: std::os::unix::net::UnixStream,
+    buf: Vec<u8>,
+    /// The connection's own read half, kept open for the test's duration.
+    _read: tokio::net::unix::OwnedReadHalf,
+}
 
 struct Fixture {
     router: Arc<Router>,
@@ -31,8 +37,21 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    fn app(&self, id: u64, name: &str, triggers: &[&str]) -> (Arc<Conn>, mpsc::UnboundedReceiver<Out>) {
-        let (c, rx) = Conn::new(id, "test".into(), 16, 1 << 20, self.counters.clone());
+    /// A connected app on a real socket pair, with its flusher running as in the server.
+    async fn app(&self, id: u64, name: &str, triggers: &[&str]) -> (Arc<Conn>, Peer) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let (r, w) = tokio::net::UnixStream::from_std(ours).unwrap().into_split();
+        // Direct writes need the reactor to have seen the socket writable once.
+        w.writable().await.unwrap();
+        let c = Conn::new(id, "test".into(), Sock::Unix(w), 16, 1 << 20, self.counters.clone());
+        tokio::spawn(crate::session::conn::flusher(c.clone()));
+        let rx = Peer {
+            s: theirs,
+            buf: Vec::new(),
+            _read: r,
+        };
         let app = AppId::try_from(name).unwrap();
         c.bind_app(app.clone());
         let mut d = self.dir.write().unwrap();
@@ -60,19 +79,33 @@ impl Fixture {
     }
 }
 
-fn next(rx: &mut mpsc::UnboundedReceiver<Out>) -> Option<Value> {
-    match rx.try_recv() {
-        Ok(Out::Frame(b)) => Some(serde_json::from_slice(&b[4..]).unwrap()),
-        Ok(Out::Close) => panic!("unexpected close"),
-        Err(_) => None,
+/// The next frame the peer can read right now, if any.
+fn next(rx: &mut Peer) -> Option<Value> {
+    use std::io::Read;
+    loop {
+        if rx.buf.len() >= 4 {
+            let len = u32::from_be_bytes(rx.buf[..4].try_into().unwrap()) as usize;
+            if rx.buf.len() >= 4 + len {
+                let v = serde_json::from_slice(&rx.buf[4..4 + len]).unwrap();
+                rx.buf.drain(..4 + len);
+                return Some(v);
+            }
+        }
+        let mut chunk = [0u8; 65536];
+        match rx.s.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => rx.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn reply_removes_the_call_and_reaches_the_caller() {
     let f = fixture();
-    let (h, mut hrx) = f.app(1, "h", &["f"]);
-    let (c, mut crx) = f.app(2, "c", &[]);
+    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
     f.call(
         &c,
         json!({"action":"trigger","id":"x","process":"f","pool":"p","data":[1]}),
@@ -99,8 +132,8 @@ async fn deadline_fires_exactly_once() {
     let f = fixture();
     let stop = CancellationToken::new();
     tokio::spawn(f.router.clone().run_timer(stop.clone()));
-    let (h, mut hrx) = f.app(1, "h", &["f"]);
-    let (c, mut crx) = f.app(2, "c", &[]);
+    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
     f.call(
         &c,
         json!({"action":"trigger","id":7,"process":"f","pool":"p","ttl":100}),
@@ -132,8 +165,8 @@ async fn an_earlier_deadline_wakes_the_timer() {
     let f = fixture();
     let stop = CancellationToken::new();
     tokio::spawn(f.router.clone().run_timer(stop.clone()));
-    let (_h, _hrx) = f.app(1, "h", &["f"]);
-    let (c, mut crx) = f.app(2, "c", &[]);
+    let (_h, _hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
     f.call(
         &c,
         json!({"action":"trigger","id":"long","process":"f","pool":"p","ttl":10000}),
@@ -154,8 +187,8 @@ async fn an_earlier_deadline_wakes_the_timer() {
 #[tokio::test(start_paused = true)]
 async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
     let f = fixture();
-    let (h, _hrx) = f.app(1, "h", &["f"]);
-    let (c, mut crx) = f.app(2, "c", &[]);
+    let (h, _hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
     f.call(&c, json!({"action":"trigger","id":"a","process":"f","pool":"p"}))
         .unwrap();
     f.router.on_disconnect(h.id);
@@ -166,7 +199,7 @@ async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
     );
     assert_eq!(f.router.table.len(), 0);
 
-    let (_h2, _h2rx) = f.app(3, "h2", &["g"]);
+    let (_h2, _h2rx) = f.app(3, "h2", &["g"]).await;
     f.call(&c, json!({"action":"trigger","id":"b","process":"g","pool":"p"}))
         .unwrap();
     f.router.on_disconnect(c.id);
@@ -178,8 +211,8 @@ async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_fails_every_call() {
     let f = fixture();
-    let (_h, _hrx) = f.app(1, "h", &["f"]);
-    let (c, mut crx) = f.app(2, "c", &[]);
+    let (_h, _hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
     for i in 0..3 {
         f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
             .unwrap();
@@ -194,14 +227,14 @@ async fn shutdown_fails_every_call() {
 #[tokio::test(start_paused = true)]
 async fn round_robin_and_refusals() {
     let f = fixture();
-    let (_a, mut arx) = f.app(1, "a", &["f"]);
-    let (_b, mut brx) = f.app(2, "b", &["f"]);
-    let (c, _crx) = f.app(3, "c", &[]);
+    let (_a, mut arx) = f.app(1, "a", &["f"]).await;
+    let (_b, mut brx) = f.app(2, "b", &["f"]).await;
+    let (c, _crx) = f.app(3, "c", &[]).await;
     for i in 0..4 {
         f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
             .unwrap();
     }
-    let count = |rx: &mut mpsc::UnboundedReceiver<Out>| std::iter::from_fn(|| next(rx)).count();
+    let count = |rx: &mut Peer| std::iter::from_fn(|| next(rx)).count();
     assert_eq!((count(&mut arx), count(&mut brx)), (2, 2));
     let r = f
         .call(&c, json!({"action":"trigger","id":9,"process":"zz","pool":"p"}))
@@ -228,22 +261,31 @@ async fn round_robin_and_refusals() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_full_handler_queue_fails_the_call_with_overloaded_and_closes_the_handler() {
+async fn a_full_handler_buffer_fails_the_call_with_overloaded_and_closes_the_handler() {
     let f = fixture();
-    let (h, _hrx) = f.app(1, "h", &["f"]);
-    let (c, mut crx) = f.app(2, "c", &[]);
-    for i in 0..16 {
-        f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
-            .unwrap();
-    }
-    assert!(next(&mut crx).is_none());
-    f.call(&c, json!({"action":"trigger","id":"over","process":"f","pool":"p"}))
+    let (h, _h_not_reading) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let blob = "x".repeat(16 * 1024);
+    // The handler never reads: its socket fills, then its buffer (16 frames), then the next call
+    // is refused.
+    let mut refused = None;
+    for i in 0..10_000 {
+        f.call(
+            &c,
+            json!({"action":"trigger","id":i,"process":"f","pool":"p","data":blob}),
+        )
         .unwrap();
-    let e = next(&mut crx).unwrap();
+        if let Some(e) = next(&mut crx) {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("the stuck handler is detected");
     assert_eq!(
-        (e["code"].as_str(), e["in_reply_to"].as_str()),
-        (Some("OVERLOADED"), Some("over"))
+        (e["code"].as_str(), e["in_reply_to"].as_i64()),
+        (Some("OVERLOADED"), Some(i))
     );
+    assert_eq!(e["handler_may_still_run"], false);
     assert!(h.kill.is_cancelled(), "slow consumer is closed");
     assert_eq!(f.counters.slow_consumers.load(Ordering::Relaxed), 1);
 }
@@ -253,9 +295,9 @@ async fn broadcast_collects_one_result_per_handler() {
     let f = fixture();
     let stop = CancellationToken::new();
     tokio::spawn(f.router.clone().run_timer(stop.clone()));
-    let (a, mut arx) = f.app(1, "a", &["f"]);
-    let (_b, mut brx) = f.app(2, "b", &["f"]);
-    let (c, mut crx) = f.app(3, "c", &[]);
+    let (a, mut arx) = f.app(1, "a", &["f"]).await;
+    let (_b, mut brx) = f.app(2, "b", &["f"]).await;
+    let (c, mut crx) = f.app(3, "c", &[]).await;
     f.call(
         &c,
         json!({"action":"trigger","id":"bc","process":"f","pool":"p","broadcast":true,"ttl":50}),

@@ -1,28 +1,35 @@
-//! One connection's outbound side: the handle other tasks use to queue frames to it, and the
-//! writer task that drains the queue.
+//! One connection's outbound side: the handle other tasks use to send frames to it.
 //!
-//! The queue is bounded twice, in frames and in bytes, and frames enter it two ways:
+//! Writes go straight to the socket (a non-blocking `try_write`) from whichever task produced
+//! the frame — no hand-off to another task on the hot path. While a session handles the frames of
+//! one read, its writes are *corked* ([`Cork`]): frames for each destination collect in that
+//! destination's buffer and go out in one `write` per destination when the batch ends. Only bytes
+//! the socket would not take right away wait in the buffer for the connection's flusher task,
+//! which writes them when the socket becomes writable.
+//!
+//! The buffer is bounded twice, in frames and in bytes, and frames enter it two ways:
 //!
 //! - [`Conn::send`]: frames caused by *other* connections (a trigger delivered to a handler, an
-//!   emit, a presence event, a result forwarded to a `reply_to` app). When the queue is full the
+//!   emit, a presence event, a result forwarded to a `reply_to` app). When the buffer is full the
 //!   policy is named *slow consumer*: the frame fails back to whoever sent it (the router turns
 //!   that into an OVERLOADED error for a caller), and the stuck connection is closed at once,
 //!   which in turn fails its own pending calls with HANDLER_GONE.
 //! - [`Conn::reply`]: frames answering this connection's *own* requests (acks, errors, pongs,
-//!   the terminal frame of its calls). These are always queued — a burst of failures for a
+//!   the terminal frame of its calls). These are always accepted — a burst of failures for a
 //!   caller that reads fine must not cost it its connection — and they are bounded by the
 //!   connection itself: terminal frames by its in-flight limit, the rest because the session
-//!   stops reading from a connection whose queue is over the limit until the writer drains it.
+//!   stops reading from a connection whose buffer is over the limit until it drains.
 //!
 //! Memory stays bounded and nothing is dropped without someone being told.
 
+use std::cell::RefCell;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use latzero_proto::AppId;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Counters;
@@ -30,22 +37,55 @@ use crate::admin::Counters;
 /// A connection's id, unique for the server's lifetime.
 pub type ConnId = u64;
 
-/// An item in a connection's outbound queue.
-#[derive(Debug)]
-pub(crate) enum Out {
-    /// A complete frame, length prefix included.
-    Frame(Bytes),
-    /// Flush what is queued, then close the write side.
-    Close,
-}
-
-/// Why a frame could not be queued.
+/// Why a frame could not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SendError {
-    /// The queue was full: the connection is a slow consumer and has been closed.
+    /// The buffer was full: the connection is a slow consumer and has been closed.
     Full,
     /// The connection is closed.
     Closed,
+}
+
+/// The write half of a connection's socket.
+#[derive(Debug)]
+pub(crate) enum Sock {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Unix(tokio::net::unix::OwnedWriteHalf),
+}
+
+impl Sock {
+    fn try_write(&self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(w) => w.try_write(b),
+            Sock::Unix(w) => w.try_write(b),
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write),
+            Sock::Unix(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write),
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(w) => w.writable().await,
+            Sock::Unix(w) => w.writable().await,
+        }
+    }
+}
+
+/// Bytes waiting for the socket.
+#[derive(Debug, Default)]
+struct Outq {
+    buf: BytesMut,
+    /// Frames in `buf` (an upper bound once a write has split one).
+    frames: usize,
+    /// The flusher owns writing until `buf` is empty: the socket would block.
+    flushing: bool,
+    /// Shut the write side down once `buf` is empty.
+    closing: bool,
 }
 
 /// The handle to one connection. Cheap to share (`Arc<Conn>`).
@@ -54,14 +94,15 @@ pub(crate) struct Conn {
     pub id: ConnId,
     pub peer: String,
     app: OnceLock<AppId>,
-    tx: mpsc::UnboundedSender<Out>,
-    queued_frames: AtomicUsize,
-    queued_bytes: AtomicUsize,
+    sock: Sock,
+    out: Mutex<Outq>,
+    /// Wakes the flusher task.
+    flush: Notify,
+    /// Signalled when the buffer is back under its limits.
+    drained: Notify,
     max_queued_frames: usize,
     max_queued_bytes: usize,
-    /// Signalled by the writer when the queue is back under its limits.
-    drained: Notify,
-    /// Cancelled to close the connection at once (slow consumer, takeover, server gone).
+    /// Cancelled to close the connection at once (slow consumer, takeover, write failure).
     pub kill: CancellationToken,
     slow: AtomicBool,
     /// Calls this connection made that are still pending.
@@ -69,31 +110,90 @@ pub(crate) struct Conn {
     counters: Arc<Counters>,
 }
 
+thread_local! {
+    /// The connections written to during the current corked batch on this thread.
+    static CORK: RefCell<Option<Vec<Arc<Conn>>>> = const { RefCell::new(None) };
+}
+
+/// Holds writes made on this thread until the cork is dropped (or [`Cork::flush`]ed), so that
+/// each destination gets one write per batch. Must not live across an `.await` (the batch is
+/// synchronous). A nested cork is a no-op; the outer one flushes.
+#[derive(Debug)]
+pub(crate) struct Cork {
+    owner: bool,
+}
+
+impl Cork {
+    pub fn begin() -> Cork {
+        let owner = CORK.with(|c| {
+            let mut c = c.borrow_mut();
+            let free = c.is_none();
+            if free {
+                *c = Some(Vec::new());
+            }
+            free
+        });
+        Cork { owner }
+    }
+
+    /// Ends the batch: writes every touched connection's buffer.
+    pub fn flush(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
+        if let Some(conns) = CORK.with(|c| c.borrow_mut().take()) {
+            for c in conns {
+                c.flush_now();
+            }
+        }
+    }
+}
+
+/// Registers `conn` in this thread's cork; false when no cork is active.
+fn corked(conn: &Arc<Conn>) -> bool {
+    CORK.with(|c| match &mut *c.borrow_mut() {
+        Some(list) => {
+            list.push(conn.clone());
+            true
+        }
+        None => false,
+    })
+}
+
+fn is_corked() -> bool {
+    CORK.with(|c| c.borrow().is_some())
+}
+
 impl Conn {
     pub(crate) fn new(
         id: ConnId,
         peer: String,
+        sock: Sock,
         queue_frames: usize,
         queue_bytes: usize,
         counters: Arc<Counters>,
-    ) -> (Arc<Conn>, mpsc::UnboundedReceiver<Out>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = Conn {
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
             id,
             peer,
             app: OnceLock::new(),
-            tx,
-            queued_frames: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
+            sock,
+            out: Mutex::new(Outq::default()),
+            flush: Notify::new(),
+            drained: Notify::new(),
             max_queued_frames: queue_frames.max(1),
             max_queued_bytes: queue_bytes,
-            drained: Notify::new(),
             kill: CancellationToken::new(),
             slow: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             counters,
-        };
-        (Arc::new(conn), rx)
+        })
     }
 
     /// The app id bound at handshake, if any.
@@ -110,148 +210,210 @@ impl Conn {
         let _ = self.app.set(app);
     }
 
-    /// Queues a frame caused by another connection. A full queue closes this connection as a
+    fn lock(&self) -> MutexGuard<'_, Outq> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a frame caused by another connection. A full buffer closes this connection as a
     /// slow consumer and fails the frame back to the sender (see module docs).
-    pub(crate) fn send(&self, frame: Bytes) -> Result<(), SendError> {
+    pub(crate) fn send(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
+        self.push(frame, true)
+    }
+
+    /// Sends a frame that answers this connection's own request; never refused for space.
+    pub(crate) fn reply(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
+        self.push(frame, false)
+    }
+
+    fn push(self: &Arc<Self>, frame: &[u8], bounded: bool) -> Result<(), SendError> {
         if self.kill.is_cancelled() {
             return Err(SendError::Closed);
         }
-        let len = frame.len();
-        let frames = self.queued_frames.fetch_add(1, Ordering::Relaxed);
-        let bytes = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if frames >= self.max_queued_frames || (bytes > 0 && bytes + len > self.max_queued_bytes) {
-            self.unqueue(1, len);
+        let mut q = self.lock();
+        if q.closing {
+            return Err(SendError::Closed);
+        }
+        if bounded
+            && (q.frames >= self.max_queued_frames
+                || (!q.buf.is_empty() && q.buf.len() + frame.len() > self.max_queued_bytes))
+        {
+            drop(q);
             self.mark_slow();
             return Err(SendError::Full);
         }
-        self.push(frame, len)
-    }
-
-    /// Queues a frame that answers this connection's own request; never refused for space.
-    pub(crate) fn reply(&self, frame: Bytes) -> Result<(), SendError> {
-        if self.kill.is_cancelled() {
-            return Err(SendError::Closed);
+        if !q.buf.is_empty() || q.flushing {
+            // Someone owns the next write: the flusher, or the cork that put bytes here.
+            q.buf.extend_from_slice(frame);
+            q.frames += 1;
+            return Ok(());
         }
-        let len = frame.len();
-        self.queued_frames.fetch_add(1, Ordering::Relaxed);
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        self.push(frame, len)
+        if is_corked() {
+            q.buf.extend_from_slice(frame);
+            q.frames += 1;
+            drop(q);
+            corked(self);
+            return Ok(());
+        }
+        self.write_or_queue(&mut q, frame)
     }
 
-    fn push(&self, frame: Bytes, len: usize) -> Result<(), SendError> {
-        self.tx.send(Out::Frame(frame)).map_err(|_| {
-            self.unqueue(1, len);
-            SendError::Closed
-        })
-    }
-
-    fn unqueue(&self, frames: usize, bytes: usize) {
-        self.queued_frames.fetch_sub(frames, Ordering::Relaxed);
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    /// Whether the queue is at or over a limit (the session then stops reading).
-    pub(crate) fn over_limit(&self) -> bool {
-        self.queued_frames.load(Ordering::Relaxed) >= self.max_queued_frames
-            || self.queued_bytes.load(Ordering::Relaxed) >= self.max_queued_bytes
-    }
-
-    /// Waits until the writer has drained the queue under its limits (or the conn is killed).
-    pub(crate) async fn drained(&self) {
-        while self.over_limit() && !self.kill.is_cancelled() {
-            tokio::select! {
-                _ = self.drained.notified() => {}
-                _ = self.kill.cancelled() => {}
+    /// Writes `frame` now if the socket takes it; queues the rest for the flusher.
+    fn write_or_queue(&self, q: &mut Outq, frame: &[u8]) -> Result<(), SendError> {
+        match self.sock.try_write(frame) {
+            Ok(n) if n == frame.len() => Ok(()),
+            Ok(n) => {
+                q.buf.extend_from_slice(&frame[n..]);
+                q.frames += 1;
+                self.hand_to_flusher(q);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                q.buf.extend_from_slice(frame);
+                q.frames += 1;
+                self.hand_to_flusher(q);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(conn = self.id, error = %e, "write failed; closing");
+                self.kill.cancel();
+                Err(SendError::Closed)
             }
         }
     }
 
-    /// Asks the writer to flush what is queued and close. Falls back to a hard close.
-    pub(crate) fn close_gracefully(&self) {
-        if self.tx.send(Out::Close).is_err() {
-            self.kill.cancel();
+    fn hand_to_flusher(&self, q: &mut Outq) {
+        q.flushing = true;
+        self.flush.notify_one();
+    }
+
+    /// Writes as much of the buffer as the socket takes now (end of a corked batch).
+    fn flush_now(&self) {
+        let mut q = self.lock();
+        if q.flushing || q.buf.is_empty() {
+            return;
         }
+        match self.write_buffered(&mut q) {
+            Ok(true) => self.after_drain(&mut q),
+            Ok(false) => self.hand_to_flusher(&mut q),
+            Err(()) => {}
+        }
+    }
+
+    /// Writes from the buffer until it is empty (true) or the socket would block (false).
+    fn write_buffered(&self, q: &mut Outq) -> Result<bool, ()> {
+        while !q.buf.is_empty() {
+            match self.sock.try_write(&q.buf) {
+                Ok(n) => q.buf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => {
+                    tracing::debug!(conn = self.id, error = %e, "write failed; closing");
+                    self.kill.cancel();
+                    return Err(());
+                }
+            }
+        }
+        q.frames = 0;
+        Ok(true)
+    }
+
+    fn after_drain(&self, q: &mut Outq) {
+        q.flushing = false;
+        self.drained.notify_waiters();
+        if q.closing {
+            // The flusher shuts the write side down.
+            self.flush.notify_one();
+        }
+    }
+
+    /// Whether the buffer is at or over a limit (the session then stops reading).
+    pub(crate) fn over_limit(&self) -> bool {
+        let q = self.lock();
+        q.frames >= self.max_queued_frames || q.buf.len() >= self.max_queued_bytes
+    }
+
+    /// Waits until the buffer is under its limits (or the connection is killed).
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if !self.over_limit() || self.kill.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.kill.cancelled() => return,
+            }
+        }
+    }
+
+    /// Flushes what is buffered, then closes the write side. Falls back to a hard close.
+    pub(crate) fn close_gracefully(&self) {
+        let mut q = self.lock();
+        q.closing = true;
+        self.flush.notify_one();
     }
 
     fn mark_slow(&self) {
         if !self.slow.swap(true, Ordering::Relaxed) {
             self.counters.inc(&self.counters.slow_consumers);
             tracing::warn!(conn = self.id, app = self.app_str(), peer = %self.peer,
-                "closing slow consumer: its outbound queue is full");
+                "closing slow consumer: its outbound buffer is full");
         }
         self.kill.cancel();
     }
 }
 
-/// Largest batch the writer coalesces into one write.
-const BATCH_FRAMES: usize = 256;
-/// Frames at least this large are written on their own instead of being copied into a batch.
-const LARGE_FRAME: usize = 64 * 1024;
-
-/// Drains a connection's queue, coalescing queued frames into as few writes as possible.
-pub(crate) async fn writer<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut rx: mpsc::UnboundedReceiver<Out>, mut w: W) {
-    let mut batch = Vec::with_capacity(BATCH_FRAMES);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    'outer: loop {
-        let n = tokio::select! {
+/// The connection's flusher: writes buffered bytes when the socket becomes writable, and shuts
+/// the write side down after a graceful close. Ends when the connection is killed or closed.
+pub(crate) async fn flusher(conn: Arc<Conn>) {
+    loop {
+        tokio::select! {
             biased;
-            _ = conn.kill.cancelled() => break,
-            n = rx.recv_many(&mut batch, BATCH_FRAMES) => n,
-        };
-        if n == 0 {
-            break;
+            _ = conn.kill.cancelled() => return,
+            _ = conn.flush.notified() => {}
         }
-        let mut close = false;
-        let mut done = 0usize;
-        let frames = batch.iter().filter(|o| matches!(o, Out::Frame(_))).count();
-        buf.clear();
-        for item in batch.drain(..) {
-            match item {
-                Out::Frame(f) => {
-                    done += f.len();
-                    if f.len() >= LARGE_FRAME {
-                        if !buf.is_empty() && !write(&conn, &mut w, &buf).await {
-                            break 'outer;
-                        }
-                        buf.clear();
-                        if !write(&conn, &mut w, &f).await {
-                            break 'outer;
-                        }
-                    } else {
-                        buf.extend_from_slice(&f);
+        loop {
+            let done = {
+                let mut q = conn.lock();
+                if q.buf.is_empty() {
+                    q.flushing = false;
+                    if q.closing {
+                        break_and_close(&conn);
+                        return;
                     }
-                }
-                Out::Close => {
-                    close = true;
                     break;
                 }
+                q.flushing = true;
+                match conn.write_buffered(&mut q) {
+                    Ok(true) => {
+                        conn.after_drain(&mut q);
+                        if q.closing {
+                            break_and_close(&conn);
+                            return;
+                        }
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(()) => return,
+                }
+            };
+            if done {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = conn.kill.cancelled() => return,
+                r = conn.sock.writable() => if r.is_err() {
+                    conn.kill.cancel();
+                    return;
+                },
             }
         }
-        if !buf.is_empty() && !write(&conn, &mut w, &buf).await {
-            break;
-        }
-        conn.unqueue(frames, done);
-        if !conn.over_limit() {
-            conn.drained.notify_one();
-        }
-        if close {
-            break;
-        }
     }
-    let _ = w.shutdown().await;
-    conn.kill.cancel();
 }
 
-async fn write<W: AsyncWrite + Unpin>(conn: &Conn, w: &mut W, bytes: &[u8]) -> bool {
-    tokio::select! {
-        biased;
-        _ = conn.kill.cancelled() => false,
-        r = w.write_all(bytes) => match r {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(conn = conn.id, error = %e, "write failed; closing");
-                false
-            }
-        },
-    }
+/// Ends the connection after a graceful close: shuts the write side down so the peer sees EOF
+/// once it has read everything, then ends the session.
+fn break_and_close(conn: &Conn) {
+    let _ = conn.sock.shutdown_write();
+    conn.kill.cancel();
 }

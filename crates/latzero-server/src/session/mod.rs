@@ -17,11 +17,11 @@ use latzero_proto::message::{
     Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue, Request, ServerInfo, parse_request,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
-use self::conn::Conn;
+use self::conn::{Conn, Cork, Sock};
 use crate::server::State;
 
 /// Why the read loop ended.
@@ -37,23 +37,23 @@ enum End {
 }
 
 /// Runs one connection to completion.
-pub(crate) async fn run<R, W>(state: Arc<State>, reader: R, writer: W, peer: String)
+pub(crate) async fn run<R>(state: Arc<State>, reader: R, sock: Sock, peer: String)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
     let id = state.next_conn_id();
     let limits = &state.config.limits;
-    let (conn, rx) = Conn::new(
+    let conn = Conn::new(
         id,
         peer.clone(),
+        sock,
         limits.outbound_queue_frames,
         limits.outbound_queue_bytes,
         state.counters.clone(),
     );
     state.counters.inc(&state.counters.connections_total);
     let span = tracing::info_span!("session", conn = id, peer = %peer);
-    let writer_task = tokio::spawn(conn::writer(conn.clone(), rx, writer).instrument(span.clone()));
+    let flusher = tokio::spawn(conn::flusher(conn.clone()).instrument(span.clone()));
     state
         .conns
         .lock()
@@ -69,7 +69,7 @@ where
     let _guard = span.enter();
     match end {
         End::Shutdown => {
-            let _ = conn.reply(encode_message(&Closing {
+            let _ = conn.reply(&encode_message(&Closing {
                 action: "closing",
                 code: ErrorCode::ShuttingDown,
                 message: "server is shutting down",
@@ -83,7 +83,7 @@ where
     }
     session.cleanup();
     drop(_guard);
-    if tokio::time::timeout(state.config.shutdown_grace, writer_task)
+    if tokio::time::timeout(state.config.shutdown_grace, flusher)
         .await
         .is_err()
     {
@@ -103,6 +103,8 @@ impl Session {
         let mut codec = FrameCodec::new(self.state.config.limits.max_frame_len);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
+            // Writes made while handling this batch go out once per destination at its end.
+            let cork = Cork::begin();
             loop {
                 match codec.decode(&mut buf) {
                     Ok(Some(frame)) => self.handle(frame),
@@ -112,11 +114,13 @@ impl Session {
                             "frame of {len} bytes exceeds the maximum of {max} bytes; closing the connection (the stream cannot be resynchronised)"
                         );
                         self.error(None, ErrorCode::FrameTooLarge, &msg);
+                        cork.flush();
                         return End::Close;
                     }
                     Err(e) => self.error(None, ErrorCode::InvalidMessage, &e.to_string()),
                 }
             }
+            cork.flush();
             if self.conn.over_limit() {
                 // Backpressure: a peer that sends but does not read is not read either.
                 tokio::select! {
@@ -190,10 +194,10 @@ impl Session {
             Request::Handshake(h) => self.handshake(id, h),
             Request::Status => {
                 let frame = encode_message(&st.status(id));
-                let _ = self.conn.reply(frame);
+                let _ = self.conn.reply(&frame);
             }
             Request::Ping => {
-                let _ = self.conn.reply(encode_message(&Pong {
+                let _ = self.conn.reply(&encode_message(&Pong {
                     action: "pong",
                     in_reply_to: id,
                 }));
@@ -248,7 +252,7 @@ impl Session {
                             in_reply_to: id,
                             delivered,
                         };
-                        let _ = self.conn.reply(encode_message(&receipt));
+                        let _ = self.conn.reply(&encode_message(&receipt));
                     }
                 }
                 Err(r) => self.error(id, r.code, &r.message),
@@ -292,13 +296,13 @@ impl Session {
                     pid: std::process::id(),
                 },
             });
-            let _ = self.conn.reply(ack);
+            let _ = self.conn.reply(&ack);
             old
         };
         if let Some(old) = old {
             tracing::info!(app = %app, old_conn = old.id, "app taken over by a new connection");
             st.router.on_disconnect(old.id);
-            let _ = old.reply(encode_message(&Closing {
+            let _ = old.reply(&encode_message(&Closing {
                 action: "closing",
                 code: ErrorCode::DuplicateApp,
                 message: "this app id was taken over by a new connection",
@@ -342,7 +346,7 @@ impl Session {
             triggers,
         });
         drop(dir);
-        let _ = self.conn.reply(frame);
+        let _ = self.conn.reply(&frame);
     }
 
     fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
@@ -353,7 +357,7 @@ impl Session {
             self.state.counters.inc(&self.state.counters.invalid_messages);
         }
         tracing::debug!(code = %code, message, "error frame");
-        let _ = self.conn.reply(encode_message(&ErrorFrame::new(id, code, message)));
+        let _ = self.conn.reply(&encode_message(&ErrorFrame::new(id, code, message)));
     }
 
     /// Leaves the directory and fails or drops every call this connection was part of.
