@@ -36,19 +36,51 @@ pub struct Call<'a> {
 }
 
 #[derive(Serialize)]
-struct TriggerOut<'a> {
-    action: &'static str,
-    id: u64,
-    process: &'a str,
-    pool: &'a str,
-    data: &'a RawValue,
-    ttl: u64,
+pub(crate) struct TriggerOut<'a, D: Serialize + ?Sized> {
+    pub action: &'static str,
+    pub id: u64,
+    pub process: &'a str,
+    pub pool: &'a str,
+    pub data: &'a D,
+    pub ttl: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    destination: Option<&'a str>,
+    pub destination: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reply_to: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    broadcast: bool,
+    pub broadcast: bool,
+}
+
+/// Runs a call on this client's own handler, in-process (the seeds' short-circuit).
+pub(crate) async fn run_local(
+    app_id: &str,
+    h: crate::handler::HandlerFn,
+    pool: &str,
+    process: &str,
+    data: Value,
+    ttl: Duration,
+) -> Result<Value, ClientError> {
+    let req = Request {
+        process: process.to_owned(),
+        pool: pool.to_owned(),
+        data,
+        origin: None,
+        is_emit: false,
+    };
+    match tokio::time::timeout(ttl, invoke(h, req)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
+        Err(_) => Err(RemoteError {
+            code: ErrorCode::Timeout,
+            message: format!(
+                "in-process call timed out after {} ms; the handler may still run it",
+                ttl.as_millis()
+            ),
+            handler: Some(app_id.to_owned()),
+            handler_may_still_run: Some(true),
+        }
+        .into()),
+    }
 }
 
 impl Call<'_> {
@@ -104,33 +136,13 @@ impl Call<'_> {
         let inner = &self.client.inner;
         let local = self.destination.as_deref().is_none_or(|d| d == inner.app_id.as_str());
         if local && let Some(h) = inner.local_handler(&self.pool, &self.process) {
-            let req = Request {
-                process: self.process.clone(),
-                pool: self.pool.clone(),
-                data: raw_to_value(data.as_deref())?,
-                origin: None,
-                is_emit: false,
-            };
-            let ttl = self.timeout.unwrap_or(inner.opts.request_timeout);
-            return match tokio::time::timeout(ttl, invoke(h, req)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
-                Err(_) => Err(RemoteError {
-                    code: ErrorCode::Timeout,
-                    message: format!(
-                        "in-process call timed out after {} ms; the handler may still run it",
-                        ttl.as_millis()
-                    ),
-                    handler: Some(inner.app_id.to_string()),
-                    handler_may_still_run: Some(true),
-                }
-                .into()),
-            };
+            let data = raw_to_value(data.as_deref())?;
+            return run_local(inner.app_id.as_str(), h, &self.pool, &self.process, data, self.ttl()).await;
         }
         let ttl = self.ttl();
         let data = data.as_deref().unwrap_or(RawValue::NULL);
         let frame = inner
-            .roundtrip_frame(|id| self.frame(id, data, ttl, None, false), ttl)
+            .roundtrip_frame(|id| Ok(self.frame(id, data, ttl, None, false)), ttl)
             .await?;
         reply_result(&frame)
     }
@@ -145,7 +157,7 @@ impl Call<'_> {
         let frame = self
             .client
             .inner
-            .roundtrip_frame(|id| self.frame(id, data, ttl, None, true), ttl)
+            .roundtrip_frame(|id| Ok(self.frame(id, data, ttl, None, true)), ttl)
             .await?;
         let env = ServerFrame::parse(&frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
         if env.action() == Some("error") {
@@ -171,7 +183,7 @@ impl Call<'_> {
         let v = self
             .client
             .inner
-            .roundtrip(|id| self.frame(id, data, ttl, Some(reply_to), false), ttl)
+            .roundtrip(|id| Ok(self.frame(id, data, ttl, Some(reply_to), false)), ttl)
             .await?;
         Ok(v["handler"].as_str().unwrap_or_default().to_owned())
     }

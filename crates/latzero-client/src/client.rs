@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::encode_message;
+use latzero_proto::frame::{encode_message, try_encode_message};
 use latzero_proto::message::{RawValue, ServerFrame};
 use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
 use serde::Serialize;
@@ -21,11 +21,22 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::call::Call;
+use crate::call::{Call, TriggerOut, run_local};
 use crate::driver::{connection_task, establish};
 use crate::error::{ClientError, RemoteError};
 use crate::handler::{HandlerError, HandlerFn, Request};
 use crate::options::ClientOptions;
+
+/// An `emit` frame, with the payload serialised straight into it.
+#[derive(Serialize)]
+struct EmitOut<'a, D: Serialize + ?Sized> {
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    process: &'a str,
+    pool: &'a str,
+    data: &'a D,
+}
 
 /// Something that happened to the client, for the application to observe.
 #[derive(Debug, Clone)]
@@ -286,7 +297,7 @@ impl Client {
             .roundtrip(
                 |id| {
                     fields["id"] = json!(id);
-                    encode_message(&fields)
+                    Ok(encode_message(&fields))
                 },
                 timeout,
             )
@@ -295,7 +306,41 @@ impl Client {
 
     /// Calls a trigger in a pool; the server picks a handler round-robin.
     pub async fn call<T: Serialize + ?Sized>(&self, pool: &str, process: &str, data: &T) -> Result<Value, ClientError> {
-        self.request(pool, process).data(data).send().await
+        PoolName::check(pool)?;
+        TriggerName::check(process)?;
+        let inner = &self.inner;
+        let ttl = inner.opts.request_timeout;
+        if let Some(h) = inner.local_handler(pool, process) {
+            return run_local(
+                inner.app_id.as_str(),
+                h,
+                pool,
+                process,
+                serde_json::to_value(data)?,
+                ttl,
+            )
+            .await;
+        }
+        // The payload is serialised straight into the frame: no intermediate value.
+        let frame = inner
+            .roundtrip_frame(
+                |id| {
+                    Ok(try_encode_message(&TriggerOut {
+                        action: "trigger",
+                        id,
+                        process,
+                        pool,
+                        data,
+                        ttl: ttl.as_millis() as u64,
+                        destination: None,
+                        reply_to: None,
+                        broadcast: false,
+                    })?)
+                },
+                ttl,
+            )
+            .await?;
+        reply_result(&frame)
     }
 
     /// Calls a trigger on a specific app.
@@ -330,8 +375,13 @@ impl Client {
     pub async fn emit<T: Serialize + ?Sized>(&self, pool: &str, process: &str, data: &T) -> Result<(), ClientError> {
         PoolName::check(pool)?;
         TriggerName::check(process)?;
-        let data = serde_json::value::to_raw_value(data)?;
-        let frame = encode_message(&json!({"action": "emit", "process": process, "pool": pool, "data": &*data}));
+        let frame = try_encode_message(&EmitOut {
+            action: "emit",
+            id: None,
+            process,
+            pool,
+            data,
+        })?;
         self.inner.send(frame).await
     }
 
@@ -344,14 +394,17 @@ impl Client {
     ) -> Result<u64, ClientError> {
         PoolName::check(pool)?;
         TriggerName::check(process)?;
-        let data = serde_json::value::to_raw_value(data)?;
         let v = self
             .inner
             .roundtrip(
                 |id| {
-                    encode_message(
-                        &json!({"action": "emit", "id": id, "process": process, "pool": pool, "data": &*data}),
-                    )
+                    Ok(try_encode_message(&EmitOut {
+                        action: "emit",
+                        id: Some(id),
+                        process,
+                        pool,
+                        data,
+                    })?)
                 },
                 self.inner.opts.request_timeout,
             )
@@ -389,13 +442,14 @@ impl Inner {
     /// Sends a request built around a fresh id and waits for the frame that answers it.
     pub(crate) async fn roundtrip_frame(
         &self,
-        build: impl FnOnce(u64) -> Bytes,
+        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
         ttl: Duration,
     ) -> Result<Bytes, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = build(id)?;
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
-        if let Err(e) = self.send(build(id)).await {
+        if let Err(e) = self.send(frame).await {
             lock(&self.pending).remove(&id);
             return Err(e);
         }
@@ -417,7 +471,7 @@ impl Inner {
 
     pub(crate) async fn roundtrip(
         &self,
-        build: impl FnOnce(u64) -> Bytes,
+        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
         ttl: Duration,
     ) -> Result<Value, ClientError> {
         let frame = self.roundtrip_frame(build, ttl).await?;

@@ -2,12 +2,13 @@
 //! waiters, delivered triggers and emits to handlers, events), and reconnecting with exponential
 //! backoff and jitter.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use latzero_proto::frame::{Frame, encode_message};
-use latzero_proto::message::ServerFrame;
+use latzero_proto::message::{RawValue, ServerFrame};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -85,52 +86,99 @@ impl Inner {
 
     /// Runs a delivered trigger or emit on its handler, in its own task.
     fn deliver(self: &Arc<Self>, env: &ServerFrame<'_>, is_emit: bool, tx: &mpsc::Sender<Bytes>) {
-        let process = env.process.as_deref().unwrap_or_default().to_owned();
+        let process = env.process.as_deref().unwrap_or_default();
         let handler = self
             .handlers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&process)
+            .get(process)
             .cloned();
-        let data = match raw_to_value(env.data) {
-            Ok(v) => v,
-            Err(_) => Value::Null,
-        };
-        let origin = env
-            .origin
-            .and_then(|o| serde_json::from_str::<Value>(o.get()).ok())
-            .and_then(|o| o["app_id"].as_str().map(str::to_owned));
+        #[derive(serde::Deserialize)]
+        struct Origin {
+            app_id: String,
+        }
         let req = Request {
-            process: process.clone(),
+            process: process.to_owned(),
             pool: env.pool.as_deref().unwrap_or_default().to_owned(),
-            data,
-            origin,
+            data: raw_to_value(env.data).unwrap_or(Value::Null),
+            origin: env
+                .origin
+                .and_then(|o| serde_json::from_str::<Origin>(o.get()).ok())
+                .map(|o| o.app_id),
             is_emit,
         };
         let hop = env.id.map(|r| r.to_owned());
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let result = match handler {
-                Some(h) => invoke(h, req).await,
-                None => Err(HandlerError::msg(format!("this app has no handler for '{process}'"))),
-            };
+        let process = req.process.clone();
+        let finish = move |result: Result<Value, HandlerError>| -> Option<Bytes> {
             if is_emit {
                 if let Err(HandlerError(e)) = result {
                     tracing::warn!(trigger = %process, error = %e, "emit handler failed");
                 }
-                return;
+                return None;
             }
-            let Some(hop) = hop else { return };
-            let frame = match &result {
-                Ok(v) => {
-                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "ok", "response": v}))
+            Some(response_frame(&hop?, &result))
+        };
+        let Some(h) = handler else {
+            let msg = format!("this app has no handler for '{}'", req.process);
+            if let Some(frame) = finish(Err(HandlerError::msg(msg))) {
+                send_or_spawn(tx, frame);
+            }
+            return;
+        };
+        // Run the handler right here until its first await: most handlers finish without one,
+        // and then the call costs no task. One that does wait continues in its own task.
+        let mut fut = Box::pin(invoke(h, req));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => {
+                if let Some(frame) = finish(result) {
+                    send_or_spawn(tx, frame);
                 }
-                Err(HandlerError(e)) => {
-                    encode_message(&json!({"action": "response", "in_reply_to": &*hop, "status": "error", "error": e}))
-                }
-            };
-            // If the connection dropped meanwhile, the server has already failed the call
-            // with HANDLER_GONE; there is nobody to send this to.
+            }
+            std::task::Poll::Pending => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if let Some(frame) = finish(fut.await) {
+                        // If the connection dropped meanwhile, the server has already failed the
+                        // call with HANDLER_GONE; there is nobody to send this to.
+                        let _ = tx.send(frame).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A handler's answer as a `response` frame, serialised straight from its value.
+fn response_frame(hop: &RawValue, result: &Result<Value, HandlerError>) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        action: &'static str,
+        in_reply_to: &'a RawValue,
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a Value>,
+    }
+    let (status, response, error) = match result {
+        Ok(v) => ("ok", Some(v), None),
+        Err(HandlerError(e)) => ("error", None, Some(e)),
+    };
+    encode_message(&Out {
+        action: "response",
+        in_reply_to: hop,
+        status,
+        response,
+        error,
+    })
+}
+
+/// Queues a frame to the writer without waiting; if the queue is full, waits in a task.
+fn send_or_spawn(tx: &mpsc::Sender<Bytes>, frame: Bytes) {
+    if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
             let _ = tx.send(frame).await;
         });
     }

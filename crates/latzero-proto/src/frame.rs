@@ -118,6 +118,17 @@ pub fn encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Bytes {
     b.freeze()
 }
 
+/// Like [`encode_message`], for values that may fail to serialise (user payloads: a map with
+/// non-string keys, a failing `Serialize` impl).
+pub fn try_encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Result<Bytes, serde_json::Error> {
+    let mut b = BytesMut::with_capacity(128);
+    b.put_u32(0);
+    serde_json::to_writer((&mut b).writer(), msg)?;
+    let len = (b.len() - 4) as u32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(b.freeze())
+}
+
 /// Encodes a binary frame (length prefix included).
 pub fn encode_binary(header: &[u8], body: &[u8]) -> Bytes {
     let payload_len = 1 + 4 + header.len() + body.len();

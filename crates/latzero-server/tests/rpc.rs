@@ -219,3 +219,27 @@ async fn in_process_short_circuit_needs_no_server_round_trip() {
     assert_eq!(before["counters"]["calls_total"], after["counters"]["calls_total"]);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_payload_that_cannot_be_serialised_fails_at_once() {
+    let s = TestServer::start().await;
+    let h = Client::connect(&s.url("h?pools=p")).await.unwrap();
+    h.handle("f", |_r: Request| async { Ok(Value::Null) }).await.unwrap();
+    let c = Client::connect(&s.url("c?pools=p")).await.unwrap();
+    let bad: HashMap<(i32, i32), i32> = [((1, 2), 3)].into_iter().collect();
+    let e = c
+        .request("p", "f")
+        .timeout(Duration::from_secs(600))
+        .data(&bad)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Json(_)), "{e:?}");
+    let e = c.call("p", "f", &bad).await.unwrap_err();
+    assert!(matches!(e, ClientError::Json(_)), "{e:?}");
+    let e = c.emit("p", "f", &bad).await.unwrap_err();
+    assert!(matches!(e, ClientError::Json(_)), "{e:?}");
+    // The connection is fine afterwards.
+    assert_eq!(c.call("p", "f", &1).await.unwrap(), Value::Null);
+    s.stop().await;
+}
