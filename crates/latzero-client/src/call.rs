@@ -10,7 +10,7 @@ use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::client::{Client, raw_to_value, remote_error, reply_result};
+use crate::client::{Client, raw_to_value, remote_error};
 use crate::error::{ClientError, RemoteError};
 use crate::handler::{HandlerError, Request, invoke};
 
@@ -141,10 +141,9 @@ impl Call<'_> {
         }
         let ttl = self.ttl();
         let data = data.as_deref().unwrap_or(RawValue::NULL);
-        let frame = inner
-            .roundtrip_frame(|id| Ok(self.frame(id, data, ttl, None, false)), ttl)
-            .await?;
-        reply_result(&frame)
+        inner
+            .roundtrip(|id| Ok(self.frame(id, data, ttl, None, false)), ttl)
+            .await
     }
 
     /// Sends the call to every handler of the trigger in the pool; returns one result per

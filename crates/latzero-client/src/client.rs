@@ -27,6 +27,14 @@ use crate::error::{ClientError, RemoteError};
 use crate::handler::{HandlerError, HandlerFn, Request};
 use crate::options::ClientOptions;
 
+/// Someone waiting for the reply to a request.
+pub(crate) enum Waiter {
+    /// Wants the whole frame (broadcast results, admin replies).
+    Frame(oneshot::Sender<Bytes>),
+    /// Wants the call's result; the reader computes it while it has the frame parsed.
+    Value(oneshot::Sender<Result<Value, ClientError>>),
+}
+
 /// An `emit` frame, with the payload serialised straight into it.
 #[derive(Serialize)]
 struct EmitOut<'a, D: Serialize + ?Sized> {
@@ -90,7 +98,7 @@ pub(crate) struct Inner {
     pub(crate) endpoint: Endpoint,
     pub(crate) opts: ClientOptions,
     pub(crate) next_id: AtomicU64,
-    pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
+    pub(crate) pending: Mutex<HashMap<u64, Waiter>>,
     pub(crate) handlers: RwLock<HashMap<String, HandlerFn>>,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
@@ -151,8 +159,13 @@ pub(crate) fn raw_to_value(raw: Option<&RawValue>) -> Result<Value, ClientError>
 /// Turns a reply frame into the call's result.
 pub(crate) fn reply_result(frame: &[u8]) -> Result<Value, ClientError> {
     let env = ServerFrame::parse(frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
+    result_of(&env, frame)
+}
+
+/// The result a reply frame carries, from its parsed envelope (so the reader parses it once).
+pub(crate) fn result_of(env: &ServerFrame<'_>, frame: &[u8]) -> Result<Value, ClientError> {
     match env.action() {
-        Some("error") => Err(remote_error(&env).into()),
+        Some("error") => Err(remote_error(env).into()),
         Some("response") => match env.status.as_deref() {
             Some("ok") => raw_to_value(env.response),
             Some("error") => Err(ClientError::Handler(raw_to_value(env.error)?)),
@@ -322,8 +335,8 @@ impl Client {
             .await;
         }
         // The payload is serialised straight into the frame: no intermediate value.
-        let frame = inner
-            .roundtrip_frame(
+        inner
+            .roundtrip(
                 |id| {
                     Ok(try_encode_message(&TriggerOut {
                         action: "trigger",
@@ -339,8 +352,7 @@ impl Client {
                 },
                 ttl,
             )
-            .await?;
-        reply_result(&frame)
+            .await
     }
 
     /// Calls a trigger on a specific app.
@@ -445,10 +457,30 @@ impl Inner {
         build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
         ttl: Duration,
     ) -> Result<Bytes, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.await_reply(build, Waiter::Frame(tx), rx, ttl).await
+    }
+
+    /// Sends a request built around a fresh id and waits for its result.
+    pub(crate) async fn roundtrip(
+        &self,
+        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        ttl: Duration,
+    ) -> Result<Value, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.await_reply(build, Waiter::Value(tx), rx, ttl).await?
+    }
+
+    async fn await_reply<T>(
+        &self,
+        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        waiter: Waiter,
+        rx: oneshot::Receiver<T>,
+        ttl: Duration,
+    ) -> Result<T, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        lock(&self.pending).insert(id, waiter);
         if let Err(e) = self.send(frame).await {
             lock(&self.pending).remove(&id);
             return Err(e);
@@ -456,7 +488,7 @@ impl Inner {
         // The server answers by the ttl; the grace covers its timer and the trip back.
         let wait = ttl + Duration::from_secs(1).max(ttl / 10);
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(frame)) => Ok(frame),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(if self.closed.is_cancelled() {
                 ClientError::Closed
             } else {
@@ -467,15 +499,6 @@ impl Inner {
                 Err(ClientError::NoReply(wait))
             }
         }
-    }
-
-    pub(crate) async fn roundtrip(
-        &self,
-        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
-        ttl: Duration,
-    ) -> Result<Value, ClientError> {
-        let frame = self.roundtrip_frame(build, ttl).await?;
-        reply_result(&frame)
     }
 
     pub(crate) fn fail_pending(&self) {

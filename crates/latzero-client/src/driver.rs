@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_to_value, remote_error, reply_result};
+use crate::client::{ClientEvent, Forwarded, Inner, Waiter, lock, raw_to_value, remote_error, reply_result, result_of};
 use crate::connection::{FrameReader, open_with_request, writer_task};
 use crate::error::ClientError;
 use crate::handler::{HandlerError, Request, invoke};
@@ -72,8 +72,11 @@ impl Inner {
             Some(action) => {
                 let id = env.in_reply_to.and_then(|r| r.get().parse::<u64>().ok());
                 match id.and_then(|id| lock(&self.pending).remove(&id)) {
-                    Some(waiter) => {
-                        let _ = waiter.send(json.clone());
+                    Some(Waiter::Frame(tx)) => {
+                        let _ = tx.send(json.clone());
+                    }
+                    Some(Waiter::Value(tx)) => {
+                        let _ = tx.send(result_of(&env, json));
                     }
                     None if action == "error" => self.event(ClientEvent::ServerError(remote_error(&env))),
                     None => tracing::debug!(action, "reply for a request no longer waiting"),
