@@ -57,7 +57,7 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Replace the generated section of this Markdown file with the result
-    #[arg(long)]
+    #[arg(long, global = true)]
     write: Option<PathBuf>,
     /// Peers to run, comma-separated: relay, nats, tcp, unix
     #[arg(long, default_value = "relay,nats,tcp,unix", value_delimiter = ',')]

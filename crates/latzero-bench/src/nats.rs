@@ -121,7 +121,12 @@ async fn fanout(url: &str, n: usize) -> Result<f64> {
     let finished = Arc::new(AtomicUsize::new(0));
     let mut subs = vec![];
     for _ in 0..RECEIVERS {
-        let c = async_nats::connect(url).await?;
+        // NATS at its best: by default a subscriber buffers 65,536 messages and the client drops
+        // the rest as a slow consumer; size the buffer for the whole burst.
+        let c = async_nats::ConnectOptions::new()
+            .subscription_capacity(n + 1024)
+            .connect(url)
+            .await?;
         let mut s = c.subscribe("ev").await?;
         c.flush().await?;
         let (done, finished) = (done.clone(), finished.clone());

@@ -239,6 +239,11 @@ impl Client {
     }
 
     /// Registers a handler for a trigger and announces it to the server.
+    ///
+    /// Handlers run on the connection's reader until their first `.await` (most finish without
+    /// one, and then a call costs no task switch); a handler that awaits continues in its own
+    /// task. So a handler must not block the thread: move blocking work to
+    /// `tokio::task::spawn_blocking`. A panic becomes an error response to the caller.
     pub async fn handle<F, Fut>(&self, trigger: &str, f: F) -> Result<(), ClientError>
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Counters;
 
+/// Largest outbound buffer capacity kept once the buffer has drained.
+const RETAIN_BUFFER: usize = 1 << 20;
+
 /// A connection's id, unique for the server's lifetime.
 pub type ConnId = u64;
 
@@ -313,6 +316,10 @@ impl Conn {
             }
         }
         q.frames = 0;
+        if q.buf.capacity() > RETAIN_BUFFER {
+            // A burst grew the buffer; do not keep that memory for the connection's lifetime.
+            q.buf = BytesMut::new();
+        }
         Ok(true)
     }
 
