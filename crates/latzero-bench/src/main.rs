@@ -106,14 +106,7 @@ fn main() -> Result<()> {
         }
         None => {}
     }
-    let sizes = Sizes {
-        seq: args.seq,
-        pipelined: args.pipelined,
-        inflight: args.inflight.max(1),
-        multi: args.multi,
-        fanout: args.fanout,
-        warmup: args.warmup,
-    };
+    let sizes = sizes(&args);
     match args.placement.as_str() {
         "both" => both(&args),
         p @ ("pinned" | "unpinned") => {
@@ -127,6 +120,17 @@ fn main() -> Result<()> {
             Ok(())
         }
         other => bail!("--placement must be pinned, unpinned or both, not {other}"),
+    }
+}
+
+fn sizes(args: &Args) -> Sizes {
+    Sizes {
+        seq: args.seq,
+        pipelined: args.pipelined,
+        inflight: args.inflight.max(1),
+        multi: args.multi,
+        fanout: args.fanout,
+        warmup: args.warmup,
     }
 }
 
@@ -163,14 +167,7 @@ async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
 fn both(args: &Args) -> Result<()> {
     let me = std::env::current_exe()?;
     let mut out = String::new();
-    let sizes = Sizes {
-        seq: args.seq,
-        pipelined: args.pipelined,
-        inflight: args.inflight.max(1),
-        multi: args.multi,
-        fanout: args.fanout,
-        warmup: args.warmup,
-    };
+    let sizes = sizes(args);
     for placement in ["pinned", "unpinned"] {
         let mut cmd = if placement == "pinned" {
             let mut c = std::process::Command::new("taskset");

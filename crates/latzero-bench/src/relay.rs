@@ -38,6 +38,20 @@ pub fn serve() -> Result<()> {
     })
 }
 
+/// Where the complete frames at the start of `buf` end, and how many there are.
+fn complete_frames(buf: &[u8]) -> (usize, usize) {
+    let (mut end, mut count) = (0, 0);
+    while buf.len() >= end + 4 {
+        let len = u32::from_be_bytes(buf[end..end + 4].try_into().unwrap()) as usize;
+        if buf.len() < end + 4 + len {
+            break;
+        }
+        end += 4 + len;
+        count += 1;
+    }
+    (end, count)
+}
+
 /// Forwards whole frames from `r` to `w`, all complete frames of one read in one write.
 async fn pump(mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf) -> Result<()> {
     let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
@@ -45,14 +59,7 @@ async fn pump(mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::Own
         if r.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
-        let mut end = 0;
-        while buf.len() >= end + 4 {
-            let len = u32::from_be_bytes(buf[end..end + 4].try_into().unwrap()) as usize;
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            end += 4 + len;
-        }
+        let (end, _) = complete_frames(&buf);
         if end > 0 {
             let chunk = buf.split_to(end);
             w.write_all(&chunk).await?;
@@ -118,14 +125,7 @@ async fn session(port: u16) -> Result<(Framed, tokio::task::JoinHandle<Result<()
                 return Ok(());
             }
             h.buf.extend_from_slice(&chunk[..n]);
-            let mut end = 0;
-            while h.buf.len() >= end + 4 {
-                let len = u32::from_be_bytes(h.buf[end..end + 4].try_into().unwrap()) as usize;
-                if h.buf.len() < end + 4 + len {
-                    break;
-                }
-                end += 4 + len;
-            }
+            let (end, _) = complete_frames(&h.buf);
             if end > 0 {
                 let out: Vec<u8> = h.buf.drain(..end).collect();
                 h.s.write_all(&out).await?;
@@ -186,16 +186,7 @@ async fn pipelined(c: Framed, n: usize, inflight: usize) -> Result<f64> {
             bail!("relay closed");
         }
         buf.extend_from_slice(&chunk[..k]);
-        let mut end = 0;
-        let mut frames = 0;
-        while buf.len() >= end + 4 {
-            let len = u32::from_be_bytes(buf[end..end + 4].try_into().unwrap()) as usize;
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            end += 4 + len;
-            frames += 1;
-        }
+        let (end, frames) = complete_frames(&buf);
         buf.drain(..end);
         got += frames;
         credits.add_permits(frames);
