@@ -2,7 +2,6 @@
 //! waiters, delivered triggers and emits to handlers, events), and reconnecting with exponential
 //! backoff and jitter.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientEvent, Forwarded, Inner, Waiter, lock, raw_to_value, remote_error, reply_result, result_of};
 use crate::connection::{FrameReader, open_with_request, writer_task};
 use crate::error::ClientError;
-use crate::handler::{HandlerError, Request, invoke};
+use crate::handler::{HandlerError, Request, invoke_boxed, panicked};
 
 /// A live connection: its frame reader and the queue to its writer.
 pub(crate) struct Live {
@@ -112,6 +111,7 @@ impl Inner {
         };
         let hop = env.id.map(|r| r.to_owned());
         let process = req.process.clone();
+        let process_name = req.process.clone();
         let finish = move |result: Result<Value, HandlerError>| -> Option<Bytes> {
             if is_emit {
                 if let Err(HandlerError(e)) = result {
@@ -130,18 +130,25 @@ impl Inner {
         };
         // Run the handler right here until its first await: most handlers finish without one,
         // and then the call costs no task. One that does wait continues in its own task.
-        let mut fut = Box::pin(invoke(h, req));
+        let mut fut = h(req);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(result) => {
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        match first {
+            Ok(std::task::Poll::Ready(result)) => {
                 if let Some(frame) = finish(result) {
                     send_or_spawn(tx, frame);
                 }
             }
-            std::task::Poll::Pending => {
+            Err(_) => {
+                if let Some(frame) = finish(Err(panicked(&process_name))) {
+                    send_or_spawn(tx, frame);
+                }
+            }
+            Ok(std::task::Poll::Pending) => {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if let Some(frame) = finish(fut.await) {
+                    let result = invoke_boxed(fut, &process_name).await;
+                    if let Some(frame) = finish(result) {
                         // If the connection dropped meanwhile, the server has already failed the
                         // call with HANDLER_GONE; there is nobody to send this to.
                         let _ = tx.send(frame).await;

@@ -43,10 +43,20 @@ pub(crate) type HandlerFn = Arc<dyn Fn(Request) -> HandlerFuture + Send + Sync>;
 
 /// Runs a handler, turning a panic into a handler error instead of a lost reply.
 pub(crate) async fn invoke(h: HandlerFn, req: Request) -> Result<Value, HandlerError> {
-    use futures_util::FutureExt;
     let process = req.process.clone();
-    match std::panic::AssertUnwindSafe(h(req)).catch_unwind().await {
+    invoke_boxed(h(req), &process).await
+}
+
+/// Finishes a handler's future, turning a panic into a handler error.
+pub(crate) async fn invoke_boxed(fut: HandlerFuture, process: &str) -> Result<Value, HandlerError> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
-        Err(_) => Err(HandlerError::msg(format!("handler for '{process}' panicked"))),
+        Err(_) => Err(panicked(process)),
     }
+}
+
+/// The error a caller gets when the handler panicked.
+pub(crate) fn panicked(process: &str) -> HandlerError {
+    HandlerError::msg(format!("handler for '{process}' panicked"))
 }

@@ -243,3 +243,31 @@ async fn a_payload_that_cannot_be_serialised_fails_at_once() {
     assert_eq!(c.call("p", "f", &1).await.unwrap(), Value::Null);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_panicking_handler_answers_with_an_error_inline_or_after_an_await() {
+    let s = TestServer::start().await;
+    let h = Client::connect(&s.url("h?pools=p")).await.unwrap();
+    h.handle("boom_now", |_r: Request| async { panic!("at once") })
+        .await
+        .unwrap();
+    h.handle("boom_later", |_r: Request| async {
+        tokio::task::yield_now().await;
+        panic!("after an await")
+    })
+    .await
+    .unwrap();
+    let c = Client::connect(&s.url("c?pools=p")).await.unwrap();
+    for trigger in ["boom_now", "boom_later"] {
+        match c.call("p", trigger, &()).await {
+            Err(ClientError::Handler(v)) => {
+                assert!(v["message"].as_str().unwrap().contains("panicked"), "{trigger}: {v}")
+            }
+            other => panic!("{trigger}: {other:?}"),
+        }
+    }
+    // The handler app is still serving.
+    h.handle("ok", |_r: Request| async { Ok(json!(1)) }).await.unwrap();
+    assert_eq!(c.call("p", "ok", &()).await.unwrap(), 1);
+    s.stop().await;
+}

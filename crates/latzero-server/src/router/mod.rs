@@ -43,6 +43,12 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     }
 }
 
+/// The handlers a call goes to: one (no allocation on the common path) or, for a broadcast, all.
+enum Chosen {
+    One(Arc<Conn>),
+    All(Vec<Arc<Conn>>),
+}
+
 /// How a call ended.
 enum Outcome<'a> {
     /// The handler answered.
@@ -126,12 +132,12 @@ impl Router {
                     format!("no app in pool '{}' has registered trigger '{}'", &*t.pool, &*t.process),
                 )
             };
-            let handlers: Vec<Arc<Conn>> = if t.broadcast {
+            let handlers = if t.broadcast {
                 let list = registered.map(|h| h.list.clone()).unwrap_or_default();
                 if list.is_empty() {
                     return Err(no_handler());
                 }
-                list
+                Chosen::All(list)
             } else if let Some(dest) = &t.destination {
                 let conn = pool.members.get(&**dest).ok_or_else(|| {
                     refuse(
@@ -145,13 +151,17 @@ impl Router {
                         format!("app '{}' has not registered trigger '{}'", &**dest, &*t.process),
                     ));
                 }
-                vec![conn.clone()]
+                Chosen::One(conn.clone())
             } else {
-                vec![registered.and_then(|h| h.pick()).ok_or_else(no_handler)?.clone()]
+                Chosen::One(registered.and_then(|h| h.pick()).ok_or_else(no_handler)?.clone())
             };
             (handlers, reply_conn)
         };
 
+        let handlers: &[Arc<Conn>] = match &handlers {
+            Chosen::One(c) => std::slice::from_ref(c),
+            Chosen::All(list) => list,
+        };
         let n = handlers.len();
         let before = caller.inflight.fetch_add(n, Ordering::Relaxed);
         if before + n > self.limits.max_inflight_per_conn {
@@ -170,7 +180,7 @@ impl Router {
         let group = t.broadcast.then(|| Group::new(n));
         let data = t.data.unwrap_or(null());
         let mut hop_buf = itoa::Buffer::new();
-        for (slot, handler) in handlers.into_iter().enumerate() {
+        for (slot, handler) in handlers.iter().enumerate() {
             let hop = self.table.next_hop();
             let target = match (&group, &reply_conn) {
                 (Some(g), _) => Target::Broadcast { group: g.clone(), slot },
@@ -285,28 +295,22 @@ impl Router {
         e: &Emit<'_>,
     ) -> Result<u64, Refusal> {
         let sender_app = sender.app().expect("emits are only routed after the handshake");
-        let targets: Vec<Arc<Conn>> = {
-            let dir = directory.read().unwrap_or_else(|e| e.into_inner());
-            let pool = dir
-                .pools
-                .get(&*e.pool)
-                .filter(|p| p.members.contains_key(sender_app.as_str()))
-                .ok_or_else(|| {
-                    refuse(
-                        ErrorCode::NotInPool,
-                        format!("app '{sender_app}' is not in pool '{}'; join it first", &*e.pool),
-                    )
-                })?;
-            pool.handlers
-                .get(&*e.process)
-                .map(|h| h.list.clone())
-                .unwrap_or_default()
-        };
+        let dir = directory.read().unwrap_or_else(|e| e.into_inner());
+        let pool = dir
+            .pools
+            .get(&*e.pool)
+            .filter(|p| p.members.contains_key(sender_app.as_str()))
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::NotInPool,
+                    format!("app '{sender_app}' is not in pool '{}'; join it first", &*e.pool),
+                )
+            })?;
         self.counters.inc(&self.counters.emits_total);
-        if targets.is_empty() {
+        let Some(targets) = pool.handlers.get(&*e.process).filter(|h| !h.list.is_empty()) else {
             self.counters.inc(&self.counters.emits_unrouted);
             return Ok(0);
-        }
+        };
         let frame = encode_message(&DeliverEmit {
             action: "emit",
             process: &e.process,
@@ -316,15 +320,18 @@ impl Router {
                 app_id: sender_app.as_str(),
             },
         });
+        // Sending never blocks (it writes or buffers), so the read lock is held only briefly and
+        // the receiver list need not be copied.
         let mut delivered = 0;
         let mut slow = Vec::new();
-        for c in &targets {
+        for c in &targets.list {
             match c.send(&frame) {
                 Ok(()) => delivered += 1,
                 Err(SendError::Full) => slow.push(c.app_str().to_owned()),
                 Err(SendError::Closed) => {}
             }
         }
+        drop(dir);
         self.counters.add(&self.counters.emits_delivered, delivered);
         if !slow.is_empty() {
             return Err(refuse(
