@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use latzero_proto::frame::{Frame, encode_message};
-use latzero_proto::message::{RawValue, ServerFrame};
+use latzero_proto::message::{RawValue, ServerFrame, Str};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -30,6 +30,18 @@ impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
     fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
         let json = frame.json();
+        // Delivered triggers and emits are most of what a busy handler reads. The server writes
+        // them with `action` first; read those in one pass with `data` going straight into a
+        // Value. Anything else (or any surprise) takes the general path below.
+        let is_emit = json.starts_with(br#"{"action":"emit","#);
+        if (is_emit || json.starts_with(br#"{"action":"trigger","#))
+            && let Ok(d) = serde_json::from_slice::<Delivery<'_>>(json)
+        {
+            let hop = d.id.map(|r| r.to_owned());
+            let origin = d.origin.map(|o| o.app_id);
+            self.deliver(&d.process, &d.pool, d.data, origin, hop, is_emit, tx);
+            return None;
+        }
         let env = match ServerFrame::parse(json) {
             Ok(env) => env,
             Err(e) => {
@@ -38,7 +50,25 @@ impl Inner {
             }
         };
         match env.action() {
-            Some(action @ ("trigger" | "emit")) => self.deliver(&env, action == "emit", tx),
+            Some(action @ ("trigger" | "emit")) => {
+                #[derive(serde::Deserialize)]
+                struct Origin {
+                    app_id: String,
+                }
+                let origin = env
+                    .origin
+                    .and_then(|o| serde_json::from_str::<Origin>(o.get()).ok())
+                    .map(|o| o.app_id);
+                self.deliver(
+                    env.process.as_deref().unwrap_or_default(),
+                    env.pool.as_deref().unwrap_or_default(),
+                    raw_to_value(env.data).unwrap_or(Value::Null),
+                    origin,
+                    env.id.map(|r| r.to_owned()),
+                    action == "emit",
+                    tx,
+                )
+            }
             Some("presence") => self.event(ClientEvent::Presence {
                 pool: env.pool.as_deref().unwrap_or_default().to_owned(),
                 app_id: env.app_id.as_deref().unwrap_or_default().to_owned(),
@@ -87,29 +117,30 @@ impl Inner {
     }
 
     /// Runs a delivered trigger or emit on its handler, in its own task.
-    fn deliver(self: &Arc<Self>, env: &ServerFrame<'_>, is_emit: bool, tx: &mpsc::Sender<Bytes>) {
-        let process = env.process.as_deref().unwrap_or_default();
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        self: &Arc<Self>,
+        process: &str,
+        pool: &str,
+        data: Value,
+        origin: Option<String>,
+        hop: Option<Box<RawValue>>,
+        is_emit: bool,
+        tx: &mpsc::Sender<Bytes>,
+    ) {
         let handler = self
             .handlers
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(process)
             .cloned();
-        #[derive(serde::Deserialize)]
-        struct Origin {
-            app_id: String,
-        }
         let req = Request {
             process: process.to_owned(),
-            pool: env.pool.as_deref().unwrap_or_default().to_owned(),
-            data: raw_to_value(env.data).unwrap_or(Value::Null),
-            origin: env
-                .origin
-                .and_then(|o| serde_json::from_str::<Origin>(o.get()).ok())
-                .map(|o| o.app_id),
+            pool: pool.to_owned(),
+            data,
+            origin,
             is_emit,
         };
-        let hop = env.id.map(|r| r.to_owned());
         let process = req.process.clone();
         let process_name = req.process.clone();
         let finish = move |result: Result<Value, HandlerError>| -> Option<Bytes> {
@@ -157,6 +188,25 @@ impl Inner {
             }
         }
     }
+}
+
+/// A delivered trigger or emit, parsed in one pass (see `dispatch`).
+#[derive(serde::Deserialize)]
+struct Delivery<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    process: Str<'a>,
+    #[serde(borrow)]
+    pool: Str<'a>,
+    #[serde(default)]
+    data: Value,
+    origin: Option<DeliveryOrigin>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeliveryOrigin {
+    app_id: String,
 }
 
 /// A handler's answer as a `response` frame, serialised straight from its value.

@@ -1,0 +1,68 @@
+//! A delivered trigger must reach its handler whatever the order of its keys: frames that do not
+//! start with `{"action":` (another server implementation, a future version) take the general
+//! parsing path. A raw listener stands in for the server so the frame's bytes are exact.
+
+use latzero_client::{Client, Request};
+use latzero_proto::frame::{FrameCodec, encode_json};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::codec::Decoder;
+
+async fn read_frame(s: &mut tokio::net::TcpStream, buf: &mut bytes::BytesMut) -> Value {
+    let mut codec = FrameCodec::default();
+    loop {
+        if let Some(f) = codec.decode(buf).unwrap() {
+            return serde_json::from_slice(f.json()).unwrap();
+        }
+        assert!(s.read_buf(buf).await.unwrap() > 0, "client closed");
+    }
+}
+
+#[tokio::test]
+async fn triggers_with_any_key_order_reach_the_handler() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let hs = read_frame(&mut s, &mut buf).await;
+        assert_eq!(hs["action"], "handshake");
+        let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":"w","pools":["p"],"triggers":[],"protocol_version":"1.0"});
+        s.write_all(&encode_json(ack.to_string().as_bytes())).await.unwrap();
+        // The client registers its handler before announcing it: wait for that event.
+        while read_frame(&mut s, &mut buf).await["action"] != "register" {}
+        let mut answers = vec![];
+        for (i, text) in [
+            // The order the LatZero server writes (fast path).
+            r#"{"action":"trigger","id":"1","process":"double","pool":"p","data":{"x":2},"origin":{"app_id":"c"},"ttl":1000}"#,
+            // Keys in another order, and an escaped trigger name (general path).
+            r#"{"id":"2","data":{"x":5},"pool":"p","process":"d\u006fuble","action":"trigger","origin":{"app_id":"c"}}"#,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.write_all(&encode_json(text.as_bytes())).await.unwrap();
+            let r = loop {
+                let f = read_frame(&mut s, &mut buf).await;
+                if f["action"] == "response" {
+                    break f;
+                }
+            };
+            assert_eq!(r["in_reply_to"], (i + 1).to_string());
+            answers.push(r["response"].clone());
+        }
+        answers
+    });
+    let client = Client::connect(&format!("latzero://w@{addr}?pools=p")).await.unwrap();
+    // `handle` waits for the register ack, which this stand-in server never sends: run it aside.
+    let c = client.clone();
+    tokio::spawn(async move {
+        c.handle("double", |r: Request| async move {
+            assert_eq!(r.origin.as_deref(), Some("c"));
+            Ok(json!(r.data["x"].as_i64().unwrap() * 2))
+        })
+        .await
+    });
+    assert_eq!(server.await.unwrap(), vec![json!(4), json!(10)]);
+}
