@@ -352,7 +352,8 @@ impl Conn {
         }
     }
 
-    /// Flushes what is buffered, then closes the write side. Falls back to a hard close.
+    /// Refuses new frames; the flusher writes what is buffered, then shuts the write side down
+    /// (the session bounds the wait with the shutdown grace period, then closes hard).
     pub(crate) fn close_gracefully(&self) {
         let mut q = self.lock();
         q.closing = true;
