@@ -71,6 +71,12 @@ pub struct StartArgs {
     /// Largest ttl accepted, ms [default: 3600000]
     #[arg(long, env = "LATZERO_MAX_TTL_MS")]
     pub max_ttl_ms: Option<u64>,
+    /// Connections served at once; one more is told OVERLOADED and closed [default: 65536]
+    #[arg(long, env = "LATZERO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a connection may stay without a handshake, ms [default: 10000]
+    #[arg(long, env = "LATZERO_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
     /// How long shutdown waits for connections to flush, ms [default: 5000]
     #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,

@@ -37,6 +37,8 @@ pub struct FileLimits {
     pub max_inflight_per_conn: Option<usize>,
     pub default_ttl_ms: Option<u64>,
     pub max_ttl_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -111,6 +113,12 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     }
     if let Some(v) = args.max_ttl_ms.or(fl.max_ttl_ms) {
         l.max_ttl = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = args.max_connections.or(fl.max_connections) {
+        l.max_connections = v.max(1);
+    }
+    if let Some(v) = args.handshake_timeout_ms.or(fl.handshake_timeout_ms) {
+        l.handshake_timeout = Duration::from_millis(v.max(1));
     }
     if l.default_ttl > l.max_ttl {
         bail!(

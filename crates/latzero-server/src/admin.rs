@@ -27,6 +27,10 @@ macro_rules! counters {
 counters!(
     /// Connections accepted.
     connections_total,
+    /// Connections refused because the connection limit was reached.
+    connections_refused,
+    /// Connections closed because they sent no handshake in time.
+    handshake_timeouts,
     /// Frames received.
     frames_in,
     /// Calls (trigger requests) accepted for routing.

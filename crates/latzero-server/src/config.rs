@@ -21,6 +21,10 @@ pub struct Limits {
     pub default_ttl: Duration,
     /// Largest `ttl` accepted.
     pub max_ttl: Duration,
+    /// Connections served at once; one more is told OVERLOADED and closed.
+    pub max_connections: usize,
+    /// How long a connection may stay without a handshake (admin requests included).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -34,6 +38,8 @@ impl Default for Limits {
             max_inflight_per_conn: 65_536,
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
+            max_connections: 65_536,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -86,6 +86,8 @@ impl State {
                 "max_inflight_per_conn": l.max_inflight_per_conn,
                 "default_ttl_ms": l.default_ttl.as_millis() as u64,
                 "max_ttl_ms": l.max_ttl.as_millis() as u64,
+                "max_connections": l.max_connections,
+                "handshake_timeout_ms": l.handshake_timeout.as_millis() as u64,
             },
         });
         if let Some(id) = id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {

@@ -269,3 +269,70 @@ async fn shutdown_fails_calls_in_flight_with_shutting_down() {
     assert_eq!(closing["action"], "closing");
     assert!(c.recv().await.is_none());
 }
+
+#[tokio::test]
+async fn the_connection_limit_refuses_the_next_connection_with_overloaded() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let mut a = s.raw().await;
+    a.handshake("a", &["p"], &[]).await;
+    let mut b = s.raw().await;
+    b.handshake("b", &["p"], &[]).await;
+    let mut c = s.raw().await;
+    let closing = c.expect().await;
+    assert_eq!(
+        (closing["action"].as_str(), closing["code"].as_str()),
+        (Some("closing"), Some("OVERLOADED"))
+    );
+    assert!(
+        closing["message"].as_str().unwrap().contains("the limit is 2"),
+        "{closing}"
+    );
+    assert!(c.recv().await.is_none(), "refused connection is closed");
+    // When one leaves, a new connection fits again.
+    drop(a);
+    let mut admitted = None;
+    for _ in 0..100 {
+        let mut d = s.raw().await;
+        d.send(json!({"action":"ping","id":1})).await;
+        let f = d.expect().await;
+        if f["action"] == "pong" {
+            admitted = Some(d);
+            break;
+        }
+        // `a`'s session had not ended yet: refused; try again once it has.
+        assert_eq!(f["code"], "OVERLOADED");
+        tokio::task::yield_now().await;
+    }
+    assert!(admitted.is_some(), "a connection is admitted after another left");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_without_a_handshake_is_closed_after_the_timeout() {
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let mut idle = s.raw().await;
+    // Admin requests are allowed meanwhile, but do not count as a handshake.
+    idle.send(json!({"action":"ping","id":1})).await;
+    assert_eq!(idle.expect().await["action"], "pong");
+    let closing = idle.expect().await;
+    assert_eq!(
+        (closing["action"].as_str(), closing["code"].as_str()),
+        (Some("closing"), Some("HANDSHAKE_REQUIRED"))
+    );
+    assert!(idle.recv().await.is_none());
+    // A connection that handshakes in time stays.
+    let mut app = s.raw().await;
+    app.handshake("app", &["p"], &[]).await;
+    // Only time passing can show that no close comes: wait past the deadline, then check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.sync().await.is_empty(), "handshaken connections have no deadline");
+    s.stop().await;
+}

@@ -54,11 +54,35 @@ where
     state.counters.inc(&state.counters.connections_total);
     let span = tracing::info_span!("session", conn = id, peer = %peer);
     let flusher = tokio::spawn(conn::flusher(conn.clone()).instrument(span.clone()));
-    state
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, conn.clone());
+    let admitted = {
+        let mut conns = state.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let room = conns.len() < limits.max_connections;
+        if room {
+            conns.insert(id, conn.clone());
+        }
+        room
+    };
+    if !admitted {
+        state.counters.inc(&state.counters.connections_refused);
+        tracing::warn!(parent: &span, limit = limits.max_connections, "connection refused: at the connection limit");
+        let message = format!(
+            "too many connections: the limit is {}; retry later",
+            limits.max_connections
+        );
+        let _ = conn.reply(&encode_message(&Closing {
+            action: "closing",
+            code: ErrorCode::Overloaded,
+            message: &message,
+        }));
+        conn.close_gracefully();
+        if tokio::time::timeout(state.config.shutdown_grace, flusher)
+            .await
+            .is_err()
+        {
+            conn.kill.cancel();
+        }
+        return;
+    }
 
     let mut session = Session {
         state: state.clone(),
@@ -101,6 +125,7 @@ struct Session {
 impl Session {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> End {
         let mut codec = FrameCodec::new(self.state.config.limits.max_frame_len);
+        let handshake_by = tokio::time::Instant::now() + self.state.config.limits.handshake_timeout;
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             // Writes made while handling this batch go out once per destination at its end.
@@ -136,10 +161,29 @@ impl Session {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
             }
+            // Only a connection that has not identified itself yet has a deadline.
+            let deadline = async {
+                if self.app.is_none() {
+                    tokio::time::sleep_until(handshake_by).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.conn.kill.cancelled() => return End::Killed,
                 _ = self.state.sessions_stop.cancelled() => return End::Shutdown,
+                _ = deadline => {
+                    self.state.counters.inc(&self.state.counters.handshake_timeouts);
+                    let ms = self.state.config.limits.handshake_timeout.as_millis();
+                    let message = format!("no handshake within {ms} ms; closing");
+                    let _ = self.conn.reply(&encode_message(&Closing {
+                        action: "closing",
+                        code: ErrorCode::HandshakeRequired,
+                        message: &message,
+                    }));
+                    return End::Close;
+                }
                 r = reader.read_buf(&mut buf) => match r {
                     Ok(0) => return End::Eof,
                     Ok(_) => {}
