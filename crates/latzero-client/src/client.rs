@@ -256,8 +256,9 @@ impl Client {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), h);
+        // While disconnected `membership` only records; the next handshake carries the trigger.
         let new = lock(&self.inner.shared).triggers.insert(name.clone());
-        if new || !self.is_connected() {
+        if new {
             self.membership("register", json!({ "triggers": [name.as_str()] }))
                 .await?;
         }

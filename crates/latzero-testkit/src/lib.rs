@@ -119,15 +119,6 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-
-    /// Remaining stdout lines after exit.
-    pub fn rest(&mut self) -> Vec<String> {
-        let mut v = vec![];
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            v.push(l);
-        }
-        v
-    }
 }
 
 impl Drop for Proc {
