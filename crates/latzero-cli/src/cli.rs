@@ -77,6 +77,21 @@ pub struct StartArgs {
     /// How long a connection may stay without a handshake, ms [default: 10000]
     #[arg(long, env = "LATZERO_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Largest memory block, bytes [default: 1073741824]
+    #[arg(long, env = "LATZERO_MAX_BLOCK_SIZE")]
+    pub max_block_size: Option<u64>,
+    /// Memory blocks held at once [default: 4096]
+    #[arg(long, env = "LATZERO_MAX_BLOCKS")]
+    pub max_blocks: Option<usize>,
+    /// Where non-persistent memory blocks live [default: /dev/shm/latzero-<hash of the data dir>]
+    #[arg(long, env = "LATZERO_VOLATILE_MEMORY_DIR")]
+    pub volatile_memory_dir: Option<PathBuf>,
+    /// Lease of a block lock that names none, ms [default: 30000]
+    #[arg(long, env = "LATZERO_DEFAULT_LOCK_LEASE_MS")]
+    pub default_lock_lease_ms: Option<u64>,
+    /// Longest block lock lease and lock wait accepted, ms [default: 3600000]
+    #[arg(long, env = "LATZERO_MAX_LOCK_LEASE_MS")]
+    pub max_lock_lease_ms: Option<u64>,
     /// How long shutdown waits for connections to flush, ms [default: 5000]
     #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,

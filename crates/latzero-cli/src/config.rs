@@ -26,6 +26,18 @@ pub struct FileConfig {
     pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     pub limits: FileLimits,
+    #[serde(default)]
+    pub memory: FileMemory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMemory {
+    pub max_block_size: Option<u64>,
+    pub max_blocks: Option<usize>,
+    pub volatile_dir: Option<PathBuf>,
+    pub default_lock_lease_ms: Option<u64>,
+    pub max_lock_lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +137,33 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
             "default_ttl_ms ({}) exceeds max_ttl_ms ({})",
             l.default_ttl.as_millis(),
             l.max_ttl.as_millis()
+        );
+    }
+    let m = &mut c.memory;
+    let fm = file.memory;
+    if let Some(v) = args.max_block_size.or(fm.max_block_size) {
+        if v == 0 {
+            bail!("max_block_size must be at least 1 byte");
+        }
+        m.max_block_size = v;
+    }
+    if let Some(v) = args.max_blocks.or(fm.max_blocks) {
+        m.max_blocks = v;
+    }
+    if let Some(v) = args.volatile_memory_dir.clone().or(fm.volatile_dir) {
+        m.volatile_dir = Some(v);
+    }
+    if let Some(v) = args.default_lock_lease_ms.or(fm.default_lock_lease_ms) {
+        m.default_lease = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = args.max_lock_lease_ms.or(fm.max_lock_lease_ms) {
+        m.max_lease = Duration::from_millis(v.max(1));
+    }
+    if m.default_lease > m.max_lease {
+        bail!(
+            "default_lock_lease_ms ({}) exceeds max_lock_lease_ms ({})",
+            m.default_lease.as_millis(),
+            m.max_lease.as_millis()
         );
     }
     let log_level = args

@@ -170,8 +170,11 @@ fn error_codes_over_the_wire() -> Result<()> {
         json!({"action":"response","id":"e","in_reply_to":"999999","status":"ok"}),
     )?;
     assert_eq!(e["code"], "UNKNOWN_CALL");
-    let e = code(&mut c, json!({"action":"block_create","id":"m"}))?;
-    assert_eq!(e["code"], "NOT_AVAILABLE");
+    let e = code(
+        &mut c,
+        json!({"action":"block_stat","id":"m","pool":"p","block_id":"none"}),
+    )?;
+    assert_eq!(e["code"], "BLOCK_NOT_FOUND");
     // OVERLOADED: two calls in flight is the limit.
     c.send(&json!({"action":"trigger","id":"o1","process":"f","pool":"p","ttl":60000}))?;
     c.send(&json!({"action":"trigger","id":"o2","process":"f","pool":"p","ttl":60000}))?;

@@ -36,6 +36,32 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// A response names a call this connection was not asked to answer.
     UnknownCall,
+    /// No block with that id in the pool.
+    BlockNotFound,
+    /// A block with that id already exists in the pool.
+    BlockExists,
+    /// An offset or length outside the block (or a document or record larger than it).
+    OutOfRange,
+    /// A block size of 0 or above the configured maximum.
+    InvalidSize,
+    /// The operation does not apply to the block's type.
+    WrongType,
+    /// A json block's write that is not one valid JSON document.
+    InvalidJson,
+    /// The app is not on the block's read or write list.
+    PermissionDenied,
+    /// Another app holds a lock on the block that the operation conflicts with.
+    Locked,
+    /// A lock was not granted within the wait asked for.
+    LockTimeout,
+    /// An unlock from an app that holds no lock on the block.
+    NotLocked,
+    /// A stream block (policy `error`) is full until its slowest consumer reads.
+    StreamFull,
+    /// The block's pages could not be allocated (disk or /dev/shm full).
+    NoSpace,
+    /// A block's write side stayed taken longer than the server waits.
+    Busy,
     /// The feature exists in the protocol but is not available in this server yet.
     NotAvailable,
     /// A bug in the server; the message says what failed. Clients also map codes they do not
@@ -61,13 +87,26 @@ impl ErrorCode {
             Self::HandshakeRequired => "HANDSHAKE_REQUIRED",
             Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
             Self::UnknownCall => "UNKNOWN_CALL",
+            Self::BlockNotFound => "BLOCK_NOT_FOUND",
+            Self::BlockExists => "BLOCK_EXISTS",
+            Self::OutOfRange => "OUT_OF_RANGE",
+            Self::InvalidSize => "INVALID_SIZE",
+            Self::WrongType => "WRONG_TYPE",
+            Self::InvalidJson => "INVALID_JSON",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::Locked => "LOCKED",
+            Self::LockTimeout => "LOCK_TIMEOUT",
+            Self::NotLocked => "NOT_LOCKED",
+            Self::StreamFull => "STREAM_FULL",
+            Self::NoSpace => "NO_SPACE",
+            Self::Busy => "BUSY",
             Self::NotAvailable => "NOT_AVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -82,6 +121,19 @@ impl ErrorCode {
         Self::HandshakeRequired,
         Self::UnsupportedVersion,
         Self::UnknownCall,
+        Self::BlockNotFound,
+        Self::BlockExists,
+        Self::OutOfRange,
+        Self::InvalidSize,
+        Self::WrongType,
+        Self::InvalidJson,
+        Self::PermissionDenied,
+        Self::Locked,
+        Self::LockTimeout,
+        Self::NotLocked,
+        Self::StreamFull,
+        Self::NoSpace,
+        Self::Busy,
         Self::NotAvailable,
         Self::Internal,
     ];

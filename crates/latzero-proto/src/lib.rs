@@ -19,7 +19,7 @@ pub mod url;
 
 pub use error::ErrorCode;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, FrameError};
-pub use name::{AppId, NameError, PoolName, TriggerName};
+pub use name::{AppId, BlockId, NameError, PoolName, TriggerName};
 pub use url::{Endpoint, LatzeroUrl, UrlError};
 
 /// The protocol version this crate speaks, `MAJOR.MINOR`. Peers with the same major interoperate.

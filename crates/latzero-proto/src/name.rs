@@ -1,8 +1,9 @@
-//! Validated names: app ids, pool names and trigger names.
+//! Validated names: app ids, pool names, trigger names and memory block ids.
 //!
 //! Names are parsed once at the edge; inner code only ever sees these types. A name is 1 to
 //! [`MAX_NAME_LEN`] bytes of ASCII letters, digits and `_ - . :`; this keeps names safe to use as
-//! file names (memory blocks live in `memory/<pool>/`), URL parts and log fields.
+//! file names (memory blocks live in `memory/<pool>/`), URL parts and log fields — which is also
+//! why a name may not be only dots (`.`, `..`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,14 @@ pub enum NameError {
         /// The limit.
         max: usize,
     },
+    /// The name was only dots (`.`, `..`), which name directories on disk.
+    #[error("{kind} '{name}' is only dots; dots are allowed inside a name, not as the whole name")]
+    Dots {
+        /// Which kind of name.
+        kind: &'static str,
+        /// The offending name.
+        name: String,
+    },
     /// The name held a character outside the allowed set.
     #[error("{kind} '{name}' contains {ch:?} at byte {pos}; use letters, digits, '_', '-', '.' or ':'")]
     BadChar {
@@ -52,6 +61,12 @@ fn validate(kind: &'static str, s: &str) -> Result<(), NameError> {
             kind,
             len: s.len(),
             max: MAX_NAME_LEN,
+        });
+    }
+    if s.bytes().all(|b| b == b'.') {
+        return Err(NameError::Dots {
+            kind,
+            name: s.to_owned(),
         });
     }
     if let Some((pos, ch)) = s
@@ -156,6 +171,11 @@ name_type!(
     TriggerName,
     "trigger name"
 );
+name_type!(
+    /// A memory block's id, unique within its pool (it names the block's file).
+    BlockId,
+    "block id"
+);
 
 #[cfg(test)]
 mod tests {
@@ -182,6 +202,13 @@ mod tests {
         assert!(matches!(AppId::try_from(long.as_str()), Err(NameError::TooLong { .. })));
         assert!(AppId::try_from("x".repeat(MAX_NAME_LEN).as_str()).is_ok());
         assert!(AppId::try_from("é").is_err());
+        for dots in [".", "..", "..."] {
+            assert!(
+                matches!(PoolName::try_from(dots), Err(NameError::Dots { .. })),
+                "{dots}"
+            );
+        }
+        assert!(BlockId::try_from("a..b").is_ok());
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub unix_socket: bool,
     /// Limits.
     pub limits: Limits,
+    /// Memory blocks: where they live, their limits, lock leases.
+    pub memory: crate::memory::MemoryConfig,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
 }
@@ -70,6 +72,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             unix_socket: true,
             limits: Limits::default(),
+            memory: crate::memory::MemoryConfig::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }

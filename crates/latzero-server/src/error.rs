@@ -38,4 +38,13 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The memory-block directories could not be prepared.
+    #[error("cannot prepare memory blocks in {}: {source}; check its permissions, or pick another directory with --volatile-memory-dir", path.display())]
+    Memory {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -6,13 +6,13 @@
 //! session/       one connection: reader loop (mod.rs), outbound queue + writer (conn.rs)
 //! directory.rs   the registry (connected apps) and the pools (members, trigger index)
 //! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
+//! memory/        memory blocks: registry and files (mod.rs), actions (ops.rs), leases (locks.rs)
 //! admin.rs       counters and the status snapshot
 //! datadir.rs     data-directory layout, lock file, server.json
 //! config.rs      configuration and limits
 //! ```
 //!
-//! Memory blocks, persistence, security and clustering arrive in later releases; their wire
-//! actions are reserved and answered with NOT_AVAILABLE.
+//! Persistence, security and clustering arrive in later releases.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), latzero_server::ServerError> {
@@ -26,6 +26,7 @@ mod config;
 mod datadir;
 mod directory;
 mod error;
+mod memory;
 mod router;
 mod server;
 mod session;
@@ -34,4 +35,5 @@ mod transport;
 pub use config::{Limits, ServerConfig};
 pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;
+pub use memory::MemoryConfig;
 pub use server::Server;

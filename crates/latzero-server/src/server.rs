@@ -25,6 +25,7 @@ use crate::config::ServerConfig;
 use crate::datadir::{DataDir, RuntimeInfo};
 use crate::directory::Directory;
 use crate::error::ServerError;
+use crate::memory::Memory;
 use crate::router::Router;
 use crate::session::conn::{Conn, ConnId};
 use crate::transport;
@@ -35,6 +36,7 @@ pub(crate) struct State {
     pub config: ServerConfig,
     pub directory: RwLock<Directory>,
     pub router: Arc<Router>,
+    pub memory: Memory,
     pub counters: Arc<Counters>,
     pub conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -76,6 +78,10 @@ impl State {
             },
             "connections": connections,
             "calls_in_flight": self.router.table.len(),
+            "memory": {
+                "blocks": self.memory.len(),
+                "volatile_dir": self.memory.volatile_root().display().to_string(),
+            },
             "pools": dir["pools"],
             "apps": dir["apps"],
             "counters": self.counters.snapshot(),
@@ -88,6 +94,10 @@ impl State {
                 "max_ttl_ms": l.max_ttl.as_millis() as u64,
                 "max_connections": l.max_connections,
                 "handshake_timeout_ms": l.handshake_timeout.as_millis() as u64,
+                "max_block_size": self.config.memory.max_block_size,
+                "max_blocks": self.config.memory.max_blocks,
+                "default_lock_lease_ms": self.config.memory.default_lease.as_millis() as u64,
+                "max_lock_lease_ms": self.config.memory.max_lease.as_millis() as u64,
             },
         });
         if let Some(id) = id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
@@ -139,8 +149,17 @@ impl Server {
             unix: unix_path.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         })?;
+        let memory = Memory::open(datadir.path(), config.memory.clone()).map_err(|source| ServerError::Memory {
+            path: config
+                .memory
+                .volatile_dir
+                .clone()
+                .unwrap_or_else(|| datadir.path().join("memory")),
+            source,
+        })?;
         let counters = Arc::new(Counters::default());
         let state = Arc::new(State {
+            memory,
             router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
             config,
             directory: RwLock::new(Directory::default()),
@@ -230,6 +249,7 @@ impl Server {
         }
         timer_stop.cancel();
         let _ = timer.await;
+        state.memory.close();
         if let Some(p) = &state.unix {
             let _ = std::fs::remove_file(p);
         }

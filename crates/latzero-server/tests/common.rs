@@ -110,13 +110,19 @@ impl Raw {
 
     /// The next frame as JSON; `None` at end of stream. Fails the test after 10 s.
     pub async fn recv(&mut self) -> Option<Value> {
+        let f = self.recv_frame().await?;
+        let Frame::Json(b) = f else {
+            panic!("unexpected binary frame")
+        };
+        Some(serde_json::from_slice(&b).unwrap())
+    }
+
+    /// The next frame, JSON or binary; `None` at end of stream. Fails the test after 10 s.
+    pub async fn recv_frame(&mut self) -> Option<Frame> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
-                    let Frame::Json(b) = f else {
-                        panic!("unexpected binary frame")
-                    };
-                    return Some(serde_json::from_slice(&b).unwrap());
+                    return Some(f);
                 }
                 if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
                     return None;
@@ -125,6 +131,29 @@ impl Raw {
         })
         .await
         .expect("no frame within 10 s")
+    }
+
+    /// The next frame as a binary frame: its JSON header and its body.
+    pub async fn expect_binary(&mut self) -> (Value, bytes::Bytes) {
+        match self.recv_frame().await.expect("connection closed") {
+            Frame::Binary { header, body } => (serde_json::from_slice(&header).unwrap(), body),
+            Frame::Json(b) => panic!("expected a binary frame, got {}", String::from_utf8_lossy(&b)),
+        }
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, header: Value, body: &[u8]) {
+        let frame = latzero_proto::frame::encode_binary(header.to_string().as_bytes(), body);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Sends a request and returns the next frame, which must answer it.
+    pub async fn ask(&mut self, v: Value) -> Value {
+        let id = v["id"].clone();
+        self.send(v).await;
+        let r = self.expect().await;
+        assert_eq!(r["in_reply_to"], id, "{r}");
+        r
     }
 
     pub async fn expect(&mut self) -> Value {

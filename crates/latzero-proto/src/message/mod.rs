@@ -6,9 +6,11 @@
 //! frame; payloads (`data`, `response`, `error`, `meta`) stay [`RawValue`]s, so the server
 //! forwards them byte for byte and never re-serialises them.
 
+mod block;
 mod reply;
 mod request;
 
+pub use block::*;
 pub use reply::*;
 pub use request::*;
 

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::block::{BLOCK_ACTIONS, BlockRequest, parse_block};
 use super::{Envelope, MAX_ID_LEN, RawValue, Status, Str};
 use crate::error::ErrorCode;
 use crate::name::{AppId, NameError, PoolName, TriggerName};
@@ -37,8 +38,8 @@ pub enum Request<'a> {
     Ping,
     /// Ask the server to shut down gracefully.
     Shutdown,
-    /// A memory-block action (reserved; see docs/PROTOCOL.md).
-    Block(&'static str),
+    /// A memory-block action (docs/PROTOCOL.md §7).
+    Block(BlockRequest<'a>),
 }
 
 /// The handshake.
@@ -119,22 +120,7 @@ pub struct Parsed<'a> {
     pub request: Request<'a>,
 }
 
-/// Reserved memory-block actions (see docs/PROTOCOL.md); answered with NOT_AVAILABLE for now.
-pub const BLOCK_ACTIONS: [&str; 11] = [
-    "block_create",
-    "block_attach",
-    "block_read",
-    "block_write",
-    "block_lock",
-    "block_unlock",
-    "block_watch",
-    "block_unwatch",
-    "block_delete",
-    "block_list",
-    "block_stat",
-];
-
-fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> ParseError<'a> {
+pub(crate) fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> ParseError<'a> {
     ParseError {
         id,
         code: ErrorCode::InvalidMessage,
@@ -142,7 +128,7 @@ fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> ParseErr
     }
 }
 
-fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) -> ParseError<'a> {
+pub(crate) fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) -> ParseError<'a> {
     ParseError {
         id,
         code: ErrorCode::InvalidName,
@@ -182,7 +168,7 @@ pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         "ping" => Request::Ping,
         "shutdown" => Request::Shutdown,
         other => match BLOCK_ACTIONS.iter().find(|a| **a == other) {
-            Some(a) => Request::Block(a),
+            Some(a) => Request::Block(parse_block(a, json, id)?),
             None => {
                 return Err(ParseError {
                     id,

@@ -224,7 +224,7 @@ impl Session {
                 return self.error(id, ErrorCode::InvalidMessage, &msg);
             }
             (Request::Handshake(_), None) => None,
-            (Request::Status | Request::Ping | Request::Shutdown | Request::Block(_), _) => None,
+            (Request::Status | Request::Ping | Request::Shutdown, _) => None,
             (_, None) => {
                 return self.error(
                     id,
@@ -251,9 +251,27 @@ impl Session {
                 self.ack(id, None);
                 st.stop_requested.cancel();
             }
-            Request::Block(action) => {
-                let msg = format!("memory blocks ({action}) are not available yet in this server");
-                self.error(id, ErrorCode::NotAvailable, &msg);
+            Request::Block(b) => {
+                let app = app.expect("checked above");
+                let member = st
+                    .directory
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pools
+                    .get(&b.pool)
+                    .is_some_and(|p| p.members.contains_key(&app));
+                if !member {
+                    let msg = format!("app '{app}' is not in pool '{}'; join it first", b.pool);
+                    return self.error(id, ErrorCode::NotInPool, &msg);
+                }
+                let body = match &frame {
+                    Frame::Binary { body, .. } => Some(&body[..]),
+                    Frame::Json(_) => None,
+                };
+                let max = st.config.limits.max_frame_len;
+                if let Err(r) = st.memory.handle(&self.conn, &app, id, b, body, max) {
+                    self.error(id, r.code, &r.message);
+                }
             }
             Request::Register(ts) => {
                 let app = app.expect("checked above");
@@ -411,6 +429,7 @@ impl Session {
             tracing::info!(app = %app, "app disconnected");
         }
         self.state.router.on_disconnect(self.conn.id);
+        self.state.memory.on_disconnect(self.conn.id);
         self.state
             .conns
             .lock()

@@ -1,0 +1,512 @@
+//! Memory blocks: the registry of blocks per pool, their files, and the block actions
+//! (docs/PROTOCOL.md §7). The file layout, the seqlock and the stream ring are in
+//! `latzero-memory`, shared with the SDK, which maps the same files.
+//!
+//! Where the files live:
+//! - persistent blocks: `<data_dir>/memory/<pool>/<block>.blk`, with `<block>.meta.json` beside
+//!   it (type, size, owner, permissions). At start the server adopts every block that has both;
+//!   a `.blk` without its `.meta.json` is the remnant of a create that crashed and is removed.
+//! - other blocks: `<volatile_dir>/<pool>/<block>.blk`, by default under `/dev/shm` (memory, no
+//!   disk writeback). The server empties this directory at start: those blocks did not survive
+//!   the previous run by definition, and a crash may have left files behind.
+//!
+//! Locks are leases arbitrated here ([`locks`]); watchers get `block_event` frames after every
+//! write the server makes or a local writer reports (`block_notify`).
+
+mod locks;
+mod ops;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use latzero_memory::{Block, Kind, MemError, Spec};
+use latzero_proto::message::{BlockType, Permissions};
+use latzero_proto::{AppId, BlockId, ErrorCode, PoolName};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::session::conn::{Conn, ConnId};
+
+pub(crate) use self::locks::Locks;
+
+/// File name suffixes.
+const DATA_EXT: &str = "blk";
+const META_EXT: &str = "meta.json";
+
+/// A refused block operation: the code and message of the error frame.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<MemError> for Refusal {
+    fn from(e: MemError) -> Self {
+        let code = match &e {
+            MemError::NoSpace { .. } => ErrorCode::NoSpace,
+            MemError::OutOfRange { .. } | MemError::TooLarge { .. } | MemError::RecordTooLarge { .. } => {
+                ErrorCode::OutOfRange
+            }
+            MemError::WrongKind { .. } => ErrorCode::WrongType,
+            MemError::InvalidJson(_) => ErrorCode::InvalidJson,
+            MemError::Busy(_) => ErrorCode::Busy,
+            MemError::StreamFull { .. } => ErrorCode::StreamFull,
+            MemError::TooManyConsumers => ErrorCode::Overloaded,
+            MemError::BadConsumerName => ErrorCode::InvalidName,
+            MemError::Io { .. } | MemError::BadFile { .. } | MemError::WriterDied | MemError::ReadOnly => {
+                ErrorCode::Internal
+            }
+        };
+        Refusal::new(code, e.to_string())
+    }
+}
+
+/// What the server keeps about a block besides its file: stored in `.meta.json` for persistent
+/// blocks (in a shape the SQLite store can adopt), and reported by `block_stat`/`block_list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub pool: PoolName,
+    pub block_id: BlockId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub size: u64,
+    pub persistent: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<String>,
+    pub owner: AppId,
+    pub permissions: PermissionsMeta,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PermissionsMeta {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+}
+
+impl Meta {
+    pub fn permissions(&self) -> Permissions {
+        Permissions {
+            read: self.permissions.read.clone(),
+            write: self.permissions.write.clone(),
+        }
+    }
+}
+
+/// One block: its metadata, its mapping, and who locks and watches it.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub meta: Meta,
+    pub perms: Permissions,
+    pub block: Block,
+    pub state: Mutex<EntryState>,
+    /// Set when deleted; operations that raced the delete see BLOCK_NOT_FOUND.
+    pub deleted: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct EntryState {
+    pub locks: Locks,
+    pub watchers: HashMap<ConnId, Arc<Conn>>,
+}
+
+impl Entry {
+    pub fn state(&self) -> MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every watcher about a write that produced `version`.
+    pub fn changed(&self, version: u64, offset: u64, length: u64) {
+        let frame = latzero_proto::frame::encode_message(&json!({
+            "action": "block_event",
+            "event": "changed",
+            "pool": self.meta.pool,
+            "block_id": self.meta.block_id,
+            "version": version,
+            "offset": offset,
+            "length": length,
+        }));
+        for w in self.state().watchers.values() {
+            // A watcher that does not read is closed as a slow consumer by `send`.
+            let _ = w.send(&frame);
+        }
+    }
+
+    /// Metadata with the live state, for `block_stat` and `block_list`.
+    pub fn describe(&self) -> Value {
+        let mut v = serde_json::to_value(&self.meta).unwrap_or(Value::Null);
+        v["version"] = json!(self.block.version());
+        let st = self.state();
+        v["watchers"] = json!(st.watchers.len());
+        v["locks"] = st.locks.describe();
+        if self.block.kind() == Kind::Stream
+            && let Ok((tail, head)) = self.block.stream_bounds()
+        {
+            v["stream"] = json!({
+                "oldest_index": tail.index,
+                "next_index": head.index,
+                "bytes_held": head.pos - tail.pos,
+                "consumers": self.block.consumers().into_iter()
+                    .map(|(name, c)| json!({ "name": name, "next_index": c.index }))
+                    .collect::<Vec<_>>(),
+            });
+        }
+        v
+    }
+}
+
+/// Memory-related limits and places.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// Where non-persistent blocks live; `None` picks `/dev/shm/latzero-<hash of the data dir>`
+    /// when `/dev/shm` exists, else `<data_dir>/memory-volatile`.
+    pub volatile_dir: Option<PathBuf>,
+    /// Largest block, in data bytes (INVALID_SIZE beyond it).
+    pub max_block_size: u64,
+    /// Blocks the server holds at once (OVERLOADED beyond it).
+    pub max_blocks: usize,
+    /// A lock's lease when the request names none.
+    pub default_lease: Duration,
+    /// Longest lease (and lock wait) accepted.
+    pub max_lease: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            volatile_dir: None,
+            max_block_size: 1 << 30,
+            max_blocks: 4096,
+            default_lease: Duration::from_secs(30),
+            max_lease: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The block registry.
+#[derive(Debug)]
+pub(crate) struct Memory {
+    blocks: Mutex<BTreeMap<(PoolName, BlockId), Arc<Entry>>>,
+    persistent_root: PathBuf,
+    volatile_root: PathBuf,
+    pub config: MemoryConfig,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The default place for non-persistent blocks of the server on `data_dir`.
+fn default_volatile_dir(data_dir: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return data_dir.join("memory-volatile");
+    }
+    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a of the path: one directory per data dir, stable across restarts.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    shm.join(format!("latzero-{h:016x}"))
+}
+
+impl Memory {
+    /// Prepares the block directories: empties the volatile one, adopts persistent blocks.
+    pub fn open(data_dir: &Path, config: MemoryConfig) -> std::io::Result<Memory> {
+        let persistent_root = data_dir.join("memory");
+        let volatile_root = config
+            .volatile_dir
+            .clone()
+            .unwrap_or_else(|| default_volatile_dir(data_dir));
+        // We hold the data dir's lock, and the volatile dir belongs to this data dir alone.
+        match std::fs::remove_dir_all(&volatile_root) {
+            Ok(()) => tracing::info!(dir = %volatile_root.display(), "swept non-persistent blocks of the previous run"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        create_private_dir(&volatile_root)?;
+        create_private_dir(&persistent_root)?;
+        let mem = Memory {
+            blocks: Mutex::new(BTreeMap::new()),
+            persistent_root,
+            volatile_root,
+            config,
+        };
+        mem.adopt_persistent()?;
+        Ok(mem)
+    }
+
+    pub fn volatile_root(&self) -> &Path {
+        &self.volatile_root
+    }
+
+    fn adopt_persistent(&self) -> std::io::Result<()> {
+        let mut blocks = self.lock();
+        for pool_dir in std::fs::read_dir(&self.persistent_root)? {
+            let pool_dir = pool_dir?.path();
+            if !pool_dir.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&pool_dir)? {
+                let data = f?.path();
+                if data.extension().and_then(|e| e.to_str()) != Some(DATA_EXT) {
+                    continue;
+                }
+                let meta_path = data.with_extension(META_EXT);
+                let meta = std::fs::read(&meta_path)
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<Meta>(&t).ok());
+                let Some(meta) = meta else {
+                    tracing::warn!(file = %data.display(), "removing a block file without metadata (a create interrupted by a crash)");
+                    let _ = std::fs::remove_file(&data);
+                    continue;
+                };
+                match Block::open(&data, true) {
+                    Ok(block) if block.size() == meta.size && block.kind().as_str() == meta.kind => {
+                        let key = (meta.pool.clone(), meta.block_id.clone());
+                        tracing::info!(pool = %meta.pool, block = %meta.block_id, version = block.version(), "adopted persistent block");
+                        blocks.insert(
+                            key,
+                            Arc::new(Entry {
+                                perms: meta.permissions(),
+                                meta,
+                                block,
+                                state: Mutex::default(),
+                                deleted: AtomicBool::new(false),
+                            }),
+                        );
+                    }
+                    Ok(_) => {
+                        tracing::error!(file = %data.display(), "block file does not match its metadata; left in place, not served")
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %data.display(), error = %e, "cannot open persistent block; left in place, not served")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<(PoolName, BlockId), Arc<Entry>>> {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn get(&self, pool: &PoolName, id: &BlockId) -> Result<Arc<Entry>, Refusal> {
+        self.lock()
+            .get(&(pool.clone(), id.clone()))
+            .cloned()
+            .ok_or_else(|| Refusal::new(ErrorCode::BlockNotFound, format!("no block '{id}' in pool '{pool}'")))
+    }
+
+    pub fn list(&self, pool: &PoolName) -> Vec<Arc<Entry>> {
+        self.lock()
+            .iter()
+            .filter(|((p, _), _)| p == pool)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Creates a block file and registers it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        pool: &PoolName,
+        id: &BlockId,
+        owner: &AppId,
+        kind: BlockType,
+        size: u64,
+        persistent: bool,
+        permissions: Permissions,
+        overwrite: bool,
+    ) -> Result<Arc<Entry>, Refusal> {
+        let max = self.config.max_block_size;
+        if size == 0 || size > max {
+            return Err(Refusal::new(
+                ErrorCode::InvalidSize,
+                format!("size must be 1 to {max} bytes (the server's max_block_size), got {size}"),
+            ));
+        }
+        let mut blocks = self.lock();
+        let key = (pool.clone(), id.clone());
+        if blocks.contains_key(&key) {
+            return Err(Refusal::new(
+                ErrorCode::BlockExists,
+                format!("block '{id}' already exists in pool '{pool}'"),
+            ));
+        }
+        if blocks.len() >= self.config.max_blocks {
+            return Err(Refusal::new(
+                ErrorCode::Overloaded,
+                format!("the server holds {} blocks, its max_blocks limit", blocks.len()),
+            ));
+        }
+        let root = if persistent {
+            &self.persistent_root
+        } else {
+            &self.volatile_root
+        };
+        let dir = root.join(pool.as_str());
+        create_private_dir(&dir)
+            .map_err(|e| Refusal::new(ErrorCode::Internal, format!("cannot create {}: {e}", dir.display())))?;
+        let data = dir.join(format!("{id}.{DATA_EXT}"));
+        let mkind = match kind {
+            BlockType::Binary => Kind::Binary,
+            BlockType::Json => Kind::Json,
+            BlockType::Stream => Kind::Stream,
+        };
+        if mkind == Kind::Json && size < 4 {
+            return Err(Refusal::new(
+                ErrorCode::InvalidSize,
+                "a json block needs at least 4 bytes (it starts as `null`)",
+            ));
+        }
+        if mkind == Kind::Stream && size < 16 {
+            return Err(Refusal::new(
+                ErrorCode::InvalidSize,
+                "a stream block needs at least 16 bytes (one record of up to 8 bytes)",
+            ));
+        }
+        // A leftover file of the same name (a crash between create and metadata) is stale: the
+        // block is not registered, and we hold the data dir.
+        if data.exists() {
+            let _ = std::fs::remove_file(&data);
+        }
+        let block = Block::create(
+            &data,
+            Spec {
+                kind: mkind,
+                size,
+                overwrite,
+            },
+        )?;
+        let meta = Meta {
+            pool: pool.clone(),
+            block_id: id.clone(),
+            kind: kind.as_str().to_owned(),
+            size,
+            persistent,
+            overflow: (kind == BlockType::Stream).then(|| if overwrite { "overwrite" } else { "error" }.to_owned()),
+            owner: owner.clone(),
+            permissions: PermissionsMeta {
+                read: permissions.read.clone(),
+                write: permissions.write.clone(),
+            },
+            created_at: now_ms(),
+        };
+        if persistent && let Err(e) = write_meta(&data.with_extension(META_EXT), &meta) {
+            let _ = std::fs::remove_file(&data);
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("cannot write the block's metadata: {e}"),
+            ));
+        }
+        let entry = Arc::new(Entry {
+            meta,
+            perms: permissions,
+            block,
+            state: Mutex::default(),
+            deleted: AtomicBool::new(false),
+        });
+        blocks.insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// Unregisters a block and removes its files. Watchers are told; lock waiters fail.
+    pub fn delete(&self, entry: &Arc<Entry>) {
+        let key = (entry.meta.pool.clone(), entry.meta.block_id.clone());
+        let removed = {
+            let mut blocks = self.lock();
+            match blocks.get(&key) {
+                Some(e) if Arc::ptr_eq(e, entry) => blocks.remove(&key),
+                _ => None,
+            }
+        };
+        if removed.is_none() || entry.deleted.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let path = entry.block.path().to_owned();
+        if entry.meta.persistent {
+            let _ = std::fs::remove_file(path.with_extension(META_EXT));
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove a deleted block's file");
+        }
+        let frame = latzero_proto::frame::encode_message(&json!({
+            "action": "block_event",
+            "event": "deleted",
+            "pool": entry.meta.pool,
+            "block_id": entry.meta.block_id,
+            "version": entry.block.version(),
+        }));
+        let mut st = entry.state();
+        for w in st.watchers.values() {
+            let _ = w.send(&frame);
+        }
+        st.watchers.clear();
+        st.locks.fail_all(
+            ErrorCode::BlockNotFound,
+            &format!("block '{}' was deleted", entry.meta.block_id),
+        );
+    }
+
+    /// Releases a closed connection's locks, lock waits and watches.
+    pub fn on_disconnect(&self, conn: ConnId) {
+        let entries: Vec<_> = self.lock().values().cloned().collect();
+        for e in entries {
+            let mut st = e.state();
+            st.watchers.remove(&conn);
+            st.locks.release_conn(conn, &e);
+        }
+    }
+
+    /// At shutdown: flushes persistent blocks to disk and removes the non-persistent ones
+    /// (processes that still map one keep their mapping until they unmap it).
+    pub fn close(&self) {
+        self.flush_persistent();
+        if let Err(e) = std::fs::remove_dir_all(&self.volatile_root) {
+            tracing::warn!(dir = %self.volatile_root.display(), error = %e, "cannot remove non-persistent blocks");
+        }
+    }
+
+    fn flush_persistent(&self) {
+        for e in self.lock().values().filter(|e| e.meta.persistent) {
+            if let Err(err) = e.block.flush() {
+                tracing::warn!(block = %e.meta.block_id, error = %err, "flushing a persistent block failed");
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,334 @@
+//! The block actions: permission and lock checks, then the operation and its reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use latzero_memory::{HEADER_LEN, Kind, LAYOUT_VERSION};
+use latzero_proto::frame::{encode_binary, encode_message};
+use latzero_proto::message::{BlockOp, BlockRequest, LockMode, RawValue};
+use latzero_proto::{AppId, ErrorCode};
+use serde_json::json;
+
+use super::{Entry, Memory, Refusal};
+use crate::session::conn::Conn;
+
+/// Records a stream read returns when the request names no `max`, and the most it may name.
+const DEFAULT_RECORDS: usize = 1000;
+const MAX_RECORDS: usize = 100_000;
+/// Room left in a reply frame for its JSON header.
+const HEADER_ROOM: usize = 64 * 1024;
+
+fn denied(app: &AppId, what: &str, e: &Entry) -> Refusal {
+    Refusal::new(
+        ErrorCode::PermissionDenied,
+        format!(
+            "app '{app}' may not {what} block '{}' (read: {:?}, write: {:?})",
+            e.meta.block_id, e.perms.read, e.perms.write
+        ),
+    )
+}
+
+fn may_read(app: &AppId, e: &Entry) -> Result<(), Refusal> {
+    if e.perms.may_read(app.as_str()) {
+        Ok(())
+    } else {
+        Err(denied(app, "read", e))
+    }
+}
+
+fn may_write(app: &AppId, e: &Entry) -> Result<(), Refusal> {
+    if e.perms.may_write(app.as_str()) {
+        Ok(())
+    } else {
+        Err(denied(app, "write", e))
+    }
+}
+
+impl Memory {
+    /// Runs one block action for `app` (a member of the request's pool) on `conn`; replies go
+    /// to `conn`. `body` is the binary frame's body, if the request came in one.
+    pub fn handle(
+        &self,
+        conn: &Arc<Conn>,
+        app: &AppId,
+        id: Option<&RawValue>,
+        req: BlockRequest<'_>,
+        body: Option<&[u8]>,
+        max_frame_len: usize,
+    ) -> Result<(), Refusal> {
+        let reply = |v: serde_json::Value| {
+            let _ = conn.reply(&encode_message(&v));
+        };
+        let Some(block_id) = &req.block_id else {
+            let blocks: Vec<_> = self.list(&req.pool).iter().map(|e| e.describe()).collect();
+            reply(json!({ "action": "block_list_result", "in_reply_to": id, "pool": req.pool, "blocks": blocks }));
+            return Ok(());
+        };
+        if body.is_some() && !matches!(req.op, BlockOp::Write { .. }) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "only block_write carries a binary body; send this action as a JSON frame",
+            ));
+        }
+        if let BlockOp::Create {
+            size,
+            kind,
+            persistent,
+            permissions,
+            overwrite,
+        } = req.op
+        {
+            let e = self.create(&req.pool, block_id, app, kind, size, persistent, permissions, overwrite)?;
+            tracing::info!(pool = %req.pool, block = %block_id, size, kind = kind.as_str(), persistent, owner = %app, "block created");
+            reply(json!({ "action": "block_created", "in_reply_to": id, "block": e.describe() }));
+            return Ok(());
+        }
+        let e = self.get(&req.pool, block_id)?;
+        match req.op {
+            BlockOp::Create { .. } | BlockOp::List => unreachable!("handled above"),
+            BlockOp::Attach { write } => {
+                let write = write.unwrap_or_else(|| e.perms.may_write(app.as_str()));
+                if write {
+                    may_write(app, &e)?;
+                } else {
+                    may_read(app, &e)?;
+                }
+                reply(json!({
+                    "action": "block_attached",
+                    "in_reply_to": id,
+                    "block": e.describe(),
+                    "path": e.block.path(),
+                    "mode": if write { "write" } else { "read" },
+                    "header_len": HEADER_LEN,
+                    "layout_version": LAYOUT_VERSION,
+                }));
+            }
+            BlockOp::Read {
+                offset,
+                length,
+                consumer,
+                max,
+                base64,
+            } => {
+                may_read(app, &e)?;
+                let room = max_frame_len.saturating_sub(HEADER_ROOM) as u64;
+                match e.block.kind() {
+                    Kind::Binary => {
+                        let len = length.unwrap_or_else(|| e.block.size().saturating_sub(offset));
+                        if len > room {
+                            return Err(Refusal::new(
+                                ErrorCode::OutOfRange,
+                                format!(
+                                    "a read through the server returns at most {room} bytes (max_frame_len less header room); read in chunks, or attach and map the block"
+                                ),
+                            ));
+                        }
+                        let mut buf = vec![0u8; len as usize];
+                        let version = e.block.read(offset, &mut buf)?;
+                        let mut head = json!({
+                            "action": "block_data", "in_reply_to": id, "pool": req.pool, "block_id": block_id,
+                            "version": version, "offset": offset, "length": len,
+                        });
+                        if base64 {
+                            head["data"] = json!(B64.encode(&buf));
+                            reply(head);
+                        } else {
+                            let _ = conn.reply(&encode_binary(&serde_json::to_vec(&head).unwrap_or_default(), &buf));
+                        }
+                    }
+                    Kind::Json => {
+                        let (doc, version) = e.block.read_json()?;
+                        let doc: &RawValue = serde_json::from_slice(&doc).map_err(|err| {
+                            Refusal::new(
+                                ErrorCode::Internal,
+                                format!("the stored document is not valid JSON: {err}"),
+                            )
+                        })?;
+                        reply(json!({
+                            "action": "block_data", "in_reply_to": id, "pool": req.pool, "block_id": block_id,
+                            "version": version, "document": doc,
+                        }));
+                    }
+                    Kind::Stream => {
+                        let consumer = consumer.ok_or_else(|| {
+                            Refusal::new(
+                                ErrorCode::InvalidMessage,
+                                "reading a stream block needs a `consumer` (its name keeps its cursor)",
+                            )
+                        })?;
+                        let max = max.unwrap_or(DEFAULT_RECORDS);
+                        if max == 0 || max > MAX_RECORDS {
+                            return Err(Refusal::new(
+                                ErrorCode::InvalidMessage,
+                                format!("field `max` must be 1 to {MAX_RECORDS}"),
+                            ));
+                        }
+                        let slot = e.block.consumer(&consumer)?;
+                        let r = e.block.read_records(e.block.consumer_cursor(slot), max, room)?;
+                        e.block.commit_cursor(slot, r.next)?;
+                        let lengths: Vec<usize> = r.records.iter().map(Vec::len).collect();
+                        let mut head = json!({
+                            "action": "block_records", "in_reply_to": id, "pool": req.pool, "block_id": block_id,
+                            "version": r.version, "skipped": r.skipped, "next_index": r.next.index, "lengths": lengths,
+                        });
+                        if base64 {
+                            head["records"] = json!(r.records.iter().map(|x| B64.encode(x)).collect::<Vec<_>>());
+                            reply(head);
+                        } else {
+                            let body = r.records.concat();
+                            let _ = conn.reply(&encode_binary(&serde_json::to_vec(&head).unwrap_or_default(), &body));
+                        }
+                    }
+                }
+            }
+            BlockOp::Write { offset, data, document } => {
+                may_write(app, &e)?;
+                e.state().locks.check_write(conn.id)?;
+                let decoded;
+                let bytes: &[u8] = match (body, &data, document) {
+                    (Some(b), None, None) => b,
+                    (None, Some(d), None) => {
+                        decoded = B64.decode(d.as_bytes()).map_err(|err| {
+                            Refusal::new(
+                                ErrorCode::InvalidMessage,
+                                format!("field `data` is not valid base64: {err}"),
+                            )
+                        })?;
+                        &decoded
+                    }
+                    (None, None, Some(doc)) if e.block.kind() == Kind::Json => doc.get().as_bytes(),
+                    (None, None, Some(_)) => {
+                        return Err(Refusal::new(
+                            ErrorCode::WrongType,
+                            "field `document` is for json blocks; send `data` (base64) or a binary frame",
+                        ));
+                    }
+                    (None, None, None) => {
+                        return Err(Refusal::new(
+                            ErrorCode::InvalidMessage,
+                            "block_write needs the bytes: a binary frame's body, `data` (base64) or, for json blocks, `document`",
+                        ));
+                    }
+                    _ => {
+                        return Err(Refusal::new(
+                            ErrorCode::InvalidMessage,
+                            "block_write takes exactly one of: a binary body, `data`, `document`",
+                        ));
+                    }
+                };
+                let len = bytes.len() as u64;
+                match e.block.kind() {
+                    Kind::Binary => {
+                        let v = e.block.write(offset, bytes)?;
+                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }));
+                        e.changed(v, offset, len);
+                    }
+                    Kind::Json => {
+                        let v = e.block.write_json(bytes)?;
+                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }));
+                        e.changed(v, 0, len);
+                    }
+                    Kind::Stream => {
+                        let (index, v) = e.block.append(bytes)?;
+                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v, "index": index }));
+                        e.changed(v, index, len);
+                    }
+                }
+            }
+            BlockOp::Lock {
+                mode,
+                lease_ms,
+                wait_ms,
+            } => {
+                match mode {
+                    LockMode::Shared => may_read(app, &e)?,
+                    LockMode::Exclusive => may_write(app, &e)?,
+                }
+                let max = self.config.max_lease;
+                let ms = |v: Option<u64>, default: Duration, field: &str| match v {
+                    None => Ok(default),
+                    Some(ms) if Duration::from_millis(ms) <= max && (ms > 0 || field == "wait_ms") => {
+                        Ok(Duration::from_millis(ms))
+                    }
+                    Some(ms) => Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        format!("field `{field}` is {ms}; it must be 1 to {} ms", max.as_millis()),
+                    )),
+                };
+                let lease = ms(lease_ms, self.config.default_lease, "lease_ms")?;
+                let wait = ms(wait_ms, Duration::ZERO, "wait_ms")?;
+                e.lock(conn, id, mode, lease, wait)?;
+            }
+            BlockOp::Unlock => {
+                e.unlock(conn.id)?;
+                reply(json!({ "action": "block_unlocked", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
+            }
+            BlockOp::Watch { since } => {
+                may_read(app, &e)?;
+                let mut st = e.state();
+                st.watchers.insert(conn.id, conn.clone());
+                let version = e.block.version();
+                reply(
+                    json!({ "action": "block_watching", "in_reply_to": id, "pool": req.pool, "block_id": block_id, "version": version }),
+                );
+                // The initial state: what changed since the watcher last looked, then "synced".
+                let behind = match since {
+                    Some(s) => s < version,
+                    None => version > 0,
+                };
+                if behind {
+                    reply(json!({
+                        "action": "block_event", "event": "changed", "pool": req.pool, "block_id": block_id,
+                        "version": version, "offset": 0, "length": e.block.size(),
+                    }));
+                }
+                reply(
+                    json!({ "action": "block_event", "event": "synced", "pool": req.pool, "block_id": block_id, "version": version }),
+                );
+                drop(st);
+            }
+            BlockOp::Unwatch => {
+                e.state().watchers.remove(&conn.id);
+                reply(
+                    json!({ "action": "block_unwatched", "in_reply_to": id, "pool": req.pool, "block_id": block_id }),
+                );
+            }
+            BlockOp::Notify {
+                version,
+                offset,
+                length,
+            } => {
+                may_write(app, &e)?;
+                let current = e.block.version();
+                if version > current {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        format!("version {version} is not visible in the block yet (it is at {current})"),
+                    ));
+                }
+                if e.block.kind() == Kind::Binary && offset.checked_add(length).is_none_or(|end| end > e.block.size()) {
+                    return Err(Refusal::new(
+                        ErrorCode::OutOfRange,
+                        format!("range {offset}+{length} is outside the block (size {})", e.block.size()),
+                    ));
+                }
+                e.changed(version, offset, length);
+                if id.is_some() {
+                    reply(json!({ "action": "block_notified", "in_reply_to": id, "version": version }));
+                }
+            }
+            BlockOp::Delete => {
+                may_write(app, &e)?;
+                self.delete(&e);
+                tracing::info!(pool = %req.pool, block = %block_id, by = %app, "block deleted");
+                reply(json!({ "action": "block_deleted", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
+            }
+            BlockOp::Stat => {
+                reply(json!({ "action": "block_stat_result", "in_reply_to": id, "block": e.describe() }));
+            }
+        }
+        Ok(())
+    }
+}

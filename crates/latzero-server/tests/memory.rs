@@ -1,0 +1,516 @@
+//! Memory blocks over the wire, against an in-process server (raw frames, exact codes).
+
+mod common;
+
+use common::{Raw, TestServer};
+use serde_json::{Value, json};
+
+async fn member(s: &TestServer, app: &str) -> Raw {
+    let mut r = s.raw().await;
+    r.handshake(app, &["p"], &[]).await;
+    r
+}
+
+async fn create(r: &mut Raw, extra: Value) -> Value {
+    let mut v = json!({"action":"block_create","id":"c","pool":"p","block_id":"b","size":4096});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    r.ask(v).await
+}
+
+fn code(v: &Value) -> &str {
+    assert_eq!(v["action"], "error", "{v}");
+    v["code"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn binary_block_roundtrip_in_binary_frames_and_base64() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let c = create(&mut a, json!({})).await;
+    assert_eq!(c["action"], "block_created", "{c}");
+    assert_eq!(c["block"]["size"], 4096);
+    assert_eq!(c["block"]["type"], "binary");
+    assert_eq!(c["block"]["version"], 0);
+
+    a.send_binary(
+        json!({"action":"block_write","id":1,"pool":"p","block_id":"b","offset":100}),
+        b"zero-copy",
+    )
+    .await;
+    let w = a.expect().await;
+    assert_eq!(
+        (w["action"].as_str(), w["version"].as_u64()),
+        (Some("block_written"), Some(1)),
+        "{w}"
+    );
+    let w = a
+        .ask(json!({"action":"block_write","id":2,"pool":"p","block_id":"b","offset":0,"data":"aGk="}))
+        .await;
+    assert_eq!(w["version"], 2);
+
+    a.send(json!({"action":"block_read","id":3,"pool":"p","block_id":"b","offset":100,"length":9}))
+        .await;
+    let (h, body) = a.expect_binary().await;
+    assert_eq!(h["action"], "block_data");
+    assert_eq!(h["in_reply_to"], 3);
+    assert_eq!(h["version"], 2);
+    assert_eq!(&body[..], b"zero-copy");
+    let r = a
+        .ask(json!({"action":"block_read","id":4,"pool":"p","block_id":"b","length":2,"encoding":"base64"}))
+        .await;
+    assert_eq!(r["data"], "aGk=");
+
+    // The file is where attach says, and holds the same bytes after the header.
+    let at = a
+        .ask(json!({"action":"block_attach","id":5,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(at["mode"], "write");
+    assert_eq!(at["header_len"], 4096);
+    let file = std::fs::read(at["path"].as_str().unwrap()).unwrap();
+    assert_eq!(&file[4096 + 100..4096 + 109], b"zero-copy");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_own_code_and_the_block_stays_intact() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    create(&mut a, json!({})).await;
+    a.ask(json!({"action":"block_write","id":0,"pool":"p","block_id":"b","data":"AQID"}))
+        .await;
+    let cases = [
+        (
+            json!({"action":"block_create","id":1,"pool":"p","block_id":"b","size":10}),
+            "BLOCK_EXISTS",
+        ),
+        (
+            json!({"action":"block_create","id":1,"pool":"p","block_id":"z","size":0}),
+            "INVALID_SIZE",
+        ),
+        (
+            json!({"action":"block_create","id":1,"pool":"p","block_id":"z","size":1u64<<40}),
+            "INVALID_SIZE",
+        ),
+        (
+            json!({"action":"block_create","id":1,"pool":"p","block_id":"..","size":1}),
+            "INVALID_NAME",
+        ),
+        (
+            json!({"action":"block_read","id":1,"pool":"p","block_id":"nope"}),
+            "BLOCK_NOT_FOUND",
+        ),
+        (
+            json!({"action":"block_read","id":1,"pool":"p","block_id":"b","offset":4000,"length":97}),
+            "OUT_OF_RANGE",
+        ),
+        (
+            json!({"action":"block_write","id":1,"pool":"p","block_id":"b","offset":4095,"data":"AQID"}),
+            "OUT_OF_RANGE",
+        ),
+        (
+            json!({"action":"block_write","id":1,"pool":"p","block_id":"b","data":"%%%"}),
+            "INVALID_MESSAGE",
+        ),
+        (
+            json!({"action":"block_write","id":1,"pool":"p","block_id":"b"}),
+            "INVALID_MESSAGE",
+        ),
+        (
+            json!({"action":"block_write","id":1,"pool":"p","block_id":"b","document":{}}),
+            "WRONG_TYPE",
+        ),
+        (
+            json!({"action":"block_read","id":1,"pool":"other","block_id":"b"}),
+            "NOT_IN_POOL",
+        ),
+        (
+            json!({"action":"block_unlock","id":1,"pool":"p","block_id":"b"}),
+            "NOT_LOCKED",
+        ),
+        (
+            json!({"action":"block_notify","id":1,"pool":"p","block_id":"b","version":99}),
+            "INVALID_MESSAGE",
+        ),
+        (
+            json!({"action":"block_lock","id":1,"pool":"p","block_id":"b","lease_ms":0}),
+            "INVALID_MESSAGE",
+        ),
+    ];
+    for (req, want) in cases {
+        let r = a.ask(req.clone()).await;
+        assert_eq!(code(&r), want, "{req} -> {r}");
+    }
+    let r = a
+        .ask(json!({"action":"block_read","id":9,"pool":"p","block_id":"b","length":3,"encoding":"base64"}))
+        .await;
+    assert_eq!(
+        (r["data"].as_str(), r["version"].as_u64()),
+        (Some("AQID"), Some(1)),
+        "{r}"
+    );
+    // Before the handshake, block actions need one.
+    let mut anon = s.raw().await;
+    let r = anon.ask(json!({"action":"block_list","id":1,"pool":"p"})).await;
+    assert_eq!(code(&r), "HANDSHAKE_REQUIRED");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn json_blocks_validate_and_return_the_document() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    create(&mut a, json!({"type":"json","size":256})).await;
+    let r = a
+        .ask(json!({"action":"block_read","id":1,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!((r["document"].clone(), r["version"].as_u64()), (Value::Null, Some(0)));
+    let w = a
+        .ask(json!({"action":"block_write","id":2,"pool":"p","block_id":"b","document":{"users":[1,2]}}))
+        .await;
+    assert_eq!(w["version"], 1);
+    a.send_binary(
+        json!({"action":"block_write","id":3,"pool":"p","block_id":"b"}),
+        b"{broken",
+    )
+    .await;
+    assert_eq!(code(&a.expect().await), "INVALID_JSON");
+    let r = a
+        .ask(json!({"action":"block_read","id":4,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(r["document"], json!({"users":[1,2]}));
+    let big = "x".repeat(300);
+    let r = a
+        .ask(json!({"action":"block_write","id":5,"pool":"p","block_id":"b","document":big}))
+        .await;
+    assert_eq!(code(&r), "OUT_OF_RANGE");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stream_blocks_keep_a_cursor_per_consumer() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    create(&mut a, json!({"type":"stream","size":1024})).await;
+    for (i, rec) in ["one", "two", "three"].iter().enumerate() {
+        a.send_binary(
+            json!({"action":"block_write","id":i,"pool":"p","block_id":"b"}),
+            rec.as_bytes(),
+        )
+        .await;
+        assert_eq!(a.expect().await["index"], i);
+    }
+    let mut read = async |consumer: &str, max: u64| {
+        a.send(json!({"action":"block_read","id":"r","pool":"p","block_id":"b","consumer":consumer,"max":max}))
+            .await;
+        let (h, body) = a.expect_binary().await;
+        let mut at = 0;
+        let mut out = vec![];
+        for l in h["lengths"].as_array().unwrap() {
+            let l = l.as_u64().unwrap() as usize;
+            out.push(String::from_utf8(body[at..at + l].to_vec()).unwrap());
+            at += l;
+        }
+        (out, h["next_index"].as_u64().unwrap())
+    };
+    assert_eq!(read("c1", 2).await, (vec!["one".to_owned(), "two".to_owned()], 2));
+    assert_eq!(read("c2", 10).await.0.len(), 3, "c2 has its own cursor");
+    assert_eq!(read("c1", 10).await, (vec!["three".to_owned()], 3));
+    assert_eq!(read("c1", 10).await, (vec![], 3));
+    let r = a
+        .ask(json!({"action":"block_read","id":"x","pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(code(&r), "INVALID_MESSAGE");
+    let st = a
+        .ask(json!({"action":"block_stat","id":"s","pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(st["block"]["stream"]["next_index"], 3);
+    assert_eq!(st["block"]["stream"]["consumers"].as_array().unwrap().len(), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stream_full_is_an_error_until_consumers_read() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    create(&mut a, json!({"type":"stream","size":32,"overflow":"error"})).await;
+    // Register a consumer, so records are held for it.
+    a.ask(json!({"action":"block_read","id":"r","pool":"p","block_id":"b","consumer":"c","encoding":"base64"}))
+        .await;
+    for i in 0..2 {
+        let w = a
+            .ask(json!({"action":"block_write","id":i,"pool":"p","block_id":"b","data":"AAAAAAAAAAA="}))
+            .await;
+        assert_eq!(w["action"], "block_written", "{w}");
+    }
+    let r = a
+        .ask(json!({"action":"block_write","id":9,"pool":"p","block_id":"b","data":"AQ=="}))
+        .await;
+    assert_eq!(code(&r), "STREAM_FULL");
+    let r = a
+        .ask(json!({"action":"block_read","id":"r","pool":"p","block_id":"b","consumer":"c","encoding":"base64"}))
+        .await;
+    assert_eq!(r["records"].as_array().unwrap().len(), 2);
+    let w = a
+        .ask(json!({"action":"block_write","id":10,"pool":"p","block_id":"b","data":"AQ=="}))
+        .await;
+    assert_eq!(w["action"], "block_written", "{w}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn permissions_are_checked_on_every_operation() {
+    let s = TestServer::start().await;
+    let mut owner = member(&s, "owner").await;
+    create(&mut owner, json!({"permissions":{"read":["reader"],"write":["owner"]}})).await;
+    let mut reader = member(&s, "reader").await;
+    let mut stranger = member(&s, "stranger").await;
+    let at = reader
+        .ask(json!({"action":"block_attach","id":1,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(at["mode"], "read", "the widest mode allowed: {at}");
+    let r = reader
+        .ask(json!({"action":"block_attach","id":2,"pool":"p","block_id":"b","mode":"write"}))
+        .await;
+    assert_eq!(code(&r), "PERMISSION_DENIED");
+    for req in [
+        json!({"action":"block_write","id":3,"pool":"p","block_id":"b","data":"AQ=="}),
+        json!({"action":"block_lock","id":3,"pool":"p","block_id":"b"}),
+        json!({"action":"block_delete","id":3,"pool":"p","block_id":"b"}),
+        json!({"action":"block_notify","id":3,"pool":"p","block_id":"b","version":0}),
+    ] {
+        assert_eq!(code(&reader.ask(req.clone()).await), "PERMISSION_DENIED", "{req}");
+    }
+    let r = reader
+        .ask(json!({"action":"block_read","id":4,"pool":"p","block_id":"b","length":1,"encoding":"base64"}))
+        .await;
+    assert_eq!(r["action"], "block_data");
+    for req in [
+        json!({"action":"block_read","id":5,"pool":"p","block_id":"b"}),
+        json!({"action":"block_attach","id":5,"pool":"p","block_id":"b"}),
+        json!({"action":"block_watch","id":5,"pool":"p","block_id":"b"}),
+        json!({"action":"block_lock","id":5,"pool":"p","block_id":"b","mode":"shared"}),
+    ] {
+        assert_eq!(code(&stranger.ask(req.clone()).await), "PERMISSION_DENIED", "{req}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn locks_conflict_wait_time_out_and_end_with_their_holder() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let mut b = member(&s, "b").await;
+    create(&mut a, json!({})).await;
+    let l = a
+        .ask(json!({"action":"block_lock","id":1,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(
+        (l["action"].as_str(), l["mode"].as_str()),
+        (Some("block_locked"), Some("exclusive")),
+        "{l}"
+    );
+    // The holder writes; the other app is refused, locks fail at once or after their wait.
+    let w = a
+        .ask(json!({"action":"block_write","id":2,"pool":"p","block_id":"b","data":"AQ=="}))
+        .await;
+    assert_eq!(w["action"], "block_written");
+    let w = b
+        .ask(json!({"action":"block_write","id":2,"pool":"p","block_id":"b","data":"AQ=="}))
+        .await;
+    assert_eq!(code(&w), "LOCKED");
+    assert!(w["message"].as_str().unwrap().contains("'a'"), "{w}");
+    let r = b
+        .ask(json!({"action":"block_lock","id":3,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(code(&r), "LOCKED");
+    let r = b
+        .ask(json!({"action":"block_lock","id":4,"pool":"p","block_id":"b","wait_ms":50}))
+        .await;
+    assert_eq!(code(&r), "LOCK_TIMEOUT");
+    // A waiter is granted when the holder unlocks.
+    b.send(json!({"action":"block_lock","id":5,"pool":"p","block_id":"b","mode":"shared","wait_ms":10000}))
+        .await;
+    b.sync().await; // the lock request is queued before the unlock
+    let u = a
+        .ask(json!({"action":"block_unlock","id":6,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(u["action"], "block_unlocked");
+    let g = b.expect().await;
+    assert_eq!(
+        (g["in_reply_to"].as_u64(), g["mode"].as_str()),
+        (Some(5), Some("shared")),
+        "{g}"
+    );
+    // Shared leases let other readers in, but not writers.
+    let l = a
+        .ask(json!({"action":"block_lock","id":7,"pool":"p","block_id":"b","mode":"shared"}))
+        .await;
+    assert_eq!(l["action"], "block_locked");
+    let w = a
+        .ask(json!({"action":"block_write","id":8,"pool":"p","block_id":"b","data":"AQ=="}))
+        .await;
+    assert_eq!(code(&w), "LOCKED");
+    // b disconnects: its lease ends, and a may write again.
+    a.send(json!({"action":"block_lock","id":9,"pool":"p","block_id":"b","wait_ms":10000}))
+        .await;
+    a.sync().await;
+    drop(b);
+    let g = a.expect().await;
+    assert_eq!(
+        (g["in_reply_to"].as_u64(), g["mode"].as_str()),
+        (Some(9), Some("exclusive")),
+        "{g}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_lease_expires_and_its_holder_is_told() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let mut b = member(&s, "b").await;
+    create(&mut a, json!({})).await;
+    a.ask(json!({"action":"block_lock","id":1,"pool":"p","block_id":"b","lease_ms":100}))
+        .await;
+    let g = b
+        .ask(json!({"action":"block_lock","id":2,"pool":"p","block_id":"b","wait_ms":10000}))
+        .await;
+    assert_eq!(g["action"], "block_locked", "granted once a's lease ran out: {g}");
+    let e = a.expect().await;
+    assert_eq!(
+        (e["action"].as_str(), e["event"].as_str()),
+        (Some("block_event"), Some("lock_expired")),
+        "{e}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn watchers_get_the_initial_state_then_synced_then_every_change() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let mut w = member(&s, "w").await;
+    create(&mut a, json!({})).await;
+    // An empty block: no state to send, but still "synced".
+    let r = w
+        .ask(json!({"action":"block_watch","id":1,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(
+        (r["action"].as_str(), r["version"].as_u64()),
+        (Some("block_watching"), Some(0))
+    );
+    let e = w.expect().await;
+    assert_eq!(e["event"], "synced");
+    a.ask(json!({"action":"block_write","id":2,"pool":"p","block_id":"b","offset":8,"data":"AQID"}))
+        .await;
+    let e = w.expect().await;
+    assert_eq!(
+        (
+            e["event"].as_str(),
+            e["version"].as_u64(),
+            e["offset"].as_u64(),
+            e["length"].as_u64()
+        ),
+        (Some("changed"), Some(1), Some(8), Some(3)),
+        "{e}"
+    );
+    // A local writer reports its own write.
+    a.ask(json!({"action":"block_write","id":3,"pool":"p","block_id":"b","data":"AQ=="}))
+        .await;
+    let n = a
+        .ask(json!({"action":"block_notify","id":4,"pool":"p","block_id":"b","version":2,"offset":0,"length":1}))
+        .await;
+    assert_eq!(n["action"], "block_notified");
+    assert_eq!(w.expect().await["version"], 2);
+    assert_eq!(w.expect().await["version"], 2, "the notify's own event");
+    // A watcher that saw version 1 is told at once that it is behind; one at 2 is not.
+    let mut late = member(&s, "late").await;
+    late.ask(json!({"action":"block_watch","id":5,"pool":"p","block_id":"b","since":1}))
+        .await;
+    let e = late.expect().await;
+    assert_eq!((e["event"].as_str(), e["version"].as_u64()), (Some("changed"), Some(2)));
+    assert_eq!(late.expect().await["event"], "synced");
+    let mut current = member(&s, "current").await;
+    current
+        .ask(json!({"action":"block_watch","id":6,"pool":"p","block_id":"b","since":2}))
+        .await;
+    assert_eq!(current.expect().await["event"], "synced");
+    // Unwatched: no more events. Deleted: watchers are told.
+    current
+        .ask(json!({"action":"block_unwatch","id":7,"pool":"p","block_id":"b"}))
+        .await;
+    a.ask(json!({"action":"block_delete","id":8,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(w.expect().await["event"], "deleted");
+    assert!(current.sync().await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        let mut cfg = latzero_server::ServerConfig::new(dir.path());
+        cfg.port = 0;
+        let server = latzero_server::Server::bind(cfg).await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        (addr, tx, task)
+    };
+    let (addr, stop, task) = start().await;
+    let mut a = Raw::connect(addr).await;
+    a.handshake("a", &["p"], &[]).await;
+    create(
+        &mut a,
+        json!({"persistent":true,"permissions":{"read":["*"],"write":["a"]}}),
+    )
+    .await;
+    a.ask(json!({"action":"block_create","id":"v","pool":"p","block_id":"v","size":64}))
+        .await;
+    a.ask(json!({"action":"block_write","id":1,"pool":"p","block_id":"b","data":"c3Vydml2ZWQ="}))
+        .await;
+    let at = a
+        .ask(json!({"action":"block_attach","id":2,"pool":"p","block_id":"v"}))
+        .await;
+    let volatile = std::path::PathBuf::from(at["path"].as_str().unwrap());
+    assert!(volatile.exists());
+    drop(a);
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert!(!volatile.exists(), "non-persistent blocks go with the server");
+
+    let (addr, stop, task) = start().await;
+    let mut a = Raw::connect(addr).await;
+    a.handshake("a", &["p"], &[]).await;
+    let r = a
+        .ask(json!({"action":"block_read","id":3,"pool":"p","block_id":"b","length":8,"encoding":"base64"}))
+        .await;
+    assert_eq!(
+        (r["data"].as_str(), r["version"].as_u64()),
+        (Some("c3Vydml2ZWQ="), Some(1)),
+        "{r}"
+    );
+    let st = a
+        .ask(json!({"action":"block_stat","id":4,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(st["block"]["permissions"]["write"], json!(["a"]));
+    assert_eq!(st["block"]["owner"], "a");
+    let r = a
+        .ask(json!({"action":"block_stat","id":5,"pool":"p","block_id":"v"}))
+        .await;
+    assert_eq!(code(&r), "BLOCK_NOT_FOUND");
+    let l = a.ask(json!({"action":"block_list","id":6,"pool":"p"})).await;
+    assert_eq!(l["blocks"].as_array().unwrap().len(), 1);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
