@@ -33,6 +33,8 @@ pub(crate) enum Waiter {
     Frame(oneshot::Sender<Bytes>),
     /// Wants the call's result; the reader computes it while it has the frame parsed.
     Value(oneshot::Sender<Result<Value, ClientError>>),
+    /// Wants the frame with its binary body (memory-block replies).
+    Full(oneshot::Sender<latzero_proto::Frame>),
 }
 
 /// An `emit` frame, with the payload serialised straight into it.
@@ -103,6 +105,7 @@ pub(crate) struct Inner {
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: CancellationToken,
+    pub(crate) watches: Mutex<crate::memory::Watches>,
 }
 
 struct CloseOnDrop(CancellationToken);
@@ -204,6 +207,7 @@ impl Client {
             }),
             events,
             closed: CancellationToken::new(),
+            watches: Mutex::default(),
             opts,
         });
         let live = establish(&inner, inner.opts.takeover).await?;
@@ -465,6 +469,22 @@ impl Inner {
     ) -> Result<Bytes, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.await_reply(build, Waiter::Frame(tx), rx, ttl).await
+    }
+
+    /// Sends a request built around a fresh id and waits for the whole frame that answers it;
+    /// an error frame becomes `Err`.
+    pub(crate) async fn roundtrip_full(
+        &self,
+        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        ttl: Duration,
+    ) -> Result<latzero_proto::Frame, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let f = self.await_reply(build, Waiter::Full(tx), rx, ttl).await?;
+        if f.json().starts_with(br#"{"action":"error""#) {
+            let env = ServerFrame::parse(f.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            return Err(remote_error(&env).into());
+        }
+        Ok(f)
     }
 
     /// Sends a request built around a fresh id and waits for its result.

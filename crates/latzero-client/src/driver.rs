@@ -84,6 +84,7 @@ impl Inner {
                     taken_over: code == ErrorCode::DuplicateApp.as_str(),
                 });
             }
+            Some("block_event") => lock(&self.watches).deliver(json),
             Some(action) if env.origin.is_some() && matches!(action, "response" | "error") => {
                 let origin: Value = env
                     .origin
@@ -106,6 +107,9 @@ impl Inner {
                     }
                     Some(Waiter::Value(tx)) => {
                         let _ = tx.send(result_of(&env, json));
+                    }
+                    Some(Waiter::Full(tx)) => {
+                        let _ = tx.send(frame.clone());
                     }
                     None if action == "error" => self.event(ClientEvent::ServerError(remote_error(&env))),
                     None => tracing::debug!(action, "reply for a request no longer waiting"),
@@ -336,6 +340,10 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             }
         };
         lock(&inner.shared).tx = Some(live.tx.clone());
+        // Block watches were the old connection's: subscribe again from the last version seen.
+        for frame in lock(&inner.watches).resubscribe() {
+            send_or_spawn(&live.tx, frame);
+        }
         tracing::info!(app = %inner.app_id, "reconnected");
         inner.event(ClientEvent::Reconnected);
     }

@@ -57,6 +57,10 @@ pub enum ClientError {
     /// The server sent something this SDK does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A memory block's mapping refused the operation (out of range, wrong type, invalid JSON,
+    /// a full stream, the write side held too long, ...).
+    #[error("memory block: {0}")]
+    Memory(#[from] latzero_memory::MemError),
     /// The payload could not be serialised or the result deserialised.
     #[error("payload (de)serialisation failed: {0}")]
     Json(#[from] serde_json::Error),

@@ -26,6 +26,9 @@
 //! - Calls: [`Client::call`], [`Client::call_to`], and [`Client::request`] for timeouts,
 //!   broadcast and third-party reply. A call to a trigger this client registered itself, in a
 //!   pool it is in, runs in-process without a network round trip.
+//! - Memory blocks: [`Client::create_block`] and [`Client::attach_block`] give a
+//!   [`MemoryBlock`], mapped in this process when the server is on this machine (reads and writes
+//!   touch shared memory directly), with versions, locks and [`MemoryBlock::watch`].
 //! - The connection reconnects with exponential backoff and jitter, handshakes again with its
 //!   pools and triggers, and reports it through [`Client::events`]. Calls in flight when the
 //!   connection drops fail at once with [`ClientError::Disconnected`].
@@ -37,6 +40,7 @@ mod connection;
 mod driver;
 mod error;
 mod handler;
+mod memory;
 mod options;
 
 pub use call::{BroadcastReply, Call};
@@ -44,4 +48,5 @@ pub use client::{Client, ClientEvent, Forwarded};
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TriggerName};
+pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, MemoryBlock, Records};
 pub use options::ClientOptions;

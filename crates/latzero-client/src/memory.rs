@@ -1,0 +1,684 @@
+//! Memory blocks in the SDK: [`MemoryBlock`] maps the block's file when the server is on this
+//! machine (zero copy: reads and writes touch the mapping, the server only hears a short
+//! `block_notify` after a write so that watchers are told), and goes through the server with
+//! binary frames otherwise. Locks and watches are always the server's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use latzero_memory::Block;
+use latzero_proto::frame::{Frame, encode_binary, encode_message};
+use latzero_proto::message::{BlockType, LockMode};
+use latzero_proto::{BlockId, PoolName};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::client::{Client, Inner, lock};
+use crate::error::ClientError;
+
+/// Events queued to one [`BlockWatch`] before it counts as lagging.
+const WATCH_QUEUE: usize = 1024;
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct BlockOptions {
+    kind: BlockType,
+    size: u64,
+    persistent: bool,
+    read: Vec<String>,
+    write: Vec<String>,
+    overwrite: bool,
+}
+
+impl BlockOptions {
+    /// Raw bytes.
+    pub fn binary(size: u64) -> Self {
+        Self::new(BlockType::Binary, size)
+    }
+
+    /// One JSON document of at most `size` bytes (starts as `null`).
+    pub fn json(size: u64) -> Self {
+        Self::new(BlockType::Json, size)
+    }
+
+    /// A ring of records of `size` bytes.
+    pub fn stream(size: u64) -> Self {
+        Self::new(BlockType::Stream, size)
+    }
+
+    fn new(kind: BlockType, size: u64) -> Self {
+        BlockOptions {
+            kind,
+            size,
+            persistent: false,
+            read: vec!["*".into()],
+            write: vec!["*".into()],
+            overwrite: false,
+        }
+    }
+
+    /// Keep the block and its content across server restarts.
+    pub fn persistent(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
+    /// Apps that may read (`"*"`: every member of the pool; the default).
+    pub fn readers<S: Into<String>>(mut self, apps: impl IntoIterator<Item = S>) -> Self {
+        self.read = apps.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Apps that may write (`"*"`: every member of the pool; the default).
+    pub fn writers<S: Into<String>>(mut self, apps: impl IntoIterator<Item = S>) -> Self {
+        self.write = apps.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Streams: drop the oldest records when full instead of refusing appends.
+    pub fn overwrite(mut self) -> Self {
+        self.overwrite = true;
+        self
+    }
+}
+
+/// How to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Map read-only.
+    Read,
+    /// Map read-write.
+    Write,
+}
+
+/// Records read from a stream block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    /// The records, oldest first.
+    pub records: Vec<Vec<u8>>,
+    /// Records an overwriting stream dropped before this consumer read them.
+    pub skipped: u64,
+    /// The index of the next record this consumer will read.
+    pub next_index: u64,
+    /// The block's version when they were read.
+    pub version: u64,
+}
+
+/// Something that happened to a watched block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockEvent {
+    /// A write produced `version`, over `offset..offset+length` (streams: the record's index
+    /// and its length). After (re)subscribing, a watcher that is behind gets one for the whole
+    /// block first.
+    Changed { version: u64, offset: u64, length: u64 },
+    /// The initial state has been sent; events from here on are live.
+    Synced { version: u64 },
+    /// The block was deleted; no more events follow.
+    Deleted { version: u64 },
+    /// This client's lock lease on the block expired.
+    LockExpired,
+    /// Events were dropped because this watch was not read fast enough: read the block again.
+    Lagged,
+}
+
+struct WatchSlot {
+    id: u64,
+    tx: mpsc::Sender<BlockEvent>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// Watches held by one client, by block; re-subscribed after a reconnect from the last version
+/// seen.
+#[derive(Default)]
+pub(crate) struct Watches {
+    by_block: HashMap<(String, String), (Vec<WatchSlot>, Arc<AtomicU64>)>,
+    next_id: u64,
+}
+
+impl Watches {
+    /// Delivers a `block_event` frame to the watches of its block.
+    pub(crate) fn deliver(&mut self, json: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Ev {
+            event: String,
+            pool: String,
+            block_id: String,
+            #[serde(default)]
+            version: u64,
+            #[serde(default)]
+            offset: u64,
+            #[serde(default)]
+            length: u64,
+        }
+        let Ok(e) = serde_json::from_slice::<Ev>(json) else {
+            tracing::warn!("unparseable block_event from the server");
+            return;
+        };
+        let ev = match e.event.as_str() {
+            "changed" => BlockEvent::Changed {
+                version: e.version,
+                offset: e.offset,
+                length: e.length,
+            },
+            "synced" => BlockEvent::Synced { version: e.version },
+            "deleted" => BlockEvent::Deleted { version: e.version },
+            "lock_expired" => BlockEvent::LockExpired,
+            other => {
+                tracing::debug!(event = other, "unknown block event");
+                return;
+            }
+        };
+        let key = (e.pool, e.block_id);
+        let Some((slots, seen)) = self.by_block.get_mut(&key) else {
+            return;
+        };
+        if matches!(ev, BlockEvent::Changed { .. } | BlockEvent::Synced { .. }) {
+            seen.fetch_max(e.version, Ordering::Relaxed);
+        }
+        slots.retain(|s| match s.tx.try_send(ev.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.lagged.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if matches!(ev, BlockEvent::Deleted { .. }) {
+            self.by_block.remove(&key);
+        }
+    }
+
+    /// `block_watch` frames for every watched block, from the last version seen.
+    pub(crate) fn resubscribe(&self) -> Vec<Bytes> {
+        self.by_block
+            .iter()
+            .filter(|(_, (slots, _))| !slots.is_empty())
+            .map(|((pool, id), (_, seen))| {
+                encode_message(&json!({
+                    "action": "block_watch", "pool": pool, "block_id": id,
+                    "since": seen.load(Ordering::Relaxed),
+                }))
+            })
+            .collect()
+    }
+}
+
+/// A subscription to a block's changes; see [`MemoryBlock::watch`]. Dropping the last watch of
+/// a block unsubscribes.
+pub struct BlockWatch {
+    rx: mpsc::Receiver<BlockEvent>,
+    lagged: Arc<AtomicBool>,
+    inner: Arc<Inner>,
+    key: (String, String),
+    id: u64,
+}
+
+impl std::fmt::Debug for BlockWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockWatch").field("block", &self.key).finish()
+    }
+}
+
+impl BlockWatch {
+    /// The next event; `None` once the block is deleted and its events are read, or the client
+    /// is closed. [`BlockEvent::Lagged`] comes first if events were dropped.
+    pub async fn next(&mut self) -> Option<BlockEvent> {
+        if self.lagged.swap(false, Ordering::Relaxed) {
+            return Some(BlockEvent::Lagged);
+        }
+        tokio::select! {
+            e = self.rx.recv() => e,
+            _ = self.inner.closed.cancelled() => None,
+        }
+    }
+}
+
+impl Drop for BlockWatch {
+    fn drop(&mut self) {
+        let mut w = lock(&self.inner.watches);
+        let Some((slots, _)) = w.by_block.get_mut(&self.key) else {
+            return;
+        };
+        slots.retain(|s| s.id != self.id);
+        if slots.is_empty() {
+            w.by_block.remove(&self.key);
+            drop(w);
+            let frame = encode_message(&json!({
+                "action": "block_unwatch", "pool": self.key.0, "block_id": self.key.1,
+            }));
+            if let Some(tx) = lock(&self.inner.shared).tx.clone() {
+                let _ = tx.try_send(frame);
+            }
+        }
+    }
+}
+
+/// A block this client created or attached. Cheap to clone.
+#[derive(Clone)]
+pub struct MemoryBlock {
+    client: Client,
+    pool: PoolName,
+    id: BlockId,
+    kind: BlockType,
+    size: u64,
+    writable: bool,
+    map: Option<Arc<Block>>,
+}
+
+impl std::fmt::Debug for MemoryBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBlock")
+            .field("pool", &self.pool)
+            .field("block_id", &self.id)
+            .field("type", &self.kind.as_str())
+            .field("size", &self.size)
+            .field("mapped", &self.map.is_some())
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+fn kind_of(s: &str) -> Result<BlockType, ClientError> {
+    match s {
+        "binary" => Ok(BlockType::Binary),
+        "json" => Ok(BlockType::Json),
+        "stream" => Ok(BlockType::Stream),
+        other => Err(ClientError::Protocol(format!("unknown block type '{other}'"))),
+    }
+}
+
+impl Client {
+    /// Creates a block in a pool this client is in, then attaches it (mapped when the server is
+    /// on this machine).
+    pub async fn create_block(
+        &self,
+        pool: &str,
+        block_id: &str,
+        opts: BlockOptions,
+    ) -> Result<MemoryBlock, ClientError> {
+        let pool = PoolName::try_from(pool)?;
+        let id = BlockId::try_from(block_id)?;
+        let mut req = json!({
+            "action": "block_create", "pool": pool, "block_id": id, "size": opts.size,
+            "type": opts.kind.as_str(), "persistent": opts.persistent,
+            "permissions": { "read": opts.read, "write": opts.write },
+        });
+        if opts.kind == BlockType::Stream {
+            req["overflow"] = json!(if opts.overwrite { "overwrite" } else { "error" });
+        }
+        self.block_request(req).await?;
+        self.attach_block_with(pool.as_str(), id.as_str(), None, true).await
+    }
+
+    /// Attaches an existing block with the widest access this app has, mapped when possible.
+    pub async fn attach_block(&self, pool: &str, block_id: &str) -> Result<MemoryBlock, ClientError> {
+        self.attach_block_with(pool, block_id, None, true).await
+    }
+
+    /// Attaches with a given access (`None`: the widest allowed). With `map` false, or when the
+    /// block's file cannot be opened (the server is on another machine), every operation goes
+    /// through the server.
+    pub async fn attach_block_with(
+        &self,
+        pool: &str,
+        block_id: &str,
+        access: Option<Access>,
+        map: bool,
+    ) -> Result<MemoryBlock, ClientError> {
+        let pool = PoolName::try_from(pool)?;
+        let id = BlockId::try_from(block_id)?;
+        let mut req = json!({ "action": "block_attach", "pool": pool, "block_id": id });
+        if let Some(a) = access {
+            req["mode"] = json!(if a == Access::Write { "write" } else { "read" });
+        }
+        let r = self.block_request(req).await?;
+        let writable = r["mode"] == "write";
+        let kind = kind_of(r["block"]["type"].as_str().unwrap_or_default())?;
+        let size = r["block"]["size"].as_u64().unwrap_or(0);
+        let mapped = match (map, r["path"].as_str()) {
+            (true, Some(path)) => match Block::open(std::path::Path::new(path), writable) {
+                Ok(b) if b.size() == size => Some(Arc::new(b)),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(path, error = %e, "block not mappable here; using the server");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Ok(MemoryBlock {
+            client: self.clone(),
+            pool,
+            id,
+            kind,
+            size,
+            writable,
+            map: mapped,
+        })
+    }
+
+    /// The blocks of a pool, as the server describes them (`block_list`).
+    pub async fn list_blocks(&self, pool: &str) -> Result<Vec<Value>, ClientError> {
+        let pool = PoolName::try_from(pool)?;
+        let mut r = self
+            .block_request(json!({ "action": "block_list", "pool": pool }))
+            .await?;
+        Ok(match r["blocks"].take() {
+            Value::Array(a) => a,
+            _ => vec![],
+        })
+    }
+
+    /// Deletes a block by name.
+    pub async fn delete_block(&self, pool: &str, block_id: &str) -> Result<(), ClientError> {
+        let pool = PoolName::try_from(pool)?;
+        let id = BlockId::try_from(block_id)?;
+        self.block_request(json!({ "action": "block_delete", "pool": pool, "block_id": id }))
+            .await
+            .map(|_| ())
+    }
+
+    /// A JSON block request; the reply's JSON (server errors become `Err`).
+    async fn block_request(&self, req: Value) -> Result<Value, ClientError> {
+        let f = self.block_frame(req, None).await?;
+        serde_json::from_slice(f.json()).map_err(Into::into)
+    }
+
+    /// A block request, optionally with a binary body; the whole reply frame.
+    async fn block_frame(&self, mut req: Value, body: Option<&[u8]>) -> Result<Frame, ClientError> {
+        let timeout = self.inner.opts.request_timeout;
+        // Lock waits may be longer than the client's request timeout.
+        let wait = Duration::from_millis(req["wait_ms"].as_u64().unwrap_or(0));
+        self.inner
+            .roundtrip_full(
+                |id| {
+                    req["id"] = json!(id);
+                    Ok(match body {
+                        Some(b) => encode_binary(&serde_json::to_vec(&req)?, b),
+                        None => encode_message(&req),
+                    })
+                },
+                timeout + wait,
+            )
+            .await
+    }
+}
+
+impl MemoryBlock {
+    /// The pool.
+    pub fn pool(&self) -> &str {
+        self.pool.as_str()
+    }
+
+    /// The block id.
+    pub fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    /// Data bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether this process maps the block (zero copy) rather than going through the server.
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// Whether this attachment may write.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    fn req(&self, action: &str) -> Value {
+        json!({ "action": action, "pool": self.pool, "block_id": self.id })
+    }
+
+    fn mapping(&self) -> Result<&Block, ClientError> {
+        self.map.as_deref().ok_or_else(|| {
+            ClientError::Protocol(
+                "this block is not mapped in this process (the server is remote, or it was attached with map = false)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Tells the server (and so the watchers) about a write made through the mapping.
+    async fn notify(&self, version: u64, offset: u64, length: u64) -> Result<(), ClientError> {
+        let mut n = self.req("block_notify");
+        n["version"] = json!(version);
+        n["offset"] = json!(offset);
+        n["length"] = json!(length);
+        self.client.inner.send(encode_message(&n)).await
+    }
+
+    /// The current version: from the mapping, else asked of the server.
+    pub async fn version(&self) -> Result<u64, ClientError> {
+        match &self.map {
+            Some(m) => Ok(m.version()),
+            None => Ok(self.stat().await?["version"].as_u64().unwrap_or(0)),
+        }
+    }
+
+    /// The server's description of the block (`block_stat`).
+    pub async fn stat(&self) -> Result<Value, ClientError> {
+        let mut r = self.client.block_request(self.req("block_stat")).await?;
+        Ok(r["block"].take())
+    }
+
+    /// Binary blocks: copies `len` bytes at `offset`; returns them with their version (never a
+    /// torn write).
+    pub async fn read(&self, offset: u64, len: u64) -> Result<(Vec<u8>, u64), ClientError> {
+        if let Some(m) = &self.map {
+            let mut buf = vec![0u8; len as usize];
+            let v = m.read(offset, &mut buf)?;
+            return Ok((buf, v));
+        }
+        let mut r = self.req("block_read");
+        r["offset"] = json!(offset);
+        r["length"] = json!(len);
+        match self.client.block_frame(r, None).await? {
+            Frame::Binary { header, body } => {
+                let h: Value = serde_json::from_slice(&header)?;
+                Ok((body.to_vec(), h["version"].as_u64().unwrap_or(0)))
+            }
+            Frame::Json(j) => Err(ClientError::Protocol(format!(
+                "expected a binary block_data frame, got {}",
+                String::from_utf8_lossy(&j)
+            ))),
+        }
+    }
+
+    /// Zero-copy read of a mapped block: `f` sees the bytes in place and runs again if a write
+    /// overlapped it (so it must tolerate bytes changing under it; its result is discarded then).
+    pub fn read_with<R>(&self, offset: u64, len: u64, f: impl FnMut(&[u8]) -> R) -> Result<(R, u64), ClientError> {
+        Ok(self.mapping()?.read_with(offset, len, f)?)
+    }
+
+    /// Binary blocks: writes `data` at `offset`; returns the new version. Watchers are told.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<u64, ClientError> {
+        if let Some(m) = self.map.as_ref().filter(|_| self.writable) {
+            let v = m.write(offset, data)?;
+            self.notify(v, offset, data.len() as u64).await?;
+            return Ok(v);
+        }
+        let mut r = self.req("block_write");
+        r["offset"] = json!(offset);
+        self.written(r, data).await
+    }
+
+    /// Zero-copy write of a mapped block: `f` fills `offset..offset+len` in place; returns the
+    /// new version. Watchers are told.
+    pub async fn write_with(&self, offset: u64, len: u64, f: impl FnOnce(&mut [u8])) -> Result<u64, ClientError> {
+        let v = self.mapping()?.write_with(offset, len, f)?;
+        self.notify(v, offset, len).await?;
+        Ok(v)
+    }
+
+    async fn written(&self, req: Value, body: &[u8]) -> Result<u64, ClientError> {
+        let f = self.client.block_frame(req, Some(body)).await?;
+        let v: Value = serde_json::from_slice(f.json())?;
+        Ok(v["version"].as_u64().unwrap_or(0))
+    }
+
+    /// Json blocks: the document and its version.
+    pub async fn read_json<T: DeserializeOwned>(&self) -> Result<(T, u64), ClientError> {
+        if let Some(m) = &self.map {
+            let (doc, v) = m.read_json()?;
+            return Ok((serde_json::from_slice(&doc)?, v));
+        }
+        let mut r = self.client.block_request(self.req("block_read")).await?;
+        Ok((
+            serde_json::from_value(r["document"].take())?,
+            r["version"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// Json blocks: replaces the document; returns the new version. Watchers are told.
+    pub async fn write_json<T: Serialize + ?Sized>(&self, doc: &T) -> Result<u64, ClientError> {
+        let bytes = serde_json::to_vec(doc)?;
+        if let Some(m) = self.map.as_ref().filter(|_| self.writable) {
+            let v = m.write_json(&bytes)?;
+            self.notify(v, 0, bytes.len() as u64).await?;
+            return Ok(v);
+        }
+        self.written(self.req("block_write"), &bytes).await
+    }
+
+    /// Stream blocks: appends a record; returns its index and the new version.
+    pub async fn append(&self, record: &[u8]) -> Result<(u64, u64), ClientError> {
+        if let Some(m) = self.map.as_ref().filter(|_| self.writable) {
+            let (index, v) = m.append(record)?;
+            self.notify(v, index, record.len() as u64).await?;
+            return Ok((index, v));
+        }
+        let f = self.client.block_frame(self.req("block_write"), Some(record)).await?;
+        let v: Value = serde_json::from_slice(f.json())?;
+        Ok((v["index"].as_u64().unwrap_or(0), v["version"].as_u64().unwrap_or(0)))
+    }
+
+    /// Stream blocks: up to `max` records from the named consumer's cursor, which moves past
+    /// them. A writable mapping reads in place; otherwise the server reads for us.
+    pub async fn consume(&self, consumer: &str, max: usize) -> Result<Records, ClientError> {
+        if let Some(m) = self.map.as_ref().filter(|_| self.writable) {
+            let slot = m.consumer(consumer)?;
+            let r = m.read_records(m.consumer_cursor(slot), max, u64::MAX)?;
+            m.commit_cursor(slot, r.next)?;
+            return Ok(Records {
+                records: r.records,
+                skipped: r.skipped,
+                next_index: r.next.index,
+                version: r.version,
+            });
+        }
+        let mut req = self.req("block_read");
+        req["consumer"] = json!(consumer);
+        req["max"] = json!(max);
+        match self.client.block_frame(req, None).await? {
+            Frame::Binary { header, body } => {
+                let h: Value = serde_json::from_slice(&header)?;
+                let mut at = 0usize;
+                let mut records = vec![];
+                for l in h["lengths"].as_array().into_iter().flatten() {
+                    let l = l.as_u64().unwrap_or(0) as usize;
+                    let rec = body
+                        .get(at..at + l)
+                        .ok_or_else(|| ClientError::Protocol("block_records lengths exceed the body".into()))?;
+                    records.push(rec.to_vec());
+                    at += l;
+                }
+                Ok(Records {
+                    records,
+                    skipped: h["skipped"].as_u64().unwrap_or(0),
+                    next_index: h["next_index"].as_u64().unwrap_or(0),
+                    version: h["version"].as_u64().unwrap_or(0),
+                })
+            }
+            Frame::Json(j) => Err(ClientError::Protocol(format!(
+                "expected a binary block_records frame, got {}",
+                String::from_utf8_lossy(&j)
+            ))),
+        }
+    }
+
+    /// Takes a lock lease (the server's default lease), waiting up to `wait` for it.
+    pub async fn lock(&self, exclusive: bool, wait: Duration) -> Result<(), ClientError> {
+        self.lock_with(exclusive, None, wait).await
+    }
+
+    /// Takes a lock lease of `lease` (or the server's default), waiting up to `wait`.
+    /// Locking again renews the lease. The lease ends at [`MemoryBlock::unlock`], when it
+    /// expires, or when this client's connection drops (it is not retaken after a reconnect).
+    pub async fn lock_with(&self, exclusive: bool, lease: Option<Duration>, wait: Duration) -> Result<(), ClientError> {
+        let mut r = self.req("block_lock");
+        r["mode"] = json!(
+            if exclusive {
+                LockMode::Exclusive
+            } else {
+                LockMode::Shared
+            }
+            .as_str()
+        );
+        r["wait_ms"] = json!(wait.as_millis() as u64);
+        if let Some(l) = lease {
+            r["lease_ms"] = json!(l.as_millis() as u64);
+        }
+        self.client.block_request(r).await.map(|_| ())
+    }
+
+    /// Releases this client's lease.
+    pub async fn unlock(&self) -> Result<(), ClientError> {
+        self.client.block_request(self.req("block_unlock")).await.map(|_| ())
+    }
+
+    /// Watches the block. `since`: the last version this watcher saw; if the block is newer, a
+    /// [`BlockEvent::Changed`] for the whole block comes first. [`BlockEvent::Synced`] follows
+    /// the initial state. After a reconnect the watch resumes from the last version seen.
+    pub async fn watch(&self, since: Option<u64>) -> Result<BlockWatch, ClientError> {
+        let inner = &self.client.inner;
+        let key = (self.pool.to_string(), self.id.to_string());
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut w = lock(&inner.watches);
+            w.next_id += 1;
+            let id = w.next_id;
+            let (slots, seen) = w
+                .by_block
+                .entry(key.clone())
+                .or_insert_with(|| (vec![], Arc::new(AtomicU64::new(0))));
+            if let Some(s) = since {
+                seen.fetch_max(s, Ordering::Relaxed);
+            }
+            slots.push(WatchSlot {
+                id,
+                tx,
+                lagged: lagged.clone(),
+            });
+            id
+        };
+        let watch = BlockWatch {
+            rx,
+            lagged,
+            inner: inner.clone(),
+            key,
+            id,
+        };
+        let mut r = self.req("block_watch");
+        if let Some(s) = since {
+            r["since"] = json!(s);
+        }
+        self.client.block_request(r).await?;
+        Ok(watch)
+    }
+
+    /// Deletes the block (mappings in other processes stay valid until they unmap).
+    pub async fn delete(self) -> Result<(), ClientError> {
+        self.client.block_request(self.req("block_delete")).await.map(|_| ())
+    }
+}

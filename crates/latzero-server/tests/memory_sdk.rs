@@ -1,0 +1,141 @@
+//! Memory blocks through the Rust SDK against an in-process server: mapped (zero copy) and
+//! through the server, json and stream blocks, locks and watches.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use latzero_client::{Access, BlockEvent, BlockOptions, Client, ErrorCode};
+use serde_json::json;
+
+async fn client(s: &TestServer, app: &str) -> Client {
+    Client::connect(&s.unix_url(&format!("{app}?pools=p"))).await.unwrap()
+}
+
+#[tokio::test]
+async fn mapped_writes_are_seen_by_other_mappings_and_watchers() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let b = client(&s, "b").await;
+    let blk = a
+        .create_block("p", "frame", BlockOptions::binary(1 << 20))
+        .await
+        .unwrap();
+    assert!(blk.is_mapped() && blk.is_writable());
+    let other = b.attach_block("p", "frame").await.unwrap();
+    assert!(other.is_mapped());
+    let mut w = other.watch(None).await.unwrap();
+    assert_eq!(w.next().await, Some(BlockEvent::Synced { version: 0 }));
+
+    let v = blk.write_with(0, 1 << 20, |d| d.fill(7)).await.unwrap();
+    assert_eq!(v, 1);
+    let (sum, seen) = other
+        .read_with(0, 1 << 20, |d| d.iter().map(|&x| u64::from(x)).sum::<u64>())
+        .unwrap();
+    assert_eq!((sum, seen), (7 << 20, 1));
+    assert_eq!(
+        w.next().await,
+        Some(BlockEvent::Changed {
+            version: 1,
+            offset: 0,
+            length: 1 << 20
+        })
+    );
+    // The same block through the server (as a remote process would use it).
+    let remote = b.attach_block_with("p", "frame", None, false).await.unwrap();
+    assert!(!remote.is_mapped());
+    assert_eq!(remote.write(10, b"remote").await.unwrap(), 2);
+    assert_eq!(other.read(10, 6).await.unwrap(), (b"remote".to_vec(), 2));
+    assert_eq!(remote.read(0, 3).await.unwrap(), (vec![7, 7, 7], 2));
+    assert!(matches!(
+        w.next().await,
+        Some(BlockEvent::Changed {
+            version: 2,
+            offset: 10,
+            length: 6
+        })
+    ));
+    let e = remote.read(1 << 20, 1).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::OutOfRange));
+    let e = blk.read(1 << 20, 1).await.unwrap_err();
+    assert!(e.to_string().contains("outside the block"), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn read_only_attachments_map_read_only() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let r = client(&s, "r").await;
+    a.create_block("p", "b", BlockOptions::binary(4096).writers(["a"]))
+        .await
+        .unwrap();
+    let ro = r.attach_block("p", "b").await.unwrap();
+    assert!(ro.is_mapped() && !ro.is_writable());
+    let e = ro.write(0, b"x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    let e = r
+        .attach_block_with("p", "b", Some(Access::Write), true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn json_and_stream_blocks_mapped_and_remote() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let cfg = a.create_block("p", "cfg", BlockOptions::json(1024)).await.unwrap();
+    assert_eq!(cfg.read_json::<serde_json::Value>().await.unwrap(), (json!(null), 0));
+    cfg.write_json(&json!({"rate": 30})).await.unwrap();
+    let remote = a.attach_block_with("p", "cfg", None, false).await.unwrap();
+    assert_eq!(
+        remote.read_json::<serde_json::Value>().await.unwrap(),
+        (json!({"rate": 30}), 1)
+    );
+    remote.write_json(&json!([1, 2])).await.unwrap();
+    assert_eq!(cfg.read_json::<serde_json::Value>().await.unwrap(), (json!([1, 2]), 2));
+
+    let log = a.create_block("p", "log", BlockOptions::stream(4096)).await.unwrap();
+    let remote_log = a.attach_block_with("p", "log", None, false).await.unwrap();
+    assert_eq!(log.append(b"local").await.unwrap().0, 0);
+    assert_eq!(remote_log.append(b"remote").await.unwrap().0, 1);
+    let mine = log.consume("c1", 10).await.unwrap();
+    assert_eq!(mine.records, vec![b"local".to_vec(), b"remote".to_vec()]);
+    let theirs = remote_log.consume("c2", 1).await.unwrap();
+    assert_eq!((theirs.records.len(), theirs.next_index), (1, 1));
+    assert!(log.consume("c1", 10).await.unwrap().records.is_empty());
+    assert_eq!(
+        remote_log.consume("c2", 10).await.unwrap().records,
+        vec![b"remote".to_vec()]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn locks_through_the_sdk() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let b = client(&s, "b").await;
+    let ba = a.create_block("p", "b", BlockOptions::binary(64)).await.unwrap();
+    let bb = b.attach_block_with("p", "b", None, false).await.unwrap();
+    ba.lock(true, Duration::ZERO).await.unwrap();
+    let e = bb.write(0, b"x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Locked));
+    let e = bb.lock(true, Duration::from_millis(30)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LockTimeout));
+    let waiter = tokio::spawn({
+        let bb = bb.clone();
+        async move { bb.lock(true, Duration::from_secs(20)).await }
+    });
+    // Once the waiter is queued (the server says so), release: it is granted.
+    while ba.stat().await.unwrap()["locks"]["waiting"] != 1 {
+        tokio::task::yield_now().await;
+    }
+    ba.unlock().await.unwrap();
+    waiter.await.unwrap().unwrap();
+    assert_eq!(bb.write(0, b"x").await.unwrap(), 1);
+    s.stop().await;
+}
