@@ -26,6 +26,159 @@ pub enum Command {
     Emit(EmitArgs),
     /// Serve triggers from the command line: echo the request or answer with fixed JSON
     Reply(ReplyArgs),
+    /// Memory blocks: create, list, stat, read, write, watch, lock, checksum, delete
+    #[command(subcommand)]
+    Mem(MemCmd),
+}
+
+/// `latzero mem ...`. Each connects as an app (default `latzero-cli-<pid>`) that joins POOL.
+#[derive(Debug, Subcommand)]
+pub enum MemCmd {
+    /// Create a block and print its description
+    Create(MemCreateArgs),
+    /// List the blocks of a pool (a table, or --json)
+    List(MemListArgs),
+    /// Print a block's description and state as JSON (version, locks, watchers, stream cursors)
+    Stat(MemBlockArgs),
+    /// Read a block: raw bytes (binary), the document (json), or records (stream, --consumer)
+    Read(MemReadArgs),
+    /// Write a block: bytes at an offset (binary), the document (json), or append records (stream)
+    Write(MemWriteArgs),
+    /// Print a block's events as JSON lines until interrupted (or --count changes)
+    Watch(MemWatchArgs),
+    /// Take a lock lease and hold it until interrupted (or --hold-ms)
+    Lock(MemLockArgs),
+    /// Hash a block through this process's own mapping (zero copy) and print it with its version
+    Checksum(MemBlockArgs),
+    /// Delete a block
+    Delete(MemBlockArgs),
+}
+
+/// Which server, which app, which block.
+#[derive(Debug, Args)]
+pub struct MemBlockArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// App id to connect as [default: latzero-cli-<pid>]
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The pool
+    pub pool: String,
+    /// The block id
+    pub block: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MemListArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// App id to connect as [default: latzero-cli-<pid>]
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The pool
+    pub pool: String,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemCreateArgs {
+    #[command(flatten)]
+    pub block: MemBlockArgs,
+    /// Data bytes
+    #[arg(long)]
+    pub size: u64,
+    /// binary, json or stream
+    #[arg(long = "type", default_value = "binary")]
+    pub kind: String,
+    /// Keep the block (and its content) across server restarts
+    #[arg(long)]
+    pub persistent: bool,
+    /// Apps that may read, comma-separated ('*': every member of the pool)
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub readers: Vec<String>,
+    /// Apps that may write, comma-separated ('*': every member of the pool)
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub writers: Vec<String>,
+    /// Streams: drop the oldest records when full (default: refuse the append)
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemReadArgs {
+    #[command(flatten)]
+    pub block: MemBlockArgs,
+    /// Binary: first byte
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Binary: bytes to read [default: to the end]
+    #[arg(long)]
+    pub length: Option<u64>,
+    /// Stream: the consumer whose cursor to read from (required for streams)
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Stream: most records to read
+    #[arg(long, default_value_t = 1000)]
+    pub max: usize,
+    /// Binary: write the bytes to this file instead of stdout
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MemWriteArgs {
+    #[command(flatten)]
+    pub block: MemBlockArgs,
+    /// The data: bytes (binary), a JSON document (json) or one record (stream)
+    #[arg(conflicts_with_all = ["file", "fill", "lines"])]
+    pub data: Option<String>,
+    /// Binary: where to write
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Read the data from this file
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// Binary: fill --length bytes (default: to the end) with this byte value, in place
+    #[arg(long)]
+    pub fill: Option<u8>,
+    /// Binary with --fill: how many bytes
+    #[arg(long)]
+    pub length: Option<u64>,
+    /// Stream: append each line of standard input as a record
+    #[arg(long)]
+    pub lines: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemWatchArgs {
+    #[command(flatten)]
+    pub block: MemBlockArgs,
+    /// The last version seen; an older block is reported at once
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Exit after this many `changed` events
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct MemLockArgs {
+    #[command(flatten)]
+    pub block: MemBlockArgs,
+    /// A shared lease (readers) instead of an exclusive one
+    #[arg(long)]
+    pub shared: bool,
+    /// Lease, ms [default: the server's, 30000]
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
+    /// How long to wait for the lock, ms (0: fail at once if it is held)
+    #[arg(long, default_value_t = 10_000)]
+    pub wait_ms: u64,
+    /// Release after this long, ms [default: hold until interrupted]
+    #[arg(long)]
+    pub hold_ms: Option<u64>,
 }
 
 /// `latzero start`. `-h` is the host, as in the original CLI; help is `--help`.

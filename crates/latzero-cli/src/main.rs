@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
             Command::Call(a) => command::call::run(a).await,
             Command::Emit(a) => command::emit::run(a).await,
             Command::Reply(a) => command::reply::run(a).await,
+            Command::Mem(c) => command::mem::run(c).await,
         }
     });
     match result {

@@ -159,6 +159,11 @@ impl ServerProc {
             .env_remove("LATZERO_HOST")
             .env_remove("LATZERO_DATA_DIR")
             .env("NO_COLOR", "1");
+        // Non-persistent blocks in the temp data dir rather than /dev/shm: a test server killed
+        // with -9 cannot clean up after itself, and its temp dir goes with the test.
+        if std::env::var_os("LATZERO_VOLATILE_MEMORY_DIR").is_none() {
+            cmd.env("LATZERO_VOLATILE_MEMORY_DIR", data_dir.join("memory-volatile"));
+        }
         Self::spawn(bin, cmd, data_dir)
     }
 

@@ -1,0 +1,289 @@
+//! `latzero mem ...`: memory blocks from the command line.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use latzero_client::{BlockEvent, BlockOptions, Client, ClientOptions};
+use serde_json::{Value, json};
+
+use crate::cli::{MemBlockArgs, MemCmd, MemCreateArgs, MemLockArgs, MemReadArgs, MemWatchArgs, MemWriteArgs};
+
+async fn connect(b: &MemBlockArgs) -> Result<Client> {
+    connect_to(&b.target, b.app.as_deref(), &b.pool).await
+}
+
+async fn connect_to(t: &crate::cli::TargetArgs, app: Option<&str>, pool: &str) -> Result<Client> {
+    let opts = ClientOptions::new().reconnect(false);
+    super::connect(t, app, std::slice::from_ref(&pool.to_owned()), opts).await
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn line(v: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+pub async fn run(cmd: MemCmd) -> Result<()> {
+    match cmd {
+        MemCmd::Create(a) => create(a).await,
+        MemCmd::List(a) => {
+            let c = connect_to(&a.target, a.app.as_deref(), &a.pool).await?;
+            let blocks = c.list_blocks(&a.pool).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&blocks)?);
+            } else {
+                println!(
+                    "{:<24} {:<7} {:>12} {:>10} {:<10} {:<12}",
+                    "BLOCK", "TYPE", "SIZE", "VERSION", "PERSISTENT", "OWNER"
+                );
+                for b in &blocks {
+                    println!(
+                        "{:<24} {:<7} {:>12} {:>10} {:<10} {:<12}",
+                        b["block_id"].as_str().unwrap_or("?"),
+                        b["type"].as_str().unwrap_or("?"),
+                        b["size"],
+                        b["version"],
+                        b["persistent"],
+                        b["owner"].as_str().unwrap_or("?"),
+                    );
+                }
+            }
+            Ok(())
+        }
+        MemCmd::Stat(b) => {
+            let c = connect(&b).await?;
+            let blk = c.attach_block_with(&b.pool, &b.block, None, false).await?;
+            println!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
+            Ok(())
+        }
+        MemCmd::Read(a) => read(a).await,
+        MemCmd::Write(a) => write(a).await,
+        MemCmd::Watch(a) => watch(a).await,
+        MemCmd::Lock(a) => lock(a).await,
+        MemCmd::Checksum(b) => {
+            let c = connect(&b).await?;
+            let blk = c.attach_block(&b.pool, &b.block).await?;
+            if !blk.is_mapped() {
+                bail!(
+                    "block '{}' cannot be mapped from this process (is the server on another machine?)",
+                    b.block
+                );
+            }
+            let (hash, version) = blk.read_with(0, blk.size(), fnv1a64)?;
+            line(
+                json!({ "block_id": b.block, "size": blk.size(), "version": version, "mapped": true, "fnv1a64": format!("{hash:016x}") }),
+            );
+            Ok(())
+        }
+        MemCmd::Delete(b) => {
+            let c = connect(&b).await?;
+            c.delete_block(&b.pool, &b.block).await?;
+            line(json!({ "deleted": b.block }));
+            Ok(())
+        }
+    }
+}
+
+/// FNV-1a over the bytes, eight at a time (fast enough to hash 64 MiB in a blink; not for
+/// security).
+pub fn fnv1a64(d: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = d.chunks_exact(8);
+    for c in &mut chunks {
+        h ^= u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    for &b in chunks.remainder() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+async fn create(a: MemCreateArgs) -> Result<()> {
+    let c = connect(&a.block).await?;
+    let opts = match a.kind.as_str() {
+        "binary" => BlockOptions::binary(a.size),
+        "json" => BlockOptions::json(a.size),
+        "stream" => BlockOptions::stream(a.size),
+        other => bail!("--type must be binary, json or stream, not '{other}'"),
+    };
+    if a.overwrite && a.kind != "stream" {
+        bail!("--overwrite applies to stream blocks only");
+    }
+    let mut opts = opts.readers(a.readers).writers(a.writers);
+    if a.persistent {
+        opts = opts.persistent();
+    }
+    if a.overwrite {
+        opts = opts.overwrite();
+    }
+    let blk = c.create_block(&a.block.pool, &a.block.block, opts).await?;
+    println!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
+    Ok(())
+}
+
+async fn read(a: MemReadArgs) -> Result<()> {
+    let c = connect(&a.block).await?;
+    let blk = c.attach_block(&a.block.pool, &a.block.block).await?;
+    let stat = blk.stat().await?;
+    match stat["type"].as_str() {
+        Some("json") => {
+            let (doc, version) = blk.read_json::<Value>().await?;
+            line(json!({ "version": version, "document": doc }));
+        }
+        Some("stream") => {
+            let consumer = a.consumer.context("reading a stream needs --consumer NAME")?;
+            let r = blk.consume(&consumer, a.max).await?;
+            if r.skipped > 0 {
+                eprintln!(
+                    "note: {} records were overwritten before this consumer read them",
+                    r.skipped
+                );
+            }
+            for rec in &r.records {
+                println!("{}", String::from_utf8_lossy(rec));
+            }
+        }
+        _ => {
+            let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(a.offset));
+            let (bytes, version) = blk.read(a.offset, len).await?;
+            match a.out {
+                Some(path) => {
+                    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+                    line(json!({ "version": version, "bytes": bytes.len(), "out": path }));
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write(a: MemWriteArgs) -> Result<()> {
+    let c = connect(&a.block).await?;
+    let blk = c.attach_block(&a.block.pool, &a.block.block).await?;
+    let stat = blk.stat().await?;
+    let data = match (&a.data, &a.file) {
+        (Some(d), _) => Some(d.clone().into_bytes()),
+        (None, Some(f)) => Some(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
+        (None, None) => None,
+    };
+    match stat["type"].as_str() {
+        Some("json") => {
+            let bytes = data.context("give the JSON document as DATA or --file")?;
+            let doc: Value = serde_json::from_slice(&bytes).context("DATA is not valid JSON")?;
+            let version = blk.write_json(&doc).await?;
+            line(json!({ "version": version }));
+        }
+        Some("stream") => {
+            if a.lines {
+                let stdin = std::io::stdin();
+                let mut last = json!(null);
+                for l in stdin.lock().lines() {
+                    let l = l?;
+                    let (index, version) = blk.append(l.as_bytes()).await?;
+                    last = json!({ "index": index, "version": version });
+                }
+                line(last);
+            } else {
+                let bytes = data.context("give the record as DATA or --file, or use --lines")?;
+                let (index, version) = blk.append(&bytes).await?;
+                line(json!({ "index": index, "version": version }));
+            }
+        }
+        _ => {
+            let version = if let Some(byte) = a.fill {
+                let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(a.offset));
+                if blk.is_mapped() && blk.is_writable() {
+                    blk.write_with(a.offset, len, |d| d.fill(byte)).await?
+                } else {
+                    blk.write(a.offset, &vec![byte; len as usize]).await?
+                }
+            } else {
+                let bytes = data.context("give the bytes as DATA or --file, or use --fill BYTE")?;
+                blk.write(a.offset, &bytes).await?
+            };
+            line(json!({ "version": version, "mapped": blk.is_mapped() }));
+        }
+    }
+    Ok(())
+}
+
+async fn watch(a: MemWatchArgs) -> Result<()> {
+    let c = connect(&a.block).await?;
+    let blk = c.attach_block_with(&a.block.pool, &a.block.block, None, false).await?;
+    let mut w = blk.watch(a.since).await?;
+    let mut changes = 0u64;
+    loop {
+        let ev = tokio::select! {
+            e = w.next() => e,
+            _ = interrupted() => return Ok(()),
+        };
+        let Some(ev) = ev else {
+            bail!("the connection to the server closed");
+        };
+        let v = match ev {
+            BlockEvent::Changed {
+                version,
+                offset,
+                length,
+            } => {
+                changes += 1;
+                json!({ "event": "changed", "version": version, "offset": offset, "length": length })
+            }
+            BlockEvent::Synced { version } => json!({ "event": "synced", "version": version }),
+            BlockEvent::Deleted { version } => {
+                line(json!({ "event": "deleted", "version": version }));
+                return Ok(());
+            }
+            BlockEvent::LockExpired => json!({ "event": "lock_expired" }),
+            BlockEvent::Lagged => json!({ "event": "lagged" }),
+        };
+        line(v);
+        if a.count.is_some_and(|n| changes >= n) {
+            return Ok(());
+        }
+    }
+}
+
+async fn lock(a: MemLockArgs) -> Result<()> {
+    let c = connect(&a.block).await?;
+    let blk = c.attach_block_with(&a.block.pool, &a.block.block, None, false).await?;
+    blk.lock_with(
+        !a.shared,
+        a.lease_ms.map(Duration::from_millis),
+        Duration::from_millis(a.wait_ms),
+    )
+    .await?;
+    line(
+        json!({ "event": "locked", "mode": if a.shared { "shared" } else { "exclusive" }, "pid": std::process::id() }),
+    );
+    match a.hold_ms {
+        Some(ms) => tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            _ = interrupted() => {}
+        },
+        None => interrupted().await,
+    }
+    blk.unlock().await?;
+    line(json!({ "event": "unlocked" }));
+    Ok(())
+}

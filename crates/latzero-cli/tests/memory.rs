@@ -1,0 +1,158 @@
+//! End-to-end memory blocks: the real server and separate `latzero mem` processes sharing
+//! blocks through their own mappings.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::Result;
+use latzero_testkit::{Proc, ServerProc};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_latzero"))
+}
+
+fn json_line(out: &str) -> Value {
+    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// FNV-1a over 8-byte words, as `latzero mem checksum` computes it.
+fn fnv1a64(d: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut chunks = d.chunks_exact(8);
+    for c in &mut chunks {
+        h ^= u64::from_le_bytes(c.try_into().unwrap());
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    for &b in chunks.remainder() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[test]
+fn two_processes_share_64_mib_zero_copy_and_a_third_is_notified() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    let size = 64u64 << 20;
+    let (ok, out, err) = s.run(&["mem", "create", "p", "big", "--size", &size.to_string()])?;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out)?["size"], size);
+    let mut watcher = Proc::spawn(s.cli(&["mem", "watch", "p", "big", "--count", "1"]))?;
+    watcher.wait_event("synced")?;
+
+    // The writer fills the block through its own mapping.
+    let (ok, out, err) = s.run(&["mem", "write", "p", "big", "--fill", "7"])?;
+    assert!(ok, "{err}");
+    let w = json_line(&out);
+    assert_eq!(
+        (w["version"].as_u64(), w["mapped"].as_bool()),
+        (Some(1), Some(true)),
+        "{w}"
+    );
+    // The reader hashes it through its own mapping: nothing but metadata crossed the socket.
+    let (ok, out, err) = s.run(&["mem", "checksum", "p", "big"])?;
+    assert!(ok, "{err}");
+    let c = json_line(&out);
+    let want = format!("{:016x}", fnv1a64(&vec![7u8; size as usize]));
+    assert_eq!(
+        (c["fnv1a64"].as_str(), c["version"].as_u64()),
+        (Some(want.as_str()), Some(1)),
+        "{c}"
+    );
+    assert_eq!(c["mapped"], true);
+
+    let ev = watcher.wait_event("changed")?;
+    assert_eq!(
+        (ev["version"].as_u64(), ev["length"].as_u64()),
+        (Some(1), Some(size)),
+        "{ev}"
+    );
+    assert!(watcher.wait_exit()?.0.success());
+    Ok(())
+}
+
+#[test]
+fn lock_contention_across_processes_and_release_on_kill_9() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    assert!(s.run(&["mem", "create", "p", "b", "--size", "64"])?.0);
+    let mut holder = Proc::spawn(s.cli(&["mem", "lock", "p", "b", "--app", "holder"]))?;
+    holder.wait_event("locked")?;
+    // Another process is refused at once, and its server-side write too.
+    let (ok, _, err) = s.run(&["mem", "lock", "p", "b", "--wait-ms", "0"])?;
+    assert!(!ok && err.contains("LOCKED") && err.contains("holder"), "{err}");
+    let mut waiter = Proc::spawn(s.cli(&[
+        "mem",
+        "lock",
+        "p",
+        "b",
+        "--app",
+        "waiter",
+        "--wait-ms",
+        "20000",
+        "--hold-ms",
+        "0",
+    ]))?;
+    // The waiter is queued (the server says so), then the holder dies without unlocking.
+    loop {
+        let (_, out, _) = s.run(&["mem", "stat", "p", "b"])?;
+        if serde_json::from_str::<Value>(&out)?["locks"]["waiting"] == 1 {
+            break;
+        }
+    }
+    holder.signal(9);
+    holder.wait_exit()?;
+    waiter.wait_event("locked")?;
+    waiter.wait_event("unlocked")?;
+    assert!(waiter.wait_exit()?.0.success());
+    Ok(())
+}
+
+#[test]
+fn a_stream_with_one_producer_and_two_consumers() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    assert!(
+        s.run(&["mem", "create", "p", "log", "--size", "4096", "--type", "stream"])?
+            .0
+    );
+    let mut producer = s.cli(&["mem", "write", "p", "log", "--lines"]);
+    producer.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = producer.spawn()?;
+    child.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n")?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    assert_eq!(json_line(&String::from_utf8_lossy(&out.stdout))["index"], 2);
+    for consumer in ["c1", "c2"] {
+        let (ok, out, err) = s.run(&["mem", "read", "p", "log", "--consumer", consumer])?;
+        assert!(ok, "{err}");
+        assert_eq!(out, "one\ntwo\nthree\n", "{consumer}");
+    }
+    let (_, out, _) = s.run(&["mem", "read", "p", "log", "--consumer", "c1"])?;
+    assert_eq!(out, "", "c1 read everything already");
+    assert!(s.run(&["mem", "write", "p", "log", "four"])?.0);
+    let (_, out, _) = s.run(&["mem", "read", "p", "log", "--consumer", "c2"])?;
+    assert_eq!(out, "four\n");
+    Ok(())
+}
+
+#[test]
+fn bad_input_from_the_cli_is_one_clear_line() -> Result<()> {
+    let s = ServerProc::start(bin(), &["--max-block-size", "1024"])?;
+    let (ok, _, err) = s.run(&["mem", "create", "p", "b", "--size", "2048"])?;
+    assert!(!ok && err.contains("INVALID_SIZE") && err.contains("1024"), "{err}");
+    assert!(s.run(&["mem", "create", "p", "j", "--size", "64", "--type", "json"])?.0);
+    let (ok, _, err) = s.run(&["mem", "write", "p", "j", "{\"a\":"])?;
+    assert!(!ok && err.contains("not valid JSON"), "{err}");
+    assert!(s.run(&["mem", "write", "p", "j", "{\"a\":1}"])?.0);
+    let (_, out, _) = s.run(&["mem", "read", "p", "j"])?;
+    assert_eq!(json_line(&out)["document"]["a"], 1);
+    let (ok, _, err) = s.run(&["mem", "read", "p", "missing"])?;
+    assert!(!ok && err.contains("BLOCK_NOT_FOUND"), "{err}");
+    let (_, out, _) = s.run(&["mem", "list", "p"])?;
+    assert!(out.lines().nth(1).unwrap_or_default().starts_with('j'), "{out}");
+    assert!(s.run(&["mem", "delete", "p", "j"])?.0);
+    let (_, out, _) = s.run(&["mem", "list", "p", "--json"])?;
+    assert_eq!(serde_json::from_str::<Value>(&out)?, serde_json::json!([]));
+    Ok(())
+}
