@@ -138,6 +138,8 @@ struct WatchSlot {
 pub(crate) struct Watches {
     by_block: HashMap<(String, String), (Vec<WatchSlot>, Arc<AtomicU64>)>,
     next_id: u64,
+    /// Local writes made while disconnected: (latest version, block size) by block.
+    unnotified: HashMap<(String, String), (u64, u64)>,
 }
 
 impl Watches {
@@ -193,18 +195,28 @@ impl Watches {
         }
     }
 
+    /// After a reconnect: `block_notify` frames for local writes made while disconnected, then
     /// `block_watch` frames for every watched block, from the last version seen.
-    pub(crate) fn resubscribe(&self) -> Vec<Bytes> {
-        self.by_block
-            .iter()
-            .filter(|(_, (slots, _))| !slots.is_empty())
-            .map(|((pool, id), (_, seen))| {
-                encode_message(&json!({
-                    "action": "block_watch", "pool": pool, "block_id": id,
-                    "since": seen.load(Ordering::Relaxed),
-                }))
-            })
-            .collect()
+    pub(crate) fn resubscribe(&mut self) -> Vec<Bytes> {
+        let notices = self.unnotified.drain().map(|((pool, id), (version, size))| {
+            encode_message(&json!({
+                "action": "block_notify", "pool": pool, "block_id": id,
+                "version": version, "offset": 0, "length": size,
+            }))
+        });
+        let mut out: Vec<Bytes> = notices.collect();
+        out.extend(
+            self.by_block
+                .iter()
+                .filter(|(_, (slots, _))| !slots.is_empty())
+                .map(|((pool, id), (_, seen))| {
+                    encode_message(&json!({
+                        "action": "block_watch", "pool": pool, "block_id": id,
+                        "since": seen.load(Ordering::Relaxed),
+                    }))
+                }),
+        );
+        out
     }
 }
 
@@ -448,13 +460,26 @@ impl MemoryBlock {
         })
     }
 
-    /// Tells the server (and so the watchers) about a write made through the mapping.
+    /// Tells the server (and so the watchers) about a write made through the mapping. The
+    /// write itself is done either way: if the connection is down, the notice is kept and sent
+    /// (for the whole block, at its version then) after the client reconnects.
     async fn notify(&self, version: u64, offset: u64, length: u64) -> Result<(), ClientError> {
         let mut n = self.req("block_notify");
         n["version"] = json!(version);
         n["offset"] = json!(offset);
         n["length"] = json!(length);
-        self.client.inner.send(encode_message(&n)).await
+        match self.client.inner.send(encode_message(&n)).await {
+            Err(ClientError::Disconnected) => {
+                let mut w = lock(&self.client.inner.watches);
+                let v = w
+                    .unnotified
+                    .entry((self.pool.to_string(), self.id.to_string()))
+                    .or_insert((0, self.size));
+                v.0 = v.0.max(version);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// The current version: from the mapping, else asked of the server.

@@ -139,3 +139,77 @@ async fn locks_through_the_sdk() {
     assert_eq!(bb.write(0, b"x").await.unwrap(), 1);
     s.stop().await;
 }
+
+/// A persistent block across a server restart: the watcher resubscribes from the last version
+/// it saw and is told about a mapped write made while the server was down.
+#[tokio::test]
+async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
+    use latzero_client::{ClientEvent, ClientOptions};
+    use latzero_server::{Server, ServerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        let mut cfg = ServerConfig::new(dir.path());
+        cfg.port = 0;
+        let server = Server::bind(cfg).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap()
+        });
+        (tx, task)
+    };
+    let sock = dir.path().join("latzero.sock");
+    let connect = |app: &'static str| {
+        let url = format!("latzero://{app}?socket={}&pools=p", sock.display());
+        async move {
+            ClientOptions::new()
+                .backoff(Duration::from_millis(5), Duration::from_millis(50))
+                .connect(&url)
+                .await
+                .unwrap()
+        }
+    };
+    let (stop, task) = start().await;
+    let writer = connect("writer").await;
+    let watcher = connect("watcher").await;
+    let blk = writer
+        .create_block("p", "b", BlockOptions::binary(64).persistent())
+        .await
+        .unwrap();
+    let mut w = watcher.attach_block("p", "b").await.unwrap().watch(None).await.unwrap();
+    assert_eq!(w.next().await, Some(BlockEvent::Synced { version: 0 }));
+    blk.write(0, b"1").await.unwrap();
+    assert!(matches!(w.next().await, Some(BlockEvent::Changed { version: 1, .. })));
+
+    let mut events = writer.events();
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    loop {
+        if let Ok(ClientEvent::Disconnected { .. }) = events.recv().await {
+            break;
+        }
+    }
+    // Down: the write lands in the mapping (the file outlives the server) and is remembered.
+    assert_eq!(blk.write(0, b"2").await.unwrap(), 2);
+
+    let (stop, task) = start().await;
+    // The watcher resubscribes from version 1 and so learns of version 2 (the writer's delayed
+    // notice may announce it too).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match w.next().await {
+                Some(BlockEvent::Changed { version: 2, .. }) => break,
+                Some(BlockEvent::Changed { version: 1, .. } | BlockEvent::Synced { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the watcher heard of version 2");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
