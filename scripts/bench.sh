@@ -3,10 +3,12 @@
 # frame relay (the floor) and the latzero server itself on 127.0.0.1, pinned (taskset -c 0) and
 # unpinned, and prints the tables with ratios. Extra arguments go to latzero-bench (--help), e.g.
 #   scripts/bench.sh --write docs/BENCHMARKS.md
+#   scripts/bench.sh blocks --write docs/BENCHMARKS.md   (memory blocks vs memcpy and Redis)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2

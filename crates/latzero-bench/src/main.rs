@@ -10,6 +10,7 @@
 //! re-runs itself under each and prints one table per placement with ratios. `--write FILE`
 //! replaces the generated section of FILE (between the race markers).
 
+mod blocks;
 mod latzero;
 mod memory;
 mod nats;
@@ -69,6 +70,9 @@ enum Cmd {
     /// Run the relay floor process (used by the bench itself)
     #[command(hide = true)]
     Relay,
+    /// Memory blocks: mapped access vs memcpy, through the server vs Redis GET/SET,
+    /// write-to-watcher latency vs Redis pub/sub (runs redis-server itself)
+    Blocks,
     /// Server memory: RSS with many idle clients, and over a long run of calls
     Memory {
         /// Idle clients to connect
@@ -104,6 +108,7 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Some(Cmd::Blocks) => return blocks_cmd(&args),
         None => {}
     }
     let sizes = sizes(&args);
@@ -214,6 +219,66 @@ fn both(args: &Args) -> Result<()> {
     print!("{text}");
     if let Some(path) = &args.write {
         write_section(path, "race", &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `latzero-bench blocks`: one placement (printing JSON with --json), or both via taskset.
+fn blocks_cmd(args: &Args) -> Result<()> {
+    let placement = args.placement.as_str();
+    if placement != "both" {
+        if !matches!(placement, "pinned" | "unpinned") {
+            bail!("--placement must be pinned, unpinned or both, not {placement}");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let f = rt.block_on(blocks::run(&server_bin(args)?))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&f)?);
+        } else {
+            print!("{}", blocks::table(placement, &f));
+        }
+        return Ok(());
+    }
+    let me = std::env::current_exe()?;
+    let mut out = String::new();
+    for placement in ["pinned", "unpinned"] {
+        let mut cmd = if placement == "pinned" {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "0"]).arg(&me);
+            c
+        } else {
+            std::process::Command::new(&me)
+        };
+        cmd.args(["--placement", placement, "--json", "blocks"])
+            .stderr(std::process::Stdio::inherit());
+        if let Some(s) = &args.server {
+            cmd.arg("--server").arg(s);
+        }
+        eprintln!("{placement}:");
+        let o = cmd
+            .output()
+            .with_context(|| format!("running {cmd:?} (taskset is in util-linux)"))?;
+        if !o.status.success() {
+            bail!("{placement} run failed");
+        }
+        let f: blocks::BlockFigures = serde_json::from_slice(&o.stdout)?;
+        out.push_str(&blocks::table(placement, &f));
+        out.push('\n');
+    }
+    let text = format!(
+        "Run {} on {} vCPU, Linux {}; latzero {}; {}.\n\n{out}",
+        cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        env!("CARGO_PKG_VERSION"),
+        blocks::RedisServer::version(),
+    );
+    print!("{text}");
+    if let Some(path) = &args.write {
+        write_section(path, "blocks", &text)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -268,10 +268,16 @@ pub(crate) fn parse_block<'a>(
     json: &'a [u8],
     id: Option<&'a RawValue>,
 ) -> Result<BlockRequest<'a>, ParseError<'a>> {
-    let f: Fields<'a> = {
-        let mut de = serde_json::Deserializer::from_slice(json);
-        serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| invalid(id, format!("field `{}`: {}", e.path(), e.inner())))?
+    // The plain parse is the fast path; only a failure pays for locating the bad field.
+    let f: Fields<'a> = match serde_json::from_slice(json) {
+        Ok(f) => f,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(json);
+            match serde_path_to_error::deserialize::<_, Fields<'a>>(&mut de) {
+                Ok(f) => f,
+                Err(e) => return Err(invalid(id, format!("field `{}`: {}", e.path(), e.inner()))),
+            }
+        }
     };
     let pool: PoolName = name(f.pool.as_deref(), "pool", id)?;
     if action == "block_list" {
