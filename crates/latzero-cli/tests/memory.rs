@@ -156,3 +156,20 @@ fn bad_input_from_the_cli_is_one_clear_line() -> Result<()> {
     assert_eq!(serde_json::from_str::<Value>(&out)?, serde_json::json!([]));
     Ok(())
 }
+
+#[test]
+fn memory_limits_come_from_the_config_file_too() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("config"))?;
+    std::fs::write(
+        dir.path().join("config/latzero.toml"),
+        "[memory]\nmax_block_size = 100\nmax_blocks = 1\n",
+    )?;
+    let s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    let (ok, _, err) = s.run(&["mem", "create", "p", "a", "--size", "101"])?;
+    assert!(!ok && err.contains("INVALID_SIZE"), "{err}");
+    assert!(s.run(&["mem", "create", "p", "a", "--size", "100"])?.0);
+    let (ok, _, err) = s.run(&["mem", "create", "p", "b", "--size", "10"])?;
+    assert!(!ok && err.contains("OVERLOADED") && err.contains("max_blocks"), "{err}");
+    Ok(())
+}
