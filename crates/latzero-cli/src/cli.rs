@@ -236,7 +236,7 @@ pub struct StartArgs {
     /// Memory blocks held at once [default: 4096]
     #[arg(long, env = "LATZERO_MAX_BLOCKS")]
     pub max_blocks: Option<usize>,
-    /// Where non-persistent memory blocks live [default: /dev/shm/latzero-<hash of the data dir>]
+    /// Directory for non-persistent memory blocks (in its subdirectory latzero-<hash of the data dir>) [default: /dev/shm]
     #[arg(long, env = "LATZERO_VOLATILE_MEMORY_DIR")]
     pub volatile_memory_dir: Option<PathBuf>,
     /// Lease of a block lock that names none, ms [default: 30000]

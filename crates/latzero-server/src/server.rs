@@ -143,19 +143,12 @@ impl Server {
         } else {
             (None, None)
         };
+        let memory = Memory::open(datadir.path(), config.memory.clone())?;
         datadir.write_runtime(&RuntimeInfo {
             pid: std::process::id(),
             tcp: tcp_addr,
             unix: unix_path.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-        })?;
-        let memory = Memory::open(datadir.path(), config.memory.clone()).map_err(|source| ServerError::Memory {
-            path: config
-                .memory
-                .volatile_dir
-                .clone()
-                .unwrap_or_else(|| datadir.path().join("memory")),
-            source,
         })?;
         let counters = Arc::new(Counters::default());
         let state = Arc::new(State {

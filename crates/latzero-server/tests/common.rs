@@ -30,6 +30,9 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServerConfig::new(dir.path());
         cfg.port = 0;
+        // Non-persistent blocks in the temp dir: a test that ends without stopping its server
+        // leaves nothing in /dev/shm. (memory.rs restarts a server on the default place.)
+        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
         cfg.limits = limits;
         cfg.shutdown_grace = Duration::from_secs(2);
         let server = Server::bind(cfg).await.unwrap();

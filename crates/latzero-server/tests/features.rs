@@ -201,6 +201,7 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
     let start = || async {
         let mut cfg = ServerConfig::new(dir.path());
         cfg.port = 0;
+        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
         let server = Server::bind(cfg).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

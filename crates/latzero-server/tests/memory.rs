@@ -448,6 +448,7 @@ async fn watchers_get_the_initial_state_then_synced_then_every_change() {
     s.stop().await;
 }
 
+/// On the default place for non-persistent blocks (/dev/shm here), stopped gracefully.
 #[tokio::test]
 async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();

@@ -150,6 +150,7 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     let start = || async {
         let mut cfg = ServerConfig::new(dir.path());
         cfg.port = 0;
+        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
         let server = Server::bind(cfg).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

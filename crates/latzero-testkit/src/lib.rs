@@ -162,7 +162,7 @@ impl ServerProc {
         // Non-persistent blocks in the temp data dir rather than /dev/shm: a test server killed
         // with -9 cannot clean up after itself, and its temp dir goes with the test.
         if std::env::var_os("LATZERO_VOLATILE_MEMORY_DIR").is_none() {
-            cmd.env("LATZERO_VOLATILE_MEMORY_DIR", data_dir.join("memory-volatile"));
+            cmd.env("LATZERO_VOLATILE_MEMORY_DIR", data_dir);
         }
         Self::spawn(bin, cmd, data_dir)
     }

@@ -6,9 +6,10 @@
 //! - persistent blocks: `<data_dir>/memory/<pool>/<block>.blk`, with `<block>.meta.json` beside
 //!   it (type, size, owner, permissions). At start the server adopts every block that has both;
 //!   a `.blk` without its `.meta.json` is the remnant of a create that crashed and is removed.
-//! - other blocks: `<volatile_dir>/<pool>/<block>.blk`, by default under `/dev/shm` (memory, no
-//!   disk writeback). The server empties this directory at start: those blocks did not survive
-//!   the previous run by definition, and a crash may have left files behind.
+//! - other blocks: `<volatile_dir>/latzero-<hash of the data dir>/<pool>/<block>.blk`, by
+//!   default under `/dev/shm` (memory, no disk writeback). The server empties that directory at
+//!   start (those blocks did not survive the previous run by definition, and a crash may have
+//!   left files behind) and removes it at shutdown.
 //!
 //! Locks are leases arbitrated here ([`locks`]); watchers get `block_event` frames after every
 //! write the server makes or a local writer reports (`block_notify`).
@@ -28,6 +29,7 @@ use latzero_proto::{AppId, BlockId, ErrorCode, PoolName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::error::ServerError;
 use crate::session::conn::{Conn, ConnId};
 
 pub(crate) use self::locks::Locks;
@@ -170,8 +172,9 @@ impl Entry {
 /// Memory-related limits and places.
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
-    /// Where non-persistent blocks live; `None` picks `/dev/shm/latzero-<hash of the data dir>`
-    /// when `/dev/shm` exists, else `<data_dir>/memory-volatile`.
+    /// The directory in which the server keeps its non-persistent blocks, in a subdirectory
+    /// `latzero-<hash of the data dir>` of its own; `None`: `/dev/shm` when it exists, else the
+    /// data dir.
     pub volatile_dir: Option<PathBuf>,
     /// Largest block, in data bytes (INVALID_SIZE beyond it).
     pub max_block_size: u64,
@@ -199,6 +202,8 @@ impl Default for MemoryConfig {
 #[derive(Debug)]
 pub(crate) struct Memory {
     blocks: Mutex<BTreeMap<(PoolName, BlockId), Arc<Entry>>>,
+    /// Names reserved by creates in progress (their files are being made).
+    creating: Mutex<std::collections::HashSet<(PoolName, BlockId)>>,
     persistent_root: PathBuf,
     volatile_root: PathBuf,
     pub config: MemoryConfig,
@@ -211,12 +216,16 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The default place for non-persistent blocks of the server on `data_dir`.
-fn default_volatile_dir(data_dir: &Path) -> PathBuf {
+/// Where the server on `data_dir` keeps its non-persistent blocks: a directory of its own,
+/// `latzero-<hash of the data dir>`, inside `parent` (default `/dev/shm`, else the data dir).
+/// Only that directory is ever swept, so pointing `parent` at a shared place (`/tmp`) is safe.
+fn volatile_root(data_dir: &Path, parent: Option<&Path>) -> PathBuf {
     let shm = Path::new("/dev/shm");
-    if !shm.is_dir() {
-        return data_dir.join("memory-volatile");
-    }
+    let parent = match parent {
+        Some(p) => p.to_path_buf(),
+        None if shm.is_dir() => shm.to_path_buf(),
+        None => data_dir.to_path_buf(),
+    };
     let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     // FNV-1a of the path: one directory per data dir, stable across restarts.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -224,32 +233,34 @@ fn default_volatile_dir(data_dir: &Path) -> PathBuf {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    shm.join(format!("latzero-{h:016x}"))
+    parent.join(format!("latzero-{h:016x}"))
 }
 
 impl Memory {
     /// Prepares the block directories: empties the volatile one, adopts persistent blocks.
-    pub fn open(data_dir: &Path, config: MemoryConfig) -> std::io::Result<Memory> {
+    pub fn open(data_dir: &Path, config: MemoryConfig) -> Result<Memory, ServerError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ServerError::Memory { path, source }
+        };
         let persistent_root = data_dir.join("memory");
-        let volatile_root = config
-            .volatile_dir
-            .clone()
-            .unwrap_or_else(|| default_volatile_dir(data_dir));
+        let volatile_root = volatile_root(data_dir, config.volatile_dir.as_deref());
         // We hold the data dir's lock, and the volatile dir belongs to this data dir alone.
         match std::fs::remove_dir_all(&volatile_root) {
             Ok(()) => tracing::info!(dir = %volatile_root.display(), "swept non-persistent blocks of the previous run"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(err(&volatile_root)(e)),
         }
-        create_private_dir(&volatile_root)?;
-        create_private_dir(&persistent_root)?;
+        create_private_dir(&volatile_root).map_err(err(&volatile_root))?;
+        create_private_dir(&persistent_root).map_err(err(&persistent_root))?;
         let mem = Memory {
             blocks: Mutex::new(BTreeMap::new()),
+            creating: Mutex::default(),
             persistent_root,
             volatile_root,
             config,
         };
-        mem.adopt_persistent()?;
+        mem.adopt_persistent().map_err(err(&mem.persistent_root))?;
         Ok(mem)
     }
 
@@ -348,20 +359,37 @@ impl Memory {
                 format!("size must be 1 to {max} bytes (the server's max_block_size), got {size}"),
             ));
         }
-        let mut blocks = self.lock();
+        // Reserve the name, then make the file without holding the registry: allocating a
+        // large block takes a while, and other blocks' operations must not wait for it.
         let key = (pool.clone(), id.clone());
-        if blocks.contains_key(&key) {
-            return Err(Refusal::new(
-                ErrorCode::BlockExists,
-                format!("block '{id}' already exists in pool '{pool}'"),
-            ));
+        {
+            let blocks = self.lock();
+            let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if blocks.contains_key(&key) || creating.contains(&key) {
+                return Err(Refusal::new(
+                    ErrorCode::BlockExists,
+                    format!("block '{id}' already exists in pool '{pool}'"),
+                ));
+            }
+            if blocks.len() + creating.len() >= self.config.max_blocks {
+                return Err(Refusal::new(
+                    ErrorCode::Overloaded,
+                    format!("the server holds {} blocks, its max_blocks limit", blocks.len()),
+                ));
+            }
+            creating.insert(key.clone());
         }
-        if blocks.len() >= self.config.max_blocks {
-            return Err(Refusal::new(
-                ErrorCode::Overloaded,
-                format!("the server holds {} blocks, its max_blocks limit", blocks.len()),
-            ));
+        struct Reserved<'a>(&'a Memory, (PoolName, BlockId));
+        impl Drop for Reserved<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .creating
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&self.1);
+            }
         }
+        let reserved = Reserved(self, key.clone());
         let root = if persistent {
             &self.persistent_root
         } else {
@@ -429,7 +457,9 @@ impl Memory {
             state: Mutex::default(),
             deleted: AtomicBool::new(false),
         });
+        let mut blocks = self.lock();
         blocks.insert(key, entry.clone());
+        drop(reserved);
         Ok(entry)
     }
 
