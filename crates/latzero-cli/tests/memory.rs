@@ -173,3 +173,37 @@ fn memory_limits_come_from_the_config_file_too() -> Result<()> {
     assert!(!ok && err.contains("OVERLOADED") && err.contains("max_blocks"), "{err}");
     Ok(())
 }
+
+/// A full /dev/shm (here: a 1 MiB tmpfs) is NO_SPACE at create, never a SIGBUS later, and the
+/// failed create leaves no file behind. Needs permission to mount a tmpfs (root); without it the
+/// test says so and checks nothing.
+#[test]
+fn a_full_tmpfs_is_no_space_at_create() -> Result<()> {
+    let mnt = tempfile::tempdir()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(mnt.path())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return Ok(());
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let s = ServerProc::start(bin(), &["--volatile-memory-dir", mnt.path().to_str().unwrap()])?;
+    let (ok, _, err) = s.run(&["mem", "create", "p", "big", "--size", &(2u64 << 20).to_string()])?;
+    assert!(!ok && err.contains("NO_SPACE"), "{err}");
+    let (ok, _, err) = s.run(&["mem", "create", "p", "small", "--size", "4096"])?;
+    assert!(ok, "the space of the failed create was given back: {err}");
+    let (_, out, _) = s.run(&["mem", "list", "p", "--json"])?;
+    assert_eq!(serde_json::from_str::<Value>(&out)?.as_array().map(Vec::len), Some(1));
+    drop(s);
+    Ok(())
+}
