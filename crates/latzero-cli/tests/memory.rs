@@ -207,3 +207,45 @@ fn a_full_tmpfs_is_no_space_at_create() -> Result<()> {
     drop(s);
     Ok(())
 }
+
+/// A persistent block's metadata and content are back after the server is killed with -9;
+/// a non-persistent one is gone.
+#[test]
+fn persistent_blocks_survive_kill_9() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    assert!(
+        s.run(&[
+            "mem",
+            "create",
+            "p",
+            "keep",
+            "--size",
+            "64",
+            "--persistent",
+            "--writers",
+            "w"
+        ])?
+        .0
+    );
+    assert!(s.run(&["mem", "create", "p", "tmp", "--size", "64"])?.0);
+    let (ok, _, err) = s.run(&["mem", "write", "p", "keep", "--app", "w", "kept"])?;
+    assert!(ok, "{err}");
+    s.proc.signal(9);
+    s.proc.wait_exit()?;
+    drop(s);
+
+    let s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    let (ok, out, err) = s.run(&["mem", "read", "p", "keep", "--length", "4"])?;
+    assert!(ok, "{err}");
+    assert_eq!(out, "kept");
+    let (_, out, _) = s.run(&["mem", "stat", "p", "keep"])?;
+    let st: Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (st["version"].as_u64(), st["permissions"]["write"].clone()),
+        (Some(1), serde_json::json!(["w"]))
+    );
+    let (ok, _, err) = s.run(&["mem", "stat", "p", "tmp"])?;
+    assert!(!ok && err.contains("BLOCK_NOT_FOUND"), "{err}");
+    Ok(())
+}
