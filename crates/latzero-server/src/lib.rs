@@ -7,12 +7,14 @@
 //! directory.rs   the registry (connected apps) and the pools (members, trigger index)
 //! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
 //! memory/        memory blocks: registry and files (mod.rs), actions (ops.rs), leases (locks.rs)
+//! store/         SQLite on its own thread: schema and migrations, records, backups (not yet
+//!                wired into the server: that is the persistence issue's next step)
 //! admin.rs       counters and the status snapshot
 //! datadir.rs     data-directory layout, lock file, server.json
 //! config.rs      configuration and limits
 //! ```
 //!
-//! Persistence, security and clustering arrive in later releases.
+//! Security and clustering arrive in later releases.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), latzero_server::ServerError> {
@@ -30,6 +32,7 @@ mod memory;
 mod router;
 mod server;
 mod session;
+pub mod store;
 mod transport;
 
 pub use config::{Limits, ServerConfig};

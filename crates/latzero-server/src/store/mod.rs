@@ -1,0 +1,662 @@
+//! The durable store: SQLite (`data.db` in the data dir, or `:memory:`) on a thread of its own.
+//!
+//! [`Store`] is a cheap handle: each operation is sent to the store's thread with a reply channel
+//! and awaited, so async code never blocks on the database and the RPC path never touches it.
+//! The thread runs one operation at a time on its one connection (WAL mode by default, so
+//! readers of a backup never stop it) and publishes a [`StoreEvent`] after each change commits.
+//! The schema and its migrations are in [`schema`]; the records and their SQL in [`records`].
+
+mod records;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::Connection;
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+
+pub use self::records::{AppRecord, AppUpdate, BlockRecord, BlockUpdate, PoolRecord, PoolUpdate, now_ms};
+pub use self::schema::SCHEMA_VERSION;
+
+/// The database file's name in the data dir.
+pub const DB_FILE: &str = "data.db";
+
+/// How the store opens its database (the seed's `memoryMode`, `walMode`, `cacheSize`).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `:memory:`: nothing survives the process (tests, throwaway servers).
+    pub memory_mode: bool,
+    /// Write-ahead logging (disk mode): readers and online backups never block writes.
+    pub wal_mode: bool,
+    /// SQLite's `cache_size` (positive: pages; negative: KiB).
+    pub cache_size: i64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            memory_mode: false,
+            wal_mode: true,
+            cache_size: 1000,
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no (a disk error, a full disk, a read-only file, a corrupt database, ...).
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Opening the database file failed.
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    /// The record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The record already exists.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// A value the schema does not allow.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database was written by a newer latzero.
+    #[error("the database has schema version {found}; this build knows up to {known}: use a newer latzero")]
+    TooNew { found: i64, known: i64 },
+    /// The store's thread has stopped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// What changed, published after the change committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreEvent {
+    AppRegistered(String),
+    AppUpdated(String),
+    AppRemoved(String),
+    PoolCreated(String),
+    PoolUpdated(String),
+    PoolRemoved(String),
+    BlockCreated { pool: String, block_id: String },
+    BlockUpdated { pool: String, block_id: String },
+    BlockRemoved { pool: String, block_id: String },
+    BackupCreated(PathBuf),
+}
+
+/// The store's statistics (the seed's `getStats`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreStats {
+    pub schema_version: i64,
+    pub path: Option<PathBuf>,
+    pub memory_mode: bool,
+    pub journal_mode: String,
+    pub cache_size: i64,
+    pub apps: i64,
+    pub pools: i64,
+    pub blocks: i64,
+}
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// The thread's side: the connection and where events go.
+pub(crate) struct Db {
+    conn: Connection,
+    events: broadcast::Sender<StoreEvent>,
+    path: Option<PathBuf>,
+    config: StoreConfig,
+    /// Set by `close`: the thread stops, closes the connection, then says so.
+    closing: Option<oneshot::Sender<()>>,
+}
+
+impl Db {
+    fn emit(&self, e: StoreEvent) {
+        let _ = self.events.send(e);
+    }
+}
+
+/// A handle to the store. Clones share the thread; it stops when the last handle is dropped
+/// (or at [`Store::close`]).
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn open_conn(data_dir: &Path, config: &StoreConfig) -> Result<(Connection, Option<PathBuf>), StoreError> {
+    if config.memory_mode {
+        return Ok((Connection::open_in_memory()?, None));
+    }
+    let path = data_dir.join(DB_FILE);
+    let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((conn, Some(path)))
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the database and starts the store's thread.
+    pub fn open(data_dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        let (mut conn, path) = open_conn(data_dir, &config)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        if !config.memory_mode {
+            let mode = if config.wal_mode { "WAL" } else { "DELETE" };
+            let got: String = conn.pragma_update_and_check(None, "journal_mode", mode, |r| r.get(0))?;
+            if !got.eq_ignore_ascii_case(mode) {
+                return Err(StoreError::Invalid(format!(
+                    "journal_mode {mode} was refused (got {got})"
+                )));
+            }
+            // WAL with NORMAL survives a killed process (not a power cut mid-checkpoint);
+            // without WAL, FULL.
+            conn.pragma_update(None, "synchronous", if config.wal_mode { "NORMAL" } else { "FULL" })?;
+        }
+        conn.pragma_update(None, "cache_size", config.cache_size)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate_to(&mut conn, SCHEMA_VERSION)?;
+        let (events, _) = broadcast::channel(1024);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let mut db = Db {
+            conn,
+            events: events.clone(),
+            path,
+            config,
+            closing: None,
+        };
+        std::thread::Builder::new()
+            .name("latzero-store".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut db);
+                    if let Some(done) = db.closing.take() {
+                        drop(db);
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Invalid(format!("cannot start the store's thread: {e}")))?;
+        Ok(Store { jobs, events })
+    }
+
+    /// Subscribes to changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// Runs `f` on the store's thread and waits for its result.
+    pub(crate) async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |db| {
+                let _ = tx.send(f(db));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` as one transaction: all of it commits, or none (the seed's `transaction`).
+    pub async fn transaction<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.run(move |db| {
+            let tx = db.conn.transaction()?;
+            let r = f(&tx)?;
+            tx.commit()?;
+            Ok(r)
+        })
+        .await
+    }
+
+    // Apps.
+
+    /// Registers an app (or refreshes its registration).
+    pub async fn register_app(&self, app: AppRecord) -> Result<(), StoreError> {
+        self.run(move |db| {
+            records::register_app(&db.conn, &app)?;
+            db.emit(StoreEvent::AppRegistered(app.app_id));
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_app(&self, app_id: &str) -> Result<Option<AppRecord>, StoreError> {
+        let id = app_id.to_owned();
+        self.run(move |db| records::get_app(&db.conn, &id)).await
+    }
+
+    pub async fn update_app(&self, app_id: &str, u: AppUpdate) -> Result<AppRecord, StoreError> {
+        let id = app_id.to_owned();
+        self.run(move |db| {
+            let a = records::update_app(&db.conn, &id, &u)?;
+            db.emit(StoreEvent::AppUpdated(id));
+            Ok(a)
+        })
+        .await
+    }
+
+    pub async fn remove_app(&self, app_id: &str) -> Result<bool, StoreError> {
+        let id = app_id.to_owned();
+        self.run(move |db| {
+            let removed = records::remove_app(&db.conn, &id)?;
+            if removed {
+                db.emit(StoreEvent::AppRemoved(id));
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    pub async fn all_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.run(|db| records::all_apps(&db.conn)).await
+    }
+
+    pub async fn apps_by_pool(&self, pool: &str) -> Result<Vec<AppRecord>, StoreError> {
+        let p = pool.to_owned();
+        self.run(move |db| records::apps_by_pool(&db.conn, &p)).await
+    }
+
+    // Pools.
+
+    pub async fn create_pool(&self, pool: PoolRecord) -> Result<(), StoreError> {
+        self.run(move |db| {
+            records::create_pool(&db.conn, &pool)?;
+            db.emit(StoreEvent::PoolCreated(pool.name));
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>, StoreError> {
+        let n = name.to_owned();
+        self.run(move |db| records::get_pool(&db.conn, &n)).await
+    }
+
+    pub async fn update_pool(&self, name: &str, u: PoolUpdate) -> Result<PoolRecord, StoreError> {
+        let n = name.to_owned();
+        self.run(move |db| {
+            let p = records::update_pool(&db.conn, &n, &u)?;
+            db.emit(StoreEvent::PoolUpdated(n));
+            Ok(p)
+        })
+        .await
+    }
+
+    pub async fn remove_pool(&self, name: &str) -> Result<bool, StoreError> {
+        let n = name.to_owned();
+        self.run(move |db| {
+            let removed = records::remove_pool(&db.conn, &n)?;
+            if removed {
+                db.emit(StoreEvent::PoolRemoved(n));
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    pub async fn all_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        self.run(|db| records::all_pools(&db.conn)).await
+    }
+
+    pub async fn pools_by_type(&self, kind: &str) -> Result<Vec<PoolRecord>, StoreError> {
+        let k = kind.to_owned();
+        self.run(move |db| records::pools_by_type(&db.conn, &k)).await
+    }
+
+    // Memory blocks.
+
+    pub async fn create_block(&self, block: BlockRecord) -> Result<(), StoreError> {
+        self.run(move |db| {
+            records::create_block(&db.conn, &block)?;
+            db.emit(StoreEvent::BlockCreated {
+                pool: block.pool,
+                block_id: block.block_id,
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_block(&self, pool: &str, block_id: &str) -> Result<Option<BlockRecord>, StoreError> {
+        let (p, b) = (pool.to_owned(), block_id.to_owned());
+        self.run(move |db| records::get_block(&db.conn, &p, &b)).await
+    }
+
+    pub async fn update_block(&self, pool: &str, block_id: &str, u: BlockUpdate) -> Result<BlockRecord, StoreError> {
+        let (p, b) = (pool.to_owned(), block_id.to_owned());
+        self.run(move |db| {
+            let r = records::update_block(&db.conn, &p, &b, &u)?;
+            db.emit(StoreEvent::BlockUpdated { pool: p, block_id: b });
+            Ok(r)
+        })
+        .await
+    }
+
+    pub async fn remove_block(&self, pool: &str, block_id: &str) -> Result<bool, StoreError> {
+        let (p, b) = (pool.to_owned(), block_id.to_owned());
+        self.run(move |db| {
+            let removed = records::remove_block(&db.conn, &p, &b)?;
+            if removed {
+                db.emit(StoreEvent::BlockRemoved { pool: p, block_id: b });
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    pub async fn all_blocks(&self) -> Result<Vec<BlockRecord>, StoreError> {
+        self.run(|db| records::all_blocks(&db.conn)).await
+    }
+
+    pub async fn blocks_by_pool(&self, pool: &str) -> Result<Vec<BlockRecord>, StoreError> {
+        let p = pool.to_owned();
+        self.run(move |db| records::blocks_by_pool(&db.conn, &p)).await
+    }
+
+    // Server settings, statistics, backups.
+
+    pub async fn save_config(&self, key: &str, value: Value) -> Result<(), StoreError> {
+        let k = key.to_owned();
+        self.run(move |db| records::save_config(&db.conn, &k, &value)).await
+    }
+
+    pub async fn load_config(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        let k = key.to_owned();
+        self.run(move |db| records::load_config(&db.conn, &k)).await
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.run(|db| {
+            let count = |t: &str| -> Result<i64, StoreError> {
+                Ok(db
+                    .conn
+                    .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))?)
+            };
+            Ok(StoreStats {
+                schema_version: schema::user_version(&db.conn)?,
+                path: db.path.clone(),
+                memory_mode: db.config.memory_mode,
+                journal_mode: db.conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+                cache_size: db.conn.pragma_query_value(None, "cache_size", |r| r.get(0))?,
+                apps: count("app_registry")?,
+                pools: count("pool_metadata")?,
+                blocks: count("memory_blocks")?,
+            })
+        })
+        .await
+    }
+
+    /// Copies the live database to `dest` with SQLite's online backup API (writers are not
+    /// stopped: the copy proceeds in steps), then checks the copy's integrity.
+    pub async fn backup_to(&self, dest: &Path) -> Result<PathBuf, StoreError> {
+        let dest = dest.to_path_buf();
+        self.run(move |db| {
+            {
+                let mut to = Connection::open(&dest).map_err(|source| StoreError::Open {
+                    path: dest.clone(),
+                    source,
+                })?;
+                let b = rusqlite::backup::Backup::new(&db.conn, &mut to)?;
+                b.run_to_completion(256, std::time::Duration::ZERO, None)?;
+            }
+            let check: String = Connection::open(&dest)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if check != "ok" {
+                return Err(StoreError::Invalid(format!(
+                    "the backup failed its integrity check: {check}"
+                )));
+            }
+            db.emit(StoreEvent::BackupCreated(dest.clone()));
+            Ok(dest)
+        })
+        .await
+    }
+
+    /// Runs the operations already sent, checkpoints the WAL (so the database file alone is
+    /// complete), closes the database and stops the thread. Other handles then get
+    /// [`StoreError::Closed`].
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel::<()>();
+        let _ = self.jobs.send(Box::new(move |db| {
+            if let Err(e) = db.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "checkpointing the database at close failed");
+            }
+            db.closing = Some(tx);
+        }));
+        let _ = rx.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn app(id: &str, pools: &[&str]) -> AppRecord {
+        AppRecord {
+            app_id: id.into(),
+            pools: pools.iter().map(|s| s.to_string()).collect(),
+            triggers: vec!["t".into()],
+            meta: json!({"v": 1}),
+            protocol_version: "1.0".into(),
+            registered: 1,
+            last_seen: 2,
+            rehydrated: false,
+        }
+    }
+
+    fn pool(name: &str, kind: &str) -> PoolRecord {
+        PoolRecord {
+            name: name.into(),
+            kind: kind.into(),
+            encrypted: kind == "encrypted",
+            owners: vec!["a".into()],
+            policies: json!({"write": ["a"]}),
+            description: "d".into(),
+            created: 1,
+            updated: 1,
+            config: json!({}),
+        }
+    }
+
+    fn block(pool: &str, id: &str) -> BlockRecord {
+        BlockRecord {
+            pool: pool.into(),
+            block_id: id.into(),
+            name: None,
+            size: 4096,
+            kind: "binary".into(),
+            permissions: json!({"read": ["*"], "write": ["*"]}),
+            version: 0,
+            created: 1,
+            updated: 1,
+            persistent: true,
+            encrypted: false,
+            config: json!({}),
+        }
+    }
+
+    async fn crud(s: &Store) {
+        let mut ev = s.subscribe();
+        s.register_app(app("a", &["p", "q"])).await.unwrap();
+        s.register_app(app("b", &["q"])).await.unwrap();
+        assert_eq!(ev.recv().await.unwrap(), StoreEvent::AppRegistered("a".into()));
+        assert_eq!(s.get_app("a").await.unwrap().unwrap().pools, vec!["p", "q"]);
+        assert_eq!(s.apps_by_pool("q").await.unwrap().len(), 2);
+        assert_eq!(s.apps_by_pool("p").await.unwrap().len(), 1);
+        let u = s
+            .update_app(
+                "a",
+                AppUpdate {
+                    triggers: Some(vec!["x".into(), "y".into()]),
+                    ..AppUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((u.triggers.len(), u.pools.len()), (2, 2), "other fields kept");
+        assert!(matches!(
+            s.update_app("zz", AppUpdate::default()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(s.remove_app("b").await.unwrap());
+        assert!(!s.remove_app("b").await.unwrap());
+        assert_eq!(s.all_apps().await.unwrap().len(), 1);
+
+        s.create_pool(pool("p", "local")).await.unwrap();
+        s.create_pool(pool("e", "encrypted")).await.unwrap();
+        assert!(matches!(
+            s.create_pool(pool("p", "local")).await,
+            Err(StoreError::Exists(_))
+        ));
+        assert!(matches!(
+            s.create_pool(pool("x", "bogus")).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let p = s
+            .update_pool(
+                "p",
+                PoolUpdate {
+                    description: Some("new".into()),
+                    ..PoolUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((p.description.as_str(), p.owners.len()), ("new", 1));
+        assert_eq!(s.pools_by_type("encrypted").await.unwrap()[0].name, "e");
+        assert!(s.remove_pool("e").await.unwrap());
+        assert_eq!(s.all_pools().await.unwrap().len(), 1);
+
+        s.create_block(block("p", "frame")).await.unwrap();
+        s.create_block(block("q", "frame")).await.unwrap();
+        assert!(matches!(
+            s.create_block(block("p", "frame")).await,
+            Err(StoreError::Exists(_))
+        ));
+        let b = s
+            .update_block(
+                "p",
+                "frame",
+                BlockUpdate {
+                    version: Some(9),
+                    ..BlockUpdate::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(b.version, 9);
+        assert_eq!(s.get_block("q", "frame").await.unwrap().unwrap().version, 0);
+        assert_eq!(s.blocks_by_pool("p").await.unwrap().len(), 1);
+        assert!(s.remove_block("q", "frame").await.unwrap());
+        assert_eq!(s.all_blocks().await.unwrap().len(), 1);
+
+        s.save_config("flags", json!({"new": true})).await.unwrap();
+        assert_eq!(s.load_config("flags").await.unwrap(), Some(json!({"new": true})));
+        assert_eq!(s.load_config("none").await.unwrap(), None);
+        let st = s.stats().await.unwrap();
+        assert_eq!(
+            (st.apps, st.pools, st.blocks, st.schema_version),
+            (1, 1, 1, SCHEMA_VERSION)
+        );
+    }
+
+    #[tokio::test]
+    async fn every_crud_operation_in_memory_mode() {
+        let s = Store::open(
+            Path::new("/nonexistent"),
+            StoreConfig {
+                memory_mode: true,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        crud(&s).await;
+        assert_eq!(s.stats().await.unwrap().path, None);
+    }
+
+    #[tokio::test]
+    async fn disk_mode_survives_a_reopen_with_wal_and_cache_size_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(
+            dir.path(),
+            StoreConfig {
+                cache_size: 2000,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        crud(&s).await;
+        let st = s.stats().await.unwrap();
+        assert_eq!((st.journal_mode.as_str(), st.cache_size), ("wal", 2000));
+        s.close().await;
+        let s = Store::open(
+            dir.path(),
+            StoreConfig {
+                wal_mode: false,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.stats().await.unwrap().journal_mode, "delete");
+        assert_eq!(s.get_app("a").await.unwrap().unwrap().triggers, vec!["x", "y"]);
+    }
+
+    #[tokio::test]
+    async fn transactions_commit_whole_or_not_at_all() {
+        let s = Store::open(
+            Path::new("."),
+            StoreConfig {
+                memory_mode: true,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let r = s
+            .transaction(|c| {
+                records::create_pool(c, &pool("p", "local"))?;
+                records::create_pool(c, &pool("p", "local"))
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Exists(_))));
+        assert!(
+            s.all_pools().await.unwrap().is_empty(),
+            "the first insert was rolled back"
+        );
+        s.transaction(|c| {
+            records::create_pool(c, &pool("p", "local"))?;
+            records::register_app(c, &app("a", &["p"]))
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.stats().await.unwrap().apps, 1);
+    }
+
+    #[tokio::test]
+    async fn an_online_backup_is_a_complete_checked_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut ev = s.subscribe();
+        s.register_app(app("a", &["p"])).await.unwrap();
+        let dest = dir.path().join("backup.db");
+        assert_eq!(s.backup_to(&dest).await.unwrap(), dest);
+        ev.recv().await.unwrap();
+        assert_eq!(ev.recv().await.unwrap(), StoreEvent::BackupCreated(dest.clone()));
+        let copy = Connection::open(&dest).unwrap();
+        let n: i64 = copy
+            .query_row("SELECT COUNT(*) FROM app_registry", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(schema::user_version(&copy).unwrap(), SCHEMA_VERSION);
+    }
+}
