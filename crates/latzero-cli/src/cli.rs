@@ -245,6 +245,15 @@ pub struct StartArgs {
     /// Longest block lock lease and lock wait accepted, ms [default: 3600000]
     #[arg(long, env = "LATZERO_MAX_LOCK_LEASE_MS")]
     pub max_lock_lease_ms: Option<u64>,
+    /// Keep the database in memory (nothing is remembered across restarts)
+    #[arg(long, env = "LATZERO_MEMORY_MODE", action = ArgAction::SetTrue)]
+    pub memory_mode: bool,
+    /// Turn off SQLite's write-ahead log (rollback journal, synchronous=FULL)
+    #[arg(long, env = "LATZERO_NO_WAL", action = ArgAction::SetTrue)]
+    pub no_wal: bool,
+    /// SQLite cache size (positive: pages; negative: KiB) [default: 1000]
+    #[arg(long, env = "LATZERO_CACHE_SIZE", allow_negative_numbers = true)]
+    pub cache_size: Option<i64>,
     /// How long shutdown waits for connections to flush, ms [default: 5000]
     #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,

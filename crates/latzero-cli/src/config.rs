@@ -28,6 +28,16 @@ pub struct FileConfig {
     pub limits: FileLimits,
     #[serde(default)]
     pub memory: FileMemory,
+    #[serde(default)]
+    pub store: FileStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    pub memory_mode: Option<bool>,
+    pub wal_mode: Option<bool>,
+    pub cache_size: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +175,12 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
             m.default_lease.as_millis(),
             m.max_lease.as_millis()
         );
+    }
+    let fs = file.store;
+    c.store.memory_mode = args.memory_mode || fs.memory_mode.unwrap_or(false);
+    c.store.wal_mode = !args.no_wal && fs.wal_mode.unwrap_or(true);
+    if let Some(v) = args.cache_size.or(fs.cache_size) {
+        c.store.cache_size = v;
     }
     let log_level = args
         .log_level

@@ -443,3 +443,17 @@ fn duplicate_app_and_takeover_across_processes() -> Result<()> {
     assert!(ok, "the new connection serves the trigger: {out}");
     Ok(())
 }
+
+#[test]
+fn registrations_go_to_data_db_unless_memory_mode() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    let mut c = s.raw()?;
+    let ack = c.handshake("stored", &["p"], &[])?;
+    assert_eq!(ack["rehydrated"], false);
+    assert!(s.data_dir.join("data.db").exists());
+    let m = ServerProc::start(bin(), &["--memory-mode"])?;
+    let mut c = m.raw()?;
+    c.handshake("not-stored", &["p"], &[])?;
+    assert!(!m.data_dir.join("data.db").exists(), "memory mode writes no database");
+    Ok(())
+}

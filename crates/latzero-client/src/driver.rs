@@ -268,15 +268,32 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             "meta": inner.opts.meta,
             "protocol_version": PROTOCOL_VERSION,
             "takeover": takeover,
+            "ephemeral": inner.opts.ephemeral,
         })
     };
-    let (_ack, reader, w) = open_with_request(
+    let (ack, reader, w) = open_with_request(
         &inner.endpoint,
         &handshake,
         inner.opts.max_frame_len,
         inner.opts.request_timeout,
     )
     .await?;
+    // The server's view wins: a rehydrated app gets its stored pools and triggers back, and
+    // carries them into its next handshake.
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        #[serde(default)]
+        pools: Vec<String>,
+        #[serde(default)]
+        triggers: Vec<String>,
+    }
+    if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
+        let mut s = lock(&inner.shared);
+        s.pools
+            .extend(a.pools.iter().filter_map(|p| PoolName::try_from(p.as_str()).ok()));
+        s.triggers
+            .extend(a.triggers.iter().filter_map(|t| TriggerName::try_from(t.as_str()).ok()));
+    }
     let (tx, rx) = mpsc::channel(inner.opts.write_queue);
     let dead = CancellationToken::new();
     tokio::spawn(writer_task(rx, w, dead.clone()));

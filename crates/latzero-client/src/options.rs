@@ -16,6 +16,7 @@ pub struct ClientOptions {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) takeover: bool,
+    pub(crate) ephemeral: bool,
     pub(crate) meta: Option<Value>,
     pub(crate) write_queue: usize,
     pub(crate) max_frame_len: usize,
@@ -30,6 +31,7 @@ impl Default for ClientOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             takeover: false,
+            ephemeral: false,
             meta: None,
             write_queue: 8192,
             max_frame_len: latzero_proto::DEFAULT_MAX_FRAME_LEN,
@@ -67,6 +69,13 @@ impl ClientOptions {
     /// DUPLICATE_APP.
     pub fn takeover(mut self, on: bool) -> Self {
         self.takeover = on;
+        self
+    }
+
+    /// Ask the server not to store this app's registration (for throwaway clients such as
+    /// command-line tools); by default it is stored and rehydrated when the app comes back.
+    pub fn ephemeral(mut self, on: bool) -> Self {
+        self.ephemeral = on;
         self
     }
 

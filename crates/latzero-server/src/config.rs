@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Memory blocks: where they live, their limits, lock leases.
     pub memory: crate::memory::MemoryConfig,
+    /// The durable store (data.db).
+    pub store: crate::store::StoreConfig,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
 }
@@ -73,6 +75,7 @@ impl ServerConfig {
             unix_socket: true,
             limits: Limits::default(),
             memory: crate::memory::MemoryConfig::default(),
+            store: crate::store::StoreConfig::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }

@@ -47,4 +47,7 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] crate::store::StoreError),
 }

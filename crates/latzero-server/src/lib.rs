@@ -4,11 +4,11 @@
 //! server.rs      bind listeners, shared State, graceful shutdown
 //! transport.rs   TCP and Unix-socket accept loops
 //! session/       one connection: reader loop (mod.rs), outbound queue + writer (conn.rs)
-//! directory.rs   the registry (connected apps) and the pools (members, trigger index)
+//! directory.rs   connected apps and the pools (members, trigger index)
+//! registry.rs    the durable app registry: write-through to the store, rehydration
 //! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
 //! memory/        memory blocks: registry and files (mod.rs), actions (ops.rs), leases (locks.rs)
-//! store/         SQLite on its own thread: schema and migrations, records, backups (not yet
-//!                wired into the server: that is the persistence issue's next step)
+//! store/         SQLite (data.db) on its own thread: schema and migrations, records, backups
 //! admin.rs       counters and the status snapshot
 //! datadir.rs     data-directory layout, lock file, server.json
 //! config.rs      configuration and limits
@@ -29,6 +29,7 @@ mod datadir;
 mod directory;
 mod error;
 mod memory;
+mod registry;
 mod router;
 mod server;
 mod session;
@@ -40,3 +41,4 @@ pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;
 pub use memory::MemoryConfig;
 pub use server::Server;
+pub use store::StoreConfig;

@@ -28,6 +28,7 @@ use crate::error::ServerError;
 use crate::memory::Memory;
 use crate::router::Router;
 use crate::session::conn::{Conn, ConnId};
+use crate::store::Store;
 use crate::transport;
 
 /// State shared by every session.
@@ -37,6 +38,7 @@ pub(crate) struct State {
     pub directory: RwLock<Directory>,
     pub router: Arc<Router>,
     pub memory: Memory,
+    pub store: Store,
     pub counters: Arc<Counters>,
     pub conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -144,6 +146,7 @@ impl Server {
             (None, None)
         };
         let memory = Memory::open(datadir.path(), config.memory.clone())?;
+        let store = Store::open(datadir.path(), config.store.clone())?;
         datadir.write_runtime(&RuntimeInfo {
             pid: std::process::id(),
             tcp: tcp_addr,
@@ -153,6 +156,7 @@ impl Server {
         let counters = Arc::new(Counters::default());
         let state = Arc::new(State {
             memory,
+            store,
             router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
             config,
             directory: RwLock::new(Directory::default()),
@@ -243,6 +247,7 @@ impl Server {
         timer_stop.cancel();
         let _ = timer.await;
         state.memory.close();
+        state.store.clone().close().await;
         if let Some(p) = &state.unix {
             let _ = std::fs::remove_file(p);
         }

@@ -74,6 +74,8 @@ pub async fn connect(
     pools: &[String],
     opts: latzero_client::ClientOptions,
 ) -> Result<latzero_client::Client> {
+    // A generated app id is a one-off: the server need not remember it.
+    let opts = opts.ephemeral(app.is_none());
     Ok(opts.connect(&url(t, app, pools)?).await?)
 }
 

@@ -75,6 +75,8 @@ pub struct Envelope<'a> {
     #[serde(borrow)]
     pub protocol_version: Option<Str<'a>>,
     pub takeover: Option<bool>,
+    pub rehydrate: Option<bool>,
+    pub ephemeral: Option<bool>,
     #[serde(borrow)]
     pub process: Option<Str<'a>>,
     #[serde(borrow)]

@@ -42,8 +42,31 @@ pub struct HandshakeAck<'a> {
     pub protocol_version: &'static str,
     /// Whether an older connection of this app id was taken over.
     pub took_over: bool,
+    /// Whether stored pools, triggers and meta were restored.
+    pub rehydrated: bool,
+    /// What was restored, when `rehydrated`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Restored<'a>>,
+    /// Set when the registration could not be stored (the connection works; it will not be
+    /// remembered across a restart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<&'a str>,
     /// Server information.
     pub server: ServerInfo<'a>,
+}
+
+/// What a rehydrating handshake got back from the store.
+#[derive(Debug, Serialize)]
+pub struct Restored<'a> {
+    /// Stored pools, joined again.
+    pub pools: Vec<&'a str>,
+    /// Stored triggers, registered again.
+    pub triggers: Vec<&'a str>,
+    /// Stored meta (when the handshake gave none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<&'a RawValue>,
+    /// When the app was last seen before this connection (ms since the epoch).
+    pub last_seen: i64,
 }
 
 /// A trigger delivered to a handler.
@@ -150,6 +173,9 @@ pub struct Ack<'a> {
     pub pools: Vec<&'a str>,
     /// Triggers the app has registered now.
     pub triggers: Vec<&'a str>,
+    /// Set when the change could not be stored (it holds for this connection only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<&'a str>,
 }
 
 /// `accepted`: a `reply_to` call was handed to a handler; its result goes to the reply target.

@@ -55,6 +55,13 @@ pub struct Handshake {
     pub meta: Option<Box<RawValue>>,
     /// Whether to take over a live connection with the same app id.
     pub takeover: bool,
+    /// Restore the stored pools, triggers and meta even though some were given (they are
+    /// restored anyway when none are).
+    pub rehydrate: bool,
+    /// Do not store this app's registration (command-line tools, throwaway clients).
+    pub ephemeral: bool,
+    /// The client's protocol version, if it said.
+    pub protocol_version: Option<String>,
 }
 
 /// A call.
@@ -300,6 +307,9 @@ fn handshake<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<Handsha
         triggers,
         meta: env.meta.map(|m| m.to_owned()),
         takeover: env.takeover.unwrap_or(false),
+        rehydrate: env.rehydrate.unwrap_or(false),
+        ephemeral: env.ephemeral.unwrap_or(false),
+        protocol_version: env.protocol_version.as_deref().map(str::to_owned),
     })
 }
 

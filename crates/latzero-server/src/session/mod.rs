@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
-    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue, Request, ServerInfo, parse_request,
+    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue, Request, Restored, ServerInfo,
+    parse_request,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -88,6 +89,7 @@ where
         state: state.clone(),
         conn: conn.clone(),
         app: None,
+        ephemeral: false,
     };
     let end = session.read_loop(reader).instrument(span.clone()).await;
     let _guard = span.enter();
@@ -120,6 +122,23 @@ struct Session {
     state: Arc<State>,
     conn: Arc<Conn>,
     app: Option<AppId>,
+    /// The handshake asked not to be stored.
+    ephemeral: bool,
+}
+
+/// Work a request leaves for after the current batch: storing a registration before it is
+/// acknowledged (the reader awaits it, so later requests on this connection see its result).
+enum After {
+    Handshake {
+        id: Option<Box<RawValue>>,
+        app: AppId,
+        info: crate::registry::HandshakeInfo,
+        took_over: bool,
+    },
+    Membership {
+        id: Option<Box<RawValue>>,
+        app: AppId,
+    },
 }
 
 impl Session {
@@ -129,10 +148,17 @@ impl Session {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             // Writes made while handling this batch go out once per destination at its end.
-            let cork = Cork::begin();
+            let mut cork = Cork::begin();
             loop {
                 match codec.decode(&mut buf) {
-                    Ok(Some(frame)) => self.handle(frame),
+                    Ok(Some(frame)) => {
+                        if let Some(after) = self.handle(frame) {
+                            // A cork must not live across an await.
+                            cork.flush();
+                            self.finish(after).await;
+                            cork = Cork::begin();
+                        }
+                    }
                     Ok(None) => break,
                     Err(FrameError::TooLarge { len, max }) => {
                         let msg = format!(
@@ -196,46 +222,57 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, frame: Frame) {
+    fn handle(&mut self, frame: Frame) -> Option<After> {
         let st = &self.state;
         st.counters.inc(&st.counters.frames_in);
         let binary = matches!(frame, Frame::Binary { .. });
         let json = frame.json();
         let parsed = match parse_request(json) {
             Ok(p) => p,
-            Err(e) => return self.error(e.id, e.code, &e.message),
+            Err(e) => {
+                self.error(e.id, e.code, &e.message);
+                return None;
+            }
         };
         let id = parsed.id;
         if binary && !matches!(parsed.request, Request::Block(_)) {
-            return self.error(
+            self.error(
                 id,
                 ErrorCode::InvalidMessage,
                 "binary frames carry memory-block data only; send this action as a JSON frame",
             );
+            return None;
         }
         if st.shutting_down.load(Ordering::Relaxed)
             && !matches!(parsed.request, Request::Status | Request::Ping | Request::Response(_))
         {
-            return self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
+            {
+                self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
+                return None;
+            }
         }
         let app = match (&parsed.request, &self.app) {
             (Request::Handshake(_), Some(app)) => {
                 let msg = format!("this connection already completed its handshake as '{app}'");
-                return self.error(id, ErrorCode::InvalidMessage, &msg);
+                {
+                    self.error(id, ErrorCode::InvalidMessage, &msg);
+                    return None;
+                }
             }
             (Request::Handshake(_), None) => None,
             (Request::Status | Request::Ping | Request::Shutdown, _) => None,
             (_, None) => {
-                return self.error(
+                self.error(
                     id,
                     ErrorCode::HandshakeRequired,
                     r#"send a handshake first: {"action":"handshake","app_id":"...","pools":[...],"triggers":[...]}"#,
                 );
+                return None;
             }
             (_, Some(app)) => Some(app.clone()),
         };
         match parsed.request {
-            Request::Handshake(h) => self.handshake(id, h),
+            Request::Handshake(h) => return self.handshake(id, h),
             Request::Status => {
                 let frame = encode_message(&st.status(id));
                 let _ = self.conn.reply(&frame);
@@ -248,7 +285,7 @@ impl Session {
             }
             Request::Shutdown => {
                 tracing::info!(peer = %self.conn.peer, "shutdown requested over the protocol");
-                self.ack(id, None);
+                self.ack(id, None, None);
                 st.stop_requested.cancel();
             }
             Request::Block(b) => {
@@ -262,7 +299,10 @@ impl Session {
                     .is_some_and(|p| p.members.contains_key(&app));
                 if !member {
                     let msg = format!("app '{app}' is not in pool '{}'; join it first", b.pool);
-                    return self.error(id, ErrorCode::NotInPool, &msg);
+                    {
+                        self.error(id, ErrorCode::NotInPool, &msg);
+                        return None;
+                    }
                 }
                 let body = match &frame {
                     Frame::Binary { body, .. } => Some(&body[..]),
@@ -276,22 +316,22 @@ impl Session {
             Request::Register(ts) => {
                 let app = app.expect("checked above");
                 st.directory_mut().register(&app, &ts);
-                self.ack(id, Some(&app));
+                return self.membership_done(id, app);
             }
             Request::Unregister(ts) => {
                 let app = app.expect("checked above");
                 st.directory_mut().unregister(&app, &ts);
-                self.ack(id, Some(&app));
+                return self.membership_done(id, app);
             }
             Request::Join(ps) => {
                 let app = app.expect("checked above");
                 st.directory_mut().join(&app, &ps);
-                self.ack(id, Some(&app));
+                return self.membership_done(id, app);
             }
             Request::Leave(ps) => {
                 let app = app.expect("checked above");
                 st.directory_mut().leave(&app, &ps);
-                self.ack(id, Some(&app));
+                return self.membership_done(id, app);
             }
             Request::PresenceSubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, true),
             Request::PresenceUnsubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, false),
@@ -320,11 +360,21 @@ impl Session {
                 Err(r) => self.error(id, r.code, &r.message),
             },
         }
+        None
     }
 
-    fn handshake(&mut self, id: Option<&RawValue>, h: Handshake) {
+    /// Binds the app now (so a second handshake for the same id is refused at once); the ack
+    /// follows in [`Session::finish`], once the registration is stored.
+    fn handshake(&mut self, id: Option<&RawValue>, h: Handshake) -> Option<After> {
         let st = self.state.clone();
         let app = h.app_id.clone();
+        let info = crate::registry::HandshakeInfo {
+            rehydrate: h.rehydrate,
+            ephemeral: h.ephemeral,
+            protocol_version: h.protocol_version.clone(),
+            empty: h.pools.is_empty() && h.triggers.is_empty(),
+            has_meta: h.meta.is_some(),
+        };
         let old = {
             let mut dir = st.directory_mut();
             let old = dir.conn_of(app.as_str()).cloned();
@@ -335,7 +385,8 @@ impl Session {
                         "app id '{app}' is already connected (from {}); use another app id, or send \"takeover\": true to replace that connection",
                         existing.peer
                     );
-                    return self.error(id, ErrorCode::DuplicateApp, &msg);
+                    self.error(id, ErrorCode::DuplicateApp, &msg);
+                    return None;
                 }
                 dir.remove_app(&app, existing.id);
             }
@@ -343,24 +394,9 @@ impl Session {
             dir.add_app(&self.conn, app.clone(), h.meta);
             dir.register(&app, &h.triggers);
             dir.join(&app, &h.pools);
-            let (pools, triggers) = dir.app_state(&app);
-            let ack = encode_message(&HandshakeAck {
-                action: "handshake_ack",
-                in_reply_to: id,
-                app_id: app.as_str(),
-                pools,
-                triggers,
-                protocol_version: PROTOCOL_VERSION,
-                took_over: old.is_some(),
-                server: ServerInfo {
-                    name: "latzero",
-                    version: env!("CARGO_PKG_VERSION"),
-                    pid: std::process::id(),
-                },
-            });
-            let _ = self.conn.reply(&ack);
             old
         };
+        let took_over = old.is_some();
         if let Some(old) = old {
             tracing::info!(app = %app, old_conn = old.id, "app taken over by a new connection");
             st.router.on_disconnect(old.id);
@@ -372,7 +408,77 @@ impl Session {
             old.close_gracefully();
         }
         tracing::info!(app = %app, "handshake");
-        self.app = Some(app);
+        self.app = Some(app.clone());
+        self.ephemeral = info.ephemeral;
+        Some(After::Handshake {
+            id: id.map(ToOwned::to_owned),
+            app,
+            info,
+            took_over,
+        })
+    }
+
+    /// A membership change is in the directory; its ack waits for the store (unless the app is
+    /// ephemeral).
+    fn membership_done(&mut self, id: Option<&RawValue>, app: AppId) -> Option<After> {
+        if self.ephemeral {
+            self.ack(id, Some(&app), None);
+            return None;
+        }
+        Some(After::Membership {
+            id: id.map(ToOwned::to_owned),
+            app,
+        })
+    }
+
+    async fn finish(&mut self, after: After) {
+        let st = self.state.clone();
+        match after {
+            After::Handshake {
+                id,
+                app,
+                info,
+                took_over,
+            } => {
+                let (restored, store_error) = crate::registry::handshake(&st, &app, info).await;
+                if let Some(e) = &store_error {
+                    tracing::warn!(app = %app, error = %e, "registration not stored");
+                }
+                let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+                let (pools, triggers) = dir.app_state(&app);
+                let ack = encode_message(&HandshakeAck {
+                    action: "handshake_ack",
+                    in_reply_to: id.as_deref(),
+                    app_id: app.as_str(),
+                    pools,
+                    triggers,
+                    protocol_version: PROTOCOL_VERSION,
+                    took_over,
+                    rehydrated: restored.is_some(),
+                    restored: restored.as_ref().map(|r| Restored {
+                        pools: r.pools.iter().map(String::as_str).collect(),
+                        triggers: r.triggers.iter().map(String::as_str).collect(),
+                        meta: r.meta.as_deref(),
+                        last_seen: r.last_seen,
+                    }),
+                    store_error: store_error.as_deref(),
+                    server: ServerInfo {
+                        name: "latzero",
+                        version: env!("CARGO_PKG_VERSION"),
+                        pid: std::process::id(),
+                    },
+                });
+                drop(dir);
+                let _ = self.conn.reply(&ack);
+            }
+            After::Membership { id, app } => {
+                let err = crate::registry::store_membership(&st, &app).await;
+                if let Some(e) = &err {
+                    tracing::warn!(app = %app, error = %e, "membership change not stored");
+                }
+                self.ack(id.as_deref(), Some(&app), err.as_deref());
+            }
+        }
     }
 
     fn presence(&self, id: Option<&RawValue>, app: &AppId, pool: &PoolName, subscribe: bool) {
@@ -391,14 +497,14 @@ impl Session {
             }
         };
         if member {
-            self.ack(id, Some(app));
+            self.ack(id, Some(app), None);
         } else {
             let msg = format!("app '{app}' is not in pool '{pool}'; join it first");
             self.error(id, ErrorCode::NotInPool, &msg);
         }
     }
 
-    fn ack(&self, id: Option<&RawValue>, app: Option<&AppId>) {
+    fn ack(&self, id: Option<&RawValue>, app: Option<&AppId>, store_error: Option<&str>) {
         let dir = self.state.directory.read().unwrap_or_else(|e| e.into_inner());
         let (pools, triggers) = app.map(|a| dir.app_state(a)).unwrap_or_default();
         let frame = encode_message(&Ack {
@@ -406,6 +512,7 @@ impl Session {
             in_reply_to: id,
             pools,
             triggers,
+            store_error,
         });
         drop(dir);
         let _ = self.conn.reply(&frame);
@@ -426,6 +533,9 @@ impl Session {
     fn cleanup(&mut self) {
         if let Some(app) = self.app.take() {
             self.state.directory_mut().remove_app(&app, self.conn.id);
+            if !self.ephemeral {
+                crate::registry::on_disconnect(&self.state, &app);
+            }
             tracing::info!(app = %app, "app disconnected");
         }
         self.state.router.on_disconnect(self.conn.id);

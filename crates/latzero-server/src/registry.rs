@@ -1,0 +1,156 @@
+//! The durable app registry (the seeds' appRegistry): what the directory holds for connected
+//! apps, written through to the store, and rehydration — an app that comes back with no pools
+//! and no triggers (or asks with `rehydrate: true`) gets its stored ones back.
+//!
+//! Registrations are acknowledged after they are stored, so an app that got its ack is in the
+//! database even if the server is killed right after. When the store fails (a full disk, a
+//! read-only data dir) the connection keeps working in memory and its ack says `store_error`.
+
+use latzero_proto::message::RawValue;
+use latzero_proto::{AppId, PoolName, TriggerName};
+use serde_json::Value;
+
+use crate::server::State;
+use crate::store::{AppRecord, AppUpdate, now_ms};
+
+/// How a handshake asked to be remembered.
+#[derive(Debug)]
+pub(crate) struct HandshakeInfo {
+    pub rehydrate: bool,
+    pub ephemeral: bool,
+    pub protocol_version: Option<String>,
+    /// The handshake gave no pools and no triggers.
+    pub empty: bool,
+    /// The handshake gave its own meta.
+    pub has_meta: bool,
+}
+
+/// What rehydration restored.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub pools: Vec<String>,
+    pub triggers: Vec<String>,
+    pub meta: Option<Box<RawValue>>,
+    pub last_seen: i64,
+}
+
+/// The store's side of a handshake: restore what is stored if asked, then store the app's
+/// state. Returns what was restored and the store's error, if any.
+pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> (Option<Restored>, Option<String>) {
+    if info.ephemeral {
+        return (None, None);
+    }
+    let stored = match st.store.get_app(app.as_str()).await {
+        Ok(s) => s,
+        Err(e) => return (None, Some(e.to_string())),
+    };
+    let mut restored = None;
+    if let Some(rec) = &stored
+        && (info.empty || info.rehydrate)
+    {
+        let pools: Vec<PoolName> = rec
+            .pools
+            .iter()
+            .filter_map(|p| PoolName::try_from(p.as_str()).ok())
+            .collect();
+        let triggers: Vec<TriggerName> = rec
+            .triggers
+            .iter()
+            .filter_map(|t| TriggerName::try_from(t.as_str()).ok())
+            .collect();
+        let meta = (!info.has_meta && !rec.meta.is_null())
+            .then(|| serde_json::value::to_raw_value(&rec.meta).ok())
+            .flatten();
+        {
+            let mut dir = st.directory_mut();
+            dir.join(app, &pools);
+            dir.register(app, &triggers);
+            if let Some(m) = &meta
+                && let Some(a) = dir.apps.get_mut(app)
+            {
+                a.meta = Some(m.clone());
+            }
+        }
+        restored = Some(Restored {
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+            triggers: triggers.iter().map(|t| t.to_string()).collect(),
+            meta,
+            last_seen: rec.last_seen,
+        });
+    }
+    let now = now_ms();
+    let Some(mut rec) = current(st, app) else {
+        return (restored, None);
+    };
+    rec.protocol_version = info
+        .protocol_version
+        .unwrap_or_else(|| latzero_proto::PROTOCOL_VERSION.into());
+    rec.registered = stored.as_ref().map_or(now, |s| s.registered);
+    rec.last_seen = now;
+    rec.rehydrated = restored.is_some();
+    let err = st.store.register_app(rec).await.err().map(|e| e.to_string());
+    (restored, err)
+}
+
+/// Stores an app's pools and triggers after a membership change; the store's error, if any.
+pub(crate) async fn store_membership(st: &State, app: &AppId) -> Option<String> {
+    let rec = current(st, app)?;
+    let update = AppUpdate {
+        pools: Some(rec.pools.clone()),
+        triggers: Some(rec.triggers.clone()),
+        last_seen: Some(now_ms()),
+        ..AppUpdate::default()
+    };
+    match st.store.update_app(app.as_str(), update).await {
+        Ok(_) => None,
+        // Stored before the change could be (a store error at handshake): store it whole now.
+        Err(crate::store::StoreError::NotFound(_)) => {
+            let rec = AppRecord {
+                registered: now_ms(),
+                ..rec
+            };
+            st.store.register_app(rec).await.err().map(|e| e.to_string())
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Records when a disconnected app was last seen (not awaited: a disconnect never waits).
+pub(crate) fn on_disconnect(st: &State, app: &AppId) {
+    let store = st.store.clone();
+    let app = app.to_string();
+    tokio::spawn(async move {
+        let u = AppUpdate {
+            last_seen: Some(now_ms()),
+            ..AppUpdate::default()
+        };
+        if let Err(e) = store.update_app(&app, u).await
+            && !matches!(
+                e,
+                crate::store::StoreError::NotFound(_) | crate::store::StoreError::Closed
+            )
+        {
+            tracing::warn!(app, error = %e, "cannot record last_seen");
+        }
+    });
+}
+
+/// The directory's view of a connected app, as a record to store.
+fn current(st: &State, app: &AppId) -> Option<AppRecord> {
+    let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+    let a = dir.apps.get(app)?;
+    Some(AppRecord {
+        app_id: app.to_string(),
+        pools: a.pools.iter().map(|p| p.to_string()).collect(),
+        triggers: a.triggers.iter().map(|t| t.to_string()).collect(),
+        meta: a
+            .meta
+            .as_ref()
+            .and_then(|m| serde_json::from_str(m.get()).ok())
+            .unwrap_or(Value::Null),
+        protocol_version: latzero_proto::PROTOCOL_VERSION.into(),
+        registered: 0,
+        last_seen: now_ms(),
+        rehydrated: false,
+    })
+}

@@ -1,0 +1,178 @@
+//! The durable registry: registrations stored before they are acknowledged, rehydration after a
+//! reconnect and after a restart, ephemeral apps, last_seen.
+
+mod common;
+
+use common::Raw;
+use latzero_server::{Server, ServerConfig};
+use serde_json::{Value, json};
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(dir: &std::path::Path) -> Running {
+    let mut cfg = ServerConfig::new(dir);
+    cfg.port = 0;
+    cfg.memory.volatile_dir = Some(dir.to_path_buf());
+    let server = Server::bind(cfg).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    Running { addr, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+async fn handshake(addr: std::net::SocketAddr, hs: Value) -> (Raw, Value) {
+    let mut r = Raw::connect(addr).await;
+    r.send(hs).await;
+    let ack = r.expect().await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    (r, ack)
+}
+
+/// Waits until the server has seen the connection close (the app leaves the directory).
+async fn gone(addr: std::net::SocketAddr, app: &str) {
+    let mut admin = Raw::connect(addr).await;
+    for _ in 0..1000 {
+        let st = admin.ask(json!({"action":"status","id":1})).await;
+        if !st["apps"].as_array().unwrap().iter().any(|a| a["app_id"] == app) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{app} never left");
+}
+
+#[tokio::test]
+async fn an_app_coming_back_empty_gets_its_pools_triggers_and_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (mut a, ack) = handshake(
+        s.addr,
+        json!({"action":"handshake","app_id":"a","pools":["p"],"triggers":["t"],"meta":{"v":1}}),
+    )
+    .await;
+    assert_eq!(
+        (ack["rehydrated"].as_bool(), ack.get("store_error")),
+        (Some(false), None),
+        "{ack}"
+    );
+    // A membership change is stored too, before its ack.
+    let r = a.ask(json!({"action":"join","id":2,"pools":["q"]})).await;
+    assert_eq!(r["pools"], json!(["p", "q"]));
+    drop(a);
+    gone(s.addr, "a").await;
+
+    let (mut a, ack) = handshake(s.addr, json!({"action":"handshake","app_id":"a"})).await;
+    assert_eq!(ack["rehydrated"], true, "{ack}");
+    assert_eq!(ack["pools"], json!(["p", "q"]));
+    assert_eq!(ack["triggers"], json!(["t"]));
+    assert_eq!(ack["restored"]["meta"], json!({"v":1}));
+    assert!(ack["restored"]["last_seen"].as_i64().unwrap() > 0);
+    // The restored app is really back: it serves its trigger in its pools.
+    let mut c = Raw::connect(s.addr).await;
+    c.handshake("caller", &["p"], &[]).await;
+    c.send(json!({"action":"trigger","id":"x","process":"t","pool":"p"}))
+        .await;
+    let t = a.expect().await;
+    assert_eq!(t["action"], "trigger");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn given_pools_are_kept_unless_rehydrate_is_asked_and_ephemeral_apps_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (a, _) = handshake(s.addr, json!({"action":"handshake","app_id":"a","pools":["p"]})).await;
+    drop(a);
+    gone(s.addr, "a").await;
+    let (a, ack) = handshake(s.addr, json!({"action":"handshake","app_id":"a","pools":["q"]})).await;
+    assert_eq!(
+        (ack["rehydrated"].as_bool(), ack["pools"].clone()),
+        (Some(false), json!(["q"]))
+    );
+    drop(a);
+    gone(s.addr, "a").await;
+    // Stored now: q. With rehydrate: true the given and the stored pools are joined.
+    let (a, ack) = handshake(
+        s.addr,
+        json!({"action":"handshake","app_id":"a","pools":["r"],"rehydrate":true}),
+    )
+    .await;
+    assert_eq!(
+        (ack["rehydrated"].as_bool(), ack["pools"].clone()),
+        (Some(true), json!(["q", "r"]))
+    );
+    drop(a);
+
+    let (e, ack) = handshake(
+        s.addr,
+        json!({"action":"handshake","app_id":"tool","pools":["p"],"ephemeral":true}),
+    )
+    .await;
+    assert_eq!(ack["rehydrated"], false);
+    drop(e);
+    gone(s.addr, "tool").await;
+    let (_e, ack) = handshake(s.addr, json!({"action":"handshake","app_id":"tool"})).await;
+    assert_eq!(
+        (ack["rehydrated"].as_bool(), ack["pools"].clone()),
+        (Some(false), json!([]))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn registrations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    for i in 0..20 {
+        let (_r, ack) = handshake(
+            s.addr,
+            json!({"action":"handshake","app_id":format!("app{i}"),"pools":["p"],"triggers":[format!("t{i}")]}),
+        )
+        .await;
+        assert!(ack.get("store_error").is_none());
+    }
+    s.stop().await;
+    assert!(dir.path().join("data.db").exists());
+
+    let s = start(dir.path()).await;
+    for i in [0, 7, 19] {
+        let (_r, ack) = handshake(s.addr, json!({"action":"handshake","app_id":format!("app{i}")})).await;
+        assert_eq!(ack["rehydrated"], true, "{ack}");
+        assert_eq!(ack["triggers"], json!([format!("t{i}")]));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_sdk_keeps_what_rehydration_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let url = |q: &str| format!("latzero://w@{}{q}", s.addr);
+    let w = latzero_client::Client::connect(&url("?pools=p,q")).await.unwrap();
+    drop(w);
+    gone(s.addr, "w").await;
+    let w = latzero_client::Client::connect(&url("")).await.unwrap();
+    let mut pools: Vec<String> = w.pools().iter().map(|p| p.to_string()).collect();
+    pools.sort();
+    assert_eq!(pools, vec!["p", "q"]);
+    drop(w);
+    s.stop().await;
+}
