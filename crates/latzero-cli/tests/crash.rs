@@ -1,0 +1,152 @@
+//! Crash safety of the store: the real server killed with -9 in the middle of a burst of
+//! registrations and block writes, and disk errors while it runs.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use latzero_testkit::{RawClient, ServerProc};
+use serde_json::json;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_latzero"))
+}
+
+#[test]
+fn kill_9_during_a_burst_keeps_every_acknowledged_registration() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    let mut setup = s.raw()?;
+    setup.handshake("writer", &["p"], &[])?;
+    setup.send(&json!({"action":"block_create","id":1,"pool":"p","block_id":"b","size":64,"persistent":true}))?;
+    assert_eq!(setup.expect()?["action"], "block_created");
+
+    let acked = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let written = Arc::new(Mutex::new(0u64));
+    let addr = s.tcp;
+    let regs = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            for i in 0.. {
+                let Ok(mut c) = RawClient::connect(addr) else { break };
+                match c.handshake(&format!("app{i}"), &["p"], &[&format!("t{i}")]) {
+                    Ok(ack) if ack.get("store_error").is_none() => acked.lock().unwrap().push(i),
+                    _ => break,
+                }
+            }
+        })
+    };
+    let writes = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            for i in 1u64.. {
+                let data = format!("{i:08}");
+                let req = json!({"action":"block_write","id":i,"pool":"p","block_id":"b",
+                                 "data": B64.encode(data.as_bytes())});
+                if setup.send(&req).is_err() {
+                    break;
+                }
+                match setup.expect() {
+                    Ok(r) if r["action"] == "block_written" => {
+                        *written.lock().unwrap() = r["version"].as_u64().unwrap()
+                    }
+                    _ => break,
+                }
+            }
+        })
+    };
+    // Kill mid-burst, once a good number of registrations were acknowledged.
+    while acked.lock().unwrap().len() < 200 {
+        std::thread::yield_now();
+    }
+    s.proc.signal(9);
+    s.proc.wait_exit()?;
+    regs.join().unwrap();
+    writes.join().unwrap();
+    drop(s);
+    let acked = acked.lock().unwrap().clone();
+    let written = *written.lock().unwrap();
+    assert!(acked.len() >= 200 && written > 0);
+
+    // The database is intact and holds every acknowledged registration.
+    {
+        let db = rusqlite::Connection::open(dir.path().join("data.db"))?;
+        let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        assert_eq!(check, "ok");
+        let mut missing = vec![];
+        for i in &acked {
+            let n: i64 = db.query_row(
+                "SELECT COUNT(*) FROM app_registry WHERE app_id = ?1",
+                [format!("app{i}")],
+                |r| r.get(0),
+            )?;
+            if n != 1 {
+                missing.push(*i);
+            }
+        }
+        assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    }
+    // After a restart they rehydrate, and the block holds at least the last acknowledged write.
+    let s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    let mut c = s.raw()?;
+    c.send(&json!({"action":"handshake","app_id":format!("app{}", acked[acked.len() - 1])}))?;
+    let ack = c.expect()?;
+    assert_eq!(ack["rehydrated"], true, "{ack}");
+    let mut r = s.raw()?;
+    r.handshake("reader", &["p"], &[])?;
+    r.send(&json!({"action":"block_read","id":1,"pool":"p","block_id":"b","length":8,"encoding":"base64"}))?;
+    let got = r.expect()?;
+    assert!(got["version"].as_u64().unwrap() >= written, "{got} vs {written}");
+    Ok(())
+}
+
+/// A data dir on a small tmpfs that fills up: registrations get `store_error` in their ack,
+/// while connections, calls and emits keep working. Needs permission to mount a tmpfs (root);
+/// without it the test says so and checks nothing.
+#[test]
+fn a_full_disk_is_a_clear_error_and_rpc_keeps_being_served() -> Result<()> {
+    let mnt = tempfile::tempdir()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mnt.path())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return Ok(());
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let data = mnt.path().join("data");
+    let s = ServerProc::start_in(
+        bin(),
+        &data,
+        &["--volatile-memory-dir", "/dev/shm", "--log-level", "error"],
+    )?;
+    let _worker = s.reply(&["--app", "worker", "--pool", "p", "echo"])?;
+    // Fill the rest of the disk.
+    let _ = std::fs::write(mnt.path().join("filler"), vec![0u8; 4 << 20]);
+    let mut errors = 0;
+    for i in 0..50 {
+        let mut c = s.raw()?;
+        let ack = c.handshake(&format!("late{i}"), &["p"], &[&format!("t{i}")])?;
+        if let Some(e) = ack.get("store_error") {
+            assert!(e.as_str().unwrap().contains("full"), "{e}");
+            errors += 1;
+        }
+    }
+    assert!(errors > 0, "a full disk must show in the acks");
+    let (ok, out, err) = s.run(&["call", "--pool", "p", "echo", "\"still here\""])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("still here"), "{out}");
+    Ok(())
+}
