@@ -29,6 +29,99 @@ pub enum Command {
     /// Memory blocks: create, list, stat, read, write, watch, lock, checksum, delete
     #[command(subcommand)]
     Mem(MemCmd),
+    /// Stored app registrations, with whether each is connected (a table, or --json)
+    Apps(ListArgs),
+    /// Pools: list (the default), show, create, update, remove
+    Pools(PoolsArgs),
+    /// Memory blocks of every pool, or of one (a table, or --json)
+    Blocks(BlocksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BlocksArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Only this pool
+    pub pool: Option<String>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolsArgs {
+    #[command(subcommand)]
+    pub cmd: Option<PoolsCmd>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print JSON instead of a table (list and show)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsCmd {
+    /// List pools (stored and live)
+    List,
+    /// One pool: type, description, owners, policies, members, triggers, blocks
+    Show {
+        /// The pool
+        pool: String,
+    },
+    /// Create a stored pool
+    Create {
+        /// The pool
+        pool: String,
+        /// Free text
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Apps that may change or remove it, comma-separated (required unless --app names the owner)
+        #[arg(long, value_delimiter = ',')]
+        owners: Vec<String>,
+        /// Connect as this app (it becomes the owner when --owners is not given)
+        #[arg(long)]
+        app: Option<String>,
+        /// local (global and encrypted are not available yet)
+        #[arg(long = "type", default_value = "local")]
+        kind: String,
+    },
+    /// Change a stored pool (connect as one of its owners)
+    Update {
+        /// The pool
+        pool: String,
+        /// An owner of the pool to connect as
+        #[arg(long)]
+        app: String,
+        /// New description
+        #[arg(long)]
+        description: Option<String>,
+        /// New owners, comma-separated
+        #[arg(long, value_delimiter = ',')]
+        owners: Option<Vec<String>>,
+        /// New policies (a JSON object)
+        #[arg(long)]
+        policies: Option<String>,
+    },
+    /// Remove a pool (connect as one of its owners); refused while other apps are in it
+    Remove {
+        /// The pool
+        pool: String,
+        /// An owner of the pool to connect as (any app id for a pool that is not stored)
+        #[arg(long)]
+        app: String,
+        /// Remove it even with members (they leave it; its non-persistent blocks go)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `latzero mem ...`. Each connects as an app (default `latzero-cli-<pid>`) that joins POOL.
@@ -267,13 +360,13 @@ pub struct StartArgs {
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
     /// Data directory of the server [default: ~/.latzero]
-    #[arg(short = 'd', long, env = "LATZERO_DATA_DIR")]
+    #[arg(short = 'd', long, env = "LATZERO_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Server host (forces TCP)
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub host: Option<String>,
     /// Server port (forces TCP)
-    #[arg(short = 'p', long)]
+    #[arg(short = 'p', long, global = true)]
     pub port: Option<u16>,
 }
 

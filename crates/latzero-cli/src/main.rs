@@ -28,6 +28,9 @@ fn main() -> std::process::ExitCode {
             Command::Emit(a) => command::emit::run(a).await,
             Command::Reply(a) => command::reply::run(a).await,
             Command::Mem(c) => command::mem::run(c).await,
+            Command::Apps(a) => command::inventory::apps(a).await,
+            Command::Pools(a) => command::inventory::pools(a).await,
+            Command::Blocks(a) => command::inventory::blocks(a).await,
         }
     });
     match result {

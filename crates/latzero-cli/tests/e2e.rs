@@ -457,3 +457,49 @@ fn registrations_go_to_data_db_unless_memory_mode() -> Result<()> {
     assert!(!m.data_dir.join("data.db").exists(), "memory mode writes no database");
     Ok(())
 }
+
+#[test]
+fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
+    let s = server();
+    let _w = s.reply(&["--app", "worker", "--pool", "alpha", "echo"])?;
+    let (ok, out, err) = s.run(&[
+        "pools",
+        "create",
+        "alpha",
+        "--owners",
+        "ops",
+        "--description",
+        "the alpha pool",
+    ])?;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out)?["owners"], json!(["ops"]));
+    let (ok, _, err) = s.run(&["pools", "create", "g", "--owners", "ops", "--type", "global"])?;
+    assert!(!ok && err.contains("NOT_AVAILABLE"), "{err}");
+    assert!(s.run(&["mem", "create", "alpha", "frame", "--size", "64"])?.0);
+
+    let (ok, out, err) = s.run(&["pools"])?;
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
+    assert!(line.contains("the alpha pool") && line.contains("worker"), "{out}");
+    let (_, out, _) = s.run(&["pools", "show", "alpha"])?;
+    assert_eq!(serde_json::from_str::<Value>(&out)?["blocks"][0]["block_id"], "frame");
+    let (_, out, _) = s.run(&["blocks", "--json"])?;
+    assert_eq!(serde_json::from_str::<Value>(&out)?.as_array().map(Vec::len), Some(1));
+    let (_, out, _) = s.run(&["apps", "--json"])?;
+    let apps: Value = serde_json::from_str(&out)?;
+    // The CLI's own generated ids are ephemeral: only the worker is remembered.
+    assert_eq!(apps.as_array().map(Vec::len), Some(1), "{apps}");
+    assert_eq!(
+        (apps[0]["app_id"].as_str(), apps[0]["connected"].as_bool()),
+        (Some("worker"), Some(true))
+    );
+
+    let (ok, _, err) = s.run(&["pools", "remove", "alpha", "--app", "ops"])?;
+    assert!(!ok && err.contains("POOL_IN_USE"), "{err}");
+    let (ok, _, err) = s.run(&["pools", "update", "alpha", "--app", "intruder", "--description", "x"])?;
+    assert!(!ok && err.contains("PERMISSION_DENIED"), "{err}");
+    let (ok, out, err) = s.run(&["pools", "remove", "alpha", "--app", "ops", "--force"])?;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out)?["blocks_removed"], 1);
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! Anonymous admin requests (no handshake): `status`, `ping`, `shutdown`. Used by the
-//! `latzero` CLI.
+//! Anonymous admin requests (no handshake): `status`, `ping`, `shutdown`, and the listings
+//! `app_list`, `pool_list`, `pool_show`. Used by the `latzero` CLI.
 
 use std::time::Duration;
 
@@ -20,6 +20,21 @@ async fn request(
     let request = json!({"action": action, "id": 1});
     let (json, reader, w) = open_with_request(endpoint, &request, latzero_proto::DEFAULT_MAX_FRAME_LEN, wait).await?;
     Ok((serde_json::from_slice(&json)?, reader, w))
+}
+
+/// Any anonymous request (`fields` gets an `action` and an `id`); the server's answer, with
+/// error frames as `Err`.
+pub async fn query(endpoint: &Endpoint, action: &str, mut fields: Value) -> Result<Value, ClientError> {
+    fields["action"] = json!(action);
+    fields["id"] = json!(1);
+    let (json, _r, _w) = open_with_request(
+        endpoint,
+        &fields,
+        latzero_proto::DEFAULT_MAX_FRAME_LEN,
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(serde_json::from_slice(&json)?)
 }
 
 /// The server's `status_result`.

@@ -301,6 +301,55 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Creates a stored pool of `kind` (`local`; `global` and `encrypted` are refused as not
+    /// available yet), owned by this app unless `owners` says otherwise; returns the server's
+    /// description of it.
+    pub async fn create_pool(
+        &self,
+        pool: &str,
+        kind: &str,
+        description: &str,
+        owners: Option<&[&str]>,
+    ) -> Result<Value, ClientError> {
+        let name = PoolName::try_from(pool)?;
+        let mut req = json!({ "pool": name.as_str(), "type": kind, "description": description });
+        if let Some(o) = owners {
+            req["owners"] = json!(o);
+        }
+        let mut r = self.admin_roundtrip("pool_create", req).await?;
+        Ok(r["info"].take())
+    }
+
+    /// Changes a stored pool's description, owners or policies (owners only).
+    pub async fn update_pool(&self, pool: &str, changes: Value) -> Result<Value, ClientError> {
+        let name = PoolName::try_from(pool)?;
+        let mut req = changes;
+        req["pool"] = json!(name.as_str());
+        let mut r = self.admin_roundtrip("pool_update", req).await?;
+        Ok(r["info"].take())
+    }
+
+    /// Removes a pool; with `force`, even while other apps are in it (they leave it).
+    pub async fn remove_pool(&self, pool: &str, force: bool) -> Result<Value, ClientError> {
+        let name = PoolName::try_from(pool)?;
+        self.admin_roundtrip("pool_remove", json!({ "pool": name.as_str(), "force": force }))
+            .await
+    }
+
+    async fn admin_roundtrip(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
+        fields["action"] = json!(action);
+        let timeout = self.inner.opts.request_timeout;
+        self.inner
+            .roundtrip(
+                |id| {
+                    fields["id"] = json!(id);
+                    Ok(encode_message(&fields))
+                },
+                timeout,
+            )
+            .await
+    }
+
     /// Asks for presence events of a pool; they arrive as [`ClientEvent::Presence`].
     pub async fn subscribe_presence(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;

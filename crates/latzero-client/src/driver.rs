@@ -46,6 +46,24 @@ impl Inner {
             Ok(env) => env,
             Err(e) => {
                 tracing::warn!(error = %e, "unparseable frame from the server");
+                // Whoever waits for it hears about it now, rather than at its timeout.
+                #[derive(serde::Deserialize)]
+                struct Id {
+                    in_reply_to: Option<u64>,
+                }
+                let id = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to);
+                match id.and_then(|id| lock(&self.pending).remove(&id)) {
+                    Some(Waiter::Value(tx)) => {
+                        let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
+                    }
+                    Some(Waiter::Frame(tx)) => {
+                        let _ = tx.send(json.clone());
+                    }
+                    Some(Waiter::Full(tx)) => {
+                        let _ = tx.send(frame.clone());
+                    }
+                    None => {}
+                }
                 return None;
             }
         };

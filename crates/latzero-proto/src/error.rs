@@ -62,6 +62,12 @@ pub enum ErrorCode {
     NoSpace,
     /// A block's write side stayed taken longer than the server waits.
     Busy,
+    /// No pool of that name (for update: no stored pool; create it first).
+    PoolNotFound,
+    /// `pool_create` for a pool that is already stored.
+    PoolExists,
+    /// `pool_remove` while other apps are in the pool, without `force`.
+    PoolInUse,
     /// The feature exists in the protocol but is not available in this server yet.
     NotAvailable,
     /// A bug in the server; the message says what failed. Clients also map codes they do not
@@ -100,13 +106,16 @@ impl ErrorCode {
             Self::StreamFull => "STREAM_FULL",
             Self::NoSpace => "NO_SPACE",
             Self::Busy => "BUSY",
+            Self::PoolNotFound => "POOL_NOT_FOUND",
+            Self::PoolExists => "POOL_EXISTS",
+            Self::PoolInUse => "POOL_IN_USE",
             Self::NotAvailable => "NOT_AVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -134,6 +143,9 @@ impl ErrorCode {
         Self::StreamFull,
         Self::NoSpace,
         Self::Busy,
+        Self::PoolNotFound,
+        Self::PoolExists,
+        Self::PoolInUse,
         Self::NotAvailable,
         Self::Internal,
     ];

@@ -18,6 +18,7 @@ use latzero_proto::{AppId, PoolName, TriggerName};
 use serde_json::{Value, json};
 
 use crate::session::conn::{Conn, ConnId};
+use crate::store::PoolRecord;
 
 /// A connected app.
 #[derive(Debug)]
@@ -27,13 +28,6 @@ pub(crate) struct App {
     pub triggers: BTreeSet<TriggerName>,
     pub meta: Option<Box<RawValue>>,
     pub connected_at: SystemTime,
-}
-
-/// The kind of a pool. Only local pools exist so far; global and encrypted pools come with
-/// clustering and security.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum PoolKind {
-    Local,
 }
 
 /// The handlers of one trigger in one pool, with the round-robin cursor.
@@ -57,7 +51,9 @@ impl Handlers {
 /// A pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    pub kind: PoolKind,
+    /// The stored configuration of a pool created with `pool_create` (or loaded at start);
+    /// `None` for a pool that exists only because apps joined it.
+    pub stored: Option<PoolRecord>,
     pub created_at: SystemTime,
     pub members: BTreeMap<AppId, Arc<Conn>>,
     pub handlers: HashMap<TriggerName, Handlers>,
@@ -67,7 +63,7 @@ pub(crate) struct Pool {
 impl Pool {
     fn new() -> Self {
         Pool {
-            kind: PoolKind::Local,
+            stored: None,
             created_at: SystemTime::now(),
             members: BTreeMap::new(),
             handlers: HashMap::new(),
@@ -224,6 +220,59 @@ impl Directory {
         }
     }
 
+    /// Attaches a stored pool's configuration (creating the pool if no app is in it yet).
+    pub fn adopt_pool(&mut self, rec: PoolRecord) {
+        let name = match PoolName::try_from(rec.name.as_str()) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(pool = %rec.name, error = %e, "ignoring a stored pool with an invalid name");
+                return;
+            }
+        };
+        let pool = self.pools.entry(name).or_insert_with(Pool::new);
+        pool.created_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(rec.created.max(0) as u64);
+        pool.stored = Some(rec);
+    }
+
+    /// Removes a pool: its members leave it (and are told through presence); returns them.
+    pub fn remove_pool(&mut self, name: &PoolName) -> Vec<AppId> {
+        let members: Vec<AppId> = self
+            .pools
+            .get(name)
+            .map(|p| p.members.keys().cloned().collect())
+            .unwrap_or_default();
+        for m in &members {
+            self.leave(m, std::slice::from_ref(name));
+        }
+        self.pools.remove(name);
+        members
+    }
+
+    /// One pool, for `pool_show` and `pool_list`.
+    pub fn describe_pool(&self, name: &PoolName) -> Option<Value> {
+        let p = self.pools.get(name)?;
+        let mut triggers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (t, h) in &p.handlers {
+            triggers.insert(t.as_str(), h.list.iter().map(|c| c.app_str()).collect());
+        }
+        let mut v = json!({
+            "name": name.as_str(),
+            "type": "local",
+            "stored": p.stored.is_some(),
+            "created_at": unix_ms(p.created_at),
+            "members": p.members.keys().map(AppId::as_str).collect::<Vec<_>>(),
+            "triggers": triggers,
+        });
+        if let Some(r) = &p.stored {
+            v["type"] = json!(r.kind);
+            v["description"] = json!(r.description);
+            v["owners"] = json!(r.owners);
+            v["policies"] = r.policies.clone();
+            v["updated_at"] = json!(r.updated);
+        }
+        Some(v)
+    }
+
     /// Pools, members and triggers for `status`.
     pub fn snapshot(&self) -> Value {
         let pools: Vec<Value> = self
@@ -236,7 +285,8 @@ impl Directory {
                 }
                 json!({
                     "name": name.as_str(),
-                    "type": match p.kind { PoolKind::Local => "local" },
+                    "type": p.stored.as_ref().map_or("local", |r| r.kind.as_str()),
+                    "stored": p.stored.is_some(),
                     "created_at": unix_ms(p.created_at),
                     "members": p.members.keys().map(AppId::as_str).collect::<Vec<_>>(),
                     "triggers": triggers,

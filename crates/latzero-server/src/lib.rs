@@ -6,6 +6,7 @@
 //! session/       one connection: reader loop (mod.rs), outbound queue + writer (conn.rs)
 //! directory.rs   connected apps and the pools (members, trigger index)
 //! registry.rs    the durable app registry: write-through to the store, rehydration
+//! pools.rs       pool management: create/update/remove (stored, owners only), listings
 //! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
 //! memory/        memory blocks: registry and files (mod.rs), actions (ops.rs), leases (locks.rs)
 //! store/         SQLite (data.db) on its own thread: schema and migrations, records, backups
@@ -29,6 +30,7 @@ mod datadir;
 mod directory;
 mod error;
 mod memory;
+mod pools;
 mod registry;
 mod router;
 mod server;

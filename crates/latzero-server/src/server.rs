@@ -147,6 +147,10 @@ impl Server {
         };
         let memory = Memory::open(datadir.path(), config.memory.clone())?;
         let store = Store::open(datadir.path(), config.store.clone())?;
+        let mut directory = Directory::default();
+        for rec in store.all_pools().await? {
+            directory.adopt_pool(rec);
+        }
         datadir.write_runtime(&RuntimeInfo {
             pid: std::process::id(),
             tcp: tcp_addr,
@@ -159,7 +163,7 @@ impl Server {
             store,
             router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
             config,
-            directory: RwLock::new(Directory::default()),
+            directory: RwLock::new(directory),
             counters,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),

@@ -2,6 +2,7 @@
 
 pub mod call;
 pub mod emit;
+pub mod inventory;
 pub mod mem;
 pub mod reply;
 pub mod start;

@@ -7,10 +7,12 @@
 //! forwards them byte for byte and never re-serialises them.
 
 mod block;
+mod pool;
 mod reply;
 mod request;
 
 pub use block::*;
+pub use pool::*;
 pub use reply::*;
 pub use request::*;
 

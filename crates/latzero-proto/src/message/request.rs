@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::block::{BLOCK_ACTIONS, BlockRequest, parse_block};
+use super::pool::{POOL_ACTIONS, PoolRequest, parse_pool};
 use super::{Envelope, MAX_ID_LEN, RawValue, Status, Str};
 use crate::error::ErrorCode;
 use crate::name::{AppId, NameError, PoolName, TriggerName};
@@ -40,6 +41,10 @@ pub enum Request<'a> {
     Shutdown,
     /// A memory-block action (docs/PROTOCOL.md §7).
     Block(BlockRequest<'a>),
+    /// A pool management action or listing (docs/PROTOCOL.md §4.4).
+    Pool(PoolRequest),
+    /// The stored app registrations (admin).
+    AppList,
 }
 
 /// The handshake.
@@ -174,6 +179,8 @@ pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         "status" => Request::Status,
         "ping" => Request::Ping,
         "shutdown" => Request::Shutdown,
+        "app_list" => Request::AppList,
+        other if POOL_ACTIONS.contains(&other) => Request::Pool(parse_pool(other, json, id)?),
         other => match BLOCK_ACTIONS.iter().find(|a| **a == other) {
             Some(a) => Request::Block(parse_block(a, json, id)?),
             None => {

@@ -501,6 +501,15 @@ impl Memory {
         );
     }
 
+    /// A pool was removed: its non-persistent blocks go with it. Returns how many.
+    pub fn remove_pool(&self, pool: &PoolName) -> usize {
+        let gone: Vec<_> = self.list(pool).into_iter().filter(|e| !e.meta.persistent).collect();
+        for e in &gone {
+            self.delete(e);
+        }
+        gone.len()
+    }
+
     /// Releases a closed connection's locks, lock waits and watches.
     pub fn on_disconnect(&self, conn: ConnId) {
         let entries: Vec<_> = self.lock().values().cloned().collect();

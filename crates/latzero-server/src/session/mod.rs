@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
-    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, RawValue, Request, Restored, ServerInfo,
-    parse_request,
+    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolRequest, RawValue, Request, Restored,
+    ServerInfo, parse_request,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -139,6 +139,14 @@ enum After {
         id: Option<Box<RawValue>>,
         app: AppId,
     },
+    Pool {
+        id: Option<Box<RawValue>>,
+        app: AppId,
+        req: PoolRequest,
+    },
+    AppList {
+        id: Option<Box<RawValue>>,
+    },
 }
 
 impl Session {
@@ -260,7 +268,14 @@ impl Session {
                 }
             }
             (Request::Handshake(_), None) => None,
-            (Request::Status | Request::Ping | Request::Shutdown, _) => None,
+            (
+                Request::Status
+                | Request::Ping
+                | Request::Shutdown
+                | Request::AppList
+                | Request::Pool(PoolRequest::List | PoolRequest::Show { .. }),
+                _,
+            ) => None,
             (_, None) => {
                 self.error(
                     id,
@@ -312,6 +327,23 @@ impl Session {
                 if let Err(r) = st.memory.handle(&self.conn, &app, id, b, body, max) {
                     self.error(id, r.code, &r.message);
                 }
+            }
+            Request::AppList => {
+                return Some(After::AppList {
+                    id: id.map(ToOwned::to_owned),
+                });
+            }
+            Request::Pool(PoolRequest::List) => self.reply_json(id, crate::pools::list(st)),
+            Request::Pool(PoolRequest::Show { pool }) => match crate::pools::show(st, &pool) {
+                Ok(v) => self.reply_json(id, v),
+                Err(r) => self.error(id, r.code, &r.message),
+            },
+            Request::Pool(req) => {
+                return Some(After::Pool {
+                    id: id.map(ToOwned::to_owned),
+                    app: app.expect("checked above"),
+                    req,
+                });
             }
             Request::Register(ts) => {
                 let app = app.expect("checked above");
@@ -471,6 +503,14 @@ impl Session {
                 drop(dir);
                 let _ = self.conn.reply(&ack);
             }
+            After::Pool { id, app, req } => match crate::pools::change(&st, &app, req).await {
+                Ok(v) => self.reply_json(id.as_deref(), v),
+                Err(r) => self.error(id.as_deref(), r.code, &r.message),
+            },
+            After::AppList { id } => match crate::pools::app_list(&st).await {
+                Ok(v) => self.reply_json(id.as_deref(), v),
+                Err(r) => self.error(id.as_deref(), r.code, &r.message),
+            },
             After::Membership { id, app } => {
                 let err = crate::registry::store_membership(&st, &app).await;
                 if let Some(e) = &err {
@@ -516,6 +556,14 @@ impl Session {
         });
         drop(dir);
         let _ = self.conn.reply(&frame);
+    }
+
+    /// Sends a JSON reply built as a value, with `in_reply_to` set from the request's id.
+    fn reply_json(&self, id: Option<&RawValue>, mut v: serde_json::Value) {
+        if let Some(id) = id.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
+            v["in_reply_to"] = id;
+        }
+        let _ = self.conn.reply(&encode_message(&v));
     }
 
     fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {

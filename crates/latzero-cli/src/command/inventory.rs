@@ -1,0 +1,180 @@
+//! `latzero apps`, `latzero pools`, `latzero blocks`: what the server remembers and holds.
+
+use anyhow::{Context, Result, bail};
+use latzero_client::ClientOptions;
+use serde_json::{Value, json};
+
+use crate::cli::{BlocksArgs, ListArgs, PoolsArgs, PoolsCmd, TargetArgs};
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut all = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    all.extend(rows);
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &all {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+async fn query(t: &TargetArgs, action: &str, fields: Value) -> Result<Value> {
+    let ep = super::endpoint(t);
+    latzero_client::admin::query(&ep, action, fields)
+        .await
+        .with_context(|| format!("{action} at {ep}"))
+}
+
+pub async fn apps(a: ListArgs) -> Result<()> {
+    let r = query(&a.target, "app_list", json!({})).await?;
+    let apps = r["apps"].as_array().cloned().unwrap_or_default();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+        return Ok(());
+    }
+    print_table(
+        &["APP", "CONNECTED", "POOLS", "TRIGGERS", "LAST SEEN (ms)"],
+        apps.iter()
+            .map(|x| {
+                vec![
+                    s(&x["app_id"]),
+                    s(&x["connected"]),
+                    s(&x["pools"]),
+                    s(&x["triggers"]),
+                    s(&x["last_seen"]),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+pub async fn pools(a: PoolsArgs) -> Result<()> {
+    match a.cmd.unwrap_or(PoolsCmd::List) {
+        PoolsCmd::List => {
+            let r = query(&a.target, "pool_list", json!({})).await?;
+            let pools = r["pools"].as_array().cloned().unwrap_or_default();
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&pools)?);
+                return Ok(());
+            }
+            print_table(
+                &["POOL", "TYPE", "STORED", "MEMBERS", "OWNERS", "DESCRIPTION"],
+                pools
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            s(&p["name"]),
+                            s(&p["type"]),
+                            s(&p["stored"]),
+                            s(&p["members"]),
+                            s(&p["owners"]),
+                            s(&p["description"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        PoolsCmd::Show { pool } => {
+            let r = query(&a.target, "pool_show", json!({ "pool": pool })).await?;
+            println!("{}", serde_json::to_string_pretty(&r["info"])?);
+        }
+        PoolsCmd::Create {
+            pool,
+            description,
+            owners,
+            app,
+            kind,
+        } => {
+            if owners.is_empty() && app.is_none() {
+                bail!("name the pool's owners with --owners a,b (or connect as the owner with --app)");
+            }
+            let c = connect(&a.target, app.as_deref()).await?;
+            let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+            let created = c
+                .create_pool(&pool, &kind, &description, (!owners.is_empty()).then_some(&owners[..]))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&created)?);
+        }
+        PoolsCmd::Update {
+            pool,
+            app,
+            description,
+            owners,
+            policies,
+        } => {
+            let c = connect(&a.target, Some(&app)).await?;
+            let mut changes = json!({});
+            if let Some(d) = description {
+                changes["description"] = json!(d);
+            }
+            if let Some(o) = owners {
+                changes["owners"] = json!(o);
+            }
+            if let Some(p) = policies {
+                changes["policies"] = serde_json::from_str(&p).context("--policies is not valid JSON")?;
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&c.update_pool(&pool, changes).await?)?
+            );
+        }
+        PoolsCmd::Remove { pool, app, force } => {
+            let c = connect(&a.target, Some(&app)).await?;
+            println!("{}", serde_json::to_string_pretty(&c.remove_pool(&pool, force).await?)?);
+        }
+    }
+    Ok(())
+}
+
+async fn connect(t: &TargetArgs, app: Option<&str>) -> Result<latzero_client::Client> {
+    super::connect(t, app, &[], ClientOptions::new().reconnect(false)).await
+}
+
+pub async fn blocks(a: BlocksArgs) -> Result<()> {
+    let pools: Vec<String> = match &a.pool {
+        Some(p) => vec![p.clone()],
+        None => query(&a.target, "pool_list", json!({})).await?["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect(),
+    };
+    let mut blocks = vec![];
+    for p in pools {
+        let r = query(&a.target, "pool_show", json!({ "pool": p })).await?;
+        blocks.extend(r["info"]["blocks"].as_array().cloned().unwrap_or_default());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&blocks)?);
+        return Ok(());
+    }
+    print_table(
+        &["POOL", "BLOCK", "TYPE", "SIZE", "VERSION", "PERSISTENT", "OWNER"],
+        blocks
+            .iter()
+            .map(|b| {
+                vec![
+                    s(&b["pool"]),
+                    s(&b["block_id"]),
+                    s(&b["type"]),
+                    s(&b["size"]),
+                    s(&b["version"]),
+                    s(&b["persistent"]),
+                    s(&b["owner"]),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
