@@ -35,6 +35,19 @@ pub enum Command {
     Pools(PoolsArgs),
     /// Memory blocks of every pool, or of one (a table, or --json)
     Blocks(BlocksArgs),
+    /// Back the running server's database up now, into <data_dir>/backups/ (progress on stderr)
+    Backup(TargetArgs),
+    /// Replace the database with a backup (the server must be stopped; it is checked first)
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file
+    pub file: PathBuf,
+    /// Data directory to restore into [default: ~/.latzero]
+    #[arg(short = 'd', long, env = "LATZERO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +360,12 @@ pub struct StartArgs {
     /// SQLite cache size (positive: pages; negative: KiB) [default: 1000]
     #[arg(long, env = "LATZERO_CACHE_SIZE", allow_negative_numbers = true)]
     pub cache_size: Option<i64>,
+    /// Time between automatic database backups, ms; 0 turns them off [default: 86400000]
+    #[arg(long, env = "LATZERO_BACKUP_INTERVAL_MS")]
+    pub backup_interval_ms: Option<u64>,
+    /// Automatic backups kept in <data_dir>/backups [default: 7]
+    #[arg(long, env = "LATZERO_MAX_BACKUPS")]
+    pub max_backups: Option<usize>,
     /// How long shutdown waits for connections to flush, ms [default: 5000]
     #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,

@@ -35,6 +35,8 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileStore {
+    pub backup_interval_ms: Option<u64>,
+    pub max_backups: Option<usize>,
     pub memory_mode: Option<bool>,
     pub wal_mode: Option<bool>,
     pub cache_size: Option<i64>,
@@ -181,6 +183,15 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     c.store.wal_mode = !args.no_wal && fs.wal_mode.unwrap_or(true);
     if let Some(v) = args.cache_size.or(fs.cache_size) {
         c.store.cache_size = v;
+    }
+    if let Some(v) = args.backup_interval_ms.or(fs.backup_interval_ms) {
+        c.store.backup_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = args.max_backups.or(fs.max_backups) {
+        if v == 0 {
+            bail!("max_backups must be at least 1");
+        }
+        c.store.max_backups = v;
     }
     let log_level = args
         .log_level

@@ -31,6 +31,8 @@ fn main() -> std::process::ExitCode {
             Command::Apps(a) => command::inventory::apps(a).await,
             Command::Pools(a) => command::inventory::pools(a).await,
             Command::Blocks(a) => command::inventory::blocks(a).await,
+            Command::Backup(t) => command::inventory::backup(t).await,
+            Command::Restore(a) => command::inventory::restore(a),
         }
     });
     match result {

@@ -150,3 +150,64 @@ fn a_full_disk_is_a_clear_error_and_rpc_keeps_being_served() -> Result<()> {
     assert!(out.contains("still here"), "{out}");
     Ok(())
 }
+
+#[test]
+fn backup_on_demand_scheduled_rotation_and_restore() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s = ServerProc::start_in(bin(), dir.path(), &["--backup-interval-ms", "50", "--max-backups", "2"])?;
+    let mut c = s.raw()?;
+    c.handshake("before", &["p"], &[])?;
+    let (ok, out, err) = s.run(&["backup"])?;
+    assert!(ok, "{err}");
+    assert!(err.contains("100%"), "a progress bar on stderr: {err}");
+    let done: serde_json::Value = serde_json::from_str(out.trim())?;
+    let backup = std::path::PathBuf::from(done["path"].as_str().unwrap());
+    assert!(backup.exists() && done["bytes"].as_u64().unwrap() > 0);
+    let keep = dir.path().join("kept.db");
+    std::fs::copy(&backup, &keep)?;
+    // The schedule keeps adding backups and rotating down to two.
+    let backups = dir.path().join("backups");
+    loop {
+        let n = latzero_server::list_backups(&backups).len();
+        assert!(
+            n <= 3,
+            "rotation keeps two (a third exists between its rename and the rotation)"
+        );
+        if latzero_server::list_backups(&backups).iter().all(|b| b != &backup) {
+            break; // the on-demand one was rotated out by newer scheduled ones
+        }
+        std::thread::yield_now();
+    }
+    c.handshake("after", &["p"], &[]).ok();
+
+    // Restore refuses while the server runs, then works once it is stopped.
+    let (ok, _, err) = s.run(&["restore", keep.to_str().unwrap()])?;
+    assert!(!ok && err.contains("already running"), "{err}");
+    let (ok, _, err) = s.run(&["stop"])?;
+    assert!(ok, "{err}");
+    drop(s);
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"definitely not a database")?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+    };
+    let o = run(&["restore", junk.to_str().unwrap()])?;
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cannot restore"));
+    let o = run(&["restore", keep.to_str().unwrap()])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert!(std::path::Path::new(r["replaced_kept_at"].as_str().unwrap()).exists());
+
+    let s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    let mut c = s.raw()?;
+    let ack = c.handshake("before", &[], &[])?;
+    assert_eq!(ack["rehydrated"], true, "in the backup: {ack}");
+    let mut c = s.raw()?;
+    let ack = c.handshake("after", &[], &[])?;
+    assert_eq!(ack["rehydrated"], false, "registered after the backup: {ack}");
+    Ok(())
+}

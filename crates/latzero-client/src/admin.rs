@@ -37,6 +37,40 @@ pub async fn query(endpoint: &Endpoint, action: &str, mut fields: Value) -> Resu
     Ok(serde_json::from_slice(&json)?)
 }
 
+/// Asks the server to back its database up now; calls `progress(percent)` as the copy goes and
+/// returns the `backup_done` answer (`path`, `bytes`).
+pub async fn backup(endpoint: &Endpoint, mut progress: impl FnMut(u64)) -> Result<Value, ClientError> {
+    use tokio::io::AsyncWriteExt;
+    let (r, mut w) = crate::connection::open(endpoint).await?;
+    let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
+    w.write_all(&latzero_proto::frame::encode_message(
+        &json!({"action": "backup", "id": 1}),
+    ))
+    .await
+    .map_err(|e| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source: e,
+    })?;
+    loop {
+        let frame = reader
+            .next()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .ok_or(ClientError::Disconnected)?;
+        let v: Value = serde_json::from_slice(frame.json())?;
+        match v["action"].as_str() {
+            Some("backup_progress") => progress(v["percent"].as_u64().unwrap_or(0)),
+            Some("backup_done") => return Ok(v),
+            Some("error") => {
+                let env = latzero_proto::message::ServerFrame::parse(frame.json())
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                return Err(crate::client::remote_error(&env).into());
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The server's `status_result`.
 pub async fn status(endpoint: &Endpoint) -> Result<Value, ClientError> {
     Ok(request(endpoint, "status", Duration::from_secs(10)).await?.0)

@@ -47,6 +47,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A restore was refused; nothing was changed.
+    #[error("cannot restore {}: {why}", file.display())]
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
     Store(#[from] crate::store::StoreError),

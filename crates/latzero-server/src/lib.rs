@@ -10,6 +10,7 @@
 //! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
 //! memory/        memory blocks: registry and files (mod.rs), actions (ops.rs), leases (locks.rs)
 //! store/         SQLite (data.db) on its own thread: schema and migrations, records, backups
+//! backup.rs      scheduled and on-demand backups with rotation; restore
 //! admin.rs       counters and the status snapshot
 //! datadir.rs     data-directory layout, lock file, server.json
 //! config.rs      configuration and limits
@@ -25,6 +26,7 @@
 //! ```
 
 mod admin;
+mod backup;
 mod config;
 mod datadir;
 mod directory;
@@ -38,6 +40,7 @@ mod session;
 pub mod store;
 mod transport;
 
+pub use backup::{Restored, list as list_backups, restore};
 pub use config::{Limits, ServerConfig};
 pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;

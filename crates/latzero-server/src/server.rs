@@ -219,6 +219,13 @@ impl Server {
             ));
         }
         let timer = tokio::spawn(state.router.clone().run_timer(timer_stop.clone()));
+        let backups = tokio::spawn(crate::backup::schedule(
+            state.store.clone(),
+            state.config.data_dir.join("backups"),
+            state.config.store.backup_interval,
+            state.config.store.max_backups,
+            timer_stop.clone(),
+        ));
         tracing::info!(
             tcp = %state.tcp,
             unix = %state.unix.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into()),
@@ -250,6 +257,7 @@ impl Server {
         }
         timer_stop.cancel();
         let _ = timer.await;
+        let _ = backups.await;
         state.memory.close();
         state.store.clone().close().await;
         if let Some(p) = &state.unix {

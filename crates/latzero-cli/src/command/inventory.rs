@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use latzero_client::ClientOptions;
 use serde_json::{Value, json};
 
-use crate::cli::{BlocksArgs, ListArgs, PoolsArgs, PoolsCmd, TargetArgs};
+use crate::cli::{BlocksArgs, ListArgs, PoolsArgs, PoolsCmd, RestoreArgs, TargetArgs};
 
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut all = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
@@ -175,6 +175,39 @@ pub async fn blocks(a: BlocksArgs) -> Result<()> {
                 ]
             })
             .collect(),
+    );
+    Ok(())
+}
+
+/// `latzero backup`: a progress bar on stderr, the backup's path and size on stdout.
+pub async fn backup(t: TargetArgs) -> Result<()> {
+    use std::io::Write as _;
+    let ep = super::endpoint(&t);
+    let mut err = std::io::stderr();
+    let done = latzero_client::admin::backup(&ep, |pct| {
+        let filled = (pct.min(100) / 5) as usize;
+        let _ = write!(
+            err,
+            "\rbacking up [{}{}] {pct:>3}%",
+            "#".repeat(filled),
+            " ".repeat(20 - filled)
+        );
+        let _ = err.flush();
+    })
+    .await
+    .with_context(|| format!("backup at {ep}"))?;
+    eprintln!();
+    println!("{}", json!({ "path": done["path"], "bytes": done["bytes"] }));
+    Ok(())
+}
+
+/// `latzero restore FILE`: offline; refuses while a server runs on the data dir.
+pub fn restore(a: RestoreArgs) -> Result<()> {
+    let dir = a.data_dir.unwrap_or_else(crate::config::default_data_dir);
+    let r = latzero_server::restore(&dir, &a.file)?;
+    println!(
+        "{}",
+        json!({ "restored": a.file, "database": r.database, "replaced_kept_at": r.replaced })
     );
     Ok(())
 }

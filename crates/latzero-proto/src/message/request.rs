@@ -45,6 +45,8 @@ pub enum Request<'a> {
     Pool(PoolRequest),
     /// The stored app registrations (admin).
     AppList,
+    /// Back the database up now, with progress (admin).
+    Backup,
 }
 
 /// The handshake.
@@ -180,6 +182,7 @@ pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         "ping" => Request::Ping,
         "shutdown" => Request::Shutdown,
         "app_list" => Request::AppList,
+        "backup" => Request::Backup,
         other if POOL_ACTIONS.contains(&other) => Request::Pool(parse_pool(other, json, id)?),
         other => match BLOCK_ACTIONS.iter().find(|a| **a == other) {
             Some(a) => Request::Block(parse_block(a, json, id)?),

@@ -147,6 +147,9 @@ enum After {
     AppList {
         id: Option<Box<RawValue>>,
     },
+    Backup {
+        id: Option<Box<RawValue>>,
+    },
 }
 
 impl Session {
@@ -273,6 +276,7 @@ impl Session {
                 | Request::Ping
                 | Request::Shutdown
                 | Request::AppList
+                | Request::Backup
                 | Request::Pool(PoolRequest::List | PoolRequest::Show { .. }),
                 _,
             ) => None,
@@ -327,6 +331,11 @@ impl Session {
                 if let Err(r) = st.memory.handle(&self.conn, &app, id, b, body, max) {
                     self.error(id, r.code, &r.message);
                 }
+            }
+            Request::Backup => {
+                return Some(After::Backup {
+                    id: id.map(ToOwned::to_owned),
+                });
             }
             Request::AppList => {
                 return Some(After::AppList {
@@ -511,6 +520,7 @@ impl Session {
                 Ok(v) => self.reply_json(id.as_deref(), v),
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
+            After::Backup { id } => self.backup(id.as_deref()).await,
             After::Membership { id, app } => {
                 let err = crate::registry::store_membership(&st, &app).await;
                 if let Some(e) = &err {
@@ -556,6 +566,49 @@ impl Session {
         });
         drop(dir);
         let _ = self.conn.reply(&frame);
+    }
+
+    /// Backs the database up now, sending `backup_progress` as whole percents complete, then
+    /// `backup_done` (or an error).
+    async fn backup(&self, id: Option<&RawValue>) {
+        let st = self.state.clone();
+        let dir = st.config.data_dir.join("backups");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = crate::backup::take(&st.store, &dir, st.config.store.max_backups, Some(tx));
+        tokio::pin!(job);
+        let mut last_pct = u64::MAX;
+        let mut progress = |copied: u64, total: u64| {
+            let pct = (copied * 100).checked_div(total).unwrap_or(100);
+            if pct != last_pct {
+                last_pct = pct;
+                self.reply_json(
+                    id,
+                    serde_json::json!({
+                        "action": "backup_progress", "copied_pages": copied, "total_pages": total, "percent": pct,
+                    }),
+                );
+            }
+        };
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                Some((copied, total)) = rx.recv() => progress(copied, total),
+            }
+        };
+        while let Ok((copied, total)) = rx.try_recv() {
+            progress(copied, total);
+        }
+        match result {
+            Ok(path) => {
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                tracing::info!(file = %path.display(), bytes, "backup created on request");
+                self.reply_json(
+                    id,
+                    serde_json::json!({ "action": "backup_done", "path": path, "bytes": bytes }),
+                );
+            }
+            Err(e) => self.error(id, ErrorCode::Internal, &format!("backup failed: {e}")),
+        }
     }
 
     /// Sends a JSON reply built as a value, with `in_reply_to` set from the request's id.

@@ -22,9 +22,14 @@ pub use self::schema::SCHEMA_VERSION;
 /// The database file's name in the data dir.
 pub const DB_FILE: &str = "data.db";
 
-/// How the store opens its database (the seed's `memoryMode`, `walMode`, `cacheSize`).
+/// How the store opens its database (the seed's `memoryMode`, `walMode`, `cacheSize`) and how
+/// often it is backed up (`backupInterval`, `maxBackups`).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// Time between automatic backups into `backups/`; zero turns them off.
+    pub backup_interval: std::time::Duration,
+    /// Automatic backups kept (older ones are removed); at least 1.
+    pub max_backups: usize,
     /// `:memory:`: nothing survives the process (tests, throwaway servers).
     pub memory_mode: bool,
     /// Write-ahead logging (disk mode): readers and online backups never block writes.
@@ -36,6 +41,8 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backup_interval: std::time::Duration::from_secs(24 * 3600),
+            max_backups: 7,
             memory_mode: false,
             wal_mode: true,
             cache_size: 1000,
@@ -397,25 +404,56 @@ impl Store {
         .await
     }
 
-    /// Copies the live database to `dest` with SQLite's online backup API (writers are not
-    /// stopped: the copy proceeds in steps), then checks the copy's integrity.
+    /// Copies the live database to `dest` with SQLite's online backup API, then checks the
+    /// copy's integrity. The copy is written under a temporary name and renamed when complete,
+    /// so a backup file is never a partial one.
     pub async fn backup_to(&self, dest: &Path) -> Result<PathBuf, StoreError> {
+        self.backup_with_progress(dest, None).await
+    }
+
+    /// [`Store::backup_to`], reporting `(pages copied, pages in total)` as it goes.
+    pub async fn backup_with_progress(
+        &self,
+        dest: &Path,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<(u64, u64)>>,
+    ) -> Result<PathBuf, StoreError> {
         let dest = dest.to_path_buf();
         self.run(move |db| {
-            {
-                let mut to = Connection::open(&dest).map_err(|source| StoreError::Open {
-                    path: dest.clone(),
+            let tmp = dest.with_extension("partial");
+            let copied = (|| -> Result<(), StoreError> {
+                let mut to = Connection::open(&tmp).map_err(|source| StoreError::Open {
+                    path: tmp.clone(),
                     source,
                 })?;
-                let b = rusqlite::backup::Backup::new(&db.conn, &mut to)?;
-                b.run_to_completion(256, std::time::Duration::ZERO, None)?;
+                {
+                    let b = rusqlite::backup::Backup::new(&db.conn, &mut to)?;
+                    // Steps of 64 pages: the store's thread is the only writer, so no step waits.
+                    while b.step(64)? != rusqlite::backup::StepResult::Done {
+                        if let Some(tx) = &progress {
+                            let p = b.progress();
+                            let total = p.pagecount.max(0) as u64;
+                            let _ = tx.send((total.saturating_sub(p.remaining.max(0) as u64), total));
+                        }
+                    }
+                    if let Some(tx) = &progress {
+                        let total = b.progress().pagecount.max(0) as u64;
+                        let _ = tx.send((total, total));
+                    }
+                }
+                let check: String = to.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+                if check != "ok" {
+                    return Err(StoreError::Invalid(format!(
+                        "the backup failed its integrity check: {check}"
+                    )));
+                }
+                Ok(())
+            })();
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
             }
-            let check: String = Connection::open(&dest)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-            if check != "ok" {
-                return Err(StoreError::Invalid(format!(
-                    "the backup failed its integrity check: {check}"
-                )));
-            }
+            std::fs::rename(&tmp, &dest)
+                .map_err(|e| StoreError::Invalid(format!("cannot move the backup into place: {e}")))?;
             db.emit(StoreEvent::BackupCreated(dest.clone()));
             Ok(dest)
         })
