@@ -145,8 +145,12 @@ impl Server {
         } else {
             (None, None)
         };
-        let memory = Memory::open(datadir.path(), config.memory.clone())?;
         let store = Store::open(datadir.path(), config.store.clone())?;
+        let stored_blocks = store.all_blocks().await?.into_iter().filter(|b| b.persistent).collect();
+        let (memory, stale) = Memory::open(datadir.path(), config.memory.clone(), stored_blocks)?;
+        for b in stale {
+            store.remove_block(&b.pool, &b.block_id).await?;
+        }
         let mut directory = Directory::default();
         for rec in store.all_pools().await? {
             directory.adopt_pool(rec);
@@ -258,6 +262,15 @@ impl Server {
         timer_stop.cancel();
         let _ = timer.await;
         let _ = backups.await;
+        for (pool, block_id, version) in state.memory.persistent_versions() {
+            let u = crate::store::BlockUpdate {
+                version: Some(version as i64),
+                ..Default::default()
+            };
+            if let Err(e) = state.store.update_block(&pool, &block_id, u).await {
+                tracing::warn!(pool, block = block_id, error = %e, "cannot record a block's version");
+            }
+        }
         state.memory.close();
         state.store.clone().close().await;
         if let Some(p) = &state.unix {

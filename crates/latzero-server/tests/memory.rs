@@ -489,6 +489,31 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     let _ = stop.send(());
     task.await.unwrap();
     assert!(!volatile.exists(), "non-persistent blocks go with the server");
+    {
+        // The persistent block's metadata is in the store, with the version it had at shutdown.
+        let db = rusqlite::Connection::open(dir.path().join("data.db")).unwrap();
+        let (size, version, owner): (i64, i64, String) = db
+            .query_row(
+                "SELECT size, version, json_extract(config, '$.owner') FROM memory_blocks WHERE pool = 'p' AND block_id = 'b'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((size, version, owner.as_str()), (4096, 1, "a"));
+        let n: i64 = db
+            .query_row("SELECT COUNT(*) FROM memory_blocks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "non-persistent blocks are not stored");
+        // A record whose file is gone (dropped at start) and a file with no record (removed).
+        db.execute(
+            "INSERT INTO memory_blocks (pool, block_id, size, type, created, updated, persistent, config)
+             VALUES ('p', 'ghost', 64, 'binary', 1, 1, 1, '{\"owner\":\"a\"}')",
+            [],
+        )
+        .unwrap();
+    }
+    let stray = dir.path().join("memory/p/stray.blk");
+    std::fs::write(&stray, b"left by a crash between the file and its record").unwrap();
 
     let (addr, stop, task) = start().await;
     let mut a = Raw::connect(addr).await;
@@ -512,6 +537,9 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     assert_eq!(code(&r), "BLOCK_NOT_FOUND");
     let l = a.ask(json!({"action":"block_list","id":6,"pool":"p"})).await;
     assert_eq!(l["blocks"].as_array().unwrap().len(), 1);
+    assert!(!stray.exists(), "a block file the store does not know is removed at start");
+    let r = a.ask(json!({"action":"block_stat","id":7,"pool":"p","block_id":"ghost"})).await;
+    assert_eq!(code(&r), "BLOCK_NOT_FOUND", "a record without its file is dropped");
     let _ = stop.send(());
     task.await.unwrap();
 }

@@ -3,9 +3,10 @@
 //! `latzero-memory`, shared with the SDK, which maps the same files.
 //!
 //! Where the files live:
-//! - persistent blocks: `<data_dir>/memory/<pool>/<block>.blk`, with `<block>.meta.json` beside
-//!   it (type, size, owner, permissions). At start the server adopts every block that has both;
-//!   a `.blk` without its `.meta.json` is the remnant of a create that crashed and is removed.
+//! - persistent blocks: `<data_dir>/memory/<pool>/<block>.blk`, with their metadata (type,
+//!   size, owner, permissions, version) in the store's `memory_blocks` table. At start the server
+//!   adopts every stored block whose file checks out; a `.blk` without a stored record is the
+//!   remnant of a create that crashed before the store had it, and is removed.
 //! - other blocks: `<volatile_dir>/latzero-<hash of the data dir>/<pool>/<block>.blk`, by
 //!   default under `/dev/shm` (memory, no disk writeback). The server empties that directory at
 //!   start (those blocks did not survive the previous run by definition, and a crash may have
@@ -31,12 +32,26 @@ use serde_json::{Value, json};
 
 use crate::error::ServerError;
 use crate::session::conn::{Conn, ConnId};
+use crate::store::BlockRecord;
 
 pub(crate) use self::locks::Locks;
 
 /// File name suffixes.
 const DATA_EXT: &str = "blk";
-const META_EXT: &str = "meta.json";
+
+/// What a block action leaves for the store before it is acknowledged: a persistent block's
+/// metadata is stored (or removed) first, so an acknowledged persistent block survives a kill.
+#[derive(Debug)]
+pub(crate) enum StoreWork {
+    Created {
+        entry: Arc<Entry>,
+        id: Option<Box<latzero_proto::message::RawValue>>,
+    },
+    Deleted {
+        entry: Arc<Entry>,
+        id: Option<Box<latzero_proto::message::RawValue>>,
+    },
+}
 
 /// A refused block operation: the code and message of the error frame.
 #[derive(Debug)]
@@ -75,8 +90,8 @@ impl From<MemError> for Refusal {
     }
 }
 
-/// What the server keeps about a block besides its file: stored in `.meta.json` for persistent
-/// blocks (in a shape the SQLite store can adopt), and reported by `block_stat`/`block_list`.
+/// What the server keeps about a block besides its file: stored in the store's `memory_blocks`
+/// table for persistent blocks, and reported by `block_stat`/`block_list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Meta {
     pub pool: PoolName,
@@ -99,6 +114,43 @@ pub(crate) struct PermissionsMeta {
 }
 
 impl Meta {
+    /// The store's row for this block, at `version`.
+    pub fn record(&self, version: u64) -> BlockRecord {
+        BlockRecord {
+            pool: self.pool.to_string(),
+            block_id: self.block_id.to_string(),
+            name: None,
+            size: self.size as i64,
+            kind: self.kind.clone(),
+            permissions: json!({ "read": self.permissions.read, "write": self.permissions.write }),
+            version: version as i64,
+            created: self.created_at as i64,
+            updated: now_ms() as i64,
+            persistent: self.persistent,
+            encrypted: false,
+            config: json!({ "owner": self.owner, "overflow": self.overflow }),
+        }
+    }
+
+    /// Back from the store's row; `None` if it does not hold valid names and lists.
+    pub fn from_record(r: &BlockRecord) -> Option<Meta> {
+        let list = |k: &str| -> Option<Vec<String>> { serde_json::from_value(r.permissions[k].clone()).ok() };
+        Some(Meta {
+            pool: PoolName::try_from(r.pool.as_str()).ok()?,
+            block_id: BlockId::try_from(r.block_id.as_str()).ok()?,
+            kind: r.kind.clone(),
+            size: u64::try_from(r.size).ok()?,
+            persistent: r.persistent,
+            overflow: r.config["overflow"].as_str().map(str::to_owned),
+            owner: AppId::try_from(r.config["owner"].as_str()?).ok()?,
+            permissions: PermissionsMeta {
+                read: list("read")?,
+                write: list("write")?,
+            },
+            created_at: u64::try_from(r.created).ok()?,
+        })
+    }
+
     pub fn permissions(&self) -> Permissions {
         Permissions {
             read: self.permissions.read.clone(),
@@ -238,7 +290,11 @@ fn volatile_root(data_dir: &Path, parent: Option<&Path>) -> PathBuf {
 
 impl Memory {
     /// Prepares the block directories: empties the volatile one, adopts persistent blocks.
-    pub fn open(data_dir: &Path, config: MemoryConfig) -> Result<Memory, ServerError> {
+    pub fn open(
+        data_dir: &Path,
+        config: MemoryConfig,
+        stored: Vec<BlockRecord>,
+    ) -> Result<(Memory, Vec<BlockRecord>), ServerError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ServerError::Memory { path, source }
@@ -260,16 +316,57 @@ impl Memory {
             volatile_root,
             config,
         };
-        mem.adopt_persistent().map_err(err(&mem.persistent_root))?;
-        Ok(mem)
+        let stale = mem.adopt_persistent(stored).map_err(err(&mem.persistent_root))?;
+        Ok((mem, stale))
     }
 
     pub fn volatile_root(&self) -> &Path {
         &self.volatile_root
     }
 
-    fn adopt_persistent(&self) -> std::io::Result<()> {
+    /// Adopts the stored persistent blocks whose files check out; removes block files the store
+    /// does not know. Returns the records whose files are missing or do not match (the server
+    /// removes them from the store).
+    fn adopt_persistent(&self, stored: Vec<BlockRecord>) -> std::io::Result<Vec<BlockRecord>> {
         let mut blocks = self.lock();
+        let mut known = std::collections::HashSet::new();
+        let mut stale = vec![];
+        for rec in stored {
+            let Some(meta) = Meta::from_record(&rec) else {
+                tracing::error!(pool = %rec.pool, block = %rec.block_id, "stored block metadata is not valid; dropped");
+                stale.push(rec);
+                continue;
+            };
+            let data = self
+                .persistent_root
+                .join(meta.pool.as_str())
+                .join(format!("{}.{DATA_EXT}", meta.block_id));
+            match Block::open(&data, true) {
+                Ok(block) if block.size() == meta.size && block.kind().as_str() == meta.kind => {
+                    known.insert(data);
+                    tracing::info!(pool = %meta.pool, block = %meta.block_id, version = block.version(), "adopted persistent block");
+                    blocks.insert(
+                        (meta.pool.clone(), meta.block_id.clone()),
+                        Arc::new(Entry {
+                            perms: meta.permissions(),
+                            meta,
+                            block,
+                            state: Mutex::default(),
+                            deleted: AtomicBool::new(false),
+                        }),
+                    );
+                }
+                Ok(_) => {
+                    tracing::error!(file = %data.display(), "block file does not match its stored metadata; not served");
+                    known.insert(data);
+                    stale.push(rec);
+                }
+                Err(e) => {
+                    tracing::error!(file = %data.display(), error = %e, "cannot open a stored persistent block; dropped");
+                    stale.push(rec);
+                }
+            }
+        }
         for pool_dir in std::fs::read_dir(&self.persistent_root)? {
             let pool_dir = pool_dir?.path();
             if !pool_dir.is_dir() {
@@ -277,43 +374,22 @@ impl Memory {
             }
             for f in std::fs::read_dir(&pool_dir)? {
                 let data = f?.path();
-                if data.extension().and_then(|e| e.to_str()) != Some(DATA_EXT) {
-                    continue;
-                }
-                let meta_path = data.with_extension(META_EXT);
-                let meta = std::fs::read(&meta_path)
-                    .ok()
-                    .and_then(|t| serde_json::from_slice::<Meta>(&t).ok());
-                let Some(meta) = meta else {
-                    tracing::warn!(file = %data.display(), "removing a block file without metadata (a create interrupted by a crash)");
+                if data.extension().and_then(|e| e.to_str()) == Some(DATA_EXT) && !known.contains(&data) {
+                    tracing::warn!(file = %data.display(), "removing a block file the store does not know (a create interrupted by a crash)");
                     let _ = std::fs::remove_file(&data);
-                    continue;
-                };
-                match Block::open(&data, true) {
-                    Ok(block) if block.size() == meta.size && block.kind().as_str() == meta.kind => {
-                        let key = (meta.pool.clone(), meta.block_id.clone());
-                        tracing::info!(pool = %meta.pool, block = %meta.block_id, version = block.version(), "adopted persistent block");
-                        blocks.insert(
-                            key,
-                            Arc::new(Entry {
-                                perms: meta.permissions(),
-                                meta,
-                                block,
-                                state: Mutex::default(),
-                                deleted: AtomicBool::new(false),
-                            }),
-                        );
-                    }
-                    Ok(_) => {
-                        tracing::error!(file = %data.display(), "block file does not match its metadata; left in place, not served")
-                    }
-                    Err(e) => {
-                        tracing::error!(file = %data.display(), error = %e, "cannot open persistent block; left in place, not served")
-                    }
                 }
             }
         }
-        Ok(())
+        Ok(stale)
+    }
+
+    /// Persistent blocks with their current versions (stored at shutdown).
+    pub fn persistent_versions(&self) -> Vec<(String, String, u64)> {
+        self.lock()
+            .values()
+            .filter(|e| e.meta.persistent)
+            .map(|e| (e.meta.pool.to_string(), e.meta.block_id.to_string(), e.block.version()))
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<(PoolName, BlockId), Arc<Entry>>> {
@@ -443,13 +519,6 @@ impl Memory {
             },
             created_at: now_ms(),
         };
-        if persistent && let Err(e) = write_meta(&data.with_extension(META_EXT), &meta) {
-            let _ = std::fs::remove_file(&data);
-            return Err(Refusal::new(
-                ErrorCode::Internal,
-                format!("cannot write the block's metadata: {e}"),
-            ));
-        }
         let entry = Arc::new(Entry {
             meta,
             perms: permissions,
@@ -477,9 +546,6 @@ impl Memory {
             return;
         }
         let path = entry.block.path().to_owned();
-        if entry.meta.persistent {
-            let _ = std::fs::remove_file(path.with_extension(META_EXT));
-        }
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(file = %path.display(), error = %e, "cannot remove a deleted block's file");
         }
@@ -541,11 +607,4 @@ impl Memory {
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -11,7 +11,7 @@ use latzero_proto::message::{BlockOp, BlockRequest, LockMode, RawValue};
 use latzero_proto::{AppId, ErrorCode};
 use serde_json::json;
 
-use super::{Entry, Memory, Refusal};
+use super::{Entry, Memory, Refusal, StoreWork};
 use crate::session::conn::Conn;
 
 /// Records a stream read returns when the request names no `max`, and the most it may name.
@@ -57,14 +57,14 @@ impl Memory {
         req: BlockRequest<'_>,
         body: Option<&[u8]>,
         max_frame_len: usize,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<StoreWork>, Refusal> {
         let reply = |v: serde_json::Value| {
             let _ = conn.reply(&encode_message(&v));
         };
         let Some(block_id) = &req.block_id else {
             let blocks: Vec<_> = self.list(&req.pool).iter().map(|e| e.describe()).collect();
             reply(json!({ "action": "block_list_result", "in_reply_to": id, "pool": req.pool, "blocks": blocks }));
-            return Ok(());
+            return Ok(None);
         };
         if body.is_some() && !matches!(req.op, BlockOp::Write { .. }) {
             return Err(Refusal::new(
@@ -82,8 +82,14 @@ impl Memory {
         {
             let e = self.create(&req.pool, block_id, app, kind, size, persistent, permissions, overwrite)?;
             tracing::info!(pool = %req.pool, block = %block_id, size, kind = kind.as_str(), persistent, owner = %app, "block created");
+            if persistent {
+                return Ok(Some(StoreWork::Created {
+                    entry: e,
+                    id: id.map(ToOwned::to_owned),
+                }));
+            }
             reply(json!({ "action": "block_created", "in_reply_to": id, "block": e.describe() }));
-            return Ok(());
+            return Ok(None);
         }
         let e = self.get(&req.pool, block_id)?;
         match req.op {
@@ -323,12 +329,18 @@ impl Memory {
                 may_write(app, &e)?;
                 self.delete(&e);
                 tracing::info!(pool = %req.pool, block = %block_id, by = %app, "block deleted");
+                if e.meta.persistent {
+                    return Ok(Some(StoreWork::Deleted {
+                        entry: e,
+                        id: id.map(ToOwned::to_owned),
+                    }));
+                }
                 reply(json!({ "action": "block_deleted", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
             }
             BlockOp::Stat => {
                 reply(json!({ "action": "block_stat_result", "in_reply_to": id, "block": e.describe() }));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }

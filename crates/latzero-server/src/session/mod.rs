@@ -150,6 +150,7 @@ enum After {
     Backup {
         id: Option<Box<RawValue>>,
     },
+    Block(crate::memory::StoreWork),
 }
 
 impl Session {
@@ -328,8 +329,10 @@ impl Session {
                     Frame::Json(_) => None,
                 };
                 let max = st.config.limits.max_frame_len;
-                if let Err(r) = st.memory.handle(&self.conn, &app, id, b, body, max) {
-                    self.error(id, r.code, &r.message);
+                match st.memory.handle(&self.conn, &app, id, b, body, max) {
+                    Ok(Some(work)) => return Some(After::Block(work)),
+                    Ok(None) => {}
+                    Err(r) => self.error(id, r.code, &r.message),
                 }
             }
             Request::Backup => {
@@ -521,6 +524,7 @@ impl Session {
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
             After::Backup { id } => self.backup(id.as_deref()).await,
+            After::Block(work) => self.store_block(work).await,
             After::Membership { id, app } => {
                 let err = crate::registry::store_membership(&st, &app).await;
                 if let Some(e) = &err {
@@ -566,6 +570,41 @@ impl Session {
         });
         drop(dir);
         let _ = self.conn.reply(&frame);
+    }
+
+    /// Stores (or removes) a persistent block's metadata, then acknowledges the action. A create
+    /// the store refuses is undone: the block exists with its record or not at all.
+    async fn store_block(&self, work: crate::memory::StoreWork) {
+        use crate::memory::StoreWork;
+        let st = self.state.clone();
+        match work {
+            StoreWork::Created { entry, id } => {
+                let rec = entry.meta.record(entry.block.version());
+                match st.store.create_block(rec).await {
+                    Ok(()) => self.reply_json(
+                        id.as_deref(),
+                        serde_json::json!({ "action": "block_created", "block": entry.describe() }),
+                    ),
+                    Err(e) => {
+                        st.memory.delete(&entry);
+                        let msg =
+                            format!("the persistent block's metadata could not be stored ({e}); it was not created");
+                        self.error(id.as_deref(), ErrorCode::Internal, &msg);
+                    }
+                }
+            }
+            StoreWork::Deleted { entry, id } => {
+                let (pool, block) = (entry.meta.pool.as_str(), entry.meta.block_id.as_str());
+                if let Err(e) = st.store.remove_block(pool, block).await {
+                    // The file is gone; the next start drops a record without its file.
+                    tracing::warn!(pool, block, error = %e, "a deleted block's record could not be removed");
+                }
+                self.reply_json(
+                    id.as_deref(),
+                    serde_json::json!({ "action": "block_deleted", "pool": pool, "block_id": block }),
+                );
+            }
+        }
     }
 
     /// Backs the database up now, sending `backup_progress` as whole percents complete, then
