@@ -23,6 +23,8 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_registration() -> Result<()> {
     setup.handshake("writer", &["p"], &[])?;
     setup.send(&json!({"action":"block_create","id":1,"pool":"p","block_id":"b","size":64,"persistent":true}))?;
     assert_eq!(setup.expect()?["action"], "block_created");
+    setup.send(&json!({"action":"pool_create","id":2,"pool":"kept","description":"d","owners":["writer"]}))?;
+    assert_eq!(setup.expect()?["action"], "pool_created");
 
     let acked = Arc::new(Mutex::new(Vec::<usize>::new()));
     let written = Arc::new(Mutex::new(0u64));
@@ -100,6 +102,12 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_registration() -> Result<()> {
     r.send(&json!({"action":"block_read","id":1,"pool":"p","block_id":"b","length":8,"encoding":"base64"}))?;
     let got = r.expect()?;
     assert!(got["version"].as_u64().unwrap() >= written, "{got} vs {written}");
+    r.send(&json!({"action":"pool_show","id":2,"pool":"kept"}))?;
+    let p = r.expect()?;
+    assert_eq!(
+        (p["info"]["description"].as_str(), p["info"]["owners"].clone()),
+        (Some("d"), json!(["writer"]))
+    );
     Ok(())
 }
 
@@ -148,6 +156,12 @@ fn a_full_disk_is_a_clear_error_and_rpc_keeps_being_served() -> Result<()> {
     let (ok, out, err) = s.run(&["call", "--pool", "p", "echo", "\"still here\""])?;
     assert!(ok, "{err}");
     assert!(out.contains("still here"), "{out}");
+
+    let (ok, _, err) = s.run(&["pools", "create", "newpool", "--owners", "x"])?;
+    assert!(
+        !ok && err.contains("INTERNAL") && err.contains("could not be stored"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -209,5 +223,36 @@ fn backup_on_demand_scheduled_rotation_and_restore() -> Result<()> {
     let mut c = s.raw()?;
     let ack = c.handshake("after", &[], &[])?;
     assert_eq!(ack["rehydrated"], false, "registered after the backup: {ack}");
+    Ok(())
+}
+
+/// A read-only data dir (a tmpfs mounted read-only): `start` fails at once with one clear line.
+/// (A disk that turns read-only under a running server cannot be staged here: remounting with
+/// the database open is refused as busy. The full-disk test covers errors at run time.)
+#[test]
+fn a_read_only_data_dir_is_a_clear_error_at_start() -> Result<()> {
+    let mnt = tempfile::tempdir()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"])
+        .arg(mnt.path())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return Ok(());
+    }
+    let out = std::process::Command::new(bin())
+        .args(["start", "--port", "0", "--data-dir"])
+        .arg(mnt.path())
+        .output();
+    let _ = std::process::Command::new("umount").arg(mnt.path()).status();
+    let out = out?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Read-only file system") && err.lines().count() == 1,
+        "{err}"
+    );
     Ok(())
 }

@@ -537,8 +537,13 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     assert_eq!(code(&r), "BLOCK_NOT_FOUND");
     let l = a.ask(json!({"action":"block_list","id":6,"pool":"p"})).await;
     assert_eq!(l["blocks"].as_array().unwrap().len(), 1);
-    assert!(!stray.exists(), "a block file the store does not know is removed at start");
-    let r = a.ask(json!({"action":"block_stat","id":7,"pool":"p","block_id":"ghost"})).await;
+    assert!(
+        !stray.exists(),
+        "a block file the store does not know is removed at start"
+    );
+    let r = a
+        .ask(json!({"action":"block_stat","id":7,"pool":"p","block_id":"ghost"}))
+        .await;
     assert_eq!(code(&r), "BLOCK_NOT_FOUND", "a record without its file is dropped");
     let _ = stop.send(());
     task.await.unwrap();
