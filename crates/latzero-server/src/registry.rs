@@ -13,16 +13,15 @@ use serde_json::Value;
 use crate::server::State;
 use crate::store::{AppRecord, AppUpdate, now_ms};
 
-/// How a handshake asked to be remembered.
+/// How a handshake asked to be remembered, and what it asked for.
 #[derive(Debug)]
 pub(crate) struct HandshakeInfo {
     pub rehydrate: bool,
     pub ephemeral: bool,
     pub protocol_version: Option<String>,
-    /// The handshake gave no pools and no triggers.
-    pub empty: bool,
-    /// The handshake gave its own meta.
-    pub has_meta: bool,
+    pub pools: Vec<PoolName>,
+    pub triggers: Vec<TriggerName>,
+    pub meta: Option<Box<RawValue>>,
 }
 
 /// What rehydration restored.
@@ -34,19 +33,40 @@ pub(crate) struct Restored {
     pub last_seen: i64,
 }
 
-/// The store's side of a handshake: restore what is stored if asked, then store the app's
-/// state. Returns what was restored and the store's error, if any.
-pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> (Option<Restored>, Option<String>) {
+/// The outcome of a handshake's store step: what the app is in and serves from now on.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub pools: Vec<PoolName>,
+    pub triggers: Vec<TriggerName>,
+    pub meta: Option<Box<RawValue>>,
+    pub restored: Option<Restored>,
+    pub store_error: Option<String>,
+}
+
+/// The store's side of a handshake, before the app becomes routable: restore what is stored if
+/// asked (no pools and no triggers given, or `rehydrate`), then store the result. The session
+/// applies the outcome to the directory and acknowledges in one step, so nothing is routed to
+/// the connection before its ack.
+pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> Outcome {
+    let mut out = Outcome {
+        pools: info.pools,
+        triggers: info.triggers,
+        meta: info.meta,
+        restored: None,
+        store_error: None,
+    };
     if info.ephemeral {
-        return (None, None);
+        return out;
     }
     let stored = match st.store.get_app(app.as_str()).await {
         Ok(s) => s,
-        Err(e) => return (None, Some(e.to_string())),
+        Err(e) => {
+            out.store_error = Some(e.to_string());
+            return out;
+        }
     };
-    let mut restored = None;
     if let Some(rec) = &stored
-        && (info.empty || info.rehydrate)
+        && ((out.pools.is_empty() && out.triggers.is_empty()) || info.rehydrate)
     {
         let pools: Vec<PoolName> = rec
             .pools
@@ -58,20 +78,23 @@ pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> (
             .iter()
             .filter_map(|t| TriggerName::try_from(t.as_str()).ok())
             .collect();
-        let meta = (!info.has_meta && !rec.meta.is_null())
+        let meta = (out.meta.is_none() && !rec.meta.is_null())
             .then(|| serde_json::value::to_raw_value(&rec.meta).ok())
             .flatten();
-        {
-            let mut dir = st.directory_mut();
-            dir.join(app, &pools);
-            dir.register(app, &triggers);
-            if let Some(m) = &meta
-                && let Some(a) = dir.apps.get_mut(app)
-            {
-                a.meta = Some(m.clone());
+        for p in &pools {
+            if !out.pools.contains(p) {
+                out.pools.push(p.clone());
             }
         }
-        restored = Some(Restored {
+        for t in &triggers {
+            if !out.triggers.contains(t) {
+                out.triggers.push(t.clone());
+            }
+        }
+        if meta.is_some() {
+            out.meta = meta.clone();
+        }
+        out.restored = Some(Restored {
             pools: pools.iter().map(|p| p.to_string()).collect(),
             triggers: triggers.iter().map(|t| t.to_string()).collect(),
             meta,
@@ -79,17 +102,28 @@ pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> (
         });
     }
     let now = now_ms();
-    let Some(mut rec) = current(st, app) else {
-        return (restored, None);
+    let mut pools: Vec<String> = out.pools.iter().map(|p| p.to_string()).collect();
+    let mut triggers: Vec<String> = out.triggers.iter().map(|t| t.to_string()).collect();
+    pools.sort();
+    triggers.sort();
+    let rec = AppRecord {
+        app_id: app.to_string(),
+        pools,
+        triggers,
+        meta: out
+            .meta
+            .as_ref()
+            .and_then(|m| serde_json::from_str(m.get()).ok())
+            .unwrap_or(Value::Null),
+        protocol_version: info
+            .protocol_version
+            .unwrap_or_else(|| latzero_proto::PROTOCOL_VERSION.into()),
+        registered: stored.as_ref().map_or(now, |s| s.registered),
+        last_seen: now,
+        rehydrated: out.restored.is_some(),
     };
-    rec.protocol_version = info
-        .protocol_version
-        .unwrap_or_else(|| latzero_proto::PROTOCOL_VERSION.into());
-    rec.registered = stored.as_ref().map_or(now, |s| s.registered);
-    rec.last_seen = now;
-    rec.rehydrated = restored.is_some();
-    let err = st.store.register_app(rec).await.err().map(|e| e.to_string());
-    (restored, err)
+    out.store_error = st.store.register_app(rec).await.err().map(|e| e.to_string());
+    out
 }
 
 /// Stores an app's pools and triggers after a membership change; the store's error, if any.

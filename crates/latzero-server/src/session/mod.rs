@@ -407,8 +407,10 @@ impl Session {
         None
     }
 
-    /// Binds the app now (so a second handshake for the same id is refused at once); the ack
-    /// follows in [`Session::finish`], once the registration is stored.
+    /// Binds the app id now (so a second handshake for it is refused at once), with no pools or
+    /// triggers yet: [`Session::finish`] stores the registration, then joins, registers and
+    /// acknowledges in one step under the directory lock, so nothing reaches this connection
+    /// before its ack.
     fn handshake(&mut self, id: Option<&RawValue>, h: Handshake) -> Option<After> {
         let st = self.state.clone();
         let app = h.app_id.clone();
@@ -416,8 +418,9 @@ impl Session {
             rehydrate: h.rehydrate,
             ephemeral: h.ephemeral,
             protocol_version: h.protocol_version.clone(),
-            empty: h.pools.is_empty() && h.triggers.is_empty(),
-            has_meta: h.meta.is_some(),
+            pools: h.pools,
+            triggers: h.triggers,
+            meta: h.meta.clone(),
         };
         let old = {
             let mut dir = st.directory_mut();
@@ -436,8 +439,6 @@ impl Session {
             }
             self.conn.bind_app(app.clone());
             dir.add_app(&self.conn, app.clone(), h.meta);
-            dir.register(&app, &h.triggers);
-            dir.join(&app, &h.pools);
             old
         };
         let took_over = old.is_some();
@@ -484,11 +485,20 @@ impl Session {
                 info,
                 took_over,
             } => {
-                let (restored, store_error) = crate::registry::handshake(&st, &app, info).await;
-                if let Some(e) = &store_error {
+                let out = crate::registry::handshake(&st, &app, info).await;
+                if let Some(e) = &out.store_error {
                     tracing::warn!(app = %app, error = %e, "registration not stored");
                 }
-                let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+                let mut dir = st.directory_mut();
+                if dir.conn_of(app.as_str()).is_some_and(|c| c.id == self.conn.id) {
+                    dir.register(&app, &out.triggers);
+                    dir.join(&app, &out.pools);
+                    if out.meta.is_some()
+                        && let Some(a) = dir.apps.get_mut(&app)
+                    {
+                        a.meta = out.meta.clone();
+                    }
+                }
                 let (pools, triggers) = dir.app_state(&app);
                 let ack = encode_message(&HandshakeAck {
                     action: "handshake_ack",
@@ -498,22 +508,23 @@ impl Session {
                     triggers,
                     protocol_version: PROTOCOL_VERSION,
                     took_over,
-                    rehydrated: restored.is_some(),
-                    restored: restored.as_ref().map(|r| Restored {
+                    rehydrated: out.restored.is_some(),
+                    restored: out.restored.as_ref().map(|r| Restored {
                         pools: r.pools.iter().map(String::as_str).collect(),
                         triggers: r.triggers.iter().map(String::as_str).collect(),
                         meta: r.meta.as_deref(),
                         last_seen: r.last_seen,
                     }),
-                    store_error: store_error.as_deref(),
+                    store_error: out.store_error.as_deref(),
                     server: ServerInfo {
                         name: "latzero",
                         version: env!("CARGO_PKG_VERSION"),
                         pid: std::process::id(),
                     },
                 });
-                drop(dir);
+                // Queued under the directory lock: no delivery to this app can come first.
                 let _ = self.conn.reply(&ack);
+                drop(dir);
             }
             After::Pool { id, app, req } => match crate::pools::change(&st, &app, req).await {
                 Ok(v) => self.reply_json(id.as_deref(), v),
