@@ -135,11 +135,10 @@ fn a_full_disk_is_a_clear_error_and_rpc_keeps_being_served() -> Result<()> {
     }
     let _unmount = Unmount(mnt.path());
     let data = mnt.path().join("data");
-    let s = ServerProc::start_in(
-        bin(),
-        &data,
-        &["--volatile-memory-dir", "/dev/shm", "--log-level", "error"],
-    )?;
+    // Non-persistent blocks elsewhere: the tiny tmpfs is for the database.
+    let volatile = tempfile::tempdir()?;
+    let vdir = volatile.path().to_str().unwrap();
+    let s = ServerProc::start_in(bin(), &data, &["--volatile-memory-dir", vdir, "--log-level", "error"])?;
     let _worker = s.reply(&["--app", "worker", "--pool", "p", "echo"])?;
     // Fill the rest of the disk.
     let _ = std::fs::write(mnt.path().join("filler"), vec![0u8; 4 << 20]);
