@@ -2,13 +2,12 @@
 //! registrations and block writes, and disk errors while it runs.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use latzero_testkit::{RawClient, ServerProc};
+use latzero_testkit::{RawClient, ServerProc, Tmpfs};
 use serde_json::json;
 
 fn bin() -> &'static Path {
@@ -116,24 +115,9 @@ fn kill_9_during_a_burst_keeps_every_acknowledged_registration() -> Result<()> {
 /// without it the test says so and checks nothing.
 #[test]
 fn a_full_disk_is_a_clear_error_and_rpc_keeps_being_served() -> Result<()> {
-    let mnt = tempfile::tempdir()?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(mnt.path())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(mnt) = Tmpfs::mount("size=4m") else {
         return Ok(());
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.path());
+    };
     let data = mnt.path().join("data");
     // Non-persistent blocks elsewhere: the tiny tmpfs is for the database.
     let volatile = tempfile::tempdir()?;
@@ -230,22 +214,14 @@ fn backup_on_demand_scheduled_rotation_and_restore() -> Result<()> {
 /// the database open is refused as busy. The full-disk test covers errors at run time.)
 #[test]
 fn a_read_only_data_dir_is_a_clear_error_at_start() -> Result<()> {
-    let mnt = tempfile::tempdir()?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"])
-        .arg(mnt.path())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(mnt) = Tmpfs::mount("size=1m,ro") else {
         return Ok(());
-    }
+    };
     let out = std::process::Command::new(bin())
         .args(["start", "--port", "0", "--data-dir"])
         .arg(mnt.path())
         .output();
-    let _ = std::process::Command::new("umount").arg(mnt.path()).status();
+    drop(mnt);
     let out = out?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

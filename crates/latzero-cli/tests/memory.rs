@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::Result;
-use latzero_testkit::{Proc, ServerProc};
+use latzero_testkit::{Proc, ServerProc, Tmpfs};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -179,24 +179,9 @@ fn memory_limits_come_from_the_config_file_too() -> Result<()> {
 /// test says so and checks nothing.
 #[test]
 fn a_full_tmpfs_is_no_space_at_create() -> Result<()> {
-    let mnt = tempfile::tempdir()?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(mnt.path())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(mnt) = Tmpfs::mount("size=1m") else {
         return Ok(());
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.path());
+    };
     let s = ServerProc::start(bin(), &["--volatile-memory-dir", mnt.path().to_str().unwrap()])?;
     let (ok, _, err) = s.run(&["mem", "create", "p", "big", "--size", &(2u64 << 20).to_string()])?;
     assert!(!ok && err.contains("NO_SPACE"), "{err}");

@@ -28,31 +28,15 @@ impl TestServer {
 
     pub async fn with_limits(limits: Limits) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = ServerConfig::new(dir.path());
-        cfg.port = 0;
-        // Non-persistent blocks in the temp dir: a test that ends without stopping its server
-        // leaves nothing in /dev/shm. (memory.rs restarts a server on the default place.)
-        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
+        let mut cfg = config_in(dir.path());
         cfg.limits = limits;
-        cfg.shutdown_grace = Duration::from_secs(2);
-        let server = Server::bind(cfg).await.unwrap();
-        let addr = server.local_addr();
-        let unix = server.unix_path().unwrap().to_path_buf();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let r = Running::start(cfg).await;
         TestServer {
-            addr,
-            unix,
+            addr: r.addr,
+            unix: r.unix,
             dir,
-            stop: Some(tx),
-            task: Some(task),
+            stop: Some(r.stop),
+            task: Some(r.task),
         }
     }
 
@@ -78,6 +62,49 @@ impl TestServer {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// A config for a server on `dir` (which outlives it, for restart tests): a free port, and
+/// non-persistent blocks in `dir` too, so a test that ends without stopping its server leaves
+/// nothing in /dev/shm.
+pub fn config_in(dir: &std::path::Path) -> ServerConfig {
+    let mut cfg = ServerConfig::new(dir);
+    cfg.port = 0;
+    cfg.memory.volatile_dir = Some(dir.to_path_buf());
+    cfg.shutdown_grace = Duration::from_secs(2);
+    cfg
+}
+
+/// A server running in this process until [`Running::stop`].
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub unix: PathBuf,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn start(cfg: ServerConfig) -> Running {
+        let server = Server::bind(cfg).await.unwrap();
+        let addr = server.local_addr();
+        let unix = server.unix_path().unwrap().to_path_buf();
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Running { addr, unix, stop, task }
+    }
+
+    /// Shuts down and waits for `run` to return.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
     }
 }
 

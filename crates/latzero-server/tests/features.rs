@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use latzero_client::{Client, ClientError, ClientEvent, ClientOptions, ErrorCode, Request};
-use latzero_server::{Limits, Server, ServerConfig};
+use latzero_server::Limits;
 use serde_json::{Value, json};
 
 async fn next_event(
@@ -198,25 +198,10 @@ async fn a_peer_that_stops_reading_is_closed_and_callers_get_overloaded() {
 #[tokio::test]
 async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
     let dir = tempfile::tempdir().unwrap();
-    let start = || async {
-        let mut cfg = ServerConfig::new(dir.path());
-        cfg.port = 0;
-        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
-        let server = Server::bind(cfg).await.unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap()
-        });
-        (tx, task)
-    };
+    let start = || common::Running::start(common::config_in(dir.path()));
     let sock = dir.path().join("latzero.sock");
     let url = |app: &str| format!("latzero://{app}?socket={}&pools=p", sock.display());
-    let (stop1, task1) = start().await;
+    let first = start().await;
     let worker = ClientOptions::new()
         .backoff(Duration::from_millis(5), Duration::from_millis(50))
         .connect(&url("worker"))
@@ -227,8 +212,7 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
         .await
         .unwrap();
     let mut ev = worker.events();
-    stop1.send(()).unwrap();
-    task1.await.unwrap();
+    first.stop().await;
     let e = next_event(&mut ev, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
     assert!(
         matches!(e, ClientEvent::Disconnected { ref reason, reconnecting: true } if reason.contains("SHUTTING_DOWN")),
@@ -238,7 +222,7 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
     let e = worker.request("p", "other").send().await.unwrap_err();
     assert!(matches!(e, ClientError::Disconnected), "{e:?}");
 
-    let (stop2, task2) = start().await;
+    let second = start().await;
     next_event(&mut ev, |e| matches!(e, ClientEvent::Reconnected)).await;
     let caller = Client::connect(&url("caller")).await.unwrap();
     assert_eq!(
@@ -246,8 +230,7 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
         "pong",
         "pools and triggers restored"
     );
-    stop2.send(()).unwrap();
-    task2.await.unwrap();
+    second.stop().await;
 }
 
 #[tokio::test]

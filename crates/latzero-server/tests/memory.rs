@@ -452,23 +452,16 @@ async fn watchers_get_the_initial_state_then_synced_then_every_change() {
 #[tokio::test]
 async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
-    let start = || async {
-        let mut cfg = latzero_server::ServerConfig::new(dir.path());
-        cfg.port = 0;
-        let server = latzero_server::Server::bind(cfg).await.unwrap();
-        let addr = server.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
-        (addr, tx, task)
+    let start = || {
+        common::Running::start({
+            // The default place for non-persistent blocks.
+            let mut cfg = common::config_in(dir.path());
+            cfg.memory.volatile_dir = None;
+            cfg
+        })
     };
-    let (addr, stop, task) = start().await;
+    let srv = start().await;
+    let addr = srv.addr;
     let mut a = Raw::connect(addr).await;
     a.handshake("a", &["p"], &[]).await;
     create(
@@ -486,8 +479,7 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     let volatile = std::path::PathBuf::from(at["path"].as_str().unwrap());
     assert!(volatile.exists());
     drop(a);
-    let _ = stop.send(());
-    task.await.unwrap();
+    srv.stop().await;
     assert!(!volatile.exists(), "non-persistent blocks go with the server");
     {
         // The persistent block's metadata is in the store, with the version it had at shutdown.
@@ -515,7 +507,8 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     let stray = dir.path().join("memory/p/stray.blk");
     std::fs::write(&stray, b"left by a crash between the file and its record").unwrap();
 
-    let (addr, stop, task) = start().await;
+    let srv = start().await;
+    let addr = srv.addr;
     let mut a = Raw::connect(addr).await;
     a.handshake("a", &["p"], &[]).await;
     let r = a
@@ -545,6 +538,5 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
         .ask(json!({"action":"block_stat","id":7,"pool":"p","block_id":"ghost"}))
         .await;
     assert_eq!(code(&r), "BLOCK_NOT_FOUND", "a record without its file is dropped");
-    let _ = stop.send(());
-    task.await.unwrap();
+    srv.stop().await;
 }

@@ -145,24 +145,8 @@ async fn locks_through_the_sdk() {
 #[tokio::test]
 async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     use latzero_client::{ClientEvent, ClientOptions};
-    use latzero_server::{Server, ServerConfig};
     let dir = tempfile::tempdir().unwrap();
-    let start = || async {
-        let mut cfg = ServerConfig::new(dir.path());
-        cfg.port = 0;
-        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
-        let server = Server::bind(cfg).await.unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap()
-        });
-        (tx, task)
-    };
+    let start = || common::Running::start(common::config_in(dir.path()));
     let sock = dir.path().join("latzero.sock");
     let connect = |app: &'static str| {
         let url = format!("latzero://{app}?socket={}&pools=p", sock.display());
@@ -174,7 +158,7 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
                 .unwrap()
         }
     };
-    let (stop, task) = start().await;
+    let srv = start().await;
     let writer = connect("writer").await;
     let watcher = connect("watcher").await;
     let blk = writer
@@ -187,8 +171,7 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     assert!(matches!(w.next().await, Some(BlockEvent::Changed { version: 1, .. })));
 
     let mut events = writer.events();
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    srv.stop().await;
     loop {
         if let Ok(ClientEvent::Disconnected { .. }) = events.recv().await {
             break;
@@ -197,7 +180,7 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     // Down: the write lands in the mapping (the file outlives the server) and is remembered.
     assert_eq!(blk.write(0, b"2").await.unwrap(), 2);
 
-    let (stop, task) = start().await;
+    let srv = start().await;
     // The watcher resubscribes from version 1 and so learns of version 2 (the writer's delayed
     // notice may announce it too).
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -211,6 +194,5 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     })
     .await
     .expect("the watcher heard of version 2");
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    srv.stop().await;
 }

@@ -2,33 +2,8 @@
 
 mod common;
 
-use common::Raw;
-use latzero_server::{Server, ServerConfig};
+use common::{Raw, Running, config_in};
 use serde_json::{Value, json};
-
-async fn start(
-    dir: &std::path::Path,
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let mut cfg = ServerConfig::new(dir);
-    cfg.port = 0;
-    cfg.memory.volatile_dir = Some(dir.to_path_buf());
-    let server = Server::bind(cfg).await.unwrap();
-    let addr = server.local_addr();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-    });
-    (addr, stop, task)
-}
 
 fn code(v: &Value) -> &str {
     assert_eq!(v["action"], "error", "{v}");
@@ -38,7 +13,8 @@ fn code(v: &Value) -> &str {
 #[tokio::test]
 async fn create_update_remove_with_owners_and_listings() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop, task) = start(dir.path()).await;
+    let srv = Running::start(config_in(dir.path())).await;
+    let addr = srv.addr;
     let mut owner = Raw::connect(addr).await;
     owner.handshake("owner", &[], &[]).await;
     let c = owner
@@ -135,23 +111,23 @@ async fn create_update_remove_with_owners_and_listings() {
         .map(|a| (a["app_id"].as_str().unwrap(), a["connected"].as_bool().unwrap()))
         .collect();
     assert_eq!(listed, vec![("other", true), ("owner", true)]);
-    let _ = stop.send(());
-    task.await.unwrap();
+    srv.stop().await;
 }
 
 #[tokio::test]
 async fn stored_pools_come_back_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop, task) = start(dir.path()).await;
+    let srv = Running::start(config_in(dir.path())).await;
+    let addr = srv.addr;
     let mut a = Raw::connect(addr).await;
     a.handshake("a", &[], &[]).await;
     a.ask(json!({"action":"pool_create","id":1,"pool":"kept","description":"survives","owners":["a","b"]}))
         .await;
     drop(a);
-    let _ = stop.send(());
-    task.await.unwrap();
+    srv.stop().await;
 
-    let (addr, stop, task) = start(dir.path()).await;
+    let srv = Running::start(config_in(dir.path())).await;
+    let addr = srv.addr;
     let mut admin = Raw::connect(addr).await;
     let s = admin.ask(json!({"action":"pool_show","id":1,"pool":"kept"})).await;
     assert_eq!(
@@ -162,6 +138,5 @@ async fn stored_pools_come_back_after_a_restart() {
         ),
         (Some("survives"), json!(["a", "b"]), json!([]))
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    srv.stop().await;
 }

@@ -3,39 +3,11 @@
 
 mod common;
 
-use common::Raw;
-use latzero_server::{Server, ServerConfig};
+use common::{Raw, Running};
 use serde_json::{Value, json};
 
-struct Running {
-    addr: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start(dir: &std::path::Path) -> Running {
-    let mut cfg = ServerConfig::new(dir);
-    cfg.port = 0;
-    cfg.memory.volatile_dir = Some(dir.to_path_buf());
-    let server = Server::bind(cfg).await.unwrap();
-    let addr = server.local_addr();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-    });
-    Running { addr, stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
+    Running::start(common::config_in(dir)).await
 }
 
 async fn handshake(addr: std::net::SocketAddr, hs: Value) -> (Raw, Value) {
