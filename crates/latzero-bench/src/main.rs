@@ -170,47 +170,22 @@ async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
 }
 
 fn both(args: &Args) -> Result<()> {
-    let me = std::env::current_exe()?;
     let mut out = String::new();
     let sizes = sizes(args);
     for placement in ["pinned", "unpinned"] {
-        let mut cmd = if placement == "pinned" {
-            let mut c = std::process::Command::new("taskset");
-            c.args(["-c", "0"]).arg(&me);
-            c
-        } else {
-            std::process::Command::new(&me)
-        };
-        cmd.args(["--placement", placement, "--json", "--peers", &args.peers.join(",")])
-            .args([
-                "--seq",
-                &args.seq.to_string(),
-                "--pipelined",
-                &args.pipelined.to_string(),
-            ])
-            .args([
-                "--inflight",
-                &args.inflight.to_string(),
-                "--multi",
-                &args.multi.to_string(),
-            ])
-            .args([
-                "--fanout",
-                &args.fanout.to_string(),
-                "--warmup",
-                &args.warmup.to_string(),
-            ])
-            .stderr(std::process::Stdio::inherit());
-        if let Some(s) = &args.server {
-            cmd.arg("--server").arg(s);
-        }
-        eprintln!("{placement}:");
-        let o = cmd
-            .output()
-            .with_context(|| format!("running {cmd:?} (taskset is in util-linux)"))?;
-        if !o.status.success() {
-            bail!("{placement} run failed");
-        }
+        let peers = args.peers.join(",");
+        let numbers = [
+            ("--seq", args.seq),
+            ("--pipelined", args.pipelined),
+            ("--inflight", args.inflight),
+            ("--multi", args.multi),
+            ("--fanout", args.fanout),
+            ("--warmup", args.warmup),
+        ]
+        .map(|(flag, n)| [flag.to_owned(), n.to_string()]);
+        let mut extra = vec!["--peers".to_owned(), peers];
+        extra.extend(numbers.into_iter().flatten());
+        let o = run_placement(args, placement, &extra)?;
         let figures: Vec<Figures> = serde_json::from_slice(&o.stdout)?;
         out.push_str(&table(placement, &figures, &sizes));
         out.push('\n');
@@ -240,28 +215,9 @@ fn blocks_cmd(args: &Args) -> Result<()> {
         }
         return Ok(());
     }
-    let me = std::env::current_exe()?;
     let mut out = String::new();
     for placement in ["pinned", "unpinned"] {
-        let mut cmd = if placement == "pinned" {
-            let mut c = std::process::Command::new("taskset");
-            c.args(["-c", "0"]).arg(&me);
-            c
-        } else {
-            std::process::Command::new(&me)
-        };
-        cmd.args(["--placement", placement, "--json", "blocks"])
-            .stderr(std::process::Stdio::inherit());
-        if let Some(s) = &args.server {
-            cmd.arg("--server").arg(s);
-        }
-        eprintln!("{placement}:");
-        let o = cmd
-            .output()
-            .with_context(|| format!("running {cmd:?} (taskset is in util-linux)"))?;
-        if !o.status.success() {
-            bail!("{placement} run failed");
-        }
+        let o = run_placement(args, placement, &["blocks".to_owned()])?;
         let f: blocks::BlockFigures = serde_json::from_slice(&o.stdout)?;
         out.push_str(&blocks::table(placement, &f));
         out.push('\n');
@@ -282,6 +238,33 @@ fn blocks_cmd(args: &Args) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Runs this binary again for one placement (under `taskset -c 0` when pinned) with `--json`
+/// and `extra`; its output, which the caller parses.
+fn run_placement(args: &Args, placement: &str, extra: &[String]) -> Result<std::process::Output> {
+    let me = std::env::current_exe()?;
+    let mut cmd = if placement == "pinned" {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", "0"]).arg(&me);
+        c
+    } else {
+        std::process::Command::new(&me)
+    };
+    cmd.args(["--placement", placement, "--json"])
+        .args(extra)
+        .stderr(std::process::Stdio::inherit());
+    if let Some(s) = &args.server {
+        cmd.arg("--server").arg(s);
+    }
+    eprintln!("{placement}:");
+    let o = cmd
+        .output()
+        .with_context(|| format!("running {cmd:?} (taskset is in util-linux)"))?;
+    if !o.status.success() {
+        bail!("{placement} run failed");
+    }
+    Ok(o)
 }
 
 fn cmd_out(cmd: &str, args: &[&str]) -> String {
