@@ -258,18 +258,14 @@ impl Session {
         if st.shutting_down.load(Ordering::Relaxed)
             && !matches!(parsed.request, Request::Status | Request::Ping | Request::Response(_))
         {
-            {
-                self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
-                return None;
-            }
+            self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
+            return None;
         }
         let app = match (&parsed.request, &self.app) {
             (Request::Handshake(_), Some(app)) => {
                 let msg = format!("this connection already completed its handshake as '{app}'");
-                {
-                    self.error(id, ErrorCode::InvalidMessage, &msg);
-                    return None;
-                }
+                self.error(id, ErrorCode::InvalidMessage, &msg);
+                return None;
             }
             (Request::Handshake(_), None) => None,
             (
@@ -319,10 +315,8 @@ impl Session {
                     .is_some_and(|p| p.members.contains_key(&app));
                 if !member {
                     let msg = format!("app '{app}' is not in pool '{}'; join it first", b.pool);
-                    {
-                        self.error(id, ErrorCode::NotInPool, &msg);
-                        return None;
-                    }
+                    self.error(id, ErrorCode::NotInPool, &msg);
+                    return None;
                 }
                 let body = match &frame {
                     Frame::Binary { body, .. } => Some(&body[..]),
