@@ -499,16 +499,16 @@ impl MemoryBlock {
     /// Binary blocks: copies `len` bytes at `offset`; returns them with their version (never a
     /// torn write).
     pub async fn read(&self, offset: u64, len: u64) -> Result<(Vec<u8>, u64), ClientError> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            // Checked before allocating the buffer: a wild length is an error, not an abort.
-            return Err(latzero_memory::MemError::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            }
-            .into());
-        }
         if let Some(m) = &self.map {
+            if offset.checked_add(len).is_none_or(|end| end > self.size) {
+                // Checked before allocating the buffer: a wild length is an error, not an abort.
+                return Err(latzero_memory::MemError::OutOfRange {
+                    offset,
+                    len,
+                    size: self.size,
+                }
+                .into());
+            }
             let mut buf = vec![0u8; len as usize];
             let v = m.read(offset, &mut buf)?;
             return Ok((buf, v));
