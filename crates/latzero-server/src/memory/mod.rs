@@ -39,12 +39,21 @@ pub(crate) use self::locks::Locks;
 /// File name suffixes.
 const DATA_EXT: &str = "blk";
 
-/// What a block action leaves for the store before it is acknowledged: a persistent block's
-/// metadata is stored (or removed) first, so an acknowledged persistent block survives a kill.
+/// What a block action leaves for after the current batch: creating a block (allocating its
+/// file can take a while, so it runs on the blocking pool, not on the connection's reader), and
+/// storing or removing a persistent block's metadata before the action is acknowledged (so an
+/// acknowledged persistent block survives a kill).
 #[derive(Debug)]
 pub(crate) enum StoreWork {
-    Created {
-        entry: Arc<Entry>,
+    Create {
+        pool: PoolName,
+        block_id: BlockId,
+        owner: AppId,
+        kind: BlockType,
+        size: u64,
+        persistent: bool,
+        permissions: Permissions,
+        overwrite: bool,
         id: Option<Box<latzero_proto::message::RawValue>>,
     },
     Deleted {

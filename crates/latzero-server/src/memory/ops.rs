@@ -80,16 +80,17 @@ impl Memory {
             overwrite,
         } = req.op
         {
-            let e = self.create(&req.pool, block_id, app, kind, size, persistent, permissions, overwrite)?;
-            tracing::info!(pool = %req.pool, block = %block_id, size, kind = kind.as_str(), persistent, owner = %app, "block created");
-            if persistent {
-                return Ok(Some(StoreWork::Created {
-                    entry: e,
-                    id: id.map(ToOwned::to_owned),
-                }));
-            }
-            reply(json!({ "action": "block_created", "in_reply_to": id, "block": e.describe() }));
-            return Ok(None);
+            return Ok(Some(StoreWork::Create {
+                pool: req.pool,
+                block_id: block_id.clone(),
+                owner: app.clone(),
+                kind,
+                size,
+                persistent,
+                permissions,
+                overwrite,
+                id: id.map(ToOwned::to_owned),
+            }));
         }
         let e = self.get(&req.pool, block_id)?;
         match req.op {

@@ -577,13 +577,46 @@ impl Session {
         let _ = self.conn.reply(&frame);
     }
 
-    /// Stores (or removes) a persistent block's metadata, then acknowledges the action. A create
-    /// the store refuses is undone: the block exists with its record or not at all.
+    /// Creates a block on the blocking pool and, for a persistent one, stores its metadata; or
+    /// removes a deleted persistent block's record. Then acknowledges. A create the store
+    /// refuses is undone: a persistent block exists with its record or not at all.
     async fn store_block(&self, work: crate::memory::StoreWork) {
         use crate::memory::StoreWork;
         let st = self.state.clone();
         match work {
-            StoreWork::Created { entry, id } => {
+            StoreWork::Create {
+                pool,
+                block_id,
+                owner,
+                kind,
+                size,
+                persistent,
+                permissions,
+                overwrite,
+                id,
+            } => {
+                let mem = st.clone();
+                let made = tokio::task::spawn_blocking(move || {
+                    mem.memory
+                        .create(&pool, &block_id, &owner, kind, size, persistent, permissions, overwrite)
+                })
+                .await;
+                let entry = match made {
+                    Ok(Ok(e)) => e,
+                    Ok(Err(r)) => return self.error(id.as_deref(), r.code, &r.message),
+                    Err(e) => {
+                        let msg = format!("creating the block failed: {e}");
+                        return self.error(id.as_deref(), ErrorCode::Internal, &msg);
+                    }
+                };
+                let m = &entry.meta;
+                tracing::info!(pool = %m.pool, block = %m.block_id, size, kind = kind.as_str(), persistent, owner = %m.owner, "block created");
+                if !persistent {
+                    return self.reply_json(
+                        id.as_deref(),
+                        serde_json::json!({ "action": "block_created", "block": entry.describe() }),
+                    );
+                }
                 let rec = entry.meta.record(entry.block.version());
                 match st.store.create_block(rec).await {
                     Ok(()) => self.reply_json(
