@@ -15,7 +15,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the server in the foreground (Ctrl-C or `latzero stop` stops it)
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Show the running server: uptime, connections, pools, apps, triggers, counters
     Status(StatusArgs),
     /// Stop the running server gracefully (in-flight calls fail with SHUTTING_DOWN)
@@ -39,6 +39,15 @@ pub enum Command {
     Backup(TargetArgs),
     /// Replace the database with a backup (the server must be stopped; it is checked first)
     Restore(RestoreArgs),
+    /// Authentication helpers
+    #[command(subcommand)]
+    Auth(AuthCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// Make a random static token; prints it once, with the SHA-256 the server is given
+    Token,
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +369,18 @@ pub struct StartArgs {
     /// SQLite cache size (positive: pages; negative: KiB) [default: 1000]
     #[arg(long, env = "LATZERO_CACHE_SIZE", allow_negative_numbers = true)]
     pub cache_size: Option<i64>,
+    /// Refuse connections (and admin requests) without a valid token or JWT
+    #[arg(long, env = "LATZERO_REQUIRE_AUTH", action = ArgAction::SetTrue)]
+    pub require_auth: bool,
+    /// SHA-256 (64 hex digits) of an accepted static token; repeatable (`latzero auth token` makes one)
+    #[arg(long, env = "LATZERO_AUTH_TOKEN_SHA256", value_delimiter = ',')]
+    pub auth_token_sha256: Vec<String>,
+    /// File holding the HS256 secret for JWTs
+    #[arg(long, env = "LATZERO_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// File holding the Ed25519 public key (PEM) for EdDSA JWTs
+    #[arg(long, env = "LATZERO_JWT_ED25519_PUBLIC_KEY_FILE")]
+    pub jwt_ed25519_public_key_file: Option<PathBuf>,
     /// Time between automatic database backups, ms; 0 turns them off [default: 86400000]
     #[arg(long, env = "LATZERO_BACKUP_INTERVAL_MS")]
     pub backup_interval_ms: Option<u64>,

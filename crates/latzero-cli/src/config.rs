@@ -30,6 +30,17 @@ pub struct FileConfig {
     pub memory: FileMemory,
     #[serde(default)]
     pub store: FileStore,
+    #[serde(default)]
+    pub auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    pub required: Option<bool>,
+    pub token_sha256: Option<Vec<String>>,
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    pub jwt_ed25519_public_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +203,30 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
             bail!("max_backups must be at least 1");
         }
         c.store.max_backups = v;
+    }
+    let fa = file.auth;
+    c.auth.required = args.require_auth || fa.required.unwrap_or(false);
+    c.auth.token_sha256 = if args.auth_token_sha256.is_empty() {
+        fa.token_sha256.unwrap_or_default()
+    } else {
+        args.auth_token_sha256.clone()
+    };
+    let read_secret = |p: &Path, what: &str| -> Result<Vec<u8>> {
+        let mut bytes = std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))?;
+        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            bytes.pop();
+        }
+        Ok(bytes)
+    };
+    if let Some(p) = args.jwt_hs256_secret_file.clone().or(fa.jwt_hs256_secret_file) {
+        c.auth.jwt_hs256_secret = Some(read_secret(&p, "JWT secret file")?);
+    }
+    if let Some(p) = args
+        .jwt_ed25519_public_key_file
+        .clone()
+        .or(fa.jwt_ed25519_public_key_file)
+    {
+        c.auth.jwt_ed25519_public_pem = Some(read_secret(&p, "Ed25519 public key file")?);
     }
     let log_level = args
         .log_level

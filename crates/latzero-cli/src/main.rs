@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Start(a) => command::start::run(a).await,
+            Command::Start(a) => command::start::run(*a).await,
             Command::Status(a) => command::status::run(a).await,
             Command::Stop(a) => command::stop::run(a).await,
             Command::Call(a) => command::call::run(a).await,
@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
             Command::Blocks(a) => command::inventory::blocks(a).await,
             Command::Backup(t) => command::inventory::backup(t).await,
             Command::Restore(a) => command::inventory::restore(a),
+            Command::Auth(crate::cli::AuthCmd::Token) => command::inventory::auth_token(),
         }
     });
     match result {

@@ -503,3 +503,32 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
     assert_eq!(serde_json::from_str::<Value>(&out)?["blocks_removed"], 1);
     Ok(())
 }
+
+#[test]
+fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
+    let out = std::process::Command::new(bin()).args(["auth", "token"]).output()?;
+    assert!(out.status.success());
+    let made: Value = serde_json::from_slice(&out.stdout)?;
+    let (token, hash) = (made["token"].as_str().unwrap(), made["sha256"].as_str().unwrap());
+    assert_eq!(token.len(), 64);
+    let s = ServerProc::start(bin(), &["--require-auth", "--auth-token-sha256", hash])?;
+    let with_token = |args: &[&str]| {
+        let mut c = s.cli(args);
+        c.env("LATZERO_TOKEN", token);
+        c
+    };
+    let (ok, _, err) = s.run(&["status"])?;
+    assert!(!ok && err.contains("AUTH_FAILED"), "{err}");
+    let st = with_token(&["status", "--json"]).output()?;
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let mut reply = Proc::spawn(with_token(&["reply", "--app", "w", "--pool", "p", "echo"]))?;
+    reply.wait_event("ready")?;
+    let (ok, _, err) = s.run(&["call", "--pool", "p", "echo", "1"])?;
+    assert!(!ok && err.contains("AUTH_FAILED"), "{err}");
+    let c = with_token(&["call", "--pool", "p", "echo", "1"]).output()?;
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    // The token is nowhere in the server's log.
+    let log = std::fs::read_to_string(s.data_dir.join("logs/server.log")).unwrap_or_default();
+    assert!(!log.contains(token));
+    Ok(())
+}

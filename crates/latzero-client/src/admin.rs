@@ -1,5 +1,7 @@
-//! Anonymous admin requests (no handshake): `status`, `ping`, `shutdown`, and the listings
-//! `app_list`, `pool_list`, `pool_show`. Used by the `latzero` CLI.
+//! Admin requests without a handshake: `status`, `ping`, `shutdown`, `backup`, and the listings
+//! `app_list`, `pool_list`, `pool_show`. Used by the `latzero` CLI. When `LATZERO_TOKEN` is set
+//! in the environment, each request carries it as its credential (servers started with
+//! `--require-auth` refuse admin requests without one).
 
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ async fn request(
     action: &str,
     wait: Duration,
 ) -> Result<(Value, FrameReader, Writer), ClientError> {
-    let request = json!({"action": action, "id": 1});
+    let mut request = json!({"action": action, "id": 1});
+    with_env_auth(&mut request);
     let (json, reader, w) = open_with_request(endpoint, &request, latzero_proto::DEFAULT_MAX_FRAME_LEN, wait).await?;
     Ok((serde_json::from_slice(&json)?, reader, w))
 }
@@ -27,6 +30,7 @@ async fn request(
 pub async fn query(endpoint: &Endpoint, action: &str, mut fields: Value) -> Result<Value, ClientError> {
     fields["action"] = json!(action);
     fields["id"] = json!(1);
+    with_env_auth(&mut fields);
     let (json, _r, _w) = open_with_request(
         endpoint,
         &fields,
@@ -43,14 +47,14 @@ pub async fn backup(endpoint: &Endpoint, mut progress: impl FnMut(u64)) -> Resul
     use tokio::io::AsyncWriteExt;
     let (r, mut w) = crate::connection::open(endpoint).await?;
     let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
-    w.write_all(&latzero_proto::frame::encode_message(
-        &json!({"action": "backup", "id": 1}),
-    ))
-    .await
-    .map_err(|e| ClientError::Connect {
-        endpoint: endpoint.to_string(),
-        source: e,
-    })?;
+    let mut req = json!({"action": "backup", "id": 1});
+    with_env_auth(&mut req);
+    w.write_all(&latzero_proto::frame::encode_message(&req))
+        .await
+        .map_err(|e| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source: e,
+        })?;
     loop {
         let frame = reader
             .next()
@@ -93,4 +97,13 @@ pub async fn shutdown(endpoint: &Endpoint, wait: Duration) -> Result<(), ClientE
         .await
         .map_err(|_| ClientError::NoReply(wait))?;
     Ok(())
+}
+
+/// Adds `LATZERO_TOKEN` (when set) as the request's credential.
+fn with_env_auth(req: &mut Value) {
+    if let Some(t) = std::env::var_os("LATZERO_TOKEN").and_then(|t| t.into_string().ok())
+        && !t.is_empty()
+    {
+        req["auth"] = json!({ "token": t });
+    }
 }

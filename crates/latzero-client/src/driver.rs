@@ -287,6 +287,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             "protocol_version": PROTOCOL_VERSION,
             "takeover": takeover,
             "ephemeral": inner.opts.ephemeral,
+            "auth": inner.opts.auth,
         })
     };
     let (ack, reader, w) = open_with_request(

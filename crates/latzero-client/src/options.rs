@@ -17,6 +17,7 @@ pub struct ClientOptions {
     pub(crate) backoff_max: Duration,
     pub(crate) takeover: bool,
     pub(crate) ephemeral: bool,
+    pub(crate) auth: Option<serde_json::Value>,
     pub(crate) meta: Option<Value>,
     pub(crate) write_queue: usize,
     pub(crate) max_frame_len: usize,
@@ -32,6 +33,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(5),
             takeover: false,
             ephemeral: false,
+            auth: None,
             meta: None,
             write_queue: 8192,
             max_frame_len: latzero_proto::DEFAULT_MAX_FRAME_LEN,
@@ -76,6 +78,18 @@ impl ClientOptions {
     /// command-line tools); by default it is stored and rehydrated when the app comes back.
     pub fn ephemeral(mut self, on: bool) -> Self {
         self.ephemeral = on;
+        self
+    }
+
+    /// Authenticate with a static token (for servers started with `--require-auth`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Some(serde_json::json!({ "token": token.into() }));
+        self
+    }
+
+    /// Authenticate with a JWT naming this app (for servers started with `--require-auth`).
+    pub fn jwt(mut self, jwt: impl Into<String>) -> Self {
+        self.auth = Some(serde_json::json!({ "jwt": jwt.into() }));
         self
     }
 

@@ -68,6 +68,8 @@ pub enum ErrorCode {
     PoolExists,
     /// `pool_remove` while other apps are in the pool, without `force`.
     PoolInUse,
+    /// The credential is missing, wrong, expired, or names another app; the connection is closed.
+    AuthFailed,
     /// The feature exists in the protocol but is not available in this server yet.
     NotAvailable,
     /// A bug in the server; the message says what failed. Clients also map codes they do not
@@ -109,13 +111,14 @@ impl ErrorCode {
             Self::PoolNotFound => "POOL_NOT_FOUND",
             Self::PoolExists => "POOL_EXISTS",
             Self::PoolInUse => "POOL_IN_USE",
+            Self::AuthFailed => "AUTH_FAILED",
             Self::NotAvailable => "NOT_AVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -146,6 +149,7 @@ impl ErrorCode {
         Self::PoolNotFound,
         Self::PoolExists,
         Self::PoolInUse,
+        Self::AuthFailed,
         Self::NotAvailable,
         Self::Internal,
     ];

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub memory: crate::memory::MemoryConfig,
     /// The durable store (data.db).
     pub store: crate::store::StoreConfig,
+    /// Who may connect.
+    pub auth: crate::security::AuthConfig,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
 }
@@ -76,6 +78,7 @@ impl ServerConfig {
             limits: Limits::default(),
             memory: crate::memory::MemoryConfig::default(),
             store: crate::store::StoreConfig::default(),
+            auth: crate::security::AuthConfig::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }

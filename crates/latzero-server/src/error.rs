@@ -55,6 +55,9 @@ pub enum ServerError {
         /// Why.
         why: String,
     },
+    /// The authentication settings are not usable.
+    #[error("invalid authentication settings: {0}")]
+    Auth(String),
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
     Store(#[from] crate::store::StoreError),

@@ -7,6 +7,7 @@
 //! directory.rs   connected apps and the pools (members, trigger index)
 //! registry.rs    the durable app registry: write-through to the store, rehydration
 //! pools.rs       pool management: create/update/remove (stored, owners only), listings
+//! security.rs    authentication: static tokens (hashed) and JWTs (HS256, EdDSA)
 //! router/        triggers and emits: dispatch, correlation, deadlines (pending.rs)
 //! memory/        memory blocks: registry and files (mod.rs), actions (ops.rs), leases (locks.rs)
 //! store/         SQLite (data.db) on its own thread: schema and migrations, records, backups
@@ -16,7 +17,7 @@
 //! config.rs      configuration and limits
 //! ```
 //!
-//! Security and clustering arrive in later releases.
+//! TLS, pool policies, encrypted pools and clustering arrive in later releases.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), latzero_server::ServerError> {
@@ -35,6 +36,7 @@ mod memory;
 mod pools;
 mod registry;
 mod router;
+mod security;
 mod server;
 mod session;
 pub mod store;
@@ -45,5 +47,6 @@ pub use config::{Limits, ServerConfig};
 pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;
 pub use memory::MemoryConfig;
+pub use security::{AuthConfig, token_sha256};
 pub use server::Server;
 pub use store::StoreConfig;

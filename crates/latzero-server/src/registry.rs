@@ -22,6 +22,8 @@ pub(crate) struct HandshakeInfo {
     pub pools: Vec<PoolName>,
     pub triggers: Vec<TriggerName>,
     pub meta: Option<Box<RawValue>>,
+    /// The pools the app's credential allows (`None`: any); restored pools are limited to them.
+    pub allowed_pools: Option<Vec<String>>,
 }
 
 /// What rehydration restored.
@@ -68,9 +70,11 @@ pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> O
     if let Some(rec) = &stored
         && ((out.pools.is_empty() && out.triggers.is_empty()) || info.rehydrate)
     {
+        let allowed = |p: &str| info.allowed_pools.as_ref().is_none_or(|a| a.iter().any(|x| x == p));
         let pools: Vec<PoolName> = rec
             .pools
             .iter()
+            .filter(|p| allowed(p.as_str()))
             .filter_map(|p| PoolName::try_from(p.as_str()).ok())
             .collect();
         let triggers: Vec<TriggerName> = rec

@@ -39,6 +39,7 @@ pub(crate) struct State {
     pub router: Arc<Router>,
     pub memory: Memory,
     pub store: Store,
+    pub auth: crate::security::Auth,
     pub counters: Arc<Counters>,
     pub conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -145,6 +146,7 @@ impl Server {
         } else {
             (None, None)
         };
+        let auth = crate::security::Auth::new(&config.auth).map_err(ServerError::Auth)?;
         let store = Store::open(datadir.path(), config.store.clone())?;
         let stored_blocks = store.all_blocks().await?.into_iter().filter(|b| b.persistent).collect();
         let (memory, stale) = Memory::open(datadir.path(), config.memory.clone(), stored_blocks)?;
@@ -165,6 +167,7 @@ impl Server {
         let state = Arc::new(State {
             memory,
             store,
+            auth,
             router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
             config,
             directory: RwLock::new(directory),

@@ -211,3 +211,18 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `latzero auth token`: 32 random bytes, hex; the token is shown once and never stored.
+pub fn auth_token() -> Result<()> {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = latzero_server::token_sha256(&token);
+    println!("{}", json!({ "token": token, "sha256": hash }));
+    eprintln!(
+        "give clients the token (LATZERO_TOKEN, or ClientOptions::token); start the server with \
+         --require-auth --auth-token-sha256 {hash} (or [auth] token_sha256 = [\"{hash}\"] in config/latzero.toml)"
+    );
+    Ok(())
+}

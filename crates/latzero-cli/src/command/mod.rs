@@ -76,7 +76,12 @@ pub async fn connect(
     opts: latzero_client::ClientOptions,
 ) -> Result<latzero_client::Client> {
     // A generated app id is a one-off: the server need not remember it.
-    let opts = opts.ephemeral(app.is_none());
+    let mut opts = opts.ephemeral(app.is_none());
+    if let Some(t) = std::env::var_os("LATZERO_TOKEN").and_then(|t| t.into_string().ok())
+        && !t.is_empty()
+    {
+        opts = opts.token(t);
+    }
     Ok(opts.connect(&url(t, app, pools)?).await?)
 }
 

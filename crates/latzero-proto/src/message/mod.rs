@@ -79,6 +79,7 @@ pub struct Envelope<'a> {
     pub takeover: Option<bool>,
     pub rehydrate: Option<bool>,
     pub ephemeral: Option<bool>,
+    pub auth: Option<Credential>,
     #[serde(borrow)]
     pub process: Option<Str<'a>>,
     #[serde(borrow)]
@@ -163,6 +164,27 @@ impl<'a> ServerFrame<'a> {
     /// The action.
     pub fn action(&self) -> Option<&str> {
         self.action.as_deref()
+    }
+}
+
+/// A credential, in a handshake's (or an admin request's) `auth`: `{"token": "..."}` or
+/// `{"jwt": "..."}`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Credential {
+    /// A static token (the server keeps only its SHA-256).
+    Token(String),
+    /// A JSON Web Token (HS256 or EdDSA) naming the app id and the pools it may join.
+    Jwt(String),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret itself (logs, panics).
+        match self {
+            Credential::Token(_) => f.write_str("Token(<redacted>)"),
+            Credential::Jwt(_) => f.write_str("Jwt(<redacted>)"),
+        }
     }
 }
 

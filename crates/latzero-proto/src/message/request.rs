@@ -132,6 +132,8 @@ pub struct Parsed<'a> {
     pub id: Option<&'a RawValue>,
     /// The request.
     pub request: Request<'a>,
+    /// The credential it carried (`auth`), if any.
+    pub auth: Option<super::Credential>,
 }
 
 pub(crate) fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> ParseError<'a> {
@@ -152,10 +154,11 @@ pub(crate) fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) 
 
 /// Parses one request. Errors carry the request's id whenever it could be read.
 pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
-    let env = match Envelope::parse(json) {
+    let mut env = match Envelope::parse(json) {
         Ok(env) => env,
         Err(e) => return Err(explain_bad_json(json, e)),
     };
+    let auth = env.auth.take();
     let id = env.id;
     if let Some(raw) = id {
         check_id(raw).map_err(|m| invalid(None, m))?;
@@ -195,7 +198,7 @@ pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
             }
         },
     };
-    Ok(Parsed { id, request })
+    Ok(Parsed { id, request, auth })
 }
 
 /// A clear message for JSON that did not fit the envelope, with the id if it can be salvaged.

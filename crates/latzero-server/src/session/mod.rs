@@ -23,6 +23,7 @@ use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use self::conn::{Conn, Cork, Sock};
+use crate::security::Grant;
 use crate::server::State;
 
 /// Why the read loop ended.
@@ -90,6 +91,8 @@ where
         conn: conn.clone(),
         app: None,
         ephemeral: false,
+        grant: (!state.auth.required).then(Grant::all),
+        closing: false,
     };
     let end = session.read_loop(reader).instrument(span.clone()).await;
     let _guard = span.enter();
@@ -124,6 +127,11 @@ struct Session {
     app: Option<AppId>,
     /// The handshake asked not to be stored.
     ephemeral: bool,
+    /// What this connection's credential allows (everything when authentication is off);
+    /// `None` until a credential was checked.
+    grant: Option<Grant>,
+    /// Set after AUTH_FAILED: the reader closes the connection after this batch's writes.
+    closing: bool,
 }
 
 /// Work a request leaves for after the current batch: storing a registration before it is
@@ -169,6 +177,10 @@ impl Session {
                             cork.flush();
                             self.finish(after).await;
                             cork = Cork::begin();
+                        }
+                        if self.closing {
+                            cork.flush();
+                            return End::Close;
                         }
                     }
                     Ok(None) => break,
@@ -259,6 +271,49 @@ impl Session {
             && !matches!(parsed.request, Request::Status | Request::Ping | Request::Response(_))
         {
             self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
+            return None;
+        }
+        // Authentication: a handshake proves who it is; an admin request before one needs an
+        // admin credential of its own.
+        let admin = matches!(
+            parsed.request,
+            Request::Status
+                | Request::Shutdown
+                | Request::AppList
+                | Request::Backup
+                | Request::Pool(PoolRequest::List | PoolRequest::Show { .. })
+        );
+        if let Request::Handshake(h) = &parsed.request {
+            match st.auth.check(parsed.auth.as_ref(), Some(h.app_id.as_str())) {
+                Ok(g) => {
+                    if let Some(p) = h.pools.iter().find(|p| !g.may_join(p.as_str())) {
+                        let msg = format!("the credential does not allow pool '{p}'");
+                        self.error(id, ErrorCode::PermissionDenied, &msg);
+                        return None;
+                    }
+                    self.grant = Some(g);
+                }
+                Err(why) => {
+                    self.auth_failed(id, &why);
+                    return None;
+                }
+            }
+        } else if admin && !self.grant.as_ref().is_some_and(|g| g.admin) {
+            match st.auth.check(parsed.auth.as_ref(), None) {
+                Ok(g) => self.grant = Some(g),
+                Err(why) => {
+                    self.auth_failed(id, &why);
+                    return None;
+                }
+            }
+        }
+        if let Request::Join(ps) = &parsed.request
+            && let Some(p) = ps
+                .iter()
+                .find(|p| !self.grant.as_ref().is_some_and(|g| g.may_join(p.as_str())))
+        {
+            let msg = format!("the credential does not allow pool '{p}'");
+            self.error(id, ErrorCode::PermissionDenied, &msg);
             return None;
         }
         let app = match (&parsed.request, &self.app) {
@@ -415,6 +470,7 @@ impl Session {
             pools: h.pools,
             triggers: h.triggers,
             meta: h.meta.clone(),
+            allowed_pools: self.grant.as_ref().and_then(|g| g.pools.clone()),
         };
         let old = {
             let mut dir = st.directory_mut();
@@ -479,7 +535,10 @@ impl Session {
                 info,
                 took_over,
             } => {
-                let out = crate::registry::handshake(&st, &app, info).await;
+                let mut out = crate::registry::handshake(&st, &app, info).await;
+                if let Some(g) = &self.grant {
+                    out.pools.retain(|p| g.may_join(p.as_str()));
+                }
                 if let Some(e) = &out.store_error {
                     tracing::warn!(app = %app, error = %e, "registration not stored");
                 }
@@ -686,6 +745,18 @@ impl Session {
             }
             Err(e) => self.error(id, ErrorCode::Internal, &format!("backup failed: {e}")),
         }
+    }
+
+    /// AUTH_FAILED, then `closing`; the reader closes the connection after this batch.
+    fn auth_failed(&mut self, id: Option<&RawValue>, why: &str) {
+        tracing::warn!(peer = %self.conn.peer, reason = why, "authentication failed");
+        self.error(id, ErrorCode::AuthFailed, why);
+        let _ = self.conn.reply(&encode_message(&Closing {
+            action: "closing",
+            code: ErrorCode::AuthFailed,
+            message: why,
+        }));
+        self.closing = true;
     }
 
     /// Sends a JSON reply built as a value, with `in_reply_to` set from the request's id.

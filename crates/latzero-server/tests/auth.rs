@@ -1,0 +1,135 @@
+//! Authentication: static tokens and JWTs, AUTH_FAILED closing the connection, the pools a JWT
+//! allows, and admin requests.
+
+mod common;
+
+use common::{Raw, Running, config_in};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use latzero_server::{AuthConfig, token_sha256};
+use serde_json::{Value, json};
+
+async fn server(dir: &std::path::Path) -> Running {
+    let mut cfg = config_in(dir);
+    cfg.auth = AuthConfig {
+        required: true,
+        token_sha256: vec![token_sha256("good-token")],
+        jwt_hs256_secret: Some(b"jwt-secret".to_vec()),
+        jwt_ed25519_public_pem: None,
+    };
+    Running::start(cfg).await
+}
+
+fn jwt(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"jwt-secret"),
+    )
+    .unwrap()
+}
+
+fn exp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600
+}
+
+/// AUTH_FAILED with the request's id, then `closing`, then the end of the stream.
+async fn refused(r: &mut Raw, req: Value) -> String {
+    let id = req["id"].clone();
+    r.send(req).await;
+    let e = r.expect().await;
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].clone()),
+        (Some("AUTH_FAILED"), id),
+        "{e}"
+    );
+    let c = r.expect().await;
+    assert_eq!(
+        (c["action"].as_str(), c["code"].as_str()),
+        (Some("closing"), Some("AUTH_FAILED"))
+    );
+    assert!(r.recv().await.is_none(), "the connection is closed");
+    e["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn handshakes_need_a_valid_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let hs = |auth: Value| json!({"action":"handshake","id":1,"app_id":"w","pools":["p"],"auth":auth});
+
+    let msg = refused(
+        &mut Raw::connect(s.addr).await,
+        json!({"action":"handshake","id":1,"app_id":"w"}),
+    )
+    .await;
+    assert!(msg.contains("requires a credential"), "{msg}");
+    refused(&mut Raw::connect(s.addr).await, hs(json!({"token":"bad-token"}))).await;
+    let msg = refused(
+        &mut Raw::connect(s.addr).await,
+        hs(json!({"jwt": jwt(json!({"app_id":"someone-else","exp":exp()}))})),
+    )
+    .await;
+    assert!(msg.contains("someone-else"), "{msg}");
+    refused(
+        &mut Raw::connect(s.addr).await,
+        hs(json!({"jwt": jwt(json!({"app_id":"w","exp":1}))})),
+    )
+    .await;
+
+    let mut ok = Raw::connect(s.addr).await;
+    let ack = ok.ask(hs(json!({"token":"good-token"}))).await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+
+    // A JWT limits the pools: asking for another is refused (the connection stays open).
+    let mut j = Raw::connect(s.addr).await;
+    let token = jwt(json!({"app_id":"j","pools":["p"],"exp":exp()}));
+    let r = j
+        .ask(json!({"action":"handshake","id":1,"app_id":"j","pools":["q"],"auth":{"jwt":token}}))
+        .await;
+    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+    let ack = j
+        .ask(json!({"action":"handshake","id":2,"app_id":"j","pools":["p"],"auth":{"jwt":token}}))
+        .await;
+    assert_eq!(ack["pools"], json!(["p"]));
+    let r = j.ask(json!({"action":"join","id":3,"pools":["q"]})).await;
+    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let mut r = Raw::connect(s.addr).await;
+    let p = r.ask(json!({"action":"ping","id":"p"})).await;
+    assert_eq!(p["action"], "pong");
+    refused(&mut r, json!({"action":"status","id":1})).await;
+    let app_jwt = jwt(json!({"app_id":"w","exp":exp()}));
+    refused(
+        &mut Raw::connect(s.addr).await,
+        json!({"action":"pool_list","id":2,"auth":{"jwt":app_jwt}}),
+    )
+    .await;
+
+    let mut admin = Raw::connect(s.addr).await;
+    let st = admin
+        .ask(json!({"action":"status","id":3,"auth":{"token":"good-token"}}))
+        .await;
+    assert_eq!(st["action"], "status_result");
+    let l = admin.ask(json!({"action":"pool_list","id":4})).await;
+    assert_eq!(
+        l["action"], "pool_list_result",
+        "the connection stays authenticated: {l}"
+    );
+    let mut ops = Raw::connect(s.addr).await;
+    let admin_jwt = jwt(json!({"sub":"ops","admin":true,"exp":exp()}));
+    let a = ops
+        .ask(json!({"action":"app_list","id":5,"auth":{"jwt":admin_jwt}}))
+        .await;
+    assert_eq!(a["action"], "app_list_result", "{a}");
+    s.stop().await;
+}
