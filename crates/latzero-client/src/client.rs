@@ -316,7 +316,7 @@ impl Client {
         if let Some(o) = owners {
             req["owners"] = json!(o);
         }
-        let mut r = self.admin_roundtrip("pool_create", req).await?;
+        let mut r = self.request_json("pool_create", req).await?;
         Ok(r["info"].take())
     }
 
@@ -325,18 +325,19 @@ impl Client {
         let name = PoolName::try_from(pool)?;
         let mut req = changes;
         req["pool"] = json!(name.as_str());
-        let mut r = self.admin_roundtrip("pool_update", req).await?;
+        let mut r = self.request_json("pool_update", req).await?;
         Ok(r["info"].take())
     }
 
     /// Removes a pool; with `force`, even while other apps are in it (they leave it).
     pub async fn remove_pool(&self, pool: &str, force: bool) -> Result<Value, ClientError> {
         let name = PoolName::try_from(pool)?;
-        self.admin_roundtrip("pool_remove", json!({ "pool": name.as_str(), "force": force }))
+        self.request_json("pool_remove", json!({ "pool": name.as_str(), "force": force }))
             .await
     }
 
-    async fn admin_roundtrip(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
+    /// A request built from `fields` plus `action` and a fresh `id`; its reply's JSON.
+    async fn request_json(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
         fields["action"] = json!(action);
         let timeout = self.inner.opts.request_timeout;
         self.inner
@@ -358,22 +359,12 @@ impl Client {
             .map(|_| ())
     }
 
-    async fn membership(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
+    async fn membership(&self, action: &str, fields: Value) -> Result<Value, ClientError> {
         if !self.is_connected() {
             // Recorded locally; the next handshake carries it.
             return Ok(Value::Null);
         }
-        fields["action"] = json!(action);
-        let timeout = self.inner.opts.request_timeout;
-        self.inner
-            .roundtrip(
-                |id| {
-                    fields["id"] = json!(id);
-                    Ok(encode_message(&fields))
-                },
-                timeout,
-            )
-            .await
+        self.request_json(action, fields).await
     }
 
     /// Calls a trigger in a pool; the server picks a handler round-robin.
