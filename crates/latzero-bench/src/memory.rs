@@ -73,9 +73,10 @@ pub async fn run(bin: &Path, clients: usize, calls: u64) -> Result<MemoryFigures
     let mut done = 0u64;
     while done < calls {
         let n = step.min(calls - done);
-        let per = n / 64;
         let mut tasks = vec![];
-        for _ in 0..64 {
+        for i in 0..64u64 {
+            // n calls over 64 tasks, the remainder spread over the first ones (any n ends).
+            let per = n / 64 + u64::from(i < n % 64);
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..per {
@@ -92,7 +93,7 @@ pub async fn run(bin: &Path, clients: usize, calls: u64) -> Result<MemoryFigures
         for t in tasks {
             t.await??;
         }
-        done += per * 64;
+        done += n;
         samples.push((done, rss_mib(pid)?));
         eprintln!("    {done} calls, server RSS {:.1} MiB", samples.last().unwrap().1);
     }
