@@ -91,16 +91,7 @@ fn main() -> Result<()> {
         Some(Cmd::Memory { clients, calls }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let f = rt.block_on(memory::run(&server_bin(&args)?, clients, calls))?;
-            let text = format!(
-                "Run {} on {} vCPU, Linux {}; latzero {}.\n\n{}",
-                cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-                std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                    .unwrap_or_default()
-                    .trim(),
-                env!("CARGO_PKG_VERSION"),
-                memory::table(&f)
-            );
+            let text = format!("{}.\n\n{}", run_line(), memory::table(&f));
             print!("{text}");
             if let Some(path) = &args.write {
                 write_section(path, "memory", &text)?;
@@ -222,16 +213,7 @@ fn blocks_cmd(args: &Args) -> Result<()> {
         out.push_str(&blocks::table(placement, &f));
         out.push('\n');
     }
-    let text = format!(
-        "Run {} on {} vCPU, Linux {}; latzero {}; {}.\n\n{out}",
-        cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        env!("CARGO_PKG_VERSION"),
-        blocks::RedisServer::version(),
-    );
+    let text = format!("{}; {}.\n\n{out}", run_line(), blocks::RedisServer::version());
     print!("{text}");
     if let Some(path) = &args.write {
         write_section(path, "blocks", &text)?;
@@ -265,6 +247,19 @@ fn run_placement(args: &Args, placement: &str, extra: &[String]) -> Result<std::
         bail!("{placement} run failed");
     }
     Ok(o)
+}
+
+/// "Run <date> on <n> vCPU, Linux <kernel>; latzero <version>" — the start of a section.
+fn run_line() -> String {
+    format!(
+        "Run {} on {} vCPU, Linux {}; latzero {}",
+        cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 fn cmd_out(cmd: &str, args: &[&str]) -> String {
