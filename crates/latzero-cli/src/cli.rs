@@ -115,6 +115,10 @@ pub enum PoolsCmd {
         /// local (global and encrypted are not available yet)
         #[arg(long = "type", default_value = "local")]
         kind: String,
+        /// Who may do what: a JSON object of app lists keyed join, call, emit, read, write
+        /// ("*" for any app; owners may always do everything)
+        #[arg(long)]
+        policies: Option<String>,
     },
     /// Change a stored pool (connect as one of its owners)
     Update {
@@ -129,7 +133,8 @@ pub enum PoolsCmd {
         /// New owners, comma-separated
         #[arg(long, value_delimiter = ',')]
         owners: Option<Vec<String>>,
-        /// New policies (a JSON object)
+        /// New policies, replacing the old ones (a JSON object of app lists keyed join, call,
+        /// emit, read, write)
         #[arg(long)]
         policies: Option<String>,
     },

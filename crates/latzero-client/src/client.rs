@@ -301,20 +301,16 @@ impl Client {
             .map(|_| ())
     }
 
-    /// Creates a stored pool of `kind` (`local`; `global` and `encrypted` are refused as not
-    /// available yet), owned by this app unless `owners` says otherwise; returns the server's
-    /// description of it.
-    pub async fn create_pool(
-        &self,
-        pool: &str,
-        kind: &str,
-        description: &str,
-        owners: Option<&[&str]>,
-    ) -> Result<Value, ClientError> {
+    /// Creates a stored pool as `spec` says (owned by this app unless it names owners); returns
+    /// the server's description of it.
+    pub async fn create_pool(&self, pool: &str, spec: PoolSpec) -> Result<Value, ClientError> {
         let name = PoolName::try_from(pool)?;
-        let mut req = json!({ "pool": name.as_str(), "type": kind, "description": description });
-        if let Some(o) = owners {
+        let mut req = json!({ "pool": name.as_str(), "type": spec.kind, "description": spec.description });
+        if let Some(o) = spec.owners {
             req["owners"] = json!(o);
+        }
+        if let Some(p) = spec.policies {
+            req["policies"] = p;
         }
         let mut r = self.request_json("pool_create", req).await?;
         Ok(r["info"].take())
@@ -574,5 +570,30 @@ impl Inner {
 
     pub(crate) fn event(&self, e: ClientEvent) {
         let _ = self.events.send(e);
+    }
+}
+
+/// What [`Client::create_pool`] creates.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// `local` (default); `global` is refused as not available yet.
+    pub kind: String,
+    /// Free text.
+    pub description: String,
+    /// Apps that may change or remove it (default: the creating app).
+    pub owners: Option<Vec<String>>,
+    /// Access policies (docs/PROTOCOL.md §4.4): `{"join": [...], "call": [...], "emit": [...],
+    /// "read": [...], "write": [...]}`.
+    pub policies: Option<Value>,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            kind: "local".into(),
+            description: String::new(),
+            owners: None,
+            policies: None,
+        }
     }
 }

@@ -44,7 +44,7 @@ mod memory;
 mod options;
 
 pub use call::{BroadcastReply, Call};
-pub use client::{Client, ClientEvent, Forwarded};
+pub use client::{Client, ClientEvent, Forwarded, PoolSpec};
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TriggerName};

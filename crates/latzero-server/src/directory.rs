@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use latzero_proto::ErrorCode;
 use latzero_proto::frame::encode_message;
-use latzero_proto::message::{Presence, RawValue};
+use latzero_proto::message::{Policies, PoolOp, Presence, RawValue};
 use latzero_proto::{AppId, PoolName, TriggerName};
 use serde_json::{Value, json};
 
+use crate::memory::Refusal;
 use crate::session::conn::{Conn, ConnId};
 use crate::store::PoolRecord;
 
@@ -54,16 +56,74 @@ pub(crate) struct Pool {
     /// The stored configuration of a pool created with `pool_create` (or loaded at start);
     /// `None` for a pool that exists only because apps joined it.
     pub stored: Option<PoolRecord>,
+    /// The stored pool's owners and policies, parsed once for the per-operation checks.
+    pub access: Option<Access>,
     pub created_at: SystemTime,
     pub members: BTreeMap<AppId, Arc<Conn>>,
     pub handlers: HashMap<TriggerName, Handlers>,
     pub presence: HashMap<ConnId, Arc<Conn>>,
 }
 
+/// Who may do what in a stored pool: its owners everything, others what its policies allow.
+#[derive(Debug)]
+pub(crate) struct Access {
+    pub owners: Vec<String>,
+    pub policies: Policies,
+}
+
+impl Access {
+    fn of(rec: &PoolRecord) -> Access {
+        let policies = serde_json::from_value::<Policies>(rec.policies.clone()).unwrap_or_else(|e| {
+            // Fail closed: a policy that cannot be read allows nothing beyond the owners.
+            tracing::warn!(pool = %rec.name, error = %e, "unreadable pool policies; only the owners may use the pool until they set valid ones");
+            let none = Some(Vec::new());
+            Policies {
+                join: none.clone(),
+                call: none.clone(),
+                emit: none.clone(),
+                read: none.clone(),
+                write: none,
+            }
+        });
+        Access {
+            owners: rec.owners.clone(),
+            policies,
+        }
+    }
+}
+
 impl Pool {
+    /// Whether `app` may do `op` here: always in a pool with no stored configuration.
+    pub fn allows(&self, op: PoolOp, app: &str) -> bool {
+        self.access
+            .as_ref()
+            .is_none_or(|a| a.owners.iter().any(|o| o == app) || a.policies.allows(op, app))
+    }
+
+    /// [`Pool::allows`] as a PERMISSION_DENIED refusal naming the policy.
+    pub fn check(&self, op: PoolOp, app: &str, pool: &str) -> Result<(), Refusal> {
+        if self.allows(op, app) {
+            return Ok(());
+        }
+        let list = self
+            .access
+            .as_ref()
+            .and_then(|a| a.policies.list(op))
+            .unwrap_or_default();
+        Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "pool '{pool}' policy does not allow app '{app}' to {} (policies.{}: {list:?}; owners may do everything)",
+                op.as_str(),
+                op.as_str()
+            ),
+        ))
+    }
+
     fn new() -> Self {
         Pool {
             stored: None,
+            access: None,
             created_at: SystemTime::now(),
             members: BTreeMap::new(),
             handlers: HashMap::new(),
@@ -231,6 +291,7 @@ impl Directory {
         };
         let pool = self.pools.entry(name).or_insert_with(Pool::new);
         pool.created_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(rec.created.max(0) as u64);
+        pool.access = Some(Access::of(&rec));
         pool.stored = Some(rec);
     }
 

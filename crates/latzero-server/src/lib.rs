@@ -17,7 +17,7 @@
 //! config.rs      configuration and limits
 //! ```
 //!
-//! TLS, pool policies, encrypted pools and clustering arrive in later releases.
+//! Encrypted pools and clustering arrive in later releases.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), latzero_server::ServerError> {

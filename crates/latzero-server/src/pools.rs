@@ -6,16 +6,15 @@
 
 use serde_json::{Value, json};
 
-use latzero_proto::message::{PoolRequest, RawValue};
+use latzero_proto::message::{Policies, PoolRequest};
 use latzero_proto::{AppId, ErrorCode, PoolName};
 
 use crate::memory::Refusal;
 use crate::server::State;
 use crate::store::{PoolRecord, PoolUpdate, StoreError, now_ms};
 
-fn policies(p: Option<Box<RawValue>>) -> Value {
-    p.and_then(|r| serde_json::from_str(r.get()).ok())
-        .unwrap_or_else(|| json!({}))
+fn policies(p: Option<Policies>) -> Value {
+    serde_json::to_value(p.unwrap_or_default()).unwrap_or_else(|_| json!({}))
 }
 
 fn store_refusal(e: StoreError) -> Refusal {

@@ -8,8 +8,9 @@
 //!   optional `pools` lists the pools it may join, and whose `admin: true` allows the admin
 //!   requests.
 //!
-//! A failed check is AUTH_FAILED and the connection is closed. TLS, pool policies and encrypted
-//! pools are the other parts of the security layer, not built yet.
+//! A failed check is AUTH_FAILED and the connection is closed. Pool policies are checked per
+//! operation by the directory (`Pool::check`); TLS and encrypted pools are the other parts of the
+//! security layer.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use latzero_proto::message::Credential;

@@ -140,3 +140,132 @@ async fn stored_pools_come_back_after_a_restart() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn policies_are_enforced_on_every_operation_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let addr = srv.addr;
+    let mut owner = Raw::connect(addr).await;
+    owner.handshake("owner", &[], &[]).await;
+    let c = owner
+        .ask(json!({"action":"pool_create","id":1,"pool":"guarded","policies":{
+            "join":["caller","reader","handler"], "call":["caller"], "emit":[],
+            "read":["reader","caller"], "write":[]}}))
+        .await;
+    assert_eq!(c["info"]["policies"]["call"], json!(["caller"]), "{c}");
+    owner.ask(json!({"action":"join","id":2,"pools":["guarded"]})).await;
+
+    // join: in the handshake, with join, and through rehydration.
+    let mut outsider = Raw::connect(addr).await;
+    outsider
+        .send(json!({"action":"handshake","id":"h","app_id":"outsider","pools":["guarded"]}))
+        .await;
+    let r = outsider.expect().await;
+    assert_eq!(code(&r), "PERMISSION_DENIED");
+    assert!(r["message"].as_str().unwrap().contains("policies.join"), "{r}");
+    outsider.handshake("outsider", &["open"], &[]).await;
+    let r = outsider.ask(json!({"action":"join","id":3,"pools":["guarded"]})).await;
+    assert_eq!(code(&r), "PERMISSION_DENIED");
+
+    let mut handler = Raw::connect(addr).await;
+    handler.handshake("handler", &["guarded"], &["echo"]).await;
+    let mut reader = Raw::connect(addr).await;
+    reader.handshake("reader", &["guarded"], &[]).await;
+    let mut caller = Raw::connect(addr).await;
+    caller.handshake("caller", &["guarded"], &[]).await;
+
+    // call and emit.
+    let r = reader
+        .ask(json!({"action":"trigger","id":4,"pool":"guarded","process":"echo","data":1}))
+        .await;
+    assert_eq!(code(&r), "PERMISSION_DENIED");
+    assert!(r["message"].as_str().unwrap().contains("policies.call"), "{r}");
+    caller
+        .send(json!({"action":"trigger","id":5,"pool":"guarded","process":"echo","data":2}))
+        .await;
+    let d = handler.expect().await;
+    assert_eq!((d["action"].as_str(), d["data"].clone()), (Some("trigger"), json!(2)));
+    handler
+        .send(json!({"action":"response","in_reply_to":d["id"],"status":"ok","response":"ok"}))
+        .await;
+    let r = caller.expect().await;
+    assert_eq!(
+        (r["in_reply_to"].clone(), r["response"].clone()),
+        (json!(5), json!("ok")),
+        "{r}"
+    );
+    let r = caller
+        .ask(json!({"action":"emit","id":6,"pool":"guarded","process":"echo","data":3}))
+        .await;
+    assert_eq!(code(&r), "PERMISSION_DENIED");
+
+    // read and write: the owner may always; readers read; nobody else writes.
+    let b = owner
+        .ask(json!({"action":"block_create","id":7,"pool":"guarded","block_id":"b","size":4096,"permissions":{"read":["*"],"write":["*"]}}))
+        .await;
+    assert_eq!(b["action"], "block_created", "{b}");
+    let w = owner
+        .ask(json!({"action":"block_write","id":8,"pool":"guarded","block_id":"b","data":"aGk="}))
+        .await;
+    assert_eq!(w["action"], "block_written", "{w}");
+    let r = reader
+        .ask(json!({"action":"block_read","id":9,"pool":"guarded","block_id":"b","length":2,"encoding":"base64"}))
+        .await;
+    assert_eq!(r["data"], "aGk=", "{r}");
+    let a = reader
+        .ask(json!({"action":"block_attach","id":10,"pool":"guarded","block_id":"b"}))
+        .await;
+    assert_eq!(a["mode"], "read", "the widest mode the policy allows: {a}");
+    for (i, req) in [
+        json!({"action":"block_write","pool":"guarded","block_id":"b","data":"aGk="}),
+        json!({"action":"block_attach","pool":"guarded","block_id":"b","mode":"write"}),
+        json!({"action":"block_lock","pool":"guarded","block_id":"b","mode":"exclusive"}),
+        json!({"action":"block_delete","pool":"guarded","block_id":"b"}),
+        json!({"action":"block_create","pool":"guarded","block_id":"c","size":4096}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = req;
+        req["id"] = json!(100 + i);
+        let r = reader.ask(req.clone()).await;
+        assert_eq!(code(&r), "PERMISSION_DENIED", "{req} → {r}");
+        assert!(r["message"].as_str().unwrap().contains("policies.write"), "{r}");
+    }
+    let r = handler
+        .ask(json!({"action":"block_stat","id":11,"pool":"guarded","block_id":"b"}))
+        .await;
+    assert_eq!(code(&r), "PERMISSION_DENIED", "handler is not in the read list");
+
+    // Only owners change policies; a change applies at once.
+    let r = reader
+        .ask(json!({"action":"pool_update","id":12,"pool":"guarded","policies":{}}))
+        .await;
+    assert_eq!(code(&r), "PERMISSION_DENIED");
+    owner
+        .ask(json!({"action":"pool_update","id":13,"pool":"guarded","policies":{"join":["caller","reader"],"write":["reader"]}}))
+        .await;
+    let w = reader
+        .ask(json!({"action":"block_write","id":14,"pool":"guarded","block_id":"b","data":"aGk="}))
+        .await;
+    assert_eq!(w["action"], "block_written", "{w}");
+    drop((handler, reader, caller, outsider, owner));
+    srv.stop().await;
+
+    // After a restart the stored policies hold: handler is no longer in the join list, and
+    // rehydration does not put it back into the pool.
+    let srv = Running::start(config_in(dir.path())).await;
+    let mut handler = Raw::connect(srv.addr).await;
+    let ack = handler.handshake("handler", &[], &[]).await;
+    assert!(
+        !ack["pools"].as_array().unwrap().iter().any(|p| p == "guarded"),
+        "{ack}"
+    );
+    let mut outsider = Raw::connect(srv.addr).await;
+    outsider
+        .send(json!({"action":"handshake","id":"h","app_id":"outsider","pools":["guarded"]}))
+        .await;
+    assert_eq!(code(&outsider.expect().await), "PERMISSION_DENIED");
+    srv.stop().await;
+}

@@ -1,7 +1,7 @@
 //! `latzero apps`, `latzero pools`, `latzero blocks`: what the server remembers and holds.
 
 use anyhow::{Context, Result, bail};
-use latzero_client::ClientOptions;
+use latzero_client::{ClientOptions, PoolSpec};
 use serde_json::{Value, json};
 
 use crate::cli::{BlocksArgs, ListArgs, PoolsArgs, PoolsCmd, RestoreArgs, TargetArgs};
@@ -94,15 +94,22 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
             owners,
             app,
             kind,
+            policies,
         } => {
             if owners.is_empty() && app.is_none() {
                 bail!("name the pool's owners with --owners a,b (or connect as the owner with --app)");
             }
+            let policies = policies
+                .map(|p| serde_json::from_str(&p).context("--policies is not valid JSON"))
+                .transpose()?;
             let c = connect(&a.target, app.as_deref()).await?;
-            let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
-            let created = c
-                .create_pool(&pool, &kind, &description, (!owners.is_empty()).then_some(&owners[..]))
-                .await?;
+            let spec = PoolSpec {
+                kind,
+                description,
+                owners: (!owners.is_empty()).then_some(owners),
+                policies,
+            };
+            let created = c.create_pool(&pool, spec).await?;
             println!("{}", serde_json::to_string_pretty(&created)?);
         }
         PoolsCmd::Update {

@@ -1,7 +1,7 @@
 //! Pool management requests (docs/PROTOCOL.md §4.4) and the admin listings, parsed from their
 //! own fields in a second pass like the block requests.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::RawValue;
 use super::request::{ParseError, bad_name, invalid};
@@ -9,6 +9,86 @@ use crate::name::{AppId, PoolName};
 
 /// The pool actions, as sent in `action`.
 pub const POOL_ACTIONS: [&str; 5] = ["pool_create", "pool_update", "pool_remove", "pool_list", "pool_show"];
+
+/// What an app does in a pool, each governed by one list of [`Policies`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolOp {
+    /// Be a member (handshake, `join_pool`, rehydration).
+    Join,
+    /// Call triggers.
+    Call,
+    /// Emit to triggers.
+    Emit,
+    /// Read memory blocks (read, attach for reading, watch, stat, list, shared locks).
+    Read,
+    /// Write memory blocks (create, write, attach for writing, notify, delete, exclusive locks).
+    Write,
+}
+
+impl PoolOp {
+    /// The policy key, as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolOp::Join => "join",
+            PoolOp::Call => "call",
+            PoolOp::Emit => "emit",
+            PoolOp::Read => "read",
+            PoolOp::Write => "write",
+        }
+    }
+}
+
+/// A stored pool's access policies: for each operation, the apps allowed (`"*"` for any app).
+/// An absent list leaves that operation open to every member; the pool's owners may always do
+/// everything. Unknown keys are refused, never ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    /// Who may join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Vec<String>>,
+    /// Who may call triggers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Vec<String>>,
+    /// Who may emit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit: Option<Vec<String>>,
+    /// Who may read memory blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<Vec<String>>,
+    /// Who may write memory blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<Vec<String>>,
+}
+
+impl Policies {
+    /// The list governing `op`.
+    pub fn list(&self, op: PoolOp) -> Option<&[String]> {
+        match op {
+            PoolOp::Join => self.join.as_deref(),
+            PoolOp::Call => self.call.as_deref(),
+            PoolOp::Emit => self.emit.as_deref(),
+            PoolOp::Read => self.read.as_deref(),
+            PoolOp::Write => self.write.as_deref(),
+        }
+    }
+
+    /// Whether `app` may do `op` (owners are checked by the caller).
+    pub fn allows(&self, op: PoolOp, app: &str) -> bool {
+        self.list(op).is_none_or(|l| l.iter().any(|a| a == "*" || a == app))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for op in [PoolOp::Join, PoolOp::Call, PoolOp::Emit, PoolOp::Read, PoolOp::Write] {
+            for a in self.list(op).unwrap_or_default() {
+                if a != "*" {
+                    AppId::check(a).map_err(|e| format!("policies.{}: {e}", op.as_str()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A pool request.
 #[derive(Debug, Clone)]
@@ -23,8 +103,8 @@ pub enum PoolRequest {
         description: String,
         /// Apps that may update or remove it (default: the creator).
         owners: Option<Vec<String>>,
-        /// Access policies, stored as given (a JSON object).
-        policies: Option<Box<RawValue>>,
+        /// Access policies.
+        policies: Option<Policies>,
     },
     /// Change a stored pool (owners only).
     Update {
@@ -34,8 +114,8 @@ pub enum PoolRequest {
         description: Option<String>,
         /// New owners.
         owners: Option<Vec<String>>,
-        /// New policies.
-        policies: Option<Box<RawValue>>,
+        /// New policies (replacing the old ones whole).
+        policies: Option<Policies>,
     },
     /// Remove a pool; refused while other apps are in it unless `force`.
     Remove {
@@ -94,11 +174,19 @@ pub(crate) fn parse_pool<'a>(
         }
         None => None,
     };
-    if let Some(p) = &f.policies
-        && !p.get().trim_start().starts_with('{')
-    {
-        return Err(invalid(id, "field `policies` must be a JSON object"));
-    }
+    let policies = match f.policies {
+        Some(raw) => {
+            let p: Policies = serde_json::from_str(raw.get()).map_err(|e| {
+                invalid(
+                    id,
+                    format!("field `policies` must be an object of app lists keyed join, call, emit, read, write: {e}"),
+                )
+            })?;
+            p.check().map_err(|e| invalid(id, e))?;
+            Some(p)
+        }
+        None => None,
+    };
     Ok(match action {
         "pool_create" => {
             let kind = f.kind.unwrap_or_else(|| "local".into());
@@ -113,14 +201,14 @@ pub(crate) fn parse_pool<'a>(
                 kind,
                 description: f.description.unwrap_or_default(),
                 owners,
-                policies: f.policies,
+                policies,
             }
         }
         "pool_update" => PoolRequest::Update {
             pool,
             description: f.description,
             owners,
-            policies: f.policies,
+            policies,
         },
         "pool_remove" => PoolRequest::Remove {
             pool,
@@ -134,7 +222,7 @@ pub(crate) fn parse_pool<'a>(
 #[cfg(test)]
 mod tests {
     use crate::ErrorCode;
-    use crate::message::{PoolRequest, Request, parse_request};
+    use crate::message::{PoolOp, PoolRequest, Request, parse_request};
 
     #[test]
     fn pool_requests_parse_and_bad_ones_say_why() {
@@ -145,6 +233,23 @@ mod tests {
         assert!(e.message.contains("local, global, encrypted"), "{}", e.message);
         let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"alpha","policies":[1]}"#).unwrap_err();
         assert!(e.message.contains("policies"), "{}", e.message);
+        let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"a","policies":{"wirte":["x"]}}"#).unwrap_err();
+        assert!(
+            e.message.contains("wirte"),
+            "an unknown key is refused, not ignored: {}",
+            e.message
+        );
+        let e =
+            parse_request(br#"{"action":"pool_update","id":1,"pool":"a","policies":{"call":["a b"]}}"#).unwrap_err();
+        assert!(e.message.contains("policies.call"), "{}", e.message);
+        let p =
+            parse_request(br#"{"action":"pool_update","id":1,"pool":"a","policies":{"call":["x","*"],"write":[]}}"#)
+                .unwrap();
+        let Request::Pool(PoolRequest::Update { policies: Some(p), .. }) = p.request else {
+            panic!()
+        };
+        assert!(p.allows(PoolOp::Call, "anyone") && p.allows(PoolOp::Join, "anyone"));
+        assert!(!p.allows(PoolOp::Write, "x") && p.allows(PoolOp::Read, "x"));
         let e = parse_request(br#"{"action":"pool_remove","id":1}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
         let e = parse_request(br#"{"action":"pool_create","id":1,"pool":"a","owners":["x y"]}"#).unwrap_err();

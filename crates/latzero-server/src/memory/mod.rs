@@ -18,6 +18,8 @@
 mod locks;
 mod ops;
 
+pub(crate) use ops::Caller;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

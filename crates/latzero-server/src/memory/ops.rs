@@ -7,8 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use latzero_memory::{HEADER_LEN, Kind, LAYOUT_VERSION};
 use latzero_proto::frame::{encode_binary, encode_message};
-use latzero_proto::message::{BlockOp, BlockRequest, LockMode, RawValue};
-use latzero_proto::{AppId, ErrorCode};
+use latzero_proto::message::{BlockOp, BlockRequest, LockMode, PoolOp, RawValue};
+use latzero_proto::{AppId, ErrorCode, PoolName};
 use serde_json::json;
 
 use super::{Entry, Memory, Refusal, StoreWork};
@@ -30,29 +30,61 @@ fn denied(app: &AppId, what: &str, e: &Entry) -> Refusal {
     )
 }
 
-fn may_read(app: &AppId, e: &Entry) -> Result<(), Refusal> {
-    if e.perms.may_read(app.as_str()) {
-        Ok(())
-    } else {
-        Err(denied(app, "read", e))
-    }
+/// The requesting app (a member of the request's pool) and what the pool's policies let it do
+/// with blocks; a block's own read/write lists apply on top.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller<'a> {
+    pub app: &'a AppId,
+    pub read: bool,
+    pub write: bool,
 }
 
-fn may_write(app: &AppId, e: &Entry) -> Result<(), Refusal> {
-    if e.perms.may_write(app.as_str()) {
-        Ok(())
-    } else {
-        Err(denied(app, "write", e))
+impl Caller<'_> {
+    fn policy(&self, pool: &PoolName, op: PoolOp) -> Result<(), Refusal> {
+        let ok = match op {
+            PoolOp::Read => self.read,
+            _ => self.write,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "pool '{pool}' policy does not allow app '{}' to {} memory blocks (policies.{})",
+                self.app,
+                op.as_str(),
+                op.as_str()
+            ),
+        ))
+    }
+
+    fn may_read(&self, e: &Entry) -> Result<(), Refusal> {
+        self.policy(&e.meta.pool, PoolOp::Read)?;
+        if e.perms.may_read(self.app.as_str()) {
+            Ok(())
+        } else {
+            Err(denied(self.app, "read", e))
+        }
+    }
+
+    fn may_write(&self, e: &Entry) -> Result<(), Refusal> {
+        self.policy(&e.meta.pool, PoolOp::Write)?;
+        if e.perms.may_write(self.app.as_str()) {
+            Ok(())
+        } else {
+            Err(denied(self.app, "write", e))
+        }
     }
 }
 
 impl Memory {
-    /// Runs one block action for `app` (a member of the request's pool) on `conn`; replies go
-    /// to `conn`. `body` is the binary frame's body, if the request came in one.
+    /// Runs one block action for `who` on `conn`; replies go to `conn`. `body` is the binary
+    /// frame's body, if the request came in one.
     pub fn handle(
         &self,
         conn: &Arc<Conn>,
-        app: &AppId,
+        who: Caller<'_>,
         id: Option<&RawValue>,
         req: BlockRequest<'_>,
         body: Option<&[u8]>,
@@ -61,7 +93,9 @@ impl Memory {
         let reply = |v: serde_json::Value| {
             let _ = conn.reply(&encode_message(&v));
         };
+        let app = who.app;
         let Some(block_id) = &req.block_id else {
+            who.policy(&req.pool, PoolOp::Read)?;
             let blocks: Vec<_> = self.list(&req.pool).iter().map(|e| e.describe()).collect();
             reply(json!({ "action": "block_list_result", "in_reply_to": id, "pool": req.pool, "blocks": blocks }));
             return Ok(None);
@@ -80,6 +114,7 @@ impl Memory {
             overwrite,
         } = req.op
         {
+            who.policy(&req.pool, PoolOp::Write)?;
             return Ok(Some(StoreWork::Create {
                 pool: req.pool,
                 block_id: block_id.clone(),
@@ -96,11 +131,11 @@ impl Memory {
         match req.op {
             BlockOp::Create { .. } | BlockOp::List => unreachable!("handled above"),
             BlockOp::Attach { write } => {
-                let write = write.unwrap_or_else(|| e.perms.may_write(app.as_str()));
+                let write = write.unwrap_or_else(|| who.write && e.perms.may_write(app.as_str()));
                 if write {
-                    may_write(app, &e)?;
+                    who.may_write(&e)?;
                 } else {
-                    may_read(app, &e)?;
+                    who.may_read(&e)?;
                 }
                 reply(json!({
                     "action": "block_attached",
@@ -119,7 +154,7 @@ impl Memory {
                 max,
                 base64,
             } => {
-                may_read(app, &e)?;
+                who.may_read(&e)?;
                 let room = max_frame_len.saturating_sub(HEADER_ROOM) as u64;
                 match e.block.kind() {
                     Kind::Binary => {
@@ -191,7 +226,7 @@ impl Memory {
                 }
             }
             BlockOp::Write { offset, data, document } => {
-                may_write(app, &e)?;
+                who.may_write(&e)?;
                 e.state().locks.check_write(conn.id)?;
                 let decoded;
                 let bytes: &[u8] = match (body, &data, document) {
@@ -250,8 +285,8 @@ impl Memory {
                 wait_ms,
             } => {
                 match mode {
-                    LockMode::Shared => may_read(app, &e)?,
-                    LockMode::Exclusive => may_write(app, &e)?,
+                    LockMode::Shared => who.may_read(&e)?,
+                    LockMode::Exclusive => who.may_write(&e)?,
                 }
                 let max = self.config.max_lease;
                 let ms = |v: Option<u64>, default: Duration, field: &str| match v {
@@ -273,7 +308,7 @@ impl Memory {
                 reply(json!({ "action": "block_unlocked", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
             }
             BlockOp::Watch { since } => {
-                may_read(app, &e)?;
+                who.may_read(&e)?;
                 let mut st = e.state();
                 st.watchers.insert(conn.id, conn.clone());
                 let version = e.block.version();
@@ -307,7 +342,7 @@ impl Memory {
                 offset,
                 length,
             } => {
-                may_write(app, &e)?;
+                who.may_write(&e)?;
                 let current = e.block.version();
                 if version > current {
                     return Err(Refusal::new(
@@ -327,7 +362,7 @@ impl Memory {
                 }
             }
             BlockOp::Delete => {
-                may_write(app, &e)?;
+                who.may_write(&e)?;
                 self.delete(&e);
                 tracing::info!(pool = %req.pool, block = %block_id, by = %app, "block deleted");
                 if e.meta.persistent {
@@ -339,6 +374,7 @@ impl Memory {
                 reply(json!({ "action": "block_deleted", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
             }
             BlockOp::Stat => {
+                who.policy(&req.pool, PoolOp::Read)?;
                 reply(json!({ "action": "block_stat_result", "in_reply_to": id, "block": e.describe() }));
             }
         }

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 use latzero_proto::ErrorCode;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::{
-    Accepted, DeliverEmit, DeliverTrigger, Emit, ErrorFrame, ForwardResponse, Origin, RawValue, Response, Status,
-    Trigger,
+    Accepted, DeliverEmit, DeliverTrigger, Emit, ErrorFrame, ForwardResponse, Origin, PoolOp, RawValue, Response,
+    Status, Trigger,
 };
 use tokio::time::{Duration, Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -116,6 +116,8 @@ impl Router {
                         format!("app '{caller_app}' is not in pool '{}'; join it first", &*t.pool),
                     )
                 })?;
+            pool.check(PoolOp::Call, caller_app.as_str(), &t.pool)
+                .map_err(|r| refuse(r.code, r.message))?;
             let reply_conn = match &t.reply_to {
                 Some(r) => Some(pool.members.get(&**r).cloned().ok_or_else(|| {
                     refuse(
@@ -306,6 +308,8 @@ impl Router {
                     format!("app '{sender_app}' is not in pool '{}'; join it first", &*e.pool),
                 )
             })?;
+        pool.check(PoolOp::Emit, sender_app.as_str(), &e.pool)
+            .map_err(|r| refuse(r.code, r.message))?;
         self.counters.inc(&self.counters.emits_total);
         let Some(targets) = pool.handlers.get(&*e.process).filter(|h| !h.list.is_empty()) else {
             self.counters.inc(&self.counters.emits_unrouted);

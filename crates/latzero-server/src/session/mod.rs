@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
-    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolRequest, RawValue, Request, Restored,
+    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request, Restored,
     ServerInfo, parse_request,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
@@ -316,6 +316,25 @@ impl Session {
             self.error(id, ErrorCode::PermissionDenied, &msg);
             return None;
         }
+        // Pool policies: joining a stored pool needs its `join` list (or ownership).
+        let joining = match &parsed.request {
+            Request::Handshake(h) => Some((h.app_id.as_str(), &h.pools[..])),
+            Request::Join(ps) => self.app.as_ref().map(|a| (a.as_str(), &ps[..])),
+            _ => None,
+        };
+        if let Some((app, pools)) = joining {
+            let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+            let refused = pools.iter().find_map(|p| {
+                dir.pools
+                    .get(p)
+                    .and_then(|pool| pool.check(PoolOp::Join, app, p.as_str()).err())
+            });
+            drop(dir);
+            if let Some(r) = refused {
+                self.error(id, r.code, &r.message);
+                return None;
+            }
+        }
         let app = match (&parsed.request, &self.app) {
             (Request::Handshake(_), Some(app)) => {
                 let msg = format!("this connection already completed its handshake as '{app}'");
@@ -361,24 +380,31 @@ impl Session {
             }
             Request::Block(b) => {
                 let app = app.expect("checked above");
-                let member = st
+                let rights = st
                     .directory
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .pools
                     .get(&b.pool)
-                    .is_some_and(|p| p.members.contains_key(&app));
-                if !member {
+                    .filter(|p| p.members.contains_key(&app))
+                    .map(|p| {
+                        (
+                            p.allows(PoolOp::Read, app.as_str()),
+                            p.allows(PoolOp::Write, app.as_str()),
+                        )
+                    });
+                let Some((read, write)) = rights else {
                     let msg = format!("app '{app}' is not in pool '{}'; join it first", b.pool);
                     self.error(id, ErrorCode::NotInPool, &msg);
                     return None;
-                }
+                };
                 let body = match &frame {
                     Frame::Binary { body, .. } => Some(&body[..]),
                     Frame::Json(_) => None,
                 };
                 let max = st.config.limits.max_frame_len;
-                match st.memory.handle(&self.conn, &app, id, b, body, max) {
+                let who = crate::memory::Caller { app: &app, read, write };
+                match st.memory.handle(&self.conn, who, id, b, body, max) {
                     Ok(Some(work)) => return Some(After::Block(work)),
                     Ok(None) => {}
                     Err(r) => self.error(id, r.code, &r.message),
@@ -538,6 +564,15 @@ impl Session {
                 let mut out = crate::registry::handshake(&st, &app, info).await;
                 if let Some(g) = &self.grant {
                     out.pools.retain(|p| g.may_join(p.as_str()));
+                }
+                {
+                    // Rehydration restores only the pools whose policies still let the app join.
+                    let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+                    out.pools.retain(|p| {
+                        dir.pools
+                            .get(p)
+                            .is_none_or(|pool| pool.allows(PoolOp::Join, app.as_str()))
+                    });
                 }
                 if let Some(e) = &out.store_error {
                     tracing::warn!(app = %app, error = %e, "registration not stored");
