@@ -317,9 +317,16 @@ pub struct StartArgs {
     /// Enable cluster mode (not available yet)
     #[arg(long, env = "LATZERO_CLUSTER_MODE", action = ArgAction::SetTrue)]
     pub cluster: bool,
-    /// Serve TLS on the TCP port (not available yet)
+    /// Serve TLS on the TCP port (a self-signed certificate is generated into
+    /// <data_dir>/config/ unless --tls-cert/--tls-key name one; its fingerprint is printed)
     #[arg(long, env = "LATZERO_ENABLE_TLS", action = ArgAction::SetTrue)]
     pub tls: bool,
+    /// TLS certificate chain, PEM (with --tls-key)
+    #[arg(long, env = "LATZERO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM (with --tls-cert)
+    #[arg(long, env = "LATZERO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "LATZERO_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -413,6 +420,13 @@ pub struct TargetArgs {
     /// Server port (forces TCP)
     #[arg(short = 'p', long, global = true)]
     pub port: Option<u16>,
+    /// Connect over TLS, pinning the server certificate's SHA-256 (as `latzero start --tls`
+    /// prints it; read from server.json when the TCP port is used without this)
+    #[arg(long, env = "LATZERO_TLS_FINGERPRINT", global = true)]
+    pub tls_fingerprint: Option<String>,
+    /// Connect over TLS, verifying the server against this CA certificate (PEM)
+    #[arg(long, env = "LATZERO_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

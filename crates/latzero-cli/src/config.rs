@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub port: Option<u16>,
     pub log_level: Option<String>,
     pub tls: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub cluster: Option<bool>,
     pub unix_socket: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
@@ -107,9 +109,6 @@ fn read_file(data_dir: &Path) -> Result<FileConfig> {
 pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let file = read_file(&data_dir)?;
-    if args.tls || file.tls == Some(true) {
-        bail!("TLS is not available yet in this release (--tls / LATZERO_ENABLE_TLS / tls in the config file)");
-    }
     if args.cluster || file.cluster == Some(true) {
         bail!(
             "cluster mode is not available yet in this release (--cluster / LATZERO_CLUSTER_MODE / cluster in the config file)"
@@ -121,6 +120,12 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     }
     if let Some(p) = args.port.or(file.port) {
         c.port = p;
+    }
+    c.tls.enabled = args.tls || file.tls == Some(true);
+    c.tls.cert = args.tls_cert.clone().or(file.tls_cert);
+    c.tls.key = args.tls_key.clone().or(file.tls_key);
+    if !c.tls.enabled && (c.tls.cert.is_some() || c.tls.key.is_some()) {
+        bail!("--tls-cert/--tls-key (or tls_cert/tls_key) are given but TLS is off; add --tls");
     }
     c.unix_socket = !args.no_unix_socket && file.unix_socket.unwrap_or(true);
     if let Some(ms) = args.shutdown_grace_ms.or(file.shutdown_grace_ms) {

@@ -347,10 +347,18 @@ fn start_refuses_with_one_line_reasons() -> Result<()> {
         !ok && err.contains("cannot use data directory") && err.lines().count() == 1,
         "{err}"
     );
-    for flag in ["--tls", "--cluster"] {
-        let (ok, err) = run(&["start", "-p", "0", "-d", other.path().to_str().unwrap(), flag])?;
-        assert!(!ok && err.contains("not available yet"), "{flag}: {err}");
-    }
+    let (ok, err) = run(&["start", "-p", "0", "-d", other.path().to_str().unwrap(), "--cluster"])?;
+    assert!(!ok && err.contains("not available yet"), "{err}");
+    let (ok, err) = run(&[
+        "start",
+        "-p",
+        "0",
+        "-d",
+        other.path().to_str().unwrap(),
+        "--tls-cert",
+        "/x",
+    ])?;
+    assert!(!ok && err.contains("TLS is off"), "{err}");
     Ok(())
 }
 
@@ -530,5 +538,51 @@ fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
     // The token is nowhere in the server's log.
     let log = std::fs::read_to_string(s.data_dir.join("logs/server.log")).unwrap_or_default();
     assert!(!log.contains(token));
+    Ok(())
+}
+
+#[test]
+fn tls_server_prints_its_fingerprint_and_cli_processes_call_through_it() -> Result<()> {
+    let s = ServerProc::start(bin(), &["--tls", "--no-unix-socket"])?;
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let fp = info["tls_fingerprint"]
+        .as_str()
+        .expect("fingerprint in server.json")
+        .to_owned();
+    assert_eq!(fp.len(), 32 * 3 - 1, "{fp}");
+    // Handler and caller are separate processes that find the TLS port and its fingerprint
+    // through server.json.
+    let _w = s.reply(&["--app", "w", "--pool", "alpha", "echo"])?;
+    let (ok, out, err) = s.run(&["call", "--pool", "alpha", "echo", "--count", "20", "--expect-echo"])?;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(out.trim())?["ok"], 20);
+    let (ok, _, err) = s.run(&["status"])?;
+    assert!(ok, "{err}");
+    // Forced to the port without TLS: the server's TLS_REQUIRED, not a hang.
+    let port = s.tcp.port().to_string();
+    let (ok, _, err) = s.run(&["status", "--port", &port])?;
+    assert!(!ok && err.contains("TLS_REQUIRED"), "{err}");
+    let (ok, _, err) = s.run(&["status", "--port", &port, "--tls-fingerprint", &fp])?;
+    assert!(ok, "{err}");
+    let wrong = "00".repeat(32);
+    let (ok, _, err) = s.run(&["status", "--port", &port, "--tls-fingerprint", &wrong])?;
+    assert!(!ok && err.contains("pinned"), "{err}");
+
+    // The start-up output names the fingerprint (a second server on the same certificate).
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("config"))?;
+    for f in ["tls-cert.pem", "tls-key.pem"] {
+        std::fs::copy(s.data_dir.join("config").join(f), dir.path().join("config").join(f))?;
+    }
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["start", "--tls", "--port", "0", "--no-unix-socket", "--data-dir"])
+        .arg(dir.path())
+        .env("LATZERO_VOLATILE_MEMORY_DIR", dir.path());
+    let mut p = Proc::spawn(cmd)?;
+    let line = p.wait_line(|l| l.contains("SHA-256 fingerprint"))?;
+    assert!(line.contains(&fp), "{line}");
+    p.signal(15);
+    let (st, _) = p.wait_exit()?;
+    assert!(st.success());
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use latzero_proto::Endpoint;
+use latzero_proto::{Endpoint, TlsVerify};
 use serde_json::{Value, json};
 
 use crate::connection::{FrameReader, Writer, open_with_request};
@@ -13,26 +13,54 @@ use crate::error::ClientError;
 
 pub use crate::connection::{default_data_dir, resolve};
 
+/// Where admin requests go: an endpoint, and how to verify the server over TLS (TCP only).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Connect over TLS, verifying the server this way.
+    pub tls: Option<TlsVerify>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.endpoint, &self.tls) {
+            (Endpoint::Tcp(a), Some(_)) => write!(f, "tls://{a}"),
+            (e, _) => e.fmt(f),
+        }
+    }
+}
+
+impl From<Endpoint> for Target {
+    fn from(endpoint: Endpoint) -> Self {
+        Target { endpoint, tls: None }
+    }
+}
+
 /// One anonymous request; returns the answer and the still-open connection.
-async fn request(
-    endpoint: &Endpoint,
-    action: &str,
-    wait: Duration,
-) -> Result<(Value, FrameReader, Writer), ClientError> {
+async fn request(target: &Target, action: &str, wait: Duration) -> Result<(Value, FrameReader, Writer), ClientError> {
     let mut request = json!({"action": action, "id": 1});
     with_env_auth(&mut request);
-    let (json, reader, w) = open_with_request(endpoint, &request, latzero_proto::DEFAULT_MAX_FRAME_LEN, wait).await?;
+    let (json, reader, w) = open_with_request(
+        &target.endpoint,
+        target.tls.as_ref(),
+        &request,
+        latzero_proto::DEFAULT_MAX_FRAME_LEN,
+        wait,
+    )
+    .await?;
     Ok((serde_json::from_slice(&json)?, reader, w))
 }
 
 /// Any anonymous request (`fields` gets an `action` and an `id`); the server's answer, with
 /// error frames as `Err`.
-pub async fn query(endpoint: &Endpoint, action: &str, mut fields: Value) -> Result<Value, ClientError> {
+pub async fn query(target: &Target, action: &str, mut fields: Value) -> Result<Value, ClientError> {
     fields["action"] = json!(action);
     fields["id"] = json!(1);
     with_env_auth(&mut fields);
     let (json, _r, _w) = open_with_request(
-        endpoint,
+        &target.endpoint,
+        target.tls.as_ref(),
         &fields,
         latzero_proto::DEFAULT_MAX_FRAME_LEN,
         Duration::from_secs(10),
@@ -43,18 +71,20 @@ pub async fn query(endpoint: &Endpoint, action: &str, mut fields: Value) -> Resu
 
 /// Asks the server to back its database up now; calls `progress(percent)` as the copy goes and
 /// returns the `backup_done` answer (`path`, `bytes`).
-pub async fn backup(endpoint: &Endpoint, mut progress: impl FnMut(u64)) -> Result<Value, ClientError> {
+pub async fn backup(target: &Target, mut progress: impl FnMut(u64)) -> Result<Value, ClientError> {
     use tokio::io::AsyncWriteExt;
-    let (r, mut w) = crate::connection::open(endpoint).await?;
+    let (r, mut w) = crate::connection::open(&target.endpoint, target.tls.as_ref()).await?;
     let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
     let mut req = json!({"action": "backup", "id": 1});
     with_env_auth(&mut req);
-    w.write_all(&latzero_proto::frame::encode_message(&req))
-        .await
-        .map_err(|e| ClientError::Connect {
-            endpoint: endpoint.to_string(),
-            source: e,
-        })?;
+    let sent = async {
+        w.write_all(&latzero_proto::frame::encode_message(&req)).await?;
+        w.flush().await
+    };
+    sent.await.map_err(|e| ClientError::Connect {
+        endpoint: target.endpoint.to_string(),
+        source: e,
+    })?;
     loop {
         let frame = reader
             .next()
@@ -76,22 +106,22 @@ pub async fn backup(endpoint: &Endpoint, mut progress: impl FnMut(u64)) -> Resul
 }
 
 /// The server's `status_result`.
-pub async fn status(endpoint: &Endpoint) -> Result<Value, ClientError> {
-    Ok(request(endpoint, "status", Duration::from_secs(10)).await?.0)
+pub async fn status(target: &Target) -> Result<Value, ClientError> {
+    Ok(request(target, "status", Duration::from_secs(10)).await?.0)
 }
 
 /// Round-trip time of a `ping`.
-pub async fn ping(endpoint: &Endpoint) -> Result<Duration, ClientError> {
+pub async fn ping(target: &Target) -> Result<Duration, ClientError> {
     let t = std::time::Instant::now();
-    request(endpoint, "ping", Duration::from_secs(10)).await?;
+    request(target, "ping", Duration::from_secs(10)).await?;
     Ok(t.elapsed())
 }
 
 /// Asks the server to shut down and waits until it has closed this connection (so the server
 /// has finished its graceful shutdown of the sessions), at most `wait`.
-pub async fn shutdown(endpoint: &Endpoint, wait: Duration) -> Result<(), ClientError> {
+pub async fn shutdown(target: &Target, wait: Duration) -> Result<(), ClientError> {
     // Keep our write side open: closing it would end the session before the server does.
-    let (_, mut reader, _w) = request(endpoint, "shutdown", wait).await?;
+    let (_, mut reader, _w) = request(target, "shutdown", wait).await?;
     let drained = async { while let Ok(Some(_)) = reader.next().await {} };
     tokio::time::timeout(wait, drained)
         .await

@@ -186,8 +186,11 @@ impl Client {
 
     /// Connects with options. Fails if the first connection or handshake fails; after that,
     /// drops are handled by reconnecting.
-    pub async fn connect_with(url: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+    pub async fn connect_with(url: &str, mut opts: ClientOptions) -> Result<Client, ClientError> {
         let url: LatzeroUrl = url.parse()?;
+        if url.tls.is_some() {
+            opts.tls = url.tls;
+        }
         let triggers = opts
             .triggers
             .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::ServerFrame;
-use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, UNIX_SOCKET_NAME};
+use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, TlsVerify, UNIX_SOCKET_NAME};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
@@ -40,31 +40,51 @@ pub fn resolve(endpoint: &Endpoint) -> Endpoint {
             if sock.exists() {
                 return Endpoint::Unix(sock);
             }
-            let host = std::env::var("LATZERO_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
-            let port = std::env::var("LATZERO_PORT")
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok())
-                .unwrap_or(DEFAULT_PORT);
-            Endpoint::Tcp(format!("{host}:{port}"))
+            Endpoint::Tcp(default_tcp())
         }
         other => other.clone(),
     }
 }
 
-/// Opens a stream to a concrete endpoint.
-pub(crate) async fn open(endpoint: &Endpoint) -> Result<(Reader, Writer), ClientError> {
+/// `$LATZERO_HOST:$LATZERO_PORT`, defaults 127.0.0.1:45227.
+fn default_tcp() -> String {
+    let host = std::env::var("LATZERO_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
+    let port = std::env::var("LATZERO_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(DEFAULT_PORT);
+    format!("{host}:{port}")
+}
+
+/// Opens a stream to an endpoint, over TLS when `tls` says how to verify the server (TLS is
+/// served on the TCP port only; the default endpoint then means the default TCP address).
+pub(crate) async fn open(endpoint: &Endpoint, tls: Option<&TlsVerify>) -> Result<(Reader, Writer), ClientError> {
     let err = |e| ClientError::Connect {
         endpoint: endpoint.to_string(),
         source: e,
     };
-    match resolve(endpoint) {
+    let target = match (endpoint, tls) {
+        (Endpoint::Default, Some(_)) => Endpoint::Tcp(default_tcp()),
+        _ => resolve(endpoint),
+    };
+    match target {
         Endpoint::Tcp(addr) => {
             let s = TcpStream::connect(&addr).await.map_err(err)?;
             let _ = s.set_nodelay(true);
+            if let Some(verify) = tls {
+                let (r, w) = tokio::io::split(crate::tls::connect(s, &addr, verify).await?);
+                return Ok((Box::new(r), Box::new(w)));
+            }
             let (r, w) = s.into_split();
             Ok((Box::new(r), Box::new(w)))
         }
         Endpoint::Unix(path) => {
+            if tls.is_some() {
+                return Err(ClientError::Tls {
+                    endpoint: endpoint.to_string(),
+                    reason: "TLS is served on the TCP port only; the Unix socket is local and owner-only (connect to it without TLS)".into(),
+                });
+            }
             let s = UnixStream::connect(&path).await.map_err(err)?;
             let (r, w) = s.into_split();
             Ok((Box::new(r), Box::new(w)))
@@ -110,19 +130,22 @@ impl FrameReader {
 /// gives up after `wait`.
 pub(crate) async fn open_with_request(
     endpoint: &Endpoint,
+    tls: Option<&TlsVerify>,
     request: &Value,
     max_frame_len: usize,
     wait: Duration,
 ) -> Result<(Bytes, FrameReader, Writer), ClientError> {
-    let (r, mut w) = open(endpoint).await?;
+    let (r, mut w) = open(endpoint, tls).await?;
     let mut reader = FrameReader::new(r, max_frame_len);
     let id = request["id"].to_string();
-    w.write_all(&encode_message(request))
-        .await
-        .map_err(|e| ClientError::Connect {
-            endpoint: endpoint.to_string(),
-            source: e,
-        })?;
+    let sent = async {
+        w.write_all(&encode_message(request)).await?;
+        w.flush().await
+    };
+    sent.await.map_err(|e| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source: e,
+    })?;
     let answer = async {
         loop {
             let frame = reader
@@ -131,7 +154,10 @@ pub(crate) async fn open_with_request(
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
                 .ok_or(ClientError::Disconnected)?;
             let env = ServerFrame::parse(frame.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if env.in_reply_to.map(|r| r.get()) != Some(id.as_str()) {
+            // An error answering nothing in particular (TLS_REQUIRED, for one) is the answer too:
+            // the server closes after it.
+            let uncorrelated_error = env.in_reply_to.is_none() && env.action() == Some("error");
+            if env.in_reply_to.map(|r| r.get()) != Some(id.as_str()) && !uncorrelated_error {
                 continue;
             }
             if env.action() == Some("error") {
@@ -169,6 +195,8 @@ pub(crate) async fn writer_task(mut rx: mpsc::Receiver<Bytes>, mut w: Writer, de
             }
             w.write_all(&buf).await.is_ok()
         };
+        // A no-op on plain sockets; TLS may hold the tail of a record until flushed.
+        let ok = ok && w.flush().await.is_ok();
         batch.clear();
         if !ok {
             dead.cancel();

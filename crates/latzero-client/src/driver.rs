@@ -292,6 +292,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
     };
     let (ack, reader, w) = open_with_request(
         &inner.endpoint,
+        inner.opts.tls.as_ref(),
         &handshake,
         inner.opts.max_frame_len,
         inner.opts.request_timeout,

@@ -38,6 +38,14 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed or TLS could not be set up; the reason says which.
+    #[error("TLS with {endpoint} failed: {reason}")]
+    Tls {
+        /// Where we tried.
+        endpoint: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The server answered with an error frame.
     #[error(transparent)]
     Remote(#[from] RemoteError),

@@ -42,11 +42,12 @@ mod error;
 mod handler;
 mod memory;
 mod options;
+mod tls;
 
 pub use call::{BroadcastReply, Call};
 pub use client::{Client, ClientEvent, Forwarded, PoolSpec};
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
-pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TriggerName};
+pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TlsVerify, TriggerName, parse_fingerprint};
 pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, MemoryBlock, Records};
 pub use options::ClientOptions;

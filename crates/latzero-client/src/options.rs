@@ -22,6 +22,7 @@ pub struct ClientOptions {
     pub(crate) write_queue: usize,
     pub(crate) max_frame_len: usize,
     pub(crate) triggers: Vec<String>,
+    pub(crate) tls: Option<latzero_proto::TlsVerify>,
 }
 
 impl Default for ClientOptions {
@@ -38,6 +39,7 @@ impl Default for ClientOptions {
             write_queue: 8192,
             max_frame_len: latzero_proto::DEFAULT_MAX_FRAME_LEN,
             triggers: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -90,6 +92,13 @@ impl ClientOptions {
     /// Authenticate with a JWT naming this app (for servers started with `--require-auth`).
     pub fn jwt(mut self, jwt: impl Into<String>) -> Self {
         self.auth = Some(serde_json::json!({ "jwt": jwt.into() }));
+        self
+    }
+
+    /// Connect over TLS to the server's TCP port, verifying it this way (what a `latzeros://`
+    /// URL's `fingerprint` or `ca` says; the URL's choice wins when it has one).
+    pub fn tls(mut self, verify: latzero_proto::TlsVerify) -> Self {
+        self.tls = Some(verify);
         self
     }
 

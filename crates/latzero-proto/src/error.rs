@@ -70,6 +70,8 @@ pub enum ErrorCode {
     PoolInUse,
     /// The credential is missing, wrong, expired, or names another app; the connection is closed.
     AuthFailed,
+    /// A plain (non-TLS) connection to a port that serves TLS; the connection is closed.
+    TlsRequired,
     /// The feature exists in the protocol but is not available in this server yet.
     NotAvailable,
     /// A bug in the server; the message says what failed. Clients also map codes they do not
@@ -112,13 +114,14 @@ impl ErrorCode {
             Self::PoolExists => "POOL_EXISTS",
             Self::PoolInUse => "POOL_IN_USE",
             Self::AuthFailed => "AUTH_FAILED",
+            Self::TlsRequired => "TLS_REQUIRED",
             Self::NotAvailable => "NOT_AVAILABLE",
             Self::Internal => "INTERNAL",
         }
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -150,6 +153,7 @@ impl ErrorCode {
         Self::PoolExists,
         Self::PoolInUse,
         Self::AuthFailed,
+        Self::TlsRequired,
         Self::NotAvailable,
         Self::Internal,
     ];

@@ -20,7 +20,7 @@ pub mod url;
 pub use error::ErrorCode;
 pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, FrameError};
 pub use name::{AppId, BlockId, NameError, PoolName, TriggerName};
-pub use url::{Endpoint, LatzeroUrl, UrlError};
+pub use url::{Endpoint, LatzeroUrl, TlsVerify, UrlError, format_fingerprint, parse_fingerprint};
 
 /// The protocol version this crate speaks, `MAJOR.MINOR`. Peers with the same major interoperate.
 pub const PROTOCOL_VERSION: &str = "1.0";

@@ -5,16 +5,21 @@
 //! latzero://APP_ID@HOST:PORT                        TCP
 //! latzero://APP_ID?socket=/path/to/latzero.sock     Unix domain socket
 //! latzero://APP_ID?pools=alpha,beta                 pools to join at handshake
+//! latzeros://APP_ID@HOST:PORT?fingerprint=SHA256    TLS, pinning the server certificate
+//! latzeros://APP_ID@HOST:PORT?ca=/path/ca.pem       TLS, verifying against a CA
 //! ```
 //!
 //! Query parameters may be combined (`?socket=...&pools=...`). With no host and no socket, a
 //! client uses the Unix socket of the default data directory when it exists and TCP
-//! 127.0.0.1:45227 otherwise. `latzeros://` is reserved for TLS (a later release).
+//! 127.0.0.1:45227 otherwise. `latzeros://` is TCP only (default 127.0.0.1:45227) and needs
+//! exactly one of `fingerprint` (the SHA-256 of the server's certificate, hex, colons allowed,
+//! as the server prints it at start) or `ca`.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::name::{AppId, NameError, PoolName};
+use crate::{DEFAULT_HOST, DEFAULT_PORT};
 
 /// Where a client connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,43 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// How a TLS client verifies the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsVerify {
+    /// A chain to a CA certificate in this PEM file, for the host's name or IP address.
+    Ca(PathBuf),
+    /// Exactly this certificate: the SHA-256 of its DER encoding.
+    Fingerprint([u8; 32]),
+}
+
+/// Formats a certificate fingerprint as the server prints it: uppercase hex pairs joined by
+/// colons (as `openssl x509 -fingerprint -sha256` does).
+pub fn format_fingerprint(sha256: &[u8; 32]) -> String {
+    let hex: Vec<String> = sha256.iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, case-insensitive, colons and an optional
+/// `sha256:` prefix allowed.
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], UrlError> {
+    let bad = || UrlError::Fingerprint(s.to_owned());
+    let t = s.trim();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .unwrap_or(t);
+    let hex: Vec<u8> = t.bytes().filter(|b| *b != b':').collect();
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
 /// A parsed `latzero://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatzeroUrl {
@@ -46,6 +88,8 @@ pub struct LatzeroUrl {
     pub endpoint: Endpoint,
     /// Pools to join at handshake.
     pub pools: Vec<PoolName>,
+    /// `latzeros://`: connect over TLS, verifying the server this way.
+    pub tls: Option<TlsVerify>,
 }
 
 /// Why a URL was refused.
@@ -54,9 +98,15 @@ pub enum UrlError {
     /// Not a `latzero://` URL.
     #[error("'{0}' is not a latzero URL; expected latzero://APP_ID[@HOST:PORT][?socket=PATH&pools=A,B]")]
     Scheme(String),
-    /// `latzeros://` needs TLS, which this release does not have.
-    #[error("latzeros:// (TLS) is not available yet; use latzero://")]
-    TlsNotAvailable,
+    /// `latzeros://` without a way to verify the server.
+    #[error("latzeros:// needs ?fingerprint=SHA256 (printed by the server at start) or ?ca=PATH to verify the server")]
+    TlsVerifyMissing,
+    /// `latzeros://` with a Unix socket, or TLS parameters on `latzero://`.
+    #[error("{0}")]
+    TlsMisuse(&'static str),
+    /// A fingerprint that is not 64 hex digits.
+    #[error("'{0}' is not a SHA-256 fingerprint (64 hex digits, colons allowed)")]
+    Fingerprint(String),
     /// The app id or a pool name is invalid.
     #[error(transparent)]
     Name(#[from] NameError),
@@ -67,7 +117,7 @@ pub enum UrlError {
     #[error("give either @HOST:PORT or ?socket=PATH, not both")]
     Conflict,
     /// A query parameter this URL does not know.
-    #[error("unknown URL parameter '{0}'; known: socket, pools")]
+    #[error("unknown URL parameter '{0}'; known: socket, pools, fingerprint, ca")]
     UnknownParam(String),
 }
 
@@ -75,12 +125,11 @@ impl std::str::FromStr for LatzeroUrl {
     type Err = UrlError;
 
     fn from_str(s: &str) -> Result<Self, UrlError> {
-        if s.starts_with("latzeros://") {
-            return Err(UrlError::TlsNotAvailable);
-        }
-        let rest = s
-            .strip_prefix("latzero://")
-            .ok_or_else(|| UrlError::Scheme(s.to_owned()))?;
+        let (secure, rest) = match (s.strip_prefix("latzeros://"), s.strip_prefix("latzero://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            (None, None) => return Err(UrlError::Scheme(s.to_owned())),
+        };
         let (main, query) = match rest.split_once('?') {
             Some((m, q)) => (m, Some(q)),
             None => (rest, None),
@@ -104,6 +153,7 @@ impl std::str::FromStr for LatzeroUrl {
             }
         };
         let mut pools = Vec::new();
+        let mut tls = None;
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "socket" => {
@@ -117,13 +167,36 @@ impl std::str::FromStr for LatzeroUrl {
                         pools.push(PoolName::try_from(p)?);
                     }
                 }
+                "fingerprint" | "ca" if !secure => {
+                    return Err(UrlError::TlsMisuse("fingerprint and ca are for latzeros:// (TLS) URLs"));
+                }
+                "fingerprint" | "ca" if tls.is_some() => {
+                    return Err(UrlError::TlsMisuse("give one of fingerprint and ca, once"));
+                }
+                "fingerprint" => tls = Some(TlsVerify::Fingerprint(parse_fingerprint(&v)?)),
+                "ca" => tls = Some(TlsVerify::Ca(PathBuf::from(&*v))),
                 other => return Err(UrlError::UnknownParam(other.to_owned())),
+            }
+        }
+        if secure {
+            match endpoint {
+                Endpoint::Unix(_) => {
+                    return Err(UrlError::TlsMisuse(
+                        "latzeros:// is TLS over TCP; the Unix socket is local and owner-only, use latzero://",
+                    ));
+                }
+                Endpoint::Default => endpoint = Endpoint::Tcp(format!("{DEFAULT_HOST}:{DEFAULT_PORT}")),
+                Endpoint::Tcp(_) => {}
+            }
+            if tls.is_none() {
+                return Err(UrlError::TlsVerifyMissing);
             }
         }
         Ok(LatzeroUrl {
             app_id,
             endpoint,
             pools,
+            tls,
         })
     }
 }
@@ -142,6 +215,13 @@ mod tests {
         let u: LatzeroUrl = "latzero://a?socket=/tmp/x%20y.sock&pools=alpha,beta".parse().unwrap();
         assert_eq!(u.endpoint, Endpoint::Unix("/tmp/x y.sock".into()));
         assert_eq!(u.pools.len(), 2);
+        let fp = format_fingerprint(&[0xab; 32]);
+        let u: LatzeroUrl = format!("latzeros://a?fingerprint={fp}").parse().unwrap();
+        assert_eq!(u.endpoint, Endpoint::Tcp(format!("{DEFAULT_HOST}:{DEFAULT_PORT}")));
+        assert_eq!(u.tls, Some(TlsVerify::Fingerprint([0xab; 32])));
+        assert_eq!(parse_fingerprint(&"AB".repeat(32)), Ok([0xab; 32]));
+        let u: LatzeroUrl = "latzeros://a@h:1?ca=/etc/ca.pem".parse().unwrap();
+        assert_eq!(u.tls, Some(TlsVerify::Ca("/etc/ca.pem".into())));
     }
 
     #[test]
@@ -149,7 +229,19 @@ mod tests {
         assert!(matches!("http://x".parse::<LatzeroUrl>(), Err(UrlError::Scheme(_))));
         assert!(matches!(
             "latzeros://x".parse::<LatzeroUrl>(),
-            Err(UrlError::TlsNotAvailable)
+            Err(UrlError::TlsVerifyMissing)
+        ));
+        assert!(matches!(
+            "latzeros://x?socket=/s&ca=/c".parse::<LatzeroUrl>(),
+            Err(UrlError::TlsMisuse(_))
+        ));
+        assert!(matches!(
+            "latzero://x?ca=/c".parse::<LatzeroUrl>(),
+            Err(UrlError::TlsMisuse(_))
+        ));
+        assert!(matches!(
+            "latzeros://x?fingerprint=abc".parse::<LatzeroUrl>(),
+            Err(UrlError::Fingerprint(_))
         ));
         assert!(matches!("latzero://a b".parse::<LatzeroUrl>(), Err(UrlError::Name(_))));
         assert!(matches!(

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub store: crate::store::StoreConfig,
     /// Who may connect.
     pub auth: crate::security::AuthConfig,
+    /// TLS on the TCP port.
+    pub tls: crate::tls::TlsConfig,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
 }
@@ -78,6 +80,7 @@ impl ServerConfig {
             limits: Limits::default(),
             memory: crate::memory::MemoryConfig::default(),
             store: crate::store::StoreConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             auth: crate::security::AuthConfig::default(),
             shutdown_grace: Duration::from_secs(5),
         }

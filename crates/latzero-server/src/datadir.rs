@@ -29,6 +29,9 @@ pub struct RuntimeInfo {
     pub unix: Option<PathBuf>,
     /// The server's version.
     pub version: String,
+    /// With TLS: the SHA-256 fingerprint of the TCP port's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
 }
 
 impl RuntimeInfo {

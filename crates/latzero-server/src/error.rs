@@ -55,6 +55,9 @@ pub enum ServerError {
         /// Why.
         why: String,
     },
+    /// The TLS settings or certificate are not usable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The authentication settings are not usable.
     #[error("invalid authentication settings: {0}")]
     Auth(String),

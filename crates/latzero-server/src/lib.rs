@@ -40,6 +40,7 @@ mod security;
 mod server;
 mod session;
 pub mod store;
+mod tls;
 mod transport;
 
 pub use backup::{Restored, list as list_backups, restore};
@@ -50,3 +51,4 @@ pub use memory::MemoryConfig;
 pub use security::{AuthConfig, token_sha256};
 pub use server::Server;
 pub use store::StoreConfig;
+pub use tls::{GENERATED_CERT, GENERATED_KEY, TlsConfig};

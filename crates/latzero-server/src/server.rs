@@ -29,6 +29,7 @@ use crate::memory::Memory;
 use crate::router::Router;
 use crate::session::conn::{Conn, ConnId};
 use crate::store::Store;
+use crate::tls::Tls;
 use crate::transport;
 
 /// State shared by every session.
@@ -40,6 +41,8 @@ pub(crate) struct State {
     pub memory: Memory,
     pub store: Store,
     pub auth: crate::security::Auth,
+    /// The TCP port's certificate, with `--tls`.
+    pub tls: Option<Tls>,
     pub counters: Arc<Counters>,
     pub conns: Mutex<HashMap<ConnId, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -147,6 +150,10 @@ impl Server {
             (None, None)
         };
         let auth = crate::security::Auth::new(&config.auth).map_err(ServerError::Auth)?;
+        let tls = match config.tls.enabled {
+            true => Some(Tls::load(&config.tls, &datadir.path().join("config"), &config.host)?),
+            false => None,
+        };
         let store = Store::open(datadir.path(), config.store.clone())?;
         let stored_blocks = store.all_blocks().await?.into_iter().filter(|b| b.persistent).collect();
         let (memory, stale) = Memory::open(datadir.path(), config.memory.clone(), stored_blocks)?;
@@ -162,12 +169,14 @@ impl Server {
             tcp: tcp_addr,
             unix: unix_path.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
         })?;
         let counters = Arc::new(Counters::default());
         let state = Arc::new(State {
             memory,
             store,
             auth,
+            tls,
             router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
             config,
             directory: RwLock::new(directory),
@@ -197,6 +206,14 @@ impl Server {
     /// The Unix socket path, if enabled.
     pub fn unix_path(&self) -> Option<&Path> {
         self.state.unix.as_deref()
+    }
+
+    /// With TLS: the SHA-256 fingerprint of the TCP port's certificate, and the certificate file.
+    pub fn tls(&self) -> Option<(&str, &Path)> {
+        self.state
+            .tls
+            .as_ref()
+            .map(|t| (t.fingerprint.as_str(), t.cert_path.as_path()))
     }
 
     /// Serves until `shutdown` completes or a client sends `shutdown`, then shuts down

@@ -1,11 +1,10 @@
-//! Listeners: TCP and the Unix domain socket. Each accepted stream becomes a session; the
-//! protocol is the same on both.
+//! Listeners: TCP (plain, or TLS with `--tls`) and the Unix domain socket. Each accepted stream
+//! becomes a session; the protocol is the same on all of them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,35 +15,56 @@ use crate::session::conn::Sock;
 /// Pause after a failed accept (for example EMFILE) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// A listener whose accepted streams split into owned read and write halves.
+/// A listener whose accepted streams each become a tracked session.
 pub(crate) trait Listener: Send + 'static {
-    type Read: AsyncRead + Unpin + Send + 'static;
+    type Stream: Send + 'static;
     const KIND: &'static str;
 
-    /// Accepts one connection: its halves and a peer description for logs and status.
-    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Read, Sock, String)>> + Send;
+    /// Accepts one connection, with a peer description for logs and status.
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+
+    /// Runs the connection's session (never blocking the accept loop).
+    fn serve(state: &Arc<State>, stream: Self::Stream, peer: String, tracker: &TaskTracker);
 }
 
 impl Listener for TcpListener {
-    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Stream = TcpStream;
     const KIND: &'static str = "tcp";
 
-    async fn accept(&self) -> std::io::Result<(Self::Read, Sock, String)> {
+    async fn accept(&self) -> std::io::Result<(TcpStream, String)> {
         let (stream, peer) = TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
+        Ok((stream, peer.to_string()))
+    }
+
+    fn serve(state: &Arc<State>, stream: TcpStream, peer: String, tracker: &TaskTracker) {
+        if let Some(tls) = &state.tls {
+            tracker.spawn(crate::tls::serve(
+                state.clone(),
+                tls.clone(),
+                stream,
+                peer,
+                tracker.clone(),
+            ));
+            return;
+        }
         let (r, w) = stream.into_split();
-        Ok((r, Sock::Tcp(w), peer.to_string()))
+        tracker.spawn(session::run(state.clone(), r, Sock::Tcp(w), peer));
     }
 }
 
 impl Listener for UnixListener {
-    type Read = tokio::net::unix::OwnedReadHalf;
+    type Stream = UnixStream;
     const KIND: &'static str = "unix";
 
-    async fn accept(&self) -> std::io::Result<(Self::Read, Sock, String)> {
+    async fn accept(&self) -> std::io::Result<(UnixStream, String)> {
         let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, "unix".to_owned()))
+    }
+
+    fn serve(state: &Arc<State>, stream: UnixStream, peer: String, tracker: &TaskTracker) {
         let (r, w) = stream.into_split();
-        Ok((r, Sock::Unix(w), "unix".to_owned()))
+        tracker.spawn(session::run(state.clone(), r, Sock::Unix(w), peer));
     }
 }
 
@@ -59,9 +79,7 @@ pub(crate) async fn accept_loop<L: Listener>(
         tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((r, w, peer)) => {
-                    tracker.spawn(session::run(state.clone(), r, w, peer));
-                }
+                Ok((stream, peer)) => L::serve(&state, stream, peer, &tracker),
                 Err(e) => {
                     tracing::warn!(listener = L::KIND, error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -209,11 +209,11 @@ async fn in_process_short_circuit_needs_no_server_round_trip() {
     })
     .await
     .unwrap();
-    let before = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()))
+    let before = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()).into())
         .await
         .unwrap();
     assert_eq!(c.call("p", "double", &21).await.unwrap(), 42);
-    let after = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()))
+    let after = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()).into())
         .await
         .unwrap();
     assert_eq!(before["counters"]["calls_total"], after["counters"]["calls_total"]);

@@ -28,7 +28,7 @@ fn s(v: &Value) -> String {
 }
 
 async fn query(t: &TargetArgs, action: &str, fields: Value) -> Result<Value> {
-    let ep = super::endpoint(t);
+    let ep = super::target(t)?;
     latzero_client::admin::query(&ep, action, fields)
         .await
         .with_context(|| format!("{action} at {ep}"))
@@ -189,7 +189,7 @@ pub async fn blocks(a: BlocksArgs) -> Result<()> {
 /// `latzero backup`: a progress bar on stderr, the backup's path and size on stdout.
 pub async fn backup(t: TargetArgs) -> Result<()> {
     use std::io::Write as _;
-    let ep = super::endpoint(&t);
+    let ep = super::target(&t)?;
     let mut err = std::io::stderr();
     let done = latzero_client::admin::backup(&ep, |pct| {
         let filled = (pct.min(100) / 5) as usize;

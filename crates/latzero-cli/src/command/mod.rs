@@ -9,28 +9,46 @@ pub mod start;
 pub mod status;
 pub mod stop;
 
-use anyhow::{Context, Result};
-use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint};
+use anyhow::{Context, Result, bail};
+use latzero_client::admin::Target;
+use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, TlsVerify, parse_fingerprint};
 use latzero_server::RuntimeInfo;
 
 use crate::cli::TargetArgs;
 use crate::config::default_data_dir;
 
-/// Where the target server listens: --host/--port, else server.json in the data dir (Unix
-/// socket preferred), else the default TCP address.
-pub fn endpoint(t: &TargetArgs) -> Endpoint {
-    if t.host.is_some() || t.port.is_some() {
+/// Where the target server listens, and whether over TLS: --host/--port, else server.json in
+/// the data dir (Unix socket preferred; its TCP port with the recorded TLS fingerprint
+/// otherwise), else the default TCP address. --tls-fingerprint/--tls-ca force TLS over TCP.
+pub fn target(t: &TargetArgs) -> Result<Target> {
+    let mut tls = match (&t.tls_fingerprint, &t.tls_ca) {
+        (Some(_), Some(_)) => bail!("give --tls-fingerprint or --tls-ca, not both"),
+        (Some(f), None) => Some(TlsVerify::Fingerprint(parse_fingerprint(f)?)),
+        (None, Some(ca)) => Some(TlsVerify::Ca(ca.clone())),
+        (None, None) => None,
+    };
+    let default_tcp = || Endpoint::Tcp(format!("{DEFAULT_HOST}:{DEFAULT_PORT}"));
+    let endpoint = if t.host.is_some() || t.port.is_some() {
         let host = t.host.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned());
-        return Endpoint::Tcp(format!("{host}:{}", t.port.unwrap_or(DEFAULT_PORT)));
-    }
-    let dir = t.data_dir.clone().unwrap_or_else(default_data_dir);
-    match RuntimeInfo::read(&dir) {
-        Ok(info) => match info.unix {
-            Some(p) if p.exists() => Endpoint::Unix(p),
-            _ => Endpoint::Tcp(info.tcp.to_string()),
-        },
-        Err(_) => Endpoint::Tcp(format!("{DEFAULT_HOST}:{DEFAULT_PORT}")),
-    }
+        Endpoint::Tcp(format!("{host}:{}", t.port.unwrap_or(DEFAULT_PORT)))
+    } else {
+        let dir = t.data_dir.clone().unwrap_or_else(default_data_dir);
+        match RuntimeInfo::read(&dir) {
+            Ok(info) => match info.unix {
+                Some(p) if p.exists() && tls.is_none() => Endpoint::Unix(p),
+                _ => {
+                    if tls.is_none()
+                        && let Some(f) = &info.tls_fingerprint
+                    {
+                        tls = Some(TlsVerify::Fingerprint(parse_fingerprint(f)?));
+                    }
+                    Endpoint::Tcp(info.tcp.to_string())
+                }
+            },
+            Err(_) => default_tcp(),
+        }
+    };
+    Ok(Target { endpoint, tls })
 }
 
 /// A `latzero://` URL for `app` at the target.
@@ -43,7 +61,7 @@ pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String
     } else {
         format!("pools={}", pools.join(","))
     };
-    let u = match endpoint(t) {
+    let u = match target(t)?.endpoint {
         Endpoint::Tcp(a) => format!(
             "latzero://{app}@{a}{}",
             if pools.is_empty() {
@@ -81,6 +99,9 @@ pub async fn connect(
         && !t.is_empty()
     {
         opts = opts.token(t);
+    }
+    if let Some(tls) = target(t)?.tls {
+        opts = opts.tls(tls);
     }
     Ok(opts.connect(&url(t, app, pools)?).await?)
 }

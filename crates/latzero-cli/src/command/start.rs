@@ -16,6 +16,15 @@ pub async fn run(args: StartArgs) -> Result<()> {
     let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let data_dir = cfg.server.data_dir.clone();
     let server = Server::bind(cfg.server).await?;
+    if let Some((fingerprint, cert)) = server.tls() {
+        tracing::info!(%fingerprint, cert = %cert.display(), "serving TLS on the TCP port");
+        println!(
+            "TLS on tcp {}: certificate {}\n  SHA-256 fingerprint {fingerprint}\n  connect with latzeros://APP@{}?fingerprint={fingerprint}",
+            server.local_addr(),
+            cert.display(),
+            server.local_addr(),
+        );
+    }
     // Printed whatever the log level: scripts and the test kit wait for this line.
     println!(
         "latzero {} listening on tcp {}, unix {}, data dir {}",

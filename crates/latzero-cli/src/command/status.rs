@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::cli::StatusArgs;
 
 pub async fn run(args: StatusArgs) -> Result<()> {
-    let ep = super::endpoint(&args.target);
+    let ep = super::target(&args.target)?;
     let st = latzero_client::admin::status(&ep)
         .await
         .with_context(|| format!("no latzero server answering at {ep}"))?;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use crate::cli::TargetArgs;
 
 pub async fn run(t: TargetArgs) -> Result<()> {
-    let ep = super::endpoint(&t);
+    let ep = super::target(&t)?;
     latzero_client::admin::shutdown(&ep, Duration::from_secs(30))
         .await
         .with_context(|| format!("cannot stop the server at {ep}"))?;
