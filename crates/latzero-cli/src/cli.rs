@@ -42,6 +42,47 @@ pub enum Command {
     /// Authentication helpers
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// Encrypted pools: generate a pool's triple key, or rotate it
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub cmd: KeysCmd,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create an encrypted pool with new keys (SigilKey: join, CipherShard: read, OblivionSeal:
+    /// write); prints them once; the server keeps only verifiers
+    Generate {
+        /// The pool
+        pool: String,
+        /// Connect as this app; it owns the pool unless --owners says otherwise
+        #[arg(long)]
+        app: String,
+        /// Apps that may rotate, change or remove it, comma-separated
+        #[arg(long, value_delimiter = ',')]
+        owners: Vec<String>,
+        /// Free text
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Who may do what (a JSON object of app lists keyed join, call, emit, read, write)
+        #[arg(long)]
+        policies: Option<String>,
+    },
+    /// Start a new key generation (connect as an owner); prints the new keys once. Records
+    /// sealed under older generations stay readable with the old keys until rewritten
+    Rotate {
+        /// The pool
+        pool: String,
+        /// An owner of the pool to connect as
+        #[arg(long)]
+        app: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,6 +34,7 @@ fn main() -> std::process::ExitCode {
             Command::Backup(t) => command::inventory::backup(t).await,
             Command::Restore(a) => command::inventory::restore(a),
             Command::Auth(crate::cli::AuthCmd::Token) => command::inventory::auth_token(),
+            Command::Keys(a) => command::keys::run(a).await,
         }
     });
     match result {

@@ -586,3 +586,71 @@ fn tls_server_prints_its_fingerprint_and_cli_processes_call_through_it() -> Resu
     assert!(st.success());
     Ok(())
 }
+
+/// The key texts `latzero keys generate|rotate` printed (its non-comment lines' last word).
+fn printed_keys(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() -> Result<()> {
+    let s = ServerProc::start(bin(), &["--log-level", "debug"])?;
+    let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner"])?;
+    assert!(ok, "{err}");
+    let gen1 = printed_keys(&out);
+    assert_eq!(gen1.len(), 3, "{out}");
+    assert!(
+        gen1[0].starts_with("lzk1.sigil.1.") && gen1[2].starts_with("lzk1.seal.1."),
+        "{out}"
+    );
+
+    // Two SDK apps use the pool with the printed keys; a reader cannot write.
+    let rt = tokio::runtime::Runtime::new()?;
+    let url = |app: &str| s.url(app);
+    rt.block_on(async {
+        use latzero_client::{ClientOptions, PoolKeys, Request};
+        let keys = || PoolKeys::parse("vault", &gen1).unwrap();
+        let worker = ClientOptions::new().connect(&url("worker")).await?;
+        let wp = worker.encrypted_pool("vault", keys()).await?;
+        wp.handle("echo", |r: Request| async move { Ok(r.data) }).await?;
+        let caller = ClientOptions::new().connect(&url("caller")).await?;
+        let cp = caller.encrypted_pool("vault", keys()).await?;
+        assert_eq!(cp.call("echo", &json!({"k": 1})).await?, json!({"k": 1}));
+        let reader = ClientOptions::new().connect(&url("reader")).await?;
+        let rp = reader
+            .encrypted_pool("vault", PoolKeys::parse("vault", &gen1[..2]).unwrap())
+            .await?;
+        assert!(rp.call("echo", &json!(1)).await.is_err());
+        anyhow::Ok(())
+    })?;
+
+    let (ok, out, err) = s.run(&["keys", "rotate", "vault", "--app", "owner"])?;
+    assert!(ok, "{err}");
+    let gen2 = printed_keys(&out);
+    assert!(gen2.iter().all(|k| k.contains(".2.")), "{out}");
+    let (ok, _, err) = s.run(&["keys", "rotate", "vault", "--app", "caller"])?;
+    assert!(!ok && err.contains("PERMISSION_DENIED"), "only owners rotate: {err}");
+    let (ok, out, _) = s.run(&["pools", "show", "vault"])?;
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out)?["key_generations"], json!([1, 2]));
+
+    // Neither the log nor the database holds any key material.
+    let (ok, _, err) = s.run(&["stop"])?;
+    assert!(ok, "{err}");
+    let mut files = vec![std::fs::read(s.data_dir.join("logs/server.log"))?];
+    for f in ["data.db", "data.db-wal"] {
+        files.push(std::fs::read(s.data_dir.join(f)).unwrap_or_default());
+    }
+    for k in gen1.iter().chain(&gen2) {
+        let secret = k.rsplit_once('.').unwrap().1.as_bytes();
+        assert!(
+            files.iter().all(|f| !f.windows(secret.len()).any(|w| w == secret)),
+            "key material reached the server"
+        );
+    }
+    Ok(())
+}

@@ -315,6 +315,9 @@ impl Client {
         if let Some(p) = spec.policies {
             req["policies"] = p;
         }
+        if let Some(v) = spec.keys {
+            req["keys"] = verifiers_json(&v);
+        }
         let mut r = self.request_json("pool_create", req).await?;
         Ok(r["info"].take())
     }
@@ -328,6 +331,12 @@ impl Client {
         Ok(r["info"].take())
     }
 
+    /// Encrypted pools (owners only): starts a new key generation with its verifiers (from
+    /// [`latzero_crypto::generate`]); records sealed under older generations stay readable.
+    pub async fn rotate_pool_keys(&self, pool: &str, v: latzero_crypto::Verifiers) -> Result<Value, ClientError> {
+        self.update_pool(pool, json!({ "keys": verifiers_json(&v) })).await
+    }
+
     /// Removes a pool; with `force`, even while other apps are in it (they leave it).
     pub async fn remove_pool(&self, pool: &str, force: bool) -> Result<Value, ClientError> {
         let name = PoolName::try_from(pool)?;
@@ -336,7 +345,7 @@ impl Client {
     }
 
     /// A request built from `fields` plus `action` and a fresh `id`; its reply's JSON.
-    async fn request_json(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
+    pub(crate) async fn request_json(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
         fields["action"] = json!(action);
         let timeout = self.inner.opts.request_timeout;
         self.inner
@@ -579,7 +588,7 @@ impl Inner {
 /// What [`Client::create_pool`] creates.
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
-    /// `local` (default); `global` is refused as not available yet.
+    /// `local` (default) or `encrypted` (with `keys`); `global` is refused as not available yet.
     pub kind: String,
     /// Free text.
     pub description: String,
@@ -588,6 +597,13 @@ pub struct PoolSpec {
     /// Access policies (docs/PROTOCOL.md §4.4): `{"join": [...], "call": [...], "emit": [...],
     /// "read": [...], "write": [...]}`.
     pub policies: Option<Value>,
+    /// `encrypted`: the verifiers of key generation 1 (from [`latzero_crypto::generate`]).
+    pub keys: Option<latzero_crypto::Verifiers>,
+}
+
+fn verifiers_json(v: &latzero_crypto::Verifiers) -> Value {
+    use latzero_crypto::Verifiers;
+    json!({ "generation": v.generation, "join": Verifiers::b64(&v.join), "write": Verifiers::b64(&v.write) })
 }
 
 impl Default for PoolSpec {
@@ -597,6 +613,7 @@ impl Default for PoolSpec {
             description: String::new(),
             owners: None,
             policies: None,
+            keys: None,
         }
     }
 }

@@ -69,6 +69,10 @@ pub enum ClientError {
     /// a full stream, the write side held too long, ...).
     #[error("memory block: {0}")]
     Memory(#[from] latzero_memory::MemError),
+    /// An encrypted pool refused a record or lacked a key: not sealed, a bad signature, a wrong
+    /// key, a replay.
+    #[error("encrypted pool: {0}")]
+    Crypto(#[from] latzero_crypto::SealError),
     /// The payload could not be serialised or the result deserialised.
     #[error("payload (de)serialisation failed: {0}")]
     Json(#[from] serde_json::Error),
@@ -81,5 +85,11 @@ impl ClientError {
             ClientError::Remote(r) => Some(r.code),
             _ => None,
         }
+    }
+}
+
+impl From<latzero_crypto::KeyError> for ClientError {
+    fn from(e: latzero_crypto::KeyError) -> Self {
+        ClientError::Crypto(e.into())
     }
 }

@@ -38,6 +38,7 @@ mod call;
 mod client;
 mod connection;
 mod driver;
+mod encrypted;
 mod error;
 mod handler;
 mod memory;
@@ -46,8 +47,10 @@ mod tls;
 
 pub use call::{BroadcastReply, Call};
 pub use client::{Client, ClientEvent, Forwarded, PoolSpec};
+pub use encrypted::EncryptedPool;
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
+pub use latzero_crypto::{KeyError, PoolKeys, SealError, Verifiers, generate as generate_pool_keys};
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TlsVerify, TriggerName, parse_fingerprint};
 pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, MemoryBlock, Records};
 pub use options::ClientOptions;

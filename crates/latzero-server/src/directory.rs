@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use latzero_crypto::Verifiers;
 use latzero_proto::ErrorCode;
 use latzero_proto::frame::encode_message;
-use latzero_proto::message::{Policies, PoolOp, Presence, RawValue};
+use latzero_proto::message::{KeyVerifiers, Policies, PoolOp, Presence, RawValue};
 use latzero_proto::{AppId, PoolName, TriggerName};
 use serde_json::{Value, json};
 
@@ -69,6 +70,9 @@ pub(crate) struct Pool {
 pub(crate) struct Access {
     pub owners: Vec<String>,
     pub policies: Policies,
+    /// Encrypted pools: the verifiers of each key generation, oldest first (never empty for an
+    /// encrypted pool; empty otherwise).
+    pub keys: Arc<[Verifiers]>,
 }
 
 impl Access {
@@ -88,11 +92,52 @@ impl Access {
         Access {
             owners: rec.owners.clone(),
             policies,
+            keys: key_generations(rec).into(),
         }
     }
 }
 
+/// The verifiers stored with an encrypted pool (`config.keys`); unreadable entries are skipped
+/// with a warning (a pool left without any then refuses every join and write).
+pub(crate) fn key_generations(rec: &PoolRecord) -> Vec<Verifiers> {
+    if !rec.encrypted {
+        return Vec::new();
+    }
+    let list: Vec<KeyVerifiers> = serde_json::from_value(rec.config["keys"].clone()).unwrap_or_default();
+    let mut out: Vec<Verifiers> = list
+        .iter()
+        .filter_map(|k| {
+            let v = Verifiers::parse_key(&k.join)
+                .zip(Verifiers::parse_key(&k.write))
+                .map(|(join, write)| Verifiers {
+                    generation: k.generation,
+                    join,
+                    write,
+                });
+            if v.is_none() {
+                tracing::warn!(pool = %rec.name, generation = k.generation, "unreadable key verifiers ignored");
+            }
+            v
+        })
+        .collect();
+    out.sort_by_key(|v| v.generation);
+    out
+}
+
 impl Pool {
+    /// The key generations of an encrypted pool (empty for a plain one).
+    pub fn keys(&self) -> Option<&Arc<[Verifiers]>> {
+        if !self.is_encrypted() {
+            return None;
+        }
+        self.access.as_ref().map(|a| &a.keys)
+    }
+
+    /// Whether the pool was created encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.stored.as_ref().is_some_and(|r| r.encrypted)
+    }
+
     /// Whether `app` may do `op` here: always in a pool with no stored configuration.
     pub fn allows(&self, op: PoolOp, app: &str) -> bool {
         self.access
@@ -330,6 +375,10 @@ impl Directory {
             v["owners"] = json!(r.owners);
             v["policies"] = r.policies.clone();
             v["updated_at"] = json!(r.updated);
+            if r.encrypted {
+                // Public verifiers only; the server never has the keys.
+                v["key_generations"] = json!(key_generations(r).iter().map(|k| k.generation).collect::<Vec<_>>());
+            }
         }
         Some(v)
     }

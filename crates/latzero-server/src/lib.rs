@@ -17,7 +17,7 @@
 //! config.rs      configuration and limits
 //! ```
 //!
-//! Encrypted pools and clustering arrive in later releases.
+//! Clustering arrives in a later release.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), latzero_server::ServerError> {
@@ -36,6 +36,7 @@ mod memory;
 mod pools;
 mod registry;
 mod router;
+mod sealed;
 mod security;
 mod server;
 mod session;

@@ -1,12 +1,17 @@
 //! Pool management (the seeds' poolManager): pools created with `pool_create` are stored with
 //! their type, description, owners and policies, loaded again at start, and changed or removed
 //! only by their owners. Pools that exist only because apps joined them are live namespaces with
-//! no stored configuration. Global and encrypted pools need clustering and the security layer;
-//! until those exist, creating one is NOT_AVAILABLE rather than a pool that is silently local.
+//! no stored configuration. Global pools need clustering; until it exists, creating one is
+//! NOT_AVAILABLE rather than a pool that is silently local.
+//!
+//! Encrypted pools (docs/PROTOCOL.md §4.6) are created with the public verifiers of their first
+//! key generation, rotated by adding one (owners only), and joined only by answering a
+//! challenge with the SigilKey: `pool_challenge`, then `pool_prove`.
 
 use serde_json::{Value, json};
 
-use latzero_proto::message::{Policies, PoolRequest};
+use latzero_crypto::Verifiers;
+use latzero_proto::message::{KeyVerifiers, Policies, PoolOp, PoolRequest};
 use latzero_proto::{AppId, ErrorCode, PoolName};
 
 use crate::memory::Refusal;
@@ -66,33 +71,45 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
             description,
             owners,
             policies: p,
+            keys,
         } => {
-            match kind.as_str() {
-                "global" => {
-                    return Err(Refusal::new(
-                        ErrorCode::NotAvailable,
-                        "global pools span machines and need cluster mode, which is not available yet",
-                    ));
-                }
-                "encrypted" => {
-                    return Err(Refusal::new(
-                        ErrorCode::NotAvailable,
-                        "encrypted pools need the security layer (triple-key encryption), which is not available yet",
-                    ));
-                }
-                _ => {}
+            if kind == "global" {
+                return Err(Refusal::new(
+                    ErrorCode::NotAvailable,
+                    "global pools span machines and need cluster mode, which is not available yet",
+                ));
             }
+            let encrypted = kind == "encrypted";
+            let config = match (encrypted, keys) {
+                (true, Some(k)) => {
+                    check_verifiers(&k, 1)?;
+                    json!({ "keys": [k] })
+                }
+                (true, None) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "an encrypted pool is created with `keys` (the verifiers of key generation 1); `latzero keys generate POOL` makes them",
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "`keys` is only for encrypted pools",
+                    ));
+                }
+                (false, None) => json!({}),
+            };
             let now = now_ms();
             let rec = PoolRecord {
                 name: pool.to_string(),
                 kind,
-                encrypted: false,
+                encrypted,
                 owners: owners.unwrap_or_else(|| vec![app.to_string()]),
                 policies: policies(p),
                 description,
                 created: now,
                 updated: now,
-                config: json!({}),
+                config,
             };
             st.store.create_pool(rec.clone()).await.map_err(store_refusal)?;
             tracing::info!(pool = %pool, by = %app, "pool created");
@@ -105,13 +122,37 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
             description,
             owners,
             policies: p,
+            keys,
         } => {
             let rec = stored(st, &pool)?;
             owner_only(&rec, app, "change")?;
+            let config = match keys {
+                Some(k) if rec.encrypted => {
+                    let latest = crate::directory::key_generations(&rec)
+                        .last()
+                        .map_or(0, |v| v.generation);
+                    check_verifiers(&k, latest + 1)?;
+                    let mut config = rec.config.clone();
+                    match config["keys"].as_array_mut() {
+                        Some(list) => list.push(json!(k)),
+                        None => config["keys"] = json!([k]),
+                    }
+                    tracing::info!(pool = %pool, by = %app, generation = k.generation, "pool keys rotated");
+                    Some(config)
+                }
+                Some(_) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "`keys` is only for encrypted pools",
+                    ));
+                }
+                None => None,
+            };
             let u = PoolUpdate {
                 description,
                 owners,
                 policies: p.map(|r| policies(Some(r))),
+                config,
                 ..PoolUpdate::default()
             };
             let rec = st.store.update_pool(pool.as_str(), u).await.map_err(store_refusal)?;
@@ -155,8 +196,96 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
                 "action": "pool_removed", "pool": pool, "members_removed": left, "blocks_removed": blocks,
             }))
         }
-        PoolRequest::List | PoolRequest::Show { .. } => unreachable!("listings are answered at once"),
+        PoolRequest::List | PoolRequest::Show { .. } | PoolRequest::Challenge { .. } | PoolRequest::Prove { .. } => {
+            unreachable!("answered by the session at once")
+        }
     }
+}
+
+/// Checks that `k` names `generation` and two valid Ed25519 public keys.
+fn check_verifiers(k: &KeyVerifiers, generation: u32) -> Result<(), Refusal> {
+    if k.generation != generation {
+        return Err(Refusal::new(
+            ErrorCode::InvalidMessage,
+            format!("`keys.generation` must be {generation}, got {}", k.generation),
+        ));
+    }
+    for (field, v) in [("join", &k.join), ("write", &k.write)] {
+        if Verifiers::parse_key(v).is_none() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                format!("`keys.{field}` is not a base64 Ed25519 public key"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A join challenge for an encrypted pool: its newest key generation and a fresh nonce, with
+/// the write verifiers of every generation (for readers that were not given them).
+pub(crate) fn challenge(st: &State, pool: &PoolName) -> Result<(u32, [u8; 32], Value), Refusal> {
+    let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+    let keys = dir
+        .pools
+        .get(pool)
+        .and_then(|p| p.keys())
+        .ok_or_else(|| Refusal::new(ErrorCode::PoolNotFound, format!("no encrypted pool '{pool}'")))?;
+    let latest = keys.last().ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::Internal,
+            format!("encrypted pool '{pool}' has no readable keys"),
+        )
+    })?;
+    let mut nonce = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+    let writes: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|v| (v.generation.to_string(), json!(Verifiers::b64(&v.write))))
+        .collect();
+    Ok((latest.generation, nonce, Value::Object(writes)))
+}
+
+/// Checks a join proof: the SigilKey's signature over the join message for this app and nonce.
+pub(crate) fn verify_join(
+    st: &State,
+    pool: &PoolName,
+    app: &AppId,
+    generation: u32,
+    nonce: &[u8; 32],
+    signature: &str,
+) -> Result<(), Refusal> {
+    use base64::Engine;
+    let denied = || {
+        Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "the join proof for encrypted pool '{pool}' does not verify: wrong SigilKey (key generation {generation})"
+            ),
+        )
+    };
+    let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+    let p = dir
+        .pools
+        .get(pool)
+        .ok_or_else(|| Refusal::new(ErrorCode::PoolNotFound, format!("no encrypted pool '{pool}'")))?;
+    p.check(PoolOp::Join, app.as_str(), pool.as_str())?;
+    let v = p
+        .keys()
+        .and_then(|k| k.iter().find(|v| v.generation == generation))
+        .ok_or_else(denied)?;
+    let sig: [u8; 64] = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::InvalidMessage,
+                "`signature` is not a base64 Ed25519 signature",
+            )
+        })?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&v.join).map_err(|_| denied())?;
+    let msg = latzero_crypto::join_message(pool.as_str(), app.as_str(), generation, nonce);
+    ed25519_dalek::Verifier::verify(&vk, &msg, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| denied())
 }
 
 fn stored(st: &State, pool: &PoolName) -> Result<PoolRecord, Refusal> {

@@ -27,7 +27,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-async fn query(t: &TargetArgs, action: &str, fields: Value) -> Result<Value> {
+pub(crate) async fn query(t: &TargetArgs, action: &str, fields: Value) -> Result<Value> {
     let ep = super::target(t)?;
     latzero_client::admin::query(&ep, action, fields)
         .await
@@ -108,6 +108,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
                 description,
                 owners: (!owners.is_empty()).then_some(owners),
                 policies,
+                keys: None,
             };
             let created = c.create_pool(&pool, spec).await?;
             println!("{}", serde_json::to_string_pretty(&created)?);

@@ -3,6 +3,7 @@
 pub mod call;
 pub mod emit;
 pub mod inventory;
+pub mod keys;
 pub mod mem;
 pub mod reply;
 pub mod start;

@@ -8,7 +8,28 @@ use super::request::{ParseError, bad_name, invalid};
 use crate::name::{AppId, PoolName};
 
 /// The pool actions, as sent in `action`.
-pub const POOL_ACTIONS: [&str; 5] = ["pool_create", "pool_update", "pool_remove", "pool_list", "pool_show"];
+pub const POOL_ACTIONS: [&str; 7] = [
+    "pool_create",
+    "pool_update",
+    "pool_remove",
+    "pool_list",
+    "pool_show",
+    "pool_challenge",
+    "pool_prove",
+];
+
+/// The public verifiers of one key generation of an encrypted pool (base64 Ed25519 public
+/// keys), as `pool_create` and `pool_update` carry them. Never the keys themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyVerifiers {
+    /// The key generation (1 for a new pool; one more than the last for a rotation).
+    pub generation: u32,
+    /// Verifies join proofs (derived from the SigilKey).
+    pub join: String,
+    /// Verifies writes (derived from the OblivionSeal).
+    pub write: String,
+}
 
 /// What an app does in a pool, each governed by one list of [`Policies`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +126,8 @@ pub enum PoolRequest {
         owners: Option<Vec<String>>,
         /// Access policies.
         policies: Option<Policies>,
+        /// For an encrypted pool: the verifiers of its first key generation.
+        keys: Option<KeyVerifiers>,
     },
     /// Change a stored pool (owners only).
     Update {
@@ -116,6 +139,20 @@ pub enum PoolRequest {
         owners: Option<Vec<String>>,
         /// New policies (replacing the old ones whole).
         policies: Option<Policies>,
+        /// Encrypted pools: a new key generation (rotation).
+        keys: Option<KeyVerifiers>,
+    },
+    /// Encrypted pools: ask for a join challenge.
+    Challenge {
+        /// The pool.
+        pool: PoolName,
+    },
+    /// Encrypted pools: answer the challenge (the SigilKey's signature) and join.
+    Prove {
+        /// The pool.
+        pool: PoolName,
+        /// Base64 Ed25519 signature over the join message (docs/PROTOCOL.md §4.6).
+        signature: String,
     },
     /// Remove a pool; refused while other apps are in it unless `force`.
     Remove {
@@ -142,6 +179,8 @@ struct Fields {
     owners: Option<Vec<String>>,
     policies: Option<Box<RawValue>>,
     force: Option<bool>,
+    keys: Option<KeyVerifiers>,
+    signature: Option<String>,
 }
 
 /// Parses a pool action's fields. `action` is one of [`POOL_ACTIONS`].
@@ -202,6 +241,7 @@ pub(crate) fn parse_pool<'a>(
                 description: f.description.unwrap_or_default(),
                 owners,
                 policies,
+                keys: f.keys,
             }
         }
         "pool_update" => PoolRequest::Update {
@@ -209,6 +249,12 @@ pub(crate) fn parse_pool<'a>(
             description: f.description,
             owners,
             policies,
+            keys: f.keys,
+        },
+        "pool_challenge" => PoolRequest::Challenge { pool },
+        "pool_prove" => PoolRequest::Prove {
+            pool,
+            signature: f.signature.ok_or_else(|| invalid(id, "missing field `signature`"))?,
         },
         "pool_remove" => PoolRequest::Remove {
             pool,

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use latzero_memory::{HEADER_LEN, Kind, LAYOUT_VERSION};
 use latzero_proto::frame::{encode_binary, encode_message};
-use latzero_proto::message::{BlockOp, BlockRequest, LockMode, PoolOp, RawValue};
+use latzero_proto::message::{BlockOp, BlockRequest, BlockType, LockMode, PoolOp, RawValue};
 use latzero_proto::{AppId, ErrorCode, PoolName};
 use serde_json::json;
 
@@ -37,6 +37,8 @@ pub(crate) struct Caller<'a> {
     pub app: &'a AppId,
     pub read: bool,
     pub write: bool,
+    /// Encrypted pools: the key generations' verifiers (writes through the server are checked).
+    pub keys: Option<&'a [latzero_crypto::Verifiers]>,
 }
 
 impl Caller<'_> {
@@ -115,6 +117,12 @@ impl Memory {
         } = req.op
         {
             who.policy(&req.pool, PoolOp::Write)?;
+            if who.keys.is_some() && kind != BlockType::Binary {
+                return Err(Refusal::new(
+                    ErrorCode::NotAvailable,
+                    "encrypted pools hold binary blocks of sealed records; encrypted json and stream blocks are not available yet",
+                ));
+            }
             return Ok(Some(StoreWork::Create {
                 pool: req.pool,
                 block_id: block_id.clone(),
@@ -261,6 +269,22 @@ impl Memory {
                     }
                 };
                 let len = bytes.len() as u64;
+                if let Some(keys) = who.keys {
+                    // The record the write replaces: its length prefix, then the record.
+                    let mut prefix = [0u8; 4];
+                    e.block.read(0, &mut prefix)?;
+                    let old_len = 4 + u64::from(u32::from_be_bytes(prefix));
+                    let mut current = vec![0u8; old_len.min(e.block.size()) as usize];
+                    e.block.read(0, &mut current)?;
+                    crate::sealed::check_block_write(
+                        keys,
+                        req.pool.as_str(),
+                        block_id.as_str(),
+                        offset,
+                        bytes,
+                        &current,
+                    )?;
+                }
                 match e.block.kind() {
                     Kind::Binary => {
                         let v = e.block.write(offset, bytes)?;

@@ -118,6 +118,10 @@ impl Router {
                 })?;
             pool.check(PoolOp::Call, caller_app.as_str(), &t.pool)
                 .map_err(|r| refuse(r.code, r.message))?;
+            if let Some(keys) = pool.keys() {
+                crate::sealed::check_message(keys, &t.pool, &t.process, t.data)
+                    .map_err(|r| refuse(r.code, r.message))?;
+            }
             let reply_conn = match &t.reply_to {
                 Some(r) => Some(pool.members.get(&**r).cloned().ok_or_else(|| {
                     refuse(
@@ -310,6 +314,9 @@ impl Router {
             })?;
         pool.check(PoolOp::Emit, sender_app.as_str(), &e.pool)
             .map_err(|r| refuse(r.code, r.message))?;
+        if let Some(keys) = pool.keys() {
+            crate::sealed::check_message(keys, &e.pool, &e.process, e.data).map_err(|r| refuse(r.code, r.message))?;
+        }
         self.counters.inc(&self.counters.emits_total);
         let Some(targets) = pool.handlers.get(&*e.process).filter(|h| !h.list.is_empty()) else {
             self.counters.inc(&self.counters.emits_unrouted);

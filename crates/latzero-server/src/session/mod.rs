@@ -92,6 +92,7 @@ where
         app: None,
         ephemeral: false,
         grant: (!state.auth.required).then(Grant::all),
+        challenges: std::collections::HashMap::new(),
         closing: false,
     };
     let end = session.read_loop(reader).instrument(span.clone()).await;
@@ -130,6 +131,9 @@ struct Session {
     /// What this connection's credential allows (everything when authentication is off);
     /// `None` until a credential was checked.
     grant: Option<Grant>,
+    /// Encrypted pools: the join challenge outstanding per pool (key generation, nonce); each
+    /// is used once.
+    challenges: std::collections::HashMap<PoolName, (u32, [u8; 32])>,
     /// Set after AUTH_FAILED: the reader closes the connection after this batch's writes.
     closing: bool,
 }
@@ -325,9 +329,14 @@ impl Session {
         if let Some((app, pools)) = joining {
             let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
             let refused = pools.iter().find_map(|p| {
-                dir.pools
-                    .get(p)
-                    .and_then(|pool| pool.check(PoolOp::Join, app, p.as_str()).err())
+                let pool = dir.pools.get(p)?;
+                if pool.is_encrypted() {
+                    return Some(crate::memory::Refusal::new(
+                        ErrorCode::PermissionDenied,
+                        format!("'{p}' is an encrypted pool: join it by proving the SigilKey (pool_challenge, then pool_prove), not in a handshake or join"),
+                    ));
+                }
+                pool.check(PoolOp::Join, app, p.as_str()).err()
             });
             drop(dir);
             if let Some(r) = refused {
@@ -391,9 +400,10 @@ impl Session {
                         (
                             p.allows(PoolOp::Read, app.as_str()),
                             p.allows(PoolOp::Write, app.as_str()),
+                            p.keys().cloned(),
                         )
                     });
-                let Some((read, write)) = rights else {
+                let Some((read, write, keys)) = rights else {
                     let msg = format!("app '{app}' is not in pool '{}'; join it first", b.pool);
                     self.error(id, ErrorCode::NotInPool, &msg);
                     return None;
@@ -403,7 +413,12 @@ impl Session {
                     Frame::Json(_) => None,
                 };
                 let max = st.config.limits.max_frame_len;
-                let who = crate::memory::Caller { app: &app, read, write };
+                let who = crate::memory::Caller {
+                    app: &app,
+                    read,
+                    write,
+                    keys: keys.as_deref(),
+                };
                 match st.memory.handle(&self.conn, who, id, b, body, max) {
                     Ok(Some(work)) => return Some(After::Block(work)),
                     Ok(None) => {}
@@ -425,6 +440,43 @@ impl Session {
                 Ok(v) => self.reply_json(id, v),
                 Err(r) => self.error(id, r.code, &r.message),
             },
+            Request::Pool(PoolRequest::Challenge { pool }) => match crate::pools::challenge(st, &pool) {
+                Ok((generation, nonce, writes)) => {
+                    use base64::Engine;
+                    self.challenges.insert(pool.clone(), (generation, nonce));
+                    self.reply_json(
+                        id,
+                        serde_json::json!({
+                            "action": "pool_challenge", "pool": pool, "generation": generation,
+                            "nonce": base64::engine::general_purpose::STANDARD.encode(nonce),
+                            "write_verifiers": writes,
+                        }),
+                    );
+                }
+                Err(r) => self.error(id, r.code, &r.message),
+            },
+            Request::Pool(PoolRequest::Prove { pool, signature }) => {
+                let app = app.expect("checked above");
+                let Some((generation, nonce)) = self.challenges.remove(&pool) else {
+                    let msg = format!(
+                        "no join challenge is outstanding for pool '{pool}'; send pool_challenge first (each is used once)"
+                    );
+                    self.error(id, ErrorCode::PermissionDenied, &msg);
+                    return None;
+                };
+                if !self.grant.as_ref().is_some_and(|g| g.may_join(pool.as_str())) {
+                    let msg = format!("the credential does not allow pool '{pool}'");
+                    self.error(id, ErrorCode::PermissionDenied, &msg);
+                    return None;
+                }
+                if let Err(r) = crate::pools::verify_join(st, &pool, &app, generation, &nonce, &signature) {
+                    tracing::info!(app = %app, pool = %pool, "encrypted pool join refused: {}", r.message);
+                    self.error(id, r.code, &r.message);
+                    return None;
+                }
+                st.directory_mut().join(&app, std::slice::from_ref(&pool));
+                return self.membership_done(id, app);
+            }
             Request::Pool(req) => {
                 return Some(After::Pool {
                     id: id.map(ToOwned::to_owned),
@@ -566,12 +618,13 @@ impl Session {
                     out.pools.retain(|p| g.may_join(p.as_str()));
                 }
                 {
-                    // Rehydration restores only the pools whose policies still let the app join.
+                    // Rehydration restores only the pools whose policies still let the app join,
+                    // and never an encrypted pool (that takes a fresh proof).
                     let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
                     out.pools.retain(|p| {
                         dir.pools
                             .get(p)
-                            .is_none_or(|pool| pool.allows(PoolOp::Join, app.as_str()))
+                            .is_none_or(|pool| !pool.is_encrypted() && pool.allows(PoolOp::Join, app.as_str()))
                     });
                 }
                 if let Some(e) = &out.store_error {

@@ -1,0 +1,267 @@
+//! Encrypted pools in the SDK (docs/PROTOCOL.md §4.6): joining by proving the SigilKey, and
+//! calls, emits, handlers and memory blocks whose contents are sealed end to end — encrypted
+//! with the CipherShard, signed with the OblivionSeal, verified and checked for replays by every
+//! reader. The server routes and stores only sealed records.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), latzero_client::ClientError> {
+//! use latzero_client::{Client, PoolKeys};
+//! let client = Client::connect("latzero://worker").await?;
+//! // The texts `latzero keys generate vault` printed (any subset: a reader holds only the
+//! // CipherShard, plus the SigilKey to join).
+//! let keys = PoolKeys::parse("vault", ["lzk1.sigil.1....", "lzk1.cipher.1....", "lzk1.seal.1...."])?;
+//! let vault = client.encrypted_pool("vault", keys).await?;
+//! let answer = vault.call("lookup", &serde_json::json!({"id": 7})).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use latzero_crypto::{
+    CONTEXT_BLOCK, CONTEXT_MSG, Opened, PoolKeys, ReplayGuard, Role, SealError, Verifiers, context, open,
+    peek_generation, seal,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::client::{Client, ClientEvent, lock};
+use crate::error::ClientError;
+use crate::handler::{HandlerError, Request};
+use crate::memory::MemoryBlock;
+
+/// How long a sealed message stays acceptable (and its nonce remembered).
+const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+/// Context prefix of a handler's sealed response (never valid as a request).
+const CONTEXT_REPLY: &str = "reply";
+
+struct State {
+    keys: PoolKeys,
+    /// Write verifiers by key generation: derived from our OblivionSeal where we hold it,
+    /// otherwise as the server gave them.
+    writes: Mutex<HashMap<u32, [u8; 32]>>,
+    guard: Mutex<ReplayGuard>,
+}
+
+impl State {
+    fn seal(&self, ctx: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        seal(&self.keys, ctx, plaintext)
+    }
+
+    fn open(&self, ctx: &str, sealed: &[u8]) -> Result<Opened, SealError> {
+        let generation = peek_generation(sealed)?;
+        let verifier = lock(&self.writes)
+            .get(&generation)
+            .copied()
+            .ok_or(SealError::UnknownGeneration(generation))?;
+        open(&self.keys, ctx, sealed, &verifier)
+    }
+
+    fn seal_value<T: Serialize + ?Sized>(&self, ctx: &str, v: &T) -> Result<Value, ClientError> {
+        let sealed = self.seal(ctx, &serde_json::to_vec(v)?)?;
+        Ok(Value::String(B64.encode(sealed)))
+    }
+
+    /// Opens a sealed message (`data` as sent on the wire), once.
+    fn open_message(&self, ctx: &str, data: &Value) -> Result<Value, ClientError> {
+        let sealed = data
+            .as_str()
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(SealError::Malformed)?;
+        let o = self.open(ctx, &sealed)?;
+        lock(&self.guard).check_message(&o)?;
+        Ok(serde_json::from_slice(&o.plaintext)?)
+    }
+}
+
+/// An encrypted pool this app joined with its keys. Dropping it stops re-joining after a
+/// reconnect (the app stays in the pool until then).
+pub struct EncryptedPool {
+    client: Client,
+    pool: String,
+    state: Arc<State>,
+    rejoin: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EncryptedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptedPool")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EncryptedPool {
+    fn drop(&mut self) {
+        self.rejoin.abort();
+    }
+}
+
+/// Proves the SigilKey for the pool's newest key generation and joins; returns the write
+/// verifiers the server holds, checked against our own OblivionSeal where we have it.
+async fn prove(client: &Client, keys: &PoolKeys) -> Result<HashMap<u32, [u8; 32]>, ClientError> {
+    let pool = keys.pool();
+    let ch = client.request_json("pool_challenge", json!({ "pool": pool })).await?;
+    let bad = |what: &str| ClientError::Protocol(format!("pool_challenge answer without a valid `{what}`"));
+    let generation = ch["generation"]
+        .as_u64()
+        .and_then(|g| u32::try_from(g).ok())
+        .ok_or_else(|| bad("generation"))?;
+    let nonce = ch["nonce"]
+        .as_str()
+        .and_then(|n| B64.decode(n).ok())
+        .ok_or_else(|| bad("nonce"))?;
+    let sig = keys.prove_join(generation, client.app_id().as_str(), &nonce)?;
+    client
+        .request_json("pool_prove", json!({ "pool": pool, "signature": B64.encode(sig) }))
+        .await?;
+    let mut writes = HashMap::new();
+    for (g, v) in ch["write_verifiers"].as_object().into_iter().flatten() {
+        let (Ok(g), Some(v)) = (g.parse::<u32>(), v.as_str().and_then(Verifiers::parse_key)) else {
+            return Err(bad("write_verifiers"));
+        };
+        if keys.has(Role::Seal, g) && keys.has(Role::Sigil, g) {
+            let ours = keys.verifiers(g)?.write;
+            if ours != v {
+                return Err(ClientError::Crypto(SealError::Mismatch(format!(
+                    "the server's write verifier for key generation {g} does not match our OblivionSeal; refusing to trust it"
+                ))));
+            }
+        }
+        writes.insert(g, v);
+    }
+    Ok(writes)
+}
+
+impl Client {
+    /// Joins an encrypted pool by proving its SigilKey (the key never leaves this process), and
+    /// returns the handle through which this app's payloads and blocks in the pool are sealed
+    /// and opened. After a reconnect the handle proves the key again and re-joins.
+    pub async fn encrypted_pool(&self, pool: &str, keys: PoolKeys) -> Result<EncryptedPool, ClientError> {
+        if keys.pool() != pool {
+            return Err(ClientError::Crypto(SealError::Mismatch(format!(
+                "these keys are for pool '{}', not '{pool}'",
+                keys.pool()
+            ))));
+        }
+        let writes = prove(self, &keys).await?;
+        let state = Arc::new(State {
+            keys,
+            writes: Mutex::new(writes),
+            guard: Mutex::new(ReplayGuard::new(REPLAY_WINDOW)),
+        });
+        let (client, st) = (self.clone(), state.clone());
+        let mut events = self.events();
+        let rejoin = tokio::spawn(async move {
+            while let Ok(ev) = events.recv().await {
+                if matches!(ev, ClientEvent::Reconnected) {
+                    match prove(&client, &st.keys).await {
+                        Ok(w) => *lock(&st.writes) = w,
+                        Err(e) => {
+                            tracing::warn!(pool = st.keys.pool(), error = %e, "could not re-join the encrypted pool")
+                        }
+                    }
+                }
+            }
+        });
+        Ok(EncryptedPool {
+            client: self.clone(),
+            pool: pool.to_owned(),
+            state,
+            rejoin,
+        })
+    }
+}
+
+impl EncryptedPool {
+    /// The pool.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// Calls a trigger with a sealed payload and opens the sealed answer (needs the CipherShard
+    /// and OblivionSeal).
+    pub async fn call<T: Serialize + ?Sized>(&self, process: &str, data: &T) -> Result<Value, ClientError> {
+        let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
+        let answer = self.client.call(&self.pool, process, &sealed).await?;
+        self.state.open_message(&context(CONTEXT_REPLY, process), &answer)
+    }
+
+    /// Emits a sealed payload (needs the CipherShard and OblivionSeal).
+    pub async fn emit<T: Serialize + ?Sized>(&self, process: &str, data: &T) -> Result<(), ClientError> {
+        let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
+        self.client
+            .emit_confirmed(&self.pool, process, &sealed)
+            .await
+            .map(|_| ())
+    }
+
+    /// Handles a trigger: calls and emits in this pool arrive opened (verified, decrypted,
+    /// checked for replays — anything else is refused with a handler error and never reaches
+    /// `f`), and the answer is sealed (so answering needs the OblivionSeal). In other pools the
+    /// handler sees payloads as they are.
+    pub async fn handle<F, Fut>(&self, trigger: &str, f: F) -> Result<(), ClientError>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
+    {
+        let st = self.state.clone();
+        let pool = self.pool.clone();
+        let f = Arc::new(f);
+        self.client
+            .handle(trigger, move |mut req: Request| {
+                let (st, pool, f) = (st.clone(), pool.clone(), f.clone());
+                async move {
+                    if req.pool != pool {
+                        return f(req).await;
+                    }
+                    req.data = st
+                        .open_message(&context(CONTEXT_MSG, &req.process), &req.data)
+                        .map_err(|e| HandlerError::msg(format!("rejected sealed payload: {e}")))?;
+                    let process = req.process.clone();
+                    let answer = f(req).await?;
+                    st.seal_value(&context(CONTEXT_REPLY, &process), &answer)
+                        .map_err(|e| HandlerError::msg(format!("cannot seal the answer: {e}")))
+                }
+            })
+            .await
+    }
+
+    /// Writes `plaintext` as the block's sealed record (length-prefixed at offset 0; the block
+    /// must hold 4 + 28 + plaintext + 16 + 64 bytes). Returns the block version.
+    pub async fn write_block(&self, block: &MemoryBlock, plaintext: &[u8]) -> Result<u64, ClientError> {
+        let sealed = self.state.seal(&context(CONTEXT_BLOCK, block.id()), plaintext)?;
+        let mut rec = Vec::with_capacity(4 + sealed.len());
+        rec.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        rec.extend_from_slice(&sealed);
+        block.write(0, &rec).await
+    }
+
+    /// Reads, verifies and decrypts the block's sealed record. A record older than one this
+    /// handle already read (a replayed old write) is refused.
+    pub async fn read_block(&self, block: &MemoryBlock) -> Result<(Vec<u8>, u64), ClientError> {
+        let ctx = context(CONTEXT_BLOCK, block.id());
+        for _ in 0..3 {
+            let (prefix, _) = block.read(0, 4).await?;
+            let len = u32::from_be_bytes(prefix[..4].try_into().map_err(|_| SealError::Malformed)?) as u64;
+            if len == 0 || 4 + len > block.size() {
+                return Err(SealError::Malformed.into());
+            }
+            let (buf, version) = block.read(0, 4 + len).await?;
+            if buf[..4] != prefix[..4] {
+                continue; // rewritten between the two reads
+            }
+            let o = self.state.open(&ctx, &buf[4..])?;
+            lock(&self.state.guard).check_block(&ctx, &o)?;
+            return Ok((o.plaintext, version));
+        }
+        Err(ClientError::Protocol(
+            "the block kept changing while being read; try again".into(),
+        ))
+    }
+}
