@@ -1,5 +1,5 @@
 //! The LatZero peer: the real `latzero` binary as its own process, driven with the Rust SDK over
-//! TCP or the Unix socket.
+//! TCP, the Unix socket, or TLS on the TCP port.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,14 +13,43 @@ use serde_json::Value;
 
 use crate::stats::{CALLERS, Figures, HANDLERS, Lat, RECEIVERS, Sizes};
 
-fn url(server: &ServerProc, unix: bool, app: &str) -> String {
-    if unix {
-        format!(
+/// How the SDK reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// The Unix socket.
+    Unix,
+    /// TLS on the TCP port, pinning the generated certificate.
+    Tls,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "LatZero tcp",
+            Transport::Unix => "LatZero unix",
+            Transport::Tls => "LatZero tls",
+        }
+    }
+}
+
+/// A started server and how to reach it.
+struct Link {
+    server: ServerProc,
+    transport: Transport,
+    fingerprint: String,
+}
+
+fn url(link: &Link, app: &str) -> String {
+    let server = &link.server;
+    match link.transport {
+        Transport::Unix => format!(
             "latzero://{app}?socket={}&pools=bench",
             server.unix.as_ref().expect("unix socket").display()
-        )
-    } else {
-        format!("latzero://{app}@{}?pools=bench", server.tcp)
+        ),
+        Transport::Tcp => format!("latzero://{app}@{}?pools=bench", server.tcp),
+        Transport::Tls => format!("latzeros://{app}@{}?pools=bench&fingerprint={}", server.tcp, link.fingerprint),
     }
 }
 
@@ -29,8 +58,8 @@ fn payload(size: usize) -> Value {
     Value::String("x".repeat(size.saturating_sub(2)))
 }
 
-async fn echo_handler(server: &ServerProc, unix: bool, app: &str) -> Result<Client> {
-    let h = Client::connect(&url(server, unix, app)).await?;
+async fn echo_handler(link: &Link, app: &str) -> Result<Client> {
+    let h = Client::connect(&url(link, app)).await?;
     h.handle("echo", |r: Request| async move { Ok(r.data) }).await?;
     Ok(h)
 }
@@ -71,12 +100,12 @@ async fn parallel(clients: Vec<Client>, tasks_per_client: usize, n: usize) -> Re
     Ok((per * tasks) as f64 / t.elapsed().as_secs_f64())
 }
 
-async fn fanout(server: &ServerProc, unix: bool, n: usize) -> Result<f64> {
+async fn fanout(link: &Link, n: usize) -> Result<f64> {
     let done = Arc::new(tokio::sync::Notify::new());
     let finished = Arc::new(AtomicUsize::new(0));
     let mut receivers = vec![];
     for i in 0..RECEIVERS {
-        let c = Client::connect(&url(server, unix, &format!("rx{i}"))).await?;
+        let c = Client::connect(&url(link, &format!("rx{i}"))).await?;
         let got = Arc::new(AtomicUsize::new(0));
         let (done, finished) = (done.clone(), finished.clone());
         c.handle("ev", move |_r: Request| {
@@ -93,7 +122,7 @@ async fn fanout(server: &ServerProc, unix: bool, n: usize) -> Result<f64> {
         .await?;
         receivers.push(c);
     }
-    let emitter = Client::connect(&url(server, unix, "emitter")).await?;
+    let emitter = Client::connect(&url(link, "emitter")).await?;
     let p = payload(64);
     let t = Instant::now();
     for _ in 0..n {
@@ -105,15 +134,23 @@ async fn fanout(server: &ServerProc, unix: bool, n: usize) -> Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-pub async fn run(bin: &Path, sizes: &Sizes, unix: bool) -> Result<Figures> {
-    let server = ServerProc::start(bin, &["--log-level", "warn"])?;
+pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figures> {
+    let tls: &[&str] = if transport == Transport::Tls { &["--tls"] } else { &[] };
+    let server = ServerProc::start(bin, &[&["--log-level", "warn"], tls].concat())?;
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(server.data_dir.join("server.json"))?)?;
+    let fingerprint = info["tls_fingerprint"].as_str().unwrap_or_default().to_owned();
+    let link = Link {
+        server,
+        transport,
+        fingerprint,
+    };
     let mut f = Figures {
-        peer: if unix { "LatZero unix" } else { "LatZero tcp" }.into(),
+        peer: transport.name().into(),
         ..Figures::default()
     };
     {
-        let _h = echo_handler(&server, unix, "h").await?;
-        let c = Client::connect(&url(&server, unix, "caller")).await?;
+        let _h = echo_handler(&link, "h").await?;
+        let c = Client::connect(&url(&link, "caller")).await?;
         f.seq_64 = seq(&c, 64, sizes.seq, sizes.warmup).await?;
         f.seq_4k = seq(&c, 4096, sizes.seq, sizes.warmup).await?;
         f.pipelined = parallel(vec![c], sizes.inflight, sizes.pipelined).await?;
@@ -121,14 +158,14 @@ pub async fn run(bin: &Path, sizes: &Sizes, unix: bool) -> Result<Figures> {
     {
         let mut hs = vec![];
         for i in 0..HANDLERS {
-            hs.push(echo_handler(&server, unix, &format!("mh{i}")).await?);
+            hs.push(echo_handler(&link, &format!("mh{i}")).await?);
         }
         let mut callers = vec![];
         for i in 0..CALLERS {
-            callers.push(Client::connect(&url(&server, unix, &format!("mc{i}"))).await?);
+            callers.push(Client::connect(&url(&link, &format!("mc{i}"))).await?);
         }
         f.multi = Some(parallel(callers, 1, sizes.multi).await?);
     }
-    f.fanout = Some(fanout(&server, unix, sizes.fanout).await?);
+    f.fanout = Some(fanout(&link, sizes.fanout).await?);
     Ok(f)
 }

@@ -60,8 +60,8 @@ struct Args {
     /// Replace the generated section of this Markdown file with the result
     #[arg(long, global = true)]
     write: Option<PathBuf>,
-    /// Peers to run, comma-separated: relay, nats, tcp, unix
-    #[arg(long, default_value = "relay,nats,tcp,unix", value_delimiter = ',')]
+    /// Peers to run, comma-separated: relay, nats, tcp, unix, tls
+    #[arg(long, default_value = "relay,nats,tcp,unix,tls", value_delimiter = ',')]
     peers: Vec<String>,
 }
 
@@ -152,9 +152,10 @@ async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
         out.push(match peer.as_str() {
             "relay" => relay::run(sizes).await?,
             "nats" => nats::run(sizes).await?,
-            "tcp" => latzero::run(&bin, sizes, false).await?,
-            "unix" => latzero::run(&bin, sizes, true).await?,
-            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix"),
+            "tcp" => latzero::run(&bin, sizes, latzero::Transport::Tcp).await?,
+            "unix" => latzero::run(&bin, sizes, latzero::Transport::Unix).await?,
+            "tls" => latzero::run(&bin, sizes, latzero::Transport::Tls).await?,
+            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix, tls"),
         });
     }
     Ok(out)
@@ -301,16 +302,17 @@ fn header(s: &Sizes) -> String {
 
 fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {
     let find = |name: &str| f.iter().find(|x| x.peer == name);
-    let (floor, nats, tcp, unix) = (
+    let (floor, nats, tcp, unix, tls) = (
         find("relay floor"),
         find("NATS"),
         find("LatZero tcp"),
         find("LatZero unix"),
+        find("LatZero tls"),
     );
     let mut t = format!(
         "**{placement}** (lower is better for µs, higher for /s; ratios are LatZero ÷ peer)\n\n\
-         | workload | relay floor | NATS | LatZero tcp | LatZero unix | unix ÷ NATS | tcp ÷ NATS | unix ÷ floor |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+         | workload | relay floor | NATS | LatZero tcp | LatZero unix | LatZero tls | unix ÷ NATS | tcp ÷ NATS | unix ÷ floor | tls ÷ tcp |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     type Get = fn(&Figures) -> Option<f64>;
     let rows: [(&str, Get); 9] = [
@@ -338,14 +340,16 @@ fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {
         };
         let _ = writeln!(
             t,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(v(floor)),
             cell(v(nats)),
             cell(v(tcp)),
             cell(v(unix)),
+            cell(v(tls)),
             ratio(v(unix), v(nats)),
             ratio(v(tcp), v(nats)),
             ratio(v(unix), v(floor)),
+            ratio(v(tls), v(tcp)),
         );
     }
     t
