@@ -49,7 +49,10 @@ fn url(link: &Link, app: &str) -> String {
             server.unix.as_ref().expect("unix socket").display()
         ),
         Transport::Tcp => format!("latzero://{app}@{}?pools=bench", server.tcp),
-        Transport::Tls => format!("latzeros://{app}@{}?pools=bench&fingerprint={}", server.tcp, link.fingerprint),
+        Transport::Tls => format!(
+            "latzeros://{app}@{}?pools=bench&fingerprint={}",
+            server.tcp, link.fingerprint
+        ),
     }
 }
 
