@@ -72,25 +72,13 @@ pub async fn query(target: &Target, action: &str, mut fields: Value) -> Result<V
 /// Asks the server to back its database up now; calls `progress(percent)` as the copy goes and
 /// returns the `backup_done` answer (`path`, `bytes`).
 pub async fn backup(target: &Target, mut progress: impl FnMut(u64)) -> Result<Value, ClientError> {
-    use tokio::io::AsyncWriteExt;
     let (r, mut w) = crate::connection::open(&target.endpoint, target.tls.as_ref()).await?;
     let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
     let mut req = json!({"action": "backup", "id": 1});
     with_env_auth(&mut req);
-    let sent = async {
-        w.write_all(&latzero_proto::frame::encode_message(&req)).await?;
-        w.flush().await
-    };
-    sent.await.map_err(|e| ClientError::Connect {
-        endpoint: target.endpoint.to_string(),
-        source: e,
-    })?;
+    crate::connection::send_request(&mut w, &target.endpoint, &req).await?;
     loop {
-        let frame = reader
-            .next()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .ok_or(ClientError::Disconnected)?;
+        let frame = reader.expect_frame().await?;
         let v: Value = serde_json::from_slice(frame.json())?;
         match v["action"].as_str() {
             Some("backup_progress") => progress(v["percent"].as_u64().unwrap_or(0)),

@@ -109,6 +109,14 @@ impl FrameReader {
         }
     }
 
+    /// The next frame; the end of the stream is [`ClientError::Disconnected`].
+    pub async fn expect_frame(&mut self) -> Result<Frame, ClientError> {
+        self.next()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .ok_or(ClientError::Disconnected)
+    }
+
     /// The next frame; `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
@@ -125,6 +133,18 @@ impl FrameReader {
     }
 }
 
+/// Writes one request frame (and flushes it: TLS may hold a record's tail until then).
+pub(crate) async fn send_request(w: &mut Writer, endpoint: &Endpoint, request: &Value) -> Result<(), ClientError> {
+    let sent = async {
+        w.write_all(&encode_message(request)).await?;
+        w.flush().await
+    };
+    sent.await.map_err(|e| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source: e,
+    })
+}
+
 /// Opens a connection, sends `request` (which must carry an `id`) and reads frames until the
 /// one answering it. Returns that frame's JSON with the open connection, or the server's error;
 /// gives up after `wait`.
@@ -138,21 +158,10 @@ pub(crate) async fn open_with_request(
     let (r, mut w) = open(endpoint, tls).await?;
     let mut reader = FrameReader::new(r, max_frame_len);
     let id = request["id"].to_string();
-    let sent = async {
-        w.write_all(&encode_message(request)).await?;
-        w.flush().await
-    };
-    sent.await.map_err(|e| ClientError::Connect {
-        endpoint: endpoint.to_string(),
-        source: e,
-    })?;
+    send_request(&mut w, endpoint, request).await?;
     let answer = async {
         loop {
-            let frame = reader
-                .next()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .ok_or(ClientError::Disconnected)?;
+            let frame = reader.expect_frame().await?;
             let env = ServerFrame::parse(frame.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
             // An error answering nothing in particular (TLS_REQUIRED, for one) is the answer too:
             // the server closes after it.
