@@ -245,6 +245,14 @@ impl Client {
         self.inner.closed.cancel();
     }
 
+    /// Waits until everything this client sent before has reached the server and been handled
+    /// (a ping round trip; frames are handled in order). Fire-and-forget frames — a mapped
+    /// write's `block_notify`, an `emit` — are otherwise only queued; a process about to exit
+    /// calls this so that none is lost with it.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.request_json("ping", json!({})).await.map(|_| ())
+    }
+
     /// Registers a handler for a trigger and announces it to the server.
     ///
     /// Handlers run on the connection's reader until their first `.await` (most finish without

@@ -224,6 +224,8 @@ async fn write(a: MemWriteArgs) -> Result<()> {
             line(json!({ "version": version, "mapped": blk.is_mapped() }));
         }
     }
+    // A mapped write's notice is fire-and-forget: make sure it left before the process exits.
+    c.flush().await?;
     Ok(())
 }
 
