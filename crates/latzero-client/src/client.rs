@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use latzero_proto::frame::{encode_message, try_encode_message};
-use latzero_proto::message::{RawValue, ServerFrame};
+use latzero_proto::message::{KeyVerifiers, RawValue, ServerFrame};
 use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -609,9 +609,14 @@ pub struct PoolSpec {
     pub keys: Option<latzero_crypto::Verifiers>,
 }
 
+/// The verifiers as the wire carries them (`keys` of `pool_create`/`pool_update`).
 fn verifiers_json(v: &latzero_crypto::Verifiers) -> Value {
     use latzero_crypto::Verifiers;
-    json!({ "generation": v.generation, "join": Verifiers::b64(&v.join), "write": Verifiers::b64(&v.write) })
+    json!(KeyVerifiers {
+        generation: v.generation,
+        join: Verifiers::b64(&v.join),
+        write: Verifiers::b64(&v.write),
+    })
 }
 
 impl Default for PoolSpec {

@@ -211,7 +211,7 @@ impl PoolKeys {
     /// Signs the server's join challenge with the SigilKey of `generation`.
     pub fn prove_join(&self, generation: u32, app_id: &str, nonce: &[u8]) -> Result<[u8; 64], KeyError> {
         let sigil = self.need(Role::Sigil, generation, "joining")?;
-        let msg = crate::join_message(&self.pool, app_id, generation, nonce);
+        let msg = crate::seal::join_message(&self.pool, app_id, generation, nonce);
         Ok(ed25519_dalek::Signer::sign(&join_signer(sigil, &self.pool, generation), &msg).to_bytes())
     }
 

@@ -93,7 +93,7 @@ fn signed_bytes(aad: &[u8], body: &[u8]) -> Vec<u8> {
 }
 
 /// The bytes a join proof signs.
-pub fn join_message(pool: &str, app_id: &str, generation: u32, nonce: &[u8]) -> Vec<u8> {
+pub(crate) fn join_message(pool: &str, app_id: &str, generation: u32, nonce: &[u8]) -> Vec<u8> {
     let mut m = JOIN_DOMAIN.to_vec();
     for part in [pool.as_bytes(), app_id.as_bytes()] {
         m.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -102,6 +102,24 @@ pub fn join_message(pool: &str, app_id: &str, generation: u32, nonce: &[u8]) -> 
     m.extend_from_slice(&generation.to_be_bytes());
     m.extend_from_slice(nonce);
     m
+}
+
+/// Checks a join proof (what the server does with the join verifier of `generation`).
+pub fn verify_join(
+    verifier: &[u8; 32],
+    pool: &str,
+    app_id: &str,
+    generation: u32,
+    nonce: &[u8],
+    signature: &[u8; 64],
+) -> bool {
+    VerifyingKey::from_bytes(verifier).is_ok_and(|vk| {
+        vk.verify(
+            &join_message(pool, app_id, generation, nonce),
+            &Signature::from_bytes(signature),
+        )
+        .is_ok()
+    })
 }
 
 /// Strictly increasing per process: the time in nanoseconds, or one more than the last.
@@ -367,13 +385,17 @@ mod tests {
         let (texts, v) = generate("vault", 3);
         let keys = PoolKeys::parse("vault", &texts).unwrap();
         let sig = keys.prove_join(3, "app", b"nonce").unwrap();
-        let vk = VerifyingKey::from_bytes(&v.join).unwrap();
-        let msg = join_message("vault", "app", 3, b"nonce");
-        assert!(vk.verify(&msg, &Signature::from_bytes(&sig)).is_ok());
+        assert!(verify_join(&v.join, "vault", "app", 3, b"nonce", &sig));
         let wrong = PoolKeys::parse("vault", &generate("vault", 3).0).unwrap();
         let bad = wrong.prove_join(3, "app", b"nonce").unwrap();
-        assert!(vk.verify(&msg, &Signature::from_bytes(&bad)).is_err());
-        let other_app = join_message("vault", "other", 3, b"nonce");
-        assert!(vk.verify(&other_app, &Signature::from_bytes(&sig)).is_err());
+        assert!(!verify_join(&v.join, "vault", "app", 3, b"nonce", &bad));
+        assert!(
+            !verify_join(&v.join, "vault", "other", 3, b"nonce", &sig),
+            "bound to the app"
+        );
+        assert!(
+            !verify_join(&v.join, "vault", "app", 3, b"other", &sig),
+            "bound to the nonce"
+        );
     }
 }

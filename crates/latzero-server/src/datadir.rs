@@ -42,6 +42,28 @@ impl RuntimeInfo {
     }
 }
 
+/// Writes a file atomically: into `<path>.tmp` created with `mode`, synced, then renamed over
+/// `path`, so a reader (or a crash) never sees half of it.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ServerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// A prepared, locked data directory. The lock is released when this is dropped.
 #[derive(Debug)]
 pub struct DataDir {
@@ -92,19 +114,11 @@ impl DataDir {
 
     /// Writes `server.json` atomically (write then rename).
     pub fn write_runtime(&self, info: &RuntimeInfo) -> Result<(), ServerError> {
-        let tmp = self.path.join(format!("{RUNTIME_FILE}.tmp"));
-        let dst = self.path.join(RUNTIME_FILE);
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(
-                serde_json::to_string_pretty(info)
-                    .map_err(std::io::Error::other)?
-                    .as_bytes(),
-            )?;
-            f.sync_all()?;
-            fs::rename(&tmp, &dst)
-        };
-        write().map_err(|e| ServerError::DataDir { path: dst, source: e })
+        let text = serde_json::to_string_pretty(info).map_err(|e| ServerError::DataDir {
+            path: self.path.join(RUNTIME_FILE),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.path.join(RUNTIME_FILE), text.as_bytes(), 0o644)
     }
 
     /// Removes `server.json` on a clean exit.

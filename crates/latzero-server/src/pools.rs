@@ -221,9 +221,11 @@ fn check_verifiers(k: &KeyVerifiers, generation: u32) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// A join challenge for an encrypted pool: its newest key generation and a fresh nonce, with
-/// the write verifiers of every generation (for readers that were not given them).
+/// A join challenge for an encrypted pool: its newest key generation and a fresh nonce (for the
+/// session to keep), and the `pool_challenge` reply, which also carries the write verifiers of
+/// every generation (for readers that were not given them).
 pub(crate) fn challenge(st: &State, pool: &PoolName) -> Result<(u32, [u8; 32], Value), Refusal> {
+    use base64::Engine;
     let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
     let keys = dir
         .pools
@@ -242,7 +244,11 @@ pub(crate) fn challenge(st: &State, pool: &PoolName) -> Result<(u32, [u8; 32], V
         .iter()
         .map(|v| (v.generation.to_string(), json!(Verifiers::b64(&v.write))))
         .collect();
-    Ok((latest.generation, nonce, Value::Object(writes)))
+    let reply = json!({
+        "action": "pool_challenge", "pool": pool, "generation": latest.generation,
+        "nonce": base64::engine::general_purpose::STANDARD.encode(nonce), "write_verifiers": writes,
+    });
+    Ok((latest.generation, nonce, reply))
 }
 
 /// Checks a join proof: the SigilKey's signature over the join message for this app and nonce.
@@ -283,9 +289,11 @@ pub(crate) fn verify_join(
                 "`signature` is not a base64 Ed25519 signature",
             )
         })?;
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&v.join).map_err(|_| denied())?;
-    let msg = latzero_crypto::join_message(pool.as_str(), app.as_str(), generation, nonce);
-    ed25519_dalek::Verifier::verify(&vk, &msg, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| denied())
+    if latzero_crypto::verify_join(&v.join, pool.as_str(), app.as_str(), generation, nonce, &sig) {
+        Ok(())
+    } else {
+        Err(denied())
+    }
 }
 
 fn stored(st: &State, pool: &PoolName) -> Result<PoolRecord, Refusal> {

@@ -7,8 +7,6 @@
 //! TLS connections. A connection whose first byte is not a TLS handshake record gets one plain
 //! `TLS_REQUIRED` error frame and is closed, so a plain client sees why instead of hanging.
 
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::datadir::write_atomic;
 use crate::error::ServerError;
 use crate::server::State;
 use crate::session;
@@ -117,23 +116,8 @@ fn generate(cert_path: &Path, key_path: &Path, host: &str) -> Result<(), ServerE
     }
     let ck = rcgen::generate_simple_self_signed(names)
         .map_err(|e| tls_err(format!("cannot generate a certificate: {e}")))?;
-    let write = |path: &Path, text: &str, mode: u32| -> Result<(), ServerError> {
-        let tmp = path.with_extension("tmp");
-        let r = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .and_then(|mut f| io::Write::write_all(&mut f, text.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        r.map_err(|source| ServerError::DataDir {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    write(key_path, &ck.signing_key.serialize_pem(), 0o600)?;
-    write(cert_path, &ck.cert.pem(), 0o644)?;
+    write_atomic(key_path, ck.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_atomic(cert_path, ck.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate");
     Ok(())
 }

@@ -441,17 +441,9 @@ impl Session {
                 Err(r) => self.error(id, r.code, &r.message),
             },
             Request::Pool(PoolRequest::Challenge { pool }) => match crate::pools::challenge(st, &pool) {
-                Ok((generation, nonce, writes)) => {
-                    use base64::Engine;
-                    self.challenges.insert(pool.clone(), (generation, nonce));
-                    self.reply_json(
-                        id,
-                        serde_json::json!({
-                            "action": "pool_challenge", "pool": pool, "generation": generation,
-                            "nonce": base64::engine::general_purpose::STANDARD.encode(nonce),
-                            "write_verifiers": writes,
-                        }),
-                    );
+                Ok((generation, nonce, reply)) => {
+                    self.challenges.insert(pool, (generation, nonce));
+                    self.reply_json(id, reply);
                 }
                 Err(r) => self.error(id, r.code, &r.message),
             },
