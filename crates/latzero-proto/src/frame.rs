@@ -118,6 +118,86 @@ pub fn encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Bytes {
     b.freeze()
 }
 
+/// A JSON frame written field by field, for the few messages on the call path where serde's
+/// serialiser is a measurable share of a call (docs/BENCHMARKS.md). Strings that need no
+/// escaping (validated names, `"ok"`) are copied as they are; any other string goes through
+/// serde_json, so the output is always what [`encode_message`] would write.
+#[derive(Debug)]
+pub struct JsonFrame {
+    b: BytesMut,
+    first: bool,
+}
+
+impl JsonFrame {
+    /// Starts a frame with room for `capacity` bytes of JSON, and the opening brace.
+    pub fn new(capacity: usize) -> Self {
+        let mut b = BytesMut::with_capacity(4 + capacity);
+        b.put_u32(0);
+        b.put_u8(b'{');
+        JsonFrame { b, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.b.put_u8(b',');
+        }
+        self.first = false;
+        self.b.put_u8(b'"');
+        self.b.put_slice(key.as_bytes());
+        self.b.put_slice(b"\":");
+    }
+
+    /// `"key":"value"`.
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        if value.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+            self.b.put_u8(b'"');
+            self.b.put_slice(value.as_bytes());
+            self.b.put_u8(b'"');
+        } else {
+            serde_json::to_writer((&mut self.b).writer(), value).expect("serialising a string into memory");
+        }
+        self
+    }
+
+    /// `"key":value`, with `value` already JSON (a [`RawValue`](serde_json::value::RawValue)'s
+    /// text).
+    pub fn raw(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        self.b.put_slice(value.as_bytes());
+        self
+    }
+
+    /// `"key":n`.
+    pub fn u64(&mut self, key: &str, n: u64) -> &mut Self {
+        self.key(key);
+        self.b.put_slice(itoa::Buffer::new().format(n).as_bytes());
+        self
+    }
+
+    /// `"key":{"app_id":"app"}`.
+    pub fn origin(&mut self, key: &str, app: &str) -> &mut Self {
+        self.key(key);
+        let mut inner = JsonFrame {
+            b: std::mem::take(&mut self.b),
+            first: true,
+        };
+        inner.b.put_u8(b'{');
+        inner.str("app_id", app);
+        self.b = inner.b;
+        self.b.put_u8(b'}');
+        self
+    }
+
+    /// Closes the object and fills in the length prefix.
+    pub fn finish(&mut self) -> Bytes {
+        self.b.put_u8(b'}');
+        let len = (self.b.len() - 4) as u32;
+        self.b[..4].copy_from_slice(&len.to_be_bytes());
+        std::mem::take(&mut self.b).freeze()
+    }
+}
+
 /// Like [`encode_message`], for values that may fail to serialise (user payloads: a map with
 /// non-string keys, a failing `Serialize` impl).
 pub fn try_encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Result<Bytes, serde_json::Error> {

@@ -10,6 +10,7 @@ mod block;
 mod pool;
 mod reply;
 mod request;
+mod scan;
 
 pub use block::*;
 pub use pool::*;
@@ -107,7 +108,37 @@ pub struct Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// Parses the envelope of a JSON payload.
     pub fn parse(json: &'a [u8]) -> Result<Envelope<'a>, serde_json::Error> {
-        serde_json::from_slice(json)
+        match Self::scan(json) {
+            Some(env) => Ok(env),
+            None => serde_json::from_slice(json),
+        }
+    }
+
+    /// The fast path for the fields of the messages on the call path (`trigger`, `response`,
+    /// `emit`, `ping`): one pass of [`scan`]. Anything else — another field, a duplicate, an
+    /// escaped name — is left to serde, which gives the same envelope or the error.
+    fn scan(json: &'a [u8]) -> Option<Envelope<'a>> {
+        let mut env = Envelope::default();
+        let mut seen = Seen::default();
+        scan::object(json, |key, v| match key {
+            "action" => seen.set(0, &mut env.action, v, str_of),
+            "type" => seen.set(1, &mut env.type_alias, v, str_of),
+            "id" => seen.set(2, &mut env.id, v, raw_of),
+            "process" => seen.set(3, &mut env.process, v, str_of),
+            "pool" => seen.set(4, &mut env.pool, v, str_of),
+            "data" => seen.set(5, &mut env.data, v, raw_of),
+            "origin" => seen.set(6, &mut env.origin, v, raw_of),
+            "destination" => seen.set(7, &mut env.destination, v, str_of),
+            "ttl" => seen.set(8, &mut env.ttl, v, |v| v.u64()),
+            "reply_to" => seen.set(9, &mut env.reply_to, v, str_of),
+            "broadcast" => seen.set(10, &mut env.broadcast, v, |v| v.bool()),
+            "in_reply_to" => seen.set(11, &mut env.in_reply_to, v, raw_of),
+            "status" => seen.set(12, &mut env.status, v, str_of),
+            "response" => seen.set(13, &mut env.response, v, raw_of),
+            "error" => seen.set(14, &mut env.error, v, raw_of),
+            _ => None,
+        })?;
+        Some(env)
     }
 
     /// The action, falling back to the `type` alias.
@@ -158,13 +189,100 @@ pub struct ServerFrame<'a> {
 impl<'a> ServerFrame<'a> {
     /// Parses a server frame's JSON.
     pub fn parse(json: &'a [u8]) -> Result<ServerFrame<'a>, serde_json::Error> {
-        serde_json::from_slice(json)
+        match Self::scan(json) {
+            Some(f) => Ok(f),
+            None => serde_json::from_slice(json),
+        }
+    }
+
+    /// The fast path, as [`Envelope::scan`]: frames with any other field go to serde.
+    fn scan(json: &'a [u8]) -> Option<ServerFrame<'a>> {
+        let mut f = ServerFrame::default();
+        let mut seen = Seen::default();
+        scan::object(json, |key, v| match key {
+            "action" => seen.set(0, &mut f.action, v, str_of),
+            "id" => seen.set(1, &mut f.id, v, raw_of),
+            "in_reply_to" => seen.set(2, &mut f.in_reply_to, v, raw_of),
+            "status" => seen.set(3, &mut f.status, v, str_of),
+            "response" => seen.set(4, &mut f.response, v, raw_of),
+            "error" => seen.set(5, &mut f.error, v, raw_of),
+            "code" => seen.set(6, &mut f.code, v, str_of),
+            "message" => seen.set(7, &mut f.message, v, str_of),
+            "handler" => seen.set(8, &mut f.handler, v, str_of),
+            "handler_may_still_run" => seen.set(9, &mut f.handler_may_still_run, v, |v| v.bool()),
+            "origin" => seen.set(10, &mut f.origin, v, raw_of),
+            "process" => seen.set(11, &mut f.process, v, str_of),
+            "pool" => seen.set(12, &mut f.pool, v, str_of),
+            "data" => seen.set(13, &mut f.data, v, raw_of),
+            "app_id" => seen.set(14, &mut f.app_id, v, str_of),
+            "event" => seen.set(15, &mut f.event, v, str_of),
+            // Delivered triggers carry it; clients do not read it.
+            "ttl" => seen.set(16, &mut None, v, |v| v.u64()),
+            _ => None,
+        })?;
+        Some(f)
     }
 
     /// The action.
     pub fn action(&self) -> Option<&str> {
         self.action.as_deref()
     }
+}
+
+/// The `app_id` of an `origin` object (`{"app_id": "..."}`), as delivered triggers, emits and
+/// forwarded responses carry it.
+pub fn origin_app_id(origin: &RawValue) -> Option<Cow<'_, str>> {
+    let mut app = None;
+    let scanned = scan::object(origin.get().as_bytes(), |key, v| {
+        if key == "app_id" {
+            app = Some(v.plain_str()?);
+        }
+        Some(())
+    });
+    if scanned.is_some() {
+        return app.map(Cow::Borrowed);
+    }
+    #[derive(Deserialize)]
+    struct Origin<'a> {
+        #[serde(borrow)]
+        app_id: Str<'a>,
+    }
+    serde_json::from_str::<Origin<'_>>(origin.get())
+        .ok()
+        .map(|o| o.app_id.0)
+}
+
+/// The fields a fast-path scan has set: a second occurrence goes to serde (which refuses it).
+#[derive(Default)]
+struct Seen(u32);
+
+impl Seen {
+    /// Sets `slot` from `v` (`null` leaves it `None`, as serde's `Option` does); `None` when the
+    /// field was seen before or `conv` cannot take the value.
+    fn set<'a, T>(
+        &mut self,
+        bit: u32,
+        slot: &mut Option<T>,
+        v: scan::Value<'a>,
+        conv: fn(&scan::Value<'a>) -> Option<T>,
+    ) -> Option<()> {
+        if self.0 & (1 << bit) != 0 {
+            return None;
+        }
+        self.0 |= 1 << bit;
+        if v.kind != scan::Kind::Null {
+            *slot = Some(conv(&v)?);
+        }
+        Some(())
+    }
+}
+
+fn str_of<'a>(v: &scan::Value<'a>) -> Option<Str<'a>> {
+    v.plain_str().map(|s| Str(Cow::Borrowed(s)))
+}
+
+fn raw_of<'a>(v: &scan::Value<'a>) -> Option<&'a RawValue> {
+    v.raw()
 }
 
 /// A credential, in a handshake's (or an admin request's) `auth`: `{"token": "..."}` or
@@ -204,6 +322,84 @@ impl Status {
         match self {
             Status::Ok => "ok",
             Status::Error => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages the fast path reads, and messages it must leave to serde.
+    const CORPUS: &[&str] = &[
+        r#"{"action":"trigger","id":7,"process":"echo","pool":"bench","data":"xx","ttl":30000}"#,
+        r#"{"action":"trigger","id":"a-b","process":"echo","pool":"p","data":{"k":[1,2,{"z":"}"}]},"destination":"h","reply_to":"r","broadcast":false}"#,
+        r#"{"action":"response","in_reply_to":"12","status":"ok","response":{"result":84}}"#,
+        r#"{"action":"response","in_reply_to":"12","status":"error","error":{"message":"no \"such\" thing"}}"#,
+        r#"{"action":"emit","process":"ev","pool":"p","data":null}"#,
+        r#"{"type":"emit","process":"ev","pool":"p","data":[]}"#,
+        r#" { "action" : "ping" , "id" : -3 } "#,
+        r#"{"action":"trigger","id":1,"ttl":null,"data":1.5e3,"destination":null}"#,
+        r#"{"action":"response","in_reply_to":1,"status":"ok","response":"é \u00e9 \ud83d\ude00"}"#,
+        // Left to serde (one way or another):
+        r#"{"action":"trigger","id":1,"id":2}"#,
+        r#"{"action":"trigger","ttl":-1}"#,
+        r#"{"action":"trigger","ttl":1.0}"#,
+        r#"{"action":"trigger","ttl":"5"}"#,
+        r#"{"action":"trigger","broadcast":1}"#,
+        r#"{"action":"handshake","app_id":"a","pools":["p"]}"#,
+        r#"{"action":"tr\u0069gger","id":1}"#,
+        r#"{"act\u0069on":"trigger","id":1}"#,
+        r#"{"action":"trigger","data":[1 2]}"#,
+        r#"{"action":"trigger","data":"\x"}"#,
+        r#"{"action":"trigger","process":5}"#,
+        r#"{"action":"trigger","unknown":{"a":1}}"#,
+        r#"{"action":"trigger"} x"#,
+        r#"{"action":"trigger""#,
+        r#"[1]"#,
+        "{\"action\":\"trig\tger\"}",
+    ];
+
+    #[test]
+    fn the_fast_path_agrees_with_serde() {
+        let mut fast = 0;
+        for json in CORPUS {
+            let serde = serde_json::from_slice::<Envelope<'_>>(json.as_bytes());
+            if let Some(env) = Envelope::scan(json.as_bytes()) {
+                fast += 1;
+                let serde = serde.unwrap_or_else(|e| panic!("fast path accepted {json} which serde refuses: {e}"));
+                assert_eq!(format!("{env:?}"), format!("{serde:?}"), "{json}");
+            }
+            let serde = serde_json::from_slice::<ServerFrame<'_>>(json.as_bytes());
+            if let Some(f) = ServerFrame::scan(json.as_bytes()) {
+                let serde = serde.unwrap_or_else(|e| panic!("fast path accepted {json} which serde refuses: {e}"));
+                assert_eq!(format!("{f:?}"), format!("{serde:?}"), "{json}");
+            }
+        }
+        assert_eq!(fast, 9, "the first nine messages take the fast path");
+    }
+
+    #[test]
+    fn origin_app_ids() {
+        let app = |json: &str| origin_app_id(&RawValue::from_string(json.into()).unwrap()).map(Cow::into_owned);
+        assert_eq!(app(r#"{"app_id":"caller"}"#).as_deref(), Some("caller"));
+        assert_eq!(app(r#"{"x":[1],"app_id":"c"}"#).as_deref(), Some("c"));
+        assert_eq!(app(r#"{"app_id":"a\u0062"}"#).as_deref(), Some("ab"));
+        assert_eq!(app(r#"{"other":1}"#), None);
+        assert_eq!(app("[]"), None);
+    }
+
+    #[test]
+    fn server_frames_on_the_call_path_take_the_fast_path() {
+        for json in [
+            r#"{"action":"trigger","id":"5","process":"echo","pool":"p","data":"x","origin":{"app_id":"c"},"ttl":29999}"#,
+            r#"{"action":"emit","process":"ev","pool":"p","data":{"a":1},"origin":{"app_id":"c"}}"#,
+            r#"{"action":"response","in_reply_to":3,"status":"ok","response":[1,2]}"#,
+            r#"{"action":"error","in_reply_to":3,"code":"TIMEOUT","message":"call timed out after 5 ms","handler_may_still_run":true,"handler":"h"}"#,
+        ] {
+            let f = ServerFrame::scan(json.as_bytes()).unwrap_or_else(|| panic!("slow path for {json}"));
+            let serde = serde_json::from_slice::<ServerFrame<'_>>(json.as_bytes()).unwrap();
+            assert_eq!(format!("{f:?}"), format!("{serde:?}"));
         }
     }
 }

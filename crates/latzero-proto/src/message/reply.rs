@@ -1,10 +1,12 @@
 //! Server → client messages, serialised straight into frames with
 //! [`encode_message`](crate::frame::encode_message).
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::RawValue;
 use crate::error::ErrorCode;
+use crate::frame::JsonFrame;
 
 /// `origin` of a delivered trigger or emit.
 #[derive(Debug, Serialize)]
@@ -88,6 +90,21 @@ pub struct DeliverTrigger<'a> {
     pub ttl: u64,
 }
 
+impl DeliverTrigger<'_> {
+    /// The frame, written by hand (the same bytes as `encode_message`; it is on every call).
+    pub fn encode(&self) -> Bytes {
+        JsonFrame::new(96 + self.data.get().len())
+            .str("action", self.action)
+            .str("id", self.id)
+            .str("process", self.process)
+            .str("pool", self.pool)
+            .raw("data", self.data.get())
+            .origin("origin", self.origin.app_id)
+            .u64("ttl", self.ttl)
+            .finish()
+    }
+}
+
 /// A response forwarded to the caller (or to its `reply_to` app).
 #[derive(Debug, Serialize)]
 pub struct ForwardResponse<'a> {
@@ -106,6 +123,27 @@ pub struct ForwardResponse<'a> {
     /// The caller, only when the response goes to a `reply_to` app.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin<'a>>,
+}
+
+impl ForwardResponse<'_> {
+    /// The frame, written by hand (the same bytes as `encode_message`; it is on every call).
+    pub fn encode(&self) -> Bytes {
+        let body = self.response.or(self.error).map_or(0, |b| b.get().len());
+        let mut f = JsonFrame::new(64 + body);
+        f.str("action", self.action)
+            .raw("in_reply_to", self.in_reply_to.get())
+            .str("status", self.status);
+        if let Some(r) = self.response {
+            f.raw("response", r.get());
+        }
+        if let Some(e) = self.error {
+            f.raw("error", e.get());
+        }
+        if let Some(o) = &self.origin {
+            f.origin("origin", o.app_id);
+        }
+        f.finish()
+    }
 }
 
 /// A server-generated error.
@@ -159,6 +197,19 @@ pub struct DeliverEmit<'a> {
     pub data: &'a RawValue,
     /// Who emitted.
     pub origin: Origin<'a>,
+}
+
+impl DeliverEmit<'_> {
+    /// The frame, written by hand (the same bytes as `encode_message`; it is on every emit).
+    pub fn encode(&self) -> Bytes {
+        JsonFrame::new(64 + self.data.get().len())
+            .str("action", self.action)
+            .str("process", self.process)
+            .str("pool", self.pool)
+            .raw("data", self.data.get())
+            .origin("origin", self.origin.app_id)
+            .finish()
+    }
 }
 
 /// `ack`: a membership change succeeded; carries the connection's pools and triggers now.
@@ -256,5 +307,47 @@ mod tests {
         let got: serde_json::Value = serde_json::to_value(&f).unwrap();
         let want: serde_json::Value = serde_json::from_str(seed::RESPONSE).unwrap();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn hand_written_frames_are_serdes_bytes() {
+        use crate::frame::encode_message;
+        let raw = |s: &str| RawValue::from_string(s.into()).unwrap();
+        let (id, data, err) = (raw("\"c-1\""), raw(r#"{"k":["v",1]}"#), raw(r#"{"message":"x"}"#));
+        // Names are validated, but the writer must stay right for any string.
+        for name in ["echo", "a\"b\\c\n\u{1}é\u{7f}"] {
+            let t = DeliverTrigger {
+                action: "trigger",
+                id: "42",
+                process: name,
+                pool: "p",
+                data: &data,
+                origin: Origin { app_id: name },
+                ttl: 30_000,
+            };
+            assert_eq!(t.encode(), encode_message(&t));
+            let e = DeliverEmit {
+                action: "emit",
+                process: "ev",
+                pool: name,
+                data: &data,
+                origin: Origin { app_id: "c" },
+            };
+            assert_eq!(e.encode(), encode_message(&e));
+            for (status, response, error, origin) in [
+                ("ok", Some(&*data), None, None),
+                ("error", None, Some(&*err), Some(Origin { app_id: name })),
+            ] {
+                let r = ForwardResponse {
+                    action: "response",
+                    in_reply_to: &id,
+                    status,
+                    response,
+                    error,
+                    origin,
+                };
+                assert_eq!(r.encode(), encode_message(&r));
+            }
+        }
     }
 }

@@ -193,7 +193,7 @@ impl Router {
                 (None, Some(r)) => Target::ReplyTo(r.clone()),
                 (None, None) => Target::Caller,
             };
-            let frame = encode_message(&DeliverTrigger {
+            let frame = DeliverTrigger {
                 action: "trigger",
                 id: hop_buf.format(hop),
                 process: &t.process,
@@ -203,7 +203,8 @@ impl Router {
                     app_id: caller_app.as_str(),
                 },
                 ttl: ttl.as_millis() as u64,
-            });
+            }
+            .encode();
             self.table.insert(
                 hop,
                 Pending {
@@ -322,7 +323,7 @@ impl Router {
             self.counters.inc(&self.counters.emits_unrouted);
             return Ok(0);
         };
-        let frame = encode_message(&DeliverEmit {
+        let frame = DeliverEmit {
             action: "emit",
             process: &e.process,
             pool: &e.pool,
@@ -330,7 +331,8 @@ impl Router {
             origin: Origin {
                 app_id: sender_app.as_str(),
             },
-        });
+        }
+        .encode();
         // Sending never blocks (it writes or buffers), so the read lock is held only briefly and
         // the receiver list need not be copied.
         let mut delivered = 0;
@@ -460,14 +462,15 @@ impl Router {
         };
         let forwarded = origin.is_some();
         let frame = match outcome {
-            Outcome::Handler { status, body } => encode_message(&ForwardResponse {
+            Outcome::Handler { status, body } => ForwardResponse {
                 action: "response",
                 in_reply_to: &p.caller_id,
                 status: status.as_str(),
                 response: (status == Status::Ok).then(|| body.unwrap_or(null())),
                 error: (status == Status::Error).then(|| body.unwrap_or(null())),
                 origin,
-            }),
+            }
+            .encode(),
             Outcome::Failed {
                 code,
                 message,

@@ -1,0 +1,319 @@
+//! The fast path for reading a flat envelope: one strict pass over the top-level object that
+//! hands each key and the text of its value to the caller, without serde's per-field machinery.
+//!
+//! It only ever says "no" by returning `None`, and the caller then parses the frame with serde,
+//! which gives the same result or the error message. So the scanner may be stricter than serde
+//! (escapes in keys, unknown keys, duplicate keys, a `null` where it is unsure — all go to serde)
+//! but must never accept what serde refuses: the structure around values is parsed strictly
+//! here, strings kept as `&str` are checked for control characters and UTF-8, and every value
+//! kept as a [`RawValue`] is validated by serde itself ([`raw`]).
+
+use super::RawValue;
+
+/// What a value is, by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A string; `escaped` when it holds a backslash.
+    Str { escaped: bool },
+    /// A number, checked against JSON's grammar.
+    Number,
+    /// `true`.
+    True,
+    /// `false`.
+    False,
+    /// `null`.
+    Null,
+    /// An array or object, balanced but not otherwise checked (keep it only through [`raw`]).
+    Nested,
+}
+
+/// One value of the top-level object.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Value<'a> {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its whole text (a string's with its quotes).
+    pub text: &'a str,
+}
+
+impl<'a> Value<'a> {
+    /// A string without escapes or control characters, as borrowed text.
+    pub fn plain_str(&self) -> Option<&'a str> {
+        match self.kind {
+            Kind::Str { escaped: false } => {
+                let inner = &self.text[1..self.text.len() - 1];
+                inner.bytes().all(|b| b >= 0x20).then_some(inner)
+            }
+            _ => None,
+        }
+    }
+
+    /// A non-negative integer that fits in a `u64`.
+    pub fn u64(&self) -> Option<u64> {
+        if self.kind != Kind::Number || !self.text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.text.parse().ok()
+    }
+
+    /// `true` or `false`.
+    pub fn bool(&self) -> Option<bool> {
+        match self.kind {
+            Kind::True => Some(true),
+            Kind::False => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The value as a [`RawValue`], validated by serde (`None` if serde refuses it).
+    pub fn raw(&self) -> Option<&'a RawValue> {
+        serde_json::from_str::<&RawValue>(self.text).ok()
+    }
+}
+
+/// Walks a flat JSON object, calling `field` with every key and value in order. `None` when the
+/// text is not an object this scanner reads (the caller falls back to serde), or when `field`
+/// says `None`.
+pub(crate) fn object<'a>(json: &'a [u8], mut field: impl FnMut(&'a str, Value<'a>) -> Option<()>) -> Option<()> {
+    // Keys and plain strings are checked for UTF-8 where they are taken; the whole text once
+    // here keeps every slice below a valid `&str`.
+    let text = std::str::from_utf8(json).ok()?;
+    let b = text.as_bytes();
+    let mut i = ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (ws(b, i + 1) == b.len()).then_some(());
+    }
+    loop {
+        // "key"
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string_end(b, i)?;
+        if escaped {
+            return None;
+        }
+        let key = &text[i + 1..end - 1];
+        i = ws(b, end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(b, i + 1);
+        let (end, kind) = value_end(b, i)?;
+        field(
+            key,
+            Value {
+                kind,
+                text: &text[i..end],
+            },
+        )?;
+        i = ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i + 1),
+            Some(b'}') => return (ws(b, i + 1) == b.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// Skips JSON whitespace from `i`.
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (one past the closing quote) of the string starting at `b[i] == '"'`, and whether it
+/// holds escapes.
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        // Keys and names are a few bytes: a plain loop over the first 32 beats a vectorised
+        // search's set-up there; longer strings (payloads) get the vectorised search.
+        let rest = &b[j..];
+        let head = &rest[..rest.len().min(32)];
+        j += match head.iter().position(|&c| c == b'"' || c == b'\\') {
+            Some(k) => k,
+            None => head.len() + memchr::memchr2(b'"', b'\\', &rest[head.len()..])?,
+        };
+        if b[j] == b'"' {
+            return Some((j + 1, escaped));
+        }
+        escaped = true;
+        j += 2;
+        if j > b.len() {
+            return None;
+        }
+    }
+}
+
+/// The end of the value starting at `i`, and its kind.
+fn value_end(b: &[u8], i: usize) -> Option<(usize, Kind)> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i).map(|(end, escaped)| (end, Kind::Str { escaped })),
+        b'-' | b'0'..=b'9' => number_end(b, i).map(|end| (end, Kind::Number)),
+        b't' => literal(b, i, b"true", Kind::True),
+        b'f' => literal(b, i, b"false", Kind::False),
+        b'n' => literal(b, i, b"null", Kind::Null),
+        b'[' | b'{' => nested_end(b, i).map(|end| (end, Kind::Nested)),
+        _ => None,
+    }
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8], kind: Kind) -> Option<(usize, Kind)> {
+    b[i..].starts_with(word).then_some((i + word.len(), kind))
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: usize| i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if b[i] == b'-' {
+        i += 1;
+    }
+    match b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+/// The end of the array or object starting at `i`: brackets balanced outside strings. Whether
+/// the inside is valid JSON is left to serde ([`Value::raw`]).
+fn nested_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        match *b.get(i)? {
+            b'"' => {
+                i = string_end(b, i)?.0;
+                continue;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: &str) -> Option<Vec<(String, Kind, String)>> {
+        let mut out = vec![];
+        object(json.as_bytes(), |k, v| {
+            out.push((k.to_owned(), v.kind, v.text.to_owned()));
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    #[test]
+    fn reads_every_kind_of_value() {
+        let got =
+            fields(r#" { "a" : "x\"y" , "b":-1.5e+3,"c":true,"d":false,"e":null,"f":[1,{"g":"]"}],"h":{} } "#).unwrap();
+        let kinds: Vec<_> = got
+            .iter()
+            .map(|(k, kind, text)| (k.as_str(), *kind, text.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("a", Kind::Str { escaped: true }, r#""x\"y""#),
+                ("b", Kind::Number, "-1.5e+3"),
+                ("c", Kind::True, "true"),
+                ("d", Kind::False, "false"),
+                ("e", Kind::Null, "null"),
+                ("f", Kind::Nested, r#"[1,{"g":"]"}]"#),
+                ("h", Kind::Nested, "{}"),
+            ]
+        );
+        assert_eq!(fields("{}").unwrap(), []);
+        // Past the short-string loop: an escape and the closing quote far into a long string.
+        let long = format!(r#"{{"a":"{}\"{}","b":1}}"#, "x".repeat(50), "y".repeat(100));
+        let got = fields(&long).unwrap();
+        assert_eq!(got[0].1, Kind::Str { escaped: true });
+        assert_eq!(got[0].2.len(), 50 + 2 + 100 + 2);
+        assert_eq!(got[1].2, "1");
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_flat_object() {
+        for bad in [
+            "",
+            "[]",
+            "{",
+            "{}x",
+            "{} {}",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":-}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":"x}"#,
+            r#"{"a":"x\"}"#,
+            r#"{"a\"":1}"#,
+            r#"{"a":[1,2}"#,
+            r#"{"a":+1}"#,
+        ] {
+            assert!(fields(bad).is_none(), "accepted {bad:?}");
+        }
+        assert!(object(b"{\"a\":\"\xff\"}", |_, _| Some(())).is_none());
+    }
+
+    #[test]
+    fn values_convert_only_when_exact() {
+        let v = |json: &'static str| {
+            let mut out = None;
+            object(json.as_bytes(), |_, v| {
+                out = Some(v);
+                Some(())
+            })
+            .unwrap();
+            out.unwrap()
+        };
+        assert_eq!(v(r#"{"a":"echo"}"#).plain_str(), Some("echo"));
+        assert_eq!(v(r#"{"a":"e\n"}"#).plain_str(), None);
+        assert_eq!(v("{\"a\":\"e\tx\"}").plain_str(), None);
+        assert_eq!(v(r#"{"a":30000}"#).u64(), Some(30000));
+        assert_eq!(v(r#"{"a":-1}"#).u64(), None);
+        assert_eq!(v(r#"{"a":1.0}"#).u64(), None);
+        assert_eq!(v(r#"{"a":99999999999999999999}"#).u64(), None);
+        assert_eq!(v(r#"{"a":true}"#).bool(), Some(true));
+        assert_eq!(v(r#"{"a":[1,{"b":null}]}"#).raw().unwrap().get(), r#"[1,{"b":null}]"#);
+        assert!(v(r#"{"a":[1 2]}"#).raw().is_none());
+        assert!(v(r#"{"a":{"b"}}"#).raw().is_none());
+    }
+}
