@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use latzero_proto::frame::{Frame, encode_message};
-use latzero_proto::message::{RawValue, ServerFrame, Str};
+use latzero_proto::message::{RawValue, ServerFrame, origin_app_id};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -30,18 +30,6 @@ impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
     fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
         let json = frame.json();
-        // Delivered triggers and emits are most of what a busy handler reads. The server writes
-        // them with `action` first; read those in one pass with `data` going straight into a
-        // Value. Anything else (or any surprise) takes the general path below.
-        let is_emit = json.starts_with(br#"{"action":"emit","#);
-        if (is_emit || json.starts_with(br#"{"action":"trigger","#))
-            && let Ok(d) = serde_json::from_slice::<Delivery<'_>>(json)
-        {
-            let hop = d.id.map(|r| r.to_owned());
-            let origin = d.origin.map(|o| o.app_id);
-            self.deliver(&d.process, &d.pool, d.data, origin, hop, is_emit, tx);
-            return None;
-        }
         let env = match ServerFrame::parse(json) {
             Ok(env) => env,
             Err(e) => {
@@ -68,25 +56,15 @@ impl Inner {
             }
         };
         match env.action() {
-            Some(action @ ("trigger" | "emit")) => {
-                #[derive(serde::Deserialize)]
-                struct Origin {
-                    app_id: String,
-                }
-                let origin = env
-                    .origin
-                    .and_then(|o| serde_json::from_str::<Origin>(o.get()).ok())
-                    .map(|o| o.app_id);
-                self.deliver(
-                    env.process.as_deref().unwrap_or_default(),
-                    env.pool.as_deref().unwrap_or_default(),
-                    raw_to_value(env.data).unwrap_or(Value::Null),
-                    origin,
-                    env.id.map(|r| r.to_owned()),
-                    action == "emit",
-                    tx,
-                )
-            }
+            Some(action @ ("trigger" | "emit")) => self.deliver(
+                env.process.as_deref().unwrap_or_default(),
+                env.pool.as_deref().unwrap_or_default(),
+                raw_to_value(env.data).unwrap_or(Value::Null),
+                env.origin.and_then(origin_app_id).map(|a| a.into_owned()),
+                env.id.map(|r| r.to_owned()),
+                action == "emit",
+                tx,
+            ),
             Some("presence") => self.event(ClientEvent::Presence {
                 pool: env.pool.as_deref().unwrap_or_default().to_owned(),
                 app_id: env.app_id.as_deref().unwrap_or_default().to_owned(),
@@ -156,16 +134,9 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .get(process)
             .cloned();
-        let req = Request {
-            process: process.to_owned(),
-            pool: pool.to_owned(),
-            data,
-            origin,
-            is_emit,
-        };
-        let process = req.process.clone();
-        let process_name = req.process.clone();
-        let finish = move |result: Result<Value, HandlerError>| -> Option<Bytes> {
+        // What becomes of the handler's result: a response frame for a call; for an emit,
+        // nothing (a failure is logged).
+        let finish = move |process: &str, result: Result<Value, HandlerError>| -> Option<Bytes> {
             if is_emit {
                 if let Err(HandlerError(e)) = result {
                     tracing::warn!(trigger = %process, error = %e, "emit handler failed");
@@ -175,11 +146,18 @@ impl Inner {
             Some(response_frame(&hop?, &result))
         };
         let Some(h) = handler else {
-            let msg = format!("this app has no handler for '{}'", req.process);
-            if let Some(frame) = finish(Err(HandlerError::msg(msg))) {
+            let msg = format!("this app has no handler for '{process}'");
+            if let Some(frame) = finish(process, Err(HandlerError::msg(msg))) {
                 send_or_spawn(tx, frame);
             }
             return;
+        };
+        let req = Request {
+            process: process.to_owned(),
+            pool: pool.to_owned(),
+            data,
+            origin,
+            is_emit,
         };
         // Run the handler right here until its first await: most handlers finish without one,
         // and then the call costs no task. One that does wait continues in its own task.
@@ -188,20 +166,21 @@ impl Inner {
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
         match first {
             Ok(std::task::Poll::Ready(result)) => {
-                if let Some(frame) = finish(result) {
+                if let Some(frame) = finish(process, result) {
                     send_or_spawn(tx, frame);
                 }
             }
             Err(_) => {
-                if let Some(frame) = finish(Err(panicked(&process_name))) {
+                if let Some(frame) = finish(process, Err(panicked(process))) {
                     send_or_spawn(tx, frame);
                 }
             }
             Ok(std::task::Poll::Pending) => {
                 let tx = tx.clone();
+                let process = process.to_owned();
                 tokio::spawn(async move {
-                    let result = invoke_boxed(fut, &process_name).await;
-                    if let Some(frame) = finish(result) {
+                    let result = invoke_boxed(fut, &process).await;
+                    if let Some(frame) = finish(&process, result) {
                         // If the connection dropped meanwhile, the server has already failed the
                         // call with HANDLER_GONE; there is nobody to send this to.
                         let _ = tx.send(frame).await;
@@ -210,25 +189,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// A delivered trigger or emit, parsed in one pass (see `dispatch`).
-#[derive(serde::Deserialize)]
-struct Delivery<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    process: Str<'a>,
-    #[serde(borrow)]
-    pool: Str<'a>,
-    #[serde(default)]
-    data: Value,
-    origin: Option<DeliveryOrigin>,
-}
-
-#[derive(serde::Deserialize)]
-struct DeliveryOrigin {
-    app_id: String,
 }
 
 /// A handler's answer as a `response` frame, serialised straight from its value.
