@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::encode_message;
+use latzero_proto::frame::JsonFrame;
 use latzero_proto::message::{RawValue, ServerFrame};
 use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
 use serde::Serialize;
@@ -35,20 +35,39 @@ pub struct Call<'a> {
     pub(crate) destination: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A `trigger` frame, with the payload serialised straight into it.
 pub(crate) struct TriggerOut<'a, D: Serialize + ?Sized> {
-    pub action: &'static str,
     pub id: u64,
     pub process: &'a str,
     pub pool: &'a str,
     pub data: &'a D,
     pub ttl: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub broadcast: bool,
+}
+
+impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
+    /// The frame (fails only if the payload does not serialise).
+    pub fn encode(&self) -> Result<Bytes, serde_json::Error> {
+        let mut f = JsonFrame::new(128);
+        f.str("action", "trigger")
+            .u64("id", self.id)
+            .str("process", self.process)
+            .str("pool", self.pool)
+            .serialize("data", self.data)?
+            .u64("ttl", self.ttl);
+        if let Some(d) = self.destination {
+            f.str("destination", d);
+        }
+        if let Some(r) = self.reply_to {
+            f.str("reply_to", r);
+        }
+        if self.broadcast {
+            f.bool("broadcast", true);
+        }
+        Ok(f.finish())
+    }
 }
 
 /// Runs a call on this client's own handler, in-process (the seeds' short-circuit).
@@ -103,8 +122,7 @@ impl Call<'_> {
     }
 
     fn frame(&self, id: u64, data: &RawValue, ttl: Duration, reply_to: Option<&str>, broadcast: bool) -> Bytes {
-        encode_message(&TriggerOut {
-            action: "trigger",
+        TriggerOut {
             id,
             process: &self.process,
             pool: &self.pool,
@@ -113,7 +131,10 @@ impl Call<'_> {
             destination: self.destination.as_deref(),
             reply_to,
             broadcast,
-        })
+        }
+        .encode()
+        // The payload is already JSON text.
+        .expect("serialising a raw value into memory")
     }
 
     fn ttl(&self) -> Duration {

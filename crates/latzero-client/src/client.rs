@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::{encode_message, try_encode_message};
+use latzero_proto::frame::{JsonFrame, encode_message};
 use latzero_proto::message::{KeyVerifiers, RawValue, ServerFrame};
 use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
 use serde::Serialize;
@@ -38,14 +38,26 @@ pub(crate) enum Waiter {
 }
 
 /// An `emit` frame, with the payload serialised straight into it.
-#[derive(Serialize)]
 struct EmitOut<'a, D: Serialize + ?Sized> {
-    action: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
     process: &'a str,
     pool: &'a str,
     data: &'a D,
+}
+
+impl<D: Serialize + ?Sized> EmitOut<'_, D> {
+    /// The frame (fails only if the payload does not serialise).
+    fn encode(&self) -> Result<Bytes, serde_json::Error> {
+        let mut f = JsonFrame::new(96);
+        f.str("action", "emit");
+        if let Some(id) = self.id {
+            f.u64("id", id);
+        }
+        f.str("process", self.process)
+            .str("pool", self.pool)
+            .serialize("data", self.data)?;
+        Ok(f.finish())
+    }
 }
 
 /// Something that happened to the client, for the application to observe.
@@ -404,8 +416,7 @@ impl Client {
         inner
             .roundtrip(
                 |id| {
-                    Ok(try_encode_message(&TriggerOut {
-                        action: "trigger",
+                    Ok(TriggerOut {
                         id,
                         process,
                         pool,
@@ -414,7 +425,8 @@ impl Client {
                         destination: None,
                         reply_to: None,
                         broadcast: false,
-                    })?)
+                    }
+                    .encode()?)
                 },
                 ttl,
             )
@@ -453,13 +465,13 @@ impl Client {
     pub async fn emit<T: Serialize + ?Sized>(&self, pool: &str, process: &str, data: &T) -> Result<(), ClientError> {
         PoolName::check(pool)?;
         TriggerName::check(process)?;
-        let frame = try_encode_message(&EmitOut {
-            action: "emit",
+        let frame = EmitOut {
             id: None,
             process,
             pool,
             data,
-        })?;
+        }
+        .encode()?;
         self.inner.send(frame).await
     }
 
@@ -476,13 +488,13 @@ impl Client {
             .inner
             .roundtrip(
                 |id| {
-                    Ok(try_encode_message(&EmitOut {
-                        action: "emit",
+                    Ok(EmitOut {
                         id: Some(id),
                         process,
                         pool,
                         data,
-                    })?)
+                    }
+                    .encode()?)
                 },
                 self.inner.opts.request_timeout,
             )

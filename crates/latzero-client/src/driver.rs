@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::{Frame, encode_message};
-use latzero_proto::message::{RawValue, ServerFrame, origin_app_id};
+use latzero_proto::frame::{Frame, JsonFrame};
+use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, ServerFrame, origin_app_id};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -30,6 +30,39 @@ impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
     fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
         let json = frame.json();
+        // The frames of the call path, in the exact layout the server writes them, read without
+        // the general parse; anything else (or any surprise) takes the general path below.
+        if let Some(r) = ForwardResponse::read::<Value>(json)
+            && let Ok(id) = r.in_reply_to.parse::<u64>()
+        {
+            match lock(&self.pending).remove(&id) {
+                Some(Waiter::Value(tx)) => {
+                    let _ = tx.send(r.result.map_err(ClientError::Handler));
+                }
+                Some(Waiter::Frame(tx)) => {
+                    let _ = tx.send(json.clone());
+                }
+                Some(Waiter::Full(tx)) => {
+                    let _ = tx.send(frame.clone());
+                }
+                None => tracing::debug!(id, "reply for a request no longer waiting"),
+            }
+            return None;
+        }
+        let delivery = DeliverTrigger::read::<Value>(json).or_else(|| DeliverEmit::read::<Value>(json));
+        if let Some(d) = delivery {
+            let origin = Some(d.origin.to_owned());
+            self.deliver(
+                d.process,
+                d.pool,
+                d.data,
+                origin,
+                d.id.map(str::to_owned),
+                d.id.is_none(),
+                tx,
+            );
+            return None;
+        }
         let env = match ServerFrame::parse(json) {
             Ok(env) => env,
             Err(e) => {
@@ -61,7 +94,7 @@ impl Inner {
                 env.pool.as_deref().unwrap_or_default(),
                 raw_to_value(env.data).unwrap_or(Value::Null),
                 env.origin.and_then(origin_app_id).map(|a| a.into_owned()),
-                env.id.map(|r| r.to_owned()),
+                env.id.map(|r| r.get().to_owned()),
                 action == "emit",
                 tx,
             ),
@@ -124,7 +157,7 @@ impl Inner {
         pool: &str,
         data: Value,
         origin: Option<String>,
-        hop: Option<Box<RawValue>>,
+        hop: Option<String>,
         is_emit: bool,
         tx: &mpsc::Sender<Bytes>,
     ) {
@@ -191,29 +224,17 @@ impl Inner {
     }
 }
 
-/// A handler's answer as a `response` frame, serialised straight from its value.
-fn response_frame(hop: &RawValue, result: &Result<Value, HandlerError>) -> Bytes {
-    #[derive(serde::Serialize)]
-    struct Out<'a> {
-        action: &'static str,
-        in_reply_to: &'a RawValue,
-        status: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        response: Option<&'a Value>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<&'a Value>,
-    }
-    let (status, response, error) = match result {
-        Ok(v) => ("ok", Some(v), None),
-        Err(HandlerError(e)) => ("error", None, Some(e)),
+/// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
+fn response_frame(hop: &str, result: &Result<Value, HandlerError>) -> Bytes {
+    let mut f = JsonFrame::new(96);
+    f.str("action", "response").raw("in_reply_to", hop);
+    let written = match result {
+        Ok(v) => f.str("status", "ok").serialize("response", v),
+        Err(HandlerError(e)) => f.str("status", "error").serialize("error", e),
     };
-    encode_message(&Out {
-        action: "response",
-        in_reply_to: hop,
-        status,
-        response,
-        error,
-    })
+    // A Value always serialises (its map keys are strings).
+    written.expect("serialising a value into memory");
+    f.finish()
 }
 
 /// Queues a frame to the writer without waiting; if the queue is full, waits in a task.

@@ -108,14 +108,9 @@ pub fn encode_json(payload: &[u8]) -> Bytes {
 
 /// Serialises `msg` straight into a complete frame, without an intermediate buffer.
 pub fn encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Bytes {
-    let mut b = BytesMut::with_capacity(128);
-    b.put_u32(0);
     // Serialising our own message types into memory cannot fail: they hold no maps with
     // non-string keys and no failing Serialize impls.
-    serde_json::to_writer((&mut b).writer(), msg).expect("serialising a message into memory");
-    let len = (b.len() - 4) as u32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
-    b.freeze()
+    try_encode_message(msg).expect("serialising a message into memory")
 }
 
 /// A JSON frame written field by field, for the few messages on the call path where serde's
@@ -124,38 +119,37 @@ pub fn encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Bytes {
 /// serde_json, so the output is always what [`encode_message`] would write.
 #[derive(Debug)]
 pub struct JsonFrame {
-    b: BytesMut,
+    b: Vec<u8>,
     first: bool,
 }
 
 impl JsonFrame {
     /// Starts a frame with room for `capacity` bytes of JSON, and the opening brace.
     pub fn new(capacity: usize) -> Self {
-        let mut b = BytesMut::with_capacity(4 + capacity);
-        b.put_u32(0);
-        b.put_u8(b'{');
+        let mut b = Vec::with_capacity(4 + capacity);
+        b.extend_from_slice(&[0, 0, 0, 0, b'{']);
         JsonFrame { b, first: true }
     }
 
     fn key(&mut self, key: &str) {
         if !self.first {
-            self.b.put_u8(b',');
+            self.b.push(b',');
         }
         self.first = false;
-        self.b.put_u8(b'"');
-        self.b.put_slice(key.as_bytes());
-        self.b.put_slice(b"\":");
+        self.b.push(b'"');
+        self.b.extend_from_slice(key.as_bytes());
+        self.b.extend_from_slice(b"\":");
     }
 
     /// `"key":"value"`.
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         if value.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
-            self.b.put_u8(b'"');
-            self.b.put_slice(value.as_bytes());
-            self.b.put_u8(b'"');
+            self.b.push(b'"');
+            self.b.extend_from_slice(value.as_bytes());
+            self.b.push(b'"');
         } else {
-            serde_json::to_writer((&mut self.b).writer(), value).expect("serialising a string into memory");
+            serde_json::to_writer(&mut self.b, value).expect("serialising a string into memory");
         }
         self
     }
@@ -164,49 +158,61 @@ impl JsonFrame {
     /// text).
     pub fn raw(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
-        self.b.put_slice(value.as_bytes());
+        self.b.extend_from_slice(value.as_bytes());
         self
+    }
+
+    /// `"key":value`, serialised by serde_json (user payloads, which may fail to serialise).
+    pub fn serialize<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<&mut Self> {
+        self.key(key);
+        serde_json::to_writer(&mut self.b, value)?;
+        Ok(self)
     }
 
     /// `"key":n`.
     pub fn u64(&mut self, key: &str, n: u64) -> &mut Self {
         self.key(key);
-        self.b.put_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self
+    }
+
+    /// `"key":true` or `false`.
+    pub fn bool(&mut self, key: &str, v: bool) -> &mut Self {
+        self.key(key);
+        self.b.extend_from_slice(if v { b"true" } else { b"false" });
         self
     }
 
     /// `"key":{"app_id":"app"}`.
     pub fn origin(&mut self, key: &str, app: &str) -> &mut Self {
         self.key(key);
-        let mut inner = JsonFrame {
-            b: std::mem::take(&mut self.b),
-            first: true,
-        };
-        inner.b.put_u8(b'{');
-        inner.str("app_id", app);
-        self.b = inner.b;
-        self.b.put_u8(b'}');
+        self.b.push(b'{');
+        self.first = true;
+        self.str("app_id", app);
+        self.b.push(b'}');
         self
     }
 
     /// Closes the object and fills in the length prefix.
     pub fn finish(&mut self) -> Bytes {
-        self.b.put_u8(b'}');
+        self.b.push(b'}');
         let len = (self.b.len() - 4) as u32;
         self.b[..4].copy_from_slice(&len.to_be_bytes());
-        std::mem::take(&mut self.b).freeze()
+        Bytes::from(std::mem::take(&mut self.b))
     }
 }
 
 /// Like [`encode_message`], for values that may fail to serialise (user payloads: a map with
 /// non-string keys, a failing `Serialize` impl).
 pub fn try_encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Result<Bytes, serde_json::Error> {
-    let mut b = BytesMut::with_capacity(128);
-    b.put_u32(0);
-    serde_json::to_writer((&mut b).writer(), msg)?;
-    let len = (b.len() - 4) as u32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(b.freeze())
+    // A Vec, not a BytesMut behind `writer()`: the serialiser makes many small writes, and a
+    // Vec's are the cheapest; room for a call with a small payload without growing.
+    let mut v = Vec::with_capacity(256);
+    v.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut v, msg)?;
+    let len = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(Bytes::from(v))
 }
 
 /// Encodes a binary frame (length prefix included).

@@ -146,6 +146,127 @@ impl ForwardResponse<'_> {
     }
 }
 
+/// A `response` read back by [`ForwardResponse::read`].
+#[derive(Debug)]
+pub struct ReadResponse<'a, T> {
+    /// The caller's id: an integer's digits.
+    pub in_reply_to: &'a str,
+    /// `Ok(response)` for status "ok", `Err(error)` for "error".
+    pub result: Result<T, T>,
+}
+
+impl ForwardResponse<'_> {
+    /// Reads a frame in exactly the layout [`encode`](Self::encode) writes for a caller with an
+    /// integer id (no `origin`), deserialising the body as `T` — the SDK's fast path for the
+    /// frame every call ends with. `None` for anything else, including a body that is not
+    /// exactly one `T`; the caller then parses the frame in general ([`ServerFrame`]), which
+    /// gives the same fields for every frame this accepts.
+    ///
+    /// [`ServerFrame`]: super::ServerFrame
+    pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadResponse<'a, T>> {
+        let mut s = std::str::from_utf8(json).ok()?;
+        take(&mut s, r#"{"action":"response","in_reply_to":"#)?;
+        let in_reply_to = digits(&mut s)?;
+        let ok = if take(&mut s, r#","status":"ok","response":"#).is_some() {
+            true
+        } else {
+            take(&mut s, r#","status":"error","error":"#)?;
+            false
+        };
+        // The body runs to the closing brace; a frame with more fields after it (`origin`)
+        // leaves text that is not exactly one value, and serde says so.
+        let body = serde_json::from_str::<T>(s.strip_suffix('}')?).ok()?;
+        Some(ReadResponse {
+            in_reply_to,
+            result: if ok { Ok(body) } else { Err(body) },
+        })
+    }
+}
+
+/// A delivered trigger or emit read back by [`DeliverTrigger::read`] or [`DeliverEmit::read`].
+#[derive(Debug)]
+pub struct ReadDelivery<'a, T> {
+    /// The hop id as JSON text, quotes included, to echo as `in_reply_to` (triggers; `None`
+    /// for emits).
+    pub id: Option<&'a str>,
+    /// The trigger.
+    pub process: &'a str,
+    /// The pool.
+    pub pool: &'a str,
+    /// The payload.
+    pub data: T,
+    /// The calling app.
+    pub origin: &'a str,
+}
+
+/// Strips a literal prefix.
+fn take(s: &mut &str, lit: &str) -> Option<()> {
+    *s = s.strip_prefix(lit)?;
+    Some(())
+}
+
+/// Takes one or more ASCII digits.
+fn digits<'a>(s: &mut &'a str) -> Option<&'a str> {
+    let n = s.bytes().take_while(u8::is_ascii_digit).count();
+    (n > 0).then(|| {
+        let (d, rest) = s.split_at(n);
+        *s = rest;
+        d
+    })
+}
+
+/// Takes a string's contents up to its closing quote (consumed), if it needed no escaping —
+/// which is how [`JsonFrame::str`] writes names.
+fn plain<'a>(s: &mut &'a str) -> Option<&'a str> {
+    let end = s.find('"')?;
+    let (v, rest) = s.split_at(end);
+    if v.bytes().any(|c| c < 0x20 || c == b'\\') {
+        return None;
+    }
+    *s = &rest[1..];
+    Some(v)
+}
+
+/// The payload and the origin at the end of a delivery: `DATA,"origin":{"app_id":"A"}` then
+/// `after`. The origin is the last one in the frame: whatever the payload holds comes before it.
+fn data_and_origin<'a, T: serde::Deserialize<'a>>(s: &'a str, after: &str) -> Option<(T, &'a str, &'a str)> {
+    const ORIGIN: &str = r#","origin":{"app_id":""#;
+    let cut = s.rfind(ORIGIN)?;
+    let (data, mut tail) = s.split_at(cut);
+    tail = &tail[ORIGIN.len()..];
+    let origin = plain(&mut tail)?;
+    take(&mut tail, after)?;
+    Some((serde_json::from_str(data).ok()?, origin, tail))
+}
+
+impl DeliverTrigger<'_> {
+    /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
+    /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
+    pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
+        let mut s = std::str::from_utf8(json).ok()?;
+        take(&mut s, r#"{"action":"trigger","id":"#)?;
+        let rest = s;
+        take(&mut s, "\"")?;
+        digits(&mut s)?;
+        take(&mut s, "\"")?;
+        let id = &rest[..rest.len() - s.len()];
+        take(&mut s, r#","process":""#)?;
+        let process = plain(&mut s)?;
+        take(&mut s, r#","pool":""#)?;
+        let pool = plain(&mut s)?;
+        take(&mut s, r#","data":"#)?;
+        let (data, origin, mut tail) = data_and_origin(s, r#"},"ttl":"#)?;
+        digits(&mut tail)?;
+        (tail == "}").then_some(ReadDelivery {
+            id: Some(id),
+            process,
+            pool,
+            data,
+            origin,
+        })
+    }
+}
+
 /// A server-generated error.
 #[derive(Debug, Serialize)]
 pub struct ErrorFrame<'a> {
@@ -209,6 +330,27 @@ impl DeliverEmit<'_> {
             .raw("data", self.data.get())
             .origin("origin", self.origin.app_id)
             .finish()
+    }
+}
+
+impl DeliverEmit<'_> {
+    /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
+    /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
+    pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
+        let mut s = std::str::from_utf8(json).ok()?;
+        take(&mut s, r#"{"action":"emit","process":""#)?;
+        let process = plain(&mut s)?;
+        take(&mut s, r#","pool":""#)?;
+        let pool = plain(&mut s)?;
+        take(&mut s, r#","data":"#)?;
+        let (data, origin, tail) = data_and_origin(s, r#"}}"#)?;
+        tail.is_empty().then_some(ReadDelivery {
+            id: None,
+            process,
+            pool,
+            data,
+            origin,
+        })
     }
 }
 
@@ -348,6 +490,104 @@ mod tests {
                 };
                 assert_eq!(r.encode(), encode_message(&r));
             }
+        }
+    }
+
+    #[test]
+    fn the_sdk_reads_back_exactly_what_the_encoders_write() {
+        use super::super::ServerFrame;
+        use serde_json::{Value, json};
+        let raw = |v: &Value| RawValue::from_string(v.to_string()).unwrap();
+        let body = |f: &Bytes| f.slice(4..);
+        let decoy = json!({"s": ",\"origin\":{\"app_id\":\"x\"},\"ttl\":1}", "n": [1, {"o": "}}"}]});
+        for data in [json!("x".repeat(62)), json!(null), json!(12.5), decoy] {
+            let d = raw(&data);
+            let t = DeliverTrigger {
+                action: "trigger",
+                id: "42",
+                process: "echo",
+                pool: "p.1",
+                data: &d,
+                origin: Origin { app_id: "caller" },
+                ttl: 29_999,
+            }
+            .encode();
+            let t = body(&t);
+            let r = DeliverTrigger::read::<Value>(&t).expect("trigger read back");
+            assert_eq!(
+                (r.id, r.process, r.pool, r.origin),
+                (Some("\"42\""), "echo", "p.1", "caller")
+            );
+            assert_eq!(r.data, data);
+            let general = ServerFrame::parse(&t).unwrap();
+            assert_eq!(general.data.map_or("null", |r| r.get()), d.get());
+            assert!(DeliverEmit::read::<Value>(&t).is_none());
+
+            let e = DeliverEmit {
+                action: "emit",
+                process: "ev",
+                pool: "p",
+                data: &d,
+                origin: Origin { app_id: "em" },
+            }
+            .encode();
+            let e = body(&e);
+            let r = DeliverEmit::read::<Value>(&e).expect("emit read back");
+            assert_eq!((r.id, r.process, r.pool, r.origin), (None, "ev", "p", "em"));
+            assert_eq!(r.data, data);
+
+            let id = RawValue::from_string("7".into()).unwrap();
+            for ok in [true, false] {
+                let f = ForwardResponse {
+                    action: "response",
+                    in_reply_to: &id,
+                    status: if ok { "ok" } else { "error" },
+                    response: ok.then_some(&*d),
+                    error: (!ok).then_some(&*d),
+                    origin: None,
+                }
+                .encode();
+                let f = body(&f);
+                let r = ForwardResponse::read::<Value>(&f).expect("response read back");
+                assert_eq!(r.in_reply_to, "7");
+                assert_eq!(r.result, if ok { Ok(data.clone()) } else { Err(data.clone()) });
+            }
+            // A forwarded response (with origin) is left to the general parse.
+            let f = ForwardResponse {
+                action: "response",
+                in_reply_to: &id,
+                status: "ok",
+                response: Some(&d),
+                error: None,
+                origin: Some(Origin { app_id: "c" }),
+            }
+            .encode();
+            assert!(ForwardResponse::read::<Value>(&body(&f)).is_none());
+        }
+        // Escaped names, string ids and anything off the layout are left to the general parse.
+        let d = raw(&json!(1));
+        let t = DeliverTrigger {
+            action: "trigger",
+            id: "1",
+            process: "a\"b",
+            pool: "p",
+            data: &d,
+            origin: Origin { app_id: "c" },
+            ttl: 1,
+        }
+        .encode();
+        assert!(DeliverTrigger::read::<Value>(&body(&t)).is_none());
+        for other in [
+            r#"{"action":"response","in_reply_to":"7","status":"ok","response":1}"#,
+            r#"{"action":"response","in_reply_to":7,"status":"ok","response":1 2}"#,
+            r#"{"action":"response","in_reply_to":7,"status":"ok","response":1,"x":2}"#,
+            r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":"c"}} "#,
+            r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":"c"},"x":1}"#,
+            r#"{"action":"trigger","id":"1","process":"e","pool":"p","data":1,"origin":{"app_id":"c"},"ttl":1,"x":1}"#,
+        ] {
+            assert!(ForwardResponse::read::<Value>(other.as_bytes()).is_none(), "{other}");
+            assert!(DeliverEmit::read::<Value>(other.as_bytes()).is_none(), "{other}");
+            assert!(DeliverTrigger::read::<Value>(other.as_bytes()).is_none(), "{other}");
         }
     }
 }
