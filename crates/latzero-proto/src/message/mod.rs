@@ -3,8 +3,9 @@
 //!
 //! Every message is a JSON object with an `action` (`type` is accepted as an alias for clients
 //! of the original server). Parsing is one pass over a flat [`Envelope`] that borrows from the
-//! frame; payloads (`data`, `response`, `error`, `meta`) stay [`RawValue`]s, so the server
-//! forwards them byte for byte and never re-serialises them.
+//! frame (a hand-written scan for the call path's messages, serde for everything else);
+//! payloads (`data`, `response`, `error`, `meta`) stay [`RawValue`]s, so the server forwards
+//! them byte for byte and never re-serialises them.
 
 mod block;
 mod pool;

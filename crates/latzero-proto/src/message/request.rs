@@ -475,6 +475,11 @@ mod tests {
         let e = parse_request(br#"[1,2]"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
         assert!(e.message.contains("must be a JSON object"), "{}", e.message);
+
+        // A field given twice (the fast scan leaves it to serde, which refuses it).
+        let e = parse_request(br#"{"action":"trigger","id":1,"process":"f","pool":"p","pool":"q"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("duplicate field `pool`"), "{}", e.message);
     }
 
     #[test]
