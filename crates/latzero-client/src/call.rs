@@ -192,7 +192,7 @@ impl Call<'_> {
     }
 
     /// Sends the call with its result going to another app (`reply_to`), which receives it as
-    /// [`ClientEvent::Forwarded`]. Returns the app that is running the call once the server
+    /// [`ClientEvent::Forwarded`](crate::ClientEvent::Forwarded). Returns the app that is running the call once the server
     /// has handed it over.
     pub async fn forward(mut self, reply_to: &str) -> Result<String, ClientError> {
         self.check()?;

@@ -1,5 +1,5 @@
-//! Messages: what clients send, parsed at the edge into [`Request`]s ([`request`]), and what
-//! the server sends ([`reply`]).
+//! Messages: what clients send, parsed at the edge into [`Request`]s (`request.rs`), and what
+//! the server sends (`reply.rs`).
 //!
 //! Every message is a JSON object with an `action` (`type` is accepted as an alias for clients
 //! of the original server). Parsing is one pass over a flat [`Envelope`] that borrows from the

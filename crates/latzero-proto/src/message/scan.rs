@@ -6,7 +6,7 @@
 //! (escapes in keys, unknown keys, duplicate keys, a `null` where it is unsure — all go to serde)
 //! but must never accept what serde refuses: the structure around values is parsed strictly
 //! here, strings kept as `&str` are checked for control characters and UTF-8, and every value
-//! kept as a [`RawValue`] is validated by serde itself ([`raw`]).
+//! kept as a [`RawValue`] is validated by serde itself ([`Value::raw`]).
 
 use super::RawValue;
 
@@ -23,7 +23,7 @@ pub(crate) enum Kind {
     False,
     /// `null`.
     Null,
-    /// An array or object, balanced but not otherwise checked (keep it only through [`raw`]).
+    /// An array or object, balanced but not otherwise checked (keep it only through [`Value::raw`]).
     Nested,
 }
 
