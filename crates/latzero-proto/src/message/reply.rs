@@ -164,8 +164,7 @@ impl ForwardResponse<'_> {
     ///
     /// [`ServerFrame`]: super::ServerFrame
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadResponse<'a, T>> {
-        let mut s = std::str::from_utf8(json).ok()?;
-        take(&mut s, r#"{"action":"response","in_reply_to":"#)?;
+        let mut s = after(json, r#"{"action":"response","in_reply_to":"#)?;
         let in_reply_to = digits(&mut s)?;
         let ok = if take(&mut s, r#","status":"ok","response":"#).is_some() {
             true
@@ -197,6 +196,12 @@ pub struct ReadDelivery<'a, T> {
     pub data: T,
     /// The calling app.
     pub origin: &'a str,
+}
+
+/// The text after `prefix`, checked for UTF-8 only once the prefix matched (a frame is tried
+/// against each layout in turn).
+fn after<'a>(json: &'a [u8], prefix: &str) -> Option<&'a str> {
+    std::str::from_utf8(json.strip_prefix(prefix.as_bytes())?).ok()
 }
 
 /// Strips a literal prefix.
@@ -243,8 +248,7 @@ impl DeliverTrigger<'_> {
     /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
     /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
-        let mut s = std::str::from_utf8(json).ok()?;
-        take(&mut s, r#"{"action":"trigger","id":"#)?;
+        let mut s = after(json, r#"{"action":"trigger","id":"#)?;
         let rest = s;
         take(&mut s, "\"")?;
         digits(&mut s)?;
@@ -337,8 +341,7 @@ impl DeliverEmit<'_> {
     /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
     /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
-        let mut s = std::str::from_utf8(json).ok()?;
-        take(&mut s, r#"{"action":"emit","process":""#)?;
+        let mut s = after(json, r#"{"action":"emit","process":""#)?;
         let process = plain(&mut s)?;
         take(&mut s, r#","pool":""#)?;
         let pool = plain(&mut s)?;
