@@ -108,9 +108,17 @@ pub fn encode_json(payload: &[u8]) -> Bytes {
 
 /// Serialises `msg` straight into a complete frame, without an intermediate buffer.
 pub fn encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Bytes {
+    // A Vec, not a BytesMut behind `writer()`: the serialiser makes many small writes, and a
+    // Vec's are the cheapest.
+    let mut v = Vec::with_capacity(256);
+    v.extend_from_slice(&[0; 4]);
     // Serialising our own message types into memory cannot fail: they hold no maps with
-    // non-string keys and no failing Serialize impls.
-    try_encode_message(msg).expect("serialising a message into memory")
+    // non-string keys and no failing Serialize impls. (User payloads go through
+    // `JsonFrame::serialize`, which returns the error.)
+    serde_json::to_writer(&mut v, msg).expect("serialising a message into memory");
+    let len = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    Bytes::from(v)
 }
 
 /// A JSON frame written field by field, for the few messages on the call path where serde's
@@ -200,19 +208,6 @@ impl JsonFrame {
         self.b[..4].copy_from_slice(&len.to_be_bytes());
         Bytes::from(std::mem::take(&mut self.b))
     }
-}
-
-/// Like [`encode_message`], for values that may fail to serialise (user payloads: a map with
-/// non-string keys, a failing `Serialize` impl).
-pub fn try_encode_message<T: serde::Serialize + ?Sized>(msg: &T) -> Result<Bytes, serde_json::Error> {
-    // A Vec, not a BytesMut behind `writer()`: the serialiser makes many small writes, and a
-    // Vec's are the cheapest; room for a call with a small payload without growing.
-    let mut v = Vec::with_capacity(256);
-    v.extend_from_slice(&[0; 4]);
-    serde_json::to_writer(&mut v, msg)?;
-    let len = (v.len() - 4) as u32;
-    v[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(Bytes::from(v))
 }
 
 /// Encodes a binary frame (length prefix included).
