@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -113,11 +113,29 @@ pub(crate) struct Inner {
     pub(crate) opts: ClientOptions,
     pub(crate) next_id: AtomicU64,
     pub(crate) pending: Mutex<HashMap<u64, Waiter>>,
+    /// Calls sent and not yet answered, timed out or abandoned (the writer task's batching hint).
+    pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) handlers: RwLock<HashMap<String, HandlerFn>>,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: CancellationToken,
     pub(crate) watches: Mutex<crate::memory::Watches>,
+}
+
+/// Counts one call in [`Inner::in_flight`] while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct CloseOnDrop(CancellationToken);
@@ -214,6 +232,7 @@ impl Client {
             endpoint: url.endpoint,
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            in_flight: Arc::default(),
             handlers: RwLock::new(HashMap::new()),
             shared: Mutex::new(Shared {
                 pools: url.pools.into_iter().collect(),
@@ -575,6 +594,7 @@ impl Inner {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
         lock(&self.pending).insert(id, waiter);
+        let _in_flight = InFlight::enter(&self.in_flight);
         if let Err(e) = self.send(frame).await {
             lock(&self.pending).remove(&id);
             return Err(e);

@@ -297,7 +297,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
     }
     let (tx, rx) = mpsc::channel(inner.opts.write_queue);
     let dead = CancellationToken::new();
-    tokio::spawn(writer_task(rx, w, dead.clone()));
+    tokio::spawn(writer_task(rx, w, dead.clone(), inner.in_flight.clone()));
     Ok(Live { reader, tx, dead })
 }
 
