@@ -106,6 +106,9 @@ fn main() -> Result<()> {
     match args.placement.as_str() {
         "both" => both(&args),
         p @ ("pinned" | "unpinned") => {
+            if p == "pinned" && !on_vcpu0_only() {
+                return rerun_pinned();
+            }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let figures = rt.block_on(measure(&args, &sizes))?;
             if args.json {
@@ -198,6 +201,9 @@ fn blocks_cmd(args: &Args) -> Result<()> {
         if !matches!(placement, "pinned" | "unpinned") {
             bail!("--placement must be pinned, unpinned or both, not {placement}");
         }
+        if placement == "pinned" && !on_vcpu0_only() {
+            return rerun_pinned();
+        }
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let f = rt.block_on(blocks::run(&server_bin(args)?))?;
         if args.json {
@@ -219,6 +225,33 @@ fn blocks_cmd(args: &Args) -> Result<()> {
     if let Some(path) = &args.write {
         write_section(path, "blocks", &text)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Whether this process may run on vCPU 0 only (as under `taskset -c 0`).
+fn on_vcpu0_only() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim() == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `--placement pinned` asked for directly: runs this binary again, with the same arguments,
+/// under `taskset -c 0`, so that it and every peer it starts really are on one vCPU.
+fn rerun_pinned() -> Result<()> {
+    let me = std::env::current_exe()?;
+    let status = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&me)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .context("running taskset (it is in util-linux)")?;
+    if !status.success() {
+        bail!("the pinned run failed ({status})");
     }
     Ok(())
 }
