@@ -50,7 +50,8 @@ pub(crate) struct TriggerOut<'a, D: Serialize + ?Sized> {
 impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
     /// The frame (fails only if the payload does not serialise).
     pub fn encode(&self) -> Result<Bytes, serde_json::Error> {
-        let mut f = JsonFrame::new(128);
+        // The payload's size is unknown until written; 192 bytes leave room for a small one.
+        let mut f = JsonFrame::new(192 + self.process.len() + self.pool.len());
         f.str("action", "trigger")
             .u64("id", self.id)
             .str("process", self.process)

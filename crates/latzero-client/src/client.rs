@@ -48,7 +48,7 @@ struct EmitOut<'a, D: Serialize + ?Sized> {
 impl<D: Serialize + ?Sized> EmitOut<'_, D> {
     /// The frame (fails only if the payload does not serialise).
     fn encode(&self) -> Result<Bytes, serde_json::Error> {
-        let mut f = JsonFrame::new(96);
+        let mut f = JsonFrame::new(160 + self.process.len() + self.pool.len());
         f.str("action", "emit");
         if let Some(id) = self.id {
             f.u64("id", id);

@@ -226,7 +226,7 @@ impl Inner {
 
 /// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
 fn response_frame(hop: &str, result: &Result<Value, HandlerError>) -> Bytes {
-    let mut f = JsonFrame::new(96);
+    let mut f = JsonFrame::new(192 + hop.len());
     f.str("action", "response").raw("in_reply_to", hop);
     let written = match result {
         Ok(v) => f.str("status", "ok").serialize("response", v),

@@ -93,7 +93,10 @@ pub struct DeliverTrigger<'a> {
 impl DeliverTrigger<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every call).
     pub fn encode(&self) -> Bytes {
-        JsonFrame::new(96 + self.data.get().len())
+        // Room for the whole frame (the keys and the ttl take under 112 bytes): growing the
+        // buffer midway copies it.
+        let room = 112 + self.id.len() + self.process.len() + self.pool.len() + self.data.get().len();
+        JsonFrame::new(room + self.origin.app_id.len())
             .str("action", self.action)
             .str("id", self.id)
             .str("process", self.process)
@@ -129,7 +132,8 @@ impl ForwardResponse<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every call).
     pub fn encode(&self) -> Bytes {
         let body = self.response.or(self.error).map_or(0, |b| b.get().len());
-        let mut f = JsonFrame::new(64 + body);
+        let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.len());
+        let mut f = JsonFrame::new(72 + self.in_reply_to.get().len() + body + origin);
         f.str("action", self.action)
             .raw("in_reply_to", self.in_reply_to.get())
             .str("status", self.status);
@@ -236,7 +240,11 @@ fn plain<'a>(s: &mut &'a str) -> Option<&'a str> {
 /// `after`. The origin is the last one in the frame: whatever the payload holds comes before it.
 fn data_and_origin<'a, T: serde::Deserialize<'a>>(s: &'a str, after: &str) -> Option<(T, &'a str, &'a str)> {
     const ORIGIN: &str = r#","origin":{"app_id":""#;
-    let cut = s.rfind(ORIGIN)?;
+    // Built once: `str::rfind` sets up its searcher anew on every call, which cost more than
+    // the rest of the read.
+    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(ORIGIN));
+    let cut = FINDER.rfind(s)?;
     let (data, mut tail) = s.split_at(cut);
     tail = &tail[ORIGIN.len()..];
     let origin = plain(&mut tail)?;
@@ -327,7 +335,8 @@ pub struct DeliverEmit<'a> {
 impl DeliverEmit<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every emit).
     pub fn encode(&self) -> Bytes {
-        JsonFrame::new(64 + self.data.get().len())
+        let room = 80 + self.process.len() + self.pool.len() + self.data.get().len();
+        JsonFrame::new(room + self.origin.app_id.len())
             .str("action", self.action)
             .str("process", self.process)
             .str("pool", self.pool)
