@@ -6,6 +6,7 @@
 //! each leaves it by reply, by its local deadline, or when the connection drops (then it fails
 //! at once with [`ClientError::Disconnected`]).
 
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -112,7 +113,8 @@ pub(crate) struct Inner {
     pub(crate) endpoint: Endpoint,
     pub(crate) opts: ClientOptions,
     pub(crate) next_id: AtomicU64,
-    pub(crate) pending: Mutex<HashMap<u64, Waiter>>,
+    /// Keyed by our own sequential ids: a fast hash, no need for SipHash's flood resistance.
+    pub(crate) pending: Mutex<FxHashMap<u64, Waiter>>,
     /// Calls sent and not yet answered, timed out or abandoned (the writer task's batching hint).
     pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) handlers: RwLock<HashMap<String, HandlerFn>>,
@@ -231,7 +233,7 @@ impl Client {
             app_id: url.app_id,
             endpoint: url.endpoint,
             next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
             in_flight: Arc::default(),
             handlers: RwLock::new(HashMap::new()),
             shared: Mutex::new(Shared {

@@ -6,12 +6,13 @@
 //! of either side, or by shutdown — and whoever removes it sends its terminal frame, which is
 //! what makes "exactly one terminal frame per call" hold.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use latzero_proto::message::RawValue;
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -81,7 +82,8 @@ pub(crate) enum Take {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<u64, Pending>,
+    /// Hop ids are the server's own: a fast hash, no need for SipHash's flood resistance.
+    map: FxHashMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
 }
 
