@@ -133,11 +133,11 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
-        // Keys and names are a few bytes: a plain loop over the first 32 beats a vectorised
-        // search's set-up there; longer strings (payloads) get the vectorised search.
+        // Keys and names are a few bytes: eight bytes at a time beats a vectorised search's
+        // set-up there; longer strings (payloads) get the vectorised search after 64 bytes.
         let rest = &b[j..];
-        let head = &rest[..rest.len().min(32)];
-        j += match head.iter().position(|&c| c == b'"' || c == b'\\') {
+        let head = &rest[..rest.len().min(64)];
+        j += match quote_or_backslash(head) {
             Some(k) => k,
             None => head.len() + memchr::memchr2(b'"', b'\\', &rest[head.len()..])?,
         };
@@ -150,6 +150,33 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
             return None;
         }
     }
+}
+
+/// The first `"` or `\\` in `b`, eight bytes at a time (SWAR).
+fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // High bit set in each byte of `w` equal to `c`; a false positive can only sit above a true
+    // match (the borrow runs upwards), so the lowest set bit is exact.
+    let eq = |w: u64, c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        let m = eq(w, b'"') | eq(w, b'\\');
+        if m != 0 {
+            return Some(at + (m.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|k| at + k)
 }
 
 /// The end of the value starting at `i`, and its kind.
@@ -235,6 +262,27 @@ mod tests {
             Some(())
         })?;
         Some(out)
+    }
+
+    #[test]
+    fn finds_the_first_quote_or_backslash_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for c in [b'"', b'\\'] {
+                    // Bytes just above and below the targets, and one byte whose borrow could
+                    // make a false match appear above a true one.
+                    let mut b: Vec<u8> = (0..len).map(|i| [b'!', b'#', b'[', b']', 0x01][i % 5]).collect();
+                    let want = (at < len).then(|| {
+                        b[at] = c;
+                        if at + 1 < len {
+                            b[at + 1] = b'"' ^ 1;
+                        }
+                        at
+                    });
+                    assert_eq!(quote_or_backslash(&b), want, "len {len} at {at} c {c}");
+                }
+            }
+        }
     }
 
     #[test]
