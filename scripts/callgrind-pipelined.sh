@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Instructions per *pipelined* call, counted by valgrind's callgrind (see scripts/callgrind.sh
+# for the sequential figures). Runs `latzero-bench --placement pinned --peers unix` under
+# callgrind, with the server it starts under callgrind too, twice — with N and with 2N pipelined
+# calls (64 in flight) — and prints (instructions with 2N - instructions with N) / N for the
+# server and for the bench process (the caller's and the handler's SDK clients together).
+#   scripts/callgrind-pipelined.sh [N]     (default 20000)
+# KEEP=DIR keeps the callgrind files of the 2N run (server.out, bench.out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v valgrind >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq valgrind
+fi
+cargo build --release -q -p latzero-cli -p latzero-bench
+root=$PWD
+n=${1:-20000}
+
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'; }
+
+measure() { # $1 = calls; prints "server_ir bench_ir"
+  local calls=$1 d
+  d=$(mktemp -d)
+  # The bench stops its server with SIGKILL, which callgrind cannot survive to write its
+  # profile: the wrapper runs the server in the background, so the bench kills only the
+  # wrapper, and the server is stopped with SIGTERM below.
+  cat > "$d/server.sh" <<EOF
+#!/usr/bin/env bash
+valgrind --tool=callgrind --callgrind-out-file="$d/server.out" "$root/target/release/latzero" "\$@" &
+echo \$! > "$d/server.pid"
+wait
+EOF
+  chmod +x "$d/server.sh"
+  taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$d/bench.out" \
+    target/release/latzero-bench --server "$d/server.sh" --placement pinned --peers unix \
+    --seq 10 --warmup 10 --pipelined "$calls" --multi 100 --fanout 100 > "$d/bench.log" 2>&1 ||
+    { cat "$d/bench.log" >&2; exit 1; }
+  local pid
+  pid=$(cat "$d/server.pid")
+  kill -TERM "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  echo "$(total "$d/server.out") $(total "$d/bench.out")"
+  if [ -n "${KEEP:-}" ] && [ "$calls" -gt "$n" ]; then cp "$d"/*.out "$KEEP"/; fi
+  rm -rf "$d"
+}
+
+read -r s1 b1 < <(measure "$n")
+read -r s2 b2 < <(measure $((2 * n)))
+echo "calls: $n more (pipelined, 64 in flight, 64-byte payload, Unix socket, pinned)"
+echo "server instructions per call: $(( (s2 - s1) / n ))"
+echo "bench process (caller + handler SDK) instructions per call: $(( (b2 - b1) / n ))"
