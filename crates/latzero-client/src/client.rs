@@ -6,7 +6,6 @@
 //! each leaves it by reply, by its local deadline, or when the connection drops (then it fails
 //! at once with [`ClientError::Disconnected`]).
 
-use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +16,7 @@ use bytes::Bytes;
 use latzero_proto::frame::{JsonFrame, encode_message};
 use latzero_proto::message::{KeyVerifiers, RawValue, ServerFrame};
 use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
