@@ -227,29 +227,32 @@ fn digits<'a>(s: &mut &'a str) -> Option<&'a str> {
 /// Takes a string's contents up to its closing quote (consumed), if it needed no escaping —
 /// which is how [`JsonFrame::str`] writes names.
 fn plain<'a>(s: &mut &'a str) -> Option<&'a str> {
-    let end = s.find('"')?;
+    // One pass for the quote and the bytes a plain string cannot hold; names are a few bytes,
+    // where this beats a vectorised search's set-up.
+    let end = s.bytes().position(|c| c == b'"' || c == b'\\' || c < 0x20)?;
     let (v, rest) = s.split_at(end);
-    if v.bytes().any(|c| c < 0x20 || c == b'\\') {
-        return None;
-    }
-    *s = &rest[1..];
+    *s = rest.strip_prefix('"')?;
     Some(v)
 }
 
-/// The payload and the origin at the end of a delivery: `DATA,"origin":{"app_id":"A"}` then
-/// `after`. The origin is the last one in the frame: whatever the payload holds comes before it.
-fn data_and_origin<'a, T: serde::Deserialize<'a>>(s: &'a str, after: &str) -> Option<(T, &'a str, &'a str)> {
-    const ORIGIN: &str = r#","origin":{"app_id":""#;
-    // Built once: `str::rfind` sets up its searcher anew on every call, which cost more than
-    // the rest of the read.
-    static FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(ORIGIN));
-    let cut = FINDER.rfind(s)?;
-    let (data, mut tail) = s.split_at(cut);
-    tail = &tail[ORIGIN.len()..];
-    let origin = plain(&mut tail)?;
-    take(&mut tail, after)?;
-    Some((serde_json::from_str(data).ok()?, origin, tail))
+/// The payload and the origin at the end of a delivery, `DATA,"origin":{"app_id":"A"`, read
+/// from the end: the app id is plain (no quote), so its opening quote is the last quote, and
+/// whatever the payload holds comes before it.
+fn data_and_origin<'a, T: serde::Deserialize<'a>>(s: &'a str) -> Option<(T, &'a str)> {
+    let s = s.strip_suffix('"')?;
+    let open = memchr::memrchr(b'"', s.as_bytes())?;
+    let origin = &s[open + 1..];
+    if origin.bytes().any(|c| c == b'\\' || c < 0x20) {
+        return None;
+    }
+    let data = s[..=open].strip_suffix(r#","origin":{"app_id":""#)?;
+    Some((serde_json::from_str(data).ok()?, origin))
+}
+
+/// Strips one or more ASCII digits from the end.
+fn digits_at_end(s: &str) -> Option<&str> {
+    let rest = s.trim_end_matches(|c: char| c.is_ascii_digit());
+    (rest.len() < s.len()).then_some(rest)
 }
 
 impl DeliverTrigger<'_> {
@@ -267,9 +270,9 @@ impl DeliverTrigger<'_> {
         take(&mut s, r#","pool":""#)?;
         let pool = plain(&mut s)?;
         take(&mut s, r#","data":"#)?;
-        let (data, origin, mut tail) = data_and_origin(s, r#"},"ttl":"#)?;
-        digits(&mut tail)?;
-        (tail == "}").then_some(ReadDelivery {
+        let s = digits_at_end(s.strip_suffix('}')?)?.strip_suffix(r#"},"ttl":"#)?;
+        let (data, origin) = data_and_origin(s)?;
+        Some(ReadDelivery {
             id: Some(id),
             process,
             pool,
@@ -355,8 +358,8 @@ impl DeliverEmit<'_> {
         take(&mut s, r#","pool":""#)?;
         let pool = plain(&mut s)?;
         take(&mut s, r#","data":"#)?;
-        let (data, origin, tail) = data_and_origin(s, r#"}}"#)?;
-        tail.is_empty().then_some(ReadDelivery {
+        let (data, origin) = data_and_origin(s.strip_suffix("}}")?)?;
+        Some(ReadDelivery {
             id: None,
             process,
             pool,
@@ -596,6 +599,11 @@ mod tests {
             r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":"c"}} "#,
             r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":"c"},"x":1}"#,
             r#"{"action":"trigger","id":"1","process":"e","pool":"p","data":1,"origin":{"app_id":"c"},"ttl":1,"x":1}"#,
+            r#"{"action":"trigger","id":"1","process":"e","pool":"p","data":1,"origin":{"app_id":"c"},"ttl":}"#,
+            r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":"a\u0062"}}"#,
+            r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":c"}}"#,
+            r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app":"c"}}"#,
+            r#"{"action":"emit","process":"e\"","pool":"p","data":1,"origin":{"app_id":"c"}}"#,
         ] {
             assert!(ForwardResponse::read::<Value>(other.as_bytes()).is_none(), "{other}");
             assert!(DeliverEmit::read::<Value>(other.as_bytes()).is_none(), "{other}");
