@@ -6,7 +6,7 @@
 //! each leaves it by reply, by its local deadline, or when the connection drops (then it fails
 //! at once with [`ClientError::Disconnected`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -117,7 +117,9 @@ pub(crate) struct Inner {
     pub(crate) pending: Mutex<FxHashMap<u64, Waiter>>,
     /// Calls sent and not yet answered, timed out or abandoned (the writer task's batching hint).
     pub(crate) in_flight: Arc<AtomicUsize>,
-    pub(crate) handlers: RwLock<HashMap<String, HandlerFn>>,
+    /// Keyed by the names this app registered: a handful of entries that frames only look up,
+    /// so a fast hash, as for `pending`.
+    pub(crate) handlers: RwLock<FxHashMap<String, HandlerFn>>,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: CancellationToken,
@@ -235,7 +237,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             pending: Mutex::default(),
             in_flight: Arc::default(),
-            handlers: RwLock::new(HashMap::new()),
+            handlers: RwLock::new(FxHashMap::default()),
             shared: Mutex::new(Shared {
                 pools: url.pools.into_iter().collect(),
                 triggers,

@@ -306,23 +306,33 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
     loop {
         let mut reason = String::from("server closed the connection");
         let mut taken_over = false;
-        loop {
-            let frame = tokio::select! {
-                _ = inner.closed.cancelled() => { reason = "client closed".into(); break; }
-                _ = live.dead.cancelled() => { reason = "write to the server failed".into(); break; }
-                f = live.reader.next() => f,
-            };
-            match frame {
-                Ok(Some(f)) => {
-                    if let Some(c) = inner.dispatch(f, &live.tx) {
-                        reason = c.reason;
-                        taken_over = c.taken_over;
+        {
+            // Made once per connection, not per frame: each costs a few hundred instructions.
+            let closed = inner.closed.cancelled();
+            let dead = live.dead.cancelled();
+            tokio::pin!(closed, dead);
+            loop {
+                let frame = tokio::select! {
+                    // The reader first, so a frame already buffered is dispatched without
+                    // polling the tokens. Its socket reads spend tokio's cooperative budget, so
+                    // even a flood of frames comes back Pending in time and lets them be seen.
+                    biased;
+                    f = live.reader.next() => f,
+                    _ = &mut closed => { reason = "client closed".into(); break; }
+                    _ = &mut dead => { reason = "write to the server failed".into(); break; }
+                };
+                match frame {
+                    Ok(Some(f)) => {
+                        if let Some(c) = inner.dispatch(f, &live.tx) {
+                            reason = c.reason;
+                            taken_over = c.taken_over;
+                        }
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    reason = e.to_string();
-                    break;
+                    Ok(None) => break,
+                    Err(e) => {
+                        reason = e.to_string();
+                        break;
+                    }
                 }
             }
         }
