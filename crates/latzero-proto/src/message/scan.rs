@@ -42,7 +42,7 @@ impl<'a> Value<'a> {
         match self.kind {
             Kind::Str { escaped: false } => {
                 let inner = &self.text[1..self.text.len() - 1];
-                inner.bytes().all(|b| b >= 0x20).then_some(inner)
+                no_control(inner.as_bytes()).then_some(inner)
             }
             _ => None,
         }
@@ -65,10 +65,47 @@ impl<'a> Value<'a> {
         }
     }
 
-    /// The value as a [`RawValue`], validated by serde (`None` if serde refuses it).
+    /// The value as a [`RawValue`] (`None` if serde refuses it). Numbers, literals and plain
+    /// strings are already checked in full by this scanner and skip serde's second pass over
+    /// them; arrays, objects and escaped strings are validated by serde.
     pub fn raw(&self) -> Option<&'a RawValue> {
-        serde_json::from_str::<&RawValue>(self.text).ok()
+        let checked = match self.kind {
+            Kind::Str { escaped: false } => self.plain_str().is_some(),
+            Kind::Number | Kind::True | Kind::False | Kind::Null => true,
+            Kind::Str { escaped: true } | Kind::Nested => false,
+        };
+        checked
+            .then(|| checked_raw(self.text))
+            .flatten()
+            .or_else(|| serde_json::from_str::<&RawValue>(self.text).ok())
     }
+}
+
+/// `text`, already known to be one valid JSON value, as a [`RawValue`] without validating it
+/// again. It speaks serde_json's own protocol for handing a raw value over from another
+/// deserialiser: a map of one entry, keyed by serde_json's token, whose value is the borrowed
+/// JSON text. Should serde_json ever change that protocol this returns `None`, and
+/// [`Value::raw`] validates with serde as before (a test watches for it).
+fn checked_raw(text: &str) -> Option<&RawValue> {
+    use serde::Deserialize;
+    use serde::de::value::{BorrowedStrDeserializer, Error, MapDeserializer};
+    const TOKEN: &str = "$serde_json::private::RawValue";
+    let entry = (BorrowedStrDeserializer::new(TOKEN), BorrowedStrDeserializer::new(text));
+    <&RawValue>::deserialize(MapDeserializer::<_, Error>::new(std::iter::once(entry))).ok()
+}
+
+/// Whether `b` holds no control character (below 0x20), eight bytes at a time.
+fn no_control(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    // A byte below 0x20 borrows in `w - 0x20…`, setting its high bit where its own is clear
+    // (bytes of 0x80 and up are excluded by `!w`).
+    let any = (&mut chunks).fold(0, |acc, c| {
+        let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        acc | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+    });
+    any == 0 && chunks.remainder().iter().all(|&c| c >= 0x20)
 }
 
 /// Walks a flat JSON object, calling `field` with every key and value in order. `None` when the
@@ -363,5 +400,32 @@ mod tests {
         assert_eq!(v(r#"{"a":[1,{"b":null}]}"#).raw().unwrap().get(), r#"[1,{"b":null}]"#);
         assert!(v(r#"{"a":[1 2]}"#).raw().is_none());
         assert!(v(r#"{"a":{"b"}}"#).raw().is_none());
+        assert!(v("{\"a\":\"x\ty\"}").raw().is_none());
+        assert_eq!(v(r#"{"a":"x\u0041"}"#).raw().unwrap().get(), r#""x\u0041""#);
+        assert!(v(r#"{"a":"x\q"}"#).raw().is_none());
+    }
+
+    #[test]
+    fn checked_values_become_raw_values_without_serde() {
+        // If serde_json changed its raw-value protocol, `raw` would still be right (through
+        // serde) but slower: this says so.
+        for json in [r#""echo""#, "-1.5e3", "0", "true", "false", "null", r#""""#] {
+            assert_eq!(checked_raw(json).map(RawValue::get), Some(json));
+        }
+    }
+
+    #[test]
+    fn finds_control_characters_at_every_offset() {
+        for len in 0..40 {
+            let clean: Vec<u8> = (0..len).map(|i| [b' ', b'~', 0x80, 0xff, b'!'][i % 5]).collect();
+            assert!(no_control(&clean), "len {len}");
+            for at in 0..len {
+                for c in [0x00, 0x1f, b'\n'] {
+                    let mut b = clean.clone();
+                    b[at] = c;
+                    assert!(!no_control(&b), "len {len} at {at} c {c}");
+                }
+            }
+        }
     }
 }
