@@ -4,7 +4,9 @@
 # callgrind, with the server it starts under callgrind too, twice — with N and with 2N pipelined
 # calls (64 in flight) — and prints (instructions with 2N - instructions with N) / N for the
 # server and for the bench process (the caller's and the handler's SDK clients together).
-#   scripts/callgrind-pipelined.sh [N]     (default 20000)
+# With `fanout`, the same for emits fanned out to 4 receivers: per emit, the server's and the
+# bench process's (the emitter's and the four receivers' SDK clients together).
+#   scripts/callgrind-pipelined.sh [N] [pipelined|fanout]     (defaults 20000, pipelined)
 # KEEP=DIR keeps the callgrind files of the 2N run (server.out, bench.out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +16,21 @@ fi
 cargo build --release -q -p latzero-cli -p latzero-bench
 root=$PWD
 n=${1:-20000}
+workload=${2:-pipelined}
+case $workload in
+  pipelined|fanout) ;;
+  *) echo "usage: $0 [N] [pipelined|fanout]" >&2; exit 2 ;;
+esac
 
 total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }'; }
 
-measure() { # $1 = calls; prints "server_ir bench_ir"
-  local calls=$1 d
+measure() { # $1 = calls (or emits); prints "server_ir bench_ir"
+  local calls=$1 d sizes
+  if [ "$workload" = fanout ]; then
+    sizes=(--pipelined 100 --fanout "$calls")
+  else
+    sizes=(--pipelined "$calls" --fanout 100)
+  fi
   d=$(mktemp -d)
   # The bench stops its server with SIGKILL, which callgrind cannot survive to write its
   # profile: the wrapper runs the server in the background, so the bench kills only the
@@ -32,7 +44,7 @@ EOF
   chmod +x "$d/server.sh"
   taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$d/bench.out" \
     target/release/latzero-bench --server "$d/server.sh" --placement pinned --peers unix \
-    --seq 10 --warmup 10 --pipelined "$calls" --multi 100 --fanout 100 > "$d/bench.log" 2>&1 ||
+    --seq 10 --warmup 10 --multi 100 "${sizes[@]}" > "$d/bench.log" 2>&1 ||
     { cat "$d/bench.log" >&2; exit 1; }
   local pid
   pid=$(cat "$d/server.pid")
@@ -45,6 +57,12 @@ EOF
 
 read -r s1 b1 < <(measure "$n")
 read -r s2 b2 < <(measure $((2 * n)))
-echo "calls: $n more (pipelined, 64 in flight, 64-byte payload, Unix socket, pinned)"
-echo "server instructions per call: $(( (s2 - s1) / n ))"
-echo "bench process (caller + handler SDK) instructions per call: $(( (b2 - b1) / n ))"
+if [ "$workload" = fanout ]; then
+  echo "emits: $n more (fanned out to 4 receivers, 64-byte payload, Unix socket, pinned)"
+  echo "server instructions per emit: $(( (s2 - s1) / n ))"
+  echo "bench process (emitter + 4 receivers' SDK) instructions per emit: $(( (b2 - b1) / n ))"
+else
+  echo "calls: $n more (pipelined, 64 in flight, 64-byte payload, Unix socket, pinned)"
+  echo "server instructions per call: $(( (s2 - s1) / n ))"
+  echo "bench process (caller + handler SDK) instructions per call: $(( (b2 - b1) / n ))"
+fi
