@@ -170,6 +170,11 @@ impl Session {
         let mut codec = FrameCodec::new(self.state.config.limits.max_frame_len);
         let handshake_by = tokio::time::Instant::now() + self.state.config.limits.handshake_timeout;
         let mut buf = BytesMut::with_capacity(64 * 1024);
+        // Made once per connection, not per read: each costs a few hundred instructions to
+        // make, register and drop.
+        let killed = self.conn.kill.clone().cancelled_owned();
+        let stopping = self.state.sessions_stop.clone().cancelled_owned();
+        tokio::pin!(killed, stopping);
         loop {
             // Writes made while handling this batch go out once per destination at its end.
             let mut cork = Cork::begin();
@@ -204,7 +209,7 @@ impl Session {
                 // Backpressure: a peer that sends but does not read is not read either.
                 tokio::select! {
                     biased;
-                    _ = self.state.sessions_stop.cancelled() => return End::Shutdown,
+                    _ = &mut stopping => return End::Shutdown,
                     _ = self.conn.drained() => {}
                 }
                 if self.conn.kill.is_cancelled() {
@@ -225,8 +230,8 @@ impl Session {
             };
             tokio::select! {
                 biased;
-                _ = self.conn.kill.cancelled() => return End::Killed,
-                _ = self.state.sessions_stop.cancelled() => return End::Shutdown,
+                _ = &mut killed => return End::Killed,
+                _ = &mut stopping => return End::Shutdown,
                 _ = deadline => {
                     self.state.counters.inc(&self.state.counters.handshake_timeouts);
                     let ms = self.state.config.limits.handshake_timeout.as_millis();
