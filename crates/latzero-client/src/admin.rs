@@ -41,7 +41,7 @@ impl From<Endpoint> for Target {
 async fn request(target: &Target, action: &str, wait: Duration) -> Result<(Value, FrameReader, Writer), ClientError> {
     let mut request = json!({"action": action, "id": 1});
     with_env_auth(&mut request);
-    let (json, reader, w) = open_with_request(
+    let (json, reader, w, _) = open_with_request(
         &target.endpoint,
         target.tls.as_ref(),
         &request,
@@ -58,7 +58,7 @@ pub async fn query(target: &Target, action: &str, mut fields: Value) -> Result<V
     fields["action"] = json!(action);
     fields["id"] = json!(1);
     with_env_auth(&mut fields);
-    let (json, _r, _w) = open_with_request(
+    let (json, _r, _w, _) = open_with_request(
         &target.endpoint,
         target.tls.as_ref(),
         &fields,
@@ -72,7 +72,7 @@ pub async fn query(target: &Target, action: &str, mut fields: Value) -> Result<V
 /// Asks the server to back its database up now; calls `progress(percent)` as the copy goes and
 /// returns the `backup_done` answer (`path`, `bytes`).
 pub async fn backup(target: &Target, mut progress: impl FnMut(u64)) -> Result<Value, ClientError> {
-    let (r, mut w) = crate::connection::open(&target.endpoint, target.tls.as_ref()).await?;
+    let (r, mut w, _) = crate::connection::open(&target.endpoint, target.tls.as_ref()).await?;
     let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
     let mut req = json!({"action": "backup", "id": 1});
     with_env_auth(&mut req);

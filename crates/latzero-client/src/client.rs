@@ -19,10 +19,11 @@ use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerNam
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{Call, TriggerOut, run_local};
+use crate::connection::Outbox;
 use crate::driver::{connection_task, establish};
 use crate::error::{ClientError, RemoteError};
 use crate::handler::{HandlerError, HandlerFn, Request};
@@ -105,7 +106,7 @@ pub struct Forwarded {
 pub(crate) struct Shared {
     pub(crate) pools: BTreeSet<PoolName>,
     pub(crate) triggers: BTreeSet<TriggerName>,
-    pub(crate) tx: Option<mpsc::Sender<Bytes>>,
+    pub(crate) tx: Option<Outbox>,
 }
 
 pub(crate) struct Inner {
@@ -552,6 +553,19 @@ impl Inner {
         tx.send(frame).await.map_err(|_| ClientError::Disconnected)
     }
 
+    /// Sends a call's frame: written straight to the socket when it is the client's only call
+    /// in flight (nothing to batch it with; no hop to the writer task), else queued.
+    async fn send_call(&self, frame: Bytes) -> Result<(), ClientError> {
+        if self.in_flight.load(Ordering::Relaxed) > 1 {
+            return self.send(frame).await;
+        }
+        if self.closed.is_cancelled() {
+            return Err(ClientError::Closed);
+        }
+        let tx = lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)?;
+        tx.send_direct(frame).await.map_err(|_| ClientError::Disconnected)
+    }
+
     /// Sends a request built around a fresh id and waits for the frame that answers it.
     pub(crate) async fn roundtrip_frame(
         &self,
@@ -599,7 +613,7 @@ impl Inner {
         let frame = build(id)?;
         lock(&self.pending).insert(id, waiter);
         let _in_flight = InFlight::enter(&self.in_flight);
-        if let Err(e) = self.send(frame).await {
+        if let Err(e) = self.send_call(frame).await {
             lock(&self.pending).remove(&id);
             return Err(e);
         }

@@ -11,24 +11,23 @@ use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, Serve
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientEvent, Forwarded, Inner, Waiter, lock, raw_to_value, remote_error, reply_result, result_of};
-use crate::connection::{FrameReader, open_with_request, writer_task};
+use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
 use crate::handler::{HandlerError, Request, invoke_boxed, panicked};
 
 /// A live connection: its frame reader and the queue to its writer.
 pub(crate) struct Live {
     pub(crate) reader: FrameReader,
-    pub(crate) tx: mpsc::Sender<Bytes>,
+    pub(crate) tx: Outbox,
     pub(crate) dead: CancellationToken,
 }
 
 impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
-    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Option<Closing> {
+    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox) -> Option<Closing> {
         let json = frame.json();
         // The frames of the call path, in the exact layout the server writes them, read without
         // the general parse; anything else (or any surprise) takes the general path below.
@@ -159,7 +158,7 @@ impl Inner {
         origin: Option<String>,
         hop: Option<String>,
         is_emit: bool,
-        tx: &mpsc::Sender<Bytes>,
+        tx: &Outbox,
     ) {
         let handler = self
             .handlers
@@ -181,7 +180,7 @@ impl Inner {
         let Some(h) = handler else {
             let msg = format!("this app has no handler for '{process}'");
             if let Some(frame) = finish(process, Err(HandlerError::msg(msg))) {
-                send_or_spawn(tx, frame);
+                tx.send_now(frame);
             }
             return;
         };
@@ -200,12 +199,12 @@ impl Inner {
         match first {
             Ok(std::task::Poll::Ready(result)) => {
                 if let Some(frame) = finish(process, result) {
-                    send_or_spawn(tx, frame);
+                    tx.send_now(frame);
                 }
             }
             Err(_) => {
                 if let Some(frame) = finish(process, Err(panicked(process))) {
-                    send_or_spawn(tx, frame);
+                    tx.send_now(frame);
                 }
             }
             Ok(std::task::Poll::Pending) => {
@@ -237,16 +236,6 @@ fn response_frame(hop: &str, result: &Result<Value, HandlerError>) -> Bytes {
     f.finish()
 }
 
-/// Queues a frame to the writer without waiting; if the queue is full, waits in a task.
-fn send_or_spawn(tx: &mpsc::Sender<Bytes>, frame: Bytes) {
-    if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(frame).await;
-        });
-    }
-}
-
 /// The server's `closing` notice.
 struct Closing {
     reason: String,
@@ -271,7 +260,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             "auth": inner.opts.auth,
         })
     };
-    let (ack, reader, w) = open_with_request(
+    let (ack, reader, w, direct) = open_with_request(
         &inner.endpoint,
         inner.opts.tls.as_ref(),
         &handshake,
@@ -295,9 +284,9 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
         s.triggers
             .extend(a.triggers.iter().filter_map(|t| TriggerName::try_from(t.as_str()).ok()));
     }
-    let (tx, rx) = mpsc::channel(inner.opts.write_queue);
+    let (tx, end) = Outbox::new(inner.opts.write_queue, w, direct);
     let dead = CancellationToken::new();
-    tokio::spawn(writer_task(rx, w, dead.clone(), inner.in_flight.clone()));
+    tokio::spawn(writer_task(end, dead.clone(), inner.in_flight.clone()));
     Ok(Live { reader, tx, dead })
 }
 
@@ -370,7 +359,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         lock(&inner.shared).tx = Some(live.tx.clone());
         // Block watches were the old connection's: subscribe again from the last version seen.
         for frame in lock(&inner.watches).resubscribe() {
-            send_or_spawn(&live.tx, frame);
+            live.tx.send_now(frame);
         }
         tracing::info!(app = %inner.app_id, "reconnected");
         inner.event(ClientEvent::Reconnected);

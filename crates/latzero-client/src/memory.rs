@@ -264,7 +264,7 @@ impl Drop for BlockWatch {
                 "action": "block_unwatch", "pool": self.key.0, "block_id": self.key.1,
             }));
             if let Some(tx) = lock(&self.inner.shared).tx.clone() {
-                let _ = tx.try_send(frame);
+                tx.send_now(frame);
             }
         }
     }
