@@ -167,11 +167,12 @@ impl Outbox {
         loop {
             match sock.try_write(&frame) {
                 Ok(n) if n == frame.len() => return Ok(()),
-                Ok(n) => frame.advance(n),
-                // Nothing written yet: the writer task takes it (and meets any error itself,
-                // which ends the connection).
-                Err(_) if frame.len() == whole => return Err(frame),
-                Err(_) => break,
+                Ok(n) if n > 0 => frame.advance(n),
+                // Nothing taken (it would block, or failed): if nothing at all was written, the
+                // writer task takes the frame (and meets any error itself, which ends the
+                // connection).
+                _ if frame.len() == whole => return Err(frame),
+                _ => break,
             }
         }
         // The socket took part of it: the rest goes first into the queue, which is empty. If
