@@ -545,25 +545,29 @@ impl Inner {
             .cloned()
     }
 
-    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
+    /// The live connection's outbox.
+    fn outbox(&self) -> Result<Outbox, ClientError> {
         if self.closed.is_cancelled() {
             return Err(ClientError::Closed);
         }
-        let tx = lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)?;
+        lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)
+    }
+
+    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
+        let tx = self.outbox()?;
         tx.send(frame).await.map_err(|_| ClientError::Disconnected)
     }
 
     /// Sends a call's frame: written straight to the socket when it is the client's only call
     /// in flight (nothing to batch it with; no hop to the writer task), else queued.
     async fn send_call(&self, frame: Bytes) -> Result<(), ClientError> {
-        if self.in_flight.load(Ordering::Relaxed) > 1 {
-            return self.send(frame).await;
-        }
-        if self.closed.is_cancelled() {
-            return Err(ClientError::Closed);
-        }
-        let tx = lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)?;
-        tx.send_direct(frame).await.map_err(|_| ClientError::Disconnected)
+        let tx = self.outbox()?;
+        let sent = if self.in_flight.load(Ordering::Relaxed) > 1 {
+            tx.send(frame).await
+        } else {
+            tx.send_direct(frame).await
+        };
+        sent.map_err(|_| ClientError::Disconnected)
     }
 
     /// Sends a request built around a fresh id and waits for the frame that answers it.

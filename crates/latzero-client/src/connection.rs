@@ -93,7 +93,7 @@ pub(crate) struct Outbox {
     gate: Arc<Gate>,
 }
 
-pub(crate) struct Gate {
+struct Gate {
     queued: Mutex<usize>,
     sock: Option<Weak<WriteSock>>,
 }
