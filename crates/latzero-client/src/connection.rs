@@ -12,8 +12,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::ServerFrame;
 use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, TlsVerify, UNIX_SOCKET_NAME};
+use latzero_uds::UdsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,8 @@ pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 /// the writer task.
 pub(crate) enum WriteSock {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
-    Unix(tokio::net::unix::OwnedWriteHalf),
+    /// Watched for reading only: the server's reads do not wake this process (see `latzero-uds`).
+    Unix(latzero_uds::WriteHalf),
 }
 
 impl WriteSock {
@@ -42,10 +44,16 @@ impl WriteSock {
         }
     }
 
-    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self {
-            WriteSock::Tcp(w) => w.as_ref().poll_write_ready(cx),
-            WriteSock::Unix(w) => w.as_ref().poll_write_ready(cx),
+            WriteSock::Tcp(w) => loop {
+                ready!(w.as_ref().poll_write_ready(cx))?;
+                match w.try_write(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+            WriteSock::Unix(w) => w.poll_write_shared(cx, buf),
         }
     }
 }
@@ -56,13 +64,7 @@ struct SharedWrite(Arc<WriteSock>);
 
 impl AsyncWrite for SharedWrite {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.0.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -268,7 +270,7 @@ pub(crate) async fn open(
                     reason: "TLS is served on the TCP port only; the Unix socket is local and owner-only (connect to it without TLS)".into(),
                 });
             }
-            let s = UnixStream::connect(&path).await.map_err(err)?;
+            let s = UdsStream::connect(&path).await.map_err(err)?;
             let (r, w) = s.into_split();
             let (w, direct) = shared(WriteSock::Unix(w));
             Ok((Box::new(r), w, direct))
@@ -431,6 +433,7 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
+    use tokio::net::UnixStream;
 
     /// A sink that records the length of every write it takes.
     struct Recorder(Arc<Mutex<Vec<usize>>>);
@@ -489,7 +492,7 @@ mod tests {
     /// other end.
     fn direct_outbox() -> (Outbox, WriterEnd, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
-        let (_, w) = a.into_split();
+        let (_, w) = UdsStream::from_tokio(a).unwrap().into_split();
         let (w, direct) = shared(WriteSock::Unix(w));
         let (outbox, end) = Outbox::new(64, w, direct);
         (outbox, end, b)
@@ -527,7 +530,7 @@ mod tests {
     #[tokio::test]
     async fn a_send_given_up_while_waiting_for_room_is_not_counted() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let (_, w) = a.into_split();
+        let (_, w) = UdsStream::from_tokio(a).unwrap().into_split();
         let (w, direct) = shared(WriteSock::Unix(w));
         let (outbox, _end) = Outbox::new(1, w, direct);
         outbox.send_now(Bytes::from_static(b"fills the queue"));

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::ErrorFrame;
 use latzero_proto::{ErrorCode, format_fingerprint};
+use latzero_uds::UdsStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -153,7 +154,7 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
             return;
         }
     };
-    let (near, far) = match UnixStream::pair() {
+    let (near, far) = match UdsStream::pair() {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(peer = %peer, error = %e, "cannot bridge a TLS connection");
@@ -168,7 +169,7 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
 /// Moves bytes between the TLS stream and the session's socket until the session ends (its
 /// socket reaches end of stream; the peer then gets close_notify), or the peer closes (the
 /// session then reads end of stream, and ends).
-async fn bridge(tls: tokio_rustls::server::TlsStream<TcpStream>, near: UnixStream) {
+async fn bridge(tls: tokio_rustls::server::TlsStream<TcpStream>, near: UdsStream) {
     let (tr, mut tw) = tokio::io::split(tls);
     let (nr, mut nw) = near.into_split();
     let down = async {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use latzero_uds::UdsStream;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,7 +64,13 @@ impl Listener for UnixListener {
     }
 
     fn serve(state: &Arc<State>, stream: UnixStream, peer: String, tracker: &TaskTracker) {
-        let (r, w) = stream.into_split();
+        let (r, w) = match UdsStream::from_tokio(stream) {
+            Ok(s) => s.into_split(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take over an accepted Unix connection");
+                return;
+            }
+        };
         tracker.spawn(session::run(state.clone(), r, Sock::Unix(w), peer));
     }
 }

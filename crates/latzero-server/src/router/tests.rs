@@ -14,7 +14,7 @@ struct Peer {
     s: std::os::unix::net::UnixStream,
     buf: Vec<u8>,
     /// The connection's own read half, kept open for the test's duration.
-    _read: tokio::net::unix::OwnedReadHalf,
+    _read: latzero_uds::ReadHalf,
 }
 
 struct Fixture {
@@ -42,9 +42,7 @@ impl Fixture {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         theirs.set_nonblocking(true).unwrap();
-        let (r, w) = tokio::net::UnixStream::from_std(ours).unwrap().into_split();
-        // Direct writes need the reactor to have seen the socket writable once.
-        w.writable().await.unwrap();
+        let (r, w) = latzero_uds::UdsStream::from_std(ours).unwrap().into_split();
         let c = Conn::new(id, "test".into(), Sock::Unix(w), 16, 1 << 20, self.counters.clone());
         tokio::spawn(crate::session::conn::flusher(c.clone()));
         let rx = Peer {

@@ -53,7 +53,8 @@ pub(crate) enum SendError {
 #[derive(Debug)]
 pub(crate) enum Sock {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
-    Unix(tokio::net::unix::OwnedWriteHalf),
+    /// Watched for reading only: a peer's reads do not wake the server (see `latzero-uds`).
+    Unix(latzero_uds::WriteHalf),
 }
 
 impl Sock {
@@ -67,7 +68,7 @@ impl Sock {
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Sock::Tcp(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write),
-            Sock::Unix(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write),
+            Sock::Unix(w) => w.shutdown_write(),
         }
     }
 

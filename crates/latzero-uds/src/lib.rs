@@ -1,0 +1,338 @@
+//! The Unix domain socket stream that the LatZero server and the Rust SDK both use.
+//!
+//! tokio's `UnixStream` registers its socket with the reactor for reading *and* writing. On a
+//! Unix socket that costs a wake-up per message: every time the peer reads, the kernel tells
+//! the writer's side that there is room to write again, and the thread parked in `epoll_wait`
+//! on this side wakes up for nothing. TCP only does that after a write found its buffer full.
+//! On one vCPU this was two of the nine context switches of a sequential call.
+//!
+//! [`UdsStream`] registers the socket for reading only. Writes are plain non-blocking writes.
+//! Only a write that would block registers a second descriptor (a duplicate of the socket) for
+//! writability. That registration lives until the socket is writable again and is then dropped.
+//! A fresh registration reports the socket's current state, so no wake-up is lost in between.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream as StdStream;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// Largest read, in bytes: the size of each thread's read buffer.
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// Where reads land before they are copied into the caller's buffer. Reading straight
+    /// into the caller's uninitialised bytes would take `unsafe`, which this workspace denies;
+    /// zeroing them for every read costs more than this copy. One buffer per thread, not per
+    /// connection, so that idle connections cost nothing. Its pages are touched only as far
+    /// as reads have filled it.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// A connected Unix stream socket, registered with the tokio reactor for reading only.
+#[derive(Debug)]
+pub struct UdsStream {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The socket, watched for readability.
+    read: AsyncFd<StdStream>,
+    /// A duplicate descriptor watched for writability, only while a write waits for room.
+    write: Mutex<Option<AsyncFd<StdStream>>>,
+    /// `write` is set (read without its lock on every write).
+    watching: AtomicBool,
+}
+
+impl UdsStream {
+    /// Connects to the socket at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<UdsStream> {
+        UdsStream::from_tokio(tokio::net::UnixStream::connect(path).await?)
+    }
+
+    /// Takes over a tokio stream (its registration for writing is dropped). Must be called
+    /// within a tokio runtime.
+    pub fn from_tokio(s: tokio::net::UnixStream) -> io::Result<UdsStream> {
+        UdsStream::from_std(s.into_std()?)
+    }
+
+    /// Takes over a std stream, which is set non-blocking. Must be called within a tokio
+    /// runtime.
+    pub fn from_std(s: StdStream) -> io::Result<UdsStream> {
+        s.set_nonblocking(true)?;
+        Ok(UdsStream {
+            shared: Arc::new(Shared {
+                read: watch(s, Interest::READABLE)?,
+                write: Mutex::new(None),
+                watching: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// A connected pair (as `socketpair(2)`).
+    pub fn pair() -> io::Result<(UdsStream, UdsStream)> {
+        let (a, b) = StdStream::pair()?;
+        Ok((UdsStream::from_std(a)?, UdsStream::from_std(b)?))
+    }
+
+    /// Splits into a read half and a write half, which may move to different tasks.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        (
+            ReadHalf {
+                shared: self.shared.clone(),
+            },
+            WriteHalf { shared: self.shared },
+        )
+    }
+}
+
+/// Registers `s` with the current runtime's reactor for `interest`.
+#[allow(unsafe_code)]
+fn watch(s: StdStream, interest: Interest) -> io::Result<AsyncFd<StdStream>> {
+    // SAFETY: the `AsyncFd` owns `s`, which owns its descriptor and closes it only when
+    // dropped, after the `AsyncFd` has deregistered it; nothing here replaces or closes it.
+    unsafe { Ok(AsyncFd::register_with_interest(s, interest)?) }
+}
+
+/// The read half of a [`UdsStream`].
+#[derive(Debug)]
+pub struct ReadHalf {
+    shared: Arc<Shared>,
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let mut ready = ready!(self.shared.read.poll_read_ready(cx))?;
+            let read = ready.try_io(|s| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let n = buf.remaining().min(scratch.len());
+                    let got = s.get_ref().read(&mut scratch[..n])?;
+                    buf.put_slice(&scratch[..got]);
+                    Ok(())
+                })
+            });
+            match read {
+                Ok(r) => return Poll::Ready(r),
+                // Would block: the readiness was stale and has been cleared; wait again.
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// The write half of a [`UdsStream`]. Dropping it shuts the write side down, as dropping
+/// tokio's owned write half does.
+#[derive(Debug)]
+pub struct WriteHalf {
+    shared: Arc<Shared>,
+}
+
+impl WriteHalf {
+    /// Writes what the socket takes now, without waiting (`WouldBlock` if nothing). A writer
+    /// that got `WouldBlock` waits with [`WriteHalf::writable`] before it tries again, so that
+    /// the socket stops being watched for writing once it is writable.
+    pub fn try_write(&self, b: &[u8]) -> io::Result<usize> {
+        self.shared.read.get_ref().write(b)
+    }
+
+    /// Ready when the socket has room for a write (or has failed). A caller whose write then
+    /// still finds no room polls again.
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut slot = self.shared.write.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(watch(self.shared.read.get_ref().try_clone()?, Interest::WRITABLE)?);
+            self.shared.watching.store(true, Ordering::Relaxed);
+        }
+        let ready = match slot.as_ref().map(|fd| fd.poll_write_ready(cx)) {
+            Some(Poll::Ready(r)) => r.map(drop),
+            _ => return Poll::Pending,
+        };
+        // Writable (or failed): stop watching until the next write that would block.
+        *slot = None;
+        self.shared.watching.store(false, Ordering::Relaxed);
+        Poll::Ready(ready)
+    }
+
+    /// Writes what the socket takes, waiting for room if it takes nothing: [`AsyncWrite`]'s
+    /// `poll_write`, on a shared reference. A writer woken because the socket became writable
+    /// passes through [`WriteHalf::poll_write_ready`] first, which stops watching it.
+    pub fn poll_write_shared(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.shared.watching.load(Ordering::Relaxed) {
+            ready!(self.poll_write_ready(cx))?;
+        }
+        loop {
+            match self.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(self.poll_write_ready(cx))?,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// Waits until the socket has room for a write (see [`WriteHalf::poll_write_ready`]).
+    pub async fn writable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write_ready(cx)).await
+    }
+
+    /// Shuts the write side down: the peer reads end-of-stream.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.shared.read.get_ref().shutdown(Shutdown::Write)
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_shared(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.shutdown_write())
+    }
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        let _ = self.shutdown_write();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The events the process's epoll instances watch on descriptor `fd` (from
+    /// `/proc/self/fdinfo`), or `None` if none watches it.
+    fn epoll_events(fd: i32) -> Option<u32> {
+        for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let Ok(target) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            if target.to_str() != Some("anon_inode:[eventpoll]") {
+                continue;
+            }
+            let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_str().unwrap()))
+            else {
+                continue;
+            };
+            for line in info.lines() {
+                let mut words = line.split_whitespace();
+                if words.next() == Some("tfd:") && words.next() == Some(&fd.to_string()) {
+                    words.next(); // "events:"
+                    return Some(u32::from_str_radix(words.next().unwrap(), 16).unwrap());
+                }
+            }
+        }
+        None
+    }
+
+    const EPOLLIN: u32 = 0x1;
+    const EPOLLOUT: u32 = 0x4;
+
+    #[tokio::test]
+    async fn the_socket_is_watched_for_reading_only() {
+        // What this crate avoids: tokio's own stream is watched for writing too.
+        let (t, _t2) = tokio::net::UnixStream::pair().unwrap();
+        assert_ne!(epoll_events(t.as_raw_fd()).unwrap() & EPOLLOUT, 0);
+
+        let (a, b) = UdsStream::pair().unwrap();
+        let fd = a.shared.read.get_ref().as_raw_fd();
+        let (mut ar, mut aw) = a.into_split();
+        let (mut br, mut bw) = b.into_split();
+        aw.write_all(b"ping").await.unwrap();
+        let mut got = [0; 4];
+        br.read_exact(&mut got).await.unwrap();
+        bw.write_all(b"pong").await.unwrap();
+        ar.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        let events = epoll_events(fd).expect("registered");
+        assert_ne!(events & EPOLLIN, 0);
+        assert_eq!(events & EPOLLOUT, 0, "events {events:#x}");
+        assert!(aw.shared.write.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_would_block_waits_for_room_and_then_stops_watching() {
+        let (a, b) = UdsStream::pair().unwrap();
+        let (_ar, mut aw) = a.into_split();
+        let (mut br, _bw) = b.into_split();
+        // Far more than a socket buffer: the writer blocks many times over.
+        let sent: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let writer = tokio::spawn(async move {
+            aw.write_all(&sent).await.unwrap();
+            aw
+        });
+        let mut got = Vec::new();
+        let mut chunk = vec![0; 100_000];
+        while got.len() < 8 << 20 {
+            let n = br.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let aw = writer.await.unwrap();
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        assert!(aw.shared.write.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn try_write_says_would_block_when_full() {
+        let (a, _b) = UdsStream::pair().unwrap();
+        let (_ar, aw) = a.into_split();
+        let chunk = vec![0; 64 * 1024];
+        let err = loop {
+            if let Err(e) = aw.try_write(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // Still full: not ready.
+        let ready = std::future::poll_fn(|cx| Poll::Ready(aw.poll_write_ready(cx))).await;
+        assert!(ready.is_pending());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_write_half_ends_the_peer_stream() {
+        let (a, b) = UdsStream::pair().unwrap();
+        let (_ar, mut aw) = a.into_split();
+        let (mut br, _bw) = b.into_split();
+        aw.write_all(b"last").await.unwrap();
+        drop(aw);
+        let mut got = Vec::new();
+        br.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last");
+    }
+
+    #[tokio::test]
+    async fn connects_by_path() {
+        let dir = std::env::temp_dir().join(format!("latzero-uds-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = tokio::net::UnixListener::bind(&dir).unwrap();
+        let client = UdsStream::connect(&dir).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_cr, mut cw) = client.into_split();
+        let (mut sr, _sw) = UdsStream::from_tokio(server).unwrap().into_split();
+        cw.write_all(b"hello").await.unwrap();
+        let mut got = [0; 5];
+        sr.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        std::fs::remove_file(&dir).unwrap();
+    }
+}
