@@ -34,7 +34,11 @@ impl Inner {
         if let Some(r) = ForwardResponse::read::<Value>(json)
             && let Ok(id) = r.in_reply_to.parse::<u64>()
         {
-            match lock(&self.pending).remove(&id) {
+            // Taken out of the table before the waiter is woken: a caller woken on another
+            // thread must not find the table still locked (a futex wait and two more context
+            // switches when it preempts this thread).
+            let waiter = lock(&self.pending).remove(&id);
+            match waiter {
                 Some(Waiter::Value(tx)) => {
                     let _ = tx.send(r.result.map_err(ClientError::Handler));
                 }
@@ -72,7 +76,8 @@ impl Inner {
                     in_reply_to: Option<u64>,
                 }
                 let id = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to);
-                match id.and_then(|id| lock(&self.pending).remove(&id)) {
+                let waiter = id.and_then(|id| lock(&self.pending).remove(&id));
+                match waiter {
                     Some(Waiter::Value(tx)) => {
                         let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
                     }
@@ -129,7 +134,8 @@ impl Inner {
             }
             Some(action) => {
                 let id = env.in_reply_to.and_then(|r| r.get().parse::<u64>().ok());
-                match id.and_then(|id| lock(&self.pending).remove(&id)) {
+                let waiter = id.and_then(|id| lock(&self.pending).remove(&id));
+                match waiter {
                     Some(Waiter::Frame(tx)) => {
                         let _ = tx.send(json.clone());
                     }
