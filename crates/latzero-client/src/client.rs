@@ -28,6 +28,7 @@ use crate::driver::{connection_task, establish};
 use crate::error::{ClientError, RemoteError};
 use crate::handler::{HandlerError, HandlerFn, Request};
 use crate::options::ClientOptions;
+use crate::pending::Pending;
 
 /// Someone waiting for the reply to a request.
 pub(crate) enum Waiter {
@@ -114,8 +115,8 @@ pub(crate) struct Inner {
     pub(crate) endpoint: Endpoint,
     pub(crate) opts: ClientOptions,
     pub(crate) next_id: AtomicU64,
-    /// Keyed by our own sequential ids: a fast hash, no need for SipHash's flood resistance.
-    pub(crate) pending: Mutex<FxHashMap<u64, Waiter>>,
+    /// Requests waiting for their reply, and the deadlines that end them.
+    pub(crate) pending: Pending,
     /// Calls sent and not yet answered, timed out or abandoned (the writer task's batching hint).
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Keyed by the names this app registered: a handful of entries that frames only look up,
@@ -166,6 +167,12 @@ impl std::fmt::Debug for Client {
             .field("endpoint", &self.inner.endpoint)
             .finish()
     }
+}
+
+/// How long after a request's ttl its caller still waits for the server's answer: the server
+/// answers by the ttl, and this covers its timer and the trip back.
+fn reply_grace(ttl: Duration) -> Duration {
+    Duration::from_secs(1).max(ttl / 10)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -236,7 +243,7 @@ impl Client {
             app_id: url.app_id,
             endpoint: url.endpoint,
             next_id: AtomicU64::new(1),
-            pending: Mutex::default(),
+            pending: Pending::new(opts.request_timeout + reply_grace(opts.request_timeout)),
             in_flight: Arc::default(),
             handlers: RwLock::new(FxHashMap::default()),
             shared: Mutex::new(Shared {
@@ -253,6 +260,8 @@ impl Client {
         lock(&inner.shared).tx = Some(live.tx.clone());
         let guard = Arc::new(CloseOnDrop(inner.closed.clone()));
         tokio::spawn(connection_task(inner.clone(), live));
+        let sweeper = inner.clone();
+        tokio::spawn(async move { sweeper.pending.sweep(sweeper.closed.clone()).await });
         Ok(Client { inner, _guard: guard })
     }
 
@@ -615,31 +624,32 @@ impl Inner {
     ) -> Result<T, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
-        lock(&self.pending).insert(id, waiter);
+        // The server answers by the ttl; the grace covers its timer and the trip back.
+        let wait = ttl + reply_grace(ttl);
+        let deadline = tokio::time::Instant::now() + wait;
+        self.pending.insert(id, waiter, deadline);
         let _in_flight = InFlight::enter(&self.in_flight);
         if let Err(e) = self.send_call(frame).await {
-            lock(&self.pending).remove(&id);
+            self.pending.remove(id);
             return Err(e);
         }
-        // The server answers by the ttl; the grace covers its timer and the trip back.
-        let wait = ttl + Duration::from_secs(1).max(ttl / 10);
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(if self.closed.is_cancelled() {
+        match rx.await {
+            Ok(v) => Ok(v),
+            // The waiter was dropped: by the client closing, by the connection dropping, or
+            // by the sweeper at the deadline.
+            Err(_) => Err(if self.closed.is_cancelled() {
                 ClientError::Closed
+            } else if tokio::time::Instant::now() >= deadline {
+                ClientError::NoReply(wait)
             } else {
                 ClientError::Disconnected
             }),
-            Err(_) => {
-                lock(&self.pending).remove(&id);
-                Err(ClientError::NoReply(wait))
-            }
         }
     }
 
     pub(crate) fn fail_pending(&self) {
         // Dropping the senders wakes every waiter with Disconnected.
-        lock(&self.pending).clear();
+        self.pending.clear();
     }
 
     pub(crate) fn event(&self, e: ClientEvent) {

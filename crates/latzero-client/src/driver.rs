@@ -37,7 +37,7 @@ impl Inner {
             // Taken out of the table before the waiter is woken: a caller woken on another
             // thread must not find the table still locked (a futex wait and two more context
             // switches when it preempts this thread).
-            let waiter = lock(&self.pending).remove(&id);
+            let waiter = self.pending.remove(id);
             match waiter {
                 Some(Waiter::Value(tx)) => {
                     let _ = tx.send(r.result.map_err(ClientError::Handler));
@@ -76,7 +76,7 @@ impl Inner {
                     in_reply_to: Option<u64>,
                 }
                 let id = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to);
-                let waiter = id.and_then(|id| lock(&self.pending).remove(&id));
+                let waiter = id.and_then(|id| self.pending.remove(id));
                 match waiter {
                     Some(Waiter::Value(tx)) => {
                         let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
@@ -134,7 +134,7 @@ impl Inner {
             }
             Some(action) => {
                 let id = env.in_reply_to.and_then(|r| r.get().parse::<u64>().ok());
-                let waiter = id.and_then(|id| lock(&self.pending).remove(&id));
+                let waiter = id.and_then(|id| self.pending.remove(id));
                 match waiter {
                     Some(Waiter::Frame(tx)) => {
                         let _ = tx.send(json.clone());

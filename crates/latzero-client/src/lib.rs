@@ -43,6 +43,7 @@ mod error;
 mod handler;
 mod memory;
 mod options;
+mod pending;
 mod tls;
 
 pub use call::{BroadcastReply, Call};

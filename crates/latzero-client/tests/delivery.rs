@@ -1,6 +1,9 @@
 //! A delivered trigger must reach its handler whatever the order of its keys: frames that do not
 //! start with `{"action":` (another server implementation, a future version) take the general
 //! parsing path. A raw listener stands in for the server so the frame's bytes are exact.
+//!
+//! The stand-in also plays a server that never answers a call: the call must end at the
+//! client's own deadline.
 
 use latzero_client::{Client, Request};
 use latzero_proto::frame::{FrameCodec, encode_json};
@@ -65,4 +68,53 @@ async fn triggers_with_any_key_order_reach_the_handler() {
         .await
     });
     assert_eq!(server.await.unwrap(), vec![json!(4), json!(10)]);
+}
+
+#[tokio::test]
+async fn a_call_never_answered_ends_at_its_own_deadline_while_a_longer_one_waits_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let hs = read_frame(&mut s, &mut buf).await;
+        let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":"c","pools":["p"],"triggers":[],"protocol_version":"1.0"});
+        s.write_all(&encode_json(ack.to_string().as_bytes())).await.unwrap();
+        // Two triggers arrive; only the second ("long") is ever answered, on a signal.
+        let mut ids = std::collections::HashMap::new();
+        while ids.len() < 2 {
+            let f = read_frame(&mut s, &mut buf).await;
+            if f["action"] == "trigger" {
+                ids.insert(f["process"].as_str().unwrap().to_owned(), f["id"].clone());
+            }
+        }
+        (s, ids)
+    });
+    let client = Client::connect(&format!("latzero://c@{addr}?pools=p")).await.unwrap();
+    let long = {
+        let c = client.clone();
+        tokio::spawn(async move { c.request("p", "long").send().await })
+    };
+    let started = tokio::time::Instant::now();
+    // The default wait is 33 s: a deadline of 0.1 s + 1 s grace must wake the client's timer
+    // early rather than wait for it.
+    let short = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client
+            .request("p", "short")
+            .timeout(std::time::Duration::from_millis(100))
+            .send(),
+    )
+    .await
+    .expect("ended by the client's deadline, not the test's");
+    assert!(
+        matches!(short, Err(latzero_client::ClientError::NoReply(_))),
+        "{short:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1100));
+    // The longer call is still pending, and its answer still reaches it.
+    let (mut s, ids) = server.await.unwrap();
+    let answer = json!({"action":"response","in_reply_to":ids["long"],"status":"ok","response":"late"});
+    s.write_all(&encode_json(answer.to_string().as_bytes())).await.unwrap();
+    assert_eq!(long.await.unwrap().unwrap(), json!("late"));
 }
