@@ -22,17 +22,23 @@ async fn read_frame(s: &mut tokio::net::TcpStream, buf: &mut bytes::BytesMut) ->
     }
 }
 
+/// Accepts one client on `listener` and completes its handshake as app `app` in pool `p`.
+async fn accept_handshake(listener: TcpListener, app: &str) -> (tokio::net::TcpStream, bytes::BytesMut) {
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let hs = read_frame(&mut s, &mut buf).await;
+    assert_eq!(hs["action"], "handshake");
+    let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":app,"pools":["p"],"triggers":[],"protocol_version":"1.0"});
+    s.write_all(&encode_json(ack.to_string().as_bytes())).await.unwrap();
+    (s, buf)
+}
+
 #[tokio::test]
 async fn triggers_with_any_key_order_reach_the_handler() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = bytes::BytesMut::new();
-        let hs = read_frame(&mut s, &mut buf).await;
-        assert_eq!(hs["action"], "handshake");
-        let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":"w","pools":["p"],"triggers":[],"protocol_version":"1.0"});
-        s.write_all(&encode_json(ack.to_string().as_bytes())).await.unwrap();
+        let (mut s, mut buf) = accept_handshake(listener, "w").await;
         // The client registers its handler before announcing it: wait for that event.
         while read_frame(&mut s, &mut buf).await["action"] != "register" {}
         let mut answers = vec![];
@@ -75,12 +81,8 @@ async fn a_call_never_answered_ends_at_its_own_deadline_while_a_longer_one_waits
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = bytes::BytesMut::new();
-        let hs = read_frame(&mut s, &mut buf).await;
-        let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":"c","pools":["p"],"triggers":[],"protocol_version":"1.0"});
-        s.write_all(&encode_json(ack.to_string().as_bytes())).await.unwrap();
-        // Two triggers arrive; only the second ("long") is ever answered, on a signal.
+        let (mut s, mut buf) = accept_handshake(listener, "c").await;
+        // Two triggers arrive; only "long" is ever answered, once "short" has ended.
         let mut ids = std::collections::HashMap::new();
         while ids.len() < 2 {
             let f = read_frame(&mut s, &mut buf).await;
