@@ -624,7 +624,6 @@ impl Inner {
     ) -> Result<T, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
-        // The server answers by the ttl; the grace covers its timer and the trip back.
         let wait = ttl + reply_grace(ttl);
         let deadline = tokio::time::Instant::now() + wait;
         self.pending.insert(id, waiter, deadline);
