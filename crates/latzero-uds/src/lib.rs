@@ -45,7 +45,7 @@ pub struct UdsStream {
 #[derive(Debug)]
 struct Shared {
     /// The socket, watched for readability.
-    read: AsyncFd<StdStream>,
+    sock: AsyncFd<StdStream>,
     /// A duplicate descriptor watched for writability, only while a write waits for room.
     write: Mutex<Option<AsyncFd<StdStream>>>,
     /// `write` is set (read without its lock on every write).
@@ -70,7 +70,7 @@ impl UdsStream {
         s.set_nonblocking(true)?;
         Ok(UdsStream {
             shared: Arc::new(Shared {
-                read: watch(s, Interest::READABLE)?,
+                sock: watch(s, Interest::READABLE)?,
                 write: Mutex::new(None),
                 watching: AtomicBool::new(false),
             }),
@@ -114,7 +114,7 @@ impl AsyncRead for ReadHalf {
             return Poll::Ready(Ok(()));
         }
         loop {
-            let mut ready = ready!(self.shared.read.poll_read_ready(cx))?;
+            let mut ready = ready!(self.shared.sock.poll_read_ready(cx))?;
             let read = ready.try_io(|s| {
                 SCRATCH.with_borrow_mut(|scratch| {
                     let n = buf.remaining().min(scratch.len());
@@ -144,7 +144,7 @@ impl WriteHalf {
     /// that got `WouldBlock` waits with [`WriteHalf::writable`] before it tries again, so that
     /// the socket stops being watched for writing once it is writable.
     pub fn try_write(&self, b: &[u8]) -> io::Result<usize> {
-        self.shared.read.get_ref().write(b)
+        self.shared.sock.get_ref().write(b)
     }
 
     /// Ready when the socket has room for a write (or has failed). A caller whose write then
@@ -152,7 +152,7 @@ impl WriteHalf {
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut slot = self.shared.write.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            *slot = Some(watch(self.shared.read.get_ref().try_clone()?, Interest::WRITABLE)?);
+            *slot = Some(watch(self.shared.sock.get_ref().try_clone()?, Interest::WRITABLE)?);
             self.shared.watching.store(true, Ordering::Relaxed);
         }
         let ready = match slot.as_ref().map(|fd| fd.poll_write_ready(cx)) {
@@ -187,7 +187,7 @@ impl WriteHalf {
 
     /// Shuts the write side down: the peer reads end-of-stream.
     pub fn shutdown_write(&self) -> io::Result<()> {
-        self.shared.read.get_ref().shutdown(Shutdown::Write)
+        self.shared.sock.get_ref().shutdown(Shutdown::Write)
     }
 }
 
@@ -254,7 +254,7 @@ mod tests {
         assert_ne!(epoll_events(t.as_raw_fd()).unwrap() & EPOLLOUT, 0);
 
         let (a, b) = UdsStream::pair().unwrap();
-        let fd = a.shared.read.get_ref().as_raw_fd();
+        let fd = a.shared.sock.get_ref().as_raw_fd();
         let (mut ar, mut aw) = a.into_split();
         let (mut br, mut bw) = b.into_split();
         aw.write_all(b"ping").await.unwrap();
