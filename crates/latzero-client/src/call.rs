@@ -10,9 +10,12 @@ use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::client::{Client, raw_to_value, remote_error};
+use tokio::sync::oneshot;
+
+use crate::client::{Client, Waiter, remote_error};
 use crate::error::{ClientError, RemoteError};
-use crate::handler::{HandlerError, Request, invoke};
+use crate::handler::{Handler, HandlerError, Request, invoke};
+use crate::payload::Payload;
 
 /// One handler's part of a broadcast result.
 #[derive(Debug, Clone)]
@@ -71,25 +74,89 @@ impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
     }
 }
 
-/// Runs a call on this client's own handler, in-process (the seeds' short-circuit).
-pub(crate) async fn run_local(
+/// The two forms a payload takes in the SDK: a parsed [`Value`], or its text ([`Payload`]).
+pub(crate) trait Form: Sized + Send + 'static {
+    /// A waiter for a reply in this form, and where the reply arrives.
+    fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>);
+    fn into_value(self) -> Result<Value, ClientError>;
+    fn into_payload(self) -> Result<Payload, ClientError>;
+    fn from_value(v: Value) -> Result<Self, ClientError>;
+    fn from_payload(p: Payload) -> Result<Self, ClientError>;
+}
+
+impl Form for Value {
+    fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Waiter::Value(tx), rx)
+    }
+    fn into_value(self) -> Result<Value, ClientError> {
+        Ok(self)
+    }
+    fn into_payload(self) -> Result<Payload, ClientError> {
+        Ok(Payload::from_json(&self)?)
+    }
+    fn from_value(v: Value) -> Result<Self, ClientError> {
+        Ok(v)
+    }
+    fn from_payload(p: Payload) -> Result<Self, ClientError> {
+        Ok(p.json()?)
+    }
+}
+
+impl Form for Payload {
+    fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Waiter::Raw(tx), rx)
+    }
+    fn into_value(self) -> Result<Value, ClientError> {
+        Ok(self.json()?)
+    }
+    fn into_payload(self) -> Result<Payload, ClientError> {
+        Ok(self)
+    }
+    fn from_value(v: Value) -> Result<Self, ClientError> {
+        Ok(Payload::from_json(&v)?)
+    }
+    fn from_payload(p: Payload) -> Result<Self, ClientError> {
+        Ok(p)
+    }
+}
+
+/// Runs a call on this client's own handler, in-process (the seeds' short-circuit): the payload
+/// goes to the handler in the form it takes, and its result comes back in the form `D` the
+/// caller asked for.
+pub(crate) async fn run_local<D: Form>(
     app_id: &str,
-    h: crate::handler::HandlerFn,
+    h: Handler,
     pool: &str,
     process: &str,
-    data: Value,
+    data: D,
     ttl: Duration,
-) -> Result<Value, ClientError> {
-    let req = Request {
-        process: process.to_owned(),
-        pool: pool.to_owned(),
-        data,
-        origin: None,
-        is_emit: false,
+) -> Result<D, ClientError> {
+    fn req<T>(process: &str, pool: &str, data: T) -> Request<T> {
+        Request {
+            process: process.to_owned(),
+            pool: pool.to_owned(),
+            data,
+            origin: None,
+            is_emit: false,
+        }
+    }
+    // A handler's error stays its own value; only its success changes form.
+    let run = async {
+        Ok::<_, ClientError>(match h {
+            Handler::Value(f) => invoke(f, req(process, pool, data.into_value()?))
+                .await
+                .map(D::from_value),
+            Handler::Raw(f) => invoke(f, req(process, pool, data.into_payload()?))
+                .await
+                .map(D::from_payload),
+        })
     };
-    match tokio::time::timeout(ttl, invoke(h, req)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(HandlerError(e))) => Err(ClientError::Handler(e)),
+    match tokio::time::timeout(ttl, run).await {
+        Ok(Ok(Ok(v))) => v,
+        Ok(Ok(Err(HandlerError(e)))) => Err(ClientError::Handler(e)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(RemoteError {
             code: ErrorCode::Timeout,
             message: format!(
@@ -152,19 +219,28 @@ impl Call<'_> {
     }
 
     /// Sends the call and waits for its result.
-    pub async fn send(mut self) -> Result<Value, ClientError> {
+    pub async fn send(self) -> Result<Value, ClientError> {
+        self.send_as().await
+    }
+
+    /// Sends the call and waits for its result as JSON text, unparsed (see [`Payload`]).
+    pub async fn send_raw(self) -> Result<Payload, ClientError> {
+        self.send_as().await
+    }
+
+    async fn send_as<D: Form>(mut self) -> Result<D, ClientError> {
         self.check()?;
         let data = std::mem::replace(&mut self.data, Ok(None))?;
         let inner = &self.client.inner;
         let local = self.destination.as_deref().is_none_or(|d| d == inner.app_id.as_str());
         if local && let Some(h) = inner.local_handler(&self.pool, &self.process) {
-            let data = raw_to_value(data.as_deref())?;
+            let data = D::from_payload(data.map_or_else(Payload::null, Payload::from))?;
             return run_local(inner.app_id.as_str(), h, &self.pool, &self.process, data, self.ttl()).await;
         }
         let ttl = self.ttl();
         let data = data.as_deref().unwrap_or(RawValue::NULL);
         inner
-            .roundtrip(|id| Ok(self.frame(id, data, ttl, None, false)), ttl)
+            .roundtrip_as(|id| Ok(self.frame(id, data, ttl, None, false)), ttl)
             .await
     }
 

@@ -22,12 +22,13 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::call::{Call, TriggerOut, run_local};
+use crate::call::{Call, Form, TriggerOut, run_local};
 use crate::connection::Outbox;
 use crate::driver::{connection_task, establish};
 use crate::error::{ClientError, RemoteError};
-use crate::handler::{HandlerError, HandlerFn, Request};
+use crate::handler::{Handler, HandlerError, HandlerFn, Request};
 use crate::options::ClientOptions;
+use crate::payload::Payload;
 use crate::pending::Pending;
 
 /// Someone waiting for the reply to a request.
@@ -36,6 +37,8 @@ pub(crate) enum Waiter {
     Frame(oneshot::Sender<Bytes>),
     /// Wants the call's result; the reader computes it while it has the frame parsed.
     Value(oneshot::Sender<Result<Value, ClientError>>),
+    /// Wants the call's result as JSON text, a view into the reply frame.
+    Raw(oneshot::Sender<Result<Payload, ClientError>>),
     /// Wants the frame with its binary body (memory-block replies).
     Full(oneshot::Sender<latzero_proto::Frame>),
 }
@@ -121,7 +124,7 @@ pub(crate) struct Inner {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Keyed by the names this app registered: a handful of entries that frames only look up,
     /// so a fast hash, as for `pending`.
-    pub(crate) handlers: RwLock<FxHashMap<String, HandlerFn>>,
+    pub(crate) handlers: RwLock<FxHashMap<String, Handler>>,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: CancellationToken,
@@ -205,6 +208,15 @@ pub(crate) fn raw_to_value(raw: Option<&RawValue>) -> Result<Value, ClientError>
 pub(crate) fn reply_result(frame: &[u8]) -> Result<Value, ClientError> {
     let env = ServerFrame::parse(frame).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
     result_of(&env, frame)
+}
+
+/// [`result_of`], with an `ok` response's body as a [`Payload`] sharing the frame's memory.
+pub(crate) fn raw_result_of(env: &ServerFrame<'_>, frame: &Bytes) -> Result<Payload, ClientError> {
+    match (env.action(), env.status.as_deref(), env.response) {
+        (Some("response"), Some("ok"), Some(body)) => Ok(Payload::within(frame, body.get())?),
+        (Some("response"), Some("ok"), None) => Ok(Payload::null()),
+        _ => result_of(env, frame).and_then(Payload::from_value),
+    }
 }
 
 /// The result a reply frame carries, from its parsed envelope (so the reader parses it once).
@@ -309,8 +321,25 @@ impl Client {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
     {
-        let name = TriggerName::try_from(trigger)?;
         let h: HandlerFn = Arc::new(move |req| Box::pin(f(req)));
+        self.register(trigger, Handler::Value(h)).await
+    }
+
+    /// Registers a handler that takes and returns payloads as JSON text ([`Payload`]): the
+    /// bytes-level form of [`handle`](Self::handle), which never builds a [`Value`]. The payload
+    /// a handler receives is a view into the frame it arrived in; the one it returns is written
+    /// into the response as it is. Everything else is as for `handle`.
+    pub async fn handle_raw<F, Fut>(&self, trigger: &str, f: F) -> Result<(), ClientError>
+    where
+        F: Fn(Request<Payload>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, HandlerError>> + Send + 'static,
+    {
+        let h: HandlerFn<Payload> = Arc::new(move |req| Box::pin(f(req)));
+        self.register(trigger, Handler::Raw(h)).await
+    }
+
+    async fn register(&self, trigger: &str, h: Handler) -> Result<(), ClientError> {
+        let name = TriggerName::try_from(trigger)?;
         self.inner
             .handlers
             .write()
@@ -430,24 +459,38 @@ impl Client {
 
     /// Calls a trigger in a pool; the server picks a handler round-robin.
     pub async fn call<T: Serialize + ?Sized>(&self, pool: &str, process: &str, data: &T) -> Result<Value, ClientError> {
+        self.call_as(pool, process, data).await
+    }
+
+    /// [`call`](Self::call), with the result as JSON text, unparsed: a view into the reply
+    /// frame. With a [`Payload`] as `data` too, the call never builds a [`Value`] — the
+    /// bytes-level form, for forwarding payloads or parsing them with something else.
+    pub async fn call_raw<T: Serialize + ?Sized>(
+        &self,
+        pool: &str,
+        process: &str,
+        data: &T,
+    ) -> Result<Payload, ClientError> {
+        self.call_as(pool, process, data).await
+    }
+
+    async fn call_as<T: Serialize + ?Sized, D: Form>(
+        &self,
+        pool: &str,
+        process: &str,
+        data: &T,
+    ) -> Result<D, ClientError> {
         PoolName::check(pool)?;
         TriggerName::check(process)?;
         let inner = &self.inner;
         let ttl = inner.opts.request_timeout;
         if let Some(h) = inner.local_handler(pool, process) {
-            return run_local(
-                inner.app_id.as_str(),
-                h,
-                pool,
-                process,
-                serde_json::to_value(data)?,
-                ttl,
-            )
-            .await;
+            let data = D::from_payload(Payload::from_json(data)?)?;
+            return run_local(inner.app_id.as_str(), h, pool, process, data, ttl).await;
         }
         // The payload is serialised straight into the frame: no intermediate value.
         inner
-            .roundtrip(
+            .roundtrip_as(
                 |id| {
                     Ok(TriggerOut {
                         id,
@@ -539,7 +582,7 @@ impl Client {
 }
 
 impl Inner {
-    pub(crate) fn local_handler(&self, pool: &str, process: &str) -> Option<HandlerFn> {
+    pub(crate) fn local_handler(&self, pool: &str, process: &str) -> Option<Handler> {
         let registered = {
             let s = lock(&self.shared);
             s.pools.contains(pool) && s.triggers.contains(process)
@@ -613,6 +656,16 @@ impl Inner {
     ) -> Result<Value, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.await_reply(build, Waiter::Value(tx), rx, ttl).await?
+    }
+
+    /// [`roundtrip`](Self::roundtrip), with the result in the form `D`.
+    pub(crate) async fn roundtrip_as<D: Form>(
+        &self,
+        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        ttl: Duration,
+    ) -> Result<D, ClientError> {
+        let (waiter, rx) = D::waiter();
+        self.await_reply(build, waiter, rx, ttl).await?
     }
 
     async fn await_reply<T>(

@@ -7,16 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use latzero_proto::frame::{Frame, JsonFrame};
-use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, ServerFrame, origin_app_id};
+use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientEvent, Forwarded, Inner, Waiter, lock, raw_to_value, remote_error, reply_result, result_of};
+use crate::client::{
+    ClientEvent, Forwarded, Inner, Waiter, lock, raw_result_of, remote_error, reply_result, result_of,
+};
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
-use crate::handler::{HandlerError, Request, invoke_boxed, panicked};
+use crate::handler::{Handler, HandlerError, HandlerFuture, Request, invoke_boxed, panicked};
+use crate::payload::Payload;
 
 /// A live connection: its frame reader and the queue to its writer.
 pub(crate) struct Live {
@@ -31,40 +34,22 @@ impl Inner {
         let json = frame.json();
         // The frames of the call path, in the exact layout the server writes them, read without
         // the general parse; anything else (or any surprise) takes the general path below.
-        if let Some(r) = ForwardResponse::read::<Value>(json)
+        if let Some(r) = ForwardResponse::read_text(json)
             && let Ok(id) = r.in_reply_to.parse::<u64>()
+            && self.reply(id, &frame, r.result)
         {
-            // Taken out of the table before the waiter is woken: a caller woken on another
-            // thread must not find the table still locked (a futex wait and two more context
-            // switches when it preempts this thread).
-            let waiter = self.pending.remove(id);
-            match waiter {
-                Some(Waiter::Value(tx)) => {
-                    let _ = tx.send(r.result.map_err(ClientError::Handler));
-                }
-                Some(Waiter::Frame(tx)) => {
-                    let _ = tx.send(json.clone());
-                }
-                Some(Waiter::Full(tx)) => {
-                    let _ = tx.send(frame.clone());
-                }
-                None => tracing::debug!(id, "reply for a request no longer waiting"),
-            }
             return None;
         }
-        let delivery = DeliverTrigger::read::<Value>(json).or_else(|| DeliverEmit::read::<Value>(json));
+        let delivery = DeliverTrigger::read_text(json).or_else(|| DeliverEmit::read_text(json));
         if let Some(d) = delivery {
-            let origin = Some(d.origin.to_owned());
-            self.deliver(
-                d.process,
-                d.pool,
-                d.data,
-                origin,
-                d.id.map(str::to_owned),
-                d.id.is_none(),
-                tx,
-            );
-            return None;
+            let data = Data {
+                frame: json,
+                text: d.data,
+            };
+            let origin = || Some(d.origin.to_owned());
+            if self.deliver(d.process, d.pool, data, origin, d.id, tx).is_ok() {
+                return None;
+            }
         }
         let env = match ServerFrame::parse(json) {
             Ok(env) => env,
@@ -81,6 +66,9 @@ impl Inner {
                     Some(Waiter::Value(tx)) => {
                         let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
                     }
+                    Some(Waiter::Raw(tx)) => {
+                        let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
+                    }
                     Some(Waiter::Frame(tx)) => {
                         let _ = tx.send(json.clone());
                     }
@@ -93,15 +81,26 @@ impl Inner {
             }
         };
         match env.action() {
-            Some(action @ ("trigger" | "emit")) => self.deliver(
-                env.process.as_deref().unwrap_or_default(),
-                env.pool.as_deref().unwrap_or_default(),
-                raw_to_value(env.data).unwrap_or(Value::Null),
-                env.origin.and_then(origin_app_id).map(|a| a.into_owned()),
-                env.id.map(|r| r.get().to_owned()),
-                action == "emit",
-                tx,
-            ),
+            Some(action @ ("trigger" | "emit")) => {
+                let process = env.process.as_deref().unwrap_or_default();
+                let data = Data {
+                    frame: json,
+                    text: env.data.map_or("null", RawValue::get),
+                };
+                let origin = || env.origin.and_then(origin_app_id).map(|a| a.into_owned());
+                let hop = if action == "emit" {
+                    None
+                } else {
+                    env.id.map(RawValue::get)
+                };
+                let pool = env.pool.as_deref().unwrap_or_default();
+                if let Err(e) = self.deliver(process, pool, data, origin, hop, tx) {
+                    // Checked JSON that still does not read (nested deeper than serde_json
+                    // parses a Value): the caller hears why instead of waiting for its timeout.
+                    let why = HandlerError::msg(format!("the payload could not be read: {e}"));
+                    self.finish(process, hop, Err::<Value, _>(why), tx);
+                }
+            }
             Some("presence") => self.event(ClientEvent::Presence {
                 pool: env.pool.as_deref().unwrap_or_default().to_owned(),
                 app_id: env.app_id.as_deref().unwrap_or_default().to_owned(),
@@ -142,6 +141,9 @@ impl Inner {
                     Some(Waiter::Value(tx)) => {
                         let _ = tx.send(result_of(&env, json));
                     }
+                    Some(Waiter::Raw(tx)) => {
+                        let _ = tx.send(raw_result_of(&env, json));
+                    }
                     Some(Waiter::Full(tx)) => {
                         let _ = tx.send(frame.clone());
                     }
@@ -154,71 +156,126 @@ impl Inner {
         None
     }
 
-    /// Runs a delivered trigger or emit on its handler, in its own task.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
+    /// Hands a `response` read in the server's layout to its waiter, its body parsed in the
+    /// form the waiter wants. `false` if the body is not exactly one JSON value: then the frame
+    /// is not that layout (a result forwarded with its `origin` after the body), and the general
+    /// path reads it — no waiter was touched.
+    fn reply(&self, id: u64, frame: &Frame, result: Result<&str, &str>) -> bool {
+        let json = frame.json();
+        let (text, ok) = match result {
+            Ok(text) => (text, true),
+            Err(text) => (text, false),
+        };
+        let raw = self.pending.wants_raw(id);
+        // A handler's error is a Value in either form.
+        let body = match (ok, raw) {
+            (true, Some(true)) => Payload::within(json, text).map(|p| Body::Raw(Ok(p))),
+            (true, Some(false)) => serde_json::from_str(text).map(|v| Body::Value(Ok(v))),
+            (false, Some(_)) => serde_json::from_str(text).map(|e| Body::Value(Err(ClientError::Handler(e)))),
+            (_, None) => serde_json::from_str::<&RawValue>(text).map(|_| Body::Unwanted),
+        };
+        let Ok(body) = body else { return false };
+        // Taken out of the table before the waiter is woken: a caller woken on another thread
+        // must not find the table still locked (a futex wait and two more context switches
+        // when it preempts this thread).
+        match (self.pending.remove(id), body) {
+            (Some(Waiter::Value(tx)), Body::Value(r)) => {
+                let _ = tx.send(r);
+            }
+            (Some(Waiter::Raw(tx)), Body::Raw(r)) => {
+                let _ = tx.send(r);
+            }
+            (Some(Waiter::Raw(tx)), Body::Value(Err(e))) => {
+                let _ = tx.send(Err(e));
+            }
+            (Some(Waiter::Frame(tx)), _) => {
+                let _ = tx.send(json.clone());
+            }
+            (Some(Waiter::Full(tx)), _) => {
+                let _ = tx.send(frame.clone());
+            }
+            // Swept at its deadline between the two looks (ids are never reused), or never here.
+            _ => tracing::debug!(id, "reply for a request no longer waiting"),
+        }
+        true
+    }
+
+    /// Runs a delivered trigger or emit on its handler, with the payload in the form the
+    /// handler takes: inline until its first await, then in its own task. `hop` is a trigger's
+    /// id as JSON text (`None` for an emit). `Err` — and nothing done — if the payload does not
+    /// read in that form.
+    fn deliver<'a>(
         self: &Arc<Self>,
         process: &str,
         pool: &str,
-        data: Value,
-        origin: Option<String>,
-        hop: Option<String>,
-        is_emit: bool,
+        data: Data<'a>,
+        origin: impl FnOnce() -> Option<String>,
+        hop: Option<&str>,
         tx: &Outbox,
-    ) {
+    ) -> Result<(), serde_json::Error> {
         let handler = self
             .handlers
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(process)
             .cloned();
-        // What becomes of the handler's result: a response frame for a call; for an emit,
-        // nothing (a failure is logged).
-        let finish = move |process: &str, result: Result<Value, HandlerError>| -> Option<Bytes> {
-            if is_emit {
-                if let Err(HandlerError(e)) = result {
-                    tracing::warn!(trigger = %process, error = %e, "emit handler failed");
-                }
-                return None;
+        fn request<D>(process: &str, pool: &str, data: D, origin: Option<String>, is_emit: bool) -> Request<D> {
+            Request {
+                process: process.to_owned(),
+                pool: pool.to_owned(),
+                data,
+                origin,
+                is_emit,
             }
-            Some(response_frame(&hop?, &result))
-        };
-        let Some(h) = handler else {
-            let msg = format!("this app has no handler for '{process}'");
-            if let Some(frame) = finish(process, Err(HandlerError::msg(msg))) {
-                tx.send_now(frame);
+        }
+        match handler {
+            Some(Handler::Value(h)) => {
+                let data = serde_json::from_str(data.text)?;
+                self.run(
+                    h(request(process, pool, data, origin(), hop.is_none())),
+                    process,
+                    hop,
+                    tx,
+                );
             }
-            return;
-        };
-        let req = Request {
-            process: process.to_owned(),
-            pool: pool.to_owned(),
-            data,
-            origin,
-            is_emit,
-        };
-        // Run the handler right here until its first await: most handlers finish without one,
-        // and then the call costs no task. One that does wait continues in its own task.
-        let mut fut = h(req);
+            Some(Handler::Raw(h)) => {
+                let data = Payload::within(data.frame, data.text)?;
+                self.run(
+                    h(request(process, pool, data, origin(), hop.is_none())),
+                    process,
+                    hop,
+                    tx,
+                );
+            }
+            None => {
+                let msg = format!("this app has no handler for '{process}'");
+                self.finish(process, hop, Err::<Value, _>(HandlerError::msg(msg)), tx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a handler's future right here until its first await: most handlers finish without
+    /// one, and then the call costs no task. One that does wait continues in its own task.
+    fn run<T: Answer + Send + 'static>(
+        self: &Arc<Self>,
+        mut fut: HandlerFuture<T>,
+        process: &str,
+        hop: Option<&str>,
+        tx: &Outbox,
+    ) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
         match first {
-            Ok(std::task::Poll::Ready(result)) => {
-                if let Some(frame) = finish(process, result) {
-                    tx.send_now(frame);
-                }
-            }
-            Err(_) => {
-                if let Some(frame) = finish(process, Err(panicked(process))) {
-                    tx.send_now(frame);
-                }
-            }
+            Ok(std::task::Poll::Ready(result)) => self.finish(process, hop, result, tx),
+            Err(_) => self.finish(process, hop, Err::<T, _>(panicked(process)), tx),
             Ok(std::task::Poll::Pending) => {
                 let tx = tx.clone();
                 let process = process.to_owned();
+                let hop = hop.map(str::to_owned);
                 tokio::spawn(async move {
                     let result = invoke_boxed(fut, &process).await;
-                    if let Some(frame) = finish(&process, result) {
+                    if let Some(frame) = outcome(&process, hop.as_deref(), &result) {
                         // If the connection dropped meanwhile, the server has already failed the
                         // call with HANDLER_GONE; there is nobody to send this to.
                         let _ = tx.send(frame).await;
@@ -227,19 +284,70 @@ impl Inner {
             }
         }
     }
+
+    /// Sends a handler's result, now, as the call's response (nothing for an emit).
+    fn finish<T: Answer>(&self, process: &str, hop: Option<&str>, result: Result<T, HandlerError>, tx: &Outbox) {
+        if let Some(frame) = outcome(process, hop, &result) {
+            tx.send_now(frame);
+        }
+    }
+}
+
+/// A delivered payload: its JSON text, inside the frame it arrived in.
+struct Data<'a> {
+    frame: &'a Bytes,
+    text: &'a str,
+}
+
+/// A reply's body, read in the form its waiter wants.
+enum Body {
+    Value(Result<Value, ClientError>),
+    Raw(Result<Payload, ClientError>),
+    /// Nobody waits for it any more; checked to be one value all the same.
+    Unwanted,
+}
+
+/// What becomes of a handler's result: the response frame for a call (`hop` is its id as JSON
+/// text); for an emit nothing, and a failure is logged.
+fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, HandlerError>) -> Option<Bytes> {
+    match hop {
+        Some(hop) => Some(response_frame(hop, result)),
+        None => {
+            if let Err(HandlerError(e)) = result {
+                tracing::warn!(trigger = %process, error = %e, "emit handler failed");
+            }
+            None
+        }
+    }
 }
 
 /// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
-fn response_frame(hop: &str, result: &Result<Value, HandlerError>) -> Bytes {
+fn response_frame<T: Answer>(hop: &str, result: &Result<T, HandlerError>) -> Bytes {
     let mut f = JsonFrame::new(192 + hop.len());
     f.str("action", "response").raw("in_reply_to", hop);
-    let written = match result {
-        Ok(v) => f.str("status", "ok").serialize("response", v),
-        Err(HandlerError(e)) => f.str("status", "error").serialize("error", e),
-    };
-    // A Value always serialises (its map keys are strings).
-    written.expect("serialising a value into memory");
+    match result {
+        Ok(v) => v.write(f.str("status", "ok"), "response"),
+        Err(HandlerError(e)) => e.write(f.str("status", "error"), "error"),
+    }
     f.finish()
+}
+
+/// What a handler returns, written into its response frame.
+trait Answer {
+    fn write(&self, f: &mut JsonFrame, key: &str);
+}
+
+impl Answer for Value {
+    fn write(&self, f: &mut JsonFrame, key: &str) {
+        // A Value always serialises (its map keys are strings).
+        f.serialize(key, self).expect("serialising a value into memory");
+    }
+}
+
+impl Answer for Payload {
+    fn write(&self, f: &mut JsonFrame, key: &str) {
+        f.raw(key, self.as_str());
+    }
 }
 
 /// The server's `closing` notice.

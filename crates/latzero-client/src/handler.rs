@@ -6,15 +6,19 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-/// A trigger (or emit) delivered to a handler.
+use crate::payload::Payload;
+
+/// A trigger (or emit) delivered to a handler: `Request` (the payload as a [`Value`]) for
+/// [`Client::handle`](crate::Client::handle), `Request<Payload>` (its JSON text, unparsed) for
+/// [`Client::handle_raw`](crate::Client::handle_raw).
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct Request<D = Value> {
     /// The trigger's name.
     pub process: String,
     /// The pool it was called in.
     pub pool: String,
     /// The payload.
-    pub data: Value,
+    pub data: D,
     /// The calling app (`None` for an in-process call).
     pub origin: Option<String>,
     /// True for an emit (fire-and-forget): the return value is discarded.
@@ -38,17 +42,27 @@ impl<E: std::error::Error> From<E> for HandlerError {
     }
 }
 
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send>>;
-pub(crate) type HandlerFn = Arc<dyn Fn(Request) -> HandlerFuture + Send + Sync>;
+pub(crate) type HandlerFuture<T = Value> = Pin<Box<dyn Future<Output = Result<T, HandlerError>> + Send>>;
+/// A handler taking and returning `D` (a [`Value`] or a [`Payload`]).
+pub(crate) type HandlerFn<D = Value> = Arc<dyn Fn(Request<D>) -> HandlerFuture<D> + Send + Sync>;
+
+/// A registered handler, by the form it takes its payload in.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    /// [`Client::handle`](crate::Client::handle): a parsed [`Value`].
+    Value(HandlerFn),
+    /// [`Client::handle_raw`](crate::Client::handle_raw): the JSON text.
+    Raw(HandlerFn<Payload>),
+}
 
 /// Runs a handler, turning a panic into a handler error instead of a lost reply.
-pub(crate) async fn invoke(h: HandlerFn, req: Request) -> Result<Value, HandlerError> {
+pub(crate) async fn invoke<D>(h: HandlerFn<D>, req: Request<D>) -> Result<D, HandlerError> {
     let process = req.process.clone();
     invoke_boxed(h(req), &process).await
 }
 
 /// Finishes a handler's future, turning a panic into a handler error.
-pub(crate) async fn invoke_boxed(fut: HandlerFuture, process: &str) -> Result<Value, HandlerError> {
+pub(crate) async fn invoke_boxed<T>(fut: HandlerFuture<T>, process: &str) -> Result<T, HandlerError> {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,

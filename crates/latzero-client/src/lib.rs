@@ -26,6 +26,9 @@
 //! - Calls: [`Client::call`], [`Client::call_to`], and [`Client::request`] for timeouts,
 //!   broadcast and third-party reply. A call to a trigger this client registered itself, in a
 //!   pool it is in, runs in-process without a network round trip.
+//! - Payloads as JSON text ([`Payload`]): [`Client::call_raw`], [`Call::send_raw`] and
+//!   [`Client::handle_raw`] never parse a payload into a [`serde_json::Value`]; a received one
+//!   is a view into its frame.
 //! - Memory blocks: [`Client::create_block`] and [`Client::attach_block`] give a
 //!   [`MemoryBlock`], mapped in this process when the server is on this machine (reads and writes
 //!   touch shared memory directly), with versions, locks and [`MemoryBlock::watch`].
@@ -43,6 +46,7 @@ mod error;
 mod handler;
 mod memory;
 mod options;
+mod payload;
 mod pending;
 mod tls;
 
@@ -55,3 +59,4 @@ pub use latzero_crypto::{KeyError, PoolKeys, SealError, Verifiers, generate as g
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TlsVerify, TriggerName, parse_fingerprint};
 pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, MemoryBlock, Records};
 pub use options::ClientOptions;
+pub use payload::Payload;

@@ -57,6 +57,14 @@ impl Pending {
         }
     }
 
+    /// Whether the waiter for `id` wants its reply as text (`None` if nobody waits for it).
+    pub fn wants_raw(&self, id: u64) -> Option<bool> {
+        lock(&self.calls)
+            .waiting
+            .get(&id)
+            .map(|(w, _)| matches!(w, Waiter::Raw(_)))
+    }
+
     /// The waiter for `id`, taken out of the table.
     pub fn remove(&self, id: u64) -> Option<Waiter> {
         lock(&self.calls).waiting.remove(&id).map(|(w, _)| w)

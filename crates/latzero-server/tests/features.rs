@@ -88,6 +88,62 @@ async fn reply_to_sends_the_result_to_a_third_app() {
 }
 
 #[tokio::test]
+async fn a_forwarded_result_never_answers_a_call_of_the_same_id() {
+    // The sink's own calls are numbered from 1, like the raw caller's forwarded ones below: a
+    // forwarded result must reach the sink as an event, never as the reply to its own call.
+    let s = TestServer::start().await;
+    let worker = Client::connect(&s.url("worker?pools=p")).await.unwrap();
+    worker
+        .handle("sum", |r: Request| async move {
+            Ok(json!(r.data["a"].as_i64().unwrap() + r.data["b"].as_i64().unwrap()))
+        })
+        .await
+        .unwrap();
+    let mut slow = s.raw().await;
+    slow.handshake("slow", &["p"], &["slow"]).await;
+    let sink = Client::connect(&s.url("sink?pools=p")).await.unwrap();
+    let mut sink_events = sink.events();
+    let (value_call, raw_call) = (
+        tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.call("p", "slow", &"v").await }
+        }),
+        tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.call_raw("p", "slow", &"r").await }
+        }),
+    );
+    let delivered = [slow.expect().await, slow.expect().await];
+    let mut caller = s.raw().await;
+    caller.handshake("caller", &["p"], &[]).await;
+    for id in 1..=4 {
+        caller
+            .send(
+                json!({"action":"trigger","id":id,"process":"sum","pool":"p","data":{"a":id,"b":1},"reply_to":"sink"}),
+            )
+            .await;
+        assert_eq!(caller.expect().await["action"], "accepted");
+    }
+    for _ in 1..=4 {
+        let ClientEvent::Forwarded(f) = next_event(&mut sink_events, |e| matches!(e, ClientEvent::Forwarded(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(f.origin, "caller");
+        assert_eq!(f.result.unwrap(), json!(f.in_reply_to.as_i64().unwrap() + 1));
+    }
+    assert!(!value_call.is_finished() && !raw_call.is_finished());
+    for t in delivered {
+        let answer = json!({"answer": t["data"]});
+        slow.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":answer}))
+            .await;
+    }
+    assert_eq!(value_call.await.unwrap().unwrap(), json!({"answer": "v"}));
+    assert_eq!(raw_call.await.unwrap().unwrap().as_str(), r#"{"answer":"r"}"#);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn presence_events_announce_joins_and_leaves() {
     let s = TestServer::start().await;
     let watcher = Client::connect(&s.url("watcher?pools=p")).await.unwrap();

@@ -271,3 +271,95 @@ async fn a_panicking_handler_answers_with_an_error_inline_or_after_an_await() {
     assert_eq!(c.call("p", "ok", &()).await.unwrap(), 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn raw_calls_and_handlers_carry_the_payload_text_byte_for_byte() {
+    use latzero_client::Payload;
+    let s = TestServer::start().await;
+    let w = Client::connect(&s.unix_url("w?pools=alpha")).await.unwrap();
+    w.handle_raw("echo", |r: Request<Payload>| async move {
+        assert_eq!(r.origin.as_deref(), Some("c"));
+        Ok(r.data)
+    })
+    .await
+    .unwrap();
+    w.handle_raw("fail", |_r: Request<Payload>| async {
+        Err(HandlerError::msg("raw nope"))
+    })
+    .await
+    .unwrap();
+    w.handle(
+        "double",
+        |r: Request| async move { Ok(json!(r.data.as_i64().unwrap() * 2)) },
+    )
+    .await
+    .unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    w.handle_raw("ev", move |r: Request<Payload>| {
+        let _ = seen_tx.send((r.data.as_str().to_owned(), r.is_emit));
+        async { Ok(Payload::null()) }
+    })
+    .await
+    .unwrap();
+
+    let c = Client::connect(&s.url("c?pools=alpha")).await.unwrap();
+    // Spacing, key order and number spelling all survive: nothing is parsed into a tree.
+    let text = r#"{ "b" : 1, "a": [1, 2.50, "\u00e9"] }"#;
+    let p = Payload::from_text(text).unwrap();
+    assert_eq!(c.call_raw("alpha", "echo", &p).await.unwrap().as_str(), text);
+    let got = c
+        .request("alpha", "echo")
+        .timeout(Duration::from_secs(600))
+        .data(&p)
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(got.as_str(), text);
+    // Either form on either side.
+    assert_eq!(
+        c.call("alpha", "echo", &json!({"x": 1})).await.unwrap(),
+        json!({"x": 1})
+    );
+    assert_eq!(c.call_raw("alpha", "double", &21).await.unwrap().as_str(), "42");
+    for e in [
+        c.call_raw("alpha", "fail", &()).await.unwrap_err(),
+        c.call("alpha", "fail", &()).await.unwrap_err(),
+    ] {
+        match e {
+            ClientError::Handler(v) => assert_eq!(v, json!({"message": "raw nope"})),
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = c.call_raw("alpha", "missing", &p).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NoHandler));
+    c.emit("alpha", "ev", &p).await.unwrap();
+    assert_eq!(seen.recv().await.unwrap(), (text.to_owned(), true));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn raw_calls_short_circuit_in_process_in_either_form() {
+    use latzero_client::Payload;
+    let s = TestServer::start().await;
+    let c = Client::connect(&s.url("self?pools=p")).await.unwrap();
+    c.handle_raw("wrap", |r: Request<Payload>| async move {
+        assert!(r.origin.is_none(), "in-process calls have no origin");
+        Ok(Payload::from_text(format!("[{}]", r.data)).unwrap())
+    })
+    .await
+    .unwrap();
+    c.handle(
+        "double",
+        |r: Request| async move { Ok(json!(r.data.as_i64().unwrap() * 2)) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.call("p", "wrap", &json!({"k": 1})).await.unwrap(), json!([{"k": 1}]));
+    assert_eq!(c.call_raw("p", "wrap", &7).await.unwrap().as_str(), "[7]");
+    assert_eq!(c.call_raw("p", "double", &21).await.unwrap().as_str(), "42");
+    let status = latzero_client::admin::status(&latzero_proto::Endpoint::Tcp(s.addr.to_string()).into())
+        .await
+        .unwrap();
+    assert_eq!(status["counters"]["calls_total"], 0, "{status}");
+    s.stop().await;
+}

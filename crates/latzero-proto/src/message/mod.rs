@@ -24,6 +24,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 pub use serde_json::value::RawValue;
 
+/// `text`, which the caller has already checked is exactly one JSON value, as a [`RawValue`]
+/// without parsing it again (for a type that keeps checked JSON text and serialises as it).
+/// Should serde_json's raw-value protocol change, this validates with serde instead; `None`
+/// only if that refuses the text.
+pub fn checked_raw_value(text: &str) -> Option<&RawValue> {
+    scan::checked_raw(text).or_else(|| serde_json::from_str(text).ok())
+}
+
 /// Longest request id accepted, in bytes of JSON.
 pub const MAX_ID_LEN: usize = 256;
 

@@ -168,6 +168,21 @@ impl ForwardResponse<'_> {
     ///
     /// [`ServerFrame`]: super::ServerFrame
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadResponse<'a, T>> {
+        let r = Self::read_text(json)?;
+        let body = |text| serde_json::from_str::<T>(text).ok();
+        Some(ReadResponse {
+            in_reply_to: r.in_reply_to,
+            result: match r.result {
+                Ok(text) => Ok(body(text)?),
+                Err(text) => Err(body(text)?),
+            },
+        })
+    }
+
+    /// [`read`](Self::read) without deserialising the body: its text runs to the frame's
+    /// closing brace and is **not yet checked** to be exactly one JSON value — the caller must
+    /// deserialise it (as `T`, or as a `&RawValue`) and treat a failure as "not this layout".
+    pub fn read_text(json: &[u8]) -> Option<ReadResponse<'_, &str>> {
         let mut s = after(json, r#"{"action":"response","in_reply_to":"#)?;
         let in_reply_to = digits(&mut s)?;
         let ok = if take(&mut s, r#","status":"ok","response":"#).is_some() {
@@ -177,8 +192,8 @@ impl ForwardResponse<'_> {
             false
         };
         // The body runs to the closing brace; a frame with more fields after it (`origin`)
-        // leaves text that is not exactly one value, and serde says so.
-        let body = serde_json::from_str::<T>(s.strip_suffix('}')?).ok()?;
+        // leaves text that is not exactly one value, and its deserialiser says so.
+        let body = s.strip_suffix('}')?;
         Some(ReadResponse {
             in_reply_to,
             result: if ok { Ok(body) } else { Err(body) },
@@ -200,6 +215,19 @@ pub struct ReadDelivery<'a, T> {
     pub data: T,
     /// The calling app.
     pub origin: &'a str,
+}
+
+impl<'a> ReadDelivery<'a, &'a str> {
+    /// Deserialises the payload text as `T`; `None` if it is not exactly one `T`.
+    pub fn parse<T: serde::Deserialize<'a>>(self) -> Option<ReadDelivery<'a, T>> {
+        Some(ReadDelivery {
+            id: self.id,
+            process: self.process,
+            pool: self.pool,
+            data: serde_json::from_str(self.data).ok()?,
+            origin: self.origin,
+        })
+    }
 }
 
 /// The text after `prefix`, checked for UTF-8 only once the prefix matched (a frame is tried
@@ -238,7 +266,7 @@ fn plain<'a>(s: &mut &'a str) -> Option<&'a str> {
 /// The payload and the origin at the end of a delivery, `DATA,"origin":{"app_id":"A"`, read
 /// from the end: the app id is plain (no quote), so its opening quote is the last quote, and
 /// whatever the payload holds comes before it.
-fn data_and_origin<'a, T: serde::Deserialize<'a>>(s: &'a str) -> Option<(T, &'a str)> {
+fn data_and_origin(s: &str) -> Option<(&str, &str)> {
     let s = s.strip_suffix('"')?;
     let open = memchr::memrchr(b'"', s.as_bytes())?;
     let origin = &s[open + 1..];
@@ -246,7 +274,7 @@ fn data_and_origin<'a, T: serde::Deserialize<'a>>(s: &'a str) -> Option<(T, &'a 
         return None;
     }
     let data = s[..=open].strip_suffix(r#","origin":{"app_id":""#)?;
-    Some((serde_json::from_str(data).ok()?, origin))
+    Some((data, origin))
 }
 
 /// Strips one or more ASCII digits from the end.
@@ -259,6 +287,12 @@ impl DeliverTrigger<'_> {
     /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
     /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
+        Self::read_text(json)?.parse()
+    }
+
+    /// [`read`](Self::read) without deserialising the payload: its text is **not yet checked**
+    /// to be exactly one JSON value (see [`ForwardResponse::read_text`]).
+    pub fn read_text(json: &[u8]) -> Option<ReadDelivery<'_, &str>> {
         let mut s = after(json, r#"{"action":"trigger","id":"#)?;
         let rest = s;
         take(&mut s, "\"")?;
@@ -353,6 +387,12 @@ impl DeliverEmit<'_> {
     /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
     /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
+        Self::read_text(json)?.parse()
+    }
+
+    /// [`read`](Self::read) without deserialising the payload: its text is **not yet checked**
+    /// to be exactly one JSON value (see [`ForwardResponse::read_text`]).
+    pub fn read_text(json: &[u8]) -> Option<ReadDelivery<'_, &str>> {
         let mut s = after(json, r#"{"action":"emit","process":""#)?;
         let process = plain(&mut s)?;
         take(&mut s, r#","pool":""#)?;

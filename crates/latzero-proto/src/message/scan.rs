@@ -86,7 +86,7 @@ impl<'a> Value<'a> {
 /// deserialiser: a map of one entry, keyed by serde_json's token, whose value is the borrowed
 /// JSON text. Should serde_json ever change that protocol this returns `None`, and
 /// [`Value::raw`] validates with serde as before (a test watches for it).
-fn checked_raw(text: &str) -> Option<&RawValue> {
+pub(crate) fn checked_raw(text: &str) -> Option<&RawValue> {
     use serde::Deserialize;
     use serde::de::value::{BorrowedStrDeserializer, Error, MapDeserializer};
     const TOKEN: &str = "$serde_json::private::RawValue";
