@@ -1,5 +1,6 @@
 //! The LatZero peer: the real `latzero` binary as its own process, driven with the Rust SDK over
-//! TCP, the Unix socket, or TLS on the TCP port.
+//! TCP, the Unix socket, or TLS on the TCP port. The SDK's bytes-level calls and handlers
+//! (`call_raw`, `handle_raw`) carry the payload, as async-nats carries bytes for the NATS peer.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use latzero_client::{Client, Request};
+use latzero_client::{Client, Payload, Request};
 use latzero_testkit::ServerProc;
 use serde_json::Value;
 
@@ -57,13 +58,14 @@ fn url(link: &Link, app: &str) -> String {
 }
 
 /// A JSON string payload of exactly `size` bytes on the wire.
-fn payload(size: usize) -> Value {
-    Value::String("x".repeat(size.saturating_sub(2)))
+fn payload(size: usize) -> Payload {
+    Payload::from_json(&"x".repeat(size.saturating_sub(2))).expect("a string serialises")
 }
 
 async fn echo_handler(link: &Link, app: &str) -> Result<Client> {
     let h = Client::connect(&url(link, app)).await?;
-    h.handle("echo", |r: Request| async move { Ok(r.data) }).await?;
+    h.handle_raw("echo", |r: Request<Payload>| async move { Ok(r.data) })
+        .await?;
     Ok(h)
 }
 
@@ -72,7 +74,7 @@ async fn seq(c: &Client, size: usize, n: usize, warmup: usize) -> Result<Lat> {
     let mut lat = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t = Instant::now();
-        c.call("bench", "echo", &p).await?;
+        c.call_raw("bench", "echo", &p).await?;
         if i >= warmup {
             lat.push(t.elapsed());
         }
@@ -91,7 +93,7 @@ async fn parallel(clients: Vec<Client>, tasks_per_client: usize, n: usize) -> Re
             let (c, p) = (c.clone(), p.clone());
             handles.push(tokio::spawn(async move {
                 for _ in 0..per {
-                    c.call("bench", "echo", &p).await?;
+                    c.call_raw("bench", "echo", &p).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             }));
@@ -111,7 +113,7 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
         let c = Client::connect(&url(link, &format!("rx{i}"))).await?;
         let got = Arc::new(AtomicUsize::new(0));
         let (done, finished) = (done.clone(), finished.clone());
-        c.handle("ev", move |_r: Request| {
+        c.handle_raw("ev", move |_r: Request<Payload>| {
             let (got, done, finished) = (got.clone(), done.clone(), finished.clone());
             async move {
                 if got.fetch_add(1, Ordering::Relaxed) + 1 == n
@@ -119,7 +121,7 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
                 {
                     done.notify_one();
                 }
-                Ok(Value::Null)
+                Ok(Payload::null())
             }
         })
         .await?;
