@@ -154,6 +154,14 @@ pub(crate) fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) 
 
 /// Parses one request. Errors carry the request's id whenever it could be read.
 pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
+    match sdk_call(json) {
+        Some(p) => Ok(p),
+        None => parse_general(json),
+    }
+}
+
+/// [`parse_request`] for any frame.
+fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
     let mut env = match Envelope::parse(json) {
         Ok(env) => env,
         Err(e) => return Err(explain_bad_json(json, e)),
@@ -199,6 +207,106 @@ pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         },
     };
     Ok(Parsed { id, request, auth })
+}
+
+/// The two frames of every call, and an emit, in exactly the layout the Rust SDK writes them — a
+/// `trigger` with an integer id and a ttl and nothing optional, a `response` to a hop id, an
+/// `emit` without an id — read by
+/// matching that layout instead of walking the object (the server's counterpart of the SDK's
+/// `ForwardResponse::read`). `None` for anything else, or anything the general path would
+/// refuse or read differently (a name that fails its check, a zero ttl, a payload that is not
+/// exactly one value, a leading zero): the general path then reads it, with the same result
+/// for every frame this accepts (a test compares the two).
+fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
+    use super::scan::{Kind, one_value};
+    /// The JSON text of an integer without a leading zero, taken from the front of `s`.
+    fn integer<'a>(s: &mut &'a str) -> Option<&'a str> {
+        let n = s.bytes().take_while(u8::is_ascii_digit).count();
+        let (d, rest) = s.split_at(n);
+        (n > 0 && (n == 1 || !d.starts_with('0'))).then(|| {
+            *s = rest;
+            d
+        })
+    }
+    /// A name up to its closing quote, plain (no escape, no control character).
+    fn name<'a>(s: &mut &'a str) -> Option<Str<'a>> {
+        let end = s.bytes().position(|c| c == b'"' || c == b'\\' || c < 0x20)?;
+        let (v, rest) = s.split_at(end);
+        *s = rest.strip_prefix('"')?;
+        Some(Str(std::borrow::Cow::Borrowed(v)))
+    }
+    fn take(s: &mut &str, lit: &str) -> Option<()> {
+        *s = s.strip_prefix(lit)?;
+        Some(())
+    }
+    // A payload of `null` reads as absent, as the general path's `Option` does.
+    let payload = |text| one_value(text).map(|(raw, kind)| (kind != Kind::Null).then_some(raw));
+    let json = std::str::from_utf8(json).ok()?;
+    if let Some(mut s) = json.strip_prefix(r#"{"action":"trigger","id":"#) {
+        let id_text = integer(&mut s)?;
+        if id_text.len() > MAX_ID_LEN {
+            return None;
+        }
+        take(&mut s, r#","process":""#)?;
+        let process = name(&mut s)?;
+        take(&mut s, r#","pool":""#)?;
+        let pool = name(&mut s)?;
+        take(&mut s, r#","data":"#)?;
+        // The ttl closes the frame: read it from the end, and the payload is what lies between.
+        let rest = s.strip_suffix('}')?;
+        let digits = rest.len() - rest.bytes().rev().take_while(u8::is_ascii_digit).count();
+        let mut ttl_text = &rest[digits..];
+        let ttl = integer(&mut ttl_text)?.parse::<u64>().ok().filter(|&t| t > 0)?;
+        let data = payload(rest[..digits].strip_suffix(r#","ttl":"#)?)?;
+        TriggerName::check(&process).ok()?;
+        PoolName::check(&pool).ok()?;
+        let id = one_value(id_text)?.0;
+        return Some(Parsed {
+            id: Some(id),
+            request: Request::Trigger(Trigger {
+                id,
+                process,
+                pool,
+                data,
+                destination: None,
+                ttl_ms: Some(ttl),
+                reply_to: None,
+                broadcast: false,
+            }),
+            auth: None,
+        });
+    }
+    if let Some(mut s) = json.strip_prefix(r#"{"action":"emit","process":""#) {
+        let process = name(&mut s)?;
+        take(&mut s, r#","pool":""#)?;
+        let pool = name(&mut s)?;
+        let data = payload(s.strip_prefix(r#","data":"#)?.strip_suffix('}')?)?;
+        TriggerName::check(&process).ok()?;
+        PoolName::check(&pool).ok()?;
+        return Some(Parsed {
+            id: None,
+            request: Request::Emit(Emit { process, pool, data }),
+            auth: None,
+        });
+    }
+    let mut s = json.strip_prefix(r#"{"action":"response","in_reply_to":""#)?;
+    let hop = integer(&mut s)?;
+    take(&mut s, "\"")?;
+    let in_reply_to = one_value(&json[json.len() - s.len() - hop.len() - 2..json.len() - s.len()])?.0;
+    let (status, body) = if let Some(rest) = s.strip_prefix(r#","status":"ok","response":"#) {
+        (Status::Ok, rest)
+    } else {
+        (Status::Error, s.strip_prefix(r#","status":"error","error":"#)?)
+    };
+    Some(Parsed {
+        id: None,
+        request: Request::Response(Response {
+            in_reply_to,
+            status,
+            body: payload(body.strip_suffix('}')?)?,
+        }),
+        auth: None,
+    })
 }
 
 /// A clear message for JSON that did not fit the envelope, with the id if it can be salvaged.
@@ -408,6 +516,93 @@ mod tests {
     use super::*;
     use crate::message::Status;
     use crate::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
+
+    #[test]
+    fn the_sdk_layout_reads_as_the_general_parse_does() {
+        let payloads = [
+            r#""x""#,
+            "null",
+            "0",
+            "-1.5e3",
+            "true",
+            r#"{"a":[1,"}"]}"#,
+            r#"[]"#,
+            r#""a\"b""#,
+            r#""\u00e9""#,
+            // Not exactly one value, or not JSON.
+            "",
+            "1 ",
+            "01",
+            r#"{"a":1"#,
+            r#""x","ttl":5"#,
+            "nul",
+            "\"\u{1}\"",
+            r#""\q""#,
+        ];
+        let mut frames = vec![];
+        for d in payloads {
+            for (id, name, ttl) in [
+                ("7", "echo", "30000"),
+                ("0", "a.b", "1"),
+                ("07", "echo", "5"),
+                ("7", "a b", "5"),
+                ("7", "echo", "0"),
+                ("7", "echo", "05"),
+                ("-1", "echo", "5"),
+                ("7", "e\\u0063ho", "5"),
+                ("99999999999999999999999", "echo", "99999999999999999999999"),
+            ] {
+                frames.push(format!(
+                    r#"{{"action":"trigger","id":{id},"process":"{name}","pool":"p","data":{d},"ttl":{ttl}}}"#
+                ));
+            }
+            frames.push(format!(
+                r#"{{"action":"trigger","id":7,"process":"e","pool":"p","data":{d},"ttl":5,"x":1}}"#
+            ));
+            frames.push(format!(
+                r#"{{"action":"trigger","id":7,"process":"e","pool":"p","data":{d},"ttl":5}} "#
+            ));
+            for (hop, status, key) in [
+                (r#""17""#, "ok", "response"),
+                (r#""17""#, "error", "error"),
+                (r#""017""#, "ok", "response"),
+                ("17", "ok", "response"),
+                (r#""17""#, "ok", "error"),
+                (r#""""#, "ok", "response"),
+            ] {
+                frames.push(format!(
+                    r#"{{"action":"response","in_reply_to":{hop},"status":"{status}","{key}":{d}}}"#
+                ));
+            }
+            frames.push(format!(
+                r#"{{"action":"response","in_reply_to":"1","status":"ok","response":{d},"response":1}}"#
+            ));
+            for (name, pool) in [("ev", "p"), ("e v", "p"), ("ev", ""), ("e\\u0076", "p")] {
+                frames.push(format!(
+                    r#"{{"action":"emit","process":"{name}","pool":"{pool}","data":{d}}}"#
+                ));
+            }
+            frames.push(format!(
+                r#"{{"action":"emit","process":"ev","pool":"p","data":{d},"id":1}}"#
+            ));
+        }
+        let mut fast = 0;
+        for f in &frames {
+            let general = format!("{:?}", parse_general(f.as_bytes()));
+            assert_eq!(format!("{:?}", parse_request(f.as_bytes())), general, "{f}");
+            if let Some(p) = sdk_call(f.as_bytes()) {
+                assert_eq!(format!("{:?}", Ok::<_, ParseError<'_>>(p)), general, "{f}");
+                fast += 1;
+            }
+        }
+        // The layout the SDK writes does take the fast path.
+        assert!(fast >= 30, "{fast} of {} frames read on the fast path", frames.len());
+        assert!(
+            sdk_call(br#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":"x","ttl":30000}"#).is_some()
+        );
+        assert!(sdk_call(br#"{"action":"response","in_reply_to":"17","status":"ok","response":"x"}"#).is_some());
+        assert!(sdk_call(br#"{"action":"emit","process":"ev","pool":"p","data":"x"}"#).is_some());
+    }
 
     #[test]
     fn parses_the_seed_examples() {

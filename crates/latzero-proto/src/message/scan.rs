@@ -108,6 +108,17 @@ fn no_control(b: &[u8]) -> bool {
     any == 0 && chunks.remainder().iter().all(|&c| c >= 0x20)
 }
 
+/// `text` as a [`RawValue`] if it is exactly one JSON value (no whitespace around it), checked
+/// as the object walk below checks a field's value; `None` otherwise.
+pub(crate) fn one_value(text: &str) -> Option<(&RawValue, Kind)> {
+    let b = text.as_bytes();
+    let (end, kind) = value_end(b, 0)?;
+    if end != b.len() {
+        return None;
+    }
+    Some((Value { kind, text }.raw()?, kind))
+}
+
 /// Walks a flat JSON object, calling `field` with every key and value in order. `None` when the
 /// text is not an object this scanner reads (the caller falls back to serde), or when `field`
 /// says `None`.
