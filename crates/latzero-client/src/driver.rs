@@ -158,46 +158,66 @@ impl Inner {
 
     /// Hands a `response` read in the server's layout to its waiter, its body parsed in the
     /// form the waiter wants. `false` if the body is not exactly one JSON value: then the frame
-    /// is not that layout (a result forwarded with its `origin` after the body), and the general
-    /// path reads it — no waiter was touched.
+    /// is not that layout (a result forwarded to this app, with its `origin` after the body and
+    /// another app's id, which may equal one of ours), the waiter is put back, and the general
+    /// path reads the frame.
     fn reply(&self, id: u64, frame: &Frame, result: Result<&str, &str>) -> bool {
         let json = frame.json();
         let (text, ok) = match result {
             Ok(text) => (text, true),
             Err(text) => (text, false),
         };
-        let raw = self.pending.wants_raw(id);
-        // A handler's error is a Value in either form.
-        let body = match (ok, raw) {
-            (true, Some(true)) => Payload::within(json, text).map(|p| Body::Raw(Ok(p))),
-            (true, Some(false)) => serde_json::from_str(text).map(|v| Body::Value(Ok(v))),
-            (false, Some(_)) => serde_json::from_str(text).map(|e| Body::Value(Err(ClientError::Handler(e)))),
-            (_, None) => serde_json::from_str::<&RawValue>(text).map(|_| Body::Unwanted),
-        };
-        let Ok(body) = body else { return false };
         // Taken out of the table before the waiter is woken: a caller woken on another thread
         // must not find the table still locked (a futex wait and two more context switches
         // when it preempts this thread).
-        match (self.pending.remove(id), body) {
-            (Some(Waiter::Value(tx)), Body::Value(r)) => {
-                let _ = tx.send(r);
+        let Some((waiter, deadline)) = self.pending.take(id) else {
+            let one = serde_json::from_str::<&RawValue>(text).is_ok();
+            if one {
+                tracing::debug!(id, "reply for a request no longer waiting");
             }
-            (Some(Waiter::Raw(tx)), Body::Raw(r)) => {
-                let _ = tx.send(r);
-            }
-            (Some(Waiter::Raw(tx)), Body::Value(Err(e))) => {
-                let _ = tx.send(Err(e));
-            }
-            (Some(Waiter::Frame(tx)), _) => {
+            return one;
+        };
+        let one = || serde_json::from_str::<&RawValue>(text).is_ok();
+        let kept = match waiter {
+            Waiter::Value(tx) => match if ok {
+                serde_json::from_str(text).map(Ok)
+            } else {
+                handler_error(text)
+            } {
+                Ok(r) => {
+                    let _ = tx.send(r);
+                    None
+                }
+                Err(_) => Some(Waiter::Value(tx)),
+            },
+            Waiter::Raw(tx) => match if ok {
+                Payload::within(json, text).map(Ok)
+            } else {
+                handler_error(text)
+            } {
+                Ok(r) => {
+                    let _ = tx.send(r);
+                    None
+                }
+                Err(_) => Some(Waiter::Raw(tx)),
+            },
+            Waiter::Frame(tx) if one() => {
                 let _ = tx.send(json.clone());
+                None
             }
-            (Some(Waiter::Full(tx)), _) => {
+            Waiter::Full(tx) if one() => {
                 let _ = tx.send(frame.clone());
+                None
             }
-            // Swept at its deadline between the two looks (ids are never reused), or never here.
-            _ => tracing::debug!(id, "reply for a request no longer waiting"),
+            other => Some(other),
+        };
+        match kept {
+            Some(waiter) => {
+                self.pending.insert(id, waiter, deadline);
+                false
+            }
+            None => true,
         }
-        true
     }
 
     /// Runs a delivered trigger or emit on its handler, with the payload in the form the
@@ -299,12 +319,9 @@ struct Data<'a> {
     text: &'a str,
 }
 
-/// A reply's body, read in the form its waiter wants.
-enum Body {
-    Value(Result<Value, ClientError>),
-    Raw(Result<Payload, ClientError>),
-    /// Nobody waits for it any more; checked to be one value all the same.
-    Unwanted,
+/// A handler's error, read from a `response` with status "error": a Value in either form.
+fn handler_error<T>(text: &str) -> Result<Result<T, ClientError>, serde_json::Error> {
+    serde_json::from_str(text).map(|e| Err(ClientError::Handler(e)))
 }
 
 /// What becomes of a handler's result: the response frame for a call (`hop` is its id as JSON

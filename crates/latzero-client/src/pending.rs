@@ -57,12 +57,10 @@ impl Pending {
         }
     }
 
-    /// Whether the waiter for `id` wants its reply as text (`None` if nobody waits for it).
-    pub fn wants_raw(&self, id: u64) -> Option<bool> {
-        lock(&self.calls)
-            .waiting
-            .get(&id)
-            .map(|(w, _)| matches!(w, Waiter::Raw(_)))
+    /// The waiter for `id` and its deadline, taken out of the table (to be put back with
+    /// [`insert`](Self::insert) if the frame was not its reply after all).
+    pub fn take(&self, id: u64) -> Option<(Waiter, Instant)> {
+        lock(&self.calls).waiting.remove(&id)
     }
 
     /// The waiter for `id`, taken out of the table.
