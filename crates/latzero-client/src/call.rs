@@ -9,7 +9,6 @@ use latzero_proto::message::{RawValue, ServerFrame};
 use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
 use serde::Serialize;
 use serde_json::Value;
-
 use tokio::sync::oneshot;
 
 use crate::client::{Client, Waiter, remote_error};
@@ -78,6 +77,7 @@ impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
 pub(crate) trait Form: Sized + Send + 'static {
     /// A waiter for a reply in this form, and where the reply arrives.
     fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>);
+    fn from_json<T: Serialize + ?Sized>(data: &T) -> Result<Self, ClientError>;
     fn into_value(self) -> Result<Value, ClientError>;
     fn into_payload(self) -> Result<Payload, ClientError>;
     fn from_value(v: Value) -> Result<Self, ClientError>;
@@ -88,6 +88,9 @@ impl Form for Value {
     fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>) {
         let (tx, rx) = oneshot::channel();
         (Waiter::Value(tx), rx)
+    }
+    fn from_json<T: Serialize + ?Sized>(data: &T) -> Result<Self, ClientError> {
+        Ok(serde_json::to_value(data)?)
     }
     fn into_value(self) -> Result<Value, ClientError> {
         Ok(self)
@@ -107,6 +110,9 @@ impl Form for Payload {
     fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>) {
         let (tx, rx) = oneshot::channel();
         (Waiter::Raw(tx), rx)
+    }
+    fn from_json<T: Serialize + ?Sized>(data: &T) -> Result<Self, ClientError> {
+        Ok(Payload::from_json(data)?)
     }
     fn into_value(self) -> Result<Value, ClientError> {
         Ok(self.json()?)

@@ -485,7 +485,7 @@ impl Client {
         let inner = &self.inner;
         let ttl = inner.opts.request_timeout;
         if let Some(h) = inner.local_handler(pool, process) {
-            let data = D::from_payload(Payload::from_json(data)?)?;
+            let data = D::from_json(data)?;
             return run_local(inner.app_id.as_str(), h, pool, process, data, ttl).await;
         }
         // The payload is serialised straight into the frame: no intermediate value.

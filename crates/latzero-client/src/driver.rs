@@ -11,6 +11,7 @@ use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, RawVa
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{
@@ -179,28 +180,22 @@ impl Inner {
         };
         let one = || serde_json::from_str::<&RawValue>(text).is_ok();
         let kept = match waiter {
-            Waiter::Value(tx) => match if ok {
-                serde_json::from_str(text).map(Ok)
-            } else {
-                handler_error(text)
-            } {
-                Ok(r) => {
-                    let _ = tx.send(r);
-                    None
-                }
-                Err(_) => Some(Waiter::Value(tx)),
-            },
-            Waiter::Raw(tx) => match if ok {
-                Payload::within(json, text).map(Ok)
-            } else {
-                handler_error(text)
-            } {
-                Ok(r) => {
-                    let _ = tx.send(r);
-                    None
-                }
-                Err(_) => Some(Waiter::Raw(tx)),
-            },
+            Waiter::Value(tx) => {
+                let parsed = if ok {
+                    serde_json::from_str(text).map(Ok)
+                } else {
+                    handler_error(text)
+                };
+                settle(tx, parsed, Waiter::Value)
+            }
+            Waiter::Raw(tx) => {
+                let parsed = if ok {
+                    Payload::within(json, text).map(Ok)
+                } else {
+                    handler_error(text)
+                };
+                settle(tx, parsed, Waiter::Raw)
+            }
             Waiter::Frame(tx) if one() => {
                 let _ = tx.send(json.clone());
                 None
@@ -317,6 +312,22 @@ impl Inner {
 struct Data<'a> {
     frame: &'a Bytes,
     text: &'a str,
+}
+
+/// Sends a reply's result to its waiter; if the body did not read, hands the waiter back
+/// (wrapped by `back`) to be put into the table again.
+fn settle<T>(
+    tx: oneshot::Sender<Result<T, ClientError>>,
+    parsed: Result<Result<T, ClientError>, serde_json::Error>,
+    back: fn(oneshot::Sender<Result<T, ClientError>>) -> Waiter,
+) -> Option<Waiter> {
+    match parsed {
+        Ok(r) => {
+            let _ = tx.send(r);
+            None
+        }
+        Err(_) => Some(back(tx)),
+    }
 }
 
 /// A handler's error, read from a `response` with status "error": a Value in either form.

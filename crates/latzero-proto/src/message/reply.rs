@@ -237,7 +237,7 @@ fn after<'a>(json: &'a [u8], prefix: &str) -> Option<&'a str> {
 }
 
 /// Strips a literal prefix.
-fn take(s: &mut &str, lit: &str) -> Option<()> {
+pub(super) fn take(s: &mut &str, lit: &str) -> Option<()> {
     *s = s.strip_prefix(lit)?;
     Some(())
 }
@@ -254,7 +254,7 @@ fn digits<'a>(s: &mut &'a str) -> Option<&'a str> {
 
 /// Takes a string's contents up to its closing quote (consumed), if it needed no escaping —
 /// which is how [`JsonFrame::str`] writes names.
-fn plain<'a>(s: &mut &'a str) -> Option<&'a str> {
+pub(super) fn plain<'a>(s: &mut &'a str) -> Option<&'a str> {
     // One pass for the quote and the bytes a plain string cannot hold; names are a few bytes,
     // where this beats a vectorised search's set-up.
     let end = s.bytes().position(|c| c == b'"' || c == b'\\' || c < 0x20)?;

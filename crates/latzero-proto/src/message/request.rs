@@ -218,6 +218,7 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
 /// exactly one value, a leading zero): the general path then reads it, with the same result
 /// for every frame this accepts (a test compares the two).
 fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
+    use super::reply::{plain, take};
     use super::scan::{Kind, one_value};
     /// The JSON text of an integer without a leading zero, taken from the front of `s`.
     fn integer<'a>(s: &mut &'a str) -> Option<&'a str> {
@@ -230,19 +231,13 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
     }
     /// A name up to its closing quote, plain (no escape, no control character).
     fn name<'a>(s: &mut &'a str) -> Option<Str<'a>> {
-        let end = s.bytes().position(|c| c == b'"' || c == b'\\' || c < 0x20)?;
-        let (v, rest) = s.split_at(end);
-        *s = rest.strip_prefix('"')?;
-        Some(Str(std::borrow::Cow::Borrowed(v)))
-    }
-    fn take(s: &mut &str, lit: &str) -> Option<()> {
-        *s = s.strip_prefix(lit)?;
-        Some(())
+        plain(s).map(|v| Str(std::borrow::Cow::Borrowed(v)))
     }
     // A payload of `null` reads as absent, as the general path's `Option` does.
     let payload = |text| one_value(text).map(|(raw, kind)| (kind != Kind::Null).then_some(raw));
-    let json = std::str::from_utf8(json).ok()?;
-    if let Some(mut s) = json.strip_prefix(r#"{"action":"trigger","id":"#) {
+    // Checked for UTF-8 only once a layout's prefix matched.
+    let after = |prefix: &str| std::str::from_utf8(json.strip_prefix(prefix.as_bytes())?).ok();
+    if let Some(mut s) = after(r#"{"action":"trigger","id":"#) {
         let id_text = integer(&mut s)?;
         if id_text.len() > MAX_ID_LEN {
             return None;
@@ -276,7 +271,7 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
             auth: None,
         });
     }
-    if let Some(mut s) = json.strip_prefix(r#"{"action":"emit","process":""#) {
+    if let Some(mut s) = after(r#"{"action":"emit","process":""#) {
         let process = name(&mut s)?;
         take(&mut s, r#","pool":""#)?;
         let pool = name(&mut s)?;
@@ -289,10 +284,12 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
             auth: None,
         });
     }
-    let mut s = json.strip_prefix(r#"{"action":"response","in_reply_to":""#)?;
+    let mut s = after(r#"{"action":"response","in_reply_to":"#)?;
+    let quoted = s;
+    take(&mut s, "\"")?;
     let hop = integer(&mut s)?;
     take(&mut s, "\"")?;
-    let in_reply_to = one_value(&json[json.len() - s.len() - hop.len() - 2..json.len() - s.len()])?.0;
+    let in_reply_to = one_value(&quoted[..hop.len() + 2])?.0;
     let (status, body) = if let Some(rest) = s.strip_prefix(r#","status":"ok","response":"#) {
         (Status::Ok, rest)
     } else {
