@@ -56,9 +56,8 @@ async fn broadcast_reaches_every_handler_with_correlated_results() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn reply_to_sends_the_result_to_a_third_app() {
-    let s = TestServer::start().await;
+/// App "worker" in pool "p", answering "sum" with `data.a + data.b`.
+async fn sum_worker(s: &TestServer) -> Client {
     let worker = Client::connect(&s.url("worker?pools=p")).await.unwrap();
     worker
         .handle("sum", |r: Request| async move {
@@ -66,6 +65,13 @@ async fn reply_to_sends_the_result_to_a_third_app() {
         })
         .await
         .unwrap();
+    worker
+}
+
+#[tokio::test]
+async fn reply_to_sends_the_result_to_a_third_app() {
+    let s = TestServer::start().await;
+    let _worker = sum_worker(&s).await;
     let sink = Client::connect(&s.url("sink?pools=p")).await.unwrap();
     let mut sink_events = sink.events();
     let caller = Client::connect(&s.url("caller?pools=p")).await.unwrap();
@@ -92,13 +98,7 @@ async fn a_forwarded_result_never_answers_a_call_of_the_same_id() {
     // The sink's own calls are numbered from 1, like the raw caller's forwarded ones below: a
     // forwarded result must reach the sink as an event, never as the reply to its own call.
     let s = TestServer::start().await;
-    let worker = Client::connect(&s.url("worker?pools=p")).await.unwrap();
-    worker
-        .handle("sum", |r: Request| async move {
-            Ok(json!(r.data["a"].as_i64().unwrap() + r.data["b"].as_i64().unwrap()))
-        })
-        .await
-        .unwrap();
+    let _worker = sum_worker(&s).await;
     let mut slow = s.raw().await;
     slow.handshake("slow", &["p"], &["slow"]).await;
     let sink = Client::connect(&s.url("sink?pools=p")).await.unwrap();
