@@ -139,22 +139,14 @@ pub(crate) async fn run_local<D: Form>(
     data: D,
     ttl: Duration,
 ) -> Result<D, ClientError> {
-    fn req<T>(process: &str, pool: &str, data: T) -> Request<T> {
-        Request {
-            process: process.to_owned(),
-            pool: pool.to_owned(),
-            data,
-            origin: None,
-            is_emit: false,
-        }
-    }
-    // A handler's error stays its own value; only its success changes form.
+    // In-process: no origin, never an emit. A handler's error stays its own value; only its
+    // success changes form.
     let run = async {
         Ok::<_, ClientError>(match h {
-            Handler::Value(f) => invoke(f, req(process, pool, data.into_value()?))
+            Handler::Value(f) => invoke(f, Request::new(process, pool, data.into_value()?, None, false))
                 .await
                 .map(D::from_value),
-            Handler::Raw(f) => invoke(f, req(process, pool, data.into_payload()?))
+            Handler::Raw(f) => invoke(f, Request::new(process, pool, data.into_payload()?, None, false))
                 .await
                 .map(D::from_payload),
         })

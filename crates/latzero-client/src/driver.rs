@@ -234,20 +234,11 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .get(process)
             .cloned();
-        fn request<D>(process: &str, pool: &str, data: D, origin: Option<String>, is_emit: bool) -> Request<D> {
-            Request {
-                process: process.to_owned(),
-                pool: pool.to_owned(),
-                data,
-                origin,
-                is_emit,
-            }
-        }
         match handler {
             Some(Handler::Value(h)) => {
                 let data = serde_json::from_str(data.text)?;
                 self.run(
-                    h(request(process, pool, data, origin(), hop.is_none())),
+                    h(Request::new(process, pool, data, origin(), hop.is_none())),
                     process,
                     hop,
                     tx,
@@ -256,7 +247,7 @@ impl Inner {
             Some(Handler::Raw(h)) => {
                 let data = Payload::within(data.frame, data.text)?;
                 self.run(
-                    h(request(process, pool, data, origin(), hop.is_none())),
+                    h(Request::new(process, pool, data, origin(), hop.is_none())),
                     process,
                     hop,
                     tx,

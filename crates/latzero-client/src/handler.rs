@@ -25,6 +25,19 @@ pub struct Request<D = Value> {
     pub is_emit: bool,
 }
 
+impl<D> Request<D> {
+    /// A request for `process` in `pool` carrying `data`.
+    pub(crate) fn new(process: &str, pool: &str, data: D, origin: Option<String>, is_emit: bool) -> Self {
+        Request {
+            process: process.to_owned(),
+            pool: pool.to_owned(),
+            data,
+            origin,
+            is_emit,
+        }
+    }
+}
+
 /// A handler's failure; sent to the caller as `status: "error"` with this value as `error`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HandlerError(pub Value);
