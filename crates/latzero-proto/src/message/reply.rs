@@ -93,18 +93,26 @@ pub struct DeliverTrigger<'a> {
 impl DeliverTrigger<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every call).
     pub fn encode(&self) -> Bytes {
+        let mut v = Vec::new();
+        self.encode_onto(&mut v);
+        Bytes::from(v)
+    }
+
+    /// Appends the frame to `buf` (a connection's outbound buffer): no frame of its own to
+    /// allocate, copy and free.
+    pub fn encode_onto(&self, buf: &mut Vec<u8>) {
         // Room for the whole frame (the keys and the ttl take under 112 bytes): growing the
         // buffer midway copies it.
         let room = 112 + self.id.len() + self.process.len() + self.pool.len() + self.data.get().len();
-        JsonFrame::new(room + self.origin.app_id.len())
-            .str("action", self.action)
+        let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.len());
+        f.str("action", self.action)
             .str("id", self.id)
             .str("process", self.process)
             .str("pool", self.pool)
             .raw("data", self.data.get())
             .origin("origin", self.origin.app_id)
-            .u64("ttl", self.ttl)
-            .finish()
+            .u64("ttl", self.ttl);
+        *buf = f.into_vec();
     }
 }
 
@@ -131,9 +139,17 @@ pub struct ForwardResponse<'a> {
 impl ForwardResponse<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every call).
     pub fn encode(&self) -> Bytes {
+        let mut v = Vec::new();
+        self.encode_onto(&mut v);
+        Bytes::from(v)
+    }
+
+    /// Appends the frame to `buf` (a connection's outbound buffer), as
+    /// [`DeliverTrigger::encode_onto`].
+    pub fn encode_onto(&self, buf: &mut Vec<u8>) {
         let body = self.response.or(self.error).map_or(0, |b| b.get().len());
         let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.len());
-        let mut f = JsonFrame::new(72 + self.in_reply_to.get().len() + body + origin);
+        let mut f = JsonFrame::after(std::mem::take(buf), 72 + self.in_reply_to.get().len() + body + origin);
         f.str("action", self.action)
             .raw("in_reply_to", self.in_reply_to.get())
             .str("status", self.status);
@@ -146,7 +162,7 @@ impl ForwardResponse<'_> {
         if let Some(o) = &self.origin {
             f.origin("origin", o.app_id);
         }
-        f.finish()
+        *buf = f.into_vec();
     }
 }
 
@@ -523,6 +539,9 @@ mod tests {
                 ttl: 30_000,
             };
             assert_eq!(t.encode(), encode_message(&t));
+            let mut queued = b"queued".to_vec();
+            t.encode_onto(&mut queued);
+            assert_eq!(&queued[6..], &t.encode()[..], "written after other bytes");
             let e = DeliverEmit {
                 action: "emit",
                 process: "ev",
@@ -544,6 +563,9 @@ mod tests {
                     origin,
                 };
                 assert_eq!(r.encode(), encode_message(&r));
+                let mut queued = b"queued".to_vec();
+                r.encode_onto(&mut queued);
+                assert_eq!(&queued[6..], &r.encode()[..], "written after other bytes");
             }
         }
     }

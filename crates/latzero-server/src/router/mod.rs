@@ -203,8 +203,7 @@ impl Router {
                     app_id: caller_app.as_str(),
                 },
                 ttl: ttl.as_millis() as u64,
-            }
-            .encode();
+            };
             self.table.insert(
                 hop,
                 Pending {
@@ -216,7 +215,7 @@ impl Router {
                     target,
                 },
             );
-            if let Err(e) = handler.send(&frame) {
+            if let Err(e) = handler.send_with(|b| frame.encode_onto(b)) {
                 // Not delivered: fail this hop now. Errors before `accepted` go to the caller.
                 if let Some(mut p) = self.table.take(hop) {
                     if matches!(p.target, Target::ReplyTo(_)) {
@@ -460,33 +459,38 @@ impl Router {
                 return;
             }
         };
-        let forwarded = origin.is_some();
-        let frame = match outcome {
-            Outcome::Handler { status, body } => ForwardResponse {
-                action: "response",
-                in_reply_to: &p.caller_id,
-                status: status.as_str(),
-                response: (status == Status::Ok).then(|| body.unwrap_or(null())),
-                error: (status == Status::Error).then(|| body.unwrap_or(null())),
-                origin,
+        // The caller asked for this frame; a reply_to app did not, so it is bounded.
+        let bounded = origin.is_some();
+        let sent = match outcome {
+            Outcome::Handler { status, body } => {
+                let frame = ForwardResponse {
+                    action: "response",
+                    in_reply_to: &p.caller_id,
+                    status: status.as_str(),
+                    response: (status == Status::Ok).then(|| body.unwrap_or(null())),
+                    error: (status == Status::Error).then(|| body.unwrap_or(null())),
+                    origin,
+                };
+                let write = |b: &mut Vec<u8>| frame.encode_onto(b);
+                if bounded {
+                    dest.send_with(write)
+                } else {
+                    dest.reply_with(write)
+                }
             }
-            .encode(),
             Outcome::Failed {
                 code,
                 message,
                 may_still_run,
-            } => encode_message(&ErrorFrame {
-                handler_may_still_run: may_still_run,
-                handler: Some(handler),
-                origin,
-                ..ErrorFrame::new(Some(&p.caller_id), code, message)
-            }),
-        };
-        // The caller asked for this frame; a reply_to app did not, so it is bounded.
-        let sent = if forwarded {
-            dest.send(&frame)
-        } else {
-            dest.reply(&frame)
+            } => {
+                let frame = encode_message(&ErrorFrame {
+                    handler_may_still_run: may_still_run,
+                    handler: Some(handler),
+                    origin,
+                    ..ErrorFrame::new(Some(&p.caller_id), code, message)
+                });
+                if bounded { dest.send(&frame) } else { dest.reply(&frame) }
+            }
         };
         if sent.is_err() {
             c.inc(&c.undeliverable);

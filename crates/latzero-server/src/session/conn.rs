@@ -27,7 +27,6 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::{Buf, BytesMut};
 use latzero_proto::AppId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -80,16 +79,44 @@ impl Sock {
     }
 }
 
-/// Bytes waiting for the socket.
+/// Bytes waiting for the socket: `buf[head..]`. Frames are written straight into `buf`
+/// ([`Conn::send_with`]); `head` moves past what the socket took, so a partial write does not
+/// shift the rest.
 #[derive(Debug, Default)]
 struct Outq {
-    buf: BytesMut,
-    /// Frames in `buf` (an upper bound once a write has split one).
+    buf: Vec<u8>,
+    head: usize,
+    /// Frames in the buffer (an upper bound once a write has split one).
     frames: usize,
-    /// The flusher owns writing until `buf` is empty: the socket would block.
+    /// The flusher owns writing until the buffer is empty: the socket would block.
     flushing: bool,
-    /// Shut the write side down once `buf` is empty.
+    /// Shut the write side down once the buffer is empty.
     closing: bool,
+}
+
+impl Outq {
+    fn queued(&self) -> usize {
+        self.buf.len() - self.head
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head == self.buf.len()
+    }
+
+    /// The socket took `n` more bytes.
+    fn consumed(&mut self, n: usize) {
+        self.head += n;
+        if self.is_empty() {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head >= self.queued() {
+            // Move the rest to the front once it is no longer than what was written, so the
+            // buffer cannot grow without bound under a peer that never quite catches up, and
+            // each byte moves at most once on average.
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+    }
 }
 
 /// The handle to one connection. Cheap to share (`Arc<Conn>`).
@@ -221,15 +248,26 @@ impl Conn {
     /// Sends a frame caused by another connection. A full buffer closes this connection as a
     /// slow consumer and fails the frame back to the sender (see module docs).
     pub(crate) fn send(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
-        self.push(frame, true)
+        self.push(true, |b| b.extend_from_slice(frame))
+    }
+
+    /// [`send`](Self::send), with `write` appending the one frame to the buffer in place (no
+    /// frame of its own to allocate, copy and free; it runs under the buffer's lock).
+    pub(crate) fn send_with(self: &Arc<Self>, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
+        self.push(true, write)
     }
 
     /// Sends a frame that answers this connection's own request; never refused for space.
     pub(crate) fn reply(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
-        self.push(frame, false)
+        self.push(false, |b| b.extend_from_slice(frame))
     }
 
-    fn push(self: &Arc<Self>, frame: &[u8], bounded: bool) -> Result<(), SendError> {
+    /// [`reply`](Self::reply), writing the frame in place as [`send_with`](Self::send_with).
+    pub(crate) fn reply_with(self: &Arc<Self>, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
+        self.push(false, write)
+    }
+
+    fn push(self: &Arc<Self>, bounded: bool, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
         if self.kill.is_cancelled() {
             return Err(SendError::Closed);
         }
@@ -237,51 +275,41 @@ impl Conn {
         if q.closing {
             return Err(SendError::Closed);
         }
-        if bounded
-            && (q.frames >= self.max_queued_frames
-                || (!q.buf.is_empty() && q.buf.len() + frame.len() > self.max_queued_bytes))
-        {
+        if bounded && q.frames >= self.max_queued_frames {
             drop(q);
             self.mark_slow();
             return Err(SendError::Full);
         }
-        if !q.buf.is_empty() || q.flushing {
+        let before = q.queued();
+        let end = q.buf.len();
+        write(&mut q.buf);
+        // A frame alone in the buffer is always taken, however large (the frame size limit
+        // bounds it), so that one big frame cannot count as a slow consumer.
+        if bounded && before > 0 && q.queued() > self.max_queued_bytes {
+            q.buf.truncate(end);
+            drop(q);
+            self.mark_slow();
+            return Err(SendError::Full);
+        }
+        q.frames += 1;
+        if before > 0 || q.flushing {
             // Someone owns the next write: the flusher, or the cork that put bytes here.
-            q.buf.extend_from_slice(frame);
-            q.frames += 1;
             return Ok(());
         }
         if is_corked() {
-            q.buf.extend_from_slice(frame);
-            q.frames += 1;
             drop(q);
             corked(self);
             return Ok(());
         }
-        self.write_or_queue(&mut q, frame)
-    }
-
-    /// Writes `frame` now if the socket takes it; queues the rest for the flusher.
-    fn write_or_queue(&self, q: &mut Outq, frame: &[u8]) -> Result<(), SendError> {
-        match self.sock.try_write(frame) {
-            Ok(n) if n == frame.len() => Ok(()),
-            Ok(n) => {
-                q.buf.extend_from_slice(&frame[n..]);
-                q.frames += 1;
-                self.hand_to_flusher(q);
+        // The buffer holds just this frame: write it now, and leave the flusher what the
+        // socket does not take.
+        match self.write_buffered(&mut q) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.hand_to_flusher(&mut q);
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                q.buf.extend_from_slice(frame);
-                q.frames += 1;
-                self.hand_to_flusher(q);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::debug!(conn = self.id, error = %e, "write failed; closing");
-                self.kill.cancel();
-                Err(SendError::Closed)
-            }
+            Err(()) => Err(SendError::Closed),
         }
     }
 
@@ -293,7 +321,7 @@ impl Conn {
     /// Writes as much of the buffer as the socket takes now (end of a corked batch).
     fn flush_now(&self) {
         let mut q = self.lock();
-        if q.flushing || q.buf.is_empty() {
+        if q.flushing || q.is_empty() {
             return;
         }
         match self.write_buffered(&mut q) {
@@ -305,9 +333,9 @@ impl Conn {
 
     /// Writes from the buffer until it is empty (true) or the socket would block (false).
     fn write_buffered(&self, q: &mut Outq) -> Result<bool, ()> {
-        while !q.buf.is_empty() {
-            match self.sock.try_write(&q.buf) {
-                Ok(n) => q.buf.advance(n),
+        while !q.is_empty() {
+            match self.sock.try_write(&q.buf[q.head..]) {
+                Ok(n) => q.consumed(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => {
                     tracing::debug!(conn = self.id, error = %e, "write failed; closing");
@@ -319,7 +347,7 @@ impl Conn {
         q.frames = 0;
         if q.buf.capacity() > RETAIN_BUFFER {
             // A burst grew the buffer; do not keep that memory for the connection's lifetime.
-            q.buf = BytesMut::new();
+            q.buf = Vec::new();
         }
         Ok(true)
     }
@@ -336,7 +364,7 @@ impl Conn {
     /// Whether the buffer is at or over a limit (the session then stops reading).
     pub(crate) fn over_limit(&self) -> bool {
         let q = self.lock();
-        q.frames >= self.max_queued_frames || q.buf.len() >= self.max_queued_bytes
+        q.frames >= self.max_queued_frames || q.queued() >= self.max_queued_bytes
     }
 
     /// Waits until the buffer is under its limits (or the connection is killed).
@@ -383,7 +411,7 @@ pub(crate) async fn flusher(conn: Arc<Conn>) {
         loop {
             let done = {
                 let mut q = conn.lock();
-                if q.buf.is_empty() {
+                if q.is_empty() {
                     q.flushing = false;
                     if q.closing {
                         break_and_close(&conn);
@@ -425,4 +453,26 @@ pub(crate) async fn flusher(conn: Arc<Conn>) {
 fn break_and_close(conn: &Conn) {
     let _ = conn.sock.shutdown_write();
     conn.kill.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outq;
+
+    #[test]
+    fn partial_writes_keep_the_rest_in_order_and_the_buffer_bounded() {
+        let mut q = Outq::default();
+        q.buf.extend_from_slice(b"0123456789");
+        q.consumed(3);
+        assert_eq!((&q.buf[q.head..], q.queued()), (&b"3456789"[..], 7));
+        q.buf.extend_from_slice(b"ab");
+        // Written no more than what is left: the rest moves to the front.
+        q.consumed(3);
+        assert_eq!((q.head, &q.buf[..]), (0, &b"6789ab"[..]));
+        q.consumed(1);
+        assert_eq!(&q.buf[q.head..], b"789ab");
+        q.consumed(5);
+        assert!(q.is_empty());
+        assert_eq!((q.head, q.buf.len()), (0, 0));
+    }
 }
