@@ -4,7 +4,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use latzero_proto::message::{RawValue, checked_raw_value};
+use latzero_proto::message::{RawValue, checked_raw_value, one_value};
 use serde::{Deserialize, Serialize};
 
 /// One JSON value as its text, checked once and never parsed into a tree.
@@ -47,7 +47,10 @@ impl Payload {
     /// The text at `text` inside `frame`, if it is exactly one JSON value; the payload shares
     /// the frame's memory.
     pub(crate) fn within(frame: &Bytes, text: &str) -> Result<Payload, serde_json::Error> {
-        let raw = serde_json::from_str::<&RawValue>(text)?;
+        let raw = match one_value(text) {
+            Some(raw) => raw,
+            None => serde_json::from_str::<&RawValue>(text)?,
+        };
         Ok(Payload(frame.slice_ref(raw.get().as_bytes())))
     }
 

@@ -32,6 +32,13 @@ pub fn checked_raw_value(text: &str) -> Option<&RawValue> {
     scan::checked_raw(text).or_else(|| serde_json::from_str(text).ok())
 }
 
+/// `text` as a [`RawValue`] if it is exactly one JSON value with no whitespace around it,
+/// checked by the scanner the server reads frames with (strings, numbers and literals skip
+/// serde's pass). `None` otherwise: serde then gives the same answer, or the error.
+pub fn one_value(text: &str) -> Option<&RawValue> {
+    scan::one_value(text).map(|(raw, _)| raw)
+}
+
 /// Longest request id accepted, in bytes of JSON.
 pub const MAX_ID_LEN: usize = 256;
 
