@@ -255,7 +255,8 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
         let data = payload(rest[..digits].strip_suffix(r#","ttl":"#)?)?;
         TriggerName::check(&process).ok()?;
         PoolName::check(&pool).ok()?;
-        let id = one_value(id_text)?.0;
+        // Digits without a leading zero: a JSON number, already checked.
+        let id = super::checked_raw_value(id_text)?;
         return Some(Parsed {
             id: Some(id),
             request: Request::Trigger(Trigger {
@@ -289,7 +290,8 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
     take(&mut s, "\"")?;
     let hop = integer(&mut s)?;
     take(&mut s, "\"")?;
-    let in_reply_to = one_value(&quoted[..hop.len() + 2])?.0;
+    // Digits between quotes: a JSON string, already checked.
+    let in_reply_to = super::checked_raw_value(&quoted[..hop.len() + 2])?;
     let (status, body) = if let Some(rest) = s.strip_prefix(r#","status":"ok","response":"#) {
         (Status::Ok, rest)
     } else {
