@@ -42,7 +42,9 @@ impl<'a> Value<'a> {
         match self.kind {
             Kind::Str { escaped: false } => {
                 let inner = &self.text[1..self.text.len() - 1];
-                no_control(inner.as_bytes()).then_some(inner)
+                // `string_end` refused control characters in the first bytes already.
+                let unchecked = &inner.as_bytes()[inner.len().min(CHECKED_HEAD)..];
+                no_control(unchecked).then_some(inner)
             }
             _ => None,
         }
@@ -175,8 +177,14 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// How many bytes after a string's opening quote (and after each escape) [`string_end`] checks
+/// for control characters as it looks for the closing quote; [`Value::plain_str`] checks the
+/// rest of a longer string.
+const CHECKED_HEAD: usize = 64;
+
 /// The end (one past the closing quote) of the string starting at `b[i] == '"'`, and whether it
-/// holds escapes.
+/// holds escapes. `None` for a control character in its first [`CHECKED_HEAD`] bytes: JSON
+/// does not allow one there (serde then says so).
 fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
@@ -184,28 +192,31 @@ fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
         // Keys and names are a few bytes: eight bytes at a time beats a vectorised search's
         // set-up there; longer strings (payloads) get the vectorised search after 64 bytes.
         let rest = &b[j..];
-        let head = &rest[..rest.len().min(64)];
-        j += match quote_or_backslash(head) {
+        let head = &rest[..rest.len().min(CHECKED_HEAD)];
+        j += match special(head) {
             Some(k) => k,
             None => head.len() + memchr::memchr2(b'"', b'\\', &rest[head.len()..])?,
         };
-        if b[j] == b'"' {
-            return Some((j + 1, escaped));
-        }
-        escaped = true;
-        j += 2;
-        if j > b.len() {
-            return None;
+        match b[j] {
+            b'"' => return Some((j + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                j += 2;
+                if j > b.len() {
+                    return None;
+                }
+            }
+            _ => return None,
         }
     }
 }
 
-/// The first `"` or `\\` in `b`, eight bytes at a time (SWAR).
-fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+/// The first `"`, `\\` or control character (below 0x20) in `b`, eight bytes at a time (SWAR).
+fn special(b: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // High bit set in each byte of `w` equal to `c`; a false positive can only sit above a true
-    // match (the borrow runs upwards), so the lowest set bit is exact.
+    // High bit set in each byte of `w` equal to `c`, or below 0x20; a false positive can only
+    // sit above a true match (the borrow runs upwards), so the lowest set bit is exact.
     let eq = |w: u64, c: u8| {
         let x = w ^ (ONES * u64::from(c));
         x.wrapping_sub(ONES) & !x & HIGHS
@@ -214,7 +225,7 @@ fn quote_or_backslash(b: &[u8]) -> Option<usize> {
     let mut at = 0;
     for c in &mut chunks {
         let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
-        let m = eq(w, b'"') | eq(w, b'\\');
+        let m = eq(w, b'"') | eq(w, b'\\') | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
         if m != 0 {
             return Some(at + (m.trailing_zeros() / 8) as usize);
         }
@@ -223,7 +234,7 @@ fn quote_or_backslash(b: &[u8]) -> Option<usize> {
     chunks
         .remainder()
         .iter()
-        .position(|&c| c == b'"' || c == b'\\')
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
         .map(|k| at + k)
 }
 
@@ -313,13 +324,14 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_first_quote_or_backslash_at_every_offset() {
+    fn finds_the_first_special_byte_at_every_offset() {
         for len in 0..40 {
             for at in 0..=len {
-                for c in [b'"', b'\\'] {
-                    // Bytes just above and below the targets, and one byte whose borrow could
-                    // make a false match appear above a true one.
-                    let mut b: Vec<u8> = (0..len).map(|i| [b'!', b'#', b'[', b']', 0x01][i % 5]).collect();
+                for c in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    // Bytes just above and below the targets (0x20 is the first that is not a
+                    // control character), and one whose borrow could make a false match appear
+                    // above a true one.
+                    let mut b: Vec<u8> = (0..len).map(|i| [b'!', b'#', b'[', b']', 0x20, 0x80][i % 6]).collect();
                     let want = (at < len).then(|| {
                         b[at] = c;
                         if at + 1 < len {
@@ -327,7 +339,7 @@ mod tests {
                         }
                         at
                     });
-                    assert_eq!(quote_or_backslash(&b), want, "len {len} at {at} c {c}");
+                    assert_eq!(special(&b), want, "len {len} at {at} c {c}");
                 }
             }
         }
@@ -402,7 +414,17 @@ mod tests {
         };
         assert_eq!(v(r#"{"a":"echo"}"#).plain_str(), Some("echo"));
         assert_eq!(v(r#"{"a":"e\n"}"#).plain_str(), None);
-        assert_eq!(v("{\"a\":\"e\tx\"}").plain_str(), None);
+        // A control character stops the walk where it finds one; past the bytes it checks,
+        // the string does not convert.
+        assert!(object(b"{\"a\":\"e\tx\"}", |_, _| Some(())).is_none());
+        let long = format!("{{\"a\":\"{}\tx\"}}", "y".repeat(CHECKED_HEAD));
+        let mut found = None;
+        object(long.as_bytes(), |_, v| {
+            found = Some((v.plain_str(), v.raw()));
+            Some(())
+        })
+        .unwrap();
+        assert_eq!(found.map(|(s, r)| (s, r.is_none())), Some((None, true)));
         assert_eq!(v(r#"{"a":30000}"#).u64(), Some(30000));
         assert_eq!(v(r#"{"a":-1}"#).u64(), None);
         assert_eq!(v(r#"{"a":1.0}"#).u64(), None);
@@ -411,7 +433,6 @@ mod tests {
         assert_eq!(v(r#"{"a":[1,{"b":null}]}"#).raw().unwrap().get(), r#"[1,{"b":null}]"#);
         assert!(v(r#"{"a":[1 2]}"#).raw().is_none());
         assert!(v(r#"{"a":{"b"}}"#).raw().is_none());
-        assert!(v("{\"a\":\"x\ty\"}").raw().is_none());
         assert_eq!(v(r#"{"a":"x\u0041"}"#).raw().unwrap().get(), r#""x\u0041""#);
         assert!(v(r#"{"a":"x\q"}"#).raw().is_none());
     }
