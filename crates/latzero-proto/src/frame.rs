@@ -177,7 +177,9 @@ impl JsonFrame {
     }
 
     fn string(&mut self, value: &str) {
-        if plain(value.as_bytes()) {
+        // A plain loop: names are a few bytes, and its early exit beat an eight-bytes-at-a-time
+        // check (docs/BENCHMARKS.md).
+        if value.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
             self.b.push(b'"');
             self.b.extend_from_slice(value.as_bytes());
             self.b.push(b'"');
@@ -265,31 +267,6 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Whether `s` can be written between quotes as it is: no control character (below 0x20), no
-/// `"` and no `\\`. Eight bytes at a time (SWAR); the tail is padded with spaces.
-fn plain(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // A byte of `x` that is zero borrows in `x - 0x01…` and sets its high bit; a byte below
-    // 0x20 borrows in `w - 0x20…` the same way. `!w` / `!x` drop bytes of 0x80 and up. A borrow
-    // can only set a high bit above a byte that really matched, so "any" is exact.
-    let bad = |w: u64| {
-        let zero = |x: u64| x.wrapping_sub(ONES) & !x;
-        (w.wrapping_sub(ONES * 0x20) & !w) | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
-    };
-    let mut chunks = s.chunks_exact(8);
-    let mut any = (&mut chunks).fold(0, |acc, c| {
-        acc | bad(u64::from_le_bytes(c.try_into().expect("eight bytes")))
-    });
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut last = [b' '; 8];
-        last[..tail.len()].copy_from_slice(tail);
-        any |= bad(u64::from_le_bytes(last));
-    }
-    any & HIGHS == 0
-}
-
 /// Encodes a binary frame (length prefix included).
 pub fn encode_binary(header: &[u8], body: &[u8]) -> Bytes {
     let payload_len = 1 + 4 + header.len() + body.len();
@@ -372,8 +349,7 @@ mod tests {
     #[test]
     fn json_frame_strings_are_serdes_for_every_length_and_position() {
         // Each character that must be escaped (and some that must not: DEL, UTF-8, the bytes
-        // just above the control range) at every position of strings 0 to 20 bytes long, so
-        // the eight-byte chunks and the padded tail both see it.
+        // just above the control range) at every position of strings 0 to 20 bytes long.
         for len in 0..=20 {
             for pos in 0..len.max(1) {
                 for odd in [
