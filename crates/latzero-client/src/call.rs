@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use latzero_proto::frame::JsonFrame;
+use latzero_proto::frame::{JsonFrame, ScratchFrame};
 use latzero_proto::message::{RawValue, ServerFrame};
 use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
 use serde::Serialize;
@@ -50,8 +49,9 @@ pub(crate) struct TriggerOut<'a, D: Serialize + ?Sized> {
 }
 
 impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
-    /// The frame (fails only if the payload does not serialise).
-    pub fn encode(&self) -> Result<Bytes, serde_json::Error> {
+    /// The frame, in this thread's scratch buffer until it is copied into the outbox (fails
+    /// only if the payload does not serialise).
+    pub fn encode(&self) -> Result<ScratchFrame, serde_json::Error> {
         // The payload's size is unknown until written; 192 bytes leave room for a small one.
         let mut f = JsonFrame::new(192 + self.process.len() + self.pool.len());
         f.str("action", "trigger")
@@ -69,7 +69,7 @@ impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
         if self.broadcast {
             f.bool("broadcast", true);
         }
-        Ok(f.finish())
+        Ok(f.finish_scratch())
     }
 }
 
@@ -187,7 +187,7 @@ impl Call<'_> {
         self
     }
 
-    fn frame(&self, id: u64, data: &RawValue, ttl: Duration, reply_to: Option<&str>, broadcast: bool) -> Bytes {
+    fn frame(&self, id: u64, data: &RawValue, ttl: Duration, reply_to: Option<&str>, broadcast: bool) -> ScratchFrame {
         TriggerOut {
             id,
             process: &self.process,

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::{JsonFrame, encode_message};
+use latzero_proto::frame::{JsonFrame, ScratchFrame, encode_message};
 use latzero_proto::message::{KeyVerifiers, RawValue, ServerFrame};
 use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
 use rustc_hash::FxHashMap;
@@ -52,8 +53,9 @@ struct EmitOut<'a, D: Serialize + ?Sized> {
 }
 
 impl<D: Serialize + ?Sized> EmitOut<'_, D> {
-    /// The frame (fails only if the payload does not serialise).
-    fn encode(&self) -> Result<Bytes, serde_json::Error> {
+    /// The frame, in this thread's scratch buffer (fails only if the payload does not
+    /// serialise).
+    fn encode(&self) -> Result<ScratchFrame, serde_json::Error> {
         let mut f = JsonFrame::new(160 + self.process.len() + self.pool.len());
         f.str("action", "emit");
         if let Some(id) = self.id {
@@ -62,7 +64,7 @@ impl<D: Serialize + ?Sized> EmitOut<'_, D> {
         f.str("process", self.process)
             .str("pool", self.pool)
             .serialize("data", self.data)?;
-        Ok(f.finish())
+        Ok(f.finish_scratch())
     }
 }
 
@@ -548,7 +550,7 @@ impl Client {
             data,
         }
         .encode()?;
-        self.inner.send(frame).await
+        self.inner.send(&frame).await
     }
 
     /// Emits and waits for the server's receipt: how many handlers it was queued to.
@@ -605,14 +607,14 @@ impl Inner {
         lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)
     }
 
-    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
+    pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ClientError> {
         let tx = self.outbox()?;
         tx.send(frame).await.map_err(|_| ClientError::Disconnected)
     }
 
     /// Sends a call's frame: written straight to the socket when it is the client's only call
     /// in flight (nothing to batch it with; no hop to the writer task), else queued.
-    async fn send_call(&self, frame: Bytes) -> Result<(), ClientError> {
+    async fn send_call(&self, frame: &[u8]) -> Result<(), ClientError> {
         let tx = self.outbox()?;
         let sent = if self.in_flight.load(Ordering::Relaxed) > 1 {
             tx.send(frame).await
@@ -623,9 +625,9 @@ impl Inner {
     }
 
     /// Sends a request built around a fresh id and waits for the frame that answers it.
-    pub(crate) async fn roundtrip_frame(
+    pub(crate) async fn roundtrip_frame<F: Deref<Target = [u8]>>(
         &self,
-        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<Bytes, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -634,9 +636,9 @@ impl Inner {
 
     /// Sends a request built around a fresh id and waits for the whole frame that answers it;
     /// an error frame becomes `Err`.
-    pub(crate) async fn roundtrip_full(
+    pub(crate) async fn roundtrip_full<F: Deref<Target = [u8]>>(
         &self,
-        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<latzero_proto::Frame, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -649,9 +651,9 @@ impl Inner {
     }
 
     /// Sends a request built around a fresh id and waits for its result.
-    pub(crate) async fn roundtrip(
+    pub(crate) async fn roundtrip<F: Deref<Target = [u8]>>(
         &self,
-        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<Value, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -659,18 +661,18 @@ impl Inner {
     }
 
     /// [`roundtrip`](Self::roundtrip), with the result in the form `D`.
-    pub(crate) async fn roundtrip_as<D: Form>(
+    pub(crate) async fn roundtrip_as<D: Form, F: Deref<Target = [u8]>>(
         &self,
-        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<D, ClientError> {
         let (waiter, rx) = D::waiter();
         self.await_reply(build, waiter, rx, ttl).await?
     }
 
-    async fn await_reply<T>(
+    async fn await_reply<T, F: Deref<Target = [u8]>>(
         &self,
-        build: impl FnOnce(u64) -> Result<Bytes, ClientError>,
+        build: impl FnOnce(u64) -> Result<F, ClientError>,
         waiter: Waiter,
         rx: oneshot::Receiver<T>,
         ttl: Duration,
@@ -681,7 +683,10 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + wait;
         self.pending.insert(id, waiter, deadline);
         let _in_flight = InFlight::enter(&self.in_flight);
-        if let Err(e) = self.send_call(frame).await {
+        let sent = self.send_call(&frame).await;
+        // Gone before the wait: a scratch frame goes back to its thread for the next call.
+        drop(frame);
+        if let Err(e) = sent {
             self.pending.remove(id);
             return Err(e);
         }

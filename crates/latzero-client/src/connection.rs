@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::ServerFrame;
 use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, TlsVerify, UNIX_SOCKET_NAME};
 use latzero_uds::UdsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
@@ -81,126 +81,167 @@ impl AsyncWrite for SharedWrite {
     }
 }
 
-/// Where a connection's frames go: a queue to its writer task (which batches them into few
-/// writes), and, on a plain socket, a direct write for a lone call when nothing is queued — the
-/// call then costs no hop to the writer task, which on another thread is a wake-up and a
+/// Where a connection's frames go: one byte buffer, written by the writer task (many frames per
+/// write) and, on a plain socket, by a lone call itself ([`Outbox::send_direct`]): with nothing
+/// queued the call costs no hop to the writer task, which on another thread is a wake-up and a
 /// context switch.
 ///
-/// Frames keep their order: `queued` counts frames handed to the queue and not yet written, and
-/// a direct write happens only, under its lock, when it is zero. The part of a frame the socket
-/// does not take is queued first, under the same lock.
+/// A frame is copied into the buffer under its lock (no allocation of its own, no channel); the
+/// writer swaps the buffer for an empty one and writes it outside the lock. Frames keep their
+/// order: a direct write happens only, under the lock, when the writer holds nothing, and the
+/// part of a frame the socket does not take is queued, under the same lock.
+///
+/// Dropping the last `Outbox` lets the writer task write what is queued and shut the write side
+/// down; once the writer task has ended (the connection is gone), sends fail.
 #[derive(Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Bytes>,
-    gate: Arc<Gate>,
+    out: Arc<Out>,
+    _handle: Arc<Handle>,
 }
 
-struct Gate {
-    queued: Mutex<usize>,
+/// Shared by every [`Outbox`] handle (not by the writer): its drop tells the writer there are
+/// no senders left.
+struct Handle(Arc<Out>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().orphaned = true;
+        self.0.wake.notify_one();
+    }
+}
+
+struct Out {
+    q: Mutex<Queue>,
+    /// Wakes the writer task: bytes were queued (and `busy` set), or the handles are gone.
+    wake: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+    /// Frames queued before [`Outbox::send`] waits.
+    capacity: usize,
     sock: Option<Weak<WriteSock>>,
 }
 
-impl Gate {
-    fn lock(&self) -> MutexGuard<'_, usize> {
-        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    /// Frames in `buf`.
+    frames: usize,
+    /// The writer task owns the next write: it has been woken for `buf`, or is writing, and
+    /// looks at `buf` again before it clears this. No direct write while set.
+    busy: bool,
+    /// The writer task has ended: sends fail.
+    closed: bool,
+    /// Every handle is gone.
+    orphaned: bool,
+}
+
+impl Out {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `n` counted frames are written (or were never queued after all).
-    fn written(&self, n: usize) {
-        let mut q = self.lock();
-        *q = q.saturating_sub(n);
+    /// Appends a frame, waking the writer for it unless it already owns the next write.
+    fn queue(&self, q: &mut Queue, frame: &[u8]) {
+        q.buf.extend_from_slice(frame);
+        q.frames += 1;
+        if !q.busy {
+            q.busy = true;
+            self.wake.notify_one();
+        }
     }
 }
 
 impl Outbox {
     /// An outbox of `capacity` queued frames over `w`, and the writer task's end of it.
     pub(crate) fn new(capacity: usize, w: Writer, sock: Option<Weak<WriteSock>>) -> (Outbox, WriterEnd) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let gate = Arc::new(Gate {
-            queued: Mutex::new(0),
+        let out = Arc::new(Out {
+            q: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            room: Notify::new(),
+            capacity: capacity.max(1),
             sock,
         });
-        (Outbox { tx, gate: gate.clone() }, WriterEnd { rx, w, gate })
+        let handle = Arc::new(Handle(out.clone()));
+        (
+            Outbox {
+                out: out.clone(),
+                _handle: handle,
+            },
+            WriterEnd { out, w },
+        )
     }
 
     /// Queues a frame for the writer task, waiting while the queue is full. `Err` when the
-    /// connection is gone.
-    pub(crate) async fn send(&self, frame: Bytes) -> Result<(), ()> {
-        *self.gate.lock() += 1;
-        // Counted before it is queued, so that no direct write slips in meanwhile; uncounted
-        // again if it never is (the connection is gone, or this future is dropped while it
-        // waits for room: tokio's send is cancel-safe).
-        let mut count = Counted(&self.gate, true);
-        let sent = self.tx.send(frame).await;
-        count.1 = sent.is_err();
-        sent.map_err(|_| ())
+    /// connection is gone. Cancel-safe: dropped while it waits, it has queued nothing.
+    pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ()> {
+        loop {
+            let room = self.out.room.notified();
+            let mut room = std::pin::pin!(room);
+            {
+                let mut q = self.out.lock();
+                if q.closed {
+                    return Err(());
+                }
+                if q.frames < self.out.capacity {
+                    self.out.queue(&mut q, frame);
+                    return Ok(());
+                }
+                // Registered before the lock is let go, so the writer's wake-up cannot slip by.
+                room.as_mut().enable();
+            }
+            room.await;
+        }
     }
 
-    /// Queues a frame without waiting: if the queue is full, a task waits for room.
-    pub(crate) fn send_now(&self, frame: Bytes) {
-        *self.gate.lock() += 1;
-        if let Err(mpsc::error::TrySendError::Full(frame)) = self.tx.try_send(frame) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(frame).await;
-            });
+    /// Queues a frame without waiting, past the limit if need be: for frames that answer the
+    /// server (a handler's result, a watch renewed on reconnect), which the calls and watches
+    /// that caused them bound. Dropped if the connection is gone.
+    pub(crate) fn send_now(&self, frame: &[u8]) {
+        let mut q = self.out.lock();
+        if !q.closed {
+            self.out.queue(&mut q, frame);
         }
     }
 
     /// Writes a frame straight to the socket when nothing is queued before it; otherwise (or
     /// for what the socket does not take at once, or on TLS) queues it as [`send`](Self::send).
-    pub(crate) async fn send_direct(&self, frame: Bytes) -> Result<(), ()> {
-        match self.try_direct(frame) {
-            Ok(()) => Ok(()),
-            Err(frame) => self.send(frame).await,
-        }
-    }
-
-    /// `Ok` when the frame is written, or its rest queued; `Err(frame)` when nothing was tried.
-    fn try_direct(&self, mut frame: Bytes) -> Result<(), Bytes> {
-        let Some(sock) = self.gate.sock.as_ref().and_then(Weak::upgrade) else {
-            return Err(frame);
-        };
-        let mut queued = self.gate.lock();
-        if *queued > 0 {
-            return Err(frame);
-        }
-        let whole = frame.len();
-        loop {
-            match sock.try_write(&frame) {
-                Ok(n) if n == frame.len() => return Ok(()),
-                Ok(n) if n > 0 => frame.advance(n),
-                // Nothing taken (it would block, or failed): if nothing at all was written, the
-                // writer task takes the frame (and meets any error itself, which ends the
-                // connection).
-                _ if frame.len() == whole => return Err(frame),
-                _ => break,
+    pub(crate) async fn send_direct(&self, frame: &[u8]) -> Result<(), ()> {
+        if let Some(sock) = self.out.sock.as_ref().and_then(Weak::upgrade) {
+            let mut q = self.out.lock();
+            if q.closed {
+                return Err(());
+            }
+            if !q.busy {
+                // Nothing is queued (only the writer empties the buffer, and it clears `busy`
+                // once it has).
+                let mut rest = frame;
+                while let Ok(n @ 1..) = sock.try_write(rest) {
+                    rest = &rest[n..];
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                }
+                // The rest (all of it, if the socket took nothing or failed: the writer task
+                // then meets the error itself, which ends the connection) goes first into
+                // the empty queue.
+                self.out.queue(&mut q, rest);
+                return Ok(());
             }
         }
-        // The socket took part of it: the rest goes first into the queue, which is empty. If
-        // the connection is gone meanwhile, so is the call (its waiter hears Disconnected).
-        *queued += 1;
-        let _ = self.tx.try_send(frame);
-        Ok(())
+        self.send(frame).await
     }
-}
 
-/// Takes a frame back off the count when dropped, if `.1` says it was never queued.
-struct Counted<'a>(&'a Gate, bool);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.written(1);
-        }
+    /// Frames queued and not yet taken by the writer (for tests).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.out.lock().frames
     }
 }
 
 /// The writer task's end of an [`Outbox`].
 pub(crate) struct WriterEnd {
-    rx: mpsc::Receiver<Bytes>,
+    out: Arc<Out>,
     w: Writer,
-    gate: Arc<Gate>,
 }
 
 /// The data directory a client assumes for the default endpoint: `$LATZERO_DATA_DIR`, else
@@ -376,55 +417,69 @@ pub(crate) async fn open_with_request(
     Ok((json, reader, w, direct))
 }
 
-/// Drains queued frames into the socket, many per write. Ends when every sender is gone or
-/// `dead` is cancelled; cancels `dead` itself when a write fails. `in_flight` counts the
-/// client's calls waiting for an answer (see below).
+/// Writes queued frames into the socket, many per write. Ends when every [`Outbox`] is gone
+/// (after writing what they queued) or `dead` is cancelled; cancels `dead` itself when a write
+/// fails. `in_flight` counts the client's calls waiting for an answer (see below).
 pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flight: Arc<AtomicUsize>) {
-    let WriterEnd { mut rx, mut w, gate } = end;
-    let mut batch = Vec::with_capacity(256);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let n = tokio::select! {
+    let WriterEnd { out, mut w } = end;
+    let mut spare = Vec::new();
+    'run: loop {
+        loop {
+            let gather = {
+                let mut q = out.lock();
+                if q.buf.is_empty() {
+                    q.busy = false;
+                    break;
+                }
+                q.frames < BATCH_FRAMES
+            };
+            // With other calls in flight, their tasks are likely ready to queue frames too
+            // (their replies arrive in bursts): let them run first, so that one write carries
+            // them all. Without this, the writer woken by a send runs straight after its sender
+            // (tokio's LIFO slot) and pipelined callers cost one write each. A lone call is
+            // written at once.
+            if gather && in_flight.load(Ordering::Relaxed) > 1 {
+                tokio::task::yield_now().await;
+            }
+            {
+                let mut q = out.lock();
+                std::mem::swap(&mut q.buf, &mut spare);
+                q.frames = 0;
+            }
+            out.room.notify_waiters();
+            // A no-op flush on plain sockets; TLS may hold the tail of a record until flushed.
+            if w.write_all(&spare).await.is_err() || w.flush().await.is_err() {
+                dead.cancel();
+                break 'run;
+            }
+            spare.clear();
+            if spare.capacity() > RETAIN_BUFFER {
+                spare = Vec::new();
+            }
+        }
+        if out.lock().orphaned {
+            break;
+        }
+        tokio::select! {
             biased;
             _ = dead.cancelled() => break,
-            n = rx.recv_many(&mut batch, 256) => n,
-        };
-        if n == 0 {
-            break;
-        }
-        // With other calls in flight, their tasks are likely ready to queue frames too (their
-        // replies arrive in bursts): let them run first, so that one write carries them all.
-        // Without this, a task woken by a send runs straight after its sender (tokio's LIFO
-        // slot) and pipelined callers cost one write each. A lone call is written at once.
-        if batch.len() < 256 && in_flight.load(Ordering::Relaxed) > 1 {
-            tokio::task::yield_now().await;
-            while batch.len() < 256 {
-                match rx.try_recv() {
-                    Ok(f) => batch.push(f),
-                    Err(_) => break,
-                }
-            }
-        }
-        let ok = if batch.len() == 1 {
-            w.write_all(&batch[0]).await.is_ok()
-        } else {
-            buf.clear();
-            for f in &batch {
-                buf.extend_from_slice(f);
-            }
-            w.write_all(&buf).await.is_ok()
-        };
-        // A no-op on plain sockets; TLS may hold the tail of a record until flushed.
-        let ok = ok && w.flush().await.is_ok();
-        gate.written(batch.len());
-        batch.clear();
-        if !ok {
-            dead.cancel();
-            break;
+            _ = out.wake.notified() => {}
         }
     }
+    {
+        let mut q = out.lock();
+        q.closed = true;
+        q.buf = Vec::new();
+    }
+    out.room.notify_waiters();
     let _ = w.shutdown().await;
 }
+
+/// Frames queued at which the writer writes without first letting other senders run.
+const BATCH_FRAMES: usize = 256;
+
+/// Largest write buffer capacity the writer keeps once it has written it.
+const RETAIN_BUFFER: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -462,7 +517,7 @@ mod tests {
         let senders: Vec<_> = (0..8)
             .map(|_| {
                 let tx = tx.clone();
-                tokio::spawn(async move { tx.send(Bytes::from_static(b"0123456789")).await.unwrap() })
+                tokio::spawn(async move { tx.send(b"0123456789").await.unwrap() })
             })
             .collect();
         for s in senders {
@@ -491,10 +546,15 @@ mod tests {
     /// An outbox over one end of a Unix socket pair (its writer task not started), and the
     /// other end.
     fn direct_outbox() -> (Outbox, WriterEnd, UnixStream) {
+        direct_outbox_of(64)
+    }
+
+    /// [`direct_outbox`] of `capacity` frames.
+    fn direct_outbox_of(capacity: usize) -> (Outbox, WriterEnd, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         let (_, w) = UdsStream::from_tokio(a).unwrap().into_split();
         let (w, direct) = shared(WriteSock::Unix(w));
-        let (outbox, end) = Outbox::new(64, w, direct);
+        let (outbox, end) = Outbox::new(capacity, w, direct);
         (outbox, end, b)
     }
 
@@ -508,11 +568,11 @@ mod tests {
     async fn a_direct_write_never_overtakes_a_queued_frame() {
         let (outbox, end, mut peer) = direct_outbox();
         // Nothing queued: written at once, with no writer task running.
-        outbox.send_direct(Bytes::from_static(b"one")).await.unwrap();
+        outbox.send_direct(b"one").await.unwrap();
         assert_eq!(read_exactly(&mut peer, 3).await, b"one");
         // A frame waits in the queue: the next one must not go before it.
-        outbox.send_now(Bytes::from_static(b"two"));
-        outbox.send_direct(Bytes::from_static(b"three")).await.unwrap();
+        outbox.send_now(b"two");
+        outbox.send_direct(b"three").await.unwrap();
         tokio::spawn(writer_task(
             end,
             CancellationToken::new(),
@@ -520,24 +580,72 @@ mod tests {
         ));
         assert_eq!(read_exactly(&mut peer, 8).await, b"twothree");
         // Once the writer has written them, direct writes resume.
-        while *outbox.gate.lock() > 0 {
+        while outbox.out.lock().busy {
             tokio::task::yield_now().await;
         }
-        outbox.send_direct(Bytes::from_static(b"four")).await.unwrap();
+        outbox.send_direct(b"four").await.unwrap();
         assert_eq!(read_exactly(&mut peer, 4).await, b"four");
     }
 
     #[tokio::test]
-    async fn a_send_given_up_while_waiting_for_room_is_not_counted() {
-        let (a, _b) = UnixStream::pair().unwrap();
-        let (_, w) = UdsStream::from_tokio(a).unwrap().into_split();
-        let (w, direct) = shared(WriteSock::Unix(w));
-        let (outbox, _end) = Outbox::new(1, w, direct);
-        outbox.send_now(Bytes::from_static(b"fills the queue"));
-        let waiting = outbox.send(Bytes::from_static(b"waits for room"));
+    async fn a_send_given_up_while_waiting_for_room_queues_nothing() {
+        let (outbox, _end, _peer) = direct_outbox_of(1);
+        outbox.send_now(b"fills the queue");
+        let waiting = outbox.send(b"waits for room");
         // Polled once (no room) and dropped.
         assert!(futures_util::FutureExt::now_or_never(waiting).is_none());
-        assert_eq!(*outbox.gate.lock(), 1, "only the queued frame holds direct writes back");
+        assert_eq!(outbox.queued(), 1);
+        assert_eq!(outbox.out.lock().buf, b"fills the queue");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_senders_until_the_writer_takes_it() {
+        let (outbox, end, mut peer) = direct_outbox_of(1);
+        outbox.send_now(b"first");
+        let second = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(b"second").await }
+        });
+        // The sender waits for room (the writer is not running yet).
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        tokio::spawn(writer_task(
+            end,
+            CancellationToken::new(),
+            Arc::new(AtomicUsize::new(1)),
+        ));
+        assert_eq!(second.await.unwrap(), Ok(()));
+        assert_eq!(read_exactly(&mut peer, 11).await, b"firstsecond");
+    }
+
+    #[tokio::test]
+    async fn sends_fail_once_the_writer_has_ended() {
+        let (outbox, end, _peer) = direct_outbox_of(1);
+        outbox.send_now(b"fills the queue");
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(b"waits for room").await }
+        });
+        tokio::task::yield_now().await;
+        let dead = CancellationToken::new();
+        dead.cancel();
+        writer_task(end, dead, Arc::new(AtomicUsize::new(1))).await;
+        // The waiting sender is woken, and it and every later send hear that it is over.
+        assert_eq!(waiting.await.unwrap(), Err(()));
+        assert_eq!(outbox.send(b"late").await, Err(()));
+        assert_eq!(outbox.send_direct(b"late").await, Err(()));
+    }
+
+    #[tokio::test]
+    async fn the_writer_writes_what_is_queued_then_shuts_down_when_the_senders_are_gone() {
+        let (outbox, end, mut peer) = direct_outbox_of(8);
+        outbox.send_now(b"last ");
+        outbox.send_now(b"words");
+        drop(outbox);
+        writer_task(end, CancellationToken::new(), Arc::new(AtomicUsize::new(1))).await;
+        let mut got = vec![];
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
     }
 
     #[tokio::test]
@@ -545,9 +653,9 @@ mod tests {
         let (outbox, end, mut peer) = direct_outbox();
         // Far more than a socket buffer: the socket takes part, the rest is queued.
         let big: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
-        outbox.send_direct(Bytes::from(big.clone())).await.unwrap();
-        assert_eq!(*outbox.gate.lock(), 1, "the rest waits in the queue");
-        outbox.send_direct(Bytes::from_static(b"after")).await.unwrap();
+        outbox.send_direct(&big).await.unwrap();
+        assert_eq!(outbox.queued(), 1, "the rest waits in the queue");
+        outbox.send_direct(b"after").await.unwrap();
         tokio::spawn(writer_task(
             end,
             CancellationToken::new(),

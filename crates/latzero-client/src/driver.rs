@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use latzero_proto::frame::{Frame, JsonFrame};
+use latzero_proto::frame::{Frame, JsonFrame, ScratchFrame};
 use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
@@ -284,7 +284,7 @@ impl Inner {
                     if let Some(frame) = outcome(&process, hop.as_deref(), &result) {
                         // If the connection dropped meanwhile, the server has already failed the
                         // call with HANDLER_GONE; there is nobody to send this to.
-                        let _ = tx.send(frame).await;
+                        let _ = tx.send(&frame).await;
                     }
                 });
             }
@@ -294,7 +294,7 @@ impl Inner {
     /// Sends a handler's result, now, as the call's response (nothing for an emit).
     fn finish<T: Answer>(&self, process: &str, hop: Option<&str>, result: Result<T, HandlerError>, tx: &Outbox) {
         if let Some(frame) = outcome(process, hop, &result) {
-            tx.send_now(frame);
+            tx.send_now(&frame);
         }
     }
 }
@@ -328,7 +328,7 @@ fn handler_error<T>(text: &str) -> Result<Result<T, ClientError>, serde_json::Er
 
 /// What becomes of a handler's result: the response frame for a call (`hop` is its id as JSON
 /// text); for an emit nothing, and a failure is logged.
-fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, HandlerError>) -> Option<Bytes> {
+fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, HandlerError>) -> Option<ScratchFrame> {
     match hop {
         Some(hop) => Some(response_frame(hop, result)),
         None => {
@@ -341,14 +341,14 @@ fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, Handl
 }
 
 /// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
-fn response_frame<T: Answer>(hop: &str, result: &Result<T, HandlerError>) -> Bytes {
+fn response_frame<T: Answer>(hop: &str, result: &Result<T, HandlerError>) -> ScratchFrame {
     let mut f = JsonFrame::new(192 + hop.len());
     f.str("action", "response").raw("in_reply_to", hop);
     match result {
         Ok(v) => v.write(f.str("status", "ok"), "response"),
         Err(HandlerError(e)) => e.write(f.str("status", "error"), "error"),
     }
-    f.finish()
+    f.finish_scratch()
 }
 
 /// What a handler returns, written into its response frame.
@@ -492,7 +492,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         lock(&inner.shared).tx = Some(live.tx.clone());
         // Block watches were the old connection's: subscribe again from the last version seen.
         for frame in lock(&inner.watches).resubscribe() {
-            live.tx.send_now(frame);
+            live.tx.send_now(&frame);
         }
         tracing::info!(app = %inner.app_id, "reconnected");
         inner.event(ClientEvent::Reconnected);

@@ -264,7 +264,7 @@ impl Drop for BlockWatch {
                 "action": "block_unwatch", "pool": self.key.0, "block_id": self.key.1,
             }));
             if let Some(tx) = lock(&self.inner.shared).tx.clone() {
-                tx.send_now(frame);
+                tx.send_now(&frame);
             }
         }
     }
@@ -468,7 +468,7 @@ impl MemoryBlock {
         n["version"] = json!(version);
         n["offset"] = json!(offset);
         n["length"] = json!(length);
-        match self.client.inner.send(encode_message(&n)).await {
+        match self.client.inner.send(&encode_message(&n)).await {
             Err(ClientError::Disconnected) => {
                 let mut w = lock(&self.client.inner.watches);
                 let v = w

@@ -237,24 +237,60 @@ impl JsonFrame {
         self.b[self.start..self.start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
-    /// The frame, closed (for a frame started with [`new`](Self::new)).
+    /// The frame, closed (for a frame started with [`new`](Self::new)), in a buffer of its
+    /// own.
     pub fn finish(&mut self) -> Bytes {
+        self.finish_scratch().into_bytes()
+    }
+
+    /// The frame, closed (for a frame started with [`new`](Self::new)), still in this thread's
+    /// scratch buffer: for a frame that is copied into a writer's buffer and dropped, which
+    /// then costs no allocation at all.
+    pub fn finish_scratch(&mut self) -> ScratchFrame {
         debug_assert_eq!(self.start, 0, "a frame started after other bytes ends with into_vec");
         self.close();
-        let b = std::mem::take(&mut self.b);
-        if b.len() > SCRATCH_RETAINED {
-            // A large frame is not copied, and its buffer not kept.
-            return Bytes::from(b);
-        }
-        let frame = Bytes::copy_from_slice(&b);
-        SCRATCH.set(b);
-        frame
+        ScratchFrame(std::mem::take(&mut self.b))
     }
 
     /// The buffer given to [`after`](Self::after), with this frame, closed, appended.
     pub fn into_vec(mut self) -> Vec<u8> {
         self.close();
         self.b
+    }
+}
+
+/// A finished [`JsonFrame`] in the scratch buffer it was written in: its bytes (length prefix
+/// included) through `Deref`. Dropping it gives the buffer back to the thread it is dropped on.
+#[derive(Debug)]
+pub struct ScratchFrame(Vec<u8>);
+
+impl ScratchFrame {
+    /// The frame in a buffer of its own: one allocation of exactly its size. A frame larger
+    /// than the scratch buffers kept is handed over as it is, without a copy.
+    pub fn into_bytes(mut self) -> Bytes {
+        let b = std::mem::take(&mut self.0);
+        if b.len() > SCRATCH_RETAINED {
+            return Bytes::from(b);
+        }
+        let frame = Bytes::copy_from_slice(&b);
+        SCRATCH.set(b);
+        frame
+    }
+}
+
+impl std::ops::Deref for ScratchFrame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for ScratchFrame {
+    fn drop(&mut self) {
+        if self.0.capacity() > 0 && self.0.len() <= SCRATCH_RETAINED {
+            SCRATCH.set(std::mem::take(&mut self.0));
+        }
     }
 }
 
@@ -381,6 +417,15 @@ mod tests {
             assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, want.len());
             assert_eq!(&f[4..], &want[..]);
         }
+        // A frame left in the scratch buffer holds its own bytes while the next is written
+        // elsewhere, and gives the buffer back when dropped.
+        let first = JsonFrame::new(0).u64("n", 1).finish_scratch();
+        let second = JsonFrame::new(0).u64("n", 2).finish_scratch();
+        assert_eq!(&first[..], b"\0\0\0\x07{\"n\":1}");
+        assert_eq!(&second[..], b"\0\0\0\x07{\"n\":2}");
+        drop(first);
+        assert_eq!(&JsonFrame::new(0).u64("n", 3).finish()[..], b"\0\0\0\x07{\"n\":3}");
+        assert_eq!(&second[..], b"\0\0\0\x07{\"n\":2}");
         let mut f = JsonFrame::after(b"queued".to_vec(), 0);
         f.u64("n", 7);
         let v = f.into_vec();
