@@ -44,7 +44,8 @@ pub(crate) enum Waiter {
     Full(oneshot::Sender<latzero_proto::Frame>),
 }
 
-/// An `emit` frame, with the payload serialised straight into it.
+/// An `emit` frame, with the payload serialised straight into it; its names checked, as
+/// [`TriggerOut`]'s.
 struct EmitOut<'a, D: Serialize + ?Sized> {
     id: Option<u64>,
     process: &'a str,
@@ -57,12 +58,13 @@ impl<D: Serialize + ?Sized> EmitOut<'_, D> {
     /// serialise).
     fn encode(&self) -> Result<ScratchFrame, serde_json::Error> {
         let mut f = JsonFrame::new(160 + self.process.len() + self.pool.len());
-        f.str("action", "emit");
+        // Literals and names checked by the caller: nothing to escape.
+        f.name("action", "emit");
         if let Some(id) = self.id {
             f.u64("id", id);
         }
-        f.str("process", self.process)
-            .str("pool", self.pool)
+        f.name("process", self.process)
+            .name("pool", self.pool)
             .serialize("data", self.data)?;
         Ok(f.finish_scratch())
     }

@@ -343,10 +343,10 @@ fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, Handl
 /// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
 fn response_frame<T: Answer>(hop: &str, result: &Result<T, HandlerError>) -> ScratchFrame {
     let mut f = JsonFrame::new(192 + hop.len());
-    f.str("action", "response").raw("in_reply_to", hop);
+    f.name("action", "response").raw("in_reply_to", hop);
     match result {
-        Ok(v) => v.write(f.str("status", "ok"), "response"),
-        Err(HandlerError(e)) => e.write(f.str("status", "error"), "error"),
+        Ok(v) => v.write(f.name("status", "ok"), "response"),
+        Err(HandlerError(e)) => e.write(f.name("status", "error"), "error"),
     }
     f.finish_scratch()
 }

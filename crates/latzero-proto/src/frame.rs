@@ -220,6 +220,18 @@ impl JsonFrame {
         self
     }
 
+    /// `"key":"value"` for a value made of name characters only: a name checked against the
+    /// rules of [`crate::name`] (letters, digits, `_ - . :`), a literal such as `"trigger"`, or
+    /// an id's digits. Copied as it is, without looking for characters to escape — there can be
+    /// none, and on names of a few bytes that look cost more than the copy. The caller vouches
+    /// for the value, as it does for [`raw`](Self::raw)'s; debug builds check it.
+    #[inline(always)]
+    pub fn name(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        self.name_value(value);
+        self
+    }
+
     /// `"key":{"app_id":"app"}`.
     #[inline(always)]
     pub fn origin(&mut self, key: &str, app: &str) -> &mut Self {
@@ -228,6 +240,17 @@ impl JsonFrame {
         self.string(app);
         self.b.push(b'}');
         self
+    }
+
+    #[inline(always)]
+    fn name_value(&mut self, value: &str) {
+        debug_assert!(
+            value.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.:".contains(&c)),
+            "{value:?} is not made of name characters"
+        );
+        self.b.push(b'"');
+        self.b.extend_from_slice(value.as_bytes());
+        self.b.push(b'"');
     }
 
     /// Closes the object and fills in the length prefix.
@@ -395,12 +418,41 @@ mod tests {
                     if len > 0 {
                         s.replace_range(pos..pos + 1, odd);
                     }
-                    let got = JsonFrame::new(0).str("k", &s).origin("o", &s).finish();
-                    let want = serde_json::to_vec(&serde_json::json!({"k": s, "o": {"app_id": s}})).unwrap();
+                    let got = JsonFrame::new(0).str("k", &s).finish();
+                    let want = serde_json::to_vec(&serde_json::json!({ "k": s })).unwrap();
                     assert_eq!(&got[4..], &want[..], "{s:?}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn names_are_written_as_serde_writes_them() {
+        // Every character a name may hold, and the longest name.
+        let all: String = (b'0'..=b'z')
+            .filter(|c| c.is_ascii_alphanumeric())
+            .map(char::from)
+            .chain("_-.:".chars())
+            .collect();
+        for name in [
+            all.as_str(),
+            "a",
+            "trigger",
+            "12345",
+            &"n".repeat(crate::name::MAX_NAME_LEN),
+        ] {
+            crate::AppId::check(name).unwrap();
+            let got = JsonFrame::new(0).name("k", name).finish();
+            let want = serde_json::to_vec(&serde_json::json!({ "k": name })).unwrap();
+            assert_eq!(&got[4..], &want[..], "{name:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "is not made of name characters")]
+    fn a_name_that_needs_escaping_is_caught_in_debug_builds() {
+        JsonFrame::new(0).name("k", "a\"b");
     }
 
     #[test]

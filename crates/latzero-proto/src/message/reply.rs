@@ -74,7 +74,7 @@ pub struct Restored<'a> {
 /// A trigger delivered to a handler.
 #[derive(Debug, Serialize)]
 pub struct DeliverTrigger<'a> {
-    /// "trigger".
+    /// "trigger" (written without escaping: a literal of name characters).
     pub action: &'static str,
     /// The server-assigned hop id; answer with `in_reply_to` set to it.
     pub id: &'a str,
@@ -105,7 +105,7 @@ impl DeliverTrigger<'_> {
         // buffer midway copies it.
         let room = 112 + self.id.len() + self.process.len() + self.pool.len() + self.data.get().len();
         let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.len());
-        f.str("action", self.action)
+        f.name("action", self.action)
             .str("id", self.id)
             .str("process", self.process)
             .str("pool", self.pool)
@@ -119,11 +119,11 @@ impl DeliverTrigger<'_> {
 /// A response forwarded to the caller (or to its `reply_to` app).
 #[derive(Debug, Serialize)]
 pub struct ForwardResponse<'a> {
-    /// "response".
+    /// "response" (written without escaping: a literal of name characters).
     pub action: &'static str,
     /// The caller's own id.
     pub in_reply_to: &'a RawValue,
-    /// "ok" or "error".
+    /// "ok" or "error" (written without escaping).
     pub status: &'static str,
     /// The result, for "ok".
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,9 +150,9 @@ impl ForwardResponse<'_> {
         let body = self.response.or(self.error).map_or(0, |b| b.get().len());
         let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.len());
         let mut f = JsonFrame::after(std::mem::take(buf), 72 + self.in_reply_to.get().len() + body + origin);
-        f.str("action", self.action)
+        f.name("action", self.action)
             .raw("in_reply_to", self.in_reply_to.get())
-            .str("status", self.status);
+            .name("status", self.status);
         if let Some(r) = self.response {
             f.raw("response", r.get());
         }
@@ -373,7 +373,7 @@ impl<'a> ErrorFrame<'a> {
 /// An emit delivered to a handler.
 #[derive(Debug, Serialize)]
 pub struct DeliverEmit<'a> {
-    /// "emit".
+    /// "emit" (written without escaping: a literal of name characters).
     pub action: &'static str,
     /// The trigger.
     pub process: &'a str,
@@ -390,7 +390,7 @@ impl DeliverEmit<'_> {
     pub fn encode(&self) -> Bytes {
         let room = 80 + self.process.len() + self.pool.len() + self.data.get().len();
         JsonFrame::new(room + self.origin.app_id.len())
-            .str("action", self.action)
+            .name("action", self.action)
             .str("process", self.process)
             .str("pool", self.pool)
             .raw("data", self.data.get())
