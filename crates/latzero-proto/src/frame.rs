@@ -418,8 +418,8 @@ mod tests {
                     if len > 0 {
                         s.replace_range(pos..pos + 1, odd);
                     }
-                    let got = JsonFrame::new(0).str("k", &s).finish();
-                    let want = serde_json::to_vec(&serde_json::json!({ "k": s })).unwrap();
+                    let got = JsonFrame::new(0).str("k", &s).origin("o", &s).finish();
+                    let want = serde_json::to_vec(&serde_json::json!({"k": s, "o": {"app_id": s}})).unwrap();
                     assert_eq!(&got[4..], &want[..], "{s:?}");
                 }
             }
