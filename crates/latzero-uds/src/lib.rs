@@ -120,11 +120,21 @@ impl AsyncRead for ReadHalf {
                     let n = buf.remaining().min(scratch.len());
                     let got = s.get_ref().read(&mut scratch[..n])?;
                     buf.put_slice(&scratch[..got]);
-                    Ok(())
+                    Ok(got > 0 && got < n)
                 })
             });
             match read {
-                Ok(r) => return Poll::Ready(r),
+                Ok(Ok(drained)) => {
+                    // A short read emptied the socket's queue: forget the readiness now, as
+                    // tokio's own sockets do, instead of learning it from one more read that
+                    // would block. Data arriving after the read raises a new readiness event,
+                    // which this does not clear (the guard clears only the event it saw).
+                    if drained {
+                        ready.clear_ready();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Would block: the readiness was stale and has been cleared; wait again.
                 Err(_) => continue,
             }
@@ -267,6 +277,38 @@ mod tests {
         assert_ne!(events & EPOLLIN, 0);
         assert_eq!(events & EPOLLOUT, 0, "events {events:#x}");
         assert!(aw.shared.write.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_short_read_forgets_the_readiness_without_losing_the_next_message() {
+        let (a, b) = UdsStream::pair().unwrap();
+        let (_ar, mut aw) = a.into_split();
+        let (mut br, _bw) = b.into_split();
+        let mut got = [0; 64];
+        aw.write_all(b"one").await.unwrap();
+        assert_eq!(br.read(&mut got).await.unwrap(), 3);
+        // The queue is empty now, and the reactor's readiness says so: the next read waits
+        // for the reactor instead of first asking the socket, which would say "would block".
+        let shared = br.shared.clone();
+        let ready = poll_once(std::future::poll_fn(|cx| {
+            shared.sock.poll_read_ready(cx).map(|r| r.map(drop))
+        }))
+        .await;
+        assert!(ready.is_pending(), "readiness kept after the queue was emptied");
+        // And the message that comes next still wakes a waiting read.
+        let mut read = std::pin::pin!(br.read(&mut got));
+        assert!(poll_once(read.as_mut()).await.is_pending());
+        aw.write_all(b"two").await.unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(&got[..n], b"two");
+    }
+
+    /// Polls `f` once.
+    async fn poll_once<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut f).poll(cx))).await
     }
 
     #[tokio::test]
