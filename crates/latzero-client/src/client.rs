@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use latzero_proto::frame::{JsonFrame, ScratchFrame, encode_message};
 use latzero_proto::message::{KeyVerifiers, RawValue, ServerFrame};
 use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerName};
@@ -215,11 +216,11 @@ pub(crate) fn reply_result(frame: &[u8]) -> Result<Value, ClientError> {
 }
 
 /// [`result_of`], with an `ok` response's body as a [`Payload`] sharing the frame's memory.
-pub(crate) fn raw_result_of(env: &ServerFrame<'_>, frame: &Bytes) -> Result<Payload, ClientError> {
+pub(crate) fn raw_result_of(env: &ServerFrame<'_>, frame: &ByteString) -> Result<Payload, ClientError> {
     match (env.action(), env.status.as_deref(), env.response) {
         (Some("response"), Some("ok"), Some(body)) => Ok(Payload::within(frame, body.get())?),
         (Some("response"), Some("ok"), None) => Ok(Payload::null()),
-        _ => result_of(env, frame).and_then(Payload::from_value),
+        _ => result_of(env, frame.as_bytes()).and_then(Payload::from_value),
     }
 }
 

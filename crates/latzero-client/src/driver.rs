@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytestring::ByteString;
 use latzero_proto::frame::{Frame, JsonFrame, ScratchFrame};
 use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
@@ -33,18 +33,24 @@ impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
     fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox) -> Option<Closing> {
         let json = frame.json();
+        // Checked for UTF-8 once: the layout reads below, the general parse and the payloads
+        // handed out (views into this text, so `Payload::as_str` is free) share the check.
+        let Ok(text) = ByteString::try_from(json.clone()) else {
+            self.unparseable(&frame, &"the frame is not UTF-8");
+            return None;
+        };
         // The frames of the call path, in the exact layout the server writes them, read without
         // the general parse; anything else (or any surprise) takes the general path below.
-        if let Some(r) = ForwardResponse::read_text(json)
+        if let Some(r) = ForwardResponse::read_text(&text)
             && let Ok(id) = r.in_reply_to.parse::<u64>()
-            && self.reply(id, &frame, r.result)
+            && self.reply(id, &frame, &text, r.result)
         {
             return None;
         }
-        let delivery = DeliverTrigger::read_text(json).or_else(|| DeliverEmit::read_text(json));
+        let delivery = DeliverTrigger::read_text(&text).or_else(|| DeliverEmit::read_text(&text));
         if let Some(d) = delivery {
             let data = Data {
-                frame: json,
+                frame: &text,
                 text: d.data,
             };
             let origin = || Some(d.origin.to_owned());
@@ -55,29 +61,7 @@ impl Inner {
         let env = match ServerFrame::parse(json) {
             Ok(env) => env,
             Err(e) => {
-                tracing::warn!(error = %e, "unparseable frame from the server");
-                // Whoever waits for it hears about it now, rather than at its timeout.
-                #[derive(serde::Deserialize)]
-                struct Id {
-                    in_reply_to: Option<u64>,
-                }
-                let id = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to);
-                let waiter = id.and_then(|id| self.pending.remove(id));
-                match waiter {
-                    Some(Waiter::Value(tx)) => {
-                        let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
-                    }
-                    Some(Waiter::Raw(tx)) => {
-                        let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {e}"))));
-                    }
-                    Some(Waiter::Frame(tx)) => {
-                        let _ = tx.send(json.clone());
-                    }
-                    Some(Waiter::Full(tx)) => {
-                        let _ = tx.send(frame.clone());
-                    }
-                    None => {}
-                }
+                self.unparseable(&frame, &e);
                 return None;
             }
         };
@@ -85,7 +69,7 @@ impl Inner {
             Some(action @ ("trigger" | "emit")) => {
                 let process = env.process.as_deref().unwrap_or_default();
                 let data = Data {
-                    frame: json,
+                    frame: &text,
                     text: env.data.map_or("null", RawValue::get),
                 };
                 let origin = || env.origin.and_then(origin_app_id).map(|a| a.into_owned());
@@ -143,7 +127,7 @@ impl Inner {
                         let _ = tx.send(result_of(&env, json));
                     }
                     Some(Waiter::Raw(tx)) => {
-                        let _ = tx.send(raw_result_of(&env, json));
+                        let _ = tx.send(raw_result_of(&env, &text));
                     }
                     Some(Waiter::Full(tx)) => {
                         let _ = tx.send(frame.clone());
@@ -157,12 +141,39 @@ impl Inner {
         None
     }
 
+    /// A frame that does not read: whoever waits for it (if its `in_reply_to` can be found)
+    /// hears about it now, rather than at its timeout.
+    fn unparseable(&self, frame: &Frame, why: &dyn std::fmt::Display) {
+        tracing::warn!(error = %why, "unparseable frame from the server");
+        #[derive(serde::Deserialize)]
+        struct Id {
+            in_reply_to: Option<u64>,
+        }
+        let json = frame.json();
+        let id = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to);
+        match id.and_then(|id| self.pending.remove(id)) {
+            Some(Waiter::Value(tx)) => {
+                let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {why}"))));
+            }
+            Some(Waiter::Raw(tx)) => {
+                let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {why}"))));
+            }
+            Some(Waiter::Frame(tx)) => {
+                let _ = tx.send(json.clone());
+            }
+            Some(Waiter::Full(tx)) => {
+                let _ = tx.send(frame.clone());
+            }
+            None => {}
+        }
+    }
+
     /// Hands a `response` read in the server's layout to its waiter, its body parsed in the
     /// form the waiter wants. `false` if the body is not exactly one JSON value: then the frame
     /// is not that layout (a result forwarded to this app, with its `origin` after the body and
     /// another app's id, which may equal one of ours), the waiter is put back, and the general
     /// path reads the frame.
-    fn reply(&self, id: u64, frame: &Frame, result: Result<&str, &str>) -> bool {
+    fn reply(&self, id: u64, frame: &Frame, frame_text: &ByteString, result: Result<&str, &str>) -> bool {
         let json = frame.json();
         let (text, ok) = match result {
             Ok(text) => (text, true),
@@ -190,7 +201,7 @@ impl Inner {
             }
             Waiter::Raw(tx) => {
                 let parsed = if ok {
-                    Payload::within(json, text).map(Ok)
+                    Payload::within(frame_text, text).map(Ok)
                 } else {
                     handler_error(text)
                 };
@@ -301,7 +312,7 @@ impl Inner {
 
 /// A delivered payload: its JSON text, inside the frame it arrived in.
 struct Data<'a> {
-    frame: &'a Bytes,
+    frame: &'a ByteString,
     text: &'a str,
 }
 

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use latzero_proto::message::{RawValue, checked_raw_value, one_value};
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// A payload received from the server is a view into the frame it arrived in (no copy, no
 /// allocation); one passed to `call`, `emit` or a `Call` is written into the frame as it is.
+/// It is held as text that is known to be UTF-8, so [`Payload::as_str`] costs nothing.
 /// Use it to forward payloads untouched, to hand them to another parser, or to skip building a
 /// [`serde_json::Value`] on a hot path; [`Payload::json`] deserialises it when needed.
 ///
@@ -24,55 +26,56 @@ use serde::{Deserialize, Serialize};
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Payload(Bytes);
+pub struct Payload(ByteString);
 
 impl Payload {
     /// `null`.
     pub fn null() -> Payload {
-        Payload(Bytes::from_static(b"null"))
+        Payload(ByteString::from_static("null"))
     }
 
     /// Serialises `value` as JSON.
     pub fn from_json<T: Serialize + ?Sized>(value: &T) -> Result<Payload, serde_json::Error> {
-        Ok(Payload(serde_json::to_vec(value)?.into()))
+        Ok(Payload(serde_json::to_string(value)?.into()))
     }
 
     /// JSON text, checked to be exactly one value (whitespace around it is dropped).
     pub fn from_text(text: impl Into<Bytes>) -> Result<Payload, serde_json::Error> {
-        let bytes = text.into();
-        let raw = serde_json::from_slice::<&RawValue>(&bytes)?;
-        Ok(Payload(bytes.slice_ref(raw.get().as_bytes())))
+        let text = ByteString::try_from(text.into()).map_err(|e| {
+            <serde_json::Error as serde::de::Error>::custom(format_args!("the payload is not UTF-8: {e}"))
+        })?;
+        let raw = serde_json::from_str::<&RawValue>(&text)?;
+        Ok(Payload(text.slice_ref(raw.get())))
     }
 
     /// The text at `text` inside `frame`, if it is exactly one JSON value; the payload shares
     /// the frame's memory.
-    pub(crate) fn within(frame: &Bytes, text: &str) -> Result<Payload, serde_json::Error> {
+    pub(crate) fn within(frame: &ByteString, text: &str) -> Result<Payload, serde_json::Error> {
         let raw = match one_value(text) {
             Some(raw) => raw,
             None => serde_json::from_str::<&RawValue>(text)?,
         };
-        Ok(Payload(frame.slice_ref(raw.get().as_bytes())))
+        Ok(Payload(frame.slice_ref(raw.get())))
     }
 
     /// The JSON text.
     pub fn as_str(&self) -> &str {
-        // Checked when the payload was made: every constructor parses it or serialises it.
-        std::str::from_utf8(&self.0).expect("a payload is JSON text")
+        &self.0
     }
 
     /// The JSON text's bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// The JSON text's bytes, without a copy.
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.0.into_bytes()
     }
 
     /// Deserialises the payload (borrowing from it where `T` does).
     pub fn json<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.0)
+        serde_json::from_str(&self.0)
     }
 
     fn raw(&self) -> &RawValue {
@@ -107,14 +110,14 @@ impl fmt::Debug for Payload {
 
 impl From<&RawValue> for Payload {
     fn from(raw: &RawValue) -> Self {
-        Payload(Bytes::copy_from_slice(raw.get().as_bytes()))
+        Payload(raw.get().into())
     }
 }
 
 impl From<Box<RawValue>> for Payload {
     fn from(raw: Box<RawValue>) -> Self {
         let text: Box<str> = raw.into();
-        Payload(Bytes::from(text.into_boxed_bytes()))
+        Payload(text.into())
     }
 }
 
@@ -138,17 +141,17 @@ mod tests {
         for bad in ["", "{", "1 2", "\"\u{1}\"", "nul"] {
             assert!(Payload::from_text(bad).is_err(), "{bad:?}");
         }
-        assert!(Payload::from_text(&b"\"\xff\""[..]).is_err(), "not UTF-8");
+        let e = Payload::from_text(&b"\"\xff\""[..]).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
 
     #[test]
     fn within_a_frame_shares_its_memory() {
-        let frame = Bytes::from_static(br#"{"response":{"a":[1,"x"]}}"#);
-        let text = &std::str::from_utf8(&frame).unwrap()[12..25];
-        let p = Payload::within(&frame, text).unwrap();
+        let frame = ByteString::from_static(r#"{"response":{"a":[1,"x"]}}"#);
+        let p = Payload::within(&frame, &frame[12..25]).unwrap();
         assert_eq!(p.as_str(), r#"{"a":[1,"x"]}"#);
         assert_eq!(p.as_bytes().as_ptr(), frame[12..].as_ptr());
-        assert!(Payload::within(&frame, &std::str::from_utf8(&frame).unwrap()[12..]).is_err());
+        assert!(Payload::within(&frame, &frame[12..]).is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! start with `{"action":` (another server implementation, a future version) take the general
 //! parsing path. A raw listener stands in for the server so the frame's bytes are exact.
 //!
-//! The stand-in also plays a server that never answers a call: the call must end at the
-//! client's own deadline.
+//! The stand-in also plays a server that never answers a call (the call must end at the
+//! client's own deadline) and one whose reply is not UTF-8 (the call fails when it arrives).
 
 use latzero_client::{Client, Request};
 use latzero_proto::frame::{FrameCodec, encode_json};
@@ -119,4 +119,48 @@ async fn a_call_never_answered_ends_at_its_own_deadline_while_a_longer_one_waits
     let answer = json!({"action":"response","in_reply_to":ids["long"],"status":"ok","response":"late"});
     s.write_all(&encode_json(answer.to_string().as_bytes())).await.unwrap();
     assert_eq!(long.await.unwrap().unwrap(), json!("late"));
+}
+
+#[tokio::test]
+async fn a_reply_that_is_not_utf8_fails_its_call_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, mut buf) = accept_handshake(listener, "c").await;
+        for _ in 0..2 {
+            let f = loop {
+                let f = read_frame(&mut s, &mut buf).await;
+                if f["action"] == "trigger" {
+                    break f;
+                }
+            };
+            // The server's own layout, with a byte that is not UTF-8 in the body.
+            let mut frame = format!(
+                r#"{{"action":"response","in_reply_to":{},"status":"ok","response":"#,
+                f["id"]
+            )
+            .into_bytes();
+            frame.extend_from_slice(b"\"\xff\"}");
+            s.write_all(&encode_json(&frame)).await.unwrap();
+        }
+        s
+    });
+    let client = Client::connect(&format!("latzero://c@{addr}?pools=p")).await.unwrap();
+    let wait = std::time::Duration::from_secs(10);
+    // Far sooner than the call's own 30 s wait: the reader fails the call when it reads the frame.
+    let parsed = tokio::time::timeout(wait, client.call("p", "x", &json!(1)))
+        .await
+        .expect("failed at once");
+    assert!(
+        matches!(&parsed, Err(latzero_client::ClientError::Protocol(m)) if m.contains("not UTF-8")),
+        "{parsed:?}"
+    );
+    let raw = tokio::time::timeout(wait, client.call_raw("p", "x", &json!(1)))
+        .await
+        .expect("failed at once");
+    assert!(
+        matches!(&raw, Err(latzero_client::ClientError::Protocol(m)) if m.contains("not UTF-8")),
+        "{raw:?}"
+    );
+    drop(server.await.unwrap());
 }

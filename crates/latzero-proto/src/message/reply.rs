@@ -184,7 +184,7 @@ impl ForwardResponse<'_> {
     ///
     /// [`ServerFrame`]: super::ServerFrame
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadResponse<'a, T>> {
-        let r = Self::read_text(json)?;
+        let r = Self::read_text(std::str::from_utf8(json).ok()?)?;
         let body = |text| serde_json::from_str::<T>(text).ok();
         Some(ReadResponse {
             in_reply_to: r.in_reply_to,
@@ -195,11 +195,13 @@ impl ForwardResponse<'_> {
         })
     }
 
-    /// [`read`](Self::read) without deserialising the body: its text runs to the frame's
+    /// [`read`](Self::read) for a frame already checked to be text (one UTF-8 check per frame
+    /// serves every layout tried and the payloads taken from it), without deserialising the
+    /// body: its text runs to the frame's
     /// closing brace and is **not yet checked** to be exactly one JSON value — the caller must
     /// deserialise it (as `T`, or as a `&RawValue`) and treat a failure as "not this layout".
-    pub fn read_text(json: &[u8]) -> Option<ReadResponse<'_, &str>> {
-        let mut s = after(json, r#"{"action":"response","in_reply_to":"#)?;
+    pub fn read_text(json: &str) -> Option<ReadResponse<'_, &str>> {
+        let mut s = json.strip_prefix(r#"{"action":"response","in_reply_to":"#)?;
         let in_reply_to = digits(&mut s)?;
         let ok = if take(&mut s, r#","status":"ok","response":"#).is_some() {
             true
@@ -244,12 +246,6 @@ impl<'a> ReadDelivery<'a, &'a str> {
             origin: self.origin,
         })
     }
-}
-
-/// The text after `prefix`, checked for UTF-8 only once the prefix matched (a frame is tried
-/// against each layout in turn).
-fn after<'a>(json: &'a [u8], prefix: &str) -> Option<&'a str> {
-    std::str::from_utf8(json.strip_prefix(prefix.as_bytes())?).ok()
 }
 
 /// Strips a literal prefix.
@@ -303,13 +299,14 @@ impl DeliverTrigger<'_> {
     /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
     /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
-        Self::read_text(json)?.parse()
+        Self::read_text(std::str::from_utf8(json).ok()?)?.parse()
     }
 
-    /// [`read`](Self::read) without deserialising the payload: its text is **not yet checked**
-    /// to be exactly one JSON value (see [`ForwardResponse::read_text`]).
-    pub fn read_text(json: &[u8]) -> Option<ReadDelivery<'_, &str>> {
-        let mut s = after(json, r#"{"action":"trigger","id":"#)?;
+    /// [`read`](Self::read) for a frame already checked to be text, without deserialising the
+    /// payload: its text is **not yet checked** to be exactly one JSON value (see
+    /// [`ForwardResponse::read_text`]).
+    pub fn read_text(json: &str) -> Option<ReadDelivery<'_, &str>> {
+        let mut s = json.strip_prefix(r#"{"action":"trigger","id":"#)?;
         let rest = s;
         take(&mut s, "\"")?;
         digits(&mut s)?;
@@ -403,13 +400,14 @@ impl DeliverEmit<'_> {
     /// Reads a frame in exactly the layout [`encode`](Self::encode) writes, deserialising the
     /// payload as `T`; `None` for anything else (see [`ForwardResponse::read`]).
     pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Option<ReadDelivery<'a, T>> {
-        Self::read_text(json)?.parse()
+        Self::read_text(std::str::from_utf8(json).ok()?)?.parse()
     }
 
-    /// [`read`](Self::read) without deserialising the payload: its text is **not yet checked**
-    /// to be exactly one JSON value (see [`ForwardResponse::read_text`]).
-    pub fn read_text(json: &[u8]) -> Option<ReadDelivery<'_, &str>> {
-        let mut s = after(json, r#"{"action":"emit","process":""#)?;
+    /// [`read`](Self::read) for a frame already checked to be text, without deserialising the
+    /// payload: its text is **not yet checked** to be exactly one JSON value (see
+    /// [`ForwardResponse::read_text`]).
+    pub fn read_text(json: &str) -> Option<ReadDelivery<'_, &str>> {
+        let mut s = json.strip_prefix(r#"{"action":"emit","process":""#)?;
         let process = plain(&mut s)?;
         take(&mut s, r#","pool":""#)?;
         let pool = plain(&mut s)?;
