@@ -245,7 +245,7 @@ impl JsonFrame {
     #[inline(always)]
     fn name_value(&mut self, value: &str) {
         debug_assert!(
-            value.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.:".contains(&c)),
+            value.bytes().all(crate::name::is_name_byte),
             "{value:?} is not made of name characters"
         );
         self.b.push(b'"');
