@@ -58,7 +58,8 @@ impl Inner {
                 return None;
             }
         }
-        let env = match ServerFrame::parse(json) {
+        // Parsed from `text`, which the payloads below are cut from.
+        let env = match ServerFrame::parse(text.as_bytes()) {
             Ok(env) => env,
             Err(e) => {
                 self.unparseable(&frame, &e);

@@ -197,9 +197,9 @@ impl ForwardResponse<'_> {
 
     /// [`read`](Self::read) for a frame already checked to be text (one UTF-8 check per frame
     /// serves every layout tried and the payloads taken from it), without deserialising the
-    /// body: its text runs to the frame's
-    /// closing brace and is **not yet checked** to be exactly one JSON value — the caller must
-    /// deserialise it (as `T`, or as a `&RawValue`) and treat a failure as "not this layout".
+    /// body: its text runs to the frame's closing brace and is **not yet checked** to be
+    /// exactly one JSON value — the caller must deserialise it (as `T`, or as a `&RawValue`)
+    /// and treat a failure as "not this layout".
     pub fn read_text(json: &str) -> Option<ReadResponse<'_, &str>> {
         let mut s = json.strip_prefix(r#"{"action":"response","in_reply_to":"#)?;
         let in_reply_to = digits(&mut s)?;
