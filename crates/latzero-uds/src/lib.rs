@@ -11,9 +11,9 @@
 //! writability. That registration lives until the socket is writable again and is then dropped.
 //! A fresh registration reports the socket's current state, so no wake-up is lost in between.
 
-use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdStream;
 use std::path::Path;
 use std::pin::Pin;
@@ -23,18 +23,6 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-
-/// Largest read, in bytes: the size of each thread's read buffer.
-const READ_CHUNK: usize = 64 * 1024;
-
-thread_local! {
-    /// Where reads land before they are copied into the caller's buffer. Reading straight
-    /// into the caller's uninitialised bytes would take `unsafe`, which this workspace denies;
-    /// zeroing them for every read costs more than this copy. One buffer per thread, not per
-    /// connection, so that idle connections cost nothing. Its pages are touched only as far
-    /// as reads have filled it.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-}
 
 /// A connected Unix stream socket, registered with the tokio reactor for reading only.
 #[derive(Debug)]
@@ -116,12 +104,9 @@ impl AsyncRead for ReadHalf {
         loop {
             let mut ready = ready!(self.shared.sock.poll_read_ready(cx))?;
             let read = ready.try_io(|s| {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    let n = buf.remaining().min(scratch.len());
-                    let got = s.get_ref().read(&mut scratch[..n])?;
-                    buf.put_slice(&scratch[..got]);
-                    Ok(got > 0 && got < n)
-                })
+                let n = buf.remaining();
+                let got = read_into(s.get_ref(), buf)?;
+                Ok(got > 0 && got < n)
             });
             match read {
                 Ok(Ok(drained)) => {
@@ -140,6 +125,25 @@ impl AsyncRead for ReadHalf {
             }
         }
     }
+}
+
+/// Reads what the socket holds, up to `buf`'s room, straight into `buf`'s unfilled bytes, as
+/// tokio's own sockets do. A safe read would need those bytes initialised first: zeroing the
+/// whole room, or reading into a buffer of our own and copying every byte received (as this
+/// did before: ~250 instructions per pipelined call in the bench process, docs/BENCHMARKS.md).
+#[allow(unsafe_code)]
+fn read_into(s: &StdStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: `unfilled_mut` hands out possibly uninitialised bytes that must not be
+    // de-initialised; `read(2)` only writes to them, at most `room.len()` bytes, through a
+    // pointer valid for that length while `room` borrows `buf`. It reports how many bytes it
+    // wrote, and exactly those are then marked initialised and filled.
+    let room = unsafe { buf.unfilled_mut() };
+    let got = unsafe { libc::read(s.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
+    let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: `read(2)` initialised the first `got` bytes of the unfilled part.
+    unsafe { buf.assume_init(got) };
+    buf.advance(got);
+    Ok(got)
 }
 
 /// The write half of a [`UdsStream`]. Dropping it shuts the write side down, as dropping
@@ -360,6 +364,29 @@ mod tests {
         let mut got = Vec::new();
         br.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"last");
+    }
+
+    #[tokio::test]
+    async fn reads_land_whole_and_in_order_in_uninitialised_room() {
+        // `read_to_end` hands `poll_read` the vector's spare capacity, uninitialised, in
+        // pieces smaller and larger than what the socket holds at the time.
+        let (a, b) = UdsStream::pair().unwrap();
+        let (_ar, mut aw) = a.into_split();
+        let (mut br, _bw) = b.into_split();
+        let sent: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for piece in sent.chunks(7_919) {
+                    aw.write_all(piece).await.unwrap();
+                }
+            })
+        };
+        let mut got = Vec::new();
+        br.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the bytes read differ from the bytes written");
     }
 
     #[tokio::test]
