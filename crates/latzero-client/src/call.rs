@@ -145,12 +145,18 @@ pub(crate) async fn run_local<D: Form>(
     // success changes form.
     let run = async {
         Ok::<_, ClientError>(match h {
-            Handler::Value(f) => invoke(f, Request::new(process, pool, data.into_value()?, None, false))
-                .await
-                .map(D::from_value),
-            Handler::Raw(f) => invoke(f, Request::new(process, pool, data.into_payload()?, None, false))
-                .await
-                .map(D::from_payload),
+            Handler::Value(f) => invoke(
+                f,
+                Request::new(process.into(), pool.into(), data.into_value()?, None, false),
+            )
+            .await
+            .map(D::from_value),
+            Handler::Raw(f) => invoke(
+                f,
+                Request::new(process.into(), pool.into(), data.into_payload()?, None, false),
+            )
+            .await
+            .map(D::from_payload),
         })
     };
     match tokio::time::timeout(ttl, run).await {

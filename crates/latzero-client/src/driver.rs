@@ -53,7 +53,7 @@ impl Inner {
                 frame: &text,
                 text: d.data,
             };
-            let origin = || Some(d.origin.to_owned());
+            let origin = || Some(cut(&text, d.origin));
             if self.deliver(d.process, d.pool, data, origin, d.id, tx).is_ok() {
                 return None;
             }
@@ -73,7 +73,7 @@ impl Inner {
                     frame: &text,
                     text: env.data.map_or("null", RawValue::get),
                 };
-                let origin = || env.origin.and_then(origin_app_id).map(|a| a.into_owned());
+                let origin = || env.origin.and_then(origin_app_id).map(|a| cut(&text, &a));
                 let hop = if action == "emit" {
                     None
                 } else {
@@ -236,7 +236,7 @@ impl Inner {
         process: &str,
         pool: &str,
         data: Data<'a>,
-        origin: impl FnOnce() -> Option<String>,
+        origin: impl FnOnce() -> Option<ByteString>,
         hop: Option<&str>,
         tx: &Outbox,
     ) -> Result<(), serde_json::Error> {
@@ -246,20 +246,24 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .get(process)
             .cloned();
+        // The names are views into the frame, as the payload is: no copies.
+        let names = || (cut(data.frame, process), cut(data.frame, pool));
         match handler {
             Some(Handler::Value(h)) => {
-                let data = serde_json::from_str(data.text)?;
+                let value = serde_json::from_str(data.text)?;
+                let (process_name, pool) = names();
                 self.run(
-                    h(Request::new(process, pool, data, origin(), hop.is_none())),
+                    h(Request::new(process_name, pool, value, origin(), hop.is_none())),
                     process,
                     hop,
                     tx,
                 );
             }
             Some(Handler::Raw(h)) => {
-                let data = Payload::within(data.frame, data.text)?;
+                let payload = Payload::within(data.frame, data.text)?;
+                let (process_name, pool) = names();
                 self.run(
-                    h(Request::new(process, pool, data, origin(), hop.is_none())),
+                    h(Request::new(process_name, pool, payload, origin(), hop.is_none())),
                     process,
                     hop,
                     tx,
@@ -308,6 +312,18 @@ impl Inner {
         if let Some(frame) = outcome(process, hop, &result) {
             tx.send_now(&frame);
         }
+    }
+}
+
+/// `s` as a view into `frame` when it lies inside it (no copy), else a copy (a name the general
+/// parse had to unescape).
+fn cut(frame: &ByteString, s: &str) -> ByteString {
+    let within = frame.as_bytes().as_ptr_range();
+    let (start, end) = (s.as_ptr(), s.as_bytes().as_ptr_range().end);
+    if within.start <= start && end <= within.end {
+        frame.slice_ref(s)
+    } else {
+        ByteString::from(s)
     }
 }
 
@@ -508,5 +524,23 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         }
         tracing::info!(app = %inner.app_id, "reconnected");
         inner.event(ClientEvent::Reconnected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_inside_the_frame_is_cut_out_of_it_and_any_other_copied() {
+        let frame = ByteString::from_static(r#"{"process":"echo"}"#);
+        let inside = cut(&frame, &frame[12..16]);
+        assert_eq!(inside, "echo");
+        assert_eq!(inside.as_ptr(), frame[12..].as_ptr());
+        let elsewhere = String::from("echo");
+        let copied = cut(&frame, &elsewhere);
+        assert_eq!(copied, "echo");
+        assert_ne!(copied.as_ptr(), elsewhere.as_ptr());
+        assert_eq!(cut(&frame, ""), "");
     }
 }

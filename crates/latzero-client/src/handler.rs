@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use serde_json::{Value, json};
 
 use crate::payload::Payload;
@@ -11,26 +12,35 @@ use crate::payload::Payload;
 /// A trigger (or emit) delivered to a handler: `Request` (the payload as a [`Value`]) for
 /// [`Client::handle`](crate::Client::handle), `Request<Payload>` (its JSON text, unparsed) for
 /// [`Client::handle_raw`](crate::Client::handle_raw).
+///
+/// The names are [`ByteString`]s: text that dereferences to `&str` and compares with `&str`,
+/// cut out of the frame the request arrived in, so a delivery copies none of them.
 #[derive(Debug, Clone)]
 pub struct Request<D = Value> {
     /// The trigger's name.
-    pub process: String,
+    pub process: ByteString,
     /// The pool it was called in.
-    pub pool: String,
+    pub pool: ByteString,
     /// The payload.
     pub data: D,
     /// The calling app (`None` for an in-process call).
-    pub origin: Option<String>,
+    pub origin: Option<ByteString>,
     /// True for an emit (fire-and-forget): the return value is discarded.
     pub is_emit: bool,
 }
 
 impl<D> Request<D> {
     /// A request for `process` in `pool` carrying `data`.
-    pub(crate) fn new(process: &str, pool: &str, data: D, origin: Option<String>, is_emit: bool) -> Self {
+    pub(crate) fn new(
+        process: ByteString,
+        pool: ByteString,
+        data: D,
+        origin: Option<ByteString>,
+        is_emit: bool,
+    ) -> Self {
         Request {
-            process: process.to_owned(),
-            pool: pool.to_owned(),
+            process,
+            pool,
             data,
             origin,
             is_emit,
