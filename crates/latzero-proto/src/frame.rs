@@ -232,13 +232,23 @@ impl JsonFrame {
         self
     }
 
-    /// `"key":{"app_id":"app"}`.
+    /// `"key":{"app_id":"app"}`, the app id copied as the checked name it is.
     #[inline(always)]
-    pub fn origin(&mut self, key: &str, app: &str) -> &mut Self {
+    pub fn origin(&mut self, key: &str, app: &crate::AppId) -> &mut Self {
         self.key(key);
         self.b.extend_from_slice(b"{\"app_id\":");
-        self.string(app);
+        self.name_value(app.as_str());
         self.b.push(b'}');
+        self
+    }
+
+    /// `"key":"n"`: a number sent as the JSON string of its digits (the server's hop ids).
+    #[inline(always)]
+    pub fn u64_text(&mut self, key: &str, n: u64) -> &mut Self {
+        self.key(key);
+        self.b.push(b'"');
+        self.b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.b.push(b'"');
         self
     }
 
@@ -418,8 +428,8 @@ mod tests {
                     if len > 0 {
                         s.replace_range(pos..pos + 1, odd);
                     }
-                    let got = JsonFrame::new(0).str("k", &s).origin("o", &s).finish();
-                    let want = serde_json::to_vec(&serde_json::json!({"k": s, "o": {"app_id": s}})).unwrap();
+                    let got = JsonFrame::new(0).str("k", &s).finish();
+                    let want = serde_json::to_vec(&serde_json::json!({ "k": s })).unwrap();
                     assert_eq!(&got[4..], &want[..], "{s:?}");
                 }
             }
@@ -441,10 +451,15 @@ mod tests {
             "12345",
             &"n".repeat(crate::name::MAX_NAME_LEN),
         ] {
-            crate::AppId::check(name).unwrap();
-            let got = JsonFrame::new(0).name("k", name).finish();
-            let want = serde_json::to_vec(&serde_json::json!({ "k": name })).unwrap();
+            let app = crate::AppId::try_from(name).unwrap();
+            let got = JsonFrame::new(0).name("k", name).origin("o", &app).finish();
+            let want = serde_json::to_vec(&serde_json::json!({ "k": name, "o": { "app_id": name } })).unwrap();
             assert_eq!(&got[4..], &want[..], "{name:?}");
+        }
+        for n in [0, 7, 42, u64::MAX] {
+            let got = JsonFrame::new(0).u64_text("id", n).finish();
+            let want = serde_json::to_vec(&serde_json::json!({ "id": n.to_string() })).unwrap();
+            assert_eq!(&got[4..], &want[..]);
         }
     }
 

@@ -7,12 +7,13 @@ use serde::Serialize;
 use super::RawValue;
 use crate::error::ErrorCode;
 use crate::frame::JsonFrame;
+use crate::name::{AppId, PoolName, TriggerName};
 
 /// `origin` of a delivered trigger or emit.
 #[derive(Debug, Serialize)]
 pub struct Origin<'a> {
     /// The calling app.
-    pub app_id: &'a str,
+    pub app_id: &'a AppId,
 }
 
 /// Information about the server in the handshake ack.
@@ -71,17 +72,24 @@ pub struct Restored<'a> {
     pub last_seen: i64,
 }
 
+/// A hop id as the JSON string of its digits (the wire's `"id":"42"`).
+fn hop_text<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
 /// A trigger delivered to a handler.
 #[derive(Debug, Serialize)]
 pub struct DeliverTrigger<'a> {
     /// "trigger" (written without escaping: a literal of name characters).
     pub action: &'static str,
-    /// The server-assigned hop id; answer with `in_reply_to` set to it.
-    pub id: &'a str,
+    /// The server-assigned hop id, sent as the JSON string of its digits; answer with
+    /// `in_reply_to` set to it.
+    #[serde(serialize_with = "hop_text")]
+    pub id: u64,
     /// The trigger.
-    pub process: &'a str,
+    pub process: &'a TriggerName,
     /// The pool.
-    pub pool: &'a str,
+    pub pool: &'a PoolName,
     /// The payload, byte for byte as the caller sent it.
     pub data: &'a RawValue,
     /// Who called.
@@ -103,12 +111,14 @@ impl DeliverTrigger<'_> {
     pub fn encode_onto(&self, buf: &mut Vec<u8>) {
         // Room for the whole frame (the keys and the ttl take under 112 bytes): growing the
         // buffer midway copies it.
-        let room = 112 + self.id.len() + self.process.len() + self.pool.len() + self.data.get().len();
-        let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.len());
+        let room = 132 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
+        let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.as_str().len());
+        // The names are checked names (their types say so): copied without looking for
+        // characters to escape.
         f.name("action", self.action)
-            .str("id", self.id)
-            .str("process", self.process)
-            .str("pool", self.pool)
+            .u64_text("id", self.id)
+            .name("process", self.process.as_str())
+            .name("pool", self.pool.as_str())
             .raw("data", self.data.get())
             .origin("origin", self.origin.app_id)
             .u64("ttl", self.ttl);
@@ -148,7 +158,7 @@ impl ForwardResponse<'_> {
     /// [`DeliverTrigger::encode_onto`].
     pub fn encode_onto(&self, buf: &mut Vec<u8>) {
         let body = self.response.or(self.error).map_or(0, |b| b.get().len());
-        let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.len());
+        let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.as_str().len());
         let mut f = JsonFrame::after(std::mem::take(buf), 72 + self.in_reply_to.get().len() + body + origin);
         f.name("action", self.action)
             .raw("in_reply_to", self.in_reply_to.get())
@@ -373,9 +383,9 @@ pub struct DeliverEmit<'a> {
     /// "emit" (written without escaping: a literal of name characters).
     pub action: &'static str,
     /// The trigger.
-    pub process: &'a str,
+    pub process: &'a TriggerName,
     /// The pool.
-    pub pool: &'a str,
+    pub pool: &'a PoolName,
     /// The payload as sent.
     pub data: &'a RawValue,
     /// Who emitted.
@@ -385,11 +395,11 @@ pub struct DeliverEmit<'a> {
 impl DeliverEmit<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every emit).
     pub fn encode(&self) -> Bytes {
-        let room = 80 + self.process.len() + self.pool.len() + self.data.get().len();
-        JsonFrame::new(room + self.origin.app_id.len())
+        let room = 80 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
+        JsonFrame::new(room + self.origin.app_id.as_str().len())
             .name("action", self.action)
-            .str("process", self.process)
-            .str("pool", self.pool)
+            .name("process", self.process.as_str())
+            .name("pool", self.pool.as_str())
             .raw("data", self.data.get())
             .origin("origin", self.origin.app_id)
             .finish()
@@ -503,6 +513,18 @@ mod tests {
     use super::*;
     use crate::seed;
 
+    fn tn(name: &str) -> TriggerName {
+        TriggerName::try_from(name).unwrap()
+    }
+
+    fn pn(name: &str) -> PoolName {
+        PoolName::try_from(name).unwrap()
+    }
+
+    fn app(name: &str) -> AppId {
+        AppId::try_from(name).unwrap()
+    }
+
     #[test]
     fn outbound_messages_serialise_as_specified() {
         let id = RawValue::from_string("\"uuid-v4\"".into()).unwrap();
@@ -525,15 +547,21 @@ mod tests {
         use crate::frame::encode_message;
         let raw = |s: &str| RawValue::from_string(s.into()).unwrap();
         let (id, data, err) = (raw("\"c-1\""), raw(r#"{"k":["v",1]}"#), raw(r#"{"message":"x"}"#));
-        // Names are validated, but the writer must stay right for any string.
-        for name in ["echo", "a\"b\\c\n\u{1}é\u{7f}"] {
+        // Every character a name may hold, and the longest name; hop ids of every length.
+        let all: String = ('0'..='z')
+            .filter(char::is_ascii_alphanumeric)
+            .chain("_-.:".chars())
+            .collect();
+        let long = "n".repeat(crate::name::MAX_NAME_LEN);
+        for (name, hop) in [("echo", 42), (all.as_str(), 0), (long.as_str(), u64::MAX)] {
+            let (trigger, pool, app) = (tn(name), pn(name), app(name));
             let t = DeliverTrigger {
                 action: "trigger",
-                id: "42",
-                process: name,
-                pool: "p",
+                id: hop,
+                process: &trigger,
+                pool: &pn("p"),
                 data: &data,
-                origin: Origin { app_id: name },
+                origin: Origin { app_id: &app },
                 ttl: 30_000,
             };
             assert_eq!(t.encode(), encode_message(&t));
@@ -542,15 +570,17 @@ mod tests {
             assert_eq!(&queued[6..], &t.encode()[..], "written after other bytes");
             let e = DeliverEmit {
                 action: "emit",
-                process: "ev",
-                pool: name,
+                process: &tn("ev"),
+                pool: &pool,
                 data: &data,
-                origin: Origin { app_id: "c" },
+                origin: Origin {
+                    app_id: &self::app("c"),
+                },
             };
             assert_eq!(e.encode(), encode_message(&e));
             for (status, response, error, origin) in [
                 ("ok", Some(&*data), None, None),
-                ("error", None, Some(&*err), Some(Origin { app_id: name })),
+                ("error", None, Some(&*err), Some(Origin { app_id: &app })),
             ] {
                 let r = ForwardResponse {
                     action: "response",
@@ -579,11 +609,11 @@ mod tests {
             let d = raw(&data);
             let t = DeliverTrigger {
                 action: "trigger",
-                id: "42",
-                process: "echo",
-                pool: "p.1",
+                id: 42,
+                process: &tn("echo"),
+                pool: &pn("p.1"),
                 data: &d,
-                origin: Origin { app_id: "caller" },
+                origin: Origin { app_id: &app("caller") },
                 ttl: 29_999,
             }
             .encode();
@@ -600,10 +630,10 @@ mod tests {
 
             let e = DeliverEmit {
                 action: "emit",
-                process: "ev",
-                pool: "p",
+                process: &tn("ev"),
+                pool: &pn("p"),
                 data: &d,
-                origin: Origin { app_id: "em" },
+                origin: Origin { app_id: &app("em") },
             }
             .encode();
             let e = body(&e);
@@ -634,24 +664,12 @@ mod tests {
                 status: "ok",
                 response: Some(&d),
                 error: None,
-                origin: Some(Origin { app_id: "c" }),
+                origin: Some(Origin { app_id: &app("c") }),
             }
             .encode();
             assert!(ForwardResponse::read::<Value>(&body(&f)).is_none());
         }
         // Escaped names, string ids and anything off the layout are left to the general parse.
-        let d = raw(&json!(1));
-        let t = DeliverTrigger {
-            action: "trigger",
-            id: "1",
-            process: "a\"b",
-            pool: "p",
-            data: &d,
-            origin: Origin { app_id: "c" },
-            ttl: 1,
-        }
-        .encode();
-        assert!(DeliverTrigger::read::<Value>(&body(&t)).is_none());
         for other in [
             r#"{"action":"response","in_reply_to":"7","status":"ok","response":1}"#,
             r#"{"action":"response","in_reply_to":7,"status":"ok","response":1 2}"#,
@@ -664,6 +682,7 @@ mod tests {
             r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app_id":c"}}"#,
             r#"{"action":"emit","process":"e","pool":"p","data":1,"origin":{"app":"c"}}"#,
             r#"{"action":"emit","process":"e\"","pool":"p","data":1,"origin":{"app_id":"c"}}"#,
+            r#"{"action":"trigger","id":"1","process":"a\"b","pool":"p","data":1,"origin":{"app_id":"c"},"ttl":1}"#,
         ] {
             assert!(ForwardResponse::read::<Value>(other.as_bytes()).is_none(), "{other}");
             assert!(DeliverEmit::read::<Value>(other.as_bytes()).is_none(), "{other}");

@@ -104,12 +104,12 @@ impl Router {
             Some(ms) => Duration::from_millis(ms),
             None => self.limits.default_ttl,
         };
-        let (handlers, reply_conn) = {
+        let (handlers, reply_conn, pool_name, trigger) = {
             let dir = directory.read().unwrap_or_else(|e| e.into_inner());
-            let pool = dir
+            let (pool_name, pool) = dir
                 .pools
-                .get(&*t.pool)
-                .filter(|p| p.members.contains_key(caller_app.as_str()))
+                .get_key_value(&*t.pool)
+                .filter(|(_, p)| p.members.contains_key(caller_app.as_str()))
                 .ok_or_else(|| {
                     refuse(
                         ErrorCode::NotInPool,
@@ -131,7 +131,8 @@ impl Router {
                 })?),
                 None => None,
             };
-            let registered = pool.handlers.get(&*t.process);
+            let entry = pool.handlers.get_key_value(&*t.process);
+            let registered = entry.map(|(_, h)| h);
             let no_handler = || {
                 refuse(
                     ErrorCode::NoHandler,
@@ -161,7 +162,12 @@ impl Router {
             } else {
                 Chosen::One(registered.and_then(|h| h.pick()).ok_or_else(no_handler)?.clone())
             };
-            (handlers, reply_conn)
+            // Each branch above found the trigger registered. The names go into the frames as
+            // the registry holds them: checked names, written without an escape scan.
+            let Some((trigger, _)) = entry else {
+                return Err(no_handler());
+            };
+            (handlers, reply_conn, pool_name.clone(), trigger.clone())
         };
 
         let handlers: &[Arc<Conn>] = match &handlers {
@@ -185,7 +191,6 @@ impl Router {
         let deadline = Instant::now() + ttl;
         let group = t.broadcast.then(|| Group::new(n));
         let data = t.data.unwrap_or(null());
-        let mut hop_buf = itoa::Buffer::new();
         for (slot, handler) in handlers.iter().enumerate() {
             let hop = self.table.next_hop();
             let target = match (&group, &reply_conn) {
@@ -195,13 +200,11 @@ impl Router {
             };
             let frame = DeliverTrigger {
                 action: "trigger",
-                id: hop_buf.format(hop),
-                process: &t.process,
-                pool: &t.pool,
+                id: hop,
+                process: &trigger,
+                pool: &pool_name,
                 data,
-                origin: Origin {
-                    app_id: caller_app.as_str(),
-                },
+                origin: Origin { app_id: caller_app },
                 ttl: ttl.as_millis() as u64,
             };
             self.table.insert(
@@ -302,10 +305,10 @@ impl Router {
     ) -> Result<u64, Refusal> {
         let sender_app = sender.app().expect("emits are only routed after the handshake");
         let dir = directory.read().unwrap_or_else(|e| e.into_inner());
-        let pool = dir
+        let (pool_name, pool) = dir
             .pools
-            .get(&*e.pool)
-            .filter(|p| p.members.contains_key(sender_app.as_str()))
+            .get_key_value(&*e.pool)
+            .filter(|(_, p)| p.members.contains_key(sender_app.as_str()))
             .ok_or_else(|| {
                 refuse(
                     ErrorCode::NotInPool,
@@ -318,18 +321,20 @@ impl Router {
             crate::sealed::check_message(keys, &e.pool, &e.process, e.data).map_err(|r| refuse(r.code, r.message))?;
         }
         self.counters.inc(&self.counters.emits_total);
-        let Some(targets) = pool.handlers.get(&*e.process).filter(|h| !h.list.is_empty()) else {
+        let Some((trigger, targets)) = pool
+            .handlers
+            .get_key_value(&*e.process)
+            .filter(|(_, h)| !h.list.is_empty())
+        else {
             self.counters.inc(&self.counters.emits_unrouted);
             return Ok(0);
         };
         let frame = DeliverEmit {
             action: "emit",
-            process: &e.process,
-            pool: &e.pool,
+            process: trigger,
+            pool: pool_name,
             data: e.data.unwrap_or(null()),
-            origin: Origin {
-                app_id: sender_app.as_str(),
-            },
+            origin: Origin { app_id: sender_app },
         }
         .encode();
         // Sending never blocks (it writes or buffers), so the read lock is held only briefly and
@@ -450,10 +455,12 @@ impl Router {
         }
         p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
         let handler = p.handler.app_str();
-        let caller_app = p.caller.app_str();
         let (dest, origin) = match &p.target {
             Target::Caller => (&p.caller, None),
-            Target::ReplyTo(r) => (r, Some(Origin { app_id: caller_app })),
+            Target::ReplyTo(r) => {
+                let app_id = p.caller.app().expect("calls are only routed after the handshake");
+                (r, Some(Origin { app_id }))
+            }
             Target::Broadcast { group, slot } => {
                 self.complete_slot(&p, group, *slot, &outcome);
                 return;
