@@ -109,9 +109,9 @@ impl DeliverTrigger<'_> {
     /// Appends the frame to `buf` (a connection's outbound buffer): no frame of its own to
     /// allocate, copy and free.
     pub fn encode_onto(&self, buf: &mut Vec<u8>) {
-        // Room for the whole frame (the keys and the ttl take under 112 bytes): growing the
-        // buffer midway copies it.
-        let room = 132 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
+        // Room for the whole frame (the length prefix, the keys, the hop id and the ttl take at
+        // most 133 bytes): growing the buffer midway copies it.
+        let room = 136 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
         let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.as_str().len());
         // The names are checked names (their types say so): copied without looking for
         // characters to escape.
