@@ -55,11 +55,15 @@ impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
     pub fn encode(&self) -> Result<ScratchFrame, serde_json::Error> {
         // The payload's size is unknown until written; 192 bytes leave room for a small one.
         let mut f = JsonFrame::new(192 + self.process.len() + self.pool.len());
-        // Literals and names checked by the caller: nothing to escape.
-        f.name("action", "trigger")
-            .u64("id", self.id)
-            .name("process", self.process)
-            .name("pool", self.pool)
+        // Names checked by the caller: nothing to escape. The keys and quotes between them go
+        // in runs of the fixed layout the server reads first.
+        f.text(r#""action":"trigger","id":"#)
+            .digits(self.id)
+            .text(r#","process":""#)
+            .text(self.process)
+            .text(r#"","pool":""#)
+            .text(self.pool)
+            .text("\"")
             .serialize("data", self.data)?
             .u64("ttl", self.ttl);
         if let Some(d) = self.destination {
@@ -307,4 +311,50 @@ fn broadcast_entry(e: &Value) -> BroadcastReply {
         ))),
     };
     BroadcastReply { app_id, result }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: &ScratchFrame) -> &str {
+        std::str::from_utf8(&f[4..]).unwrap()
+    }
+
+    #[test]
+    fn a_trigger_frame_is_in_the_layout_the_server_reads_first() {
+        // The texts latzero-proto's tests hand to the server's layout reader (`sdk_call`).
+        let t = TriggerOut {
+            id: 7,
+            process: "echo",
+            pool: "p",
+            data: &Payload::from_json("x").unwrap(),
+            ttl: 30000,
+            destination: None,
+            reply_to: None,
+            broadcast: false,
+        };
+        let f = t.encode().unwrap();
+        assert_eq!(
+            text(&f),
+            r#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":"x","ttl":30000}"#
+        );
+        assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+        // With every option, and a payload serde has to escape.
+        let data = serde_json::json!({"k": "a\"b"});
+        let t = TriggerOut {
+            data: &data,
+            destination: Some("h"),
+            reply_to: Some("r"),
+            broadcast: true,
+            id: t.id,
+            process: t.process,
+            pool: t.pool,
+            ttl: t.ttl,
+        };
+        assert_eq!(
+            text(&t.encode().unwrap()),
+            r#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":{"k":"a\"b"},"ttl":30000,"destination":"h","reply_to":"r","broadcast":true}"#
+        );
+    }
 }

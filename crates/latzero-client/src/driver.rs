@@ -371,10 +371,10 @@ fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, Handl
 /// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
 fn response_frame<T: Answer>(hop: &str, result: &Result<T, HandlerError>) -> ScratchFrame {
     let mut f = JsonFrame::new(192 + hop.len());
-    f.name("action", "response").raw("in_reply_to", hop);
+    f.text(r#""action":"response","in_reply_to":"#).text(hop);
     match result {
-        Ok(v) => v.write(f.name("status", "ok"), "response"),
-        Err(HandlerError(e)) => e.write(f.name("status", "error"), "error"),
+        Ok(v) => v.write(f.text(r#","status":"ok""#), "response"),
+        Err(HandlerError(e)) => e.write(f.text(r#","status":"error""#), "error"),
     }
     f.finish_scratch()
 }
@@ -530,6 +530,22 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_frame_is_in_the_layout_the_server_reads_first() {
+        let text = |f: ScratchFrame| String::from_utf8(f[4..].to_vec()).unwrap();
+        // The text latzero-proto's tests hand to the server's layout reader (`sdk_call`).
+        let ok: Result<Payload, HandlerError> = Ok(Payload::from_json("x").unwrap());
+        assert_eq!(
+            text(response_frame("\"17\"", &ok)),
+            r#"{"action":"response","in_reply_to":"17","status":"ok","response":"x"}"#
+        );
+        let err: Result<Value, HandlerError> = Err(HandlerError::msg("no \"such\" thing"));
+        assert_eq!(
+            text(response_frame("\"17\"", &err)),
+            r#"{"action":"response","in_reply_to":"17","status":"error","error":{"message":"no \"such\" thing"}}"#
+        );
+    }
 
     #[test]
     fn a_name_inside_the_frame_is_cut_out_of_it_and_any_other_copied() {

@@ -197,6 +197,23 @@ impl JsonFrame {
         self
     }
 
+    /// Appends `json` as it is. For the frames on every call, written in the fixed layout the
+    /// readers expect: a run such as `","pool":"` is one copy where key by key it is five
+    /// (docs/BENCHMARKS.md). The caller vouches for the text, as for [`raw`](Self::raw)'s;
+    /// tests compare such frames with serde's output.
+    #[inline(always)]
+    pub fn text(&mut self, json: &str) -> &mut Self {
+        self.b.extend_from_slice(json.as_bytes());
+        self
+    }
+
+    /// The digits of `n`, as [`text`](Self::text) appends a run.
+    #[inline(always)]
+    pub fn digits(&mut self, n: u64) -> &mut Self {
+        self.b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self
+    }
+
     /// `"key":value`, serialised by serde_json (user payloads, which may fail to serialise).
     pub fn serialize<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<&mut Self> {
         self.key(key);
@@ -239,16 +256,6 @@ impl JsonFrame {
         self.b.extend_from_slice(b"{\"app_id\":");
         self.name_value(app.as_str());
         self.b.push(b'}');
-        self
-    }
-
-    /// `"key":"n"`: a number sent as the JSON string of its digits (the server's hop ids).
-    #[inline(always)]
-    pub fn u64_text(&mut self, key: &str, n: u64) -> &mut Self {
-        self.key(key);
-        self.b.push(b'"');
-        self.b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        self.b.push(b'"');
         self
     }
 
@@ -457,8 +464,13 @@ mod tests {
             assert_eq!(&got[4..], &want[..], "{name:?}");
         }
         for n in [0, 7, 42, u64::MAX] {
-            let got = JsonFrame::new(0).u64_text("id", n).finish();
-            let want = serde_json::to_vec(&serde_json::json!({ "id": n.to_string() })).unwrap();
+            let got = JsonFrame::new(0)
+                .text(r#""id":""#)
+                .digits(n)
+                .text(r#"","n":"#)
+                .digits(n)
+                .finish();
+            let want = serde_json::to_vec(&serde_json::json!({ "id": n.to_string(), "n": n })).unwrap();
             assert_eq!(&got[4..], &want[..]);
         }
     }

@@ -114,14 +114,22 @@ impl DeliverTrigger<'_> {
         let room = 136 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
         let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.as_str().len());
         // The names are checked names (their types say so): copied without looking for
-        // characters to escape.
-        f.name("action", self.action)
-            .u64_text("id", self.id)
-            .name("process", self.process.as_str())
-            .name("pool", self.pool.as_str())
-            .raw("data", self.data.get())
-            .origin("origin", self.origin.app_id)
-            .u64("ttl", self.ttl);
+        // characters to escape, between the runs of keys and quotes of the fixed layout.
+        debug_assert!(self.action.bytes().all(crate::name::is_name_byte));
+        f.text(r#""action":""#)
+            .text(self.action)
+            .text(r#"","id":""#)
+            .digits(self.id)
+            .text(r#"","process":""#)
+            .text(self.process.as_str())
+            .text(r#"","pool":""#)
+            .text(self.pool.as_str())
+            .text(r#"","data":"#)
+            .text(self.data.get())
+            .text(r#","origin":{"app_id":""#)
+            .text(self.origin.app_id.as_str())
+            .text(r#""},"ttl":"#)
+            .digits(self.ttl);
         *buf = f.into_vec();
     }
 }
@@ -160,11 +168,23 @@ impl ForwardResponse<'_> {
         let body = self.response.or(self.error).map_or(0, |b| b.get().len());
         let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.as_str().len());
         let mut f = JsonFrame::after(std::mem::take(buf), 72 + self.in_reply_to.get().len() + body + origin);
-        f.name("action", self.action)
-            .raw("in_reply_to", self.in_reply_to.get())
-            .name("status", self.status);
+        // In runs of the fixed layout, as `DeliverTrigger::encode_onto`.
+        debug_assert!(
+            self.action
+                .bytes()
+                .chain(self.status.bytes())
+                .all(crate::name::is_name_byte)
+        );
+        f.text(r#""action":""#)
+            .text(self.action)
+            .text(r#"","in_reply_to":"#)
+            .text(self.in_reply_to.get())
+            .text(r#","status":""#)
+            .text(self.status);
         if let Some(r) = self.response {
-            f.raw("response", r.get());
+            f.text(r#"","response":"#).text(r.get());
+        } else {
+            f.text("\"");
         }
         if let Some(e) = self.error {
             f.raw("error", e.get());
@@ -396,12 +416,20 @@ impl DeliverEmit<'_> {
     /// The frame, written by hand (the same bytes as `encode_message`; it is on every emit).
     pub fn encode(&self) -> Bytes {
         let room = 80 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
+        // In runs of the fixed layout, as `DeliverTrigger::encode_onto`.
+        debug_assert!(self.action.bytes().all(crate::name::is_name_byte));
         JsonFrame::new(room + self.origin.app_id.as_str().len())
-            .name("action", self.action)
-            .name("process", self.process.as_str())
-            .name("pool", self.pool.as_str())
-            .raw("data", self.data.get())
-            .origin("origin", self.origin.app_id)
+            .text(r#""action":""#)
+            .text(self.action)
+            .text(r#"","process":""#)
+            .text(self.process.as_str())
+            .text(r#"","pool":""#)
+            .text(self.pool.as_str())
+            .text(r#"","data":"#)
+            .text(self.data.get())
+            .text(r#","origin":{"app_id":""#)
+            .text(self.origin.app_id.as_str())
+            .text(r#""}"#)
             .finish()
     }
 }
