@@ -235,8 +235,9 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
     }
     // A payload of `null` reads as absent, as the general path's `Option` does.
     let payload = |text| one_value(text).map(|(raw, kind)| (kind != Kind::Null).then_some(raw));
-    // Checked for UTF-8 only once a layout's prefix matched.
-    let after = |prefix: &str| std::str::from_utf8(json.strip_prefix(prefix.as_bytes())?).ok();
+    // Checked for UTF-8 only once a layout's prefix matched (with simdutf8, as in
+    // `scan::object`).
+    let after = |prefix: &str| simdutf8::basic::from_utf8(json.strip_prefix(prefix.as_bytes())?).ok();
     if let Some(mut s) = after(r#"{"action":"trigger","id":"#) {
         let id_text = integer(&mut s)?;
         if id_text.len() > MAX_ID_LEN {
@@ -601,6 +602,33 @@ mod tests {
         );
         assert!(sdk_call(br#"{"action":"response","in_reply_to":"17","status":"ok","response":"x"}"#).is_some());
         assert!(sdk_call(br#"{"action":"emit","process":"ev","pool":"p","data":"x"}"#).is_some());
+        // Not UTF-8, in the payload or in a name, in a short frame and in one long enough for
+        // the vectorised check: the layout refuses it, and so does the general path.
+        for pad in [0, 200] {
+            let x = "x".repeat(pad);
+            for (head, bad, tail) in [
+                (
+                    r#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":""#,
+                    &b"\xff"[..],
+                    r#"","ttl":30000}"#,
+                ),
+                (
+                    r#"{"action":"response","in_reply_to":"17","status":"ok","response":""#,
+                    b"\xc3(",
+                    r#""}"#,
+                ),
+                (
+                    r#"{"action":"emit","process":"e"#,
+                    b"\xff",
+                    r#"v","pool":"p","data":1}"#,
+                ),
+            ] {
+                let frame = [head.as_bytes(), x.as_bytes(), bad, tail.as_bytes()].concat();
+                assert!(sdk_call(&frame).is_none(), "{head}");
+                let e = parse_request(&frame).unwrap_err();
+                assert_eq!(e.code, ErrorCode::InvalidMessage, "{head}");
+            }
+        }
     }
 
     #[test]
