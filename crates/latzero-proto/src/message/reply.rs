@@ -77,6 +77,29 @@ fn hop_text<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(id)
 }
 
+/// `,"process":"P","pool":"Q","data":D,"origin":{"app_id":"A"}`: the part a delivered trigger
+/// and a delivered emit share, in runs of their fixed layout. The names are checked names (their
+/// types say so): copied without looking for characters to escape. Inlined, as the writers
+/// of `JsonFrame` are, so that each run's copy has a constant length.
+#[inline(always)]
+fn delivery<'f>(
+    f: &'f mut JsonFrame,
+    process: &TriggerName,
+    pool: &PoolName,
+    data: &RawValue,
+    origin: &Origin<'_>,
+) -> &'f mut JsonFrame {
+    f.text(r#","process":""#)
+        .text(process.as_str())
+        .text(r#"","pool":""#)
+        .text(pool.as_str())
+        .text(r#"","data":"#)
+        .text(data.get())
+        .text(r#","origin":{"app_id":""#)
+        .text(origin.app_id.as_str())
+        .text(r#""}"#)
+}
+
 /// A trigger delivered to a handler.
 #[derive(Debug, Serialize)]
 pub struct DeliverTrigger<'a> {
@@ -113,22 +136,15 @@ impl DeliverTrigger<'_> {
         // most 133 bytes): growing the buffer midway copies it.
         let room = 136 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
         let mut f = JsonFrame::after(std::mem::take(buf), room + self.origin.app_id.as_str().len());
-        // The names are checked names (their types say so): copied without looking for
-        // characters to escape, between the runs of keys and quotes of the fixed layout.
+        // In runs of the fixed layout the SDK reads first.
         debug_assert!(self.action.bytes().all(crate::name::is_name_byte));
         f.text(r#""action":""#)
             .text(self.action)
             .text(r#"","id":""#)
             .digits(self.id)
-            .text(r#"","process":""#)
-            .text(self.process.as_str())
-            .text(r#"","pool":""#)
-            .text(self.pool.as_str())
-            .text(r#"","data":"#)
-            .text(self.data.get())
-            .text(r#","origin":{"app_id":""#)
-            .text(self.origin.app_id.as_str())
-            .text(r#""},"ttl":"#)
+            .text("\"");
+        delivery(&mut f, self.process, self.pool, self.data, &self.origin)
+            .text(r#","ttl":"#)
             .digits(self.ttl);
         *buf = f.into_vec();
     }
@@ -418,19 +434,9 @@ impl DeliverEmit<'_> {
         let room = 80 + self.process.as_str().len() + self.pool.as_str().len() + self.data.get().len();
         // In runs of the fixed layout, as `DeliverTrigger::encode_onto`.
         debug_assert!(self.action.bytes().all(crate::name::is_name_byte));
-        JsonFrame::new(room + self.origin.app_id.as_str().len())
-            .text(r#""action":""#)
-            .text(self.action)
-            .text(r#"","process":""#)
-            .text(self.process.as_str())
-            .text(r#"","pool":""#)
-            .text(self.pool.as_str())
-            .text(r#"","data":"#)
-            .text(self.data.get())
-            .text(r#","origin":{"app_id":""#)
-            .text(self.origin.app_id.as_str())
-            .text(r#""}"#)
-            .finish()
+        let mut f = JsonFrame::new(room + self.origin.app_id.as_str().len());
+        f.text(r#""action":""#).text(self.action).text("\"");
+        delivery(&mut f, self.process, self.pool, self.data, &self.origin).finish()
     }
 }
 
