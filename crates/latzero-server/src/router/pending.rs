@@ -6,7 +6,8 @@
 //! of either side, or by shutdown — and whoever removes it sends its terminal frame, which is
 //! what makes "exactly one terminal frame per call" hold.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::session::conn::{Conn, ConnId};
 
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 
 /// Where a call's terminal frame goes.
 #[derive(Debug)]
@@ -84,14 +85,46 @@ pub(crate) enum Take {
 struct Shard {
     /// Hop ids are the server's own: a fast hash, no need for SipHash's flood resistance.
     map: FxHashMap<u64, Pending>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// The deadlines of the calls in `map`, earliest on top. A call that leaves by any other
+    /// way leaves its entry behind (a B-tree's remove cost ~125 instructions per call); an
+    /// entry whose hop is no longer in `map` is dropped when it comes to the top, and all of
+    /// them when they outnumber the live ones (see `remove`), so the heap stays within
+    /// 2 × calls in flight + `SPARE` entries.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
+/// Stale deadline entries a shard keeps before it sweeps them out (bounds the sweeps' cost per
+/// call when few calls are in flight).
+pub(crate) const SPARE: usize = 64;
+
 impl Shard {
+    fn insert(&mut self, hop: u64, p: Pending) {
+        // Hop ids are never reused, so an entry with this hop is live exactly while the hop
+        // is in `map`.
+        self.deadlines.push(Reverse((p.deadline, hop)));
+        self.map.insert(hop, p);
+    }
+
     fn remove(&mut self, hop: u64) -> Option<Pending> {
         let p = self.map.remove(&hop)?;
-        self.deadlines.remove(&(p.deadline, hop));
+        if self.map.is_empty() {
+            self.deadlines.clear();
+        } else if self.deadlines.len() > 2 * self.map.len() + SPARE {
+            let map = &self.map;
+            self.deadlines.retain(|Reverse((_, h))| map.contains_key(h));
+        }
         Some(p)
+    }
+
+    /// The earliest deadline of a call still here, and its hop (stale entries on top dropped).
+    fn first(&mut self) -> Option<(Instant, u64)> {
+        while let Some(&Reverse((dl, hop))) = self.deadlines.peek() {
+            if self.map.contains_key(&hop) {
+                return Some((dl, hop));
+            }
+            self.deadlines.pop();
+        }
+        None
     }
 }
 
@@ -140,9 +173,7 @@ impl PendingTable {
     pub fn insert(&self, hop: u64, p: Pending) {
         let dl = p.deadline;
         {
-            let mut s = self.shard(hop);
-            s.deadlines.insert((dl, hop));
-            s.map.insert(hop, p);
+            self.shard(hop).insert(hop, p);
         }
         let ns = self.ns(dl);
         if ns < self.earliest.fetch_min(ns, Ordering::AcqRel) {
@@ -171,7 +202,7 @@ impl PendingTable {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
-            while let Some(&(dl, hop)) = s.deadlines.first() {
+            while let Some((dl, hop)) = s.first() {
                 if dl > now {
                     break;
                 }
@@ -189,13 +220,7 @@ impl PendingTable {
         let min = self
             .shards
             .iter()
-            .filter_map(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .deadlines
-                    .first()
-                    .map(|d| d.0)
-            })
+            .filter_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).first().map(|d| d.0))
             .min();
         if let Some(m) = min {
             self.earliest.fetch_min(self.ns(m), Ordering::AcqRel);
@@ -216,6 +241,15 @@ impl PendingTable {
             }
         }
         out
+    }
+
+    /// Deadline entries held, stale ones included (for tests of the bound on them).
+    #[cfg(test)]
+    pub fn deadline_entries(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).deadlines.len())
+            .sum()
     }
 
     /// Calls in flight.

@@ -159,6 +159,61 @@ async fn deadline_fires_exactly_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn answered_calls_leave_no_deadline_behind_that_fires_or_grows() {
+    use super::pending::{SHARDS, SPARE};
+    let f = fixture();
+    let (h, _hrx) = f.app(1, "h", &["f"]).await;
+    let (c, _crx) = f.app(2, "c", &[]).await;
+    let table = PendingTable::new();
+    let now = Instant::now();
+    let pending = |ms: u64| Pending {
+        caller: c.clone(),
+        caller_id: RawValue::from_string("1".into()).unwrap(),
+        handler: h.clone(),
+        deadline: now + Duration::from_millis(ms),
+        ttl: Duration::from_millis(ms),
+        target: Target::Caller,
+    };
+    // A thousand calls in one shard, deadlines out of order (1..=1000 ms, each once).
+    let calls: Vec<(u64, u64)> = (1..=1000u64)
+        .map(|k| (k * SHARDS as u64, 1 + (k * 7919) % 1000))
+        .collect();
+    for &(hop, ms) in &calls {
+        table.insert(hop, pending(ms));
+    }
+    // All but one in ten answered: their deadline entries are stale now, and swept out
+    // whenever they outnumber the live ones.
+    let mut live = Vec::new();
+    for (i, &(hop, ms)) in calls.iter().enumerate() {
+        if i % 10 == 0 {
+            live.push(ms);
+        } else {
+            assert!(matches!(table.take_for(hop, h.id), Take::Found(_)));
+        }
+    }
+    assert_eq!(table.len(), 100);
+    assert!(
+        table.deadline_entries() <= 2 * 100 + SPARE,
+        "{}",
+        table.deadline_entries()
+    );
+    // The earliest deadline is a live call's; expiry takes exactly the live calls due.
+    live.sort_unstable();
+    let at = |ms: u64| now + Duration::from_millis(ms);
+    assert_eq!(table.next_deadline(), Some(at(live[0])));
+    let due = table.expire(at(500));
+    let want = live.iter().filter(|&&ms| ms <= 500).count();
+    assert_eq!(due.len(), want);
+    assert!(due.iter().all(|p| p.deadline <= at(500)));
+    assert_eq!(table.next_deadline(), Some(at(live[want])));
+    assert_eq!(table.expire(at(2000)).len(), 100 - want);
+    assert_eq!(
+        (table.len(), table.deadline_entries(), table.next_deadline()),
+        (0, 0, None)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_earlier_deadline_wakes_the_timer() {
     let f = fixture();
     let stop = CancellationToken::new();
