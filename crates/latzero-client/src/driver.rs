@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 use latzero_proto::frame::{Frame, JsonFrame, ScratchFrame};
-use latzero_proto::message::{DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id};
+use latzero_proto::message::{
+    DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id, parse_u64,
+};
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -42,7 +44,7 @@ impl Inner {
         // The frames of the call path, in the exact layout the server writes them, read without
         // the general parse; anything else (or any surprise) takes the general path below.
         if let Some(r) = ForwardResponse::read_text(&text)
-            && let Ok(id) = r.in_reply_to.parse::<u64>()
+            && let Some(id) = parse_u64(r.in_reply_to)
             && self.reply(id, &frame, &text, r.result)
         {
             return None;
@@ -118,7 +120,7 @@ impl Inner {
                 }));
             }
             Some(action) => {
-                let id = env.in_reply_to.and_then(|r| r.get().parse::<u64>().ok());
+                let id = env.in_reply_to.and_then(|r| parse_u64(r.get()));
                 let waiter = id.and_then(|id| self.pending.remove(id));
                 match waiter {
                     Some(Waiter::Frame(tx)) => {

@@ -39,6 +39,26 @@ pub fn one_value(text: &str) -> Option<&RawValue> {
     scan::one_value(text).map(|(raw, _)| raw)
 }
 
+/// `text` read as a `u64` exactly as `str::parse` reads it, faster for what the hot frames
+/// carry: one to nineteen ASCII digits (every such number fits) are summed without the
+/// per-digit overflow checks, and anything else (a sign, twenty digits, not a number) goes to
+/// `str::parse`.
+pub fn parse_u64(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if (1..=19).contains(&b.len()) {
+        let mut n = 0u64;
+        for &c in b {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return text.parse().ok();
+            }
+            n = n * 10 + u64::from(d);
+        }
+        return Some(n);
+    }
+    text.parse().ok()
+}
+
 /// Longest request id accepted, in bytes of JSON.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -345,6 +365,38 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_u64_reads_as_str_parse_does() {
+        let max = u64::MAX.to_string();
+        let over = "18446744073709551616";
+        let cases = [
+            "0",
+            "7",
+            "007",
+            "123456",
+            "9999999999999999999",
+            "1000000000000000000",
+            &max,
+            over,
+            "",
+            "+5",
+            "-1",
+            "1a",
+            "a1",
+            " 1",
+            "1 ",
+            "١",
+            "99999999999999999999",
+            "\"12\"",
+        ];
+        for s in cases {
+            assert_eq!(parse_u64(s), s.parse::<u64>().ok(), "{s:?}");
+        }
+        for n in (0..64).map(|k| 1u64 << k).chain((0..20).map(|k| 10u64.pow(k) - 1)) {
+            assert_eq!(parse_u64(&n.to_string()), Some(n));
+        }
+    }
 
     /// Messages the fast path reads, and messages it must leave to serde.
     const CORPUS: &[&str] = &[

@@ -252,7 +252,7 @@ fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
         let rest = s.strip_suffix('}')?;
         let digits = rest.len() - rest.bytes().rev().take_while(u8::is_ascii_digit).count();
         let mut ttl_text = &rest[digits..];
-        let ttl = integer(&mut ttl_text)?.parse::<u64>().ok().filter(|&t| t > 0)?;
+        let ttl = super::parse_u64(integer(&mut ttl_text)?).filter(|&t| t > 0)?;
         let data = payload(rest[..digits].strip_suffix(r#","ttl":"#)?)?;
         TriggerName::check(&process).ok()?;
         PoolName::check(&pool).ok()?;

@@ -18,7 +18,7 @@ use latzero_proto::ErrorCode;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::{
     Accepted, DeliverEmit, DeliverTrigger, Emit, ErrorFrame, ForwardResponse, Origin, PoolOp, RawValue, Response,
-    Status, Trigger,
+    Status, Trigger, parse_u64,
 };
 use tokio::time::{Duration, Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -267,7 +267,7 @@ impl Router {
     /// A handler's response.
     pub fn respond(&self, conn: &Arc<Conn>, r: &Response<'_>) -> Result<(), Refusal> {
         let raw = r.in_reply_to.get();
-        let hop = raw.trim_matches('"').parse::<u64>().ok();
+        let hop = parse_u64(raw.trim_matches('"'));
         let unknown = || {
             refuse(
                 ErrorCode::UnknownCall,
