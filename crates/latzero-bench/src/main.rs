@@ -283,7 +283,7 @@ fn run_placement(args: &Args, placement: &str, extra: &[String]) -> Result<std::
     Ok(o)
 }
 
-/// "Run <date> on <n> vCPU, Linux <kernel>; latzero <version>" — the start of a section.
+/// `Run <date> on <n> vCPU, Linux <kernel>; latzero <version>`: the start of a section.
 fn run_line() -> String {
     format!(
         "Run {} on {} vCPU, Linux {}; latzero {}",

@@ -1,4 +1,7 @@
 //! The command line: clap-derive types only. `command/<verb>.rs` does the work.
+// The doc comments here are `latzero --help`'s text, printed as written: placeholders such as
+// `<pid>` stay as they are, not as rustdoc's markup.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! LatZero memory blocks: the file every process maps.
 //!
-//! A block is one file: a 4096-byte [`Header`] followed by `size` bytes of data, so the data is
+//! A block is one file: a 4096-byte header followed by `size` bytes of data, so the data is
 //! page-aligned. The server creates it (allocating every page up front, so a full disk or a full
 //! `/dev/shm` is an error at create, never a `SIGBUS` later) and maps it; local clients map the
 //! same file. The header carries the layout, a version counter bumped by every write, and a

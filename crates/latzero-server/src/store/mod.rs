@@ -4,7 +4,7 @@
 //! and awaited, so async code never blocks on the database and the RPC path never touches it.
 //! The thread runs one operation at a time on its one connection (WAL mode by default, so
 //! readers of a backup never stop it) and publishes a [`StoreEvent`] after each change commits.
-//! The schema and its migrations are in [`schema`]; the records and their SQL in [`records`].
+//! The schema and its migrations are in `schema.rs`; the records and their SQL in `records.rs`.
 
 mod records;
 mod schema;
