@@ -89,7 +89,7 @@ struct Shard {
     /// way leaves its entry behind (a B-tree's remove cost ~125 instructions per call); an
     /// entry whose hop is no longer in `map` is dropped when it comes to the top, and all of
     /// them when they outnumber the live ones (see `remove`), so the heap stays within
-    /// 2 × calls in flight + `SPARE` entries.
+    /// 2 × this shard's calls in flight + `SPARE` entries.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
