@@ -48,10 +48,12 @@ impl<'a> Value<'a> {
 
     /// A non-negative integer that fits in a `u64`.
     pub fn u64(&self) -> Option<u64> {
-        if self.kind != Kind::Number || !self.text.bytes().all(|b| b.is_ascii_digit()) {
+        if self.kind != Kind::Number {
             return None;
         }
-        self.text.parse().ok()
+        // A JSON number has no `+`; a `-`, a fraction or an exponent is refused by `parse_u64`
+        // (through `str::parse`).
+        super::parse_u64(self.text)
     }
 
     /// `true` or `false`.
