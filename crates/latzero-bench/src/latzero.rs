@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use latzero_client::{Client, Payload, Request};
+use latzero_client::{Client, ClientOptions, Payload, Request};
 use latzero_testkit::ServerProc;
 use serde_json::Value;
 
@@ -40,6 +40,12 @@ struct Link {
     server: ServerProc,
     transport: Transport,
     fingerprint: String,
+    /// The clients' options (their spin window, when the run sets one).
+    opts: ClientOptions,
+}
+
+async fn connect(link: &Link, app: &str) -> Result<Client> {
+    Ok(Client::connect_with(&url(link, app), link.opts.clone()).await?)
 }
 
 fn url(link: &Link, app: &str) -> String {
@@ -63,7 +69,7 @@ fn payload(size: usize) -> Payload {
 }
 
 async fn echo_handler(link: &Link, app: &str) -> Result<Client> {
-    let h = Client::connect(&url(link, app)).await?;
+    let h = connect(link, app).await?;
     h.handle_raw("echo", |r: Request<Payload>| async move { Ok(r.data) })
         .await?;
     Ok(h)
@@ -110,7 +116,7 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
     let finished = Arc::new(AtomicUsize::new(0));
     let mut receivers = vec![];
     for i in 0..RECEIVERS {
-        let c = Client::connect(&url(link, &format!("rx{i}"))).await?;
+        let c = connect(link, &format!("rx{i}")).await?;
         let got = Arc::new(AtomicUsize::new(0));
         let (done, finished) = (done.clone(), finished.clone());
         c.handle_raw("ev", move |_r: Request<Payload>| {
@@ -127,7 +133,7 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
         .await?;
         receivers.push(c);
     }
-    let emitter = Client::connect(&url(link, "emitter")).await?;
+    let emitter = connect(link, "emitter").await?;
     let p = payload(64);
     let t = Instant::now();
     for _ in 0..n {
@@ -141,13 +147,24 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
 
 pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figures> {
     let tls: &[&str] = if transport == Transport::Tls { &["--tls"] } else { &[] };
-    let server = ServerProc::start(bin, &[&["--log-level", "warn"], tls].concat())?;
+    let mut opts = ClientOptions::new();
+    let spin_arg;
+    let spin: &[&str] = match sizes.spin_us {
+        Some(us) => {
+            opts = opts.spin(std::time::Duration::from_micros(us));
+            spin_arg = us.to_string();
+            &["--spin-us", &spin_arg]
+        }
+        None => &[],
+    };
+    let server = ServerProc::start(bin, &[&["--log-level", "warn"], tls, spin].concat())?;
     let info: Value = serde_json::from_str(&std::fs::read_to_string(server.data_dir.join("server.json"))?)?;
     let fingerprint = info["tls_fingerprint"].as_str().unwrap_or_default().to_owned();
     let link = Link {
         server,
         transport,
         fingerprint,
+        opts,
     };
     let mut f = Figures {
         peer: transport.name().into(),
@@ -155,7 +172,7 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
     };
     {
         let _h = echo_handler(&link, "h").await?;
-        let c = Client::connect(&url(&link, "caller")).await?;
+        let c = connect(&link, "caller").await?;
         f.seq_64 = seq(&c, 64, sizes.seq, sizes.warmup).await?;
         f.seq_4k = seq(&c, 4096, sizes.seq, sizes.warmup).await?;
         f.pipelined = parallel(vec![c], sizes.inflight, sizes.pipelined).await?;
@@ -167,7 +184,7 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
         }
         let mut callers = vec![];
         for i in 0..CALLERS {
-            callers.push(Client::connect(&url(&link, &format!("mc{i}"))).await?);
+            callers.push(connect(&link, &format!("mc{i}")).await?);
         }
         f.multi = Some(parallel(callers, 1, sizes.multi).await?);
     }

@@ -60,6 +60,10 @@ struct Args {
     /// Replace the generated section of this Markdown file with the result
     #[arg(long, global = true)]
     write: Option<PathBuf>,
+    /// LatZero's spin window, µs, for the server (`--spin-us`) and its clients
+    /// (`ClientOptions::spin`); 0 turns spinning off [default: their defaults]
+    #[arg(long)]
+    spin_us: Option<u64>,
     /// Peers to run, comma-separated: relay, nats, tcp, unix, tls
     #[arg(long, default_value = "relay,nats,tcp,unix,tls", value_delimiter = ',')]
     peers: Vec<String>,
@@ -130,6 +134,7 @@ fn sizes(args: &Args) -> Sizes {
         multi: args.multi,
         fanout: args.fanout,
         warmup: args.warmup,
+        spin_us: args.spin_us,
     }
 }
 
@@ -180,6 +185,9 @@ fn both(args: &Args) -> Result<()> {
         .map(|(flag, n)| [flag.to_owned(), n.to_string()]);
         let mut extra = vec!["--peers".to_owned(), peers];
         extra.extend(numbers.into_iter().flatten());
+        if let Some(us) = args.spin_us {
+            extra.extend(["--spin-us".to_owned(), us.to_string()]);
+        }
         let o = run_placement(args, placement, &extra)?;
         let figures: Vec<Figures> = serde_json::from_slice(&o.stdout)?;
         out.push_str(&table(placement, &figures, &sizes));

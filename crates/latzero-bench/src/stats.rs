@@ -47,6 +47,8 @@ pub struct Sizes {
     pub multi: usize,
     pub fanout: usize,
     pub warmup: usize,
+    /// LatZero's spin window, server and clients (their defaults when `None`).
+    pub spin_us: Option<u64>,
 }
 
 pub const CALLERS: usize = 10;

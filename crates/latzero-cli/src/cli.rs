@@ -446,6 +446,12 @@ pub struct StartArgs {
     /// How long shutdown waits for connections to flush, ms [default: 5000]
     #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// After a message, keep polling the sockets this long before sleeping, µs; 0 turns it
+    /// off. Saves a wake-up per message on machines that halt idle CPUs, for up to one busy
+    /// CPU while messages keep coming; off by itself on one CPU, and while other threads want
+    /// the CPU [default: 50]
+    #[arg(long, env = "LATZERO_SPIN_US")]
+    pub spin_us: Option<u64>,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,

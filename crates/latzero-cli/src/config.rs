@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub cluster: Option<bool>,
     pub unix_socket: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
+    pub spin_us: Option<u64>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -130,6 +131,9 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     c.unix_socket = !args.no_unix_socket && file.unix_socket.unwrap_or(true);
     if let Some(ms) = args.shutdown_grace_ms.or(file.shutdown_grace_ms) {
         c.shutdown_grace = Duration::from_millis(ms);
+    }
+    if let Some(us) = args.spin_us.or(file.spin_us) {
+        c.spin = Duration::from_micros(us);
     }
     let l = &mut c.limits;
     let fl = file.limits;
@@ -242,4 +246,39 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         bail!("log level '{log_level}' is not one of error, warn, info, debug, trace");
     }
     Ok(Resolved { server: c, log_level })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn start_args(argv: &[&str]) -> StartArgs {
+        match Cli::parse_from(argv).command {
+            Command::Start(a) => *a,
+            _ => unreachable!("a start command line"),
+        }
+    }
+
+    #[test]
+    fn spin_window_comes_from_the_command_line_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let spin = |extra: &[&str]| {
+            let args = start_args(&[&["latzero", "start", "-d", d], extra].concat());
+            resolve(&args).unwrap().server.spin
+        };
+        if std::env::var_os("LATZERO_SPIN_US").is_none() {
+            assert_eq!(spin(&[]), latzero_server::DEFAULT_SPIN);
+        }
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config").join(CONFIG_FILE), "spin_us = 7\n").unwrap();
+        if std::env::var_os("LATZERO_SPIN_US").is_none() {
+            assert_eq!(spin(&[]), Duration::from_micros(7));
+        }
+        assert_eq!(spin(&["--spin-us", "0"]), Duration::ZERO, "0 turns it off");
+        assert_eq!(spin(&["--spin-us", "120"]), Duration::from_micros(120));
+    }
 }

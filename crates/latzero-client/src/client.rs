@@ -138,6 +138,7 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: CancellationToken,
     pub(crate) watches: Mutex<crate::memory::Watches>,
+    pub(crate) spinner: Option<latzero_uds::spin::Spinner>,
 }
 
 /// Counts one call in [`Inner::in_flight`] while it lives.
@@ -275,6 +276,7 @@ impl Client {
             events,
             closed: CancellationToken::new(),
             watches: Mutex::default(),
+            spinner: latzero_uds::spin::Spinner::shared(opts.spin),
             opts,
         });
         let live = establish(&inner, inner.opts.takeover).await?;
@@ -690,6 +692,9 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + wait;
         self.pending.insert(id, waiter, deadline);
         let _in_flight = InFlight::enter(&self.in_flight);
+        if let Some(s) = &self.spinner {
+            s.touch();
+        }
         let sent = self.send_call(&frame).await;
         // Gone before the wait: a scratch frame goes back to its thread for the next call.
         drop(frame);

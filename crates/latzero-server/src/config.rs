@@ -44,6 +44,9 @@ impl Default for Limits {
     }
 }
 
+/// The default of [`ServerConfig::spin`].
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -67,6 +70,9 @@ pub struct ServerConfig {
     pub tls: crate::tls::TlsConfig,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
+    /// How long the server keeps polling its sockets after a message before it sleeps; zero
+    /// turns it off. See `latzero_uds::spin` for what it buys and costs.
+    pub spin: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +89,7 @@ impl ServerConfig {
             tls: crate::tls::TlsConfig::default(),
             auth: crate::security::AuthConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            spin: DEFAULT_SPIN,
         }
     }
 }

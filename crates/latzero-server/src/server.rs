@@ -54,6 +54,7 @@ pub(crate) struct State {
     started: Instant,
     tcp: SocketAddr,
     unix: Option<PathBuf>,
+    pub spinner: Option<latzero_uds::spin::Spinner>,
 }
 
 impl State {
@@ -172,6 +173,7 @@ impl Server {
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
         })?;
         let counters = Arc::new(Counters::default());
+        let spinner = latzero_uds::spin::Spinner::shared(config.spin);
         let state = Arc::new(State {
             memory,
             store,
@@ -189,6 +191,7 @@ impl Server {
             started: Instant::now(),
             tcp: tcp_addr,
             unix: unix_path,
+            spinner,
         });
         Ok(Server {
             state,

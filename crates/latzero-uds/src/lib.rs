@@ -11,6 +11,8 @@
 //! writability. That registration lives until the socket is writable again and is then dropped.
 //! A fresh registration reports the socket's current state, so no wake-up is lost in between.
 
+pub mod spin;
+
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;

@@ -245,7 +245,11 @@ impl Session {
                 }
                 r = reader.read_buf(&mut buf) => match r {
                     Ok(0) => return End::Eof,
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if let Some(s) = &self.state.spinner {
+                            s.touch();
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "read failed");
                         return End::Eof;
