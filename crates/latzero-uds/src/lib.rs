@@ -10,6 +10,9 @@
 //! Only a write that would block registers a second descriptor (a duplicate of the socket) for
 //! writability. That registration lives until the socket is writable again and is then dropped.
 //! A fresh registration reports the socket's current state, so no wake-up is lost in between.
+//!
+//! [`spin`] keeps a runtime polling its sockets for a short window after activity, for the
+//! server and the SDK alike.
 
 pub mod spin;
 
