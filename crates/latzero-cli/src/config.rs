@@ -133,6 +133,10 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         c.shutdown_grace = Duration::from_millis(ms);
     }
     if let Some(us) = args.spin_us.or(file.spin_us) {
+        let max = latzero_server::MAX_SPIN.as_micros();
+        if u128::from(us) > max {
+            bail!("spin_us must be at most {max} µs (1 s); 0 turns spinning off");
+        }
         c.spin = Duration::from_micros(us);
     }
     let l = &mut c.limits;
@@ -280,5 +284,8 @@ mod tests {
         }
         assert_eq!(spin(&["--spin-us", "0"]), Duration::ZERO, "0 turns it off");
         assert_eq!(spin(&["--spin-us", "120"]), Duration::from_micros(120));
+        let too_long = start_args(&["latzero", "start", "-d", d, "--spin-us", "1000001"]);
+        let err = resolve(&too_long).unwrap_err().to_string();
+        assert!(err.contains("spin_us must be at most 1000000"), "{err}");
     }
 }

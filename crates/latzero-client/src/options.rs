@@ -72,7 +72,7 @@ impl ClientOptions {
     /// seen without a wake-up, which on a machine that halts idle CPUs saves tens of
     /// microseconds per message; the price is up to one busy CPU while messages keep coming.
     /// One spinner serves every client on the same tokio runtime (the longest window asked
-    /// for wins), and there is none when the process may use one CPU only.
+    /// for wins, up to 1 s), and there is none when the process may use one CPU only.
     pub fn spin(mut self, window: Duration) -> Self {
         self.spin = window;
         self

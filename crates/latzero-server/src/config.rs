@@ -47,6 +47,9 @@ impl Default for Limits {
 /// The default of [`ServerConfig::spin`].
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// The longest [`ServerConfig::spin`] that takes effect (longer is cut to it).
+pub const MAX_SPIN: Duration = latzero_uds::spin::MAX_WINDOW;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

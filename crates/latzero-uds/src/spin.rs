@@ -55,7 +55,8 @@ static SPINNERS: Mutex<Vec<(Id, Weak<Inner>)>> = Mutex::new(Vec::new());
 
 impl Spinner {
     /// The current runtime's spinner, started if it has none, polling for at least `window`
-    /// after each touch. `None` when `window` is zero or this process may use only one CPU.
+    /// (at most [`MAX_WINDOW`]) after each touch. `None` when `window` is zero or this process
+    /// may use only one CPU.
     ///
     /// # Panics
     ///
@@ -64,7 +65,7 @@ impl Spinner {
         if window.is_zero() || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
             return None;
         }
-        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let window_ns = window.min(MAX_WINDOW).as_nanos() as u64; // at most 10^9
         let runtime = Handle::current().id();
         let mut all = SPINNERS.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|(_, w)| w.upgrade().is_some_and(|i| i.alive.load(Ordering::Relaxed)));
@@ -180,6 +181,9 @@ async fn spin(inner: Alive) {
         inner.awake.store(false, Ordering::Relaxed);
     }
 }
+
+/// The longest window a spinner polls for; longer requests are cut to it.
+pub const MAX_WINDOW: Duration = Duration::from_secs(1);
 
 /// How many windows the spinner stays off after it found its CPU wanted by another thread.
 const BACKOFF: u32 = 200;
