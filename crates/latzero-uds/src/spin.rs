@@ -171,7 +171,9 @@ async fn spin(inner: Alive) {
                     break;
                 }
             }
-            if inner.touched.swap(false, Ordering::Relaxed) {
+            // Read before written: while touches come from another CPU, a write on every
+            // turn would move the line between the two.
+            if inner.touched.load(Ordering::Relaxed) && inner.touched.swap(false, Ordering::Relaxed) {
                 until = now + window();
             } else if now >= until {
                 break;
