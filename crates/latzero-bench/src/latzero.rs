@@ -157,7 +157,12 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
         }
         None => &[],
     };
-    let server = ServerProc::start(bin, &[&["--log-level", "warn"], tls, spin].concat())?;
+    let workers_arg = sizes.server_workers.map(|n| n.to_string());
+    let workers: &[&str] = match &workers_arg {
+        Some(n) => &["--workers", n],
+        None => &[],
+    };
+    let server = ServerProc::start(bin, &[&["--log-level", "warn"], tls, spin, workers].concat())?;
     let info: Value = serde_json::from_str(&std::fs::read_to_string(server.data_dir.join("server.json"))?)?;
     let fingerprint = info["tls_fingerprint"].as_str().unwrap_or_default().to_owned();
     let link = Link {

@@ -64,6 +64,10 @@ struct Args {
     /// (`ClientOptions::spin`); 0 turns spinning off [default: their defaults]
     #[arg(long)]
     spin_us: Option<u64>,
+    /// The LatZero server's worker threads (`latzero start --workers`) [default: its default,
+    /// half the CPUs]
+    #[arg(long)]
+    server_workers: Option<usize>,
     /// Peers to run, comma-separated: relay, nats, tcp, unix, tls
     #[arg(long, default_value = "relay,nats,tcp,unix,tls", value_delimiter = ',')]
     peers: Vec<String>,
@@ -135,6 +139,7 @@ fn sizes(args: &Args) -> Sizes {
         fanout: args.fanout,
         warmup: args.warmup,
         spin_us: args.spin_us,
+        server_workers: args.server_workers,
     }
 }
 
@@ -187,6 +192,9 @@ fn both(args: &Args) -> Result<()> {
         extra.extend(numbers.into_iter().flatten());
         if let Some(us) = args.spin_us {
             extra.extend(["--spin-us".to_owned(), us.to_string()]);
+        }
+        if let Some(n) = args.server_workers {
+            extra.extend(["--server-workers".to_owned(), n.to_string()]);
         }
         let o = run_placement(args, placement, &extra)?;
         let figures: Vec<Figures> = serde_json::from_slice(&o.stdout)?;
@@ -324,7 +332,7 @@ fn header(s: &Sizes) -> String {
     format!(
         "Run {date} on {n} vCPU {cpu}, Linux {kernel}; {nats}; latzero {lz}; async-nats 0.42.\n\
          Sizes: {seq} sequential calls per payload (after {w} warm-up), {p} pipelined calls with {inf} in flight, \
-         {m} calls from {CALLERS} callers to {HANDLERS} handlers, {f} emits fanned out to {RECEIVERS} receivers.\n",
+         {m} calls from {CALLERS} callers to {HANDLERS} handlers, {f} emits fanned out to {RECEIVERS} receivers.\n{settings}",
         date = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -338,7 +346,24 @@ fn header(s: &Sizes) -> String {
         inf = s.inflight,
         m = s.multi,
         f = s.fanout,
+        settings = settings(s),
     )
+}
+
+/// LatZero's settings where the run changed them from their defaults: a line, or nothing.
+fn settings(s: &Sizes) -> String {
+    let mut set = Vec::new();
+    if let Some(us) = s.spin_us {
+        set.push(format!("`--spin-us {us}`"));
+    }
+    if let Some(n) = s.server_workers {
+        set.push(format!("server `--workers {n}`"));
+    }
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("LatZero settings changed from their defaults: {}.\n", set.join(", "))
+    }
 }
 
 fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {

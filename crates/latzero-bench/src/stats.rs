@@ -49,6 +49,8 @@ pub struct Sizes {
     pub warmup: usize,
     /// LatZero's spin window, server and clients (their defaults when `None`).
     pub spin_us: Option<u64>,
+    /// The LatZero server's worker threads (its default when `None`).
+    pub server_workers: Option<usize>,
 }
 
 pub const CALLERS: usize = 10;

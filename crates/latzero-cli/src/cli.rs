@@ -452,6 +452,11 @@ pub struct StartArgs {
     /// the CPU [default: 50]
     #[arg(long, env = "LATZERO_SPIN_US")]
     pub spin_us: Option<u64>,
+    /// Threads that run the server's connections, 1 to 1024 [default: half the CPUs this
+    /// process may use, at least 1: the server shares the machine with the processes it
+    /// serves, and fewer threads wake each other less]
+    #[arg(long, env = "LATZERO_WORKERS")]
+    pub workers: Option<usize>,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,

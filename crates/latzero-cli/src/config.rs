@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub unix_socket: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
     pub spin_us: Option<u64>,
+    pub workers: Option<usize>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -84,6 +85,18 @@ pub struct FileLimits {
 pub struct Resolved {
     pub server: ServerConfig,
     pub log_level: String,
+    /// The runtime's worker threads.
+    pub workers: usize,
+}
+
+/// The most worker threads `start` accepts.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Half the CPUs this process may use, at least 1. Every call also runs in a caller and a
+/// handler process on the same machine, and each extra worker is one more thread for tokio to
+/// wake when work arrives (docs/BENCHMARKS.md has the measured trade-off).
+pub fn default_workers() -> usize {
+    (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
 }
 
 /// `~/.latzero`.
@@ -139,6 +152,11 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         }
         c.spin = Duration::from_micros(us);
     }
+    let workers = match args.workers.or(file.workers) {
+        None => default_workers(),
+        Some(n @ 1..=MAX_WORKERS) => n,
+        Some(n) => bail!("workers must be between 1 and {MAX_WORKERS}, not {n}"),
+    };
     let l = &mut c.limits;
     let fl = file.limits;
     if let Some(v) = args.max_frame_len.or(fl.max_frame_len) {
@@ -249,7 +267,11 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     if !matches!(log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         bail!("log level '{log_level}' is not one of error, warn, info, debug, trace");
     }
-    Ok(Resolved { server: c, log_level })
+    Ok(Resolved {
+        server: c,
+        log_level,
+        workers,
+    })
 }
 
 #[cfg(test)]
@@ -287,5 +309,34 @@ mod tests {
         let too_long = start_args(&["latzero", "start", "-d", d, "--spin-us", "1000001"]);
         let err = resolve(&too_long).unwrap_err().to_string();
         assert!(err.contains("spin_us must be at most 1000000"), "{err}");
+    }
+
+    #[test]
+    fn workers_come_from_the_command_line_over_the_file_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let workers = |extra: &[&str]| {
+            let args = start_args(&[&["latzero", "start", "-d", d], extra].concat());
+            resolve(&args).map(|r| r.workers).map_err(|e| e.to_string())
+        };
+        let from_env = std::env::var_os("LATZERO_WORKERS").is_some();
+        if !from_env {
+            let cpus = std::thread::available_parallelism().unwrap().get();
+            assert_eq!(workers(&[]), Ok((cpus / 2).max(1)));
+        }
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config").join(CONFIG_FILE), "workers = 3\n").unwrap();
+        if !from_env {
+            assert_eq!(workers(&[]), Ok(3));
+        }
+        assert_eq!(workers(&["--workers", "2"]), Ok(2));
+        assert_eq!(workers(&["--workers", "1024"]), Ok(1024));
+        for bad in ["0", "1025"] {
+            let err = workers(&["--workers", bad]).unwrap_err();
+            assert!(
+                err.contains(&format!("workers must be between 1 and 1024, not {bad}")),
+                "{err}"
+            );
+        }
     }
 }

@@ -4,12 +4,12 @@ use anyhow::{Context, Result};
 use latzero_server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::cli::StartArgs;
 use crate::{config, logging};
 
-pub async fn run(args: StartArgs) -> Result<()> {
-    let cfg = config::resolve(&args)?;
+/// Runs the server of a resolved configuration, on a runtime of `cfg.workers` workers.
+pub async fn run(cfg: config::Resolved) -> Result<()> {
     let _guard = logging::init(&cfg.server.data_dir, &cfg.log_level)?;
+    tracing::info!(workers = cfg.workers, "runtime started");
     // Install the handlers before anyone can learn we are up: a signal that arrives between the
     // ready line and the first poll of the shutdown future must still shut down gracefully.
     let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
