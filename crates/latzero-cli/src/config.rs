@@ -288,44 +288,51 @@ mod tests {
         }
     }
 
+    /// `latzero start -d DIR EXTRA...`, resolved.
+    fn resolve_in(dir: &Path, extra: &[&str]) -> Result<Resolved> {
+        let d = dir.to_str().unwrap();
+        resolve(&start_args(&[&["latzero", "start", "-d", d], extra].concat()))
+    }
+
+    /// Writes `DIR/config/latzero.toml`.
+    fn write_config(dir: &Path, text: &str) {
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        std::fs::write(dir.join("config").join(CONFIG_FILE), text).unwrap();
+    }
+
     #[test]
     fn spin_window_comes_from_the_command_line_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_str().unwrap();
-        let spin = |extra: &[&str]| {
-            let args = start_args(&[&["latzero", "start", "-d", d], extra].concat());
-            resolve(&args).unwrap().server.spin
-        };
+        let spin = |extra: &[&str]| resolve_in(dir.path(), extra).unwrap().server.spin;
         if std::env::var_os("LATZERO_SPIN_US").is_none() {
             assert_eq!(spin(&[]), latzero_server::DEFAULT_SPIN);
         }
-        std::fs::create_dir_all(dir.path().join("config")).unwrap();
-        std::fs::write(dir.path().join("config").join(CONFIG_FILE), "spin_us = 7\n").unwrap();
+        write_config(dir.path(), "spin_us = 7\n");
         if std::env::var_os("LATZERO_SPIN_US").is_none() {
             assert_eq!(spin(&[]), Duration::from_micros(7));
         }
         assert_eq!(spin(&["--spin-us", "0"]), Duration::ZERO, "0 turns it off");
         assert_eq!(spin(&["--spin-us", "120"]), Duration::from_micros(120));
-        let too_long = start_args(&["latzero", "start", "-d", d, "--spin-us", "1000001"]);
-        let err = resolve(&too_long).unwrap_err().to_string();
+        let err = resolve_in(dir.path(), &["--spin-us", "1000001"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("spin_us must be at most 1000000"), "{err}");
     }
 
     #[test]
     fn workers_come_from_the_command_line_over_the_file_and_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_str().unwrap();
         let workers = |extra: &[&str]| {
-            let args = start_args(&[&["latzero", "start", "-d", d], extra].concat());
-            resolve(&args).map(|r| r.workers).map_err(|e| e.to_string())
+            resolve_in(dir.path(), extra)
+                .map(|r| r.workers)
+                .map_err(|e| e.to_string())
         };
         let from_env = std::env::var_os("LATZERO_WORKERS").is_some();
         if !from_env {
             let cpus = std::thread::available_parallelism().unwrap().get();
             assert_eq!(workers(&[]), Ok((cpus / 2).max(1)));
         }
-        std::fs::create_dir_all(dir.path().join("config")).unwrap();
-        std::fs::write(dir.path().join("config").join(CONFIG_FILE), "workers = 3\n").unwrap();
+        write_config(dir.path(), "workers = 3\n");
         if !from_env {
             assert_eq!(workers(&[]), Ok(3));
         }
