@@ -68,6 +68,11 @@ struct Args {
     /// half the CPUs]
     #[arg(long)]
     server_workers: Option<usize>,
+    /// Worker threads of the tokio runtime that runs the peers' clients [default: tokio's, one
+    /// per CPU]. With the default, the race adds an unpinned table of LatZero with its clients
+    /// on one worker, as README advises for SDK-heavy processes
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    client_workers: Option<u16>,
     /// Peers to run, comma-separated: relay, nats, tcp, unix, tls
     #[arg(long, default_value = "relay,nats,tcp,unix,tls", value_delimiter = ',')]
     peers: Vec<String>,
@@ -94,6 +99,16 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.cmd.is_some() {
+        let race_only = [
+            ("--spin-us", args.spin_us.is_some()),
+            ("--server-workers", args.server_workers.is_some()),
+            ("--client-workers", args.client_workers.is_some()),
+        ];
+        if let Some((flag, _)) = race_only.iter().find(|(_, set)| *set) {
+            bail!("{flag} applies to the race (latzero-bench without a subcommand) only");
+        }
+    }
     match args.cmd {
         Some(Cmd::Relay) => return relay::serve(),
         Some(Cmd::Memory { clients, calls }) => {
@@ -117,7 +132,11 @@ fn main() -> Result<()> {
             if p == "pinned" && !on_vcpu0_only() {
                 return rerun_pinned();
             }
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.client_workers {
+                rt.worker_threads(n.into());
+            }
+            let rt = rt.enable_all().build()?;
             let figures = rt.block_on(measure(&args, &sizes))?;
             if args.json {
                 println!("{}", serde_json::to_string(&figures)?);
@@ -177,31 +196,64 @@ async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
 fn both(args: &Args) -> Result<()> {
     let mut out = String::new();
     let sizes = sizes(args);
-    for placement in ["pinned", "unpinned"] {
-        let peers = args.peers.join(",");
-        let numbers = [
-            ("--seq", args.seq),
-            ("--pipelined", args.pipelined),
-            ("--inflight", args.inflight),
-            ("--multi", args.multi),
-            ("--fanout", args.fanout),
-            ("--warmup", args.warmup),
-        ]
-        .map(|(flag, n)| [flag.to_owned(), n.to_string()]);
-        let mut extra = vec!["--peers".to_owned(), peers];
-        extra.extend(numbers.into_iter().flatten());
-        if let Some(us) = args.spin_us {
-            extra.extend(["--spin-us".to_owned(), us.to_string()]);
-        }
-        if let Some(n) = args.server_workers {
-            extra.extend(["--server-workers".to_owned(), n.to_string()]);
+    let numbers = [
+        ("--seq", args.seq),
+        ("--pipelined", args.pipelined),
+        ("--inflight", args.inflight),
+        ("--multi", args.multi),
+        ("--fanout", args.fanout),
+        ("--warmup", args.warmup),
+    ]
+    .map(|(flag, n)| [flag.to_owned(), n.to_string()]);
+    let mut common: Vec<String> = numbers.into_iter().flatten().collect();
+    if let Some(us) = args.spin_us {
+        common.extend(["--spin-us".to_owned(), us.to_string()]);
+    }
+    if let Some(n) = args.server_workers {
+        common.extend(["--server-workers".to_owned(), n.to_string()]);
+    }
+    let run = |placement: &str, peers: &[String], client_workers: Option<u16>| -> Result<Vec<Figures>> {
+        let mut extra = vec!["--peers".to_owned(), peers.join(",")];
+        extra.extend(common.iter().cloned());
+        if let Some(n) = client_workers {
+            extra.extend(["--client-workers".to_owned(), n.to_string()]);
         }
         let o = run_placement(args, placement, &extra)?;
-        let figures: Vec<Figures> = serde_json::from_slice(&o.stdout)?;
+        Ok(serde_json::from_slice(&o.stdout)?)
+    };
+    let mut unpinned = vec![];
+    for placement in ["pinned", "unpinned"] {
+        let figures = run(placement, &args.peers, args.client_workers)?;
         out.push_str(&table(placement, &figures, &sizes));
         out.push('\n');
+        unpinned = figures;
     }
-    let text = format!("{}\n{out}", header(&sizes));
+    // LatZero's clients once more, unpinned, on the one-worker runtime README advises; the
+    // relay's and NATS's figures are those above, on tokio's default runtime, which suits them
+    // better (docs/BENCHMARKS.md).
+    let latzero: Vec<String> = args
+        .peers
+        .iter()
+        .filter(|p| matches!(p.as_str(), "tcp" | "unix" | "tls"))
+        .cloned()
+        .collect();
+    if args.client_workers.is_none() && !latzero.is_empty() {
+        let mut figures = run("unpinned", &latzero, Some(1))?;
+        figures.extend(unpinned.into_iter().filter(|f| !f.peer.starts_with("LatZero")));
+        out.push_str(&table(
+            "unpinned, LatZero's clients on one worker (relay and NATS as above)",
+            &figures,
+            &sizes,
+        ));
+        out.push('\n');
+    }
+    let clients = match args.client_workers {
+        Some(n) => format!("The peers' clients run on a tokio runtime of {n} worker(s) (`--client-workers`).\n"),
+        None => "The peers' clients run on a tokio runtime of tokio's default size (one worker per CPU), \
+                 except in the last table.\n"
+            .to_owned(),
+    };
+    let text = format!("{}{clients}\n{out}", header(&sizes));
     print!("{text}");
     if let Some(path) = &args.write {
         write_section(path, "race", &text)?;
