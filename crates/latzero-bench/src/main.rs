@@ -7,8 +7,10 @@
 //! Workloads: sequential RPC p50/p99/p99.9 with 64 B and 4 KiB payloads; pipelined calls/s with
 //! 64 in flight from one caller; 10 callers × 2 handlers calls/s; emit (publish) fan-out to 4
 //! receivers in msgs/s. Placements: everything under `taskset -c 0`, and unpinned; the bench
-//! re-runs itself under each and prints one table per placement with ratios. `--write FILE`
-//! replaces the generated section of FILE (between the race markers).
+//! re-runs itself under each and prints one table per placement with ratios, then runs LatZero
+//! unpinned once more with its clients on a one-worker runtime (`--client-workers` sets every
+//! peer's instead). `--write FILE` replaces the generated section of FILE (between the race
+//! markers).
 
 mod blocks;
 mod latzero;
