@@ -231,8 +231,8 @@ fn both(args: &Args) -> Result<()> {
         unpinned = figures;
     }
     // LatZero's clients once more, unpinned, on the one-worker runtime README advises; the
-    // relay's and NATS's figures are those above, on tokio's default runtime, which suits them
-    // better (docs/BENCHMARKS.md).
+    // relay's and NATS's figures are those above, on tokio's default runtime, where their
+    // pipelined and fan-out rates are higher (docs/BENCHMARKS.md, "Client runtime").
     let latzero: Vec<String> = args
         .peers
         .iter()
