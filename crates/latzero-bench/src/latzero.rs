@@ -146,23 +146,19 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
 }
 
 pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figures> {
-    let tls: &[&str] = if transport == Transport::Tls { &["--tls"] } else { &[] };
     let mut opts = ClientOptions::new();
-    let spin_arg;
-    let spin: &[&str] = match sizes.spin_us {
-        Some(us) => {
-            opts = opts.spin(std::time::Duration::from_micros(us));
-            spin_arg = us.to_string();
-            &["--spin-us", &spin_arg]
-        }
-        None => &[],
-    };
-    let workers_arg = sizes.server_workers.map(|n| n.to_string());
-    let workers: &[&str] = match &workers_arg {
-        Some(n) => &["--workers", n],
-        None => &[],
-    };
-    let server = ServerProc::start(bin, &[&["--log-level", "warn"], tls, spin, workers].concat())?;
+    let mut args = vec!["--log-level".to_owned(), "warn".to_owned()];
+    if transport == Transport::Tls {
+        args.push("--tls".to_owned());
+    }
+    if let Some(us) = sizes.spin_us {
+        opts = opts.spin(std::time::Duration::from_micros(us));
+        args.extend(["--spin-us".to_owned(), us.to_string()]);
+    }
+    if let Some(n) = sizes.server_workers {
+        args.extend(["--workers".to_owned(), n.to_string()]);
+    }
+    let server = ServerProc::start(bin, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let info: Value = serde_json::from_str(&std::fs::read_to_string(server.data_dir.join("server.json"))?)?;
     let fingerprint = info["tls_fingerprint"].as_str().unwrap_or_default().to_owned();
     let link = Link {
