@@ -158,6 +158,9 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
     if let Some(n) = sizes.server_workers {
         args.extend(["--workers".to_owned(), n.to_string()]);
     }
+    if let Some(n) = sizes.unix_send_buffer {
+        args.extend(["--unix-send-buffer".to_owned(), n.to_string()]);
+    }
     let server = ServerProc::start(bin, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let info: Value = serde_json::from_str(&std::fs::read_to_string(server.data_dir.join("server.json"))?)?;
     let fingerprint = info["tls_fingerprint"].as_str().unwrap_or_default().to_owned();

@@ -70,6 +70,10 @@ struct Args {
     /// half the CPUs]
     #[arg(long)]
     server_workers: Option<usize>,
+    /// The LatZero server's send buffer for its Unix sockets, bytes (`latzero start
+    /// --unix-send-buffer`); 0 keeps the kernel's default [default: the server's, 4 MiB]
+    #[arg(long)]
+    unix_send_buffer: Option<usize>,
     /// Worker threads of the tokio runtime that runs the peers' clients [default: tokio's, one
     /// per CPU]. With the default, the race adds an unpinned table of LatZero with its clients
     /// on one worker, as README advises for SDK-heavy processes
@@ -105,6 +109,7 @@ fn main() -> Result<()> {
         let race_only = [
             ("--spin-us", args.spin_us.is_some()),
             ("--server-workers", args.server_workers.is_some()),
+            ("--unix-send-buffer", args.unix_send_buffer.is_some()),
             ("--client-workers", args.client_workers.is_some()),
         ];
         if let Some((flag, _)) = race_only.iter().find(|(_, set)| *set) {
@@ -161,6 +166,7 @@ fn sizes(args: &Args) -> Sizes {
         warmup: args.warmup,
         spin_us: args.spin_us,
         server_workers: args.server_workers,
+        unix_send_buffer: args.unix_send_buffer,
     }
 }
 
@@ -213,6 +219,9 @@ fn both(args: &Args) -> Result<()> {
     }
     if let Some(n) = args.server_workers {
         common.extend(["--server-workers".to_owned(), n.to_string()]);
+    }
+    if let Some(n) = args.unix_send_buffer {
+        common.extend(["--unix-send-buffer".to_owned(), n.to_string()]);
     }
     let run = |placement: &str, peers: &[String], client_workers: Option<u16>| -> Result<Vec<Figures>> {
         let mut extra = vec!["--peers".to_owned(), peers.join(",")];
@@ -412,6 +421,9 @@ fn settings(s: &Sizes) -> String {
     }
     if let Some(n) = s.server_workers {
         set.push(format!("server `--workers {n}`"));
+    }
+    if let Some(n) = s.unix_send_buffer {
+        set.push(format!("server `--unix-send-buffer {n}`"));
     }
     if set.is_empty() {
         String::new()

@@ -51,6 +51,8 @@ pub struct Sizes {
     pub spin_us: Option<u64>,
     /// The LatZero server's worker threads (its default when `None`).
     pub server_workers: Option<usize>,
+    /// The LatZero server's Unix send buffer, bytes (its default when `None`).
+    pub unix_send_buffer: Option<usize>,
 }
 
 pub const CALLERS: usize = 10;

@@ -457,6 +457,12 @@ pub struct StartArgs {
     /// serves, and fewer threads wake each other less]
     #[arg(long, env = "LATZERO_WORKERS")]
     pub workers: Option<usize>,
+    /// Send buffer asked for on each Unix socket the server writes to, bytes; 0 keeps the
+    /// kernel's default (208 KiB). Linux cuts it to net.core.wmem_max (the server warns at
+    /// start). A ceiling, not an allocation: fewer full sockets when fanning out [default:
+    /// 4194304, loopback TCP's own ceiling]
+    #[arg(long, env = "LATZERO_UNIX_SEND_BUFFER")]
+    pub unix_send_buffer: Option<usize>,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,

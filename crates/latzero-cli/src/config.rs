@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub shutdown_grace_ms: Option<u64>,
     pub spin_us: Option<u64>,
     pub workers: Option<usize>,
+    pub unix_send_buffer: Option<usize>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -151,6 +152,13 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
             bail!("spin_us must be at most {max} µs (1 s); 0 turns spinning off");
         }
         c.spin = Duration::from_micros(us);
+    }
+    if let Some(bytes) = args.unix_send_buffer.or(file.unix_send_buffer) {
+        let max = i32::MAX as usize;
+        if bytes > max {
+            bail!("unix_send_buffer must be at most {max} bytes; 0 keeps the kernel's default");
+        }
+        c.unix_send_buffer = bytes;
     }
     let workers = match args.workers.or(file.workers) {
         None => default_workers(),
@@ -317,6 +325,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("spin_us must be at most 1000000"), "{err}");
+    }
+
+    #[test]
+    fn unix_send_buffer_comes_from_the_command_line_over_the_file_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = |extra: &[&str]| {
+            resolve_in(dir.path(), extra)
+                .map(|r| r.server.unix_send_buffer)
+                .map_err(|e| e.to_string())
+        };
+        let from_env = std::env::var_os("LATZERO_UNIX_SEND_BUFFER").is_some();
+        if !from_env {
+            assert_eq!(bytes(&[]), Ok(latzero_server::DEFAULT_UNIX_SEND_BUFFER));
+        }
+        write_config(dir.path(), "unix_send_buffer = 65536\n");
+        if !from_env {
+            assert_eq!(bytes(&[]), Ok(65536));
+        }
+        assert_eq!(
+            bytes(&["--unix-send-buffer", "0"]),
+            Ok(0),
+            "0 keeps the kernel's default"
+        );
+        assert_eq!(bytes(&["--unix-send-buffer", "2147483647"]), Ok(2147483647));
+        let err = bytes(&["--unix-send-buffer", "2147483648"]).unwrap_err();
+        assert!(
+            err.contains("unix_send_buffer must be at most 2147483647 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

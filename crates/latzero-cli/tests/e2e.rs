@@ -369,13 +369,14 @@ fn configuration_layers_cli_over_env_over_file() -> Result<()> {
     let (file_port, env_port, cli_port) = (free_port(), free_port(), free_port());
     std::fs::write(
         dir.path().join("config/latzero.toml"),
-        format!("port = {file_port}\n[limits]\nmax_frame_len = 4096\n"),
+        format!("port = {file_port}\nunix_send_buffer = 65536\n[limits]\nmax_frame_len = 4096\n"),
     )?;
     let start = |env: Option<u16>, cli: Option<u16>| -> Result<ServerProc> {
         let mut cmd = std::process::Command::new(bin());
         cmd.args(["start", "-d"])
             .arg(dir.path())
             .env_remove("LATZERO_PORT")
+            .env_remove("LATZERO_UNIX_SEND_BUFFER")
             .env_remove("LATZERO_DATA_DIR");
         if let Some(p) = env {
             cmd.env("LATZERO_PORT", p.to_string());
@@ -396,6 +397,9 @@ fn configuration_layers_cli_over_env_over_file() -> Result<()> {
         assert!(ok);
         let st: Value = serde_json::from_str(&out)?;
         assert_eq!(st["limits"]["max_frame_len"], 4096, "file limits apply");
+        assert_eq!(st["limits"]["unix_send_buffer"], 65536, "{st}");
+        // 64 KiB is under any kernel's cap (net.core.wmem_max, at least 208 KiB by default).
+        assert_eq!(st["limits"]["unix_send_buffer_granted"], 65536, "{st}");
         assert!(s.run(&["stop"])?.0);
         s.proc.wait_exit()?;
     }

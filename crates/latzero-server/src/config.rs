@@ -50,6 +50,9 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// The longest [`ServerConfig::spin`] that takes effect (longer is cut to it).
 pub const MAX_SPIN: Duration = latzero_uds::spin::MAX_WINDOW;
 
+/// The default of [`ServerConfig::unix_send_buffer`] (4 MiB).
+pub const DEFAULT_UNIX_SEND_BUFFER: usize = latzero_uds::DEFAULT_SEND_BUFFER;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -76,6 +79,11 @@ pub struct ServerConfig {
     /// How long the server keeps polling its sockets after a message before it sleeps; zero
     /// turns it off. See `latzero_uds::spin` for what it buys and costs.
     pub spin: Duration,
+    /// The send buffer asked for on each Unix socket the server writes to (its Unix clients',
+    /// and the inner socket of each TLS connection), bytes; zero leaves the kernel's default.
+    /// Linux cuts it to `net.core.wmem_max` (the server warns at start). See
+    /// [`latzero_uds::DEFAULT_SEND_BUFFER`] for why 4 MiB.
+    pub unix_send_buffer: usize,
 }
 
 impl ServerConfig {
@@ -93,6 +101,7 @@ impl ServerConfig {
             auth: crate::security::AuthConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             spin: DEFAULT_SPIN,
+            unix_send_buffer: DEFAULT_UNIX_SEND_BUFFER,
         }
     }
 }

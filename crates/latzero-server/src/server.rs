@@ -54,6 +54,8 @@ pub(crate) struct State {
     started: Instant,
     tcp: SocketAddr,
     unix: Option<PathBuf>,
+    /// The send buffer the kernel grants the Unix sockets (`None`: its default).
+    unix_send_buffer_granted: Option<usize>,
     pub spinner: Option<latzero_uds::spin::Spinner>,
 }
 
@@ -105,6 +107,8 @@ impl State {
                 "max_blocks": self.config.memory.max_blocks,
                 "default_lock_lease_ms": self.config.memory.default_lease.as_millis() as u64,
                 "max_lock_lease_ms": self.config.memory.max_lease.as_millis() as u64,
+                "unix_send_buffer": self.config.unix_send_buffer,
+                "unix_send_buffer_granted": self.unix_send_buffer_granted,
             },
         });
         if let Some(id) = id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
@@ -123,6 +127,24 @@ pub struct Server {
     datadir: DataDir,
 }
 
+/// Checks the Unix sockets' send buffer at start: one the kernel cannot take at all is an
+/// error, and one it cuts (to `net.core.wmem_max`) is a warning. Returns what the kernel grants
+/// (`None` for zero: the kernel's default).
+fn check_send_buffer(bytes: usize) -> std::io::Result<Option<usize>> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let granted = latzero_uds::send_buffer_granted(bytes)?;
+    if granted < bytes {
+        tracing::warn!(
+            asked = bytes,
+            granted,
+            "the kernel cuts Unix sockets' send buffers to net.core.wmem_max; raise it (sysctl) or lower --unix-send-buffer"
+        );
+    }
+    Ok(Some(granted))
+}
+
 impl Server {
     /// Prepares the data directory, takes its lock and binds the listeners.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
@@ -136,7 +158,7 @@ impl Server {
             },
         })?;
         let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?;
-        let (unix, unix_path) = if config.unix_socket {
+        let (unix, unix_path, send_buffer) = if config.unix_socket {
             let path = datadir.path().join(UNIX_SOCKET_NAME);
             // We hold the data dir's lock, so a socket file here is left over from a crash.
             let _ = std::fs::remove_file(&path);
@@ -144,11 +166,12 @@ impl Server {
                 addr: path.display().to_string(),
                 source: e,
             };
+            let send_buffer = check_send_buffer(config.unix_send_buffer).map_err(bind_err)?;
             let l = UnixListener::bind(&path).map_err(bind_err)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-            (Some(l), Some(path))
+            (Some(l), Some(path), send_buffer)
         } else {
-            (None, None)
+            (None, None, None)
         };
         let auth = crate::security::Auth::new(&config.auth).map_err(ServerError::Auth)?;
         let tls = match config.tls.enabled {
@@ -191,6 +214,7 @@ impl Server {
             started: Instant::now(),
             tcp: tcp_addr,
             unix: unix_path,
+            unix_send_buffer_granted: send_buffer,
             spinner,
         });
         Ok(Server {

@@ -161,6 +161,8 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
             return;
         }
     };
+    // The session writes its frames into `far`; the bridge takes them out to TLS.
+    crate::transport::size_send_buffer(&state, &far);
     tracker.spawn(bridge(stream, near));
     let (r, w) = far.into_split();
     session::run(state, r, Sock::Unix(w), peer).await;

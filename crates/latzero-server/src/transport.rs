@@ -65,13 +65,27 @@ impl Listener for UnixListener {
 
     fn serve(state: &Arc<State>, stream: UnixStream, peer: String, tracker: &TaskTracker) {
         let (r, w) = match UdsStream::from_tokio(stream) {
-            Ok(s) => s.into_split(),
+            Ok(s) => {
+                size_send_buffer(state, &s);
+                s.into_split()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take over an accepted Unix connection");
                 return;
             }
         };
         tracker.spawn(session::run(state.clone(), r, Sock::Unix(w), peer));
+    }
+}
+
+/// Gives a Unix socket the server writes to the configured send buffer (`--unix-send-buffer`).
+/// A socket the kernel will not size keeps its default, with a warning: it still works.
+pub(crate) fn size_send_buffer(state: &State, s: &UdsStream) {
+    let bytes = state.config.unix_send_buffer;
+    if bytes > 0
+        && let Err(e) = s.set_send_buffer(bytes)
+    {
+        tracing::warn!(bytes, error = %e, "cannot set a Unix socket's send buffer; it keeps the kernel's default");
     }
 }
 

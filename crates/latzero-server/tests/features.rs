@@ -1,5 +1,5 @@
 //! Beyond the seeds: broadcast, third-party reply, presence, takeover, slow consumers, the
-//! SDK's reconnect, and shutdown — against an in-process server.
+//! SDK's reconnect, shutdown, and a start refused for a bad setting — against an in-process server.
 
 mod common;
 
@@ -375,4 +375,19 @@ async fn a_connection_without_a_handshake_is_closed_after_the_timeout() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(app.sync().await.is_empty(), "handshaken connections have no deadline");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn a_unix_send_buffer_no_socket_takes_stops_the_start_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_in(dir.path());
+    cfg.unix_send_buffer = i32::MAX as usize + 1;
+    let err = latzero_server::Server::bind(cfg)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("latzero.sock") && err.contains("more than a socket takes"),
+        "{err}"
+    );
 }

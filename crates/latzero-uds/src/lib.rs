@@ -11,6 +11,10 @@
 //! writability. That registration lives until the socket is writable again and is then dropped.
 //! A fresh registration reports the socket's current state, so no wake-up is lost in between.
 //!
+//! [`UdsStream::set_send_buffer`] sizes the socket's send buffer. A Unix socket gets the
+//! kernel's default (`net.core.wmem_default`, 208 KiB) and, unlike loopback TCP, never grows it:
+//! the server raises it for the sockets it writes to ([`DEFAULT_SEND_BUFFER`]).
+//!
 //! [`spin`] keeps a runtime polling its sockets for a short window after activity, for the
 //! server and the SDK alike.
 
@@ -28,6 +32,48 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// The send buffer the LatZero server asks for on the Unix sockets it serves, in bytes: what
+/// loopback TCP's send buffer may grow to by itself (`net.ipv4.tcp_wmem`'s maximum, 4 MiB by
+/// default). With the default 208 KiB, a server fanning messages out to several receivers
+/// found their sockets full often enough to cost a fifth of its fan-out rate over the Unix
+/// socket (docs/BENCHMARKS.md). The size is a ceiling, not an allocation: the kernel only
+/// holds what a slow reader has not taken yet.
+pub const DEFAULT_SEND_BUFFER: usize = 4 * 1024 * 1024;
+
+/// What the kernel grants a Unix socket that asks for a send buffer of `bytes`, learned on a
+/// socket pair made for the purpose. Linux cuts the request to `net.core.wmem_max` (and raises
+/// it to its minimum, a few KiB).
+pub fn send_buffer_granted(bytes: usize) -> io::Result<usize> {
+    let (a, _b) = StdStream::pair()?;
+    set_send_buffer(&a, bytes)?;
+    send_buffer(&a)
+}
+
+/// Asks for a send buffer of `bytes` (`SO_SNDBUF`); more than `c_int` holds is refused.
+fn set_send_buffer(s: &StdStream, bytes: usize) -> io::Result<()> {
+    if libc::c_int::try_from(bytes).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a send buffer of {bytes} bytes is more than a socket takes (at most {})",
+                libc::c_int::MAX
+            ),
+        ));
+    }
+    socket2::SockRef::from(s).set_send_buffer_size(bytes)
+}
+
+/// The send buffer the socket has, as the caller asked for it: Linux reports twice the size
+/// granted (the other half pays for its bookkeeping), and this halves it again.
+fn send_buffer(s: &StdStream) -> io::Result<usize> {
+    let reported = socket2::SockRef::from(s).send_buffer_size()?;
+    Ok(if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    })
+}
 
 /// A connected Unix stream socket, registered with the tokio reactor for reading only.
 #[derive(Debug)]
@@ -68,6 +114,19 @@ impl UdsStream {
                 watching: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Asks the kernel for a send buffer of `bytes` (`SO_SNDBUF`), which caps how much a
+    /// writer may queue before its writes would block. Linux cuts the request to
+    /// `net.core.wmem_max` ([`send_buffer_granted`] tells what it grants); more than `c_int`
+    /// holds is refused.
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        set_send_buffer(self.shared.sock.get_ref(), bytes)
+    }
+
+    /// The socket's send buffer, in bytes as [`UdsStream::set_send_buffer`] takes them.
+    pub fn send_buffer(&self) -> io::Result<usize> {
+        send_buffer(self.shared.sock.get_ref())
     }
 
     /// A connected pair (as `socketpair(2)`).
@@ -357,6 +416,43 @@ mod tests {
         // Still full: not ready.
         let ready = std::future::poll_fn(|cx| Poll::Ready(aw.poll_write_ready(cx))).await;
         assert!(ready.is_pending());
+    }
+
+    #[tokio::test]
+    async fn the_send_buffer_is_what_was_asked_for_within_the_kernels_bounds() {
+        let (a, _b) = UdsStream::pair().unwrap();
+        a.set_send_buffer(64 * 1024).unwrap();
+        // 64 KiB is below any kernel's cap (wmem_max is at least 208 KiB by default).
+        assert_eq!(a.send_buffer().unwrap(), 64 * 1024);
+        assert_eq!(send_buffer_granted(64 * 1024).unwrap(), 64 * 1024);
+        let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max").unwrap();
+        let max: usize = max.trim().parse().unwrap();
+        assert_eq!(send_buffer_granted(max + 1).unwrap(), max, "cut to net.core.wmem_max");
+        let err = a.set_send_buffer(libc::c_int::MAX as usize + 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("more than a socket takes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_larger_send_buffer_takes_more_before_a_write_would_block() {
+        fn taken_before_full(a: UdsStream) -> usize {
+            let (_ar, aw) = a.into_split();
+            let chunk = vec![0; 64 * 1024];
+            let mut taken = 0;
+            loop {
+                match aw.try_write(&chunk) {
+                    Ok(n) => taken += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return taken,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let (small, _s) = UdsStream::pair().unwrap();
+        small.set_send_buffer(64 * 1024).unwrap();
+        let (large, _l) = UdsStream::pair().unwrap();
+        large.set_send_buffer(192 * 1024).unwrap();
+        let (s, l) = (taken_before_full(small), taken_before_full(large));
+        assert!(l > 2 * s, "64 KiB took {s} bytes, 192 KiB took {l}");
     }
 
     #[tokio::test]
