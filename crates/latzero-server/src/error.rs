@@ -38,6 +38,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The Unix sockets' send buffer (`--unix-send-buffer`) cannot be set.
+    #[error("cannot give Unix sockets a send buffer of {bytes} bytes (--unix-send-buffer): {source}")]
+    SendBuffer {
+        /// The size asked for.
+        bytes: usize,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The memory-block directories could not be prepared.
     #[error("cannot prepare memory blocks in {}: {source}; check its permissions, or pick another directory with --volatile-memory-dir", path.display())]
     Memory {

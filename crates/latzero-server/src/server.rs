@@ -158,7 +158,10 @@ impl Server {
             },
         })?;
         let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?;
-        let (unix, unix_path, send_buffer) = if config.unix_socket {
+        // Unix clients' sockets and each TLS connection's inner socket pair take it.
+        let bytes = config.unix_send_buffer;
+        let send_buffer = check_send_buffer(bytes).map_err(|source| ServerError::SendBuffer { bytes, source })?;
+        let (unix, unix_path) = if config.unix_socket {
             let path = datadir.path().join(UNIX_SOCKET_NAME);
             // We hold the data dir's lock, so a socket file here is left over from a crash.
             let _ = std::fs::remove_file(&path);
@@ -166,12 +169,11 @@ impl Server {
                 addr: path.display().to_string(),
                 source: e,
             };
-            let send_buffer = check_send_buffer(config.unix_send_buffer).map_err(bind_err)?;
             let l = UnixListener::bind(&path).map_err(bind_err)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-            (Some(l), Some(path), send_buffer)
+            (Some(l), Some(path))
         } else {
-            (None, None, None)
+            (None, None)
         };
         let auth = crate::security::Auth::new(&config.auth).map_err(ServerError::Auth)?;
         let tls = match config.tls.enabled {

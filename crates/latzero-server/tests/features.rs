@@ -387,7 +387,7 @@ async fn a_unix_send_buffer_no_socket_takes_stops_the_start_with_a_reason() {
         .expect_err("refused")
         .to_string();
     assert!(
-        err.contains("latzero.sock") && err.contains("more than a socket takes"),
+        err.contains("--unix-send-buffer") && err.contains("more than a socket takes"),
         "{err}"
     );
 }
