@@ -35,9 +35,9 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// The send buffer the LatZero server asks for on the Unix sockets it serves, in bytes: what
 /// loopback TCP's send buffer may grow to by itself (`net.ipv4.tcp_wmem`'s maximum, 4 MiB by
-/// default). With the default 208 KiB, a server fanning messages out to several receivers
-/// found their sockets full often enough to cost a fifth of its fan-out rate over the Unix
-/// socket (docs/BENCHMARKS.md). The size is a ceiling, not an allocation: the kernel only
+/// default). With the default 208 KiB, a server fanning messages out to four receivers found
+/// their sockets full often enough to cost 12–29% of its fan-out rate over the Unix socket
+/// (docs/BENCHMARKS.md). The size is a ceiling, not an allocation: the kernel only
 /// holds what a slow reader has not taken yet.
 pub const DEFAULT_SEND_BUFFER: usize = 4 * 1024 * 1024;
 
