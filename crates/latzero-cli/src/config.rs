@@ -154,7 +154,7 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         c.spin = Duration::from_micros(us);
     }
     if let Some(bytes) = args.unix_send_buffer.or(file.unix_send_buffer) {
-        let max = i32::MAX as usize;
+        let max = latzero_server::MAX_UNIX_SEND_BUFFER;
         if bytes > max {
             bail!("unix_send_buffer must be at most {max} bytes; 0 keeps the kernel's default");
         }

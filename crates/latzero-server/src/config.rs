@@ -53,6 +53,9 @@ pub const MAX_SPIN: Duration = latzero_uds::spin::MAX_WINDOW;
 /// The default of [`ServerConfig::unix_send_buffer`] (4 MiB).
 pub const DEFAULT_UNIX_SEND_BUFFER: usize = latzero_uds::DEFAULT_SEND_BUFFER;
 
+/// The largest [`ServerConfig::unix_send_buffer`] a socket takes.
+pub const MAX_UNIX_SEND_BUFFER: usize = latzero_uds::MAX_SEND_BUFFER;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -45,7 +45,7 @@ mod tls;
 mod transport;
 
 pub use backup::{Restored, list as list_backups, restore};
-pub use config::{DEFAULT_SPIN, DEFAULT_UNIX_SEND_BUFFER, Limits, MAX_SPIN, ServerConfig};
+pub use config::{DEFAULT_SPIN, DEFAULT_UNIX_SEND_BUFFER, Limits, MAX_SPIN, MAX_UNIX_SEND_BUFFER, ServerConfig};
 pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;
 pub use memory::MemoryConfig;

@@ -41,6 +41,9 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 /// holds what a slow reader has not taken yet.
 pub const DEFAULT_SEND_BUFFER: usize = 4 * 1024 * 1024;
 
+/// The largest send buffer a socket takes (`SO_SNDBUF` is a C `int`).
+pub const MAX_SEND_BUFFER: usize = libc::c_int::MAX as usize;
+
 /// What the kernel grants a Unix socket that asks for a send buffer of `bytes`, learned on a
 /// socket pair made for the purpose. Linux cuts the request to `net.core.wmem_max` (and raises
 /// it to its minimum, a few KiB).
@@ -50,15 +53,12 @@ pub fn send_buffer_granted(bytes: usize) -> io::Result<usize> {
     send_buffer(&a)
 }
 
-/// Asks for a send buffer of `bytes` (`SO_SNDBUF`); more than `c_int` holds is refused.
+/// Asks for a send buffer of `bytes` (`SO_SNDBUF`); more than [`MAX_SEND_BUFFER`] is refused.
 fn set_send_buffer(s: &StdStream, bytes: usize) -> io::Result<()> {
-    if libc::c_int::try_from(bytes).is_err() {
+    if bytes > MAX_SEND_BUFFER {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "a send buffer of {bytes} bytes is more than a socket takes (at most {})",
-                libc::c_int::MAX
-            ),
+            format!("a send buffer of {bytes} bytes is more than a socket takes (at most {MAX_SEND_BUFFER})"),
         ));
     }
     socket2::SockRef::from(s).set_send_buffer_size(bytes)
@@ -118,8 +118,8 @@ impl UdsStream {
 
     /// Asks the kernel for a send buffer of `bytes` (`SO_SNDBUF`), which caps how much a
     /// writer may queue before its writes would block. Linux cuts the request to
-    /// `net.core.wmem_max` ([`send_buffer_granted`] tells what it grants); more than `c_int`
-    /// holds is refused.
+    /// `net.core.wmem_max` ([`send_buffer_granted`] tells what it grants); more than
+    /// [`MAX_SEND_BUFFER`] is refused.
     pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
         set_send_buffer(self.shared.sock.get_ref(), bytes)
     }
