@@ -53,6 +53,11 @@ struct Args {
     /// Warm-up calls before each sequential measurement
     #[arg(long, default_value_t = 2_000)]
     warmup: usize,
+    /// Rounds of the rates (pipelined, 10×2, fan-out), run in turn across the peers, each
+    /// peer's rate the median of its rounds (each round listed below the table); the sequential
+    /// percentiles come from the first round [default: 3]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: Option<u16>,
     /// The latzero binary [default: next to this executable]
     #[arg(long)]
     server: Option<PathBuf>,
@@ -111,6 +116,7 @@ fn main() -> Result<()> {
             ("--server-workers", args.server_workers.is_some()),
             ("--unix-send-buffer", args.unix_send_buffer.is_some()),
             ("--client-workers", args.client_workers.is_some()),
+            ("--rounds", args.rounds.is_some()),
         ];
         if let Some((flag, _)) = race_only.iter().find(|(_, set)| *set) {
             bail!("{flag} applies to the race (latzero-bench without a subcommand) only");
@@ -148,7 +154,7 @@ fn main() -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string(&figures)?);
             } else {
-                print!("{}", table(p, &figures, &sizes));
+                print!("{}{}", table(p, &figures, &sizes), rounds_table(&figures));
             }
             Ok(())
         }
@@ -164,10 +170,19 @@ fn sizes(args: &Args) -> Sizes {
         multi: args.multi,
         fanout: args.fanout,
         warmup: args.warmup,
+        rounds: rounds(args),
         spin_us: args.spin_us,
         server_workers: args.server_workers,
         unix_send_buffer: args.unix_send_buffer,
     }
+}
+
+/// Rounds of the rates when `--rounds` is not given: enough for a median that one slow spell
+/// of the machine does not move.
+const DEFAULT_ROUNDS: u16 = 3;
+
+fn rounds(args: &Args) -> usize {
+    args.rounds.unwrap_or(DEFAULT_ROUNDS).into()
 }
 
 fn server_bin(args: &Args) -> Result<PathBuf> {
@@ -184,22 +199,34 @@ fn server_bin(args: &Args) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Every peer's figures, over `sizes.rounds` rounds run in turn across the peers, so that a
+/// slow spell of the machine falls on one round of several peers rather than on every round of
+/// one peer (see [`stats::combine`]).
 async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
     let bin = server_bin(args)?;
-    let mut out = vec![];
-    for peer in &args.peers {
-        eprintln!("  {peer}");
-        out.push(match peer.as_str() {
-            "relay" => relay::run(sizes).await?,
-            "nats" => nats::run(sizes).await?,
-            "tcp" => latzero::run(&bin, sizes, latzero::Transport::Tcp).await?,
-            "unix" => latzero::run(&bin, sizes, latzero::Transport::Unix).await?,
-            "tls" => latzero::run(&bin, sizes, latzero::Transport::Tls).await?,
-            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix, tls"),
-        });
+    if let Some(other) = args.peers.iter().find(|p| !PEERS.contains(&p.as_str())) {
+        bail!("unknown peer '{other}'; known: {}", PEERS.join(", "));
     }
-    Ok(out)
+    let mut by_peer = vec![Vec::new(); args.peers.len()];
+    for round in 0..sizes.rounds.max(1) {
+        // Later rounds warm up and measure the rates only.
+        let s = if round == 0 { *sizes } else { Sizes { seq: 0, ..*sizes } };
+        for (peer, rounds) in args.peers.iter().zip(&mut by_peer) {
+            eprintln!("  {peer} (round {} of {})", round + 1, sizes.rounds.max(1));
+            rounds.push(match peer.as_str() {
+                "relay" => relay::run(&s).await?,
+                "nats" => nats::run(&s).await?,
+                "tcp" => latzero::run(&bin, &s, latzero::Transport::Tcp).await?,
+                "unix" => latzero::run(&bin, &s, latzero::Transport::Unix).await?,
+                _ => latzero::run(&bin, &s, latzero::Transport::Tls).await?,
+            });
+        }
+    }
+    Ok(by_peer.into_iter().map(stats::combine).collect())
 }
+
+/// The peers `--peers` takes.
+const PEERS: [&str; 5] = ["relay", "nats", "tcp", "unix", "tls"];
 
 fn both(args: &Args) -> Result<()> {
     let mut out = String::new();
@@ -211,6 +238,7 @@ fn both(args: &Args) -> Result<()> {
         ("--multi", args.multi),
         ("--fanout", args.fanout),
         ("--warmup", args.warmup),
+        ("--rounds", rounds(args)),
     ]
     .map(|(flag, n)| [flag.to_owned(), n.to_string()]);
     let mut common: Vec<String> = numbers.into_iter().flatten().collect();
@@ -236,6 +264,7 @@ fn both(args: &Args) -> Result<()> {
     for placement in ["pinned", "unpinned"] {
         let figures = run(placement, &args.peers, args.client_workers)?;
         out.push_str(&table(placement, &figures, &sizes));
+        out.push_str(&rounds_table(&figures));
         out.push('\n');
         unpinned = figures;
     }
@@ -250,12 +279,14 @@ fn both(args: &Args) -> Result<()> {
         .collect();
     if args.client_workers.is_none() && !latzero.is_empty() {
         let mut figures = run("unpinned", &latzero, Some(1))?;
+        let rounds = rounds_table(&figures);
         figures.extend(unpinned.into_iter().filter(|f| !f.peer.starts_with("LatZero")));
         out.push_str(&table(
             "unpinned, LatZero's clients on one worker (relay and NATS as above)",
             &figures,
             &sizes,
         ));
+        out.push_str(&rounds);
         out.push('\n');
     }
     let clients = match args.client_workers {
@@ -395,7 +426,7 @@ fn header(s: &Sizes) -> String {
     format!(
         "Run {date} on {n} vCPU {cpu}, Linux {kernel}; {nats}; latzero {lz}; async-nats 0.42.\n\
          Sizes: {seq} sequential calls per payload (after {w} warm-up), {p} pipelined calls with {inf} in flight, \
-         {m} calls from {CALLERS} callers to {HANDLERS} handlers, {f} emits fanned out to {RECEIVERS} receivers.\n{settings}",
+         {m} calls from {CALLERS} callers to {HANDLERS} handlers, {f} emits fanned out to {RECEIVERS} receivers.\n{rounds}{settings}",
         date = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -409,6 +440,13 @@ fn header(s: &Sizes) -> String {
         inf = s.inflight,
         m = s.multi,
         f = s.fanout,
+        rounds = match s.rounds {
+            0 | 1 => String::new(),
+            n => format!(
+                "Rates (pipelined, 10×2, fan-out) are each peer's median of {n} rounds, run in turn across the \
+                 peers (each round is listed below its table); the sequential percentiles come from the first round.\n"
+            ),
+        },
         settings = settings(s),
     )
 }
@@ -482,6 +520,36 @@ fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {
             ratio(v(tcp), v(nats)),
             ratio(v(unix), v(floor)),
             ratio(v(tls), v(tcp)),
+        );
+    }
+    t
+}
+
+/// Each round's rates, per peer in the order run, below a table of their medians; nothing with
+/// one round.
+fn rounds_table(f: &[Figures]) -> String {
+    if f.iter().all(|x| x.rounds.len() < 2) {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\nEach round's rates, in the order run (the table above gives their medians):\n\n\
+         | peer | pipelined calls/s | 10×2 calls/s | fan-out ×4 msgs/s |\n|---|---|---|---|\n",
+    );
+    let k = |x: Option<f64>| x.map_or("n/a".to_owned(), |x| format!("{:.0}k", x / 1000.0));
+    for x in f.iter().filter(|x| x.rounds.len() > 1) {
+        let col = |get: fn(&stats::Rates) -> Option<f64>| {
+            if x.rounds.iter().all(|r| get(r).is_none()) {
+                return "n/a".to_owned();
+            }
+            x.rounds.iter().map(|r| k(get(r))).collect::<Vec<_>>().join(" · ")
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} |",
+            x.peer,
+            col(|r| Some(r.pipelined)),
+            col(|r| r.multi),
+            col(|r| r.fanout),
         );
     }
     t
