@@ -43,7 +43,7 @@ wait
 EOF
   chmod +x "$d/server.sh"
   taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$d/bench.out" \
-    target/release/latzero-bench --server "$d/server.sh" --placement pinned --peers unix \
+    target/release/latzero-bench --server "$d/server.sh" --placement pinned --peers unix --rounds 1 \
     --seq 10 --warmup 10 --multi 100 "${sizes[@]}" > "$d/bench.log" 2>&1 ||
     { cat "$d/bench.log" >&2; exit 1; }
   local pid
