@@ -596,7 +596,8 @@ impl Inner {
     pub(crate) fn local_handler(&self, pool: &str, process: &str) -> Option<Handler> {
         let registered = {
             let s = lock(&self.shared);
-            s.pools.contains(pool) && s.triggers.contains(process)
+            // Triggers first: a client that only calls has none, and then no name is compared.
+            s.triggers.contains(process) && s.pools.contains(pool)
         };
         if !registered {
             return None;

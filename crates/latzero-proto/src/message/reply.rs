@@ -337,8 +337,10 @@ fn data_and_origin(s: &str) -> Option<(&str, &str)> {
 
 /// Strips one or more ASCII digits from the end.
 fn digits_at_end(s: &str) -> Option<&str> {
-    let rest = s.trim_end_matches(|c: char| c.is_ascii_digit());
-    (rest.len() < s.len()).then_some(rest)
+    // By byte, not by `char`: a digit is one byte, and whatever precedes the digits is cut at
+    // an ASCII byte, so the rest stays a valid `&str`.
+    let n = s.bytes().rev().take_while(u8::is_ascii_digit).count();
+    (n > 0).then(|| &s[..s.len() - n])
 }
 
 impl DeliverTrigger<'_> {
