@@ -55,7 +55,7 @@ struct Args {
     warmup: usize,
     /// Rounds of the rates (pipelined, 10×2, fan-out), run in turn across the peers, each
     /// peer's rate the median of its rounds (each round listed below the table); the sequential
-    /// percentiles come from the first round [default: 3]
+    /// percentiles come from the first round [default: 5]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
     rounds: Option<u16>,
     /// The latzero binary [default: next to this executable]
@@ -179,7 +179,7 @@ fn sizes(args: &Args) -> Sizes {
 
 /// Rounds of the rates when `--rounds` is not given: enough for a median that one slow spell
 /// of the machine does not move.
-const DEFAULT_ROUNDS: u16 = 3;
+const DEFAULT_ROUNDS: u16 = 5;
 
 fn rounds(args: &Args) -> usize {
     args.rounds.unwrap_or(DEFAULT_ROUNDS).into()
