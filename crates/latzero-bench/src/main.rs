@@ -200,33 +200,48 @@ fn server_bin(args: &Args) -> Result<PathBuf> {
 }
 
 /// Every peer's figures, over `sizes.rounds` rounds run in turn across the peers, so that a
-/// slow spell of the machine falls on one round of several peers rather than on every round of
-/// one peer (see [`stats::combine`]).
+/// slow spell of the machine falls on one round of several peers rather than on all of one
+/// peer's figures (see [`stats::combine`]).
 async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
     let bin = server_bin(args)?;
-    if let Some(other) = args.peers.iter().find(|p| !PEERS.contains(&p.as_str())) {
-        bail!("unknown peer '{other}'; known: {}", PEERS.join(", "));
-    }
-    let mut by_peer = vec![Vec::new(); args.peers.len()];
-    for round in 0..sizes.rounds.max(1) {
+    // Every name is checked first: a typo fails at once, not after the peers before it ran.
+    let peers = args.peers.iter().map(|p| Peer::parse(p)).collect::<Result<Vec<_>>>()?;
+    let rounds = sizes.rounds.max(1);
+    let mut by_peer = vec![Vec::new(); peers.len()];
+    for round in 0..rounds {
         // Later rounds warm up and measure the rates only.
         let s = if round == 0 { *sizes } else { Sizes { seq: 0, ..*sizes } };
-        for (peer, rounds) in args.peers.iter().zip(&mut by_peer) {
-            eprintln!("  {peer} (round {} of {})", round + 1, sizes.rounds.max(1));
-            rounds.push(match peer.as_str() {
-                "relay" => relay::run(&s).await?,
-                "nats" => nats::run(&s).await?,
-                "tcp" => latzero::run(&bin, &s, latzero::Transport::Tcp).await?,
-                "unix" => latzero::run(&bin, &s, latzero::Transport::Unix).await?,
-                _ => latzero::run(&bin, &s, latzero::Transport::Tls).await?,
+        for ((name, peer), got) in args.peers.iter().zip(&peers).zip(&mut by_peer) {
+            eprintln!("  {name} (round {} of {rounds})", round + 1);
+            got.push(match peer {
+                Peer::Relay => relay::run(&s).await?,
+                Peer::Nats => nats::run(&s).await?,
+                Peer::LatZero(t) => latzero::run(&bin, &s, *t).await?,
             });
         }
     }
     Ok(by_peer.into_iter().map(stats::combine).collect())
 }
 
-/// The peers `--peers` takes.
-const PEERS: [&str; 5] = ["relay", "nats", "tcp", "unix", "tls"];
+/// A peer `--peers` names.
+enum Peer {
+    Relay,
+    Nats,
+    LatZero(latzero::Transport),
+}
+
+impl Peer {
+    fn parse(name: &str) -> Result<Peer> {
+        Ok(match name {
+            "relay" => Peer::Relay,
+            "nats" => Peer::Nats,
+            "tcp" => Peer::LatZero(latzero::Transport::Tcp),
+            "unix" => Peer::LatZero(latzero::Transport::Unix),
+            "tls" => Peer::LatZero(latzero::Transport::Tls),
+            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix, tls"),
+        })
+    }
+}
 
 fn both(args: &Args) -> Result<()> {
     let mut out = String::new();
