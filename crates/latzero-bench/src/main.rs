@@ -154,7 +154,7 @@ fn main() -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string(&figures)?);
             } else {
-                print!("{}{}", table(p, &figures, &sizes), rounds_table(&figures));
+                print!("{}{}", table(p, &figures), rounds_table(&figures));
             }
             Ok(())
         }
@@ -278,7 +278,7 @@ fn both(args: &Args) -> Result<()> {
     let mut unpinned = vec![];
     for placement in ["pinned", "unpinned"] {
         let figures = run(placement, &args.peers, args.client_workers)?;
-        out.push_str(&table(placement, &figures, &sizes));
+        out.push_str(&table(placement, &figures));
         out.push_str(&rounds_table(&figures));
         out.push('\n');
         unpinned = figures;
@@ -299,7 +299,6 @@ fn both(args: &Args) -> Result<()> {
         out.push_str(&table(
             "unpinned, LatZero's clients on one worker (relay and NATS as above)",
             &figures,
-            &sizes,
         ));
         out.push_str(&rounds);
         out.push('\n');
@@ -485,7 +484,7 @@ fn settings(s: &Sizes) -> String {
     }
 }
 
-fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {
+fn table(placement: &str, f: &[Figures]) -> String {
     let find = |name: &str| f.iter().find(|x| x.peer == name);
     let (floor, nats, tcp, unix, tls) = (
         find("relay floor"),
@@ -511,7 +510,6 @@ fn table(placement: &str, f: &[Figures], s: &Sizes) -> String {
         ("10×2 calls/s", |x| x.multi),
         ("fan-out ×4 msgs/s", |x| x.fanout),
     ];
-    let _ = s;
     for (name, get) in rows {
         let v = |p: Option<&Figures>| p.and_then(get);
         let cell = |x: Option<f64>| match x {
