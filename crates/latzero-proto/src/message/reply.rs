@@ -77,6 +77,14 @@ fn hop_text<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(id)
 }
 
+/// JSON text serialised as the value it is. The text comes from a request the server checked,
+/// so it is one value; text that is not is an error of the serialiser, not text on the wire.
+fn json_text<S: serde::Serializer>(text: &&str, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::from_str::<&RawValue>(text)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
 /// `,"process":"P","pool":"Q","data":D,"origin":{"app_id":"A"}`: the part a delivered trigger
 /// and a delivered emit share, in runs of their fixed layout. The names are checked names (their
 /// types say so): copied without looking for characters to escape. Inlined, as the writers
@@ -155,8 +163,11 @@ impl DeliverTrigger<'_> {
 pub struct ForwardResponse<'a> {
     /// "response" (written without escaping: a literal of name characters).
     pub action: &'static str,
-    /// The caller's own id.
-    pub in_reply_to: &'a RawValue,
+    /// The caller's own id: its JSON text, as the request carried it (checked then), written
+    /// as it is. Text, not a `&RawValue`, so that the server can keep a short id inline in its
+    /// pending-call table rather than in an allocation of its own.
+    #[serde(serialize_with = "json_text")]
+    pub in_reply_to: &'a str,
     /// "ok" or "error" (written without escaping).
     pub status: &'static str,
     /// The result, for "ok".
@@ -183,7 +194,7 @@ impl ForwardResponse<'_> {
     pub fn encode_onto(&self, buf: &mut Vec<u8>) {
         let body = self.response.or(self.error).map_or(0, |b| b.get().len());
         let origin = self.origin.as_ref().map_or(0, |o| 24 + o.app_id.as_str().len());
-        let mut f = JsonFrame::after(std::mem::take(buf), 72 + self.in_reply_to.get().len() + body + origin);
+        let mut f = JsonFrame::after(std::mem::take(buf), 72 + self.in_reply_to.len() + body + origin);
         // In runs of the fixed layout, as `DeliverTrigger::encode_onto`.
         debug_assert!(
             self.action
@@ -194,7 +205,7 @@ impl ForwardResponse<'_> {
         f.text(r#""action":""#)
             .text(self.action)
             .text(r#"","in_reply_to":"#)
-            .text(self.in_reply_to.get())
+            .text(self.in_reply_to)
             .text(r#","status":""#)
             .text(self.status);
         if let Some(r) = self.response {
@@ -567,7 +578,7 @@ mod tests {
         let resp = RawValue::from_string(r#"{"result":84}"#.into()).unwrap();
         let f = ForwardResponse {
             action: "response",
-            in_reply_to: &id,
+            in_reply_to: id.get(),
             status: "ok",
             response: Some(&resp),
             error: None,
@@ -620,7 +631,7 @@ mod tests {
             ] {
                 let r = ForwardResponse {
                     action: "response",
-                    in_reply_to: &id,
+                    in_reply_to: id.get(),
                     status,
                     response,
                     error,
@@ -681,7 +692,7 @@ mod tests {
             for ok in [true, false] {
                 let f = ForwardResponse {
                     action: "response",
-                    in_reply_to: &id,
+                    in_reply_to: id.get(),
                     status: if ok { "ok" } else { "error" },
                     response: ok.then_some(&*d),
                     error: (!ok).then_some(&*d),
@@ -696,7 +707,7 @@ mod tests {
             // A forwarded response (with origin) is left to the general parse.
             let f = ForwardResponse {
                 action: "response",
-                in_reply_to: &id,
+                in_reply_to: id.get(),
                 status: "ok",
                 response: Some(&d),
                 error: None,

@@ -14,6 +14,7 @@ pub(crate) mod pending;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use compact_str::CompactString;
 use latzero_proto::ErrorCode;
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::{
@@ -211,7 +212,7 @@ impl Router {
                 hop,
                 Pending {
                     caller: caller.clone(),
-                    caller_id: t.id.to_owned(),
+                    caller_id: CompactString::new(t.id.get()),
                     handler: handler.clone(),
                     deadline,
                     ttl,
@@ -494,7 +495,7 @@ impl Router {
                     handler_may_still_run: may_still_run,
                     handler: Some(handler),
                     origin,
-                    ..ErrorFrame::new(Some(&p.caller_id), code, message)
+                    ..ErrorFrame::new(p.caller_id_raw(), code, message)
                 });
                 if bounded { dest.send(&frame) } else { dest.reply(&frame) }
             }
@@ -547,7 +548,7 @@ impl Router {
         if let Some(slots) = done {
             let mut json = String::with_capacity(64 + slots.iter().flatten().map(String::len).sum::<usize>());
             json.push_str(r#"{"action":"response","in_reply_to":"#);
-            json.push_str(p.caller_id.get());
+            json.push_str(&p.caller_id);
             json.push_str(r#","status":"ok","broadcast":true,"responses":["#);
             for (i, s) in slots.iter().flatten().enumerate() {
                 if i > 0 {

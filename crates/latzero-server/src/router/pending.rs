@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use compact_str::CompactString;
 use latzero_proto::message::RawValue;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
@@ -36,12 +37,22 @@ pub(crate) enum Target {
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub caller: Arc<Conn>,
-    /// The caller's own id, echoed verbatim in the terminal frame.
-    pub caller_id: Box<RawValue>,
+    /// The caller's own id, its JSON text echoed verbatim in the terminal frame: kept inline
+    /// up to 24 bytes (the SDK's ids are integers), so that a call's entry allocates nothing.
+    pub caller_id: CompactString,
     pub handler: Arc<Conn>,
     pub deadline: Instant,
     pub ttl: Duration,
     pub target: Target,
+}
+
+impl Pending {
+    /// The caller's id as a JSON value, for the error frames that carry it as one. The text
+    /// came from a checked `&RawValue`, so it parses; `None` (a frame without the id) only if
+    /// that were ever not so.
+    pub fn caller_id_raw(&self) -> Option<&RawValue> {
+        serde_json::from_str(&self.caller_id).ok()
+    }
 }
 
 /// A broadcast call: one slot per handler; the caller gets one frame when every slot is filled.

@@ -125,6 +125,46 @@ async fn reply_removes_the_call_and_reaches_the_caller() {
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
 }
 
+/// The caller's id is kept as its text, inline when short: ids on either side of the inline
+/// limit (24 bytes), with escapes, and integers come back unchanged in the response and in
+/// the timeout error.
+#[tokio::test(start_paused = true)]
+async fn caller_ids_come_back_verbatim_short_or_long() {
+    let f = fixture();
+    let stop = CancellationToken::new();
+    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let long = "a-caller-id-well-past-twenty-four-bytes";
+    let ids = [
+        json!(18446744073709551615u64),
+        json!("x"),
+        json!("i".repeat(22)), // 24 bytes of text with its quotes: the longest kept inline
+        json!("i".repeat(23)),
+        json!(long),
+        json!("quote \" and é"),
+    ];
+    for id in &ids {
+        let call = json!({"action":"trigger","id":id,"process":"f","pool":"p"});
+        f.call(&c, call).unwrap();
+        let t = next(&mut hrx).unwrap();
+        f.respond(&h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
+            .unwrap();
+        let r = next(&mut crx).unwrap();
+        assert_eq!((&r["action"], &r["in_reply_to"]), (&json!("response"), id));
+    }
+    for id in &ids {
+        let call = json!({"action":"trigger","id":id,"process":"f","pool":"p","ttl":10});
+        f.call(&c, call).unwrap();
+        next(&mut hrx).unwrap();
+        tokio::time::sleep(Duration::from_millis(11)).await;
+        let e = next(&mut crx).unwrap();
+        assert_eq!((&e["code"], &e["in_reply_to"]), (&json!("TIMEOUT"), id));
+    }
+    assert_eq!(f.router.table.len(), 0);
+    stop.cancel();
+}
+
 #[tokio::test(start_paused = true)]
 async fn deadline_fires_exactly_once() {
     let f = fixture();
@@ -168,7 +208,7 @@ async fn answered_calls_leave_no_deadline_behind_that_fires_or_grows() {
     let now = Instant::now();
     let pending = |ms: u64| Pending {
         caller: c.clone(),
-        caller_id: RawValue::from_string("1".into()).unwrap(),
+        caller_id: "1".into(),
         handler: h.clone(),
         deadline: now + Duration::from_millis(ms),
         ttl: Duration::from_millis(ms),
