@@ -272,7 +272,7 @@ impl Gather {
     /// [`Gather::WhileArriving`] when this process may use only one CPU (`taskset -c 0`, a
     /// one-CPU container or VM), where the server most likely shares it; else [`Gather::Once`].
     fn for_this_process() -> Gather {
-        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        if latzero_uds::spin::one_cpu() {
             Gather::WhileArriving
         } else {
             Gather::Once
