@@ -60,6 +60,13 @@ impl Fixture {
         (c, rx)
     }
 
+    /// Runs the router's deadline timer, as the server does, until the guard drops.
+    fn timer(&self) -> tokio_util::sync::DropGuard {
+        let stop = CancellationToken::new();
+        tokio::spawn(self.router.clone().run_timer(stop.clone()));
+        stop.drop_guard()
+    }
+
     fn call(&self, caller: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
         let text = msg.to_string();
         let Request::Trigger(t) = parse_request(text.as_bytes()).unwrap().request else {
@@ -131,8 +138,7 @@ async fn reply_removes_the_call_and_reaches_the_caller() {
 #[tokio::test(start_paused = true)]
 async fn caller_ids_come_back_verbatim_short_or_long() {
     let f = fixture();
-    let stop = CancellationToken::new();
-    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let _timer = f.timer();
     let (h, mut hrx) = f.app(1, "h", &["f"]).await;
     let (c, mut crx) = f.app(2, "c", &[]).await;
     let long = "a-caller-id-well-past-twenty-four-bytes";
@@ -162,14 +168,12 @@ async fn caller_ids_come_back_verbatim_short_or_long() {
         assert_eq!((&e["code"], &e["in_reply_to"]), (&json!("TIMEOUT"), id));
     }
     assert_eq!(f.router.table.len(), 0);
-    stop.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn deadline_fires_exactly_once() {
     let f = fixture();
-    let stop = CancellationToken::new();
-    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let _timer = f.timer();
     let (h, mut hrx) = f.app(1, "h", &["f"]).await;
     let (c, mut crx) = f.app(2, "c", &[]).await;
     f.call(
@@ -195,7 +199,6 @@ async fn deadline_fires_exactly_once() {
     assert!(next(&mut crx).is_none(), "fires once");
     assert_eq!(f.counters.late_responses.load(Ordering::Relaxed), 1);
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
-    stop.cancel();
 }
 
 #[tokio::test(start_paused = true)]
@@ -256,8 +259,7 @@ async fn answered_calls_leave_no_deadline_behind_that_fires_or_grows() {
 #[tokio::test(start_paused = true)]
 async fn an_earlier_deadline_wakes_the_timer() {
     let f = fixture();
-    let stop = CancellationToken::new();
-    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let _timer = f.timer();
     let (_h, _hrx) = f.app(1, "h", &["f"]).await;
     let (c, mut crx) = f.app(2, "c", &[]).await;
     f.call(
@@ -274,7 +276,6 @@ async fn an_earlier_deadline_wakes_the_timer() {
     tokio::time::sleep(Duration::from_millis(11)).await;
     assert_eq!(next(&mut crx).unwrap()["in_reply_to"], "short");
     assert!(next(&mut crx).is_none());
-    stop.cancel();
 }
 
 #[tokio::test(start_paused = true)]
@@ -386,8 +387,7 @@ async fn a_full_handler_buffer_fails_the_call_with_overloaded_and_closes_the_han
 #[tokio::test(start_paused = true)]
 async fn broadcast_collects_one_result_per_handler() {
     let f = fixture();
-    let stop = CancellationToken::new();
-    tokio::spawn(f.router.clone().run_timer(stop.clone()));
+    let _timer = f.timer();
     let (a, mut arx) = f.app(1, "a", &["f"]).await;
     let (_b, mut brx) = f.app(2, "b", &["f"]).await;
     let (c, mut crx) = f.app(3, "c", &[]).await;
@@ -411,5 +411,4 @@ async fn broadcast_collects_one_result_per_handler() {
     assert_eq!(r["responses"][0], json!({"app_id":"a","status":"ok","response":"A"}));
     assert_eq!(r["responses"][1]["code"], "TIMEOUT");
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
-    stop.cancel();
 }
