@@ -84,12 +84,14 @@ impl Router {
         }
     }
 
-    /// Routes a call from `caller`. On refusal nothing was recorded or sent.
+    /// Routes a call from `caller`, read at `received` (its ttl counts from then). On refusal
+    /// nothing was recorded or sent.
     pub fn call(
         &self,
         directory: &std::sync::RwLock<Directory>,
         caller: &Arc<Conn>,
         t: &Trigger<'_>,
+        received: Instant,
     ) -> Result<(), Refusal> {
         let caller_app = caller.app().expect("calls are only routed after the handshake");
         let ttl = match t.ttl_ms {
@@ -189,7 +191,7 @@ impl Router {
         }
         self.counters.inc(&self.counters.calls_total);
 
-        let deadline = Instant::now() + ttl;
+        let deadline = received + ttl;
         let group = t.broadcast.then(|| Group::new(n));
         let data = t.data.unwrap_or(null());
         for (slot, handler) in handlers.iter().enumerate() {

@@ -72,7 +72,7 @@ impl Fixture {
         let Request::Trigger(t) = parse_request(text.as_bytes()).unwrap().request else {
             panic!()
         };
-        self.router.call(&self.dir, caller, &t)
+        self.router.call(&self.dir, caller, &t, Instant::now())
     }
 
     fn respond(&self, handler: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
