@@ -127,7 +127,7 @@ pub(crate) struct Inner {
     pub(crate) endpoint: Endpoint,
     pub(crate) opts: ClientOptions,
     pub(crate) next_id: AtomicU64,
-    /// Requests waiting for their reply, and the deadlines that end them.
+    /// Requests waiting for their reply, and when their waits run out.
     pub(crate) pending: Pending,
     /// Calls sent and not yet answered, timed out or abandoned (the writer task's batching hint).
     pub(crate) in_flight: Arc<AtomicUsize>,
@@ -265,7 +265,7 @@ impl Client {
             app_id: url.app_id,
             endpoint: url.endpoint,
             next_id: AtomicU64::new(1),
-            pending: Pending::new(opts.request_timeout + reply_grace(opts.request_timeout)),
+            pending: Pending::new(),
             in_flight: Arc::default(),
             handlers: RwLock::new(FxHashMap::default()),
             shared: Mutex::new(Shared {
@@ -690,8 +690,7 @@ impl Inner {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
         let wait = ttl + reply_grace(ttl);
-        let deadline = tokio::time::Instant::now() + wait;
-        self.pending.insert(id, waiter, deadline);
+        let expiry = self.pending.insert(id, waiter, wait);
         let _in_flight = InFlight::enter(&self.in_flight);
         if let Some(s) = &self.spinner {
             s.touch();
@@ -706,10 +705,10 @@ impl Inner {
         match rx.await {
             Ok(v) => Ok(v),
             // The waiter was dropped: by the client closing, by the connection dropping, or
-            // by the sweeper at the deadline.
+            // by the sweeper when its wait ran out.
             Err(_) => Err(if self.closed.is_cancelled() {
                 ClientError::Closed
-            } else if tokio::time::Instant::now() >= deadline {
+            } else if self.pending.expired(expiry) {
                 ClientError::NoReply(wait)
             } else {
                 ClientError::Disconnected

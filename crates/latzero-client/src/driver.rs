@@ -185,7 +185,7 @@ impl Inner {
         // Taken out of the table before the waiter is woken: a caller woken on another thread
         // must not find the table still locked (a futex wait and two more context switches
         // when it preempts this thread).
-        let Some((waiter, deadline)) = self.pending.take(id) else {
+        let Some((waiter, expiry)) = self.pending.take(id) else {
             let one = serde_json::from_str::<&RawValue>(text).is_ok();
             if one {
                 tracing::debug!(id, "reply for a request no longer waiting");
@@ -222,7 +222,7 @@ impl Inner {
         };
         match kept {
             Some(waiter) => {
-                self.pending.insert(id, waiter, deadline);
+                self.pending.put_back(id, waiter, expiry);
                 false
             }
             None => true,

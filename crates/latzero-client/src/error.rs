@@ -55,8 +55,9 @@ pub enum ClientError {
     /// The connection dropped before the reply arrived. The call may or may not have run.
     #[error("connection to the server lost before the reply arrived; the call may or may not have run")]
     Disconnected,
-    /// No reply arrived within the call's timeout plus a grace period (the server itself did not
-    /// answer, which only happens if it is wedged or gone).
+    /// No reply arrived within the call's timeout plus a grace period of at least a second (the
+    /// server itself did not answer, which only happens if it is wedged or gone). The client
+    /// looks every 100 ms, so this comes up to ~0.2 s after that wait.
     #[error("no reply from the server within {0:?}")]
     NoReply(Duration),
     /// The client was closed.
