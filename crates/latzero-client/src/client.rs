@@ -28,7 +28,7 @@ use crate::call::{Call, Form, TriggerOut, run_local};
 use crate::connection::Outbox;
 use crate::driver::{connection_task, establish};
 use crate::error::{ClientError, RemoteError};
-use crate::handler::{Handler, HandlerError, HandlerFn, Request};
+use crate::handler::{Handler, HandlerError, Request, handler_fn};
 use crate::options::ClientOptions;
 use crate::payload::Payload;
 use crate::pending::Pending;
@@ -332,8 +332,7 @@ impl Client {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
     {
-        let h: HandlerFn = Arc::new(move |req| Box::pin(f(req)));
-        self.register(trigger, Handler::Value(h)).await
+        self.register(trigger, Handler::Value(handler_fn(f))).await
     }
 
     /// Registers a handler that takes and returns payloads as JSON text ([`Payload`]): the
@@ -345,8 +344,7 @@ impl Client {
         F: Fn(Request<Payload>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Payload, HandlerError>> + Send + 'static,
     {
-        let h: HandlerFn<Payload> = Arc::new(move |req| Box::pin(f(req)));
-        self.register(trigger, Handler::Raw(h)).await
+        self.register(trigger, Handler::Raw(handler_fn(f))).await
     }
 
     async fn register(&self, trigger: &str, h: Handler) -> Result<(), ClientError> {

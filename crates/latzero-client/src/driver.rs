@@ -21,7 +21,7 @@ use crate::client::{
 };
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
-use crate::handler::{Handler, HandlerError, HandlerFuture, Request, invoke_boxed, panicked};
+use crate::handler::{Handler, HandlerError, Request, Started, invoke_boxed, panicked};
 use crate::payload::Payload;
 
 /// A live connection: its frame reader and the queue to its writer.
@@ -254,22 +254,14 @@ impl Inner {
             Some(Handler::Value(h)) => {
                 let value = serde_json::from_str(data.text)?;
                 let (process_name, pool) = names();
-                self.run(
-                    h(Request::new(process_name, pool, value, origin(), hop.is_none())),
-                    process,
-                    hop,
-                    tx,
-                );
+                let req = Request::new(process_name, pool, value, origin(), hop.is_none());
+                self.run(|| h.start(req), process, hop, tx);
             }
             Some(Handler::Raw(h)) => {
                 let payload = Payload::within(data.frame, data.text)?;
                 let (process_name, pool) = names();
-                self.run(
-                    h(Request::new(process_name, pool, payload, origin(), hop.is_none())),
-                    process,
-                    hop,
-                    tx,
-                );
+                let req = Request::new(process_name, pool, payload, origin(), hop.is_none());
+                self.run(|| h.start(req), process, hop, tx);
             }
             None => {
                 let msg = format!("this app has no handler for '{process}'");
@@ -279,26 +271,25 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs a handler's future right here until its first await: most handlers finish without
-    /// one, and then the call costs no task. One that does wait continues in its own task.
+    /// Runs a handler right here until its first await: most handlers finish without one, and
+    /// then the call costs no task (and no allocation: see `handler::Recycling`). One that does
+    /// wait continues in its own task.
     fn run<T: Answer + Send + 'static>(
         self: &Arc<Self>,
-        mut fut: HandlerFuture<T>,
+        start: impl FnOnce() -> Started<T>,
         process: &str,
         hop: Option<&str>,
         tx: &Outbox,
     ) {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
-        match first {
-            Ok(std::task::Poll::Ready(result)) => self.finish(process, hop, result, tx),
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+            Ok(Started::Done(result)) => self.finish(process, hop, result, tx),
             Err(_) => self.finish(process, hop, Err::<T, _>(panicked(process)), tx),
-            Ok(std::task::Poll::Pending) => {
+            Ok(Started::Waiting(rest)) => {
                 let tx = tx.clone();
                 let process = process.to_owned();
                 let hop = hop.map(str::to_owned);
                 tokio::spawn(async move {
-                    let result = invoke_boxed(fut, &process).await;
+                    let result = invoke_boxed(rest, &process).await;
                     if let Some(frame) = outcome(&process, hop.as_deref(), &result) {
                         // If the connection dropped meanwhile, the server has already failed the
                         // call with HANDLER_GONE; there is nobody to send this to.
