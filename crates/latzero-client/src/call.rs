@@ -8,12 +8,12 @@ use latzero_proto::message::{RawValue, ServerFrame};
 use latzero_proto::{AppId, ErrorCode, PoolName, TriggerName};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
-use crate::client::{Client, Waiter, remote_error};
+use crate::client::{Client, remote_error};
 use crate::error::{ClientError, RemoteError};
 use crate::handler::{Handler, HandlerError, Request, invoke};
 use crate::payload::Payload;
+use crate::pending::{Reply, Want};
 
 /// One handler's part of a broadcast result.
 #[derive(Debug, Clone)]
@@ -81,8 +81,10 @@ impl<D: Serialize + ?Sized> TriggerOut<'_, D> {
 
 /// The two forms a payload takes in the SDK: a parsed [`Value`], or its text ([`Payload`]).
 pub(crate) trait Form: Sized + Send + 'static {
-    /// A waiter for a reply in this form, and where the reply arrives.
-    fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>);
+    /// The form a reply is asked for in.
+    const WANT: Want;
+    /// The result a reply in that form carries (`None` for a reply in another form).
+    fn from_reply(r: Reply) -> Option<Result<Self, ClientError>>;
     fn from_json<T: Serialize + ?Sized>(data: &T) -> Result<Self, ClientError>;
     fn into_value(self) -> Result<Value, ClientError>;
     fn into_payload(self) -> Result<Payload, ClientError>;
@@ -91,9 +93,12 @@ pub(crate) trait Form: Sized + Send + 'static {
 }
 
 impl Form for Value {
-    fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>) {
-        let (tx, rx) = oneshot::channel();
-        (Waiter::Value(tx), rx)
+    const WANT: Want = Want::Value;
+    fn from_reply(r: Reply) -> Option<Result<Self, ClientError>> {
+        match r {
+            Reply::Value(v) => Some(v),
+            _ => None,
+        }
     }
     fn from_json<T: Serialize + ?Sized>(data: &T) -> Result<Self, ClientError> {
         Ok(serde_json::to_value(data)?)
@@ -113,9 +118,12 @@ impl Form for Value {
 }
 
 impl Form for Payload {
-    fn waiter() -> (Waiter, oneshot::Receiver<Result<Self, ClientError>>) {
-        let (tx, rx) = oneshot::channel();
-        (Waiter::Raw(tx), rx)
+    const WANT: Want = Want::Raw;
+    fn from_reply(r: Reply) -> Option<Result<Self, ClientError>> {
+        match r {
+            Reply::Raw(p) => Some(p),
+            _ => None,
+        }
     }
     fn from_json<T: Serialize + ?Sized>(data: &T) -> Result<Self, ClientError> {
         Ok(Payload::from_json(data)?)

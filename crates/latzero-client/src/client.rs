@@ -21,7 +21,7 @@ use latzero_proto::{AppId, Endpoint, ErrorCode, LatzeroUrl, PoolName, TriggerNam
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{Call, Form, TriggerOut, run_local};
@@ -31,19 +31,7 @@ use crate::error::{ClientError, RemoteError};
 use crate::handler::{Handler, HandlerError, Request, handler_fn};
 use crate::options::ClientOptions;
 use crate::payload::Payload;
-use crate::pending::Pending;
-
-/// Someone waiting for the reply to a request.
-pub(crate) enum Waiter {
-    /// Wants the whole frame (broadcast results, admin replies).
-    Frame(oneshot::Sender<Bytes>),
-    /// Wants the call's result; the reader computes it while it has the frame parsed.
-    Value(oneshot::Sender<Result<Value, ClientError>>),
-    /// Wants the call's result as JSON text, a view into the reply frame.
-    Raw(oneshot::Sender<Result<Payload, ClientError>>),
-    /// Wants the frame with its binary body (memory-block replies).
-    Full(oneshot::Sender<latzero_proto::Frame>),
-}
+use crate::pending::{Pending, Reply, Want};
 
 /// An `emit` frame, with the payload serialised straight into it; its names checked, as
 /// [`TriggerOut`]'s.
@@ -155,6 +143,27 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Takes a call out of the pending table when its caller gives up on it (drops the future)
+/// before it has left by itself.
+struct Abandon<'a> {
+    pending: &'a Pending,
+    id: Option<u64>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.pending.remove(id);
+        }
+    }
+}
+
+/// A reply in another form than the caller asked for: a bug in the client, reported rather
+/// than panicking.
+fn wrong_form() -> ClientError {
+    ClientError::Protocol("internal error: a reply in another form than asked for".into())
 }
 
 struct CloseOnDrop(CancellationToken);
@@ -638,8 +647,10 @@ impl Inner {
         build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<Bytes, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.await_reply(build, Waiter::Frame(tx), rx, ttl).await
+        match self.await_reply(build, Want::Frame, ttl).await? {
+            Reply::Frame(f) => Ok(f),
+            _ => Err(wrong_form()),
+        }
     }
 
     /// Sends a request built around a fresh id and waits for the whole frame that answers it;
@@ -649,8 +660,9 @@ impl Inner {
         build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<latzero_proto::Frame, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        let f = self.await_reply(build, Waiter::Full(tx), rx, ttl).await?;
+        let Reply::Full(f) = self.await_reply(build, Want::Full, ttl).await? else {
+            return Err(wrong_form());
+        };
         if f.json().starts_with(br#"{"action":"error""#) {
             let env = ServerFrame::parse(f.json()).map_err(|e| ClientError::Protocol(e.to_string()))?;
             return Err(remote_error(&env).into());
@@ -664,8 +676,7 @@ impl Inner {
         build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<Value, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.await_reply(build, Waiter::Value(tx), rx, ttl).await?
+        self.roundtrip_as(build, ttl).await
     }
 
     /// [`roundtrip`](Self::roundtrip), with the result in the form `D`.
@@ -674,21 +685,24 @@ impl Inner {
         build: impl FnOnce(u64) -> Result<F, ClientError>,
         ttl: Duration,
     ) -> Result<D, ClientError> {
-        let (waiter, rx) = D::waiter();
-        self.await_reply(build, waiter, rx, ttl).await?
+        D::from_reply(self.await_reply(build, D::WANT, ttl).await?).unwrap_or_else(|| Err(wrong_form()))
     }
 
-    async fn await_reply<T, F: Deref<Target = [u8]>>(
+    async fn await_reply<F: Deref<Target = [u8]>>(
         &self,
         build: impl FnOnce(u64) -> Result<F, ClientError>,
-        waiter: Waiter,
-        rx: oneshot::Receiver<T>,
+        want: Want,
         ttl: Duration,
-    ) -> Result<T, ClientError> {
+    ) -> Result<Reply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
         let wait = ttl + reply_grace(ttl);
-        let expiry = self.pending.insert(id, waiter, wait);
+        let expiry = self.pending.insert(id, want, wait);
+        // Takes the call out of the table if this future is dropped before its reply.
+        let mut call = Abandon {
+            pending: &self.pending,
+            id: Some(id),
+        };
         let _in_flight = InFlight::enter(&self.in_flight);
         if let Some(s) = &self.spinner {
             s.touch();
@@ -696,26 +710,25 @@ impl Inner {
         let sent = self.send_call(&frame).await;
         // Gone before the wait: a scratch frame goes back to its thread for the next call.
         drop(frame);
-        if let Err(e) = sent {
-            self.pending.remove(id);
-            return Err(e);
-        }
-        match rx.await {
-            Ok(v) => Ok(v),
-            // The waiter was dropped: by the client closing, by the connection dropping, or
-            // by the sweeper when its wait ran out.
-            Err(_) => Err(if self.closed.is_cancelled() {
+        sent?;
+        let reply = std::future::poll_fn(|cx| self.pending.poll_reply(id, cx)).await;
+        // The call has left the table, with its reply or without.
+        call.id = None;
+        // Without a reply: the client closed, the connection dropped, or the sweeper ended
+        // the call when its wait ran out.
+        reply.ok_or_else(|| {
+            if self.closed.is_cancelled() {
                 ClientError::Closed
             } else if self.pending.expired(expiry) {
                 ClientError::NoReply(wait)
             } else {
                 ClientError::Disconnected
-            }),
-        }
+            }
+        })
     }
 
     pub(crate) fn fail_pending(&self) {
-        // Dropping the senders wakes every waiter with Disconnected.
+        // Every caller still waiting wakes to find its call gone: Disconnected.
         self.pending.clear();
     }
 

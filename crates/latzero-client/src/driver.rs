@@ -13,16 +13,14 @@ use latzero_proto::message::{
 use latzero_proto::{ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{
-    ClientEvent, Forwarded, Inner, Waiter, lock, raw_result_of, remote_error, reply_result, result_of,
-};
+use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_result_of, remote_error, reply_result, result_of};
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
 use crate::handler::{Handler, HandlerError, Request, Started, invoke_boxed, panicked};
 use crate::payload::Payload;
+use crate::pending::{Reply, Want};
 
 /// A live connection: its frame reader and the queue to its writer.
 pub(crate) struct Live {
@@ -121,19 +119,15 @@ impl Inner {
             }
             Some(action) => {
                 let id = env.in_reply_to.and_then(|r| parse_u64(r.get()));
-                let waiter = id.and_then(|id| self.pending.remove(id));
-                match waiter {
-                    Some(Waiter::Frame(tx)) => {
-                        let _ = tx.send(json.clone());
-                    }
-                    Some(Waiter::Value(tx)) => {
-                        let _ = tx.send(result_of(&env, json));
-                    }
-                    Some(Waiter::Raw(tx)) => {
-                        let _ = tx.send(raw_result_of(&env, &text));
-                    }
-                    Some(Waiter::Full(tx)) => {
-                        let _ = tx.send(frame.clone());
+                match id.and_then(|id| Some((id, self.pending.want(id)?))) {
+                    Some((id, want)) => {
+                        let reply = match want {
+                            Want::Frame => Reply::Frame(json.clone()),
+                            Want::Value => Reply::Value(result_of(&env, json)),
+                            Want::Raw => Reply::Raw(raw_result_of(&env, &text)),
+                            Want::Full => Reply::Full(frame.clone()),
+                        };
+                        self.pending.answer(id, reply);
                     }
                     None if action == "error" => self.event(ClientEvent::ServerError(remote_error(&env))),
                     None => tracing::debug!(action, "reply for a request no longer waiting"),
@@ -153,28 +147,24 @@ impl Inner {
             in_reply_to: Option<u64>,
         }
         let json = frame.json();
-        let id = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to);
-        match id.and_then(|id| self.pending.remove(id)) {
-            Some(Waiter::Value(tx)) => {
-                let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {why}"))));
-            }
-            Some(Waiter::Raw(tx)) => {
-                let _ = tx.send(Err(ClientError::Protocol(format!("unparseable reply: {why}"))));
-            }
-            Some(Waiter::Frame(tx)) => {
-                let _ = tx.send(json.clone());
-            }
-            Some(Waiter::Full(tx)) => {
-                let _ = tx.send(frame.clone());
-            }
-            None => {}
-        }
+        let Some(id) = serde_json::from_slice::<Id>(json).ok().and_then(|i| i.in_reply_to) else {
+            return;
+        };
+        let error = || ClientError::Protocol(format!("unparseable reply: {why}"));
+        let reply = match self.pending.want(id) {
+            Some(Want::Value) => Reply::Value(Err(error())),
+            Some(Want::Raw) => Reply::Raw(Err(error())),
+            Some(Want::Frame) => Reply::Frame(json.clone()),
+            Some(Want::Full) => Reply::Full(frame.clone()),
+            None => return,
+        };
+        self.pending.answer(id, reply);
     }
 
-    /// Hands a `response` read in the server's layout to its waiter, its body parsed in the
-    /// form the waiter wants. `false` if the body is not exactly one JSON value: then the frame
+    /// Hands a `response` read in the server's layout to its caller, its body parsed in the
+    /// form the caller wants. `false` if the body is not exactly one JSON value: then the frame
     /// is not that layout (a result forwarded to this app, with its `origin` after the body and
-    /// another app's id, which may equal one of ours), the waiter is put back, and the general
+    /// another app's id, which may equal one of ours), the call goes on waiting, and the general
     /// path reads the frame.
     fn reply(&self, id: u64, frame: &Frame, frame_text: &ByteString, result: Result<&str, &str>) -> bool {
         let json = frame.json();
@@ -182,51 +172,43 @@ impl Inner {
             Ok(text) => (text, true),
             Err(text) => (text, false),
         };
-        // Taken out of the table before the waiter is woken: a caller woken on another thread
-        // must not find the table still locked (a futex wait and two more context switches
-        // when it preempts this thread).
-        let Some((waiter, expiry)) = self.pending.take(id) else {
-            let one = serde_json::from_str::<&RawValue>(text).is_ok();
+        let one = || serde_json::from_str::<&RawValue>(text).is_ok();
+        let Some(want) = self.pending.want(id) else {
+            let one = one();
             if one {
                 tracing::debug!(id, "reply for a request no longer waiting");
             }
             return one;
         };
-        let one = || serde_json::from_str::<&RawValue>(text).is_ok();
-        let kept = match waiter {
-            Waiter::Value(tx) => {
+        let reply = match want {
+            Want::Value => {
                 let parsed = if ok {
                     serde_json::from_str(text).map(Ok)
                 } else {
                     handler_error(text)
                 };
-                settle(tx, parsed, Waiter::Value)
+                match parsed {
+                    Ok(r) => Reply::Value(r),
+                    Err(_) => return false,
+                }
             }
-            Waiter::Raw(tx) => {
+            Want::Raw => {
                 let parsed = if ok {
                     Payload::within(frame_text, text).map(Ok)
                 } else {
                     handler_error(text)
                 };
-                settle(tx, parsed, Waiter::Raw)
+                match parsed {
+                    Ok(r) => Reply::Raw(r),
+                    Err(_) => return false,
+                }
             }
-            Waiter::Frame(tx) if one() => {
-                let _ = tx.send(json.clone());
-                None
-            }
-            Waiter::Full(tx) if one() => {
-                let _ = tx.send(frame.clone());
-                None
-            }
-            other => Some(other),
+            Want::Frame if one() => Reply::Frame(json.clone()),
+            Want::Full if one() => Reply::Full(frame.clone()),
+            Want::Frame | Want::Full => return false,
         };
-        match kept {
-            Some(waiter) => {
-                self.pending.put_back(id, waiter, expiry);
-                false
-            }
-            None => true,
-        }
+        self.pending.answer(id, reply);
+        true
     }
 
     /// Runs a delivered trigger or emit on its handler, with the payload in the form the
@@ -324,22 +306,6 @@ fn cut(frame: &ByteString, s: &str) -> ByteString {
 struct Data<'a> {
     frame: &'a ByteString,
     text: &'a str,
-}
-
-/// Sends a reply's result to its waiter; if the body did not read, hands the waiter back
-/// (wrapped by `back`) to be put into the table again.
-fn settle<T>(
-    tx: oneshot::Sender<Result<T, ClientError>>,
-    parsed: Result<Result<T, ClientError>, serde_json::Error>,
-    back: fn(oneshot::Sender<Result<T, ClientError>>) -> Waiter,
-) -> Option<Waiter> {
-    match parsed {
-        Ok(r) => {
-            let _ = tx.send(r);
-            None
-        }
-        Err(_) => Some(back(tx)),
-    }
 }
 
 /// A handler's error, read from a `response` with status "error": a Value in either form.

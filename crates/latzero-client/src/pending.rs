@@ -15,14 +15,20 @@
 //! The wait is a backstop — the server answers by the call's ttl, and the wait adds at least a
 //! second to that — so a tick of a tenth of a second is precise enough.
 
+use std::collections::hash_map::Entry as Slot;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Waiter, lock};
+use crate::client::lock;
+use crate::error::ClientError;
+use crate::payload::Payload;
 
 /// How often the sweeper looks while calls are pending: the precision of a call's wait.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
@@ -31,7 +37,33 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Expiry(u64);
 
-/// The calls waiting for their reply, and when each one's wait runs out.
+/// The form a request's caller wants its reply in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The whole frame (broadcast results, admin replies).
+    Frame,
+    /// The call's result; the reader computes it while it has the frame parsed.
+    Value,
+    /// The call's result as JSON text, a view into the reply frame.
+    Raw,
+    /// The frame with its binary body (memory-block replies).
+    Full,
+}
+
+/// A reply, in the form its caller wants.
+pub(crate) enum Reply {
+    Frame(Bytes),
+    Value(Result<Value, ClientError>),
+    Raw(Result<Payload, ClientError>),
+    Full(latzero_proto::Frame),
+}
+
+/// The calls waiting for their reply, the replies not yet collected, and when each call's wait
+/// runs out.
+///
+/// A reply is handed over in the table itself: the reader stores it in its call's entry and
+/// wakes the caller, who takes it out. No channel per call — a `oneshot` channel was an
+/// allocation and ~500 instructions of a pipelined call.
 pub(crate) struct Pending {
     calls: Mutex<Calls>,
     /// Wakes the sweeper from its sleep when a call arrives at an empty table.
@@ -40,7 +72,7 @@ pub(crate) struct Pending {
 
 struct Calls {
     /// Keyed by our own sequential ids: a fast hash, no need for SipHash's flood resistance.
-    waiting: FxHashMap<u64, (Waiter, Expiry)>,
+    calls: FxHashMap<u64, Call>,
     /// Ticks the sweeper has counted.
     now: u64,
     /// No call ends before this tick (a lower bound: it is not raised when calls leave).
@@ -49,11 +81,24 @@ struct Calls {
     asleep: bool,
 }
 
+struct Call {
+    want: Want,
+    state: State,
+    expiry: Expiry,
+}
+
+enum State {
+    /// No reply yet; the caller's waker once it has waited.
+    Waiting(Option<Waker>),
+    /// The reply, for the caller to take.
+    Answered(Reply),
+}
+
 impl Pending {
     pub fn new() -> Pending {
         Pending {
             calls: Mutex::new(Calls {
-                waiting: FxHashMap::default(),
+                calls: FxHashMap::default(),
                 now: 0,
                 earliest: u64::MAX,
                 asleep: true,
@@ -62,13 +107,21 @@ impl Pending {
         }
     }
 
-    /// Waits for the reply to `id` for at least `wait`; then the sweeper drops the waiter.
-    /// Returns when the wait runs out, for [`expired`](Self::expired).
-    pub fn insert(&self, id: u64, waiter: Waiter, wait: Duration) -> Expiry {
+    /// Waits for the reply to `id`, in the form `want`, for at least `wait`; then the sweeper
+    /// ends the call. Returns when the wait runs out, for [`expired`](Self::expired).
+    pub fn insert(&self, id: u64, want: Want, wait: Duration) -> Expiry {
         let mut calls = lock(&self.calls);
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128 / 2) as u64;
         let expiry = Expiry(calls.now.saturating_add(ticks + 1));
-        calls.put(id, waiter, expiry);
+        calls.calls.insert(
+            id,
+            Call {
+                want,
+                state: State::Waiting(None),
+                expiry,
+            },
+        );
+        calls.earliest = calls.earliest.min(expiry.0);
         if calls.asleep {
             calls.asleep = false;
             drop(calls);
@@ -77,26 +130,64 @@ impl Pending {
         expiry
     }
 
-    /// Puts back a waiter [`take`](Self::take) took out (the frame was not its reply after all).
-    pub fn put_back(&self, id: u64, waiter: Waiter, expiry: Expiry) {
-        let mut calls = lock(&self.calls);
-        calls.put(id, waiter, expiry);
-        if calls.asleep {
-            calls.asleep = false;
-            drop(calls);
-            self.wake.notify_one();
+    /// The form the call `id` wants its reply in, if it is still waiting for one.
+    pub fn want(&self, id: u64) -> Option<Want> {
+        match lock(&self.calls).calls.get(&id) {
+            Some(Call {
+                want,
+                state: State::Waiting(_),
+                ..
+            }) => Some(*want),
+            _ => None,
         }
     }
 
-    /// The waiter for `id` and when its wait runs out, taken out of the table (to be put back
-    /// with [`put_back`](Self::put_back) if the frame was not its reply after all).
-    pub fn take(&self, id: u64) -> Option<(Waiter, Expiry)> {
-        lock(&self.calls).waiting.remove(&id)
+    /// Hands `reply` to the call `id` and wakes its caller; nothing if it is not waiting (any
+    /// more). The caller is woken outside the lock: one woken on another thread must not find
+    /// the table still locked (a futex wait and two more context switches when it preempts
+    /// this thread).
+    pub fn answer(&self, id: u64, reply: Reply) {
+        let waker = {
+            let mut calls = lock(&self.calls);
+            let Some(call) = calls.calls.get_mut(&id) else {
+                return;
+            };
+            let State::Waiting(waker) = &mut call.state else {
+                return;
+            };
+            let waker = waker.take();
+            call.state = State::Answered(reply);
+            waker
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
-    /// The waiter for `id`, taken out of the table.
-    pub fn remove(&self, id: u64) -> Option<Waiter> {
-        lock(&self.calls).waiting.remove(&id).map(|(w, _)| w)
+    /// The reply to `id` once it is there, taken out of the table with the call; `None` if
+    /// the call ended without one (the connection dropped, or its wait ran out).
+    pub fn poll_reply(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let mut calls = lock(&self.calls);
+        let Slot::Occupied(mut call) = calls.calls.entry(id) else {
+            return Poll::Ready(None);
+        };
+        match &mut call.get_mut().state {
+            State::Waiting(Some(w)) if w.will_wake(cx.waker()) => Poll::Pending,
+            State::Waiting(w) => {
+                *w = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            State::Answered(_) => match call.remove().state {
+                State::Answered(reply) => Poll::Ready(Some(reply)),
+                State::Waiting(_) => Poll::Ready(None),
+            },
+        }
+    }
+
+    /// Takes the call `id` out of the table, answered or not (its caller gave up on it).
+    pub fn remove(&self, id: u64) {
+        let call = lock(&self.calls).calls.remove(&id);
+        drop(call);
     }
 
     /// Whether a wait that runs out at `expiry` has run out.
@@ -104,14 +195,22 @@ impl Pending {
         lock(&self.calls).now >= expiry.0
     }
 
-    /// Drops every waiter (each then hears that the connection is gone).
+    /// Ends every call still waiting (each caller then hears that the connection is gone).
+    /// Replies already handed over stay for their callers.
     pub fn clear(&self) {
-        let gone: Vec<_> = lock(&self.calls).waiting.drain().collect();
-        drop(gone);
+        let mut gone = Vec::new();
+        lock(&self.calls).calls.retain(|_, call| match &mut call.state {
+            State::Waiting(w) => {
+                gone.extend(w.take());
+                false
+            }
+            State::Answered(_) => true,
+        });
+        gone.into_iter().for_each(Waker::wake);
     }
 
-    /// Until `closed`: counts ticks while calls are pending, and drops each waiter whose wait
-    /// has run out. Its caller, finding its waiter gone after its wait ran out, reports no reply.
+    /// Until `closed`: counts ticks while calls are pending, and ends each call whose wait has
+    /// run out. Its caller, finding its call gone after its wait ran out, reports no reply.
     pub async fn sweep(&self, closed: CancellationToken) {
         loop {
             if lock(&self.calls).asleep {
@@ -126,26 +225,32 @@ impl Pending {
                 _ = closed.cancelled() => return,
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let expired: Vec<Waiter> = {
+            let mut expired = Vec::new();
+            {
                 let mut calls = lock(&self.calls);
                 calls.now += 1;
                 let now = calls.now;
-                let mut expired = Vec::new();
                 if now >= calls.earliest {
-                    let ids: Vec<u64> = calls
-                        .waiting
-                        .iter()
-                        .filter(|(_, (_, e))| e.0 <= now)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    expired.extend(ids.iter().filter_map(|id| calls.waiting.remove(id)).map(|(w, _)| w));
-                    calls.earliest = calls.waiting.values().map(|(_, e)| e.0).min().unwrap_or(u64::MAX);
+                    // A reply already handed over is its caller's to take, however late.
+                    calls.calls.retain(|_, call| match &mut call.state {
+                        State::Waiting(w) if call.expiry.0 <= now => {
+                            expired.extend(w.take());
+                            false
+                        }
+                        _ => true,
+                    });
+                    calls.earliest = calls
+                        .calls
+                        .values()
+                        .filter(|c| matches!(c.state, State::Waiting(_)))
+                        .map(|c| c.expiry.0)
+                        .min()
+                        .unwrap_or(u64::MAX);
                 }
-                calls.asleep = calls.waiting.is_empty();
-                expired
-            };
+                calls.asleep = calls.calls.is_empty();
+            }
             // Woken outside the lock.
-            drop(expired);
+            expired.into_iter().for_each(Waker::wake);
         }
     }
 
@@ -155,55 +260,60 @@ impl Pending {
     }
 }
 
-impl Calls {
-    fn put(&mut self, id: u64, waiter: Waiter, expiry: Expiry) {
-        self.waiting.insert(id, (waiter, expiry));
-        self.earliest = self.earliest.min(expiry.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::oneshot;
     use tokio::time::Instant;
 
     use super::*;
 
-    fn waiter() -> (Waiter, oneshot::Receiver<bytes::Bytes>) {
-        let (tx, rx) = oneshot::channel();
-        (Waiter::Frame(tx), rx)
-    }
-
-    fn sweeper(p: &Arc<Pending>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    fn sweeper(p: &Arc<Pending>) -> CancellationToken {
         let closed = CancellationToken::new();
-        let task = tokio::spawn({
+        tokio::spawn({
             let p = p.clone();
             let closed = closed.clone();
             async move { p.sweep(closed).await }
         });
-        (closed, task)
+        closed
+    }
+
+    async fn reply(p: &Pending, id: u64) -> Option<Reply> {
+        std::future::poll_fn(|cx| p.poll_reply(id, cx)).await
+    }
+
+    /// The caller of `id`, waiting in a task of its own: its reply's frame text, if any.
+    fn caller(p: &Arc<Pending>, id: u64) -> tokio::task::JoinHandle<Option<String>> {
+        let p = p.clone();
+        tokio::spawn(async move {
+            match reply(&p, id).await {
+                Some(Reply::Frame(b)) => Some(String::from_utf8(b.to_vec()).unwrap()),
+                Some(_) => Some("another form".into()),
+                None => None,
+            }
+        })
+    }
+
+    fn frame(text: &'static str) -> Reply {
+        Reply::Frame(Bytes::from_static(text.as_bytes()))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_ends_once_its_wait_is_over_and_within_two_ticks() {
         let p = Arc::new(Pending::new());
-        let (closed, _task) = sweeper(&p);
+        let closed = sweeper(&p);
         let start = Instant::now();
-        let (w, rx) = waiter();
-        let short = p.insert(1, w, Duration::from_secs(5));
-        let (w2, mut rx2) = waiter();
-        let long = p.insert(2, w2, Duration::from_secs(60));
-        assert!(rx.await.is_err());
+        let short = p.insert(1, Want::Frame, Duration::from_secs(5));
+        let long = p.insert(2, Want::Frame, Duration::from_secs(60));
+        assert!(reply(&p, 1).await.is_none());
         let ended = start.elapsed();
         assert!(ended >= Duration::from_secs(5), "{ended:?}");
         assert!(ended <= Duration::from_secs(5) + 2 * TICK, "{ended:?}");
         assert!(p.expired(short));
         // The longer call waits on, and is not counted as run out.
         assert!(!p.expired(long));
-        assert!(rx2.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
-        assert!(rx2.await.is_err());
+        assert_eq!(p.want(2), Some(Want::Frame));
+        assert!(reply(&p, 2).await.is_none());
         let ended = start.elapsed();
         assert!(ended >= Duration::from_secs(60) && ended <= Duration::from_secs(60) + 2 * TICK);
         assert!(p.expired(long));
@@ -213,11 +323,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_sleeps_while_nothing_is_pending_and_a_call_after_that_gets_its_whole_wait() {
         let p = Arc::new(Pending::new());
-        let (closed, _task) = sweeper(&p);
-        let (w, _rx) = waiter();
-        p.insert(7, w, Duration::from_secs(1));
-        assert!(p.remove(7).is_some());
-        assert!(p.remove(7).is_none());
+        let closed = sweeper(&p);
+        p.insert(7, Want::Frame, Duration::from_secs(1));
+        p.remove(7);
+        assert_eq!(p.want(7), None);
         // A tick finds the table empty; from then on the count stands still.
         tokio::time::sleep(3 * TICK).await;
         let idle_from = p.ticks();
@@ -226,9 +335,8 @@ mod tests {
         assert_eq!(p.ticks(), idle_from);
         // The count is ten minutes behind the clock: a new call still waits its full second.
         let start = Instant::now();
-        let (w, rx) = waiter();
-        p.insert(8, w, Duration::from_secs(1));
-        assert!(rx.await.is_err());
+        p.insert(8, Want::Frame, Duration::from_secs(1));
+        assert!(reply(&p, 8).await.is_none());
         let ended = start.elapsed();
         assert!(
             ended >= Duration::from_secs(1) && ended <= Duration::from_secs(1) + 2 * TICK,
@@ -238,31 +346,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_put_back_keeps_its_wait() {
+    async fn an_answer_wakes_its_caller_once_and_leaves_nothing_behind() {
         let p = Arc::new(Pending::new());
-        let (closed, _task) = sweeper(&p);
-        let start = Instant::now();
-        let (w, rx) = waiter();
-        p.insert(3, w, Duration::from_secs(2));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (w, expiry) = p.take(3).unwrap();
-        p.put_back(3, w, expiry);
-        assert!(rx.await.is_err());
-        let ended = start.elapsed();
-        assert!(
-            ended >= Duration::from_secs(2) && ended <= Duration::from_secs(2) + 2 * TICK,
-            "{ended:?}"
-        );
+        let closed = sweeper(&p);
+        p.insert(3, Want::Frame, Duration::from_secs(1));
+        let waiting = caller(&p, 3);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        p.answer(3, frame("first"));
+        // Not waiting any more: a second answer (a duplicate frame) changes nothing.
+        assert_eq!(p.want(3), None);
+        p.answer(3, frame("second"));
+        assert_eq!(waiting.await.unwrap().as_deref(), Some("first"));
+        assert!(lock(&p.calls).calls.is_empty());
+        // An id nobody waits for, and one whose caller gave up: the answer is dropped.
+        p.answer(99, frame("nobody"));
+        p.insert(4, Want::Frame, Duration::from_secs(1));
+        p.remove(4);
+        p.answer(4, frame("too late"));
+        assert!(lock(&p.calls).calls.is_empty());
+        closed.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_handed_over_survives_the_connection_dropping_and_the_sweeper() {
+        let p = Arc::new(Pending::new());
+        let closed = sweeper(&p);
+        let expiry = p.insert(5, Want::Frame, Duration::from_secs(1));
+        p.answer(5, frame("kept"));
+        p.clear();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(p.expired(expiry));
+        assert!(matches!(reply(&p, 5).await, Some(Reply::Frame(b)) if b == "kept"));
         closed.cancel();
     }
 
     #[tokio::test]
-    async fn clear_wakes_every_waiter() {
-        let p = Pending::new();
-        let (w, rx) = waiter();
-        let expiry = p.insert(1, w, Duration::from_secs(30));
+    async fn clear_wakes_every_caller_still_waiting() {
+        let p = Arc::new(Pending::new());
+        let expiry = p.insert(1, Want::Frame, Duration::from_secs(30));
+        p.insert(2, Want::Value, Duration::from_secs(30));
+        let (one, two) = (caller(&p, 1), caller(&p, 2));
+        tokio::task::yield_now().await;
         p.clear();
-        assert!(rx.await.is_err());
+        assert_eq!(one.await.unwrap(), None);
+        assert_eq!(two.await.unwrap(), None);
         assert!(!p.expired(expiry));
     }
 }
