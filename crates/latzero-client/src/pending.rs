@@ -294,6 +294,16 @@ mod tests {
         })
     }
 
+    /// A call made at `start` with `wait` ended now: not before its wait, at most two ticks after.
+    #[track_caller]
+    fn ended_on_time(start: Instant, wait: Duration) {
+        let ended = start.elapsed();
+        assert!(
+            ended >= wait && ended <= wait + 2 * TICK,
+            "{ended:?} for a wait of {wait:?}"
+        );
+    }
+
     fn frame(text: &'static str) -> Reply {
         Reply::Frame(Bytes::from_static(text.as_bytes()))
     }
@@ -306,16 +316,13 @@ mod tests {
         let short = p.insert(1, Want::Frame, Duration::from_secs(5));
         let long = p.insert(2, Want::Frame, Duration::from_secs(60));
         assert!(reply(&p, 1).await.is_none());
-        let ended = start.elapsed();
-        assert!(ended >= Duration::from_secs(5), "{ended:?}");
-        assert!(ended <= Duration::from_secs(5) + 2 * TICK, "{ended:?}");
+        ended_on_time(start, Duration::from_secs(5));
         assert!(p.expired(short));
         // The longer call waits on, and is not counted as run out.
         assert!(!p.expired(long));
         assert_eq!(p.want(2), Some(Want::Frame));
         assert!(reply(&p, 2).await.is_none());
-        let ended = start.elapsed();
-        assert!(ended >= Duration::from_secs(60) && ended <= Duration::from_secs(60) + 2 * TICK);
+        ended_on_time(start, Duration::from_secs(60));
         assert!(p.expired(long));
         closed.cancel();
     }
@@ -337,11 +344,7 @@ mod tests {
         let start = Instant::now();
         p.insert(8, Want::Frame, Duration::from_secs(1));
         assert!(reply(&p, 8).await.is_none());
-        let ended = start.elapsed();
-        assert!(
-            ended >= Duration::from_secs(1) && ended <= Duration::from_secs(1) + 2 * TICK,
-            "{ended:?}"
-        );
+        ended_on_time(start, Duration::from_secs(1));
         closed.cancel();
     }
 
