@@ -268,14 +268,16 @@ mod tests {
 
     use super::*;
 
-    fn sweeper(p: &Arc<Pending>) -> CancellationToken {
+    /// A table with its sweeper running, as a client has, until the guard drops.
+    fn swept() -> (Arc<Pending>, tokio_util::sync::DropGuard) {
+        let p = Arc::new(Pending::new());
         let closed = CancellationToken::new();
         tokio::spawn({
             let p = p.clone();
             let closed = closed.clone();
             async move { p.sweep(closed).await }
         });
-        closed
+        (p, closed.drop_guard())
     }
 
     async fn reply(p: &Pending, id: u64) -> Option<Reply> {
@@ -310,8 +312,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_ends_once_its_wait_is_over_and_within_two_ticks() {
-        let p = Arc::new(Pending::new());
-        let closed = sweeper(&p);
+        let (p, _sweeper) = swept();
         let start = Instant::now();
         let short = p.insert(1, Want::Frame, Duration::from_secs(5));
         let long = p.insert(2, Want::Frame, Duration::from_secs(60));
@@ -324,13 +325,11 @@ mod tests {
         assert!(reply(&p, 2).await.is_none());
         ended_on_time(start, Duration::from_secs(60));
         assert!(p.expired(long));
-        closed.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_sleeps_while_nothing_is_pending_and_a_call_after_that_gets_its_whole_wait() {
-        let p = Arc::new(Pending::new());
-        let closed = sweeper(&p);
+        let (p, _sweeper) = swept();
         p.insert(7, Want::Frame, Duration::from_secs(1));
         p.remove(7);
         assert_eq!(p.want(7), None);
@@ -345,13 +344,11 @@ mod tests {
         p.insert(8, Want::Frame, Duration::from_secs(1));
         assert!(reply(&p, 8).await.is_none());
         ended_on_time(start, Duration::from_secs(1));
-        closed.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_wakes_its_caller_once_and_leaves_nothing_behind() {
-        let p = Arc::new(Pending::new());
-        let closed = sweeper(&p);
+        let (p, _sweeper) = swept();
         p.insert(3, Want::Frame, Duration::from_secs(1));
         let waiting = caller(&p, 3);
         tokio::task::yield_now().await;
@@ -368,20 +365,17 @@ mod tests {
         p.remove(4);
         p.answer(4, frame("too late"));
         assert!(lock(&p.calls).calls.is_empty());
-        closed.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reply_handed_over_survives_the_connection_dropping_and_the_sweeper() {
-        let p = Arc::new(Pending::new());
-        let closed = sweeper(&p);
+        let (p, _sweeper) = swept();
         let expiry = p.insert(5, Want::Frame, Duration::from_secs(1));
         p.answer(5, frame("kept"));
         p.clear();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(p.expired(expiry));
         assert!(matches!(reply(&p, 5).await, Some(Reply::Frame(b)) if b == "kept"));
-        closed.cancel();
     }
 
     #[tokio::test]
