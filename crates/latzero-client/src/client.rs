@@ -145,21 +145,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Takes a call out of the pending table when its caller gives up on it (drops the future)
-/// before it has left by itself.
-struct Abandon<'a> {
-    pending: &'a Pending,
-    id: Option<u64>,
-}
-
-impl Drop for Abandon<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.pending.remove(id);
-        }
-    }
-}
-
 /// A reply in another form than the caller asked for: a bug in the client, reported rather
 /// than panicking.
 fn wrong_form() -> ClientError {
@@ -697,12 +682,8 @@ impl Inner {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = build(id)?;
         let wait = ttl + reply_grace(ttl);
-        let expiry = self.pending.insert(id, want, wait);
-        // Takes the call out of the table if this future is dropped before its reply.
-        let mut call = Abandon {
-            pending: &self.pending,
-            id: Some(id),
-        };
+        // Leaves the table if this future is dropped before its reply.
+        let mut call = self.pending.wait(id, want, wait);
         let _in_flight = InFlight::enter(&self.in_flight);
         if let Some(s) = &self.spinner {
             s.touch();
@@ -711,15 +692,13 @@ impl Inner {
         // Gone before the wait: a scratch frame goes back to its thread for the next call.
         drop(frame);
         sent?;
-        let reply = std::future::poll_fn(|cx| self.pending.poll_reply(id, cx)).await;
-        // The call has left the table, with its reply or without.
-        call.id = None;
+        let reply = std::future::poll_fn(|cx| call.poll_reply(cx)).await;
         // Without a reply: the client closed, the connection dropped, or the sweeper ended
         // the call when its wait ran out.
         reply.ok_or_else(|| {
             if self.closed.is_cancelled() {
                 ClientError::Closed
-            } else if self.pending.expired(expiry) {
+            } else if call.expired() {
                 ClientError::NoReply(wait)
             } else {
                 ClientError::Disconnected

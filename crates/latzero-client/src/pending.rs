@@ -130,6 +130,17 @@ impl Pending {
         expiry
     }
 
+    /// [`insert`](Self::insert) on behalf of a caller: the call leaves the table when the
+    /// returned guard drops, if it has not left by itself (the caller gave up on it).
+    pub fn wait(&self, id: u64, want: Want, wait: Duration) -> Waiting<'_> {
+        Waiting {
+            pending: self,
+            id,
+            expiry: self.insert(id, want, wait),
+            left: false,
+        }
+    }
+
     /// The form the call `id` wants its reply in, if it is still waiting for one.
     pub fn want(&self, id: u64) -> Option<Want> {
         match lock(&self.calls).calls.get(&id) {
@@ -260,8 +271,42 @@ impl Pending {
     }
 }
 
+/// A caller's call in the table. Dropped before the call has left (the caller dropped its
+/// future), it takes the call out, so a call given up on does not wait for a reply or its
+/// deadline.
+pub(crate) struct Waiting<'a> {
+    pending: &'a Pending,
+    id: u64,
+    expiry: Expiry,
+    /// The call has left the table, with its reply or without.
+    left: bool,
+}
+
+impl Waiting<'_> {
+    /// [`Pending::poll_reply`] for this call.
+    pub fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        let polled = self.pending.poll_reply(self.id, cx);
+        self.left = polled.is_ready();
+        polled
+    }
+
+    /// Whether the call's wait has run out.
+    pub fn expired(&self) -> bool {
+        self.pending.expired(self.expiry)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.pending.remove(self.id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::Arc;
 
     use tokio::time::Instant;
@@ -376,6 +421,24 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(p.expired(expiry));
         assert!(matches!(reply(&p, 5).await, Some(Reply::Frame(b)) if b == "kept"));
+    }
+
+    #[test]
+    fn a_caller_that_drops_its_call_takes_it_out_of_the_table() {
+        let p = Pending::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let wait = Duration::from_secs(30);
+        // A caller waiting for its reply, then dropped mid-wait (a timeout or select around it).
+        let mut call = Box::pin(async {
+            let mut call = p.wait(1, Want::Frame, wait);
+            std::future::poll_fn(|cx| call.poll_reply(cx)).await
+        });
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(p.want(1), Some(Want::Frame));
+        drop(call);
+        assert!(lock(&p.calls).calls.is_empty());
+        p.answer(1, frame("too late"));
+        assert!(lock(&p.calls).calls.is_empty());
     }
 
     #[tokio::test]
