@@ -304,7 +304,7 @@ impl Server {
         {
             tracing::warn!("connections did not close within the grace period; closing them");
             for c in state.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
-                c.kill.cancel();
+                c.kill();
             }
             tracker.wait().await;
         }

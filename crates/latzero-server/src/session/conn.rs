@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use latzero_proto::AppId;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned};
 
 use crate::admin::Counters;
 
@@ -133,8 +133,11 @@ pub(crate) struct Conn {
     drained: Notify,
     max_queued_frames: usize,
     max_queued_bytes: usize,
-    /// Cancelled to close the connection at once (slow consumer, takeover, write failure).
-    pub kill: CancellationToken,
+    /// Cancelled to close the connection at once (slow consumer, takeover, write failure);
+    /// see [`Conn::kill`].
+    kill_token: CancellationToken,
+    /// Set with `kill`, for [`Conn::is_killed`].
+    killed: AtomicBool,
     slow: AtomicBool,
     /// Calls this connection made that are still pending.
     pub inflight: AtomicUsize,
@@ -220,11 +223,35 @@ impl Conn {
             drained: Notify::new(),
             max_queued_frames: queue_frames.max(1),
             max_queued_bytes: queue_bytes,
-            kill: CancellationToken::new(),
+            kill_token: CancellationToken::new(),
+            killed: AtomicBool::new(false),
             slow: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             counters,
         })
+    }
+
+    /// Closes the connection at once (slow consumer, takeover, write failure, shutdown): its
+    /// session and flusher end, and nothing more is queued to it.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill_token.cancel();
+    }
+
+    /// Whether the connection was killed. A flag, not the token's `is_cancelled`, which takes
+    /// a lock: this is asked for every frame queued.
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is killed.
+    pub(crate) fn killed(&self) -> WaitForCancellationFuture<'_> {
+        self.kill_token.cancelled()
+    }
+
+    /// [`killed`](Self::killed), owning its token.
+    pub(crate) fn killed_owned(&self) -> WaitForCancellationFutureOwned {
+        self.kill_token.clone().cancelled_owned()
     }
 
     /// The app id bound at handshake, if any.
@@ -268,7 +295,7 @@ impl Conn {
     }
 
     fn push(self: &Arc<Self>, bounded: bool, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
-        if self.kill.is_cancelled() {
+        if self.is_killed() {
             return Err(SendError::Closed);
         }
         let mut q = self.lock();
@@ -339,7 +366,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => {
                     tracing::debug!(conn = self.id, error = %e, "write failed; closing");
-                    self.kill.cancel();
+                    self.kill();
                     return Err(());
                 }
             }
@@ -371,12 +398,12 @@ impl Conn {
     pub(crate) async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
-            if !self.over_limit() || self.kill.is_cancelled() {
+            if !self.over_limit() || self.is_killed() {
                 return;
             }
             tokio::select! {
                 _ = notified => {}
-                _ = self.kill.cancelled() => return,
+                _ = self.killed() => return,
             }
         }
     }
@@ -395,7 +422,7 @@ impl Conn {
             tracing::warn!(conn = self.id, app = self.app_str(), peer = %self.peer,
                 "closing slow consumer: its outbound buffer is full");
         }
-        self.kill.cancel();
+        self.kill();
     }
 }
 
@@ -405,7 +432,7 @@ pub(crate) async fn flusher(conn: Arc<Conn>) {
     loop {
         tokio::select! {
             biased;
-            _ = conn.kill.cancelled() => return,
+            _ = conn.killed() => return,
             _ = conn.flush.notified() => {}
         }
         loop {
@@ -438,9 +465,9 @@ pub(crate) async fn flusher(conn: Arc<Conn>) {
             }
             tokio::select! {
                 biased;
-                _ = conn.kill.cancelled() => return,
+                _ = conn.killed() => return,
                 r = conn.sock.writable() => if r.is_err() {
-                    conn.kill.cancel();
+                    conn.kill();
                     return;
                 },
             }
@@ -452,7 +479,7 @@ pub(crate) async fn flusher(conn: Arc<Conn>) {
 /// once it has read everything, then ends the session.
 fn break_and_close(conn: &Conn) {
     let _ = conn.sock.shutdown_write();
-    conn.kill.cancel();
+    conn.kill();
 }
 
 #[cfg(test)]

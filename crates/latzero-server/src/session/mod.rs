@@ -81,7 +81,7 @@ where
             .await
             .is_err()
         {
-            conn.kill.cancel();
+            conn.kill();
         }
         return;
     }
@@ -110,7 +110,7 @@ where
         // The peer may have closed only its write side: flush what is queued (bounded by the
         // grace period below) rather than drop replies already accepted.
         End::Close | End::Eof => conn.close_gracefully(),
-        End::Killed => conn.kill.cancel(),
+        End::Killed => conn.kill(),
     }
     session.cleanup();
     drop(_guard);
@@ -118,7 +118,7 @@ where
         .await
         .is_err()
     {
-        conn.kill.cancel();
+        conn.kill();
     }
     tracing::debug!(conn = id, "connection closed");
 }
@@ -177,7 +177,7 @@ impl Session {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         // Made once per connection, not per read: each costs a few hundred instructions to
         // make, register and drop.
-        let killed = self.conn.kill.clone().cancelled_owned();
+        let killed = self.conn.killed_owned();
         let stopping = self.state.sessions_stop.clone().cancelled_owned();
         tokio::pin!(killed, stopping);
         loop {
@@ -219,7 +219,7 @@ impl Session {
                     _ = &mut stopping => return End::Shutdown,
                     _ = self.conn.drained() => {}
                 }
-                if self.conn.kill.is_cancelled() {
+                if self.conn.is_killed() {
                     return End::Killed;
                 }
                 continue;
