@@ -679,11 +679,11 @@ impl Inner {
         want: Want,
         ttl: Duration,
     ) -> Result<Reply, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = want.id(self.next_id.fetch_add(1, Ordering::Relaxed));
         let frame = build(id)?;
         let wait = ttl + reply_grace(ttl);
         // Leaves the table if this future is dropped before its reply.
-        let mut call = self.pending.wait(id, want, wait);
+        let mut call = self.pending.wait(id, wait);
         let _in_flight = InFlight::enter(&self.in_flight);
         if let Some(s) = &self.spinner {
             s.touch();

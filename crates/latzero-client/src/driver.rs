@@ -119,9 +119,9 @@ impl Inner {
             }
             Some(action) => {
                 let id = env.in_reply_to.and_then(|r| parse_u64(r.get()));
-                match id.and_then(|id| Some((id, self.pending.want(id)?))) {
-                    Some((id, want)) => {
-                        let reply = match want {
+                match id.filter(|&id| self.pending.waiting(id)) {
+                    Some(id) => {
+                        let reply = match Want::of(id) {
                             Want::Frame => Reply::Frame(json.clone()),
                             Want::Value => Reply::Value(result_of(&env, json)),
                             Want::Raw => Reply::Raw(raw_result_of(&env, &text)),
@@ -151,12 +151,11 @@ impl Inner {
             return;
         };
         let error = || ClientError::Protocol(format!("unparseable reply: {why}"));
-        let reply = match self.pending.want(id) {
-            Some(Want::Value) => Reply::Value(Err(error())),
-            Some(Want::Raw) => Reply::Raw(Err(error())),
-            Some(Want::Frame) => Reply::Frame(json.clone()),
-            Some(Want::Full) => Reply::Full(frame.clone()),
-            None => return,
+        let reply = match Want::of(id) {
+            Want::Value => Reply::Value(Err(error())),
+            Want::Raw => Reply::Raw(Err(error())),
+            Want::Frame => Reply::Frame(json.clone()),
+            Want::Full => Reply::Full(frame.clone()),
         };
         self.pending.answer(id, reply);
     }
@@ -173,14 +172,10 @@ impl Inner {
             Err(text) => (text, false),
         };
         let one = || serde_json::from_str::<&RawValue>(text).is_ok();
-        let Some(want) = self.pending.want(id) else {
-            let one = one();
-            if one {
-                tracing::debug!(id, "reply for a request no longer waiting");
-            }
-            return one;
-        };
-        let reply = match want {
+        // Read before the table is asked whether the call still waits: `answer` asks, under
+        // the one lock it takes anyway. A reply that comes after its call ended (rare) is read
+        // for nothing.
+        let reply = match Want::of(id) {
             Want::Value => {
                 let parsed = if ok {
                     serde_json::from_str(text).map(Ok)
@@ -207,7 +202,9 @@ impl Inner {
             Want::Full if one() => Reply::Full(frame.clone()),
             Want::Frame | Want::Full => return false,
         };
-        self.pending.answer(id, reply);
+        if !self.pending.answer(id, reply) {
+            tracing::debug!(id, "reply for a request no longer waiting");
+        }
         true
     }
 

@@ -41,13 +41,32 @@ pub(crate) struct Expiry(u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Want {
     /// The whole frame (broadcast results, admin replies).
-    Frame,
+    Frame = 0,
     /// The call's result; the reader computes it while it has the frame parsed.
-    Value,
+    Value = 1,
     /// The call's result as JSON text, a view into the reply frame.
-    Raw,
+    Raw = 2,
     /// The frame with its binary body (memory-block replies).
-    Full,
+    Full = 3,
+}
+
+impl Want {
+    /// The id of a client's `seq`th request that wants its reply in this form. The form is in
+    /// the id's two low bits, so the reader knows how to read a reply from its `in_reply_to`
+    /// alone: no look into the table (a lock per call) before it reads the reply.
+    pub fn id(self, seq: u64) -> u64 {
+        seq << 2 | self as u64
+    }
+
+    /// The form the reply to request `id` is wanted in.
+    pub fn of(id: u64) -> Want {
+        match id & 3 {
+            0 => Want::Frame,
+            1 => Want::Value,
+            2 => Want::Raw,
+            _ => Want::Full,
+        }
+    }
 }
 
 /// A reply, in the form its caller wants.
@@ -82,7 +101,6 @@ struct Calls {
 }
 
 struct Call {
-    want: Want,
     state: State,
     expiry: Expiry,
 }
@@ -107,16 +125,15 @@ impl Pending {
         }
     }
 
-    /// Waits for the reply to `id`, in the form `want`, for at least `wait`; then the sweeper
+    /// Waits for the reply to `id` (made by [`Want::id`]) for at least `wait`; then the sweeper
     /// ends the call. Returns when the wait runs out, for [`expired`](Self::expired).
-    pub fn insert(&self, id: u64, want: Want, wait: Duration) -> Expiry {
+    pub fn insert(&self, id: u64, wait: Duration) -> Expiry {
         let mut calls = lock(&self.calls);
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128 / 2) as u64;
         let expiry = Expiry(calls.now.saturating_add(ticks + 1));
         calls.calls.insert(
             id,
             Call {
-                want,
                 state: State::Waiting(None),
                 expiry,
             },
@@ -132,39 +149,38 @@ impl Pending {
 
     /// [`insert`](Self::insert) on behalf of a caller: the call leaves the table when the
     /// returned guard drops, if it has not left by itself (the caller gave up on it).
-    pub fn wait(&self, id: u64, want: Want, wait: Duration) -> Waiting<'_> {
+    pub fn wait(&self, id: u64, wait: Duration) -> Waiting<'_> {
         Waiting {
             pending: self,
             id,
-            expiry: self.insert(id, want, wait),
+            expiry: self.insert(id, wait),
             left: false,
         }
     }
 
-    /// The form the call `id` wants its reply in, if it is still waiting for one.
-    pub fn want(&self, id: u64) -> Option<Want> {
-        match lock(&self.calls).calls.get(&id) {
+    /// Whether the call `id` is still waiting for its reply.
+    pub fn waiting(&self, id: u64) -> bool {
+        matches!(
+            lock(&self.calls).calls.get(&id),
             Some(Call {
-                want,
                 state: State::Waiting(_),
                 ..
-            }) => Some(*want),
-            _ => None,
-        }
+            })
+        )
     }
 
-    /// Hands `reply` to the call `id` and wakes its caller; nothing if it is not waiting (any
-    /// more). The caller is woken outside the lock: one woken on another thread must not find
-    /// the table still locked (a futex wait and two more context switches when it preempts
-    /// this thread).
-    pub fn answer(&self, id: u64, reply: Reply) {
+    /// Hands `reply` to the call `id` and wakes its caller; nothing, and `false`, if it is not
+    /// waiting (any more). The caller is woken outside the lock: one woken on another thread
+    /// must not find the table still locked (a futex wait and two more context switches when
+    /// it preempts this thread).
+    pub fn answer(&self, id: u64, reply: Reply) -> bool {
         let waker = {
             let mut calls = lock(&self.calls);
             let Some(call) = calls.calls.get_mut(&id) else {
-                return;
+                return false;
             };
             let State::Waiting(waker) = &mut call.state else {
-                return;
+                return false;
             };
             let waker = waker.take();
             call.state = State::Answered(reply);
@@ -173,6 +189,7 @@ impl Pending {
         if let Some(w) = waker {
             w.wake();
         }
+        true
     }
 
     /// The reply to `id` once it is there, taken out of the table with the call; `None` if
@@ -359,14 +376,14 @@ mod tests {
     async fn a_call_ends_once_its_wait_is_over_and_within_two_ticks() {
         let (p, _sweeper) = swept();
         let start = Instant::now();
-        let short = p.insert(1, Want::Frame, Duration::from_secs(5));
-        let long = p.insert(2, Want::Frame, Duration::from_secs(60));
+        let short = p.insert(1, Duration::from_secs(5));
+        let long = p.insert(2, Duration::from_secs(60));
         assert!(reply(&p, 1).await.is_none());
         ended_on_time(start, Duration::from_secs(5));
         assert!(p.expired(short));
         // The longer call waits on, and is not counted as run out.
         assert!(!p.expired(long));
-        assert_eq!(p.want(2), Some(Want::Frame));
+        assert!(p.waiting(2));
         assert!(reply(&p, 2).await.is_none());
         ended_on_time(start, Duration::from_secs(60));
         assert!(p.expired(long));
@@ -375,9 +392,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_sleeps_while_nothing_is_pending_and_a_call_after_that_gets_its_whole_wait() {
         let (p, _sweeper) = swept();
-        p.insert(7, Want::Frame, Duration::from_secs(1));
+        p.insert(7, Duration::from_secs(1));
         p.remove(7);
-        assert_eq!(p.want(7), None);
+        assert!(!p.waiting(7));
         // A tick finds the table empty; from then on the count stands still.
         tokio::time::sleep(3 * TICK).await;
         let idle_from = p.ticks();
@@ -386,7 +403,7 @@ mod tests {
         assert_eq!(p.ticks(), idle_from);
         // The count is ten minutes behind the clock: a new call still waits its full second.
         let start = Instant::now();
-        p.insert(8, Want::Frame, Duration::from_secs(1));
+        p.insert(8, Duration::from_secs(1));
         assert!(reply(&p, 8).await.is_none());
         ended_on_time(start, Duration::from_secs(1));
     }
@@ -394,19 +411,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_wakes_its_caller_once_and_leaves_nothing_behind() {
         let (p, _sweeper) = swept();
-        p.insert(3, Want::Frame, Duration::from_secs(1));
+        p.insert(3, Duration::from_secs(1));
         let waiting = caller(&p, 3);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         p.answer(3, frame("first"));
         // Not waiting any more: a second answer (a duplicate frame) changes nothing.
-        assert_eq!(p.want(3), None);
+        assert!(!p.waiting(3));
         p.answer(3, frame("second"));
         assert_eq!(waiting.await.unwrap().as_deref(), Some("first"));
         assert!(lock(&p.calls).calls.is_empty());
         // An id nobody waits for, and one whose caller gave up: the answer is dropped.
         p.answer(99, frame("nobody"));
-        p.insert(4, Want::Frame, Duration::from_secs(1));
+        p.insert(4, Duration::from_secs(1));
         p.remove(4);
         p.answer(4, frame("too late"));
         assert!(lock(&p.calls).calls.is_empty());
@@ -415,12 +432,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reply_handed_over_survives_the_connection_dropping_and_the_sweeper() {
         let (p, _sweeper) = swept();
-        let expiry = p.insert(5, Want::Frame, Duration::from_secs(1));
+        let expiry = p.insert(5, Duration::from_secs(1));
         p.answer(5, frame("kept"));
         p.clear();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(p.expired(expiry));
         assert!(matches!(reply(&p, 5).await, Some(Reply::Frame(b)) if b == "kept"));
+    }
+
+    #[test]
+    fn a_request_id_carries_the_form_its_reply_is_wanted_in() {
+        let mut ids = std::collections::HashSet::new();
+        for want in [Want::Frame, Want::Value, Want::Raw, Want::Full] {
+            for seq in [1, 2, 3, 1 << 40] {
+                let id = want.id(seq);
+                assert_eq!(Want::of(id), want, "{id}");
+                assert!(ids.insert(id), "{id} given twice");
+            }
+        }
     }
 
     #[test]
@@ -430,11 +459,11 @@ mod tests {
         let wait = Duration::from_secs(30);
         // A caller waiting for its reply, then dropped mid-wait (a timeout or select around it).
         let mut call = Box::pin(async {
-            let mut call = p.wait(1, Want::Frame, wait);
+            let mut call = p.wait(1, wait);
             std::future::poll_fn(|cx| call.poll_reply(cx)).await
         });
         assert!(call.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(p.want(1), Some(Want::Frame));
+        assert!(p.waiting(1));
         drop(call);
         assert!(lock(&p.calls).calls.is_empty());
         p.answer(1, frame("too late"));
@@ -444,8 +473,8 @@ mod tests {
     #[tokio::test]
     async fn clear_wakes_every_caller_still_waiting() {
         let p = Arc::new(Pending::new());
-        let expiry = p.insert(1, Want::Frame, Duration::from_secs(30));
-        p.insert(2, Want::Value, Duration::from_secs(30));
+        let expiry = p.insert(1, Duration::from_secs(30));
+        p.insert(2, Duration::from_secs(30));
         let (one, two) = (caller(&p, 1), caller(&p, 2));
         tokio::task::yield_now().await;
         p.clear();
