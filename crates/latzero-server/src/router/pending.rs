@@ -187,7 +187,12 @@ impl PendingTable {
             self.shard(hop).insert(hop, p);
         }
         let ns = self.ns(dl);
-        if ns < self.earliest.fetch_min(ns, Ordering::AcqRel) {
+        // Read before the read-modify-write: calls with one ttl arrive in deadline order, so
+        // the timer almost always knows an earlier deadline already, and a plain load (not a
+        // locked instruction on a word every connection's calls share) settles it. A timer
+        // that has reset `earliest` (`next_deadline`) since this call's shard was written is
+        // seen here, as it would be by `fetch_min` alone.
+        if ns < self.earliest.load(Ordering::Acquire) && ns < self.earliest.fetch_min(ns, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }
