@@ -303,6 +303,27 @@ async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_to_a_killed_handler_fails_at_once_and_reaches_nobody() {
+    let f = fixture();
+    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
+    let (c, mut crx) = f.app(2, "c", &[]).await;
+    // Killed (a takeover, a write failure) and still in the directory until its session ends.
+    h.kill();
+    assert!(h.is_killed());
+    f.call(&c, json!({"action":"trigger","id":"k","process":"f","pool":"p"}))
+        .unwrap();
+    let e = next(&mut crx).unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_str()),
+        (Some("HANDLER_GONE"), Some("k"))
+    );
+    assert_eq!(e["handler_may_still_run"], false);
+    assert_eq!(next(&mut hrx), None);
+    assert_eq!(f.router.table.len(), 0);
+    assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_fails_every_call() {
     let f = fixture();
     let (_h, _hrx) = f.app(1, "h", &["f"]).await;
