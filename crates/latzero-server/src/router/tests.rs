@@ -60,6 +60,12 @@ impl Fixture {
         (c, rx)
     }
 
+    /// The usual pair: app `h`, the handler of trigger `f`, and app `c`, a caller with no
+    /// triggers, both in pool `p`.
+    async fn handler_and_caller(&self) -> ((Arc<Conn>, Peer), (Arc<Conn>, Peer)) {
+        (self.app(1, "h", &["f"]).await, self.app(2, "c", &[]).await)
+    }
+
     /// Runs the router's deadline timer, as the server does, until the guard drops.
     fn timer(&self) -> tokio_util::sync::DropGuard {
         let stop = CancellationToken::new();
@@ -109,8 +115,7 @@ fn next(rx: &mut Peer) -> Option<Value> {
 #[tokio::test(start_paused = true)]
 async fn reply_removes_the_call_and_reaches_the_caller() {
     let f = fixture();
-    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((h, mut hrx), (c, mut crx)) = f.handler_and_caller().await;
     f.call(
         &c,
         json!({"action":"trigger","id":"x","process":"f","pool":"p","data":[1]}),
@@ -139,8 +144,7 @@ async fn reply_removes_the_call_and_reaches_the_caller() {
 async fn caller_ids_come_back_verbatim_short_or_long() {
     let f = fixture();
     let _timer = f.timer();
-    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((h, mut hrx), (c, mut crx)) = f.handler_and_caller().await;
     let long = "a-caller-id-well-past-twenty-four-bytes";
     let ids = [
         json!(18446744073709551615u64),
@@ -174,8 +178,7 @@ async fn caller_ids_come_back_verbatim_short_or_long() {
 async fn deadline_fires_exactly_once() {
     let f = fixture();
     let _timer = f.timer();
-    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((h, mut hrx), (c, mut crx)) = f.handler_and_caller().await;
     f.call(
         &c,
         json!({"action":"trigger","id":7,"process":"f","pool":"p","ttl":100}),
@@ -205,8 +208,7 @@ async fn deadline_fires_exactly_once() {
 async fn answered_calls_leave_no_deadline_behind_that_fires_or_grows() {
     use super::pending::{SHARDS, SPARE};
     let f = fixture();
-    let (h, _hrx) = f.app(1, "h", &["f"]).await;
-    let (c, _crx) = f.app(2, "c", &[]).await;
+    let ((h, _hrx), (c, _crx)) = f.handler_and_caller().await;
     let table = PendingTable::new();
     let now = Instant::now();
     let pending = |ms: u64| Pending {
@@ -260,8 +262,7 @@ async fn answered_calls_leave_no_deadline_behind_that_fires_or_grows() {
 async fn an_earlier_deadline_wakes_the_timer() {
     let f = fixture();
     let _timer = f.timer();
-    let (_h, _hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((_h, _hrx), (c, mut crx)) = f.handler_and_caller().await;
     f.call(
         &c,
         json!({"action":"trigger","id":"long","process":"f","pool":"p","ttl":10000}),
@@ -281,8 +282,7 @@ async fn an_earlier_deadline_wakes_the_timer() {
 #[tokio::test(start_paused = true)]
 async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
     let f = fixture();
-    let (h, _hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((h, _hrx), (c, mut crx)) = f.handler_and_caller().await;
     f.call(&c, json!({"action":"trigger","id":"a","process":"f","pool":"p"}))
         .unwrap();
     f.router.on_disconnect(h.id);
@@ -305,8 +305,7 @@ async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
 #[tokio::test(start_paused = true)]
 async fn a_call_to_a_killed_handler_fails_at_once_and_reaches_nobody() {
     let f = fixture();
-    let (h, mut hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((h, mut hrx), (c, mut crx)) = f.handler_and_caller().await;
     // Killed (a takeover, a write failure) and still in the directory until its session ends.
     h.kill();
     assert!(h.is_killed());
@@ -326,8 +325,7 @@ async fn a_call_to_a_killed_handler_fails_at_once_and_reaches_nobody() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_fails_every_call() {
     let f = fixture();
-    let (_h, _hrx) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((_h, _hrx), (c, mut crx)) = f.handler_and_caller().await;
     for i in 0..3 {
         f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
             .unwrap();
@@ -378,8 +376,7 @@ async fn round_robin_and_refusals() {
 #[tokio::test(start_paused = true)]
 async fn a_full_handler_buffer_fails_the_call_with_overloaded_and_closes_the_handler() {
     let f = fixture();
-    let (h, _h_not_reading) = f.app(1, "h", &["f"]).await;
-    let (c, mut crx) = f.app(2, "c", &[]).await;
+    let ((h, _h_not_reading), (c, mut crx)) = f.handler_and_caller().await;
     let blob = "x".repeat(16 * 1024);
     // The handler never reads: its socket fills, then its buffer (16 frames), then the next call
     // is refused.
