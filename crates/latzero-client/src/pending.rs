@@ -126,8 +126,9 @@ impl Pending {
     }
 
     /// Waits for the reply to `id` (made by [`Want::id`]) for at least `wait`; then the sweeper
-    /// ends the call. Returns when the wait runs out, for [`expired`](Self::expired).
-    pub fn insert(&self, id: u64, wait: Duration) -> Expiry {
+    /// ends the call. Returns when the wait runs out, for [`expired`](Self::expired). Callers
+    /// go through [`wait`](Self::wait), whose guard takes the call out if they give up on it.
+    fn insert(&self, id: u64, wait: Duration) -> Expiry {
         let mut calls = lock(&self.calls);
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128 / 2) as u64;
         let expiry = Expiry(calls.now.saturating_add(ticks + 1));
