@@ -93,20 +93,22 @@ impl AsyncWrite for SharedWrite {
 ///
 /// Dropping the last `Outbox` lets the writer task write what is queued and shut the write side
 /// down; once the writer task has ended (the connection is gone), sends fail.
+///
+/// A handle is one `Arc`: a call clones it out of the client's state and drops it after
+/// queueing, two reference-count changes rather than four.
 #[derive(Clone)]
-pub(crate) struct Outbox {
-    out: Arc<Out>,
-    _handle: Arc<Handle>,
-}
+pub(crate) struct Outbox(Arc<Handle>);
 
 /// Shared by every [`Outbox`] handle (not by the writer): its drop tells the writer there are
 /// no senders left.
-struct Handle(Arc<Out>);
+struct Handle {
+    out: Arc<Out>,
+}
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.0.lock().orphaned = true;
-        self.0.wake.notify_one();
+        self.out.lock().orphaned = true;
+        self.out.wake.notify_one();
     }
 }
 
@@ -161,12 +163,8 @@ impl Outbox {
             capacity: capacity.max(1),
             sock,
         });
-        let handle = Arc::new(Handle(out.clone()));
         (
-            Outbox {
-                out: out.clone(),
-                _handle: handle,
-            },
+            Outbox(Arc::new(Handle { out: out.clone() })),
             WriterEnd {
                 out,
                 w,
@@ -179,15 +177,15 @@ impl Outbox {
     /// connection is gone. Cancel-safe: dropped while it waits, it has queued nothing.
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ()> {
         loop {
-            let room = self.out.room.notified();
+            let room = self.0.out.room.notified();
             let mut room = std::pin::pin!(room);
             {
-                let mut q = self.out.lock();
+                let mut q = self.0.out.lock();
                 if q.closed {
                     return Err(());
                 }
-                if q.frames < self.out.capacity {
-                    self.out.queue(&mut q, frame);
+                if q.frames < self.0.out.capacity {
+                    self.0.out.queue(&mut q, frame);
                     return Ok(());
                 }
                 // Registered before the lock is let go, so the writer's wake-up cannot slip by.
@@ -201,17 +199,17 @@ impl Outbox {
     /// server (a handler's result, a watch renewed on reconnect), which the calls and watches
     /// that caused them bound. Dropped if the connection is gone.
     pub(crate) fn send_now(&self, frame: &[u8]) {
-        let mut q = self.out.lock();
+        let mut q = self.0.out.lock();
         if !q.closed {
-            self.out.queue(&mut q, frame);
+            self.0.out.queue(&mut q, frame);
         }
     }
 
     /// Writes a frame straight to the socket when nothing is queued before it; otherwise (or
     /// for what the socket does not take at once, or on TLS) queues it as [`send`](Self::send).
     pub(crate) async fn send_direct(&self, frame: &[u8]) -> Result<(), ()> {
-        if let Some(sock) = self.out.sock.as_ref().and_then(Weak::upgrade) {
-            let mut q = self.out.lock();
+        if let Some(sock) = self.0.out.sock.as_ref().and_then(Weak::upgrade) {
+            let mut q = self.0.out.lock();
             if q.closed {
                 return Err(());
             }
@@ -228,7 +226,7 @@ impl Outbox {
                 // The rest (all of it, if the socket took nothing or failed: the writer task
                 // then meets the error itself, which ends the connection) goes first into
                 // the empty queue.
-                self.out.queue(&mut q, rest);
+                self.0.out.queue(&mut q, rest);
                 return Ok(());
             }
         }
@@ -238,7 +236,7 @@ impl Outbox {
     /// Frames queued and not yet taken by the writer (for tests).
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.out.lock().frames
+        self.0.out.lock().frames
     }
 }
 
@@ -652,7 +650,7 @@ mod tests {
         ));
         assert_eq!(read_exactly(&mut peer, 8).await, b"twothree");
         // Once the writer has written them, direct writes resume.
-        while outbox.out.lock().busy {
+        while outbox.0.out.lock().busy {
             tokio::task::yield_now().await;
         }
         outbox.send_direct(b"four").await.unwrap();
@@ -667,7 +665,7 @@ mod tests {
         // Polled once (no room) and dropped.
         assert!(futures_util::FutureExt::now_or_never(waiting).is_none());
         assert_eq!(outbox.queued(), 1);
-        assert_eq!(outbox.out.lock().buf, b"fills the queue");
+        assert_eq!(outbox.0.out.lock().buf, b"fills the queue");
     }
 
     #[tokio::test]
