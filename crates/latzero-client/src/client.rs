@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::call::{Call, Form, TriggerOut, run_local};
 use crate::connection::Outbox;
@@ -124,7 +124,7 @@ pub(crate) struct Inner {
     pub(crate) handlers: RwLock<FxHashMap<String, Handler>>,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
-    pub(crate) closed: CancellationToken,
+    pub(crate) closed: Closed,
     pub(crate) watches: Mutex<crate::memory::Watches>,
     pub(crate) spinner: Option<latzero_uds::spin::Spinner>,
 }
@@ -151,11 +151,48 @@ fn wrong_form() -> ClientError {
     ClientError::Protocol("internal error: a reply in another form than asked for".into())
 }
 
-struct CloseOnDrop(CancellationToken);
+/// Whether the client is closed: a token for the tasks that wait for it, and a flag for the
+/// calls that only ask. The token's `is_cancelled` takes its mutex; a call asks before every
+/// send, so it reads the flag, one load.
+pub(crate) struct Closed {
+    token: CancellationToken,
+    flag: AtomicBool,
+}
+
+impl Closed {
+    fn new() -> Closed {
+        Closed {
+            token: CancellationToken::new(),
+            flag: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes the client: the flag first, so a task the token wakes finds it set.
+    pub(crate) fn close(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Completes once the client is closed.
+    pub(crate) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// The token, for a task that owns its copy.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+struct CloseOnDrop(Arc<Inner>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.closed.close();
     }
 }
 
@@ -268,17 +305,17 @@ impl Client {
                 tx: None,
             }),
             events,
-            closed: CancellationToken::new(),
+            closed: Closed::new(),
             watches: Mutex::default(),
             spinner: latzero_uds::spin::Spinner::shared(opts.spin),
             opts,
         });
         let live = establish(&inner, inner.opts.takeover).await?;
         lock(&inner.shared).tx = Some(live.tx.clone());
-        let guard = Arc::new(CloseOnDrop(inner.closed.clone()));
+        let guard = Arc::new(CloseOnDrop(inner.clone()));
         tokio::spawn(connection_task(inner.clone(), live));
         let sweeper = inner.clone();
-        tokio::spawn(async move { sweeper.pending.sweep(sweeper.closed.clone()).await });
+        tokio::spawn(async move { sweeper.pending.sweep(sweeper.closed.token()).await });
         Ok(Client { inner, _guard: guard })
     }
 
@@ -304,7 +341,7 @@ impl Client {
 
     /// Closes the connection. Calls in flight fail with `Disconnected`.
     pub fn close(&self) {
-        self.inner.closed.cancel();
+        self.inner.closed.close();
     }
 
     /// Waits until everything this client sent before has reached the server and been handled
@@ -603,7 +640,7 @@ impl Inner {
 
     /// The live connection's outbox.
     fn outbox(&self) -> Result<Outbox, ClientError> {
-        if self.closed.is_cancelled() {
+        if self.closed.is_closed() {
             return Err(ClientError::Closed);
         }
         lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)
@@ -696,7 +733,7 @@ impl Inner {
         // Without a reply: the client closed, the connection dropped, or the sweeper ended
         // the call when its wait ran out.
         reply.ok_or_else(|| {
-            if self.closed.is_cancelled() {
+            if self.closed.is_closed() {
                 ClientError::Closed
             } else if call.expired() {
                 ClientError::NoReply(wait)

@@ -448,7 +448,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         lock(&inner.shared).tx = None;
         live.dead.cancel();
         inner.fail_pending();
-        let reconnecting = !inner.closed.is_cancelled() && inner.opts.reconnect && !taken_over;
+        let reconnecting = !inner.closed.is_closed() && inner.opts.reconnect && !taken_over;
         inner.event(ClientEvent::Disconnected {
             reason: reason.clone(),
             reconnecting,

@@ -200,6 +200,25 @@ async fn handler_gone_mid_call_fails_the_caller_at_once() {
 }
 
 #[tokio::test]
+async fn a_closed_client_fails_its_calls_and_emits_with_closed_in_every_clone() {
+    let s = TestServer::start().await;
+    let h = Client::connect(&s.url("h?pools=p")).await.unwrap();
+    h.handle("echo", |r: Request| async move { Ok(r.data) }).await.unwrap();
+    let c = Client::connect(&s.url("c?pools=p")).await.unwrap();
+    let other = c.clone();
+    assert_eq!(c.call("p", "echo", &1).await.unwrap(), 1);
+    c.close();
+    // At once: the connection task may not have seen the close yet, the calls have.
+    let e = other.call_raw("p", "echo", &2).await.unwrap_err();
+    assert!(matches!(e, ClientError::Closed), "{e}");
+    let e = c.call("p", "echo", &3).await.unwrap_err();
+    assert!(matches!(e, ClientError::Closed), "{e}");
+    let e = other.emit("p", "echo", &4).await.unwrap_err();
+    assert!(matches!(e, ClientError::Closed), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn in_process_short_circuit_needs_no_server_round_trip() {
     let s = TestServer::start().await;
     let c = Client::connect(&s.url("self?pools=p")).await.unwrap();
