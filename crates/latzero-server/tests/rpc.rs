@@ -219,6 +219,66 @@ async fn a_closed_client_fails_its_calls_and_emits_with_closed_in_every_clone() 
 }
 
 #[tokio::test]
+async fn calls_responses_and_emits_are_refused_before_the_handshake_and_in_binary_frames() {
+    let s = TestServer::start().await;
+    let mut h = s.raw().await;
+    h.handshake("h", &["p"], &["f"]).await;
+    let code = |v: &Value| v["code"].as_str().unwrap_or_default().to_owned();
+    // In the SDK's layout (the server's fast path) and in another key order (the general one).
+    let mut c = s.raw().await;
+    c.send_text(r#"{"action":"trigger","id":1,"process":"f","pool":"p","data":1,"ttl":5000}"#)
+        .await;
+    let e = c.expect().await;
+    assert_eq!(
+        (code(&e), e["in_reply_to"].clone()),
+        ("HANDSHAKE_REQUIRED".into(), json!(1))
+    );
+    let e = c
+        .ask(json!({"action":"trigger","id":2,"pool":"p","process":"f","data":1}))
+        .await;
+    assert_eq!(code(&e), "HANDSHAKE_REQUIRED");
+    c.send_text(r#"{"action":"emit","id":3,"process":"f","pool":"p","data":1}"#)
+        .await;
+    let e = c.expect().await;
+    assert_eq!(
+        (code(&e), e["in_reply_to"].clone()),
+        ("HANDSHAKE_REQUIRED".into(), json!(3))
+    );
+    c.send_text(r#"{"action":"response","in_reply_to":4,"status":"ok","response":1}"#)
+        .await;
+    assert_eq!(code(&c.expect().await), "HANDSHAKE_REQUIRED");
+
+    // After it, a call in a binary frame is refused and reaches nobody.
+    c.handshake("c", &["p"], &[]).await;
+    c.send_binary(
+        json!({"action":"trigger","id":5,"process":"f","pool":"p","data":1}),
+        b"x",
+    )
+    .await;
+    let e = c.expect().await;
+    assert_eq!(
+        (code(&e), e["in_reply_to"].clone()),
+        ("INVALID_MESSAGE".into(), json!(5))
+    );
+    c.send_text(r#"{"action":"trigger","id":6,"process":"f","pool":"p","data":1,"ttl":5000}"#)
+        .await;
+    let delivered = h.expect().await;
+    assert_eq!(
+        (delivered["action"].clone(), delivered["data"].clone()),
+        (json!("trigger"), json!(1))
+    );
+    h.send(json!({"action":"response","in_reply_to":delivered["id"],"status":"ok","response":7}))
+        .await;
+    let r = c.expect().await;
+    assert_eq!(
+        (r["in_reply_to"].clone(), r["response"].clone()),
+        (json!(6), json!(7)),
+        "{r}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn in_process_short_circuit_needs_no_server_round_trip() {
     let s = TestServer::start().await;
     let c = Client::connect(&s.url("self?pools=p")).await.unwrap();
