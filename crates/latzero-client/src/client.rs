@@ -122,6 +122,9 @@ pub(crate) struct Inner {
     /// Keyed by the names this app registered: a handful of entries that frames only look up,
     /// so a fast hash, as for `pending`.
     pub(crate) handlers: RwLock<FxHashMap<String, Handler>>,
+    /// How many entries `handlers` has, written under its lock: a client without handlers (one
+    /// that only calls) finds out that no call of its is in-process without taking a lock.
+    pub(crate) handler_count: AtomicUsize,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: Closed,
@@ -299,6 +302,7 @@ impl Client {
             pending: Pending::new(),
             in_flight: Arc::default(),
             handlers: RwLock::new(FxHashMap::default()),
+            handler_count: AtomicUsize::new(0),
             shared: Mutex::new(Shared {
                 pools: url.pools.into_iter().collect(),
                 triggers,
@@ -380,11 +384,11 @@ impl Client {
 
     async fn register(&self, trigger: &str, h: Handler) -> Result<(), ClientError> {
         let name = TriggerName::try_from(trigger)?;
-        self.inner
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), h);
+        {
+            let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
+            handlers.insert(name.to_string(), h);
+            self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
+        }
         // While disconnected `membership` only records; the next handshake carries the trigger.
         let new = lock(&self.inner.shared).triggers.insert(name.clone());
         if new {
@@ -397,11 +401,11 @@ impl Client {
     /// Unregisters a trigger and drops its handler.
     pub async fn unhandle(&self, trigger: &str) -> Result<(), ClientError> {
         let name = TriggerName::try_from(trigger)?;
-        self.inner
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name.as_str());
+        {
+            let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
+            handlers.remove(name.as_str());
+            self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
+        }
         lock(&self.inner.shared).triggers.remove(&name);
         self.membership("unregister", json!({ "triggers": [name.as_str()] }))
             .await
@@ -623,6 +627,11 @@ impl Client {
 
 impl Inner {
     pub(crate) fn local_handler(&self, pool: &str, process: &str) -> Option<Handler> {
+        // A handler registered before this call (in this thread, or in one this call's thread
+        // synchronised with since) has its count visible here.
+        if self.handler_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let registered = {
             let s = lock(&self.shared);
             // Triggers first: a client that only calls has none, and then no name is compared.
