@@ -279,6 +279,47 @@ async fn calls_responses_and_emits_are_refused_before_the_handshake_and_in_binar
 }
 
 #[tokio::test]
+async fn a_response_names_its_hop_as_a_string_or_a_number() {
+    let s = TestServer::start().await;
+    let mut h = s.raw().await;
+    h.handshake("h", &["p"], &["f"]).await;
+    let mut c = s.raw().await;
+    c.handshake("c", &["p"], &[]).await;
+    for (id, numeric) in [(1, false), (2, true)] {
+        c.send(json!({"action":"trigger","id":id,"process":"f","pool":"p","data":id}))
+            .await;
+        let t = h.expect().await;
+        let hop = t["id"].as_str().expect("the server writes the hop id as a string");
+        let in_reply_to = if numeric {
+            json!(hop.parse::<u64>().unwrap())
+        } else {
+            json!(hop)
+        };
+        h.send(json!({"action":"response","in_reply_to":in_reply_to,"status":"ok","response":id * 10}))
+            .await;
+        let r = c.expect().await;
+        assert_eq!(
+            (r["in_reply_to"].clone(), r["response"].clone()),
+            (json!(id), json!(id * 10)),
+            "{r}"
+        );
+    }
+    // Anything else names no call of this connection.
+    for bad in [json!("\"1\""), json!("x"), json!(-1), json!("")] {
+        h.send(json!({"action":"response","in_reply_to":bad,"status":"ok","response":0}))
+            .await;
+        let e = h.expect().await;
+        assert_eq!(
+            (e["action"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("UNKNOWN_CALL")),
+            "{bad}: {e}"
+        );
+    }
+    assert!(c.sync().await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn in_process_short_circuit_needs_no_server_round_trip() {
     let s = TestServer::start().await;
     let c = Client::connect(&s.url("self?pools=p")).await.unwrap();
