@@ -153,15 +153,19 @@ pub(crate) fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) 
 }
 
 /// Parses one request. Errors carry the request's id whenever it could be read.
+///
+/// It is [`parse_sdk_call`], and [`parse_general`] when that says `None`. A caller that reads
+/// the request where it lies can take the two steps itself: the conversion of the first's
+/// `Option` into this `Result` moves the request (a copy of its ~300 bytes).
 pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
-    match sdk_call(json) {
+    match parse_sdk_call(json) {
         Some(p) => Ok(p),
         None => parse_general(json),
     }
 }
 
-/// [`parse_request`] for any frame.
-fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
+/// [`parse_request`] for any frame, without trying [`parse_sdk_call`] first.
+pub fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
     let mut env = match Envelope::parse(json) {
         Ok(env) => env,
         Err(e) => return Err(explain_bad_json(json, e)),
@@ -213,11 +217,11 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
 /// `trigger` with an integer id and a ttl and nothing optional, a `response` to a hop id, an
 /// `emit` without an id — read by
 /// matching that layout instead of walking the object (the server's counterpart of the SDK's
-/// `ForwardResponse::read`). `None` for anything else, or anything the general path would
+/// `ForwardResponse::read`). `None` for anything else, or anything [`parse_general`] would
 /// refuse or read differently (a name that fails its check, a zero ttl, a payload that is not
-/// exactly one value, a leading zero): the general path then reads it, with the same result
-/// for every frame this accepts (a test compares the two).
-fn sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
+/// exactly one value, a leading zero): that then reads it, with the same result for every
+/// frame this accepts (a test compares the two).
+pub fn parse_sdk_call(json: &[u8]) -> Option<Parsed<'_>> {
     use super::reply::{plain, take};
     use super::scan::{Kind, one_value};
     /// The JSON text of an integer without a leading zero, taken from the front of `s`.
@@ -590,7 +594,7 @@ mod tests {
         for f in &frames {
             let general = format!("{:?}", parse_general(f.as_bytes()));
             assert_eq!(format!("{:?}", parse_request(f.as_bytes())), general, "{f}");
-            if let Some(p) = sdk_call(f.as_bytes()) {
+            if let Some(p) = parse_sdk_call(f.as_bytes()) {
                 assert_eq!(format!("{:?}", Ok::<_, ParseError<'_>>(p)), general, "{f}");
                 fast += 1;
             }
@@ -598,10 +602,11 @@ mod tests {
         // The layout the SDK writes does take the fast path.
         assert!(fast >= 30, "{fast} of {} frames read on the fast path", frames.len());
         assert!(
-            sdk_call(br#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":"x","ttl":30000}"#).is_some()
+            parse_sdk_call(br#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":"x","ttl":30000}"#)
+                .is_some()
         );
-        assert!(sdk_call(br#"{"action":"response","in_reply_to":"17","status":"ok","response":"x"}"#).is_some());
-        assert!(sdk_call(br#"{"action":"emit","process":"ev","pool":"p","data":"x"}"#).is_some());
+        assert!(parse_sdk_call(br#"{"action":"response","in_reply_to":"17","status":"ok","response":"x"}"#).is_some());
+        assert!(parse_sdk_call(br#"{"action":"emit","process":"ev","pool":"p","data":"x"}"#).is_some());
         // Not UTF-8, in the payload or in a name, in a short frame and in one long enough for
         // the vectorised check: the layout refuses it, and so does the general path.
         for pad in [0, 200] {
@@ -624,7 +629,7 @@ mod tests {
                 ),
             ] {
                 let frame = [head.as_bytes(), x.as_bytes(), bad, tail.as_bytes()].concat();
-                assert!(sdk_call(&frame).is_none(), "{head}");
+                assert!(parse_sdk_call(&frame).is_none(), "{head}");
                 let e = parse_request(&frame).unwrap_err();
                 assert_eq!(e.code, ErrorCode::InvalidMessage, "{head}");
             }
