@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
-    Ack, Closing, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request, Restored,
-    ServerInfo, parse_general, parse_sdk_call,
+    Ack, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request,
+    Response, Restored, ServerInfo, Trigger, parse_general, parse_sdk_call,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -25,6 +25,14 @@ use tracing::Instrument;
 use self::conn::{Conn, Cork, Sock};
 use crate::security::Grant;
 use crate::server::State;
+
+/// A request that is routed to other connections: a call, a handler's response, an emit.
+#[derive(Clone, Copy)]
+enum Routed<'r, 'a> {
+    Call(&'r Trigger<'a>),
+    Response(&'r Response<'a>),
+    Emit(&'r Emit<'a>),
+}
 
 /// Why the read loop ended.
 enum End {
@@ -267,16 +275,22 @@ impl Session {
         }
     }
 
-    /// Whether `request` takes the calls' own path ([`route`](Self::route)): a call, a response
-    /// or an emit in a JSON frame from an app past its handshake passes every check of the
-    /// general path (none is an admin request, a handshake or a join); one refused there
-    /// (binary, before a handshake, or while shutting down) takes the general path, which
-    /// refuses it.
-    fn routes_at_once(&self, binary: bool, request: &Request<'_>) -> bool {
-        matches!(request, Request::Trigger(_) | Request::Response(_) | Request::Emit(_))
-            && !binary
-            && self.app.is_some()
-            && (matches!(request, Request::Response(_)) || !self.state.shutting_down.load(Ordering::Relaxed))
+    /// `request` as a call, a response or an emit to [`route`](Self::route) at once, if it takes
+    /// the calls' own path: in a JSON frame from an app past its handshake, such a request
+    /// passes every check of the general path (none is an admin request, a handshake or a
+    /// join). One refused there (binary, before a handshake, or a call or emit while shutting
+    /// down) takes the general path, which refuses it.
+    fn routes_at_once<'r, 'a>(&self, binary: bool, request: &'r Request<'a>) -> Option<Routed<'r, 'a>> {
+        if binary || self.app.is_none() {
+            return None;
+        }
+        let open = || !self.state.shutting_down.load(Ordering::Relaxed);
+        match request {
+            Request::Trigger(t) if open() => Some(Routed::Call(t)),
+            Request::Emit(e) if open() => Some(Routed::Emit(e)),
+            Request::Response(r) => Some(Routed::Response(r)),
+            _ => None,
+        }
     }
 
     fn handle(&mut self, frame: Frame) -> Option<After> {
@@ -291,9 +305,9 @@ impl Session {
         // same for any other layout.
         let fast = parse_sdk_call(json);
         if let Some(p) = &fast
-            && self.routes_at_once(binary, &p.request)
+            && let Some(r) = self.routes_at_once(binary, &p.request)
         {
-            self.route(p.id, &p.request);
+            self.route(p.id, r);
             return None;
         }
         let parsed = match fast {
@@ -301,9 +315,9 @@ impl Session {
             None => parse_general(json),
         };
         if let Ok(p) = &parsed
-            && self.routes_at_once(binary, &p.request)
+            && let Some(r) = self.routes_at_once(binary, &p.request)
         {
-            self.route(p.id, &p.request);
+            self.route(p.id, r);
             return None;
         }
         let parsed = match parsed {
@@ -549,28 +563,30 @@ impl Session {
             }
             Request::PresenceSubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, true),
             Request::PresenceUnsubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, false),
-            r @ (Request::Trigger(_) | Request::Response(_) | Request::Emit(_)) => self.route(id, &r),
+            Request::Trigger(t) => self.route(id, Routed::Call(&t)),
+            Request::Response(r) => self.route(id, Routed::Response(&r)),
+            Request::Emit(e) => self.route(id, Routed::Emit(&e)),
         }
         None
     }
 
-    /// Routes a call, a response or an emit (any other request is not routed).
-    fn route(&mut self, id: Option<&RawValue>, request: &Request<'_>) {
+    /// Routes a call, a response or an emit.
+    fn route(&mut self, id: Option<&RawValue>, request: Routed<'_, '_>) {
         let st = &self.state;
         match request {
-            Request::Trigger(t) => {
+            Routed::Call(t) => {
                 let received = *self.received.get_or_insert_with(tokio::time::Instant::now);
                 if let Err(r) = st.router.call(&st.directory, &self.conn, t, received) {
                     st.counters.inc(&st.counters.calls_refused);
                     self.error(Some(t.id), r.code, &r.message);
                 }
             }
-            Request::Response(r) => {
+            Routed::Response(r) => {
                 if let Err(refusal) = st.router.respond(&self.conn, r) {
                     self.error(id, refusal.code, &refusal.message);
                 }
             }
-            Request::Emit(e) => match st.router.emit(&st.directory, &self.conn, e) {
+            Routed::Emit(e) => match st.router.emit(&st.directory, &self.conn, e) {
                 Ok(delivered) => {
                     if let Some(id) = id {
                         let receipt = Emitted {
@@ -583,7 +599,6 @@ impl Session {
                 }
                 Err(r) => self.error(id, r.code, &r.message),
             },
-            _ => {}
         }
     }
 
