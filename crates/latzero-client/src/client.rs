@@ -731,9 +731,7 @@ impl Inner {
         // Leaves the table if this future is dropped before its reply.
         let mut call = self.pending.wait(id, wait);
         let _in_flight = InFlight::enter(&self.in_flight);
-        if let Some(s) = &self.spinner {
-            s.touch();
-        }
+        latzero_uds::spin::touch(self.spinner.as_ref());
         let sent = self.send_call(&frame).await;
         // Gone before the wait: a scratch frame goes back to its thread for the next call.
         drop(frame);

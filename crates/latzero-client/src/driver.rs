@@ -429,9 +429,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                 };
                 match frame {
                     Ok(Some(f)) => {
-                        if let Some(s) = &inner.spinner {
-                            s.touch();
-                        }
+                        latzero_uds::spin::touch(inner.spinner.as_ref());
                         if let Some(c) = inner.dispatch(f, &live.tx) {
                             reason = c.reason;
                             taken_over = c.taken_over;

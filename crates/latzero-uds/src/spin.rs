@@ -112,6 +112,15 @@ impl Spinner {
     }
 }
 
+/// Marks activity on `spinner`, if this process spins at all (a user's spinner is `None` when
+/// [`Spinner::shared`] said so).
+#[inline]
+pub fn touch(spinner: Option<&Spinner>) {
+    if let Some(s) = spinner {
+        s.touch();
+    }
+}
+
 impl Drop for Spinner {
     fn drop(&mut self) {
         // Lets a waiting spinner task see whether it was the last user.

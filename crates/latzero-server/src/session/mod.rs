@@ -262,9 +262,7 @@ impl Session {
                     Ok(0) => return End::Eof,
                     Ok(_) => {
                         self.received = None;
-                        if let Some(s) = &self.state.spinner {
-                            s.touch();
-                        }
+                        latzero_uds::spin::touch(self.state.spinner.as_ref());
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "read failed");
