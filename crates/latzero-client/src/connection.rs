@@ -145,6 +145,12 @@ impl Out {
     /// Appends a frame, waking the writer for it unless it already owns the next write.
     fn queue(&self, q: &mut Queue, frame: &[u8]) {
         q.buf.extend_from_slice(frame);
+        self.queued(q);
+    }
+
+    /// Counts a frame just appended to `q.buf`, waking the writer for it unless it already owns
+    /// the next write.
+    fn queued(&self, q: &mut Queue) {
         q.frames += 1;
         if !q.busy {
             q.busy = true;
@@ -202,6 +208,19 @@ impl Outbox {
         let mut q = self.0.out.lock();
         if !q.closed {
             self.0.out.queue(&mut q, frame);
+        }
+    }
+
+    /// [`send_now`](Self::send_now) for a frame written in place: `write` gets the queue's
+    /// buffer and gives it back with exactly one frame appended, so the frame is not built
+    /// apart and copied in (a handler's response, on every call). `write` must not fail: a
+    /// panic in it would lose the frames queued before.
+    pub(crate) fn send_now_with(&self, write: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+        let mut q = self.0.out.lock();
+        if !q.closed {
+            let buf = std::mem::take(&mut q.buf);
+            q.buf = write(buf);
+            self.0.out.queued(&mut q);
         }
     }
 
@@ -655,6 +674,34 @@ mod tests {
         }
         outbox.send_direct(b"four").await.unwrap();
         assert_eq!(read_exactly(&mut peer, 4).await, b"four");
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_in_place_goes_after_the_queued_ones_and_wakes_the_writer() {
+        let (outbox, end, mut peer) = direct_outbox();
+        outbox.send_now(b"one ");
+        outbox.send_now_with(|mut buf| {
+            assert_eq!(buf, b"one ", "written after what is queued");
+            buf.extend_from_slice(b"two");
+            buf
+        });
+        assert_eq!(outbox.queued(), 2);
+        tokio::spawn(writer_task(
+            end,
+            CancellationToken::new(),
+            Arc::new(AtomicUsize::new(1)),
+        ));
+        assert_eq!(read_exactly(&mut peer, 7).await, b"one two");
+        // The writer was woken for a frame written in place into an empty queue too.
+        while outbox.0.out.lock().busy {
+            tokio::task::yield_now().await;
+        }
+        outbox.send_now_with(|mut buf| {
+            buf.extend_from_slice(b"three");
+            buf
+        });
+        let read = tokio::time::timeout(Duration::from_secs(10), read_exactly(&mut peer, 5));
+        assert_eq!(read.await.expect("the writer was not woken"), b"three");
     }
 
     #[tokio::test]

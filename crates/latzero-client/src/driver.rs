@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use latzero_proto::frame::{Frame, JsonFrame, ScratchFrame};
+use latzero_proto::frame::{Frame, JsonFrame};
 use latzero_proto::message::{
     DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id, parse_u64,
 };
@@ -279,10 +279,12 @@ impl Inner {
         }
     }
 
-    /// Sends a handler's result, now, as the call's response (nothing for an emit).
+    /// Sends a handler's result, now, as the call's response (nothing for an emit), written
+    /// in place at the end of the connection's queue: no frame built apart and copied in.
     fn finish<T: Answer>(&self, process: &str, hop: Option<&str>, result: Result<T, HandlerError>, tx: &Outbox) {
-        if let Some(frame) = outcome(process, hop, &result) {
-            tx.send_now(&frame);
+        match hop {
+            Some(hop) => tx.send_now_with(|buf| response_frame_after(buf, hop, &result)),
+            None => emit_outcome(process, &result),
         }
     }
 }
@@ -312,27 +314,33 @@ fn handler_error<T>(text: &str) -> Result<Result<T, ClientError>, serde_json::Er
 
 /// What becomes of a handler's result: the response frame for a call (`hop` is its id as JSON
 /// text); for an emit nothing, and a failure is logged.
-fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, HandlerError>) -> Option<ScratchFrame> {
+fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, HandlerError>) -> Option<Vec<u8>> {
     match hop {
-        Some(hop) => Some(response_frame(hop, result)),
+        Some(hop) => Some(response_frame_after(Vec::new(), hop, result)),
         None => {
-            if let Err(HandlerError(e)) = result {
-                tracing::warn!(trigger = %process, error = %e, "emit handler failed");
-            }
+            emit_outcome(process, result);
             None
         }
     }
 }
 
-/// A handler's answer as a `response` frame; `hop` is the delivered trigger's id as JSON text.
-fn response_frame<T: Answer>(hop: &str, result: &Result<T, HandlerError>) -> ScratchFrame {
-    let mut f = JsonFrame::new(192 + hop.len());
+/// An emit handler's result: nothing to send; a failure is logged.
+fn emit_outcome<T>(process: &str, result: &Result<T, HandlerError>) {
+    if let Err(HandlerError(e)) = result {
+        tracing::warn!(trigger = %process, error = %e, "emit handler failed");
+    }
+}
+
+/// `buf` with a handler's answer appended as a `response` frame; `hop` is the delivered
+/// trigger's id as JSON text.
+fn response_frame_after<T: Answer>(buf: Vec<u8>, hop: &str, result: &Result<T, HandlerError>) -> Vec<u8> {
+    let mut f = JsonFrame::after(buf, 192 + hop.len());
     f.text(r#""action":"response","in_reply_to":"#).text(hop);
     match result {
         Ok(v) => v.write(f.text(r#","status":"ok""#), "response"),
         Err(HandlerError(e)) => e.write(f.text(r#","status":"error""#), "error"),
     }
-    f.finish_scratch()
+    f.into_vec()
 }
 
 /// What a handler returns, written into its response frame.
@@ -490,17 +498,30 @@ mod tests {
 
     #[test]
     fn a_response_frame_is_in_the_layout_the_server_reads_first() {
-        let text = |f: ScratchFrame| String::from_utf8(f[4..].to_vec()).unwrap();
+        let text = |f: Vec<u8>| String::from_utf8(f[4..].to_vec()).unwrap();
         // The text latzero-proto's tests hand to the server's layout reader (`sdk_call`).
         let ok: Result<Payload, HandlerError> = Ok(Payload::from_json("x").unwrap());
         assert_eq!(
-            text(response_frame("\"17\"", &ok)),
+            text(response_frame_after(Vec::new(), "\"17\"", &ok)),
             r#"{"action":"response","in_reply_to":"17","status":"ok","response":"x"}"#
         );
         let err: Result<Value, HandlerError> = Err(HandlerError::msg("no \"such\" thing"));
         assert_eq!(
-            text(response_frame("\"17\"", &err)),
+            text(response_frame_after(Vec::new(), "\"17\"", &err)),
             r#"{"action":"response","in_reply_to":"17","status":"error","error":{"message":"no \"such\" thing"}}"#
+        );
+        // Written in place after frames already queued: those stay, and the length prefix
+        // counts this frame only.
+        let queued = response_frame_after(b"queued".to_vec(), "\"17\"", &ok);
+        assert_eq!(&queued[..6], b"queued");
+        let frame = &queued[6..];
+        assert_eq!(
+            u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+            frame.len() - 4
+        );
+        assert_eq!(
+            text(frame.to_vec()),
+            text(response_frame_after(Vec::new(), "\"17\"", &ok))
         );
     }
 
