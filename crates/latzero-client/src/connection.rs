@@ -15,7 +15,7 @@ use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, TlsVerify, UNIX_SOCKET
 use latzero_uds::UdsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, futures::Notified};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
@@ -182,23 +182,36 @@ impl Outbox {
     /// Queues a frame for the writer task, waiting while the queue is full. `Err` when the
     /// connection is gone. Cancel-safe: dropped while it waits, it has queued nothing.
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ()> {
+        // With room, queued at once: no wait for room to set up (and take down) on every call.
+        if let Some(done) = self.try_queue(frame, None) {
+            return done;
+        }
         loop {
             let room = self.0.out.room.notified();
             let mut room = std::pin::pin!(room);
-            {
-                let mut q = self.0.out.lock();
-                if q.closed {
-                    return Err(());
-                }
-                if q.frames < self.0.out.capacity {
-                    self.0.out.queue(&mut q, frame);
-                    return Ok(());
-                }
-                // Registered before the lock is let go, so the writer's wake-up cannot slip by.
-                room.as_mut().enable();
+            if let Some(done) = self.try_queue(frame, Some(room.as_mut())) {
+                return done;
             }
             room.await;
         }
+    }
+
+    /// Queues `frame` if there is room (`Some(Ok)`), fails if the connection is gone
+    /// (`Some(Err)`); `None` when the queue is full, with `room` registered for the writer's
+    /// wake-up before the lock is let go, so that it cannot slip by.
+    fn try_queue(&self, frame: &[u8], room: Option<Pin<&mut Notified<'_>>>) -> Option<Result<(), ()>> {
+        let mut q = self.0.out.lock();
+        if q.closed {
+            return Some(Err(()));
+        }
+        if q.frames < self.0.out.capacity {
+            self.0.out.queue(&mut q, frame);
+            return Some(Ok(()));
+        }
+        if let Some(room) = room {
+            room.enable();
+        }
+        None
     }
 
     /// Queues a frame without waiting, past the limit if need be: for frames that answer the
