@@ -371,6 +371,20 @@ impl FrameCodec {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
+
+    /// The payload of the JSON frame at the front of `src`, if all of it is there, without
+    /// taking it out: for a reader that can handle the frame where it lies (the server's calls,
+    /// responses and emits) and then drops its `4 + len` bytes, with no frame split off for it.
+    /// `None` for anything else — a frame not yet complete, one over the limit, an empty or a
+    /// binary one — which [`decode`](Decoder::decode) then takes or refuses as usual.
+    pub fn peek_json<'a>(&self, src: &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_be_bytes(src.get(..4)?.try_into().ok()?) as usize;
+        if len > self.max_len {
+            return None;
+        }
+        let payload = src.get(4..4 + len)?;
+        payload.first().is_some_and(|&b| b != BINARY_MARKER).then_some(payload)
+    }
 }
 
 impl Default for FrameCodec {
@@ -577,6 +591,24 @@ mod tests {
             codec.decode(&mut buf),
             Err(FrameError::BadBinaryHeader { .. })
         ));
+    }
+
+    #[test]
+    fn a_json_frame_is_peeked_where_it_lies_and_anything_else_left_to_decode() {
+        let codec = FrameCodec::new(32);
+        let ping = encode_json(br#"{"action":"ping"}"#);
+        let two: Vec<u8> = [ping.as_ref(), ping.as_ref()].concat();
+        assert_eq!(codec.peek_json(&two), Some(&br#"{"action":"ping"}"#[..]));
+        // Not complete yet: the length, or the payload, is still to come.
+        for cut in 0..ping.len() {
+            assert_eq!(codec.peek_json(&ping[..cut]), None, "cut at {cut}");
+        }
+        // Left to `decode`, which refuses or takes them.
+        assert_eq!(codec.peek_json(&[0, 0, 0, 0]), None);
+        assert_eq!(codec.peek_json(&encode_binary(br#"{"action":"x"}"#, b"body")), None);
+        let mut big = vec![0, 0, 0, 33];
+        big.extend_from_slice(&[b'{'; 33]);
+        assert_eq!(codec.peek_json(&big), None);
     }
 
     #[test]

@@ -319,6 +319,63 @@ async fn a_response_names_its_hop_as_a_string_or_a_number() {
     s.stop().await;
 }
 
+/// The server routes calls, responses and emits in the SDK's layout where they lie in its read
+/// buffer; a frame that arrives in pieces, or several in one read, must read the same.
+#[tokio::test]
+async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_together() {
+    use latzero_proto::frame::encode_json;
+    let s = TestServer::start().await;
+    let mut h = s.raw().await;
+    h.handshake("h", &["p"], &["f"]).await;
+    let mut c = s.raw().await;
+    c.handshake("c", &["p"], &[]).await;
+    let call = |id: u64| {
+        encode_json(
+            format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
+        )
+    };
+    // A byte at a time: nothing is routed before the frame is whole.
+    for b in call(1).iter() {
+        c.send_bytes(&[*b]).await;
+    }
+    // Three in one write, then a call's frame cut in two with an emit's before the cut.
+    let emit = encode_json(br#"{"action":"emit","process":"f","pool":"p","data":4}"#);
+    let three: Vec<u8> = [call(2), call(3), emit].concat();
+    c.send_bytes(&three).await;
+    let five = call(5);
+    c.send_bytes(&five[..9]).await;
+    c.send_bytes(&five[9..]).await;
+    for want in [1, 2, 3, 4, 5] {
+        let t = h.expect().await;
+        assert_eq!(t["data"], want, "{t}");
+        if t["action"] == "trigger" {
+            let hop = t["id"].as_str().unwrap();
+            let response = format!(
+                r#"{{"action":"response","in_reply_to":"{hop}","status":"ok","response":{}}}"#,
+                want * 10
+            );
+            // The handler's responses in pieces too.
+            let frame = encode_json(response.as_bytes());
+            let (a, b) = frame.split_at(frame.len() / 2);
+            h.send_bytes(a).await;
+            h.send_bytes(b).await;
+        } else {
+            assert_eq!(t["action"], "emit", "{t}");
+        }
+    }
+    for want in [1, 2, 3, 5] {
+        let r = c.expect().await;
+        assert_eq!(
+            (r["in_reply_to"].clone(), r["response"].clone()),
+            (json!(want), json!(want * 10)),
+            "{r}"
+        );
+    }
+    assert!(c.sync().await.is_empty());
+    assert!(h.sync().await.is_empty());
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn in_process_short_circuit_needs_no_server_round_trip() {
     let s = TestServer::start().await;

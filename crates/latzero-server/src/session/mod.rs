@@ -11,11 +11,11 @@ pub(crate) mod conn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
     Ack, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request,
-    Response, Restored, ServerInfo, Trigger, parse_general, parse_sdk_call,
+    Response, Restored, ServerInfo, Trigger, parse_request, parse_sdk_call,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -192,6 +192,15 @@ impl Session {
             // Writes made while handling this batch go out once per destination at its end.
             let mut cork = Cork::begin();
             loop {
+                // A call, response or emit in the SDK's layout is routed where it lies in the
+                // buffer, with no frame split off for it; anything else is taken as a frame.
+                if let Some(json) = codec.peek_json(&buf) {
+                    let len = 4 + json.len();
+                    if self.route_at_once(json) {
+                        buf.advance(len);
+                        continue;
+                    }
+                }
                 match codec.decode(&mut buf) {
                     Ok(Some(frame)) => {
                         if let Some(after) = self.handle(frame) {
@@ -291,26 +300,31 @@ impl Session {
         }
     }
 
+    /// Routes `json`, a whole JSON frame, if it is a call, a response or an emit in the SDK's
+    /// layout that may be routed now; `false` (and nothing done) otherwise. On the parsed
+    /// request where it lies: each move of it copies ~300 bytes (the largest request's size).
+    fn route_at_once(&mut self, json: &[u8]) -> bool {
+        let Some(p) = parse_sdk_call(json) else {
+            return false;
+        };
+        let Some(r) = self.routes_at_once(false, &p.request) else {
+            return false;
+        };
+        let st = &self.state;
+        st.counters.inc(&st.counters.frames_in);
+        self.route(p.id, r);
+        true
+    }
+
     fn handle(&mut self, frame: Frame) -> Option<After> {
         let st = &self.state;
         st.counters.inc(&st.counters.frames_in);
         let binary = matches!(frame, Frame::Binary { .. });
         let json = frame.json();
-        // The calls' own path, on the parsed request where it lies: each move of it copies ~300
-        // bytes (the largest request's size), and the checks below take the app id as an owned
-        // clone. A frame in the SDK's layout is routed straight from the fast parse's `Option`;
-        // any other layout from the general parse's `Result`.
-        let fast = parse_sdk_call(json);
-        if let Some(p) = &fast
-            && let Some(r) = self.routes_at_once(binary, &p.request)
-        {
-            self.route(p.id, r);
-            return None;
-        }
-        let parsed = match fast {
-            Some(p) => Ok(p),
-            None => parse_general(json),
-        };
+        // A call, response or emit in any other layout than the SDK's (which `read_loop` routes
+        // before a frame is taken) is routed on the parsed request where it lies too; the
+        // checks below take the app id as an owned clone.
+        let parsed = parse_request(json);
         if let Ok(p) = &parsed
             && let Some(r) = self.routes_at_once(binary, &p.request)
         {
