@@ -304,7 +304,9 @@ impl Session {
     /// layout that may be routed now; `false` (and nothing done) otherwise. On the parsed
     /// request where it lies: each move of it copies ~300 bytes (the largest request's size).
     fn route_at_once(&mut self, json: &[u8]) -> bool {
-        let Some(p) = parse_sdk_call(json) else {
+        // Borrowed from the `Option`, not moved out of it (a copy of the request).
+        let parsed = parse_sdk_call(json);
+        let Some(p) = &parsed else {
             return false;
         };
         let Some(r) = self.routes_at_once(false, &p.request) else {
