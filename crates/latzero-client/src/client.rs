@@ -663,8 +663,23 @@ impl Inner {
     /// Sends a call's frame: written straight to the socket when it is the client's only call
     /// in flight (nothing to batch it with; no hop to the writer task), else queued.
     async fn send_call(&self, frame: &[u8]) -> Result<(), ClientError> {
+        let queue = self.in_flight.load(Ordering::Relaxed) > 1;
+        if queue {
+            // With room in the queue, queued under the client's lock: no outbox handle taken
+            // out of it and dropped again (two reference-count changes per call). The lock
+            // order, the client's state before the queue, is the one dropping the last handle
+            // in `connection_task` has.
+            if self.closed.is_closed() {
+                return Err(ClientError::Closed);
+            }
+            let shared = lock(&self.shared);
+            let tx = shared.tx.as_ref().ok_or(ClientError::Disconnected)?;
+            if let Some(done) = tx.try_queue(frame, None) {
+                return done.map_err(|_| ClientError::Disconnected);
+            }
+        }
         let tx = self.outbox()?;
-        let sent = if self.in_flight.load(Ordering::Relaxed) > 1 {
+        let sent = if queue {
             tx.send(frame).await
         } else {
             tx.send_direct(frame).await

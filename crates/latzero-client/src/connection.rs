@@ -199,7 +199,7 @@ impl Outbox {
     /// Queues `frame` if there is room (`Some(Ok)`), fails if the connection is gone
     /// (`Some(Err)`); `None` when the queue is full, with `room` registered for the writer's
     /// wake-up before the lock is let go, so that it cannot slip by.
-    fn try_queue(&self, frame: &[u8], room: Option<Pin<&mut Notified<'_>>>) -> Option<Result<(), ()>> {
+    pub(crate) fn try_queue(&self, frame: &[u8], room: Option<Pin<&mut Notified<'_>>>) -> Option<Result<(), ()>> {
         let mut q = self.0.out.lock();
         if q.closed {
             return Some(Err(()));
