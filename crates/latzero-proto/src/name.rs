@@ -54,8 +54,8 @@ pub enum NameError {
 
 fn validate(kind: &'static str, s: &str) -> Result<(), NameError> {
     // The common case in one pass over the bytes (and one more that stops at the first byte
-    // that is not a dot): every call checks two names, and the separate checks below cost
-    // about half again as much on a name of a few bytes (docs/BENCHMARKS.md).
+    // that is not a dot), where the separate checks below, which say why a name is refused,
+    // take more branches: every call checks two names on each side (docs/BENCHMARKS.md).
     let b = s.as_bytes();
     if b.len() <= MAX_NAME_LEN && b.iter().all(|&c| is_name_byte(c)) && b.iter().any(|&c| c != b'.') {
         return Ok(());

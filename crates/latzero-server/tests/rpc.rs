@@ -334,11 +334,11 @@ async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_t
             format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
         )
     };
-    // A byte at a time: nothing is routed before the frame is whole.
+    // A byte at a time: routed once, when the frame is whole.
     for b in call(1).iter() {
         c.send_bytes(&[*b]).await;
     }
-    // Three in one write, then a call's frame cut in two with an emit's before the cut.
+    // Three in one write (two calls and an emit), then a call's frame cut in two.
     let emit = encode_json(br#"{"action":"emit","process":"f","pool":"p","data":4}"#);
     let three: Vec<u8> = [call(2), call(3), emit].concat();
     c.send_bytes(&three).await;

@@ -196,7 +196,7 @@ impl Session {
                 // buffer, with no frame split off for it; anything else is taken as a frame.
                 if let Some(json) = codec.peek_json(&buf) {
                     let len = 4 + json.len();
-                    if self.route_at_once(json) {
+                    if self.route_in_place(json) {
                         buf.advance(len);
                         continue;
                     }
@@ -303,7 +303,7 @@ impl Session {
     /// Routes `json`, a whole JSON frame, if it is a call, a response or an emit in the SDK's
     /// layout that may be routed now; `false` (and nothing done) otherwise. On the parsed
     /// request where it lies: each move of it copies ~300 bytes (the largest request's size).
-    fn route_at_once(&mut self, json: &[u8]) -> bool {
+    fn route_in_place(&mut self, json: &[u8]) -> bool {
         // Borrowed from the `Option`, not moved out of it (a copy of the request).
         let parsed = parse_sdk_call(json);
         let Some(p) = &parsed else {
