@@ -376,6 +376,62 @@ async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_t
     s.stop().await;
 }
 
+/// The SDK's reader keeps the handler it ran last for the next delivery to the same trigger.
+/// A handler replaced must not answer again, even while it is still alive elsewhere (here, in an
+/// in-process call that waits), and a handler replaced or removed must be dropped.
+#[tokio::test]
+async fn a_replaced_handler_answers_no_more_and_a_removed_one_is_dropped() {
+    use std::sync::Arc;
+    let s = TestServer::start().await;
+    let h = Client::connect(&s.url("h?pools=p")).await.unwrap();
+    let c = Client::connect(&s.url("c?pools=p")).await.unwrap();
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let first = Arc::new(());
+    h.handle("f", {
+        let (started, release, first) = (started.clone(), release.clone(), first.clone());
+        move |r: Request| {
+            let (started, release, _first) = (started.clone(), release.clone(), first.clone());
+            async move {
+                // An in-process call (no origin) waits, holding this handler.
+                if r.origin.is_none() {
+                    started.notify_one();
+                    release.notified().await;
+                }
+                Ok(json!(1))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.call("p", "f", &()).await.unwrap(), 1);
+    assert_eq!(c.call("p", "f", &()).await.unwrap(), 1);
+    let local = tokio::spawn({
+        let h = h.clone();
+        async move { h.call("p", "f", &()).await }
+    });
+    started.notified().await;
+    let second = Arc::new(());
+    h.handle("f", {
+        let second = second.clone();
+        move |_r: Request| {
+            let _second = second.clone();
+            async { Ok(json!(2)) }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.call("p", "f", &()).await.unwrap(), 2, "the replaced handler answered");
+    release.notify_one();
+    assert_eq!(local.await.unwrap().unwrap(), 1);
+    assert_eq!(Arc::strong_count(&first), 1, "the replaced handler is still alive");
+    h.unhandle("f").await.unwrap();
+    assert_eq!(Arc::strong_count(&second), 1, "the removed handler is still alive");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn in_process_short_circuit_needs_no_server_round_trip() {
     let s = TestServer::start().await;
