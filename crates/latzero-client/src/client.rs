@@ -125,9 +125,6 @@ pub(crate) struct Inner {
     /// How many entries `handlers` has, written under its lock: a client without handlers (one
     /// that only calls) finds out that no call of its is in-process without taking a lock.
     pub(crate) handler_count: AtomicUsize,
-    /// Raised under `handlers`' write lock whenever an entry is added, replaced or removed: a
-    /// reader's [`LastHandler`](crate::handler::LastHandler) is good while it stands.
-    pub(crate) handlers_version: AtomicU64,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: Closed,
@@ -306,7 +303,6 @@ impl Client {
             in_flight: Arc::default(),
             handlers: RwLock::new(FxHashMap::default()),
             handler_count: AtomicUsize::new(0),
-            handlers_version: AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 pools: url.pools.into_iter().collect(),
                 triggers,
@@ -392,7 +388,6 @@ impl Client {
             let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
             handlers.insert(name.to_string(), h);
             self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
-            self.inner.handlers_version.fetch_add(1, Ordering::Release);
         }
         // While disconnected `membership` only records; the next handshake carries the trigger.
         let new = lock(&self.inner.shared).triggers.insert(name.clone());
@@ -410,7 +405,6 @@ impl Client {
             let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
             handlers.remove(name.as_str());
             self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
-            self.inner.handlers_version.fetch_add(1, Ordering::Release);
         }
         lock(&self.inner.shared).triggers.remove(&name);
         self.membership("unregister", json!({ "triggers": [name.as_str()] }))

@@ -3,7 +3,6 @@
 //! backoff and jitter.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_result_of, remote_error, reply_result, result_of};
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
-use crate::handler::{Handler, HandlerError, LastHandler, Request, Started, invoke_boxed, panicked};
+use crate::handler::{Handler, HandlerError, Request, Started, invoke_boxed, panicked};
 use crate::payload::Payload;
 use crate::pending::{Reply, Want};
 
@@ -32,7 +31,7 @@ pub(crate) struct Live {
 
 impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
-    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox, last: &mut Option<LastHandler>) -> Option<Closing> {
+    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox) -> Option<Closing> {
         let json = frame.json();
         // Checked for UTF-8 once: the layout reads below, the general parse and the payloads
         // handed out (views into this text, so `Payload::as_str` is free) share the check.
@@ -50,13 +49,12 @@ impl Inner {
         }
         let delivery = DeliverTrigger::read_text(&text).or_else(|| DeliverEmit::read_text(&text));
         if let Some(d) = delivery {
-            let delivered = Delivered {
+            let data = Data {
                 frame: &text,
-                data: d.data,
-                hop: d.id,
+                text: d.data,
             };
             let origin = || Some(cut(&text, d.origin));
-            if self.deliver(d.process, d.pool, delivered, origin, tx, last).is_ok() {
+            if self.deliver(d.process, d.pool, data, origin, d.id, tx).is_ok() {
                 return None;
             }
         }
@@ -71,19 +69,18 @@ impl Inner {
         match env.action() {
             Some(action @ ("trigger" | "emit")) => {
                 let process = env.process.as_deref().unwrap_or_default();
+                let data = Data {
+                    frame: &text,
+                    text: env.data.map_or("null", RawValue::get),
+                };
+                let origin = || env.origin.and_then(origin_app_id).map(|a| cut(&text, &a));
                 let hop = if action == "emit" {
                     None
                 } else {
                     env.id.map(RawValue::get)
                 };
-                let delivered = Delivered {
-                    frame: &text,
-                    data: env.data.map_or("null", RawValue::get),
-                    hop,
-                };
-                let origin = || env.origin.and_then(origin_app_id).map(|a| cut(&text, &a));
                 let pool = env.pool.as_deref().unwrap_or_default();
-                if let Err(e) = self.deliver(process, pool, delivered, origin, tx, last) {
+                if let Err(e) = self.deliver(process, pool, data, origin, hop, tx) {
                     // Checked JSON that still does not read (nested deeper than serde_json
                     // parses a Value): the caller hears why instead of waiting for its timeout.
                     let why = HandlerError::msg(format!("the payload could not be read: {e}"));
@@ -212,30 +209,35 @@ impl Inner {
     }
 
     /// Runs a delivered trigger or emit on its handler, with the payload in the form the
-    /// handler takes: inline until its first await, then in its own task. `Err` — and nothing
-    /// done — if the payload does not read in that form.
-    fn deliver(
+    /// handler takes: inline until its first await, then in its own task. `hop` is a trigger's
+    /// id as JSON text (`None` for an emit). `Err` — and nothing done — if the payload does not
+    /// read in that form.
+    fn deliver<'a>(
         self: &Arc<Self>,
         process: &str,
         pool: &str,
-        delivered: Delivered<'_>,
+        data: Data<'a>,
         origin: impl FnOnce() -> Option<ByteString>,
+        hop: Option<&str>,
         tx: &Outbox,
-        last: &mut Option<LastHandler>,
     ) -> Result<(), serde_json::Error> {
-        let Delivered { frame, data, hop } = delivered;
-        let handler = self.handler(process, last);
+        let handler = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(process)
+            .cloned();
         // The names are views into the frame, as the payload is: no copies.
-        let names = || (cut(frame, process), cut(frame, pool));
+        let names = || (cut(data.frame, process), cut(data.frame, pool));
         match handler {
             Some(Handler::Value(h)) => {
-                let value = serde_json::from_str(data)?;
+                let value = serde_json::from_str(data.text)?;
                 let (process_name, pool) = names();
                 let req = Request::new(process_name, pool, value, origin(), hop.is_none());
                 self.run(|| h.start(req), process, hop, tx);
             }
             Some(Handler::Raw(h)) => {
-                let payload = Payload::within(frame, data)?;
+                let payload = Payload::within(data.frame, data.text)?;
                 let (process_name, pool) = names();
                 let req = Request::new(process_name, pool, payload, origin(), hop.is_none());
                 self.run(|| h.start(req), process, hop, tx);
@@ -246,21 +248,6 @@ impl Inner {
             }
         }
         Ok(())
-    }
-
-    /// The handler registered for `process`: the one this reader ran last, if the handler map
-    /// has not changed since and it is still registered; else looked up, and kept in `last`.
-    fn handler(&self, process: &str, last: &mut Option<LastHandler>) -> Option<Handler> {
-        let version = self.handlers_version.load(Ordering::Acquire);
-        if let Some(h) = last.as_ref().and_then(|l| l.get(version, process)) {
-            return Some(h);
-        }
-        let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
-        // Read under the lock, which its writers raise it under: the version of this map.
-        let version = self.handlers_version.load(Ordering::Relaxed);
-        let handler = handlers.get(process).cloned();
-        *last = handler.as_ref().map(|h| LastHandler::new(version, process, h));
-        handler
     }
 
     /// Runs a handler right here until its first await: most handlers finish without one, and
@@ -314,12 +301,10 @@ fn cut(frame: &ByteString, s: &str) -> ByteString {
     }
 }
 
-/// A delivered trigger or emit as read from its frame: the frame, its payload's JSON text
-/// inside it, and for a trigger its hop id as JSON text (`None` for an emit).
-struct Delivered<'a> {
+/// A delivered payload: its JSON text, inside the frame it arrived in.
+struct Data<'a> {
     frame: &'a ByteString,
-    data: &'a str,
-    hop: Option<&'a str>,
+    text: &'a str,
 }
 
 /// A handler's error, read from a `response` with status "error": a Value in either form.
@@ -435,8 +420,6 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
     loop {
         let mut reason = String::from("server closed the connection");
         let mut taken_over = false;
-        // The handler the last delivery ran, for the next one to the same trigger.
-        let mut last = None;
         {
             // Made once per connection, not per frame: each costs a few hundred instructions.
             let closed = inner.closed.cancelled();
@@ -455,7 +438,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                 match frame {
                     Ok(Some(f)) => {
                         latzero_uds::spin::touch(inner.spinner.as_ref());
-                        if let Some(c) = inner.dispatch(f, &live.tx, &mut last) {
+                        if let Some(c) = inner.dispatch(f, &live.tx) {
                             reason = c.reason;
                             taken_over = c.taken_over;
                         }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytestring::ByteString;
@@ -158,60 +158,6 @@ pub(crate) enum Handler {
     Raw(HandlerFn<Payload>),
 }
 
-impl Handler {
-    fn downgrade(&self) -> WeakHandler {
-        match self {
-            Handler::Value(f) => WeakHandler::Value(Arc::downgrade(f)),
-            Handler::Raw(f) => WeakHandler::Raw(Arc::downgrade(f)),
-        }
-    }
-}
-
-/// A [`Handler`] that does not keep its closure alive.
-enum WeakHandler {
-    Value(Weak<dyn Start<Value>>),
-    Raw(Weak<dyn Start<Payload>>),
-}
-
-impl WeakHandler {
-    fn upgrade(&self) -> Option<Handler> {
-        match self {
-            WeakHandler::Value(f) => f.upgrade().map(Handler::Value),
-            WeakHandler::Raw(f) => f.upgrade().map(Handler::Raw),
-        }
-    }
-}
-
-/// The handler a connection's reader ran last, and the trigger it ran it for: the next delivery
-/// for that trigger (on a busy connection, most of them) gets it without the handler map's lock
-/// and lookup (~150 instructions per delivery). It is good while the map's version is the one
-/// it was looked up at — the version moves whenever an entry is added, replaced or removed —
-/// and it holds the handler weakly, so a handler the map dropped is dropped, not kept here.
-pub(crate) struct LastHandler {
-    version: u64,
-    trigger: String,
-    handler: WeakHandler,
-}
-
-impl LastHandler {
-    /// The handler looked up for `trigger` at `version` (read under the map's lock).
-    pub fn new(version: u64, trigger: &str, handler: &Handler) -> LastHandler {
-        LastHandler {
-            version,
-            trigger: trigger.to_owned(),
-            handler: handler.downgrade(),
-        }
-    }
-
-    /// The handler for `trigger`, if it is the one kept and the map is still at `version`.
-    pub fn get(&self, version: u64, trigger: &str) -> Option<Handler> {
-        if self.version != version || self.trigger != trigger {
-            return None;
-        }
-        self.handler.upgrade()
-    }
-}
-
 /// Runs a handler, turning a panic into a handler error instead of a lost reply.
 pub(crate) async fn invoke<D>(h: HandlerFn<D>, req: Request<D>) -> Result<D, HandlerError> {
     let process = req.process.clone();
@@ -282,19 +228,6 @@ mod tests {
         };
         assert_eq!(v, json!(10));
         assert!(spare(&h).is_some());
-    }
-
-    #[test]
-    fn the_last_handler_is_kept_for_its_trigger_and_version_only_and_not_kept_alive() {
-        let echo = Handler::Value(handler_fn(|r: Request| async move { Ok(r.data) }));
-        let last = LastHandler::new(3, "echo", &echo);
-        assert!(matches!(last.get(3, "echo"), Some(Handler::Value(_))));
-        assert!(last.get(3, "other").is_none());
-        // The map changed: even a handler still alive elsewhere is looked up again.
-        assert!(last.get(4, "echo").is_none());
-        // Dropped by the map (and by everyone else): gone here too.
-        drop(echo);
-        assert!(last.get(3, "echo").is_none());
     }
 
     #[tokio::test]

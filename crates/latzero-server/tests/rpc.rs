@@ -376,9 +376,9 @@ async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_t
     s.stop().await;
 }
 
-/// The SDK's reader keeps the handler it ran last for the next delivery to the same trigger.
 /// A handler replaced must not answer again, even while it is still alive elsewhere (here, in an
-/// in-process call that waits), and a handler replaced or removed must be dropped.
+/// in-process call that waits), and a handler replaced or removed must be dropped: a cache of
+/// handlers in the SDK's reader (tried, not kept) would have to hold to both.
 #[tokio::test]
 async fn a_replaced_handler_answers_no_more_and_a_removed_one_is_dropped() {
     use std::sync::Arc;
