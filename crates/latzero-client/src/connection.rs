@@ -660,6 +660,15 @@ mod tests {
         (outbox, end, b)
     }
 
+    /// Starts `end`'s writer task, with one call in flight.
+    fn start_writer(end: WriterEnd) {
+        tokio::spawn(writer_task(
+            end,
+            CancellationToken::new(),
+            Arc::new(AtomicUsize::new(1)),
+        ));
+    }
+
     async fn read_exactly(r: &mut UnixStream, n: usize) -> Vec<u8> {
         let mut got = vec![0; n];
         r.read_exact(&mut got).await.unwrap();
@@ -675,11 +684,7 @@ mod tests {
         // A frame waits in the queue: the next one must not go before it.
         outbox.send_now(b"two");
         outbox.send_direct(b"three").await.unwrap();
-        tokio::spawn(writer_task(
-            end,
-            CancellationToken::new(),
-            Arc::new(AtomicUsize::new(1)),
-        ));
+        start_writer(end);
         assert_eq!(read_exactly(&mut peer, 8).await, b"twothree");
         // Once the writer has written them, direct writes resume.
         while outbox.0.out.lock().busy {
@@ -699,11 +704,7 @@ mod tests {
             buf
         });
         assert_eq!(outbox.queued(), 2);
-        tokio::spawn(writer_task(
-            end,
-            CancellationToken::new(),
-            Arc::new(AtomicUsize::new(1)),
-        ));
+        start_writer(end);
         assert_eq!(read_exactly(&mut peer, 7).await, b"one two");
         // The writer was woken for a frame written in place into an empty queue too.
         while outbox.0.out.lock().busy {
@@ -739,11 +740,7 @@ mod tests {
         // The sender waits for room (the writer is not running yet).
         tokio::task::yield_now().await;
         assert!(!second.is_finished());
-        tokio::spawn(writer_task(
-            end,
-            CancellationToken::new(),
-            Arc::new(AtomicUsize::new(1)),
-        ));
+        start_writer(end);
         assert_eq!(second.await.unwrap(), Ok(()));
         assert_eq!(read_exactly(&mut peer, 11).await, b"firstsecond");
     }
@@ -786,11 +783,7 @@ mod tests {
         outbox.send_direct(&big).await.unwrap();
         assert_eq!(outbox.queued(), 1, "the rest waits in the queue");
         outbox.send_direct(b"after").await.unwrap();
-        tokio::spawn(writer_task(
-            end,
-            CancellationToken::new(),
-            Arc::new(AtomicUsize::new(1)),
-        ));
+        start_writer(end);
         assert_eq!(read_exactly(&mut peer, big.len()).await, big);
         assert_eq!(read_exactly(&mut peer, 5).await, b"after");
     }
