@@ -154,9 +154,10 @@ pub(crate) fn bad_name<'a>(id: Option<&'a RawValue>, field: &str, e: NameError) 
 
 /// Parses one request. Errors carry the request's id whenever it could be read.
 ///
-/// It is [`parse_sdk_call`], and [`parse_general`] when that says `None`. A caller that reads
-/// the request where it lies can take the two steps itself: the conversion of the first's
-/// `Option` into this `Result` moves the request (a copy of its ~300 bytes).
+/// It is [`parse_sdk_call`], and the general parse when that says `None`. A caller that reads
+/// the frames of the call path where they lie can call `parse_sdk_call` first, and this only
+/// for the rest: the conversion of its `Option` into this `Result` moves the request (a copy
+/// of its ~300 bytes).
 pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
     match parse_sdk_call(json) {
         Some(p) => Ok(p),
@@ -165,7 +166,7 @@ pub fn parse_request(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
 }
 
 /// [`parse_request`] for any frame, without trying [`parse_sdk_call`] first.
-pub fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
+fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
     let mut env = match Envelope::parse(json) {
         Ok(env) => env,
         Err(e) => return Err(explain_bad_json(json, e)),
@@ -217,7 +218,7 @@ pub fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
 /// `trigger` with an integer id and a ttl and nothing optional, a `response` to a hop id, an
 /// `emit` without an id — read by
 /// matching that layout instead of walking the object (the server's counterpart of the SDK's
-/// `ForwardResponse::read`). `None` for anything else, or anything [`parse_general`] would
+/// `ForwardResponse::read`). `None` for anything else, or anything the general parse would
 /// refuse or read differently (a name that fails its check, a zero ttl, a payload that is not
 /// exactly one value, a leading zero): that then reads it, with the same result for every
 /// frame this accepts (a test compares the two).
