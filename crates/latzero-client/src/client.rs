@@ -11,6 +11,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -660,26 +661,32 @@ impl Inner {
         tx.send(frame).await.map_err(|_| ClientError::Disconnected)
     }
 
-    /// Sends a call's frame: written straight to the socket when it is the client's only call
-    /// in flight (nothing to batch it with; no hop to the writer task), else queued.
-    async fn send_call(&self, frame: &[u8]) -> Result<(), ClientError> {
-        let queue = self.in_flight.load(Ordering::Relaxed) > 1;
-        if queue {
-            // With room in the queue, queued under the client's lock: no outbox handle taken
-            // out of it and dropped again (two reference-count changes per call). The lock
-            // order, the client's state before the queue, is the one dropping the last handle
-            // in `connection_task` has.
-            if self.closed.is_closed() {
-                return Err(ClientError::Closed);
-            }
-            let shared = lock(&self.shared);
-            let tx = shared.tx.as_ref().ok_or(ClientError::Disconnected)?;
-            if let Some(done) = tx.try_queue(frame, None) {
-                return done.map_err(|_| ClientError::Disconnected);
-            }
+    /// Sends a call's frame without waiting, if it can: queued when other calls are in flight
+    /// and the queue has room. `None` when it must go through [`send_call`](Self::send_call).
+    fn try_queue_call(&self, frame: &[u8]) -> Option<Result<(), ClientError>> {
+        if self.in_flight.load(Ordering::Relaxed) <= 1 {
+            return None;
         }
+        // Queued under the client's lock: no outbox handle taken out of it and dropped again
+        // (two reference-count changes per call). The lock order, the client's state before
+        // the queue, is the one dropping the last handle in `connection_task` has.
+        if self.closed.is_closed() {
+            return Some(Err(ClientError::Closed));
+        }
+        let shared = lock(&self.shared);
+        let Some(tx) = shared.tx.as_ref() else {
+            return Some(Err(ClientError::Disconnected));
+        };
+        tx.try_queue(frame, None)
+            .map(|done| done.map_err(|_| ClientError::Disconnected))
+    }
+
+    /// Sends a call's frame: written straight to the socket when it is the client's only call
+    /// in flight (nothing to batch it with; no hop to the writer task), else queued, waiting
+    /// for room. [`try_queue_call`](Self::try_queue_call) has been tried first.
+    async fn send_call(&self, frame: &[u8]) -> Result<(), ClientError> {
         let tx = self.outbox()?;
-        let sent = if queue {
+        let sent = if self.in_flight.load(Ordering::Relaxed) > 1 {
             tx.send(frame).await
         } else {
             tx.send_direct(frame).await
@@ -743,11 +750,19 @@ impl Inner {
         let id = want.id(self.next_id.fetch_add(1, Ordering::Relaxed));
         let frame = build(id)?;
         let wait = ttl + reply_grace(ttl);
-        // Leaves the table if this future is dropped before its reply.
-        let mut call = self.pending.wait(id, wait);
+        // In the table with this poll's waker, so that the first look for the reply can be
+        // saved when the send does not wait (`still_in_its_poll`). Leaves the table if this
+        // future is dropped before its reply.
+        let mut call = std::future::poll_fn(|cx| Poll::Ready(self.pending.wait(id, wait, cx.waker()))).await;
         let _in_flight = InFlight::enter(&self.in_flight);
         latzero_uds::spin::touch(self.spinner.as_ref());
-        let sent = self.send_call(&frame).await;
+        let sent = match self.try_queue_call(&frame) {
+            Some(sent) => {
+                call.still_in_its_poll();
+                sent
+            }
+            None => self.send_call(&frame).await,
+        };
         // Gone before the wait: a scratch frame goes back to its thread for the next call.
         drop(frame);
         sent?;

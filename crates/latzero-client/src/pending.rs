@@ -125,17 +125,18 @@ impl Pending {
         }
     }
 
-    /// Waits for the reply to `id` (made by [`Want::id`]) for at least `wait`; then the sweeper
-    /// ends the call. Returns when the wait runs out, for [`expired`](Self::expired). Callers
-    /// go through [`wait`](Self::wait), whose guard takes the call out if they give up on it.
-    fn insert(&self, id: u64, wait: Duration) -> Expiry {
+    /// Waits for the reply to `id` (made by [`Want::id`]) for at least `wait`, waking `waker`
+    /// (if any yet) when it comes; then the sweeper ends the call. Returns when the wait runs
+    /// out, for [`expired`](Self::expired). Callers go through [`wait`](Self::wait), whose
+    /// guard takes the call out if they give up on it.
+    fn insert(&self, id: u64, wait: Duration, waker: Option<Waker>) -> Expiry {
         let mut calls = lock(&self.calls);
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128 / 2) as u64;
         let expiry = Expiry(calls.now.saturating_add(ticks + 1));
         calls.calls.insert(
             id,
             Call {
-                state: State::Waiting(None),
+                state: State::Waiting(waker),
                 expiry,
             },
         );
@@ -148,14 +149,16 @@ impl Pending {
         expiry
     }
 
-    /// [`insert`](Self::insert) on behalf of a caller: the call leaves the table when the
-    /// returned guard drops, if it has not left by itself (the caller gave up on it).
-    pub fn wait(&self, id: u64, wait: Duration) -> Waiting<'_> {
+    /// [`insert`](Self::insert) on behalf of a caller, with the waker of the poll that makes
+    /// the call: the call leaves the table when the returned guard drops, if it has not left by
+    /// itself (the caller gave up on it).
+    pub fn wait(&self, id: u64, wait: Duration, waker: &Waker) -> Waiting<'_> {
         Waiting {
             pending: self,
             id,
-            expiry: self.insert(id, wait),
+            expiry: self.insert(id, wait, Some(waker.clone())),
             left: false,
+            look: true,
         }
     }
 
@@ -298,11 +301,25 @@ pub(crate) struct Waiting<'a> {
     expiry: Expiry,
     /// The call has left the table, with its reply or without.
     left: bool,
+    /// The next poll looks in the table; see [`still_in_its_poll`](Self::still_in_its_poll).
+    look: bool,
 }
 
 impl Waiting<'_> {
+    /// The call is still in the poll that made it (nothing it did since has returned
+    /// `Pending`): the waker in the table is this poll's own, and an answer that came since
+    /// has already woken it. So the next [`poll_reply`](Self::poll_reply) returns `Pending`
+    /// without a look (a lock and a lookup, ~100 instructions of a pipelined call); the task
+    /// is polled again when the answer comes, or at once if it came already.
+    pub fn still_in_its_poll(&mut self) {
+        self.look = false;
+    }
+
     /// [`Pending::poll_reply`] for this call.
     pub fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        if !std::mem::replace(&mut self.look, true) {
+            return Poll::Pending;
+        }
         let polled = self.pending.poll_reply(self.id, cx);
         self.left = polled.is_ready();
         polled
@@ -377,8 +394,8 @@ mod tests {
     async fn a_call_ends_once_its_wait_is_over_and_within_two_ticks() {
         let (p, _sweeper) = swept();
         let start = Instant::now();
-        let short = p.insert(1, Duration::from_secs(5));
-        let long = p.insert(2, Duration::from_secs(60));
+        let short = p.insert(1, Duration::from_secs(5), None);
+        let long = p.insert(2, Duration::from_secs(60), None);
         assert!(reply(&p, 1).await.is_none());
         ended_on_time(start, Duration::from_secs(5));
         assert!(p.expired(short));
@@ -393,7 +410,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_sleeps_while_nothing_is_pending_and_a_call_after_that_gets_its_whole_wait() {
         let (p, _sweeper) = swept();
-        p.insert(7, Duration::from_secs(1));
+        p.insert(7, Duration::from_secs(1), None);
         p.remove(7);
         assert!(!p.waiting(7));
         // A tick finds the table empty; from then on the count stands still.
@@ -404,7 +421,7 @@ mod tests {
         assert_eq!(p.ticks(), idle_from);
         // The count is ten minutes behind the clock: a new call still waits its full second.
         let start = Instant::now();
-        p.insert(8, Duration::from_secs(1));
+        p.insert(8, Duration::from_secs(1), None);
         assert!(reply(&p, 8).await.is_none());
         ended_on_time(start, Duration::from_secs(1));
     }
@@ -412,7 +429,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_wakes_its_caller_once_and_leaves_nothing_behind() {
         let (p, _sweeper) = swept();
-        p.insert(3, Duration::from_secs(1));
+        p.insert(3, Duration::from_secs(1), None);
         let waiting = caller(&p, 3);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
@@ -424,7 +441,7 @@ mod tests {
         assert!(lock(&p.calls).calls.is_empty());
         // An id nobody waits for, and one whose caller gave up: the answer is dropped.
         p.answer(99, frame("nobody"));
-        p.insert(4, Duration::from_secs(1));
+        p.insert(4, Duration::from_secs(1), None);
         p.remove(4);
         p.answer(4, frame("too late"));
         assert!(lock(&p.calls).calls.is_empty());
@@ -433,7 +450,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reply_handed_over_survives_the_connection_dropping_and_the_sweeper() {
         let (p, _sweeper) = swept();
-        let expiry = p.insert(5, Duration::from_secs(1));
+        let expiry = p.insert(5, Duration::from_secs(1), None);
         p.answer(5, frame("kept"));
         p.clear();
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -453,6 +470,60 @@ mod tests {
         }
     }
 
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn woken(w: &Wakes) -> usize {
+        w.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_call_still_in_its_poll_skips_one_look_and_is_woken_by_the_waker_it_was_made_with() {
+        let p = Pending::new();
+        let wait = Duration::from_secs(30);
+        let made = Arc::new(Wakes::default());
+        let made_waker = Waker::from(made.clone());
+        let mut made_cx = Context::from_waker(&made_waker);
+
+        // Answered before the poll that made the call returns: the skipped look is made up
+        // for by the wake-up the answer gave, and the next look finds the reply.
+        let mut call = p.wait(1, wait, &made_waker);
+        call.still_in_its_poll();
+        p.answer(1, frame("early"));
+        assert_eq!(woken(&made), 1);
+        assert!(call.poll_reply(&mut made_cx).is_pending());
+        assert!(matches!(call.poll_reply(&mut made_cx), Poll::Ready(Some(Reply::Frame(b))) if b == "early"));
+        drop(call);
+
+        // Answered later: the waker it was made with is woken, and only one look is skipped.
+        let mut call = p.wait(2, wait, &made_waker);
+        call.still_in_its_poll();
+        assert!(call.poll_reply(&mut made_cx).is_pending());
+        assert!(call.poll_reply(&mut made_cx).is_pending());
+        p.answer(2, frame("later"));
+        assert_eq!(woken(&made), 2);
+        assert!(matches!(call.poll_reply(&mut made_cx), Poll::Ready(Some(Reply::Frame(b))) if b == "later"));
+        drop(call);
+
+        // Polled by another task after its first poll (its future moved): that task's waker
+        // takes the place of the first one.
+        let moved = Arc::new(Wakes::default());
+        let moved_waker = Waker::from(moved.clone());
+        let mut call = p.wait(3, wait, &made_waker);
+        assert!(call.poll_reply(&mut Context::from_waker(&moved_waker)).is_pending());
+        p.answer(3, frame("moved"));
+        assert_eq!((woken(&made), woken(&moved)), (2, 1));
+        drop(call);
+        assert!(lock(&p.calls).calls.is_empty());
+    }
+
     #[test]
     fn a_caller_that_drops_its_call_takes_it_out_of_the_table() {
         let p = Pending::new();
@@ -460,7 +531,7 @@ mod tests {
         let wait = Duration::from_secs(30);
         // A caller waiting for its reply, then dropped mid-wait (a timeout or select around it).
         let mut call = Box::pin(async {
-            let mut call = p.wait(1, wait);
+            let mut call = p.wait(1, wait, Waker::noop());
             std::future::poll_fn(|cx| call.poll_reply(cx)).await
         });
         assert!(call.as_mut().poll(&mut cx).is_pending());
@@ -474,8 +545,8 @@ mod tests {
     #[tokio::test]
     async fn clear_wakes_every_caller_still_waiting() {
         let p = Arc::new(Pending::new());
-        let expiry = p.insert(1, Duration::from_secs(30));
-        p.insert(2, Duration::from_secs(30));
+        let expiry = p.insert(1, Duration::from_secs(30), None);
+        p.insert(2, Duration::from_secs(30), None);
         let (one, two) = (caller(&p, 1), caller(&p, 2));
         tokio::task::yield_now().await;
         p.clear();
