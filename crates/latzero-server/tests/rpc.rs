@@ -6,11 +6,20 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{Raw, TestServer};
 use latzero_client::{Client, ClientError, ErrorCode, HandlerError, Request};
 use serde_json::{Value, json};
 
 use latzero_proto::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
+
+/// A raw app `handler` in pool `p` with the trigger `f`, and a raw app `c` in `p` to call it.
+async fn handler_and_caller(s: &TestServer, handler: &str) -> (Raw, Raw) {
+    let mut h = s.raw().await;
+    h.handshake(handler, &["p"], &["f"]).await;
+    let mut c = s.raw().await;
+    c.handshake("c", &["p"], &[]).await;
+    (h, c)
+}
 
 #[tokio::test]
 async fn seed_examples_work_verbatim() {
@@ -147,10 +156,7 @@ async fn sdk_round_robin_destination_and_errors() {
 #[tokio::test]
 async fn timeout_fires_once_and_the_late_response_is_counted() {
     let s = TestServer::start().await;
-    let mut h = s.raw().await;
-    h.handshake("slow", &["p"], &["f"]).await;
-    let mut c = s.raw().await;
-    c.handshake("c", &["p"], &[]).await;
+    let (mut h, mut c) = handler_and_caller(&s, "slow").await;
     c.send(json!({"action":"trigger","id":"t","process":"f","pool":"p","ttl":30}))
         .await;
     let t = h.expect().await;
@@ -281,10 +287,7 @@ async fn calls_responses_and_emits_are_refused_before_the_handshake_and_in_binar
 #[tokio::test]
 async fn a_response_names_its_hop_as_a_string_or_a_number() {
     let s = TestServer::start().await;
-    let mut h = s.raw().await;
-    h.handshake("h", &["p"], &["f"]).await;
-    let mut c = s.raw().await;
-    c.handshake("c", &["p"], &[]).await;
+    let (mut h, mut c) = handler_and_caller(&s, "h").await;
     for (id, numeric) in [(1, false), (2, true)] {
         c.send(json!({"action":"trigger","id":id,"process":"f","pool":"p","data":id}))
             .await;
@@ -325,10 +328,7 @@ async fn a_response_names_its_hop_as_a_string_or_a_number() {
 async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_together() {
     use latzero_proto::frame::encode_json;
     let s = TestServer::start().await;
-    let mut h = s.raw().await;
-    h.handshake("h", &["p"], &["f"]).await;
-    let mut c = s.raw().await;
-    c.handshake("c", &["p"], &[]).await;
+    let (mut h, mut c) = handler_and_caller(&s, "h").await;
     let call = |id: u64| {
         encode_json(
             format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
