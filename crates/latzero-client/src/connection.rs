@@ -411,6 +411,11 @@ impl FrameReader {
         }
     }
 
+    /// The next frame if it has been read already, without reading more.
+    pub fn buffered(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.codec.decode(&mut self.buf)
+    }
+
     /// The next frame; the end of the stream is [`ClientError::Disconnected`].
     pub async fn expect_frame(&mut self) -> Result<Frame, ClientError> {
         self.next()
@@ -422,7 +427,7 @@ impl FrameReader {
     /// The next frame; `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
-            if let Some(f) = self.codec.decode(&mut self.buf)? {
+            if let Some(f) = self.buffered()? {
                 return Ok(Some(f));
             }
             if self.buf.capacity() - self.buf.len() < 4096 {

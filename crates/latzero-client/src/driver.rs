@@ -425,7 +425,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             let closed = inner.closed.cancelled();
             let dead = live.dead.cancelled();
             tokio::pin!(closed, dead);
-            loop {
+            'frames: loop {
                 let frame = tokio::select! {
                     // The reader first, so a frame already buffered is dispatched without
                     // polling the tokens. Its socket reads spend tokio's cooperative budget, so
@@ -435,19 +435,30 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                     _ = &mut closed => { reason = "client closed".into(); break; }
                     _ = &mut dead => { reason = "write to the server failed".into(); break; }
                 };
-                match frame {
-                    Ok(Some(f)) => {
-                        latzero_uds::spin::touch(inner.spinner.as_ref());
-                        if let Some(c) = inner.dispatch(f, &live.tx) {
-                            reason = c.reason;
-                            taken_over = c.taken_over;
-                        }
-                    }
+                let mut frame = match frame {
+                    Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
                         reason = e.to_string();
                         break;
                     }
+                };
+                latzero_uds::spin::touch(inner.spinner.as_ref());
+                // Then every frame the same read brought, without going back through `select!`
+                // for each (the tokens are looked at again once the buffer is empty).
+                loop {
+                    if let Some(c) = inner.dispatch(frame, &live.tx) {
+                        reason = c.reason;
+                        taken_over = c.taken_over;
+                    }
+                    frame = match live.reader.buffered() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            reason = e.to_string();
+                            break 'frames;
+                        }
+                    };
                 }
             }
         }

@@ -3,7 +3,9 @@
 //! parsing path. A raw listener stands in for the server so the frame's bytes are exact.
 //!
 //! The stand-in also plays a server that never answers a call (the call must end at the
-//! client's own deadline) and one whose reply is not UTF-8 (the call fails when it arrives).
+//! client's own deadline), one whose reply is not UTF-8 (the call fails when it arrives), and
+//! one that writes several replies and then an oversized frame at once (each reply reaches its
+//! call, and the oversized frame ends the connection with its reason).
 
 use latzero_client::{Client, Request};
 use latzero_proto::frame::{FrameCodec, encode_json};
@@ -162,5 +164,63 @@ async fn a_reply_that_is_not_utf8_fails_its_call_at_once() {
         matches!(&raw, Err(latzero_client::ClientError::Protocol(m)) if m.contains("not UTF-8")),
         "{raw:?}"
     );
+    drop(server.await.unwrap());
+}
+
+#[tokio::test]
+async fn every_frame_of_one_read_is_handled_and_an_oversized_one_behind_them_ends_the_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, mut buf) = accept_handshake(listener, "c").await;
+        let mut ids = vec![];
+        while ids.len() < 3 {
+            let f = read_frame(&mut s, &mut buf).await;
+            if f["action"] == "trigger" {
+                ids.push(f["id"].clone());
+            }
+        }
+        // One write: replies to the first two calls in the server's layout, then the length of
+        // a frame over the client's limit. The third call is never answered.
+        let mut bytes = vec![];
+        for (id, answer) in ids.iter().zip(["\"one\"", "\"two\""]) {
+            let frame = format!(r#"{{"action":"response","in_reply_to":{id},"status":"ok","response":{answer}}}"#);
+            bytes.extend_from_slice(&encode_json(frame.as_bytes()));
+        }
+        bytes.extend_from_slice(&4097u32.to_be_bytes());
+        s.write_all(&bytes).await.unwrap();
+        s
+    });
+    let opts = latzero_client::ClientOptions::default()
+        .max_frame_len(4096)
+        .reconnect(false);
+    let client = Client::connect_with(&format!("latzero://c@{addr}?pools=p"), opts)
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let calls = [1, 2, 3].map(|i| {
+        let c = client.clone();
+        tokio::spawn(async move { c.call_raw("p", "x", &json!(i)).await })
+    });
+    let [one, two, three] = calls;
+    assert_eq!(one.await.unwrap().unwrap().as_str(), "\"one\"");
+    assert_eq!(two.await.unwrap().unwrap().as_str(), "\"two\"");
+    // Far sooner than the call's own 30 s wait: the connection ends at the oversized frame.
+    let wait = std::time::Duration::from_secs(10);
+    let third = tokio::time::timeout(wait, three)
+        .await
+        .expect("failed at once")
+        .unwrap();
+    assert!(
+        matches!(third, Err(latzero_client::ClientError::Disconnected)),
+        "{third:?}"
+    );
+    let reason = loop {
+        match events.recv().await.unwrap() {
+            latzero_client::ClientEvent::Disconnected { reason, .. } => break reason,
+            _ => continue,
+        }
+    };
+    assert!(reason.contains("4097") && reason.contains("4096"), "{reason}");
     drop(server.await.unwrap());
 }
