@@ -5,7 +5,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use latzero_proto::message::{RawValue, checked_raw_value, one_value};
+use latzero_proto::message::{RawValue, checked_raw_value, spans_one_value};
 use serde::{Deserialize, Serialize};
 
 /// One JSON value as its text, checked once and never parsed into a tree.
@@ -48,13 +48,18 @@ impl Payload {
         Ok(Payload(text.slice_ref(raw.get())))
     }
 
-    /// The text at `text` inside `frame`, if it is exactly one JSON value; the payload shares
-    /// the frame's memory.
+    /// The text at `text` inside `frame`, a frame from the server, if it is exactly one JSON
+    /// value; the payload shares the frame's memory. The server checked the payload before it
+    /// forwarded it, and its frames are valid JSON (PROTOCOL.md §2.1), so only the value's
+    /// outline is read here — what the layout readers need, since text cut from a frame of
+    /// another layout runs on into the next field — and its contents are not checked again
+    /// (for a nested payload that second check was serde's full pass).
     pub(crate) fn within(frame: &ByteString, text: &str) -> Result<Payload, serde_json::Error> {
-        let raw = match one_value(text) {
-            Some(raw) => raw,
-            None => serde_json::from_str::<&RawValue>(text)?,
-        };
+        if spans_one_value(text) {
+            return Ok(Payload(frame.slice_ref(text)));
+        }
+        // serde says why (or takes what the outline refused, such as whitespace around it).
+        let raw = serde_json::from_str::<&RawValue>(text)?;
         Ok(Payload(frame.slice_ref(raw.get())))
     }
 

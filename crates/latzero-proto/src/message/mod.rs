@@ -39,6 +39,17 @@ pub fn one_value(text: &str) -> Option<&RawValue> {
     scan::one_value(text).map(|(raw, _)| raw)
 }
 
+/// Whether `text` is the whole of one JSON value by its outline alone — a string closed, a
+/// number or a literal whole, an array or an object whose brackets balance outside strings —
+/// with no whitespace around it. What is inside is not checked. Meant for text cut, at a place
+/// where a value starts, from a frame that is valid JSON, as every frame of a conforming server
+/// is (PROTOCOL.md §2.1): there `true` means the text is exactly that value, and so is valid,
+/// while text that runs on into the next field (a layout other than the one expected) is
+/// `false`.
+pub fn spans_one_value(text: &str) -> bool {
+    scan::spans_one_value(text)
+}
+
 /// `text` read as a `u64` exactly as `str::parse` reads it, faster for what the hot frames
 /// carry: one to nineteen ASCII digits (every such number fits) are summed without the
 /// per-digit overflow checks, and anything else (a sign, twenty digits, not a number) goes to

@@ -105,6 +105,11 @@ pub(crate) fn one_value(text: &str) -> Option<(&RawValue, Kind)> {
     Some((Value { kind, text }.raw()?, kind))
 }
 
+/// See [`super::spans_one_value`].
+pub(crate) fn spans_one_value(text: &str) -> bool {
+    value_end(text.as_bytes(), 0).is_some_and(|(end, _)| end == text.len())
+}
+
 /// Walks a flat JSON object, calling `field` with every key and value in order. `None` when the
 /// text is not an object this scanner reads (the caller falls back to serde), or when `field`
 /// says `None`.
@@ -371,6 +376,42 @@ mod tests {
                     assert_eq!(special(&b), want, "len {len} at {at} c {c}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn spans_one_value_by_its_outline() {
+        for one in [
+            r#""x""#,
+            r#""a\"b""#,
+            "-1.5e+3",
+            "0",
+            "true",
+            "false",
+            "null",
+            "[]",
+            r#"{"a":[1,{"b":"]}"}],"c":"\"}"}"#,
+            // The outline only: a frame of valid JSON never holds these.
+            "[1,,2]",
+            r#"{"a" 1}"#,
+        ] {
+            assert!(spans_one_value(one), "{one}");
+        }
+        for not_one in [
+            "",
+            " 1",
+            "1 ",
+            "1,2",
+            r#""x"}"#,
+            r#""x","origin":{"app_id":"a"}"#,
+            r#"{"y":1},"origin":{"app_id":"a"}"#,
+            r#"{"a":1"#,
+            r#""open"#,
+            "01",
+            "tru",
+            "x",
+        ] {
+            assert!(!spans_one_value(not_one), "{not_one}");
         }
     }
 
