@@ -98,6 +98,13 @@ pub(crate) fn checked_raw(text: &str) -> Option<&RawValue> {
 /// as the object walk below checks a field's value; `None` otherwise.
 pub(crate) fn one_value(text: &str) -> Option<(&RawValue, Kind)> {
     let b = text.as_bytes();
+    // An array or an object is validated by serde, which finds its end as it goes: walking its
+    // outline first would be a second pass over the same bytes.
+    if let Some(b'[' | b'{') = b.first() {
+        let raw = serde_json::from_str::<&RawValue>(text).ok()?;
+        // serde allows whitespace after the value; this does not.
+        return (raw.get().len() == text.len()).then_some((raw, Kind::Nested));
+    }
     let (end, kind) = value_end(b, 0)?;
     if end != b.len() {
         return None;
@@ -376,6 +383,38 @@ mod tests {
                     assert_eq!(special(&b), want, "len {len} at {at} c {c}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn one_value_checks_the_value_in_full() {
+        for (one, kind) in [
+            (r#""x""#, Kind::Str { escaped: false }),
+            (r#""a\"b""#, Kind::Str { escaped: true }),
+            ("-1.5e+3", Kind::Number),
+            ("null", Kind::Null),
+            ("[]", Kind::Nested),
+            (r#"{"a":[1,{"b":"]}"}],"c":"\"}"}"#, Kind::Nested),
+        ] {
+            let (raw, k) = one_value(one).unwrap_or_else(|| panic!("{one}"));
+            assert_eq!((raw.get(), k), (one, kind));
+        }
+        for not_one in [
+            "",
+            " 1",
+            "1 ",
+            "[1] ",
+            " [1]",
+            "[1]x",
+            "[1],[2]",
+            "[1,,2]",
+            r#"{"a" 1}"#,
+            r#"{"a":tru}"#,
+            r#"{"y":1},"origin":{"app_id":"a"}"#,
+            r#""\q""#,
+            "01",
+        ] {
+            assert!(one_value(not_one).is_none(), "{not_one}");
         }
     }
 
