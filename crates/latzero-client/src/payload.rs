@@ -8,7 +8,8 @@ use bytestring::ByteString;
 use latzero_proto::message::{RawValue, checked_raw_value, spans_one_value};
 use serde::{Deserialize, Serialize};
 
-/// One JSON value as its text, checked once and never parsed into a tree.
+/// One JSON value as its text, checked once (a received one by the server that forwarded it)
+/// and never parsed into a tree.
 ///
 /// A payload received from the server is a view into the frame it arrived in (no copy, no
 /// allocation); one passed to `call`, `emit` or a `Call` is written into the frame as it is.
