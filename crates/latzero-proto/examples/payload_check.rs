@@ -21,7 +21,14 @@ fn main() {
         eprintln!("{usage}");
         std::process::exit(2);
     };
-    let bytes: usize = args.get(2).and_then(|b| b.parse().ok()).unwrap_or(4000);
+    let bytes = match args.get(2).map(|b| b.parse::<usize>()) {
+        None => 4000,
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            eprintln!("BYTES: {e}; {usage}");
+            std::process::exit(2);
+        }
+    };
     let text = match args.get(3).map(String::as_str) {
         Some("string") => json!("x".repeat(bytes)).to_string(),
         None | Some("object") => {

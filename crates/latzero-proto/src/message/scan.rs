@@ -6,7 +6,9 @@
 //! (escapes in keys, unknown keys, duplicate keys, a `null` where it is unsure — all go to serde)
 //! but must never accept what serde refuses: the structure around values is parsed strictly
 //! here, strings kept as `&str` are checked for control characters and UTF-8, and every value
-//! kept as a [`RawValue`] is validated by serde itself ([`Value::raw`]).
+//! kept as a [`RawValue`] is checked in full ([`Value::raw`]): by this scanner's own one-pass
+//! checks, which refuse whatever they do not take (a test holds them to serde's answers), and
+//! by serde for what they refuse.
 
 use std::ops::ControlFlow;
 
@@ -348,8 +350,8 @@ fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// The end of the array or object starting at `i`: brackets balanced outside strings. Whether
-/// the inside is valid JSON is left to serde ([`Value::raw`]), so control characters in its
-/// strings are not looked for here.
+/// the inside is valid JSON is left to [`Value::raw`] (or, in the SDK, to the server that
+/// checked it), so control characters in its strings are not looked for here.
 ///
 /// Sixty-four bytes a step, the way simdjson finds structure: a bit per byte for quotes and for
 /// brackets, the bits inside strings found as the running XOR of the quote bits, and only the
