@@ -613,6 +613,16 @@ mod tests {
         }
     }
 
+    /// A xorshift generator of numbers below `n`, from `seed`: the same texts on every run.
+    fn random(mut x: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        }
+    }
+
     /// The outline walk one byte at a time: what `nested_end` must agree with.
     fn nested_end_by_bytes(b: &[u8], i: usize) -> Option<usize> {
         let (mut depth, mut in_string, mut k) = (0usize, false, i);
@@ -639,13 +649,7 @@ mod tests {
         // Random nesting, up to several steps of sixty-four long, whose strings hold quotes and
         // backslashes escaped (and brackets), so that strings, escapes and brackets fall on and
         // across the steps' edges; some texts then lose a byte or their tail.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut next = random(0x9e37_79b9_7f4a_7c15u64);
         for round in 0..20_000 {
             let target = 1 + next(400);
             let mut b = vec![b"[{"[next(2)]];
@@ -784,13 +788,7 @@ mod tests {
 
     #[test]
     fn the_one_pass_checks_never_take_what_serde_refuses() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut next = random(0x2545_f491_4f6c_dd1du64);
         let serde_takes = |t: &str| serde_json::from_str::<&RawValue>(t).is_ok_and(|r| r.get().len() == t.len());
         let (mut taken, mut refused) = (0, 0);
         for round in 0..40_000 {
