@@ -33,8 +33,9 @@ pub fn checked_raw_value(text: &str) -> Option<&RawValue> {
 }
 
 /// `text` as a [`RawValue`] if it is exactly one JSON value with no whitespace around it,
-/// checked by the scanner the server reads frames with (strings, numbers and literals skip
-/// serde's pass). `None` otherwise: serde then gives the same answer, or the error.
+/// checked in full by the scanner the server reads frames with, in one pass of its own; serde
+/// is asked only about what that pass refuses (nesting deeper than 64, or text that is not
+/// valid). `None` otherwise: serde then gives the same answer, or the error.
 pub fn one_value(text: &str) -> Option<&RawValue> {
     scan::one_value(text).map(|(raw, _)| raw)
 }
