@@ -352,7 +352,7 @@ pub(crate) async fn open(
 ) -> Result<(Reader, Writer, Direct), ClientError> {
     let err = |e| ClientError::Connect {
         endpoint: endpoint.to_string(),
-        source: e,
+        error: e,
     };
     let target = match (endpoint, tls) {
         (Endpoint::Default, Some(_)) => Endpoint::Tcp(default_tcp()),
@@ -448,7 +448,7 @@ pub(crate) async fn send_request(w: &mut Writer, endpoint: &Endpoint, request: &
     };
     sent.await.map_err(|e| ClientError::Connect {
         endpoint: endpoint.to_string(),
-        source: e,
+        error: e,
     })
 }
 

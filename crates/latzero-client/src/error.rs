@@ -21,22 +21,25 @@ pub struct RemoteError {
 }
 
 /// Everything that can go wrong in the SDK.
+///
+/// Each message tells its cause itself, so no variant also hands the cause on as
+/// [`source`](std::error::Error::source): a report that walks the chain (`anyhow`'s `{:#}`)
+/// would tell it twice. The cause stays in the variant, for a caller to match on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The URL could not be parsed.
     #[error("invalid URL: {0}")]
-    Url(#[from] latzero_proto::UrlError),
+    Url(latzero_proto::UrlError),
     /// A name (pool, trigger, app id) is invalid.
     #[error("invalid name: {0}")]
-    Name(#[from] latzero_proto::NameError),
+    Name(latzero_proto::NameError),
     /// The server could not be reached.
-    #[error("cannot connect to {endpoint}: {source}; is the server running (`latzero start`)?")]
+    #[error("cannot connect to {endpoint}: {error}; is the server running (`latzero start`)?")]
     Connect {
         /// Where we tried.
         endpoint: String,
         /// Why it failed.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TLS handshake failed or TLS could not be set up; the reason says which.
     #[error("TLS with {endpoint} failed: {reason}")]
@@ -69,14 +72,14 @@ pub enum ClientError {
     /// A memory block's mapping refused the operation (out of range, wrong type, invalid JSON,
     /// a full stream, the write side held too long, ...).
     #[error("memory block: {0}")]
-    Memory(#[from] latzero_memory::MemError),
+    Memory(latzero_memory::MemError),
     /// An encrypted pool refused a record or lacked a key: not sealed, a bad signature, a wrong
     /// key, a replay.
     #[error("encrypted pool: {0}")]
-    Crypto(#[from] latzero_crypto::SealError),
+    Crypto(latzero_crypto::SealError),
     /// The payload could not be serialised or the result deserialised.
     #[error("payload (de)serialisation failed: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
 }
 
 impl ClientError {
@@ -89,8 +92,71 @@ impl ClientError {
     }
 }
 
+/// `?` on the errors whose message a [`ClientError`] tells (see its doc for why these are not
+/// thiserror's `#[from]`, which would also make each a `source`).
+macro_rules! told_in_message {
+    ($($from:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$from> for ClientError {
+            fn from(e: $from) -> Self {
+                ClientError::$variant(e)
+            }
+        }
+    )*};
+}
+
+told_in_message! {
+    latzero_proto::UrlError => Url,
+    latzero_proto::NameError => Name,
+    latzero_memory::MemError => Memory,
+    latzero_crypto::SealError => Crypto,
+    serde_json::Error => Json,
+}
+
 impl From<latzero_crypto::KeyError> for ClientError {
     fn from(e: latzero_crypto::KeyError) -> Self {
         ClientError::Crypto(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// An error with a cause tells it in its message and does not hand it on as its source, so
+    /// a report that walks the chain (`anyhow`'s `{:#}`, as the CLI prints) tells it once.
+    #[test]
+    fn each_cause_is_told_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let told = refused.to_string();
+        let url = "nope".parse::<latzero_proto::LatzeroUrl>().unwrap_err();
+        let name = latzero_proto::PoolName::check("").unwrap_err();
+        let mem = latzero_memory::MemError::OutOfRange {
+            offset: 60,
+            len: 10,
+            size: 64,
+        };
+        let json = serde_json::from_str::<Value>("{").unwrap_err();
+        let seal = latzero_crypto::SealError::Malformed;
+        let errors = [
+            (
+                told,
+                ClientError::Connect {
+                    endpoint: "tcp://127.0.0.1:1".into(),
+                    error: refused,
+                },
+            ),
+            (url.to_string(), url.into()),
+            (name.to_string(), name.into()),
+            (mem.to_string(), mem.into()),
+            (json.to_string(), json.into()),
+            (seal.to_string(), seal.into()),
+        ];
+        for (cause, e) in errors {
+            assert!(e.to_string().contains(&cause), "{e} does not tell {cause}");
+            assert!(e.source().is_none(), "{e} hands its cause on as well");
+            assert_eq!(format!("{:#}", anyhow::Error::from(e)).matches(&cause).count(), 1);
+        }
     }
 }

@@ -149,10 +149,10 @@ impl Block {
             });
         }
         let io = |op| {
-            move |source| MemError::Io {
+            move |error| MemError::Io {
                 op,
                 path: path.to_owned(),
-                source,
+                error,
             }
         };
         let file = OpenOptions::new()
@@ -164,10 +164,10 @@ impl Block {
             .map_err(io("create"))?;
         let total = HEADER_LEN + spec.size;
         let made = (|| {
-            fs4::fs_std::FileExt::allocate(&file, total).map_err(|source| MemError::NoSpace {
+            fs4::fs_std::FileExt::allocate(&file, total).map_err(|error| MemError::NoSpace {
                 size: total,
                 path: path.to_owned(),
-                source,
+                error,
             })?;
             let map = MmapOptions::new().map_raw(&file).map_err(io("map"))?;
             let base = map.as_mut_ptr();
@@ -217,10 +217,10 @@ impl Block {
     /// Maps an existing block, read-write or read-only, after checking its header.
     pub fn open(path: &Path, writable: bool) -> Result<Block, MemError> {
         let io = |op| {
-            move |source| MemError::Io {
+            move |error| MemError::Io {
                 op,
                 path: path.to_owned(),
-                source,
+                error,
             }
         };
         let bad = |why: String| MemError::BadFile {
@@ -522,10 +522,10 @@ impl Block {
 
     /// Flushes the mapping to its file (persistent blocks, before a clean shutdown).
     pub fn flush(&self) -> Result<(), MemError> {
-        self.map.flush().map_err(|source| MemError::Io {
+        self.map.flush().map_err(|error| MemError::Io {
             op: "flush",
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 }
@@ -596,6 +596,23 @@ mod tests {
             Err(MemError::Io { .. })
         ));
         assert!(is_block_file(&p));
+    }
+
+    /// A file error tells its I/O error in its message and does not hand it on as the source
+    /// as well (a report walking the chain would tell it twice).
+    #[test]
+    fn a_file_error_tells_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        Block::create(&p, spec(Kind::Binary, 64)).unwrap();
+        let Err(e) = Block::create(&p, spec(Kind::Binary, 64)) else {
+            panic!("a block was created over another");
+        };
+        let MemError::Io { error, .. } = &e else {
+            panic!("creating a block over another is an I/O error, not {e}");
+        };
+        assert!(e.to_string().contains(&error.to_string()), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

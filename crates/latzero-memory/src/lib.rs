@@ -49,22 +49,24 @@ pub const CONSUMER_NAME_MAX: usize = 48;
 /// Bytes a stream record takes besides its payload (its length prefix); records are padded to 8.
 pub const RECORD_OVERHEAD: u64 = 8;
 
-/// What can go wrong with a block. The server maps each to a wire error code.
+/// What can go wrong with a block. The server maps each to a wire error code. Each message tells
+/// its cause itself, and no variant hands it on as [`source`](std::error::Error::source) too (a
+/// report walking the chain would tell it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The pages could not be allocated (disk or `/dev/shm` full, or over a quota).
-    #[error("cannot allocate {size} bytes for {path}: {source}")]
+    #[error("cannot allocate {size} bytes for {path}: {error}")]
     NoSpace {
         size: u64,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a block this version understands.
     #[error("{path} is not a usable memory block: {why}")]

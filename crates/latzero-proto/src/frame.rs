@@ -44,7 +44,15 @@ pub enum FrameError {
     },
     /// The underlying stream failed.
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+/// Not thiserror's `#[from]`, which would also make the I/O error the `source`: the message
+/// tells it already, and a report walking the chain would tell it twice.
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
+    }
 }
 
 /// One decoded frame.
@@ -435,6 +443,17 @@ impl Encoder<&[u8]> for FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The I/O error is told in the message and not handed on as the source as well (a report
+    /// walking the chain would tell it twice).
+    #[test]
+    fn an_io_error_is_told_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let told = io.to_string();
+        let e = FrameError::from(io);
+        assert!(e.to_string().contains(&told), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
+    }
 
     #[test]
     fn json_frame_strings_are_serdes_for_every_length_and_position() {

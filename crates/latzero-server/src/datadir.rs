@@ -58,9 +58,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), S
         f.sync_all()?;
         fs::rename(&tmp, path)
     };
-    write().map_err(|source| ServerError::DataDir {
+    write().map_err(|error| ServerError::DataDir {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -76,7 +76,7 @@ impl DataDir {
     pub fn prepare(path: &Path) -> Result<DataDir, ServerError> {
         let unwritable = |what: &Path, e: std::io::Error| ServerError::DataDir {
             path: what.to_path_buf(),
-            source: e,
+            error: e,
         };
         fs::create_dir_all(path).map_err(|e| unwritable(path, e))?;
         for sub in SUBDIRS {
@@ -116,7 +116,7 @@ impl DataDir {
     pub fn write_runtime(&self, info: &RuntimeInfo) -> Result<(), ServerError> {
         let text = serde_json::to_string_pretty(info).map_err(|e| ServerError::DataDir {
             path: self.path.join(RUNTIME_FILE),
-            source: std::io::Error::other(e),
+            error: std::io::Error::other(e),
         })?;
         write_atomic(&self.path.join(RUNTIME_FILE), text.as_bytes(), 0o644)
     }

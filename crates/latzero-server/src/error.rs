@@ -4,16 +4,19 @@
 use std::path::PathBuf;
 
 /// Why the server could not start or run.
+///
+/// Each message tells its cause itself, so no variant also hands the cause on as
+/// [`source`](std::error::Error::source): a report that walks the chain (`anyhow`'s `{:#}`, as
+/// `latzero start` prints) would tell it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The data directory (or a file in it) could not be created or written.
-    #[error("cannot use data directory {}: {source}; check its permissions or pick another with --data-dir", path.display())]
+    #[error("cannot use data directory {}: {error}; check its permissions or pick another with --data-dir", path.display())]
     DataDir {
         /// The path that failed.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Another server holds the data directory's lock.
     #[error("another latzero server is already running on data directory {}{}; stop it with `latzero stop` or pick another --data-dir", path.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
@@ -30,31 +33,28 @@ pub enum ServerError {
         addr: String,
     },
     /// Binding a listener failed for another reason.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address or socket path.
         addr: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The Unix sockets' send buffer (`--unix-send-buffer`) cannot be set.
-    #[error("cannot give Unix sockets a send buffer of {bytes} bytes (--unix-send-buffer): {source}")]
+    #[error("cannot give Unix sockets a send buffer of {bytes} bytes (--unix-send-buffer): {error}")]
     SendBuffer {
         /// The size asked for.
         bytes: usize,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The memory-block directories could not be prepared.
-    #[error("cannot prepare memory blocks in {}: {source}; check its permissions, or pick another directory with --volatile-memory-dir", path.display())]
+    #[error("cannot prepare memory blocks in {}: {error}; check its permissions, or pick another directory with --volatile-memory-dir", path.display())]
     Memory {
         /// The directory.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A restore was refused; nothing was changed.
     #[error("cannot restore {}: {why}", file.display())]
@@ -72,5 +72,66 @@ pub enum ServerError {
     Auth(String),
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for ServerError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ServerError::Store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::store::StoreError;
+
+    /// An error with a cause tells it in its message and does not hand it on as its source, so
+    /// a report that walks the chain (`latzero start` prints `anyhow`'s `{:#}`) tells it once.
+    #[test]
+    fn each_cause_is_told_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let told = io().to_string();
+        let sqlite = || rusqlite::Error::InvalidQuery;
+        let store = StoreError::from(sqlite());
+        let errors = [
+            (
+                told.clone(),
+                ServerError::DataDir {
+                    path: "/d".into(),
+                    error: io(),
+                },
+            ),
+            (
+                told.clone(),
+                ServerError::Bind {
+                    addr: "a".into(),
+                    error: io(),
+                },
+            ),
+            (told.clone(), ServerError::SendBuffer { bytes: 1, error: io() }),
+            (
+                told,
+                ServerError::Memory {
+                    path: "/m".into(),
+                    error: io(),
+                },
+            ),
+            (store.to_string(), store.into()),
+            (
+                sqlite().to_string(),
+                StoreError::Open {
+                    path: "/db".into(),
+                    error: sqlite(),
+                }
+                .into(),
+            ),
+        ];
+        for (cause, e) in errors {
+            assert!(e.to_string().contains(&cause), "{e} does not tell {cause}");
+            assert!(e.source().is_none(), "{e} hands its cause on as well");
+        }
+    }
 }

@@ -154,20 +154,20 @@ impl Server {
             std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
             _ => ServerError::Bind {
                 addr: addr.clone(),
-                source: e,
+                error: e,
             },
         })?;
-        let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, source: e })?;
+        let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, error: e })?;
         // Unix clients' sockets and each TLS connection's inner socket pair take it.
         let bytes = config.unix_send_buffer;
-        let send_buffer = check_send_buffer(bytes).map_err(|source| ServerError::SendBuffer { bytes, source })?;
+        let send_buffer = check_send_buffer(bytes).map_err(|error| ServerError::SendBuffer { bytes, error })?;
         let (unix, unix_path) = if config.unix_socket {
             let path = datadir.path().join(UNIX_SOCKET_NAME);
             // We hold the data dir's lock, so a socket file here is left over from a crash.
             let _ = std::fs::remove_file(&path);
             let bind_err = |e| ServerError::Bind {
                 addr: path.display().to_string(),
-                source: e,
+                error: e,
             };
             let l = UnixListener::bind(&path).map_err(bind_err)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;

@@ -308,7 +308,7 @@ impl Memory {
     ) -> Result<(Memory, Vec<BlockRecord>), ServerError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| ServerError::Memory { path, source }
+            move |error| ServerError::Memory { path, error }
         };
         let persistent_root = data_dir.join("memory");
         let volatile_root = volatile_root(data_dir, config.volatile_dir.as_deref());

@@ -50,15 +50,17 @@ impl Default for StoreConfig {
     }
 }
 
-/// Why a store operation failed.
+/// Why a store operation failed. Each message tells its cause itself, and no variant hands it
+/// on as [`source`](std::error::Error::source) too (a report walking the chain would tell it
+/// twice).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite said no (a disk error, a full disk, a read-only file, a corrupt database, ...).
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// Opening the database file failed.
-    #[error("cannot open database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot open database {path}: {error}")]
+    Open { path: PathBuf, error: rusqlite::Error },
     /// The record does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -74,6 +76,12 @@ pub enum StoreError {
     /// The store's thread has stopped.
     #[error("the store is closed")]
     Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
 }
 
 /// What changed, published after the change committed.
@@ -141,9 +149,9 @@ fn open_conn(data_dir: &Path, config: &StoreConfig) -> Result<(Connection, Optio
         return Ok((Connection::open_in_memory()?, None));
     }
     let path = data_dir.join(DB_FILE);
-    let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+    let conn = Connection::open(&path).map_err(|error| StoreError::Open {
         path: path.clone(),
-        source,
+        error,
     })?;
     Ok((conn, Some(path)))
 }
@@ -421,9 +429,9 @@ impl Store {
         self.run(move |db| {
             let tmp = dest.with_extension("partial");
             let copied = (|| -> Result<(), StoreError> {
-                let mut to = Connection::open(&tmp).map_err(|source| StoreError::Open {
+                let mut to = Connection::open(&tmp).map_err(|error| StoreError::Open {
                     path: tmp.clone(),
-                    source,
+                    error,
                 })?;
                 {
                     let b = rusqlite::backup::Backup::new(&db.conn, &mut to)?;
