@@ -434,7 +434,12 @@ fn status_shows_pools_apps_and_triggers() -> Result<()> {
         .arg(stopped.path())
         .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no latzero server answering"));
+    // One line that names the address, the cause once, and what to do.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: cannot connect to tcp://"), "{err}");
+    assert!(err.contains("is the server running (`latzero start`)?"), "{err}");
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     Ok(())
 }
 
@@ -531,12 +536,14 @@ fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
     };
     let (ok, _, err) = s.run(&["status"])?;
     assert!(!ok && err.contains("AUTH_FAILED"), "{err}");
+    assert!(err.contains("$LATZERO_TOKEN, which is not set"), "{err}");
     let st = with_token(&["status", "--json"]).output()?;
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let mut reply = Proc::spawn(with_token(&["reply", "--app", "w", "--pool", "p", "echo"]))?;
     reply.wait_event("ready")?;
     let (ok, _, err) = s.run(&["call", "--pool", "p", "echo", "1"])?;
     assert!(!ok && err.contains("AUTH_FAILED"), "{err}");
+    assert!(err.contains("$LATZERO_TOKEN, which is not set"), "{err}");
     let c = with_token(&["call", "--pool", "p", "echo", "1"]).output()?;
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     // The token is nowhere in the server's log.

@@ -209,7 +209,8 @@ impl ServerProc {
             .env("NO_COLOR", "1");
         cmd.env_remove("LATZERO_PORT")
             .env_remove("LATZERO_HOST")
-            .env_remove("LATZERO_DATA_DIR");
+            .env_remove("LATZERO_DATA_DIR")
+            .env_remove("LATZERO_TOKEN");
         cmd
     }
 

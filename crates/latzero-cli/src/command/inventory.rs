@@ -31,7 +31,7 @@ pub(crate) async fn query(t: &TargetArgs, action: &str, fields: Value) -> Result
     let ep = super::target(t)?;
     latzero_client::admin::query(&ep, action, fields)
         .await
-        .with_context(|| format!("{action} at {ep}"))
+        .map_err(|e| super::request_failed(e, || format!("{action} at {ep}")))
 }
 
 pub async fn apps(a: ListArgs) -> Result<()> {
@@ -203,7 +203,7 @@ pub async fn backup(t: TargetArgs) -> Result<()> {
         let _ = err.flush();
     })
     .await
-    .with_context(|| format!("backup at {ep}"))?;
+    .map_err(|e| super::request_failed(e, || format!("backup at {ep}")))?;
     eprintln!();
     println!("{}", json!({ "path": done["path"], "bytes": done["bytes"] }));
     Ok(())

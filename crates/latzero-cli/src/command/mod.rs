@@ -11,8 +11,9 @@ pub mod status;
 pub mod stop;
 
 use anyhow::{Context, Result, bail};
+use latzero_client::ClientError;
 use latzero_client::admin::Target;
-use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, TlsVerify, parse_fingerprint};
+use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, ErrorCode, TlsVerify, parse_fingerprint};
 use latzero_server::RuntimeInfo;
 
 use crate::cli::TargetArgs;
@@ -104,7 +105,26 @@ pub async fn connect(
     if let Some(tls) = target(t)?.tls {
         opts = opts.tls(tls);
     }
-    Ok(opts.connect(&url(t, app, pools)?).await?)
+    opts.connect(&url(t, app, pools)?).await.map_err(with_hint)
+}
+
+/// A failed request to the target server, with `context` said before it — unless the server was
+/// not reached: that error names the address and says what to do, so it stands alone.
+pub fn request_failed(e: ClientError, context: impl FnOnce() -> String) -> anyhow::Error {
+    match e {
+        e @ (ClientError::Connect { .. } | ClientError::Tls { .. }) => e.into(),
+        e => with_hint(e).context(context()),
+    }
+}
+
+/// The error, with how to give a credential when the server asked for one and none was given.
+fn with_hint(e: ClientError) -> anyhow::Error {
+    let no_token = std::env::var_os("LATZERO_TOKEN").is_none_or(|t| t.is_empty());
+    if e.code() == Some(ErrorCode::AuthFailed) && no_token {
+        anyhow::anyhow!("{e}; the command-line tools send the token in $LATZERO_TOKEN, which is not set")
+    } else {
+        e.into()
+    }
 }
 
 /// Parses a JSON argument.

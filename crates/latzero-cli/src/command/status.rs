@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use crate::cli::StatusArgs;
@@ -11,7 +11,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     let ep = super::target(&args.target)?;
     let st = latzero_client::admin::status(&ep)
         .await
-        .with_context(|| format!("no latzero server answering at {ep}"))?;
+        .map_err(|e| super::request_failed(e, || format!("cannot get the status of the server at {ep}")))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::TargetArgs;
 
@@ -10,7 +10,7 @@ pub async fn run(t: TargetArgs) -> Result<()> {
     let ep = super::target(&t)?;
     latzero_client::admin::shutdown(&ep, Duration::from_secs(30))
         .await
-        .with_context(|| format!("cannot stop the server at {ep}"))?;
+        .map_err(|e| super::request_failed(e, || format!("cannot stop the server at {ep}")))?;
     println!("server at {ep} stopped");
     Ok(())
 }
