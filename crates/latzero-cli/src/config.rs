@@ -120,6 +120,15 @@ fn read_file(data_dir: &Path) -> Result<FileConfig> {
     }
 }
 
+/// A limit given as 0, which would have the server refuse everything it limits, is refused here
+/// rather than raised to 1 behind the user's back.
+fn nonzero<T: PartialEq + Default>(name: &str, unit: &str, v: T) -> Result<T> {
+    if v == T::default() {
+        bail!("{name} must be at least 1 {unit}, not 0");
+    }
+    Ok(v)
+}
+
 /// Resolves `start`'s configuration.
 pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -174,25 +183,25 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         l.max_frame_len = v;
     }
     if let Some(v) = args.outbound_queue_frames.or(fl.outbound_queue_frames) {
-        l.outbound_queue_frames = v.max(1);
+        l.outbound_queue_frames = nonzero("outbound_queue_frames", "frame", v)?;
     }
     if let Some(v) = args.outbound_queue_bytes.or(fl.outbound_queue_bytes) {
-        l.outbound_queue_bytes = v;
+        l.outbound_queue_bytes = nonzero("outbound_queue_bytes", "byte", v)?;
     }
     if let Some(v) = args.max_inflight.or(fl.max_inflight_per_conn) {
-        l.max_inflight_per_conn = v;
+        l.max_inflight_per_conn = nonzero("max_inflight", "call", v)?;
     }
     if let Some(v) = args.default_ttl_ms.or(fl.default_ttl_ms) {
-        l.default_ttl = Duration::from_millis(v.max(1));
+        l.default_ttl = Duration::from_millis(nonzero("default_ttl_ms", "ms", v)?);
     }
     if let Some(v) = args.max_ttl_ms.or(fl.max_ttl_ms) {
-        l.max_ttl = Duration::from_millis(v.max(1));
+        l.max_ttl = Duration::from_millis(nonzero("max_ttl_ms", "ms", v)?);
     }
     if let Some(v) = args.max_connections.or(fl.max_connections) {
-        l.max_connections = v.max(1);
+        l.max_connections = nonzero("max_connections", "connection", v)?;
     }
     if let Some(v) = args.handshake_timeout_ms.or(fl.handshake_timeout_ms) {
-        l.handshake_timeout = Duration::from_millis(v.max(1));
+        l.handshake_timeout = Duration::from_millis(nonzero("handshake_timeout_ms", "ms", v)?);
     }
     if l.default_ttl > l.max_ttl {
         bail!(
@@ -210,16 +219,16 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         m.max_block_size = v;
     }
     if let Some(v) = args.max_blocks.or(fm.max_blocks) {
-        m.max_blocks = v;
+        m.max_blocks = nonzero("max_blocks", "block", v)?;
     }
     if let Some(v) = args.volatile_memory_dir.clone().or(fm.volatile_dir) {
         m.volatile_dir = Some(v);
     }
     if let Some(v) = args.default_lock_lease_ms.or(fm.default_lock_lease_ms) {
-        m.default_lease = Duration::from_millis(v.max(1));
+        m.default_lease = Duration::from_millis(nonzero("default_lock_lease_ms", "ms", v)?);
     }
     if let Some(v) = args.max_lock_lease_ms.or(fm.max_lock_lease_ms) {
-        m.max_lease = Duration::from_millis(v.max(1));
+        m.max_lease = Duration::from_millis(nonzero("max_lock_lease_ms", "ms", v)?);
     }
     if m.default_lease > m.max_lease {
         bail!(
@@ -381,6 +390,32 @@ mod tests {
                 err.contains(&format!("workers must be between 1 and 1024, not {bad}")),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_refused_not_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        for (flag, name) in [
+            ("--outbound-queue-frames", "outbound_queue_frames"),
+            ("--outbound-queue-bytes", "outbound_queue_bytes"),
+            ("--max-inflight", "max_inflight"),
+            ("--default-ttl-ms", "default_ttl_ms"),
+            ("--max-ttl-ms", "max_ttl_ms"),
+            ("--max-connections", "max_connections"),
+            ("--handshake-timeout-ms", "handshake_timeout_ms"),
+            ("--max-blocks", "max_blocks"),
+            ("--default-lock-lease-ms", "default_lock_lease_ms"),
+            ("--max-lock-lease-ms", "max_lock_lease_ms"),
+        ] {
+            let err = resolve_in(dir.path(), &[flag, "0"]).err().map(|e| e.to_string());
+            let err = err.unwrap_or_else(|| panic!("{flag} 0 was taken"));
+            assert!(
+                err.contains(&format!("{name} must be at least 1 ")) && err.ends_with(", not 0"),
+                "{err}"
+            );
+            // Any other value of these is taken (within each default's bounds).
+            assert!(resolve_in(dir.path(), &[flag, "3600000"]).is_ok(), "{flag} 3600000");
         }
     }
 }
