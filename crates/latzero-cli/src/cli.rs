@@ -334,7 +334,7 @@ pub struct MemLockArgs {
     /// A shared lease (readers) instead of an exclusive one
     #[arg(long)]
     pub shared: bool,
-    /// Lease, ms [default: the server's, 30000]
+    /// Lease, ms, renewed at each half while the lock is held [default: the server's, 30000]
     #[arg(long)]
     pub lease_ms: Option<u64>,
     /// How long to wait for the lock, ms (0: fail at once if it is held)

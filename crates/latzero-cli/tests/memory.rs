@@ -109,6 +109,25 @@ fn lock_contention_across_processes_and_release_on_kill_9() -> Result<()> {
     Ok(())
 }
 
+/// `mem lock` holds until interrupted however short its lease: it renews the lease while it
+/// holds, so a waiter is still refused long after the lease alone would have run out, and the
+/// holder unlocks cleanly when told to stop.
+#[test]
+fn a_held_lock_outlives_its_lease_until_interrupted() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    assert!(s.run(&["mem", "create", "p", "b", "--size", "64"])?.0);
+    let mut holder = Proc::spawn(s.cli(&["mem", "lock", "p", "b", "--app", "holder", "--lease-ms", "100"]))?;
+    holder.wait_event("locked")?;
+    // Ten leases' time by the server's own deadline: without renewal the waiter would get it.
+    let (ok, _, err) = s.run(&["mem", "lock", "p", "b", "--wait-ms", "1000", "--hold-ms", "0"])?;
+    assert!(!ok && err.contains("LOCK_TIMEOUT"), "{err}");
+    holder.signal(15);
+    holder.wait_event("unlocked")?;
+    let (status, err) = holder.wait_exit()?;
+    assert!(status.success(), "{err}");
+    Ok(())
+}
+
 #[test]
 fn a_stream_with_one_producer_and_two_consumers() -> Result<()> {
     let s = ServerProc::start(bin(), &[])?;

@@ -640,15 +640,22 @@ impl MemoryBlock {
         }
     }
 
-    /// Takes a lock lease (the server's default lease), waiting up to `wait` for it.
-    pub async fn lock(&self, exclusive: bool, wait: Duration) -> Result<(), ClientError> {
+    /// Takes a lock lease (the server's default lease), waiting up to `wait` for it. Returns the
+    /// lease granted.
+    pub async fn lock(&self, exclusive: bool, wait: Duration) -> Result<Duration, ClientError> {
         self.lock_with(exclusive, None, wait).await
     }
 
-    /// Takes a lock lease of `lease` (or the server's default), waiting up to `wait`.
-    /// Locking again renews the lease. The lease ends at [`MemoryBlock::unlock`], when it
-    /// expires, or when this client's connection drops (it is not retaken after a reconnect).
-    pub async fn lock_with(&self, exclusive: bool, lease: Option<Duration>, wait: Duration) -> Result<(), ClientError> {
+    /// Takes a lock lease of `lease` (or the server's default), waiting up to `wait`, and
+    /// returns the lease granted: to hold the lock longer, lock again before it runs out, which
+    /// renews it. The lease ends at [`MemoryBlock::unlock`], when it expires, or when this
+    /// client's connection drops (it is not retaken after a reconnect).
+    pub async fn lock_with(
+        &self,
+        exclusive: bool,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<Duration, ClientError> {
         let mut r = self.req("block_lock");
         r["mode"] = json!(
             if exclusive {
@@ -662,7 +669,11 @@ impl MemoryBlock {
         if let Some(l) = lease {
             r["lease_ms"] = json!(l.as_millis() as u64);
         }
-        self.client.block_request(r).await.map(|_| ())
+        let granted = self.client.block_request(r).await?;
+        granted["lease_ms"]
+            .as_u64()
+            .map(Duration::from_millis)
+            .ok_or_else(|| ClientError::Protocol(format!("block_locked without a lease_ms: {granted}")))
     }
 
     /// Releases this client's lease.

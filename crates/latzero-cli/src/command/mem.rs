@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use latzero_client::{BlockEvent, BlockOptions, Client, ClientOptions};
 use serde_json::{Value, json};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::{MemBlockArgs, MemCmd, MemCreateArgs, MemLockArgs, MemReadArgs, MemWatchArgs, MemWriteArgs};
 
@@ -18,15 +19,29 @@ async fn connect_to(t: &crate::cli::TargetArgs, app: Option<&str>, pool: &str) -
     super::connect(t, app, std::slice::from_ref(&pool.to_owned()), opts).await
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Ctrl-C (SIGINT) or SIGTERM, listened for from the moment it is made: one that comes before
+/// the first wait ends that wait, rather than the process by the signal's default action (a
+/// test that signals a holder as soon as it says `locked` relies on it).
+struct Interrupt {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupt {
+    fn new() -> Result<Interrupt> {
+        let listen = |kind| signal(kind).context("cannot listen for SIGINT and SIGTERM");
+        Ok(Interrupt {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
@@ -233,11 +248,12 @@ async fn watch(a: MemWatchArgs) -> Result<()> {
     let c = connect(&a.block).await?;
     let blk = c.attach_block_with(&a.block.pool, &a.block.block, None, false).await?;
     let mut w = blk.watch(a.since).await?;
+    let mut interrupt = Interrupt::new()?;
     let mut changes = 0u64;
     loop {
         let ev = tokio::select! {
             e = w.next() => e,
-            _ = interrupted() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
         };
         let Some(ev) = ev else {
             bail!("the connection to the server closed");
@@ -269,21 +285,41 @@ async fn watch(a: MemWatchArgs) -> Result<()> {
 async fn lock(a: MemLockArgs) -> Result<()> {
     let c = connect(&a.block).await?;
     let blk = c.attach_block_with(&a.block.pool, &a.block.block, None, false).await?;
-    blk.lock_with(
-        !a.shared,
-        a.lease_ms.map(Duration::from_millis),
-        Duration::from_millis(a.wait_ms),
-    )
-    .await?;
+    let mut interrupt = Interrupt::new()?;
+    let lease = blk
+        .lock_with(
+            !a.shared,
+            a.lease_ms.map(Duration::from_millis),
+            Duration::from_millis(a.wait_ms),
+        )
+        .await?;
     line(
         json!({ "event": "locked", "mode": if a.shared { "shared" } else { "exclusive" }, "pid": std::process::id() }),
     );
-    match a.hold_ms {
-        Some(ms) => tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
-            _ = interrupted() => {}
-        },
-        None => interrupted().await,
+    let hold = async {
+        match a.hold_ms {
+            Some(ms) => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                _ = interrupt.recv() => {}
+            },
+            None => interrupt.recv().await,
+        }
+    };
+    tokio::pin!(hold);
+    // Held as long as asked, the lease renewed at each half: the lease only ends the lock of a
+    // holder that stops answering (a stopped or wedged process whose socket stays open).
+    let every = (lease / 2).max(Duration::from_millis(1));
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut hold => break,
+            _ = renew.tick() => {
+                blk.lock_with(!a.shared, Some(lease), Duration::ZERO)
+                    .await
+                    .context("the lock's lease could not be renewed; it is no longer held")?;
+            }
+        }
     }
     blk.unlock().await?;
     line(json!({ "event": "unlocked" }));
