@@ -283,8 +283,8 @@ pub struct MemReadArgs {
     /// Stream: the consumer whose cursor to read from (required for streams)
     #[arg(long)]
     pub consumer: Option<String>,
-    /// Stream: most records to read
-    #[arg(long, default_value_t = 1000)]
+    /// Stream: most records to read (at least 1)
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one::<usize>)]
     pub max: usize,
     /// Binary: write the bytes to this file instead of stdout
     #[arg(long)]
@@ -322,8 +322,8 @@ pub struct MemWatchArgs {
     /// The last version seen; an older block is reported at once
     #[arg(long)]
     pub since: Option<u64>,
-    /// Exit after this many `changed` events
-    #[arg(long)]
+    /// Exit after this many `changed` events (at least 1)
+    #[arg(long, value_parser = at_least_one::<u64>)]
     pub count: Option<u64>,
 }
 
@@ -334,8 +334,9 @@ pub struct MemLockArgs {
     /// A shared lease (readers) instead of an exclusive one
     #[arg(long)]
     pub shared: bool,
-    /// Lease, ms, renewed at each half while the lock is held [default: the server's, 30000]
-    #[arg(long)]
+    /// Lease, ms (at least 1), renewed at each half while the lock is held [default: the
+    /// server's, 30000]
+    #[arg(long, value_parser = at_least_one::<u64>)]
     pub lease_ms: Option<u64>,
     /// How long to wait for the lock, ms (0: fail at once if it is held)
     #[arg(long, default_value_t = 10_000)]
@@ -519,14 +520,14 @@ pub struct CallArgs {
     /// Call every handler and print each result
     #[arg(long, conflicts_with = "to")]
     pub broadcast: bool,
-    /// Call timeout in ms [default: 30000]
-    #[arg(long)]
+    /// Call timeout in ms (at least 1) [default: 30000]
+    #[arg(long, value_parser = at_least_one::<u64>)]
     pub timeout_ms: Option<u64>,
-    /// Make this many calls and print a summary instead of each result
-    #[arg(long, default_value_t = 1)]
+    /// Make this many calls (at least 1) and print a summary instead of each result
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<u64>)]
     pub count: u64,
-    /// Calls in flight at once with --count
-    #[arg(long, default_value_t = 1)]
+    /// Calls in flight at once with --count (at least 1)
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<u64>)]
     pub concurrency: u64,
     /// With --count: send {"seq":N,"from":APP} and check each reply echoes it (see `reply --echo`)
     #[arg(long)]
@@ -577,4 +578,49 @@ pub struct ReplyArgs {
     /// Take over a live connection with the same app id
     #[arg(long)]
     pub takeover: bool,
+}
+
+/// A count or a time that must be at least 1.
+fn at_least_one<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    match s.parse::<T>() {
+        Ok(n) if n == T::default() => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn a_count_or_a_time_of_zero_is_refused_by_name() {
+        for args in [
+            &["call", "--pool", "p", "t", "--count", "0"][..],
+            &["call", "--pool", "p", "t", "--concurrency", "0"],
+            &["call", "--pool", "p", "t", "--timeout-ms", "0"],
+            &["mem", "lock", "p", "b", "--lease-ms", "0"],
+            &["mem", "watch", "p", "b", "--count", "0"],
+            &["mem", "read", "p", "b", "--max", "0"],
+        ] {
+            let flag = args[args.len() - 2];
+            let err = Cli::try_parse_from([&["latzero"][..], args].concat())
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} was taken"))
+                .to_string();
+            assert!(err.contains(flag) && err.contains("must be at least 1"), "{err}");
+            let mut one = args.to_vec();
+            *one.last_mut().unwrap() = "1";
+            assert!(
+                Cli::try_parse_from([&["latzero"][..], &one].concat()).is_ok(),
+                "{one:?}"
+            );
+        }
+    }
 }

@@ -31,7 +31,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
+    for _ in 0..args.concurrency {
         let (client, args, next, data) = (client.clone(), args.clone(), next.clone(), data.clone());
         tasks.push(tokio::spawn(async move {
             let mut ok = 0u64;
