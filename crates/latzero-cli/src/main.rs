@@ -12,22 +12,42 @@ use crate::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        // The server's runtime is sized by its configuration, so that is resolved first.
-        Command::Start(a) => {
-            config::resolve(&a).and_then(|cfg| runtime(cfg.workers)?.block_on(command::start::run(cfg)))
-        }
-        // The other commands are one client each: one worker is all they use, and it never
-        // has a sibling to wake (see docs/ARCHITECTURE.md, "Spinning before parking").
-        other => runtime(1).and_then(|rt| rt.block_on(dispatch(other))),
-    };
-    match result {
+    match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        // The server's runtime is sized by its configuration, so that is resolved first.
+        Command::Start(a) => {
+            let cfg = config::resolve(&a)?;
+            runtime(cfg.workers)?.block_on(command::start::run(cfg))
+        }
+        Command::Status(a) => client(command::status::run(a)),
+        Command::Stop(a) => client(command::stop::run(a)),
+        Command::Call(a) => client(command::call::run(a)),
+        Command::Emit(a) => client(command::emit::run(a)),
+        Command::Reply(a) => client(command::reply::run(a)),
+        Command::Mem(c) => client(command::mem::run(c)),
+        Command::Apps(a) => client(command::inventory::apps(a)),
+        Command::Pools(a) => client(command::inventory::pools(a)),
+        Command::Blocks(a) => client(command::inventory::blocks(a)),
+        Command::Backup(t) => client(command::inventory::backup(t)),
+        Command::Keys(a) => client(command::keys::run(a)),
+        Command::Restore(a) => command::inventory::restore(a),
+        Command::Auth(crate::cli::AuthCmd::Token) => command::inventory::auth_token(),
+    }
+}
+
+/// Runs a client command. It is one client: one worker is all it uses, and that worker never
+/// has a sibling to wake (see docs/ARCHITECTURE.md, "Spinning before parking").
+fn client(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    runtime(1)?.block_on(command)
 }
 
 /// A multi-threaded runtime with `workers` worker threads.
@@ -37,25 +57,6 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
-}
-
-async fn dispatch(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Start(_) => unreachable!("start builds its own runtime"),
-        Command::Status(a) => command::status::run(a).await,
-        Command::Stop(a) => command::stop::run(a).await,
-        Command::Call(a) => command::call::run(a).await,
-        Command::Emit(a) => command::emit::run(a).await,
-        Command::Reply(a) => command::reply::run(a).await,
-        Command::Mem(c) => command::mem::run(c).await,
-        Command::Apps(a) => command::inventory::apps(a).await,
-        Command::Pools(a) => command::inventory::pools(a).await,
-        Command::Blocks(a) => command::inventory::blocks(a).await,
-        Command::Backup(t) => command::inventory::backup(t).await,
-        Command::Restore(a) => command::inventory::restore(a),
-        Command::Auth(crate::cli::AuthCmd::Token) => command::inventory::auth_token(),
-        Command::Keys(a) => command::keys::run(a).await,
-    }
 }
 
 #[cfg(test)]
