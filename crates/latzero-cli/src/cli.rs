@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use latzero_proto::{AppId, BlockId, NameError, PoolName, TriggerName};
 
 /// LatZero: one local fabric for processes to call each other (RPC, emit) in pools.
 #[derive(Debug, Parser)]
@@ -63,12 +64,13 @@ pub enum KeysCmd {
     /// write); prints them once; the server keeps only verifiers
     Generate {
         /// The pool
+        #[arg(value_parser = pool_name)]
         pool: String,
         /// Connect as this app; it owns the pool unless --owners says otherwise
-        #[arg(long)]
+        #[arg(value_parser = app_id, long)]
         app: String,
         /// Apps that may rotate, change or remove it, comma-separated
-        #[arg(long, value_delimiter = ',')]
+        #[arg(value_parser = app_id, long, value_delimiter = ',')]
         owners: Vec<String>,
         /// Free text
         #[arg(long, default_value = "")]
@@ -81,9 +83,10 @@ pub enum KeysCmd {
     /// sealed under older generations stay readable with the old keys until rewritten
     Rotate {
         /// The pool
+        #[arg(value_parser = pool_name)]
         pool: String,
         /// An owner of the pool to connect as
-        #[arg(long)]
+        #[arg(value_parser = app_id, long)]
         app: String,
     },
 }
@@ -117,6 +120,7 @@ pub struct BlocksArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Only this pool
+    #[arg(value_parser = pool_name)]
     pub pool: Option<String>,
     /// Print JSON instead of a table
     #[arg(long)]
@@ -141,20 +145,22 @@ pub enum PoolsCmd {
     /// One pool: type, description, owners, policies, members, triggers, blocks
     Show {
         /// The pool
+        #[arg(value_parser = pool_name)]
         pool: String,
     },
     /// Create a stored pool
     Create {
         /// The pool
+        #[arg(value_parser = pool_name)]
         pool: String,
         /// Free text
         #[arg(long, default_value = "")]
         description: String,
         /// Apps that may change or remove it, comma-separated (required unless --app names the owner)
-        #[arg(long, value_delimiter = ',')]
+        #[arg(value_parser = app_id, long, value_delimiter = ',')]
         owners: Vec<String>,
         /// Connect as this app (it becomes the owner when --owners is not given)
-        #[arg(long)]
+        #[arg(value_parser = app_id, long)]
         app: Option<String>,
         /// local (global and encrypted are not available yet)
         #[arg(long = "type", default_value = "local")]
@@ -167,15 +173,16 @@ pub enum PoolsCmd {
     /// Change a stored pool (connect as one of its owners)
     Update {
         /// The pool
+        #[arg(value_parser = pool_name)]
         pool: String,
         /// An owner of the pool to connect as
-        #[arg(long)]
+        #[arg(value_parser = app_id, long)]
         app: String,
         /// New description
         #[arg(long)]
         description: Option<String>,
         /// New owners, comma-separated
-        #[arg(long, value_delimiter = ',')]
+        #[arg(value_parser = app_id, long, value_delimiter = ',')]
         owners: Option<Vec<String>>,
         /// New policies, replacing the old ones (a JSON object of app lists keyed join, call,
         /// emit, read, write)
@@ -185,9 +192,10 @@ pub enum PoolsCmd {
     /// Remove a pool (connect as one of its owners); refused while other apps are in it
     Remove {
         /// The pool
+        #[arg(value_parser = pool_name)]
         pool: String,
         /// An owner of the pool to connect as (any app id for a pool that is not stored)
-        #[arg(long)]
+        #[arg(value_parser = app_id, long)]
         app: String,
         /// Remove it even with members (they leave it; its non-persistent blocks go)
         #[arg(long)]
@@ -224,11 +232,13 @@ pub struct MemBlockArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(long)]
+    #[arg(value_parser = app_id, long)]
     pub app: Option<String>,
     /// The pool
+    #[arg(value_parser = pool_name)]
     pub pool: String,
     /// The block id
+    #[arg(value_parser = block_id)]
     pub block: String,
 }
 
@@ -237,9 +247,10 @@ pub struct MemListArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(long)]
+    #[arg(value_parser = app_id, long)]
     pub app: Option<String>,
     /// The pool
+    #[arg(value_parser = pool_name)]
     pub pool: String,
     /// Print JSON instead of a table
     #[arg(long)]
@@ -260,10 +271,10 @@ pub struct MemCreateArgs {
     #[arg(long)]
     pub persistent: bool,
     /// Apps that may read, comma-separated ('*': every member of the pool)
-    #[arg(long, value_delimiter = ',', default_value = "*")]
+    #[arg(value_parser = app_or_any, long, value_delimiter = ',', default_value = "*")]
     pub readers: Vec<String>,
     /// Apps that may write, comma-separated ('*': every member of the pool)
-    #[arg(long, value_delimiter = ',', default_value = "*")]
+    #[arg(value_parser = app_or_any, long, value_delimiter = ',', default_value = "*")]
     pub writers: Vec<String>,
     /// Streams: drop the oldest records when full (default: refuse the append)
     #[arg(long)]
@@ -505,17 +516,18 @@ pub struct CallArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(long)]
+    #[arg(value_parser = app_id, long)]
     pub app: Option<String>,
     /// Pool to call in
-    #[arg(long)]
+    #[arg(value_parser = pool_name, long)]
     pub pool: String,
     /// Trigger to call
+    #[arg(value_parser = trigger_name)]
     pub trigger: String,
     /// JSON payload [default: null]
     pub data: Option<String>,
     /// Run on this app instead of any handler
-    #[arg(long)]
+    #[arg(value_parser = app_id, long)]
     pub to: Option<String>,
     /// Call every handler and print each result
     #[arg(long, conflicts_with = "to")]
@@ -539,12 +551,13 @@ pub struct EmitArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(long)]
+    #[arg(value_parser = app_id, long)]
     pub app: Option<String>,
     /// Pool to emit in
-    #[arg(long)]
+    #[arg(value_parser = pool_name, long)]
     pub pool: String,
     /// Trigger to emit to
+    #[arg(value_parser = trigger_name)]
     pub trigger: String,
     /// JSON payload [default: null]
     pub data: Option<String>,
@@ -555,13 +568,13 @@ pub struct ReplyArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(long)]
+    #[arg(value_parser = app_id, long)]
     pub app: Option<String>,
     /// Pools to join (repeatable)
-    #[arg(long = "pool", required = true)]
+    #[arg(value_parser = pool_name, long = "pool", required = true)]
     pub pools: Vec<String>,
     /// Triggers to serve
-    #[arg(required = true)]
+    #[arg(value_parser = trigger_name, required = true)]
     pub triggers: Vec<String>,
     /// Answer every call with this JSON instead of echoing {"app_id","process","data"}
     #[arg(long, conflicts_with_all = ["error", "hang"])]
@@ -593,6 +606,32 @@ where
     }
 }
 
+/// An app id, as the protocol takes it (PROTOCOL.md §3): a bad one is refused naming its flag,
+/// before anything connects.
+fn app_id(s: &str) -> Result<String, NameError> {
+    AppId::check(s).map(|()| s.to_owned())
+}
+
+/// An app id, or `*` for every member of the pool.
+fn app_or_any(s: &str) -> Result<String, NameError> {
+    if s == "*" { Ok(s.to_owned()) } else { app_id(s) }
+}
+
+/// A pool name, as the protocol takes it.
+fn pool_name(s: &str) -> Result<String, NameError> {
+    PoolName::check(s).map(|()| s.to_owned())
+}
+
+/// A trigger name, as the protocol takes it.
+fn trigger_name(s: &str) -> Result<String, NameError> {
+    TriggerName::check(s).map(|()| s.to_owned())
+}
+
+/// A block id, as the protocol takes it.
+fn block_id(s: &str) -> Result<String, NameError> {
+    BlockId::check(s).map(|()| s.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -622,5 +661,33 @@ mod tests {
                 "{one:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_bad_name_is_refused_by_its_flag_before_anything_connects() {
+        for (args, flag, what) in [
+            (&["call", "--pool", "p", "t$"][..], "<TRIGGER>", "trigger name"),
+            (&["call", "--pool", "p$", "t"], "--pool", "pool name"),
+            (&["call", "--pool", "p", "t", "--to", "a$"], "--to", "app id"),
+            (&["emit", "--app", "a b", "--pool", "p", "t"], "--app", "app id"),
+            (&["reply", "--pool", "p", "ok", "t$"], "<TRIGGERS>", "trigger name"),
+            (&["mem", "stat", "p", "b$"], "<BLOCK>", "block id"),
+            (
+                &["mem", "create", "p", "b", "--size", "8", "--writers", "a,$"],
+                "--writers",
+                "app id",
+            ),
+            (&["pools", "create", "p", "--owners", "a,b$"], "--owners", "app id"),
+            (&["keys", "rotate", "p$", "--app", "a"], "<POOL>", "pool name"),
+        ] {
+            let err = Cli::try_parse_from([&["latzero"][..], args].concat())
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} was taken"))
+                .to_string();
+            assert!(err.contains(flag) && err.contains(what), "{err}");
+        }
+        // '*' is every member of the pool where apps are listed for a block.
+        let ok = ["latzero", "mem", "create", "p", "b", "--size", "8", "--readers", "*,a"];
+        assert!(Cli::try_parse_from(ok).is_ok());
     }
 }
