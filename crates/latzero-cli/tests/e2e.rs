@@ -443,6 +443,32 @@ fn status_shows_pools_apps_and_triggers() -> Result<()> {
     Ok(())
 }
 
+/// A broadcast prints one line per handler, and exits non-zero when any of them failed.
+#[test]
+fn a_broadcast_prints_every_handler_and_fails_when_one_did() -> Result<()> {
+    let s = server();
+    let _a = s.reply(&["--app", "a", "--pool", "p", "health", "--respond", "\"up\""])?;
+    let _b = s.reply(&["--app", "b", "--pool", "p", "health", "--respond", "\"up\""])?;
+    let (ok, out, err) = s.run(&["call", "--pool", "p", "health", "--broadcast"])?;
+    assert!(ok, "{err}");
+    let mut lines: Vec<Value> = out.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    lines.sort_by_key(|l| l["app_id"].to_string());
+    assert_eq!(
+        lines,
+        [
+            json!({"app_id": "a", "status": "ok", "response": "up"}),
+            json!({"app_id": "b", "status": "ok", "response": "up"})
+        ]
+    );
+    let _c = s.reply(&["--app", "c", "--pool", "p", "health", "--error", "\"down\""])?;
+    let (ok, out, err) = s.run(&["call", "--pool", "p", "health", "--broadcast"])?;
+    assert!(!ok, "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains(r#""app_id":"c","error""#), "{out}");
+    assert!(err.contains("1 of 3 handlers did not answer with a result"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn duplicate_app_and_takeover_across_processes() -> Result<()> {
     let s = server();

@@ -117,14 +117,20 @@ async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
     }
     if args.broadcast {
         let replies = req.broadcast().await?;
+        let (all, mut failed) = (replies.len(), 0);
         for r in replies {
-            match r.result {
-                Ok(v) => println!("{}", json!({"app_id": r.app_id, "status": "ok", "response": v})),
-                Err(e) => println!(
-                    "{}",
+            let line = match r.result {
+                Ok(v) => json!({"app_id": r.app_id, "status": "ok", "response": v}),
+                Err(e) => {
+                    failed += 1;
                     json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})
-                ),
-            }
+                }
+            };
+            println!("{line}");
+        }
+        // As with --count: a script sees from the exit status that not every handler answered.
+        if failed > 0 {
+            bail!("{failed} of {all} handlers did not answer with a result (their lines above say why)");
         }
         return Ok(());
     }
