@@ -285,18 +285,18 @@ pub struct MemCreateArgs {
 pub struct MemReadArgs {
     #[command(flatten)]
     pub block: MemBlockArgs,
-    /// Binary: first byte
-    #[arg(long, default_value_t = 0)]
-    pub offset: u64,
+    /// Binary: first byte [default: 0]
+    #[arg(long)]
+    pub offset: Option<u64>,
     /// Binary: bytes to read [default: to the end]
     #[arg(long)]
     pub length: Option<u64>,
     /// Stream: the consumer whose cursor to read from (required for streams)
     #[arg(long)]
     pub consumer: Option<String>,
-    /// Stream: most records to read (at least 1)
-    #[arg(long, default_value_t = 1000, value_parser = at_least_one::<usize>)]
-    pub max: usize,
+    /// Stream: most records to read (at least 1) [default: 1000]
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    pub max: Option<usize>,
     /// Binary: write the bytes to this file instead of stdout
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
@@ -309,9 +309,9 @@ pub struct MemWriteArgs {
     /// The data: bytes (binary), a JSON document (json) or one record (stream)
     #[arg(conflicts_with_all = ["file", "fill", "lines"])]
     pub data: Option<String>,
-    /// Binary: where to write
-    #[arg(long, default_value_t = 0)]
-    pub offset: u64,
+    /// Binary: where to write [default: 0]
+    #[arg(long)]
+    pub offset: Option<u64>,
     /// Read the data from this file
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,

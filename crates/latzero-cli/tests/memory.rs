@@ -109,6 +109,44 @@ fn lock_contention_across_processes_and_release_on_kill_9() -> Result<()> {
     Ok(())
 }
 
+/// A flag for another type of block is refused, naming the flag and the block's type, and
+/// nothing is written: it is not ignored.
+#[test]
+fn a_flag_for_another_type_of_block_is_refused_not_ignored() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    assert!(
+        s.run(&["mem", "create", "p", "s", "--size", "256", "--type", "stream"])?
+            .0
+    );
+    assert!(s.run(&["mem", "create", "p", "b", "--size", "16"])?.0);
+    for (args, said) in [
+        (
+            &["mem", "write", "p", "s", "x", "--offset", "3"][..],
+            "--offset applies to binary blocks only; 's' is a stream block",
+        ),
+        (
+            &["mem", "read", "p", "s", "--consumer", "c", "--length", "1"],
+            "--length applies to binary blocks only",
+        ),
+        (
+            &["mem", "read", "p", "b", "--max", "3"],
+            "--max applies to stream blocks only; 'b' is a binary block",
+        ),
+        (
+            &["mem", "write", "p", "b", "hi", "--length", "4"],
+            "--length goes with --fill",
+        ),
+    ] {
+        let (ok, _, err) = s.run(args)?;
+        assert!(!ok && err.contains(said), "{args:?}: {err}");
+    }
+    for block in ["s", "b"] {
+        let (_, out, _) = s.run(&["mem", "stat", "p", block])?;
+        assert_eq!(serde_json::from_str::<Value>(&out)?["version"], 0, "{out}");
+    }
+    Ok(())
+}
+
 /// `mem lock` holds until interrupted however short its lease: it renews the lease while it
 /// holds, so a waiter is still refused long after the lease alone would have run out, and the
 /// holder unlocks cleanly when told to stop.

@@ -151,18 +151,36 @@ async fn create(a: MemCreateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The block's type, once the flags given are known to apply to it: a flag for another type
+/// is refused rather than ignored.
+fn kind_taking(stat: &Value, block: &str, flags: &[(&str, bool, &str)]) -> Result<String> {
+    let kind = stat["type"].as_str().unwrap_or("binary");
+    if let Some((flag, _, only)) = flags.iter().find(|(_, given, only)| *given && *only != kind) {
+        bail!("{flag} applies to {only} blocks only; '{block}' is a {kind} block");
+    }
+    Ok(kind.to_owned())
+}
+
 async fn read(a: MemReadArgs) -> Result<()> {
     let c = connect(&a.block).await?;
     let blk = c.attach_block(&a.block.pool, &a.block.block).await?;
     let stat = blk.stat().await?;
-    match stat["type"].as_str() {
-        Some("json") => {
+    let flags = [
+        ("--offset", a.offset.is_some(), "binary"),
+        ("--length", a.length.is_some(), "binary"),
+        ("--out", a.out.is_some(), "binary"),
+        ("--consumer", a.consumer.is_some(), "stream"),
+        ("--max", a.max.is_some(), "stream"),
+    ];
+    let offset = a.offset.unwrap_or(0);
+    match kind_taking(&stat, &a.block.block, &flags)?.as_str() {
+        "json" => {
             let (doc, version) = blk.read_json::<Value>().await?;
             line(json!({ "version": version, "document": doc }));
         }
-        Some("stream") => {
+        "stream" => {
             let consumer = a.consumer.context("reading a stream needs --consumer NAME")?;
-            let r = blk.consume(&consumer, a.max).await?;
+            let r = blk.consume(&consumer, a.max.unwrap_or(1000)).await?;
             if r.skipped > 0 {
                 eprintln!(
                     "note: {} records were overwritten before this consumer read them",
@@ -174,8 +192,8 @@ async fn read(a: MemReadArgs) -> Result<()> {
             }
         }
         _ => {
-            let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(a.offset));
-            let (bytes, version) = blk.read(a.offset, len).await?;
+            let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(offset));
+            let (bytes, version) = blk.read(offset, len).await?;
             match a.out {
                 Some(path) => {
                     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
@@ -201,14 +219,21 @@ async fn write(a: MemWriteArgs) -> Result<()> {
         (None, Some(f)) => Some(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
         (None, None) => None,
     };
-    match stat["type"].as_str() {
-        Some("json") => {
+    let flags = [
+        ("--offset", a.offset.is_some(), "binary"),
+        ("--fill", a.fill.is_some(), "binary"),
+        ("--length", a.length.is_some(), "binary"),
+        ("--lines", a.lines, "stream"),
+    ];
+    let offset = a.offset.unwrap_or(0);
+    match kind_taking(&stat, &a.block.block, &flags)?.as_str() {
+        "json" => {
             let bytes = data.context("give the JSON document as DATA or --file")?;
             let doc: Value = serde_json::from_slice(&bytes).context("DATA is not valid JSON")?;
             let version = blk.write_json(&doc).await?;
             line(json!({ "version": version }));
         }
-        Some("stream") => {
+        "stream" => {
             if a.lines {
                 let stdin = std::io::stdin();
                 let mut last = json!(null);
@@ -226,15 +251,18 @@ async fn write(a: MemWriteArgs) -> Result<()> {
         }
         _ => {
             let version = if let Some(byte) = a.fill {
-                let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(a.offset));
+                let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(offset));
                 if blk.is_mapped() && blk.is_writable() {
-                    blk.write_with(a.offset, len, |d| d.fill(byte)).await?
+                    blk.write_with(offset, len, |d| d.fill(byte)).await?
                 } else {
-                    blk.write(a.offset, &vec![byte; len as usize]).await?
+                    blk.write(offset, &vec![byte; len as usize]).await?
                 }
             } else {
+                if a.length.is_some() {
+                    bail!("--length goes with --fill (a write's length is its data's)");
+                }
                 let bytes = data.context("give the bytes as DATA or --file, or use --fill BYTE")?;
-                blk.write(a.offset, &bytes).await?
+                blk.write(offset, &bytes).await?
             };
             line(json!({ "version": version, "mapped": blk.is_mapped() }));
         }
