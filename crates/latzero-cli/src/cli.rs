@@ -530,19 +530,20 @@ pub struct CallArgs {
     #[arg(value_parser = app_id, long)]
     pub to: Option<String>,
     /// Call every handler and print each result
-    #[arg(long, conflicts_with = "to")]
+    #[arg(long, conflicts_with_all = ["to", "count"])]
     pub broadcast: bool,
     /// Call timeout in ms (at least 1) [default: 30000]
     #[arg(long, value_parser = at_least_one::<u64>)]
     pub timeout_ms: Option<u64>,
     /// Make this many calls (at least 1) and print a summary instead of each result
-    #[arg(long, default_value_t = 1, value_parser = at_least_one::<u64>)]
-    pub count: u64,
-    /// Calls in flight at once with --count (at least 1)
-    #[arg(long, default_value_t = 1, value_parser = at_least_one::<u64>)]
-    pub concurrency: u64,
-    /// With --count: send {"seq":N,"from":APP} and check each reply echoes it (see `reply --echo`)
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<u64>)]
+    pub count: Option<u64>,
+    /// Calls in flight at once with --count (at least 1) [default: 1]
+    #[arg(long, requires = "count", value_parser = at_least_one::<u64>)]
+    pub concurrency: Option<u64>,
+    /// With --count: send {"seq":N,"from":APP} instead of DATA and check each reply echoes it
+    /// (see `reply --echo`)
+    #[arg(long, requires = "count", conflicts_with = "data")]
     pub expect_echo: bool,
 }
 
@@ -583,7 +584,7 @@ pub struct ReplyArgs {
     #[arg(long, conflicts_with = "hang")]
     pub error: Option<String>,
     /// Wait this long before answering, ms
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "hang")]
     pub delay_ms: u64,
     /// Never answer (to test timeouts and HANDLER_GONE)
     #[arg(long)]
@@ -642,7 +643,7 @@ mod tests {
     fn a_count_or_a_time_of_zero_is_refused_by_name() {
         for args in [
             &["call", "--pool", "p", "t", "--count", "0"][..],
-            &["call", "--pool", "p", "t", "--concurrency", "0"],
+            &["call", "--pool", "p", "t", "--count", "2", "--concurrency", "0"],
             &["call", "--pool", "p", "t", "--timeout-ms", "0"],
             &["mem", "lock", "p", "b", "--lease-ms", "0"],
             &["mem", "watch", "p", "b", "--count", "0"],
@@ -660,6 +661,26 @@ mod tests {
                 Cli::try_parse_from([&["latzero"][..], &one].concat()).is_ok(),
                 "{one:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_flag_that_would_go_unheeded_is_refused() {
+        for (args, said) in [
+            (&["call", "--pool", "p", "t", "--concurrency", "4"][..], "--count"),
+            (&["call", "--pool", "p", "t", "--expect-echo"], "--count"),
+            (
+                &["call", "--pool", "p", "t", "--count", "2", "--expect-echo", "{}"],
+                "[DATA]",
+            ),
+            (&["call", "--pool", "p", "t", "--broadcast", "--count", "2"], "--count"),
+            (&["reply", "--pool", "p", "t", "--hang", "--delay-ms", "5"], "--hang"),
+        ] {
+            let err = Cli::try_parse_from([&["latzero"][..], args].concat())
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} was taken"))
+                .to_string();
+            assert!(err.contains(said), "{args:?}: {err}");
         }
     }
 

@@ -23,15 +23,15 @@ pub async fn run(args: CallArgs) -> Result<()> {
         opts,
     )
     .await?;
-    if args.count <= 1 {
+    let Some(count) = args.count else {
         return single(&client, &args, &data).await;
-    }
+    };
     let client = Arc::new(client);
     let args = Arc::new(args);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for _ in 0..args.concurrency.unwrap_or(1) {
         let (client, args, next, data) = (client.clone(), args.clone(), next.clone(), data.clone());
         tasks.push(tokio::spawn(async move {
             let mut ok = 0u64;
@@ -40,7 +40,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
             let mut responders: BTreeMap<String, u64> = BTreeMap::new();
             loop {
                 let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if seq >= args.count {
+                if seq >= count {
                     break;
                 }
                 let payload = if args.expect_echo {
@@ -86,15 +86,11 @@ pub async fn run(args: CallArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({"calls": args.count, "ok": ok, "mismatched": mismatched, "errors": errors,
-               "responders": responders, "seconds": secs, "calls_per_sec": args.count as f64 / secs})
+        json!({"calls": count, "ok": ok, "mismatched": mismatched, "errors": errors,
+               "responders": responders, "seconds": secs, "calls_per_sec": count as f64 / secs})
     );
-    if ok != args.count || mismatched != 0 {
-        bail!(
-            "{} of {} calls failed or mismatched",
-            args.count - ok + mismatched,
-            args.count
-        );
+    if ok != count || mismatched != 0 {
+        bail!("{} of {count} calls failed or mismatched", count - ok + mismatched);
     }
     Ok(())
 }
