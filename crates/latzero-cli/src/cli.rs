@@ -67,10 +67,10 @@ pub enum KeysCmd {
         #[arg(value_parser = pool_name)]
         pool: String,
         /// Connect as this app; it owns the pool unless --owners says otherwise
-        #[arg(value_parser = app_id, long)]
+        #[arg(long, value_parser = app_id)]
         app: String,
         /// Apps that may rotate, change or remove it, comma-separated
-        #[arg(value_parser = app_id, long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = app_id)]
         owners: Vec<String>,
         /// Free text
         #[arg(long, default_value = "")]
@@ -86,7 +86,7 @@ pub enum KeysCmd {
         #[arg(value_parser = pool_name)]
         pool: String,
         /// An owner of the pool to connect as
-        #[arg(value_parser = app_id, long)]
+        #[arg(long, value_parser = app_id)]
         app: String,
     },
 }
@@ -157,10 +157,10 @@ pub enum PoolsCmd {
         #[arg(long, default_value = "")]
         description: String,
         /// Apps that may change or remove it, comma-separated (required unless --app names the owner)
-        #[arg(value_parser = app_id, long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = app_id)]
         owners: Vec<String>,
         /// Connect as this app (it becomes the owner when --owners is not given)
-        #[arg(value_parser = app_id, long)]
+        #[arg(long, value_parser = app_id)]
         app: Option<String>,
         /// local (global and encrypted are not available yet)
         #[arg(long = "type", default_value = "local")]
@@ -176,13 +176,13 @@ pub enum PoolsCmd {
         #[arg(value_parser = pool_name)]
         pool: String,
         /// An owner of the pool to connect as
-        #[arg(value_parser = app_id, long)]
+        #[arg(long, value_parser = app_id)]
         app: String,
         /// New description
         #[arg(long)]
         description: Option<String>,
         /// New owners, comma-separated
-        #[arg(value_parser = app_id, long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = app_id)]
         owners: Option<Vec<String>>,
         /// New policies, replacing the old ones (a JSON object of app lists keyed join, call,
         /// emit, read, write)
@@ -195,7 +195,7 @@ pub enum PoolsCmd {
         #[arg(value_parser = pool_name)]
         pool: String,
         /// An owner of the pool to connect as (any app id for a pool that is not stored)
-        #[arg(value_parser = app_id, long)]
+        #[arg(long, value_parser = app_id)]
         app: String,
         /// Remove it even with members (they leave it; its non-persistent blocks go)
         #[arg(long)]
@@ -232,7 +232,7 @@ pub struct MemBlockArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(value_parser = app_id, long)]
+    #[arg(long, value_parser = app_id)]
     pub app: Option<String>,
     /// The pool
     #[arg(value_parser = pool_name)]
@@ -247,7 +247,7 @@ pub struct MemListArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(value_parser = app_id, long)]
+    #[arg(long, value_parser = app_id)]
     pub app: Option<String>,
     /// The pool
     #[arg(value_parser = pool_name)]
@@ -271,10 +271,10 @@ pub struct MemCreateArgs {
     #[arg(long)]
     pub persistent: bool,
     /// Apps that may read, comma-separated ('*': every member of the pool)
-    #[arg(value_parser = app_or_any, long, value_delimiter = ',', default_value = "*")]
+    #[arg(long, value_delimiter = ',', default_value = "*", value_parser = app_or_any)]
     pub readers: Vec<String>,
     /// Apps that may write, comma-separated ('*': every member of the pool)
-    #[arg(value_parser = app_or_any, long, value_delimiter = ',', default_value = "*")]
+    #[arg(long, value_delimiter = ',', default_value = "*", value_parser = app_or_any)]
     pub writers: Vec<String>,
     /// Streams: drop the oldest records when full (default: refuse the append)
     #[arg(long)]
@@ -516,10 +516,10 @@ pub struct CallArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(value_parser = app_id, long)]
+    #[arg(long, value_parser = app_id)]
     pub app: Option<String>,
     /// Pool to call in
-    #[arg(value_parser = pool_name, long)]
+    #[arg(long, value_parser = pool_name)]
     pub pool: String,
     /// Trigger to call
     #[arg(value_parser = trigger_name)]
@@ -527,7 +527,7 @@ pub struct CallArgs {
     /// JSON payload [default: null]
     pub data: Option<String>,
     /// Run on this app instead of any handler
-    #[arg(value_parser = app_id, long)]
+    #[arg(long, value_parser = app_id)]
     pub to: Option<String>,
     /// Call every handler and print each result
     #[arg(long, conflicts_with_all = ["to", "count"])]
@@ -552,10 +552,10 @@ pub struct EmitArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(value_parser = app_id, long)]
+    #[arg(long, value_parser = app_id)]
     pub app: Option<String>,
     /// Pool to emit in
-    #[arg(value_parser = pool_name, long)]
+    #[arg(long, value_parser = pool_name)]
     pub pool: String,
     /// Trigger to emit to
     #[arg(value_parser = trigger_name)]
@@ -569,13 +569,13 @@ pub struct ReplyArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// App id to connect as [default: latzero-cli-<pid>]
-    #[arg(value_parser = app_id, long)]
+    #[arg(long, value_parser = app_id)]
     pub app: Option<String>,
     /// Pools to join (repeatable)
-    #[arg(value_parser = pool_name, long = "pool", required = true)]
+    #[arg(long = "pool", required = true, value_parser = pool_name)]
     pub pools: Vec<String>,
     /// Triggers to serve
-    #[arg(value_parser = trigger_name, required = true)]
+    #[arg(required = true, value_parser = trigger_name)]
     pub triggers: Vec<String>,
     /// Answer every call with this JSON instead of echoing {"app_id","process","data"}
     #[arg(long, conflicts_with_all = ["error", "hang"])]
@@ -607,7 +607,7 @@ where
     }
 }
 
-/// An app id, as the protocol takes it (PROTOCOL.md §3): a bad one is refused naming its flag,
+/// An app id, as the protocol takes it (PROTOCOL.md §3.1): a bad one is refused naming its flag,
 /// before anything connects.
 fn app_id(s: &str) -> Result<String, NameError> {
     AppId::check(s).map(|()| s.to_owned())
