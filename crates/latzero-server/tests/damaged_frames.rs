@@ -99,7 +99,8 @@ fn damaged(rng: &mut Rng) -> Vec<u8> {
                 if rng.below(4) == 0 {
                     m.remove(&k);
                 } else {
-                    m.insert(k, serde_json::from_str(*rng.pick(ODD)).unwrap_or(json!(1)));
+                    let odd = *rng.pick(ODD);
+                    m.insert(k, serde_json::from_str(odd).unwrap_or(json!(1)));
                 }
             }
             // `1e999` and the lone surrogate do not survive serde_json; their text does.
