@@ -227,6 +227,12 @@ impl Server {
         })
     }
 
+    /// The shared state, for the crate's own tests.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
     /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.state.tcp

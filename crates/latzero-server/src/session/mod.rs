@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
     Ack, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request,
@@ -104,7 +105,21 @@ where
         closing: false,
         received: None,
     };
-    let end = session.read_loop(reader).instrument(span.clone()).await;
+    // A bug that panics in the session must not leave the connection open and silent, nor
+    // its registrations behind: the peer is told, and the connection ends as a closed one does.
+    let read = std::panic::AssertUnwindSafe(session.read_loop(reader)).catch_unwind();
+    let end = match read.instrument(span.clone()).await {
+        Ok(end) => end,
+        Err(_) => {
+            tracing::error!(parent: &span, "the session panicked (a server bug); closing its connection");
+            let _ = conn.reply(&encode_message(&Closing {
+                action: "closing",
+                code: ErrorCode::Internal,
+                message: "the server failed on this connection (a bug; its log says where); reconnect",
+            }));
+            End::Close
+        }
+    };
     let _guard = span.enter();
     match end {
         End::Shutdown => {
@@ -963,5 +978,61 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.conn.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// A reader that fails the way a bug in the session would: it panics.
+    struct Panicking;
+
+    impl AsyncRead for Panicking {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+            panic!("a bug in the session (this test's own)");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_tells_its_peer_and_is_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::ServerConfig::new(dir.path());
+        cfg.port = 0;
+        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
+        let server = crate::Server::bind(cfg).await.unwrap();
+        let state = server.state();
+        let (near, far) = latzero_uds::UdsStream::pair().unwrap();
+        let (_, w) = far.into_split();
+        // `run` returns: the panic does not leave through it.
+        run(state.clone(), Panicking, Sock::Unix(w), "test".into()).await;
+        let (mut r, _w) = near.into_split();
+        let mut buf = BytesMut::new();
+        let frame = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(f) = FrameCodec::default().decode(&mut buf).unwrap() {
+                    return f;
+                }
+                assert_ne!(r.read_buf(&mut buf).await.unwrap(), 0, "closed without a word");
+            }
+        })
+        .await
+        .expect("a frame within 10 s");
+        let Frame::Json(b) = frame else {
+            panic!("a binary frame")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (v["action"].as_str(), v["code"].as_str()),
+            (Some("closing"), Some("INTERNAL")),
+            "{v}"
+        );
+        assert!(state.conns.lock().unwrap().is_empty(), "the connection is still listed");
     }
 }
