@@ -107,4 +107,160 @@ impl ServerConfig {
             unix_send_buffer: DEFAULT_UNIX_SEND_BUFFER,
         }
     }
+
+    /// Refuses settings that would leave a server refusing everything they limit: a limit, a
+    /// timeout or a lease of zero, a default above its maximum, a frame length the wire's
+    /// four-byte length cannot carry. [`Server::bind`](crate::Server::bind) calls it first, so an
+    /// embedder that builds its configuration in code is told as `latzero start` tells a user.
+    /// Zero keeps a meaning where the field's documentation gives it one (`spin`,
+    /// `unix_send_buffer`, `store.backup_interval`).
+    pub fn check(&self) -> Result<(), crate::ServerError> {
+        let l = &self.limits;
+        let m = &self.memory;
+        let refuse = |setting: &'static str, why: String| Err(crate::ServerError::Config { setting, why });
+        let at_least_one = [
+            ("limits.max_frame_len", l.max_frame_len),
+            ("limits.outbound_queue_frames", l.outbound_queue_frames),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
+            ("limits.max_inflight_per_conn", l.max_inflight_per_conn),
+            ("limits.max_connections", l.max_connections),
+            ("memory.max_blocks", m.max_blocks),
+            ("store.max_backups", self.store.max_backups),
+        ];
+        for (setting, v) in at_least_one {
+            if v == 0 {
+                return refuse(setting, "must be at least 1, not 0".into());
+            }
+        }
+        if m.max_block_size == 0 {
+            return refuse("memory.max_block_size", "must be at least 1 byte, not 0".into());
+        }
+        let times = [
+            ("limits.default_ttl", l.default_ttl),
+            ("limits.max_ttl", l.max_ttl),
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("memory.default_lease", m.default_lease),
+            ("memory.max_lease", m.max_lease),
+        ];
+        for (setting, v) in times {
+            if v.is_zero() {
+                return refuse(setting, "must be longer than zero".into());
+            }
+        }
+        if l.max_frame_len > u32::MAX as usize {
+            let why = format!("must be at most {} bytes (a frame's length is four bytes)", u32::MAX);
+            return refuse("limits.max_frame_len", why);
+        }
+        if l.default_ttl > l.max_ttl {
+            let why = format!("({:?}) exceeds limits.max_ttl ({:?})", l.default_ttl, l.max_ttl);
+            return refuse("limits.default_ttl", why);
+        }
+        if m.default_lease > m.max_lease {
+            let why = format!("({:?}) exceeds memory.max_lease ({:?})", m.default_lease, m.max_lease);
+            return refuse("memory.default_lease", why);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServerError;
+
+    fn refused(c: &ServerConfig) -> (&'static str, String) {
+        match c.check() {
+            Err(ServerError::Config { setting, why }) => (setting, why),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_pass() {
+        ServerConfig::new("/d").check().unwrap();
+    }
+
+    /// Every limit, timeout and lease of zero is refused, naming the setting; the zeros that
+    /// mean something are taken.
+    #[test]
+    fn zero_is_refused_naming_the_setting() {
+        type Set = fn(&mut ServerConfig);
+        let zeros: [(&str, Set); 13] = [
+            ("limits.max_frame_len", |c| c.limits.max_frame_len = 0),
+            ("limits.outbound_queue_frames", |c| c.limits.outbound_queue_frames = 0),
+            ("limits.outbound_queue_bytes", |c| c.limits.outbound_queue_bytes = 0),
+            ("limits.max_inflight_per_conn", |c| c.limits.max_inflight_per_conn = 0),
+            ("limits.max_connections", |c| c.limits.max_connections = 0),
+            ("limits.default_ttl", |c| c.limits.default_ttl = Duration::ZERO),
+            ("limits.max_ttl", |c| c.limits.max_ttl = Duration::ZERO),
+            ("limits.handshake_timeout", |c| {
+                c.limits.handshake_timeout = Duration::ZERO
+            }),
+            ("memory.max_block_size", |c| c.memory.max_block_size = 0),
+            ("memory.max_blocks", |c| c.memory.max_blocks = 0),
+            ("memory.default_lease", |c| c.memory.default_lease = Duration::ZERO),
+            ("memory.max_lease", |c| c.memory.max_lease = Duration::ZERO),
+            ("store.max_backups", |c| c.store.max_backups = 0),
+        ];
+        for (name, set) in zeros {
+            let mut c = ServerConfig::new("/d");
+            set(&mut c);
+            let (setting, why) = refused(&c);
+            assert_eq!(setting, name);
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(&why), "{e}");
+        }
+        let mut c = ServerConfig::new("/d");
+        c.spin = Duration::ZERO;
+        c.unix_send_buffer = 0;
+        c.store.backup_interval = Duration::ZERO;
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn a_default_above_its_maximum_is_refused() {
+        let mut c = ServerConfig::new("/d");
+        c.limits.max_ttl = Duration::from_secs(1);
+        assert_eq!(refused(&c).0, "limits.default_ttl");
+        c.limits.default_ttl = Duration::from_secs(1);
+        c.check().unwrap();
+        c.memory.max_lease = Duration::from_secs(1);
+        assert_eq!(refused(&c).0, "memory.default_lease");
+        c.memory.default_lease = Duration::from_millis(1);
+        c.check().unwrap();
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_frame_length_past_four_bytes_is_refused() {
+        let mut c = ServerConfig::new("/d");
+        c.limits.max_frame_len = u32::MAX as usize;
+        c.check().unwrap();
+        c.limits.max_frame_len = u32::MAX as usize + 1;
+        let (setting, why) = refused(&c);
+        assert_eq!(setting, "limits.max_frame_len");
+        assert!(why.contains("at most"), "{why}");
+    }
+
+    /// `bind` checks before it creates the data directory or binds a port.
+    #[tokio::test]
+    async fn bind_refuses_before_touching_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut c = ServerConfig::new(&dir);
+        c.port = 0;
+        c.limits.max_connections = 0;
+        let e = crate::Server::bind(c).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServerError::Config {
+                    setting: "limits.max_connections",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(!dir.exists(), "the data directory was created");
+    }
 }

@@ -64,6 +64,15 @@ pub enum ServerError {
         /// Why.
         why: String,
     },
+    /// A setting of [`ServerConfig`](crate::ServerConfig) is out of range
+    /// ([`ServerConfig::check`](crate::ServerConfig::check)).
+    #[error("invalid server configuration: {setting} {why}")]
+    Config {
+        /// The setting, as its path in `ServerConfig` (`limits.max_ttl`).
+        setting: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The TLS settings or certificate are not usable.
     #[error("TLS: {0}")]
     Tls(String),

@@ -147,7 +147,10 @@ fn check_send_buffer(bytes: usize) -> std::io::Result<Option<usize>> {
 
 impl Server {
     /// Prepares the data directory, takes its lock and binds the listeners.
+    ///
+    /// A configuration [`ServerConfig::check`] refuses is refused before anything is touched.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.check()?;
         let datadir = DataDir::prepare(&config.data_dir)?;
         let addr = format!("{}:{}", config.host, config.port);
         let tcp = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
