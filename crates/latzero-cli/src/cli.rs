@@ -345,7 +345,8 @@ pub struct MemLockArgs {
     /// A shared lease (readers) instead of an exclusive one
     #[arg(long)]
     pub shared: bool,
-    /// Lease, ms (at least 1), renewed at each half while the lock is held [default: the
+    /// Lease, ms (at least 1), renewed at each half while the lock is held; a renewal that
+    /// finds it lapsed (the process held up longer) lets the lock go and exits 1 [default: the
     /// server's, 30000]
     #[arg(long, value_parser = at_least_one::<u64>)]
     pub lease_ms: Option<u64>,

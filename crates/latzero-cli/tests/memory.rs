@@ -166,6 +166,29 @@ fn a_held_lock_outlives_its_lease_until_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// A holder held up past its lease (stopped here) does not renew as if nothing happened: the
+/// server tells it the lease was new, so others could have locked the block in between, and
+/// `mem lock` says so, lets the lock go and exits non-zero.
+#[test]
+fn a_lock_whose_lease_lapsed_is_given_up_not_retaken() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    assert!(s.run(&["mem", "create", "p", "b", "--size", "64"])?.0);
+    let mut holder = Proc::spawn(s.cli(&["mem", "lock", "p", "b", "--app", "holder", "--lease-ms", "200"]))?;
+    holder.wait_event("locked")?;
+    holder.signal(19); // SIGSTOP
+    // Another app gets the lock once the lease runs out, and lets it go.
+    let (ok, out, err) = s.run(&["mem", "lock", "p", "b", "--wait-ms", "20000", "--hold-ms", "0"])?;
+    assert!(ok && out.contains("unlocked"), "{out}{err}");
+    holder.signal(18); // SIGCONT: its renewal is due at once
+    let (status, err) = holder.wait_exit()?;
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("lapsed before it was renewed"), "{err}");
+    let (_, out, _) = s.run(&["mem", "stat", "p", "b"])?;
+    let held = &serde_json::from_str::<Value>(&out)?["locks"]["held"];
+    assert_eq!(held.as_array().map(Vec::len), Some(0), "{out}");
+    Ok(())
+}
+
 #[test]
 fn a_stream_with_one_producer_and_two_consumers() -> Result<()> {
     let s = ServerProc::start(bin(), &[])?;

@@ -59,6 +59,6 @@ pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
 pub use latzero_crypto::{KeyError, PoolKeys, SealError, Verifiers, generate as generate_pool_keys};
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TlsVerify, TriggerName, parse_fingerprint};
-pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, MemoryBlock, Records};
+pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, LockGrant, MemoryBlock, Records};
 pub use options::{ClientOptions, DEFAULT_SPIN};
 pub use payload::Payload;

@@ -109,6 +109,18 @@ pub struct Records {
     pub version: u64,
 }
 
+/// A lock lease, as [`MemoryBlock::lock`] and [`MemoryBlock::lock_with`] granted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockGrant {
+    /// How long the lease lasts from its grant unless it is renewed.
+    pub lease: Duration,
+    /// Whether this client still held a lease on the block when it was granted (a renewal, or
+    /// a change of mode); `false` for a new lease. A holder that locks again to renew and gets
+    /// `false` had let its lease lapse: others could have locked and written the block in
+    /// between.
+    pub renewed: bool,
+}
+
 /// Something that happened to a watched block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockEvent {
@@ -642,20 +654,20 @@ impl MemoryBlock {
 
     /// Takes a lock lease (the server's default lease), waiting up to `wait` for it. Returns the
     /// lease granted.
-    pub async fn lock(&self, exclusive: bool, wait: Duration) -> Result<Duration, ClientError> {
+    pub async fn lock(&self, exclusive: bool, wait: Duration) -> Result<LockGrant, ClientError> {
         self.lock_with(exclusive, None, wait).await
     }
 
     /// Takes a lock lease of `lease` (or the server's default), waiting up to `wait`, and
     /// returns the lease granted: to hold the lock longer, lock again before it runs out, which
-    /// renews it. The lease ends at [`MemoryBlock::unlock`], when it expires, or when this
+    /// renews it ([`LockGrant::renewed`] tells whether it had run out). The lease ends at [`MemoryBlock::unlock`], when it expires, or when this
     /// client's connection drops (it is not retaken after a reconnect).
     pub async fn lock_with(
         &self,
         exclusive: bool,
         lease: Option<Duration>,
         wait: Duration,
-    ) -> Result<Duration, ClientError> {
+    ) -> Result<LockGrant, ClientError> {
         let mut r = self.req("block_lock");
         r["mode"] = json!(
             if exclusive {
@@ -670,10 +682,15 @@ impl MemoryBlock {
             r["lease_ms"] = json!(l.as_millis() as u64);
         }
         let granted = self.client.block_request(r).await?;
-        granted["lease_ms"]
-            .as_u64()
-            .map(Duration::from_millis)
-            .ok_or_else(|| ClientError::Protocol(format!("block_locked without a lease_ms: {granted}")))
+        match (granted["lease_ms"].as_u64(), granted["renewed"].as_bool()) {
+            (Some(ms), Some(renewed)) => Ok(LockGrant {
+                lease: Duration::from_millis(ms),
+                renewed,
+            }),
+            _ => Err(ClientError::Protocol(format!(
+                "block_locked without a lease_ms and renewed: {granted}"
+            ))),
+        }
     }
 
     /// Releases this client's lease.

@@ -307,8 +307,17 @@ async fn locks_conflict_wait_time_out_and_end_with_their_holder() {
         .ask(json!({"action":"block_lock","id":1,"pool":"p","block_id":"b"}))
         .await;
     assert_eq!(
-        (l["action"].as_str(), l["mode"].as_str()),
-        (Some("block_locked"), Some("exclusive")),
+        (l["action"].as_str(), l["mode"].as_str(), l["renewed"].as_bool()),
+        (Some("block_locked"), Some("exclusive"), Some(false)),
+        "{l}"
+    );
+    // Locking again while the lease holds renews it.
+    let l = a
+        .ask(json!({"action":"block_lock","id":1,"pool":"p","block_id":"b","lease_ms":60000}))
+        .await;
+    assert_eq!(
+        (l["lease_ms"].as_u64(), l["renewed"].as_bool()),
+        (Some(60000), Some(true)),
         "{l}"
     );
     // The holder writes; the other app is refused, locks fail at once or after their wait.
@@ -383,6 +392,17 @@ async fn a_lease_expires_and_its_holder_is_told() {
         (e["action"].as_str(), e["event"].as_str()),
         (Some("block_event"), Some("lock_expired")),
         "{e}"
+    );
+    // a, locking again once b is done, is told its lease is new: it had lapsed.
+    b.ask(json!({"action":"block_unlock","id":3,"pool":"p","block_id":"b"}))
+        .await;
+    let l = a
+        .ask(json!({"action":"block_lock","id":4,"pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(
+        (l["action"].as_str(), l["renewed"].as_bool()),
+        (Some("block_locked"), Some(false)),
+        "{l}"
     );
     s.stop().await;
 }

@@ -128,7 +128,13 @@ async fn locks_through_the_sdk() {
     let b = client(&s, "b").await;
     let ba = a.create_block("p", "b", BlockOptions::binary(64)).await.unwrap();
     let bb = b.attach_block_with("p", "b", None, false).await.unwrap();
-    ba.lock(true, Duration::ZERO).await.unwrap();
+    let g = ba.lock(true, Duration::ZERO).await.unwrap();
+    assert!(!g.renewed && g.lease > Duration::ZERO, "{g:?}");
+    let g = ba
+        .lock_with(true, Some(Duration::from_secs(90)), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((g.lease, g.renewed), (Duration::from_secs(90), true));
     let e = bb.write(0, b"x").await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Locked));
     let e = bb.lock(true, Duration::from_millis(30)).await.unwrap_err();
@@ -142,7 +148,7 @@ async fn locks_through_the_sdk() {
         tokio::task::yield_now().await;
     }
     ba.unlock().await.unwrap();
-    waiter.await.unwrap().unwrap();
+    assert!(!waiter.await.unwrap().unwrap().renewed);
     assert_eq!(bb.write(0, b"x").await.unwrap(), 1);
     s.stop().await;
 }

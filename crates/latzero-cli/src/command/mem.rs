@@ -320,7 +320,8 @@ async fn lock(a: MemLockArgs) -> Result<()> {
             a.lease_ms.map(Duration::from_millis),
             Duration::from_millis(a.wait_ms),
         )
-        .await?;
+        .await?
+        .lease;
     line(
         json!({ "event": "locked", "mode": if a.shared { "shared" } else { "exclusive" }, "pid": std::process::id() }),
     );
@@ -343,9 +344,18 @@ async fn lock(a: MemLockArgs) -> Result<()> {
         tokio::select! {
             _ = &mut hold => break,
             _ = renew.tick() => {
-                blk.lock_with(!a.shared, Some(lease), Duration::ZERO)
+                let grant = blk
+                    .lock_with(!a.shared, Some(lease), Duration::ZERO)
                     .await
                     .context("the lock's lease could not be renewed; it is no longer held")?;
+                if !grant.renewed {
+                    // Locked afresh: the lock was not held throughout, so it is not held on.
+                    let _ = blk.unlock().await;
+                    bail!(
+                        "the lock's lease ({} ms) lapsed before it was renewed: this process was held up for more than half of it, and others could have locked the block in between; lock released",
+                        lease.as_millis()
+                    );
+                }
             }
         }
     }

@@ -88,20 +88,26 @@ impl Locks {
         self.next_id += 1;
         let id = self.next_id;
         let expires = Instant::now() + lease;
-        match self.held.iter_mut().find(|l| l.conn.id == conn.id) {
+        // Whether the connection still held a lease: a holder that renews too late learns that
+        // its lease lapsed, and that others could have locked the block meanwhile.
+        let renewed = match self.held.iter_mut().find(|l| l.conn.id == conn.id) {
             // Renewal, upgrade or downgrade of this connection's lease.
             Some(l) => {
                 l.mode = mode;
                 l.id = id;
                 l.expires = expires;
+                true
             }
-            None => self.held.push(Lease {
-                conn: conn.clone(),
-                mode,
-                id,
-                expires,
-            }),
-        }
+            None => {
+                self.held.push(Lease {
+                    conn: conn.clone(),
+                    mode,
+                    id,
+                    expires,
+                });
+                false
+            }
+        };
         let _ = conn.reply(&encode_message(&json!({
             "action": "block_locked",
             "in_reply_to": req,
@@ -109,6 +115,7 @@ impl Locks {
             "block_id": entry.meta.block_id,
             "mode": mode.as_str(),
             "lease_ms": lease.as_millis() as u64,
+            "renewed": renewed,
         })));
         let weak = Arc::downgrade(entry);
         tokio::spawn(async move {
