@@ -8,7 +8,7 @@ use std::time::Duration;
 use latzero_proto::frame::{Frame, FrameCodec, encode_json};
 use latzero_server::{Limits, Server, ServerConfig};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::Decoder;
@@ -108,19 +108,58 @@ impl Running {
     }
 }
 
+/// Any byte stream a raw client can speak over: TCP, a Unix socket, TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A raw protocol client: writes frames, reads frames, nothing else.
 pub struct Raw {
-    pub stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: bytes::BytesMut,
     codec: FrameCodec,
 }
 
 impl Raw {
+    /// Over TCP.
     pub async fn connect(addr: std::net::SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
+        Raw::over(stream)
+    }
+
+    /// Over the server's Unix socket.
+    pub async fn unix(path: &std::path::Path) -> Raw {
+        Raw::over(tokio::net::UnixStream::connect(path).await.unwrap())
+    }
+
+    /// Over TLS to a server whose certificate (`cert`, a PEM file: the generated self-signed
+    /// one names 127.0.0.1) is trusted as it is.
+    pub async fn tls(addr: std::net::SocketAddr, cert: &std::path::Path) -> Raw {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        Raw::over(tls)
+    }
+
+    fn over(stream: impl Io + 'static) -> Raw {
         Raw {
-            stream,
+            stream: Box::new(stream),
             buf: bytes::BytesMut::new(),
             codec: FrameCodec::default(),
         }
@@ -128,6 +167,7 @@ impl Raw {
 
     pub async fn send_text(&mut self, json: &str) {
         self.stream.write_all(&encode_json(json.as_bytes())).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -136,6 +176,7 @@ impl Raw {
 
     pub async fn send_bytes(&mut self, b: &[u8]) {
         self.stream.write_all(b).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     /// The next frame as JSON; `None` at end of stream. Fails the test after 10 s.
@@ -175,6 +216,7 @@ impl Raw {
     pub async fn send_binary(&mut self, header: Value, body: &[u8]) {
         let frame = latzero_proto::frame::encode_binary(header.to_string().as_bytes(), body);
         self.stream.write_all(&frame).await.unwrap();
+        self.stream.flush().await.unwrap();
     }
 
     /// Sends a request and returns the next frame, which must answer it.

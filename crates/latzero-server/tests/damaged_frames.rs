@@ -1,16 +1,22 @@
 //! Damaged requests, well framed: every kind of request with its JSON broken or its fields
-//! swapped for values of the wrong type, binary frames with lying headers, empty frames. Each
-//! connection must stay served (a `ping` after the damage gets its `pong`), every frame the
-//! server sends must be valid JSON, and nothing may panic. A fixed seed, so a failure repeats.
+//! swapped for values of the wrong type, binary frames with lying headers, empty frames, written
+//! in pieces that split frames anywhere. Over TCP, the Unix socket and TLS, each connection must
+//! stay served (a `ping` after the damage gets its `pong`), every frame the server sends must be
+//! valid JSON, and nothing may panic. A frame longer than the limit is refused and closes only
+//! its own connection; bytes that are not TLS on the TLS port close theirs. A fixed seed, so a
+//! failure repeats.
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use common::TestServer;
+use common::{Raw, Running, TestServer, config_in};
 use latzero_proto::frame::{encode_binary, encode_json};
+use latzero_server::Limits;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Requests of every kind a connection may send after its handshake (not `shutdown`, which
 /// would end the test's server).
@@ -148,26 +154,44 @@ fn damaged(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
-#[tokio::test]
-async fn damaged_requests_get_errors_and_leave_the_connection_served() {
-    let panics = Arc::new(AtomicUsize::new(0));
-    let counted = panics.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        previous(info);
-    }));
+/// Panics anywhere in this test process, the server's tasks included.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
 
-    let s = TestServer::start().await;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for session in 0..150 {
-        let mut c = s.raw().await;
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// Sends `frames` in pieces of random length, so that frames straddle the server's reads.
+async fn send_in_pieces(c: &mut Raw, frames: &[u8], rng: &mut Rng) {
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let n = (1 + rng.below(600)).min(rest.len());
+        c.send_bytes(&rest[..n]).await;
+        rest = &rest[n..];
+    }
+}
+
+/// `sessions` connections, each handshaken, sent 40 damaged frames and a ping; each must answer
+/// the ping without closing, in valid JSON throughout. Returns the server's count of refused
+/// messages, read on a fresh connection.
+async fn damage(sessions: usize, seed: u64, connect: impl AsyncFn() -> Raw) -> u64 {
+    count_panics();
+    let mut rng = Rng(seed);
+    for session in 0..sessions {
+        let mut c = connect().await;
         c.handshake(&format!("fz{session}"), &["p"], &["f"]).await;
         let mut frames = Vec::new();
         for _ in 0..40 {
             frames.extend(damaged(&mut rng));
         }
-        c.send_bytes(&frames).await;
+        send_in_pieces(&mut c, &frames, &mut rng).await;
         c.send(json!({"action": "ping", "id": "probe"})).await;
         // Whatever the damage drew (errors, deliveries to this connection's own trigger,
         // replies), each is one JSON frame, and the probe is answered after them.
@@ -188,11 +212,118 @@ async fn damaged_requests_get_errors_and_leave_the_connection_served() {
         }
     }
     // The server still takes new connections, and counted what it refused.
-    let mut c = s.raw().await;
+    let mut c = connect().await;
     c.handshake("after", &[], &[]).await;
     let st = c.ask(json!({"action": "status", "id": "st"})).await;
-    let refused = st["counters"]["invalid_messages"].as_u64().unwrap_or(0);
-    assert!(refused > 1000, "{st}");
-    assert_eq!(panics.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    st["counters"]["invalid_messages"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn damaged_requests_get_errors_and_leave_the_connection_served() {
+    let s = TestServer::start().await;
+    let refused = damage(150, 0x9e37_79b9_7f4a_7c15, async || s.raw().await).await;
+    assert!(refused > 1000, "{refused}");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn damaged_requests_over_the_unix_socket() {
+    let s = TestServer::start().await;
+    let refused = damage(150, 0x2545_f491_4f6c_dd1d, async || Raw::unix(&s.unix).await).await;
+    assert!(refused > 1000, "{refused}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn damaged_requests_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.tls.enabled = true;
+    let srv = Running::start(cfg).await;
+    let cert = dir.path().join("config").join(latzero_server::GENERATED_CERT);
+    let refused = damage(60, 0x5851_f42d_4c95_7f2d, async || Raw::tls(srv.addr, &cert).await).await;
+    assert!(refused > 400, "{refused}");
+    srv.stop().await;
+}
+
+/// A frame announced longer than the limit, after damaged ones, on each transport: the damage
+/// is answered, then FRAME_TOO_LARGE, then end of stream; other connections stay served.
+#[tokio::test]
+async fn a_frame_over_the_limit_closes_only_its_connection() {
+    count_panics();
+    let limits = Limits {
+        max_frame_len: 4096,
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let mut rng = Rng(0xd1b5_4a32_d192_ed03);
+    let mut bystander = s.raw().await;
+    bystander.handshake("bystander", &["p"], &[]).await;
+    for (i, unix) in [false, true, false, true].into_iter().enumerate() {
+        let mut c = if unix { Raw::unix(&s.unix).await } else { s.raw().await };
+        c.handshake(&format!("big{i}"), &["p"], &[]).await;
+        let mut frames = Vec::new();
+        for _ in 0..10 {
+            frames.extend(damaged(&mut rng));
+        }
+        // The announced length only: the server must refuse it before waiting for the payload.
+        frames.extend((4097 + rng.below(1 << 20) as u32).to_be_bytes());
+        send_in_pieces(&mut c, &frames, &mut rng).await;
+        let mut last = Value::Null;
+        while let Some(f) = c.recv_frame().await {
+            if let latzero_proto::Frame::Json(b) = f {
+                last = serde_json::from_slice(&b).expect("valid JSON");
+            }
+        }
+        assert_eq!(
+            (last["action"].as_str(), last["code"].as_str()),
+            (Some("error"), Some("FRAME_TOO_LARGE")),
+            "connection {i} (unix: {unix}): the last frame before the close was {last}"
+        );
+        bystander.sync().await;
+    }
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    s.stop().await;
+}
+
+/// Bytes that are not TLS, or not all of it, on the TLS port: each connection is closed (at
+/// once, or at the handshake timeout), and the port still serves a real TLS client.
+#[tokio::test]
+async fn garbage_on_the_tls_port_closes_its_connection() {
+    count_panics();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.tls.enabled = true;
+    cfg.limits.handshake_timeout = Duration::from_millis(300);
+    let srv = Running::start(cfg).await;
+    let mut rng = Rng(0xbf58_476d_1ce4_e5b9);
+    // At once: many wait out the handshake timeout.
+    let mut conns = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let mut bytes: Vec<u8> = (0..rng.below(2000)).map(|_| rng.next() as u8).collect();
+        // Most look like the start of a TLS handshake record, so they reach the TLS parser.
+        if rng.below(4) != 0 {
+            let len = rng.below(1 << 14) as u16;
+            let head = [0x16, 0x03, rng.below(4) as u8, (len >> 8) as u8, len as u8, 0x01];
+            bytes.splice(0..0, head);
+        }
+        let addr = srv.addr;
+        conns.spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = tcp.write_all(&bytes).await;
+            let mut sink = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink)).await;
+            assert!(read.is_ok(), "connection {i} ({} bytes) was not closed", bytes.len());
+        });
+    }
+    while let Some(done) = conns.join_next().await {
+        done.unwrap();
+    }
+    let cert = dir.path().join("config").join(latzero_server::GENERATED_CERT);
+    let mut c = Raw::tls(srv.addr, &cert).await;
+    c.handshake("after", &[], &[]).await;
+    c.sync().await;
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    srv.stop().await;
 }
