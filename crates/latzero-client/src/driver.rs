@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures_util::FutureExt;
 use latzero_proto::frame::{Frame, JsonFrame};
 use latzero_proto::message::{
     DeliverEmit, DeliverTrigger, ForwardResponse, RawValue, ServerFrame, origin_app_id, parse_u64,
@@ -33,6 +34,9 @@ impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
     fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox) -> Option<Closing> {
         let json = frame.json();
+        // A bug, as a test puts one in: see `a_panic_reading_a_frame_drops_the_connection`.
+        #[cfg(test)]
+        assert!(!json.starts_with(tests::PANIC_FRAME), "a panic a test put in");
         // Checked for UTF-8 once: the layout reads below, the general parse and the payloads
         // handed out (views into this text, so `Payload::as_str` is free) share the check.
         let Ok(text) = ByteString::try_from(json.clone()) else {
@@ -416,52 +420,77 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
 }
 
 /// Owns the connection: reads frames, and reconnects when it drops.
+/// Why a connection's read loop ended: the reason reported, and whether another connection
+/// took this app over (no reconnect then).
+struct Ended {
+    reason: String,
+    taken_over: bool,
+}
+
+/// Reads and dispatches one connection's frames until it ends, the client is closed, or the
+/// writer finds the connection dead.
+async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
+    let mut end = Ended {
+        reason: String::from("server closed the connection"),
+        taken_over: false,
+    };
+    // Made once per connection, not per frame: each costs a few hundred instructions.
+    let closed = inner.closed.cancelled();
+    let dead = live.dead.cancelled();
+    tokio::pin!(closed, dead);
+    'frames: loop {
+        let frame = tokio::select! {
+            // The reader first, so a frame already buffered is dispatched without polling the
+            // tokens. Its socket reads spend tokio's cooperative budget, so even a flood of
+            // frames comes back Pending in time and lets them be seen.
+            biased;
+            f = live.reader.next() => f,
+            _ = &mut closed => { end.reason = "client closed".into(); break; }
+            _ = &mut dead => { end.reason = "write to the server failed".into(); break; }
+        };
+        let mut frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                end.reason = e.to_string();
+                break;
+            }
+        };
+        latzero_uds::spin::touch(inner.spinner.as_ref());
+        // Then every frame the same read brought, without going back through `select!` for
+        // each (the tokens are looked at again once the buffer is empty).
+        loop {
+            if let Some(c) = inner.dispatch(frame, &live.tx) {
+                end.reason = c.reason;
+                end.taken_over = c.taken_over;
+            }
+            frame = match live.reader.buffered() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    end.reason = e.to_string();
+                    break 'frames;
+                }
+            };
+        }
+    }
+    end
+}
+
 pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
     loop {
-        let mut reason = String::from("server closed the connection");
-        let mut taken_over = false;
-        {
-            // Made once per connection, not per frame: each costs a few hundred instructions.
-            let closed = inner.closed.cancelled();
-            let dead = live.dead.cancelled();
-            tokio::pin!(closed, dead);
-            'frames: loop {
-                let frame = tokio::select! {
-                    // The reader first, so a frame already buffered is dispatched without
-                    // polling the tokens. Its socket reads spend tokio's cooperative budget, so
-                    // even a flood of frames comes back Pending in time and lets them be seen.
-                    biased;
-                    f = live.reader.next() => f,
-                    _ = &mut closed => { reason = "client closed".into(); break; }
-                    _ = &mut dead => { reason = "write to the server failed".into(); break; }
-                };
-                let mut frame = match frame {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        reason = e.to_string();
-                        break;
-                    }
-                };
-                latzero_uds::spin::touch(inner.spinner.as_ref());
-                // Then every frame the same read brought, without going back through `select!`
-                // for each (the tokens are looked at again once the buffer is empty).
-                loop {
-                    if let Some(c) = inner.dispatch(frame, &live.tx) {
-                        reason = c.reason;
-                        taken_over = c.taken_over;
-                    }
-                    frame = match live.reader.buffered() {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            reason = e.to_string();
-                            break 'frames;
-                        }
-                    };
-                }
+        // A bug that panics while handling a frame must not leave the client looking connected
+        // with nobody reading: the connection is dropped as a lost one is (calls in flight fail
+        // at once, the app is told, and it reconnects).
+        let read = std::panic::AssertUnwindSafe(read_frames(&inner, &mut live)).catch_unwind();
+        let Ended { reason, taken_over } = read.await.unwrap_or_else(|panic| {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(app = %inner.app_id, panic = what, "the client panicked reading from the server (a bug); dropping the connection");
+            Ended {
+                reason: format!("the client failed reading from the server (a bug: {what}); connection dropped"),
+                taken_over: false,
             }
-        }
+        });
         lock(&inner.shared).tx = None;
         live.dead.cancel();
         inner.fail_pending();
@@ -503,9 +532,92 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
     }
 }
 
+/// What a panic said, if it said it in text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s,
+        (_, Some(s)) => s,
+        _ => "a panic without a message",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame that makes `dispatch` panic in this crate's tests.
+    pub(super) const PANIC_FRAME: &[u8] = br#"{"action":"panic_for_a_test""#;
+
+    /// A stand-in server: reads one frame from `s` as JSON.
+    async fn read_frame(s: &mut tokio::net::TcpStream, buf: &mut bytes::BytesMut) -> Option<Value> {
+        use tokio::io::AsyncReadExt;
+        use tokio_util::codec::Decoder;
+        let mut codec = latzero_proto::frame::FrameCodec::default();
+        loop {
+            if let Some(f) = codec.decode(buf).unwrap() {
+                return Some(serde_json::from_slice(f.json()).unwrap());
+            }
+            if s.read_buf(buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// A stand-in server: accepts one client and completes its handshake.
+    async fn accept(l: &tokio::net::TcpListener) -> (tokio::net::TcpStream, bytes::BytesMut) {
+        use tokio::io::AsyncWriteExt;
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let hs = read_frame(&mut s, &mut buf).await.unwrap();
+        assert_eq!(hs["action"], "handshake");
+        let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":"a","pools":["p"],"triggers":[],"protocol_version":"1.0"});
+        let frame = latzero_proto::frame::encode_json(ack.to_string().as_bytes());
+        s.write_all(&frame).await.unwrap();
+        (s, buf)
+    }
+
+    /// A panic while a frame is handled (a bug) drops the connection as a lost one: the call in
+    /// flight fails at once, not at its deadline, the app is told why, the socket is closed
+    /// (the server sees its end), and the client reconnects.
+    #[tokio::test]
+    async fn a_panic_reading_a_frame_drops_the_connection() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("latzero://a@{}", l.local_addr().unwrap());
+        let opts = crate::ClientOptions::new()
+            .request_timeout(Duration::from_secs(60))
+            .backoff(Duration::from_millis(1), Duration::from_millis(5));
+        let (client, (mut s, mut buf)) = tokio::join!(opts.connect(&url), accept(&l));
+        let client = client.unwrap();
+        let mut events = client.events();
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.call("p", "t", &json!(1)).await }
+        });
+        while read_frame(&mut s, &mut buf).await.unwrap()["action"] != "trigger" {}
+        let mut panic = PANIC_FRAME.to_vec();
+        panic.push(b'}');
+        s.write_all(&latzero_proto::frame::encode_json(&panic)).await.unwrap();
+        let failed = tokio::time::timeout(Duration::from_secs(10), call).await;
+        let e = failed.expect("the call waits on").unwrap().unwrap_err();
+        assert!(matches!(e, ClientError::Disconnected), "{e}");
+        match events.recv().await.unwrap() {
+            ClientEvent::Disconnected { reason, reconnecting } => {
+                assert!(
+                    reason.contains("a bug") && reason.contains("a panic a test put in"),
+                    "{reason}"
+                );
+                assert!(reconnecting);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            read_frame(&mut s, &mut buf).await.is_none(),
+            "the old socket stays open"
+        );
+        let _again = accept(&l).await;
+        assert!(matches!(events.recv().await.unwrap(), ClientEvent::Reconnected));
+    }
 
     #[test]
     fn a_response_frame_is_in_the_layout_the_server_reads_first() {
