@@ -543,7 +543,18 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
     assert!(!ok && err.contains("PERMISSION_DENIED"), "{err}");
     let (ok, out, err) = s.run(&["pools", "remove", "alpha", "--app", "ops", "--force"])?;
     assert!(ok, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out)?["blocks_removed"], 1);
+    // What went with the pool, without the reply's envelope.
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)?,
+        json!({"pool": "alpha", "members_removed": ["worker"], "blocks_removed": 1})
+    );
+    // A refused query says what was asked, in words rather than the wire's action names.
+    let (ok, _, err) = s.run(&["pools", "show", "alpha"])?;
+    assert!(
+        !ok && err.contains("cannot show pool 'alpha' at") && err.contains("POOL_NOT_FOUND"),
+        "{err}"
+    );
+    assert!(!err.contains("pool_show"), "{err}");
     Ok(())
 }
 

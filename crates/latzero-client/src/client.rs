@@ -464,11 +464,19 @@ impl Client {
         self.update_pool(pool, json!({ "keys": verifiers_json(&v) })).await
     }
 
-    /// Removes a pool; with `force`, even while other apps are in it (they leave it).
+    /// Removes a pool; with `force`, even while other apps are in it (they leave it). Returns
+    /// what went with it: `{"pool", "members_removed", "blocks_removed"}`.
     pub async fn remove_pool(&self, pool: &str, force: bool) -> Result<Value, ClientError> {
         let name = PoolName::try_from(pool)?;
-        self.request_json("pool_remove", json!({ "pool": name.as_str(), "force": force }))
-            .await
+        let mut r = self
+            .request_json("pool_remove", json!({ "pool": name.as_str(), "force": force }))
+            .await?;
+        // The answer without the envelope's fields, as `create_pool` returns its `info`.
+        if let Some(m) = r.as_object_mut() {
+            m.remove("action");
+            m.remove("in_reply_to");
+        }
+        Ok(r)
     }
 
     /// A request built from `fields` plus `action` and a fresh `id`; its reply's JSON.

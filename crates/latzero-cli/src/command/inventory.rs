@@ -27,15 +27,34 @@ fn s(v: &Value) -> String {
     }
 }
 
-pub(crate) async fn query(t: &TargetArgs, action: &str, fields: Value) -> Result<Value> {
+/// An admin query; a refusal says what was asked (`cannot show pool 'x' at ...`).
+async fn query(t: &TargetArgs, action: &str, fields: Value, what: impl FnOnce() -> String) -> Result<Value> {
     let ep = super::target(t)?;
     latzero_client::admin::query(&ep, action, fields)
         .await
-        .map_err(|e| super::request_failed(e, || format!("{action} at {ep}")))
+        .map_err(|e| super::request_failed(e, || format!("cannot {} at {ep}", what())))
+}
+
+/// Every pool, stored and live.
+async fn pool_list(t: &TargetArgs) -> Result<Vec<Value>> {
+    let mut r = query(t, "pool_list", json!({}), || "list the pools".into()).await?;
+    Ok(match r["pools"].take() {
+        Value::Array(pools) => pools,
+        _ => vec![],
+    })
+}
+
+/// One pool's description, its memory blocks in `blocks`.
+pub(crate) async fn pool_show(t: &TargetArgs, pool: &str) -> Result<Value> {
+    let mut r = query(t, "pool_show", json!({ "pool": pool }), || {
+        format!("show pool '{pool}'")
+    })
+    .await?;
+    Ok(r["info"].take())
 }
 
 pub async fn apps(a: ListArgs) -> Result<()> {
-    let r = query(&a.target, "app_list", json!({})).await?;
+    let r = query(&a.target, "app_list", json!({}), || "list the apps".into()).await?;
     let apps = r["apps"].as_array().cloned().unwrap_or_default();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&apps)?);
@@ -61,8 +80,7 @@ pub async fn apps(a: ListArgs) -> Result<()> {
 pub async fn pools(a: PoolsArgs) -> Result<()> {
     match a.cmd.unwrap_or(PoolsCmd::List) {
         PoolsCmd::List => {
-            let r = query(&a.target, "pool_list", json!({})).await?;
-            let pools = r["pools"].as_array().cloned().unwrap_or_default();
+            let pools = pool_list(&a.target).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&pools)?);
                 return Ok(());
@@ -85,8 +103,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
             );
         }
         PoolsCmd::Show { pool } => {
-            let r = query(&a.target, "pool_show", json!({ "pool": pool })).await?;
-            println!("{}", serde_json::to_string_pretty(&r["info"])?);
+            println!("{}", serde_json::to_string_pretty(&pool_show(&a.target, &pool).await?)?);
         }
         PoolsCmd::Create {
             pool,
@@ -151,17 +168,18 @@ async fn connect(t: &TargetArgs, app: Option<&str>) -> Result<latzero_client::Cl
 pub async fn blocks(a: BlocksArgs) -> Result<()> {
     let pools: Vec<String> = match &a.pool {
         Some(p) => vec![p.clone()],
-        None => query(&a.target, "pool_list", json!({})).await?["pools"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        None => pool_list(&a.target)
+            .await?
+            .iter()
             .filter_map(|p| p["name"].as_str().map(str::to_owned))
             .collect(),
     };
     let mut blocks = vec![];
     for p in pools {
-        let r = query(&a.target, "pool_show", json!({ "pool": p })).await?;
-        blocks.extend(r["info"]["blocks"].as_array().cloned().unwrap_or_default());
+        let mut info = pool_show(&a.target, &p).await?;
+        if let Value::Array(b) = info["blocks"].take() {
+            blocks.extend(b);
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&blocks)?);

@@ -45,8 +45,8 @@ pub async fn run(a: KeysArgs) -> Result<()> {
             print_keys(&pool, 1, &texts);
         }
         KeysCmd::Rotate { pool, app } => {
-            let info = super::inventory::query(&a.target, "pool_show", serde_json::json!({ "pool": pool })).await?;
-            let Some(latest) = info["info"]["key_generations"]
+            let info = super::inventory::pool_show(&a.target, &pool).await?;
+            let Some(latest) = info["key_generations"]
                 .as_array()
                 .and_then(|g| g.iter().filter_map(serde_json::Value::as_u64).max())
             else {
