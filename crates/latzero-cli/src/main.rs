@@ -1,6 +1,9 @@
 //! The `latzero` binary: parses the command line and dispatches to `command/<verb>.rs`.
 //! Failures print one line on stderr and exit non-zero.
 
+#[macro_use]
+mod out;
+
 mod cli;
 mod command;
 mod config;

@@ -702,3 +702,57 @@ fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() ->
     }
     Ok(())
 }
+
+/// Runs `args` with a stdout whose reader is already gone (`| head -1` after head exited);
+/// returns the exit code and stderr. Fails if the command runs on past the deadline.
+fn with_closed_stdout(s: &ServerProc, args: &[&str]) -> Result<(Option<i32>, String)> {
+    use std::io::Read;
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let mut child = s
+        .cli(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("{args:?} ran on with its stdout closed");
+        }
+        // Polling the child's exit: there is no exit event to wait on with a deadline.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err)?;
+    Ok((status.code(), err))
+}
+
+/// A closed stdout ends a command quietly with status 141, as SIGPIPE ends a Unix tool: no
+/// panic, and a watch or a handler does not run on with nobody to read it. Keys that cannot be
+/// printed are an error that says how to get a new set, since they exist nowhere else.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() -> Result<()> {
+    let s = server();
+    assert!(s.run(&["mem", "create", "p", "b", "--size", "16"])?.0);
+    for args in [
+        &["status"][..],
+        &["pools", "--json"],
+        &["mem", "watch", "p", "b"],
+        &["reply", "--pool", "p", "t"],
+    ] {
+        let (code, err) = with_closed_stdout(&s, args)?;
+        assert_eq!(code, Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let (code, err) = with_closed_stdout(&s, &["keys", "generate", "vault", "--app", "own"])?;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("could not be printed") && err.contains("latzero keys rotate vault --app own"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -84,7 +84,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "{}",
         json!({"calls": count, "ok": ok, "mismatched": mismatched, "errors": errors,
                "responders": responders, "seconds": secs, "calls_per_sec": count as f64 / secs})
@@ -122,7 +122,7 @@ async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
                     json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})
                 }
             };
-            println!("{line}");
+            outln!("{line}");
         }
         // As with --count: a script sees from the exit status that not every handler answered.
         if failed > 0 {
@@ -132,7 +132,7 @@ async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
     }
     match req.send().await {
         Ok(v) => {
-            println!("{v}");
+            outln!("{v}");
             Ok(())
         }
         Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),

@@ -16,6 +16,6 @@ pub async fn run(args: EmitArgs) -> Result<()> {
     )
     .await?;
     let delivered = client.emit_confirmed(&args.pool, &args.trigger, &data).await?;
-    println!("{}", serde_json::json!({"delivered": delivered}));
+    outln!("{}", serde_json::json!({"delivered": delivered}));
     Ok(())
 }

@@ -14,7 +14,7 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
         .collect();
     for r in &all {
         let line: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }
 
@@ -57,7 +57,7 @@ pub async fn apps(a: ListArgs) -> Result<()> {
     let r = query(&a.target, "app_list", json!({}), || "list the apps".into()).await?;
     let apps = r["apps"].as_array().cloned().unwrap_or_default();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&apps)?);
+        outln!("{}", serde_json::to_string_pretty(&apps)?);
         return Ok(());
     }
     print_table(
@@ -82,7 +82,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
         PoolsCmd::List => {
             let pools = pool_list(&a.target).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&pools)?);
+                outln!("{}", serde_json::to_string_pretty(&pools)?);
                 return Ok(());
             }
             print_table(
@@ -103,7 +103,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
             );
         }
         PoolsCmd::Show { pool } => {
-            println!("{}", serde_json::to_string_pretty(&pool_show(&a.target, &pool).await?)?);
+            outln!("{}", serde_json::to_string_pretty(&pool_show(&a.target, &pool).await?)?);
         }
         PoolsCmd::Create {
             pool,
@@ -128,7 +128,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
                 keys: None,
             };
             let created = c.create_pool(&pool, spec).await?;
-            println!("{}", serde_json::to_string_pretty(&created)?);
+            outln!("{}", serde_json::to_string_pretty(&created)?);
         }
         PoolsCmd::Update {
             pool,
@@ -148,14 +148,14 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
             if let Some(p) = policies {
                 changes["policies"] = serde_json::from_str(&p).context("--policies is not valid JSON")?;
             }
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&c.update_pool(&pool, changes).await?)?
             );
         }
         PoolsCmd::Remove { pool, app, force } => {
             let c = connect(&a.target, Some(&app)).await?;
-            println!("{}", serde_json::to_string_pretty(&c.remove_pool(&pool, force).await?)?);
+            outln!("{}", serde_json::to_string_pretty(&c.remove_pool(&pool, force).await?)?);
         }
     }
     Ok(())
@@ -182,7 +182,7 @@ pub async fn blocks(a: BlocksArgs) -> Result<()> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&blocks)?);
+        outln!("{}", serde_json::to_string_pretty(&blocks)?);
         return Ok(());
     }
     print_table(
@@ -223,7 +223,7 @@ pub async fn backup(t: TargetArgs) -> Result<()> {
     .await
     .map_err(|e| super::request_failed(e, || format!("backup at {ep}")))?;
     eprintln!();
-    println!("{}", json!({ "path": done["path"], "bytes": done["bytes"] }));
+    outln!("{}", json!({ "path": done["path"], "bytes": done["bytes"] }));
     Ok(())
 }
 
@@ -231,7 +231,7 @@ pub async fn backup(t: TargetArgs) -> Result<()> {
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(crate::config::default_data_dir);
     let r = latzero_server::restore(&dir, &a.file)?;
-    println!(
+    outln!(
         "{}",
         json!({ "restored": a.file, "database": r.database, "replaced_kept_at": r.replaced })
     );
@@ -245,7 +245,7 @@ pub fn auth_token() -> Result<()> {
     rand::rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let hash = latzero_server::token_sha256(&token);
-    println!("{}", json!({ "token": token, "sha256": hash }));
+    outln!("{}", json!({ "token": token, "sha256": hash }));
     eprintln!(
         "give clients the token (LATZERO_TOKEN, or ClientOptions::token); start the server with \
          --require-auth --auth-token-sha256 {hash} (or [auth] token_sha256 = [\"{hash}\"] in config/latzero.toml)"

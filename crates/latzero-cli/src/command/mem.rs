@@ -1,6 +1,6 @@
 //! `latzero mem ...`: memory blocks from the command line.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -46,9 +46,7 @@ impl Interrupt {
 }
 
 fn line(v: Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+    outln!("{v}");
 }
 
 pub async fn run(cmd: MemCmd) -> Result<()> {
@@ -58,14 +56,19 @@ pub async fn run(cmd: MemCmd) -> Result<()> {
             let c = connect_to(&a.target, a.app.as_deref(), &a.pool).await?;
             let blocks = c.list_blocks(&a.pool).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&blocks)?);
+                outln!("{}", serde_json::to_string_pretty(&blocks)?);
             } else {
-                println!(
+                outln!(
                     "{:<24} {:<7} {:>12} {:>10} {:<10} {:<12}",
-                    "BLOCK", "TYPE", "SIZE", "VERSION", "PERSISTENT", "OWNER"
+                    "BLOCK",
+                    "TYPE",
+                    "SIZE",
+                    "VERSION",
+                    "PERSISTENT",
+                    "OWNER"
                 );
                 for b in &blocks {
-                    println!(
+                    outln!(
                         "{:<24} {:<7} {:>12} {:>10} {:<10} {:<12}",
                         b["block_id"].as_str().unwrap_or("?"),
                         b["type"].as_str().unwrap_or("?"),
@@ -81,7 +84,7 @@ pub async fn run(cmd: MemCmd) -> Result<()> {
         MemCmd::Stat(b) => {
             let c = connect(&b).await?;
             let blk = c.attach_block_with(&b.pool, &b.block, None, false).await?;
-            println!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
+            outln!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
             Ok(())
         }
         MemCmd::Read(a) => read(a).await,
@@ -147,7 +150,7 @@ async fn create(a: MemCreateArgs) -> Result<()> {
         opts = opts.overwrite();
     }
     let blk = c.create_block(&a.block.pool, &a.block.block, opts).await?;
-    println!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
+    outln!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
     Ok(())
 }
 
@@ -188,7 +191,7 @@ async fn read(a: MemReadArgs) -> Result<()> {
                 );
             }
             for rec in &r.records {
-                println!("{}", String::from_utf8_lossy(rec));
+                outln!("{}", String::from_utf8_lossy(rec));
             }
         }
         _ => {
@@ -199,11 +202,7 @@ async fn read(a: MemReadArgs) -> Result<()> {
                     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
                     line(json!({ "version": version, "bytes": bytes.len(), "out": path }));
                 }
-                None => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&bytes)?;
-                    out.flush()?;
-                }
+                None => crate::out::bytes(&bytes),
             }
         }
     }

@@ -32,7 +32,7 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                 let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
                 async move {
                     let kind = if req.is_emit { "emit" } else { "call" };
-                    println!("{}", json!({"event": kind, "process": req.process, "pool": req.pool, "data": req.data, "origin": req.origin}));
+                    outln!("{}", json!({"event": kind, "process": req.process, "pool": req.pool, "data": req.data, "origin": req.origin}));
                     if hang {
                         std::future::pending::<()>().await;
                     }
@@ -48,7 +48,7 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
             .await?;
     }
     let mut events = client.events();
-    println!(
+    outln!(
         "{}",
         json!({"event": "ready", "app_id": me, "pools": args.pools, "triggers": args.triggers})
     );
@@ -57,15 +57,15 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             e = events.recv() => match e {
                 Ok(ClientEvent::Disconnected { reason, reconnecting }) => {
-                    println!("{}", json!({"event": "disconnected", "reason": reason, "reconnecting": reconnecting}));
+                    outln!("{}", json!({"event": "disconnected", "reason": reason, "reconnecting": reconnecting}));
                     if !reconnecting {
                         anyhow::bail!("disconnected for good: {reason}");
                     }
                 }
-                Ok(ClientEvent::Reconnected) => println!("{}", json!({"event": "reconnected"})),
-                Ok(ClientEvent::ServerError(e)) => println!("{}", json!({"event": "server_error", "code": e.code, "message": e.message})),
+                Ok(ClientEvent::Reconnected) => outln!("{}", json!({"event": "reconnected"})),
+                Ok(ClientEvent::ServerError(e)) => outln!("{}", json!({"event": "server_error", "code": e.code, "message": e.message})),
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => println!("{}", json!({"event": "events_lagged", "missed": n})),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => outln!("{}", json!({"event": "events_lagged", "missed": n})),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
             },
         }

@@ -1,5 +1,7 @@
 //! `latzero start`: run the server in the foreground until SIGINT/SIGTERM or `latzero stop`.
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use latzero_server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -18,15 +20,18 @@ pub async fn run(cfg: config::Resolved) -> Result<()> {
     let server = Server::bind(cfg.server).await?;
     if let Some((fingerprint, cert)) = server.tls() {
         tracing::info!(%fingerprint, cert = %cert.display(), "serving TLS on the TCP port");
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "TLS on tcp {}: certificate {}\n  SHA-256 fingerprint {fingerprint}\n  connect with latzeros://APP@{}?fingerprint={fingerprint}",
             server.local_addr(),
             cert.display(),
             server.local_addr(),
         );
     }
-    // Printed whatever the log level: scripts and the test kit wait for this line.
-    println!(
+    // Printed whatever the log level: scripts and the test kit wait for this line. A server
+    // whose stdout is closed serves on: unlike the other commands' output, this is not its work.
+    let _ = writeln!(
+        std::io::stdout(),
         "latzero {} listening on tcp {}, unix {}, data dir {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),

@@ -13,9 +13,9 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         .await
         .map_err(|e| super::request_failed(e, || format!("cannot get the status of the server at {ep}")))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        outln!("{}", serde_json::to_string_pretty(&st)?);
     } else {
-        print!("{}", render(&st));
+        out!("{}", render(&st));
     }
     Ok(())
 }

@@ -11,6 +11,6 @@ pub async fn run(t: TargetArgs) -> Result<()> {
     latzero_client::admin::shutdown(&ep, Duration::from_secs(30))
         .await
         .map_err(|e| super::request_failed(e, || format!("cannot stop the server at {ep}")))?;
-    println!("server at {ep} stopped");
+    outln!("server at {ep} stopped");
     Ok(())
 }
