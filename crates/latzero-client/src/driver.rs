@@ -419,7 +419,6 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
     Ok(Live { reader, tx, dead })
 }
 
-/// Owns the connection: reads frames, and reconnects when it drops.
 /// Why a connection's read loop ended: the reason reported, and whether another connection
 /// took this app over (no reconnect then).
 struct Ended {
@@ -477,6 +476,7 @@ async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
     end
 }
 
+/// Owns the connection: reads frames, and reconnects when it drops.
 pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
     loop {
         // A bug that panics while handling a frame must not leave the client looking connected

@@ -660,8 +660,9 @@ impl MemoryBlock {
 
     /// Takes a lock lease of `lease` (or the server's default), waiting up to `wait`, and
     /// returns the lease granted: to hold the lock longer, lock again before it runs out, which
-    /// renews it ([`LockGrant::renewed`] tells whether it had run out). The lease ends at [`MemoryBlock::unlock`], when it expires, or when this
-    /// client's connection drops (it is not retaken after a reconnect).
+    /// renews it ([`LockGrant::renewed`] tells whether it had run out). The lease ends at
+    /// [`MemoryBlock::unlock`], when it expires, or when this client's connection drops (it is
+    /// not retaken after a reconnect).
     pub async fn lock_with(
         &self,
         exclusive: bool,
