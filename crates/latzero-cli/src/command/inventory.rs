@@ -221,7 +221,7 @@ pub async fn backup(t: TargetArgs) -> Result<()> {
         let _ = err.flush();
     })
     .await
-    .map_err(|e| super::request_failed(e, || format!("backup at {ep}")))?;
+    .map_err(|e| super::request_failed(e, || format!("cannot back up the server at {ep}")))?;
     eprintln!();
     outln!("{}", json!({ "path": done["path"], "bytes": done["bytes"] }));
     Ok(())
