@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::sync::Once;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Raw, Running, TestServer, config_in};
-use latzero_proto::frame::{encode_binary, encode_json};
 use latzero_server::Limits;
+use latzero_testkit::damage::{self, Rng};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -49,132 +47,17 @@ const REQUESTS: &[&str] = &[
     r#"{"action":"pool_challenge","id":25,"pool":"vault"}"#,
 ];
 
-/// Values put in place of a field's own.
-const ODD: &[&str] = &[
-    "null",
-    "true",
-    "0",
-    "-1",
-    "1.5e308",
-    "18446744073709551616",
-    "\"\"",
-    "[]",
-    "{}",
-    "[[[[]]]]",
-    "{\"a\":{\"b\":{}}}",
-    "\"\\u0000\"",
-    "\"é\"",
-    "\"\\ud800\"",
-    "1e999",
-];
+/// A header that takes a body, for the damaged binary frames.
+const BINARY: &str = r#"{"action":"block_write","id":30,"pool":"p","block_id":"b1","offset":4090}"#;
 
-/// Bytes put into a request's text.
-const NOISE: &[u8] = b"{}[]\",:\\0x\x00\xff\xc3 ";
-
-/// xorshift64: the same damage on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
-        &from[self.below(from.len())]
-    }
-}
-
-/// One damaged frame, framed as the protocol asks.
 fn damaged(rng: &mut Rng) -> Vec<u8> {
-    let text = *rng.pick(REQUESTS);
-    match rng.below(10) {
-        // A field given a value of another type, dropped, or added.
-        0..=3 => {
-            let mut v: Value = serde_json::from_str(text).unwrap();
-            let m = v.as_object_mut().unwrap();
-            let keys: Vec<String> = m.keys().cloned().chain(["id".into(), "extra".into()]).collect();
-            for _ in 0..=rng.below(3) {
-                let k = rng.pick(&keys).clone();
-                if rng.below(4) == 0 {
-                    m.remove(&k);
-                } else {
-                    let odd = *rng.pick(ODD);
-                    m.insert(k, serde_json::from_str(odd).unwrap_or(json!(1)));
-                }
-            }
-            // serde_json cannot hold `1e999` or a lone surrogate (they became 1 above), so a
-            // quarter of these also get an odd value spliced in as text after the first key.
-            let mut out = v.to_string();
-            if rng.below(4) == 0 {
-                out = out.replacen(':', &format!(":{},", rng.pick(ODD)), 1);
-            }
-            encode_json(out.as_bytes()).to_vec()
-        }
-        // Its text broken: bytes changed, dropped, inserted, or the end cut off.
-        4..=7 => {
-            let mut b = text.as_bytes().to_vec();
-            for _ in 0..=rng.below(4) {
-                let at = rng.below(b.len() + 1);
-                match rng.below(4) {
-                    0 if at < b.len() => b[at] = *rng.pick(NOISE),
-                    1 if at < b.len() => {
-                        b.remove(at);
-                    }
-                    2 => b.insert(at, *rng.pick(NOISE)),
-                    _ => b.truncate(at.max(1)),
-                }
-            }
-            encode_json(&b).to_vec()
-        }
-        // A binary frame whose header lies about its length, or carries a request that does
-        // not take a body.
-        8 => {
-            let header = if rng.below(2) == 0 {
-                br#"{"action":"block_write","id":30,"pool":"p","block_id":"b1","offset":4090}"#.as_slice()
-            } else {
-                text.as_bytes()
-            };
-            let mut f = encode_binary(header, &[7; 20]).to_vec();
-            if rng.below(2) == 0 {
-                // The header length (after the frame length and the marker byte).
-                let lie = rng.below(300) as u32;
-                f[5..9].copy_from_slice(&lie.to_be_bytes());
-            }
-            f
-        }
-        // Nothing at all.
-        _ => 0u32.to_be_bytes().to_vec(),
-    }
-}
-
-/// Panics anywhere in this test process, the server's tasks included.
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            previous(info);
-        }));
-    });
+    damage::damaged(rng, REQUESTS, BINARY)
 }
 
 /// Sends `frames` in pieces of random length, so that frames straddle the server's reads.
 async fn send_in_pieces(c: &mut Raw, frames: &[u8], rng: &mut Rng) {
-    let mut rest = frames;
-    while !rest.is_empty() {
-        let n = (1 + rng.below(600)).min(rest.len());
-        c.send_bytes(&rest[..n]).await;
-        rest = &rest[n..];
+    for piece in damage::pieces(rng, frames) {
+        c.send_bytes(piece).await;
     }
 }
 
@@ -182,7 +65,7 @@ async fn send_in_pieces(c: &mut Raw, frames: &[u8], rng: &mut Rng) {
 /// the ping without closing, in valid JSON throughout. Returns the server's count of refused
 /// messages, read on a fresh connection.
 async fn damage(sessions: usize, seed: u64, connect: impl AsyncFn() -> Raw) -> u64 {
-    count_panics();
+    assert_eq!(damage::panics(), 0);
     let mut rng = Rng(seed);
     for session in 0..sessions {
         let mut c = connect().await;
@@ -215,7 +98,7 @@ async fn damage(sessions: usize, seed: u64, connect: impl AsyncFn() -> Raw) -> u
     let mut c = connect().await;
     c.handshake("after", &[], &[]).await;
     let st = c.ask(json!({"action": "status", "id": "st"})).await;
-    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    assert_eq!(damage::panics(), 0, "something panicked (see above)");
     st["counters"]["invalid_messages"].as_u64().unwrap_or(0)
 }
 
@@ -251,7 +134,7 @@ async fn damaged_requests_over_tls() {
 /// is answered, then FRAME_TOO_LARGE, then end of stream; other connections stay served.
 #[tokio::test]
 async fn a_frame_over_the_limit_closes_only_its_connection() {
-    count_panics();
+    assert_eq!(damage::panics(), 0);
     let limits = Limits {
         max_frame_len: 4096,
         ..Limits::default()
@@ -283,7 +166,7 @@ async fn a_frame_over_the_limit_closes_only_its_connection() {
         );
         bystander.sync().await;
     }
-    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    assert_eq!(damage::panics(), 0, "something panicked (see above)");
     s.stop().await;
 }
 
@@ -291,7 +174,7 @@ async fn a_frame_over_the_limit_closes_only_its_connection() {
 /// once, or at the handshake timeout), and the port still serves a real TLS client.
 #[tokio::test]
 async fn garbage_on_the_tls_port_closes_its_connection() {
-    count_panics();
+    assert_eq!(damage::panics(), 0);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_in(dir.path());
     cfg.tls.enabled = true;
@@ -301,7 +184,7 @@ async fn garbage_on_the_tls_port_closes_its_connection() {
     // At once: many wait out the handshake timeout.
     let mut conns = tokio::task::JoinSet::new();
     for i in 0..60 {
-        let mut bytes: Vec<u8> = (0..rng.below(2000)).map(|_| rng.next() as u8).collect();
+        let mut bytes: Vec<u8> = (0..rng.below(2000)).map(|_| rng.next_u64() as u8).collect();
         // Most look like the start of a TLS handshake record, so they reach the TLS parser.
         if rng.below(4) != 0 {
             let len = rng.below(1 << 14) as u16;
@@ -324,6 +207,6 @@ async fn garbage_on_the_tls_port_closes_its_connection() {
     let mut c = Raw::tls(srv.addr, &cert).await;
     c.handshake("after", &[], &[]).await;
     c.sync().await;
-    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see above)");
+    assert_eq!(damage::panics(), 0, "something panicked (see above)");
     srv.stop().await;
 }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+pub mod damage;
+
 /// The safety-net timeout for waiting on an event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
