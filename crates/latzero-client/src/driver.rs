@@ -20,7 +20,7 @@ use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_result_of, remote_e
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
 use crate::handler::{Handler, HandlerError, Request, Started, invoke_boxed, panicked};
-use crate::payload::Payload;
+use crate::payload::{Payload, cut};
 use crate::pending::{Reply, Want};
 
 /// A live connection: its frame reader and the queue to its writer.
@@ -290,18 +290,6 @@ impl Inner {
             Some(hop) => tx.send_now_with(|buf| response_frame_after(buf, hop, &result)),
             None => emit_outcome(process, &result),
         }
-    }
-}
-
-/// `s` as a view into `frame` when it lies inside it (no copy), else a copy (a name the general
-/// parse had to unescape).
-fn cut(frame: &ByteString, s: &str) -> ByteString {
-    let within = frame.as_bytes().as_ptr_range();
-    let (start, end) = (s.as_ptr(), s.as_bytes().as_ptr_range().end);
-    if within.start <= start && end <= within.end {
-        frame.slice_ref(s)
-    } else {
-        ByteString::from(s)
     }
 }
 

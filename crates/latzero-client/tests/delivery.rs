@@ -224,3 +224,39 @@ async fn every_frame_of_one_read_is_handled_and_an_oversized_one_behind_them_end
     assert!(reason.contains("4097") && reason.contains("4096"), "{reason}");
     drop(server.await.unwrap());
 }
+
+/// A delivery without `data` (another server, or a future one, may leave a null payload out)
+/// reaches a bytes-level handler as `null`: the payload is not from the frame, so it is copied
+/// rather than cut out of it (cutting it panicked, and the client dropped its connection).
+#[tokio::test]
+async fn a_trigger_without_data_reaches_a_raw_handler_as_null() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, mut buf) = accept_handshake(listener, "w").await;
+        while read_frame(&mut s, &mut buf).await["action"] != "register" {}
+        let text = r#"{"action":"trigger","id":"1","process":"raw","pool":"p","origin":{"app_id":"c"}}"#;
+        s.write_all(&encode_json(text.as_bytes())).await.unwrap();
+        loop {
+            let f = read_frame(&mut s, &mut buf).await;
+            if f["action"] == "response" {
+                return f;
+            }
+        }
+    });
+    let client = Client::connect(&format!("latzero://w@{addr}?pools=p")).await.unwrap();
+    let c = client.clone();
+    tokio::spawn(async move {
+        c.handle_raw("raw", |r: Request<latzero_client::Payload>| async move {
+            assert_eq!(r.data.as_str(), "null");
+            Ok(r.data)
+        })
+        .await
+    });
+    let r = server.await.unwrap();
+    assert_eq!(
+        (r["status"].as_str(), &r["response"]),
+        (Some("ok"), &Value::Null),
+        "{r}"
+    );
+}
