@@ -411,9 +411,20 @@ impl FrameReader {
         }
     }
 
-    /// The next frame if it has been read already, without reading more.
+    /// The next frame if it has been read already, without reading more. A frame that is
+    /// framed but carries nothing (empty, or a binary header longer than the frame) is skipped
+    /// with a warning, as the server answers one with INVALID_MESSAGE and reads on: the codec
+    /// has consumed it, so the stream is still in step, and dropping the connection would fail
+    /// every call in flight for want of a frame that answers none of them.
     pub fn buffered(&mut self) -> Result<Option<Frame>, FrameError> {
-        self.codec.decode(&mut self.buf)
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Err(e @ (FrameError::Empty | FrameError::BadBinaryHeader { .. })) => {
+                    tracing::warn!(error = %e, "skipped a malformed frame from the server");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The next frame; the end of the stream is [`ClientError::Disconnected`].
