@@ -111,6 +111,45 @@ async fn a_response_from_a_connection_not_asked_is_rejected() {
     s.stop().await;
 }
 
+/// A response the server refuses (not valid JSON, an ill-typed field) that still names its call
+/// fails that call at once with a handler error saying so: the caller is not left to time out
+/// as if the handler had never answered. The handler's INVALID_MESSAGE names the call.
+#[tokio::test]
+async fn a_refused_response_fails_its_call_at_once() {
+    let s = TestServer::start().await;
+    let (mut h, mut c) = handler_and_caller(&s, "h").await;
+    let broken = [
+        // The SDK's layout with a body that is not JSON.
+        r#"{"action":"response","in_reply_to":HOP,"status":"ok","response":"\q"}"#,
+        // Valid JSON, another key order, a status that is neither ok nor error.
+        r#"{"status":"okay","in_reply_to":HOP,"action":"response","response":1}"#,
+    ];
+    for (id, text) in broken.into_iter().enumerate() {
+        c.send(json!({"action":"trigger","id":id,"process":"f","pool":"p","ttl":60000}))
+            .await;
+        let t = h.expect().await;
+        h.send_text(&text.replace("HOP", &t["id"].to_string())).await;
+        let e = h.expect().await;
+        assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+        let told = e["message"].as_str().unwrap();
+        assert!(told.contains(&format!("in_reply_to {}", t["id"])), "{e}");
+        let r = c.expect().await;
+        assert_eq!(
+            (r["action"].as_str(), r["in_reply_to"].as_u64(), r["status"].as_str()),
+            (Some("response"), Some(id as u64), Some("error")),
+            "{r}"
+        );
+        let why = r["error"]["message"].as_str().unwrap();
+        assert!(
+            why.contains("handler 'h' answered with a response the server refused"),
+            "{r}"
+        );
+    }
+    let st = c.ask(json!({"action":"status","id":"st"})).await;
+    assert_eq!(st["calls_in_flight"], 0, "{st}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn sdk_round_robin_destination_and_errors() {
     let s = TestServer::start().await;

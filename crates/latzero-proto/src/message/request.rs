@@ -345,6 +345,48 @@ fn explain_bad_json(json: &[u8], e: serde_json::Error) -> ParseError<'_> {
     invalid(id, message)
 }
 
+/// The hop id a `response` the server refuses still names, when it names one plainly: a frame
+/// that is not valid JSON, or holds an ill-typed field, can still say which call it answers, and
+/// that call can then fail at once rather than at its deadline. The frame must say
+/// `"action":"response"` and hold `"in_reply_to"` once, followed by a hop id as the server writes
+/// it (a string of 1 to 19 digits) or as a number; anything less plain is `None`, since a guess
+/// in a broken frame could name another call.
+pub fn refused_response_hop(json: &[u8]) -> Option<&RawValue> {
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+    fn skip_space(b: &[u8]) -> &[u8] {
+        let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+        &b[n..]
+    }
+    /// `"key"`, optional spaces and a colon, then optional spaces: what follows.
+    fn value_of<'j>(json: &'j [u8], key: &[u8]) -> Option<&'j [u8]> {
+        let at = find(json, key)?;
+        let after = skip_space(&json[at + key.len()..]);
+        Some(skip_space(after.strip_prefix(b":")?))
+    }
+    if !value_of(json, b"\"action\"")?.starts_with(b"\"response\"") {
+        return None;
+    }
+    const KEY: &[u8] = b"\"in_reply_to\"";
+    let at = find(json, KEY)?;
+    if find(&json[at + KEY.len()..], KEY).is_some() {
+        return None;
+    }
+    let v = value_of(&json[at..], KEY)?;
+    let quoted = v.first() == Some(&b'"');
+    let digits = v[usize::from(quoted)..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    let end = usize::from(quoted) + digits;
+    if !(1..=19).contains(&digits) || (quoted && v.get(end) != Some(&b'"')) {
+        return None;
+    }
+    let token = std::str::from_utf8(&v[..end + usize::from(quoted)]).ok()?;
+    serde_json::from_str::<&RawValue>(token).ok()
+}
+
 fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
@@ -520,6 +562,32 @@ fn response<'a>(env: &Envelope<'a>, id: Option<&'a RawValue>) -> Result<Response
 mod tests {
     use super::*;
     use crate::message::Status;
+
+    #[test]
+    fn a_refused_response_still_names_its_call_when_it_names_it_plainly() {
+        let hop = |t: &str| refused_response_hop(t.as_bytes()).map(|r| r.get().to_owned());
+        // Broken JSON in the body, an ill-typed field, another key order, spaces, a number.
+        assert_eq!(
+            hop(r#"{"action":"response","in_reply_to":"17","status":"ok","response":"\q"}"#).as_deref(),
+            Some(r#""17""#)
+        );
+        assert_eq!(
+            hop(r#"{"status":"okay","in_reply_to" : 17 ,"action": "response"}"#).as_deref(),
+            Some("17")
+        );
+        // Not a response, no id, an id that is not a hop id, two ids, a cut-off id.
+        for t in [
+            r#"{"action":"trigger","in_reply_to":"17"}"#,
+            r#"{"action":"response","status":"ok"}"#,
+            r#"{"action":"response","in_reply_to":"x17"}"#,
+            r#"{"action":"response","in_reply_to":"17","in_reply_to":"18"}"#,
+            r#"{"action":"response","in_reply_to":"17"#,
+            r#"{"action":"response","in_reply_to":"12345678901234567890"}"#,
+            r#"{"action":"response","in_reply_to":}"#,
+        ] {
+            assert_eq!(hop(t), None, "{t}");
+        }
+    }
     use crate::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
 
     #[test]

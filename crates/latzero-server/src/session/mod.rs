@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
     Ack, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request,
-    Response, Restored, ServerInfo, Trigger, parse_request, parse_sdk_call,
+    Response, Restored, ServerInfo, Status, Trigger, parse_request, parse_sdk_call, refused_response_hop,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -351,7 +351,17 @@ impl Session {
         let parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
-                self.error(e.id, e.code, &e.message);
+                match refused_response_hop(json).filter(|_| e.code == ErrorCode::InvalidMessage) {
+                    Some(hop) if self.fail_refused_call(hop, &e.message) => {
+                        let message = format!(
+                            "{}; the call it answers (in_reply_to {}) fails with this error, if it still waits",
+                            e.message,
+                            hop.get()
+                        );
+                        self.error(e.id, e.code, &message);
+                    }
+                    _ => self.error(e.id, e.code, &e.message),
+                }
                 return None;
             }
         };
@@ -949,6 +959,26 @@ impl Session {
             v["in_reply_to"] = id;
         }
         let _ = self.conn.reply(&encode_message(&v));
+    }
+
+    /// A `response` from this connection that the server refused (`why`) still named its call,
+    /// `hop`: the call's caller gets a handler error saying so at once, rather than a `TIMEOUT`
+    /// that suggests the handler never answered. `false` if `hop` is no call of this
+    /// connection's.
+    fn fail_refused_call(&self, hop: &RawValue, why: &str) -> bool {
+        let message = format!(
+            "handler '{}' answered with a response the server refused: {why}",
+            self.conn.app_str()
+        );
+        let Ok(body) = serde_json::value::to_raw_value(&serde_json::json!({ "message": message })) else {
+            return false;
+        };
+        let answer = Response {
+            in_reply_to: hop,
+            status: Status::Error,
+            body: Some(&body),
+        };
+        self.state.router.respond(&self.conn, &answer).is_ok()
     }
 
     fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
