@@ -205,7 +205,7 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     }
     if l.default_ttl > l.max_ttl {
         bail!(
-            "default_ttl_ms ({}) exceeds max_ttl_ms ({})",
+            "default_ttl_ms ({}) exceeds max_ttl_ms ({}); give a default_ttl_ms (--default-ttl-ms) no longer than it",
             l.default_ttl.as_millis(),
             l.max_ttl.as_millis()
         );
@@ -232,7 +232,7 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     }
     if m.default_lease > m.max_lease {
         bail!(
-            "default_lock_lease_ms ({}) exceeds max_lock_lease_ms ({})",
+            "default_lock_lease_ms ({}) exceeds max_lock_lease_ms ({}); give a default_lock_lease_ms (--default-lock-lease-ms) no longer than it",
             m.default_lease.as_millis(),
             m.max_lease.as_millis()
         );
