@@ -224,7 +224,7 @@ impl Call<'_> {
     }
 
     fn ttl(&self) -> Duration {
-        self.timeout.unwrap_or(self.client.inner.opts.request_timeout)
+        self.timeout.unwrap_or_else(|| self.client.inner.default_ttl())
     }
 
     fn check(&self) -> Result<(), ClientError> {

@@ -131,6 +131,55 @@ pub(crate) struct Inner {
     pub(crate) closed: Closed,
     pub(crate) watches: Mutex<crate::memory::Watches>,
     pub(crate) spinner: Option<latzero_uds::spin::Spinner>,
+    /// What the server's `handshake_ack` said of its limits.
+    pub(crate) server_limits: ServerLimits,
+}
+
+/// The limits the server told at the handshake (`limits`, PROTOCOL.md §4.1): the client keeps to
+/// them rather than be refused or, past the frame limit, disconnected. The most they can be,
+/// from a server that tells none.
+#[derive(Debug)]
+pub(crate) struct ServerLimits {
+    max_frame_len: AtomicUsize,
+    max_ttl_ms: AtomicU64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_frame_len: AtomicUsize::new(usize::MAX),
+            max_ttl_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Takes the limits of a new connection's ack.
+    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64) {
+        self.max_frame_len.store(max_frame_len, Ordering::Relaxed);
+        self.max_ttl_ms.store(max_ttl_ms, Ordering::Relaxed);
+    }
+
+    /// The longest frame payload the server reads.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.max_frame_len.load(Ordering::Relaxed)
+    }
+
+    /// `FrameTooLarge` for a frame (its length prefix included) the server would refuse.
+    pub(crate) fn check_frame(&self, frame: &[u8]) -> Result<(), ClientError> {
+        let (len, max) = (frame.len().saturating_sub(4), self.max_frame_len());
+        if len > max {
+            return Err(ClientError::FrameTooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// The ttl of a call that names none: the client's request timeout, cut to the longest
+    /// the server takes (so that a server started with a shorter `--max-ttl-ms` does not refuse
+    /// every call of a client left on its defaults).
+    pub(crate) fn default_ttl(&self, request_timeout: Duration) -> Duration {
+        request_timeout.min(Duration::from_millis(self.max_ttl_ms.load(Ordering::Relaxed)))
+    }
 }
 
 /// Counts one call in [`Inner::in_flight`] while it lives.
@@ -313,6 +362,7 @@ impl Client {
             closed: Closed::new(),
             watches: Mutex::default(),
             spinner: latzero_uds::spin::Spinner::shared(opts.spin),
+            server_limits: ServerLimits::default(),
             opts,
         });
         let live = establish(&inner, inner.opts.takeover).await?;
@@ -536,7 +586,7 @@ impl Client {
         PoolName::check(pool)?;
         TriggerName::check(process)?;
         let inner = &self.inner;
-        let ttl = inner.opts.request_timeout;
+        let ttl = inner.default_ttl();
         if let Some(h) = inner.local_handler(pool, process) {
             let data = D::from_json(data)?;
             return run_local(inner.app_id.as_str(), h, pool, process, data, ttl).await;
@@ -664,7 +714,13 @@ impl Inner {
         lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)
     }
 
+    /// The ttl of a call that names none (see [`ServerLimits::default_ttl`]).
+    pub(crate) fn default_ttl(&self) -> Duration {
+        self.server_limits.default_ttl(self.opts.request_timeout)
+    }
+
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ClientError> {
+        self.server_limits.check_frame(frame)?;
         let tx = self.outbox()?;
         tx.send(frame).await.map_err(|_| ClientError::Disconnected)
     }
@@ -757,6 +813,7 @@ impl Inner {
     ) -> Result<Reply, ClientError> {
         let id = want.id(self.next_id.fetch_add(1, Ordering::Relaxed));
         let frame = build(id)?;
+        self.server_limits.check_frame(&frame)?;
         let wait = ttl + reply_grace(ttl);
         // In the table with this poll's waker, so that the first look for the reply can be
         // saved when the send does not wait (`still_in_its_poll`). Leaves the table if this

@@ -271,9 +271,10 @@ impl Inner {
                 let tx = tx.clone();
                 let process = process.to_owned();
                 let hop = hop.map(str::to_owned);
+                let max = self.server_limits.max_frame_len();
                 tokio::spawn(async move {
                     let result = invoke_boxed(rest, &process).await;
-                    if let Some(frame) = outcome(&process, hop.as_deref(), &result) {
+                    if let Some(frame) = outcome(&process, hop.as_deref(), &result, max) {
                         // If the connection dropped meanwhile, the server has already failed the
                         // call with HANDLER_GONE; there is nobody to send this to.
                         let _ = tx.send(&frame).await;
@@ -286,8 +287,9 @@ impl Inner {
     /// Sends a handler's result, now, as the call's response (nothing for an emit), written
     /// in place at the end of the connection's queue: no frame built apart and copied in.
     fn finish<T: Answer>(&self, process: &str, hop: Option<&str>, result: Result<T, HandlerError>, tx: &Outbox) {
+        let max = self.server_limits.max_frame_len();
         match hop {
-            Some(hop) => tx.send_now_with(|buf| response_frame_after(buf, hop, &result)),
+            Some(hop) => tx.send_now_with(|buf| response_within(buf, hop, &result, max)),
             None => emit_outcome(process, &result),
         }
     }
@@ -306,9 +308,14 @@ fn handler_error<T>(text: &str) -> Result<Result<T, ClientError>, serde_json::Er
 
 /// What becomes of a handler's result: the response frame for a call (`hop` is its id as JSON
 /// text); for an emit nothing, and a failure is logged.
-fn outcome<T: Answer>(process: &str, hop: Option<&str>, result: &Result<T, HandlerError>) -> Option<Vec<u8>> {
+fn outcome<T: Answer>(
+    process: &str,
+    hop: Option<&str>,
+    result: &Result<T, HandlerError>,
+    max_frame_len: usize,
+) -> Option<Vec<u8>> {
     match hop {
-        Some(hop) => Some(response_frame_after(Vec::new(), hop, result)),
+        Some(hop) => Some(response_within(Vec::new(), hop, result, max_frame_len)),
         None => {
             emit_outcome(process, result);
             None
@@ -321,6 +328,29 @@ fn emit_outcome<T>(process: &str, result: &Result<T, HandlerError>) {
     if let Err(HandlerError(e)) = result {
         tracing::warn!(trigger = %process, error = %e, "emit handler failed");
     }
+}
+
+/// [`response_frame_after`], or, when the answer would make a frame longer than the server
+/// reads (`max_frame_len`: it would close this connection, failing every call in flight here),
+/// an error response saying so, so that the caller learns why at once.
+fn response_within<T: Answer>(
+    buf: Vec<u8>,
+    hop: &str,
+    result: &Result<T, HandlerError>,
+    max_frame_len: usize,
+) -> Vec<u8> {
+    let start = buf.len();
+    let mut buf = response_frame_after(buf, hop, result);
+    let len = buf.len() - start - 4;
+    if len > max_frame_len {
+        buf.truncate(start);
+        let why = format!(
+            "the handler's answer makes a frame of {len} bytes, more than the server's max_frame_len of {max_frame_len} bytes"
+        );
+        tracing::warn!(%why, "answer not sent");
+        buf = response_frame_after(buf, hop, &Err::<Value, _>(HandlerError::msg(why)));
+    }
+    buf
 }
 
 /// `buf` with a handler's answer appended as a `response` frame; `hop` is the delivered
@@ -393,8 +423,18 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
         pools: Vec<String>,
         #[serde(default)]
         triggers: Vec<String>,
+        #[serde(default)]
+        limits: Option<AckLimits>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AckLimits {
+        max_frame_len: usize,
+        max_ttl_ms: u64,
     }
     if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
+        if let Some(l) = a.limits {
+            inner.server_limits.set(l.max_frame_len, l.max_ttl_ms);
+        }
         let mut s = lock(&inner.shared);
         s.pools
             .extend(a.pools.iter().filter_map(|p| PoolName::try_from(p.as_str()).ok()));

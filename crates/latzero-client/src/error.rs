@@ -66,6 +66,18 @@ pub enum ClientError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// A frame longer than the server reads (its `max_frame_len`, told at the handshake): not
+    /// sent, since the server would close the connection, failing every call in flight. The
+    /// connection stays open. [`ClientError::code`] gives `FRAME_TOO_LARGE`.
+    #[error(
+        "FRAME_TOO_LARGE: a frame of {len} bytes exceeds the server's max_frame_len of {max} bytes; not sent (the connection stays open)"
+    )]
+    FrameTooLarge {
+        /// The frame's length (its payload, as the server counts it).
+        len: usize,
+        /// The server's limit.
+        max: usize,
+    },
     /// The server sent something this SDK does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -87,6 +99,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Remote(r) => Some(r.code),
+            ClientError::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
             _ => None,
         }
     }

@@ -391,3 +391,58 @@ async fn a_unix_send_buffer_no_socket_takes_stops_the_start_with_a_reason() {
         "{err}"
     );
 }
+
+/// The handshake tells the server's limits, and the SDK keeps to them: a call or an emit whose
+/// frame is longer than the server reads fails at once with `FrameTooLarge`, unsent, where the
+/// server would close the connection; a handler whose answer would be too long answers with an
+/// error saying so; a call without a timeout of its own asks no more than the server's max ttl.
+/// Every connection stays up throughout.
+#[tokio::test]
+async fn the_sdk_keeps_to_the_limits_the_handshake_tells() {
+    let limits = Limits {
+        max_frame_len: 4096,
+        max_ttl: Duration::from_secs(2),
+        default_ttl: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let mut raw = s.raw().await;
+    let ack = raw.handshake("raw", &[], &[]).await;
+    assert_eq!(
+        ack["limits"],
+        json!({"max_frame_len": 4096, "max_ttl_ms": 2000, "default_ttl_ms": 1000}),
+        "{ack}"
+    );
+
+    let worker = Client::connect(&s.url("w?pools=p")).await.unwrap();
+    worker
+        .handle("echo", |r: Request| async move { Ok(r.data) })
+        .await
+        .unwrap();
+    worker
+        .handle("big", |_r: Request| async move { Ok(json!("x".repeat(5000))) })
+        .await
+        .unwrap();
+    let caller = Client::connect(&s.url("c?pools=p")).await.unwrap();
+    let (mut worker_events, mut caller_events) = (worker.events(), caller.events());
+    // The SDK's default timeout is 30 s; the server takes at most 2 s, and the call is served.
+    assert_eq!(caller.call("p", "echo", &json!(1)).await.unwrap(), json!(1));
+    let big = json!("x".repeat(5000));
+    let e = caller.call("p", "echo", &big).await.unwrap_err();
+    assert!(matches!(e, ClientError::FrameTooLarge { max: 4096, .. }), "{e}");
+    assert_eq!(e.code(), Some(ErrorCode::FrameTooLarge));
+    let e = caller.emit("p", "echo", &big).await.unwrap_err();
+    assert!(matches!(e, ClientError::FrameTooLarge { .. }), "{e}");
+    let e = caller.call("p", "big", &json!(null)).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Handler(v) if v["message"].as_str().is_some_and(|m| m.contains("max_frame_len of 4096"))),
+        "{e}"
+    );
+    assert_eq!(caller.call("p", "echo", &json!(2)).await.unwrap(), json!(2));
+    for events in [&mut worker_events, &mut caller_events] {
+        while let Ok(ev) = events.try_recv() {
+            assert!(!matches!(ev, ClientEvent::Disconnected { .. }), "{ev:?}");
+        }
+    }
+    s.stop().await;
+}

@@ -56,6 +56,21 @@ pub struct HandshakeAck<'a> {
     pub store_error: Option<&'a str>,
     /// Server information.
     pub server: ServerInfo<'a>,
+    /// The limits a client meets on every request, so that it can keep to them rather than
+    /// be refused (or, past the frame limit, disconnected).
+    pub limits: AckLimits,
+}
+
+/// The limits a `handshake_ack` tells.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AckLimits {
+    /// The longest frame payload the server reads, in bytes; a longer one closes the
+    /// connection with FRAME_TOO_LARGE.
+    pub max_frame_len: usize,
+    /// The longest `ttl` a call may ask for, in milliseconds.
+    pub max_ttl_ms: u64,
+    /// The `ttl` of a call that gives none, in milliseconds.
+    pub default_ttl_ms: u64,
 }
 
 /// What a rehydrating handshake got back from the store.

@@ -15,8 +15,8 @@ use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
-    Ack, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue, Request,
-    Response, Restored, ServerInfo, Status, Trigger, parse_request, parse_sdk_call, refused_response_hop,
+    Ack, AckLimits, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue,
+    Request, Response, Restored, ServerInfo, Status, Trigger, parse_request, parse_sdk_call, refused_response_hop,
 };
 use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -747,6 +747,7 @@ impl Session {
                     }
                 }
                 let (pools, triggers) = dir.app_state(&app);
+                let limits = &st.config.limits;
                 let ack = encode_message(&HandshakeAck {
                     action: "handshake_ack",
                     in_reply_to: id.as_deref(),
@@ -767,6 +768,11 @@ impl Session {
                         name: "latzero",
                         version: env!("CARGO_PKG_VERSION"),
                         pid: std::process::id(),
+                    },
+                    limits: AckLimits {
+                        max_frame_len: limits.max_frame_len,
+                        max_ttl_ms: limits.max_ttl.as_millis() as u64,
+                        default_ttl_ms: limits.default_ttl.as_millis() as u64,
                     },
                 });
                 // Queued under the directory lock: no delivery to this app can come first.
