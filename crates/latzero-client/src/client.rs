@@ -141,23 +141,31 @@ pub(crate) struct Inner {
 #[derive(Debug)]
 pub(crate) struct ServerLimits {
     max_frame_len: AtomicUsize,
-    max_ttl_ms: AtomicU64,
+    /// The server's max ttl when the client's request timeout is longer, else `u64::MAX`: a
+    /// call reads one word to know that its default ttl stands.
+    ttl_cut_ms: AtomicU64,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_frame_len: AtomicUsize::new(usize::MAX),
-            max_ttl_ms: AtomicU64::new(u64::MAX),
+            ttl_cut_ms: AtomicU64::new(u64::MAX),
         }
     }
 }
 
 impl ServerLimits {
-    /// Takes the limits of a new connection's ack.
-    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64) {
+    /// Takes the limits of a new connection's ack, for a client whose request timeout is
+    /// `request_timeout`.
+    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64, request_timeout: Duration) {
         self.max_frame_len.store(max_frame_len, Ordering::Relaxed);
-        self.max_ttl_ms.store(max_ttl_ms, Ordering::Relaxed);
+        let cut = if request_timeout.as_millis() > u128::from(max_ttl_ms) {
+            max_ttl_ms
+        } else {
+            u64::MAX
+        };
+        self.ttl_cut_ms.store(cut, Ordering::Relaxed);
     }
 
     /// The longest frame payload the server reads.
@@ -178,7 +186,10 @@ impl ServerLimits {
     /// the server takes (so that a server started with a shorter `--max-ttl-ms` does not refuse
     /// every call of a client left on its defaults).
     pub(crate) fn default_ttl(&self, request_timeout: Duration) -> Duration {
-        request_timeout.min(Duration::from_millis(self.max_ttl_ms.load(Ordering::Relaxed)))
+        match self.ttl_cut_ms.load(Ordering::Relaxed) {
+            u64::MAX => request_timeout,
+            ms => Duration::from_millis(ms),
+        }
     }
 }
 

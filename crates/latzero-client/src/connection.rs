@@ -417,11 +417,19 @@ impl FrameReader {
     /// has consumed it, so the stream is still in step, and dropping the connection would fail
     /// every call in flight for want of a frame that answers none of them.
     pub fn buffered(&mut self) -> Result<Option<Frame>, FrameError> {
+        match self.codec.decode(&mut self.buf) {
+            Err(e @ (FrameError::Empty | FrameError::BadBinaryHeader { .. })) => self.skip_malformed(e),
+            other => other,
+        }
+    }
+
+    /// Skips `e`'s frame and any malformed ones after it (out of the line every frame takes).
+    #[cold]
+    fn skip_malformed(&mut self, mut e: FrameError) -> Result<Option<Frame>, FrameError> {
         loop {
+            tracing::warn!(error = %e, "skipped a malformed frame from the server");
             match self.codec.decode(&mut self.buf) {
-                Err(e @ (FrameError::Empty | FrameError::BadBinaryHeader { .. })) => {
-                    tracing::warn!(error = %e, "skipped a malformed frame from the server");
-                }
+                Err(next @ (FrameError::Empty | FrameError::BadBinaryHeader { .. })) => e = next,
                 other => return other,
             }
         }

@@ -20,7 +20,7 @@ use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_result_of, remote_e
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
 use crate::handler::{Handler, HandlerError, Request, Started, invoke_boxed, panicked};
-use crate::payload::{Payload, cut};
+use crate::payload::Payload;
 use crate::pending::{Reply, Want};
 
 /// A live connection: its frame reader and the queue to its writer.
@@ -55,7 +55,7 @@ impl Inner {
         if let Some(d) = delivery {
             let data = Data {
                 frame: &text,
-                text: d.data,
+                text: Some(d.data),
             };
             let origin = || Some(cut(&text, d.origin));
             if self.deliver(d.process, d.pool, data, origin, d.id, tx).is_ok() {
@@ -75,7 +75,7 @@ impl Inner {
                 let process = env.process.as_deref().unwrap_or_default();
                 let data = Data {
                     frame: &text,
-                    text: env.data.map_or("null", RawValue::get),
+                    text: env.data.map(RawValue::get),
                 };
                 let origin = || env.origin.and_then(origin_app_id).map(|a| cut(&text, &a));
                 let hop = if action == "emit" {
@@ -235,13 +235,16 @@ impl Inner {
         let names = || (cut(data.frame, process), cut(data.frame, pool));
         match handler {
             Some(Handler::Value(h)) => {
-                let value = serde_json::from_str(data.text)?;
+                let value = serde_json::from_str(data.text.unwrap_or("null"))?;
                 let (process_name, pool) = names();
                 let req = Request::new(process_name, pool, value, origin(), hop.is_none());
                 self.run(|| h.start(req), process, hop, tx);
             }
             Some(Handler::Raw(h)) => {
-                let payload = Payload::within(data.frame, data.text)?;
+                let payload = match data.text {
+                    Some(text) => Payload::within(data.frame, text)?,
+                    None => Payload::from_text("null")?,
+                };
                 let (process_name, pool) = names();
                 let req = Request::new(process_name, pool, payload, origin(), hop.is_none());
                 self.run(|| h.start(req), process, hop, tx);
@@ -295,10 +298,23 @@ impl Inner {
     }
 }
 
-/// A delivered payload: its JSON text, inside the frame it arrived in.
+/// `s` as a view into `frame` when it lies inside it (no copy), else a copy (a name the general
+/// parse had to unescape).
+fn cut(frame: &ByteString, s: &str) -> ByteString {
+    let within = frame.as_bytes().as_ptr_range();
+    let (start, end) = (s.as_ptr(), s.as_bytes().as_ptr_range().end);
+    if within.start <= start && end <= within.end {
+        frame.slice_ref(s)
+    } else {
+        ByteString::from(s)
+    }
+}
+
+/// A delivered payload: its JSON text, inside the frame it arrived in; `None` for a delivery
+/// without `data` (a null payload), whose text is not in the frame to be cut out of it.
 struct Data<'a> {
     frame: &'a ByteString,
-    text: &'a str,
+    text: Option<&'a str>,
 }
 
 /// A handler's error, read from a `response` with status "error": a Value in either form.
@@ -433,7 +449,9 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
     }
     if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
         if let Some(l) = a.limits {
-            inner.server_limits.set(l.max_frame_len, l.max_ttl_ms);
+            inner
+                .server_limits
+                .set(l.max_frame_len, l.max_ttl_ms, inner.opts.request_timeout);
         }
         let mut s = lock(&inner.shared);
         s.pools

@@ -55,14 +55,13 @@ impl Payload {
     /// outline is read here — what the layout readers need, since text cut from a frame of
     /// another layout runs on into the next field — and its contents are not checked again
     /// (for a nested payload that second check was serde's full pass).
-    /// Text from elsewhere (the `null` given for a delivery without `data`) is copied.
     pub(crate) fn within(frame: &ByteString, text: &str) -> Result<Payload, serde_json::Error> {
         if spans_one_value(text) {
-            return Ok(Payload(cut(frame, text)));
+            return Ok(Payload(frame.slice_ref(text)));
         }
         // serde says why (or takes what the outline refused, such as whitespace around it).
         let raw = serde_json::from_str::<&RawValue>(text)?;
-        Ok(Payload(cut(frame, raw.get())))
+        Ok(Payload(frame.slice_ref(raw.get())))
     }
 
     /// The JSON text.
@@ -132,18 +131,6 @@ impl TryFrom<&serde_json::Value> for Payload {
     type Error = serde_json::Error;
     fn try_from(v: &serde_json::Value) -> Result<Self, Self::Error> {
         Payload::from_json(v)
-    }
-}
-
-/// `s` as a view into `frame` when it lies inside it (no copy), else a copy (a name the general
-/// parse had to unescape, or text that is not from the frame at all).
-pub(crate) fn cut(frame: &ByteString, s: &str) -> ByteString {
-    let within = frame.as_bytes().as_ptr_range();
-    let (start, end) = (s.as_ptr(), s.as_bytes().as_ptr_range().end);
-    if within.start <= start && end <= within.end {
-        frame.slice_ref(s)
-    } else {
-        ByteString::from(s)
     }
 }
 
