@@ -411,6 +411,11 @@ impl FrameReader {
         }
     }
 
+    /// Reads frames up to `max_len` bytes from now on.
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.codec = FrameCodec::new(max_len);
+    }
+
     /// The next frame if it has been read already, without reading more. A frame that is
     /// framed but carries nothing (empty, or a binary header longer than the frame) is skipped
     /// with a warning, as the server answers one with INVALID_MESSAGE and reads on: the codec

@@ -423,11 +423,11 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             "auth": inner.opts.auth,
         })
     };
-    let (ack, reader, w, direct) = open_with_request(
+    let (ack, mut reader, w, direct) = open_with_request(
         &inner.endpoint,
         inner.opts.tls.as_ref(),
         &handshake,
-        inner.opts.max_frame_len,
+        inner.opts.read_limit(latzero_proto::DEFAULT_MAX_FRAME_LEN),
         inner.opts.request_timeout,
     )
     .await?;
@@ -452,6 +452,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             inner
                 .server_limits
                 .set(l.max_frame_len, l.max_ttl_ms, inner.opts.request_timeout);
+            reader.set_max_len(inner.opts.read_limit(l.max_frame_len));
         }
         let mut s = lock(&inner.shared);
         s.pools

@@ -20,7 +20,7 @@ pub struct ClientOptions {
     pub(crate) auth: Option<serde_json::Value>,
     pub(crate) meta: Option<Value>,
     pub(crate) write_queue: usize,
-    pub(crate) max_frame_len: usize,
+    pub(crate) max_frame_len: Option<usize>,
     pub(crate) triggers: Vec<String>,
     pub(crate) tls: Option<latzero_proto::TlsVerify>,
     pub(crate) spin: Duration,
@@ -41,7 +41,7 @@ impl Default for ClientOptions {
             auth: None,
             meta: None,
             write_queue: 8192,
-            max_frame_len: latzero_proto::DEFAULT_MAX_FRAME_LEN,
+            max_frame_len: None,
             triggers: Vec::new(),
             tls: None,
             spin: DEFAULT_SPIN,
@@ -130,10 +130,19 @@ impl ClientOptions {
         self
     }
 
-    /// Longest frame accepted from the server.
+    /// Longest frame accepted from the server. By default the client follows the server: it
+    /// reads frames up to the server's own `max_frame_len` (told at the handshake) plus
+    /// [`latzero_proto::ENVELOPE_ROOM`] for what the server wraps around a payload it forwards.
+    /// A lower limit set here stands, and a longer frame then ends the connection.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.max_frame_len = bytes;
+        self.max_frame_len = Some(bytes);
         self
+    }
+
+    /// The longest frame to read from a server whose own limit is `server_max`.
+    pub(crate) fn read_limit(&self, server_max: usize) -> usize {
+        self.max_frame_len
+            .unwrap_or(server_max.saturating_add(latzero_proto::ENVELOPE_ROOM))
     }
 
     /// Triggers to announce in the handshake. Each must get a handler with

@@ -17,6 +17,11 @@ use tokio_util::codec::{Decoder, Encoder};
 
 /// Default maximum payload length: 16 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+/// What the server may add around a payload it forwards, beyond its own `max_frame_len`: a
+/// delivery's hop id, origin and ttl, a caller's own id in its response. A client reads frames
+/// up to the server's `max_frame_len` plus this, or a call as long as the server takes would
+/// end its handler's connection.
+pub const ENVELOPE_ROOM: usize = 64 * 1024;
 /// The first payload byte that marks a binary frame.
 pub const BINARY_MARKER: u8 = 0x00;
 

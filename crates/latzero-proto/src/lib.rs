@@ -18,7 +18,7 @@ pub mod seed;
 pub mod url;
 
 pub use error::ErrorCode;
-pub use frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameCodec, FrameError};
+pub use frame::{DEFAULT_MAX_FRAME_LEN, ENVELOPE_ROOM, Frame, FrameCodec, FrameError};
 pub use name::{AppId, BlockId, NameError, PoolName, TriggerName};
 pub use url::{Endpoint, LatzeroUrl, TlsVerify, UrlError, format_fingerprint, parse_fingerprint};
 

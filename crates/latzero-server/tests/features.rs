@@ -446,3 +446,27 @@ async fn the_sdk_keeps_to_the_limits_the_handshake_tells() {
     }
     s.stop().await;
 }
+
+/// A call as long as the server reads reaches its handler, and its answer as long as that
+/// reaches the caller: the server wraps a payload in more than the caller sent (the delivery's
+/// hop id, origin and ttl; the caller's own id), so the SDK reads frames a little longer than
+/// the server's limit (both on their defaults, 16 MiB).
+#[tokio::test]
+async fn a_call_at_the_frame_limit_reaches_its_handler_and_its_answer_the_caller() {
+    let s = TestServer::start().await;
+    let worker = Client::connect(&s.url("w?pools=p")).await.unwrap();
+    worker
+        .handle("echo", |r: Request| async move { Ok(r.data) })
+        .await
+        .unwrap();
+    let caller = Client::connect(&s.url("a-caller-with-a-longer-app-id?pools=p"))
+        .await
+        .unwrap();
+    // The caller's frame: {"action":"trigger","id":N,"process":"echo","pool":"p","data":"...","ttl":30000}
+    let max = latzero_proto::DEFAULT_MAX_FRAME_LEN;
+    let envelope = r#"{"action":"trigger","id":1,"process":"echo","pool":"p","data":"","ttl":30000}"#.len();
+    let data = json!("x".repeat(max - envelope - 16));
+    let answer = caller.call("p", "echo", &data).await.unwrap();
+    assert_eq!(answer.as_str().map(str::len), data.as_str().map(str::len));
+    s.stop().await;
+}
