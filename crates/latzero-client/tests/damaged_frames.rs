@@ -1,8 +1,8 @@
-//! Damaged frames from the server: a stand-in server sends a client every kind of frame the
-//! LatZero server sends it (deliveries, responses to its calls in flight, errors, events), with
-//! its JSON broken or its fields swapped for values of the wrong type, binary frames with lying
-//! headers and empty frames, written in pieces that split frames anywhere. The client must stay
-//! connected, answer a call made afterwards, and never panic. The SDK reads the server's frames
+//! Damaged frames from the server, over TCP and a Unix socket: a stand-in server sends a client
+//! every kind of frame the LatZero server sends it (deliveries, responses to its calls in
+//! flight, errors, events), with its JSON broken or its fields swapped for values of the wrong
+//! type, binary frames with lying headers and empty frames, written in pieces that split frames
+//! anywhere. The client must stay connected, answer a call made afterwards, and never panic. The SDK reads the server's frames
 //! by their fixed layout first (`DeliverTrigger::read_text` and friends), so broken text aimed
 //! at that layout is the point. A fixed seed, so a failure repeats.
 
@@ -12,8 +12,8 @@ use latzero_client::{ClientEvent, ClientOptions, Payload, Request};
 use latzero_proto::frame::{FrameCodec, encode_json};
 use latzero_testkit::damage::{self, Rng};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::codec::Decoder;
 
 /// The next frame from the client as JSON (binary frames' headers), `None` at its end. A frame
@@ -65,16 +65,52 @@ fn templates(ids: &[String]) -> Vec<String> {
     t
 }
 
+/// A byte stream the stand-in serves on: TCP or a Unix socket.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A stand-in server's listener, TCP or Unix (the SDK reads the two through different code).
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, tempfile::TempDir),
+}
+
+impl Listener {
+    async fn bind(unix: bool) -> Listener {
+        if unix {
+            let dir = tempfile::tempdir().unwrap();
+            Listener::Unix(UnixListener::bind(dir.path().join("s.sock")).unwrap(), dir)
+        } else {
+            Listener::Tcp(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Listener::Tcp(l) => format!("latzero://w@{}?pools=p", l.local_addr().unwrap()),
+            Listener::Unix(_, dir) => format!("latzero://w?socket={}&pools=p", dir.path().join("s.sock").display()),
+        }
+    }
+
+    async fn accept(&self) -> Box<dyn Io> {
+        match self {
+            Listener::Tcp(l) => Box::new(l.accept().await.unwrap().0),
+            Listener::Unix(l, _) => Box::new(l.accept().await.unwrap().0),
+        }
+    }
+}
+
 /// One connection: handlers registered, three calls in flight, 40 damaged frames, then a call
 /// that must be answered.
-async fn session(n: usize, rng: &mut Rng) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("latzero://w@{}?pools=p", l.local_addr().unwrap());
+async fn session(n: usize, rng: &mut Rng, unix: bool) {
+    let l = Listener::bind(unix).await;
+    let url = l.url();
     let opts = ClientOptions::new()
         .reconnect(false)
         .request_timeout(Duration::from_secs(60));
     let accept = async {
-        let (mut s, _) = l.accept().await.unwrap();
+        let mut s = l.accept().await;
         let mut buf = bytes::BytesMut::new();
         let hs = read_frame(&mut s, &mut buf).await.unwrap();
         let ack = json!({"action":"handshake_ack","in_reply_to":hs["id"],"app_id":"w","pools":["p"],"triggers":[],"protocol_version":"1.0"});
@@ -108,7 +144,7 @@ async fn session(n: usize, rng: &mut Rng) {
     tasks.spawn(async move {
         let _ = c.request("p", "c").broadcast().await;
     });
-    let (mut rd, mut wr) = s.into_split();
+    let (mut rd, mut wr) = tokio::io::split(s);
     let (mut registers, mut ids) = (0, vec![]);
     while registers < 2 || ids.len() < 3 {
         let f = read_frame(&mut rd, &mut buf).await.expect("the client stays connected");
@@ -161,7 +197,17 @@ async fn damaged_frames_from_the_server_leave_the_client_connected() {
     assert_eq!(damage::panics(), 0);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for n in 0..40 {
-        session(n, &mut rng).await;
+        session(n, &mut rng, false).await;
+    }
+    assert_eq!(damage::panics(), 0, "something panicked (see above)");
+}
+
+#[tokio::test]
+async fn damaged_frames_over_a_unix_socket_leave_the_client_connected() {
+    assert_eq!(damage::panics(), 0);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for n in 0..40 {
+        session(n, &mut rng, true).await;
     }
     assert_eq!(damage::panics(), 0, "something panicked (see above)");
 }
