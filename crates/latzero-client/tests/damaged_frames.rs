@@ -95,7 +95,11 @@ impl Listener {
 
     async fn accept(&self) -> Box<dyn Io> {
         match self {
-            Listener::Tcp(l) => Box::new(l.accept().await.unwrap().0),
+            Listener::Tcp(l) => {
+                let s = l.accept().await.unwrap().0;
+                s.set_nodelay(true).unwrap();
+                Box::new(s)
+            }
             Listener::Unix(l, _) => Box::new(l.accept().await.unwrap().0),
         }
     }
