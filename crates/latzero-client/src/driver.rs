@@ -440,12 +440,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
         #[serde(default)]
         triggers: Vec<String>,
         #[serde(default)]
-        limits: Option<AckLimits>,
-    }
-    #[derive(serde::Deserialize)]
-    struct AckLimits {
-        max_frame_len: usize,
-        max_ttl_ms: u64,
+        limits: Option<latzero_proto::message::AckLimits>,
     }
     if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
         if let Some(l) = a.limits {

@@ -62,7 +62,7 @@ pub struct HandshakeAck<'a> {
 }
 
 /// The limits a `handshake_ack` tells.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct AckLimits {
     /// The longest frame payload the server reads, in bytes; a longer one closes the
     /// connection with FRAME_TOO_LARGE.

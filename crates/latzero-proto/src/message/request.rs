@@ -562,6 +562,7 @@ fn response<'a>(env: &Envelope<'a>, id: Option<&'a RawValue>) -> Result<Response
 mod tests {
     use super::*;
     use crate::message::Status;
+    use crate::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
 
     #[test]
     fn a_refused_response_still_names_its_call_when_it_names_it_plainly() {
@@ -588,7 +589,6 @@ mod tests {
             assert_eq!(hop(t), None, "{t}");
         }
     }
-    use crate::seed::{HANDSHAKE as SEED_HANDSHAKE, RESPONSE as SEED_RESPONSE, TRIGGER as SEED_TRIGGER};
 
     #[test]
     fn the_sdk_layout_reads_as_the_general_parse_does() {
