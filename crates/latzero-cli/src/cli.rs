@@ -133,7 +133,7 @@ pub struct PoolsArgs {
     pub cmd: Option<PoolsCmd>,
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Print JSON instead of a table (list and show)
+    /// Print JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
 }

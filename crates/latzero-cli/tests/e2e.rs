@@ -513,6 +513,9 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
         "ops",
         "--description",
         "the alpha pool",
+        "--policies",
+        r#"{"call":["api"],"emit":[]}"#,
+        "--json",
     ])?;
     assert!(ok, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out)?["owners"], json!(["ops"]));
@@ -524,10 +527,28 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
     assert!(ok, "{err}");
     let line = out.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
     assert!(line.contains("the alpha pool") && line.contains("worker"), "{out}");
-    let (_, out, _) = s.run(&["pools", "show", "alpha"])?;
+    let (_, out, _) = s.run(&["pools", "show", "alpha", "--json"])?;
     assert_eq!(serde_json::from_str::<Value>(&out)?["blocks"][0]["block_id"], "frame");
+    // Without --json, in words: who may do what, the members, the blocks.
+    let (ok, out, err) = s.run(&["pools", "show", "alpha"])?;
+    assert!(ok, "{err}");
+    for line in [
+        "pool alpha",
+        "description  the alpha pool",
+        "call   the owners and api",
+        "emit   the owners only",
+        "members      worker",
+        "triggers     echo (worker)",
+        "blocks       frame (binary, 64 bytes, version 0)",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
     let (_, out, _) = s.run(&["blocks", "--json"])?;
     assert_eq!(serde_json::from_str::<Value>(&out)?.as_array().map(Vec::len), Some(1));
+    let (_, out, _) = s.run(&["apps"])?;
+    let line = out.lines().find(|l| l.starts_with("worker")).unwrap_or_default();
+    // Last seen as a UTC time, not milliseconds.
+    assert!(line.contains("  true  ") && line.ends_with('Z'), "{out}");
     let (_, out, _) = s.run(&["apps", "--json"])?;
     let apps: Value = serde_json::from_str(&out)?;
     // The CLI's own generated ids are ephemeral: only the worker is remembered.
@@ -537,16 +558,28 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
         (Some("worker"), Some(true))
     );
 
+    let (ok, _, err) = s.run(&["pools", "update", "alpha", "--app", "ops"])?;
+    assert!(!ok && err.contains("nothing to change"), "{err}");
+    let (ok, out, err) = s.run(&["pools", "update", "alpha", "--app", "ops", "--policies", "{}"])?;
+    assert!(ok && out.contains("call   every member (no policy)"), "{err}{out}");
     let (ok, _, err) = s.run(&["pools", "remove", "alpha", "--app", "ops"])?;
     assert!(!ok && err.contains("POOL_IN_USE"), "{err}");
     let (ok, _, err) = s.run(&["pools", "update", "alpha", "--app", "intruder", "--description", "x"])?;
     assert!(!ok && err.contains("PERMISSION_DENIED"), "{err}");
-    let (ok, out, err) = s.run(&["pools", "remove", "alpha", "--app", "ops", "--force"])?;
+    let (ok, out, err) = s.run(&["pools", "remove", "alpha", "--app", "ops", "--force", "--json"])?;
     assert!(ok, "{err}");
     // What went with the pool, without the reply's envelope.
     assert_eq!(
         serde_json::from_str::<Value>(&out)?,
         json!({"pool": "alpha", "members_removed": ["worker"], "blocks_removed": 1})
+    );
+    let (ok, _, err) = s.run(&["pools", "create", "beta", "--owners", "ops"])?;
+    assert!(ok, "{err}");
+    let (ok, out, err) = s.run(&["pools", "remove", "beta", "--app", "ops"])?;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "removed pool beta; members removed: none; memory blocks deleted: 0\n"
     );
     // A refused query says what was asked, in words rather than the wire's action names.
     let (ok, _, err) = s.run(&["pools", "show", "alpha"])?;
@@ -682,7 +715,7 @@ fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() ->
     assert!(gen2.iter().all(|k| k.contains(".2.")), "{out}");
     let (ok, _, err) = s.run(&["keys", "rotate", "vault", "--app", "caller"])?;
     assert!(!ok && err.contains("PERMISSION_DENIED"), "only owners rotate: {err}");
-    let (ok, out, _) = s.run(&["pools", "show", "vault"])?;
+    let (ok, out, _) = s.run(&["pools", "show", "vault", "--json"])?;
     assert!(ok);
     assert_eq!(serde_json::from_str::<Value>(&out)?["key_generations"], json!([1, 2]));
 

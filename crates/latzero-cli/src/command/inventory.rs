@@ -4,27 +4,13 @@ use anyhow::{Context, Result, bail};
 use latzero_client::{ClientOptions, PoolSpec};
 use serde_json::{Value, json};
 
+use super::view::{self, cell as s};
 use crate::cli::{BlocksArgs, ListArgs, PoolsArgs, PoolsCmd, RestoreArgs, TargetArgs};
 
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut all = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     all.extend(rows);
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for r in &all {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
-        outln!("{}", line.join("  ").trim_end());
-    }
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
+    out!("{}", view::table("", &all));
 }
 
 /// An admin query; a refusal says what was asked (`cannot show pool 'x' at ...`).
@@ -61,7 +47,7 @@ pub async fn apps(a: ListArgs) -> Result<()> {
         return Ok(());
     }
     print_table(
-        &["APP", "CONNECTED", "POOLS", "TRIGGERS", "LAST SEEN (ms)"],
+        &["APP", "CONNECTED", "POOLS", "TRIGGERS", "LAST SEEN (UTC)"],
         apps.iter()
             .map(|x| {
                 vec![
@@ -69,7 +55,7 @@ pub async fn apps(a: ListArgs) -> Result<()> {
                     s(&x["connected"]),
                     s(&x["pools"]),
                     s(&x["triggers"]),
-                    s(&x["last_seen"]),
+                    view::time(&x["last_seen"]),
                 ]
             })
             .collect(),
@@ -102,9 +88,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
                     .collect(),
             );
         }
-        PoolsCmd::Show { pool } => {
-            outln!("{}", serde_json::to_string_pretty(&pool_show(&a.target, &pool).await?)?);
-        }
+        PoolsCmd::Show { pool } => print_pool(&pool_show(&a.target, &pool).await?, a.json)?,
         PoolsCmd::Create {
             pool,
             description,
@@ -127,8 +111,7 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
                 policies,
                 keys: None,
             };
-            let created = c.create_pool(&pool, spec).await?;
-            outln!("{}", serde_json::to_string_pretty(&created)?);
+            print_pool(&c.create_pool(&pool, spec).await?, a.json)?;
         }
         PoolsCmd::Update {
             pool,
@@ -137,7 +120,9 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
             owners,
             policies,
         } => {
-            let c = connect(&a.target, Some(&app)).await?;
+            if description.is_none() && owners.is_none() && policies.is_none() {
+                bail!("nothing to change: give --description, --owners or --policies");
+            }
             let mut changes = json!({});
             if let Some(d) = description {
                 changes["description"] = json!(d);
@@ -148,15 +133,35 @@ pub async fn pools(a: PoolsArgs) -> Result<()> {
             if let Some(p) = policies {
                 changes["policies"] = serde_json::from_str(&p).context("--policies is not valid JSON")?;
             }
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&c.update_pool(&pool, changes).await?)?
-            );
+            let c = connect(&a.target, Some(&app)).await?;
+            print_pool(&c.update_pool(&pool, changes).await?, a.json)?;
         }
         PoolsCmd::Remove { pool, app, force } => {
             let c = connect(&a.target, Some(&app)).await?;
-            outln!("{}", serde_json::to_string_pretty(&c.remove_pool(&pool, force).await?)?);
+            let removed = c.remove_pool(&pool, force).await?;
+            if a.json {
+                outln!("{}", serde_json::to_string_pretty(&removed)?);
+            } else {
+                let members = match view::list(&removed["members_removed"]) {
+                    none if none == "-" => "none".to_owned(),
+                    members => members,
+                };
+                outln!(
+                    "removed pool {pool}; members removed: {members}; memory blocks deleted: {}",
+                    removed["blocks_removed"]
+                );
+            }
         }
+    }
+    Ok(())
+}
+
+/// A pool's description: in words, or as JSON with `--json`.
+fn print_pool(info: &Value, json: bool) -> Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        out!("{}", view::pool(info));
     }
     Ok(())
 }

@@ -58,26 +58,19 @@ pub async fn run(cmd: MemCmd) -> Result<()> {
             if a.json {
                 outln!("{}", serde_json::to_string_pretty(&blocks)?);
             } else {
-                outln!(
-                    "{:<24} {:<7} {:>12} {:>10} {:<10} {:<12}",
-                    "BLOCK",
-                    "TYPE",
-                    "SIZE",
-                    "VERSION",
-                    "PERSISTENT",
-                    "OWNER"
-                );
+                let mut rows = vec![
+                    ["BLOCK", "TYPE", "SIZE", "VERSION", "PERSISTENT", "OWNER"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
                 for b in &blocks {
-                    outln!(
-                        "{:<24} {:<7} {:>12} {:>10} {:<10} {:<12}",
-                        b["block_id"].as_str().unwrap_or("?"),
-                        b["type"].as_str().unwrap_or("?"),
-                        b["size"],
-                        b["version"],
-                        b["persistent"],
-                        b["owner"].as_str().unwrap_or("?"),
+                    rows.push(
+                        ["block_id", "type", "size", "version", "persistent", "owner"]
+                            .map(|k| super::view::cell(&b[k]))
+                            .to_vec(),
                     );
                 }
+                out!("{}", super::view::table("", &rows));
             }
             Ok(())
         }

@@ -9,6 +9,7 @@ pub mod reply;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod view;
 
 use anyhow::{Context, Result, bail};
 use latzero_client::ClientError;

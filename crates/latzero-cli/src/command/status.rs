@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde_json::Value;
 
+use super::view::{list, table};
 use crate::cli::StatusArgs;
 
 pub async fn run(args: StatusArgs) -> Result<()> {
@@ -18,39 +19,6 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         out!("{}", render(&st));
     }
     Ok(())
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
-            .collect();
-        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
-    }
-    out
-}
-
-fn list(v: &Value) -> String {
-    match v.as_array() {
-        Some(a) if !a.is_empty() => a
-            .iter()
-            .map(|x| x.as_str().unwrap_or("?"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        _ => "-".into(),
-    }
 }
 
 fn uptime(ms: u64) -> String {
@@ -114,7 +82,7 @@ pub fn render(st: &Value) -> String {
     if rows.len() == 1 {
         out.push_str("pools: none\n");
     } else {
-        out.push_str(&table(&rows));
+        out.push_str(&table("  ", &rows));
     }
     out.push('\n');
     let mut rows = vec![vec![
@@ -136,12 +104,12 @@ pub fn render(st: &Value) -> String {
     if rows.len() == 1 {
         out.push_str("apps: none\n");
     } else {
-        out.push_str(&table(&rows));
+        out.push_str(&table("  ", &rows));
     }
     out.push_str("\ncounters:\n");
     if let Some(c) = st["counters"].as_object() {
         let rows: Vec<Vec<String>> = c.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
-        out.push_str(&table(&rows));
+        out.push_str(&table("  ", &rows));
     }
     out
 }

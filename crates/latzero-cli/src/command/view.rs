@@ -1,0 +1,215 @@
+//! How the commands show what the server answers, when `--json` is not asked for: tables whose
+//! columns line up whatever their cells hold, and values in words (times in UTC, policies as
+//! who may do what).
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// `rows` (the first one the header) padded to their columns' widths, two spaces apart, each
+/// line starting with `indent`.
+pub fn table(indent: &str, rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
+        let _ = writeln!(out, "{indent}{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// A value as a table cell: a string as it is, a list comma-separated, nothing as `-`.
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// A list of names, `, `-separated; `-` for none.
+pub fn list(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(cell).collect::<Vec<_>>().join(", "),
+        _ => "-".into(),
+    }
+}
+
+/// Milliseconds since the Unix epoch as a UTC time to the second; `-` for none.
+pub fn time(ms: &Value) -> String {
+    match ms.as_u64() {
+        Some(ms) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+        None => "-".into(),
+    }
+}
+
+/// The operations a pool's policies govern, in PROTOCOL §4.4's order.
+const OPERATIONS: [&str; 5] = ["join", "call", "emit", "read", "write"];
+
+/// Who may do what in a pool, one operation to a line: an absent policy, or `"*"`, leaves the
+/// operation open to every member (to any app, for `join`), and `[]` to the owners alone.
+fn policies(p: &Value) -> Vec<String> {
+    OPERATIONS
+        .iter()
+        .map(|op| {
+            let anyone = if *op == "join" { "any app" } else { "every member" };
+            let who = match p.get(op).and_then(Value::as_array) {
+                None => format!("{anyone} (no policy)"),
+                Some(apps) if apps.iter().any(|a| a == "*") => anyone.to_owned(),
+                Some(apps) if apps.is_empty() => "the owners only".to_owned(),
+                Some(apps) => format!("the owners and {}", list(&Value::Array(apps.clone()))),
+            };
+            format!("{op:<6} {who}")
+        })
+        .collect()
+}
+
+/// One pool, as `pool_show` (and `pool_created`, `pool_updated`) describe it: a line per
+/// field, its memory blocks if the description has them.
+pub fn pool(info: &Value) -> String {
+    let mut fields: Vec<(&str, Vec<String>)> = vec![];
+    let stored = info["stored"].as_bool() == Some(true);
+    let kind = format!(
+        "{}, {}",
+        info["type"].as_str().unwrap_or("?"),
+        if stored { "stored" } else { "live only (not stored)" }
+    );
+    fields.push(("type", vec![kind]));
+    if stored {
+        let description = info["description"].as_str().unwrap_or_default();
+        fields.push((
+            "description",
+            vec![if description.is_empty() {
+                "-".into()
+            } else {
+                description.into()
+            }],
+        ));
+        fields.push(("owners", vec![list(&info["owners"])]));
+        fields.push(("policies", policies(&info["policies"])));
+    }
+    if let Some(generations) = info.get("key_generations") {
+        fields.push(("key generations", vec![list(generations)]));
+    }
+    fields.push(("members", vec![list(&info["members"])]));
+    let triggers: Vec<String> = info["triggers"]
+        .as_object()
+        .map(|m| m.iter().map(|(t, h)| format!("{t} ({})", list(h))).collect())
+        .unwrap_or_default();
+    fields.push((
+        "triggers",
+        if triggers.is_empty() {
+            vec!["-".into()]
+        } else {
+            triggers
+        },
+    ));
+    if let Some(blocks) = info["blocks"].as_array() {
+        let blocks: Vec<String> = blocks
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} ({}, {} bytes, version {}{})",
+                    cell(&b["block_id"]),
+                    cell(&b["type"]),
+                    b["size"],
+                    b["version"],
+                    if b["persistent"] == true { ", persistent" } else { "" }
+                )
+            })
+            .collect();
+        fields.push(("blocks", if blocks.is_empty() { vec!["-".into()] } else { blocks }));
+    }
+    fields.push(("created", vec![time(&info["created_at"])]));
+    if stored {
+        fields.push(("updated", vec![time(&info["updated_at"])]));
+    }
+
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = format!("pool {}\n", info["name"].as_str().unwrap_or("?"));
+    for (key, lines) in fields {
+        for (i, l) in lines.iter().enumerate() {
+            let key = if i == 0 { key } else { "" };
+            let _ = writeln!(out, "  {key:<width$}  {l}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_table_lines_up_whatever_its_cells_hold() {
+        let rows = vec![
+            vec!["BLOCK".into(), "SIZE".into(), "OWNER".into()],
+            vec!["a-rather-long-block-name".into(), cell(&json!(64)), cell(&json!("me"))],
+            vec!["b".into(), cell(&json!(1048576)), cell(&json!(null))],
+        ];
+        assert_eq!(
+            table("", &rows),
+            "BLOCK                     SIZE     OWNER\n\
+             a-rather-long-block-name  64       me\n\
+             b                         1048576  -\n"
+        );
+        assert_eq!(table("  ", &rows[..1]), "  BLOCK  SIZE  OWNER\n");
+    }
+
+    #[test]
+    fn times_are_utc_to_the_second() {
+        assert_eq!(time(&json!(1_763_776_800_123u64)), "2025-11-22T02:00:00Z");
+        assert_eq!(time(&json!(null)), "-");
+    }
+
+    #[test]
+    fn a_stored_pool_says_who_may_do_what() {
+        let info = json!({
+            "name": "alpha", "type": "local", "stored": true, "created_at": 1_763_776_800_000u64,
+            "updated_at": 1_763_776_860_000u64, "description": "dev pool", "owners": ["ops"],
+            "policies": {"call": ["api", "web"], "write": [], "read": ["*"]},
+            "members": ["api", "worker"], "triggers": {"echo": ["worker"]},
+            "blocks": [{"block_id": "frame", "type": "binary", "size": 64, "version": 3, "persistent": true}]
+        });
+        assert_eq!(
+            pool(&info),
+            "pool alpha\n\
+             \x20 type         local, stored\n\
+             \x20 description  dev pool\n\
+             \x20 owners       ops\n\
+             \x20 policies     join   any app (no policy)\n\
+             \x20              call   the owners and api, web\n\
+             \x20              emit   every member (no policy)\n\
+             \x20              read   every member\n\
+             \x20              write  the owners only\n\
+             \x20 members      api, worker\n\
+             \x20 triggers     echo (worker)\n\
+             \x20 blocks       frame (binary, 64 bytes, version 3, persistent)\n\
+             \x20 created      2025-11-22T02:00:00Z\n\
+             \x20 updated      2025-11-22T02:01:00Z\n"
+        );
+    }
+
+    #[test]
+    fn a_live_pool_has_no_stored_fields() {
+        let info = json!({"name": "p", "type": "local", "stored": false, "created_at": 0,
+                          "members": [], "triggers": {}});
+        let text = pool(&info);
+        assert!(text.contains("type      local, live only (not stored)"), "{text}");
+        assert!(text.contains("members   -") && text.contains("triggers  -"), "{text}");
+        assert!(!text.contains("owners") && !text.contains("blocks"), "{text}");
+    }
+}
