@@ -39,6 +39,10 @@ use crate::memory::MemoryBlock;
 const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 /// Context prefix of a handler's sealed response (never valid as a request).
 const CONTEXT_REPLY: &str = "reply";
+/// Context prefix of a handler's sealed error (never valid as a request or an answer).
+const CONTEXT_ERROR: &str = "error";
+/// A sealed handler error on the wire is `{"sealed": "<base64 record>"}`.
+const SEALED: &str = "sealed";
 
 struct State {
     keys: PoolKeys,
@@ -76,6 +80,31 @@ impl State {
         let o = self.open(ctx, &sealed)?;
         lock(&self.guard).check_message(&o)?;
         Ok(serde_json::from_slice(&o.plaintext)?)
+    }
+
+    /// A handler's error, sealed for `error/<trigger>` if it can be; if it cannot (a handler
+    /// without the OblivionSeal), an error saying so, without the error's contents.
+    fn seal_error(&self, trigger: &str, e: HandlerError) -> HandlerError {
+        match self.seal_value(&context(CONTEXT_ERROR, trigger), &e.0) {
+            Ok(sealed) => HandlerError(json!({ SEALED: sealed })),
+            Err(err) => HandlerError::msg(format!("the handler failed, and cannot seal its error: {err}")),
+        }
+    }
+
+    /// The error a call into the pool failed with: a handler's sealed error opened (or the
+    /// reason it cannot be); anything else as it came, since not every error is a handler's
+    /// (the server's own errors are plaintext).
+    fn open_error(&self, trigger: &str, e: ClientError) -> ClientError {
+        let ClientError::Handler(v) = &e else { return e };
+        match v.as_object() {
+            Some(m) if m.len() == 1 && m.contains_key(SEALED) => {
+                match self.open_message(&context(CONTEXT_ERROR, trigger), &m[SEALED]) {
+                    Ok(opened) => ClientError::Handler(opened),
+                    Err(err) => err,
+                }
+            }
+            _ => e,
+        }
     }
 }
 
@@ -185,10 +214,14 @@ impl EncryptedPool {
     }
 
     /// Calls a trigger with a sealed payload and opens the sealed answer (needs the CipherShard
-    /// and OblivionSeal).
+    /// and OblivionSeal). A handler's error comes sealed too, and is opened into
+    /// [`ClientError::Handler`]; the server's own errors (a timeout, no handler) are plaintext.
     pub async fn call<T: Serialize + ?Sized>(&self, process: &str, data: &T) -> Result<Value, ClientError> {
         let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
-        let answer = self.client.call(&self.pool, process, &sealed).await?;
+        let answer = match self.client.call(&self.pool, process, &sealed).await {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.state.open_error(process, e)),
+        };
         self.state.open_message(&context(CONTEXT_REPLY, process), &answer)
     }
 
@@ -203,8 +236,9 @@ impl EncryptedPool {
 
     /// Handles a trigger: calls and emits in this pool arrive opened (verified, decrypted,
     /// checked for replays — anything else is refused with a handler error and never reaches
-    /// `f`), and the answer is sealed (so answering needs the OblivionSeal). In other pools the
-    /// handler sees payloads as they are.
+    /// `f`), and the answer is sealed (so answering needs the OblivionSeal), and so is an error
+    /// `f` returns: a handler that cannot seal sends an error saying so instead of its error's
+    /// contents. In other pools the handler sees payloads as they are.
     pub async fn handle<F, Fut>(&self, trigger: &str, f: F) -> Result<(), ClientError>
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,
@@ -224,7 +258,7 @@ impl EncryptedPool {
                         .open_message(&context(CONTEXT_MSG, &req.process), &req.data)
                         .map_err(|e| HandlerError::msg(format!("rejected sealed payload: {e}")))?;
                     let process = req.process.clone();
-                    let answer = f(req).await?;
+                    let answer = f(req).await.map_err(|e| st.seal_error(&process, e))?;
                     st.seal_value(&context(CONTEXT_REPLY, &process), &answer)
                         .map_err(|e| HandlerError::msg(format!("cannot seal the answer: {e}")))
                 }

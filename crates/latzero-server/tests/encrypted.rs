@@ -9,8 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Raw, Running, config_in};
 use latzero_client::{
-    BlockOptions, Client, ClientError, ClientOptions, EncryptedPool, ErrorCode, PoolKeys, PoolSpec, Request, SealError,
-    generate_pool_keys,
+    BlockOptions, Client, ClientError, ClientOptions, EncryptedPool, ErrorCode, HandlerError, PoolKeys, PoolSpec,
+    Request, SealError, generate_pool_keys,
 };
 use serde_json::json;
 
@@ -198,3 +198,65 @@ async fn sealed_calls_and_blocks_and_every_threat_refused() {
 }
 
 const HEADER_BYTE: usize = 30;
+
+/// A handler's error in an encrypted pool travels sealed: the caller's SDK opens it, and what
+/// crosses the server (seen here by a call that does not open it) holds none of its text. A
+/// handler that cannot seal (a reader) sends an error saying so, not its error's text.
+#[tokio::test]
+async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let (texts, v1) = generate_pool_keys("vault", 1);
+    let all = || PoolKeys::parse("vault", &texts).unwrap();
+    let owner = app(&srv, "owner").await;
+    let spec = PoolSpec {
+        kind: "encrypted".into(),
+        keys: Some(v1),
+        ..PoolSpec::default()
+    };
+    owner.create_pool("vault", spec).await.unwrap();
+
+    let worker = app(&srv, "worker").await;
+    let wp = worker.encrypted_pool("vault", all()).await.unwrap();
+    wp.handle("debit", |_| async {
+        Err(HandlerError::msg("account 7 is short by 1200"))
+    })
+    .await
+    .unwrap();
+    let reader = app(&srv, "reader").await;
+    let rp = reader
+        .encrypted_pool("vault", PoolKeys::parse("vault", [&texts[0], &texts[1]]).unwrap())
+        .await
+        .unwrap();
+    rp.handle("audit", |_| async { Err(HandlerError::msg("account 7 is flagged")) })
+        .await
+        .unwrap();
+
+    let caller = app(&srv, "caller").await;
+    let cp = caller.encrypted_pool("vault", all()).await.unwrap();
+    match cp.call("debit", &json!(1200)).await {
+        Err(ClientError::Handler(e)) => assert_eq!(e, json!({"message": "account 7 is short by 1200"})),
+        other => panic!("{other:?}"),
+    }
+    // The same error as the server passes it on: a sealed record, no text.
+    let sealed = latzero_crypto::seal(&all(), "msg/debit", b"1200").unwrap();
+    match caller.call("vault", "debit", &B64.encode(sealed)).await {
+        Err(ClientError::Handler(e)) => {
+            assert!(e["sealed"].is_string() && e.as_object().unwrap().len() == 1, "{e}");
+            assert!(!e.to_string().contains("account"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match cp.call("audit", &json!(7)).await {
+        Err(ClientError::Handler(e)) => {
+            let text = e["message"].as_str().unwrap();
+            assert!(
+                text.contains("cannot seal its error") && !text.contains("account"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    drop((wp, rp, cp, worker, reader, caller, owner));
+    srv.stop().await;
+}
