@@ -108,6 +108,8 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
     let p = r.ask(json!({"action":"ping","id":"p"})).await;
     assert_eq!(p["action"], "pong");
     refused(&mut r, json!({"action":"status","id":1})).await;
+    // Shutting the server down is an admin request too (the rest of this test needs it up).
+    refused(&mut Raw::connect(s.addr).await, json!({"action":"shutdown","id":9})).await;
     let app_jwt = jwt(json!({"app_id":"w","exp":exp()}));
     refused(
         &mut Raw::connect(s.addr).await,
@@ -131,5 +133,52 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
         .ask(json!({"action":"app_list","id":5,"auth":{"jwt":admin_jwt}}))
         .await;
     assert_eq!(a["action"], "app_list_result", "{a}");
+
+    // An app that proved who it is and asks for an admin request its credential does not
+    // allow is refused that request alone: its connection stays, with its call in flight.
+    let mut h = Raw::connect(s.addr).await;
+    let hj = jwt(json!({"app_id":"h","exp":exp()}));
+    let ack = h
+        .ask(json!({"action":"handshake","id":1,"app_id":"h","pools":["p"],"triggers":["f"],"auth":{"jwt":hj}}))
+        .await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    let mut w = Raw::connect(s.addr).await;
+    let wj = jwt(json!({"app_id":"w","pools":["p"],"exp":exp()}));
+    let ack = w
+        .ask(json!({"action":"handshake","id":1,"app_id":"w","pools":["p"],"auth":{"jwt":wj}}))
+        .await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    w.send(json!({"action":"trigger","id":"c1","pool":"p","process":"f","data":1}))
+        .await;
+    let delivery = h.expect().await;
+    assert_eq!(delivery["action"], "trigger", "{delivery}");
+    for (id, auth) in [(2, None), (3, Some(json!({"token":"bad-token"})))] {
+        let mut req = json!({"action":"status","id":id});
+        if let Some(a) = auth {
+            req["auth"] = a;
+        }
+        let e = w.ask(req).await;
+        assert_eq!(
+            (e["code"].as_str(), &e["in_reply_to"]),
+            (Some("AUTH_FAILED"), &json!(id)),
+            "{e}"
+        );
+    }
+    // With an admin credential of its own the request is allowed, and the app's rights stay
+    // its JWT's (the token would allow any pool).
+    let st = w
+        .ask(json!({"action":"status","id":4,"auth":{"token":"good-token"}}))
+        .await;
+    assert_eq!(st["action"], "status_result", "{st}");
+    let r = w.ask(json!({"action":"join","id":5,"pools":["q"]})).await;
+    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+    h.send(json!({"action":"response","in_reply_to":delivery["id"],"status":"ok","response":2}))
+        .await;
+    let answer = w.expect().await;
+    assert_eq!(
+        (&answer["in_reply_to"], &answer["response"]),
+        (&json!("c1"), &json!(2)),
+        "{answer}"
+    );
     s.stop().await;
 }

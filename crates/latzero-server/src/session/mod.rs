@@ -406,10 +406,19 @@ impl Session {
                 }
             }
         } else if admin && !self.grant.as_ref().is_some_and(|g| g.admin) {
-            match st.auth.check(parsed.auth.as_ref(), None) {
-                Ok(g) => self.grant = Some(g),
-                Err(why) => {
+            match (st.auth.check(parsed.auth.as_ref(), None), &self.app) {
+                // Before a handshake the admin credential is the connection's.
+                (Ok(g), None) => self.grant = Some(g),
+                // After one, it allows this request; the app keeps its own credential's rights.
+                (Ok(_), Some(_)) => {}
+                (Err(why), None) => {
                     self.auth_failed(id, &why);
+                    return None;
+                }
+                // An app that proved who it is keeps its connection (and its calls in flight);
+                // only this request is refused.
+                (Err(why), Some(_)) => {
+                    self.error(id, ErrorCode::AuthFailed, &why);
                     return None;
                 }
             }
