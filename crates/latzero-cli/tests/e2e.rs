@@ -504,7 +504,7 @@ fn registrations_go_to_data_db_unless_memory_mode() -> Result<()> {
 #[test]
 fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
     let s = server();
-    let _w = s.reply(&["--app", "worker", "--pool", "alpha", "echo"])?;
+    let mut w = s.reply(&["--app", "worker", "--pool", "alpha", "echo"])?;
     let (ok, out, err) = s.run(&[
         "pools",
         "create",
@@ -568,6 +568,14 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
     assert!(!ok && err.contains("PERMISSION_DENIED"), "{err}");
     let (ok, out, err) = s.run(&["pools", "remove", "alpha", "--app", "ops", "--force", "--json"])?;
     assert!(ok, "{err}");
+    // The worker is told it was taken out of its only pool, and stops serving.
+    let left = w.wait_event("pool_left")?;
+    assert_eq!(left["pool"], "alpha", "{left}");
+    let (status, err) = w.wait_exit()?;
+    assert!(
+        !status.success() && err.contains("removed by 'ops'") && err.contains("last pool"),
+        "{status}: {err}"
+    );
     // What went with the pool, without the reply's envelope.
     assert_eq!(
         serde_json::from_str::<Value>(&out)?,

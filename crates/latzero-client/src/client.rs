@@ -87,6 +87,14 @@ pub enum ClientEvent {
         /// True for joined, false for left.
         joined: bool,
     },
+    /// The server took this app out of a pool (its owner removed it): the client no longer
+    /// counts itself a member, and does not join it again when it reconnects.
+    PoolLeft {
+        /// The pool.
+        pool: String,
+        /// What the server said, naming who removed it.
+        reason: String,
+    },
     /// A result of another app's call that named this app as `reply_to`.
     Forwarded(Forwarded),
     /// An error frame the server sent that answers no request of ours (for example an emit's

@@ -96,6 +96,16 @@ impl Inner {
                 app_id: env.app_id.as_deref().unwrap_or_default().to_owned(),
                 joined: env.event.as_deref() == Some("joined"),
             }),
+            Some("pool_left") => {
+                let pool = env.pool.as_deref().unwrap_or_default();
+                if let Ok(name) = PoolName::try_from(pool) {
+                    lock(&self.shared).pools.remove(&name);
+                }
+                self.event(ClientEvent::PoolLeft {
+                    pool: pool.to_owned(),
+                    reason: env.message.as_deref().unwrap_or_default().to_owned(),
+                });
+            }
             Some("closing") => {
                 let code = env.code.as_deref().unwrap_or("?");
                 return Some(Closing {

@@ -342,13 +342,26 @@ impl Directory {
         pool.stored = Some(rec);
     }
 
-    /// Removes a pool: its members leave it (and are told through presence); returns them.
-    pub fn remove_pool(&mut self, name: &PoolName) -> Vec<AppId> {
-        let members: Vec<AppId> = self
-            .pools
-            .get(name)
-            .map(|p| p.members.keys().cloned().collect())
-            .unwrap_or_default();
+    /// Removes a pool at `by`'s request: each member is told it is no longer in it
+    /// (`pool_left`), leaves it (presence subscribers are told), and is returned.
+    pub fn remove_pool(&mut self, name: &PoolName, by: &AppId) -> Vec<AppId> {
+        let Some(pool) = self.pools.get(name) else {
+            return vec![];
+        };
+        let members: Vec<AppId> = pool.members.keys().cloned().collect();
+        if !members.is_empty() {
+            let frame = encode_message(&serde_json::json!({
+                "action": "pool_left",
+                "pool": name.as_str(),
+                "by": by.as_str(),
+                "message": format!("pool '{name}' was removed by '{by}'; this app is no longer in it"),
+            }));
+            for conn in pool.members.values() {
+                // A member too slow to take it is closed as a slow consumer, which leaves the
+                // pool too.
+                let _ = conn.send(&frame);
+            }
+        }
         for m in &members {
             self.leave(m, std::slice::from_ref(name));
         }

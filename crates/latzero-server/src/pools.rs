@@ -184,7 +184,7 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
             if rec.is_some() {
                 st.store.remove_pool(pool.as_str()).await.map_err(store_refusal)?;
             }
-            let left = st.directory_mut().remove_pool(&pool);
+            let left = st.directory_mut().remove_pool(&pool, app);
             let blocks = st.memory.remove_pool(&pool);
             for m in &left {
                 if let Some(e) = crate::registry::store_membership(st, m).await {

@@ -98,6 +98,13 @@ async fn create_update_remove_with_owners_and_listings() {
         "{r}"
     );
     assert_eq!(r["members_removed"], json!(["other"]));
+    // The member taken out is told, with who did it.
+    let left = other.expect().await;
+    assert_eq!(
+        (left["action"].as_str(), left["pool"].as_str(), left["by"].as_str()),
+        (Some("pool_left"), Some("alpha"), Some("owner")),
+        "{left}"
+    );
     let a = other.ask(json!({"action":"join","id":15,"pools":["implicit"]})).await;
     assert_eq!(a["pools"], json!(["implicit"]), "other is no longer in alpha");
     let l = admin.ask(json!({"action":"pool_list","id":16})).await;
@@ -267,5 +274,38 @@ async fn policies_are_enforced_on_every_operation_and_survive_a_restart() {
         .send(json!({"action":"handshake","id":"h","app_id":"outsider","pools":["guarded"]}))
         .await;
     assert_eq!(code(&outsider.expect().await), "PERMISSION_DENIED");
+    srv.stop().await;
+}
+
+/// The SDK hears that its app was taken out of a pool: an event, and the pool gone from the
+/// pools it joins again after a reconnect.
+#[tokio::test]
+async fn a_client_taken_out_of_a_removed_pool_is_told_and_does_not_rejoin_it() {
+    use latzero_client::{ClientEvent, ClientOptions, PoolSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let connect = async |app: &str| {
+        ClientOptions::new()
+            .reconnect(false)
+            .connect(&format!("latzero://{app}@{}?pools=keep", srv.addr))
+            .await
+    };
+    let owner = connect("owner").await.unwrap();
+    owner.create_pool("alpha", PoolSpec::default()).await.unwrap();
+    let worker = connect("worker").await.unwrap();
+    worker.join("alpha").await.unwrap();
+    let mut events = worker.events();
+    let r = owner.remove_pool("alpha", true).await.unwrap();
+    assert_eq!(r["members_removed"], json!(["worker"]), "{r}");
+    let (pool, reason) = loop {
+        match events.recv().await.unwrap() {
+            ClientEvent::PoolLeft { pool, reason } => break (pool, reason),
+            _ => continue,
+        }
+    };
+    assert_eq!(pool, "alpha");
+    assert!(reason.contains("removed by 'owner'"), "{reason}");
+    let pools: Vec<String> = worker.pools().iter().map(|p| p.to_string()).collect();
+    assert_eq!(pools, ["keep"]);
     srv.stop().await;
 }

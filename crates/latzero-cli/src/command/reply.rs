@@ -63,6 +63,12 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                     }
                 }
                 Ok(ClientEvent::Reconnected) => outln!("{}", json!({"event": "reconnected"})),
+                Ok(ClientEvent::PoolLeft { pool, reason }) => {
+                    outln!("{}", json!({"event": "pool_left", "pool": pool, "reason": reason}));
+                    if client.pools().is_empty() {
+                        anyhow::bail!("{reason} (it was the last pool this app served in)");
+                    }
+                }
                 Ok(ClientEvent::ServerError(e)) => outln!("{}", json!({"event": "server_error", "code": e.code, "message": e.message})),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => outln!("{}", json!({"event": "events_lagged", "missed": n})),
