@@ -45,6 +45,7 @@ fn templates(ids: &[String]) -> Vec<String> {
         r#"{"action":"emit","process":"r","pool":"p","data":"\u00e9\n","origin":{"app_id":"c"}}"#.to_owned(),
         r#"{"action":"response","in_reply_to":9,"status":"ok","response":5,"origin":{"app_id":"caller"}}"#.to_owned(),
         r#"{"action":"presence","pool":"p","app_id":"w2","event":"joined"}"#.to_owned(),
+        r#"{"action":"pool_left","pool":"p","by":"o","message":"m"}"#.to_owned(),
         r#"{"action":"block_event","event":"changed","pool":"p","block_id":"b","version":9,"offset":0,"length":16}"#
             .to_owned(),
         r#"{"action":"block_event","event":"lock_expired","pool":"p","block_id":"b","mode":"exclusive"}"#.to_owned(),
