@@ -95,11 +95,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The wire code, for server errors.
+    /// The wire code, for server errors (and for a mapped block deleted since,
+    /// `BLOCK_NOT_FOUND`).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Remote(r) => Some(r.code),
             ClientError::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+            // A mapping of a block deleted since: what the server says of it.
+            ClientError::Memory(latzero_memory::MemError::Deleted) => Some(ErrorCode::BlockNotFound),
             _ => None,
         }
     }

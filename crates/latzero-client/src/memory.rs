@@ -740,7 +740,8 @@ impl MemoryBlock {
         Ok(watch)
     }
 
-    /// Deletes the block (mappings in other processes stay valid until they unmap).
+    /// Deletes the block. Mappings in other processes stay mapped until they unmap, but refuse
+    /// to read or write it from then on (`BLOCK_NOT_FOUND`).
     pub async fn delete(self) -> Result<(), ClientError> {
         self.client.block_request(self.req("block_delete")).await.map(|_| ())
     }

@@ -109,9 +109,15 @@ pub(crate) struct Header {
     /// Stream: the index of the record at `tail`.
     pub(crate) tail_index: AtomicU64,
     pub(crate) consumers: [ConsumerSlot; MAX_CONSUMERS],
+    /// Non-zero once the server deleted the block (its file unlinked): every mapping still open
+    /// refuses to read or write it. Zero in a file written before this field existed, whose
+    /// header was zero-filled there.
+    pub(crate) deleted: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
+// docs/PROTOCOL.md §7.1 gives the offsets; the last field's pins the layout before it.
+const _: () = assert!(std::mem::offset_of!(Header, deleted) == 2656);
 
 const FLAG_OVERWRITE: u64 = 1;
 
@@ -315,6 +321,25 @@ impl Block {
         self.header().version.load(Ordering::Acquire)
     }
 
+    /// Marks the block deleted in its header, for every process that maps it: their reads and
+    /// writes fail with [`MemError::Deleted`] from now on. The server calls it once the file is
+    /// unlinked, so no process can open the block afresh.
+    pub fn mark_deleted(&self) {
+        self.header().deleted.store(1, Ordering::Release);
+    }
+
+    /// Whether the block was deleted (see [`Block::mark_deleted`]).
+    pub fn is_deleted(&self) -> bool {
+        self.header().deleted.load(Ordering::Acquire) != 0
+    }
+
+    fn check_live(&self) -> Result<(), MemError> {
+        if self.is_deleted() {
+            return Err(MemError::Deleted);
+        }
+        Ok(())
+    }
+
     pub(crate) fn header(&self) -> &Header {
         // SAFETY: the mapping is at least HEADER_LEN bytes and page-aligned; every field a
         // shared reference reads after open is either immutable or an atomic.
@@ -359,7 +384,13 @@ impl Block {
         let mut spins = 0u32;
         loop {
             match h.writer.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(WriteSide { block: self }),
+                Ok(_) => {
+                    let w = WriteSide { block: self };
+                    // Checked holding the write side: a write that got it before the delete
+                    // finishes, one after it is refused (dropping `w` gives the side back).
+                    self.check_live()?;
+                    return Ok(w);
+                }
                 Err(owner) => {
                     spins += 1;
                     if spins < SPINS {
@@ -401,6 +432,7 @@ impl Block {
     /// that goes with what it saw. `f` may see bytes change under it: its result is thrown away
     /// then, and it runs again.
     pub(crate) fn consistent<R>(&self, mut f: impl FnMut() -> R) -> Result<(R, u64), MemError> {
+        self.check_live()?;
         let h = self.header();
         let start = Instant::now();
         let mut tries = 0u32;
@@ -575,6 +607,33 @@ mod tests {
             size,
             overwrite: false,
         }
+    }
+
+    #[test]
+    fn a_block_marked_deleted_is_refused_through_every_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, j, st) = (dir.path().join("b"), dir.path().join("j"), dir.path().join("s"));
+        let server = Block::create(&b, spec(Kind::Binary, 64)).unwrap();
+        let json = Block::create(&j, spec(Kind::Json, 64)).unwrap();
+        let stream = Block::create(&st, spec(Kind::Stream, 256)).unwrap();
+        let (client, reader) = (Block::open(&b, true).unwrap(), Block::open(&b, false).unwrap());
+        assert_eq!(client.write(0, b"live").unwrap(), 1);
+        let (js, ss) = (Block::open(&j, true).unwrap(), Block::open(&st, true).unwrap());
+        for x in [&server, &json, &stream] {
+            x.mark_deleted();
+        }
+        let mut buf = [0u8; 4];
+        assert!(client.is_deleted() && reader.is_deleted());
+        assert!(matches!(client.write(0, b"lost"), Err(MemError::Deleted)));
+        assert!(matches!(client.read(0, &mut buf), Err(MemError::Deleted)));
+        assert!(matches!(reader.read_with(0, 4, |_| ()), Err(MemError::Deleted)));
+        assert!(matches!(js.write_json(b"1"), Err(MemError::Deleted)));
+        assert!(matches!(js.read_json(), Err(MemError::Deleted)));
+        assert!(matches!(ss.append(b"r"), Err(MemError::Deleted)));
+        assert!(matches!(ss.stream_bounds(), Err(MemError::Deleted)));
+        // A refused write gave the write side back: the bytes are as they were.
+        assert_eq!(client.header().writer.load(Ordering::Relaxed), 0);
+        assert_eq!(client.version(), 1);
     }
 
     #[test]

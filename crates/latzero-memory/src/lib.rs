@@ -107,6 +107,10 @@ pub enum MemError {
     /// A consumer name that is empty or too long.
     #[error("consumer name must be 1 to {CONSUMER_NAME_MAX} bytes")]
     BadConsumerName,
+    /// The block was deleted while this mapping was open; a block created since under the same
+    /// name is another block, to attach afresh.
+    #[error("the block was deleted; attach it again if it has been created anew")]
+    Deleted,
 }
 
 /// Whether a process still exists (a pid held in `writer` by a process that died is stale).

@@ -70,6 +70,36 @@ async fn mapped_writes_are_seen_by_other_mappings_and_watchers() {
     s.stop().await;
 }
 
+/// A block deleted while other processes map it: their mapped reads and writes fail with
+/// BLOCK_NOT_FOUND, where a write went into the unlinked file and was lost without a word, and
+/// a block created anew under the name is attached afresh.
+#[tokio::test]
+async fn a_mapping_of_a_deleted_block_refuses_reads_and_writes() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let b = client(&s, "b").await;
+    a.create_block("p", "frame", BlockOptions::binary(64)).await.unwrap();
+    let mapped = b.attach_block("p", "frame").await.unwrap();
+    assert!(mapped.is_mapped() && mapped.is_writable());
+    assert_eq!(mapped.write(0, b"before").await.unwrap(), 1);
+    a.delete_block("p", "frame").await.unwrap();
+    for e in [
+        mapped.write(0, b"after").await.unwrap_err(),
+        mapped.read(0, 6).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Some(ErrorCode::BlockNotFound), "{e}");
+        assert!(e.to_string().contains("deleted"), "{e}");
+    }
+    a.create_block("p", "frame", BlockOptions::binary(64)).await.unwrap();
+    assert!(
+        mapped.read(0, 6).await.is_err(),
+        "the old mapping stays the deleted block"
+    );
+    let fresh = b.attach_block("p", "frame").await.unwrap();
+    assert_eq!(fresh.read(0, 6).await.unwrap(), (vec![0; 6], 0));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn read_only_attachments_map_read_only() {
     let s = TestServer::start().await;

@@ -93,6 +93,7 @@ impl From<MemError> for Refusal {
             MemError::StreamFull { .. } => ErrorCode::StreamFull,
             MemError::TooManyConsumers => ErrorCode::Overloaded,
             MemError::BadConsumerName => ErrorCode::InvalidName,
+            MemError::Deleted => ErrorCode::BlockNotFound,
             MemError::Io { .. } | MemError::BadFile { .. } | MemError::WriterDied | MemError::ReadOnly => {
                 ErrorCode::Internal
             }
@@ -560,6 +561,9 @@ impl Memory {
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(file = %path.display(), error = %e, "cannot remove a deleted block's file");
         }
+        // After the unlink, so that a crash in between never leaves a file marked deleted:
+        // processes that still map the block stop reading and writing it.
+        entry.block.mark_deleted();
         let frame = latzero_proto::frame::encode_message(&json!({
             "action": "block_event",
             "event": "deleted",
