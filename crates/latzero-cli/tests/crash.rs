@@ -231,3 +231,37 @@ fn a_read_only_data_dir_is_a_clear_error_at_start() -> Result<()> {
     );
     Ok(())
 }
+
+/// A non-persistent block of a server killed with -9 is swept by the next server on the data
+/// dir, which marks it deleted for the processes that still map it: their writes fail rather
+/// than land in a file that no server will ever read again.
+#[test]
+fn kill_9_then_restart_ends_mappings_of_the_swept_blocks() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let url = s.url("mapper?pools=p");
+    let (client, block) = rt.block_on(async {
+        let c = latzero_client::ClientOptions::new()
+            .reconnect(false)
+            .connect(&url)
+            .await?;
+        let b = c
+            .create_block("p", "v", latzero_client::BlockOptions::binary(64))
+            .await?;
+        anyhow::Ok((c, b))
+    })?;
+    assert!(block.is_mapped());
+    s.proc.signal(9);
+    s.proc.wait_exit()?;
+    drop(s);
+    rt.block_on(async {
+        // The old server is gone; the mapping still takes writes until a new one sweeps.
+        assert_eq!(block.write(0, b"orphan").await?, 1);
+        let _s = ServerProc::start_in(bin(), dir.path(), &[])?;
+        let e = block.write(0, b"lost").await.unwrap_err();
+        assert_eq!(e.code(), Some(latzero_client::ErrorCode::BlockNotFound), "{e}");
+        drop(client);
+        anyhow::Ok(())
+    })
+}

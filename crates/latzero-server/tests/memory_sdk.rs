@@ -239,3 +239,31 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     .expect("the watcher heard of version 2");
     srv.stop().await;
 }
+
+/// A non-persistent block goes with the server: a mapping left in a client refuses to read or
+/// write it after the server stopped, where its writes reached a file no server would read.
+#[tokio::test]
+async fn a_mapping_of_a_non_persistent_block_refuses_use_once_the_server_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = common::Running::start(common::config_in(dir.path())).await;
+    let url = format!(
+        "latzero://a?socket={}&pools=p",
+        dir.path().join("latzero.sock").display()
+    );
+    let a = latzero_client::ClientOptions::new()
+        .reconnect(false)
+        .connect(&url)
+        .await
+        .unwrap();
+    let volatile = a.create_block("p", "v", BlockOptions::binary(64)).await.unwrap();
+    let kept = a
+        .create_block("p", "k", BlockOptions::binary(64).persistent())
+        .await
+        .unwrap();
+    assert!(volatile.is_mapped() && kept.is_mapped());
+    srv.stop().await;
+    let e = volatile.write(0, b"lost").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BlockNotFound), "{e}");
+    // A persistent block's file stays, and so does its mapping.
+    assert_eq!(kept.write(0, b"kept").await.unwrap(), 1);
+}

@@ -300,6 +300,22 @@ fn volatile_root(data_dir: &Path, parent: Option<&Path>) -> PathBuf {
     parent.join(format!("latzero-{h:016x}"))
 }
 
+/// The blocks in a volatile directory (`<pool>/<block>.blk`), mapped; files that are not
+/// blocks are left out.
+fn previous_blocks(root: &Path) -> Vec<Block> {
+    let files = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    files(root)
+        .iter()
+        .filter(|p| p.is_dir())
+        .flat_map(|pool| files(pool))
+        .filter_map(|f| Block::open(&f, true).ok())
+        .collect()
+}
+
 impl Memory {
     /// Prepares the block directories: empties the volatile one, adopts persistent blocks.
     pub fn open(
@@ -314,10 +330,16 @@ impl Memory {
         let persistent_root = data_dir.join("memory");
         let volatile_root = volatile_root(data_dir, config.volatile_dir.as_deref());
         // We hold the data dir's lock, and the volatile dir belongs to this data dir alone.
+        // Blocks left by a run that did not shut down are marked deleted once their files are
+        // gone, for processes that still map them (as `close` does at a clean shutdown).
+        let left = previous_blocks(&volatile_root);
         match std::fs::remove_dir_all(&volatile_root) {
             Ok(()) => tracing::info!(dir = %volatile_root.display(), "swept non-persistent blocks of the previous run"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(&volatile_root)(e)),
+        }
+        for b in left {
+            b.mark_deleted();
         }
         create_private_dir(&volatile_root).map_err(err(&volatile_root))?;
         create_private_dir(&persistent_root).map_err(err(&persistent_root))?;
@@ -602,11 +624,16 @@ impl Memory {
     }
 
     /// At shutdown: flushes persistent blocks to disk and removes the non-persistent ones
-    /// (processes that still map one keep their mapping until they unmap it).
+    /// (processes that still map one keep their mapping until they unmap it, but reads and
+    /// writes through it fail, as for a deleted block).
     pub fn close(&self) {
         self.flush_persistent();
         if let Err(e) = std::fs::remove_dir_all(&self.volatile_root) {
             tracing::warn!(dir = %self.volatile_root.display(), error = %e, "cannot remove non-persistent blocks");
+        }
+        // They are gone, as if deleted: processes that still map one stop using it.
+        for e in self.lock().values().filter(|e| !e.meta.persistent) {
+            e.block.mark_deleted();
         }
     }
 
