@@ -181,9 +181,8 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
                     ),
                 ));
             }
-            if rec.is_some() {
-                st.store.remove_pool(pool.as_str()).await.map_err(store_refusal)?;
-            }
+            // Its stored configuration, if any, and every stored membership of it.
+            st.store.remove_pool(pool.as_str()).await.map_err(store_refusal)?;
             let left = st.directory_mut().remove_pool(&pool, app);
             let blocks = st.memory.remove_pool(&pool);
             for m in &left {

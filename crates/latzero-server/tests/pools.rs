@@ -309,3 +309,48 @@ async fn a_client_taken_out_of_a_removed_pool_is_told_and_does_not_rejoin_it() {
     assert_eq!(pools, ["keep"]);
     srv.stop().await;
 }
+
+/// An app offline when its pool is removed does not join it again by rehydration: its stored
+/// membership went with the pool.
+#[tokio::test]
+async fn a_removed_pool_is_not_rehydrated_for_an_app_that_was_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let mut owner = Raw::connect(srv.addr).await;
+    owner.handshake("owner", &[], &[]).await;
+    let r = owner
+        .ask(json!({"action":"pool_create","id":1,"pool":"alpha","owners":["owner"]}))
+        .await;
+    assert_eq!(r["action"], "pool_created", "{r}");
+    let mut away = Raw::connect(srv.addr).await;
+    away.handshake("away", &["alpha", "beta"], &["t"]).await;
+    drop(away);
+    // Wait until the server has seen it go.
+    loop {
+        let apps = owner.ask(json!({"action":"app_list","id":2})).await;
+        let gone = apps["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["app_id"] == "away" && a["connected"] == false);
+        if gone {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let r = owner.ask(json!({"action":"pool_remove","id":3,"pool":"alpha"})).await;
+    assert_eq!(r["members_removed"], json!([]), "{r}");
+    let mut back = Raw::connect(srv.addr).await;
+    back.send(json!({"action":"handshake","id":1,"app_id":"away"})).await;
+    let ack = back.expect().await;
+    assert_eq!(
+        (
+            ack["rehydrated"].as_bool(),
+            ack["pools"].clone(),
+            ack["triggers"].clone()
+        ),
+        (Some(true), json!(["beta"]), json!(["t"])),
+        "{ack}"
+    );
+    srv.stop().await;
+}

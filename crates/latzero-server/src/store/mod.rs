@@ -583,6 +583,12 @@ mod tests {
         assert_eq!(s.pools_by_type("encrypted").await.unwrap()[0].name, "e");
         assert!(s.remove_pool("e").await.unwrap());
         assert_eq!(s.all_pools().await.unwrap().len(), 1);
+        // Stored memberships go with a pool, stored or not; others stay, in their order.
+        s.register_app(app("m", &["q", "live", "p"])).await.unwrap();
+        assert!(!s.remove_pool("live").await.unwrap(), "no stored configuration");
+        assert_eq!(s.get_app("m").await.unwrap().unwrap().pools, vec!["q", "p"]);
+        assert_eq!(s.get_app("a").await.unwrap().unwrap().pools, vec!["p", "q"]);
+        assert!(s.remove_app("m").await.unwrap());
 
         s.create_block(block("p", "frame")).await.unwrap();
         s.create_block(block("q", "frame")).await.unwrap();

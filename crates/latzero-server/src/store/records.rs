@@ -260,8 +260,20 @@ pub fn update_pool(c: &Connection, name: &str, u: &PoolUpdate) -> Result<PoolRec
     Ok(p)
 }
 
+/// Removes a pool's stored configuration (if it has one) and every stored membership of it,
+/// in one transaction; returns whether there was a configuration. Memberships go too so that an
+/// app offline now does not join the pool again by rehydration when it comes back.
 pub fn remove_pool(c: &Connection, name: &str) -> Result<bool, StoreError> {
-    Ok(c.execute("DELETE FROM pool_metadata WHERE name = ?1", [name])? > 0)
+    let tx = c.unchecked_transaction()?;
+    let removed = tx.execute("DELETE FROM pool_metadata WHERE name = ?1", [name])? > 0;
+    tx.execute(
+        "UPDATE app_registry
+         SET pools = (SELECT json_group_array(value) FROM json_each(app_registry.pools) WHERE value != ?1)
+         WHERE EXISTS (SELECT 1 FROM json_each(app_registry.pools) WHERE value = ?1)",
+        [name],
+    )?;
+    tx.commit()?;
+    Ok(removed)
 }
 
 pub fn all_pools(c: &Connection) -> Result<Vec<PoolRecord>, StoreError> {
