@@ -33,8 +33,8 @@ pub enum Command {
     /// Memory blocks: create, list, stat, read, write, watch, lock, checksum, delete
     #[command(subcommand)]
     Mem(MemCmd),
-    /// Stored app registrations, with whether each is connected (a table, or --json)
-    Apps(ListArgs),
+    /// Stored app registrations: list them (the default), or remove one
+    Apps(AppsArgs),
     /// Pools: list (the default), show, create, update, remove
     Pools(PoolsArgs),
     /// Memory blocks of every pool, or of one (a table, or --json)
@@ -107,12 +107,27 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub struct AppsArgs {
+    #[command(subcommand)]
+    pub cmd: Option<AppsCmd>,
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Print JSON instead of a table
-    #[arg(long)]
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCmd {
+    /// List the stored registrations, with whether each app is connected and when it was last seen
+    List,
+    /// Forget an app's stored registration (refused while it is connected): it leaves the list,
+    /// and its pools and triggers are not restored when it comes back
+    Remove {
+        /// The app
+        #[arg(value_parser = app_id)]
+        app: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -557,6 +557,14 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
         (apps[0]["app_id"].as_str(), apps[0]["connected"].as_bool()),
         (Some("worker"), Some(true))
     );
+    // A registration is removed only while its app is away.
+    let (ok, _, err) = s.run(&["apps", "remove", "worker"])?;
+    assert!(
+        !ok && err.contains("APP_CONNECTED") && err.contains("cannot remove app 'worker'"),
+        "{err}"
+    );
+    let (ok, _, err) = s.run(&["apps", "remove", "nobody"])?;
+    assert!(!ok && err.contains("APP_NOT_FOUND"), "{err}");
 
     let (ok, _, err) = s.run(&["pools", "update", "alpha", "--app", "ops"])?;
     assert!(!ok && err.contains("nothing to change"), "{err}");

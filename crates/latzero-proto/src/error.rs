@@ -68,6 +68,10 @@ pub enum ErrorCode {
     PoolExists,
     /// `pool_remove` while other apps are in the pool, without `force`.
     PoolInUse,
+    /// `app_remove` for an app id with no stored registration.
+    AppNotFound,
+    /// `app_remove` for an app that is connected now.
+    AppConnected,
     /// The credential is missing, wrong, expired, or names another app; the connection is closed.
     AuthFailed,
     /// A plain (non-TLS) connection to a port that serves TLS; the connection is closed.
@@ -113,6 +117,8 @@ impl ErrorCode {
             Self::PoolNotFound => "POOL_NOT_FOUND",
             Self::PoolExists => "POOL_EXISTS",
             Self::PoolInUse => "POOL_IN_USE",
+            Self::AppNotFound => "APP_NOT_FOUND",
+            Self::AppConnected => "APP_CONNECTED",
             Self::AuthFailed => "AUTH_FAILED",
             Self::TlsRequired => "TLS_REQUIRED",
             Self::NotAvailable => "NOT_AVAILABLE",
@@ -121,7 +127,7 @@ impl ErrorCode {
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -152,6 +158,8 @@ impl ErrorCode {
         Self::PoolNotFound,
         Self::PoolExists,
         Self::PoolInUse,
+        Self::AppNotFound,
+        Self::AppConnected,
         Self::AuthFailed,
         Self::TlsRequired,
         Self::NotAvailable,
@@ -168,6 +176,23 @@ impl fmt::Display for ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/PROTOCOL.md §11 lists every code, in `ALL`'s order, and nothing else.
+    #[test]
+    fn the_protocol_documents_every_code_in_order() {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let table = doc
+            .split("## 11. Error codes")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("PROTOCOL.md has section 11");
+        let documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(documented, codes);
+    }
 
     #[test]
     fn serde_spelling_matches_as_str() {

@@ -310,6 +310,35 @@ fn stored(st: &State, pool: &PoolName) -> Result<PoolRecord, Refusal> {
         })
 }
 
+/// Forgets an app's stored registration: it leaves `app_list`, and its pools and triggers are
+/// not rehydrated when it comes back (it registers afresh). Refused while it is connected, as
+/// the session would store it again.
+pub(crate) async fn app_remove(st: &State, app: &AppId) -> Result<Value, Refusal> {
+    if st
+        .directory
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .apps
+        .contains_key(app)
+    {
+        return Err(Refusal::new(
+            ErrorCode::AppConnected,
+            format!("app '{app}' is connected; its registration can be removed once it disconnects"),
+        ));
+    }
+    match st.store.remove_app(app.as_str()).await {
+        Ok(true) => {
+            tracing::info!(app = %app, "stored registration removed");
+            Ok(json!({ "action": "app_removed", "app_id": app.as_str() }))
+        }
+        Ok(false) => Err(Refusal::new(
+            ErrorCode::AppNotFound,
+            format!("no stored registration for app '{app}'"),
+        )),
+        Err(e) => Err(store_refusal(e)),
+    }
+}
+
 /// The stored registrations, with whether each app is connected now.
 pub(crate) async fn app_list(st: &State) -> Result<Value, Refusal> {
     let apps = st

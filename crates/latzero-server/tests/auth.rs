@@ -110,6 +110,11 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
     refused(&mut r, json!({"action":"status","id":1})).await;
     // Shutting the server down is an admin request too (the rest of this test needs it up).
     refused(&mut Raw::connect(s.addr).await, json!({"action":"shutdown","id":9})).await;
+    refused(
+        &mut Raw::connect(s.addr).await,
+        json!({"action":"app_remove","id":10,"app_id":"w"}),
+    )
+    .await;
     let app_jwt = jwt(json!({"app_id":"w","exp":exp()}));
     refused(
         &mut Raw::connect(s.addr).await,

@@ -148,3 +148,42 @@ async fn the_sdk_keeps_what_rehydration_restored() {
     drop(w);
     s.stop().await;
 }
+
+/// `app_remove` forgets a stored registration: refused while the app is connected and for an
+/// app never stored; once done the app leaves `app_list` and is not rehydrated.
+#[tokio::test]
+async fn a_removed_registration_is_listed_no_more_and_not_rehydrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (app, _) = handshake(
+        s.addr,
+        json!({"action":"handshake","id":1,"app_id":"old","pools":["p"],"triggers":["t"]}),
+    )
+    .await;
+    let mut admin = Raw::connect(s.addr).await;
+    let r = admin.ask(json!({"action":"app_remove","id":1,"app_id":"old"})).await;
+    assert_eq!(r["code"], "APP_CONNECTED", "{r}");
+    let r = admin.ask(json!({"action":"app_remove","id":2,"app_id":"never"})).await;
+    assert_eq!(r["code"], "APP_NOT_FOUND", "{r}");
+    let r = admin.ask(json!({"action":"app_remove","id":3})).await;
+    assert_eq!(r["code"], "INVALID_MESSAGE", "{r}");
+    drop(app);
+    // Once the server has seen it go, the registration can be removed.
+    let r = loop {
+        let r = admin.ask(json!({"action":"app_remove","id":4,"app_id":"old"})).await;
+        if r["code"] != "APP_CONNECTED" {
+            break r;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(r, json!({"action":"app_removed","in_reply_to":4,"app_id":"old"}));
+    let l = admin.ask(json!({"action":"app_list","id":5})).await;
+    assert_eq!(l["apps"], json!([]), "{l}");
+    let (_back, ack) = handshake(s.addr, json!({"action":"handshake","id":1,"app_id":"old"})).await;
+    assert_eq!(
+        (ack["rehydrated"].as_bool(), ack["pools"].clone()),
+        (Some(false), json!([])),
+        "{ack}"
+    );
+    s.stop().await;
+}

@@ -5,7 +5,7 @@ use latzero_client::{ClientOptions, PoolSpec};
 use serde_json::{Value, json};
 
 use super::view::{self, cell as s};
-use crate::cli::{BlocksArgs, ListArgs, PoolsArgs, PoolsCmd, RestoreArgs, TargetArgs};
+use crate::cli::{AppsArgs, AppsCmd, BlocksArgs, PoolsArgs, PoolsCmd, RestoreArgs, TargetArgs};
 
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut all = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
@@ -39,7 +39,19 @@ pub(crate) async fn pool_show(t: &TargetArgs, pool: &str) -> Result<Value> {
     Ok(r["info"].take())
 }
 
-pub async fn apps(a: ListArgs) -> Result<()> {
+pub async fn apps(a: AppsArgs) -> Result<()> {
+    if let Some(AppsCmd::Remove { app }) = &a.cmd {
+        let r = query(&a.target, "app_remove", json!({ "app_id": app }), || {
+            format!("remove app '{app}'")
+        })
+        .await?;
+        if a.json {
+            outln!("{}", json!({ "app_id": r["app_id"] }));
+        } else {
+            outln!("removed the stored registration of app {app}");
+        }
+        return Ok(());
+    }
     let r = query(&a.target, "app_list", json!({}), || "list the apps".into()).await?;
     let apps = r["apps"].as_array().cloned().unwrap_or_default();
     if a.json {

@@ -45,6 +45,8 @@ pub enum Request<'a> {
     Pool(PoolRequest),
     /// The stored app registrations (admin).
     AppList,
+    /// Forget an app's stored registration (admin; the app must not be connected).
+    AppRemove(AppId),
     /// Back the database up now, with progress (admin).
     Backup,
 }
@@ -198,6 +200,13 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         "ping" => Request::Ping,
         "shutdown" => Request::Shutdown,
         "app_list" => Request::AppList,
+        "app_remove" => {
+            let app = env
+                .app_id
+                .as_ref()
+                .ok_or_else(|| invalid(id, "missing field `app_id`"))?;
+            Request::AppRemove(AppId::try_from(&**app).map_err(|e| bad_name(id, "app_id", e))?)
+        }
         "backup" => Request::Backup,
         other if POOL_ACTIONS.contains(&other) => Request::Pool(parse_pool(other, json, id)?),
         other => match BLOCK_ACTIONS.iter().find(|a| **a == other) {

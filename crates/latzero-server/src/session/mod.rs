@@ -187,6 +187,10 @@ enum After {
     AppList {
         id: Option<Box<RawValue>>,
     },
+    AppRemove {
+        id: Option<Box<RawValue>>,
+        app: AppId,
+    },
     Backup {
         id: Option<Box<RawValue>>,
     },
@@ -387,6 +391,7 @@ impl Session {
             Request::Status
                 | Request::Shutdown
                 | Request::AppList
+                | Request::AppRemove(_)
                 | Request::Backup
                 | Request::Pool(PoolRequest::List | PoolRequest::Show { .. })
         );
@@ -468,6 +473,7 @@ impl Session {
                 | Request::Ping
                 | Request::Shutdown
                 | Request::AppList
+                | Request::AppRemove(_)
                 | Request::Backup
                 | Request::Pool(PoolRequest::List | PoolRequest::Show { .. }),
                 _,
@@ -545,6 +551,12 @@ impl Session {
             Request::AppList => {
                 return Some(After::AppList {
                     id: id.map(ToOwned::to_owned),
+                });
+            }
+            Request::AppRemove(app) => {
+                return Some(After::AppRemove {
+                    id: id.map(ToOwned::to_owned),
+                    app,
                 });
             }
             Request::Pool(PoolRequest::List) => self.reply_json(id, crate::pools::list(st)),
@@ -793,6 +805,10 @@ impl Session {
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
             After::AppList { id } => match crate::pools::app_list(&st).await {
+                Ok(v) => self.reply_json(id.as_deref(), v),
+                Err(r) => self.error(id.as_deref(), r.code, &r.message),
+            },
+            After::AppRemove { id, app } => match crate::pools::app_remove(&st, &app).await {
                 Ok(v) => self.reply_json(id.as_deref(), v),
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
