@@ -120,11 +120,19 @@ fn read_file(data_dir: &Path) -> Result<FileConfig> {
     }
 }
 
+/// A setting as the user may have given it, named every way it can be given, since the value
+/// may have come from any of them: `--max-ttl-ms (LATZERO_MAX_TTL_MS, limits.max_ttl_ms in the
+/// config file)`.
+fn setting(flag: &str, key: &str) -> String {
+    let env = flag.trim_start_matches("--").replace('-', "_").to_uppercase();
+    format!("{flag} (LATZERO_{env}, {key} in the config file)")
+}
+
 /// A limit given as 0, which would have the server refuse everything it limits, is refused here
 /// rather than raised to 1 behind the user's back.
-fn nonzero<T: PartialEq + Default>(name: &str, unit: &str, v: T) -> Result<T> {
+fn nonzero<T: PartialEq + Default>(flag: &str, key: &str, unit: &str, v: T) -> Result<T> {
     if v == T::default() {
-        bail!("{name} must be at least 1 {unit}, not 0");
+        bail!("{} must be at least 1 {unit}, not 0", setting(flag, key));
     }
     Ok(v)
 }
@@ -158,83 +166,111 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     if let Some(us) = args.spin_us.or(file.spin_us) {
         let max = latzero_server::MAX_SPIN.as_micros();
         if u128::from(us) > max {
-            bail!("spin_us must be at most {max} µs (1 s); 0 turns spinning off");
+            bail!(
+                "{} must be at most {max} µs (1 s); 0 turns spinning off",
+                setting("--spin-us", "spin_us")
+            );
         }
         c.spin = Duration::from_micros(us);
     }
     if let Some(bytes) = args.unix_send_buffer.or(file.unix_send_buffer) {
         let max = latzero_server::MAX_UNIX_SEND_BUFFER;
         if bytes > max {
-            bail!("unix_send_buffer must be at most {max} bytes; 0 keeps the kernel's default");
+            bail!(
+                "{} must be at most {max} bytes; 0 keeps the kernel's default",
+                setting("--unix-send-buffer", "unix_send_buffer")
+            );
         }
         c.unix_send_buffer = bytes;
     }
     let workers = match args.workers.or(file.workers) {
         None => default_workers(),
         Some(n @ 1..=MAX_WORKERS) => n,
-        Some(n) => bail!("workers must be between 1 and {MAX_WORKERS}, not {n}"),
+        Some(n) => bail!(
+            "{} must be between 1 and {MAX_WORKERS}, not {n}",
+            setting("--workers", "workers")
+        ),
     };
     let l = &mut c.limits;
     let fl = file.limits;
     if let Some(v) = args.max_frame_len.or(fl.max_frame_len) {
         if v == 0 || v > u32::MAX as usize {
-            bail!("max_frame_len must be between 1 and {} bytes", u32::MAX);
+            bail!(
+                "{} must be between 1 and {} bytes",
+                setting("--max-frame-len", "limits.max_frame_len"),
+                u32::MAX
+            );
         }
         l.max_frame_len = v;
     }
     if let Some(v) = args.outbound_queue_frames.or(fl.outbound_queue_frames) {
-        l.outbound_queue_frames = nonzero("outbound_queue_frames", "frame", v)?;
+        l.outbound_queue_frames = nonzero("--outbound-queue-frames", "limits.outbound_queue_frames", "frame", v)?;
     }
     if let Some(v) = args.outbound_queue_bytes.or(fl.outbound_queue_bytes) {
-        l.outbound_queue_bytes = nonzero("outbound_queue_bytes", "byte", v)?;
+        l.outbound_queue_bytes = nonzero("--outbound-queue-bytes", "limits.outbound_queue_bytes", "byte", v)?;
     }
     if let Some(v) = args.max_inflight.or(fl.max_inflight_per_conn) {
-        l.max_inflight_per_conn = nonzero("max_inflight", "call", v)?;
+        l.max_inflight_per_conn = nonzero("--max-inflight", "limits.max_inflight_per_conn", "call", v)?;
     }
     if let Some(v) = args.default_ttl_ms.or(fl.default_ttl_ms) {
-        l.default_ttl = Duration::from_millis(nonzero("default_ttl_ms", "ms", v)?);
+        l.default_ttl = Duration::from_millis(nonzero("--default-ttl-ms", "limits.default_ttl_ms", "ms", v)?);
     }
     if let Some(v) = args.max_ttl_ms.or(fl.max_ttl_ms) {
-        l.max_ttl = Duration::from_millis(nonzero("max_ttl_ms", "ms", v)?);
+        l.max_ttl = Duration::from_millis(nonzero("--max-ttl-ms", "limits.max_ttl_ms", "ms", v)?);
     }
     if let Some(v) = args.max_connections.or(fl.max_connections) {
-        l.max_connections = nonzero("max_connections", "connection", v)?;
+        l.max_connections = nonzero("--max-connections", "limits.max_connections", "connection", v)?;
     }
     if let Some(v) = args.handshake_timeout_ms.or(fl.handshake_timeout_ms) {
-        l.handshake_timeout = Duration::from_millis(nonzero("handshake_timeout_ms", "ms", v)?);
+        l.handshake_timeout = Duration::from_millis(nonzero(
+            "--handshake-timeout-ms",
+            "limits.handshake_timeout_ms",
+            "ms",
+            v,
+        )?);
     }
     if l.default_ttl > l.max_ttl {
         bail!(
-            "default_ttl_ms ({}) exceeds max_ttl_ms ({}); give a default_ttl_ms (--default-ttl-ms) no longer than it",
+            "the default ttl ({} ms) exceeds the largest ({} ms): lower {}, or raise --max-ttl-ms",
             l.default_ttl.as_millis(),
-            l.max_ttl.as_millis()
+            l.max_ttl.as_millis(),
+            setting("--default-ttl-ms", "limits.default_ttl_ms"),
         );
     }
     let m = &mut c.memory;
     let fm = file.memory;
     if let Some(v) = args.max_block_size.or(fm.max_block_size) {
         if v == 0 {
-            bail!("max_block_size must be at least 1 byte");
+            bail!(
+                "{} must be at least 1 byte, not 0",
+                setting("--max-block-size", "memory.max_block_size")
+            );
         }
         m.max_block_size = v;
     }
     if let Some(v) = args.max_blocks.or(fm.max_blocks) {
-        m.max_blocks = nonzero("max_blocks", "block", v)?;
+        m.max_blocks = nonzero("--max-blocks", "memory.max_blocks", "block", v)?;
     }
     if let Some(v) = args.volatile_memory_dir.clone().or(fm.volatile_dir) {
         m.volatile_dir = Some(v);
     }
     if let Some(v) = args.default_lock_lease_ms.or(fm.default_lock_lease_ms) {
-        m.default_lease = Duration::from_millis(nonzero("default_lock_lease_ms", "ms", v)?);
+        m.default_lease = Duration::from_millis(nonzero(
+            "--default-lock-lease-ms",
+            "memory.default_lock_lease_ms",
+            "ms",
+            v,
+        )?);
     }
     if let Some(v) = args.max_lock_lease_ms.or(fm.max_lock_lease_ms) {
-        m.max_lease = Duration::from_millis(nonzero("max_lock_lease_ms", "ms", v)?);
+        m.max_lease = Duration::from_millis(nonzero("--max-lock-lease-ms", "memory.max_lock_lease_ms", "ms", v)?);
     }
     if m.default_lease > m.max_lease {
         bail!(
-            "default_lock_lease_ms ({}) exceeds max_lock_lease_ms ({}); give a default_lock_lease_ms (--default-lock-lease-ms) no longer than it",
+            "the default lock lease ({} ms) exceeds the largest ({} ms): lower {}, or raise --max-lock-lease-ms",
             m.default_lease.as_millis(),
-            m.max_lease.as_millis()
+            m.max_lease.as_millis(),
+            setting("--default-lock-lease-ms", "memory.default_lock_lease_ms"),
         );
     }
     let fs = file.store;
@@ -248,7 +284,10 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     }
     if let Some(v) = args.max_backups.or(fs.max_backups) {
         if v == 0 {
-            bail!("max_backups must be at least 1");
+            bail!(
+                "{} must be at least 1, not 0",
+                setting("--max-backups", "store.max_backups")
+            );
         }
         c.store.max_backups = v;
     }
@@ -333,7 +372,10 @@ mod tests {
         let err = resolve_in(dir.path(), &["--spin-us", "1000001"])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("spin_us must be at most 1000000"), "{err}");
+        assert!(
+            err.contains("--spin-us (LATZERO_SPIN_US, spin_us in the config file) must be at most 1000000"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -360,7 +402,7 @@ mod tests {
         assert_eq!(bytes(&["--unix-send-buffer", "2147483647"]), Ok(2147483647));
         let err = bytes(&["--unix-send-buffer", "2147483648"]).unwrap_err();
         assert!(
-            err.contains("unix_send_buffer must be at most 2147483647 bytes"),
+            err.contains("--unix-send-buffer (LATZERO_UNIX_SEND_BUFFER, unix_send_buffer in the config file) must be at most 2147483647 bytes"),
             "{err}"
         );
     }
@@ -387,33 +429,75 @@ mod tests {
         for bad in ["0", "1025"] {
             let err = workers(&["--workers", bad]).unwrap_err();
             assert!(
-                err.contains(&format!("workers must be between 1 and 1024, not {bad}")),
+                err.contains(&format!(
+                    "--workers (LATZERO_WORKERS, workers in the config file) must be between 1 and 1024, not {bad}"
+                )),
                 "{err}"
             );
         }
     }
 
     #[test]
+    fn a_default_above_its_largest_names_the_setting_to_lower() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_in(dir.path(), &["--default-ttl-ms", "5000000"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the default ttl (5000000 ms) exceeds the largest (3600000 ms): lower --default-ttl-ms \
+             (LATZERO_DEFAULT_TTL_MS, limits.default_ttl_ms in the config file), or raise --max-ttl-ms"
+        );
+        write_config(dir.path(), "[memory]\nmax_lock_lease_ms = 10\n");
+        let err = resolve_in(dir.path(), &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "the default lock lease (30000 ms) exceeds the largest (10 ms): lower --default-lock-lease-ms"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_limit_of_zero_is_refused_not_raised() {
         let dir = tempfile::tempdir().unwrap();
-        for (flag, name) in [
-            ("--outbound-queue-frames", "outbound_queue_frames"),
-            ("--outbound-queue-bytes", "outbound_queue_bytes"),
-            ("--max-inflight", "max_inflight"),
-            ("--default-ttl-ms", "default_ttl_ms"),
-            ("--max-ttl-ms", "max_ttl_ms"),
-            ("--max-connections", "max_connections"),
-            ("--handshake-timeout-ms", "handshake_timeout_ms"),
-            ("--max-blocks", "max_blocks"),
-            ("--default-lock-lease-ms", "default_lock_lease_ms"),
-            ("--max-lock-lease-ms", "max_lock_lease_ms"),
+        for (flag, env, key) in [
+            (
+                "--outbound-queue-frames",
+                "LATZERO_OUTBOUND_QUEUE_FRAMES",
+                "limits.outbound_queue_frames",
+            ),
+            (
+                "--outbound-queue-bytes",
+                "LATZERO_OUTBOUND_QUEUE_BYTES",
+                "limits.outbound_queue_bytes",
+            ),
+            ("--max-inflight", "LATZERO_MAX_INFLIGHT", "limits.max_inflight_per_conn"),
+            ("--default-ttl-ms", "LATZERO_DEFAULT_TTL_MS", "limits.default_ttl_ms"),
+            ("--max-ttl-ms", "LATZERO_MAX_TTL_MS", "limits.max_ttl_ms"),
+            ("--max-connections", "LATZERO_MAX_CONNECTIONS", "limits.max_connections"),
+            (
+                "--handshake-timeout-ms",
+                "LATZERO_HANDSHAKE_TIMEOUT_MS",
+                "limits.handshake_timeout_ms",
+            ),
+            ("--max-blocks", "LATZERO_MAX_BLOCKS", "memory.max_blocks"),
+            (
+                "--default-lock-lease-ms",
+                "LATZERO_DEFAULT_LOCK_LEASE_MS",
+                "memory.default_lock_lease_ms",
+            ),
+            (
+                "--max-lock-lease-ms",
+                "LATZERO_MAX_LOCK_LEASE_MS",
+                "memory.max_lock_lease_ms",
+            ),
         ] {
             let err = resolve_in(dir.path(), &[flag, "0"]).err().map(|e| e.to_string());
             let err = err.unwrap_or_else(|| panic!("{flag} 0 was taken"));
-            assert!(
-                err.contains(&format!("{name} must be at least 1 ")) && err.ends_with(", not 0"),
-                "{err}"
-            );
+            // Named every way it can be given (the env names are the README's).
+            let named = format!("{flag} ({env}, {key} in the config file) must be at least 1 ");
+            assert!(err.starts_with(&named) && err.ends_with(", not 0"), "{err}");
             // Any other value of these is taken (within each default's bounds).
             assert!(resolve_in(dir.path(), &[flag, "3600000"]).is_ok(), "{flag} 3600000");
         }
