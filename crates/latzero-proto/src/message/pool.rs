@@ -206,14 +206,29 @@ pub(crate) fn parse_pool<'a>(
     let pool = PoolName::try_from(pool).map_err(|e| bad_name(id, "pool", e))?;
     let owners = match f.owners {
         Some(list) => {
-            for a in &list {
-                AppId::check(a).map_err(|e| bad_name(id, "owners", e))?;
+            // A pool without owners could never be changed or removed again.
+            if list.is_empty() {
+                return Err(invalid(id, "field `owners` must name at least one app"));
             }
-            Some(list)
+            let mut owners: Vec<String> = Vec::with_capacity(list.len());
+            for a in list {
+                AppId::check(&a).map_err(|e| bad_name(id, "owners", e))?;
+                if !owners.contains(&a) {
+                    owners.push(a);
+                }
+            }
+            Some(owners)
         }
         None => None,
     };
     let policies = match f.policies {
+        // serde reads a struct from an array too, field by field in order: refused here.
+        Some(raw) if !raw.get().starts_with('{') => {
+            return Err(invalid(
+                id,
+                "field `policies` must be an object of app lists keyed join, call, emit, read, write",
+            ));
+        }
         Some(raw) => {
             let p: Policies = serde_json::from_str(raw.get()).map_err(|e| {
                 invalid(
@@ -279,6 +294,20 @@ mod tests {
         assert!(e.message.contains("local, global, encrypted"), "{}", e.message);
         let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"alpha","policies":[1]}"#).unwrap_err();
         assert!(e.message.contains("policies"), "{}", e.message);
+        // An array would be read field by field (`[["x"]]` as join: ["x"]): refused.
+        for policies in ["[]", r#"[["x"]]"#] {
+            let req = format!(r#"{{"action":"pool_create","id":1,"pool":"a","policies":{policies}}}"#);
+            let e = parse_request(req.as_bytes()).unwrap_err();
+            assert!(e.message.contains("must be an object"), "{policies}: {}", e.message);
+        }
+        // No owners would leave the pool unchangeable; repeated ones are one.
+        let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"a","owners":[]}"#).unwrap_err();
+        assert!(e.message.contains("at least one app"), "{}", e.message);
+        let p = parse_request(br#"{"action":"pool_create","id":1,"pool":"a","owners":["b","a","b"]}"#).unwrap();
+        let Request::Pool(PoolRequest::Create { owners, .. }) = p.request else {
+            panic!("{:?}", p.request)
+        };
+        assert_eq!(owners, Some(vec!["b".to_owned(), "a".to_owned()]));
         let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"a","policies":{"wirte":["x"]}}"#).unwrap_err();
         assert!(
             e.message.contains("wirte"),
