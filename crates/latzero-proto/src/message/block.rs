@@ -194,7 +194,7 @@ struct Fields<'a> {
     #[serde(borrow, rename = "type")]
     kind: Option<Str<'a>>,
     persistent: Option<bool>,
-    permissions: Option<PermFields>,
+    permissions: Option<super::Obj<PermFields>>,
     #[serde(borrow)]
     overflow: Option<Str<'a>>,
     #[serde(borrow)]
@@ -217,6 +217,7 @@ struct Fields<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PermFields {
     read: Option<Vec<String>>,
     write: Option<Vec<String>>,
@@ -302,7 +303,7 @@ pub(crate) fn parse_block<'a>(
             }
             let permissions = match f.permissions {
                 None => Permissions::default(),
-                Some(p) => Permissions {
+                Some(super::Obj(p)) => Permissions {
                     read: app_list(p.read, "permissions.read", id)?,
                     write: app_list(p.write, "permissions.write", id)?,
                 },
@@ -404,6 +405,19 @@ mod tests {
                 assert!(permissions.may_read("w2"));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn permissions_are_an_object_of_read_and_write_only() {
+        // An array would be read positionally as read and write; a misspelt key would leave
+        // the block writable by every member.
+        for perms in [r#"[["a"],["a"]]"#, "[]", r#"{"read":["a"],"wirte":["a"]}"#] {
+            let req =
+                format!(r#"{{"action":"block_create","pool":"p","block_id":"b","size":8,"permissions":{perms}}}"#);
+            let (code, msg) = parse(&req).unwrap_err();
+            assert_eq!(code, ErrorCode::InvalidMessage, "{perms}");
+            assert!(msg.contains("permissions"), "{perms}: {msg}");
         }
     }
 

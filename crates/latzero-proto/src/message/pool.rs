@@ -179,7 +179,7 @@ struct Fields {
     owners: Option<Vec<String>>,
     policies: Option<Box<RawValue>>,
     force: Option<bool>,
-    keys: Option<KeyVerifiers>,
+    keys: Option<super::Obj<KeyVerifiers>>,
     signature: Option<String>,
 }
 
@@ -222,15 +222,8 @@ pub(crate) fn parse_pool<'a>(
         None => None,
     };
     let policies = match f.policies {
-        // serde reads a struct from an array too, field by field in order: refused here.
-        Some(raw) if !raw.get().starts_with('{') => {
-            return Err(invalid(
-                id,
-                "field `policies` must be an object of app lists keyed join, call, emit, read, write",
-            ));
-        }
         Some(raw) => {
-            let p: Policies = serde_json::from_str(raw.get()).map_err(|e| {
+            let super::Obj(p) = serde_json::from_str::<super::Obj<Policies>>(raw.get()).map_err(|e| {
                 invalid(
                     id,
                     format!("field `policies` must be an object of app lists keyed join, call, emit, read, write: {e}"),
@@ -256,7 +249,7 @@ pub(crate) fn parse_pool<'a>(
                 description: f.description.unwrap_or_default(),
                 owners,
                 policies,
-                keys: f.keys,
+                keys: f.keys.map(|k| k.0),
             }
         }
         "pool_update" => PoolRequest::Update {
@@ -264,7 +257,7 @@ pub(crate) fn parse_pool<'a>(
             description: f.description,
             owners,
             policies,
-            keys: f.keys,
+            keys: f.keys.map(|k| k.0),
         },
         "pool_challenge" => PoolRequest::Challenge { pool },
         "pool_prove" => PoolRequest::Prove {
@@ -300,6 +293,12 @@ mod tests {
             let e = parse_request(req.as_bytes()).unwrap_err();
             assert!(e.message.contains("must be an object"), "{policies}: {}", e.message);
         }
+        let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"a","keys":[2,"j","w"]}"#).unwrap_err();
+        assert!(
+            e.message.contains("keys") && e.message.contains("expected an object"),
+            "{}",
+            e.message
+        );
         // No owners would leave the pool unchangeable; repeated ones are one.
         let e = parse_request(br#"{"action":"pool_update","id":1,"pool":"a","owners":[]}"#).unwrap_err();
         assert!(e.message.contains("at least one app"), "{}", e.message);
