@@ -195,9 +195,10 @@ impl Call<'_> {
         self
     }
 
-    /// This call's timeout (sent as `ttl`), instead of the client's default.
+    /// This call's timeout (sent as `ttl`), instead of the client's default; rounded up to
+    /// whole milliseconds (the wire's unit), at least 1 ms.
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
+        self.timeout = Some(crate::options::wire_ttl(d));
         self
     }
 

@@ -26,6 +26,13 @@ pub struct ClientOptions {
     pub(crate) spin: Duration,
 }
 
+/// A call's timeout as the wire carries it: whole milliseconds, rounded up, at least 1 (the
+/// server refuses a `ttl` of 0, and a sub-millisecond timeout would be sent as 0).
+pub(crate) fn wire_ttl(d: Duration) -> Duration {
+    let ms = d.as_nanos().div_ceil(1_000_000).clamp(1, u128::from(u64::MAX));
+    Duration::from_millis(ms as u64)
+}
+
 /// The default of [`ClientOptions::spin`].
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
@@ -55,9 +62,10 @@ impl ClientOptions {
         Self::default()
     }
 
-    /// Default timeout of calls (sent as `ttl`).
+    /// Default timeout of calls (sent as `ttl`), rounded up to whole milliseconds (the wire's
+    /// unit) and at least 1 ms.
     pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = d;
+        self.request_timeout = wire_ttl(d);
         self
     }
 
@@ -155,5 +163,25 @@ impl ClientOptions {
     /// Connects.
     pub async fn connect(self, url: &str) -> Result<Client, ClientError> {
         Client::connect_with(url, self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_whole_milliseconds_rounded_up_and_never_zero() {
+        for (given, sent) in [
+            (Duration::ZERO, 1),
+            (Duration::from_micros(1), 1),
+            (Duration::from_micros(1500), 2),
+            (Duration::from_millis(250), 250),
+            (Duration::MAX, u64::MAX),
+        ] {
+            assert_eq!(wire_ttl(given), Duration::from_millis(sent), "{given:?}");
+        }
+        let o = ClientOptions::new().request_timeout(Duration::from_micros(500));
+        assert_eq!(o.request_timeout, Duration::from_millis(1));
     }
 }

@@ -218,6 +218,25 @@ async fn timeout_fires_once_and_the_late_response_is_counted() {
     s.stop().await;
 }
 
+/// A timeout shorter than the wire's millisecond is sent as 1 ms and times out, where it was
+/// sent as `"ttl": 0` and refused as an invalid message.
+#[tokio::test]
+async fn a_sub_millisecond_timeout_times_out() {
+    let s = TestServer::start().await;
+    let (mut h, _c) = handler_and_caller(&s, "slow").await;
+    let caller = Client::connect(&s.url("sdk?pools=p")).await.unwrap();
+    let call = caller
+        .request("p", "f")
+        .data(&1)
+        .timeout(Duration::from_micros(500))
+        .send();
+    let (r, delivered) = tokio::join!(call, h.expect());
+    assert_eq!(delivered["ttl"], 1, "{delivered}");
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Timeout), "{e}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn handler_gone_mid_call_fails_the_caller_at_once() {
     let s = TestServer::start().await;
