@@ -662,7 +662,8 @@ impl MemoryBlock {
     /// returns the lease granted: to hold the lock longer, lock again before it runs out, which
     /// renews it ([`LockGrant::renewed`] tells whether it had run out). The lease ends at
     /// [`MemoryBlock::unlock`], when it expires, or when this client's connection drops (it is
-    /// not retaken after a reconnect).
+    /// not retaken after a reconnect). Both go in whole milliseconds, rounded up (a lease is at
+    /// least 1 ms).
     pub async fn lock_with(
         &self,
         exclusive: bool,
@@ -678,9 +679,11 @@ impl MemoryBlock {
             }
             .as_str()
         );
-        r["wait_ms"] = json!(wait.as_millis() as u64);
+        // Whole milliseconds, rounded up: a sub-millisecond lease would be sent as 0, which the
+        // server refuses, and a sub-millisecond wait as no wait at all.
+        r["wait_ms"] = json!(wait.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64);
         if let Some(l) = lease {
-            r["lease_ms"] = json!(l.as_millis() as u64);
+            r["lease_ms"] = json!(crate::options::wire_ttl(l).as_millis() as u64);
         }
         let granted = self.client.block_request(r).await?;
         match (granted["lease_ms"].as_u64(), granted["renewed"].as_bool()) {

@@ -100,6 +100,20 @@ async fn a_mapping_of_a_deleted_block_refuses_reads_and_writes() {
     s.stop().await;
 }
 
+/// A sub-millisecond lease is asked for as 1 ms, where it went as 0 and was refused.
+#[tokio::test]
+async fn a_sub_millisecond_lease_is_a_millisecond() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let blk = a.create_block("p", "l", BlockOptions::binary(8)).await.unwrap();
+    let g = blk
+        .lock_with(true, Some(Duration::from_micros(300)), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(g.lease, Duration::from_millis(1));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn read_only_attachments_map_read_only() {
     let s = TestServer::start().await;
