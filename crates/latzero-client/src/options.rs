@@ -33,6 +33,9 @@ pub(crate) fn wire_ttl(d: Duration) -> Duration {
     Duration::from_millis(ms as u64)
 }
 
+/// The shortest first reconnect delay [`ClientOptions::backoff`] takes.
+const MIN_BACKOFF: Duration = Duration::from_millis(1);
+
 /// The default of [`ClientOptions::spin`].
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
@@ -86,10 +89,11 @@ impl ClientOptions {
         self
     }
 
-    /// Reconnect backoff bounds (exponential between them, with jitter).
+    /// Reconnect backoff bounds (exponential between them, with jitter). The first is at least
+    /// 1 ms: with none, a client whose server is down would retry in a busy loop.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max.max(min);
+        self.backoff_min = min.max(MIN_BACKOFF);
+        self.backoff_max = max.max(self.backoff_min);
         self
     }
 
@@ -183,5 +187,16 @@ mod tests {
         }
         let o = ClientOptions::new().request_timeout(Duration::from_micros(500));
         assert_eq!(o.request_timeout, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_backoff_of_zero_is_a_millisecond_so_reconnecting_never_spins() {
+        let o = ClientOptions::new().backoff(Duration::ZERO, Duration::ZERO);
+        assert_eq!((o.backoff_min, o.backoff_max), (MIN_BACKOFF, MIN_BACKOFF));
+        let o = ClientOptions::new().backoff(Duration::from_millis(5), Duration::from_millis(2));
+        assert_eq!(
+            (o.backoff_min, o.backoff_max),
+            (Duration::from_millis(5), Duration::from_millis(5))
+        );
     }
 }
