@@ -440,6 +440,20 @@ fn status_shows_pools_apps_and_triggers() -> Result<()> {
     assert!(err.contains("is the server running (`latzero start`)?"), "{err}");
     assert_eq!(err.matches("(os error").count(), 1, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // A data dir named without a running server is said to be so, rather than the default
+    // port tried (where another server could answer, and `stop` would stop it).
+    for cmd in ["status", "stop"] {
+        let out = std::process::Command::new(bin())
+            .args([cmd, "-d"])
+            .arg(stopped.path())
+            .env_remove("LATZERO_DATA_DIR")
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("no server is running on data directory"),
+            "{cmd}: {err}"
+        );
+    }
     Ok(())
 }
 

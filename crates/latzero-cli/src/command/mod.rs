@@ -22,7 +22,10 @@ use crate::config::default_data_dir;
 
 /// Where the target server listens, and whether over TLS: --host/--port, else server.json in
 /// the data dir (Unix socket preferred; its TCP port with the recorded TLS fingerprint
-/// otherwise), else the default TCP address. --tls-fingerprint/--tls-ca force TLS over TCP.
+/// otherwise), else — for the default data dir only — the default TCP address. A data dir the
+/// user named (`--data-dir`, `LATZERO_DATA_DIR`) without a server.json is an error: falling
+/// back would reach whatever server has the default port, and `stop` would stop it.
+/// --tls-fingerprint/--tls-ca force TLS over TCP.
 pub fn target(t: &TargetArgs) -> Result<Target> {
     let mut tls = match (&t.tls_fingerprint, &t.tls_ca) {
         (Some(_), Some(_)) => bail!("give --tls-fingerprint or --tls-ca, not both"),
@@ -37,6 +40,15 @@ pub fn target(t: &TargetArgs) -> Result<Target> {
     } else {
         let dir = t.data_dir.clone().unwrap_or_else(default_data_dir);
         match RuntimeInfo::read(&dir) {
+            Err(e) if t.data_dir.is_some() && e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no server is running on data directory {} (it has no server.json); start one with \
+                 `latzero start -d {}`, or name a server with --host/--port",
+                dir.display(),
+                dir.display()
+            ),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                bail!("cannot read {}: {e}", dir.join("server.json").display())
+            }
             Ok(info) => match info.unix {
                 Some(p) if p.exists() && tls.is_none() => Endpoint::Unix(p),
                 _ => {
