@@ -72,7 +72,8 @@ pub enum ErrorCode {
     AppNotFound,
     /// `app_remove` for an app that is connected now.
     AppConnected,
-    /// The credential is missing, wrong, expired, or names another app; the connection is closed.
+    /// The credential is missing, wrong, expired, or names another app; the connection is closed
+    /// (except when it only refuses an admin request after the app's handshake).
     AuthFailed,
     /// A plain (non-TLS) connection to a port that serves TLS; the connection is closed.
     TlsRequired,
