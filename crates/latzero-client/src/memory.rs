@@ -132,6 +132,9 @@ pub enum BlockEvent {
     Synced { version: u64 },
     /// The block was deleted; no more events follow.
     Deleted { version: u64 },
+    /// The watch ended because this app is no longer in the block's pool (it left, or the pool
+    /// was removed); no more events follow. `reason` says which.
+    Unwatched { version: u64, reason: String },
     /// This client's lock lease on the block expired.
     LockExpired,
     /// Events were dropped because this watch was not read fast enough: read the block again.
@@ -168,6 +171,8 @@ impl Watches {
             offset: u64,
             #[serde(default)]
             length: u64,
+            #[serde(default)]
+            reason: String,
         }
         let Ok(e) = serde_json::from_slice::<Ev>(json) else {
             tracing::warn!("unparseable block_event from the server");
@@ -181,6 +186,10 @@ impl Watches {
             },
             "synced" => BlockEvent::Synced { version: e.version },
             "deleted" => BlockEvent::Deleted { version: e.version },
+            "unwatched" => BlockEvent::Unwatched {
+                version: e.version,
+                reason: e.reason,
+            },
             "lock_expired" => BlockEvent::LockExpired,
             other => {
                 tracing::debug!(event = other, "unknown block event");
@@ -202,7 +211,7 @@ impl Watches {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
-        if matches!(ev, BlockEvent::Deleted { .. }) {
+        if matches!(ev, BlockEvent::Deleted { .. } | BlockEvent::Unwatched { .. }) {
             self.by_block.remove(&key);
         }
     }
@@ -249,8 +258,8 @@ impl std::fmt::Debug for BlockWatch {
 }
 
 impl BlockWatch {
-    /// The next event; `None` once the block is deleted and its events are read, or the client
-    /// is closed. [`BlockEvent::Lagged`] comes first if events were dropped.
+    /// The next event; `None` once the block is deleted (or the watch ended with
+    /// [`BlockEvent::Unwatched`]) and its events are read, or the client is closed. [`BlockEvent::Lagged`] comes first if events were dropped.
     pub async fn next(&mut self) -> Option<BlockEvent> {
         if self.lagged.swap(false, Ordering::Relaxed) {
             return Some(BlockEvent::Lagged);

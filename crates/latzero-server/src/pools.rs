@@ -185,6 +185,10 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
             st.store.remove_pool(pool.as_str()).await.map_err(store_refusal)?;
             let left = st.directory_mut().remove_pool(&pool, app);
             let blocks = st.memory.remove_pool(&pool);
+            // Its persistent blocks stay: the leases, waits and watches its members held on
+            // them end, as every member has left.
+            st.memory
+                .on_leave(&pool, |_| true, &format!("pool '{pool}' was removed by '{app}'"));
             for m in &left {
                 if let Some(e) = crate::registry::store_membership(st, m).await {
                     tracing::warn!(app = %m, error = %e, "membership change not stored");

@@ -560,3 +560,99 @@ async fn persistent_blocks_survive_a_restart_and_volatile_ones_do_not() {
     assert_eq!(code(&r), "BLOCK_NOT_FOUND", "a record without its file is dropped");
     srv.stop().await;
 }
+
+/// Leaving a pool ends what the app held on its blocks, as a disconnect does: its lease goes
+/// (others may write), its lock wait fails with NOT_IN_POOL, and its watch ends with an
+/// `unwatched` event. A removed pool's persistent blocks keep no lease or watch of its members.
+#[tokio::test]
+async fn leaving_a_pool_ends_leases_waits_and_watches_on_its_blocks() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let (mut holder, mut waiter, mut watcher) = (member(&s, "h").await, member(&s, "w").await, member(&s, "v").await);
+    assert_eq!(create(&mut a, json!({})).await["action"], "block_created");
+    let lock = |id: &str, wait: u64| json!({"action":"block_lock","id":id,"pool":"p","block_id":"b","mode":"exclusive","lease_ms":60000,"wait_ms":wait});
+    assert_eq!(holder.ask(lock("l1", 0)).await["action"], "block_locked");
+    waiter.send(lock("l2", 30000)).await;
+    let w = watcher
+        .ask(json!({"action":"block_watch","id":"wa","pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(w["action"], "block_watching", "{w}");
+    watcher.sync().await;
+
+    waiter.send(json!({"action":"leave","id":"x","pools":["p"]})).await;
+    let refused = waiter.expect().await;
+    assert_eq!(
+        (refused["in_reply_to"].as_str(), code(&refused)),
+        (Some("l2"), "NOT_IN_POOL")
+    );
+    assert_eq!(waiter.expect().await["in_reply_to"], "x");
+    let write = json!({"action":"block_write","id":"wr","pool":"p","block_id":"b","offset":0,"data":"aGk="});
+    assert_eq!(code(&a.ask(write.clone()).await), "LOCKED");
+    assert_eq!(
+        holder.ask(json!({"action":"leave","id":"y","pools":["p"]})).await["action"],
+        "ack"
+    );
+    assert_eq!(a.ask(write).await["action"], "block_written", "the leaver's lease went");
+    assert_eq!(watcher.expect().await["event"], "changed");
+    watcher.send(json!({"action":"leave","id":"z","pools":["p"]})).await;
+    let ended = watcher.expect().await;
+    assert_eq!(
+        (ended["event"].as_str(), ended["block_id"].as_str()),
+        (Some("unwatched"), Some("b")),
+        "{ended}"
+    );
+    assert!(ended["reason"].as_str().unwrap().contains("left pool 'p'"), "{ended}");
+    let st = a
+        .ask(json!({"action":"block_stat","id":"st","pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(
+        (&st["block"]["locks"], &st["block"]["watchers"]),
+        (&json!({"held": [], "waiting": 0}), &json!(0)),
+        "{st}"
+    );
+
+    // A removed pool's persistent block: its members' lease and watch end with it.
+    let mut owner = s.raw().await;
+    owner.handshake("owner", &[], &[]).await;
+    let r = owner
+        .ask(json!({"action":"pool_create","id":1,"pool":"q","owners":["owner"]}))
+        .await;
+    assert_eq!(r["action"], "pool_created", "{r}");
+    let mut m = s.raw().await;
+    m.handshake("m", &["q"], &[]).await;
+    let c = m
+        .ask(json!({"action":"block_create","id":1,"pool":"q","block_id":"keep","size":64,"persistent":true}))
+        .await;
+    assert_eq!(c["action"], "block_created", "{c}");
+    let l = json!({"action":"block_lock","id":2,"pool":"q","block_id":"keep","mode":"exclusive","lease_ms":60000});
+    assert_eq!(m.ask(l).await["action"], "block_locked");
+    assert_eq!(
+        m.ask(json!({"action":"block_watch","id":3,"pool":"q","block_id":"keep"}))
+            .await["action"],
+        "block_watching"
+    );
+    m.sync().await;
+    let r = owner
+        .ask(json!({"action":"pool_remove","id":2,"pool":"q","force":true}))
+        .await;
+    assert_eq!(r["blocks_removed"], 0, "{r}");
+    let told: Vec<Value> = m.sync().await;
+    let kinds: Vec<&str> = told
+        .iter()
+        .map(|f| f["event"].as_str().or(f["action"].as_str()).unwrap())
+        .collect();
+    assert_eq!(kinds, ["pool_left", "unwatched"], "{told:?}");
+    assert_eq!(
+        m.ask(json!({"action":"join","id":4,"pools":["q"]})).await["action"],
+        "ack"
+    );
+    let st = m
+        .ask(json!({"action":"block_stat","id":5,"pool":"q","block_id":"keep"}))
+        .await;
+    assert_eq!(
+        (&st["block"]["locks"], &st["block"]["watchers"]),
+        (&json!({"held": [], "waiting": 0}), &json!(0)),
+        "{st}"
+    );
+    s.stop().await;
+}

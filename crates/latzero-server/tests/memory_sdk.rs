@@ -114,6 +114,23 @@ async fn a_sub_millisecond_lease_is_a_millisecond() {
     s.stop().await;
 }
 
+/// A watch ends when its client leaves the block's pool: `Unwatched`, then nothing.
+#[tokio::test]
+async fn leaving_the_pool_ends_a_watch() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let blk = a.create_block("p", "w", BlockOptions::binary(8)).await.unwrap();
+    let mut w = blk.watch(None).await.unwrap();
+    assert_eq!(w.next().await, Some(BlockEvent::Synced { version: 0 }));
+    a.leave("p").await.unwrap();
+    match w.next().await {
+        Some(BlockEvent::Unwatched { reason, .. }) => assert!(reason.contains("left pool 'p'"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.next().await, None);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn read_only_attachments_map_read_only() {
     let s = TestServer::start().await;

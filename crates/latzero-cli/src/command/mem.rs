@@ -292,6 +292,10 @@ async fn watch(a: MemWatchArgs) -> Result<()> {
                 line(json!({ "event": "deleted", "version": version }));
                 return Ok(());
             }
+            BlockEvent::Unwatched { version, reason } => {
+                line(json!({ "event": "unwatched", "version": version, "reason": reason }));
+                bail!("the watch ended: {reason}");
+            }
             BlockEvent::LockExpired => json!({ "event": "lock_expired" }),
             BlockEvent::Lagged => json!({ "event": "lagged" }),
         };

@@ -137,11 +137,31 @@ impl Locks {
 
     /// Ends a closed connection's leases and waits.
     pub fn release_conn(&mut self, conn: ConnId, entry: &Arc<Entry>) {
+        self.release(|c| c == conn, entry, None);
+    }
+
+    /// Ends the leases and waits of the connections `gone` picks, which left the block's pool
+    /// (or were closed: `why` is `None`, and there is no one left to tell). A waiter still
+    /// connected gets `why` as a NOT_IN_POOL error for its lock request.
+    pub fn release(&mut self, gone: impl Fn(ConnId) -> bool, entry: &Arc<Entry>, why: Option<&str>) {
         let before = self.held.len();
-        self.held.retain(|l| l.conn.id != conn);
-        self.waiting.retain(|w| w.conn.id != conn);
+        self.held.retain(|l| !gone(l.conn.id));
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for w in self.waiting.drain(..) {
+            if !gone(w.conn.id) {
+                kept.push_back(w);
+            } else if let Some(why) = why {
+                let _ = w.conn.reply(&encode_message(&ErrorFrame::new(
+                    w.req.as_deref(),
+                    ErrorCode::NotInPool,
+                    why,
+                )));
+            }
+        }
+        self.waiting = kept;
         if self.held.len() != before {
-            tracing::info!(block = %entry.meta.block_id, conn, "lock released: its holder disconnected");
+            let how = if why.is_some() { "left the pool" } else { "disconnected" };
+            tracing::info!(block = %entry.meta.block_id, "lock released: its holder {how}");
             self.pump(entry);
         }
     }

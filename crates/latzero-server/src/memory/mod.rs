@@ -613,6 +613,31 @@ impl Memory {
         gone.len()
     }
 
+    /// The connections `gone` picks left `pool` (or were taken out of it; `why` says how): their
+    /// leases on its blocks end, their lock waits fail with NOT_IN_POOL, and their watches end
+    /// with an `unwatched` event, since a watch needs membership as every block action does.
+    pub fn on_leave(&self, pool: &PoolName, gone: impl Fn(ConnId) -> bool, why: &str) {
+        for e in self.list(pool) {
+            let mut st = e.state();
+            let ended: Vec<Arc<Conn>> = st.watchers.values().filter(|c| gone(c.id)).cloned().collect();
+            if !ended.is_empty() {
+                let frame = latzero_proto::frame::encode_message(&json!({
+                    "action": "block_event",
+                    "event": "unwatched",
+                    "pool": e.meta.pool,
+                    "block_id": e.meta.block_id,
+                    "version": e.block.version(),
+                    "reason": why,
+                }));
+                for c in ended {
+                    st.watchers.remove(&c.id);
+                    let _ = c.send(&frame);
+                }
+            }
+            st.locks.release(&gone, &e, Some(why));
+        }
+    }
+
     /// Releases a closed connection's locks, lock waits and watches.
     pub fn on_disconnect(&self, conn: ConnId) {
         let entries: Vec<_> = self.lock().values().cloned().collect();

@@ -618,6 +618,11 @@ impl Session {
             Request::Leave(ps) => {
                 let app = app.expect("checked above");
                 st.directory_mut().leave(&app, &ps);
+                let me = self.conn.id;
+                for p in &ps {
+                    st.memory
+                        .on_leave(p, |c| c == me, &format!("app '{app}' left pool '{p}'"));
+                }
                 return self.membership_done(id, app);
             }
             Request::PresenceSubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, true),
