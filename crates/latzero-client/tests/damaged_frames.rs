@@ -49,6 +49,7 @@ fn templates(ids: &[String]) -> Vec<String> {
         r#"{"action":"block_event","event":"changed","pool":"p","block_id":"b","version":9,"offset":0,"length":16}"#
             .to_owned(),
         r#"{"action":"block_event","event":"lock_expired","pool":"p","block_id":"b","mode":"exclusive"}"#.to_owned(),
+        r#"{"action":"block_event","event":"unwatched","pool":"p","block_id":"b","version":3,"reason":"r"}"#.to_owned(),
         r#"{"action":"error","code":"INVALID_MESSAGE","message":"m"}"#.to_owned(),
     ];
     for id in ids {
