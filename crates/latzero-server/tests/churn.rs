@@ -110,7 +110,8 @@ async fn caller(c: Client, seed: u64, calls: usize, close_after: usize, ends: En
 }
 
 /// One app's turn at the shared block: a lock held, waited for, or a watch, and the app closed
-/// in the middle of it; or a shared lock taken and given back.
+/// in the middle of it; a lock and a watch ended by leaving the pool; or a shared lock taken
+/// and given back.
 async fn block_user(c: Client, block: MemoryBlock, what: usize) {
     match what {
         // Holds the lock and is closed holding it.
@@ -131,6 +132,24 @@ async fn block_user(c: Client, block: MemoryBlock, what: usize) {
         2 => {
             let mut w = block.watch(None).await.unwrap();
             let _ = w.next().await;
+            c.close();
+        }
+        // Holds the lock and watches, then leaves the pool: both end there, before it closes.
+        3 => {
+            let _ = block.lock_with(true, Some(Duration::from_secs(60)), TTL).await;
+            let mut w = block.watch(None).await.unwrap();
+            let _ = w.next().await;
+            c.leave(POOL).await.unwrap();
+            let ended = async {
+                while let Some(e) = w.next().await {
+                    if matches!(e, latzero_client::BlockEvent::Unwatched { .. }) {
+                        return true;
+                    }
+                }
+                false
+            };
+            let ended = tokio::time::timeout(LOST_AFTER, ended).await;
+            assert!(matches!(ended, Ok(true)), "leaving the pool did not end the watch");
             c.close();
         }
         // Takes a shared lock and gives it back, then leaves.
@@ -207,7 +226,7 @@ async fn apps_closed_in_the_middle_of_everything_leave_nothing_behind() {
             let client = connect(&s, &format!("b{round}-{b}")).await;
             client.join(POOL).await.unwrap();
             let blk = client.attach_block(POOL, "shared").await.unwrap();
-            set.spawn(block_user(client, blk, rng.below(4)));
+            set.spawn(block_user(client, blk, rng.below(5)));
         }
         // A write, so that watchers see a change and the block is not idle.
         block.write(0, &[round as u8; 8]).await.unwrap();
