@@ -22,6 +22,18 @@ async fn app(srv: &Running, name: &str) -> Client {
         .unwrap()
 }
 
+/// Creates the encrypted pool "vault" as `owner`, with a new key set of generation 1; returns
+/// the keys as text and the server's description of the pool.
+async fn create_vault(owner: &Client) -> ([String; 3], serde_json::Value) {
+    let (texts, v1) = generate_pool_keys("vault", 1);
+    let spec = PoolSpec {
+        kind: "encrypted".into(),
+        keys: Some(v1),
+        ..PoolSpec::default()
+    };
+    (texts, owner.create_pool("vault", spec).await.unwrap())
+}
+
 fn denied(e: &ClientError) -> bool {
     e.code() == Some(ErrorCode::PermissionDenied)
 }
@@ -30,18 +42,11 @@ fn denied(e: &ClientError) -> bool {
 async fn sealed_calls_and_blocks_and_every_threat_refused() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Running::start(config_in(dir.path())).await;
-    let (texts, v1) = generate_pool_keys("vault", 1);
+    let owner = app(&srv, "owner").await;
+    let (texts, info) = create_vault(&owner).await;
+    assert_eq!(info["type"], "encrypted", "{info}");
     let all = || PoolKeys::parse("vault", &texts).unwrap();
     let reader_keys = || PoolKeys::parse("vault", [&texts[0], &texts[1]]).unwrap();
-
-    let owner = app(&srv, "owner").await;
-    let spec = PoolSpec {
-        kind: "encrypted".into(),
-        keys: Some(v1),
-        ..PoolSpec::default()
-    };
-    let info = owner.create_pool("vault", spec).await.unwrap();
-    assert_eq!(info["type"], "encrypted", "{info}");
 
     // Joining: never in a handshake or a plain join; a wrong SigilKey is refused.
     let mut raw = Raw::connect(srv.addr).await;
@@ -206,15 +211,9 @@ const HEADER_BYTE: usize = 30;
 async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Running::start(config_in(dir.path())).await;
-    let (texts, v1) = generate_pool_keys("vault", 1);
-    let all = || PoolKeys::parse("vault", &texts).unwrap();
     let owner = app(&srv, "owner").await;
-    let spec = PoolSpec {
-        kind: "encrypted".into(),
-        keys: Some(v1),
-        ..PoolSpec::default()
-    };
-    owner.create_pool("vault", spec).await.unwrap();
+    let (texts, _) = create_vault(&owner).await;
+    let all = || PoolKeys::parse("vault", &texts).unwrap();
 
     let worker = app(&srv, "worker").await;
     let wp = worker.encrypted_pool("vault", all()).await.unwrap();
