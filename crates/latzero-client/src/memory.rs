@@ -690,9 +690,9 @@ impl MemoryBlock {
         );
         // Whole milliseconds, rounded up: a sub-millisecond lease would be sent as 0, which the
         // server refuses, and a sub-millisecond wait as no wait at all.
-        r["wait_ms"] = json!(wait.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64);
+        r["wait_ms"] = json!(crate::options::whole_ms(wait));
         if let Some(l) = lease {
-            r["lease_ms"] = json!(crate::options::wire_ttl(l).as_millis() as u64);
+            r["lease_ms"] = json!(crate::options::whole_ms(l).max(1));
         }
         let granted = self.client.block_request(r).await?;
         match (granted["lease_ms"].as_u64(), granted["renewed"].as_bool()) {

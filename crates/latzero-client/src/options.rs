@@ -26,11 +26,16 @@ pub struct ClientOptions {
     pub(crate) spin: Duration,
 }
 
-/// A call's timeout as the wire carries it: whole milliseconds, rounded up, at least 1 (the
+/// `d` in whole milliseconds, the wire's unit, rounded up (so that a sub-millisecond wait is
+/// not sent as none at all).
+pub(crate) fn whole_ms(d: Duration) -> u64 {
+    d.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64
+}
+
+/// A call's timeout (or a lock's lease) as the wire carries it: [`whole_ms`], at least 1 (the
 /// server refuses a `ttl` of 0, and a sub-millisecond timeout would be sent as 0).
 pub(crate) fn wire_ttl(d: Duration) -> Duration {
-    let ms = d.as_nanos().div_ceil(1_000_000).clamp(1, u128::from(u64::MAX));
-    Duration::from_millis(ms as u64)
+    Duration::from_millis(whole_ms(d).max(1))
 }
 
 /// The shortest first reconnect delay [`ClientOptions::backoff`] takes.
