@@ -170,7 +170,8 @@ async fn prove(client: &Client, keys: &PoolKeys) -> Result<HashMap<u32, [u8; 32]
 impl Client {
     /// Joins an encrypted pool by proving its SigilKey (the key never leaves this process), and
     /// returns the handle through which this app's payloads and blocks in the pool are sealed
-    /// and opened. After a reconnect the handle proves the key again and re-joins.
+    /// and opened. After a reconnect the handle proves the key again and re-joins, unless the
+    /// app was taken out of the pool meanwhile ([`ClientEvent::PoolLeft`]).
     pub async fn encrypted_pool(&self, pool: &str, keys: PoolKeys) -> Result<EncryptedPool, ClientError> {
         if keys.pool() != pool {
             return Err(ClientError::Crypto(SealError::Mismatch(format!(
@@ -188,13 +189,16 @@ impl Client {
         let mut events = self.events();
         let rejoin = tokio::spawn(async move {
             while let Ok(ev) = events.recv().await {
-                if matches!(ev, ClientEvent::Reconnected) {
-                    match prove(&client, &st.keys).await {
+                match ev {
+                    ClientEvent::Reconnected => match prove(&client, &st.keys).await {
                         Ok(w) => *lock(&st.writes) = w,
                         Err(e) => {
                             tracing::warn!(pool = st.keys.pool(), error = %e, "could not re-join the encrypted pool")
                         }
-                    }
+                    },
+                    // Taken out of the pool (its owner removed it): not joined again.
+                    ClientEvent::PoolLeft { pool, .. } if pool == st.keys.pool() => break,
+                    _ => {}
                 }
             }
         });
