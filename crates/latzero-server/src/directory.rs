@@ -257,7 +257,8 @@ impl Directory {
         }
     }
 
-    /// Leaves pools. Empty pools stay (they are cheap and keep their creation time).
+    /// Leaves pools. A pool left empty stays until [`Directory::forget_if_unused`] is asked
+    /// (it needs to know the pool holds no memory block).
     pub fn leave(&mut self, app_id: &AppId, pools: &[PoolName]) {
         let Some(app) = self.apps.get_mut(app_id) else { return };
         for p in pools {
@@ -305,15 +306,35 @@ impl Directory {
         }
     }
 
-    /// Removes an app if `conn` is still its connection (a takeover may have replaced it).
-    pub fn remove_app(&mut self, app_id: &AppId, conn: ConnId) {
+    /// Removes an app if `conn` is still its connection (a takeover may have replaced it);
+    /// returns the pools it left.
+    pub fn remove_app(&mut self, app_id: &AppId, conn: ConnId) -> Vec<PoolName> {
         match self.apps.get(app_id) {
             Some(a) if a.conn.id == conn => {}
-            _ => return,
+            _ => return vec![],
         }
         let pools: Vec<PoolName> = self.apps[app_id].pools.iter().cloned().collect();
         self.leave(app_id, &pools);
         self.apps.remove(app_id);
+        pools
+    }
+
+    /// Whether `name` is a live pool (no stored configuration) that no app is in or watches for
+    /// presence: a candidate for [`Directory::forget_if_unused`].
+    pub fn is_unused(&self, name: &PoolName) -> bool {
+        self.pools
+            .get(name)
+            .is_some_and(|p| p.stored.is_none() && p.members.is_empty() && p.presence.is_empty())
+    }
+
+    /// Forgets `name` if it is still unused ([`Directory::is_unused`]). Joining creates a live
+    /// pool and nothing else would ever remove it, so an app joining and leaving pools of new
+    /// names would otherwise grow the directory without end. The caller has checked that the
+    /// pool holds no memory block (only a member can create one).
+    pub fn forget_if_unused(&mut self, name: &PoolName) {
+        if self.is_unused(name) {
+            self.pools.remove(name);
+        }
     }
 
     /// The pools and triggers of an app, for acks.

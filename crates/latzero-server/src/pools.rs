@@ -314,6 +314,20 @@ fn stored(st: &State, pool: &PoolName) -> Result<PoolRecord, Refusal> {
         })
 }
 
+/// After apps left `pools`: forgets each one left unused that holds no memory block (see
+/// [`crate::directory::Directory::forget_if_unused`]).
+pub(crate) fn forget_unused(st: &State, pools: &[PoolName]) {
+    let unused: Vec<&PoolName> = {
+        let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+        pools.iter().filter(|p| dir.is_unused(p)).collect()
+    };
+    for p in unused {
+        if st.memory.list(p).is_empty() {
+            st.directory_mut().forget_if_unused(p);
+        }
+    }
+}
+
 /// Forgets an app's stored registration: it leaves `app_list`, and its pools and triggers are
 /// not rehydrated when it comes back (it registers afresh). Refused while it is connected, as
 /// the session would store it again.

@@ -354,3 +354,53 @@ async fn a_removed_pool_is_not_rehydrated_for_an_app_that_was_offline() {
     );
     srv.stop().await;
 }
+
+/// A live pool (joined, never created) is forgotten once no app is in it and it holds no memory
+/// block, whether its last member left or disconnected: an app joining pools of new names does
+/// not grow the server without end. One with a block stays; a stored one always stays.
+#[tokio::test]
+async fn a_live_pool_left_empty_is_forgotten_unless_it_holds_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let names = |l: &Value| -> Vec<String> {
+        l["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut a = Raw::connect(srv.addr).await;
+    a.handshake("a", &[], &[]).await;
+    for i in 0..200 {
+        a.ask(json!({"action":"join","id":i,"pools":[format!("tmp{i}")]})).await;
+        a.ask(json!({"action":"leave","id":i,"pools":[format!("tmp{i}")]}))
+            .await;
+    }
+    let r = a
+        .ask(json!({"action":"pool_create","id":"c","pool":"kept","owners":["a"]}))
+        .await;
+    assert_eq!(r["action"], "pool_created", "{r}");
+    a.ask(json!({"action":"join","id":"j","pools":["kept","blocky","gone"]}))
+        .await;
+    let b = a
+        .ask(json!({"action":"block_create","id":"b","pool":"blocky","block_id":"x","size":8}))
+        .await;
+    assert_eq!(b["action"], "block_created", "{b}");
+    a.ask(json!({"action":"leave","id":"l","pools":["kept","blocky"]}))
+        .await;
+    drop(a);
+    let mut admin = Raw::connect(srv.addr).await;
+    // "gone" goes once the server has seen `a` disconnect (a bound, so that a pool never
+    // forgotten fails the test rather than hangs it).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let l = loop {
+        let l = admin.ask(json!({"action":"pool_list","id":1})).await;
+        if !names(&l).contains(&"gone".to_owned()) || tokio::time::Instant::now() > deadline {
+            break l;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(names(&l), ["blocky", "kept"], "{l}");
+    srv.stop().await;
+}

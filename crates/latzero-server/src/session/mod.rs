@@ -623,6 +623,7 @@ impl Session {
                     st.memory
                         .on_leave(p, |c| c == me, &format!("app '{app}' left pool '{p}'"));
                 }
+                crate::pools::forget_unused(st, &ps);
                 return self.membership_done(id, app);
             }
             Request::PresenceSubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, true),
@@ -1030,8 +1031,9 @@ impl Session {
 
     /// Leaves the directory and fails or drops every call this connection was part of.
     fn cleanup(&mut self) {
+        let mut left = vec![];
         if let Some(app) = self.app.take() {
-            self.state.directory_mut().remove_app(&app, self.conn.id);
+            left = self.state.directory_mut().remove_app(&app, self.conn.id);
             if !self.ephemeral {
                 crate::registry::on_disconnect(&self.state, &app);
             }
@@ -1039,6 +1041,7 @@ impl Session {
         }
         self.state.router.on_disconnect(self.conn.id);
         self.state.memory.on_disconnect(self.conn.id);
+        crate::pools::forget_unused(&self.state, &left);
         self.state
             .conns
             .lock()
