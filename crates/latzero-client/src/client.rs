@@ -518,13 +518,19 @@ impl Client {
         Ok(r["info"].take())
     }
 
-    /// Changes a stored pool's description, owners or policies (owners only).
+    /// Changes a stored pool's description, owners or policies (owners only). Returns the
+    /// pool's new description, with `members_removed`: the members its new policies no longer
+    /// let join, which the server took out of it.
     pub async fn update_pool(&self, pool: &str, changes: Value) -> Result<Value, ClientError> {
         let name = PoolName::try_from(pool)?;
         let mut req = changes;
         req["pool"] = json!(name.as_str());
         let mut r = self.request_json("pool_update", req).await?;
-        Ok(r["info"].take())
+        let mut info = r["info"].take();
+        if info.is_object() {
+            info["members_removed"] = r["members_removed"].take();
+        }
+        Ok(info)
     }
 
     /// Encrypted pools (owners only): starts a new key generation with its verifiers (from

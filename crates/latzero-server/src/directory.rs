@@ -67,6 +67,17 @@ pub(crate) struct Pool {
     pub presence: HashMap<ConnId, Arc<Conn>>,
 }
 
+/// What a policy change took away ([`Directory::enforce`]).
+#[derive(Debug, Default)]
+pub(crate) struct Revoked {
+    /// Members taken out of the pool: `join` no longer allows them.
+    pub expelled: Vec<AppId>,
+    pub expelled_conns: Vec<ConnId>,
+    /// Remaining members' connections that may no longer read, or write, the pool's blocks.
+    pub no_read: Vec<ConnId>,
+    pub no_write: Vec<ConnId>,
+}
+
 /// Who may do what in a stored pool: its owners everything, others what its policies allow.
 #[derive(Debug)]
 pub(crate) struct Access {
@@ -370,24 +381,62 @@ impl Directory {
             return vec![];
         };
         let members: Vec<AppId> = pool.members.keys().cloned().collect();
-        if !members.is_empty() {
-            let frame = encode_message(&serde_json::json!({
-                "action": "pool_left",
-                "pool": name.as_str(),
-                "by": by.as_str(),
-                "message": format!("pool '{name}' was removed by '{by}'; this app is no longer in it"),
-            }));
-            for conn in pool.members.values() {
+        let message = format!("pool '{name}' was removed by '{by}'; this app is no longer in it");
+        self.expel(name, &members, by, &message);
+        self.pools.remove(name);
+        members
+    }
+
+    /// Takes `members` out of pool `name` at `by`'s request: each is told (`pool_left` with
+    /// `message`) and leaves it (presence subscribers are told).
+    fn expel(&mut self, name: &PoolName, members: &[AppId], by: &AppId, message: &str) {
+        let Some(pool) = self.pools.get(name) else { return };
+        if members.is_empty() {
+            return;
+        }
+        let frame = encode_message(&serde_json::json!({
+            "action": "pool_left",
+            "pool": name.as_str(),
+            "by": by.as_str(),
+            "message": message,
+        }));
+        for m in members {
+            if let Some(conn) = pool.members.get(m) {
                 // A member too slow to take it is closed as a slow consumer, which leaves the
                 // pool too.
                 let _ = conn.send(&frame);
             }
         }
-        for m in &members {
+        for m in members {
             self.leave(m, std::slice::from_ref(name));
         }
-        self.pools.remove(name);
-        members
+    }
+
+    /// After `by` changed a stored pool's owners or policies: the members its new policies do
+    /// not let join are taken out of it ([`Revoked::expelled`], told by `pool_left`), and the
+    /// connections of the others that may no longer read or write its blocks are listed, for
+    /// [`crate::memory::Memory::on_revoke`] to end what they held.
+    pub fn enforce(&mut self, name: &PoolName, by: &AppId) -> Revoked {
+        let Some(pool) = self.pools.get(name) else {
+            return Revoked::default();
+        };
+        let mut r = Revoked::default();
+        for (m, conn) in &pool.members {
+            if !pool.allows(PoolOp::Join, m.as_str()) {
+                r.expelled.push(m.clone());
+                r.expelled_conns.push(conn.id);
+                continue;
+            }
+            if !pool.allows(PoolOp::Read, m.as_str()) {
+                r.no_read.push(conn.id);
+            }
+            if !pool.allows(PoolOp::Write, m.as_str()) {
+                r.no_write.push(conn.id);
+            }
+        }
+        let message = format!("'{by}' changed the policies of pool '{name}', which no longer let this app join it");
+        self.expel(name, &r.expelled, by, &message);
+        r
     }
 
     /// One pool, for `pool_show` and `pool_list`.

@@ -156,9 +156,32 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
                 ..PoolUpdate::default()
             };
             let rec = st.store.update_pool(pool.as_str(), u).await.map_err(store_refusal)?;
-            let mut dir = st.directory_mut();
-            dir.adopt_pool(rec);
-            Ok(json!({ "action": "pool_updated", "pool": pool, "info": dir.describe_pool(&pool) }))
+            // The new owners and policies apply to the members already in the pool too.
+            let (revoked, info) = {
+                let mut dir = st.directory_mut();
+                dir.adopt_pool(rec);
+                let revoked = dir.enforce(&pool, app);
+                (revoked, dir.describe_pool(&pool))
+            };
+            // Rights first: a lease the expelled leave behind goes to no waiter that lost them.
+            st.memory.on_revoke(&pool, &revoked.no_read, &revoked.no_write);
+            let out = &revoked.expelled_conns;
+            st.memory.on_leave(
+                &pool,
+                |c| out.contains(&c),
+                &format!("'{app}' changed the policies of pool '{pool}', which no longer let the app join it"),
+            );
+            for m in &revoked.expelled {
+                if let Some(e) = crate::registry::store_membership(st, m).await {
+                    tracing::warn!(app = %m, error = %e, "membership change not stored");
+                }
+            }
+            if !revoked.expelled.is_empty() {
+                tracing::info!(pool = %pool, by = %app, members = ?revoked.expelled, "members taken out by a policy change");
+            }
+            Ok(json!({
+                "action": "pool_updated", "pool": pool, "info": info, "members_removed": revoked.expelled,
+            }))
         }
         PoolRequest::Remove { pool, force } => {
             let (rec, others) = {

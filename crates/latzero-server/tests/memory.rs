@@ -656,3 +656,153 @@ async fn leaving_a_pool_ends_leases_waits_and_watches_on_its_blocks() {
     );
     s.stop().await;
 }
+
+/// A pool's new policies apply to the members already in it: a member `join` no longer allows
+/// is taken out (`pool_left`; its lease and watch end as on leaving), and the others lose what
+/// needed a right they no longer have — a watch needs read, a shared lease read, an exclusive
+/// lease write (a holder is told by `lock_expired`, a waiter by PERMISSION_DENIED). What they
+/// may still do stays.
+#[tokio::test]
+async fn a_policy_change_ends_what_members_may_no_longer_do() {
+    let s = TestServer::start().await;
+    let mut owner = s.raw().await;
+    owner.handshake("owner", &[], &[]).await;
+    let r = owner
+        .ask(json!({"action":"pool_create","id":1,"pool":"g","owners":["owner"]}))
+        .await;
+    assert_eq!(r["action"], "pool_created", "{r}");
+    let mut m = std::collections::BTreeMap::new();
+    for app in ["x", "y", "z"] {
+        let mut r = s.raw().await;
+        r.handshake(app, &["g"], &[]).await;
+        m.insert(app, r);
+    }
+    let ask = async |r: &mut Raw, v: Value| {
+        let mut v = v;
+        v["pool"] = json!("g");
+        r.ask(v).await
+    };
+    for b in ["b", "c"] {
+        let c = ask(
+            m.get_mut("x").unwrap(),
+            json!({"action":"block_create","id":"c","block_id":b,"size":64,"permissions":{"read":["*"],"write":["*"]}}),
+        )
+        .await;
+        assert_eq!(c["action"], "block_created", "{c}");
+    }
+    let lock = |b: &str, mode: &str, wait: u64| json!({"action":"block_lock","id":format!("l{b}"),"pool":"g","block_id":b,"mode":mode,"lease_ms":60000,"wait_ms":wait});
+    let watch = json!({"action":"block_watch","id":"w","block_id":"b"});
+    // x holds b exclusively and watches it; y waits to lock b exclusively, watches b and holds
+    // c shared; z watches b and holds c shared.
+    assert_eq!(
+        m.get_mut("x").unwrap().ask(lock("b", "exclusive", 0)).await["action"],
+        "block_locked"
+    );
+    m.get_mut("y").unwrap().send(lock("b", "exclusive", 60000)).await;
+    for app in ["x", "y", "z"] {
+        let r = m.get_mut(app).unwrap();
+        assert_eq!(ask(r, watch.clone()).await["action"], "block_watching");
+        r.sync().await;
+    }
+    for app in ["y", "z"] {
+        assert_eq!(
+            m.get_mut(app).unwrap().ask(lock("c", "shared", 0)).await["action"],
+            "block_locked"
+        );
+    }
+
+    let u = owner
+        .ask(json!({"action":"pool_update","id":2,"pool":"g","policies":{"join":["y","z"],"read":["y"],"write":[]}}))
+        .await;
+    assert_eq!(
+        (u["action"].as_str(), &u["members_removed"], &u["info"]["members"]),
+        (Some("pool_updated"), &json!(["x"]), &json!(["y", "z"])),
+        "{u}"
+    );
+    let told = |frames: &[Value]| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                let what = f["event"]
+                    .as_str()
+                    .or(f["code"].as_str())
+                    .or(f["action"].as_str())
+                    .unwrap();
+                format!("{what} {}", f["block_id"].as_str().unwrap_or("-"))
+            })
+            .collect()
+    };
+    let x = m.get_mut("x").unwrap().sync().await;
+    assert_eq!(told(&x), ["pool_left -", "unwatched b"], "{x:?}");
+    assert!(
+        x[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer let this app join"),
+        "{x:?}"
+    );
+    let y = m.get_mut("y").unwrap().sync().await;
+    assert_eq!(told(&y), ["PERMISSION_DENIED -"], "y may no longer write: {y:?}");
+    assert_eq!(y[0]["in_reply_to"], "lb", "{y:?}");
+    let z = m.get_mut("z").unwrap().sync().await;
+    assert_eq!(
+        told(&z),
+        ["unwatched b", "lock_expired c"],
+        "z may no longer read: {z:?}"
+    );
+    assert!(
+        z[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer allow app 'z' to read"),
+        "{z:?}"
+    );
+
+    let mut stat = async |b: &str| {
+        let st = ask(
+            m.get_mut("y").unwrap(),
+            json!({"action":"block_stat","id":"s","block_id":b}),
+        )
+        .await;
+        (st["block"]["locks"].clone(), st["block"]["watchers"].clone())
+    };
+    assert_eq!(
+        stat("b").await,
+        (json!({"held": [], "waiting": 0}), json!(1)),
+        "only y watches b"
+    );
+    let (locks, _) = stat("c").await;
+    let held: Vec<&str> = locks["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["app_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(held, ["y"], "y may still read, so keeps its shared lease: {locks}");
+    s.stop().await;
+}
+
+/// A lock wait that ends (its app left the pool) no longer holds back the waits behind it: a
+/// shared wait queued behind a gone exclusive one is granted beside the shared lease held.
+#[tokio::test]
+async fn a_wait_that_goes_lets_the_waits_behind_it_through() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let (mut w1, mut w2) = (member(&s, "w1").await, member(&s, "w2").await);
+    assert_eq!(create(&mut a, json!({})).await["action"], "block_created");
+    let lock = |id: &str, mode: &str| json!({"action":"block_lock","id":id,"pool":"p","block_id":"b","mode":mode,"lease_ms":60000,"wait_ms":60000});
+    assert_eq!(a.ask(lock("l1", "shared")).await["action"], "block_locked");
+    w1.send(lock("l2", "exclusive")).await;
+    w1.sync().await;
+    w2.send(lock("l3", "shared")).await;
+    w2.sync().await;
+    w1.send(json!({"action":"leave","id":"x","pools":["p"]})).await;
+    assert_eq!(code(&w1.expect().await), "NOT_IN_POOL");
+    let granted = w2.expect().await;
+    assert_eq!(
+        (granted["action"].as_str(), granted["in_reply_to"].as_str()),
+        (Some("block_locked"), Some("l3")),
+        "{granted}"
+    );
+    s.stop().await;
+}

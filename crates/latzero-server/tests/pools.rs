@@ -310,6 +310,45 @@ async fn a_client_taken_out_of_a_removed_pool_is_told_and_does_not_rejoin_it() {
     srv.stop().await;
 }
 
+/// A policy change that no longer lets a member join takes it out: the owner's update lists it,
+/// and its SDK hears it as for a removed pool.
+#[tokio::test]
+async fn a_client_a_policy_change_shuts_out_is_told_and_leaves() {
+    use latzero_client::{ClientEvent, ClientOptions, PoolSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let connect = async |app: &str| {
+        ClientOptions::new()
+            .reconnect(false)
+            .connect(&format!("latzero://{app}@{}", srv.addr))
+            .await
+    };
+    let owner = connect("owner").await.unwrap();
+    owner.create_pool("alpha", PoolSpec::default()).await.unwrap();
+    let (stays, goes) = (connect("stays").await.unwrap(), connect("goes").await.unwrap());
+    stays.join("alpha").await.unwrap();
+    goes.join("alpha").await.unwrap();
+    let mut events = goes.events();
+    let info = owner
+        .update_pool("alpha", json!({"policies": {"join": ["stays"]}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (&info["members_removed"], &info["members"]),
+        (&json!(["goes"]), &json!(["stays"])),
+        "{info}"
+    );
+    let reason = loop {
+        match events.recv().await.unwrap() {
+            ClientEvent::PoolLeft { pool, reason } if pool == "alpha" => break reason,
+            _ => continue,
+        }
+    };
+    assert!(reason.contains("no longer let this app join"), "{reason}");
+    assert!(goes.pools().is_empty(), "{:?}", goes.pools());
+    srv.stop().await;
+}
+
 /// An app offline when its pool is removed does not join it again by rehydration: its stored
 /// membership went with the pool.
 #[tokio::test]

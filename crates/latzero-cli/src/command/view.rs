@@ -103,6 +103,10 @@ pub fn pool(info: &Value) -> String {
         fields.push(("key generations", vec![list(generations)]));
     }
     fields.push(("members", vec![list(&info["members"])]));
+    if info["members_removed"].as_array().is_some_and(|m| !m.is_empty()) {
+        // After an update: the members its new policies took out of the pool.
+        fields.push(("members removed", vec![list(&info["members_removed"])]));
+    }
     let triggers: Vec<String> = info["triggers"]
         .as_object()
         .map(|m| m.iter().map(|(t, h)| format!("{t} ({})", list(h))).collect())
@@ -201,6 +205,15 @@ mod tests {
              \x20 created      2025-11-22T02:00:00Z\n\
              \x20 updated      2025-11-22T02:01:00Z\n"
         );
+    }
+
+    #[test]
+    fn an_update_names_the_members_it_took_out() {
+        let mut info = json!({"name": "p", "type": "local", "stored": true, "created_at": 0,
+                              "members": ["a"], "triggers": {}, "members_removed": ["b", "c"]});
+        assert!(pool(&info).contains("members removed  b, c\n"), "{}", pool(&info));
+        info["members_removed"] = json!([]);
+        assert!(!pool(&info).contains("removed"), "{}", pool(&info));
     }
 
     #[test]

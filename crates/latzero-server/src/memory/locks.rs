@@ -162,8 +162,53 @@ impl Locks {
         if self.held.len() != before {
             let how = if why.is_some() { "left the pool" } else { "disconnected" };
             tracing::info!(block = %entry.meta.block_id, "lock released: its holder {how}");
-            self.pump(entry);
         }
+        // A waiter that went may have been the one holding back those behind it.
+        self.pump(entry);
+    }
+
+    /// Ends the leases and waits that `lost` picks by connection and mode (their app lost the
+    /// right the mode needs): a holder is told by `lock_expired` with `why`'s reason, a waiter
+    /// gets it as a PERMISSION_DENIED error for its lock request.
+    pub fn revoke(
+        &mut self,
+        lost: impl Fn(ConnId, LockMode) -> bool,
+        entry: &Arc<Entry>,
+        why: impl Fn(&str, LockMode) -> String,
+    ) {
+        let before = self.held.len();
+        self.held.retain(|l| {
+            if !lost(l.conn.id, l.mode) {
+                return true;
+            }
+            let _ = l.conn.send(&encode_message(&json!({
+                "action": "block_event",
+                "event": "lock_expired",
+                "pool": entry.meta.pool,
+                "block_id": entry.meta.block_id,
+                "mode": l.mode.as_str(),
+                "reason": why(l.conn.app_str(), l.mode),
+            })));
+            false
+        });
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for w in self.waiting.drain(..) {
+            if lost(w.conn.id, w.mode) {
+                let _ = w.conn.reply(&encode_message(&ErrorFrame::new(
+                    w.req.as_deref(),
+                    ErrorCode::PermissionDenied,
+                    &why(w.conn.app_str(), w.mode),
+                )));
+            } else {
+                kept.push_back(w);
+            }
+        }
+        self.waiting = kept;
+        if self.held.len() != before {
+            tracing::info!(block = %entry.meta.block_id, "lock released: a policy change took its holder's right away");
+        }
+        // A waiter ahead of others may have gone as well as a lease.
+        self.pump(entry);
     }
 
     /// Fails every waiter (the block is gone) and drops the leases.

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use latzero_memory::{Block, Kind, MemError, Spec};
-use latzero_proto::message::{BlockType, Permissions};
+use latzero_proto::message::{BlockType, LockMode, Permissions};
 use latzero_proto::{AppId, BlockId, ErrorCode, PoolName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -635,6 +635,47 @@ impl Memory {
                 }
             }
             st.locks.release(&gone, &e, Some(why));
+        }
+    }
+
+    /// A policy change took rights away from members that stay in `pool`: the watches of the
+    /// connections in `no_read` end with an `unwatched` event, and the leases (and lock waits)
+    /// that need a right their connection lost end too — shared ones need read, exclusive ones
+    /// write. A holder is told by `lock_expired`, a waiter by PERMISSION_DENIED.
+    pub fn on_revoke(&self, pool: &PoolName, no_read: &[ConnId], no_write: &[ConnId]) {
+        if no_read.is_empty() && no_write.is_empty() {
+            return;
+        }
+        let why = |app: &str, op: &str| {
+            format!("the policies of pool '{pool}' no longer allow app '{app}' to {op} memory blocks")
+        };
+        for e in self.list(pool) {
+            let mut st = e.state();
+            let ended: Vec<Arc<Conn>> = st
+                .watchers
+                .values()
+                .filter(|c| no_read.contains(&c.id))
+                .cloned()
+                .collect();
+            for c in ended {
+                st.watchers.remove(&c.id);
+                let _ = c.send(&latzero_proto::frame::encode_message(&json!({
+                    "action": "block_event",
+                    "event": "unwatched",
+                    "pool": e.meta.pool,
+                    "block_id": e.meta.block_id,
+                    "version": e.block.version(),
+                    "reason": why(c.app_str(), "read"),
+                })));
+            }
+            st.locks.revoke(
+                |c, mode| match mode {
+                    LockMode::Shared => no_read.contains(&c),
+                    LockMode::Exclusive => no_write.contains(&c),
+                },
+                &e,
+                |app, mode| why(app, if mode == LockMode::Shared { "read" } else { "write" }),
+            );
         }
     }
 
