@@ -8,6 +8,8 @@
 //! key generation, rotated by adding one (owners only), and joined only by answering a
 //! challenge with the SigilKey: `pool_challenge`, then `pool_prove`.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use latzero_crypto::Verifiers;
@@ -353,28 +355,31 @@ pub(crate) fn forget_unused(st: &State, pools: &[PoolName]) {
 
 /// Forgets an app's stored registration: it leaves `app_list`, and its pools and triggers are
 /// not rehydrated when it comes back (it registers afresh). Refused while it is connected, as
-/// the session would store it again.
-pub(crate) async fn app_remove(st: &State, app: &AppId) -> Result<Value, Refusal> {
-    if st
-        .directory
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .apps
-        .contains_key(app)
-    {
-        return Err(Refusal::new(
-            ErrorCode::AppConnected,
-            format!("app '{app}' is connected; its registration can be removed once it disconnects"),
-        ));
-    }
-    match st.store.remove_app(app.as_str()).await {
-        Ok(true) => {
+/// the session would store it again: the store asks, in its own order, so an app connecting
+/// meanwhile is either refused for or stored again after the removal.
+pub(crate) async fn app_remove(st: &Arc<State>, app: &AppId) -> Result<Value, Refusal> {
+    let connected = {
+        let (st, app) = (st.clone(), app.clone());
+        move || {
+            st.directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .apps
+                .contains_key(&app)
+        }
+    };
+    match st.store.remove_app_unless(app.as_str(), connected).await {
+        Ok(Some(true)) => {
             tracing::info!(app = %app, "stored registration removed");
             Ok(json!({ "action": "app_removed", "app_id": app.as_str() }))
         }
-        Ok(false) => Err(Refusal::new(
+        Ok(Some(false)) => Err(Refusal::new(
             ErrorCode::AppNotFound,
             format!("no stored registration for app '{app}'"),
+        )),
+        Ok(None) => Err(Refusal::new(
+            ErrorCode::AppConnected,
+            format!("app '{app}' is connected; its registration can be removed once it disconnects"),
         )),
         Err(e) => Err(store_refusal(e)),
     }

@@ -262,13 +262,30 @@ impl Store {
     }
 
     pub async fn remove_app(&self, app_id: &str) -> Result<bool, StoreError> {
+        self.remove_app_unless(app_id, || false)
+            .await
+            .map(|r| r.unwrap_or(false))
+    }
+
+    /// Removes an app's registration unless `busy` (asked on the store's thread, in the store's
+    /// order) says it is in use: `None` then. A session adds its app to the directory before it
+    /// queues its registration, so a `busy` that looks there either sees the app, or runs before
+    /// the registration is stored, which then stores it afresh.
+    pub async fn remove_app_unless(
+        &self,
+        app_id: &str,
+        busy: impl FnOnce() -> bool + Send + 'static,
+    ) -> Result<Option<bool>, StoreError> {
         let id = app_id.to_owned();
         self.run(move |db| {
+            if busy() {
+                return Ok(None);
+            }
             let removed = records::remove_app(&db.conn, &id)?;
             if removed {
                 db.emit(StoreEvent::AppRemoved(id));
             }
-            Ok(removed)
+            Ok(Some(removed))
         })
         .await
     }
@@ -555,6 +572,9 @@ mod tests {
             s.update_app("zz", AppUpdate::default()).await,
             Err(StoreError::NotFound(_))
         ));
+        // An app in use is not removed, and its registration stays.
+        assert_eq!(s.remove_app_unless("b", || true).await.unwrap(), None);
+        assert!(s.get_app("b").await.unwrap().is_some());
         assert!(s.remove_app("b").await.unwrap());
         assert!(!s.remove_app("b").await.unwrap());
         assert_eq!(s.all_apps().await.unwrap().len(), 1);
