@@ -221,12 +221,12 @@ pub enum PoolsCmd {
 /// `latzero mem ...`. Each connects as an app (default `latzero-cli-<pid>`) that joins POOL.
 #[derive(Debug, Subcommand)]
 pub enum MemCmd {
-    /// Create a block and print its description
+    /// Create a block and describe it (in words, or --json)
     Create(MemCreateArgs),
     /// List the blocks of a pool (a table, or --json)
     List(MemListArgs),
-    /// Print a block's description and state as JSON (version, locks, watchers, stream cursors)
-    Stat(MemBlockArgs),
+    /// Describe a block and its state in words, or --json (version, locks, watchers, stream cursors)
+    Stat(MemStatArgs),
     /// Read a block: raw bytes (binary), the document (json), or records (stream, --consumer)
     Read(MemReadArgs),
     /// Write a block: bytes at an offset (binary), the document (json), or append records (stream)
@@ -294,6 +294,18 @@ pub struct MemCreateArgs {
     /// Streams: drop the oldest records when full (default: refuse the append)
     #[arg(long)]
     pub overwrite: bool,
+    /// Print the new block's description as JSON instead of in words
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemStatArgs {
+    #[command(flatten)]
+    pub block: MemBlockArgs,
+    /// Print JSON instead of words
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -38,7 +38,11 @@ fn two_processes_share_64_mib_zero_copy_and_a_third_is_notified() -> Result<()> 
     let size = 64u64 << 20;
     let (ok, out, err) = s.run(&["mem", "create", "p", "big", "--size", &size.to_string()])?;
     assert!(ok, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out)?["size"], size);
+    // Described in words (--json for JSON).
+    assert!(
+        out.starts_with("block big in pool p\n") && out.contains(&format!("binary, {size} bytes, not persistent")),
+        "{out}"
+    );
     let mut watcher = Proc::spawn(s.cli(&["mem", "watch", "p", "big", "--count", "1"]))?;
     watcher.wait_event("synced")?;
 
@@ -96,7 +100,7 @@ fn lock_contention_across_processes_and_release_on_kill_9() -> Result<()> {
     ]))?;
     // The waiter is queued (the server says so), then the holder dies without unlocking.
     loop {
-        let (_, out, _) = s.run(&["mem", "stat", "p", "b"])?;
+        let (_, out, _) = s.run(&["mem", "stat", "p", "b", "--json"])?;
         if serde_json::from_str::<Value>(&out)?["locks"]["waiting"] == 1 {
             break;
         }
@@ -141,7 +145,7 @@ fn a_flag_for_another_type_of_block_is_refused_not_ignored() -> Result<()> {
         assert!(!ok && err.contains(said), "{args:?}: {err}");
     }
     for block in ["s", "b"] {
-        let (_, out, _) = s.run(&["mem", "stat", "p", block])?;
+        let (_, out, _) = s.run(&["mem", "stat", "p", block, "--json"])?;
         assert_eq!(serde_json::from_str::<Value>(&out)?["version"], 0, "{out}");
     }
     Ok(())
@@ -183,7 +187,7 @@ fn a_lock_whose_lease_lapsed_is_given_up_not_retaken() -> Result<()> {
     let (status, err) = holder.wait_exit()?;
     assert!(!status.success(), "{err}");
     assert!(err.contains("lapsed before it was renewed"), "{err}");
-    let (_, out, _) = s.run(&["mem", "stat", "p", "b"])?;
+    let (_, out, _) = s.run(&["mem", "stat", "p", "b", "--json"])?;
     let held = &serde_json::from_str::<Value>(&out)?["locks"]["held"];
     assert_eq!(held.as_array().map(Vec::len), Some(0), "{out}");
     Ok(())
@@ -304,7 +308,7 @@ fn persistent_blocks_survive_kill_9() -> Result<()> {
     let (ok, out, err) = s.run(&["mem", "read", "p", "keep", "--length", "4"])?;
     assert!(ok, "{err}");
     assert_eq!(out, "kept");
-    let (_, out, _) = s.run(&["mem", "stat", "p", "keep"])?;
+    let (_, out, _) = s.run(&["mem", "stat", "p", "keep", "--json"])?;
     let st: Value = serde_json::from_str(&out)?;
     assert_eq!(
         (st["version"].as_u64(), st["permissions"]["write"].clone()),

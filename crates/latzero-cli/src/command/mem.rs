@@ -74,11 +74,10 @@ pub async fn run(cmd: MemCmd) -> Result<()> {
             }
             Ok(())
         }
-        MemCmd::Stat(b) => {
-            let c = connect(&b).await?;
-            let blk = c.attach_block_with(&b.pool, &b.block, None, false).await?;
-            outln!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
-            Ok(())
+        MemCmd::Stat(a) => {
+            let c = connect(&a.block).await?;
+            let blk = c.attach_block_with(&a.block.pool, &a.block.block, None, false).await?;
+            print_block(&blk.stat().await?, a.json)
         }
         MemCmd::Read(a) => read(a).await,
         MemCmd::Write(a) => write(a).await,
@@ -143,7 +142,16 @@ async fn create(a: MemCreateArgs) -> Result<()> {
         opts = opts.overwrite();
     }
     let blk = c.create_block(&a.block.pool, &a.block.block, opts).await?;
-    outln!("{}", serde_json::to_string_pretty(&blk.stat().await?)?);
+    print_block(&blk.stat().await?, a.json)
+}
+
+/// A block's description: in words, or as JSON with `--json`.
+fn print_block(info: &Value, json: bool) -> Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        out!("{}", super::view::block(info));
+    }
     Ok(())
 }
 

@@ -75,6 +75,115 @@ fn policies(p: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Who a block's `read` or `write` list names: `"*"` is every member of its pool.
+fn who(apps: &Value) -> String {
+    match apps.as_array() {
+        Some(a) if a.iter().any(|x| x == "*") => "every member".into(),
+        Some(a) if a.is_empty() => "no one".into(),
+        _ => list(apps),
+    }
+}
+
+/// One memory block, as `block_stat` (and `mem create`) describe it: a line per field, its
+/// stream's records and consumers for a stream block.
+pub fn block(info: &Value) -> String {
+    let mut fields: Vec<(&str, Vec<String>)> = vec![];
+    fields.push((
+        "type",
+        vec![format!(
+            "{}, {} bytes, {}",
+            info["type"].as_str().unwrap_or("?"),
+            info["size"],
+            if info["persistent"] == true {
+                "persistent (kept across restarts)"
+            } else {
+                "not persistent"
+            }
+        )],
+    ));
+    fields.push(("version", vec![info["version"].to_string()]));
+    fields.push(("owner", vec![cell(&info["owner"])]));
+    let (read, write) = (&info["permissions"]["read"], &info["permissions"]["write"]);
+    // Writers may also read.
+    let readers = match (who(read), who(write)) {
+        (r, _) if r == "every member" => r,
+        (_, w) if w == "every member" => w,
+        (r, w) if w == "no one" => r,
+        (r, _) if r == "no one" => "the writers".into(),
+        (r, _) => format!("{r}, and the writers"),
+    };
+    fields.push(("readers", vec![readers]));
+    fields.push(("writers", vec![who(write)]));
+    let locks = &info["locks"];
+    let held: Vec<String> = locks["held"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|l| {
+                    format!(
+                        "{} ({}, {} ms left)",
+                        cell(&l["app_id"]),
+                        cell(&l["mode"]),
+                        l["expires_in_ms"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut lock_line = if held.is_empty() {
+        "none held".to_owned()
+    } else {
+        format!("held by {}", held.join(", "))
+    };
+    if let Some(n) = locks["waiting"].as_u64().filter(|n| *n > 0) {
+        let _ = write!(lock_line, "; {n} waiting");
+    }
+    fields.push(("locks", vec![lock_line]));
+    fields.push(("watchers", vec![info["watchers"].to_string()]));
+    if let Some(st) = info.get("stream") {
+        let (oldest, next) = (
+            st["oldest_index"].as_u64().unwrap_or(0),
+            st["next_index"].as_u64().unwrap_or(0),
+        );
+        fields.push((
+            "records",
+            vec![if next > oldest {
+                format!(
+                    "{} held, {oldest} to {} ({} bytes)",
+                    next - oldest,
+                    next - 1,
+                    st["bytes_held"]
+                )
+            } else {
+                format!("none held (the next is {next})")
+            }],
+        ));
+        let consumers: Vec<String> = st["consumers"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|c| format!("{} (next record {})", cell(&c["name"]), c["next_index"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        fields.push((
+            "consumers",
+            if consumers.is_empty() {
+                vec!["-".into()]
+            } else {
+                consumers
+            },
+        ));
+    }
+    fields.push(("created", vec![time(&info["created_at"])]));
+    let title = format!(
+        "block {} in pool {}\n",
+        info["block_id"].as_str().unwrap_or("?"),
+        info["pool"].as_str().unwrap_or("?")
+    );
+    fields_text(title, &fields)
+}
+
 /// One pool, as `pool_show` (and `pool_created`, `pool_updated`) describe it: a line per
 /// field, its memory blocks if the description has them.
 pub fn pool(info: &Value) -> String {
@@ -139,9 +248,14 @@ pub fn pool(info: &Value) -> String {
     if stored {
         fields.push(("updated", vec![time(&info["updated_at"])]));
     }
+    fields_text(format!("pool {}\n", info["name"].as_str().unwrap_or("?")), &fields)
+}
 
+/// `title`, then a line per field value, keys lined up; a field's further values go under its
+/// first.
+fn fields_text(title: String, fields: &[(&str, Vec<String>)]) -> String {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let mut out = format!("pool {}\n", info["name"].as_str().unwrap_or("?"));
+    let mut out = title;
     for (key, lines) in fields {
         for (i, l) in lines.iter().enumerate() {
             let key = if i == 0 { key } else { "" };
@@ -214,6 +328,47 @@ mod tests {
         assert!(pool(&info).contains("members removed  b, c\n"), "{}", pool(&info));
         info["members_removed"] = json!([]);
         assert!(!pool(&info).contains("removed"), "{}", pool(&info));
+    }
+
+    #[test]
+    fn a_block_says_who_may_use_it_and_who_holds_it() {
+        let info = json!({
+            "pool": "p", "block_id": "frame", "type": "binary", "size": 64, "persistent": false,
+            "version": 3, "owner": "cam", "created_at": 1_763_776_800_000u64, "watchers": 2,
+            "permissions": {"read": ["ui"], "write": ["cam"]},
+            "locks": {"held": [{"app_id": "cam", "mode": "exclusive", "expires_in_ms": 2500}], "waiting": 1}
+        });
+        assert_eq!(
+            block(&info),
+            "block frame in pool p\n\
+             \x20 type      binary, 64 bytes, not persistent\n\
+             \x20 version   3\n\
+             \x20 owner     cam\n\
+             \x20 readers   ui, and the writers\n\
+             \x20 writers   cam\n\
+             \x20 locks     held by cam (exclusive, 2500 ms left); 1 waiting\n\
+             \x20 watchers  2\n\
+             \x20 created   2025-11-22T02:00:00Z\n"
+        );
+        let stream = json!({
+            "pool": "p", "block_id": "log", "type": "stream", "size": 4096, "persistent": true,
+            "version": 9, "owner": "w", "created_at": 0, "watchers": 0,
+            "permissions": {"read": ["*"], "write": []},
+            "locks": {"held": [], "waiting": 0},
+            "stream": {"oldest_index": 4, "next_index": 9, "bytes_held": 120,
+                       "consumers": [{"name": "c1", "next_index": 6}]}
+        });
+        let text = block(&stream);
+        for line in [
+            "type       stream, 4096 bytes, persistent (kept across restarts)",
+            "readers    every member\n",
+            "writers    no one\n",
+            "locks      none held\n",
+            "records    5 held, 4 to 8 (120 bytes)",
+            "consumers  c1 (next record 6)",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
     }
 
     #[test]
