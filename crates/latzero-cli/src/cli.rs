@@ -339,7 +339,7 @@ pub struct MemWriteArgs {
     /// Binary: where to write [default: 0]
     #[arg(long)]
     pub offset: Option<u64>,
-    /// Read the data from this file
+    /// Read the data from this file ('-': stdin)
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
     /// Binary: fill --length bytes (default: to the end) with this byte value, in place
@@ -553,7 +553,11 @@ pub struct CallArgs {
     #[arg(value_parser = trigger_name)]
     pub trigger: String,
     /// JSON payload [default: null]
+    #[arg(conflicts_with = "file")]
     pub data: Option<String>,
+    /// Read the JSON payload from this file ('-': stdin), for payloads too large for an argument
+    #[arg(long)]
+    pub file: Option<PathBuf>,
     /// Run on this app instead of any handler
     #[arg(long, value_parser = app_id)]
     pub to: Option<String>,
@@ -571,7 +575,7 @@ pub struct CallArgs {
     pub concurrency: Option<u64>,
     /// With --count: send {"seq":N,"from":APP} instead of DATA and check each reply echoes it
     /// (see `reply --echo`)
-    #[arg(long, requires = "count", conflicts_with = "data")]
+    #[arg(long, requires = "count", conflicts_with_all = ["data", "file"])]
     pub expect_echo: bool,
 }
 
@@ -589,7 +593,11 @@ pub struct EmitArgs {
     #[arg(value_parser = trigger_name)]
     pub trigger: String,
     /// JSON payload [default: null]
+    #[arg(conflicts_with = "file")]
     pub data: Option<String>,
+    /// Read the JSON payload from this file ('-': stdin), for payloads too large for an argument
+    #[arg(long)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -80,6 +80,38 @@ fn destination_routing_reaches_the_named_app_and_the_reply_the_caller() -> Resul
     Ok(())
 }
 
+/// A payload larger than one argument may be (the kernel caps an argument at 128 KiB) goes in
+/// by `--file`, `-` for stdin, to `call` and `emit` alike.
+#[test]
+fn a_large_payload_goes_in_from_a_file_or_stdin() -> Result<()> {
+    use std::io::Write as _;
+    let s = server();
+    let _w = s.reply(&["--app", "w", "--pool", "alpha", "echo"])?;
+    let big = json!({"blob": "x".repeat(300 << 10)});
+    let path = s.data_dir.join("payload.json");
+    std::fs::write(&path, big.to_string())?;
+    let (ok, out, err) = s.run(&["call", "--pool", "alpha", "echo", "--file", path.to_str().unwrap()])?;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(out.trim())?["data"], big);
+    let mut call = s.cli(&["call", "--pool", "alpha", "echo", "--file", "-"]);
+    call.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = call.spawn()?;
+    child.stdin.take().unwrap().write_all(br#"{"from":"stdin"}"#)?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout)?["data"],
+        json!({"from": "stdin"})
+    );
+    let (ok, out, err) = s.run(&["emit", "--pool", "alpha", "echo", "--file", path.to_str().unwrap()])?;
+    assert!(ok && out.contains("\"delivered\":1"), "{out}{err}");
+    std::fs::write(&path, "{not json")?;
+    let (ok, _, err) = s.run(&["call", "--pool", "alpha", "echo", "--file", path.to_str().unwrap()])?;
+    assert!(!ok && err.contains("does not hold valid JSON"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn thousand_concurrent_calls_from_ten_client_processes() -> Result<()> {
     let s = server();

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::cli::CallArgs;
 
 pub async fn run(args: CallArgs) -> Result<()> {
-    let data = super::json_arg(args.data.as_deref(), "DATA")?;
+    let data = super::payload_arg(args.data.as_deref(), args.file.as_deref())?;
     let mut opts = ClientOptions::new().reconnect(false);
     if let Some(ms) = args.timeout_ms {
         opts = opts.request_timeout(Duration::from_millis(ms));

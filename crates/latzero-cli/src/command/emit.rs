@@ -6,7 +6,7 @@ use latzero_client::ClientOptions;
 use crate::cli::EmitArgs;
 
 pub async fn run(args: EmitArgs) -> Result<()> {
-    let data = super::json_arg(args.data.as_deref(), "DATA")?;
+    let data = super::payload_arg(args.data.as_deref(), args.file.as_deref())?;
     let opts = ClientOptions::new().reconnect(false);
     let client = super::connect(
         &args.target,

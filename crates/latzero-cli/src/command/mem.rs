@@ -216,7 +216,7 @@ async fn write(a: MemWriteArgs) -> Result<()> {
     let stat = blk.stat().await?;
     let data = match (&a.data, &a.file) {
         (Some(d), _) => Some(d.clone().into_bytes()),
-        (None, Some(f)) => Some(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
+        (None, Some(f)) => Some(super::read_file_arg(f)?),
         (None, None) => None,
     };
     let flags = [

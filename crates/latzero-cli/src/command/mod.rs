@@ -140,10 +140,36 @@ fn with_hint(e: ClientError) -> anyhow::Error {
     }
 }
 
-/// Parses a JSON argument.
+/// Parses a JSON argument; a refusal quotes at most the argument's first 60 characters.
 pub fn json_arg(s: Option<&str>, what: &str) -> Result<serde_json::Value> {
     match s {
         None => Ok(serde_json::Value::Null),
-        Some(s) => serde_json::from_str(s).with_context(|| format!("{what} is not valid JSON: {s}")),
+        Some(s) => serde_json::from_str(s).with_context(|| {
+            let shown: String = s.chars().take(60).collect();
+            let more = if shown.len() < s.len() { "..." } else { "" };
+            format!("{what} is not valid JSON: {shown}{more}")
+        }),
+    }
+}
+
+/// A file's bytes, `-` meaning stdin.
+pub fn read_file_arg(path: &std::path::Path) -> Result<Vec<u8>> {
+    if path == std::path::Path::new("-") {
+        let mut b = vec![];
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b).context("cannot read stdin")?;
+        Ok(b)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// A command's JSON payload: DATA, or the file `--file` names (`-`: stdin); `null` if neither.
+pub fn payload_arg(data: Option<&str>, file: Option<&std::path::Path>) -> Result<serde_json::Value> {
+    match file {
+        None => json_arg(data, "DATA"),
+        Some(f) => {
+            let bytes = read_file_arg(f)?;
+            serde_json::from_slice(&bytes).with_context(|| format!("{} does not hold valid JSON", f.display()))
+        }
     }
 }
