@@ -200,8 +200,14 @@ impl Watches {
         let Some((slots, seen)) = self.by_block.get_mut(&key) else {
             return;
         };
-        if matches!(ev, BlockEvent::Changed { .. } | BlockEvent::Synced { .. }) {
-            seen.fetch_max(e.version, Ordering::Relaxed);
+        match ev {
+            BlockEvent::Changed { .. } => {
+                seen.fetch_max(e.version, Ordering::Relaxed);
+            }
+            // The block's version when the watch began: the live events follow from it, even
+            // below a version this client saw of an earlier block of the same name.
+            BlockEvent::Synced { .. } => seen.store(e.version, Ordering::Relaxed),
+            _ => {}
         }
         slots.retain(|s| match s.tx.try_send(ev.clone()) {
             Ok(()) => true,
@@ -756,5 +762,53 @@ impl MemoryBlock {
     /// to read or write it from then on (`BLOCK_NOT_FOUND`).
     pub async fn delete(self) -> Result<(), ClientError> {
         self.client.block_request(self.req("block_delete")).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event: &str, version: u64) -> Vec<u8> {
+        json!({"action": "block_event", "event": event, "pool": "p", "block_id": "b", "version": version})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// A watch resumes from the version its last subscription began at and the changes since,
+    /// even below a version seen of an earlier block of the same name.
+    #[test]
+    fn a_watch_resumes_from_its_latest_subscription() {
+        let mut w = Watches::default();
+        let (tx, _rx) = mpsc::channel(8);
+        w.by_block.insert(
+            ("p".into(), "b".into()),
+            (
+                vec![WatchSlot {
+                    id: 1,
+                    tx,
+                    lagged: Arc::default(),
+                }],
+                Arc::default(),
+            ),
+        );
+        let since = |w: &mut Watches| {
+            let frames = w.resubscribe();
+            let v: Value = serde_json::from_slice(&frames[0][4..]).unwrap();
+            v["since"].as_u64()
+        };
+        w.deliver(&event("changed", 7));
+        assert_eq!(since(&mut w), Some(7));
+        // Resubscribed to a block created again: it began at version 2.
+        w.deliver(&event("changed", 2));
+        w.deliver(&event("synced", 2));
+        assert_eq!(since(&mut w), Some(2));
+        w.deliver(&event("changed", 3));
+        w.deliver(&event("changed", 1));
+        assert_eq!(
+            since(&mut w),
+            Some(3),
+            "a late notice of an older version does not go back"
+        );
     }
 }

@@ -457,6 +457,19 @@ async fn watchers_get_the_initial_state_then_synced_then_every_change() {
         .ask(json!({"action":"block_watch","id":6,"pool":"p","block_id":"b","since":2}))
         .await;
     assert_eq!(current.expect().await["event"], "synced");
+    // A watcher that saw a version the block has not reached saw another block of that name
+    // (deleted and created again, or gone with a restart): it is behind too.
+    let mut stale = member(&s, "stale").await;
+    stale
+        .ask(json!({"action":"block_watch","id":9,"pool":"p","block_id":"b","since":7}))
+        .await;
+    let e = stale.expect().await;
+    assert_eq!(
+        (e["event"].as_str(), e["version"].as_u64()),
+        (Some("changed"), Some(2)),
+        "{e}"
+    );
+    assert_eq!(stale.expect().await["event"], "synced");
     // Unwatched: no more events. Deleted: watchers are told.
     current
         .ask(json!({"action":"block_unwatch","id":7,"pool":"p","block_id":"b"}))

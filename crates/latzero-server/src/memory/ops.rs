@@ -341,7 +341,9 @@ impl Memory {
                 );
                 // The initial state: what changed since the watcher last looked, then "synced".
                 let behind = match since {
-                    Some(s) => s < version,
+                    // One above it: the watcher saw another block of this name (this one was
+                    // deleted and created again, or a non-persistent one went with a restart).
+                    Some(s) => s != version,
                     None => version > 0,
                 };
                 if behind {
