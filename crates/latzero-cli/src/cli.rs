@@ -177,7 +177,8 @@ pub enum PoolsCmd {
         /// Connect as this app (it becomes the owner when --owners is not given)
         #[arg(long, value_parser = app_id)]
         app: Option<String>,
-        /// local (global and encrypted are not available yet)
+        /// local; global needs cluster mode (not available yet); create an encrypted pool with
+        /// `latzero keys generate`, which makes its keys
         #[arg(long = "type", default_value = "local")]
         kind: String,
         /// Who may do what: a JSON object of app lists keyed join, call, emit, read, write
@@ -574,7 +575,7 @@ pub struct CallArgs {
     #[arg(long, requires = "count", value_parser = at_least_one::<u64>)]
     pub concurrency: Option<u64>,
     /// With --count: send {"seq":N,"from":APP} instead of DATA and check each reply echoes it
-    /// (see `reply --echo`)
+    /// (as `latzero reply` does by default)
     #[arg(long, requires = "count", conflicts_with_all = ["data", "file"])]
     pub expect_echo: bool,
 }
