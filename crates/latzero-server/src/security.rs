@@ -8,9 +8,12 @@
 //!   optional `pools` lists the pools it may join, and whose `admin: true` allows the admin
 //!   requests.
 //!
-//! A failed check is AUTH_FAILED and the connection is closed. Pool policies are checked per
+//! A failed check is AUTH_FAILED and the connection is closed; so is a connection whose JWT
+//! expires while it is open. Pool policies are checked per
 //! operation by the directory (`Pool::check`); TLS and encrypted pools are the other parts of the
 //! security layer.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use latzero_proto::message::Credential;
@@ -38,6 +41,9 @@ pub(crate) struct Grant {
     pub pools: Option<Vec<String>>,
     /// Admin requests (status, shutdown, backup, listings).
     pub admin: bool,
+    /// When the credential stops being accepted (a JWT's `exp`, with the leeway the check
+    /// allows); `None` for one that does not expire. A connection it admitted ends then.
+    pub expires: Option<SystemTime>,
 }
 
 impl Grant {
@@ -50,6 +56,7 @@ impl Grant {
         Grant {
             pools: None,
             admin: true,
+            expires: None,
         }
     }
 }
@@ -80,6 +87,8 @@ struct Claims {
     pools: Option<Vec<String>>,
     #[serde(default)]
     admin: bool,
+    /// Required by the validation (seconds since the Unix epoch).
+    exp: u64,
 }
 
 /// SHA-256 of a token as 64 hex digits (what the config holds).
@@ -156,7 +165,8 @@ impl Auth {
         let mut last = String::from("no JWT key is configured");
         for (key, alg) in [(&self.hs256, Algorithm::HS256), (&self.eddsa, Algorithm::EdDSA)] {
             let Some(key) = key else { continue };
-            match jsonwebtoken::decode::<Claims>(token, key, &Validation::new(alg)) {
+            let validation = Validation::new(alg);
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
                     let c = data.claims;
                     let named = c.app_id.as_deref().or(c.sub.as_deref());
@@ -165,9 +175,11 @@ impl Auth {
                     {
                         return Err(format!("the JWT names app {named:?}, not '{app}'"));
                     }
+                    let expires = c.exp.saturating_add(validation.leeway);
                     return Ok(Grant {
                         pools: c.pools,
                         admin: c.admin,
+                        expires: UNIX_EPOCH.checked_add(Duration::from_secs(expires)),
                     });
                 }
                 Err(e) => last = format!("the JWT is not accepted: {e}"),

@@ -206,7 +206,11 @@ impl Session {
         // make, register and drop.
         let killed = self.conn.killed_owned();
         let stopping = self.state.sessions_stop.clone().cancelled_owned();
-        tokio::pin!(killed, stopping);
+        // When the credential that admitted this connection expires (a JWT's `exp`): armed once
+        // a grant that expires is set, and re-armed if a later one changes it.
+        let expiry = tokio::time::sleep(std::time::Duration::ZERO);
+        let mut armed: Option<std::time::SystemTime> = None;
+        tokio::pin!(killed, stopping, expiry);
         loop {
             // Writes made while handling this batch go out once per destination at its end.
             let mut cork = Cork::begin();
@@ -263,6 +267,14 @@ impl Session {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
             }
+            let expires = self.grant.as_ref().and_then(|g| g.expires);
+            if expires != armed {
+                armed = expires;
+                if let Some(at) = armed {
+                    let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                }
+            }
             // Only a connection that has not identified itself yet has a deadline.
             let deadline = async {
                 if self.app.is_none() {
@@ -275,6 +287,16 @@ impl Session {
                 biased;
                 _ = &mut killed => return End::Killed,
                 _ = &mut stopping => return End::Shutdown,
+                _ = &mut expiry, if armed.is_some() => {
+                    let message = "the credential this connection was admitted with has expired; reconnect with a fresh one";
+                    tracing::info!(peer = %self.conn.peer, app = self.conn.app_str(), "credential expired; closing");
+                    let _ = self.conn.reply(&encode_message(&Closing {
+                        action: "closing",
+                        code: ErrorCode::AuthFailed,
+                        message,
+                    }));
+                    return End::Close;
+                }
                 _ = deadline => {
                     self.state.counters.inc(&self.state.counters.handshake_timeouts);
                     let ms = self.state.config.limits.handshake_timeout.as_millis();
