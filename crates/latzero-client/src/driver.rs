@@ -20,6 +20,7 @@ use crate::client::{ClientEvent, Forwarded, Inner, lock, raw_result_of, remote_e
 use crate::connection::{FrameReader, Outbox, open_with_request, writer_task};
 use crate::error::ClientError;
 use crate::handler::{Handler, HandlerError, Request, Started, invoke_boxed, panicked};
+use crate::options::Credential;
 use crate::payload::Payload;
 use crate::pending::{Reply, Want};
 
@@ -430,7 +431,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             "protocol_version": PROTOCOL_VERSION,
             "takeover": takeover,
             "ephemeral": inner.opts.ephemeral,
-            "auth": inner.opts.auth,
+            "auth": inner.opts.auth.as_ref().map(Credential::to_json),
         })
     };
     let (ack, mut reader, w, direct) = open_with_request(
@@ -556,6 +557,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         }
         tracing::info!(app = %inner.app_id, %reason, "connection lost; reconnecting");
         let mut attempt = 0u32;
+        let mut told_auth = false;
         live = loop {
             let cap = inner.opts.backoff_max.as_secs_f64();
             let base = (inner.opts.backoff_min.as_secs_f64() * 2f64.powi(attempt.min(20) as i32)).min(cap);
@@ -569,7 +571,15 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             match establish(&inner, inner.opts.takeover).await {
                 Ok(l) => break l,
                 Err(e) => {
-                    tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");
+                    // A refused credential is worth a user's eye (once per outage); it does not
+                    // stop the retries: the server may be given a new key, or a JWT source
+                    // a fresh token.
+                    if e.code() == Some(latzero_proto::ErrorCode::AuthFailed) && !told_auth {
+                        told_auth = true;
+                        tracing::warn!(app = %inner.app_id, error = %e, "reconnect refused: the server does not accept this client's credential; retrying");
+                    } else {
+                        tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");
+                    }
                     attempt += 1;
                 }
             }

@@ -1,11 +1,43 @@
 //! Client options (a builder).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::client::Client;
 use crate::error::ClientError;
+
+/// A credential for servers started with `--require-auth`.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    Token(String),
+    Jwt(String),
+    /// Asked for a JWT at every handshake, the first and each after a reconnect.
+    JwtSource(Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+impl Credential {
+    /// The handshake's `auth` object.
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Credential::Token(t) => serde_json::json!({ "token": t }),
+            Credential::Jwt(j) => serde_json::json!({ "jwt": j }),
+            Credential::JwtSource(f) => serde_json::json!({ "jwt": f() }),
+        }
+    }
+}
+
+/// Never the secret itself: options end up in logs.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Token(_) => "Token(<redacted>)",
+            Credential::Jwt(_) => "Jwt(<redacted>)",
+            Credential::JwtSource(_) => "JwtSource(<fn>)",
+        })
+    }
+}
 
 /// How a client connects and behaves. Build with [`ClientOptions::new`], then
 /// [`connect`](ClientOptions::connect).
@@ -17,7 +49,7 @@ pub struct ClientOptions {
     pub(crate) backoff_max: Duration,
     pub(crate) takeover: bool,
     pub(crate) ephemeral: bool,
-    pub(crate) auth: Option<serde_json::Value>,
+    pub(crate) auth: Option<Credential>,
     pub(crate) meta: Option<Value>,
     pub(crate) write_queue: usize,
     pub(crate) max_frame_len: Option<usize>,
@@ -118,13 +150,25 @@ impl ClientOptions {
 
     /// Authenticate with a static token (for servers started with `--require-auth`).
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.auth = Some(serde_json::json!({ "token": token.into() }));
+        self.auth = Some(Credential::Token(token.into()));
         self
     }
 
     /// Authenticate with a JWT naming this app (for servers started with `--require-auth`).
+    /// The server ends the connection when the JWT expires, and this client reconnects with the
+    /// same one, which the server then refuses: for a connection that outlives one JWT, use
+    /// [`jwt_source`](Self::jwt_source).
     pub fn jwt(mut self, jwt: impl Into<String>) -> Self {
-        self.auth = Some(serde_json::json!({ "jwt": jwt.into() }));
+        self.auth = Some(Credential::Jwt(jwt.into()));
+        self
+    }
+
+    /// Authenticate with a JWT from `source`, asked for one at every handshake: the first, and
+    /// each reconnect — including the one after the server ended the connection because the
+    /// last JWT expired. `source` should return quickly (it runs on the connection's task):
+    /// hand it a JWT refreshed elsewhere.
+    pub fn jwt_source(mut self, source: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.auth = Some(Credential::JwtSource(Arc::new(source)));
         self
     }
 
@@ -203,5 +247,17 @@ mod tests {
             (o.backoff_min, o.backoff_max),
             (Duration::from_millis(5), Duration::from_millis(5))
         );
+    }
+
+    #[test]
+    fn options_never_print_a_credential() {
+        for o in [
+            ClientOptions::new().token("s3cret-token"),
+            ClientOptions::new().jwt("s3cret.jwt.x"),
+            ClientOptions::new().jwt_source(|| "s3cret.jwt.y".into()),
+        ] {
+            let shown = format!("{o:?}");
+            assert!(!shown.contains("s3cret") && shown.contains("auth: Some("), "{shown}");
+        }
     }
 }

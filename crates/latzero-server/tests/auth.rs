@@ -187,3 +187,96 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
     );
     s.stop().await;
 }
+
+/// A connection admitted by a JWT ends when the JWT expires (its `exp`, with the 60 s leeway the
+/// check allows): `closing` with AUTH_FAILED, then the end of the stream, and the app is gone
+/// from the directory. A token does not expire.
+#[tokio::test]
+async fn a_connection_ends_when_its_jwt_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Past its exp but inside the leeway: accepted, and expiring within a second.
+    let short = jwt(json!({"app_id":"short","exp": now - 59}));
+    let mut app = Raw::connect(s.addr).await;
+    let ack = app
+        .ask(json!({"action":"handshake","id":1,"app_id":"short","pools":["p"],"auth":{"jwt":short}}))
+        .await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    let mut long = Raw::connect(s.addr).await;
+    long.ask(json!({"action":"handshake","id":1,"app_id":"long","pools":["p"],"auth":{"token":"good-token"}}))
+        .await;
+    long.ask(json!({"action":"presence_subscribe","id":2,"pool":"p"})).await;
+    let c = app.expect().await;
+    assert_eq!(
+        (c["action"].as_str(), c["code"].as_str()),
+        (Some("closing"), Some("AUTH_FAILED")),
+        "{c}"
+    );
+    assert!(c["message"].as_str().unwrap().contains("expired"), "{c}");
+    assert!(app.recv().await.is_none(), "the connection is closed");
+    let left = long.expect().await;
+    assert_eq!(
+        (left["action"].as_str(), left["app_id"].as_str(), left["event"].as_str()),
+        (Some("presence"), Some("short"), Some("left")),
+        "{left}"
+    );
+    assert!(long.sync().await.is_empty(), "the token's connection stays");
+    s.stop().await;
+}
+
+/// The SDK asks its JWT source again at each handshake: after the server ended the connection
+/// because the first JWT expired, it reconnects with a fresh one.
+#[tokio::test]
+async fn the_sdk_reconnects_with_a_fresh_jwt_after_one_expires() {
+    use latzero_client::{ClientEvent, ClientOptions};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let asked = std::sync::Arc::new(AtomicU32::new(0));
+    let source = {
+        let asked = asked.clone();
+        move || {
+            // The first expires within a second (inside the check's leeway); the next lasts.
+            let exp = if asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                now - 59
+            } else {
+                exp()
+            };
+            jwt(json!({"app_id":"w","pools":["p"],"exp":exp}))
+        }
+    };
+    let c = ClientOptions::new()
+        .backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(10),
+        )
+        .jwt_source(source)
+        .connect(&format!("latzero://w@{}?pools=p", s.addr))
+        .await
+        .unwrap();
+    let mut events = c.events();
+    let reason = loop {
+        if let ClientEvent::Disconnected { reason, reconnecting } = events.recv().await.unwrap() {
+            assert!(reconnecting);
+            break reason;
+        }
+    };
+    assert!(reason.contains("expired"), "{reason}");
+    loop {
+        if let ClientEvent::Reconnected = events.recv().await.unwrap() {
+            break;
+        }
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    let pools: Vec<String> = c.pools().iter().map(|p| p.to_string()).collect();
+    assert_eq!(pools, ["p"]);
+    s.stop().await;
+}
