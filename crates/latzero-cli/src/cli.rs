@@ -439,6 +439,15 @@ pub struct StartArgs {
     /// Connections served at once; one more is told OVERLOADED and closed [default: 65536]
     #[arg(long, env = "LATZERO_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Pools the server holds at once, stored and live; a join or pool create past it is OVERLOADED [default: 65536]
+    #[arg(long, env = "LATZERO_MAX_POOLS")]
+    pub max_pools: Option<usize>,
+    /// Pools one app may be in at once; a join past it is OVERLOADED [default: 1024]
+    #[arg(long, env = "LATZERO_MAX_POOLS_PER_APP")]
+    pub max_pools_per_app: Option<usize>,
+    /// Triggers one app may register; a registration past it is OVERLOADED [default: 1024]
+    #[arg(long, env = "LATZERO_MAX_TRIGGERS_PER_APP")]
+    pub max_triggers_per_app: Option<usize>,
     /// How long a connection may stay without a handshake, ms [default: 10000]
     #[arg(long, env = "LATZERO_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,

@@ -79,6 +79,9 @@ pub struct FileLimits {
     pub max_ttl_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub handshake_timeout_ms: Option<u64>,
+    pub max_pools: Option<usize>,
+    pub max_pools_per_app: Option<usize>,
+    pub max_triggers_per_app: Option<usize>,
 }
 
 /// The resolved configuration.
@@ -220,6 +223,15 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     }
     if let Some(v) = args.max_connections.or(fl.max_connections) {
         l.max_connections = nonzero("--max-connections", "limits.max_connections", "connection", v)?;
+    }
+    if let Some(v) = args.max_pools.or(fl.max_pools) {
+        l.max_pools = nonzero("--max-pools", "limits.max_pools", "pool", v)?;
+    }
+    if let Some(v) = args.max_pools_per_app.or(fl.max_pools_per_app) {
+        l.max_pools_per_app = nonzero("--max-pools-per-app", "limits.max_pools_per_app", "pool", v)?;
+    }
+    if let Some(v) = args.max_triggers_per_app.or(fl.max_triggers_per_app) {
+        l.max_triggers_per_app = nonzero("--max-triggers-per-app", "limits.max_triggers_per_app", "trigger", v)?;
     }
     if let Some(v) = args.handshake_timeout_ms.or(fl.handshake_timeout_ms) {
         l.handshake_timeout = Duration::from_millis(nonzero(
@@ -476,6 +488,17 @@ mod tests {
             ("--default-ttl-ms", "LATZERO_DEFAULT_TTL_MS", "limits.default_ttl_ms"),
             ("--max-ttl-ms", "LATZERO_MAX_TTL_MS", "limits.max_ttl_ms"),
             ("--max-connections", "LATZERO_MAX_CONNECTIONS", "limits.max_connections"),
+            ("--max-pools", "LATZERO_MAX_POOLS", "limits.max_pools"),
+            (
+                "--max-pools-per-app",
+                "LATZERO_MAX_POOLS_PER_APP",
+                "limits.max_pools_per_app",
+            ),
+            (
+                "--max-triggers-per-app",
+                "LATZERO_MAX_TRIGGERS_PER_APP",
+                "limits.max_triggers_per_app",
+            ),
             (
                 "--handshake-timeout-ms",
                 "LATZERO_HANDSHAKE_TIMEOUT_MS",

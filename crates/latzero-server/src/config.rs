@@ -25,6 +25,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a connection may stay without a handshake (admin requests included).
     pub handshake_timeout: Duration,
+    /// Pools the server holds at once, stored and live (OVERLOADED for a join or `pool_create`
+    /// that would make one more).
+    pub max_pools: usize,
+    /// Pools one app may be in at once (OVERLOADED for a join past it).
+    pub max_pools_per_app: usize,
+    /// Triggers one app may register (OVERLOADED for a registration past it).
+    pub max_triggers_per_app: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +47,9 @@ impl Default for Limits {
             max_ttl: Duration::from_secs(3600),
             max_connections: 65_536,
             handshake_timeout: Duration::from_secs(10),
+            max_pools: 65_536,
+            max_pools_per_app: 1_024,
+            max_triggers_per_app: 1_024,
         }
     }
 }
@@ -124,6 +134,9 @@ impl ServerConfig {
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
             ("limits.max_inflight_per_conn", l.max_inflight_per_conn),
             ("limits.max_connections", l.max_connections),
+            ("limits.max_pools", l.max_pools),
+            ("limits.max_pools_per_app", l.max_pools_per_app),
+            ("limits.max_triggers_per_app", l.max_triggers_per_app),
             ("memory.max_blocks", m.max_blocks),
             ("store.max_backups", self.store.max_backups),
         ];
@@ -185,8 +198,11 @@ mod tests {
     #[test]
     fn zero_is_refused_naming_the_setting() {
         type Set = fn(&mut ServerConfig);
-        let zeros: [(&str, Set); 13] = [
+        let zeros: [(&str, Set); 16] = [
             ("limits.max_frame_len", |c| c.limits.max_frame_len = 0),
+            ("limits.max_pools", |c| c.limits.max_pools = 0),
+            ("limits.max_pools_per_app", |c| c.limits.max_pools_per_app = 0),
+            ("limits.max_triggers_per_app", |c| c.limits.max_triggers_per_app = 0),
             ("limits.outbound_queue_frames", |c| c.limits.outbound_queue_frames = 0),
             ("limits.outbound_queue_bytes", |c| c.limits.outbound_queue_bytes = 0),
             ("limits.max_inflight_per_conn", |c| c.limits.max_inflight_per_conn = 0),

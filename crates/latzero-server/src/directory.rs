@@ -229,9 +229,94 @@ impl Pool {
 pub(crate) struct Directory {
     pub apps: HashMap<AppId, App>,
     pub pools: BTreeMap<PoolName, Pool>,
+    /// `max_pools`, `max_pools_per_app`, `max_triggers_per_app`: what [`Directory::check_join`],
+    /// [`Directory::check_register`] and [`Directory::check_new_pool`] hold to.
+    limits: crate::config::Limits,
+}
+
+/// OVERLOADED for a limit `what` would pass.
+fn over(what: String, setting: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::Overloaded,
+        format!(
+            "{what} (the server's {setting} limit; raise it with --{})",
+            setting.replace('_', "-")
+        ),
+    )
 }
 
 impl Directory {
+    /// An empty directory holding to `limits`.
+    pub fn with_limits(limits: &crate::config::Limits) -> Directory {
+        Directory {
+            limits: limits.clone(),
+            ..Directory::default()
+        }
+    }
+
+    /// Whether `app` (connected or about to be) may join `pools` on top of the pools it is in:
+    /// OVERLOADED naming the limit it would pass — `max_pools_per_app`, or `max_pools` for the
+    /// pools that do not exist yet.
+    pub fn check_join(&self, app: &AppId, pools: &[PoolName]) -> Result<(), Refusal> {
+        let mine = self.apps.get(app).map(|a| &a.pools);
+        let joining: BTreeSet<&PoolName> = pools.iter().filter(|p| !mine.is_some_and(|m| m.contains(*p))).collect();
+        let after = mine.map_or(0, BTreeSet::len) + joining.len();
+        if after > self.limits.max_pools_per_app {
+            return Err(over(
+                format!(
+                    "app '{app}' would be in {after} pools; an app may be in {}",
+                    self.limits.max_pools_per_app
+                ),
+                "max_pools_per_app",
+            ));
+        }
+        let new = joining.iter().filter(|p| !self.pools.contains_key(**p)).count();
+        if new > 0 && self.pools.len() + new > self.limits.max_pools {
+            return Err(over(
+                format!(
+                    "the server holds {} pools and may hold {}; joining would create {new}",
+                    self.pools.len(),
+                    self.limits.max_pools
+                ),
+                "max_pools",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `app` may register `triggers` on top of its own: OVERLOADED past
+    /// `max_triggers_per_app`.
+    pub fn check_register(&self, app: &AppId, triggers: &[TriggerName]) -> Result<(), Refusal> {
+        let mine = self.apps.get(app).map(|a| &a.triggers);
+        let adding: BTreeSet<&TriggerName> = triggers
+            .iter()
+            .filter(|t| !mine.is_some_and(|m| m.contains(*t)))
+            .collect();
+        let after = mine.map_or(0, BTreeSet::len) + adding.len();
+        if after > self.limits.max_triggers_per_app {
+            return Err(over(
+                format!(
+                    "app '{app}' would have {after} triggers; an app may register {}",
+                    self.limits.max_triggers_per_app
+                ),
+                "max_triggers_per_app",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a pool named `name` may be created (`pool_create`): OVERLOADED past `max_pools`
+    /// when it does not exist yet.
+    pub fn check_new_pool(&self, name: &PoolName) -> Result<(), Refusal> {
+        if self.pools.contains_key(name) || self.pools.len() < self.limits.max_pools {
+            return Ok(());
+        }
+        Err(over(
+            format!("the server holds {} pools, as many as it may", self.pools.len()),
+            "max_pools",
+        ))
+    }
+
     /// The live connection of an app, if any.
     pub fn conn_of(&self, app: &str) -> Option<&Arc<Conn>> {
         self.apps.get(app).map(|a| &a.conn)

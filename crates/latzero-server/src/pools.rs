@@ -101,6 +101,10 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
                 }
                 (false, None) => json!({}),
             };
+            st.directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .check_new_pool(&pool)?;
             let now = now_ms();
             let rec = PoolRecord {
                 name: pool.to_string(),

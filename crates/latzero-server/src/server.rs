@@ -103,6 +103,9 @@ impl State {
                 "max_ttl_ms": l.max_ttl.as_millis() as u64,
                 "max_connections": l.max_connections,
                 "handshake_timeout_ms": l.handshake_timeout.as_millis() as u64,
+                "max_pools": l.max_pools,
+                "max_pools_per_app": l.max_pools_per_app,
+                "max_triggers_per_app": l.max_triggers_per_app,
                 "max_block_size": self.config.memory.max_block_size,
                 "max_blocks": self.config.memory.max_blocks,
                 "default_lock_lease_ms": self.config.memory.default_lease.as_millis() as u64,
@@ -189,7 +192,7 @@ impl Server {
         for b in stale {
             store.remove_block(&b.pool, &b.block_id).await?;
         }
-        let mut directory = Directory::default();
+        let mut directory = Directory::with_limits(&config.limits);
         for rec in store.all_pools().await? {
             directory.adopt_pool(rec);
         }

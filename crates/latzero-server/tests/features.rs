@@ -470,3 +470,89 @@ async fn a_call_at_the_frame_limit_reaches_its_handler_and_its_answer_the_caller
     assert_eq!(answer.as_str().map(str::len), data.as_str().map(str::len));
     s.stop().await;
 }
+
+/// The limits on pools and triggers: a request that would pass one is refused with OVERLOADED
+/// naming it, and nothing of it is applied; a pool forgotten once empty makes room again.
+#[tokio::test]
+async fn pools_and_triggers_are_limited_per_app_and_in_all() {
+    let limits = Limits {
+        max_pools: 3,
+        max_pools_per_app: 2,
+        max_triggers_per_app: 2,
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let over = |r: &Value, setting: &str| {
+        assert_eq!(r["code"], "OVERLOADED", "{r}");
+        assert!(r["message"].as_str().unwrap().contains(setting), "{setting}: {r}");
+    };
+    let hs = |app: &str, pools: &[&str], triggers: &[&str]| json!({"action":"handshake","id":"h","app_id":app,"pools":pools,"triggers":triggers});
+    let mut a = s.raw().await;
+    over(&a.ask(hs("a", &["p1", "p2", "p3"], &[])).await, "max_pools_per_app");
+    over(
+        &a.ask(hs("a", &["p1"], &["t1", "t2", "t3"])).await,
+        "max_triggers_per_app",
+    );
+    let ack = a.ask(hs("a", &["p1", "p2"], &["t1", "t2"])).await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    over(
+        &a.ask(json!({"action":"join","id":1,"pools":["p3"]})).await,
+        "max_pools_per_app",
+    );
+    over(
+        &a.ask(json!({"action":"register","id":2,"triggers":["t3"]})).await,
+        "max_triggers_per_app",
+    );
+    // What an app already has does not count twice.
+    let r = a.ask(json!({"action":"join","id":3,"pools":["p1","p2"]})).await;
+    assert_eq!(r["pools"], json!(["p1", "p2"]), "{r}");
+
+    let mut b = s.raw().await;
+    b.handshake("b", &["p3"], &[]).await;
+    let mut c = s.raw().await;
+    over(&c.ask(hs("c", &["p4"], &[])).await, "max_pools");
+    c.handshake("c", &["p1"], &[]).await;
+    over(
+        &c.ask(json!({"action":"pool_create","id":4,"pool":"p5"})).await,
+        "max_pools",
+    );
+    over(
+        &c.ask(json!({"action":"join","id":5,"pools":["p4"]})).await,
+        "max_pools",
+    );
+    // b leaves p3, which is forgotten: room for a new pool.
+    b.ask(json!({"action":"leave","id":6,"pools":["p3"]})).await;
+    let r = c.ask(json!({"action":"join","id":7,"pools":["p4"]})).await;
+    assert_eq!(r["pools"], json!(["p1", "p4"]), "{r}");
+    let st = c.ask(json!({"action":"status","id":8})).await;
+    assert_eq!(st["limits"]["max_pools_per_app"], 2, "{st}");
+    s.stop().await;
+}
+
+/// Restored pools past a limit lowered since they were stored are left out of the rehydrated
+/// handshake, which succeeds with what fits.
+#[tokio::test]
+async fn rehydration_restores_what_fits_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = common::Running::start(common::config_in(dir.path())).await;
+    let mut a = common::Raw::connect(srv.addr).await;
+    a.handshake("a", &["p1", "p2", "p3"], &["t1", "t2"]).await;
+    drop(a);
+    srv.stop().await;
+    let mut cfg = common::config_in(dir.path());
+    cfg.limits.max_pools_per_app = 2;
+    cfg.limits.max_triggers_per_app = 1;
+    let srv = common::Running::start(cfg).await;
+    let mut a = common::Raw::connect(srv.addr).await;
+    let ack = a.handshake("a", &[], &[]).await;
+    assert_eq!(
+        (
+            ack["pools"].as_array().unwrap().len(),
+            ack["triggers"].as_array().unwrap().len()
+        ),
+        (2, 1),
+        "{ack}"
+    );
+    assert_eq!(ack["rehydrated"], true, "{ack}");
+    srv.stop().await;
+}

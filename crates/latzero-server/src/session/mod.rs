@@ -465,6 +465,21 @@ impl Session {
             Request::Join(ps) => self.app.as_ref().map(|a| (a.as_str(), &ps[..])),
             _ => None,
         };
+        if let Request::Handshake(h) = &parsed.request {
+            // The limits on what one app holds, before it is admitted (Join and Register are
+            // checked where they are applied, under the directory's lock).
+            let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
+            let app = &h.app_id;
+            let over = dir
+                .check_join(app, &h.pools)
+                .and_then(|()| dir.check_register(app, &h.triggers))
+                .err();
+            drop(dir);
+            if let Some(r) = over {
+                self.error(id, r.code, &r.message);
+                return None;
+            }
+        }
         if let Some((app, pools)) = joining {
             let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
             let refused = pools.iter().find_map(|p| {
@@ -612,7 +627,15 @@ impl Session {
                     self.error(id, r.code, &r.message);
                     return None;
                 }
-                st.directory_mut().join(&app, std::slice::from_ref(&pool));
+                let mut dir = st.directory_mut();
+                let pools = std::slice::from_ref(&pool);
+                if let Err(r) = dir.check_join(&app, pools) {
+                    drop(dir);
+                    self.error(id, r.code, &r.message);
+                    return None;
+                }
+                dir.join(&app, pools);
+                drop(dir);
                 return self.membership_done(id, app);
             }
             Request::Pool(req) => {
@@ -624,7 +647,14 @@ impl Session {
             }
             Request::Register(ts) => {
                 let app = app.expect("checked above");
-                st.directory_mut().register(&app, &ts);
+                let mut dir = st.directory_mut();
+                if let Err(r) = dir.check_register(&app, &ts) {
+                    drop(dir);
+                    self.error(id, r.code, &r.message);
+                    return None;
+                }
+                dir.register(&app, &ts);
+                drop(dir);
                 return self.membership_done(id, app);
             }
             Request::Unregister(ts) => {
@@ -634,7 +664,14 @@ impl Session {
             }
             Request::Join(ps) => {
                 let app = app.expect("checked above");
-                st.directory_mut().join(&app, &ps);
+                let mut dir = st.directory_mut();
+                if let Err(r) = dir.check_join(&app, &ps) {
+                    drop(dir);
+                    self.error(id, r.code, &r.message);
+                    return None;
+                }
+                dir.join(&app, &ps);
+                drop(dir);
                 return self.membership_done(id, app);
             }
             Request::Leave(ps) => {
@@ -787,8 +824,20 @@ impl Session {
                 }
                 let mut dir = st.directory_mut();
                 if dir.conn_of(app.as_str()).is_some_and(|c| c.id == self.conn.id) {
-                    dir.register(&app, &out.triggers);
-                    dir.join(&app, &out.pools);
+                    // The handshake's own pools and triggers were checked against the limits;
+                    // restored ones that would pass them are left out.
+                    for t in &out.triggers {
+                        match dir.check_register(&app, std::slice::from_ref(t)) {
+                            Ok(()) => dir.register(&app, std::slice::from_ref(t)),
+                            Err(r) => tracing::warn!(app = %app, trigger = %t, "not restored: {}", r.message),
+                        }
+                    }
+                    for p in &out.pools {
+                        match dir.check_join(&app, std::slice::from_ref(p)) {
+                            Ok(()) => dir.join(&app, std::slice::from_ref(p)),
+                            Err(r) => tracing::warn!(app = %app, pool = %p, "not restored: {}", r.message),
+                        }
+                    }
                     if out.meta.is_some()
                         && let Some(a) = dir.apps.get_mut(&app)
                     {
