@@ -819,3 +819,35 @@ async fn a_wait_that_goes_lets_the_waits_behind_it_through() {
     );
     s.stop().await;
 }
+
+/// A connection waits for a block's lock once at a time: a second wait is refused at once (a
+/// client retrying in a loop would queue waits without end), and the first stays in line.
+#[tokio::test]
+async fn a_connection_waits_for_a_lock_once() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    let mut w = member(&s, "w").await;
+    assert_eq!(create(&mut a, json!({})).await["action"], "block_created");
+    let lock = |id: &str| json!({"action":"block_lock","id":id,"pool":"p","block_id":"b","mode":"exclusive","lease_ms":60000,"wait_ms":60000});
+    assert_eq!(a.ask(lock("l1")).await["action"], "block_locked");
+    w.send(lock("l2")).await;
+    let again = w.ask(lock("l3")).await;
+    assert_eq!(code(&again), "LOCKED");
+    assert!(
+        again["message"].as_str().unwrap().contains("already waiting"),
+        "{again}"
+    );
+    let st = a
+        .ask(json!({"action":"block_stat","id":"st","pool":"p","block_id":"b"}))
+        .await;
+    assert_eq!(st["block"]["locks"]["waiting"], 1, "{st}");
+    a.ask(json!({"action":"block_unlock","id":"u","pool":"p","block_id":"b"}))
+        .await;
+    let granted = w.expect().await;
+    assert_eq!(
+        (granted["action"].as_str(), granted["in_reply_to"].as_str()),
+        (Some("block_locked"), Some("l2")),
+        "{granted}"
+    );
+    s.stop().await;
+}

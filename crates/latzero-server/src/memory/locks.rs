@@ -289,6 +289,18 @@ impl Entry {
                 format!("the block is locked by {}", l.holders()),
             ));
         }
+        // One wait per connection and block: the lease would be the connection's either way,
+        // and a client retrying in a loop would otherwise queue waits (and their timers) without
+        // end.
+        if l.waiting.iter().any(|w| w.conn.id == conn.id) {
+            return Err(Refusal::new(
+                ErrorCode::Locked,
+                format!(
+                    "the block is locked by {}, and this connection is already waiting for it (one wait per connection and block)",
+                    l.holders()
+                ),
+            ));
+        }
         l.next_id += 1;
         let id = l.next_id;
         l.waiting.push_back(Waiter {
