@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run -p latzero-cli --release -- start          # terminal 1: the server
-//! cargo run -p latzero-examples --example encrypted    # terminal 2: this program
+//! cargo run -p latzero-examples --bin encrypted        # terminal 2: this program
 //! ```
 //!
 //! Outside an example the owner runs `latzero keys generate POOL --app OWNER`, which creates the

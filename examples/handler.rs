@@ -2,8 +2,8 @@
 //!
 //! ```sh
 //! cargo run -p latzero-cli --release -- start          # terminal 1: the server
-//! cargo run -p latzero-examples --example handler      # terminal 2: this program
-//! cargo run -p latzero-examples --example caller       # terminal 3: the caller
+//! cargo run -p latzero-examples --bin handler          # terminal 2: this program
+//! cargo run -p latzero-examples --bin caller           # terminal 3: the caller
 //! ```
 //!
 //! Set LATZERO_URL to connect elsewhere (default `latzero://doubler?pools=demo`, which uses the

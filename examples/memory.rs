@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo run -p latzero-cli --release -- start          # terminal 1: the server
-//! cargo run -p latzero-examples --example memory       # terminal 2: this program
+//! cargo run -p latzero-examples --bin memory           # terminal 2: this program
 //! ```
 //!
 //! Both apps connect to the default endpoint (the Unix socket of `$LATZERO_DATA_DIR`, default

@@ -2,23 +2,23 @@
 //! against a server in this process (its Unix socket found through `LATZERO_DATA_DIR`, as a
 //! user's default data dir would be).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use latzero_server::{Server, ServerConfig};
 use latzero_testkit::Proc;
 
-/// An example's binary: cargo builds examples beside the test binaries (`target/<profile>/
-/// examples/`) whenever it builds this crate's tests.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
-    profile_dir.join("examples").join(name)
-}
-
+/// An example program: a binary of this package, which cargo builds for its tests.
 fn cmd(name: &str, data_dir: &Path) -> Command {
-    let mut c = Command::new(example(name));
+    let exe = match name {
+        "handler" => env!("CARGO_BIN_EXE_handler"),
+        "caller" => env!("CARGO_BIN_EXE_caller"),
+        "memory" => env!("CARGO_BIN_EXE_memory"),
+        "encrypted" => env!("CARGO_BIN_EXE_encrypted"),
+        other => panic!("no example {other}"),
+    };
+    let mut c = Command::new(exe);
     c.env("LATZERO_DATA_DIR", data_dir)
         .env_remove("LATZERO_URL")
         .env_remove("LATZERO_HOST")
