@@ -305,6 +305,20 @@ impl Directory {
         Ok(())
     }
 
+    /// [`Directory::join`] if [`Directory::check_join`] allows it; nothing otherwise.
+    pub fn try_join(&mut self, app: &AppId, pools: &[PoolName]) -> Result<(), Refusal> {
+        self.check_join(app, pools)?;
+        self.join(app, pools);
+        Ok(())
+    }
+
+    /// [`Directory::register`] if [`Directory::check_register`] allows it; nothing otherwise.
+    pub fn try_register(&mut self, app: &AppId, triggers: &[TriggerName]) -> Result<(), Refusal> {
+        self.check_register(app, triggers)?;
+        self.register(app, triggers);
+        Ok(())
+    }
+
     /// Whether a pool named `name` may be created (`pool_create`): OVERLOADED past `max_pools`
     /// when it does not exist yet.
     pub fn check_new_pool(&self, name: &PoolName) -> Result<(), Refusal> {

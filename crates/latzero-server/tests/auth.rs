@@ -28,12 +28,16 @@ fn jwt(claims: Value) -> String {
     .unwrap()
 }
 
-fn exp() -> u64 {
+/// Seconds since the Unix epoch, a JWT's clock.
+fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 600
+}
+
+fn exp() -> u64 {
+    now() + 600
 }
 
 /// AUTH_FAILED with the request's id, then `closing`, then the end of the stream.
@@ -195,10 +199,7 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
 async fn a_connection_ends_when_its_jwt_expires() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now();
     // Past its exp but inside the leeway: accepted, and expiring within a second.
     let short = jwt(json!({"app_id":"short","exp": now - 59}));
     let mut app = Raw::connect(s.addr).await;
@@ -236,10 +237,7 @@ async fn the_sdk_reconnects_with_a_fresh_jwt_after_one_expires() {
     use std::sync::atomic::{AtomicU32, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now();
     let asked = std::sync::Arc::new(AtomicU32::new(0));
     let source = {
         let asked = asked.clone();

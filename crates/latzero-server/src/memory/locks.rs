@@ -181,14 +181,9 @@ impl Locks {
             if !lost(l.conn.id, l.mode) {
                 return true;
             }
-            let _ = l.conn.send(&encode_message(&json!({
-                "action": "block_event",
-                "event": "lock_expired",
-                "pool": entry.meta.pool,
-                "block_id": entry.meta.block_id,
-                "mode": l.mode.as_str(),
-                "reason": why(l.conn.app_str(), l.mode),
-            })));
+            let _ = l
+                .conn
+                .send(&lock_expired(entry, l.mode, Some(&why(l.conn.app_str(), l.mode))));
             false
         });
         let mut kept = VecDeque::with_capacity(self.waiting.len());
@@ -231,14 +226,24 @@ fn expire(entry: Weak<Entry>, lease_id: u64) {
     };
     let l = st.locks.held.remove(i);
     tracing::info!(block = %entry.meta.block_id, app = l.conn.app_str(), "lock lease expired");
-    let _ = l.conn.send(&encode_message(&json!({
+    let _ = l.conn.send(&lock_expired(&entry, l.mode, None));
+    st.locks.pump(&entry);
+}
+
+/// The `lock_expired` event that tells a holder its `mode` lease ended: it lapsed, or (with a
+/// `reason`) a policy change took away the right it needs.
+fn lock_expired(entry: &Entry, mode: LockMode, reason: Option<&str>) -> bytes::Bytes {
+    let mut v = json!({
         "action": "block_event",
         "event": "lock_expired",
         "pool": entry.meta.pool,
         "block_id": entry.meta.block_id,
-        "mode": l.mode.as_str(),
-    })));
-    st.locks.pump(&entry);
+        "mode": mode.as_str(),
+    });
+    if let Some(r) = reason {
+        v["reason"] = json!(r);
+    }
+    encode_message(&v)
 }
 
 /// A waiter's deadline passed: fail it if it is still waiting.

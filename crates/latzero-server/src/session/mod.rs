@@ -627,16 +627,8 @@ impl Session {
                     self.error(id, r.code, &r.message);
                     return None;
                 }
-                let mut dir = st.directory_mut();
-                let pools = std::slice::from_ref(&pool);
-                if let Err(r) = dir.check_join(&app, pools) {
-                    drop(dir);
-                    self.error(id, r.code, &r.message);
-                    return None;
-                }
-                dir.join(&app, pools);
-                drop(dir);
-                return self.membership_done(id, app);
+                let done = st.directory_mut().try_join(&app, std::slice::from_ref(&pool));
+                return self.membership_done_if(id, app, done);
             }
             Request::Pool(req) => {
                 return Some(After::Pool {
@@ -647,15 +639,8 @@ impl Session {
             }
             Request::Register(ts) => {
                 let app = app.expect("checked above");
-                let mut dir = st.directory_mut();
-                if let Err(r) = dir.check_register(&app, &ts) {
-                    drop(dir);
-                    self.error(id, r.code, &r.message);
-                    return None;
-                }
-                dir.register(&app, &ts);
-                drop(dir);
-                return self.membership_done(id, app);
+                let done = st.directory_mut().try_register(&app, &ts);
+                return self.membership_done_if(id, app, done);
             }
             Request::Unregister(ts) => {
                 let app = app.expect("checked above");
@@ -664,15 +649,8 @@ impl Session {
             }
             Request::Join(ps) => {
                 let app = app.expect("checked above");
-                let mut dir = st.directory_mut();
-                if let Err(r) = dir.check_join(&app, &ps) {
-                    drop(dir);
-                    self.error(id, r.code, &r.message);
-                    return None;
-                }
-                dir.join(&app, &ps);
-                drop(dir);
-                return self.membership_done(id, app);
+                let done = st.directory_mut().try_join(&app, &ps);
+                return self.membership_done_if(id, app, done);
             }
             Request::Leave(ps) => {
                 let app = app.expect("checked above");
@@ -783,6 +761,23 @@ impl Session {
         })
     }
 
+    /// [`Session::membership_done`] for a change the directory made, or the refusal it gave
+    /// instead (a limit: nothing changed).
+    fn membership_done_if(
+        &mut self,
+        id: Option<&RawValue>,
+        app: AppId,
+        done: Result<(), crate::memory::Refusal>,
+    ) -> Option<After> {
+        match done {
+            Ok(()) => self.membership_done(id, app),
+            Err(r) => {
+                self.error(id, r.code, &r.message);
+                None
+            }
+        }
+    }
+
     /// A membership change is in the directory; its ack waits for the store (unless the app is
     /// ephemeral).
     fn membership_done(&mut self, id: Option<&RawValue>, app: AppId) -> Option<After> {
@@ -827,15 +822,13 @@ impl Session {
                     // The handshake's own pools and triggers were checked against the limits;
                     // restored ones that would pass them are left out.
                     for t in &out.triggers {
-                        match dir.check_register(&app, std::slice::from_ref(t)) {
-                            Ok(()) => dir.register(&app, std::slice::from_ref(t)),
-                            Err(r) => tracing::warn!(app = %app, trigger = %t, "not restored: {}", r.message),
+                        if let Err(r) = dir.try_register(&app, std::slice::from_ref(t)) {
+                            tracing::warn!(app = %app, trigger = %t, "not restored: {}", r.message);
                         }
                     }
                     for p in &out.pools {
-                        match dir.check_join(&app, std::slice::from_ref(p)) {
-                            Ok(()) => dir.join(&app, std::slice::from_ref(p)),
-                            Err(r) => tracing::warn!(app = %app, pool = %p, "not restored: {}", r.message),
+                        if let Err(r) = dir.try_join(&app, std::slice::from_ref(p)) {
+                            tracing::warn!(app = %app, pool = %p, "not restored: {}", r.message);
                         }
                     }
                     if out.meta.is_some()
