@@ -462,8 +462,18 @@ impl Client {
         // While disconnected `membership` only records; the next handshake carries the trigger.
         let new = lock(&self.inner.shared).triggers.insert(name.clone());
         if new {
-            self.membership("register", json!({ "triggers": [name.as_str()] }))
-                .await?;
+            let registered = self
+                .membership("register", json!({ "triggers": [name.as_str()] }))
+                .await;
+            // A trigger the server refused is dropped here too (as a refused join is).
+            if let Err(e @ ClientError::Remote(_)) = registered {
+                lock(&self.inner.shared).triggers.remove(&name);
+                let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
+                handlers.remove(name.as_str());
+                self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
+                return Err(e);
+            }
+            registered?;
         }
         Ok(())
     }
@@ -482,13 +492,21 @@ impl Client {
             .map(|_| ())
     }
 
-    /// Joins a pool (created on first join).
+    /// Joins a pool (created on first join). A join the server refuses (its policy, a limit,
+    /// an encrypted pool) leaves the client as it was. While the client is disconnected the
+    /// pool is recorded and asked for in the next handshake, which the server refuses whole if
+    /// it refuses the pool: the client then keeps retrying (with a warning in its log) until the
+    /// pool is allowed or [`leave`](Self::leave) drops it.
     pub async fn join(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
-        lock(&self.inner.shared).pools.insert(name.clone());
-        self.membership("join", json!({ "pools": [name.as_str()] }))
-            .await
-            .map(|_| ())
+        let new = lock(&self.inner.shared).pools.insert(name.clone());
+        let joined = self.membership("join", json!({ "pools": [name.as_str()] })).await;
+        // A pool the server refused is not this client's: carried into the next handshake, it
+        // would have the whole handshake refused, and the client could never reconnect.
+        if new && matches!(joined, Err(ClientError::Remote(_))) {
+            lock(&self.inner.shared).pools.remove(&name);
+        }
+        joined.map(|_| ())
     }
 
     /// Leaves a pool.

@@ -557,7 +557,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         }
         tracing::info!(app = %inner.app_id, %reason, "connection lost; reconnecting");
         let mut attempt = 0u32;
-        let mut told_auth = false;
+        let mut told_refused = false;
         live = loop {
             let cap = inner.opts.backoff_max.as_secs_f64();
             let base = (inner.opts.backoff_min.as_secs_f64() * 2f64.powi(attempt.min(20) as i32)).min(cap);
@@ -571,12 +571,13 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             match establish(&inner, inner.opts.takeover).await {
                 Ok(l) => break l,
                 Err(e) => {
-                    // A refused credential is worth a user's eye (once per outage); it does not
-                    // stop the retries: the server may be given a new key, or a JWT source
-                    // a fresh token.
-                    if e.code() == Some(latzero_proto::ErrorCode::AuthFailed) && !told_auth {
-                        told_auth = true;
-                        tracing::warn!(app = %inner.app_id, error = %e, "reconnect refused: the server does not accept this client's credential; retrying");
+                    // A handshake the server refuses (a credential, a pool's policy, a limit)
+                    // is worth a user's eye, once per outage; it does not stop the retries: the
+                    // server may be given a new key, a JWT source a fresh token, a policy may
+                    // change.
+                    if matches!(e, ClientError::Remote(_)) && !told_refused {
+                        told_refused = true;
+                        tracing::warn!(app = %inner.app_id, error = %e, "reconnect refused by the server; retrying");
                     } else {
                         tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");
                     }

@@ -273,7 +273,9 @@ async fn the_sdk_reconnects_with_a_fresh_jwt_after_one_expires() {
             break;
         }
     }
-    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    // Once per handshake: a reconnect may take more than one (DUPLICATE_APP is retried until
+    // the server has seen the old connection end).
+    assert!(asked.load(Ordering::SeqCst) >= 2);
     let pools: Vec<String> = c.pools().iter().map(|p| p.to_string()).collect();
     assert_eq!(pools, ["p"]);
     s.stop().await;

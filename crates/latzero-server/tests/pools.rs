@@ -443,3 +443,59 @@ async fn a_live_pool_left_empty_is_forgotten_unless_it_holds_a_block() {
     assert_eq!(names(&l), ["blocky", "kept"], "{l}");
     srv.stop().await;
 }
+
+/// A join or a registration the server refuses leaves nothing behind in the SDK: the pool or
+/// trigger is not carried into the next handshake, which would then be refused whole and the
+/// client could never reconnect.
+#[tokio::test]
+async fn a_refused_join_or_registration_does_not_break_the_next_reconnect() {
+    use latzero_client::{ClientEvent, ClientOptions, ErrorCode, PoolSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.limits.max_triggers_per_app = 1;
+    let srv = Running::start(cfg).await;
+    let owner = ClientOptions::new()
+        .connect(&format!("latzero://owner@{}", srv.addr))
+        .await
+        .unwrap();
+    let spec = PoolSpec {
+        policies: Some(json!({"join": []})),
+        ..PoolSpec::default()
+    };
+    owner.create_pool("closed", spec).await.unwrap();
+    let c = ClientOptions::new()
+        .backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(10),
+        )
+        .connect(&format!("latzero://c@{}?pools=open", srv.addr))
+        .await
+        .unwrap();
+    let e = c.join("closed").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    c.handle("one", |_| async { Ok(json!(1)) }).await.unwrap();
+    let e = c.handle("two", |_| async { Ok(json!(2)) }).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Overloaded), "{e}");
+    let pools: Vec<String> = c.pools().iter().map(|p| p.to_string()).collect();
+    assert_eq!(pools, ["open"]);
+
+    // The server restarts on the same port; the client reconnects with what it really has.
+    let mut events = c.events();
+    let port = srv.addr.port();
+    srv.stop().await;
+    let mut cfg = config_in(dir.path());
+    cfg.limits.max_triggers_per_app = 1;
+    cfg.port = port;
+    let srv = Running::start(cfg).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let ClientEvent::Reconnected = events.recv().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("reconnected within 10 s");
+    assert_eq!(c.call("open", "one", &json!(null)).await.unwrap(), json!(1));
+    srv.stop().await;
+}
