@@ -78,10 +78,27 @@ impl DataDir {
             path: what.to_path_buf(),
             error: e,
         };
-        fs::create_dir_all(path).map_err(|e| unwritable(path, e))?;
+        // Owner-only, as ~/.ssh is: the registry, the logs, the backups and the persistent
+        // blocks are protected by file permissions alone (docs/SECURITY.md), and a directory
+        // others cannot enter protects them whatever mode each file was made with.
+        let private = || {
+            let mut b = fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(b.recursive(true), 0o700);
+            b
+        };
+        private().create(path).map_err(|e| unwritable(path, e))?;
         for sub in SUBDIRS {
             let p = path.join(sub);
-            fs::create_dir_all(&p).map_err(|e| unwritable(&p, e))?;
+            private().create(&p).map_err(|e| unwritable(&p, e))?;
+        }
+        if let Ok(m) = fs::metadata(path) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %path.display(),
+                    "the data directory is open to other users (mode {mode:o}); its registry, logs, backups and persistent blocks are protected by file permissions only: chmod 700 it"
+                );
+            }
         }
         let lock_path = path.join(LOCK_FILE);
         let lock = File::options()
@@ -148,6 +165,19 @@ mod tests {
         assert!(matches!(err, ServerError::AlreadyRunning { .. }), "{err}");
         drop(d);
         DataDir::prepare(t.path()).unwrap();
+    }
+
+    /// A data directory it creates is the owner's alone, its subdirectories too.
+    #[test]
+    fn a_new_data_directory_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("new/data");
+        let _d = DataDir::prepare(&dir).unwrap();
+        for p in std::iter::once(dir.clone()).chain(SUBDIRS.iter().map(|s| dir.join(s))) {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
     }
 
     #[test]
