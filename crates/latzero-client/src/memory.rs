@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -151,10 +151,21 @@ struct WatchSlot {
 /// seen.
 #[derive(Default)]
 pub(crate) struct Watches {
-    by_block: HashMap<(String, String), (Vec<WatchSlot>, Arc<AtomicU64>)>,
+    by_block: HashMap<(String, String), Watched>,
     next_id: u64,
     /// Local writes made while disconnected: (latest version, block size) by block.
     unnotified: HashMap<(String, String), (u64, u64)>,
+}
+
+/// One watched block: its watches, and where a resubscription starts.
+#[derive(Default)]
+struct Watched {
+    slots: Vec<WatchSlot>,
+    /// The last version seen.
+    seen: u64,
+    /// When the block watched was created (from `synced`), so that a resubscription to a block
+    /// of the same name created since is told it is behind.
+    created_at: Option<u64>,
 }
 
 impl Watches {
@@ -173,6 +184,7 @@ impl Watches {
             length: u64,
             #[serde(default)]
             reason: String,
+            created_at: Option<u64>,
         }
         let Ok(e) = serde_json::from_slice::<Ev>(json) else {
             tracing::warn!("unparseable block_event from the server");
@@ -197,19 +209,20 @@ impl Watches {
             }
         };
         let key = (e.pool, e.block_id);
-        let Some((slots, seen)) = self.by_block.get_mut(&key) else {
+        let Some(w) = self.by_block.get_mut(&key) else {
             return;
         };
         match ev {
-            BlockEvent::Changed { .. } => {
-                seen.fetch_max(e.version, Ordering::Relaxed);
+            BlockEvent::Changed { .. } => w.seen = w.seen.max(e.version),
+            // The block's version (and creation) when the watch began: the live events follow
+            // from it, even below a version this client saw of an earlier block of the name.
+            BlockEvent::Synced { .. } => {
+                w.seen = e.version;
+                w.created_at = e.created_at.or(w.created_at);
             }
-            // The block's version when the watch began: the live events follow from it, even
-            // below a version this client saw of an earlier block of the same name.
-            BlockEvent::Synced { .. } => seen.store(e.version, Ordering::Relaxed),
             _ => {}
         }
-        slots.retain(|s| match s.tx.try_send(ev.clone()) {
+        w.slots.retain(|s| match s.tx.try_send(ev.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 s.lagged.store(true, Ordering::Relaxed);
@@ -235,12 +248,15 @@ impl Watches {
         out.extend(
             self.by_block
                 .iter()
-                .filter(|(_, (slots, _))| !slots.is_empty())
-                .map(|((pool, id), (_, seen))| {
-                    encode_message(&json!({
-                        "action": "block_watch", "pool": pool, "block_id": id,
-                        "since": seen.load(Ordering::Relaxed),
-                    }))
+                .filter(|(_, w)| !w.slots.is_empty())
+                .map(|((pool, id), w)| {
+                    let mut r = json!({
+                        "action": "block_watch", "pool": pool, "block_id": id, "since": w.seen,
+                    });
+                    if let Some(c) = w.created_at {
+                        r["created_at"] = json!(c);
+                    }
+                    encode_message(&r)
                 }),
         );
         out
@@ -280,11 +296,11 @@ impl BlockWatch {
 impl Drop for BlockWatch {
     fn drop(&mut self) {
         let mut w = lock(&self.inner.watches);
-        let Some((slots, _)) = w.by_block.get_mut(&self.key) else {
+        let Some(watched) = w.by_block.get_mut(&self.key) else {
             return;
         };
-        slots.retain(|s| s.id != self.id);
-        if slots.is_empty() {
+        watched.slots.retain(|s| s.id != self.id);
+        if watched.slots.is_empty() {
             w.by_block.remove(&self.key);
             drop(w);
             let frame = encode_message(&json!({
@@ -729,14 +745,11 @@ impl MemoryBlock {
             let mut w = lock(&inner.watches);
             w.next_id += 1;
             let id = w.next_id;
-            let (slots, seen) = w
-                .by_block
-                .entry(key.clone())
-                .or_insert_with(|| (vec![], Arc::new(AtomicU64::new(0))));
+            let watched = w.by_block.entry(key.clone()).or_default();
             if let Some(s) = since {
-                seen.fetch_max(s, Ordering::Relaxed);
+                watched.seen = watched.seen.max(s);
             }
-            slots.push(WatchSlot {
+            watched.slots.push(WatchSlot {
                 id,
                 tx,
                 lagged: lagged.clone(),
@@ -783,20 +796,20 @@ mod tests {
         let (tx, _rx) = mpsc::channel(8);
         w.by_block.insert(
             ("p".into(), "b".into()),
-            (
-                vec![WatchSlot {
+            Watched {
+                slots: vec![WatchSlot {
                     id: 1,
                     tx,
                     lagged: Arc::default(),
                 }],
-                Arc::default(),
-            ),
+                ..Watched::default()
+            },
         );
-        let since = |w: &mut Watches| {
+        let resubscription = |w: &mut Watches| -> Value {
             let frames = w.resubscribe();
-            let v: Value = serde_json::from_slice(&frames[0][4..]).unwrap();
-            v["since"].as_u64()
+            serde_json::from_slice(&frames[0][4..]).unwrap()
         };
+        let since = |w: &mut Watches| resubscription(w)["since"].as_u64();
         w.deliver(&event("changed", 7));
         assert_eq!(since(&mut w), Some(7));
         // Resubscribed to a block created again: it began at version 2.
@@ -810,5 +823,11 @@ mod tests {
             Some(3),
             "a late notice of an older version does not go back"
         );
+        // The block's creation, as `synced` gives it, goes with the resubscription.
+        assert_eq!(resubscription(&mut w).get("created_at"), None);
+        let mut synced: Value = serde_json::from_slice(&event("synced", 4)).unwrap();
+        synced["created_at"] = json!(1_700_000_000_000u64);
+        w.deliver(synced.to_string().as_bytes());
+        assert_eq!(resubscription(&mut w)["created_at"], 1_700_000_000_000u64);
     }
 }

@@ -469,7 +469,21 @@ async fn watchers_get_the_initial_state_then_synced_then_every_change() {
         (Some("changed"), Some(2)),
         "{e}"
     );
-    assert_eq!(stale.expect().await["event"], "synced");
+    let synced = stale.expect().await;
+    assert_eq!(synced["event"], "synced");
+    // `synced` says when the block was created; a watcher that saw a block created at another
+    // time saw another block, at whatever version.
+    let created = synced["created_at"].as_u64().expect("created_at in synced");
+    let mut other = member(&s, "other").await;
+    other
+        .ask(json!({"action":"block_watch","id":10,"pool":"p","block_id":"b","since":2,"created_at":created - 1}))
+        .await;
+    assert_eq!(other.expect().await["event"], "changed");
+    assert_eq!(other.expect().await["event"], "synced");
+    let mut same = member(&s, "same").await;
+    same.ask(json!({"action":"block_watch","id":11,"pool":"p","block_id":"b","since":2,"created_at":created}))
+        .await;
+    assert_eq!(same.expect().await["event"], "synced");
     // Unwatched: no more events. Deleted: watchers are told.
     current
         .ask(json!({"action":"block_unwatch","id":7,"pool":"p","block_id":"b"}))

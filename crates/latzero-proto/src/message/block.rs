@@ -164,6 +164,10 @@ pub enum BlockOp<'a> {
     Watch {
         /// The last version the watcher saw; it is told at once if it is behind.
         since: Option<u64>,
+        /// When the block the watcher saw was created (its `created_at`, from `synced`): a
+        /// block of that name created at another time is another block, and the watcher is
+        /// behind whatever the versions say.
+        created_at: Option<u64>,
     },
     /// Stop watching.
     Unwatch,
@@ -213,6 +217,7 @@ struct Fields<'a> {
     lease_ms: Option<u64>,
     wait_ms: Option<u64>,
     since: Option<u64>,
+    created_at: Option<u64>,
     version: Option<u64>,
 }
 
@@ -340,7 +345,10 @@ pub(crate) fn parse_block<'a>(
             wait_ms: f.wait_ms,
         },
         "block_unlock" => BlockOp::Unlock,
-        "block_watch" => BlockOp::Watch { since: f.since },
+        "block_watch" => BlockOp::Watch {
+            since: f.since,
+            created_at: f.created_at,
+        },
         "block_unwatch" => BlockOp::Unwatch,
         "block_notify" => BlockOp::Notify {
             version: f.version.ok_or_else(|| invalid(id, "missing field `version`"))?,

@@ -331,7 +331,7 @@ impl Memory {
                 e.unlock(conn.id)?;
                 reply(json!({ "action": "block_unlocked", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
             }
-            BlockOp::Watch { since } => {
+            BlockOp::Watch { since, created_at } => {
                 who.may_read(&e)?;
                 let mut st = e.state();
                 st.watchers.insert(conn.id, conn.clone());
@@ -340,21 +340,25 @@ impl Memory {
                     json!({ "action": "block_watching", "in_reply_to": id, "pool": req.pool, "block_id": block_id, "version": version }),
                 );
                 // The initial state: what changed since the watcher last looked, then "synced".
-                let behind = match since {
-                    // One above it: the watcher saw another block of this name (this one was
-                    // deleted and created again, or a non-persistent one went with a restart).
-                    Some(s) => s != version,
-                    None => version > 0,
-                };
+                // Another creation time, or a version above this one: the watcher saw another
+                // block of this name (this one was deleted and created again, or a
+                // non-persistent one went with a restart).
+                let replaced = created_at.is_some_and(|c| c != e.meta.created_at);
+                let behind = replaced
+                    || match since {
+                        Some(s) => s != version,
+                        None => version > 0,
+                    };
                 if behind {
                     reply(json!({
                         "action": "block_event", "event": "changed", "pool": req.pool, "block_id": block_id,
                         "version": version, "offset": 0, "length": e.block.size(),
                     }));
                 }
-                reply(
-                    json!({ "action": "block_event", "event": "synced", "pool": req.pool, "block_id": block_id, "version": version }),
-                );
+                reply(json!({
+                    "action": "block_event", "event": "synced", "pool": req.pool, "block_id": block_id,
+                    "version": version, "created_at": e.meta.created_at,
+                }));
                 drop(st);
             }
             BlockOp::Unwatch => {
