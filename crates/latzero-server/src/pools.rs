@@ -65,7 +65,9 @@ pub(crate) fn show(st: &State, pool: &PoolName) -> Result<Value, Refusal> {
 }
 
 /// Create, update or remove: the store first, then the directory; the reply frame's JSON.
-pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<Value, Refusal> {
+/// `admin`: the request carries admin rights (always, without authentication), which a live
+/// pool's removal needs while other apps are in it — it has no owners to ask.
+pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest, admin: bool) -> Result<Value, Refusal> {
     match req {
         PoolRequest::Create {
             pool,
@@ -199,8 +201,19 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest) -> Result<
                 let others: Vec<String> = p.members.keys().filter(|m| *m != app).map(|m| m.to_string()).collect();
                 (p.stored.clone(), others)
             };
-            if let Some(r) = &rec {
-                owner_only(r, app, "remove")?;
+            match &rec {
+                Some(r) => owner_only(r, app, "remove")?,
+                // A live pool has no owners: any member may remove it when it is alone in it,
+                // but taking others out takes admin rights.
+                None if !others.is_empty() && force && !admin => {
+                    return Err(Refusal::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "pool '{pool}' is a live pool (no owners); removing it while {others:?} are in it takes an admin credential"
+                        ),
+                    ));
+                }
+                None => {}
             }
             if !others.is_empty() && !force {
                 return Err(Refusal::new(

@@ -280,3 +280,33 @@ async fn the_sdk_reconnects_with_a_fresh_jwt_after_one_expires() {
     assert_eq!(pools, ["p"]);
     s.stop().await;
 }
+
+/// A live pool has no owners: with authentication, taking other apps out of it (a forced
+/// `pool_remove`) takes admin rights — the app's credential, or one given with the request.
+#[tokio::test]
+async fn removing_a_live_pool_with_others_in_it_takes_admin_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let mut apps = vec![];
+    for app in ["w", "x"] {
+        let mut r = Raw::connect(s.addr).await;
+        let j = jwt(json!({"app_id": app, "exp": exp()}));
+        let ack = r
+            .ask(json!({"action":"handshake","id":1,"app_id":app,"pools":["lp"],"auth":{"jwt":j}}))
+            .await;
+        assert_eq!(ack["action"], "handshake_ack", "{ack}");
+        apps.push(r);
+    }
+    let remove = json!({"action":"pool_remove","id":2,"pool":"lp","force":true});
+    let r = apps[0].ask(remove.clone()).await;
+    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("admin credential"), "{r}");
+    let mut with_admin = remove;
+    with_admin["auth"] = json!({"token": "good-token"});
+    apps[0].send(with_admin).await;
+    // The remover is a member too: told first, then answered.
+    assert_eq!(apps[0].expect().await["action"], "pool_left");
+    let r = apps[0].expect().await;
+    assert_eq!(r["members_removed"], json!(["w", "x"]), "{r}");
+    s.stop().await;
+}

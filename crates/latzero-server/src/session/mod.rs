@@ -183,6 +183,8 @@ enum After {
         id: Option<Box<RawValue>>,
         app: AppId,
         req: PoolRequest,
+        /// Whether the request carries admin rights (see `pools::change`).
+        admin: bool,
     },
     AppList {
         id: Option<Box<RawValue>>,
@@ -631,10 +633,14 @@ impl Session {
                 return self.membership_done_if(id, app, done);
             }
             Request::Pool(req) => {
+                // Admin rights: the connection's credential, or one given with this request.
+                let admin = self.grant.as_ref().is_some_and(|g| g.admin)
+                    || (parsed.auth.is_some() && st.auth.check(parsed.auth.as_ref(), None).is_ok());
                 return Some(After::Pool {
                     id: id.map(ToOwned::to_owned),
                     app: app.expect("checked above"),
                     req,
+                    admin,
                 });
             }
             Request::Register(ts) => {
@@ -870,7 +876,7 @@ impl Session {
                 let _ = self.conn.reply(&ack);
                 drop(dir);
             }
-            After::Pool { id, app, req } => match crate::pools::change(&st, &app, req).await {
+            After::Pool { id, app, req, admin } => match crate::pools::change(&st, &app, req, admin).await {
                 Ok(v) => self.reply_json(id.as_deref(), v),
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
