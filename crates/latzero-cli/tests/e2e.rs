@@ -653,6 +653,55 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
     Ok(())
 }
 
+/// Where apps hold JWTs rather than the static token, the command-line tools send
+/// `$LATZERO_JWT`, on connections and on admin requests alike.
+#[test]
+fn the_cli_sends_a_jwt_from_latzero_jwt() -> Result<()> {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, "a-shared-secret")?;
+    let s = ServerProc::start(
+        bin(),
+        &["--require-auth", "--jwt-hs256-secret-file", secret.to_str().unwrap()],
+    )?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 600;
+    let jwt = |claims: Value| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"a-shared-secret"),
+        )
+        .unwrap()
+    };
+    let with_jwt = |claims: Value, args: &[&str]| {
+        let mut c = s.cli(args);
+        c.env("LATZERO_JWT", jwt(claims));
+        c
+    };
+    let mut reply = Proc::spawn(with_jwt(
+        json!({"app_id": "w", "exp": exp}),
+        &["reply", "--app", "w", "--pool", "p", "echo"],
+    ))?;
+    reply.wait_event("ready")?;
+    let c = with_jwt(
+        json!({"app_id": "c", "exp": exp}),
+        &["call", "--app", "c", "--pool", "p", "echo", "1"],
+    )
+    .output()?;
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let st = with_jwt(json!({"sub": "ops", "admin": true, "exp": exp}), &["status", "--json"]).output()?;
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // A JWT without admin rights is refused for admin requests.
+    let st = with_jwt(json!({"sub": "c", "exp": exp}), &["status"]).output()?;
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("AUTH_FAILED"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
     let out = std::process::Command::new(bin()).args(["auth", "token"]).output()?;
@@ -668,14 +717,20 @@ fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
     };
     let (ok, _, err) = s.run(&["status"])?;
     assert!(!ok && err.contains("AUTH_FAILED"), "{err}");
-    assert!(err.contains("$LATZERO_TOKEN, which is not set"), "{err}");
+    assert!(
+        err.contains("$LATZERO_TOKEN (or a JWT in $LATZERO_JWT), which is not set"),
+        "{err}"
+    );
     let st = with_token(&["status", "--json"]).output()?;
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let mut reply = Proc::spawn(with_token(&["reply", "--app", "w", "--pool", "p", "echo"]))?;
     reply.wait_event("ready")?;
     let (ok, _, err) = s.run(&["call", "--pool", "p", "echo", "1"])?;
     assert!(!ok && err.contains("AUTH_FAILED"), "{err}");
-    assert!(err.contains("$LATZERO_TOKEN, which is not set"), "{err}");
+    assert!(
+        err.contains("$LATZERO_TOKEN (or a JWT in $LATZERO_JWT), which is not set"),
+        "{err}"
+    );
     let c = with_token(&["call", "--pool", "p", "echo", "1"]).output()?;
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     // The token is nowhere in the server's log.

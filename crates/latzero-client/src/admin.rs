@@ -1,7 +1,7 @@
 //! Admin requests without a handshake: `status`, `ping`, `shutdown`, `backup`, and the listings
-//! `app_list`, `pool_list`, `pool_show`. Used by the `latzero` CLI. When `LATZERO_TOKEN` is set
-//! in the environment, each request carries it as its credential (servers started with
-//! `--require-auth` refuse admin requests without one).
+//! `app_list`, `pool_list`, `pool_show`. Used by the `latzero` CLI. When `LATZERO_TOKEN` (or,
+//! without it, `LATZERO_JWT`) is set in the environment, each request carries it as its
+//! credential (servers started with `--require-auth` refuse admin requests without one).
 
 use std::time::Duration;
 
@@ -117,11 +117,22 @@ pub async fn shutdown(target: &Target, wait: Duration) -> Result<(), ClientError
     Ok(())
 }
 
-/// Adds `LATZERO_TOKEN` (when set) as the request's credential.
+/// The credential the environment gives, as a request's `auth`: `LATZERO_TOKEN` (a static
+/// token), else `LATZERO_JWT`; `None` when neither is set.
+pub fn env_credential() -> Option<Value> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .and_then(|t| t.into_string().ok())
+            .filter(|t| !t.is_empty())
+    };
+    var("LATZERO_TOKEN")
+        .map(|t| json!({ "token": t }))
+        .or_else(|| var("LATZERO_JWT").map(|j| json!({ "jwt": j })))
+}
+
+/// Adds the environment's credential ([`env_credential`]), if any, to a request.
 fn with_env_auth(req: &mut Value) {
-    if let Some(t) = std::env::var_os("LATZERO_TOKEN").and_then(|t| t.into_string().ok())
-        && !t.is_empty()
-    {
-        req["auth"] = json!({ "token": t });
+    if let Some(auth) = env_credential() {
+        req["auth"] = auth;
     }
 }

@@ -212,7 +212,8 @@ impl ServerProc {
         cmd.env_remove("LATZERO_PORT")
             .env_remove("LATZERO_HOST")
             .env_remove("LATZERO_DATA_DIR")
-            .env_remove("LATZERO_TOKEN");
+            .env_remove("LATZERO_TOKEN")
+            .env_remove("LATZERO_JWT");
         cmd
     }
 

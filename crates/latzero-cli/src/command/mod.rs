@@ -110,10 +110,12 @@ pub async fn connect(
 ) -> Result<latzero_client::Client> {
     // A generated app id is a one-off: the server need not remember it.
     let mut opts = opts.ephemeral(app.is_none());
-    if let Some(t) = std::env::var_os("LATZERO_TOKEN").and_then(|t| t.into_string().ok())
-        && !t.is_empty()
-    {
-        opts = opts.token(t);
+    if let Some(auth) = latzero_client::admin::env_credential() {
+        opts = match (auth["token"].as_str(), auth["jwt"].as_str()) {
+            (Some(t), _) => opts.token(t),
+            (None, Some(j)) => opts.jwt(j),
+            (None, None) => opts,
+        };
     }
     if let Some(tls) = target(t)?.tls {
         opts = opts.tls(tls);
@@ -132,9 +134,11 @@ pub fn request_failed(e: ClientError, context: impl FnOnce() -> String) -> anyho
 
 /// The error, with how to give a credential when the server asked for one and none was given.
 fn with_hint(e: ClientError) -> anyhow::Error {
-    let no_token = std::env::var_os("LATZERO_TOKEN").is_none_or(|t| t.is_empty());
-    if e.code() == Some(ErrorCode::AuthFailed) && no_token {
-        anyhow::anyhow!("{e}; the command-line tools send the token in $LATZERO_TOKEN, which is not set")
+    let none = latzero_client::admin::env_credential().is_none();
+    if e.code() == Some(ErrorCode::AuthFailed) && none {
+        anyhow::anyhow!(
+            "{e}; the command-line tools send the token in $LATZERO_TOKEN (or a JWT in $LATZERO_JWT), which is not set"
+        )
     } else {
         e.into()
     }
