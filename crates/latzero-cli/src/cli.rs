@@ -8,9 +8,16 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use latzero_proto::{AppId, BlockId, NameError, PoolName, TriggerName};
 
-/// LatZero: one local fabric for processes to call each other (RPC, emit) in pools.
+/// LatZero: one local fabric for processes to call each other (RPC, emit) and share memory
+/// blocks, in pools.
 #[derive(Debug, Parser)]
-#[command(name = "latzero", version, propagate_version = true)]
+#[command(
+    name = "latzero",
+    version,
+    propagate_version = true,
+    after_help = "The commands that talk to a server find it through --data-dir (its server.json) or --host/--port.\n\
+                  With a server started with --require-auth they send $LATZERO_TOKEN, or without it the JWT in $LATZERO_JWT."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
