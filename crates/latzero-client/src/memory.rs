@@ -684,7 +684,8 @@ impl MemoryBlock {
     }
 
     /// Takes a lock lease (the server's default lease), waiting up to `wait` for it. Returns the
-    /// lease granted.
+    /// lease granted. A lease is this client's (its connection's), not a task's: while one lock
+    /// request of this client waits for the block, another fails at once with `LOCKED`.
     pub async fn lock(&self, exclusive: bool, wait: Duration) -> Result<LockGrant, ClientError> {
         self.lock_with(exclusive, None, wait).await
     }
