@@ -422,6 +422,12 @@ pub struct StartArgs {
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "LATZERO_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Size at which logs/server.log is rotated (to server.log.1, .2, ...), bytes [default: 67108864]
+    #[arg(long, env = "LATZERO_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<usize>,
+    /// Rotated log files kept beside logs/server.log; the oldest goes [default: 7]
+    #[arg(long, env = "LATZERO_LOG_FILES")]
+    pub log_files: Option<usize>,
     /// Do not listen on the Unix socket in the data directory
     #[arg(long, env = "LATZERO_NO_UNIX_SOCKET", action = ArgAction::SetTrue)]
     pub no_unix_socket: bool,

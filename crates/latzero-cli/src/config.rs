@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub log_level: Option<String>,
+    pub log_max_bytes: Option<usize>,
+    pub log_files: Option<usize>,
     pub tls: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -84,11 +86,27 @@ pub struct FileLimits {
     pub max_triggers_per_app: Option<usize>,
 }
 
+/// Where the server logs to besides stdout: `<data_dir>/logs/server.log`, rotated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    /// Size at which `server.log` is rotated.
+    pub max_bytes: usize,
+    /// Rotated files kept.
+    pub files: usize,
+}
+
+/// The default of [`LogConfig::max_bytes`] (64 MiB).
+pub const DEFAULT_LOG_MAX_BYTES: usize = 64 << 20;
+
+/// The default of [`LogConfig::files`].
+pub const DEFAULT_LOG_FILES: usize = 7;
+
 /// The resolved configuration.
 #[derive(Debug)]
 pub struct Resolved {
     pub server: ServerConfig,
-    pub log_level: String,
+    pub log: LogConfig,
     /// The runtime's worker threads.
     pub workers: usize,
 }
@@ -335,9 +353,26 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     if !matches!(log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         bail!("log level '{log_level}' is not one of error, warn, info, debug, trace");
     }
+    let log = LogConfig {
+        level: log_level,
+        max_bytes: nonzero(
+            "--log-max-bytes",
+            "log_max_bytes",
+            "byte",
+            args.log_max_bytes
+                .or(file.log_max_bytes)
+                .unwrap_or(DEFAULT_LOG_MAX_BYTES),
+        )?,
+        files: nonzero(
+            "--log-files",
+            "log_files",
+            "file",
+            args.log_files.or(file.log_files).unwrap_or(DEFAULT_LOG_FILES),
+        )?,
+    };
     Ok(Resolved {
         server: c,
-        log_level,
+        log,
         workers,
     })
 }
@@ -505,6 +540,8 @@ mod tests {
                 "limits.handshake_timeout_ms",
             ),
             ("--max-blocks", "LATZERO_MAX_BLOCKS", "memory.max_blocks"),
+            ("--log-max-bytes", "LATZERO_LOG_MAX_BYTES", "log_max_bytes"),
+            ("--log-files", "LATZERO_LOG_FILES", "log_files"),
             (
                 "--default-lock-lease-ms",
                 "LATZERO_DEFAULT_LOCK_LEASE_MS",

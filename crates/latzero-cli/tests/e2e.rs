@@ -655,6 +655,43 @@ fn apps_pools_and_blocks_from_the_command_line() -> Result<()> {
 
 /// Where apps hold JWTs rather than the static token, the command-line tools send
 /// `$LATZERO_JWT`, on connections and on admin requests alike.
+/// The server's log file has a bound: past `--log-max-bytes` it is rotated to server.log.1,
+/// .2, ..., and only `--log-files` rotated files are kept. The files and the data directory are
+/// the owner's alone.
+#[test]
+fn the_log_is_rotated_and_kept_to_a_bound() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let s = ServerProc::start_in(
+        bin(),
+        &data,
+        &["--log-level", "debug", "--log-max-bytes", "400", "--log-files", "2"],
+    )?;
+    for _ in 0..20 {
+        assert!(s.run(&["status"])?.0);
+    }
+    let logs = data.join("logs");
+    let mut names: Vec<String> = std::fs::read_dir(&logs)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    assert_eq!(names, ["server.log", "server.log.1", "server.log.2"]);
+    for n in &names {
+        let mode = std::fs::metadata(logs.join(n))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{n}");
+    }
+    for d in [&data, &logs] {
+        assert_eq!(
+            std::fs::metadata(d)?.permissions().mode() & 0o777,
+            0o700,
+            "{}",
+            d.display()
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn the_cli_sends_a_jwt_from_latzero_jwt() -> Result<()> {
     use jsonwebtoken::{EncodingKey, Header, encode};
@@ -734,8 +771,8 @@ fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
     let c = with_token(&["call", "--pool", "p", "echo", "1"]).output()?;
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     // The token is nowhere in the server's log.
-    let log = std::fs::read_to_string(s.data_dir.join("logs/server.log")).unwrap_or_default();
-    assert!(!log.contains(token));
+    let log = std::fs::read_to_string(s.data_dir.join("logs/server.log"))?;
+    assert!(!log.is_empty() && !log.contains(token));
     Ok(())
 }
 

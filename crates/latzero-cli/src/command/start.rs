@@ -10,7 +10,7 @@ use crate::{config, logging};
 
 /// Runs the server of a resolved configuration, on a runtime of `cfg.workers` workers.
 pub async fn run(cfg: config::Resolved) -> Result<()> {
-    let _guard = logging::init(&cfg.server.data_dir, &cfg.log_level)?;
+    let _guard = logging::init(&cfg.server.data_dir, &cfg.log)?;
     tracing::info!(workers = cfg.workers, "runtime started");
     // Install the handlers before anyone can learn we are up: a signal that arrives between the
     // ready line and the first poll of the shutdown future must still shut down gracefully.
