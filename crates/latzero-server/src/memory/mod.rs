@@ -210,6 +210,18 @@ impl Entry {
         }
     }
 
+    /// The `unwatched` event that ends a watch of this block, saying `why`.
+    fn unwatched(&self, why: &str) -> bytes::Bytes {
+        latzero_proto::frame::encode_message(&json!({
+            "action": "block_event",
+            "event": "unwatched",
+            "pool": self.meta.pool,
+            "block_id": self.meta.block_id,
+            "version": self.block.version(),
+            "reason": why,
+        }))
+    }
+
     /// Metadata with the live state, for `block_stat` and `block_list`.
     pub fn describe(&self) -> Value {
         let mut v = serde_json::to_value(&self.meta).unwrap_or(Value::Null);
@@ -621,14 +633,7 @@ impl Memory {
             let mut st = e.state();
             let ended: Vec<Arc<Conn>> = st.watchers.values().filter(|c| gone(c.id)).cloned().collect();
             if !ended.is_empty() {
-                let frame = latzero_proto::frame::encode_message(&json!({
-                    "action": "block_event",
-                    "event": "unwatched",
-                    "pool": e.meta.pool,
-                    "block_id": e.meta.block_id,
-                    "version": e.block.version(),
-                    "reason": why,
-                }));
+                let frame = e.unwatched(why);
                 for c in ended {
                     st.watchers.remove(&c.id);
                     let _ = c.send(&frame);
@@ -659,14 +664,7 @@ impl Memory {
                 .collect();
             for c in ended {
                 st.watchers.remove(&c.id);
-                let _ = c.send(&latzero_proto::frame::encode_message(&json!({
-                    "action": "block_event",
-                    "event": "unwatched",
-                    "pool": e.meta.pool,
-                    "block_id": e.meta.block_id,
-                    "version": e.block.version(),
-                    "reason": why(c.app_str(), "read"),
-                })));
+                let _ = c.send(&e.unwatched(&why(c.app_str(), "read")));
             }
             st.locks.revoke(
                 |c, mode| match mode {
