@@ -556,3 +556,25 @@ async fn rehydration_restores_what_fits_the_limits() {
     assert_eq!(ack["rehydrated"], true, "{ack}");
     srv.stop().await;
 }
+
+/// An answer that grows with the server's state (`status`, the listings) and would pass
+/// `max_frame_len` is answered with FRAME_TOO_LARGE instead; the connection stays.
+#[tokio::test]
+async fn a_listing_past_the_frame_limit_is_refused_not_sent() {
+    let limits = Limits {
+        max_frame_len: 2048,
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let mut a = s.raw().await;
+    let pools: Vec<String> = (0..60).map(|i| format!("a-rather-long-pool-name-{i:03}")).collect();
+    let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
+    a.handshake("a", &pools, &[]).await;
+    for req in [json!({"action":"status","id":1}), json!({"action":"pool_list","id":2})] {
+        let r = a.ask(req.clone()).await;
+        assert_eq!(r["code"], "FRAME_TOO_LARGE", "{req} → {r}");
+        assert!(r["message"].as_str().unwrap().contains("max_frame_len of 2048"), "{r}");
+    }
+    assert_eq!(a.ask(json!({"action":"ping","id":3})).await["action"], "pong");
+    s.stop().await;
+}

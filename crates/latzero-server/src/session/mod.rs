@@ -530,8 +530,7 @@ impl Session {
         match parsed.request {
             Request::Handshake(h) => return self.handshake(id, h),
             Request::Status => {
-                let frame = encode_message(&st.status(id));
-                let _ = self.conn.reply(&frame);
+                self.reply_listing(id, encode_message(&st.status(id)));
             }
             Request::Ping => {
                 let _ = self.conn.reply(&encode_message(&Pong {
@@ -1065,7 +1064,23 @@ impl Session {
         if let Some(id) = id.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
             v["in_reply_to"] = id;
         }
-        let _ = self.conn.reply(&encode_message(&v));
+        self.reply_listing(id, encode_message(&v));
+    }
+
+    /// Sends an answer whose size grows with the server's state (`status`, the listings, the
+    /// pool changes' descriptions): one past `max_frame_len` would be refused by the client as
+    /// a broken stream, so it is answered with FRAME_TOO_LARGE instead, and the connection stays.
+    fn reply_listing(&self, id: Option<&RawValue>, frame: bytes::Bytes) {
+        let max = self.state.config.limits.max_frame_len;
+        let len = frame.len().saturating_sub(4);
+        if len > max {
+            let msg = format!(
+                "the answer would be a frame of {len} bytes, above the server's max_frame_len of {max}; raise --max-frame-len (clients read up to what the handshake tells)"
+            );
+            self.error(id, ErrorCode::FrameTooLarge, &msg);
+        } else {
+            let _ = self.conn.reply(&frame);
+        }
     }
 
     /// A `response` from this connection that the server refused (`why`) still named its call,
