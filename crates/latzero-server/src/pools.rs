@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use latzero_crypto::Verifiers;
-use latzero_proto::message::{KeyVerifiers, Policies, PoolOp, PoolRequest};
+use latzero_proto::message::{KeyVerifiers, Page, Policies, PoolOp, PoolRequest};
 use latzero_proto::{AppId, ErrorCode, PoolName};
 
 use crate::memory::Refusal;
@@ -46,11 +46,33 @@ fn owner_only(rec: &PoolRecord, app: &AppId, what: &str) -> Result<(), Refusal> 
     }
 }
 
+/// A page's items, and its `next`: the last item's name when more follow (`null` otherwise).
+fn paged<T>(mut items: Vec<T>, limit: Option<usize>, name: impl Fn(&T) -> &str) -> (Vec<T>, Value) {
+    match limit {
+        Some(l) if items.len() > l => {
+            items.truncate(l);
+            let next = items.last().map(|i| name(i).to_owned());
+            (items, json!(next))
+        }
+        _ => (items, Value::Null),
+    }
+}
+
 /// The listings, answered from the directory (no store access; allowed before the handshake).
-pub(crate) fn list(st: &State) -> Value {
+pub(crate) fn list(st: &State, page: &Page) -> Value {
+    use std::ops::Bound;
     let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
-    let pools: Vec<Value> = dir.pools.keys().filter_map(|p| dir.describe_pool(p)).collect();
-    json!({ "action": "pool_list_result", "pools": pools })
+    let from = page.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+    // One more than the page, to know whether another follows.
+    let names: Vec<&PoolName> = dir
+        .pools
+        .range::<str, _>((from, Bound::Unbounded))
+        .map(|(n, _)| n)
+        .take(page.limit.map_or(usize::MAX, |l| l.saturating_add(1)))
+        .collect();
+    let (names, next) = paged(names, page.limit, |n| n.as_str());
+    let pools: Vec<Value> = names.into_iter().filter_map(|p| dir.describe_pool(p)).collect();
+    json!({ "action": "pool_list_result", "pools": pools, "next": next })
 }
 
 pub(crate) fn show(st: &State, pool: &PoolName) -> Result<Value, Refusal> {
@@ -241,7 +263,7 @@ pub(crate) async fn change(st: &State, app: &AppId, req: PoolRequest, admin: boo
                 "action": "pool_removed", "pool": pool, "members_removed": left, "blocks_removed": blocks,
             }))
         }
-        PoolRequest::List | PoolRequest::Show { .. } | PoolRequest::Challenge { .. } | PoolRequest::Prove { .. } => {
+        PoolRequest::List(_) | PoolRequest::Show { .. } | PoolRequest::Challenge { .. } | PoolRequest::Prove { .. } => {
             unreachable!("answered by the session at once")
         }
     }
@@ -402,13 +424,15 @@ pub(crate) async fn app_remove(st: &Arc<State>, app: &AppId) -> Result<Value, Re
     }
 }
 
-/// The stored registrations, with whether each app is connected now.
-pub(crate) async fn app_list(st: &State) -> Result<Value, Refusal> {
+/// The stored registrations (a page of them), with whether each app is connected now.
+pub(crate) async fn app_list(st: &State, page: Page) -> Result<Value, Refusal> {
+    let limit = page.limit;
     let apps = st
         .store
-        .all_apps()
+        .apps_page(page.after, limit.map(|l| l.saturating_add(1)))
         .await
         .map_err(|e| Refusal::new(ErrorCode::Internal, format!("cannot read the registry: {e}")))?;
+    let (apps, next) = paged(apps, limit, |a| a.app_id.as_str());
     let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
     let apps: Vec<Value> = apps
         .into_iter()
@@ -419,5 +443,5 @@ pub(crate) async fn app_list(st: &State) -> Result<Value, Refusal> {
             v
         })
         .collect();
-    Ok(json!({ "action": "app_list_result", "apps": apps }))
+    Ok(json!({ "action": "app_list_result", "apps": apps, "next": next }))
 }

@@ -499,3 +499,51 @@ async fn a_refused_join_or_registration_does_not_break_the_next_reconnect() {
     assert_eq!(c.call("open", "one", &json!(null)).await.unwrap(), json!(1));
     srv.stop().await;
 }
+
+/// `pool_list` and `app_list` page by name: `limit` items after `after`, and `next` to ask
+/// from until it is null; without `limit`, everything at once.
+#[tokio::test]
+async fn listings_page_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let mut apps = vec![];
+    for (app, pool) in [("a1", "p1"), ("a2", "p2"), ("a3", "p3"), ("a4", "p4"), ("a5", "p5")] {
+        let mut r = Raw::connect(srv.addr).await;
+        r.handshake(app, &[pool], &[]).await;
+        apps.push(r);
+    }
+    let mut admin = Raw::connect(srv.addr).await;
+    for (action, key, field, prefix) in [("pool_list", "pools", "name", "p"), ("app_list", "apps", "app_id", "a")] {
+        let mut pages = vec![];
+        let mut after = Value::Null;
+        loop {
+            let mut req = json!({"action": action, "id": 1, "limit": 2});
+            if !after.is_null() {
+                req["after"] = after;
+            }
+            let r = admin.ask(req).await;
+            let names: Vec<String> = r[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x[field].as_str().unwrap().to_owned())
+                .collect();
+            pages.push(names);
+            after = r["next"].clone();
+            if after.is_null() {
+                break;
+            }
+        }
+        let n = |i: u8| format!("{prefix}{i}");
+        assert_eq!(pages, vec![vec![n(1), n(2)], vec![n(3), n(4)], vec![n(5)]], "{action}");
+        let all = admin.ask(json!({"action": action, "id": 2})).await;
+        assert_eq!(
+            (all[key].as_array().unwrap().len(), &all["next"]),
+            (5, &Value::Null),
+            "{all}"
+        );
+        let r = admin.ask(json!({"action": action, "id": 3, "limit": 0})).await;
+        assert_eq!(code(&r), "INVALID_MESSAGE", "{r}");
+    }
+    srv.stop().await;
+}

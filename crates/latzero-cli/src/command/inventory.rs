@@ -21,13 +21,34 @@ async fn query(t: &TargetArgs, action: &str, fields: Value, what: impl FnOnce() 
         .map_err(|e| super::request_failed(e, || format!("cannot {} at {ep}", what())))
 }
 
+/// How many items a listing asks for at once: a page stays far below a frame's limit however
+/// many there are in all.
+const PAGE: usize = 1000;
+
+/// Every item of a paged listing (`pool_list`, `app_list`): page after page until `next` is
+/// null.
+async fn list_all(t: &TargetArgs, action: &str, key: &str, what: &str) -> Result<Vec<Value>> {
+    let mut all = vec![];
+    let mut after = Value::Null;
+    loop {
+        let mut fields = json!({ "limit": PAGE });
+        if !after.is_null() {
+            fields["after"] = after;
+        }
+        let mut r = query(t, action, fields, || what.to_owned()).await?;
+        if let Value::Array(items) = r[key].take() {
+            all.extend(items);
+        }
+        after = r["next"].take();
+        if after.is_null() {
+            return Ok(all);
+        }
+    }
+}
+
 /// Every pool, stored and live.
 async fn pool_list(t: &TargetArgs) -> Result<Vec<Value>> {
-    let mut r = query(t, "pool_list", json!({}), || "list the pools".into()).await?;
-    Ok(match r["pools"].take() {
-        Value::Array(pools) => pools,
-        _ => vec![],
-    })
+    list_all(t, "pool_list", "pools", "list the pools").await
 }
 
 /// One pool's description, its memory blocks in `blocks`.
@@ -52,8 +73,7 @@ pub async fn apps(a: AppsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = query(&a.target, "app_list", json!({}), || "list the apps".into()).await?;
-    let apps = r["apps"].as_array().cloned().unwrap_or_default();
+    let apps = list_all(&a.target, "app_list", "apps", "list the apps").await?;
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&apps)?);
         return Ok(());

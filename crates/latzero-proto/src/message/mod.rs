@@ -133,6 +133,11 @@ impl std::ops::Deref for Str<'_> {
 pub struct Envelope<'a> {
     #[serde(borrow)]
     pub action: Option<Str<'a>>,
+    /// `app_list`'s page: the last app id of the page before.
+    #[serde(borrow)]
+    pub after: Option<Str<'a>>,
+    /// `app_list`'s page size.
+    pub limit: Option<usize>,
     #[serde(borrow, rename = "type")]
     pub type_alias: Option<Str<'a>>,
     #[serde(borrow)]

@@ -161,8 +161,9 @@ pub enum PoolRequest {
         /// Remove it even with members (they leave it).
         force: bool,
     },
-    /// Every pool, stored or live (admin; allowed before the handshake).
-    List,
+    /// Every pool, stored or live, by name — a page of them with `limit` (admin; allowed
+    /// before the handshake).
+    List(Page),
     /// One pool in detail (admin; allowed before the handshake).
     Show {
         /// Its name.
@@ -181,6 +182,32 @@ struct Fields {
     force: Option<bool>,
     keys: Option<super::Obj<KeyVerifiers>>,
     signature: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One page of a listing sorted by name: the names after `after`, at most `limit` of them (all
+/// without it). The answer's `next` is the `after` of the next page, `null` after the last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The last name of the page before; `None` for the first.
+    pub after: Option<String>,
+    /// At most this many (at least 1); `None`: all.
+    pub limit: Option<usize>,
+}
+
+impl Page {
+    /// Checks `limit` (0 would page forever): INVALID_MESSAGE.
+    pub(crate) fn new<'a>(
+        after: Option<String>,
+        limit: Option<usize>,
+        id: Option<&'a RawValue>,
+    ) -> Result<Page, super::request::ParseError<'a>> {
+        if limit == Some(0) {
+            return Err(invalid(id, "field `limit` must be at least 1"));
+        }
+        Ok(Page { after, limit })
+    }
 }
 
 /// Parses a pool action's fields. `action` is one of [`POOL_ACTIONS`].
@@ -200,7 +227,7 @@ pub(crate) fn parse_pool<'a>(
         }
     };
     if action == "pool_list" {
-        return Ok(PoolRequest::List);
+        return Ok(PoolRequest::List(Page::new(f.after, f.limit, id)?));
     }
     let pool = f.pool.as_deref().ok_or_else(|| invalid(id, "missing field `pool`"))?;
     let pool = PoolName::try_from(pool).map_err(|e| bad_name(id, "pool", e))?;
@@ -330,7 +357,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidName);
         assert!(matches!(
             parse_request(br#"{"action":"pool_list","id":1}"#).unwrap().request,
-            Request::Pool(PoolRequest::List)
+            Request::Pool(PoolRequest::List(p)) if p == super::Page::default()
+        ));
+        assert!(matches!(
+            parse_request(br#"{"action":"pool_list","id":1,"after":"a","limit":2}"#).unwrap().request,
+            Request::Pool(PoolRequest::List(p)) if p == super::Page { after: Some("a".into()), limit: Some(2) }
         ));
     }
 }

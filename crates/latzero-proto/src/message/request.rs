@@ -43,8 +43,8 @@ pub enum Request<'a> {
     Block(BlockRequest<'a>),
     /// A pool management action or listing (docs/PROTOCOL.md §4.4).
     Pool(PoolRequest),
-    /// The stored app registrations (admin).
-    AppList,
+    /// The stored app registrations, by app id — a page of them with `limit` (admin).
+    AppList(super::pool::Page),
     /// Forget an app's stored registration (admin; the app must not be connected).
     AppRemove(AppId),
     /// Back the database up now, with progress (admin).
@@ -199,7 +199,11 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         "status" => Request::Status,
         "ping" => Request::Ping,
         "shutdown" => Request::Shutdown,
-        "app_list" => Request::AppList,
+        "app_list" => Request::AppList(super::pool::Page::new(
+            env.after.as_deref().map(str::to_owned),
+            env.limit,
+            id,
+        )?),
         "app_remove" => {
             let app = env
                 .app_id

@@ -188,6 +188,7 @@ enum After {
     },
     AppList {
         id: Option<Box<RawValue>>,
+        page: latzero_proto::message::Page,
     },
     AppRemove {
         id: Option<Box<RawValue>>,
@@ -414,10 +415,10 @@ impl Session {
             parsed.request,
             Request::Status
                 | Request::Shutdown
-                | Request::AppList
+                | Request::AppList(_)
                 | Request::AppRemove(_)
                 | Request::Backup
-                | Request::Pool(PoolRequest::List | PoolRequest::Show { .. })
+                | Request::Pool(PoolRequest::List(_) | PoolRequest::Show { .. })
         );
         if let Request::Handshake(h) = &parsed.request {
             match st.auth.check(parsed.auth.as_ref(), Some(h.app_id.as_str())) {
@@ -511,10 +512,10 @@ impl Session {
                 Request::Status
                 | Request::Ping
                 | Request::Shutdown
-                | Request::AppList
+                | Request::AppList(_)
                 | Request::AppRemove(_)
                 | Request::Backup
-                | Request::Pool(PoolRequest::List | PoolRequest::Show { .. }),
+                | Request::Pool(PoolRequest::List(_) | PoolRequest::Show { .. }),
                 _,
             ) => None,
             (_, None) => {
@@ -586,9 +587,10 @@ impl Session {
                     id: id.map(ToOwned::to_owned),
                 });
             }
-            Request::AppList => {
+            Request::AppList(page) => {
                 return Some(After::AppList {
                     id: id.map(ToOwned::to_owned),
+                    page,
                 });
             }
             Request::AppRemove(app) => {
@@ -597,7 +599,7 @@ impl Session {
                     app,
                 });
             }
-            Request::Pool(PoolRequest::List) => self.reply_json(id, crate::pools::list(st)),
+            Request::Pool(PoolRequest::List(page)) => self.reply_json(id, crate::pools::list(st, &page)),
             Request::Pool(PoolRequest::Show { pool }) => match crate::pools::show(st, &pool) {
                 Ok(v) => self.reply_json(id, v),
                 Err(r) => self.error(id, r.code, &r.message),
@@ -879,7 +881,7 @@ impl Session {
                 Ok(v) => self.reply_json(id.as_deref(), v),
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
-            After::AppList { id } => match crate::pools::app_list(&st).await {
+            After::AppList { id, page } => match crate::pools::app_list(&st, page).await {
                 Ok(v) => self.reply_json(id.as_deref(), v),
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },

@@ -294,6 +294,12 @@ impl Store {
         self.run(|db| records::all_apps(&db.conn)).await
     }
 
+    /// A page of the registrations by app id: those after `after`, at most `limit`.
+    pub async fn apps_page(&self, after: Option<String>, limit: Option<usize>) -> Result<Vec<AppRecord>, StoreError> {
+        self.run(move |db| records::apps_page(&db.conn, after.as_deref().unwrap_or(""), limit))
+            .await
+    }
+
     pub async fn apps_by_pool(&self, pool: &str) -> Result<Vec<AppRecord>, StoreError> {
         let p = pool.to_owned();
         self.run(move |db| records::apps_by_pool(&db.conn, &p)).await

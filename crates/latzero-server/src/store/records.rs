@@ -123,8 +123,18 @@ pub fn remove_app(c: &Connection, app_id: &str) -> Result<bool, StoreError> {
 }
 
 pub fn all_apps(c: &Connection) -> Result<Vec<AppRecord>, StoreError> {
-    let mut s = c.prepare_cached(&format!("SELECT {APP_COLS} FROM app_registry ORDER BY app_id"))?;
-    Ok(s.query_map([], app_row)?.collect::<Result<_, _>>()?)
+    apps_page(c, "", None)
+}
+
+/// The registrations after app id `after` (`""`: from the first), by app id, at most `limit`.
+pub fn apps_page(c: &Connection, after: &str, limit: Option<usize>) -> Result<Vec<AppRecord>, StoreError> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {APP_COLS} FROM app_registry WHERE app_id > ?1 ORDER BY app_id LIMIT ?2"
+    ))?;
+    // SQLite reads a negative LIMIT as none.
+    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    Ok(s.query_map(rusqlite::params![after, limit], app_row)?
+        .collect::<Result<_, _>>()?)
 }
 
 pub fn apps_by_pool(c: &Connection, pool: &str) -> Result<Vec<AppRecord>, StoreError> {
