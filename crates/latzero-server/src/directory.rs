@@ -234,6 +234,13 @@ pub(crate) struct Directory {
     limits: crate::config::Limits,
 }
 
+/// The `items` not in `mine` yet (each once), and how many `mine` would hold with them.
+fn adding<'a, T: Ord>(mine: Option<&BTreeSet<T>>, items: &'a [T]) -> (BTreeSet<&'a T>, usize) {
+    let new: BTreeSet<&T> = items.iter().filter(|i| !mine.is_some_and(|m| m.contains(*i))).collect();
+    let after = mine.map_or(0, BTreeSet::len) + new.len();
+    (new, after)
+}
+
 /// OVERLOADED for a limit `what` would pass.
 fn over(what: String, setting: &str) -> Refusal {
     Refusal::new(
@@ -258,9 +265,7 @@ impl Directory {
     /// OVERLOADED naming the limit it would pass — `max_pools_per_app`, or `max_pools` for the
     /// pools that do not exist yet.
     pub fn check_join(&self, app: &AppId, pools: &[PoolName]) -> Result<(), Refusal> {
-        let mine = self.apps.get(app).map(|a| &a.pools);
-        let joining: BTreeSet<&PoolName> = pools.iter().filter(|p| !mine.is_some_and(|m| m.contains(*p))).collect();
-        let after = mine.map_or(0, BTreeSet::len) + joining.len();
+        let (joining, after) = adding(self.apps.get(app).map(|a| &a.pools), pools);
         if after > self.limits.max_pools_per_app {
             return Err(over(
                 format!(
@@ -287,12 +292,7 @@ impl Directory {
     /// Whether `app` may register `triggers` on top of its own: OVERLOADED past
     /// `max_triggers_per_app`.
     pub fn check_register(&self, app: &AppId, triggers: &[TriggerName]) -> Result<(), Refusal> {
-        let mine = self.apps.get(app).map(|a| &a.triggers);
-        let adding: BTreeSet<&TriggerName> = triggers
-            .iter()
-            .filter(|t| !mine.is_some_and(|m| m.contains(*t)))
-            .collect();
-        let after = mine.map_or(0, BTreeSet::len) + adding.len();
+        let (_, after) = adding(self.apps.get(app).map(|a| &a.triggers), triggers);
         if after > self.limits.max_triggers_per_app {
             return Err(over(
                 format!(
