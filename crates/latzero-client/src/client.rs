@@ -64,8 +64,10 @@ impl<D: Serialize + ?Sized> EmitOut<'_, D> {
     }
 }
 
-/// Something that happened to the client, for the application to observe.
+/// Something that happened to the client, for the application to observe. New kinds of event
+/// may come in later versions: match with a `_` arm.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// The connection dropped. Calls in flight failed with `Disconnected`.
     Disconnected {

@@ -121,8 +121,10 @@ pub struct LockGrant {
     pub renewed: bool,
 }
 
-/// Something that happened to a watched block.
+/// Something that happened to a watched block. New kinds of event may come in later versions:
+/// match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BlockEvent {
     /// A write produced `version`, over `offset..offset+length` (streams: the record's index
     /// and its length). After (re)subscribing, a watcher that is behind gets one for the whole

@@ -306,6 +306,8 @@ async fn watch(a: MemWatchArgs) -> Result<()> {
             }
             BlockEvent::LockExpired => json!({ "event": "lock_expired" }),
             BlockEvent::Lagged => json!({ "event": "lagged" }),
+            // A kind of event this build does not know yet: said, not dropped.
+            other => json!({ "event": "other", "debug": format!("{other:?}") }),
         };
         line(v);
         if a.count.is_some_and(|n| changes >= n) {
