@@ -310,3 +310,69 @@ async fn removing_a_live_pool_with_others_in_it_takes_admin_rights() {
     assert_eq!(r["members_removed"], json!(["w", "x"]), "{r}");
     s.stop().await;
 }
+
+/// A connection held back for not reading (its outbound queue full, so the server stops
+/// reading it) still ends when its JWT expires, while its peer still does not read: its app
+/// leaves its pools then, and the stream ends.
+#[tokio::test]
+async fn a_jwt_expires_on_a_connection_held_back_for_not_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.auth = AuthConfig {
+        required: true,
+        token_sha256: vec![token_sha256("good-token")],
+        jwt_hs256_secret: Some(b"jwt-secret".to_vec()),
+        jwt_ed25519_public_pem: None,
+    };
+    cfg.limits.outbound_queue_bytes = 4096;
+    let s = Running::start(cfg).await;
+    let mut observer = Raw::connect(s.addr).await;
+    observer
+        .ask(json!({"action":"handshake","id":1,"app_id":"observer","pools":["p"],"auth":{"token":"good-token"}}))
+        .await;
+    observer
+        .ask(json!({"action":"presence_subscribe","id":2,"pool":"p"}))
+        .await;
+
+    // A small receive buffer, so that the server's writes back up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let frame = |v: Value| {
+        let b = v.to_string().into_bytes();
+        let mut f = (b.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&b);
+        f
+    };
+    // Expiring in two to three seconds (inside the check's 60 s leeway): time to back up.
+    let short = jwt(json!({"app_id":"slow","exp": now() - 57}));
+    w.write_all(&frame(
+        json!({"action":"handshake","id":1,"app_id":"slow","pools":["p"],"auth":{"jwt":short}}),
+    ))
+    .await
+    .unwrap();
+    // Pings whose answers it does not read, until the server stops reading it.
+    let ping = frame(json!({"action":"ping","id":2}));
+    let writer = tokio::spawn(async move { while w.write_all(&ping).await.is_ok() {} });
+    // Joined, then gone at the expiry, with nothing read on its side.
+    for event in ["joined", "left"] {
+        let e = observer.expect().await;
+        assert_eq!(
+            (e["app_id"].as_str(), e["event"].as_str()),
+            (Some("slow"), Some(event)),
+            "{e}"
+        );
+    }
+    // The stream ends (a reset may cut what was queued: the peer kept sending to a socket the
+    // server no longer reads, so the closing frame itself is not asserted here).
+    writer.abort();
+    let mut all = vec![];
+    tokio::time::timeout(std::time::Duration::from_secs(20), r.read_to_end(&mut all))
+        .await
+        .expect("the server closed the connection")
+        .ok();
+    writer.abort();
+    s.stop().await;
+}

@@ -255,11 +255,20 @@ impl Session {
                 }
             }
             cork.flush();
+            let expires = self.grant.as_ref().and_then(|g| g.expires);
+            if expires != armed {
+                armed = expires;
+                if let Some(at) = armed {
+                    let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                }
+            }
             if self.conn.over_limit() {
                 // Backpressure: a peer that sends but does not read is not read either.
                 tokio::select! {
                     biased;
                     _ = &mut stopping => return End::Shutdown,
+                    _ = &mut expiry, if armed.is_some() => return self.credential_expired(),
                     _ = self.conn.drained() => {}
                 }
                 if self.conn.is_killed() {
@@ -269,14 +278,6 @@ impl Session {
             }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
-            }
-            let expires = self.grant.as_ref().and_then(|g| g.expires);
-            if expires != armed {
-                armed = expires;
-                if let Some(at) = armed {
-                    let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
-                }
             }
             // Only a connection that has not identified itself yet has a deadline.
             let deadline = async {
@@ -290,16 +291,7 @@ impl Session {
                 biased;
                 _ = &mut killed => return End::Killed,
                 _ = &mut stopping => return End::Shutdown,
-                _ = &mut expiry, if armed.is_some() => {
-                    let message = "the credential this connection was admitted with has expired; reconnect with a fresh one";
-                    tracing::info!(peer = %self.conn.peer, app = self.conn.app_str(), "credential expired; closing");
-                    let _ = self.conn.reply(&encode_message(&Closing {
-                        action: "closing",
-                        code: ErrorCode::AuthFailed,
-                        message,
-                    }));
-                    return End::Close;
-                }
+                _ = &mut expiry, if armed.is_some() => return self.credential_expired(),
                 _ = deadline => {
                     self.state.counters.inc(&self.state.counters.handshake_timeouts);
                     let ms = self.state.config.limits.handshake_timeout.as_millis();
@@ -766,6 +758,18 @@ impl Session {
             info,
             took_over,
         })
+    }
+
+    /// The credential that admitted this connection expired: the peer is told, and the
+    /// connection closes.
+    fn credential_expired(&self) -> End {
+        tracing::info!(peer = %self.conn.peer, app = self.conn.app_str(), "credential expired; closing");
+        let _ = self.conn.reply(&encode_message(&Closing {
+            action: "closing",
+            code: ErrorCode::AuthFailed,
+            message: "the credential this connection was admitted with has expired; reconnect with a fresh one",
+        }));
+        End::Close
     }
 
     /// [`Session::membership_done`] for a change the directory made, or the refusal it gave
