@@ -80,6 +80,13 @@ pub enum ClientEvent {
     },
     /// The client reconnected and handshook again with its pools and triggers.
     Reconnected,
+    /// While reconnecting, the server refused the handshake (a credential it no longer takes, a
+    /// pool the client may no longer join, a limit): told once per outage. The client keeps
+    /// retrying; an application that cannot fix the cause can [`Client::close`] it.
+    ReconnectRefused {
+        /// The server's error.
+        reason: String,
+    },
     /// An app joined or left a pool this client subscribed to.
     Presence {
         /// The pool.
@@ -89,8 +96,9 @@ pub enum ClientEvent {
         /// True for joined, false for left.
         joined: bool,
     },
-    /// The server took this app out of a pool (its owner removed it): the client no longer
-    /// counts itself a member, and does not join it again when it reconnects.
+    /// The server took this app out of a pool (its owner removed it, or a policy change no
+    /// longer lets it join): the client no longer counts itself a member, and does not join it
+    /// again when it reconnects.
     PoolLeft {
         /// The pool.
         pool: String,
@@ -497,8 +505,8 @@ impl Client {
     /// Joins a pool (created on first join). A join the server refuses (its policy, a limit,
     /// an encrypted pool) leaves the client as it was. While the client is disconnected the
     /// pool is recorded and asked for in the next handshake, which the server refuses whole if
-    /// it refuses the pool: the client then keeps retrying (with a warning in its log) until the
-    /// pool is allowed or [`leave`](Self::leave) drops it.
+    /// it refuses the pool: the client then keeps retrying ([`ClientEvent::ReconnectRefused`] says
+    /// so) until the pool is allowed or [`leave`](Self::leave) drops it.
     pub async fn join(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
         let new = lock(&self.inner.shared).pools.insert(name.clone());

@@ -578,6 +578,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                     if matches!(e, ClientError::Remote(_)) && !told_refused {
                         told_refused = true;
                         tracing::warn!(app = %inner.app_id, error = %e, "reconnect refused by the server; retrying");
+                        inner.event(ClientEvent::ReconnectRefused { reason: e.to_string() });
                     } else {
                         tracing::debug!(app = %inner.app_id, error = %e, attempt, "reconnect failed");
                     }

@@ -156,8 +156,10 @@ impl ClientOptions {
 
     /// Authenticate with a JWT naming this app (for servers started with `--require-auth`).
     /// The server ends the connection when the JWT expires, and this client reconnects with the
-    /// same one, which the server then refuses: for a connection that outlives one JWT, use
-    /// [`jwt_source`](Self::jwt_source).
+    /// same one, which the server then refuses ([`ClientEvent::ReconnectRefused`]): for a
+    /// connection that outlives one JWT, use [`jwt_source`](Self::jwt_source).
+    ///
+    /// [`ClientEvent::ReconnectRefused`]: crate::ClientEvent::ReconnectRefused
     pub fn jwt(mut self, jwt: impl Into<String>) -> Self {
         self.auth = Some(Credential::Jwt(jwt.into()));
         self

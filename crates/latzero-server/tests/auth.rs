@@ -376,3 +376,34 @@ async fn a_jwt_expires_on_a_connection_held_back_for_not_reading() {
     writer.abort();
     s.stop().await;
 }
+
+/// A client with one fixed JWT is refused when it reconnects after the JWT expired: the
+/// application is told once, by an event, and can give up.
+#[tokio::test]
+async fn a_refused_reconnect_is_an_event() {
+    use latzero_client::{ClientEvent, ClientOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path()).await;
+    let c = ClientOptions::new()
+        .backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(10),
+        )
+        .jwt(jwt(json!({"app_id":"w","exp": now() - 59})))
+        .connect(&format!("latzero://w@{}", s.addr))
+        .await
+        .unwrap();
+    let mut events = c.events();
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let ClientEvent::ReconnectRefused { reason } = events.recv().await.unwrap() {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the refusal is told");
+    assert!(reason.contains("AUTH_FAILED"), "{reason}");
+    c.close();
+    s.stop().await;
+}
