@@ -736,6 +736,18 @@ fn the_cli_sends_a_jwt_from_latzero_jwt() -> Result<()> {
     let st = with_jwt(json!({"sub": "c", "exp": exp}), &["status"]).output()?;
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(!st.status.success() && err.contains("AUTH_FAILED"), "{err}");
+    // A JWT that expires ends reply's connection, and its reconnect with the same JWT is
+    // refused: reply says so rather than go quiet.
+    let mut short = Proc::spawn(with_jwt(
+        json!({"app_id": "s", "exp": exp - 600 - 59}),
+        &["reply", "--app", "s", "--pool", "p", "echo"],
+    ))?;
+    short.wait_event("ready")?;
+    let refused = short.wait_event("reconnect_refused")?;
+    assert!(
+        refused["reason"].as_str().unwrap_or_default().contains("AUTH_FAILED"),
+        "{refused}"
+    );
     Ok(())
 }
 

@@ -63,6 +63,10 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                     }
                 }
                 Ok(ClientEvent::Reconnected) => outln!("{}", json!({"event": "reconnected"})),
+                // It keeps retrying; the line says why it is not back yet.
+                Ok(ClientEvent::ReconnectRefused { reason }) => {
+                    outln!("{}", json!({"event": "reconnect_refused", "reason": reason}));
+                }
                 Ok(ClientEvent::PoolLeft { pool, reason }) => {
                     outln!("{}", json!({"event": "pool_left", "pool": pool, "reason": reason}));
                     if client.pools().is_empty() {
