@@ -34,6 +34,19 @@ struct Waiter {
     id: u64,
 }
 
+/// Why a lease or wait of a connection, in a mode, ended: the text it is told.
+type Reason<'a> = &'a dyn Fn(&Conn, LockMode) -> String;
+
+/// How [`Locks::end`] tells the holders and waiters it ends.
+struct Told<'a> {
+    /// A holder: `lock_expired` with this reason (`None`: not told).
+    holder: Option<Reason<'a>>,
+    /// A waiter: this error, with this message, for its lock request (`None`: not told).
+    waiter: Option<(ErrorCode, Reason<'a>)>,
+    /// Why leases ended, for the log.
+    how: &'a str,
+}
+
 /// The leases and waiters of one block.
 #[derive(Debug, Default)]
 pub(crate) struct Locks {
@@ -144,27 +157,18 @@ impl Locks {
     /// (or were closed: `why` is `None`, and there is no one left to tell). A waiter still
     /// connected gets `why` as a NOT_IN_POOL error for its lock request.
     pub fn release(&mut self, gone: impl Fn(ConnId) -> bool, entry: &Arc<Entry>, why: Option<&str>) {
-        let before = self.held.len();
-        self.held.retain(|l| !gone(l.conn.id));
-        let mut kept = VecDeque::with_capacity(self.waiting.len());
-        for w in self.waiting.drain(..) {
-            if !gone(w.conn.id) {
-                kept.push_back(w);
-            } else if let Some(why) = why {
-                let _ = w.conn.reply(&encode_message(&ErrorFrame::new(
-                    w.req.as_deref(),
-                    ErrorCode::NotInPool,
-                    why,
-                )));
-            }
-        }
-        self.waiting = kept;
-        if self.held.len() != before {
-            let how = if why.is_some() { "left the pool" } else { "disconnected" };
-            tracing::info!(block = %entry.meta.block_id, "lock released: its holder {how}");
-        }
-        // A waiter that went may have been the one holding back those behind it.
-        self.pump(entry);
+        let reason = |_: &Conn, _: LockMode| why.unwrap_or_default().to_owned();
+        let how = if why.is_some() {
+            "its holder left the pool"
+        } else {
+            "its holder disconnected"
+        };
+        let told = Told {
+            holder: None,
+            waiter: why.map(|_| (ErrorCode::NotInPool, &reason as Reason<'_>)),
+            how,
+        };
+        self.end(entry, |c, _| gone(c.id), told);
     }
 
     /// Ends the leases and waits that `lost` picks by connection and mode (their app lost the
@@ -176,33 +180,46 @@ impl Locks {
         entry: &Arc<Entry>,
         why: impl Fn(&str, LockMode) -> String,
     ) {
+        let reason = |c: &Conn, mode: LockMode| why(c.app_str(), mode);
+        let told = Told {
+            holder: Some(&reason),
+            waiter: Some((ErrorCode::PermissionDenied, &reason)),
+            how: "a policy change took its holder's right away",
+        };
+        self.end(entry, |c, mode| lost(c.id, mode), told);
+    }
+
+    /// Ends the leases and waits `ends` picks, telling them as `told` says, then grants the
+    /// waits that can go now (a waiter that went may have held back those behind it).
+    fn end(&mut self, entry: &Arc<Entry>, ends: impl Fn(&Conn, LockMode) -> bool, told: Told<'_>) {
         let before = self.held.len();
         self.held.retain(|l| {
-            if !lost(l.conn.id, l.mode) {
+            if !ends(&l.conn, l.mode) {
                 return true;
             }
-            let _ = l
-                .conn
-                .send(&lock_expired(entry, l.mode, Some(&why(l.conn.app_str(), l.mode))));
+            if let Some(reason) = told.holder {
+                let _ = l
+                    .conn
+                    .send(&lock_expired(entry, l.mode, Some(&reason(&l.conn, l.mode))));
+            }
             false
         });
         let mut kept = VecDeque::with_capacity(self.waiting.len());
         for w in self.waiting.drain(..) {
-            if lost(w.conn.id, w.mode) {
+            if !ends(&w.conn, w.mode) {
+                kept.push_back(w);
+            } else if let Some((code, reason)) = told.waiter {
                 let _ = w.conn.reply(&encode_message(&ErrorFrame::new(
                     w.req.as_deref(),
-                    ErrorCode::PermissionDenied,
-                    &why(w.conn.app_str(), w.mode),
+                    code,
+                    &reason(&w.conn, w.mode),
                 )));
-            } else {
-                kept.push_back(w);
             }
         }
         self.waiting = kept;
         if self.held.len() != before {
-            tracing::info!(block = %entry.meta.block_id, "lock released: a policy change took its holder's right away");
+            tracing::info!(block = %entry.meta.block_id, "lock released: {}", told.how);
         }
-        // A waiter ahead of others may have gone as well as a lease.
         self.pump(entry);
     }
 
