@@ -117,22 +117,14 @@ pub async fn shutdown(target: &Target, wait: Duration) -> Result<(), ClientError
     Ok(())
 }
 
-/// The credential the environment gives, as a request's `auth`: `LATZERO_TOKEN` (a static
-/// token), else `LATZERO_JWT`; `None` when neither is set.
-pub fn env_credential() -> Option<Value> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .and_then(|t| t.into_string().ok())
-            .filter(|t| !t.is_empty())
-    };
-    var("LATZERO_TOKEN")
-        .map(|t| json!({ "token": t }))
-        .or_else(|| var("LATZERO_JWT").map(|j| json!({ "jwt": j })))
+/// Whether the environment gives a credential (`LATZERO_TOKEN` or `LATZERO_JWT`).
+pub fn has_env_credential() -> bool {
+    crate::options::Credential::from_env().is_some()
 }
 
-/// Adds the environment's credential ([`env_credential`]), if any, to a request.
+/// Adds the environment's credential, if any, to a request.
 fn with_env_auth(req: &mut Value) {
-    if let Some(auth) = env_credential() {
-        req["auth"] = auth;
+    if let Some(c) = crate::options::Credential::from_env() {
+        req["auth"] = c.to_json();
     }
 }

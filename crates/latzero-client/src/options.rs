@@ -18,6 +18,19 @@ pub(crate) enum Credential {
 }
 
 impl Credential {
+    /// The environment's: `LATZERO_TOKEN` (a static token), else `LATZERO_JWT`; `None` when
+    /// neither is set.
+    pub(crate) fn from_env() -> Option<Credential> {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .and_then(|t| t.into_string().ok())
+                .filter(|t| !t.is_empty())
+        };
+        var("LATZERO_TOKEN")
+            .map(Credential::Token)
+            .or_else(|| var("LATZERO_JWT").map(Credential::Jwt))
+    }
+
     /// The handshake's `auth` object.
     pub(crate) fn to_json(&self) -> Value {
         match self {
@@ -171,6 +184,15 @@ impl ClientOptions {
     /// hand it a JWT refreshed elsewhere.
     pub fn jwt_source(mut self, source: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.auth = Some(Credential::JwtSource(Arc::new(source)));
+        self
+    }
+
+    /// Authenticate with the environment's credential, if it gives one: `LATZERO_TOKEN` (a
+    /// static token), else `LATZERO_JWT` — what the `latzero` command-line tools send.
+    pub fn credential_from_env(mut self) -> Self {
+        if let Some(c) = Credential::from_env() {
+            self.auth = Some(c);
+        }
         self
     }
 

@@ -109,14 +109,7 @@ pub async fn connect(
     opts: latzero_client::ClientOptions,
 ) -> Result<latzero_client::Client> {
     // A generated app id is a one-off: the server need not remember it.
-    let mut opts = opts.ephemeral(app.is_none());
-    if let Some(auth) = latzero_client::admin::env_credential() {
-        opts = match (auth["token"].as_str(), auth["jwt"].as_str()) {
-            (Some(t), _) => opts.token(t),
-            (None, Some(j)) => opts.jwt(j),
-            (None, None) => opts,
-        };
-    }
+    let mut opts = opts.ephemeral(app.is_none()).credential_from_env();
     if let Some(tls) = target(t)?.tls {
         opts = opts.tls(tls);
     }
@@ -134,8 +127,7 @@ pub fn request_failed(e: ClientError, context: impl FnOnce() -> String) -> anyho
 
 /// The error, with how to give a credential when the server asked for one and none was given.
 fn with_hint(e: ClientError) -> anyhow::Error {
-    let none = latzero_client::admin::env_credential().is_none();
-    if e.code() == Some(ErrorCode::AuthFailed) && none {
+    if e.code() == Some(ErrorCode::AuthFailed) && !latzero_client::admin::has_env_credential() {
         anyhow::anyhow!(
             "{e}; the command-line tools send the token in $LATZERO_TOKEN (or a JWT in $LATZERO_JWT), which is not set"
         )
