@@ -560,6 +560,10 @@ pub struct StatusArgs {
     /// Print the raw status as JSON
     #[arg(long)]
     pub json: bool,
+    /// List at most this many pools and this many connected apps, the first by name (0: all;
+    /// every pool and app is in `latzero pools` and `latzero apps`, a page at a time)
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

@@ -460,6 +460,16 @@ fn status_shows_pools_apps_and_triggers() -> Result<()> {
     let st: Value = serde_json::from_str(&out)?;
     assert_eq!(st["pools"][0]["members"], json!(["worker"]));
     assert!(st["server"]["uptime_ms"].is_u64());
+    // `--limit` lists the first by name and says what it left out, and where to find it.
+    let _w2 = s.reply(&["--app", "worker2", "--pool", "beta", "baz"])?;
+    let (ok, out, _) = s.run(&["status", "--limit", "1"])?;
+    assert!(ok);
+    assert!(out.contains("alpha") && !out.contains("beta"), "{out}");
+    assert!(out.contains("… and 1 more pools (of 2): latzero pools"), "{out}");
+    assert!(
+        out.contains("… and 1 more connected apps (of 2): latzero apps"),
+        "{out}"
+    );
     let stopped = tempfile::tempdir()?;
     let out = std::process::Command::new(bin())
         .args(["status", "-p", &free_port().to_string(), "-d"])

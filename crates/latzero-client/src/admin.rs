@@ -98,6 +98,13 @@ pub async fn status(target: &Target) -> Result<Value, ClientError> {
     Ok(request(target, "status", Duration::from_secs(10)).await?.0)
 }
 
+/// The server's status listing at most `limit` pools and connected apps (the first by name);
+/// `pools_total` and `apps_total` say how many there are. A status of every pool and app grows
+/// with the server and is refused past its `max_frame_len`; this one does not grow.
+pub async fn status_limited(target: &Target, limit: usize) -> Result<Value, ClientError> {
+    query(target, "status", json!({ "limit": limit })).await
+}
+
 /// Round-trip time of a `ping`.
 pub async fn ping(target: &Target) -> Result<Duration, ClientError> {
     let t = std::time::Instant::now();

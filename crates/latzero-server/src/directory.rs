@@ -567,11 +567,14 @@ impl Directory {
         Some(v)
     }
 
-    /// Pools, members and triggers for `status`.
-    pub fn snapshot(&self) -> Value {
+    /// Pools, members and triggers for `status`: the first `limit` pools and connected apps by
+    /// name (all without it), and how many there are of each.
+    pub fn snapshot(&self, limit: Option<usize>) -> Value {
+        let limit = limit.unwrap_or(usize::MAX);
         let pools: Vec<Value> = self
             .pools
             .iter()
+            .take(limit)
             .map(|(name, p)| {
                 let mut triggers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
                 for (t, h) in &p.handlers {
@@ -587,10 +590,16 @@ impl Directory {
                 })
             })
             .collect();
-        let mut apps: Vec<Value> = self
-            .apps
-            .iter()
-            .map(|(id, a)| {
+        let mut ids: Vec<&AppId> = self.apps.keys().collect();
+        if limit < ids.len() {
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        let apps: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let a = &self.apps[id];
                 json!({
                     "app_id": id.as_str(),
                     "peer": a.conn.peer,
@@ -602,8 +611,12 @@ impl Directory {
                 })
             })
             .collect();
-        apps.sort_by(|a, b| a["app_id"].as_str().cmp(&b["app_id"].as_str()));
-        json!({ "pools": pools, "apps": apps })
+        json!({
+            "pools": pools,
+            "pools_total": self.pools.len(),
+            "apps": apps,
+            "apps_total": self.apps.len(),
+        })
     }
 }
 

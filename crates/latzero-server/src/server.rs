@@ -68,9 +68,9 @@ impl State {
         self.directory.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The `status_result` message.
-    pub fn status(&self, id: Option<&RawValue>) -> Value {
-        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner()).snapshot();
+    /// The `status_result` message, listing at most `limit` pools and apps.
+    pub fn status(&self, id: Option<&RawValue>, limit: Option<usize>) -> Value {
+        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner()).snapshot(limit);
         let connections = self.conns.lock().unwrap_or_else(|e| e.into_inner()).len();
         let l = &self.config.limits;
         let mut v = json!({
@@ -92,7 +92,9 @@ impl State {
                 "volatile_dir": self.memory.volatile_root().display().to_string(),
             },
             "pools": dir["pools"],
+            "pools_total": dir["pools_total"],
             "apps": dir["apps"],
+            "apps_total": dir["apps_total"],
             "counters": self.counters.snapshot(),
             "limits": {
                 "max_frame_len": l.max_frame_len,

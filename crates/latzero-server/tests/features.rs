@@ -578,3 +578,49 @@ async fn a_listing_past_the_frame_limit_is_refused_not_sent() {
     assert_eq!(a.ask(json!({"action":"ping","id":3})).await["action"], "pong");
     s.stop().await;
 }
+
+/// `status` with `limit` lists the first pools and connected apps by name, and their totals:
+/// an answer that does not grow with the server, so it fits where the whole one would not.
+#[tokio::test]
+async fn a_limited_status_lists_the_first_by_name_with_totals() {
+    let limits = Limits {
+        max_frame_len: 2048,
+        ..Limits::default()
+    };
+    let s = TestServer::with_limits(limits).await;
+    let pools: Vec<String> = (0..60)
+        .rev()
+        .map(|i| format!("a-rather-long-pool-name-{i:03}"))
+        .collect();
+    let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
+    let mut apps = vec![];
+    for id in ["carol", "alice", "bob"] {
+        let mut c = s.raw().await;
+        c.handshake(id, &pools[..1], &[]).await;
+        apps.push(c);
+    }
+    let mut a = s.raw().await;
+    a.handshake("zed", &pools, &[]).await;
+    let st = a.ask(json!({"action":"status","id":1,"limit":2})).await;
+    assert_eq!(st["action"], "status_result", "{st}");
+    let names = |k: &str, f: &str| -> Vec<String> {
+        st[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[f].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names("pools", "name"),
+        ["a-rather-long-pool-name-000", "a-rather-long-pool-name-001"]
+    );
+    assert_eq!(st["pools_total"], 60);
+    assert_eq!(names("apps", "app_id"), ["alice", "bob"]);
+    assert_eq!(st["apps_total"], 4);
+    let whole = a.ask(json!({"action":"status","id":2,"limit":100})).await;
+    assert_eq!(whole["code"], "FRAME_TOO_LARGE", "{whole}");
+    let zero = a.ask(json!({"action":"status","id":3,"limit":0})).await;
+    assert_eq!(zero["code"], "INVALID_MESSAGE", "{zero}");
+    s.stop().await;
+}

@@ -10,9 +10,11 @@ use crate::cli::StatusArgs;
 
 pub async fn run(args: StatusArgs) -> Result<()> {
     let ep = super::target(&args.target)?;
-    let st = latzero_client::admin::status(&ep)
-        .await
-        .map_err(|e| super::request_failed(e, || format!("cannot get the status of the server at {ep}")))?;
+    let st = match args.limit {
+        0 => latzero_client::admin::status(&ep).await,
+        n => latzero_client::admin::status_limited(&ep, n).await,
+    }
+    .map_err(|e| super::request_failed(e, || format!("cannot get the status of the server at {ep}")))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -84,6 +86,7 @@ pub fn render(st: &Value) -> String {
     } else {
         out.push_str(&table("  ", &rows));
     }
+    more(&mut out, st, "pools", "pools", "latzero pools");
     out.push('\n');
     let mut rows = vec![vec![
         "APP".into(),
@@ -106,12 +109,22 @@ pub fn render(st: &Value) -> String {
     } else {
         out.push_str(&table("  ", &rows));
     }
+    more(&mut out, st, "apps", "connected apps", "latzero apps");
     out.push_str("\ncounters:\n");
     if let Some(c) = st["counters"].as_object() {
         let rows: Vec<Vec<String>> = c.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
         out.push_str(&table("  ", &rows));
     }
     out
+}
+
+/// A line saying how many of `key` the status left out (it lists the first `--limit`), and
+/// which command lists them all.
+fn more(out: &mut String, st: &Value, key: &str, what: &str, command: &str) {
+    let shown = st[key].as_array().map_or(0, Vec::len) as u64;
+    if let Some(total) = st[format!("{key}_total")].as_u64().filter(|&t| t > shown) {
+        let _ = writeln!(out, "  … and {} more {what} (of {total}): {command}", total - shown);
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +145,18 @@ mod tests {
         assert!(text.contains("up 1m 1s"), "{text}");
         assert!(text.contains("alpha  local  a, b     foo(b)"), "{text}");
         assert!(text.contains("calls_total  3"), "{text}");
+        assert!(!text.contains("more"), "{text}");
+    }
+
+    #[test]
+    fn says_what_a_limited_status_left_out() {
+        let st = json!({
+            "server": {}, "pools_total": 3, "apps_total": 1,
+            "pools": [{"name": "alpha", "type": "local", "members": [], "triggers": {}}],
+            "apps": [{"app_id": "a", "pools": [], "triggers": [], "calls_in_flight": 0, "peer": "unix"}],
+        });
+        let text = super::render(&st);
+        assert!(text.contains("… and 2 more pools (of 3): latzero pools"), "{text}");
+        assert!(!text.contains("more connected apps"), "{text}");
     }
 }

@@ -33,8 +33,12 @@ pub enum Request<'a> {
     PresenceSubscribe(PoolName),
     /// Stop presence events of a pool.
     PresenceUnsubscribe(PoolName),
-    /// Server introspection.
-    Status,
+    /// Server introspection; with `limit`, at most that many pools and apps listed (the first by
+    /// name), their totals always given.
+    Status {
+        /// At most this many pools and this many apps (at least 1); `None`: all.
+        limit: Option<usize>,
+    },
     /// Liveness check.
     Ping,
     /// Ask the server to shut down gracefully.
@@ -196,7 +200,9 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
         }),
         "presence_subscribe" => Request::PresenceSubscribe(one_pool(&env, id)?),
         "presence_unsubscribe" => Request::PresenceUnsubscribe(one_pool(&env, id)?),
-        "status" => Request::Status,
+        "status" => Request::Status {
+            limit: super::pool::Page::new(None, env.limit, id)?.limit,
+        },
         "ping" => Request::Ping,
         "shutdown" => Request::Shutdown,
         "app_list" => Request::AppList(super::pool::Page::new(

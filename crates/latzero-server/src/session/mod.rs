@@ -396,7 +396,10 @@ impl Session {
             return None;
         }
         if st.shutting_down.load(Ordering::Relaxed)
-            && !matches!(parsed.request, Request::Status | Request::Ping | Request::Response(_))
+            && !matches!(
+                parsed.request,
+                Request::Status { .. } | Request::Ping | Request::Response(_)
+            )
         {
             self.error(id, ErrorCode::ShuttingDown, "server is shutting down");
             return None;
@@ -405,7 +408,7 @@ impl Session {
         // admin credential of its own.
         let admin = matches!(
             parsed.request,
-            Request::Status
+            Request::Status { .. }
                 | Request::Shutdown
                 | Request::AppList(_)
                 | Request::AppRemove(_)
@@ -501,7 +504,7 @@ impl Session {
             }
             (Request::Handshake(_), None) => None,
             (
-                Request::Status
+                Request::Status { .. }
                 | Request::Ping
                 | Request::Shutdown
                 | Request::AppList(_)
@@ -522,8 +525,8 @@ impl Session {
         };
         match parsed.request {
             Request::Handshake(h) => return self.handshake(id, h),
-            Request::Status => {
-                self.reply_listing(id, encode_message(&st.status(id)));
+            Request::Status { limit } => {
+                self.reply_listing(id, encode_message(&st.status(id, limit)));
             }
             Request::Ping => {
                 let _ = self.conn.reply(&encode_message(&Pong {
