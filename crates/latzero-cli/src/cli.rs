@@ -506,6 +506,14 @@ pub struct StartArgs {
     /// Automatic backups kept in <data_dir>/backups [default: 7]
     #[arg(long, env = "LATZERO_MAX_BACKUPS")]
     pub max_backups: Option<usize>,
+    /// App registrations stored at most; a new app past it is served but not remembered (its
+    /// handshake's ack says so in store_error) [default: 65536]
+    #[arg(long, env = "LATZERO_MAX_STORED_APPS")]
+    pub max_stored_apps: Option<usize>,
+    /// How long the registration of an app that is not connected is kept after it was last
+    /// seen, ms; checked at start and hourly; 0 keeps it for ever [default: 2592000000, 30 days]
+    #[arg(long, env = "LATZERO_APP_RETENTION_MS")]
+    pub app_retention_ms: Option<u64>,
     /// How long shutdown waits for connections to flush, ms [default: 5000]
     #[arg(long, env = "LATZERO_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,

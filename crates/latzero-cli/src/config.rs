@@ -55,6 +55,8 @@ pub struct FileAuth {
 pub struct FileStore {
     pub backup_interval_ms: Option<u64>,
     pub max_backups: Option<usize>,
+    pub max_stored_apps: Option<usize>,
+    pub app_retention_ms: Option<u64>,
     pub memory_mode: Option<bool>,
     pub wal_mode: Option<bool>,
     pub cache_size: Option<i64>,
@@ -321,6 +323,12 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         }
         c.store.max_backups = v;
     }
+    if let Some(v) = args.max_stored_apps.or(fs.max_stored_apps) {
+        c.store.max_apps = nonzero("--max-stored-apps", "store.max_stored_apps", "app", v)?;
+    }
+    if let Some(v) = args.app_retention_ms.or(fs.app_retention_ms) {
+        c.store.app_retention = Duration::from_millis(v);
+    }
     let fa = file.auth;
     c.auth.required = args.require_auth || fa.required.unwrap_or(false);
     c.auth.token_sha256 = if args.auth_token_sha256.is_empty() {
@@ -540,6 +548,7 @@ mod tests {
                 "limits.handshake_timeout_ms",
             ),
             ("--max-blocks", "LATZERO_MAX_BLOCKS", "memory.max_blocks"),
+            ("--max-stored-apps", "LATZERO_MAX_STORED_APPS", "store.max_stored_apps"),
             ("--log-max-bytes", "LATZERO_LOG_MAX_BYTES", "log_max_bytes"),
             ("--log-files", "LATZERO_LOG_FILES", "log_files"),
             (
@@ -561,5 +570,24 @@ mod tests {
             // Any other value of these is taken (within each default's bounds).
             assert!(resolve_in(dir.path(), &[flag, "3600000"]).is_ok(), "{flag} 3600000");
         }
+    }
+
+    #[test]
+    fn the_registry_settings_come_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = resolve_in(dir.path(), &[]).unwrap();
+        assert_eq!(r.server.store.max_apps, 65_536);
+        assert_eq!(r.server.store.app_retention, Duration::from_secs(30 * 24 * 3600));
+        write_config(dir.path(), "[store]\nmax_stored_apps = 7\napp_retention_ms = 0\n");
+        let r = resolve_in(dir.path(), &[]).unwrap();
+        assert_eq!(
+            (r.server.store.max_apps, r.server.store.app_retention),
+            (7, Duration::ZERO)
+        );
+        let r = resolve_in(dir.path(), &["--max-stored-apps", "9", "--app-retention-ms", "5000"]).unwrap();
+        assert_eq!(
+            (r.server.store.max_apps, r.server.store.app_retention),
+            (9, Duration::from_secs(5))
+        );
     }
 }

@@ -123,7 +123,7 @@ impl ServerConfig {
     /// four-byte length cannot carry. [`Server::bind`](crate::Server::bind) calls it first, so an
     /// embedder that builds its configuration in code is told as `latzero start` tells a user.
     /// Zero keeps a meaning where the field's documentation gives it one (`spin`,
-    /// `unix_send_buffer`, `store.backup_interval`).
+    /// `unix_send_buffer`, `store.backup_interval`, `store.app_retention`).
     pub fn check(&self) -> Result<(), crate::ServerError> {
         let l = &self.limits;
         let m = &self.memory;
@@ -139,6 +139,7 @@ impl ServerConfig {
             ("limits.max_triggers_per_app", l.max_triggers_per_app),
             ("memory.max_blocks", m.max_blocks),
             ("store.max_backups", self.store.max_backups),
+            ("store.max_stored_apps", self.store.max_apps),
         ];
         for (setting, v) in at_least_one {
             if v == 0 {
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn zero_is_refused_naming_the_setting() {
         type Set = fn(&mut ServerConfig);
-        let zeros: [(&str, Set); 16] = [
+        let zeros: [(&str, Set); 17] = [
             ("limits.max_frame_len", |c| c.limits.max_frame_len = 0),
             ("limits.max_pools", |c| c.limits.max_pools = 0),
             ("limits.max_pools_per_app", |c| c.limits.max_pools_per_app = 0),
@@ -217,6 +218,7 @@ mod tests {
             ("memory.default_lease", |c| c.memory.default_lease = Duration::ZERO),
             ("memory.max_lease", |c| c.memory.max_lease = Duration::ZERO),
             ("store.max_backups", |c| c.store.max_backups = 0),
+            ("store.max_stored_apps", |c| c.store.max_apps = 0),
         ];
         for (name, set) in zeros {
             let mut c = ServerConfig::new("/d");
@@ -230,6 +232,7 @@ mod tests {
         c.spin = Duration::ZERO;
         c.unix_send_buffer = 0;
         c.store.backup_interval = Duration::ZERO;
+        c.store.app_retention = Duration::ZERO;
         c.check().unwrap();
     }
 

@@ -6,9 +6,13 @@
 //! database even if the server is killed right after. When the store fails (a full disk, a
 //! read-only data dir) the connection keeps working in memory and its ack says `store_error`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use latzero_proto::message::RawValue;
 use latzero_proto::{AppId, PoolName, TriggerName};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::server::State;
 use crate::store::{AppRecord, AppUpdate, now_ms};
@@ -191,4 +195,45 @@ fn current(st: &State, app: &AppId) -> Option<AppRecord> {
         last_seen: now_ms(),
         rehydrated: false,
     })
+}
+
+/// How often stale registrations are looked for, at most (more often if the retention is
+/// shorter).
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+
+/// Forgets the registrations of apps that are not connected and were last seen longer than
+/// `store.app_retention` ago: at start, then every hour (or every retention, if shorter), until
+/// `stop`. A zero retention keeps them for ever.
+pub(crate) async fn forget_stale(st: Arc<State>, stop: CancellationToken) {
+    let keep = st.config.store.app_retention;
+    if keep.is_zero() {
+        return;
+    }
+    loop {
+        let before = now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        let connected = {
+            let st = st.clone();
+            move |id: &str| {
+                st.directory
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apps
+                    .contains_key(id)
+            }
+        };
+        match st.store.forget_apps_seen_before(before, connected).await {
+            Ok(gone) if !gone.is_empty() => tracing::info!(
+                count = gone.len(),
+                retention_ms = keep.as_millis() as u64,
+                first = %gone[0],
+                "forgot app registrations not seen within the retention"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot forget stale app registrations"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(keep.min(FORGET_EVERY)) => {}
+        }
+    }
 }

@@ -108,6 +108,8 @@ impl State {
                 "max_pools": l.max_pools,
                 "max_pools_per_app": l.max_pools_per_app,
                 "max_triggers_per_app": l.max_triggers_per_app,
+                "max_stored_apps": self.config.store.max_apps,
+                "app_retention_ms": self.config.store.app_retention.as_millis() as u64,
                 "max_block_size": self.config.memory.max_block_size,
                 "max_blocks": self.config.memory.max_blocks,
                 "default_lock_lease_ms": self.config.memory.default_lease.as_millis() as u64,
@@ -293,6 +295,7 @@ impl Server {
             state.config.store.max_backups,
             timer_stop.clone(),
         ));
+        let forget = tokio::spawn(crate::registry::forget_stale(state.clone(), timer_stop.clone()));
         tracing::info!(
             tcp = %state.tcp,
             unix = %state.unix.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into()),
@@ -325,6 +328,7 @@ impl Server {
         timer_stop.cancel();
         let _ = timer.await;
         let _ = backups.await;
+        let _ = forget.await;
         for (pool, block_id, version) in state.memory.persistent_versions() {
             let u = crate::store::BlockUpdate {
                 version: Some(version as i64),

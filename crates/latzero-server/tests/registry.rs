@@ -187,3 +187,74 @@ async fn a_removed_registration_is_listed_no_more_and_not_rehydrated() {
     );
     s.stop().await;
 }
+
+/// Lists the app ids of the stored registrations.
+async fn stored(admin: &mut Raw) -> Vec<String> {
+    let l = admin.ask(json!({"action":"app_list","id":1})).await;
+    l["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["app_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A registration not seen within `app_retention` is forgotten, unless its app is connected.
+#[tokio::test]
+async fn registrations_past_the_retention_are_forgotten_unless_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_in(dir.path());
+    cfg.store.app_retention = std::time::Duration::from_millis(200);
+    let s = Running::start(cfg).await;
+    let (stay, _) = handshake(s.addr, json!({"action":"handshake","app_id":"stay","pools":["p"]})).await;
+    let (old, _) = handshake(s.addr, json!({"action":"handshake","app_id":"old","pools":["p"]})).await;
+    drop(old);
+    gone(s.addr, "old").await;
+    let mut admin = Raw::connect(s.addr).await;
+    // The server looks every 200 ms here; "old" goes at the first look after 200 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored(&mut admin).await.contains(&"old".to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "old was never forgotten");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // "stay" was last seen before "old" went, so that look passed it over for being connected.
+    assert_eq!(stored(&mut admin).await, ["stay"]);
+    drop(stay);
+    gone(s.addr, "stay").await;
+    while !stored(&mut admin).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "stay was never forgotten");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
+
+/// A registry holding `max_stored_apps` serves a new app but does not remember it, and says so.
+#[tokio::test]
+async fn a_full_registry_serves_a_new_app_and_says_it_is_not_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_in(dir.path());
+    cfg.store.max_apps = 1;
+    let s = Running::start(cfg).await;
+    let (_a, ack) = handshake(s.addr, json!({"action":"handshake","app_id":"a","pools":["p"]})).await;
+    assert!(ack.get("store_error").is_none(), "{ack}");
+    let (mut b, ack) = handshake(s.addr, json!({"action":"handshake","app_id":"b","pools":["p"]})).await;
+    let e = ack["store_error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("holds 1 app registrations") && e.contains("--max-stored-apps"),
+        "{ack}"
+    );
+    assert_eq!(ack["pools"], json!(["p"]), "{ack}");
+    // Served all the same: its join is acknowledged (and still not stored).
+    let r = b.ask(json!({"action":"join","id":2,"pools":["q"]})).await;
+    assert_eq!(r["action"], "ack", "{r}");
+    assert!(
+        r["store_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max-stored-apps"),
+        "{r}"
+    );
+    let mut admin = Raw::connect(s.addr).await;
+    assert_eq!(stored(&mut admin).await, ["a"]);
+    s.stop().await;
+}

@@ -36,7 +36,18 @@ pub struct StoreConfig {
     pub wal_mode: bool,
     /// SQLite's `cache_size` (positive: pages; negative: KiB).
     pub cache_size: i64,
+    /// App registrations stored at most; a new app past it is served but not remembered.
+    pub max_apps: usize,
+    /// How long the registration of an app that is not connected is kept after it was last
+    /// seen; zero keeps it for ever.
+    pub app_retention: std::time::Duration,
 }
+
+/// The default of [`StoreConfig::max_apps`].
+pub const DEFAULT_MAX_APPS: usize = 65_536;
+
+/// The default of [`StoreConfig::app_retention`]: 30 days.
+pub const DEFAULT_APP_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -46,6 +57,8 @@ impl Default for StoreConfig {
             memory_mode: false,
             wal_mode: true,
             cache_size: 1000,
+            max_apps: DEFAULT_MAX_APPS,
+            app_retention: DEFAULT_APP_RETENTION,
         }
     }
 }
@@ -73,6 +86,12 @@ pub enum StoreError {
     /// The database was written by a newer latzero.
     #[error("the database has schema version {found}; this build knows up to {known}: use a newer latzero")]
     TooNew { found: i64, known: i64 },
+    /// The registry holds `max_apps` registrations; a new app is not stored.
+    #[error(
+        "the registry holds {max} app registrations (store.max_stored_apps), so this app is not \
+         remembered: remove old ones with `latzero apps remove`, or raise --max-stored-apps"
+    )]
+    RegistryFull { max: usize },
     /// The store's thread has stopped.
     #[error("the store is closed")]
     Closed,
@@ -236,9 +255,16 @@ impl Store {
 
     // Apps.
 
-    /// Registers an app (or refreshes its registration).
+    /// Registers an app (or refreshes its registration). A new app past `max_apps` is
+    /// refused with [`StoreError::RegistryFull`].
     pub async fn register_app(&self, app: AppRecord) -> Result<(), StoreError> {
         self.run(move |db| {
+            let max = db.config.max_apps;
+            // Counted only for a new app (a lookup by key first): SQLite counts a table by
+            // walking it.
+            if records::get_app(&db.conn, &app.app_id)?.is_none() && records::count_apps(&db.conn)? >= max {
+                return Err(StoreError::RegistryFull { max });
+            }
             records::register_app(&db.conn, &app)?;
             db.emit(StoreEvent::AppRegistered(app.app_id));
             Ok(())
@@ -286,6 +312,30 @@ impl Store {
                 db.emit(StoreEvent::AppRemoved(id));
             }
             Ok(Some(removed))
+        })
+        .await
+    }
+
+    /// Forgets the registrations last seen before `before` (ms since the epoch) of apps that
+    /// `connected` (asked on the store's thread, as [`remove_app_unless`](Self::remove_app_unless)
+    /// does) says are not connected; returns their ids.
+    pub async fn forget_apps_seen_before(
+        &self,
+        before: i64,
+        connected: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(move |db| {
+            let tx = db.conn.transaction()?;
+            let mut gone = records::apps_seen_before(&tx, before)?;
+            gone.retain(|id| !connected(id));
+            for id in &gone {
+                records::remove_app(&tx, id)?;
+            }
+            tx.commit()?;
+            for id in &gone {
+                db.emit(StoreEvent::AppRemoved(id.clone()));
+            }
+            Ok(gone)
         })
         .await
     }
@@ -661,6 +711,59 @@ mod tests {
         .unwrap();
         crud(&s).await;
         assert_eq!(s.stats().await.unwrap().path, None);
+    }
+
+    #[tokio::test]
+    async fn a_full_registry_refuses_new_apps_and_still_updates_stored_ones() {
+        let s = Store::open(
+            Path::new("/nonexistent"),
+            StoreConfig {
+                memory_mode: true,
+                max_apps: 2,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        s.register_app(app("a", &[])).await.unwrap();
+        s.register_app(app("b", &[])).await.unwrap();
+        let e = s.register_app(app("c", &[])).await.unwrap_err();
+        assert!(matches!(e, StoreError::RegistryFull { max: 2 }), "{e}");
+        assert!(e.to_string().contains("--max-stored-apps"), "{e}");
+        assert_eq!(s.get_app("c").await.unwrap(), None);
+        // A stored app registers again (a reconnect), and a removal makes room.
+        s.register_app(app("a", &["p"])).await.unwrap();
+        assert_eq!(s.get_app("a").await.unwrap().unwrap().pools, ["p"]);
+        assert!(s.remove_app("b").await.unwrap());
+        s.register_app(app("c", &[])).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn registrations_last_seen_before_a_time_are_forgotten_unless_connected() {
+        let s = Store::open(
+            Path::new("/nonexistent"),
+            StoreConfig {
+                memory_mode: true,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        for (id, seen) in [("old", 10), ("old-but-connected", 10), ("edge", 100), ("new", 200)] {
+            s.register_app(AppRecord {
+                last_seen: seen,
+                ..app(id, &[])
+            })
+            .await
+            .unwrap();
+        }
+        let mut events = s.subscribe();
+        let gone = s
+            .forget_apps_seen_before(100, |id| id == "old-but-connected")
+            .await
+            .unwrap();
+        assert_eq!(gone, ["old"]);
+        assert_eq!(events.recv().await.unwrap(), StoreEvent::AppRemoved("old".into()));
+        let left: Vec<String> = s.all_apps().await.unwrap().into_iter().map(|a| a.app_id).collect();
+        assert_eq!(left, ["edge", "new", "old-but-connected"]);
     }
 
     #[tokio::test]

@@ -122,6 +122,17 @@ pub fn remove_app(c: &Connection, app_id: &str) -> Result<bool, StoreError> {
     Ok(c.execute("DELETE FROM app_registry WHERE app_id = ?1", [app_id])? > 0)
 }
 
+pub fn count_apps(c: &Connection) -> Result<usize, StoreError> {
+    let n: i64 = c.query_row("SELECT COUNT(*) FROM app_registry", [], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The ids of the registrations last seen before `before` (ms since the epoch).
+pub fn apps_seen_before(c: &Connection, before: i64) -> Result<Vec<String>, StoreError> {
+    let mut s = c.prepare_cached("SELECT app_id FROM app_registry WHERE last_seen < ?1 ORDER BY app_id")?;
+    Ok(s.query_map([before], |r| r.get(0))?.collect::<Result<_, _>>()?)
+}
+
 pub fn all_apps(c: &Connection) -> Result<Vec<AppRecord>, StoreError> {
     apps_page(c, "", None)
 }
