@@ -965,3 +965,31 @@ fn a_closed_stdout_ends_a_command_quietly() -> Result<()> {
     );
     Ok(())
 }
+
+/// An answer longer than 16 MiB from a server that sends such (its `--max-frame-len` is larger)
+/// is read when the tools find the server through its data dir, whose server.json gives the
+/// limit; named by its port, they say why they cannot and how to.
+#[test]
+fn admin_answers_are_read_up_to_the_servers_own_frame_limit() -> Result<()> {
+    let s = ServerProc::start(bin(), &["--max-frame-len", "33554432"])?;
+    let mut big = s.raw()?;
+    big.send(&json!({"action":"handshake","app_id":"big","meta":"x".repeat(17 << 20)}))?;
+    assert_eq!(big.expect()?["action"], "handshake_ack");
+    let (ok, out, err) = s.run(&["status", "--json", "--limit", "0"])?;
+    assert!(ok, "{err}");
+    let st: Value = serde_json::from_str(&out)?;
+    assert_eq!(st["apps"][0]["meta"].as_str().map(str::len), Some(17 << 20));
+    let out = std::process::Command::new(bin())
+        .args(["status", "--json", "-p", &s.tcp.port().to_string()])
+        .env_remove("LATZERO_TOKEN")
+        .env_remove("LATZERO_JWT")
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("longer than the 16777216 bytes this client reads"),
+        "{err}"
+    );
+    assert!(err.contains("through its data dir (-d"), "{err}");
+    Ok(())
+}

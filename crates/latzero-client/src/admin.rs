@@ -13,13 +13,18 @@ use crate::error::ClientError;
 
 pub use crate::connection::{default_data_dir, resolve};
 
-/// Where admin requests go: an endpoint, and how to verify the server over TLS (TCP only).
+/// Where admin requests go: an endpoint, how to verify the server over TLS (TCP only), and the
+/// longest answer to read.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The endpoint.
     pub endpoint: Endpoint,
     /// Connect over TLS, verifying the server this way.
     pub tls: Option<TlsVerify>,
+    /// The longest answer read, bytes: the server's `max_frame_len` where it is known (its
+    /// `server.json` says it), else the default (16 MiB). A longer one fails with
+    /// [`ClientError::FrameTooLarge`].
+    pub max_frame_len: usize,
 }
 
 impl std::fmt::Display for Target {
@@ -33,7 +38,11 @@ impl std::fmt::Display for Target {
 
 impl From<Endpoint> for Target {
     fn from(endpoint: Endpoint) -> Self {
-        Target { endpoint, tls: None }
+        Target {
+            endpoint,
+            tls: None,
+            max_frame_len: latzero_proto::DEFAULT_MAX_FRAME_LEN,
+        }
     }
 }
 
@@ -45,7 +54,7 @@ async fn request(target: &Target, action: &str, wait: Duration) -> Result<(Value
         &target.endpoint,
         target.tls.as_ref(),
         &request,
-        latzero_proto::DEFAULT_MAX_FRAME_LEN,
+        target.max_frame_len,
         wait,
     )
     .await?;
@@ -62,7 +71,7 @@ pub async fn query(target: &Target, action: &str, mut fields: Value) -> Result<V
         &target.endpoint,
         target.tls.as_ref(),
         &fields,
-        latzero_proto::DEFAULT_MAX_FRAME_LEN,
+        target.max_frame_len,
         Duration::from_secs(10),
     )
     .await?;
@@ -73,7 +82,7 @@ pub async fn query(target: &Target, action: &str, mut fields: Value) -> Result<V
 /// returns the `backup_done` answer (`path`, `bytes`).
 pub async fn backup(target: &Target, mut progress: impl FnMut(u64)) -> Result<Value, ClientError> {
     let (r, mut w, _) = crate::connection::open(&target.endpoint, target.tls.as_ref()).await?;
-    let mut reader = FrameReader::new(r, latzero_proto::DEFAULT_MAX_FRAME_LEN);
+    let mut reader = FrameReader::new(r, target.max_frame_len);
     let mut req = json!({"action": "backup", "id": 1});
     with_env_auth(&mut req);
     crate::connection::send_request(&mut w, &target.endpoint, &req).await?;

@@ -444,7 +444,10 @@ impl FrameReader {
     pub async fn expect_frame(&mut self) -> Result<Frame, ClientError> {
         self.next()
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .map_err(|e| match e {
+                FrameError::TooLarge { len, max } => ClientError::AnswerTooLarge { len, max },
+                e => ClientError::Protocol(e.to_string()),
+            })?
             .ok_or(ClientError::Disconnected)
     }
 

@@ -66,6 +66,16 @@ pub enum ClientError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// The server announced a frame longer than this client reads (for admin requests, the
+    /// [`admin::Target`](crate::admin::Target)'s `max_frame_len`); the connection is dropped,
+    /// as the stream cannot be resynchronised.
+    #[error("the server's answer of {len} bytes is longer than the {max} bytes this client reads")]
+    AnswerTooLarge {
+        /// The announced length.
+        len: usize,
+        /// This client's read limit.
+        max: usize,
+    },
     /// A frame longer than the server reads (its `max_frame_len`, told at the handshake): not
     /// sent, since the server would close the connection, failing every call in flight. The
     /// connection stays open. [`ClientError::code`] gives `FRAME_TOO_LARGE`.

@@ -206,6 +206,7 @@ impl Server {
             unix: unix_path.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
+            max_frame_len: Some(config.limits.max_frame_len),
         })?;
         let counters = Arc::new(Counters::default());
         let spinner = latzero_uds::spin::Spinner::shared(config.spin);

@@ -34,6 +34,8 @@ pub fn target(t: &TargetArgs) -> Result<Target> {
         (None, None) => None,
     };
     let default_tcp = || Endpoint::Tcp(format!("{DEFAULT_HOST}:{DEFAULT_PORT}"));
+    // The server's own limit when its server.json says it (answers up to it can come back).
+    let mut max_frame_len = latzero_proto::DEFAULT_MAX_FRAME_LEN;
     let endpoint = if t.host.is_some() || t.port.is_some() {
         let host = t.host.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned());
         Endpoint::Tcp(format!("{host}:{}", t.port.unwrap_or(DEFAULT_PORT)))
@@ -49,21 +51,28 @@ pub fn target(t: &TargetArgs) -> Result<Target> {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 bail!("cannot read {}: {e}", dir.join("server.json").display())
             }
-            Ok(info) => match info.unix {
-                Some(p) if p.exists() && tls.is_none() => Endpoint::Unix(p),
-                _ => {
-                    if tls.is_none()
-                        && let Some(f) = &info.tls_fingerprint
-                    {
-                        tls = Some(TlsVerify::Fingerprint(parse_fingerprint(f)?));
+            Ok(info) => {
+                max_frame_len = info.max_frame_len.unwrap_or(max_frame_len);
+                match info.unix {
+                    Some(p) if p.exists() && tls.is_none() => Endpoint::Unix(p),
+                    _ => {
+                        if tls.is_none()
+                            && let Some(f) = &info.tls_fingerprint
+                        {
+                            tls = Some(TlsVerify::Fingerprint(parse_fingerprint(f)?));
+                        }
+                        Endpoint::Tcp(info.tcp.to_string())
                     }
-                    Endpoint::Tcp(info.tcp.to_string())
                 }
-            },
+            }
             Err(_) => default_tcp(),
         }
     };
-    Ok(Target { endpoint, tls })
+    Ok(Target {
+        endpoint,
+        tls,
+        max_frame_len,
+    })
 }
 
 /// A `latzero://` URL for `app` at the target.
@@ -125,11 +134,17 @@ pub fn request_failed(e: ClientError, context: impl FnOnce() -> String) -> anyho
     }
 }
 
-/// The error, with how to give a credential when the server asked for one and none was given.
+/// The error, with how to give a credential when the server asked for one and none was given,
+/// or how to read a longer answer.
 fn with_hint(e: ClientError) -> anyhow::Error {
     if e.code() == Some(ErrorCode::AuthFailed) && !latzero_client::admin::has_env_credential() {
         anyhow::anyhow!(
             "{e}; the command-line tools send the token in $LATZERO_TOKEN (or a JWT in $LATZERO_JWT), which is not set"
+        )
+    } else if let ClientError::AnswerTooLarge { .. } = e {
+        anyhow::anyhow!(
+            "{e}; the command-line tools read up to the server's max_frame_len when they find the server through \
+             its data dir (-d, whose server.json gives it), and 16 MiB when it is named by --host/--port"
         )
     } else {
         e.into()
