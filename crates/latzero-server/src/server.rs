@@ -70,8 +70,10 @@ impl State {
 
     /// The `status_result` message, listing at most `limit` pools and apps.
     pub fn status(&self, id: Option<&RawValue>, limit: Option<usize>) -> Value {
-        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner()).snapshot(limit);
+        // Connections counted before the directory is read: a session leaves the directory
+        // before it leaves the connections, so an app listed here is counted too.
         let connections = self.conns.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let dir = self.directory.read().unwrap_or_else(|e| e.into_inner()).snapshot(limit);
         let l = &self.config.limits;
         let mut v = json!({
             "action": "status_result",
