@@ -81,8 +81,10 @@ pub enum ClientEvent {
     /// The client reconnected and handshook again with its pools and triggers.
     Reconnected,
     /// While reconnecting, the server refused the handshake (a credential it no longer takes, a
-    /// pool the client may no longer join, a limit): told once per outage. The client keeps
-    /// retrying; an application that cannot fix the cause can [`Client::close`] it.
+    /// limit on connections, another connection holding the app id): told once per outage. The
+    /// client keeps retrying; an application that cannot fix the cause can [`Client::close`]
+    /// it. (A pool or trigger the server refuses by then does not refuse the handshake: it is
+    /// dropped, with [`ClientEvent::PoolLeft`] or [`ClientEvent::TriggerRefused`].)
     ReconnectRefused {
         /// The server's error.
         reason: String,
@@ -97,12 +99,20 @@ pub enum ClientEvent {
         joined: bool,
     },
     /// The server took this app out of a pool (its owner removed it, or a policy change no
-    /// longer lets it join): the client no longer counts itself a member, and does not join it
-    /// again when it reconnects.
+    /// longer lets it join), or refused the pool when the client reconnected: the client no
+    /// longer counts itself a member, and does not join it again when it reconnects.
     PoolLeft {
         /// The pool.
         pool: String,
         /// What the server said, naming who removed it.
+        reason: String,
+    },
+    /// When the client reconnected, the server refused a trigger it handled (a limit lowered
+    /// meanwhile): its handler is dropped, and the client reconnected with the rest.
+    TriggerRefused {
+        /// The trigger.
+        trigger: String,
+        /// What the server said.
         reason: String,
     },
     /// A result of another app's call that named this app as `reply_to`.
@@ -394,7 +404,8 @@ impl Client {
             server_limits: ServerLimits::default(),
             opts,
         });
-        let live = establish(&inner, inner.opts.takeover).await?;
+        // The first handshake is strict: what the application asked for is all there, or an error.
+        let live = establish(&inner, inner.opts.takeover, false).await?;
         lock(&inner.shared).tx = Some(live.tx.clone());
         let guard = Arc::new(CloseOnDrop(inner.clone()));
         tokio::spawn(connection_task(inner.clone(), live));
@@ -477,10 +488,7 @@ impl Client {
                 .await;
             // A trigger the server refused is dropped here too (as a refused join is).
             if let Err(e @ ClientError::Remote(_)) = registered {
-                lock(&self.inner.shared).triggers.remove(&name);
-                let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
-                handlers.remove(name.as_str());
-                self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
+                self.inner.drop_trigger(&name);
                 return Err(e);
             }
             registered?;
@@ -504,15 +512,13 @@ impl Client {
 
     /// Joins a pool (created on first join). A join the server refuses (its policy, a limit,
     /// an encrypted pool) leaves the client as it was. While the client is disconnected the
-    /// pool is recorded and asked for in the next handshake, which the server refuses whole if
-    /// it refuses the pool: the client then keeps retrying ([`ClientEvent::ReconnectRefused`] says
-    /// so) until the pool is allowed or [`leave`](Self::leave) drops it.
+    /// pool is recorded and asked for in the next handshake; if the server refuses it then, the
+    /// client reconnects without it and reports [`ClientEvent::PoolLeft`].
     pub async fn join(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
         let new = lock(&self.inner.shared).pools.insert(name.clone());
         let joined = self.membership("join", json!({ "pools": [name.as_str()] })).await;
-        // A pool the server refused is not this client's: carried into the next handshake, it
-        // would have the whole handshake refused, and the client could never reconnect.
+        // A pool the server refused is not this client's: it is not asked for again.
         if new && matches!(joined, Err(ClientError::Remote(_))) {
             lock(&self.inner.shared).pools.remove(&name);
         }
@@ -905,6 +911,33 @@ impl Inner {
 
     pub(crate) fn event(&self, e: ClientEvent) {
         let _ = self.events.send(e);
+    }
+
+    /// Forgets a trigger this client handled: its handler, and its place in the next handshake.
+    fn drop_trigger(&self, name: &TriggerName) {
+        lock(&self.shared).triggers.remove(name);
+        let mut handlers = self.handlers.write().unwrap_or_else(|e| e.into_inner());
+        handlers.remove(name.as_str());
+        self.handler_count.store(handlers.len(), Ordering::Relaxed);
+    }
+
+    /// A pool or trigger a reconnect's handshake left out (the server would have refused the
+    /// whole handshake for it): dropped, and told, so that the client reconnects with the rest.
+    pub(crate) fn refused(&self, r: latzero_proto::message::Refused) {
+        let reason = format!("{}: {}", r.code, r.message);
+        if let Some(pool) = r.pool {
+            if let Ok(name) = PoolName::try_from(pool.as_str()) {
+                lock(&self.shared).pools.remove(&name);
+            }
+            tracing::warn!(app = %self.app_id, pool, %reason, "the server refused a pool at reconnect; no longer a member");
+            self.event(ClientEvent::PoolLeft { pool, reason });
+        } else if let Some(trigger) = r.trigger {
+            if let Ok(name) = TriggerName::try_from(trigger.as_str()) {
+                self.drop_trigger(&name);
+            }
+            tracing::warn!(app = %self.app_id, trigger, %reason, "the server refused a trigger at reconnect; its handler is dropped");
+            self.event(ClientEvent::TriggerRefused { trigger, reason });
+        }
     }
 }
 

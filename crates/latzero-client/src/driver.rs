@@ -417,9 +417,12 @@ struct Closing {
     taken_over: bool,
 }
 
-/// Connects and handshakes with the client's current pools and triggers.
-pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live, ClientError> {
-    let handshake = {
+/// Connects and handshakes with the client's current pools and triggers. `partial` (for a
+/// reconnect) asks the server to leave out a pool or trigger it would refuse rather than refuse
+/// the handshake: the client drops each one left out and tells the application
+/// ([`ClientEvent::PoolLeft`], [`ClientEvent::TriggerRefused`]).
+pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool, partial: bool) -> Result<Live, ClientError> {
+    let mut handshake = {
         let s = lock(&inner.shared);
         json!({
             "action": "handshake",
@@ -434,6 +437,9 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
             "auth": inner.opts.auth.as_ref().map(Credential::to_json),
         })
     };
+    if partial {
+        handshake["partial"] = json!(true);
+    }
     let (ack, mut reader, w, direct) = open_with_request(
         &inner.endpoint,
         inner.opts.tls.as_ref(),
@@ -452,6 +458,8 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
         triggers: Vec<String>,
         #[serde(default)]
         limits: Option<latzero_proto::message::AckLimits>,
+        #[serde(default)]
+        refused: Vec<latzero_proto::message::Refused>,
     }
     if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
         if let Some(l) = a.limits {
@@ -460,11 +468,16 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool) -> Result<Live
                 .set(l.max_frame_len, l.max_ttl_ms, inner.opts.request_timeout);
             reader.set_max_len(inner.opts.read_limit(l.max_frame_len));
         }
-        let mut s = lock(&inner.shared);
-        s.pools
-            .extend(a.pools.iter().filter_map(|p| PoolName::try_from(p.as_str()).ok()));
-        s.triggers
-            .extend(a.triggers.iter().filter_map(|t| TriggerName::try_from(t.as_str()).ok()));
+        {
+            let mut s = lock(&inner.shared);
+            s.pools
+                .extend(a.pools.iter().filter_map(|p| PoolName::try_from(p.as_str()).ok()));
+            s.triggers
+                .extend(a.triggers.iter().filter_map(|t| TriggerName::try_from(t.as_str()).ok()));
+        }
+        for r in a.refused {
+            inner.refused(r);
+        }
     }
     let (tx, end) = Outbox::new(inner.opts.write_queue, w, direct);
     let dead = CancellationToken::new();
@@ -568,7 +581,9 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             }
             // Never take over on our own: if the server has not noticed our old connection's
             // end yet, DUPLICATE_APP is retried with backoff until it has.
-            match establish(&inner, inner.opts.takeover).await {
+            // Partial: a pool or trigger the server refuses now is dropped (and told) rather
+            // than keeping the client out.
+            match establish(&inner, inner.opts.takeover, true).await {
                 Ok(l) => break l,
                 Err(e) => {
                     // A handshake the server refuses (a credential, a pool's policy, a limit)

@@ -20,7 +20,8 @@ use crate::store::{AppRecord, AppUpdate, now_ms};
 /// How a handshake asked to be remembered, and what it asked for.
 #[derive(Debug)]
 pub(crate) struct HandshakeInfo {
-    pub rehydrate: bool,
+    /// Restore the stored pools, triggers and meta: the handshake sent none, or asked.
+    pub restore: bool,
     pub ephemeral: bool,
     pub protocol_version: Option<String>,
     pub pools: Vec<PoolName>,
@@ -50,7 +51,7 @@ pub(crate) struct Outcome {
 }
 
 /// The store's side of a handshake, before the app becomes routable: restore what is stored if
-/// asked (no pools and no triggers given, or `rehydrate`), then store the result. The session
+/// asked (`restore`), then store the result. The session
 /// applies the outcome to the directory and acknowledges in one step, so nothing is routed to
 /// the connection before its ack.
 pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> Outcome {
@@ -72,7 +73,7 @@ pub(crate) async fn handshake(st: &State, app: &AppId, info: HandshakeInfo) -> O
         }
     };
     if let Some(rec) = &stored
-        && ((out.pools.is_empty() && out.triggers.is_empty()) || info.rehydrate)
+        && info.restore
     {
         let allowed = |p: &str| info.allowed_pools.as_ref().is_none_or(|a| a.iter().any(|x| x == p));
         let pools: Vec<PoolName> = rec

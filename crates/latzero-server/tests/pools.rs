@@ -547,3 +547,155 @@ async fn listings_page_by_name() {
     }
     srv.stop().await;
 }
+
+/// A `partial` handshake leaves out what a strict one is refused for — a pool's policy, a
+/// limit — names each in `refused`, and admits the app with the rest; one whose every pool and
+/// trigger is left out is not rehydrated in their place.
+#[tokio::test]
+async fn a_partial_handshake_leaves_out_what_would_be_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.limits.max_pools_per_app = 2;
+    cfg.limits.max_triggers_per_app = 1;
+    let srv = Running::start(cfg).await;
+    let mut owner = Raw::connect(srv.addr).await;
+    owner.handshake("owner", &[], &[]).await;
+    let r = owner
+        .ask(json!({"action":"pool_create","id":1,"pool":"closed","policies":{"join":[]}}))
+        .await;
+    assert_eq!(r["action"], "pool_created", "{r}");
+    let hs = json!({"action":"handshake","id":1,"app_id":"w","pools":["a","closed","b","c"],"triggers":["t1","t2"]});
+    let mut strict = Raw::connect(srv.addr).await;
+    let r = strict.ask(hs.clone()).await;
+    assert_eq!(code(&r), "OVERLOADED", "a strict handshake is refused whole: {r}");
+    let mut partial_hs = hs.clone();
+    partial_hs["partial"] = json!(true);
+    let mut w = Raw::connect(srv.addr).await;
+    let ack = w.ask(partial_hs).await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    assert_eq!(
+        (&ack["pools"], &ack["triggers"]),
+        (&json!(["a", "b"]), &json!(["t1"])),
+        "{ack}"
+    );
+    let refused: Vec<(Value, Value, Value)> = ack["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["pool"].clone(), r["trigger"].clone(), r["code"].clone()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (json!("closed"), Value::Null, json!("PERMISSION_DENIED")),
+            (json!("c"), Value::Null, json!("OVERLOADED")),
+            (Value::Null, json!("t2"), json!("OVERLOADED")),
+        ],
+        "{ack}"
+    );
+    assert!(
+        ack["refused"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_pools_per_app"),
+        "{ack}"
+    );
+    drop(w);
+    // Everything left out: not rehydrated (w is stored with a and b), and nothing refused is
+    // listed for a handshake that left nothing out.
+    let mut w = loop {
+        let mut w = Raw::connect(srv.addr).await;
+        let ack = w
+            .ask(json!({"action":"handshake","id":1,"app_id":"w","pools":["closed"],"partial":true}))
+            .await;
+        if ack["code"] == "DUPLICATE_APP" {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        assert_eq!(
+            (&ack["pools"], &ack["rehydrated"]),
+            (&json!([]), &json!(false)),
+            "{ack}"
+        );
+        assert_eq!(ack["refused"][0]["pool"], "closed", "{ack}");
+        break w;
+    };
+    let r = w.ask(json!({"action":"join","id":2,"pools":["a"]})).await;
+    assert_eq!(r["action"], "ack", "{r}");
+    srv.stop().await;
+}
+
+/// When the SDK reconnects, a pool or trigger the server refuses by then is dropped and told
+/// (PoolLeft, TriggerRefused), and the client is back with the rest, rather than kept out.
+#[tokio::test]
+async fn a_reconnect_drops_what_the_server_now_refuses_and_gets_back_in() {
+    use latzero_client::{ClientEvent, ClientOptions, PoolSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let owner = ClientOptions::new()
+        .connect(&format!("latzero://owner@{}", srv.addr))
+        .await
+        .unwrap();
+    let spec = PoolSpec {
+        policies: Some(json!({"join": ["owner"]})),
+        ..PoolSpec::default()
+    };
+    owner.create_pool("closed", spec).await.unwrap();
+    drop(owner);
+    let c = ClientOptions::new()
+        .backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(10),
+        )
+        .connect(&format!("latzero://c@{}?pools=open", srv.addr))
+        .await
+        .unwrap();
+    c.handle("one", |_| async { Ok(json!(1)) }).await.unwrap();
+    c.handle("two", |_| async { Ok(json!(2)) }).await.unwrap();
+    let mut events = c.events();
+    let port = srv.addr.port();
+    srv.stop().await;
+    loop {
+        if let ClientEvent::Disconnected { .. } = events.recv().await.unwrap() {
+            break;
+        }
+    }
+    // Recorded while disconnected, and refused when the client is back; so is one of its two
+    // triggers, by a limit lowered meanwhile.
+    c.join("closed").await.unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.limits.max_triggers_per_app = 1;
+    cfg.port = port;
+    let srv = Running::start(cfg).await;
+    let (mut left, mut dropped) = (vec![], vec![]);
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await.unwrap() {
+                ClientEvent::PoolLeft { pool, reason } => left.push((pool, reason)),
+                ClientEvent::TriggerRefused { trigger, reason } => dropped.push((trigger, reason)),
+                ClientEvent::ReconnectRefused { reason } => panic!("kept out: {reason}"),
+                ClientEvent::Reconnected => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("reconnected within 10 s");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "closed");
+    assert!(left[0].1.starts_with("PERMISSION_DENIED"), "{left:?}");
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(dropped[0].1.contains("max_triggers_per_app"), "{dropped:?}");
+    let pools: Vec<String> = c.pools().iter().map(|p| p.to_string()).collect();
+    assert_eq!(pools, ["open"]);
+    // The trigger it kept answers; the one dropped is no longer this client's.
+    let (kept, gone) = if dropped[0].0 == "two" {
+        ("one", "two")
+    } else {
+        ("two", "one")
+    };
+    let want = if kept == "one" { 1 } else { 2 };
+    assert_eq!(c.call("open", kept, &json!(null)).await.unwrap(), json!(want));
+    assert!(c.call("open", gone, &json!(null)).await.is_err());
+    srv.stop().await;
+}

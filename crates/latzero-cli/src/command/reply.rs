@@ -73,6 +73,9 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                         anyhow::bail!("{reason} (it was the last pool this app served in)");
                     }
                 }
+                Ok(ClientEvent::TriggerRefused { trigger, reason }) => {
+                    outln!("{}", json!({"event": "trigger_refused", "trigger": trigger, "reason": reason}));
+                }
                 Ok(ClientEvent::ServerError(e)) => outln!("{}", json!({"event": "server_error", "code": e.code, "message": e.message})),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => outln!("{}", json!({"event": "events_lagged", "missed": n})),

@@ -155,6 +155,8 @@ pub struct Envelope<'a> {
     pub takeover: Option<bool>,
     pub rehydrate: Option<bool>,
     pub ephemeral: Option<bool>,
+    /// A handshake that admits the app with what can be had (see [`Handshake::partial`]).
+    pub partial: Option<bool>,
     pub auth: Option<Credential>,
     #[serde(borrow)]
     pub process: Option<Str<'a>>,

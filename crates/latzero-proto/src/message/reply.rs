@@ -54,11 +54,31 @@ pub struct HandshakeAck<'a> {
     /// remembered across a restart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<&'a str>,
+    /// What a `partial` handshake left out, and why (absent when nothing was).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub refused: &'a [Refused],
     /// Server information.
     pub server: ServerInfo<'a>,
     /// The limits a client meets on every request, so that it can keep to them rather than
     /// be refused (or, past the frame limit, disconnected).
     pub limits: AckLimits,
+}
+
+/// A pool or trigger a `partial` handshake left out, with the error a strict handshake would
+/// have been refused with.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Refused {
+    /// The pool left out (or `trigger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The trigger left out (or `pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Why: `PERMISSION_DENIED` (a credential, a policy, an encrypted pool) or `OVERLOADED` (a
+    /// limit).
+    pub code: crate::ErrorCode,
+    /// The server's message.
+    pub message: String,
 }
 
 /// The limits a `handshake_ack` tells.

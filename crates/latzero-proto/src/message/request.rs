@@ -75,6 +75,10 @@ pub struct Handshake {
     pub ephemeral: bool,
     /// The client's protocol version, if it said.
     pub protocol_version: Option<String>,
+    /// Admit the app with the pools and triggers that can be had: one the server would refuse
+    /// (its credential, a pool's policy, an encrypted pool, a limit) is left out and named in
+    /// the ack's `refused`, rather than the whole handshake refused. SDKs reconnect this way.
+    pub partial: bool,
 }
 
 /// A call.
@@ -497,6 +501,7 @@ fn handshake<'a>(env: &Envelope<'_>, id: Option<&'a RawValue>) -> Result<Handsha
         rehydrate: env.rehydrate.unwrap_or(false),
         ephemeral: env.ephemeral.unwrap_or(false),
         protocol_version: env.protocol_version.as_deref().map(str::to_owned),
+        partial: env.partial.unwrap_or(false),
     })
 }
 

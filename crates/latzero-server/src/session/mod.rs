@@ -16,14 +16,17 @@ use futures_util::FutureExt;
 use latzero_proto::frame::{Frame, FrameCodec, FrameError, encode_message};
 use latzero_proto::message::{
     Ack, AckLimits, Closing, Emit, Emitted, ErrorFrame, Handshake, HandshakeAck, Pong, PoolOp, PoolRequest, RawValue,
-    Request, Response, Restored, ServerInfo, Status, Trigger, parse_request, parse_sdk_call, refused_response_hop,
+    Refused, Request, Response, Restored, ServerInfo, Status, Trigger, parse_request, parse_sdk_call,
+    refused_response_hop,
 };
-use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName};
+use latzero_proto::{AppId, ErrorCode, PROTOCOL_VERSION, PoolName, TriggerName};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use self::conn::{Conn, Cork, Sock};
+use crate::directory::Directory;
+use crate::memory::Refusal;
 use crate::security::Grant;
 use crate::server::State;
 
@@ -174,6 +177,8 @@ enum After {
         app: AppId,
         info: crate::registry::HandshakeInfo,
         took_over: bool,
+        /// What a partial handshake left out.
+        refused: Vec<Refused>,
     },
     Membership {
         id: Option<Box<RawValue>>,
@@ -369,7 +374,7 @@ impl Session {
             self.route(p.id, r);
             return None;
         }
-        let parsed = match parsed {
+        let mut parsed = match parsed {
             Ok(p) => p,
             Err(e) => {
                 match refused_response_hop(json).filter(|_| e.code == ErrorCode::InvalidMessage) {
@@ -418,7 +423,9 @@ impl Session {
         if let Request::Handshake(h) = &parsed.request {
             match st.auth.check(parsed.auth.as_ref(), Some(h.app_id.as_str())) {
                 Ok(g) => {
-                    if let Some(p) = h.pools.iter().find(|p| !g.may_join(p.as_str())) {
+                    if !h.partial
+                        && let Some(p) = h.pools.iter().find(|p| !g.may_join(p.as_str()))
+                    {
                         let msg = format!("the credential does not allow pool '{p}'");
                         self.error(id, ErrorCode::PermissionDenied, &msg);
                         return None;
@@ -447,6 +454,13 @@ impl Session {
                     return None;
                 }
             }
+        }
+        // A partial handshake leaves out what the checks below would refuse it for.
+        let mut refused = Vec::new();
+        if let Request::Handshake(h) = &mut parsed.request
+            && h.partial
+        {
+            refused = self.leave_out_refused(h);
         }
         if let Request::Join(ps) = &parsed.request
             && let Some(p) = ps
@@ -480,18 +494,9 @@ impl Session {
         }
         if let Some((app, pools)) = joining {
             let dir = st.directory.read().unwrap_or_else(|e| e.into_inner());
-            let refused = pools.iter().find_map(|p| {
-                let pool = dir.pools.get(p)?;
-                if pool.is_encrypted() {
-                    return Some(crate::memory::Refusal::new(
-                        ErrorCode::PermissionDenied,
-                        format!("'{p}' is an encrypted pool: join it by proving the SigilKey (pool_challenge, then pool_prove), not in a handshake or join"),
-                    ));
-                }
-                pool.check(PoolOp::Join, app, p.as_str()).err()
-            });
+            let no = pools.iter().find_map(|p| join_refusal(&dir, app, p));
             drop(dir);
-            if let Some(r) = refused {
+            if let Some(r) = no {
                 self.error(id, r.code, &r.message);
                 return None;
             }
@@ -524,7 +529,7 @@ impl Session {
             (_, Some(app)) => Some(app.clone()),
         };
         match parsed.request {
-            Request::Handshake(h) => return self.handshake(id, h),
+            Request::Handshake(h) => return self.handshake(id, h, refused),
             Request::Status { limit } => {
                 self.reply_listing(id, encode_message(&st.status(id, limit)));
             }
@@ -710,11 +715,51 @@ impl Session {
     /// triggers yet: [`Session::finish`] stores the registration, then joins, registers and
     /// acknowledges in one step under the directory lock, so nothing reaches this connection
     /// before its ack.
-    fn handshake(&mut self, id: Option<&RawValue>, h: Handshake) -> Option<After> {
+    /// Takes out of a `partial` handshake the pools and triggers a strict one would be refused
+    /// for — the credential's pools, the pools' policies, encrypted pools, then the limits (the
+    /// longest run of the rest that keeps to them) — and says why for each.
+    fn leave_out_refused(&self, h: &mut Handshake) -> Vec<Refused> {
+        // An app that sent nothing is rehydrated; one whose every pool and trigger is left out
+        // is not (it asked for those).
+        h.rehydrate |= h.pools.is_empty() && h.triggers.is_empty();
+        let dir = self.state.directory.read().unwrap_or_else(|e| e.into_inner());
+        let app = &h.app_id;
+        let mut refused = Vec::new();
+        let left_out = |pool: Option<&PoolName>, trigger: Option<&TriggerName>, r: &Refusal| Refused {
+            pool: pool.map(ToString::to_string),
+            trigger: trigger.map(ToString::to_string),
+            code: r.code,
+            message: r.message.clone(),
+        };
+        h.pools.retain(|p| {
+            let why = if self.grant.as_ref().is_some_and(|g| g.may_join(p.as_str())) {
+                join_refusal(&dir, app.as_str(), p)
+            } else {
+                Some(Refusal::new(
+                    ErrorCode::PermissionDenied,
+                    format!("the credential does not allow pool '{p}'"),
+                ))
+            };
+            if let Some(r) = &why {
+                refused.push(left_out(Some(p), None, r));
+            }
+            why.is_none()
+        });
+        if let Some((cut, r)) = keep_longest_allowed(&mut h.pools, |ps| dir.check_join(app, ps)) {
+            refused.extend(cut.iter().map(|p| left_out(Some(p), None, &r)));
+        }
+        if let Some((cut, r)) = keep_longest_allowed(&mut h.triggers, |ts| dir.check_register(app, ts)) {
+            refused.extend(cut.iter().map(|t| left_out(None, Some(t), &r)));
+        }
+        refused
+    }
+
+    fn handshake(&mut self, id: Option<&RawValue>, h: Handshake, refused: Vec<Refused>) -> Option<After> {
         let st = self.state.clone();
         let app = h.app_id.clone();
         let info = crate::registry::HandshakeInfo {
-            rehydrate: h.rehydrate,
+            // A partial handshake has said so already (see `leave_out_refused`).
+            restore: h.rehydrate || (!h.partial && h.pools.is_empty() && h.triggers.is_empty()),
             ephemeral: h.ephemeral,
             protocol_version: h.protocol_version.clone(),
             pools: h.pools,
@@ -760,6 +805,7 @@ impl Session {
             app,
             info,
             took_over,
+            refused,
         })
     }
 
@@ -813,6 +859,7 @@ impl Session {
                 app,
                 info,
                 took_over,
+                refused,
             } => {
                 let mut out = crate::registry::handshake(&st, &app, info).await;
                 if let Some(g) = &self.grant {
@@ -869,6 +916,7 @@ impl Session {
                         last_seen: r.last_seen,
                     }),
                     store_error: out.store_error.as_deref(),
+                    refused: &refused,
                     server: ServerInfo {
                         name: "latzero",
                         version: env!("CARGO_PKG_VERSION"),
@@ -1144,6 +1192,41 @@ impl Session {
     }
 }
 
+/// Why `app` may not join `pool` (a handshake or `join`): an encrypted pool, which takes a proof,
+/// or the pool's policy. `None` for a pool that does not exist yet.
+fn join_refusal(dir: &Directory, app: &str, pool: &PoolName) -> Option<Refusal> {
+    let p = dir.pools.get(pool)?;
+    if p.is_encrypted() {
+        return Some(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "'{pool}' is an encrypted pool: join it by proving the SigilKey (pool_challenge, then pool_prove), not in a handshake or join"
+            ),
+        ));
+    }
+    p.check(PoolOp::Join, app, pool.as_str()).err()
+}
+
+/// Keeps the longest leading run of `items` that `check` allows, and returns the rest with the
+/// refusal of one item more; `None` if `check` allows them all. `check` must allow every run
+/// shorter than one it allows (the limits do: they count).
+fn keep_longest_allowed<T>(
+    items: &mut Vec<T>,
+    check: impl Fn(&[T]) -> Result<(), Refusal>,
+) -> Option<(Vec<T>, Refusal)> {
+    let why = check(items).err()?;
+    // check(items[..lo]) allows, check(items[..hi]) refuses.
+    let (mut lo, mut hi, mut why) = (0, items.len(), why);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match check(&items[..mid]) {
+            Ok(()) => lo = mid,
+            Err(r) => (hi, why) = (mid, r),
+        }
+    }
+    Some((items.split_off(lo), why))
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
@@ -1153,6 +1236,32 @@ mod tests {
     use tokio::io::ReadBuf;
 
     use super::*;
+
+    /// The longest allowed leading run is kept, whatever its length, and the rest is cut with
+    /// the refusal of the first run too long.
+    #[test]
+    fn keep_longest_allowed_cuts_at_the_limit() {
+        let at_most = |n: usize| {
+            move |xs: &[usize]| match xs.len() <= n {
+                true => Ok(()),
+                false => Err(Refusal::new(ErrorCode::Overloaded, format!("{} > {n}", xs.len()))),
+            }
+        };
+        for len in 0..9 {
+            for n in 0..10 {
+                let mut xs: Vec<usize> = (0..len).collect();
+                let cut = keep_longest_allowed(&mut xs, at_most(n));
+                assert_eq!(xs, (0..len.min(n)).collect::<Vec<_>>(), "len {len}, at most {n}");
+                match cut {
+                    None => assert!(len <= n),
+                    Some((cut, why)) => {
+                        assert_eq!(cut, (n..len).collect::<Vec<_>>());
+                        assert_eq!(why.message, format!("{} > {n}", n + 1));
+                    }
+                }
+            }
+        }
+    }
 
     /// A reader that fails the way a bug in the session would: it panics.
     struct Panicking;
