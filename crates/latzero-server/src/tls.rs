@@ -50,7 +50,7 @@ pub struct TlsConfig {
 /// A loaded certificate, ready to accept connections.
 #[derive(Clone)]
 pub(crate) struct Tls {
-    acceptor: TlsAcceptor,
+    pub(crate) acceptor: TlsAcceptor,
     /// SHA-256 of the leaf certificate, as printed.
     pub fingerprint: String,
     /// Where the certificate came from (for the start-up line).
@@ -163,9 +163,11 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
     };
     // The session writes its frames into `far`; the bridge takes them out to TLS.
     crate::transport::size_send_buffer(&state, &far);
-    tracker.spawn(bridge(stream, near));
+    let bridge = tracker.spawn(bridge(stream, near));
     let (r, w) = far.into_split();
+    let grace = state.config.shutdown_grace;
     session::run(state, r, Sock::Unix(w), peer).await;
+    crate::transport::let_bridge_finish(bridge, grace).await;
 }
 
 /// Moves bytes between the TLS stream and the session's socket until the session ends (its

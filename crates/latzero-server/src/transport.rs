@@ -89,6 +89,16 @@ pub(crate) fn size_send_buffer(state: &State, s: &UdsStream) {
     }
 }
 
+/// Gives the bridge of an ended session (TLS, WebSocket) `grace` to deliver what the session
+/// last wrote, then drops it: a peer that does not read would otherwise hold it, and the
+/// server's shutdown that waits for it, for ever.
+pub(crate) async fn let_bridge_finish(mut bridge: tokio::task::JoinHandle<()>, grace: Duration) {
+    if tokio::time::timeout(grace, &mut bridge).await.is_err() {
+        tracing::info!("a peer did not read what its session last sent within the grace; dropping its connection");
+        bridge.abort();
+    }
+}
+
 /// Accepts until `stop`, running each connection as a tracked session.
 pub(crate) async fn accept_loop<L: Listener>(
     state: Arc<State>,

@@ -195,3 +195,30 @@ async fn a_configured_certificate_verifies_against_its_ca() {
     drop(c);
     srv.stop().await;
 }
+
+/// A TLS client that sends and never reads is held back (the server stops reading it), and the
+/// server still stops in time: the bridge stuck writing to it is not waited for past the
+/// shutdown grace.
+#[tokio::test]
+async fn a_tls_client_that_never_reads_does_not_hold_the_server() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tls_config(dir.path());
+    cfg.limits.outbound_queue_bytes = 64 * 1024;
+    cfg.unix_send_buffer = 16 * 1024;
+    cfg.shutdown_grace = Duration::from_millis(500);
+    let srv = Running::start(cfg).await;
+    let mut tls = common::tls_to(dir.path(), srv.addr).await;
+    let ping = latzero_proto::frame::encode_json(json!({"action":"ping","id":"x".repeat(200)}).to_string().as_bytes());
+    let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 100).collect();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), tls.write_all(&burst)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the server closed first: {e}"),
+            Err(_) => break,
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), srv.stop())
+        .await
+        .expect("the server stops in time");
+}
