@@ -419,6 +419,15 @@ pub struct StartArgs {
     /// TLS private key, PEM (with --tls-cert)
     #[arg(long, env = "LATZERO_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve WebSocket on this port (on --host), for browsers: ws://HOST:PORT, or wss://
+    /// with --tls; 0 picks a free one [default: off]
+    #[arg(long, env = "LATZERO_WS_PORT")]
+    pub ws_port: Option<u16>,
+    /// A page origin allowed to connect over WebSocket, as browsers send it
+    /// (http://localhost:8080); repeatable; * allows any page. Pages of other origins are
+    /// refused (403); programs, which send no Origin, are not asked [default: none]
+    #[arg(long, env = "LATZERO_WS_ORIGIN", value_delimiter = ',')]
+    pub ws_origin: Vec<String>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "LATZERO_LOG_LEVEL")]
     pub log_level: Option<String>,

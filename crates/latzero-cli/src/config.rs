@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub tls: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub ws_port: Option<u16>,
+    pub ws_origins: Option<Vec<String>>,
     pub cluster: Option<bool>,
     pub unix_socket: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
@@ -181,6 +183,15 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
     c.tls.key = args.tls_key.clone().or(file.tls_key);
     if !c.tls.enabled && (c.tls.cert.is_some() || c.tls.key.is_some()) {
         bail!("--tls-cert/--tls-key (or tls_cert/tls_key) are given but TLS is off; add --tls");
+    }
+    c.ws.port = args.ws_port.or(file.ws_port);
+    c.ws.origins = if args.ws_origin.is_empty() {
+        file.ws_origins.unwrap_or_default()
+    } else {
+        args.ws_origin.clone()
+    };
+    if c.ws.port.is_none() && !c.ws.origins.is_empty() {
+        bail!("--ws-origin (or ws_origins) is given but WebSocket is off; add --ws-port");
     }
     c.unix_socket = !args.no_unix_socket && file.unix_socket.unwrap_or(true);
     if let Some(ms) = args.shutdown_grace_ms.or(file.shutdown_grace_ms) {

@@ -993,3 +993,59 @@ fn admin_answers_are_read_up_to_the_servers_own_frame_limit() -> Result<()> {
     assert!(err.contains("through its data dir (-d"), "{err}");
     Ok(())
 }
+
+/// `--ws-port` serves the protocol over WebSocket: the ready output names it, server.json and
+/// status give its address, and a WebSocket client calls a `latzero reply` handler. A page of
+/// an origin not allowed is refused; `--ws-origin` without `--ws-port` is refused at start.
+#[test]
+fn the_websocket_port_serves_the_protocol_to_pages_of_allowed_origins() -> Result<()> {
+    use tungstenite::client::IntoClientRequest;
+    let s = ServerProc::start(bin(), &["--ws-port", "0", "--ws-origin", "http://localhost:8080"])?;
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let addr: std::net::SocketAddr = info["ws"].as_str().expect("server.json names the ws port").parse()?;
+    assert!(
+        s.proc
+            .seen
+            .iter()
+            .any(|l| l == &format!("WebSocket on ws://{addr}; pages allowed from: http://localhost:8080")),
+        "{:?}",
+        s.proc.seen
+    );
+    let (ok, out, _) = s.run(&["status", "--json"])?;
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out)?["server"]["ws"], addr.to_string());
+    let _w = s.reply(&["--app", "worker", "--pool", "demo", "double"])?;
+    // tungstenite's handshake error, as it comes.
+    #[allow(clippy::result_large_err)]
+    let open = |origin: &str| {
+        let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        tungstenite::client(req, std::net::TcpStream::connect(addr).unwrap())
+    };
+    let (mut ws, _) = open("http://localhost:8080").expect("an allowed page connects");
+    let mut ask = |v: Value| -> Result<Value> {
+        ws.send(tungstenite::Message::text(v.to_string()))?;
+        loop {
+            if let tungstenite::Message::Text(t) = ws.read()? {
+                return Ok(serde_json::from_str(&t)?);
+            }
+        }
+    };
+    let ack = ask(json!({"action":"handshake","id":1,"app_id":"page","pools":["demo"],"ephemeral":true}))?;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    let r = ask(json!({"action":"trigger","id":2,"process":"double","pool":"demo","data":{"x":21}}))?;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["response"]["data"], json!({"x": 21}), "{r}");
+    match open("http://evil.example") {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| "a WebSocket")),
+    }
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new(bin())
+        .args(["start", "-p", "0", "--ws-origin", "http://localhost:8080", "-d"])
+        .arg(dir.path())
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --ws-port"));
+    Ok(())
+}

@@ -85,8 +85,10 @@ pub struct ServerConfig {
     pub store: crate::store::StoreConfig,
     /// Who may connect.
     pub auth: crate::security::AuthConfig,
-    /// TLS on the TCP port.
+    /// TLS on the TCP port (and on the WebSocket port, as `wss://`).
     pub tls: crate::tls::TlsConfig,
+    /// The WebSocket port, for browsers: off unless it has a port.
+    pub ws: crate::ws::WsConfig,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
     /// How long the server keeps polling its sockets after a message before it sleeps; zero
@@ -111,6 +113,7 @@ impl ServerConfig {
             memory: crate::memory::MemoryConfig::default(),
             store: crate::store::StoreConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            ws: crate::ws::WsConfig::default(),
             auth: crate::security::AuthConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             spin: DEFAULT_SPIN,

@@ -32,6 +32,9 @@ pub struct RuntimeInfo {
     /// With TLS: the SHA-256 fingerprint of the TCP port's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
+    /// The WebSocket port's address, if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<SocketAddr>,
     /// The server's `max_frame_len`: the longest answer it may send, which the command-line
     /// tools then read. Absent in a file written before it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,8 @@
 //! ```text
 //! server.rs      bind listeners, shared State, graceful shutdown
 //! transport.rs   TCP and Unix-socket accept loops
+//! tls.rs         TLS on the TCP port (certificate, bridge)
+//! ws.rs          the WebSocket port (browsers): upgrade, origin check, message bridge
 //! session/       one connection: reader loop (mod.rs), outbound queue + writer (conn.rs)
 //! directory.rs   connected apps and the pools (members, trigger index)
 //! registry.rs    the durable app registry: write-through to the store, rehydration
@@ -43,6 +45,7 @@ mod session;
 pub mod store;
 mod tls;
 mod transport;
+mod ws;
 
 pub use backup::{Restored, list as list_backups, restore};
 pub use config::{DEFAULT_SPIN, DEFAULT_UNIX_SEND_BUFFER, Limits, MAX_SPIN, MAX_UNIX_SEND_BUFFER, ServerConfig};
@@ -53,3 +56,4 @@ pub use security::{AuthConfig, token_sha256};
 pub use server::Server;
 pub use store::StoreConfig;
 pub use tls::{GENERATED_CERT, GENERATED_KEY, TlsConfig};
+pub use ws::WsConfig;

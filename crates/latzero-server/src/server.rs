@@ -54,6 +54,8 @@ pub(crate) struct State {
     started: Instant,
     tcp: SocketAddr,
     unix: Option<PathBuf>,
+    /// The WebSocket port's address, if it serves one.
+    ws: Option<SocketAddr>,
     /// The send buffer the kernel grants the Unix sockets (`None`: its default).
     unix_send_buffer_granted: Option<usize>,
     pub spinner: Option<latzero_uds::spin::Spinner>,
@@ -84,6 +86,7 @@ impl State {
                 "uptime_ms": self.started.elapsed().as_millis() as u64,
                 "tcp": self.tcp.to_string(),
                 "unix": self.unix.as_ref().map(|p| p.display().to_string()),
+                "ws": self.ws.map(|a| a.to_string()),
                 "data_dir": self.config.data_dir.display().to_string(),
                 "shutting_down": self.shutting_down.load(Ordering::Relaxed),
             },
@@ -133,6 +136,7 @@ pub struct Server {
     state: Arc<State>,
     tcp: TcpListener,
     unix: Option<UnixListener>,
+    ws: Option<crate::ws::WsListener>,
     datadir: DataDir,
 }
 
@@ -170,6 +174,22 @@ impl Server {
             },
         })?;
         let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, error: e })?;
+        let ws = match config.ws.port {
+            None => None,
+            Some(port) => {
+                let addr = format!("{}:{port}", config.host);
+                let l = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
+                    _ => ServerError::Bind {
+                        addr: addr.clone(),
+                        error: e,
+                    },
+                })?;
+                let bound = l.local_addr().map_err(|e| ServerError::Bind { addr, error: e })?;
+                Some((crate::ws::WsListener(l), bound))
+            }
+        };
+        let ws_addr = ws.as_ref().map(|(_, a)| *a);
         // Unix clients' sockets and each TLS connection's inner socket pair take it.
         let bytes = config.unix_send_buffer;
         let send_buffer = check_send_buffer(bytes).map_err(|error| ServerError::SendBuffer { bytes, error })?;
@@ -208,6 +228,7 @@ impl Server {
             unix: unix_path.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
+            ws: ws_addr,
             max_frame_len: Some(config.limits.max_frame_len),
         })?;
         let counters = Arc::new(Counters::default());
@@ -229,6 +250,7 @@ impl Server {
             started: Instant::now(),
             tcp: tcp_addr,
             unix: unix_path,
+            ws: ws_addr,
             unix_send_buffer_granted: send_buffer,
             spinner,
         });
@@ -236,6 +258,7 @@ impl Server {
             state,
             tcp,
             unix,
+            ws: ws.map(|(l, _)| l),
             datadir,
         })
     }
@@ -249,6 +272,11 @@ impl Server {
     /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.state.tcp
+    }
+
+    /// The WebSocket port's address, if it serves one (`ServerConfig::ws`).
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.state.ws
     }
 
     /// The Unix socket path, if enabled.
@@ -271,6 +299,7 @@ impl Server {
             state,
             tcp,
             unix,
+            ws,
             datadir,
         } = self;
         let tracker = TaskTracker::new();
@@ -282,6 +311,14 @@ impl Server {
             accept_stop.clone(),
             tracker.clone(),
         ));
+        if let Some(l) = ws {
+            tracker.spawn(transport::accept_loop(
+                state.clone(),
+                l,
+                accept_stop.clone(),
+                tracker.clone(),
+            ));
+        }
         if let Some(l) = unix {
             tracker.spawn(transport::accept_loop(
                 state.clone(),

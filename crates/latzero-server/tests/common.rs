@@ -80,6 +80,8 @@ pub fn config_in(dir: &std::path::Path) -> ServerConfig {
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub unix: PathBuf,
+    /// The WebSocket port's address, when the config asked for one.
+    pub ws: Option<std::net::SocketAddr>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -89,6 +91,7 @@ impl Running {
         let server = Server::bind(cfg).await.unwrap();
         let addr = server.local_addr();
         let unix = server.unix_path().unwrap().to_path_buf();
+        let ws = server.ws_addr();
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -98,7 +101,13 @@ impl Running {
                 .await
                 .unwrap();
         });
-        Running { addr, unix, stop, task }
+        Running {
+            addr,
+            unix,
+            ws,
+            stop,
+            task,
+        }
     }
 
     /// Shuts down and waits for `run` to return.

@@ -17,6 +17,7 @@ pub async fn run(cfg: config::Resolved) -> Result<()> {
     let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let data_dir = cfg.server.data_dir.clone();
+    let origins = cfg.server.ws.origins.clone();
     let server = Server::bind(cfg.server).await?;
     if let Some((fingerprint, cert)) = server.tls() {
         tracing::info!(%fingerprint, cert = %cert.display(), "serving TLS on the TCP port");
@@ -26,6 +27,17 @@ pub async fn run(cfg: config::Resolved) -> Result<()> {
             server.local_addr(),
             cert.display(),
             server.local_addr(),
+        );
+    }
+    if let Some(addr) = server.ws_addr() {
+        let scheme = if server.tls().is_some() { "wss" } else { "ws" };
+        let pages = match origins.is_empty() {
+            true => "none (programs only; allow a page's origin with --ws-origin)".to_owned(),
+            false => origins.join(", "),
+        };
+        let _ = writeln!(
+            std::io::stdout(),
+            "WebSocket on {scheme}://{addr}; pages allowed from: {pages}"
         );
     }
     // Printed whatever the log level: scripts and the test kit wait for this line. A server

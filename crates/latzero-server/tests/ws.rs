@@ -1,0 +1,263 @@
+//! The WebSocket port: the protocol over WebSocket messages (one frame each), pages refused
+//! unless their origin is allowed, oversized messages told, and `wss://` with `--tls`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Running, config_in};
+use futures_util::{SinkExt, StreamExt};
+use latzero_client::Request;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ws_config(dir: &std::path::Path, origins: &[&str]) -> latzero_server::ServerConfig {
+    let mut cfg = config_in(dir);
+    cfg.ws.port = Some(0);
+    cfg.ws.origins = origins.iter().map(|o| o.to_string()).collect();
+    cfg
+}
+
+/// Upgrades `stream` to a WebSocket at `url`, with `origin` as a page would send it.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    url: &str,
+    origin: Option<&str>,
+) -> Result<WebSocketStream<S>, WsError> {
+    let mut req = url.into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(req, stream).await.map(|(ws, _)| ws)
+}
+
+async fn open(srv: &Running, origin: Option<&str>) -> Result<WebSocketStream<TcpStream>, WsError> {
+    let addr = srv.ws.unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    upgrade(tcp, &format!("ws://{addr}/"), origin).await
+}
+
+/// Sends a JSON frame as a text message.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next message, which must be a JSON frame in a text message.
+async fn recv<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Value {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// A browser-like client and SDK clients call each other's triggers and share emits through
+/// the WebSocket port, one frame per message; bad input is answered, not dropped.
+#[tokio::test]
+async fn pages_and_sdk_clients_call_each_other_over_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(ws_config(dir.path(), &["http://localhost:8080"])).await;
+    let sdk = latzero_client::Client::connect(&format!("latzero://svc@{}?pools=p", srv.addr))
+        .await
+        .unwrap();
+    sdk.handle(
+        "double",
+        |r: Request| async move { Ok(json!(r.data.as_i64().unwrap() * 2)) },
+    )
+    .await
+    .unwrap();
+
+    let mut page = open(&srv, Some("http://localhost:8080")).await.unwrap();
+    send(
+        &mut page,
+        json!({"action":"handshake","id":1,"app_id":"page","pools":["p"],"triggers":["greet"]}),
+    )
+    .await;
+    let ack = recv(&mut page).await;
+    assert_eq!(ack["action"], "handshake_ack", "{ack}");
+    send(
+        &mut page,
+        json!({"action":"trigger","id":2,"process":"double","pool":"p","data":21}),
+    )
+    .await;
+    let r = recv(&mut page).await;
+    assert_eq!(
+        (&r["in_reply_to"], &r["status"], &r["response"]),
+        (&json!(2), &json!("ok"), &json!(42)),
+        "{r}"
+    );
+
+    // The SDK calls the page's trigger; the page answers the delivered call.
+    let call = tokio::spawn({
+        let sdk = sdk.clone();
+        async move { sdk.call("p", "greet", &json!("ada")).await }
+    });
+    let hop = recv(&mut page).await;
+    assert_eq!(
+        (&hop["action"], &hop["process"], &hop["data"]),
+        (&json!("trigger"), &json!("greet"), &json!("ada")),
+        "{hop}"
+    );
+    send(
+        &mut page,
+        json!({"action":"response","in_reply_to":hop["id"],"status":"ok","response":"hello ada"}),
+    )
+    .await;
+    assert_eq!(call.await.unwrap().unwrap(), json!("hello ada"));
+
+    // Binary frames travel as binary messages, both ways: a block written and read back.
+    send(
+        &mut page,
+        json!({"action":"block_create","id":3,"pool":"p","block_id":"b","size":16}),
+    )
+    .await;
+    assert_eq!(recv(&mut page).await["action"], "block_created");
+    let header = json!({"action":"block_write","id":4,"pool":"p","block_id":"b","offset":0}).to_string();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    frame.extend_from_slice(header.as_bytes());
+    frame.extend_from_slice(b"\x01\x02\x03");
+    page.send(Message::binary(frame)).await.unwrap();
+    assert_eq!(recv(&mut page).await["action"], "block_written");
+    send(
+        &mut page,
+        json!({"action":"block_read","id":5,"pool":"p","block_id":"b","offset":0,"length":3}),
+    )
+    .await;
+    let data = match tokio::time::timeout(WAIT, page.next()).await.unwrap() {
+        Some(Ok(Message::Binary(b))) => b,
+        other => panic!("expected a binary message, got {other:?}"),
+    };
+    assert_eq!(data[0], 0, "the binary marker");
+    let hlen = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    let head: Value = serde_json::from_slice(&data[5..5 + hlen]).unwrap();
+    assert_eq!(head["action"], "block_data", "{head}");
+    assert_eq!(&data[5 + hlen..], b"\x01\x02\x03");
+
+    // Not JSON: an error frame, and the connection stays.
+    page.send(Message::text("not json")).await.unwrap();
+    let e = recv(&mut page).await;
+    assert_eq!(e["code"], "INVALID_MESSAGE", "{e}");
+    send(&mut page, json!({"action":"ping","id":"p"})).await;
+    assert_eq!(recv(&mut page).await["action"], "pong");
+
+    // The page closes; the server's close frame comes once the session has ended, and the app
+    // is gone with it.
+    page.close(None).await.unwrap();
+    while let Some(Ok(m)) = tokio::time::timeout(WAIT, page.next()).await.expect("closed in time") {
+        assert!(matches!(m, Message::Close(_)), "{m:?}");
+    }
+    let e = sdk.call("p", "greet", &json!("bob")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("NO_HANDLER") || e.to_string().contains("no handler"),
+        "{e}"
+    );
+    srv.stop().await;
+}
+
+/// An upgrade from a page whose origin is not allowed is refused with 403 and says how to allow
+/// it; a program (no Origin) is not asked.
+#[tokio::test]
+async fn pages_of_origins_not_allowed_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(ws_config(dir.path(), &["http://localhost:8080"])).await;
+    match open(&srv, Some("http://evil.example")).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("--ws-origin http://evil.example"), "{body}");
+        }
+        other => panic!("expected 403, got {:?}", other.map(|_| "a WebSocket")),
+    }
+    let mut program = open(&srv, None).await.unwrap();
+    send(&mut program, json!({"action":"ping","id":1})).await;
+    assert_eq!(recv(&mut program).await["action"], "pong");
+    srv.stop().await;
+
+    // With no origin allowed, every page is refused.
+    let srv = Running::start(ws_config(dir.path(), &[])).await;
+    assert!(matches!(open(&srv, Some("http://localhost:8080")).await, Err(WsError::Http(r)) if r.status() == 403));
+    srv.stop().await;
+}
+
+/// A message longer than the server's frame limit closes the WebSocket with 1009 (message too
+/// big) and a reason naming FRAME_TOO_LARGE and the limit.
+#[tokio::test]
+async fn an_oversized_message_is_told_in_the_close_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ws_config(dir.path(), &[]);
+    cfg.limits.max_frame_len = 4096;
+    let srv = Running::start(cfg).await;
+    let mut ws = open(&srv, None).await.unwrap();
+    let big = json!({"action":"ping","id":"x".repeat(5000)}).to_string();
+    ws.send(Message::text(big)).await.unwrap();
+    let close = match tokio::time::timeout(WAIT, ws.next()).await.expect("an answer in time") {
+        Some(Ok(Message::Close(c))) => c.expect("a close frame with a reason"),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(close.code, CloseCode::Size);
+    assert!(
+        close.reason.contains("FRAME_TOO_LARGE") && close.reason.contains("4096"),
+        "{}",
+        close.reason
+    );
+    srv.stop().await;
+}
+
+/// With `--tls` the WebSocket port serves `wss://` with the TCP port's certificate.
+#[tokio::test]
+async fn with_tls_the_websocket_port_serves_wss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ws_config(dir.path(), &[]);
+    cfg.tls.enabled = true;
+    let srv = Running::start(cfg).await;
+    let addr = srv.ws.unwrap();
+    let tls = common::tls_to(dir.path(), addr).await;
+    let mut ws = upgrade(tls, &format!("wss://{addr}/"), None).await.unwrap();
+    send(&mut ws, json!({"action":"ping","id":1})).await;
+    assert_eq!(recv(&mut ws).await["action"], "pong");
+    // Plain WebSocket to the wss port fails at TLS, not with a hang.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let plain = tokio::time::timeout(WAIT, upgrade(tcp, &format!("ws://{addr}/"), None)).await;
+    assert!(
+        matches!(plain, Ok(Err(_))),
+        "plain WebSocket to the wss port: {plain:?}"
+    );
+    srv.stop().await;
+}
+
+/// A page that sends and never reads is held back as any client is (the server stops reading
+/// it), and the server still stops in time: the bridge stuck writing to the page is not waited
+/// for past the shutdown grace.
+#[tokio::test]
+async fn a_page_that_never_reads_does_not_hold_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ws_config(dir.path(), &[]);
+    cfg.limits.outbound_queue_bytes = 64 * 1024;
+    cfg.unix_send_buffer = 16 * 1024;
+    cfg.shutdown_grace = Duration::from_millis(500);
+    let srv = Running::start(cfg).await;
+    let mut ws = open(&srv, None).await.unwrap();
+    send(&mut ws, json!({"action":"handshake","id":0,"app_id":"deaf"})).await;
+    // Pings whose pongs nobody reads, until the sends stall: every buffer on the way is full.
+    let ping = Message::text(json!({"action":"ping","id":"x".repeat(200)}).to_string());
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), ws.send(ping.clone())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the server closed first: {e}"),
+            Err(_) => break,
+        }
+    }
+    tokio::time::timeout(WAIT, srv.stop())
+        .await
+        .expect("the server stops in time");
+}
