@@ -520,7 +520,8 @@ pub struct StartArgs {
     #[arg(long, env = "LATZERO_MAX_STORED_APPS")]
     pub max_stored_apps: Option<usize>,
     /// How long the registration of an app that is not connected is kept after it was last
-    /// seen, ms; checked at start and hourly; 0 keeps it for ever [default: 2592000000, 30 days]
+    /// seen, ms of the server running (time it was stopped does not count); checked at start,
+    /// hourly and at shutdown; 0 keeps it for ever [default: 2592000000, 30 days]
     #[arg(long, env = "LATZERO_APP_RETENTION_MS")]
     pub app_retention_ms: Option<u64>,
     /// How long shutdown waits for connections to flush, ms [default: 5000]

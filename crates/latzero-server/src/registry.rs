@@ -202,16 +202,18 @@ fn current(st: &State, app: &AppId) -> Option<AppRecord> {
 /// shorter).
 const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
-/// Forgets the registrations of apps that are not connected and were last seen longer than
-/// `store.app_retention` ago: at start, then every hour (or every retention, if shorter), until
-/// `stop`. A zero retention keeps them for ever.
+/// Forgets the registrations of apps that are not connected and have not been seen for
+/// `store.app_retention` of the server's running time (time it was stopped does not count):
+/// at start, then every hour (or every retention, if shorter), and once more at `stop`, which
+/// records how long this run lasted. A zero retention keeps them for ever.
 pub(crate) async fn forget_stale(st: Arc<State>, stop: CancellationToken) {
     let keep = st.config.store.app_retention;
     if keep.is_zero() {
         return;
     }
+    let retention = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    let started = now_ms();
     loop {
-        let before = now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
         let connected = {
             let st = st.clone();
             move |id: &str| {
@@ -222,7 +224,11 @@ pub(crate) async fn forget_stale(st: Arc<State>, stop: CancellationToken) {
                     .contains_key(id)
             }
         };
-        match st.store.forget_apps_seen_before(before, connected).await {
+        match st
+            .store
+            .forget_absent_apps(started, now_ms(), retention, connected)
+            .await
+        {
             Ok(gone) if !gone.is_empty() => tracing::info!(
                 count = gone.len(),
                 retention_ms = keep.as_millis() as u64,
@@ -232,8 +238,11 @@ pub(crate) async fn forget_stale(st: Arc<State>, stop: CancellationToken) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot forget stale app registrations"),
         }
+        if stop.is_cancelled() {
+            return;
+        }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {}
             _ = tokio::time::sleep(keep.min(FORGET_EVERY)) => {}
         }
     }

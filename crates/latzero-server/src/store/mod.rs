@@ -39,12 +39,18 @@ pub struct StoreConfig {
     /// App registrations stored at most; a new app past it is served but not remembered.
     pub max_apps: usize,
     /// How long the registration of an app that is not connected is kept after it was last
-    /// seen; zero keeps it for ever.
+    /// seen, counting only the time the server runs; zero keeps it for ever.
     pub app_retention: std::time::Duration,
 }
 
 /// The default of [`StoreConfig::max_apps`].
 pub const DEFAULT_MAX_APPS: usize = 65_536;
+
+/// The `server_config` key of the server's runs (see [`Store::forget_absent_apps`]).
+const RUNS: &str = "server_runs";
+
+/// Server runs remembered at most for [`Store::forget_absent_apps`].
+pub const MAX_RUNS: usize = 1024;
 
 /// The default of [`StoreConfig::app_retention`]: 30 days.
 pub const DEFAULT_APP_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -316,17 +322,42 @@ impl Store {
         .await
     }
 
-    /// Forgets the registrations last seen before `before` (ms since the epoch) of apps that
-    /// `connected` (asked on the store's thread, as [`remove_app_unless`](Self::remove_app_unless)
-    /// does) says are not connected; returns their ids.
-    pub async fn forget_apps_seen_before(
+    /// Records that the server run that began at `run_started` is alive at `now`, then forgets
+    /// the registrations of the apps that have not been seen for `retention` ms of the server's
+    /// running time — time it was stopped does not count, so a server started again after a
+    /// long stop does not forget every app at once — unless `connected` (asked on the store's
+    /// thread, as [`remove_app_unless`](Self::remove_app_unless) does) says the app is
+    /// connected. Returns the ids forgotten.
+    ///
+    /// The runs are kept in `server_config` (`server_runs`: `[[started, alive], ...]`, at most
+    /// [`MAX_RUNS`], oldest first); time before the oldest kept counts as stopped, so an app
+    /// is only ever kept longer for it.
+    pub async fn forget_absent_apps(
         &self,
-        before: i64,
+        run_started: i64,
+        now: i64,
+        retention: i64,
         connected: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Vec<String>, StoreError> {
         self.run(move |db| {
             let tx = db.conn.transaction()?;
-            let mut gone = records::apps_seen_before(&tx, before)?;
+            let mut runs: Vec<(i64, i64)> = records::load_config(&tx, RUNS)?
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            match runs.last_mut() {
+                Some(last) if last.0 == run_started => last.1 = now,
+                _ => runs.push((run_started, now)),
+            }
+            if runs.len() > MAX_RUNS {
+                runs.drain(..runs.len() - MAX_RUNS);
+            }
+            records::save_config(&tx, RUNS, &serde_json::json!(runs))?;
+            let running_since = |t: i64| -> i64 { runs.iter().map(|&(s, a)| (a.min(now) - s.max(t)).max(0)).sum() };
+            let mut gone: Vec<String> = records::apps_seen_before(&tx, now.saturating_sub(retention))?
+                .into_iter()
+                .filter(|(_, seen)| running_since(*seen) >= retention)
+                .map(|(id, _)| id)
+                .collect();
             gone.retain(|id| !connected(id));
             for id in &gone {
                 records::remove_app(&tx, id)?;
@@ -738,7 +769,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn registrations_last_seen_before_a_time_are_forgotten_unless_connected() {
+    async fn registrations_absent_for_the_retention_of_running_time_are_forgotten_unless_connected() {
         let s = Store::open(
             Path::new("/nonexistent"),
             StoreConfig {
@@ -756,14 +787,31 @@ mod tests {
             .unwrap();
         }
         let mut events = s.subscribe();
+        // One run from 0, at 200 now: 100 ms of retention reaches back to 100.
         let gone = s
-            .forget_apps_seen_before(100, |id| id == "old-but-connected")
+            .forget_absent_apps(0, 200, 100, |id| id == "old-but-connected")
             .await
             .unwrap();
         assert_eq!(gone, ["old"]);
         assert_eq!(events.recv().await.unwrap(), StoreEvent::AppRemoved("old".into()));
         let left: Vec<String> = s.all_apps().await.unwrap().into_iter().map(|a| a.app_id).collect();
         assert_eq!(left, ["edge", "new", "old-but-connected"]);
+
+        // The server stops at 200 and starts again at 10,000: the stop does not count. At
+        // 10,050, "edge" (seen at 100) has been absent 150 ms of running time; "new" (seen at
+        // 200) 9,850 ms of wall time but 50 of running time.
+        let connected = |id: &str| id == "old-but-connected";
+        assert_eq!(
+            s.forget_absent_apps(10_000, 10_050, 100, connected).await.unwrap(),
+            ["edge"]
+        );
+        // 50 ms more of this run, and "new" has 100 of running time.
+        assert_eq!(
+            s.forget_absent_apps(10_000, 10_100, 100, connected).await.unwrap(),
+            ["new"]
+        );
+        let runs = s.load_config(RUNS).await.unwrap().unwrap();
+        assert_eq!(runs, serde_json::json!([[0, 200], [10_000, 10_100]]));
     }
 
     #[tokio::test]

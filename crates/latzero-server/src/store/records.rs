@@ -127,10 +127,11 @@ pub fn count_apps(c: &Connection) -> Result<usize, StoreError> {
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-/// The ids of the registrations last seen before `before` (ms since the epoch).
-pub fn apps_seen_before(c: &Connection, before: i64) -> Result<Vec<String>, StoreError> {
-    let mut s = c.prepare_cached("SELECT app_id FROM app_registry WHERE last_seen < ?1 ORDER BY app_id")?;
-    Ok(s.query_map([before], |r| r.get(0))?.collect::<Result<_, _>>()?)
+/// The ids and `last_seen` of the registrations last seen before `before` (ms since the epoch).
+pub fn apps_seen_before(c: &Connection, before: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut s = c.prepare_cached("SELECT app_id, last_seen FROM app_registry WHERE last_seen < ?1 ORDER BY app_id")?;
+    Ok(s.query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
 }
 
 pub fn all_apps(c: &Connection) -> Result<Vec<AppRecord>, StoreError> {
