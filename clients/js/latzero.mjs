@@ -1,0 +1,346 @@
+// LatZero for browsers and Node: a client over the server's WebSocket port (`latzero start
+// --ws-port P`; docs/PROTOCOL.md §1.2). One ES module, no dependencies: it uses the global
+// WebSocket (browsers, Node 22+; Node 20 with --experimental-websocket), or the constructor
+// given as `options.WebSocket`.
+//
+//   import { connect } from "./latzero.mjs";
+//   const lz = await connect("ws://127.0.0.1:45228", "page", { pools: ["demo"] });
+//   lz.handle("greet", ({ data }) => `hello ${data}`);
+//   console.log(await lz.call("demo", "double", { x: 21 }));
+//
+// Calls are correlated by id and time out (`timeoutMs`, default 30 s, passed to the server as
+// the call's ttl); the server's errors reject with a LatZeroError carrying the wire `code`. The
+// client reconnects with backoff when the connection drops (calls in flight then reject with
+// DISCONNECTED), handshaking with the pools and triggers it has; a pool or trigger the server
+// refuses by then is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping
+// it out.
+
+/** An error from the server (`code` is the wire code) or from the client itself. */
+export class LatZeroError extends Error {
+  constructor(code, message, extra = {}) {
+    super(`${code}: ${message}`);
+    this.name = "LatZeroError";
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+const PROTOCOL_VERSION = "1.0";
+
+/**
+ * Connects and handshakes. Resolves to a Client once the server has acknowledged; rejects with
+ * a LatZeroError if the server refuses the handshake (the first one is strict: every pool and
+ * trigger asked for, or an error).
+ *
+ * options: pools, triggers, meta, auth ({token} or {jwt}), takeover, ephemeral,
+ *          timeoutMs (calls, default 30000), reconnect (default true),
+ *          backoffMinMs (100), backoffMaxMs (5000), WebSocket (a constructor).
+ */
+export async function connect(url, appId, options = {}) {
+  const client = new Client(url, appId, options);
+  await client._open(false);
+  return client;
+}
+
+export class Client {
+  constructor(url, appId, options) {
+    this.url = url;
+    this.appId = appId;
+    this.options = options;
+    this.pools = new Set(options.pools ?? []);
+    this.triggers = new Set(options.triggers ?? []);
+    this._handlers = new Map();
+    this._pending = new Map();
+    this._listeners = new Map();
+    this._nextId = 1;
+    this._ws = null;
+    this._closed = false;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new LatZeroError(
+        "NO_WEBSOCKET",
+        "this JavaScript has no WebSocket: pass one as options.WebSocket (Node before 22: --experimental-websocket, or the ws package)",
+      );
+    }
+  }
+
+  /** Listens for `disconnected`, `reconnected`, `reconnect_refused`, `pool_left`,
+   * `trigger_refused`, `presence` and `server_error` events. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, []);
+    this._listeners.get(event).push(fn);
+    return this;
+  }
+
+  _emitEvent(event, detail) {
+    for (const fn of this._listeners.get(event) ?? []) {
+      try {
+        fn(detail);
+      } catch (e) {
+        console.error(`latzero: a '${event}' listener threw`, e);
+      }
+    }
+  }
+
+  /** Opens the WebSocket and handshakes; `partial` for a reconnect. */
+  _open(partial) {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = new this._WebSocket(this.url);
+      } catch (e) {
+        reject(new LatZeroError("CONNECT", `cannot open ${this.url}: ${e.message ?? e}`));
+        return;
+      }
+      let acked = false;
+      ws.onopen = () => {
+        const hs = {
+          action: "handshake",
+          id: 0,
+          app_id: this.appId,
+          pools: [...this.pools],
+          triggers: [...this.triggers],
+          protocol_version: PROTOCOL_VERSION,
+        };
+        if (this.options.meta !== undefined) hs.meta = this.options.meta;
+        if (this.options.auth) hs.auth = this.options.auth;
+        if (this.options.takeover) hs.takeover = true;
+        if (this.options.ephemeral) hs.ephemeral = true;
+        if (partial) hs.partial = true;
+        ws.send(JSON.stringify(hs));
+      };
+      ws.onmessage = (m) => {
+        if (typeof m.data !== "string") return; // binary frames: memory blocks, not handled here
+        let f;
+        try {
+          f = JSON.parse(m.data);
+        } catch {
+          return;
+        }
+        if (!acked) {
+          if (f.action === "handshake_ack") {
+            acked = true;
+            this._ws = ws;
+            for (const p of f.pools ?? []) this.pools.add(p);
+            for (const t of f.triggers ?? []) this.triggers.add(t);
+            for (const r of f.refused ?? []) this._refused(r);
+            resolve(this);
+          } else if (f.action === "error" || f.action === "closing") {
+            acked = true; // settled: the close that follows is not a drop
+            reject(new LatZeroError(f.code, f.message));
+            ws.close();
+          }
+          return;
+        }
+        this._dispatch(f);
+      };
+      // Some WebSockets (Node 20's) report a failed connection with an error and no close.
+      const ended = (why) => {
+        if (!acked) {
+          acked = true;
+          reject(new LatZeroError("CONNECT", `cannot connect to ${this.url} (${why}); is the server started with --ws-port, and is this page's origin allowed (--ws-origin)?`));
+          return;
+        }
+        if (this._ws === ws) this._lost(why);
+      };
+      ws.onerror = (e) => ended(e?.message || "connection error");
+      ws.onclose = (e) => ended(e.reason || `connection closed (code ${e.code})`);
+    });
+  }
+
+  _refused(r) {
+    const reason = `${r.code}: ${r.message}`;
+    if (r.pool !== undefined) {
+      this.pools.delete(r.pool);
+      this._emitEvent("pool_left", { pool: r.pool, reason });
+    } else if (r.trigger !== undefined) {
+      this.triggers.delete(r.trigger);
+      this._handlers.delete(r.trigger);
+      this._emitEvent("trigger_refused", { trigger: r.trigger, reason });
+    }
+  }
+
+  _dispatch(f) {
+    switch (f.action) {
+      case "trigger":
+        this._deliver(f, true);
+        return;
+      case "emit":
+        this._deliver(f, false);
+        return;
+      case "presence":
+        this._emitEvent("presence", { pool: f.pool, appId: f.app_id, joined: f.event === "joined" });
+        return;
+      case "pool_left":
+        this.pools.delete(f.pool);
+        this._emitEvent("pool_left", { pool: f.pool, reason: f.message });
+        return;
+      case "closing":
+        this._closing = f;
+        return;
+    }
+    const waiter = f.in_reply_to !== undefined ? this._pending.get(String(f.in_reply_to)) : undefined;
+    if (!waiter) {
+      if (f.action === "error") this._emitEvent("server_error", new LatZeroError(f.code, f.message));
+      return;
+    }
+    this._pending.delete(String(f.in_reply_to));
+    clearTimeout(waiter.timer);
+    if (f.action === "error") {
+      waiter.reject(new LatZeroError(f.code, f.message, { handler: f.handler, handlerMayStillRun: f.handler_may_still_run }));
+    } else if (f.action === "response" && f.status === "error") {
+      const message = typeof f.error?.message === "string" ? f.error.message : JSON.stringify(f.error);
+      waiter.reject(new LatZeroError("HANDLER_ERROR", message, { error: f.error }));
+    } else {
+      waiter.resolve(f);
+    }
+  }
+
+  async _deliver(f, answer) {
+    const handler = this._handlers.get(f.process);
+    const reply = (ok, value) => {
+      if (!answer || this._ws === null) return;
+      const r = { action: "response", in_reply_to: f.id, status: ok ? "ok" : "error" };
+      r[ok ? "response" : "error"] = value ?? null;
+      this._send(r);
+    };
+    if (!handler) {
+      reply(false, { message: `this app has no handler for '${f.process}'` });
+      return;
+    }
+    try {
+      const out = await handler({ data: f.data ?? null, pool: f.pool, process: f.process, origin: f.origin?.app_id });
+      reply(true, out === undefined ? null : out);
+    } catch (e) {
+      reply(false, { message: e?.message ?? String(e) });
+    }
+  }
+
+  _send(frame) {
+    if (this._ws === null || this._ws.readyState !== 1) {
+      throw new LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting");
+    }
+    this._ws.send(JSON.stringify(frame));
+  }
+
+  /** Sends a request with an id and resolves with the server's answer frame. */
+  _request(frame, timeoutMs) {
+    return new Promise((resolve, reject) => {
+      const id = String(this._nextId++);
+      frame.id = id;
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new LatZeroError("NO_REPLY", `no reply from the server within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+      try {
+        this._send(frame);
+      } catch (e) {
+        this._pending.delete(id);
+        clearTimeout(timer);
+        reject(e);
+      }
+    });
+  }
+
+  /** Calls a trigger; resolves with its response. opts: timeoutMs, to (an app id), ttlMs. */
+  async call(pool, trigger, data = null, opts = {}) {
+    const timeoutMs = opts.timeoutMs ?? this.options.timeoutMs ?? 30000;
+    const frame = { action: "trigger", process: trigger, pool, data, ttl: timeoutMs };
+    if (opts.to) frame.destination = opts.to;
+    // The server's own deadline answers first (TIMEOUT); this one covers a server gone quiet.
+    const f = await this._request(frame, timeoutMs + 1000);
+    return f.response ?? null;
+  }
+
+  /** Emits to every handler of a trigger in a pool; resolves with how many it reached. */
+  async emit(pool, trigger, data = null) {
+    const f = await this._request({ action: "emit", process: trigger, pool, data }, this.options.timeoutMs ?? 30000);
+    return f.delivered;
+  }
+
+  /** Registers a handler: `fn({data, pool, process, origin})` returns (or resolves to) the
+   * response; a throw answers the caller with an error. Resolves once the server has it. */
+  async handle(trigger, fn) {
+    const had = this._handlers.has(trigger);
+    this._handlers.set(trigger, fn);
+    if (had) return;
+    this.triggers.add(trigger);
+    try {
+      await this._request({ action: "register", triggers: [trigger] }, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      // While disconnected it is recorded: the next handshake carries it.
+      if (e.code === "DISCONNECTED") return;
+      this._handlers.delete(trigger);
+      this.triggers.delete(trigger);
+      throw e;
+    }
+  }
+
+  /** Joins a pool (created on first join). While disconnected the pool is recorded and asked
+   * for in the next handshake. */
+  async join(pool) {
+    const had = this.pools.has(pool);
+    this.pools.add(pool);
+    try {
+      await this._request({ action: "join", pools: [pool] }, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      if (e.code === "DISCONNECTED") return;
+      if (!had) this.pools.delete(pool);
+      throw e;
+    }
+  }
+
+  /** Leaves a pool. */
+  async leave(pool) {
+    this.pools.delete(pool);
+    await this._request({ action: "leave", pools: [pool] }, this.options.timeoutMs ?? 30000);
+  }
+
+  _lost(reason) {
+    this._ws = null;
+    for (const [id, w] of this._pending) {
+      clearTimeout(w.timer);
+      w.reject(new LatZeroError("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run"));
+      this._pending.delete(id);
+    }
+    const closing = this._closing;
+    this._closing = undefined;
+    // Taken over by another connection: coming back would take it back, and the two would flap.
+    const reconnecting = !this._closed && this.options.reconnect !== false && closing?.code !== "DUPLICATE_APP";
+    this._emitEvent("disconnected", { reason: closing ? `${closing.code}: ${closing.message}` : reason, reconnecting });
+    if (reconnecting) this._reconnect();
+  }
+
+  async _reconnect() {
+    const min = this.options.backoffMinMs ?? 100;
+    const max = this.options.backoffMaxMs ?? 5000;
+    let told = false;
+    for (let attempt = 0; !this._closed; attempt++) {
+      const delay = Math.min(max, min * 2 ** Math.min(attempt, 20)) * (0.5 + Math.random() / 2);
+      await new Promise((r) => setTimeout(r, delay));
+      if (this._closed) return;
+      try {
+        await this._open(true);
+        this._emitEvent("reconnected", {});
+        return;
+      } catch (e) {
+        // A refusal by the server (a credential, the app id in use) is told once per outage.
+        if (e.code !== "CONNECT" && !told) {
+          told = true;
+          this._emitEvent("reconnect_refused", { reason: e.message });
+        }
+      }
+    }
+  }
+
+  /** Closes the connection; calls in flight reject with DISCONNECTED. */
+  close() {
+    this._closed = true;
+    const ws = this._ws;
+    if (ws) {
+      this._lost("client closed");
+      ws.close(1000);
+    }
+  }
+}

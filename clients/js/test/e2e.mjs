@@ -1,0 +1,89 @@
+// End-to-end test of clients/js/latzero.mjs against a real server, run by
+// crates/latzero-cli/tests/js.rs, which starts `latzero start --ws-port P` and a `latzero reply`
+// worker serving `echo` in pool `demo`, and restarts the server when this prints `restart`.
+// Prints `ok NAME` per check and `done` at the end; any failure exits 1 with the reason.
+//
+//   LATZERO_WS=ws://127.0.0.1:P node clients/js/test/e2e.mjs
+
+import { connect, LatZeroError } from "../latzero.mjs";
+
+const url = process.env.LATZERO_WS;
+const options = {};
+if (typeof globalThis.WebSocket !== "function") {
+  // Node before 22 without --experimental-websocket: the ws package, if scripts/test.sh got it.
+  options.WebSocket = (await import(process.env.LATZERO_JS_WS)).default;
+}
+
+function check(cond, what, detail) {
+  if (!cond) throw new Error(`${what}: ${JSON.stringify(detail)}`);
+  console.log(`ok ${what}`);
+}
+
+async function rejects(promise) {
+  try {
+    await promise;
+  } catch (e) {
+    return e;
+  }
+  throw new Error("expected a rejection");
+}
+
+function once(client, event, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no '${event}' within ${ms} ms`)), ms);
+    client.on(event, (d) => {
+      clearTimeout(t);
+      resolve(d);
+    });
+  });
+}
+
+try {
+  const page = await connect(url, "js-page", { pools: ["demo"], ephemeral: true, timeoutMs: 5000, backoffMinMs: 20, backoffMaxMs: 200 });
+  const echoed = await page.call("demo", "echo", { x: 21 });
+  check(echoed.data?.x === 21 && echoed.app_id === "worker", "call a CLI worker", echoed);
+
+  await page.handle("greet", ({ data, origin }) => `hello ${data} from ${origin}`);
+  await page.handle("fail", () => {
+    throw new Error("nope");
+  });
+  await page.handle("slow", () => new Promise(() => {}));
+  const other = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, timeoutMs: 5000 });
+  check((await other.call("demo", "greet", "ada")) === "hello ada from js-other", "call a JS handler", null);
+
+  const failed = await rejects(other.call("demo", "fail"));
+  check(failed instanceof LatZeroError && failed.code === "HANDLER_ERROR" && failed.message.includes("nope"), "a handler's throw", failed.message);
+  const none = await rejects(other.call("demo", "nobody-serves-this"));
+  check(none.code === "NO_HANDLER", "NO_HANDLER", none.message);
+  const late = await rejects(other.call("demo", "slow", null, { timeoutMs: 200 }));
+  check(late.code === "TIMEOUT" && late.handlerMayStillRun === true, "TIMEOUT", late.message);
+  const outside = await rejects(other.call("elsewhere", "echo"));
+  check(outside.code === "NOT_IN_POOL", "NOT_IN_POOL", outside.message);
+
+  const got = new Promise((resolve) => page.handle("news", ({ data }) => resolve(data)));
+  check((await other.emit("demo", "news", { n: 1 })) === 1, "emit receipt", null);
+  check((await got).n === 1, "emit delivered", null);
+
+  // Another connection takes the app id over: the first is told, and does not come back.
+  const gone = once(other, "disconnected");
+  const taker = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, takeover: true });
+  const d = await gone;
+  check(d.reconnecting === false && d.reason.includes("DUPLICATE_APP"), "taken over", d);
+  taker.close();
+
+  // The server restarts: the page reconnects with its pools and handlers.
+  const back = once(page, "reconnected", 20000);
+  const lost = once(page, "disconnected", 20000);
+  console.log("restart");
+  check((await lost).reconnecting === true, "disconnected, reconnecting", null);
+  await back;
+  const again = await connect(url, "js-again", { pools: ["demo"], ephemeral: true });
+  check((await again.call("demo", "greet", "bob")) === "hello bob from js-again", "reconnected with its handlers", null);
+  again.close();
+  page.close();
+  console.log("done");
+  process.exit(0);
+} catch (e) {
+  console.log(`FAIL ${e.stack ?? e}`);
+  process.exit(1);
+}
