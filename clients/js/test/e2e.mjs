@@ -60,8 +60,11 @@ try {
   const outside = await rejects(other.call("elsewhere", "echo"));
   check(outside.code === "NOT_IN_POOL", "NOT_IN_POOL", outside.message);
 
-  const got = new Promise((resolve) => page.handle("news", ({ data }) => resolve(data)));
-  check((await other.emit("demo", "news", { n: 1 })) === 1, "emit receipt", null);
+  let news;
+  const got = new Promise((resolve) => (news = resolve));
+  await page.handle("news", ({ data }) => news(data));
+  const delivered = await other.emit("demo", "news", { n: 1 });
+  check(delivered === 1, "emit receipt", delivered);
   check((await got).n === 1, "emit delivered", null);
 
   // Another connection takes the app id over: the first is told, and does not come back.
