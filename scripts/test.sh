@@ -7,6 +7,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest (one time)" >&2
   cargo install cargo-nextest --locked
 fi
+# The Python client's end-to-end test (crates/latzero-cli/tests/python.rs) runs it with python3.
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "installing python3 (one time)" >&2
+  apt-get update -qq && apt-get install -y -qq python3
+fi
 # The JavaScript client's end-to-end test (crates/latzero-cli/tests/js.rs) runs it under Node,
 # which needs a WebSocket: Node 22+ has one, 20 behind a flag (the test passes it); older Node
 # gets the ws package from npm.

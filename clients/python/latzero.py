@@ -1,0 +1,425 @@
+"""LatZero for Python: an asyncio client over the server's Unix socket or TCP port.
+
+One module, standard library only (Python 3.9+). It speaks docs/PROTOCOL.md: length-prefixed
+JSON frames, correlated calls with the server's deadlines and error codes, handlers, emits, and
+reconnecting with backoff.
+
+    import asyncio, latzero
+
+    async def main():
+        lz = await latzero.connect("worker", pools=["demo"])
+        await lz.handle("double", lambda req: req.data["x"] * 2)
+        print(await lz.call("demo", "double", {"x": 21}))
+        await lz.wait_closed()
+
+    asyncio.run(main())
+
+Where it connects: `socket=` (a Unix socket path) or `host=`/`port=`; without them, the default
+data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if it exists, else
+`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does.
+
+Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
+a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`.
+When the connection drops, calls in flight raise `DISCONNECTED` and the client reconnects,
+handshaking with the pools and triggers it has; a pool or trigger the server refuses by then is
+dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping it out.
+"""
+
+import asyncio
+import inspect
+import itertools
+import json
+import os
+import random
+import struct
+
+__all__ = ["LatZeroError", "Request", "Client", "connect"]
+
+PROTOCOL_VERSION = "1.0"
+DEFAULT_PORT = 45227
+DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024
+# A frame the server sends may pass its max_frame_len by this much (PROTOCOL.md §2).
+FRAME_SLACK = 65536
+
+
+class LatZeroError(Exception):
+    """An error from the server (`code` is the wire code) or from the client itself."""
+
+    def __init__(self, code, message, **extra):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.handler = extra.get("handler")
+        self.handler_may_still_run = extra.get("handler_may_still_run")
+        self.error = extra.get("error")
+
+
+class Request:
+    """A delivered call or emit, as a handler sees it."""
+
+    __slots__ = ("data", "pool", "process", "origin")
+
+    def __init__(self, data, pool, process, origin):
+        self.data = data
+        self.pool = pool
+        self.process = process
+        self.origin = origin
+
+    def __repr__(self):
+        return f"Request(process={self.process!r}, pool={self.pool!r}, origin={self.origin!r}, data={self.data!r})"
+
+
+def _default_endpoint():
+    data_dir = os.environ.get("LATZERO_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".latzero")
+    sock = os.path.join(data_dir, "latzero.sock")
+    if os.path.exists(sock):
+        return ("unix", sock)
+    host = os.environ.get("LATZERO_HOST", "127.0.0.1")
+    port = int(os.environ.get("LATZERO_PORT", DEFAULT_PORT))
+    return ("tcp", (host, port))
+
+
+async def connect(app_id, **options):
+    """Connects and handshakes; returns a Client once the server has acknowledged.
+
+    The first handshake is strict: every pool and trigger asked for, or a LatZeroError.
+    options: socket, host, port, pools, triggers, meta, auth ({"token": ...} or {"jwt": ...}),
+    takeover, ephemeral, timeout (seconds per call, default 30), reconnect (default True),
+    backoff_min (0.1 s), backoff_max (5 s).
+    """
+    client = Client(app_id, **options)
+    await client._open(partial=False)
+    client._reader_task = asyncio.ensure_future(client._run())
+    return client
+
+
+class Client:
+    def __init__(self, app_id, socket=None, host=None, port=None, pools=(), triggers=(), meta=None,
+                 auth=None, takeover=False, ephemeral=False, timeout=30.0, reconnect=True,
+                 backoff_min=0.1, backoff_max=5.0):
+        if socket is not None:
+            self._endpoint = ("unix", socket)
+        elif host is not None or port is not None:
+            self._endpoint = ("tcp", (host or "127.0.0.1", port or DEFAULT_PORT))
+        else:
+            self._endpoint = _default_endpoint()
+        self.app_id = app_id
+        self.pools = set(pools)
+        self.triggers = set(triggers)
+        self._meta = meta
+        self._auth = auth
+        self._takeover = takeover
+        self._ephemeral = ephemeral
+        self._timeout = timeout
+        self._reconnect = reconnect
+        self._backoff = (backoff_min, backoff_max)
+        self._handlers = {}
+        self._pending = {}
+        self._listeners = {}
+        self._ids = itertools.count(1)
+        self._reader = None
+        self._writer = None
+        self._closed = False
+        self._done = asyncio.get_running_loop().create_future()
+        self._max_frame_len = DEFAULT_MAX_FRAME_LEN
+        self._closing = None
+        self._reader_task = None
+
+    # Events.
+
+    def on(self, event, fn):
+        """Listens for `disconnected`, `reconnected`, `reconnect_refused`, `pool_left`,
+        `trigger_refused`, `presence` and `server_error` events: fn(dict)."""
+        self._listeners.setdefault(event, []).append(fn)
+        return self
+
+    def _event(self, event, detail):
+        for fn in self._listeners.get(event, []):
+            try:
+                fn(detail)
+            except Exception as e:  # a listener's bug must not stop the client
+                print(f"latzero: a {event!r} listener raised {e!r}")
+
+    # The connection.
+
+    async def _open(self, partial):
+        kind, where = self._endpoint
+        try:
+            if kind == "unix":
+                reader, writer = await asyncio.open_unix_connection(where)
+            else:
+                reader, writer = await asyncio.open_connection(*where)
+        except OSError as e:
+            raise LatZeroError("CONNECT", f"cannot connect to {kind}:{where}: {e}; is the server running (`latzero start`)?") from None
+        hs = {
+            "action": "handshake",
+            "id": 0,
+            "app_id": self.app_id,
+            "pools": sorted(self.pools),
+            "triggers": sorted(self.triggers),
+            "protocol_version": PROTOCOL_VERSION,
+        }
+        if self._meta is not None:
+            hs["meta"] = self._meta
+        if self._auth is not None:
+            hs["auth"] = self._auth
+        if self._takeover:
+            hs["takeover"] = True
+        if self._ephemeral:
+            hs["ephemeral"] = True
+        if partial:
+            hs["partial"] = True
+        writer.write(_frame(hs))
+        try:
+            await writer.drain()
+            ack = await asyncio.wait_for(_read_json(reader, self._max_frame_len), self._timeout)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+            writer.close()
+            raise LatZeroError("CONNECT", f"the handshake with {kind}:{where} failed: {e!r}") from None
+        if ack.get("action") != "handshake_ack":
+            writer.close()
+            raise LatZeroError(ack.get("code", "PROTOCOL"), ack.get("message", json.dumps(ack)))
+        limits = ack.get("limits") or {}
+        self._max_frame_len = limits.get("max_frame_len", DEFAULT_MAX_FRAME_LEN)
+        self.pools.update(ack.get("pools", []))
+        self.triggers.update(ack.get("triggers", []))
+        for r in ack.get("refused", []):
+            self._refused(r)
+        self._reader, self._writer = reader, writer
+
+    def _refused(self, r):
+        reason = f"{r.get('code')}: {r.get('message')}"
+        if "pool" in r:
+            self.pools.discard(r["pool"])
+            self._event("pool_left", {"pool": r["pool"], "reason": reason})
+        elif "trigger" in r:
+            self.triggers.discard(r["trigger"])
+            self._handlers.pop(r["trigger"], None)
+            self._event("trigger_refused", {"trigger": r["trigger"], "reason": reason})
+
+    async def _run(self):
+        """Reads and dispatches frames; reconnects when the connection drops."""
+        while True:
+            reason = "server closed the connection"
+            try:
+                while True:
+                    f = await _read_json(self._reader, self._max_frame_len + FRAME_SLACK)
+                    if f is not None:
+                        self._dispatch(f)
+            except asyncio.IncompleteReadError:
+                pass
+            except (OSError, LatZeroError) as e:
+                reason = str(e)
+            except asyncio.CancelledError:
+                return
+            closing, self._closing = self._closing, None
+            if closing is not None:
+                reason = f"{closing.get('code')}: {closing.get('message')}"
+            self._drop_connection("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run")
+            # Taken over by another connection: coming back would take it back, and the two
+            # would flap.
+            again = not self._closed and self._reconnect and (closing or {}).get("code") != "DUPLICATE_APP"
+            self._event("disconnected", {"reason": reason, "reconnecting": again})
+            if not again:
+                self._finish()
+                return
+            if not await self._reconnect_loop():
+                self._finish()
+                return
+            self._event("reconnected", {})
+
+    async def _reconnect_loop(self):
+        told = False
+        lo, hi = self._backoff
+        for attempt in itertools.count():
+            await asyncio.sleep(min(hi, lo * 2 ** min(attempt, 20)) * random.uniform(0.5, 1.0))
+            if self._closed:
+                return False
+            try:
+                await self._open(partial=True)
+                return True
+            except LatZeroError as e:
+                # A refusal by the server (a credential, the app id in use) is told once.
+                if e.code != "CONNECT" and not told:
+                    told = True
+                    self._event("reconnect_refused", {"reason": str(e)})
+
+    def _drop_connection(self, code, message):
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(LatZeroError(code, message))
+        self._pending.clear()
+
+    def _finish(self):
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def _dispatch(self, f):
+        action = f.get("action")
+        if action in ("trigger", "emit") and "in_reply_to" not in f:
+            asyncio.ensure_future(self._deliver(f, answer=action == "trigger"))
+            return
+        if action == "presence":
+            self._event("presence", {"pool": f.get("pool"), "app_id": f.get("app_id"), "joined": f.get("event") == "joined"})
+            return
+        if action == "pool_left":
+            self.pools.discard(f.get("pool"))
+            self._event("pool_left", {"pool": f.get("pool"), "reason": f.get("message")})
+            return
+        if action == "closing":
+            self._closing = f
+            return
+        fut = self._pending.pop(str(f.get("in_reply_to")), None)
+        if fut is None:
+            if action == "error":
+                self._event("server_error", LatZeroError(f.get("code"), f.get("message")))
+            return
+        if fut.done():
+            return
+        if action == "error":
+            fut.set_exception(LatZeroError(f.get("code"), f.get("message"), handler=f.get("handler"),
+                                           handler_may_still_run=f.get("handler_may_still_run")))
+        elif action == "response" and f.get("status") == "error":
+            err = f.get("error")
+            message = err.get("message") if isinstance(err, dict) and isinstance(err.get("message"), str) else json.dumps(err)
+            fut.set_exception(LatZeroError("HANDLER_ERROR", message, error=err))
+        else:
+            fut.set_result(f)
+
+    async def _deliver(self, f, answer):
+        name = f.get("process")
+        handler = self._handlers.get(name)
+        origin = (f.get("origin") or {}).get("app_id")
+        if handler is None:
+            ok, value = False, {"message": f"this app has no handler for '{name}'"}
+        else:
+            try:
+                value = handler(Request(f.get("data"), f.get("pool"), name, origin))
+                if inspect.isawaitable(value):
+                    value = await value
+                ok = True
+            except Exception as e:
+                ok, value = False, {"message": str(e) or type(e).__name__}
+        if not answer or self._writer is None:
+            return
+        r = {"action": "response", "in_reply_to": f.get("id"), "status": "ok" if ok else "error"}
+        r["response" if ok else "error"] = value
+        try:
+            self._send(r)
+        except (TypeError, ValueError) as e:  # a result JSON cannot carry
+            self._send({"action": "response", "in_reply_to": f.get("id"), "status": "error",
+                        "error": {"message": f"handler '{name}' returned a value that is not JSON: {e}"}})
+        except LatZeroError:
+            pass  # disconnected meanwhile: the server has failed the call (HANDLER_GONE)
+
+    def _send(self, frame):
+        if self._writer is None:
+            raise LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting")
+        data = _frame(frame)
+        if len(data) - 4 > self._max_frame_len:
+            raise LatZeroError("FRAME_TOO_LARGE", f"a frame of {len(data) - 4} bytes exceeds the server's max_frame_len of {self._max_frame_len} bytes; not sent")
+        self._writer.write(data)
+
+    async def _request(self, frame, timeout):
+        rid = str(next(self._ids))
+        frame["id"] = rid
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            self._send(frame)
+            await self._writer.drain()
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise LatZeroError("NO_REPLY", f"no reply from the server within {timeout} s") from None
+        except (OSError, AttributeError):
+            raise LatZeroError("DISCONNECTED", "the connection to the server was lost; the call may or may not have run") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    # The API.
+
+    async def call(self, pool, trigger, data=None, *, timeout=None, to=None):
+        """Calls a trigger and returns its response. `timeout` (seconds) is passed to the server
+        as the call's ttl; `to` names the app to run it on."""
+        timeout = self._timeout if timeout is None else timeout
+        frame = {"action": "trigger", "process": trigger, "pool": pool, "data": data,
+                 "ttl": max(1, int(timeout * 1000))}
+        if to is not None:
+            frame["destination"] = to
+        # The server's own deadline answers first (TIMEOUT); this one covers a server gone quiet.
+        f = await self._request(frame, timeout + 1.0)
+        return f.get("response")
+
+    async def emit(self, pool, trigger, data=None):
+        """Emits to every handler of a trigger in a pool; returns how many it reached."""
+        f = await self._request({"action": "emit", "process": trigger, "pool": pool, "data": data}, self._timeout)
+        return f.get("delivered")
+
+    async def handle(self, trigger, fn):
+        """Registers a handler: fn(request) returns (or is a coroutine that returns) the response;
+        an exception answers the caller with an error. While disconnected it is recorded, and
+        the next handshake carries it."""
+        had = trigger in self._handlers
+        self._handlers[trigger] = fn
+        if had:
+            return
+        self.triggers.add(trigger)
+        try:
+            await self._request({"action": "register", "triggers": [trigger]}, self._timeout)
+        except LatZeroError as e:
+            if e.code == "DISCONNECTED":
+                return
+            self._handlers.pop(trigger, None)
+            self.triggers.discard(trigger)
+            raise
+
+    async def join(self, pool):
+        """Joins a pool (created on first join). While disconnected it is recorded."""
+        had = pool in self.pools
+        self.pools.add(pool)
+        try:
+            await self._request({"action": "join", "pools": [pool]}, self._timeout)
+        except LatZeroError as e:
+            if e.code == "DISCONNECTED":
+                return
+            if not had:
+                self.pools.discard(pool)
+            raise
+
+    async def leave(self, pool):
+        """Leaves a pool."""
+        self.pools.discard(pool)
+        await self._request({"action": "leave", "pools": [pool]}, self._timeout)
+
+    async def close(self):
+        """Closes the connection; calls in flight raise DISCONNECTED."""
+        self._closed = True
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        self._drop_connection("DISCONNECTED", "the client was closed")
+        self._event("disconnected", {"reason": "client closed", "reconnecting": False})
+        self._finish()
+
+    async def wait_closed(self):
+        """Waits until the client is closed, or disconnected for good."""
+        await self._done
+
+
+def _frame(obj):
+    payload = json.dumps(obj, separators=(",", ":")).encode()
+    return struct.pack(">I", len(payload)) + payload
+
+
+async def _read_json(reader, max_len):
+    """The next JSON frame; None for a frame to skip (binary, or empty)."""
+    head = await reader.readexactly(4)
+    (n,) = struct.unpack(">I", head)
+    if n > max_len:
+        raise LatZeroError("FRAME_TOO_LARGE", f"the server announced a frame of {n} bytes, more than the {max_len} read")
+    payload = await reader.readexactly(n)
+    if not payload or payload[0] == 0:
+        return None
+    return json.loads(payload)

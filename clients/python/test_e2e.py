@@ -1,0 +1,100 @@
+"""End-to-end test of clients/python/latzero.py against a real server, run by
+crates/latzero-cli/tests/python.rs, which starts `latzero start` and a `latzero reply` worker
+serving `echo` in pool `demo`, and restarts the server when this prints `restart`. Prints
+`ok NAME` per check and `done` at the end; any failure exits 1 with the reason.
+
+    LATZERO_SOCKET=/path/to/latzero.sock python3 clients/python/test_e2e.py
+"""
+
+import asyncio
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import latzero  # noqa: E402
+
+SOCKET = os.environ["LATZERO_SOCKET"]
+
+
+def check(cond, what, detail=None):
+    if not cond:
+        raise AssertionError(f"{what}: {detail!r}")
+    print(f"ok {what}", flush=True)
+
+
+async def raises(coro):
+    try:
+        await coro
+    except latzero.LatZeroError as e:
+        return e
+    raise AssertionError("expected a LatZeroError")
+
+
+def once(client, event, timeout=20.0):
+    fut = asyncio.get_running_loop().create_future()
+    client.on(event, lambda d: fut.done() or fut.set_result(d))
+    return asyncio.wait_for(fut, timeout)
+
+
+async def main():
+    opts = dict(socket=SOCKET, ephemeral=True, timeout=5.0, backoff_min=0.02, backoff_max=0.2)
+    worker = await latzero.connect("py-worker", pools=["demo"], **opts)
+    echoed = await worker.call("demo", "echo", {"x": 21})
+    check(echoed["data"] == {"x": 21} and echoed["app_id"] == "worker", "call a CLI worker", echoed)
+
+    await worker.handle("greet", lambda req: f"hello {req.data} from {req.origin}")
+
+    async def double(req):
+        await asyncio.sleep(0)
+        return req.data["x"] * 2
+
+    await worker.handle("double", double)
+
+    def fail(req):
+        raise ValueError("nope")
+
+    await worker.handle("fail", fail)
+    await worker.handle("slow", lambda req: asyncio.sleep(3600))
+    other = await latzero.connect("py-other", pools=["demo"], **opts)
+    check(await other.call("demo", "greet", "ada") == "hello ada from py-other", "call a sync handler")
+    check(await other.call("demo", "double", {"x": 21}) == 42, "call an async handler")
+    e = await raises(other.call("demo", "fail"))
+    check(e.code == "HANDLER_ERROR" and "nope" in e.message, "a handler's exception", str(e))
+    e = await raises(other.call("demo", "nobody-serves-this"))
+    check(e.code == "NO_HANDLER", "NO_HANDLER", str(e))
+    e = await raises(other.call("demo", "slow", timeout=0.2))
+    check(e.code == "TIMEOUT" and e.handler_may_still_run is True, "TIMEOUT", str(e))
+    e = await raises(other.call("elsewhere", "echo"))
+    check(e.code == "NOT_IN_POOL", "NOT_IN_POOL", str(e))
+
+    got = asyncio.get_running_loop().create_future()
+    await worker.handle("news", lambda req: got.set_result(req.data))
+    check(await other.emit("demo", "news", {"n": 1}) == 1, "emit receipt")
+    check((await asyncio.wait_for(got, 5))["n"] == 1, "emit delivered")
+
+    # Another connection takes the app id over: the first is told, and does not come back.
+    gone = once(other, "disconnected")
+    taker = await latzero.connect("py-other", pools=["demo"], takeover=True, **opts)
+    d = await gone
+    check(d["reconnecting"] is False and "DUPLICATE_APP" in d["reason"], "taken over", d)
+    await taker.close()
+
+    # The server restarts: the worker reconnects with its pools and handlers.
+    lost = once(worker, "disconnected")
+    back = once(worker, "reconnected")
+    print("restart", flush=True)
+    check((await lost)["reconnecting"] is True, "disconnected, reconnecting")
+    await back
+    again = await latzero.connect("py-again", pools=["demo"], **opts)
+    check(await again.call("demo", "greet", "bob") == "hello bob from py-again", "reconnected with its handlers")
+    await again.close()
+    await worker.close()
+    print("done", flush=True)
+
+
+try:
+    asyncio.run(main())
+except Exception:
+    print("FAIL " + traceback.format_exc().replace("\n", " | "), flush=True)
+    sys.exit(1)
