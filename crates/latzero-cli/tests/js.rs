@@ -54,15 +54,7 @@ fn the_javascript_client_calls_handles_emits_and_reconnects() -> Result<()> {
     cmd.arg(repo().join("clients/js/test/e2e.mjs"))
         .env("LATZERO_WS", format!("ws://127.0.0.1:{port}"));
     let mut js = Proc::spawn(cmd)?;
-    loop {
-        let line = js.next_line()?;
-        if line == "done" {
-            break;
-        }
-        if line.starts_with("FAIL") {
-            let (_, err) = js.wait_exit()?;
-            bail!("{line}\n{}\nstderr: {err}", js.seen.join("\n"));
-        }
+    js.follow_script(|line| {
         if line == "restart" {
             // Stopped and started again on the same ports: the client must come back by itself.
             let (ok, _, err) = s.run(&["stop"])?;
@@ -70,9 +62,8 @@ fn the_javascript_client_calls_handles_emits_and_reconnects() -> Result<()> {
             s.proc.wait_exit()?;
             s = ServerProc::start_in(bin(), dir.path(), &ws)?;
         }
-    }
-    let (status, err) = js.wait_exit()?;
-    assert!(status.success(), "{status:?}: {err}");
+        Ok(())
+    })?;
     assert!(
         js.seen.iter().any(|l| l == "ok reconnected with its handlers"),
         "{:?}",

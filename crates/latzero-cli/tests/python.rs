@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use latzero_testkit::{Proc, ServerProc};
 
 fn bin() -> &'static Path {
@@ -27,15 +27,7 @@ fn the_python_client_calls_handles_emits_and_reconnects() -> Result<()> {
     cmd.arg(repo().join("clients/python/test_e2e.py"))
         .env("LATZERO_SOCKET", &socket);
     let mut py = Proc::spawn(cmd)?;
-    loop {
-        let line = py.next_line()?;
-        if line == "done" {
-            break;
-        }
-        if line.starts_with("FAIL") {
-            let (_, err) = py.wait_exit()?;
-            bail!("{line}\n{}\nstderr: {err}", py.seen.join("\n"));
-        }
+    py.follow_script(|line| {
         if line == "restart" {
             // Stopped and started again on the same socket: the client must come back by itself.
             let (ok, _, err) = s.run(&["stop"])?;
@@ -43,9 +35,8 @@ fn the_python_client_calls_handles_emits_and_reconnects() -> Result<()> {
             s.proc.wait_exit()?;
             s = ServerProc::start_in(bin(), dir.path(), &[])?;
         }
-    }
-    let (status, err) = py.wait_exit()?;
-    assert!(status.success(), "{status:?}: {err}");
+        Ok(())
+    })?;
     assert!(
         py.seen.iter().any(|l| l == "ok reconnected with its handlers"),
         "{:?}",

@@ -158,6 +158,20 @@ fn check_send_buffer(bytes: usize) -> std::io::Result<Option<usize>> {
     Ok(Some(granted))
 }
 
+/// Binds a TCP listener on `host:port` (0: a free port); returns it with the address it got.
+async fn bind_tcp(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let addr = format!("{host}:{port}");
+    let l = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
+        _ => ServerError::Bind {
+            addr: addr.clone(),
+            error: e,
+        },
+    })?;
+    let bound = l.local_addr().map_err(|e| ServerError::Bind { addr, error: e })?;
+    Ok((l, bound))
+}
+
 impl Server {
     /// Prepares the data directory, takes its lock and binds the listeners.
     ///
@@ -165,29 +179,10 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.check()?;
         let datadir = DataDir::prepare(&config.data_dir)?;
-        let addr = format!("{}:{}", config.host, config.port);
-        let tcp = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
-            _ => ServerError::Bind {
-                addr: addr.clone(),
-                error: e,
-            },
-        })?;
-        let tcp_addr = tcp.local_addr().map_err(|e| ServerError::Bind { addr, error: e })?;
+        let (tcp, tcp_addr) = bind_tcp(&config.host, config.port).await?;
         let ws = match config.ws.port {
             None => None,
-            Some(port) => {
-                let addr = format!("{}:{port}", config.host);
-                let l = TcpListener::bind(&addr).await.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AddrInUse => ServerError::AddrInUse { addr: addr.clone() },
-                    _ => ServerError::Bind {
-                        addr: addr.clone(),
-                        error: e,
-                    },
-                })?;
-                let bound = l.local_addr().map_err(|e| ServerError::Bind { addr, error: e })?;
-                Some((crate::ws::WsListener(l), bound))
-            }
+            Some(port) => Some(bind_tcp(&config.host, port).await?),
         };
         let ws_addr = ws.as_ref().map(|(_, a)| *a);
         // Unix clients' sockets and each TLS connection's inner socket pair take it.
@@ -258,7 +253,7 @@ impl Server {
             state,
             tcp,
             unix,
-            ws: ws.map(|(l, _)| l),
+            ws: ws.map(|(l, _)| crate::ws::WsListener(l)),
             datadir,
         })
     }

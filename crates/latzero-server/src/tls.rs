@@ -25,8 +25,6 @@ use tokio_util::task::TaskTracker;
 use crate::datadir::write_atomic;
 use crate::error::ServerError;
 use crate::server::State;
-use crate::session;
-use crate::session::conn::Sock;
 
 /// The generated certificate and key, in `<data_dir>/config/`.
 pub const GENERATED_CERT: &str = "tls-cert.pem";
@@ -154,20 +152,7 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
             return;
         }
     };
-    let (near, far) = match UdsStream::pair() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(peer = %peer, error = %e, "cannot bridge a TLS connection");
-            return;
-        }
-    };
-    // The session writes its frames into `far`; the bridge takes them out to TLS.
-    crate::transport::size_send_buffer(&state, &far);
-    let bridge = tracker.spawn(bridge(stream, near));
-    let (r, w) = far.into_split();
-    let grace = state.config.shutdown_grace;
-    session::run(state, r, Sock::Unix(w), peer).await;
-    crate::transport::let_bridge_finish(bridge, grace).await;
+    crate::transport::run_bridged(state, peer, &tracker, "TLS", |near| bridge(stream, near)).await;
 }
 
 /// Moves bytes between the TLS stream and the session's socket until the session ends (its

@@ -25,8 +25,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::task::TaskTracker;
 
 use crate::server::State;
-use crate::session;
-use crate::session::conn::Sock;
 use crate::transport::Listener;
 
 /// The WebSocket listener's settings.
@@ -117,19 +115,7 @@ where
             return;
         }
     };
-    let (near, far) = match UdsStream::pair() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(peer = %peer, error = %e, "cannot bridge a WebSocket connection");
-            return;
-        }
-    };
-    crate::transport::size_send_buffer(&state, &far);
-    let bridge = tracker.spawn(bridge(ws, near, max));
-    let (r, w) = far.into_split();
-    let grace = state.config.shutdown_grace;
-    session::run(state, r, Sock::Unix(w), peer).await;
-    crate::transport::let_bridge_finish(bridge, grace).await;
+    crate::transport::run_bridged(state, peer, &tracker, "WebSocket", |near| bridge(ws, near, max)).await;
 }
 
 /// Moves messages between the WebSocket and the session's socket until the session ends (the

@@ -145,25 +145,7 @@ impl Raw {
     /// Over TLS to a server whose certificate (`cert`, a PEM file: the generated self-signed
     /// one names 127.0.0.1) is trusted as it is.
     pub async fn tls(addr: std::net::SocketAddr, cert: &std::path::Path) -> Raw {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
-            .unwrap();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        Raw::over(tls)
+        Raw::over(tls_to(addr, cert).await)
     }
 
     fn over(stream: impl Io + 'static) -> Raw {
@@ -264,24 +246,25 @@ impl Raw {
     }
 }
 
-/// A TLS stream to `addr`, trusting the certificate the server generated in `data_dir`.
-pub async fn tls_to(
-    data_dir: &std::path::Path,
-    addr: std::net::SocketAddr,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let pem = std::fs::read(data_dir.join("config").join(latzero_server::GENERATED_CERT)).unwrap();
+/// A TLS stream to `addr`, trusting the certificate `cert` (a PEM file: the generated
+/// self-signed one names 127.0.0.1) as it is.
+pub async fn tls_to(addr: std::net::SocketAddr, cert: &std::path::Path) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    connector.connect(name, tcp).await.unwrap()
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }

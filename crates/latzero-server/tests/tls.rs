@@ -208,7 +208,8 @@ async fn a_tls_client_that_never_reads_does_not_hold_the_server() {
     cfg.unix_send_buffer = 16 * 1024;
     cfg.shutdown_grace = Duration::from_millis(500);
     let srv = Running::start(cfg).await;
-    let mut tls = common::tls_to(dir.path(), srv.addr).await;
+    let cert = dir.path().join("config").join(latzero_server::GENERATED_CERT);
+    let mut tls = common::tls_to(srv.addr, &cert).await;
     let ping = latzero_proto::frame::encode_json(json!({"action":"ping","id":"x".repeat(200)}).to_string().as_bytes());
     let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 100).collect();
     loop {

@@ -221,7 +221,8 @@ async fn with_tls_the_websocket_port_serves_wss() {
     cfg.tls.enabled = true;
     let srv = Running::start(cfg).await;
     let addr = srv.ws.unwrap();
-    let tls = common::tls_to(dir.path(), addr).await;
+    let cert = dir.path().join("config").join(latzero_server::GENERATED_CERT);
+    let tls = common::tls_to(addr, &cert).await;
     let mut ws = upgrade(tls, &format!("wss://{addr}/"), None).await.unwrap();
     send(&mut ws, json!({"action":"ping","id":1})).await;
     assert_eq!(recv(&mut ws).await["action"], "pong");

@@ -72,6 +72,31 @@ impl Proc {
         }
     }
 
+    /// Follows a client test script (`clients/*/test…`) to its end: it prints `ok NAME` per
+    /// check, `FAIL …` on a failure, and `done` at the end; every other line goes to
+    /// `on_line` (a request to the test, such as `restart`). Fails with everything the script
+    /// printed if it fails or ends without `done`, or does not exit cleanly.
+    pub fn follow_script(&mut self, mut on_line: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        loop {
+            let line = self.next_line()?;
+            if line == "done" {
+                break;
+            }
+            if line.starts_with("FAIL") {
+                let (_, err) = self.wait_exit()?;
+                bail!("{line}\n{}\nstderr: {err}", self.seen.join("\n"));
+            }
+            if !line.starts_with("ok ") {
+                on_line(&line)?;
+            }
+        }
+        let (status, err) = self.wait_exit()?;
+        if !status.success() {
+            bail!("the script exited with {status:?}: {err}\n{}", self.seen.join("\n"));
+        }
+        Ok(())
+    }
+
     /// The next stdout line that is a JSON object with `"event": event`.
     pub fn wait_event(&mut self, event: &str) -> Result<Value> {
         loop {

@@ -592,6 +592,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A store in memory (`memory_mode`), with `config` otherwise.
+    fn in_memory(config: StoreConfig) -> Store {
+        Store::open(
+            Path::new("/nonexistent"),
+            StoreConfig {
+                memory_mode: true,
+                ..config
+            },
+        )
+        .unwrap()
+    }
+
     fn app(id: &str, pools: &[&str]) -> AppRecord {
         AppRecord {
             app_id: id.into(),
@@ -732,29 +744,17 @@ mod tests {
 
     #[tokio::test]
     async fn every_crud_operation_in_memory_mode() {
-        let s = Store::open(
-            Path::new("/nonexistent"),
-            StoreConfig {
-                memory_mode: true,
-                ..StoreConfig::default()
-            },
-        )
-        .unwrap();
+        let s = in_memory(StoreConfig::default());
         crud(&s).await;
         assert_eq!(s.stats().await.unwrap().path, None);
     }
 
     #[tokio::test]
     async fn a_full_registry_refuses_new_apps_and_still_updates_stored_ones() {
-        let s = Store::open(
-            Path::new("/nonexistent"),
-            StoreConfig {
-                memory_mode: true,
-                max_apps: 2,
-                ..StoreConfig::default()
-            },
-        )
-        .unwrap();
+        let s = in_memory(StoreConfig {
+            max_apps: 2,
+            ..StoreConfig::default()
+        });
         s.register_app(app("a", &[])).await.unwrap();
         s.register_app(app("b", &[])).await.unwrap();
         let e = s.register_app(app("c", &[])).await.unwrap_err();
@@ -770,14 +770,7 @@ mod tests {
 
     #[tokio::test]
     async fn registrations_absent_for_the_retention_of_running_time_are_forgotten_unless_connected() {
-        let s = Store::open(
-            Path::new("/nonexistent"),
-            StoreConfig {
-                memory_mode: true,
-                ..StoreConfig::default()
-            },
-        )
-        .unwrap();
+        let s = in_memory(StoreConfig::default());
         for (id, seen) in [("old", 10), ("old-but-connected", 10), ("edge", 100), ("new", 200)] {
             s.register_app(AppRecord {
                 last_seen: seen,
