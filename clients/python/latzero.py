@@ -1,6 +1,7 @@
 """LatZero for Python: an asyncio client over the server's Unix socket or TCP port.
 
-One module, standard library only (Python 3.9+). It speaks docs/PROTOCOL.md: length-prefixed
+One module, standard library only (Python 3.10+: earlier asyncio streams may not be drained
+from several tasks at once). It speaks docs/PROTOCOL.md: length-prefixed
 JSON frames, correlated calls with the server's deadlines and error codes, handlers, emits, and
 reconnecting with backoff.
 
@@ -208,10 +209,12 @@ class Client:
                         self._dispatch(f)
             except asyncio.IncompleteReadError:
                 pass
-            except (OSError, LatZeroError) as e:
-                reason = str(e)
             except asyncio.CancelledError:
                 return
+            except (OSError, LatZeroError) as e:
+                reason = str(e)
+            except Exception as e:  # a frame this client cannot read, or a bug: drop and reconnect
+                reason = f"the client failed reading from the server: {e!r}; connection dropped"
             closing, self._closing = self._closing, None
             if closing is not None:
                 reason = f"{closing.get('code')}: {closing.get('message')}"
