@@ -46,9 +46,13 @@ pub fn render(st: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "listening: tcp {}, unix {}\ndata dir:  {}",
+        "listening: tcp {}, unix {}{}\ndata dir:  {}",
         srv["tcp"].as_str().unwrap_or("?"),
         srv["unix"].as_str().unwrap_or("off"),
+        srv["ws"]
+            .as_str()
+            .map(|a| format!(", websocket {a}"))
+            .unwrap_or_default(),
         srv["data_dir"].as_str().unwrap_or("?")
     );
     let _ = writeln!(
@@ -143,6 +147,17 @@ mod tests {
         });
         let text = super::render(&st);
         assert!(text.contains("up 1m 1s"), "{text}");
+        assert!(
+            text.contains("listening: tcp 127.0.0.1:45227, unix /d/latzero.sock\n"),
+            "{text}"
+        );
+        let mut with_ws = st.clone();
+        with_ws["server"]["ws"] = json!("127.0.0.1:45228");
+        let text_ws = super::render(&with_ws);
+        assert!(
+            text_ws.contains(", unix /d/latzero.sock, websocket 127.0.0.1:45228\n"),
+            "{text_ws}"
+        );
         assert!(text.contains("alpha  local  a, b     foo(b)"), "{text}");
         assert!(text.contains("calls_total  3"), "{text}");
         assert!(!text.contains("more"), "{text}");
