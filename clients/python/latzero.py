@@ -363,7 +363,9 @@ class Client:
 
     async def handle(self, trigger, fn):
         """Registers a handler: fn(request) returns (or is a coroutine that returns) the response;
-        an exception answers the caller with an error. While disconnected it is recorded, and
+        an exception answers the caller with an error. A plain function runs on the event loop,
+        holding up everything else until it returns: move blocking work off it
+        (`await asyncio.to_thread(...)` in a coroutine). While disconnected it is recorded, and
         the next handshake carries it."""
         had = trigger in self._handlers
         self._handlers[trigger] = fn
