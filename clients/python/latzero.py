@@ -17,7 +17,10 @@ reconnecting with backoff.
 
 Where it connects: `socket=` (a Unix socket path) or `host=`/`port=`; without them, the default
 data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if it exists, else
-`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does.
+`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does. A server started with
+`--tls` is reached over TCP with `tls_fingerprint=` (the SHA-256 it prints and writes to
+server.json: the certificate must hash to it, whoever signed it) or `tls_ca=` (a CA file: the
+chain must lead to it and name the host).
 
 Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
 a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`.
@@ -27,11 +30,13 @@ dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping
 """
 
 import asyncio
+import hashlib
 import inspect
 import itertools
 import json
 import os
 import random
+import ssl
 import struct
 
 __all__ = ["LatZeroError", "Request", "Client", "connect"]
@@ -70,6 +75,37 @@ class Request:
         return f"Request(process={self.process!r}, pool={self.pool!r}, origin={self.origin!r}, data={self.data!r})"
 
 
+def _parse_fingerprint(text):
+    """A SHA-256 fingerprint as bytes: 64 hex digits, colons and a `sha256:` prefix allowed."""
+    t = text.strip()
+    for prefix in ("sha256:", "SHA256:"):
+        if t.startswith(prefix):
+            t = t[len(prefix):]
+    try:
+        raw = bytes.fromhex(t.replace(":", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise LatZeroError("INVALID_FINGERPRINT", f"{text!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")
+    return raw
+
+
+def _tls_context(fingerprint, ca):
+    """The TLS context for a server verified by its certificate's fingerprint or by a CA."""
+    if fingerprint is not None and ca is not None:
+        raise LatZeroError("INVALID_OPTIONS", "give tls_fingerprint or tls_ca, not both")
+    if ca is not None:
+        ctx = ssl.create_default_context(cafile=ca)
+    else:
+        # Pinned: the certificate is checked against the fingerprint once connected, not by a
+        # chain (the generated one is self-signed).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def _default_endpoint():
     data_dir = os.environ.get("LATZERO_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".latzero")
     sock = os.path.join(data_dir, "latzero.sock")
@@ -84,9 +120,9 @@ async def connect(app_id, **options):
     """Connects and handshakes; returns a Client once the server has acknowledged.
 
     The first handshake is strict: every pool and trigger asked for, or a LatZeroError.
-    options: socket, host, port, pools, triggers, meta, auth ({"token": ...} or {"jwt": ...}),
-    takeover, ephemeral, timeout (seconds per call, default 30), reconnect (default True),
-    backoff_min (0.1 s), backoff_max (5 s).
+    options: socket, host, port, tls_fingerprint, tls_ca, pools, triggers, meta,
+    auth ({"token": ...} or {"jwt": ...}), takeover, ephemeral, timeout (seconds per call,
+    default 30), reconnect (default True), backoff_min (0.1 s), backoff_max (5 s).
     """
     client = Client(app_id, **options)
     await client._open(partial=False)
@@ -97,13 +133,18 @@ async def connect(app_id, **options):
 class Client:
     def __init__(self, app_id, socket=None, host=None, port=None, pools=(), triggers=(), meta=None,
                  auth=None, takeover=False, ephemeral=False, timeout=30.0, reconnect=True,
-                 backoff_min=0.1, backoff_max=5.0):
+                 backoff_min=0.1, backoff_max=5.0, tls_fingerprint=None, tls_ca=None):
+        tls = tls_fingerprint is not None or tls_ca is not None
         if socket is not None:
+            if tls:
+                raise LatZeroError("INVALID_OPTIONS", "TLS is served on the TCP port; the Unix socket is plain (give host/port)")
             self._endpoint = ("unix", socket)
-        elif host is not None or port is not None:
+        elif host is not None or port is not None or tls:
             self._endpoint = ("tcp", (host or "127.0.0.1", port or DEFAULT_PORT))
         else:
             self._endpoint = _default_endpoint()
+        self._tls = _tls_context(tls_fingerprint, tls_ca) if tls else None
+        self._pin = _parse_fingerprint(tls_fingerprint) if tls_fingerprint is not None else None
         self.app_id = app_id
         self.pools = set(pools)
         self.triggers = set(triggers)
@@ -148,10 +189,20 @@ class Client:
         try:
             if kind == "unix":
                 reader, writer = await asyncio.open_unix_connection(where)
+            elif self._tls is not None:
+                reader, writer = await asyncio.open_connection(*where, ssl=self._tls, server_hostname=where[0])
             else:
                 reader, writer = await asyncio.open_connection(*where)
+        except ssl.SSLError as e:
+            raise LatZeroError("TLS", f"TLS with {where[0]}:{where[1]} failed: {e}; does the server serve TLS (--tls)?") from None
         except OSError as e:
             raise LatZeroError("CONNECT", f"cannot connect to {kind}:{where}: {e}; is the server running (`latzero start`)?") from None
+        if self._pin is not None:
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            got = hashlib.sha256(der).digest()
+            if got != self._pin:
+                writer.close()
+                raise LatZeroError("TLS", f"the server's certificate has fingerprint {got.hex(':').upper()}, not the pinned {self._pin.hex(':').upper()}")
         hs = {
             "action": "handshake",
             "id": 0,

@@ -44,3 +44,55 @@ fn the_python_client_calls_handles_emits_and_reconnects() -> Result<()> {
     );
     Ok(())
 }
+
+/// Over TLS: the Python client pins the server's certificate by the fingerprint server.json
+/// gives; a wrong pin and a plain connection to the TLS port fail with clear codes.
+#[test]
+fn the_python_client_pins_a_tls_servers_certificate() -> Result<()> {
+    let s = ServerProc::start(bin(), &["--tls"])?;
+    let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let fingerprint = info["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
+    let script = r#"
+import asyncio, os, sys
+sys.path.insert(0, os.environ["LATZERO_PY"])
+import latzero
+
+async def main():
+    port, pin = int(os.environ["PORT"]), os.environ["PIN"]
+    lz = await latzero.connect("py-tls", port=port, tls_fingerprint=pin, pools=["demo"], ephemeral=True)
+    r = await lz.call("demo", "echo", {"x": 1})
+    assert r["data"] == {"x": 1}, r
+    print("ok call over TLS", flush=True)
+    await lz.close()
+    wrong = "00" * 32
+    for opts, code in [(dict(tls_fingerprint=wrong), "TLS"), ({}, "TLS_REQUIRED")]:
+        try:
+            await latzero.connect("py-tls", port=port, reconnect=False, **opts)
+        except latzero.LatZeroError as e:
+            assert e.code == code, (code, str(e))
+            print(f"ok refused: {e.code}", flush=True)
+        else:
+            raise AssertionError(f"{opts} connected")
+
+asyncio.run(main())
+print("done", flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .env("LATZERO_PY", repo().join("clients/python"))
+        .env("PORT", s.tcp.port().to_string())
+        .env("PIN", &fingerprint);
+    let mut py = Proc::spawn(cmd)?;
+    py.follow_script(|line| anyhow::bail!("unexpected line: {line}"))?;
+    assert_eq!(
+        py.seen,
+        [
+            "ok call over TLS",
+            "ok refused: TLS",
+            "ok refused: TLS_REQUIRED",
+            "done"
+        ]
+    );
+    Ok(())
+}
