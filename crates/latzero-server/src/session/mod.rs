@@ -711,10 +711,6 @@ impl Session {
         }
     }
 
-    /// Binds the app id now (so a second handshake for it is refused at once), with no pools or
-    /// triggers yet: [`Session::finish`] stores the registration, then joins, registers and
-    /// acknowledges in one step under the directory lock, so nothing reaches this connection
-    /// before its ack.
     /// Takes out of a `partial` handshake the pools and triggers a strict one would be refused
     /// for — the credential's pools, the pools' policies, encrypted pools, then the limits (the
     /// longest run of the rest that keeps to them) — and says why for each.
@@ -754,6 +750,10 @@ impl Session {
         refused
     }
 
+    /// Binds the app id now (so a second handshake for it is refused at once), with no pools or
+    /// triggers yet: [`Session::finish`] stores the registration, then joins, registers and
+    /// acknowledges in one step under the directory lock, so nothing reaches this connection
+    /// before its ack. `refused` is what a partial handshake left out, for its ack.
     fn handshake(&mut self, id: Option<&RawValue>, h: Handshake, refused: Vec<Refused>) -> Option<After> {
         let st = self.state.clone();
         let app = h.app_id.clone();
