@@ -23,7 +23,7 @@ pub struct Target {
     pub tls: Option<TlsVerify>,
     /// The longest answer read, bytes: the server's `max_frame_len` where it is known (its
     /// `server.json` says it), else the default (16 MiB). A longer one fails with
-    /// [`ClientError::FrameTooLarge`].
+    /// [`ClientError::AnswerTooLarge`].
     pub max_frame_len: usize,
 }
 
