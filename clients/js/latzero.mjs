@@ -49,6 +49,7 @@ export class Client {
     this.options = options;
     this.pools = new Set(options.pools ?? []);
     this.triggers = new Set(options.triggers ?? []);
+    this._presence = new Set();
     this._handlers = new Map();
     this._pending = new Map();
     this._listeners = new Map();
@@ -291,6 +292,19 @@ export class Client {
     }
   }
 
+  /** Asks for `presence` events of a pool the client is in; asked again after reconnects. */
+  async subscribePresence(pool) {
+    const had = this._presence.has(pool);
+    this._presence.add(pool);
+    try {
+      await this._request({ action: "presence_subscribe", pool }, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      if (e.code === "DISCONNECTED") return;
+      if (!had) this._presence.delete(pool);
+      throw e;
+    }
+  }
+
   /** Leaves a pool. */
   async leave(pool) {
     this.pools.delete(pool);
@@ -322,6 +336,11 @@ export class Client {
       if (this._closed) return;
       try {
         await this._open(true);
+        // Presence subscriptions were the old connection's.
+        for (const pool of [...this._presence]) {
+          if (this.pools.has(pool)) this._send({ action: "presence_subscribe", pool });
+          else this._presence.delete(pool);
+        }
         this._emitEvent("reconnected", {});
         return;
       } catch (e) {

@@ -148,6 +148,7 @@ class Client:
         self.app_id = app_id
         self.pools = set(pools)
         self.triggers = set(triggers)
+        self._presence = set()
         self._meta = meta
         self._auth = auth
         self._takeover = takeover
@@ -280,6 +281,10 @@ class Client:
             if not await self._reconnect_loop():
                 self._finish()
                 return
+            # Presence subscriptions were the old connection's.
+            self._presence &= self.pools
+            for pool in sorted(self._presence):
+                self._send({"action": "presence_subscribe", "pool": pool})
             self._event("reconnected", {})
 
     async def _reconnect_loop(self):
@@ -443,6 +448,19 @@ class Client:
                 return
             if not had:
                 self.pools.discard(pool)
+            raise
+
+    async def subscribe_presence(self, pool):
+        """Asks for `presence` events of a pool the client is in; asked again after reconnects."""
+        had = pool in self._presence
+        self._presence.add(pool)
+        try:
+            await self._request({"action": "presence_subscribe", "pool": pool}, self._timeout)
+        except LatZeroError as e:
+            if e.code == "DISCONNECTED":
+                return
+            if not had:
+                self._presence.discard(pool)
             raise
 
     async def leave(self, pool):

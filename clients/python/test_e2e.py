@@ -31,9 +31,9 @@ async def raises(coro):
     raise AssertionError("expected a LatZeroError")
 
 
-def once(client, event, timeout=20.0):
+def once(client, event, timeout=20.0, which=lambda d: True):
     fut = asyncio.get_running_loop().create_future()
-    client.on(event, lambda d: fut.done() or fut.set_result(d))
+    client.on(event, lambda d: fut.done() or not which(d) or fut.set_result(d))
     return asyncio.wait_for(fut, timeout)
 
 
@@ -80,13 +80,19 @@ async def main():
     check(d["reconnecting"] is False and "DUPLICATE_APP" in d["reason"], "taken over", d)
     await taker.close()
 
-    # The server restarts: the worker reconnects with its pools and handlers.
+    # The server restarts: the worker reconnects with its pools, handlers and presence.
+    await worker.subscribe_presence("demo")
     lost = once(worker, "disconnected")
     back = once(worker, "reconnected")
     print("restart", flush=True)
     check((await lost)["reconnecting"] is True, "disconnected, reconnecting")
     await back
+    await worker.emit("demo", "nobody-listens")  # a round trip: the subscription asked again is in
+    # (The CLI worker coming back after the restart may be told first.)
+    arrived = once(worker, "presence", which=lambda d: d["app_id"] == "py-again")
     again = await latzero.connect("py-again", pools=["demo"], **opts)
+    p = await arrived
+    check(p["app_id"] == "py-again" and p["joined"] is True, "presence after the reconnect", p)
     check(await again.call("demo", "greet", "bob") == "hello bob from py-again", "reconnected with its handlers")
     await again.close()
     await worker.close()

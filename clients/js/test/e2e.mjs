@@ -28,10 +28,11 @@ async function rejects(promise) {
   throw new Error("expected a rejection");
 }
 
-function once(client, event, ms = 10000) {
+function once(client, event, ms = 10000, which = () => true) {
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`no '${event}' within ${ms} ms`)), ms);
     client.on(event, (d) => {
+      if (!which(d)) return;
       clearTimeout(t);
       resolve(d);
     });
@@ -74,13 +75,19 @@ try {
   check(d.reconnecting === false && d.reason.includes("DUPLICATE_APP"), "taken over", d);
   taker.close();
 
-  // The server restarts: the page reconnects with its pools and handlers.
+  // The server restarts: the page reconnects with its pools, handlers and presence subscription.
+  await page.subscribePresence("demo");
   const back = once(page, "reconnected", 20000);
   const lost = once(page, "disconnected", 20000);
   console.log("restart");
   check((await lost).reconnecting === true, "disconnected, reconnecting", null);
   await back;
+  await page.emit("demo", "nobody-listens"); // a round trip: the subscription asked again is in
+  // (The CLI worker coming back after the restart may be told first.)
+  const arrived = once(page, "presence", 10000, (d) => d.appId === "js-again");
   const again = await connect(url, "js-again", { pools: ["demo"], ephemeral: true });
+  const p = await arrived;
+  check(p.appId === "js-again" && p.joined === true, "presence after the reconnect", p);
   check((await again.call("demo", "greet", "bob")) === "hello bob from js-again", "reconnected with its handlers", null);
   again.close();
   page.close();

@@ -136,6 +136,9 @@ pub struct Forwarded {
 pub(crate) struct Shared {
     pub(crate) pools: BTreeSet<PoolName>,
     pub(crate) triggers: BTreeSet<TriggerName>,
+    /// The pools whose presence events this client asked for: asked again after a reconnect
+    /// (a subscription is the connection's, on the server).
+    pub(crate) presence: BTreeSet<PoolName>,
     pub(crate) tx: Option<Outbox>,
 }
 
@@ -395,6 +398,7 @@ impl Client {
             shared: Mutex::new(Shared {
                 pools: url.pools.into_iter().collect(),
                 triggers,
+                presence: BTreeSet::new(),
                 tx: None,
             }),
             events,
@@ -603,10 +607,26 @@ impl Client {
             .await
     }
 
-    /// Asks for presence events of a pool; they arrive as [`ClientEvent::Presence`].
+    /// Asks for presence events of a pool (the client must be in it); they arrive as
+    /// [`ClientEvent::Presence`]. The subscription is asked for again after every reconnect
+    /// while the client is in the pool, and recorded for the next one while it is disconnected.
     pub async fn subscribe_presence(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
-        self.membership("presence_subscribe", json!({ "pool": name.as_str() }))
+        let new = lock(&self.inner.shared).presence.insert(name.clone());
+        let asked = self
+            .membership("presence_subscribe", json!({ "pool": name.as_str() }))
+            .await;
+        if new && matches!(asked, Err(ClientError::Remote(_))) {
+            lock(&self.inner.shared).presence.remove(&name);
+        }
+        asked.map(|_| ())
+    }
+
+    /// Stops the presence events of a pool.
+    pub async fn unsubscribe_presence(&self, pool: &str) -> Result<(), ClientError> {
+        let name = PoolName::try_from(pool)?;
+        lock(&self.inner.shared).presence.remove(&name);
+        self.membership("presence_unsubscribe", json!({ "pool": name.as_str() }))
             .await
             .map(|_| ())
     }
@@ -927,7 +947,9 @@ impl Inner {
         let reason = format!("{}: {}", r.code, r.message);
         if let Some(pool) = r.pool {
             if let Ok(name) = PoolName::try_from(pool.as_str()) {
-                lock(&self.shared).pools.remove(&name);
+                let mut s = lock(&self.shared);
+                s.pools.remove(&name);
+                s.presence.remove(&name);
             }
             tracing::warn!(app = %self.app_id, pool, %reason, "the server refused a pool at reconnect; no longer a member");
             self.event(ClientEvent::PoolLeft { pool, reason });

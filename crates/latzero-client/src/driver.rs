@@ -100,7 +100,9 @@ impl Inner {
             Some("pool_left") => {
                 let pool = env.pool.as_deref().unwrap_or_default();
                 if let Ok(name) = PoolName::try_from(pool) {
-                    lock(&self.shared).pools.remove(&name);
+                    let mut s = lock(&self.shared);
+                    s.pools.remove(&name);
+                    s.presence.remove(&name);
                 }
                 self.event(ClientEvent::PoolLeft {
                     pool: pool.to_owned(),
@@ -601,7 +603,19 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                 }
             }
         };
-        lock(&inner.shared).tx = Some(live.tx.clone());
+        {
+            let mut s = lock(&inner.shared);
+            s.tx = Some(live.tx.clone());
+            // Presence subscriptions were the old connection's: asked again for the pools the
+            // client is still in (one it left would be refused, NOT_IN_POOL).
+            let crate::client::Shared { pools, presence, .. } = &mut *s;
+            presence.retain(|p| pools.contains(p));
+            for p in presence.iter() {
+                live.tx.send_now(&latzero_proto::frame::encode_message(
+                    &json!({ "action": "presence_subscribe", "pool": p.as_str() }),
+                ));
+            }
+        }
         // Block watches were the old connection's: subscribe again from the last version seen.
         for frame in lock(&inner.watches).resubscribe() {
             live.tx.send_now(&frame);

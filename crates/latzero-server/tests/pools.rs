@@ -699,3 +699,62 @@ async fn a_reconnect_drops_what_the_server_now_refuses_and_gets_back_in() {
     assert!(c.call("open", gone, &json!(null)).await.is_err());
     srv.stop().await;
 }
+
+/// A presence subscription outlives a reconnect (the server's is the connection's, so the SDK
+/// asks again), and one made while disconnected is asked for when the client is back.
+#[tokio::test]
+async fn presence_subscriptions_are_asked_again_after_a_reconnect() {
+    use latzero_client::{ClientEvent, ClientOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let c = ClientOptions::new()
+        .backoff(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(10),
+        )
+        .connect(&format!("latzero://watcher@{}?pools=p,q", srv.addr))
+        .await
+        .unwrap();
+    c.subscribe_presence("p").await.unwrap();
+    let mut events = c.events();
+    let port = srv.addr.port();
+    srv.stop().await;
+    loop {
+        if let ClientEvent::Disconnected { .. } = events.recv().await.unwrap() {
+            break;
+        }
+    }
+    c.subscribe_presence("q").await.unwrap();
+    let mut cfg = config_in(dir.path());
+    cfg.port = port;
+    let srv = Running::start(cfg).await;
+    let wait = std::time::Duration::from_secs(10);
+    tokio::time::timeout(wait, async {
+        while !matches!(events.recv().await.unwrap(), ClientEvent::Reconnected) {}
+    })
+    .await
+    .expect("reconnected");
+    // The subscriptions were queued before the event; the round trip sees them handled.
+    c.flush().await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let _a = ClientOptions::new()
+        .connect(&format!("latzero://arrival@{}?pools=p,q", srv.addr))
+        .await
+        .unwrap();
+    tokio::time::timeout(wait, async {
+        while seen.len() < 2 {
+            if let ClientEvent::Presence {
+                pool,
+                app_id,
+                joined: true,
+            } = events.recv().await.unwrap()
+            {
+                assert_eq!(app_id, "arrival");
+                seen.insert(pool);
+            }
+        }
+    })
+    .await
+    .expect("presence of both pools after the reconnect");
+    srv.stop().await;
+}
