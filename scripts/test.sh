@@ -7,23 +7,29 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest (one time)" >&2
   cargo install cargo-nextest --locked
 fi
+# Debian packages, with sudo when not run as root.
+apt_install() {
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "$@"
+}
 # The Python client's end-to-end test (crates/latzero-cli/tests/python.rs) runs it with python3.
 if ! command -v python3 >/dev/null 2>&1; then
   echo "installing python3 (one time)" >&2
-  apt-get update -qq && apt-get install -y -qq python3
+  apt_install python3
 fi
 # The JavaScript client's end-to-end test (crates/latzero-cli/tests/js.rs) runs it under Node,
 # which needs a WebSocket: Node 22+ has one, 20 behind a flag (the test passes it); older Node
 # gets the ws package from npm.
 if ! command -v node >/dev/null 2>&1; then
   echo "installing Node.js (one time)" >&2
-  apt-get update -qq && apt-get install -y -qq nodejs npm
+  apt_install nodejs npm
 fi
 has_websocket() { node "$@" -e "process.exit(typeof WebSocket === 'function' ? 0 : 1)" 2>/dev/null; }
 if ! has_websocket && ! has_websocket --experimental-websocket; then
   if [ ! -f target/js/node_modules/ws/wrapper.mjs ]; then
     echo "installing the ws package for Node $(node --version) (one time)" >&2
-    command -v npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq npm; }
+    command -v npm >/dev/null 2>&1 || apt_install npm
     npm install --silent --prefix target/js ws@8
   fi
   export LATZERO_JS_WS="$PWD/target/js/node_modules/ws/wrapper.mjs"
