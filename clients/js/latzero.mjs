@@ -266,14 +266,10 @@ export class Client {
     const had = this._handlers.has(trigger);
     this._handlers.set(trigger, fn);
     if (had) return;
-    this.triggers.add(trigger);
     try {
-      await this._request({ action: "register", triggers: [trigger] }, this.options.timeoutMs ?? 30000);
+      await this._hold(this.triggers, trigger, { action: "register", triggers: [trigger] });
     } catch (e) {
-      // While disconnected it is recorded: the next handshake carries it.
-      if (e.code === "DISCONNECTED") return;
       this._handlers.delete(trigger);
-      this.triggers.delete(trigger);
       throw e;
     }
   }
@@ -281,26 +277,25 @@ export class Client {
   /** Joins a pool (created on first join). While disconnected the pool is recorded and asked
    * for in the next handshake. */
   async join(pool) {
-    const had = this.pools.has(pool);
-    this.pools.add(pool);
-    try {
-      await this._request({ action: "join", pools: [pool] }, this.options.timeoutMs ?? 30000);
-    } catch (e) {
-      if (e.code === "DISCONNECTED") return;
-      if (!had) this.pools.delete(pool);
-      throw e;
-    }
+    await this._hold(this.pools, pool, { action: "join", pools: [pool] });
   }
 
   /** Asks for `presence` events of a pool the client is in; asked again after reconnects. */
   async subscribePresence(pool) {
-    const had = this._presence.has(pool);
-    this._presence.add(pool);
+    await this._hold(this._presence, pool, { action: "presence_subscribe", pool });
+  }
+
+  /** Adds `item` to `held` (what the next handshake or reconnect asks for again) and asks the
+   * server now. Refused, it is taken out again, unless it was there before; while disconnected
+   * it stays, recorded, and this resolves. */
+  async _hold(held, item, frame) {
+    const had = held.has(item);
+    held.add(item);
     try {
-      await this._request({ action: "presence_subscribe", pool }, this.options.timeoutMs ?? 30000);
+      await this._request(frame, this.options.timeoutMs ?? 30000);
     } catch (e) {
       if (e.code === "DISCONNECTED") return;
-      if (!had) this._presence.delete(pool);
+      if (!had) held.delete(item);
       throw e;
     }
   }

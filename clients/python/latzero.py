@@ -427,40 +427,33 @@ class Client:
         self._handlers[trigger] = fn
         if had:
             return
-        self.triggers.add(trigger)
         try:
-            await self._request({"action": "register", "triggers": [trigger]}, self._timeout)
-        except LatZeroError as e:
-            if e.code == "DISCONNECTED":
-                return
+            await self._hold(self.triggers, trigger, {"action": "register", "triggers": [trigger]})
+        except LatZeroError:
             self._handlers.pop(trigger, None)
-            self.triggers.discard(trigger)
             raise
 
     async def join(self, pool):
         """Joins a pool (created on first join). While disconnected it is recorded."""
-        had = pool in self.pools
-        self.pools.add(pool)
-        try:
-            await self._request({"action": "join", "pools": [pool]}, self._timeout)
-        except LatZeroError as e:
-            if e.code == "DISCONNECTED":
-                return
-            if not had:
-                self.pools.discard(pool)
-            raise
+        await self._hold(self.pools, pool, {"action": "join", "pools": [pool]})
 
     async def subscribe_presence(self, pool):
         """Asks for `presence` events of a pool the client is in; asked again after reconnects."""
-        had = pool in self._presence
-        self._presence.add(pool)
+        await self._hold(self._presence, pool, {"action": "presence_subscribe", "pool": pool})
+
+    async def _hold(self, held, item, frame):
+        """Adds `item` to `held` (what the next handshake or reconnect asks for again) and asks
+        the server now. Refused, it is taken out again, unless it was there before; while
+        disconnected it stays, recorded, and this returns."""
+        had = item in held
+        held.add(item)
         try:
-            await self._request({"action": "presence_subscribe", "pool": pool}, self._timeout)
+            await self._request(frame, self._timeout)
         except LatZeroError as e:
             if e.code == "DISCONNECTED":
                 return
             if not had:
-                self._presence.discard(pool)
+                held.discard(item)
             raise
 
     async def leave(self, pool):
