@@ -94,6 +94,7 @@ export class Client {
         return;
       }
       let acked = false;
+      ws.binaryType = "arraybuffer";
       ws.onopen = () => {
         const hs = {
           action: "handshake",
@@ -111,10 +112,14 @@ export class Client {
         ws.send(JSON.stringify(hs));
       };
       ws.onmessage = (m) => {
-        if (typeof m.data !== "string") return; // binary frames: memory blocks, not handled here
         let f;
+        let body;
         try {
-          f = JSON.parse(m.data);
+          if (typeof m.data === "string") {
+            f = JSON.parse(m.data);
+          } else {
+            [f, body] = readBinary(new Uint8Array(m.data));
+          }
         } catch {
           return;
         }
@@ -133,7 +138,7 @@ export class Client {
           }
           return;
         }
-        this._dispatch(f);
+        this._dispatch(f, body);
       };
       // Some WebSockets (Node 20's) report a failed connection with an error and no close.
       const ended = (why) => {
@@ -161,7 +166,7 @@ export class Client {
     }
   }
 
-  _dispatch(f) {
+  _dispatch(f, body) {
     switch (f.action) {
       case "trigger":
         this._deliver(f, true);
@@ -193,6 +198,7 @@ export class Client {
       const message = typeof f.error?.message === "string" ? f.error.message : JSON.stringify(f.error);
       waiter.reject(new LatZeroError("HANDLER_ERROR", message, { error: f.error }));
     } else {
+      if (body !== undefined) f._body = body;
       waiter.resolve(f);
     }
   }
@@ -217,15 +223,15 @@ export class Client {
     }
   }
 
-  _send(frame) {
+  _send(frame, body) {
     if (this._ws === null || this._ws.readyState !== 1) {
       throw new LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting");
     }
-    this._ws.send(JSON.stringify(frame));
+    this._ws.send(body === undefined ? JSON.stringify(frame) : binaryFrame(frame, body));
   }
 
   /** Sends a request with an id and resolves with the server's answer frame. */
-  _request(frame, timeoutMs) {
+  _request(frame, timeoutMs, body) {
     return new Promise((resolve, reject) => {
       const id = String(this._nextId++);
       frame.id = id;
@@ -235,7 +241,7 @@ export class Client {
       }, timeoutMs);
       this._pending.set(id, { resolve, reject, timer });
       try {
-        this._send(frame);
+        this._send(frame, body);
       } catch (e) {
         this._pending.delete(id);
         clearTimeout(timer);
@@ -300,6 +306,45 @@ export class Client {
     }
   }
 
+  // Memory blocks, through the server (PROTOCOL.md §7), in binary messages.
+
+  /** Creates a memory block; resolves with the server's description of it.
+   * opts: type ("binary", "json", "stream"), persistent, permissions. */
+  async blockCreate(pool, blockId, size, opts = {}) {
+    const frame = { action: "block_create", pool, block_id: blockId, size, type: opts.type ?? "binary", persistent: opts.persistent ?? false };
+    if (opts.permissions) frame.permissions = opts.permissions;
+    return (await this._request(frame, this.options.timeoutMs ?? 30000)).block;
+  }
+
+  /** Writes bytes (a Uint8Array) at `opts.offset` of a binary block, or replaces a json block's
+   * document (`opts.document`); resolves with the block's new version. */
+  async blockWrite(pool, blockId, data, opts = {}) {
+    const frame = { action: "block_write", pool, block_id: blockId };
+    const timeout = this.options.timeoutMs ?? 30000;
+    if (opts.document !== undefined) {
+      frame.document = opts.document;
+      return (await this._request(frame, timeout)).version;
+    }
+    frame.offset = opts.offset ?? 0;
+    return (await this._request(frame, timeout, data ?? new Uint8Array())).version;
+  }
+
+  /** Reads a block: {data: Uint8Array, version} for a binary block (from `opts.offset`,
+   * `opts.length` bytes or to the end), {document, version} for a json block. */
+  async blockRead(pool, blockId, opts = {}) {
+    const frame = { action: "block_read", pool, block_id: blockId };
+    if (opts.offset) frame.offset = opts.offset;
+    if (opts.length !== undefined) frame.length = opts.length;
+    const f = await this._request(frame, this.options.timeoutMs ?? 30000);
+    if ("document" in f) return { document: f.document, version: f.version };
+    return { data: f._body ?? new Uint8Array(), version: f.version };
+  }
+
+  /** Deletes a memory block. */
+  async blockDelete(pool, blockId) {
+    await this._request({ action: "block_delete", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
+  }
+
   /** Leaves a pool. */
   async leave(pool) {
     this.pools.delete(pool);
@@ -357,4 +402,24 @@ export class Client {
       ws.close(1000);
     }
   }
+}
+
+/** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,
+ * the body. */
+function binaryFrame(header, body) {
+  const h = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(5 + h.length + body.length);
+  out[0] = 0;
+  new DataView(out.buffer).setUint32(1, h.length);
+  out.set(h, 5);
+  out.set(body, 5 + h.length);
+  return out;
+}
+
+/** A binary message read as [header, body]; a JSON frame sent as binary is [message, undefined]. */
+function readBinary(bytes) {
+  if (bytes[0] !== 0) return [JSON.parse(new TextDecoder().decode(bytes)), undefined];
+  const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1);
+  if (5 + n > bytes.length) throw new Error("a binary frame whose header does not fit");
+  return [JSON.parse(new TextDecoder().decode(bytes.subarray(5, 5 + n))), bytes.slice(5 + n)];
 }

@@ -17,7 +17,10 @@ reconnecting with backoff.
 
 Where it connects: `socket=` (a Unix socket path) or `host=`/`port=`; without them, the default
 data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if it exists, else
-`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does. A server started with
+`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does.
+
+Memory blocks are read and written through the server (`block_create`, `block_write`,
+`block_read`, `block_delete`), in binary frames; this client does not map them. A server started with
 `--tls` is reached over TCP with `tls_fingerprint=` (the SHA-256 it prints and writes to
 server.json: the certificate must hash to it, whoever signed it) or `tls_ca=` (a CA file: the
 chain must lead to it and name the host).
@@ -256,9 +259,9 @@ class Client:
             reason = "server closed the connection"
             try:
                 while True:
-                    f = await _read_json(self._reader, self._max_frame_len + FRAME_SLACK)
+                    f, body = await _read_frame(self._reader, self._max_frame_len + FRAME_SLACK)
                     if f is not None:
-                        self._dispatch(f)
+                        self._dispatch(f, body)
             except asyncio.IncompleteReadError:
                 pass
             except asyncio.CancelledError:
@@ -316,7 +319,7 @@ class Client:
         if not self._done.done():
             self._done.set_result(None)
 
-    def _dispatch(self, f):
+    def _dispatch(self, f, body=None):
         action = f.get("action")
         if action in ("trigger", "emit") and "in_reply_to" not in f:
             asyncio.ensure_future(self._deliver(f, answer=action == "trigger"))
@@ -346,6 +349,8 @@ class Client:
             message = err.get("message") if isinstance(err, dict) and isinstance(err.get("message"), str) else json.dumps(err)
             fut.set_exception(LatZeroError("HANDLER_ERROR", message, error=err))
         else:
+            if body is not None:
+                f["_body"] = body
             fut.set_result(f)
 
     async def _deliver(self, f, answer):
@@ -374,21 +379,21 @@ class Client:
         except LatZeroError:
             pass  # disconnected meanwhile: the server has failed the call (HANDLER_GONE)
 
-    def _send(self, frame):
+    def _send(self, frame, body=None):
         if self._writer is None:
             raise LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting")
-        data = _frame(frame)
+        data = _frame(frame) if body is None else _binary_frame(frame, body)
         if len(data) - 4 > self._max_frame_len:
             raise LatZeroError("FRAME_TOO_LARGE", f"a frame of {len(data) - 4} bytes exceeds the server's max_frame_len of {self._max_frame_len} bytes; not sent")
         self._writer.write(data)
 
-    async def _request(self, frame, timeout):
+    async def _request(self, frame, timeout, body=None):
         rid = str(next(self._ids))
         frame["id"] = rid
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            self._send(frame)
+            self._send(frame, body)
             await self._writer.drain()
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -456,6 +461,45 @@ class Client:
                 held.discard(item)
             raise
 
+    # Memory blocks, through the server (PROTOCOL.md §7): this client does not map them.
+
+    async def block_create(self, pool, block_id, size, *, type="binary", persistent=False, permissions=None):
+        """Creates a memory block in a pool; returns the server's description of it."""
+        frame = {"action": "block_create", "pool": pool, "block_id": block_id, "size": size,
+                 "type": type, "persistent": persistent}
+        if permissions is not None:
+            frame["permissions"] = permissions
+        return (await self._request(frame, self._timeout)).get("block")
+
+    async def block_write(self, pool, block_id, data=None, *, offset=0, document=None):
+        """Writes bytes at `offset` of a binary block (`data`), or replaces a json block's
+        `document`; returns the block's new version."""
+        frame = {"action": "block_write", "pool": pool, "block_id": block_id}
+        if document is not None:
+            frame["document"] = document
+            f = await self._request(frame, self._timeout)
+        else:
+            frame["offset"] = offset
+            f = await self._request(frame, self._timeout, body=data or b"")
+        return f.get("version")
+
+    async def block_read(self, pool, block_id, *, offset=0, length=None):
+        """Reads a block: (bytes, version) for a binary block (from `offset`, `length` bytes or
+        to the end), (document, version) for a json block."""
+        frame = {"action": "block_read", "pool": pool, "block_id": block_id}
+        if offset:
+            frame["offset"] = offset
+        if length is not None:
+            frame["length"] = length
+        f = await self._request(frame, self._timeout)
+        if "document" in f:
+            return f["document"], f.get("version")
+        return f.get("_body", b""), f.get("version")
+
+    async def block_delete(self, pool, block_id):
+        """Deletes a memory block."""
+        await self._request({"action": "block_delete", "pool": pool, "block_id": block_id}, self._timeout)
+
     async def leave(self, pool):
         """Leaves a pool."""
         self.pools.discard(pool)
@@ -480,13 +524,33 @@ def _frame(obj):
     return struct.pack(">I", len(payload)) + payload
 
 
-async def _read_json(reader, max_len):
-    """The next JSON frame; None for a frame to skip (binary, or empty)."""
+async def _read_frame(reader, max_len):
+    """The next frame as (message, body): a JSON frame's body is None, a binary frame's the bytes
+    after its header (PROTOCOL.md §2.2). (None, None) for an empty frame, to skip."""
     head = await reader.readexactly(4)
     (n,) = struct.unpack(">I", head)
     if n > max_len:
         raise LatZeroError("FRAME_TOO_LARGE", f"the server announced a frame of {n} bytes, more than the {max_len} read")
     payload = await reader.readexactly(n)
-    if not payload or payload[0] == 0:
-        return None
-    return json.loads(payload)
+    if not payload:
+        return None, None
+    if payload[0] != 0:
+        return json.loads(payload), None
+    if len(payload) < 5:
+        return None, None
+    (h,) = struct.unpack(">I", payload[1:5])
+    if 5 + h > len(payload):
+        return None, None
+    return json.loads(payload[5:5 + h]), payload[5 + h:]
+
+
+async def _read_json(reader, max_len):
+    """The next JSON frame (the handshake's answer)."""
+    message, _ = await _read_frame(reader, max_len)
+    return message
+
+
+def _binary_frame(header, body):
+    h = json.dumps(header, separators=(",", ":")).encode()
+    payload = b"\x00" + struct.pack(">I", len(h)) + h + bytes(body)
+    return struct.pack(">I", len(payload)) + payload

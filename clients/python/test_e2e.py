@@ -73,6 +73,22 @@ async def main():
     check(await other.emit("demo", "news", {"n": 1}) == 1, "emit receipt")
     check((await asyncio.wait_for(got, 5))["n"] == 1, "emit delivered")
 
+    # Memory blocks, through the server: binary bytes at an offset, and a json document.
+    await worker.block_create("demo", "frame", 16)
+    v = await worker.block_write("demo", "frame", b"\x01\x02\x03", offset=2)
+    data, seen = await other.block_read("demo", "frame", offset=2, length=3)
+    check(data == b"\x01\x02\x03" and seen == v, "a binary block written and read", (data, v, seen))
+    whole, _ = await other.block_read("demo", "frame")
+    check(whole == b"\x00\x00\x01\x02\x03" + bytes(11), "the whole block", whole)
+    await worker.block_create("demo", "cfg", 64, type="json")
+    v = await worker.block_write("demo", "cfg", document={"rate": 30})
+    doc, seen = await other.block_read("demo", "cfg")
+    check(doc == {"rate": 30} and seen == v, "a json block", (doc, v, seen))
+    e = await raises(other.block_read("demo", "missing"))
+    check(e.code == "BLOCK_NOT_FOUND", "BLOCK_NOT_FOUND", str(e))
+    await worker.block_delete("demo", "frame")
+    await worker.block_delete("demo", "cfg")
+
     # Another connection takes the app id over: the first is told, and does not come back.
     gone = once(other, "disconnected")
     taker = await latzero.connect("py-other", pools=["demo"], takeover=True, **opts)

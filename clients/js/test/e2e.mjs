@@ -68,6 +68,22 @@ try {
   check(delivered === 1, "emit receipt", delivered);
   check((await got).n === 1, "emit delivered", null);
 
+  // Memory blocks, through the server: binary bytes at an offset, and a json document.
+  await page.blockCreate("demo", "frame", 16);
+  const v = await page.blockWrite("demo", "frame", new Uint8Array([1, 2, 3]), { offset: 2 });
+  const part = await other.blockRead("demo", "frame", { offset: 2, length: 3 });
+  check(part.data.join() === "1,2,3" && part.version === v, "a binary block written and read", [...part.data]);
+  const whole = await other.blockRead("demo", "frame");
+  check(whole.data.length === 16 && whole.data[2] === 1 && whole.data[0] === 0, "the whole block", [...whole.data]);
+  await page.blockCreate("demo", "cfg", 64, { type: "json" });
+  const dv = await page.blockWrite("demo", "cfg", null, { document: { rate: 30 } });
+  const doc = await other.blockRead("demo", "cfg");
+  check(doc.document?.rate === 30 && doc.version === dv, "a json block", doc);
+  const missing = await rejects(other.blockRead("demo", "missing"));
+  check(missing.code === "BLOCK_NOT_FOUND", "BLOCK_NOT_FOUND", missing.message);
+  await page.blockDelete("demo", "frame");
+  await page.blockDelete("demo", "cfg");
+
   // Another connection takes the app id over: the first is told, and does not come back.
   const gone = once(other, "disconnected");
   const taker = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, takeover: true });
