@@ -17,13 +17,13 @@ reconnecting with backoff.
 
 Where it connects: `socket=` (a Unix socket path) or `host=`/`port=`; without them, the default
 data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if it exists, else
-`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does.
-
-Memory blocks are read and written through the server (`block_create`, `block_write`,
-`block_read`, `block_delete`), in binary frames; this client does not map them. A server started with
+`$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does. A server started with
 `--tls` is reached over TCP with `tls_fingerprint=` (the SHA-256 it prints and writes to
 server.json: the certificate must hash to it, whoever signed it) or `tls_ca=` (a CA file: the
 chain must lead to it and name the host).
+
+Memory blocks are read and written through the server (`block_create`, `block_write`,
+`block_read`, `block_delete`), in binary frames; this client does not map them.
 
 Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
 a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`.
