@@ -141,16 +141,9 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
         let _ = tcp.shutdown().await;
         return;
     }
-    let stream = match tokio::time::timeout(limit, tls.acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(peer = %peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(peer = %peer, "TLS handshake timed out");
-            return;
-        }
+    let accepted = tls.acceptor.accept(tcp);
+    let Some(stream) = crate::transport::within_handshake(&state, &peer, "TLS handshake", accepted).await else {
+        return;
     };
     crate::transport::run_bridged(state, peer, &tracker, "TLS", |near| bridge(stream, near)).await;
 }

@@ -89,6 +89,27 @@ pub(crate) fn size_send_buffer(state: &State, s: &UdsStream) {
     }
 }
 
+/// A connection's TLS handshake or WebSocket upgrade (`what`), within the handshake timeout;
+/// `None`, logged, if it fails or runs out of time.
+pub(crate) async fn within_handshake<T, E: std::fmt::Display>(
+    state: &State,
+    peer: &str,
+    what: &str,
+    step: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(state.config.limits.handshake_timeout, step).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::info!(peer = %peer, error = %e, "{what} failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %peer, "{what} timed out");
+            None
+        }
+    }
+}
+
 /// Runs a session whose bytes a bridge carries to and from its peer (TLS, WebSocket): the
 /// session gets one end of a Unix socket pair, `bridge` the other. Once the session has ended
 /// the bridge gets the shutdown grace to deliver what the session last wrote, then is dropped:

@@ -61,14 +61,15 @@ impl Listener for WsListener {
 /// Serves one connection to the WebSocket port: TLS first with `--tls`, then the upgrade
 /// (within the handshake timeout), then the session on the bridged messages.
 async fn serve(state: Arc<State>, tcp: TcpStream, peer: String, tracker: TaskTracker) {
-    let limit = state.config.limits.handshake_timeout;
     match &state.tls {
         None => upgrade(state, tcp, peer, tracker).await,
-        Some(tls) => match tokio::time::timeout(limit, tls.acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => upgrade(state, s, peer, tracker).await,
-            Ok(Err(e)) => tracing::info!(peer = %peer, error = %e, "TLS handshake on the WebSocket port failed"),
-            Err(_) => tracing::info!(peer = %peer, "TLS handshake on the WebSocket port timed out"),
-        },
+        Some(tls) => {
+            let accepted = tls.acceptor.accept(tcp);
+            let what = "TLS handshake on the WebSocket port";
+            if let Some(s) = crate::transport::within_handshake(&state, &peer, what, accepted).await {
+                upgrade(state, s, peer, tracker).await;
+            }
+        }
     }
 }
 
@@ -104,16 +105,8 @@ where
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let accepted = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
-    let ws = match tokio::time::timeout(state.config.limits.handshake_timeout, accepted).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::info!(peer = %peer, error = %e, "WebSocket upgrade refused or failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(peer = %peer, "WebSocket upgrade timed out");
-            return;
-        }
+    let Some(ws) = crate::transport::within_handshake(&state, &peer, "WebSocket upgrade", accepted).await else {
+        return;
     };
     crate::transport::run_bridged(state, peer, &tracker, "WebSocket", |near| bridge(ws, near, max)).await;
 }
