@@ -57,10 +57,7 @@ fn the_javascript_client_calls_handles_emits_and_reconnects() -> Result<()> {
     js.follow_script(|line| {
         if line == "restart" {
             // Stopped and started again on the same ports: the client must come back by itself.
-            let (ok, _, err) = s.run(&["stop"])?;
-            assert!(ok, "{err}");
-            s.proc.wait_exit()?;
-            s = ServerProc::start_in(bin(), dir.path(), &ws)?;
+            s.restart(&ws)?;
         }
         Ok(())
     })?;

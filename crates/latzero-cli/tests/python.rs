@@ -30,10 +30,7 @@ fn the_python_client_calls_handles_emits_and_reconnects() -> Result<()> {
     py.follow_script(|line| {
         if line == "restart" {
             // Stopped and started again on the same socket: the client must come back by itself.
-            let (ok, _, err) = s.run(&["stop"])?;
-            assert!(ok, "{err}");
-            s.proc.wait_exit()?;
-            s = ServerProc::start_in(bin(), dir.path(), &[])?;
+            s.restart(&[])?;
         }
         Ok(())
     })?;

@@ -10,6 +10,30 @@ fn code(v: &Value) -> &str {
     v["code"].as_str().unwrap()
 }
 
+/// SDK options that reconnect within milliseconds, for the tests that restart the server.
+fn quick_reconnect() -> latzero_client::ClientOptions {
+    latzero_client::ClientOptions::new().backoff(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(10),
+    )
+}
+
+/// The first client event `pick` takes, waited for 10 s at most.
+async fn until<T>(
+    events: &mut tokio::sync::broadcast::Receiver<latzero_client::ClientEvent>,
+    mut pick: impl FnMut(latzero_client::ClientEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Some(t) = pick(events.recv().await.unwrap()) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the event within 10 s")
+}
+
 #[tokio::test]
 async fn create_update_remove_with_owners_and_listings() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,12 +321,11 @@ async fn a_client_taken_out_of_a_removed_pool_is_told_and_does_not_rejoin_it() {
     let mut events = worker.events();
     let r = owner.remove_pool("alpha", true).await.unwrap();
     assert_eq!(r["members_removed"], json!(["worker"]), "{r}");
-    let (pool, reason) = loop {
-        match events.recv().await.unwrap() {
-            ClientEvent::PoolLeft { pool, reason } => break (pool, reason),
-            _ => continue,
-        }
-    };
+    let (pool, reason) = until(&mut events, |e| match e {
+        ClientEvent::PoolLeft { pool, reason } => Some((pool, reason)),
+        _ => None,
+    })
+    .await;
     assert_eq!(pool, "alpha");
     assert!(reason.contains("removed by 'owner'"), "{reason}");
     let pools: Vec<String> = worker.pools().iter().map(|p| p.to_string()).collect();
@@ -338,12 +361,11 @@ async fn a_client_a_policy_change_shuts_out_is_told_and_leaves() {
         (&json!(["goes"]), &json!(["stays"])),
         "{info}"
     );
-    let reason = loop {
-        match events.recv().await.unwrap() {
-            ClientEvent::PoolLeft { pool, reason } if pool == "alpha" => break reason,
-            _ => continue,
-        }
-    };
+    let reason = until(&mut events, |e| match e {
+        ClientEvent::PoolLeft { pool, reason } if pool == "alpha" => Some(reason),
+        _ => None,
+    })
+    .await;
     assert!(reason.contains("no longer let this app join"), "{reason}");
     assert!(goes.pools().is_empty(), "{:?}", goes.pools());
     srv.stop().await;
@@ -463,11 +485,7 @@ async fn a_refused_join_or_registration_does_not_break_the_next_reconnect() {
         ..PoolSpec::default()
     };
     owner.create_pool("closed", spec).await.unwrap();
-    let c = ClientOptions::new()
-        .backoff(
-            std::time::Duration::from_millis(1),
-            std::time::Duration::from_millis(10),
-        )
+    let c = quick_reconnect()
         .connect(&format!("latzero://c@{}?pools=open", srv.addr))
         .await
         .unwrap();
@@ -487,15 +505,7 @@ async fn a_refused_join_or_registration_does_not_break_the_next_reconnect() {
     cfg.limits.max_triggers_per_app = 1;
     cfg.port = port;
     let srv = Running::start(cfg).await;
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            if let ClientEvent::Reconnected = events.recv().await.unwrap() {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("reconnected within 10 s");
+    until(&mut events, |e| matches!(e, ClientEvent::Reconnected).then_some(())).await;
     assert_eq!(c.call("open", "one", &json!(null)).await.unwrap(), json!(1));
     srv.stop().await;
 }
@@ -642,11 +652,7 @@ async fn a_reconnect_drops_what_the_server_now_refuses_and_gets_back_in() {
     };
     owner.create_pool("closed", spec).await.unwrap();
     drop(owner);
-    let c = ClientOptions::new()
-        .backoff(
-            std::time::Duration::from_millis(1),
-            std::time::Duration::from_millis(10),
-        )
+    let c = quick_reconnect()
         .connect(&format!("latzero://c@{}?pools=open", srv.addr))
         .await
         .unwrap();
@@ -655,11 +661,10 @@ async fn a_reconnect_drops_what_the_server_now_refuses_and_gets_back_in() {
     let mut events = c.events();
     let port = srv.addr.port();
     srv.stop().await;
-    loop {
-        if let ClientEvent::Disconnected { .. } = events.recv().await.unwrap() {
-            break;
-        }
-    }
+    until(&mut events, |e| {
+        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
     // Recorded while disconnected, and refused when the client is back; so is one of its two
     // triggers, by a limit lowered meanwhile.
     c.join("closed").await.unwrap();
@@ -707,11 +712,7 @@ async fn presence_subscriptions_are_asked_again_after_a_reconnect() {
     use latzero_client::{ClientEvent, ClientOptions};
     let dir = tempfile::tempdir().unwrap();
     let srv = Running::start(config_in(dir.path())).await;
-    let c = ClientOptions::new()
-        .backoff(
-            std::time::Duration::from_millis(1),
-            std::time::Duration::from_millis(10),
-        )
+    let c = quick_reconnect()
         .connect(&format!("latzero://watcher@{}?pools=p,q", srv.addr))
         .await
         .unwrap();
@@ -719,21 +720,16 @@ async fn presence_subscriptions_are_asked_again_after_a_reconnect() {
     let mut events = c.events();
     let port = srv.addr.port();
     srv.stop().await;
-    loop {
-        if let ClientEvent::Disconnected { .. } = events.recv().await.unwrap() {
-            break;
-        }
-    }
+    until(&mut events, |e| {
+        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
     c.subscribe_presence("q").await.unwrap();
     let mut cfg = config_in(dir.path());
     cfg.port = port;
     let srv = Running::start(cfg).await;
     let wait = std::time::Duration::from_secs(10);
-    tokio::time::timeout(wait, async {
-        while !matches!(events.recv().await.unwrap(), ClientEvent::Reconnected) {}
-    })
-    .await
-    .expect("reconnected");
+    until(&mut events, |e| matches!(e, ClientEvent::Reconnected).then_some(())).await;
     // The subscriptions were queued before the event; the round trip sees them handled.
     c.flush().await.unwrap();
     let mut seen = std::collections::BTreeSet::new();

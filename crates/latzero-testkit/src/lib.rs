@@ -250,6 +250,19 @@ impl ServerProc {
         Ok(p)
     }
 
+    /// Stops the server with `latzero stop`, waits for it to exit, and starts it again in the
+    /// same data dir with `extra` (on a new TCP port unless `extra` names one; the same Unix
+    /// socket path).
+    pub fn restart(&mut self, extra: &[&str]) -> Result<()> {
+        let (ok, _, err) = self.run(&["stop"])?;
+        if !ok {
+            bail!("latzero stop failed: {err}");
+        }
+        self.proc.wait_exit()?;
+        *self = ServerProc::start_in(&self.bin, &self.data_dir, extra)?;
+        Ok(())
+    }
+
     /// Runs a CLI command to completion: (success, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let out = self.cli(args).output()?;
