@@ -25,6 +25,12 @@ if ! command -v node >/dev/null 2>&1; then
   echo "installing Node.js (one time)" >&2
   apt_install nodejs npm
 fi
+# The browser test (crates/latzero-cli/tests/browser.rs) runs the JavaScript client in headless
+# Chromium; LATZERO_CHROMIUM names another Chromium-based browser.
+if [ -z "${LATZERO_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Chromium (one time)" >&2
+  apt_install chromium
+fi
 has_websocket() { node "$@" -e "process.exit(typeof WebSocket === 'function' ? 0 : 1)" 2>/dev/null; }
 if ! has_websocket && ! has_websocket --experimental-websocket; then
   if [ ! -f target/js/node_modules/ws/wrapper.mjs ]; then

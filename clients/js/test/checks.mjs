@@ -1,0 +1,104 @@
+// The end-to-end checks of clients/js/latzero.mjs, shared by the Node driver (e2e.mjs) and the
+// browser page (browser.html). `run(url, log, options)` expects a server on `url` with a
+// `latzero reply` worker serving `echo` in pool `demo`, and reports through `log(line)`: `ok NAME`
+// per check, and `restart`, which the driver answers by stopping and starting the server (a
+// promise `log` returns is awaited). It throws at the first failed check. `options` are passed
+// to every `connect` (a WebSocket constructor, say).
+
+import { connect as open, LatZeroError } from "../latzero.mjs";
+
+async function rejects(promise) {
+  try {
+    await promise;
+  } catch (e) {
+    return e;
+  }
+  throw new Error("expected a rejection");
+}
+
+function once(client, event, ms = 10000, which = () => true) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no '${event}' within ${ms} ms`)), ms);
+    client.on(event, (d) => {
+      if (!which(d)) return;
+      clearTimeout(t);
+      resolve(d);
+    });
+  });
+}
+
+export async function run(url, log, options = {}) {
+  const connect = (u, app, o) => open(u, app, { ...options, ...o });
+  const check = (cond, what, detail) => {
+    if (!cond) throw new Error(`${what}: ${JSON.stringify(detail)}`);
+    log(`ok ${what}`);
+  };
+
+  const page = await connect(url, "js-page", { pools: ["demo"], ephemeral: true, timeoutMs: 5000, backoffMinMs: 20, backoffMaxMs: 200 });
+  const echoed = await page.call("demo", "echo", { x: 21 });
+  check(echoed.data?.x === 21 && echoed.app_id === "worker", "call a CLI worker", echoed);
+
+  await page.handle("greet", ({ data, origin }) => `hello ${data} from ${origin}`);
+  await page.handle("fail", () => {
+    throw new Error("nope");
+  });
+  await page.handle("slow", () => new Promise(() => {}));
+  const other = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, timeoutMs: 5000 });
+  check((await other.call("demo", "greet", "ada")) === "hello ada from js-other", "call a JS handler", null);
+
+  const failed = await rejects(other.call("demo", "fail"));
+  check(failed instanceof LatZeroError && failed.code === "HANDLER_ERROR" && failed.message.includes("nope"), "a handler's throw", failed.message);
+  const none = await rejects(other.call("demo", "nobody-serves-this"));
+  check(none.code === "NO_HANDLER", "NO_HANDLER", none.message);
+  const late = await rejects(other.call("demo", "slow", null, { timeoutMs: 200 }));
+  check(late.code === "TIMEOUT" && late.handlerMayStillRun === true, "TIMEOUT", late.message);
+  const outside = await rejects(other.call("elsewhere", "echo"));
+  check(outside.code === "NOT_IN_POOL", "NOT_IN_POOL", outside.message);
+
+  let news;
+  const got = new Promise((resolve) => (news = resolve));
+  await page.handle("news", ({ data }) => news(data));
+  const delivered = await other.emit("demo", "news", { n: 1 });
+  check(delivered === 1, "emit receipt", delivered);
+  check((await got).n === 1, "emit delivered", null);
+
+  // Memory blocks, through the server: binary bytes at an offset, and a json document.
+  await page.blockCreate("demo", "frame", 16);
+  const v = await page.blockWrite("demo", "frame", new Uint8Array([1, 2, 3]), { offset: 2 });
+  const part = await other.blockRead("demo", "frame", { offset: 2, length: 3 });
+  check(part.data.join() === "1,2,3" && part.version === v, "a binary block written and read", [...part.data]);
+  const whole = await other.blockRead("demo", "frame");
+  check(whole.data.length === 16 && whole.data[2] === 1 && whole.data[0] === 0, "the whole block", [...whole.data]);
+  await page.blockCreate("demo", "cfg", 64, { type: "json" });
+  const dv = await page.blockWrite("demo", "cfg", null, { document: { rate: 30 } });
+  const doc = await other.blockRead("demo", "cfg");
+  check(doc.document?.rate === 30 && doc.version === dv, "a json block", doc);
+  const missing = await rejects(other.blockRead("demo", "missing"));
+  check(missing.code === "BLOCK_NOT_FOUND", "BLOCK_NOT_FOUND", missing.message);
+  await page.blockDelete("demo", "frame");
+  await page.blockDelete("demo", "cfg");
+
+  // Another connection takes the app id over: the first is told, and does not come back.
+  const gone = once(other, "disconnected");
+  const taker = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, takeover: true });
+  const d = await gone;
+  check(d.reconnecting === false && d.reason.includes("DUPLICATE_APP"), "taken over", d);
+  taker.close();
+
+  // The server restarts: the page reconnects with its pools, handlers and presence subscription.
+  await page.subscribePresence("demo");
+  const back = once(page, "reconnected", 20000);
+  const lost = once(page, "disconnected", 20000);
+  await log("restart"); // the driver stops and starts the server
+  check((await lost).reconnecting === true, "disconnected, reconnecting", null);
+  await back;
+  await page.emit("demo", "nobody-listens"); // a round trip: the subscription asked again is in
+  // (The CLI worker coming back after the restart may be told first.)
+  const arrived = once(page, "presence", 10000, (d) => d.appId === "js-again");
+  const again = await connect(url, "js-again", { pools: ["demo"], ephemeral: true });
+  const p = await arrived;
+  check(p.appId === "js-again" && p.joined === true, "presence after the reconnect", p);
+  check((await again.call("demo", "greet", "bob")) === "hello bob from js-again", "reconnected with its handlers", null);
+  again.close();
+  page.close();
+}
