@@ -617,8 +617,33 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             }
         }
         // Block watches were the old connection's: subscribe again from the last version seen.
-        for frame in lock(&inner.watches).resubscribe() {
+        // Correlated, so that a watch the server refuses now (its block gone with the server,
+        // say) ends with an event rather than waiting for ever.
+        let (notices, watches) = lock(&inner.watches).resubscribe();
+        for frame in notices {
             live.tx.send_now(&frame);
+        }
+        if !watches.is_empty() {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                for (key, mut r) in watches {
+                    let asked = inner
+                        .roundtrip_full(
+                            |id| {
+                                r["id"] = json!(id);
+                                Ok(latzero_proto::frame::encode_message(&r))
+                            },
+                            inner.opts.request_timeout,
+                        )
+                        .await;
+                    match asked {
+                        Ok(_) => {}
+                        Err(ClientError::Remote(e)) => lock(&inner.watches).refused(key, &e),
+                        // Disconnected again (the next reconnect asks again), or closed.
+                        Err(e) => tracing::debug!(error = %e, "a block watch was not resumed"),
+                    }
+                }
+            });
         }
         tracing::info!(app = %inner.app_id, "reconnected");
         inner.event(ClientEvent::Reconnected);

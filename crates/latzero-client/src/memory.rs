@@ -12,14 +12,14 @@ use bytes::Bytes;
 use latzero_memory::Block;
 use latzero_proto::frame::{Frame, encode_binary, encode_message};
 use latzero_proto::message::{BlockType, LockMode};
-use latzero_proto::{BlockId, PoolName};
+use latzero_proto::{BlockId, ErrorCode, PoolName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::client::{Client, Inner, lock};
-use crate::error::ClientError;
+use crate::error::{ClientError, RemoteError};
 
 /// Events queued to one [`BlockWatch`] before it counts as lagging.
 const WATCH_QUEUE: usize = 1024;
@@ -132,10 +132,13 @@ pub enum BlockEvent {
     Changed { version: u64, offset: u64, length: u64 },
     /// The initial state has been sent; events from here on are live.
     Synced { version: u64 },
-    /// The block was deleted; no more events follow.
+    /// The block was deleted, or was gone when the watch was resumed after a reconnect (a
+    /// non-persistent block does not outlive its server); no more events follow. `version` is
+    /// the last one seen.
     Deleted { version: u64 },
     /// The watch ended because this app is no longer in the block's pool (it left, or the pool
-    /// was removed); no more events follow. `reason` says which.
+    /// was removed) or may no longer read it, or the server refused to resume it after a
+    /// reconnect; no more events follow. `reason` says which.
     Unwatched { version: u64, reason: String },
     /// This client's lock lease on the block expired.
     LockExpired,
@@ -210,17 +213,22 @@ impl Watches {
                 return;
             }
         };
-        let key = (e.pool, e.block_id);
+        self.dispatch((e.pool, e.block_id), ev, e.created_at);
+    }
+
+    /// Hands `ev` to the watches of `key`, keeping where a resubscription starts; a watch that
+    /// ends (deleted, unwatched) is forgotten.
+    fn dispatch(&mut self, key: (String, String), ev: BlockEvent, created_at: Option<u64>) {
         let Some(w) = self.by_block.get_mut(&key) else {
             return;
         };
         match ev {
-            BlockEvent::Changed { .. } => w.seen = w.seen.max(e.version),
+            BlockEvent::Changed { version, .. } => w.seen = w.seen.max(version),
             // The block's version (and creation) when the watch began: the live events follow
             // from it, even below a version this client saw of an earlier block of the name.
-            BlockEvent::Synced { .. } => {
-                w.seen = e.version;
-                w.created_at = e.created_at.or(w.created_at);
+            BlockEvent::Synced { version } => {
+                w.seen = version;
+                w.created_at = created_at.or(w.created_at);
             }
             _ => {}
         }
@@ -237,31 +245,49 @@ impl Watches {
         }
     }
 
-    /// After a reconnect: `block_notify` frames for local writes made while disconnected, then
-    /// `block_watch` frames for every watched block, from the last version seen.
-    pub(crate) fn resubscribe(&mut self) -> Vec<Bytes> {
+    /// After a reconnect: `block_notify` frames for local writes made while disconnected, and
+    /// a `block_watch` request (without its id) for every watched block, from the last version
+    /// seen, to be sent as correlated requests: a refusal ends the watch ([`Watches::refused`]).
+    pub(crate) fn resubscribe(&mut self) -> (Vec<Bytes>, Vec<((String, String), Value)>) {
         let notices = self.unnotified.drain().map(|((pool, id), (version, size))| {
             encode_message(&json!({
                 "action": "block_notify", "pool": pool, "block_id": id,
                 "version": version, "offset": 0, "length": size,
             }))
         });
-        let mut out: Vec<Bytes> = notices.collect();
-        out.extend(
-            self.by_block
-                .iter()
-                .filter(|(_, w)| !w.slots.is_empty())
-                .map(|((pool, id), w)| {
-                    let mut r = json!({
-                        "action": "block_watch", "pool": pool, "block_id": id, "since": w.seen,
-                    });
-                    if let Some(c) = w.created_at {
-                        r["created_at"] = json!(c);
-                    }
-                    encode_message(&r)
-                }),
-        );
-        out
+        let watches = self
+            .by_block
+            .iter()
+            .filter(|(_, w)| !w.slots.is_empty())
+            .map(|(key, w)| {
+                let mut r = json!({
+                    "action": "block_watch", "pool": key.0, "block_id": key.1, "since": w.seen,
+                });
+                if let Some(c) = w.created_at {
+                    r["created_at"] = json!(c);
+                }
+                (key.clone(), r)
+            });
+        (notices.collect(), watches.collect())
+    }
+
+    /// A resubscription the server refused: the watch ends, with [`BlockEvent::Deleted`] when
+    /// the block is gone (a non-persistent block does not outlive its server; another deleted
+    /// it meanwhile), else [`BlockEvent::Unwatched`] with the server's reason (the app is no
+    /// longer in the pool, or may no longer read it).
+    pub(crate) fn refused(&mut self, key: (String, String), e: &RemoteError) {
+        let Some(version) = self.by_block.get(&key).map(|w| w.seen) else {
+            return;
+        };
+        let ev = if e.code == ErrorCode::BlockNotFound {
+            BlockEvent::Deleted { version }
+        } else {
+            BlockEvent::Unwatched {
+                version,
+                reason: format!("the watch could not be resumed after a reconnect: {e}"),
+            }
+        };
+        self.dispatch(key, ev, None);
     }
 }
 

@@ -271,6 +271,43 @@ async fn watches_resume_and_missed_writes_are_announced_after_a_restart() {
     srv.stop().await;
 }
 
+/// A watch of a non-persistent block, which does not outlive its server: after the restart the
+/// resubscription is refused (BLOCK_NOT_FOUND) and the watch ends with `Deleted`, where it used
+/// to wait for ever, the refusal seen only as an uncorrelated server error.
+#[tokio::test]
+async fn a_watch_whose_block_went_with_the_server_ends_after_the_reconnect() {
+    use latzero_client::{ClientEvent, ClientOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let start = || common::Running::start(common::config_in(dir.path()));
+    let url = format!(
+        "latzero://watcher?socket={}&pools=p",
+        dir.path().join("latzero.sock").display()
+    );
+    let srv = start().await;
+    let watcher = ClientOptions::new()
+        .backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .connect(&url)
+        .await
+        .unwrap();
+    let blk = watcher.create_block("p", "v", BlockOptions::binary(64)).await.unwrap();
+    let mut w = blk.watch(None).await.unwrap();
+    assert_eq!(w.next().await, Some(BlockEvent::Synced { version: 0 }));
+    blk.write(0, b"1").await.unwrap();
+    assert!(matches!(w.next().await, Some(BlockEvent::Changed { version: 1, .. })));
+    let mut events = watcher.events();
+    srv.stop().await;
+    let srv = start().await;
+    loop {
+        if let Ok(ClientEvent::Reconnected) = events.recv().await {
+            break;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), w.next()).await;
+    assert_eq!(ended, Ok(Some(BlockEvent::Deleted { version: 1 })));
+    assert_eq!(w.next().await, None, "no more events after Deleted");
+    srv.stop().await;
+}
+
 /// A non-persistent block goes with the server: a mapping left in a client refuses to read or
 /// write it after the server stopped, where its writes reached a file no server would read.
 #[tokio::test]
