@@ -146,6 +146,9 @@ pub enum BlockEvent {
     Lagged,
 }
 
+/// A block by pool and id.
+pub(crate) type BlockKey = (String, String);
+
 struct WatchSlot {
     id: u64,
     tx: mpsc::Sender<BlockEvent>,
@@ -218,7 +221,7 @@ impl Watches {
 
     /// Hands `ev` to the watches of `key`, keeping where a resubscription starts; a watch that
     /// ends (deleted, unwatched) is forgotten.
-    fn dispatch(&mut self, key: (String, String), ev: BlockEvent, created_at: Option<u64>) {
+    fn dispatch(&mut self, key: BlockKey, ev: BlockEvent, created_at: Option<u64>) {
         let Some(w) = self.by_block.get_mut(&key) else {
             return;
         };
@@ -248,7 +251,7 @@ impl Watches {
     /// After a reconnect: `block_notify` frames for local writes made while disconnected, and
     /// a `block_watch` request (without its id) for every watched block, from the last version
     /// seen, to be sent as correlated requests: a refusal ends the watch ([`Watches::refused`]).
-    pub(crate) fn resubscribe(&mut self) -> (Vec<Bytes>, Vec<((String, String), Value)>) {
+    pub(crate) fn resubscribe(&mut self) -> (Vec<Bytes>, Vec<(BlockKey, Value)>) {
         let notices = self.unnotified.drain().map(|((pool, id), (version, size))| {
             encode_message(&json!({
                 "action": "block_notify", "pool": pool, "block_id": id,
@@ -275,7 +278,7 @@ impl Watches {
     /// the block is gone (a non-persistent block does not outlive its server; another deleted
     /// it meanwhile), else [`BlockEvent::Unwatched`] with the server's reason (the app is no
     /// longer in the pool, or may no longer read it).
-    pub(crate) fn refused(&mut self, key: (String, String), e: &RemoteError) {
+    pub(crate) fn refused(&mut self, key: BlockKey, e: &RemoteError) {
         let Some(version) = self.by_block.get(&key).map(|w| w.seen) else {
             return;
         };
@@ -835,8 +838,9 @@ mod tests {
             },
         );
         let resubscription = |w: &mut Watches| -> Value {
-            let frames = w.resubscribe();
-            serde_json::from_slice(&frames[0][4..]).unwrap()
+            let (notices, mut watches) = w.resubscribe();
+            assert!(notices.is_empty());
+            watches.remove(0).1
         };
         let since = |w: &mut Watches| resubscription(w)["since"].as_u64();
         w.deliver(&event("changed", 7));
