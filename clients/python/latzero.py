@@ -22,8 +22,12 @@ data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if 
 server.json: the certificate must hash to it, whoever signed it) or `tls_ca=` (a CA file: the
 chain must lead to it and name the host).
 
-Memory blocks are read and written through the server (`block_create`, `block_write`,
-`block_read`, `block_delete`), in binary frames; this client does not map them.
+Memory blocks are used through the server, in binary frames; this client does not map them.
+`block_create`, `block_write`, `block_read` and `block_delete` for any block; `block_append`
+and `block_consume` for stream blocks; `block_lock`/`block_unlock` for leases (a `lock_expired`
+event tells when one ran out); `block_watch` calls a function with every change, and resumes
+after a reconnect from the last version seen (a block gone by then ends the watch with a
+`deleted` event). A lease is the connection's: it does not survive a reconnect.
 
 Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
 a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`.
@@ -37,6 +41,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import random
 import ssl
@@ -152,6 +157,8 @@ class Client:
         self.pools = set(pools)
         self.triggers = set(triggers)
         self._presence = set()
+        # Watched blocks: (pool, block_id) -> {"fn", "seen", "created_at"}.
+        self._watches = {}
         self._meta = meta
         self._auth = auth
         self._takeover = takeover
@@ -175,7 +182,7 @@ class Client:
 
     def on(self, event, fn):
         """Listens for `disconnected`, `reconnected`, `reconnect_refused`, `pool_left`,
-        `trigger_refused`, `presence` and `server_error` events: fn(dict)."""
+        `trigger_refused`, `presence`, `lock_expired` and `server_error` events: fn(dict)."""
         self._listeners.setdefault(event, []).append(fn)
         return self
 
@@ -288,6 +295,10 @@ class Client:
             self._presence &= self.pools
             for pool in sorted(self._presence):
                 self._send({"action": "presence_subscribe", "pool": pool})
+            # So were block watches: resumed from the last version seen, each as a request, so
+            # that one the server refuses now ends with an event instead of waiting for ever.
+            for key in list(self._watches):
+                asyncio.ensure_future(self._resume_watch(key))
             self._event("reconnected", {})
 
     async def _reconnect_loop(self):
@@ -334,6 +345,9 @@ class Client:
         if action == "closing":
             self._closing = f
             return
+        if action == "block_event":
+            self._block_event(f)
+            return
         fut = self._pending.pop(str(f.get("in_reply_to")), None)
         if fut is None:
             if action == "error":
@@ -352,6 +366,54 @@ class Client:
             if body is not None:
                 f["_body"] = body
             fut.set_result(f)
+
+    def _block_event(self, f):
+        key = (f.get("pool"), f.get("block_id"))
+        event = f.get("event")
+        if event == "lock_expired":
+            detail = {"pool": key[0], "block_id": key[1], "mode": f.get("mode")}
+            if "reason" in f:
+                detail["reason"] = f["reason"]
+            self._event("lock_expired", detail)
+            return
+        w = self._watches.get(key)
+        if w is None:
+            return
+        version = f.get("version", 0)
+        if event == "changed":
+            w["seen"] = max(w["seen"] or 0, version)
+        elif event == "synced":
+            # Where the live events start, even below a version seen of an earlier block of
+            # the name.
+            w["seen"] = version
+            w["created_at"] = f.get("created_at", w["created_at"])
+        elif event in ("deleted", "unwatched"):
+            del self._watches[key]
+        detail = {k: v for k, v in f.items() if k != "action"}
+        try:
+            out = w["fn"](detail)
+            if inspect.isawaitable(out):
+                asyncio.ensure_future(out)
+        except Exception as e:  # a watcher's bug must not stop the client
+            print(f"latzero: the watch of {key[0]}/{key[1]} raised {e!r}")
+
+    async def _resume_watch(self, key):
+        w = self._watches.get(key)
+        if w is None:
+            return
+        frame = {"action": "block_watch", "pool": key[0], "block_id": key[1], "since": w["seen"] or 0}
+        if w["created_at"] is not None:
+            frame["created_at"] = w["created_at"]
+        try:
+            await self._request(frame, self._timeout)
+        except LatZeroError as e:
+            if e.code in ("DISCONNECTED", "NO_REPLY") or self._watches.get(key) is not w:
+                return  # the next reconnect asks again; or the watch was replaced meanwhile
+            if e.code == "BLOCK_NOT_FOUND":
+                ended = {"event": "deleted"}
+            else:
+                ended = {"event": "unwatched", "reason": f"the watch could not be resumed after a reconnect: {e}"}
+            self._block_event({"pool": key[0], "block_id": key[1], "version": w["seen"] or 0, **ended})
 
     async def _deliver(self, f, answer):
         name = f.get("process")
@@ -499,6 +561,80 @@ class Client:
     async def block_delete(self, pool, block_id):
         """Deletes a memory block."""
         await self._request({"action": "block_delete", "pool": pool, "block_id": block_id}, self._timeout)
+
+    async def block_append(self, pool, block_id, record):
+        """Appends a record (bytes) to a stream block; returns (index, version)."""
+        frame = {"action": "block_write", "pool": pool, "block_id": block_id}
+        f = await self._request(frame, self._timeout, body=record)
+        return f.get("index"), f.get("version")
+
+    async def block_consume(self, pool, block_id, consumer, *, max=1000):
+        """Reads up to `max` records of a stream block from the named consumer's cursor (1-48
+        bytes; registered on first use, at the oldest record held), which moves past them.
+        Returns {"records": [bytes], "skipped", "next_index", "version"}: `skipped` counts
+        records an overwriting stream dropped before this consumer read them."""
+        frame = {"action": "block_read", "pool": pool, "block_id": block_id, "consumer": consumer, "max": max}
+        f = await self._request(frame, self._timeout)
+        body, records, at = f.get("_body", b""), [], 0
+        for n in f.get("lengths", []):
+            if at + n > len(body):
+                raise LatZeroError("PROTOCOL", "block_records lengths exceed the body")
+            records.append(body[at:at + n])
+            at += n
+        return {"records": records, "skipped": f.get("skipped", 0), "next_index": f.get("next_index"),
+                "version": f.get("version")}
+
+    async def block_lock(self, pool, block_id, *, mode="exclusive", lease=None, wait=0.0):
+        """Takes a lease on a block, `exclusive` (needs write permission) or `shared` (read),
+        waiting up to `wait` seconds for it (0: fail at once with LOCKED; else LOCK_TIMEOUT).
+        `lease` (seconds; the server's default, 30 s, without it) is renewed by locking again.
+        Returns {"mode", "lease_ms", "renewed"}: `renewed` is False when the lease is new,
+        so a holder renewing learns that its lease had run out. The lease ends at
+        `block_unlock`, when it expires (a `lock_expired` event), or with the connection."""
+        frame = {"action": "block_lock", "pool": pool, "block_id": block_id, "mode": mode,
+                 "wait_ms": math.ceil(wait * 1000)}
+        if lease is not None:
+            frame["lease_ms"] = max(1, math.ceil(lease * 1000))
+        f = await self._request(frame, self._timeout + wait)
+        return {"mode": f.get("mode"), "lease_ms": f.get("lease_ms"), "renewed": f.get("renewed")}
+
+    async def block_unlock(self, pool, block_id):
+        """Releases this client's lease on a block (NOT_LOCKED if it holds none)."""
+        await self._request({"action": "block_unlock", "pool": pool, "block_id": block_id}, self._timeout)
+
+    async def block_watch(self, pool, block_id, fn, *, since=None):
+        """Watches a block: fn(event) (or a coroutine function) gets each event as a dict with
+        `event`, `pool`, `block_id` and `version`: `changed` (with `offset` and `length`; for
+        streams the record's index and size), `synced` (the initial state is sent; with
+        `created_at`), `deleted` and `unwatched` (with `reason`), after which none follow. With
+        `since` (the last version seen) a newer block starts with a `changed` for the whole
+        of it. After a reconnect the watch resumes from the last version seen; a block gone by
+        then (a non-persistent block does not outlive its server) ends it with `deleted`.
+        Watching a block again replaces fn. While disconnected it is recorded."""
+        key = (pool, block_id)
+        w = {"fn": fn, "seen": since, "created_at": None}
+        self._watches[key] = w
+        frame = {"action": "block_watch", "pool": pool, "block_id": block_id}
+        if since is not None:
+            frame["since"] = since
+        try:
+            await self._request(frame, self._timeout)
+        except LatZeroError as e:
+            if e.code == "DISCONNECTED":
+                return
+            if self._watches.get(key) is w:
+                del self._watches[key]
+            raise
+
+    async def block_unwatch(self, pool, block_id):
+        """Stops watching a block."""
+        if self._watches.pop((pool, block_id), None) is None:
+            return
+        try:
+            await self._request({"action": "block_unwatch", "pool": pool, "block_id": block_id}, self._timeout)
+        except LatZeroError as e:
+            if e.code != "DISCONNECTED":  # the watch went with the connection
+                raise
 
     async def leave(self, pool):
         """Leaves a pool."""

@@ -89,6 +89,44 @@ async def main():
     await worker.block_delete("demo", "frame")
     await worker.block_delete("demo", "cfg")
 
+    # Streams: records appended, and a consumer's cursor.
+    await worker.block_create("demo", "log", 4096, type="stream")
+    for record in (b"a", b"bb", b"ccc"):
+        await worker.block_append("demo", "log", record)
+    got = await other.block_consume("demo", "log", "c1", max=2)
+    check(got["records"] == [b"a", b"bb"] and got["next_index"] == 2, "a stream consumed", got)
+    got = await other.block_consume("demo", "log", "c1")
+    check(got["records"] == [b"ccc"] and got["skipped"] == 0, "the consumer's cursor moved", got)
+    await worker.block_delete("demo", "log")
+
+    # Locks: an exclusive lease keeps another writer out until it is released or runs out.
+    await worker.block_create("demo", "shared", 8)
+    lease = await worker.block_lock("demo", "shared")
+    check(lease["mode"] == "exclusive" and lease["renewed"] is False, "a lock", lease)
+    e = await raises(other.block_write("demo", "shared", b"x"))
+    check(e.code == "LOCKED", "a write under another's lease is LOCKED", str(e))
+    e = await raises(other.block_lock("demo", "shared"))
+    check(e.code == "LOCKED", "a second lock is LOCKED", str(e))
+    await worker.block_unlock("demo", "shared")
+    await other.block_write("demo", "shared", b"x")
+    expired = once(other, "lock_expired", which=lambda d: d["block_id"] == "shared")
+    await other.block_lock("demo", "shared", lease=0.05)
+    check((await expired)["mode"] == "exclusive", "lock_expired")
+    await worker.block_delete("demo", "shared")
+
+    # Watches: a persistent block's outlives the restart below; a non-persistent block's ends
+    # with it.
+    changes, scratch = asyncio.Queue(), asyncio.Queue()
+    await worker.block_create("demo", "state", 64, type="json", persistent=True)
+    await worker.block_watch("demo", "state", changes.put_nowait)
+    first = await asyncio.wait_for(changes.get(), 5)
+    check(first["event"] == "synced" and first["version"] == 0, "a watch synced", first)
+    v = await other.block_write("demo", "state", document={"n": 1})
+    ev = await asyncio.wait_for(changes.get(), 5)
+    check(ev["event"] == "changed" and ev["version"] == v, "a watched change", ev)
+    await worker.block_create("demo", "scratch", 8)
+    await worker.block_watch("demo", "scratch", scratch.put_nowait)
+
     # Another connection takes the app id over: the first is told, and does not come back.
     gone = once(other, "disconnected")
     taker = await latzero.connect("py-other", pools=["demo"], takeover=True, **opts)
@@ -110,6 +148,20 @@ async def main():
     p = await arrived
     check(p["app_id"] == "py-again" and p["joined"] is True, "presence after the reconnect", p)
     check(await again.call("demo", "greet", "bob") == "hello bob from py-again", "reconnected with its handlers")
+
+    async def until(queue, pred):
+        while True:
+            ev = await asyncio.wait_for(queue.get(), 10)
+            if pred(ev):
+                return ev
+
+    v = await again.block_write("demo", "state", document={"n": 2})
+    await until(changes, lambda ev: ev["event"] == "changed" and ev["version"] == v)
+    check(True, "the watch resumed after the reconnect")
+    ev = await until(scratch, lambda ev: ev["event"] not in ("synced", "changed"))
+    check(ev["event"] == "deleted", "a watch whose block went with the server ends", ev)
+    await worker.block_unwatch("demo", "state")
+    await worker.block_delete("demo", "state")
     await again.close()
     await worker.close()
     print("done", flush=True)
