@@ -14,6 +14,13 @@
 // DISCONNECTED), handshaking with the pools and triggers it has; a pool or trigger the server
 // refuses by then is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping
 // it out.
+//
+// Memory blocks are used through the server, in binary messages (a page cannot map them):
+// blockCreate, blockWrite, blockRead and blockDelete for any block, blockAppend and
+// blockConsume for streams, blockLock/blockUnlock for leases (`lock_expired` tells when one ran
+// out; a lease does not survive a reconnect), and blockWatch, which calls a function with every
+// change and resumes after a reconnect from the last version seen (a block gone by then ends the
+// watch with a `deleted` event).
 
 /** An error from the server (`code` is the wire code) or from the client itself. */
 export class LatZeroError extends Error {
@@ -50,6 +57,8 @@ export class Client {
     this.pools = new Set(options.pools ?? []);
     this.triggers = new Set(options.triggers ?? []);
     this._presence = new Set();
+    // Watched blocks: "pool\u0000blockId" -> {pool, blockId, fn, seen, createdAt}.
+    this._watches = new Map();
     this._handlers = new Map();
     this._pending = new Map();
     this._listeners = new Map();
@@ -66,7 +75,7 @@ export class Client {
   }
 
   /** Listens for `disconnected`, `reconnected`, `reconnect_refused`, `pool_left`,
-   * `trigger_refused`, `presence` and `server_error` events. */
+   * `trigger_refused`, `presence`, `lock_expired` and `server_error` events. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, []);
     this._listeners.get(event).push(fn);
@@ -184,6 +193,9 @@ export class Client {
       case "closing":
         this._closing = f;
         return;
+      case "block_event":
+        this._blockEvent(f);
+        return;
     }
     const waiter = f.in_reply_to !== undefined ? this._pending.get(String(f.in_reply_to)) : undefined;
     if (!waiter) {
@@ -200,6 +212,52 @@ export class Client {
     } else {
       if (body !== undefined) f._body = body;
       waiter.resolve(f);
+    }
+  }
+
+  _blockEvent(f) {
+    if (f.event === "lock_expired") {
+      const detail = { pool: f.pool, blockId: f.block_id, mode: f.mode };
+      if (f.reason !== undefined) detail.reason = f.reason;
+      this._emitEvent("lock_expired", detail);
+      return;
+    }
+    const key = `${f.pool}\u0000${f.block_id}`;
+    const w = this._watches.get(key);
+    if (!w) return;
+    const version = f.version ?? 0;
+    if (f.event === "changed") {
+      w.seen = Math.max(w.seen ?? 0, version);
+    } else if (f.event === "synced") {
+      // Where the live events start, even below a version seen of an earlier block of the name.
+      w.seen = version;
+      if (f.created_at !== undefined) w.createdAt = f.created_at;
+    } else if (f.event === "deleted" || f.event === "unwatched") {
+      this._watches.delete(key);
+    }
+    const detail = { event: f.event, pool: f.pool, blockId: f.block_id, version };
+    for (const [from, to] of [["offset", "offset"], ["length", "length"], ["created_at", "createdAt"], ["reason", "reason"]]) {
+      if (f[from] !== undefined) detail[to] = f[from];
+    }
+    try {
+      w.fn(detail);
+    } catch (e) {
+      console.error(`latzero: the watch of ${f.pool}/${f.block_id} threw`, e);
+    }
+  }
+
+  async _resumeWatch(key) {
+    const w = this._watches.get(key);
+    if (!w) return;
+    const frame = { action: "block_watch", pool: w.pool, block_id: w.blockId, since: w.seen ?? 0 };
+    if (w.createdAt !== undefined) frame.created_at = w.createdAt;
+    try {
+      await this._request(frame, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      // Disconnected again (the next reconnect asks again), or the watch replaced meanwhile.
+      if (e.code === "DISCONNECTED" || e.code === "NO_REPLY" || this._watches.get(key) !== w) return;
+      const ended = e.code === "BLOCK_NOT_FOUND" ? { event: "deleted" } : { event: "unwatched", reason: `the watch could not be resumed after a reconnect: ${e.message}` };
+      this._blockEvent({ pool: w.pool, block_id: w.blockId, version: w.seen ?? 0, ...ended });
     }
   }
 
@@ -345,6 +403,81 @@ export class Client {
     await this._request({ action: "block_delete", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
   }
 
+  /** Appends a record (a Uint8Array) to a stream block; resolves with {index, version}. */
+  async blockAppend(pool, blockId, record) {
+    const f = await this._request({ action: "block_write", pool, block_id: blockId }, this.options.timeoutMs ?? 30000, record);
+    return { index: f.index, version: f.version };
+  }
+
+  /** Reads up to `opts.max` (1000) records of a stream block from the named consumer's cursor
+   * (1-48 bytes; registered on first use, at the oldest record held), which moves past them.
+   * Resolves with {records: [Uint8Array], skipped, nextIndex, version}: `skipped` counts
+   * records an overwriting stream dropped before this consumer read them. */
+  async blockConsume(pool, blockId, consumer, opts = {}) {
+    const frame = { action: "block_read", pool, block_id: blockId, consumer, max: opts.max ?? 1000 };
+    const f = await this._request(frame, this.options.timeoutMs ?? 30000);
+    const body = f._body ?? new Uint8Array();
+    const records = [];
+    let at = 0;
+    for (const n of f.lengths ?? []) {
+      if (at + n > body.length) throw new LatZeroError("PROTOCOL", "block_records lengths exceed the body");
+      records.push(body.slice(at, at + n));
+      at += n;
+    }
+    return { records, skipped: f.skipped ?? 0, nextIndex: f.next_index, version: f.version };
+  }
+
+  /** Takes a lease on a block: `opts.mode` "exclusive" (default; needs write permission) or
+   * "shared" (read), waiting up to `opts.waitMs` for it (0, the default: fail at once with
+   * LOCKED; else LOCK_TIMEOUT). `opts.leaseMs` (the server's default, 30 s, without it) is
+   * renewed by locking again. Resolves with {mode, leaseMs, renewed}: `renewed` is false for a
+   * new lease, so a holder renewing learns that its lease had run out. The lease ends at
+   * blockUnlock, when it expires (a `lock_expired` event), or with the connection. */
+  async blockLock(pool, blockId, opts = {}) {
+    const waitMs = Math.ceil(opts.waitMs ?? 0);
+    const frame = { action: "block_lock", pool, block_id: blockId, mode: opts.mode ?? "exclusive", wait_ms: waitMs };
+    if (opts.leaseMs !== undefined) frame.lease_ms = Math.max(1, Math.ceil(opts.leaseMs));
+    const f = await this._request(frame, (this.options.timeoutMs ?? 30000) + waitMs);
+    return { mode: f.mode, leaseMs: f.lease_ms, renewed: f.renewed };
+  }
+
+  /** Releases this client's lease on a block (NOT_LOCKED if it holds none). */
+  async blockUnlock(pool, blockId) {
+    await this._request({ action: "block_unlock", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
+  }
+
+  /** Watches a block: `fn(event)` gets each event, {event, pool, blockId, version}: "changed"
+   * (with offset and length; for streams the record's index and size), "synced" (the initial
+   * state is sent; with createdAt), "deleted" and "unwatched" (with reason), after which none
+   * follow. With `opts.since` (the last version seen) a newer block starts with a "changed" for
+   * the whole of it. After a reconnect the watch resumes from the last version seen; a block
+   * gone by then (a non-persistent block does not outlive its server) ends it with "deleted".
+   * Watching a block again replaces fn. While disconnected it is recorded. */
+  async blockWatch(pool, blockId, fn, opts = {}) {
+    const key = `${pool}\u0000${blockId}`;
+    const w = { pool, blockId, fn, seen: opts.since, createdAt: undefined };
+    this._watches.set(key, w);
+    const frame = { action: "block_watch", pool, block_id: blockId };
+    if (opts.since !== undefined) frame.since = opts.since;
+    try {
+      await this._request(frame, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      if (e.code === "DISCONNECTED") return;
+      if (this._watches.get(key) === w) this._watches.delete(key);
+      throw e;
+    }
+  }
+
+  /** Stops watching a block. */
+  async blockUnwatch(pool, blockId) {
+    if (!this._watches.delete(`${pool}\u0000${blockId}`)) return;
+    try {
+      await this._request({ action: "block_unwatch", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      if (e.code !== "DISCONNECTED") throw e; // the watch went with the connection
+    }
+  }
+
   /** Leaves a pool. */
   async leave(pool) {
     this.pools.delete(pool);
@@ -381,6 +514,9 @@ export class Client {
           if (this.pools.has(pool)) this._send({ action: "presence_subscribe", pool });
           else this._presence.delete(pool);
         }
+        // So were block watches: resumed from the last version seen, each as a request, so that
+        // one the server refuses now ends with an event instead of waiting for ever.
+        for (const key of [...this._watches.keys()]) this._resumeWatch(key);
         this._emitEvent("reconnected", {});
         return;
       } catch (e) {

@@ -27,6 +27,29 @@ function once(client, event, ms = 10000, which = () => true) {
   });
 }
 
+/** Events in order: `put` from a callback, `until(pred)` waits for the first that matches. */
+function queue() {
+  const items = [];
+  const waiters = [];
+  return {
+    put: (x) => (waiters.length ? waiters.shift()(x) : items.push(x)),
+    async until(pred, ms = 10000) {
+      for (;;) {
+        const x = items.length
+          ? items.shift()
+          : await new Promise((resolve, reject) => {
+              const t = setTimeout(() => reject(new Error(`no event within ${ms} ms`)), ms);
+              waiters.push((v) => {
+                clearTimeout(t);
+                resolve(v);
+              });
+            });
+        if (pred(x)) return x;
+      }
+    },
+  };
+}
+
 export async function run(url, log, options = {}) {
   const connect = (u, app, o) => open(u, app, { ...options, ...o });
   const check = (cond, what, detail) => {
@@ -78,6 +101,45 @@ export async function run(url, log, options = {}) {
   await page.blockDelete("demo", "frame");
   await page.blockDelete("demo", "cfg");
 
+  // Streams: records appended, and a consumer's cursor.
+  await page.blockCreate("demo", "log", 4096, { type: "stream" });
+  for (const r of ["a", "bb", "ccc"]) await page.blockAppend("demo", "log", new TextEncoder().encode(r));
+  const text = (got) => got.records.map((r) => new TextDecoder().decode(r)).join();
+  let consumed = await other.blockConsume("demo", "log", "c1", { max: 2 });
+  check(text(consumed) === "a,bb" && consumed.nextIndex === 2, "a stream consumed", consumed);
+  consumed = await other.blockConsume("demo", "log", "c1");
+  check(text(consumed) === "ccc" && consumed.skipped === 0, "the consumer's cursor moved", consumed);
+  await page.blockDelete("demo", "log");
+
+  // Locks: an exclusive lease keeps another writer out until it is released or runs out.
+  await page.blockCreate("demo", "shared", 8);
+  const lease = await page.blockLock("demo", "shared");
+  check(lease.mode === "exclusive" && lease.renewed === false, "a lock", lease);
+  const locked = await rejects(other.blockWrite("demo", "shared", new Uint8Array([1])));
+  check(locked.code === "LOCKED", "a write under another's lease is LOCKED", locked.message);
+  const second = await rejects(other.blockLock("demo", "shared"));
+  check(second.code === "LOCKED", "a second lock is LOCKED", second.message);
+  await page.blockUnlock("demo", "shared");
+  await other.blockWrite("demo", "shared", new Uint8Array([1]));
+  const expired = once(other, "lock_expired", 10000, (d) => d.blockId === "shared");
+  await other.blockLock("demo", "shared", { leaseMs: 50 });
+  check((await expired).mode === "exclusive", "lock_expired", null);
+  await page.blockDelete("demo", "shared");
+
+  // Watches: a persistent block's outlives the restart below; a non-persistent block's ends
+  // with it.
+  const changes = queue();
+  const scratch = queue();
+  await page.blockCreate("demo", "state", 64, { type: "json", persistent: true });
+  await page.blockWatch("demo", "state", changes.put);
+  const first = await changes.until(() => true);
+  check(first.event === "synced" && first.version === 0, "a watch synced", first);
+  const sv = await other.blockWrite("demo", "state", null, { document: { n: 1 } });
+  const ev = await changes.until(() => true);
+  check(ev.event === "changed" && ev.version === sv, "a watched change", ev);
+  await page.blockCreate("demo", "scratch", 8);
+  await page.blockWatch("demo", "scratch", scratch.put);
+
   // Another connection takes the app id over: the first is told, and does not come back.
   const gone = once(other, "disconnected");
   const taker = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, takeover: true });
@@ -99,6 +161,13 @@ export async function run(url, log, options = {}) {
   const p = await arrived;
   check(p.appId === "js-again" && p.joined === true, "presence after the reconnect", p);
   check((await again.call("demo", "greet", "bob")) === "hello bob from js-again", "reconnected with its handlers", null);
+  const nv = await again.blockWrite("demo", "state", null, { document: { n: 2 } });
+  await changes.until((e) => e.event === "changed" && e.version === nv);
+  check(true, "the watch resumed after the reconnect", null);
+  const end = await scratch.until((e) => e.event !== "synced" && e.event !== "changed");
+  check(end.event === "deleted", "a watch whose block went with the server ends", end);
+  await page.blockUnwatch("demo", "state");
+  await page.blockDelete("demo", "state");
   again.close();
   page.close();
 }

@@ -6,8 +6,6 @@
 //
 //   LATZERO_WS=ws://127.0.0.1:P node clients/js/test/e2e.mjs
 
-import { run } from "./checks.mjs";
-
 const options = {};
 if (typeof globalThis.WebSocket !== "function") {
   // Node before 22 without --experimental-websocket: the ws package, if scripts/test.sh got it.
@@ -15,6 +13,8 @@ if (typeof globalThis.WebSocket !== "function") {
 }
 
 try {
+  // Imported here, so that a module that fails to load is reported too.
+  const { run } = await import("./checks.mjs");
   await run(process.env.LATZERO_WS, (line) => console.log(line), options);
   console.log("done");
   process.exit(0);
