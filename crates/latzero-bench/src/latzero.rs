@@ -23,6 +23,9 @@ pub enum Transport {
     Unix,
     /// TLS on the TCP port, pinning the generated certificate.
     Tls,
+    /// The caller over the WebSocket port, as a page (`crate::ws`); the handler on the Unix
+    /// socket.
+    Ws,
 }
 
 impl Transport {
@@ -31,6 +34,7 @@ impl Transport {
             Transport::Tcp => "LatZero tcp",
             Transport::Unix => "LatZero unix",
             Transport::Tls => "LatZero tls",
+            Transport::Ws => "LatZero ws",
         }
     }
 }
@@ -51,7 +55,8 @@ async fn connect(link: &Link, app: &str) -> Result<Client> {
 fn url(link: &Link, app: &str) -> String {
     let server = &link.server;
     match link.transport {
-        Transport::Unix => format!(
+        // The ws peer's SDK clients (its handler) are on the Unix socket.
+        Transport::Unix | Transport::Ws => format!(
             "latzero://{app}?socket={}&pools=bench",
             server.unix.as_ref().expect("unix socket").display()
         ),
@@ -151,6 +156,10 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
     if transport == Transport::Tls {
         args.push("--tls".to_owned());
     }
+    let ws_port = latzero_testkit::free_port();
+    if transport == Transport::Ws {
+        args.extend(["--ws-port".to_owned(), ws_port.to_string()]);
+    }
     if let Some(us) = sizes.spin_us {
         opts = opts.spin(std::time::Duration::from_micros(us));
         args.extend(["--spin-us".to_owned(), us.to_string()]);
@@ -174,6 +183,17 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
         peer: transport.name().into(),
         ..Figures::default()
     };
+    if transport == Transport::Ws {
+        // The caller is a minimal WebSocket client, so the 10×2 and fan-out workloads (SDK
+        // clients on the sockets) have no ws form.
+        let _h = echo_handler(&link, "h").await?;
+        let mut c = crate::ws::connect(ws_port, "caller").await?;
+        let text = |size: usize| format!("\"{}\"", "x".repeat(size.saturating_sub(2)));
+        f.seq_64 = crate::ws::seq(&mut c, &text(64), sizes.seq, sizes.warmup).await?;
+        f.seq_4k = crate::ws::seq(&mut c, &text(4096), sizes.seq, sizes.warmup).await?;
+        f.pipelined = crate::ws::pipelined(c, &text(64), sizes.pipelined, sizes.inflight).await?;
+        return Ok(f);
+    }
     {
         let _h = echo_handler(&link, "h").await?;
         let c = connect(&link, "caller").await?;

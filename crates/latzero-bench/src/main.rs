@@ -2,7 +2,9 @@
 //!
 //! Peers, each started here on 127.0.0.1 and stopped by PID: `nats-server` (async-nats
 //! request-reply and publish/subscribe), a minimal frame relay (the floor any broker process can
-//! reach; `relay.rs`), and the real `latzero` binary over TCP and over its Unix socket.
+//! reach; `relay.rs`), and the real `latzero` binary over TCP, over its Unix socket, over TLS,
+//! and with the caller on its WebSocket port as a browser page would be (`ws.rs`; sequential and
+//! pipelined calls only).
 //!
 //! Workloads: sequential RPC p50/p99/p99.9 with 64 B and 4 KiB payloads; pipelined calls/s with
 //! 64 in flight from one caller; 10 callers × 2 handlers calls/s; emit (publish) fan-out to 4
@@ -18,6 +20,7 @@ mod memory;
 mod nats;
 mod relay;
 mod stats;
+mod ws;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -84,8 +87,9 @@ struct Args {
     /// on one worker, as README advises for SDK-heavy processes
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     client_workers: Option<u16>,
-    /// Peers to run, comma-separated: relay, nats, tcp, unix, tls
-    #[arg(long, default_value = "relay,nats,tcp,unix,tls", value_delimiter = ',')]
+    /// Peers to run, comma-separated: relay, nats, tcp, unix, tls, ws (the caller over the
+    /// WebSocket port, as a page; the handler on the Unix socket)
+    #[arg(long, default_value = "relay,nats,tcp,unix,tls,ws", value_delimiter = ',')]
     peers: Vec<String>,
 }
 
@@ -238,7 +242,8 @@ impl Peer {
             "tcp" => Peer::LatZero(latzero::Transport::Tcp),
             "unix" => Peer::LatZero(latzero::Transport::Unix),
             "tls" => Peer::LatZero(latzero::Transport::Tls),
-            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix, tls"),
+            "ws" => Peer::LatZero(latzero::Transport::Ws),
+            other => bail!("unknown peer '{other}'; known: relay, nats, tcp, unix, tls, ws"),
         })
     }
 }
@@ -289,7 +294,7 @@ fn both(args: &Args) -> Result<()> {
     let latzero: Vec<String> = args
         .peers
         .iter()
-        .filter(|p| matches!(p.as_str(), "tcp" | "unix" | "tls"))
+        .filter(|p| matches!(p.as_str(), "tcp" | "unix" | "tls" | "ws"))
         .cloned()
         .collect();
     if args.client_workers.is_none() && !latzero.is_empty() {
@@ -486,17 +491,18 @@ fn settings(s: &Sizes) -> String {
 
 fn table(placement: &str, f: &[Figures]) -> String {
     let find = |name: &str| f.iter().find(|x| x.peer == name);
-    let (floor, nats, tcp, unix, tls) = (
+    let (floor, nats, tcp, unix, tls, ws) = (
         find("relay floor"),
         find("NATS"),
         find("LatZero tcp"),
         find("LatZero unix"),
         find("LatZero tls"),
+        find("LatZero ws"),
     );
     let mut t = format!(
         "**{placement}** (lower is better for µs, higher for /s; ratios are LatZero ÷ peer)\n\n\
-         | workload | relay floor | NATS | LatZero tcp | LatZero unix | LatZero tls | unix ÷ NATS | tcp ÷ NATS | unix ÷ floor | tls ÷ tcp |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | workload | relay floor | NATS | LatZero tcp | LatZero unix | LatZero tls | LatZero ws | unix ÷ NATS | tcp ÷ NATS | unix ÷ floor | tls ÷ tcp | ws ÷ tcp |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     type Get = fn(&Figures) -> Option<f64>;
     let rows: [(&str, Get); 9] = [
@@ -523,16 +529,18 @@ fn table(placement: &str, f: &[Figures]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(v(floor)),
             cell(v(nats)),
             cell(v(tcp)),
             cell(v(unix)),
             cell(v(tls)),
+            cell(v(ws)),
             ratio(v(unix), v(nats)),
             ratio(v(tcp), v(nats)),
             ratio(v(unix), v(floor)),
             ratio(v(tls), v(tcp)),
+            ratio(v(ws), v(tcp)),
         );
     }
     t
