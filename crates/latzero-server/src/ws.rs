@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use latzero_uds::UdsStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -111,6 +111,10 @@ where
     crate::transport::run_bridged(state, peer, &tracker, "WebSocket", |near| bridge(ws, near, max)).await;
 }
 
+/// The most a peer's messages are gathered into before they are written to the session (more
+/// than one message's worth only when they were already read).
+const UP_BATCH: usize = 64 * 1024;
+
 /// Moves messages between the WebSocket and the session's socket until the session ends (the
 /// peer then gets a close frame) or the peer closes (the session then reads end of stream, and
 /// ends). The two directions run apart, so a peer that does not read never stops the session
@@ -125,28 +129,49 @@ where
     let (why_tx, mut why_rx) = tokio::sync::oneshot::channel::<CloseFrame>();
     let up = async move {
         let mut why = None;
-        while let Some(m) = stream.next().await {
-            let payload: Bytes = match m {
-                Ok(Message::Text(t)) => t.into(),
-                Ok(Message::Binary(b)) => b,
-                Ok(Message::Close(_)) => break,
-                Ok(_) => continue,
-                Err(WsError::Capacity(e)) => {
-                    why = Some(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: Utf8Bytes::from(format!(
-                            "FRAME_TOO_LARGE: {e}; the server's max_frame_len is {max} bytes"
-                        )),
-                    });
+        let mut out = BytesMut::with_capacity(UP_BATCH);
+        let mut open = true;
+        while open {
+            // The next message, waiting for it, then those already read, as frames in one write
+            // (a write per message cost two syscalls each, and most of a pipelined page's time).
+            let mut next = stream.next().await;
+            loop {
+                let payload: Option<Bytes> = match next {
+                    Some(Ok(Message::Text(t))) => Some(t.into()),
+                    Some(Ok(Message::Binary(b))) => Some(b),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        if let Some(Err(WsError::Capacity(e))) = next {
+                            why = Some(CloseFrame {
+                                code: CloseCode::Size,
+                                reason: Utf8Bytes::from(format!(
+                                    "FRAME_TOO_LARGE: {e}; the server's max_frame_len is {max} bytes"
+                                )),
+                            });
+                        }
+                        open = false;
+                        break;
+                    }
+                    Some(Ok(_)) => None, // ping, pong: nothing for the session
+                };
+                if let Some(payload) = payload {
+                    // At most `max` (the WebSocket limit), which the server's own check keeps
+                    // in a u32.
+                    out.put_u32(payload.len() as u32);
+                    out.extend_from_slice(&payload);
+                }
+                if out.len() >= UP_BATCH {
                     break;
                 }
-                Err(_) => break,
-            };
-            // At most `max` (the WebSocket limit), which the server's own check keeps in a u32.
-            let len = (payload.len() as u32).to_be_bytes();
-            if nw.write_all(&len).await.is_err() || nw.write_all(&payload).await.is_err() {
+                match stream.next().now_or_never() {
+                    Some(m) => next = m,
+                    None => break,
+                }
+            }
+            // What the peer sent before it closed still reaches the session.
+            if !out.is_empty() && nw.write_all(&out).await.is_err() {
                 break;
             }
+            out.clear();
         }
         if let Some(w) = why {
             let _ = why_tx.send(w);

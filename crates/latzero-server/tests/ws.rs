@@ -262,3 +262,46 @@ async fn a_page_that_never_reads_does_not_hold_the_server() {
         .await
         .expect("the server stops in time");
 }
+
+/// A page's messages are gathered into one write to its session when several were read at
+/// once: all of them arrive, in order, pings between them skipped, and those sent just before
+/// the page closed still reach the session.
+#[tokio::test]
+async fn a_burst_of_messages_then_a_close_all_reach_the_session() {
+    const N: u64 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(ws_config(dir.path(), &[])).await;
+    let sdk = latzero_client::Client::connect(&format!("latzero://svc@{}?pools=p", srv.addr))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    sdk.handle("n", move |r: Request| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(r.data.as_u64().unwrap());
+            Ok(Value::Null)
+        }
+    })
+    .await
+    .unwrap();
+
+    let mut page = open(&srv, None).await.unwrap();
+    send(
+        &mut page,
+        json!({"action":"handshake","id":0,"app_id":"page","pools":["p"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut page).await["action"], "handshake_ack");
+    for i in 0..N {
+        let emit = json!({"action":"emit","process":"n","pool":"p","data":i});
+        page.feed(Message::text(emit.to_string())).await.unwrap();
+        if i % 100 == 0 {
+            page.feed(Message::Ping(Default::default())).await.unwrap();
+        }
+    }
+    page.send(Message::Close(None)).await.unwrap();
+    for i in 0..N {
+        let got = tokio::time::timeout(WAIT, rx.recv()).await.expect("every emit in time");
+        assert_eq!(got, Some(i));
+    }
+}
