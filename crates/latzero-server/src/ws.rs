@@ -102,6 +102,7 @@ where
     // A message is one frame: the frame limit is the message limit.
     let max = state.config.limits.max_frame_len;
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let accepted = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
@@ -110,6 +111,12 @@ where
     };
     crate::transport::run_bridged(state, peer, &tracker, "WebSocket", |near| bridge(ws, near, max)).await;
 }
+
+/// Each page's read buffer. tungstenite's default, 128 KiB, is allocated for every connection
+/// and zero-filled before every read: 2,000 idle pages held the server at 340 MB (80 MB with
+/// this), and a pipelining page's reads spent ~4% of its time in `memset`. A message larger
+/// than this is read in more steps, at no cost measured (docs/BENCHMARKS.md).
+const READ_BUFFER: usize = 4 * 1024;
 
 /// The most a peer's messages are gathered into before they are written to the session (more
 /// than one message's worth only when they were already read).

@@ -114,6 +114,22 @@ async fn pages_and_sdk_clients_call_each_other_over_websocket() {
     .await;
     assert_eq!(call.await.unwrap().unwrap(), json!("hello ada"));
 
+    // A message many times the server's read buffer (4 KiB) is read whole, both ways.
+    let big = "y".repeat(300_000);
+    let call = tokio::spawn({
+        let sdk = sdk.clone();
+        let big = big.clone();
+        async move { sdk.call("p", "greet", &json!(big)).await }
+    });
+    let hop = recv(&mut page).await;
+    assert_eq!(hop["data"].as_str().map(str::len), Some(big.len()));
+    send(
+        &mut page,
+        json!({"action":"response","in_reply_to":hop["id"],"status":"ok","response":hop["data"]}),
+    )
+    .await;
+    assert_eq!(call.await.unwrap().unwrap(), json!(big));
+
     // Binary frames travel as binary messages, both ways: a block written and read back.
     send(
         &mut page,
