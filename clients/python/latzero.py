@@ -22,7 +22,10 @@ data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if 
 server.json: the certificate must hash to it, whoever signed it) or `tls_ca=` (a CA file: the
 chain must lead to it and name the host).
 
-Memory blocks are used through the server, in binary frames; this client does not map them.
+Memory blocks are used through the server, in binary frames, and read in place when mapped:
+`block_attach` returns a Block that maps the block's file read-only when this process can open
+it (the same host and user, on x86-64), and reads it there without a round trip, consistent
+with the block's seqlock (PROTOCOL.md §7.1); `Block.view()` is the live bytes, zero-copy.
 `block_create`, `block_write`, `block_read` and `block_delete` for any block; `block_append`
 and `block_consume` for stream blocks; `block_lock`/`block_unlock` for leases (a `lock_expired`
 event tells when one ran out); `block_watch` calls a function with every change, and resumes
@@ -42,12 +45,15 @@ import inspect
 import itertools
 import json
 import math
+import mmap
 import os
+import platform
 import random
 import ssl
 import struct
+import time
 
-__all__ = ["LatZeroError", "Request", "Client", "connect"]
+__all__ = ["LatZeroError", "Request", "Client", "Block", "connect"]
 
 PROTOCOL_VERSION = "1.0"
 DEFAULT_PORT = 45227
@@ -562,6 +568,15 @@ class Client:
         """Deletes a memory block."""
         await self._request({"action": "block_delete", "pool": pool, "block_id": block_id}, self._timeout)
 
+    async def block_attach(self, pool, block_id, *, map=True):
+        """Attaches a block for reading and returns a Block: mapped read-only when this
+        process can open the server's file for it (the same host and user) on x86-64, whose
+        memory ordering the lock-free reads rely on; through the server otherwise (`map=False`
+        asks for that). Writes go through the server (`block_write`)."""
+        f = await self._request({"action": "block_attach", "pool": pool, "block_id": block_id, "mode": "read"},
+                                self._timeout)
+        return Block(self, f.get("block") or {}, f.get("path") if map else None, f.get("header_len", 4096))
+
     async def block_append(self, pool, block_id, record):
         """Appends a record (bytes) to a stream block; returns (index, version)."""
         frame = {"action": "block_write", "pool": pool, "block_id": block_id}
@@ -653,6 +668,130 @@ class Client:
     async def wait_closed(self):
         """Waits until the client is closed, or disconnected for good."""
         await self._done
+
+
+# The block file's header (PROTOCOL.md §7.1), as 8-byte words.
+_W_VERSION, _W_SEQ, _W_WRITER, _W_USED, _W_DELETED = 4, 5, 6, 7, 332
+# A mapped read that keeps meeting writes for this long is read through the server instead,
+# which reads under the block's write side.
+_MAPPED_READ_PATIENCE = 0.5
+
+
+class Block:
+    """A memory block attached by `Client.block_attach`.
+
+    `mapped` tells whether it is mapped here. A mapped block is read in place, consistent with
+    the block's seqlock (a read that meets a write is retried; one that keeps meeting them, or
+    a writer that died mid-write, is read through the server instead), and a block the server
+    has deleted raises BLOCK_NOT_FOUND. Otherwise every read goes through the server."""
+
+    def __init__(self, client, info, path, header_len):
+        self._client = client
+        self.pool = info.get("pool")
+        self.block_id = info.get("block_id")
+        self.type = info.get("type", "binary")
+        self.size = info.get("size", 0)
+        # The server's file for the block (mapped when `mapped`).
+        self.path = path
+        self._mm = self._words = None
+        self._header_len = header_len
+        self.why_not_mapped = None
+        if path is None:
+            self.why_not_mapped = "not asked to map it"
+        elif platform.machine().lower() not in ("x86_64", "amd64"):
+            self.why_not_mapped = f"mapped reads need x86-64's memory ordering, not {platform.machine()}'s"
+        elif self.type == "stream":
+            self.why_not_mapped = "a stream's consumers move their cursors: consume through the server"
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                finally:
+                    os.close(fd)
+                if len(self._mm) < header_len + self.size or self._mm[:8] != b"LZBLOCK\0":
+                    raise OSError("not a block file of this size")
+                self._words = memoryview(self._mm)[:header_len].cast("Q")
+            except (OSError, ValueError) as e:
+                self.close()
+                self.why_not_mapped = f"cannot map {path}: {e}"
+
+    @property
+    def mapped(self):
+        return self._words is not None
+
+    def close(self):
+        """Unmaps the block (views from `view()` must be released first)."""
+        if self._words is not None:
+            self._words.release()
+            self._words = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+    def view(self):
+        """The mapped data, zero-copy: a read-only memoryview of the live bytes, which writers
+        may change while it is read. For a consistent copy, `read`."""
+        if not self.mapped:
+            raise LatZeroError("NOT_MAPPED", f"block {self.pool}/{self.block_id} is not mapped here: {self.why_not_mapped}")
+        return memoryview(self._mm)[self._header_len:self._header_len + self.size]
+
+    def _consistent(self, copy):
+        """copy() run with no write overlapping it: (its result, the version), or None when
+        writes kept overlapping it or the writer died mid-write."""
+        w = self._words
+        start = time.monotonic()
+        tries = 0
+        while True:
+            if w[_W_DELETED] != 0:
+                raise LatZeroError("BLOCK_NOT_FOUND", f"block {self.pool}/{self.block_id} was deleted")
+            s1 = w[_W_SEQ]
+            if s1 & 1 == 0:
+                r = copy()
+                v = w[_W_VERSION]
+                if w[_W_SEQ] == s1:
+                    return r, v
+            tries += 1
+            if tries % 64 == 0:
+                writer = w[_W_WRITER]
+                if writer and not _pid_alive(writer):
+                    return None
+                if time.monotonic() - start > _MAPPED_READ_PATIENCE:
+                    return None
+                time.sleep(0)
+
+    async def read(self, offset=0, length=None):
+        """A binary block's bytes from `offset` (`length` of them, or to the end), with the
+        version they belong to: (bytes, version). A json block's: see `read_json`."""
+        if self.mapped and self.type == "binary":
+            length = self.size - offset if length is None else length
+            if offset < 0 or length < 0 or offset + length > self.size:
+                raise LatZeroError("OUT_OF_RANGE", f"{offset}+{length} is outside block {self.pool}/{self.block_id} of {self.size} bytes")
+            at = self._header_len + offset
+            got = self._consistent(lambda: self._mm[at:at + length])
+            if got is not None:
+                return got
+        return await self._client.block_read(self.pool, self.block_id, offset=offset, length=length)
+
+    async def read_json(self):
+        """A json block's document and its version: (document, version)."""
+        if self.mapped and self.type == "json":
+            h, size = self._header_len, self.size
+            got = self._consistent(lambda: self._mm[h:h + min(self._words[_W_USED], size)])
+            if got is not None:
+                raw, version = got
+                return (json.loads(raw) if raw else None), version
+        return await self._client.block_read(self.pool, self.block_id)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _frame(obj):

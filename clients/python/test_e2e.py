@@ -7,7 +7,9 @@ serving `echo` in pool `demo`, and restarts the server when this prints `restart
 """
 
 import asyncio
+import mmap
 import os
+import subprocess
 import sys
 import traceback
 
@@ -80,13 +82,41 @@ async def main():
     check(data == b"\x01\x02\x03" and seen == v, "a binary block written and read", (data, v, seen))
     whole, _ = await other.block_read("demo", "frame")
     check(whole == b"\x00\x00\x01\x02\x03" + bytes(11), "the whole block", whole)
+    # Mapped here (the same host and user): read in place, without the server.
+    mapped = await other.block_attach("demo", "frame")
+    check(mapped.mapped, "a block mapped here", mapped.why_not_mapped)
+    v = await worker.block_write("demo", "frame", b"\x09", offset=0)
+    data, seen = await mapped.read(length=3)
+    check(data == b"\x09\x00\x01" and seen == v, "a write read in place", (data, seen, v))
+    view = mapped.view()
+    check(bytes(view[2:5]) == b"\x01\x02\x03" and len(view) == 16, "a zero-copy view", bytes(view))
+    view.release()
+    # A writer that died mid-write (its pid in the header, the seqlock odd: made here through a
+    # mapping of our own): the mapped read must not take the half-written bytes; it is read
+    # through the server, which repairs the block (a version bump) — and in place after that.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(mapped.path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as header:
+        words = memoryview(header).cast("Q")
+        words[6], words[5] = dead.pid, words[5] + 1  # writer, seq
+        words.release()
+    data, seen = await mapped.read(length=3)
+    check(data == b"\x09\x00\x01" and seen == v + 1, "a write left half done is repaired, not read", (data, seen, v))
+    check((await mapped.read(length=1)) == (b"\x09", v + 1), "read in place again", None)
     await worker.block_create("demo", "cfg", 64, type="json")
     v = await worker.block_write("demo", "cfg", document={"rate": 30})
     doc, seen = await other.block_read("demo", "cfg")
     check(doc == {"rate": 30} and seen == v, "a json block", (doc, v, seen))
+    doc_block = await other.block_attach("demo", "cfg")
+    doc, seen = await doc_block.read_json()
+    check(doc_block.mapped and doc == {"rate": 30} and seen == v, "a json block read in place", (doc, seen))
+    doc_block.close()
     e = await raises(other.block_read("demo", "missing"))
     check(e.code == "BLOCK_NOT_FOUND", "BLOCK_NOT_FOUND", str(e))
     await worker.block_delete("demo", "frame")
+    e = await raises(mapped.read())
+    check(e.code == "BLOCK_NOT_FOUND", "a deleted block's mapping refuses reads", str(e))
+    mapped.close()
     await worker.block_delete("demo", "cfg")
 
     # Streams: records appended, and a consumer's cursor.
