@@ -15,7 +15,8 @@ reconnecting with backoff.
 
     asyncio.run(main())
 
-Where it connects: `socket=` (a Unix socket path) or `host=`/`port=`; without them, the default
+Where it connects: a `latzero://` URL in place of the app id (PROTOCOL.md §12), `socket=` (a
+Unix socket path), or `host=`/`port=`; without them, the default
 data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if it exists, else
 `$LATZERO_HOST:$LATZERO_PORT` (127.0.0.1:45227), as the Rust SDK does. A server started with
 `--tls` is reached over TCP with `tls_fingerprint=` (the SHA-256 it prints and writes to
@@ -52,8 +53,9 @@ import random
 import ssl
 import struct
 import time
+import urllib.parse
 
-__all__ = ["LatZeroError", "Request", "Client", "Block", "connect"]
+__all__ = ["LatZeroError", "Request", "Client", "Block", "connect", "parse_url"]
 
 PROTOCOL_VERSION = "1.0"
 DEFAULT_PORT = 45227
@@ -133,15 +135,80 @@ def _default_endpoint():
 async def connect(app_id, **options):
     """Connects and handshakes; returns a Client once the server has acknowledged.
 
+    `app_id` is the app id, or a `latzero://` URL as the Rust SDK and the CLI take it
+    (PROTOCOL.md §12: `latzero://APP_ID[@HOST:PORT][?socket=PATH&pools=A,B]`,
+    `latzeros://APP_ID@HOST:PORT?fingerprint=SHA256` or `?ca=PATH` for TLS); an option the URL
+    gives may not be given again.
     The first handshake is strict: every pool and trigger asked for, or a LatZeroError.
     options: socket, host, port, tls_fingerprint, tls_ca, pools, triggers, meta,
     auth ({"token": ...} or {"jwt": ...}), takeover, ephemeral, timeout (seconds per call,
     default 30), reconnect (default True), backoff_min (0.1 s), backoff_max (5 s).
     """
+    if app_id.startswith(("latzero://", "latzeros://")):
+        from_url = parse_url(app_id)
+        app_id = from_url.pop("app_id")
+        twice = sorted(set(from_url) & set(options))
+        if twice:
+            raise LatZeroError("INVALID_URL", f"{', '.join(twice)} given both in the URL and as an option")
+        options.update(from_url)
     client = Client(app_id, **options)
     await client._open(partial=False)
     client._reader_task = asyncio.ensure_future(client._run())
     return client
+
+
+def parse_url(url):
+    """A `latzero://` or `latzeros://` URL (PROTOCOL.md §12) as connect()'s options: app_id,
+    and those of socket, host, port, pools, tls_fingerprint and tls_ca it gives. Raises
+    LatZeroError INVALID_URL for anything §12 refuses."""
+    def bad(why):
+        return LatZeroError("INVALID_URL", f"{url!r}: {why}")
+
+    secure = url.startswith("latzeros://")
+    if not secure and not url.startswith("latzero://"):
+        raise bad("not a latzero URL; expected latzero://APP_ID[@HOST:PORT][?socket=PATH&pools=A,B]")
+    rest = url.split("://", 1)[1]
+    main, _, query = rest.partition("?")
+    main = main.rstrip("/")
+    app, at, host = main.partition("@")
+    if not app:
+        raise bad("no app id")
+    out = {"app_id": app}
+    if at and host:
+        name, colon, port = host.rpartition(":")
+        if not colon or not name or not port.isdigit() or int(port) > 65535:
+            raise bad(f"'{host}' is not a valid HOST:PORT")
+        out["host"], out["port"] = name.strip("[]"), int(port)
+    pools = []
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if key == "socket":
+            if "host" in out:
+                raise bad("give either @HOST:PORT or ?socket=PATH, not both")
+            out["socket"] = value
+        elif key in ("pools", "pool"):
+            pools += [p for p in value.split(",") if p]
+        elif key in ("fingerprint", "ca"):
+            if not secure:
+                raise bad("fingerprint and ca are for latzeros:// (TLS) URLs")
+            if "tls_fingerprint" in out or "tls_ca" in out:
+                raise bad("give one of fingerprint and ca, once")
+            if key == "fingerprint":
+                _parse_fingerprint(value)
+                out["tls_fingerprint"] = value
+            else:
+                out["tls_ca"] = value
+        else:
+            raise bad(f"unknown URL parameter '{key}'; known: socket, pools, fingerprint, ca")
+    if pools:
+        out["pools"] = pools
+    if secure:
+        if "socket" in out:
+            raise bad("latzeros:// is TLS over TCP; the Unix socket is local and owner-only, use latzero://")
+        if "tls_fingerprint" not in out and "tls_ca" not in out:
+            raise bad("latzeros:// needs ?fingerprint=SHA256 (printed by the server at start) or ?ca=PATH to verify the server")
+        out.setdefault("host", "127.0.0.1")
+        out.setdefault("port", DEFAULT_PORT)
+    return out
 
 
 class Client:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import traceback
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latzero  # noqa: E402
@@ -59,6 +60,17 @@ async def main():
     await worker.handle("fail", fail)
     await worker.handle("slow", lambda req: asyncio.sleep(3600))
     other = await latzero.connect("py-other", pools=["demo"], **opts)
+
+    # A latzero:// URL, as the Rust SDK and the CLI take it; what PROTOCOL §12 refuses is refused.
+    by_url = await latzero.connect(f"latzero://py-url?socket={urllib.parse.quote(SOCKET)}&pools=demo", ephemeral=True)
+    check((await by_url.call("demo", "echo", 7))["data"] == 7, "connect by URL")
+    await by_url.close()
+    for url in ("latzero://a@nohost", "latzero://a@h:1?socket=/s", "latzeros://a", "latzero://a?fingerprint=00",
+                "latzero://a?nope=1", "latzeros://a@h:1?ca=/c&fingerprint=" + "0" * 64):
+        e = await raises(latzero.connect(url))
+        check(e.code == "INVALID_URL", f"refused: {url}", str(e))
+    e = await raises(latzero.connect("latzero://a?pools=demo", pools=["x"]))
+    check(e.code == "INVALID_URL" and "pools" in e.message, "an option given twice", str(e))
     check(await other.call("demo", "greet", "ada") == "hello ada from py-other", "call a sync handler")
     check(await other.call("demo", "double", {"x": 21}) == 42, "call an async handler")
     e = await raises(other.call("demo", "fail"))

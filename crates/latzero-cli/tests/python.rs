@@ -62,6 +62,11 @@ async def main():
     assert r["data"] == {"x": 1}, r
     print("ok call over TLS", flush=True)
     await lz.close()
+    url = f"latzeros://py-url@127.0.0.1:{port}?fingerprint={pin}&pools=demo"
+    lz = await latzero.connect(url, ephemeral=True)
+    assert (await lz.call("demo", "echo", 2))["data"] == 2
+    print("ok a latzeros:// URL", flush=True)
+    await lz.close()
     wrong = "00" * 32
     for opts, code in [(dict(tls_fingerprint=wrong), "TLS"), ({}, "TLS_REQUIRED")]:
         try:
@@ -86,6 +91,7 @@ print("done", flush=True)
         py.seen,
         [
             "ok call over TLS",
+            "ok a latzeros:// URL",
             "ok refused: TLS",
             "ok refused: TLS_REQUIRED",
             "done"
