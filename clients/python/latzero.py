@@ -739,9 +739,9 @@ class Client:
 
 # The block file's header (PROTOCOL.md §7.1), as 8-byte words.
 _W_VERSION, _W_SEQ, _W_WRITER, _W_USED, _W_DELETED = 4, 5, 6, 7, 332
-# A mapped read that keeps meeting writes for this long is read through the server instead,
-# which reads under the block's write side.
-_MAPPED_READ_PATIENCE = 0.5
+# A mapped read that keeps meeting writes for this long (seconds; it holds the event loop
+# meanwhile) is read through the server instead, which reads under the block's write side.
+_MAPPED_READ_PATIENCE = 0.05
 
 
 class Block:
