@@ -139,6 +139,9 @@ where
         let mut out = BytesMut::with_capacity(UP_BATCH);
         let mut open = true;
         while open {
+            // A message of a batch's size or more, written as it is after the batch before it:
+            // not copied, and no buffer of its size kept for the rest of the connection.
+            let mut large = None;
             // The next message, waiting for it, then those already read, as frames in one write
             // (a write per message cost two syscalls each, and most of a pipelined page's time).
             let mut next = stream.next().await;
@@ -160,11 +163,18 @@ where
                     }
                     Some(Ok(_)) => None, // ping, pong: nothing for the session
                 };
-                if let Some(payload) = payload {
-                    // At most `max` (the WebSocket limit), which the server's own check keeps
-                    // in a u32.
-                    out.put_u32(payload.len() as u32);
-                    out.extend_from_slice(&payload);
+                match payload {
+                    Some(p) if p.len() >= UP_BATCH => {
+                        large = Some(p);
+                        break;
+                    }
+                    Some(p) => {
+                        // At most `max` (the WebSocket limit), which the server's own check
+                        // keeps in a u32.
+                        out.put_u32(p.len() as u32);
+                        out.extend_from_slice(&p);
+                    }
+                    None => {}
                 }
                 if out.len() >= UP_BATCH {
                     break;
@@ -179,6 +189,12 @@ where
                 break;
             }
             out.clear();
+            if let Some(p) = large {
+                let len = (p.len() as u32).to_be_bytes();
+                if nw.write_all(&len).await.is_err() || nw.write_all(&p).await.is_err() {
+                    break;
+                }
+            }
         }
         if let Some(w) = why {
             let _ = why_tx.send(w);

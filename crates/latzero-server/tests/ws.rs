@@ -280,8 +280,8 @@ async fn a_page_that_never_reads_does_not_hold_the_server() {
 }
 
 /// A page's messages are gathered into one write to its session when several were read at
-/// once: all of them arrive, in order, pings between them skipped, and those sent just before
-/// the page closed still reach the session.
+/// once: all of them arrive, in order, pings between them skipped, large ones in their place,
+/// and those sent just before the page closed still reach the session.
 #[tokio::test]
 async fn a_burst_of_messages_then_a_close_all_reach_the_session() {
     const N: u64 = 2000;
@@ -294,7 +294,7 @@ async fn a_burst_of_messages_then_a_close_all_reach_the_session() {
     sdk.handle("n", move |r: Request| {
         let tx = tx.clone();
         async move {
-            let _ = tx.send(r.data.as_u64().unwrap());
+            let _ = tx.send(r.data.as_u64().or(r.data["i"].as_u64()).unwrap());
             Ok(Value::Null)
         }
     })
@@ -309,7 +309,13 @@ async fn a_burst_of_messages_then_a_close_all_reach_the_session() {
     .await;
     assert_eq!(recv(&mut page).await["action"], "handshake_ack");
     for i in 0..N {
-        let emit = json!({"action":"emit","process":"n","pool":"p","data":i});
+        // Some larger than a batch, which go as they are, in their place.
+        let data = if i % 500 == 250 {
+            json!({"i": i, "pad": "x".repeat(100_000)})
+        } else {
+            json!(i)
+        };
+        let emit = json!({"action":"emit","process":"n","pool":"p","data":data});
         page.feed(Message::text(emit.to_string())).await.unwrap();
         if i % 100 == 0 {
             page.feed(Message::Ping(Default::default())).await.unwrap();
