@@ -49,12 +49,15 @@ fn chromium() -> Result<PathBuf> {
 type Line = (String, mpsc::Sender<()>);
 
 /// Serves `root`'s files (GET) and takes the page's lines (POST /line) on `l`, one request per
-/// connection. A line's response waits until the test has handled it. A request it cannot read
-/// is dropped: the page then fails to report, and the test says what it saw.
+/// connection, each on a thread of its own (a connection the browser opens ahead and leaves
+/// idle holds up no other). A line's response waits until the test has handled it; the page
+/// sends the next only then. A request it cannot read is dropped: the page then fails to
+/// report, and the test says what it saw.
 fn serve(l: TcpListener, root: PathBuf, lines: mpsc::Sender<Line>) {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            let _ = answer(s, &root, &lines);
+            let (root, lines) = (root.clone(), lines.clone());
+            std::thread::spawn(move || answer(s, &root, &lines));
         }
     });
 }
