@@ -109,6 +109,10 @@ enum Cmd {
         /// Calls to run while sampling RSS
         #[arg(long, default_value_t = 10_000_000)]
         calls: u64,
+        /// Idle WebSocket pages to connect to a server of their own, after the runs above
+        /// (0: none)
+        #[arg(long, default_value_t = 2_000)]
+        ws_pages: usize,
     },
 }
 
@@ -128,9 +132,13 @@ fn main() -> Result<()> {
     }
     match args.cmd {
         Some(Cmd::Relay) => return relay::serve(),
-        Some(Cmd::Memory { clients, calls }) => {
+        Some(Cmd::Memory {
+            clients,
+            calls,
+            ws_pages,
+        }) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let f = rt.block_on(memory::run(&server_bin(&args)?, clients, calls))?;
+            let f = rt.block_on(memory::run(&server_bin(&args)?, clients, calls, ws_pages))?;
             let text = format!("{}.\n\n{}", run_line(), memory::table(&f));
             print!("{text}");
             if let Some(path) = &args.write {

@@ -31,13 +31,17 @@ pub struct MemoryFigures {
     pub calls: u64,
     pub samples: Vec<(u64, f64)>,
     pub calls_per_sec: f64,
+    /// Idle WebSocket pages on a server of their own: (pages, RSS with none, RSS with them).
+    pub ws: Option<(usize, f64, f64)>,
 }
 
 /// `clients` idle apps (each connected over the Unix socket and handshaken), then `calls`
-/// pipelined calls with RSS sampled ten times.
-pub async fn run(bin: &Path, clients: usize, calls: u64) -> Result<MemoryFigures> {
-    // Each client costs this process one descriptor and the server one; children inherit.
-    let want = (clients as u64 + 1024) * 2;
+/// pipelined calls with RSS sampled ten times; then `ws_pages` idle WebSocket pages on a server
+/// of their own.
+pub async fn run(bin: &Path, clients: usize, calls: u64, ws_pages: usize) -> Result<MemoryFigures> {
+    // Each client costs this process one descriptor and the server one, a WebSocket page the
+    // server three (its socket and the bridge's pair); children inherit.
+    let want = (clients.max(ws_pages * 2) as u64 + 1024) * 2;
     let got = rlimit::increase_nofile_limit(want).context("raising the open-files limit")?;
     if got < clients as u64 + 512 {
         bail!("the open-files limit is {got}; {clients} clients need more");
@@ -99,6 +103,12 @@ pub async fn run(bin: &Path, clients: usize, calls: u64) -> Result<MemoryFigures
     }
     let calls_per_sec = done as f64 / started.elapsed().as_secs_f64();
     drop(idle);
+    drop(server);
+    let ws = if ws_pages > 0 {
+        Some(idle_pages(bin, ws_pages).await?)
+    } else {
+        None
+    };
     Ok(MemoryFigures {
         idle_clients: clients,
         rss_empty,
@@ -106,7 +116,24 @@ pub async fn run(bin: &Path, clients: usize, calls: u64) -> Result<MemoryFigures
         calls: done,
         samples,
         calls_per_sec,
+        ws,
     })
+}
+
+/// `pages` idle WebSocket pages (connected and handshaken, as `crate::ws` connects) on a server
+/// of their own: (pages, the server's RSS before, and with them).
+async fn idle_pages(bin: &Path, pages: usize) -> Result<(usize, f64, f64)> {
+    let port = latzero_testkit::free_port();
+    let server = ServerProc::start(bin, &["--log-level", "warn", "--ws-port", &port.to_string()])?;
+    let pid = server.proc.pid();
+    let before = rss_mib(pid)?;
+    let mut held = Vec::with_capacity(pages);
+    for i in 0..pages {
+        held.push(crate::ws::connect(port, &format!("page-{i}")).await?);
+    }
+    let with = rss_mib(pid)?;
+    drop(held);
+    Ok((pages, before, with))
 }
 
 pub fn table(f: &MemoryFigures) -> String {
@@ -122,6 +149,11 @@ pub fn table(f: &MemoryFigures) -> String {
         f.samples.first().map(|s| s.0).unwrap_or(0),
         f.calls
     ));
+    if let Some((pages, before, with)) = f.ws {
+        t.push_str(&format!(
+            "| WebSocket: a second server, started, no pages | {before:.1} |\n| WebSocket: {pages} idle pages connected (handshaken) | {with:.1} |\n"
+        ));
+    }
     t.push_str(&format!(
         "\nCalls ran pipelined (64 in flight) at {:.0} calls/s, unpinned, with the idle clients still connected; RSS was sampled every {} calls: {}.\n",
         f.calls_per_sec,
