@@ -43,8 +43,8 @@ pub async fn run(bin: &Path, clients: usize, calls: u64, ws_pages: usize) -> Res
     // server three (its socket and the bridge's pair); children inherit.
     let want = (clients.max(ws_pages * 2) as u64 + 1024) * 2;
     let got = rlimit::increase_nofile_limit(want).context("raising the open-files limit")?;
-    if got < clients as u64 + 512 {
-        bail!("the open-files limit is {got}; {clients} clients need more");
+    if got < (clients as u64).max(ws_pages as u64 * 3) + 512 {
+        bail!("the open-files limit is {got}; {clients} clients and {ws_pages} WebSocket pages need more");
     }
     let server = ServerProc::start(bin, &["--log-level", "warn"])?;
     let pid = server.proc.pid();
