@@ -18,6 +18,21 @@ fn quick_reconnect() -> latzero_client::ClientOptions {
     )
 }
 
+/// Stops `srv` and waits until the client whose `events` these are has noticed; returns the
+/// port, for a server started again where the client will look.
+async fn stop_until_disconnected(
+    srv: Running,
+    events: &mut tokio::sync::broadcast::Receiver<latzero_client::ClientEvent>,
+) -> u16 {
+    let port = srv.addr.port();
+    srv.stop().await;
+    until(events, |e| {
+        matches!(e, latzero_client::ClientEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+    port
+}
+
 /// The first client event `pick` takes, waited for 10 s at most.
 async fn until<T>(
     events: &mut tokio::sync::broadcast::Receiver<latzero_client::ClientEvent>,
@@ -659,12 +674,7 @@ async fn a_reconnect_drops_what_the_server_now_refuses_and_gets_back_in() {
     c.handle("one", |_| async { Ok(json!(1)) }).await.unwrap();
     c.handle("two", |_| async { Ok(json!(2)) }).await.unwrap();
     let mut events = c.events();
-    let port = srv.addr.port();
-    srv.stop().await;
-    until(&mut events, |e| {
-        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
-    })
-    .await;
+    let port = stop_until_disconnected(srv, &mut events).await;
     // Recorded while disconnected, and refused when the client is back; so is one of its two
     // triggers, by a limit lowered meanwhile.
     c.join("closed").await.unwrap();
@@ -718,12 +728,7 @@ async fn presence_subscriptions_are_asked_again_after_a_reconnect() {
         .unwrap();
     c.subscribe_presence("p").await.unwrap();
     let mut events = c.events();
-    let port = srv.addr.port();
-    srv.stop().await;
-    until(&mut events, |e| {
-        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
-    })
-    .await;
+    let port = stop_until_disconnected(srv, &mut events).await;
     c.subscribe_presence("q").await.unwrap();
     let mut cfg = config_in(dir.path());
     cfg.port = port;
