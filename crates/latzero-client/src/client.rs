@@ -520,13 +520,8 @@ impl Client {
     /// client reconnects without it and reports [`ClientEvent::PoolLeft`].
     pub async fn join(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
-        let new = lock(&self.inner.shared).pools.insert(name.clone());
-        let joined = self.membership("join", json!({ "pools": [name.as_str()] })).await;
-        // A pool the server refused is not this client's: it is not asked for again.
-        if new && matches!(joined, Err(ClientError::Remote(_))) {
-            lock(&self.inner.shared).pools.remove(&name);
-        }
-        joined.map(|_| ())
+        let fields = json!({ "pools": [name.as_str()] });
+        self.hold(|s| &mut s.pools, name, "join", fields).await
     }
 
     /// Leaves a pool.
@@ -612,14 +607,8 @@ impl Client {
     /// while the client is in the pool, and recorded for the next one while it is disconnected.
     pub async fn subscribe_presence(&self, pool: &str) -> Result<(), ClientError> {
         let name = PoolName::try_from(pool)?;
-        let new = lock(&self.inner.shared).presence.insert(name.clone());
-        let asked = self
-            .membership("presence_subscribe", json!({ "pool": name.as_str() }))
-            .await;
-        if new && matches!(asked, Err(ClientError::Remote(_))) {
-            lock(&self.inner.shared).presence.remove(&name);
-        }
-        asked.map(|_| ())
+        let fields = json!({ "pool": name.as_str() });
+        self.hold(|s| &mut s.presence, name, "presence_subscribe", fields).await
     }
 
     /// Stops the presence events of a pool.
@@ -629,6 +618,24 @@ impl Client {
         self.membership("presence_unsubscribe", json!({ "pool": name.as_str() }))
             .await
             .map(|_| ())
+    }
+
+    /// Records `name` in the set `held` picks (what the next handshake or reconnect asks for
+    /// again) and asks the server now. One the server refuses is taken out again, unless it
+    /// was there before: it is not this client's, and not asked for again.
+    async fn hold(
+        &self,
+        held: fn(&mut Shared) -> &mut BTreeSet<PoolName>,
+        name: PoolName,
+        action: &str,
+        fields: Value,
+    ) -> Result<(), ClientError> {
+        let new = held(&mut lock(&self.inner.shared)).insert(name.clone());
+        let asked = self.membership(action, fields).await;
+        if new && matches!(asked, Err(ClientError::Remote(_))) {
+            held(&mut lock(&self.inner.shared)).remove(&name);
+        }
+        asked.map(|_| ())
     }
 
     async fn membership(&self, action: &str, fields: Value) -> Result<Value, ClientError> {
