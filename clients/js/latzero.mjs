@@ -1,21 +1,30 @@
-// LatZero for browsers and Node: a client over the server's WebSocket port (`latzero start
-// --ws-port P`; docs/PROTOCOL.md §1.2). One ES module, no dependencies: it uses the global
-// WebSocket (browsers, Node 22+; Node 20 with --experimental-websocket), or the constructor
-// given as `options.WebSocket`.
+// LatZero for browsers and Node. In a page it talks to the server's WebSocket port (`latzero
+// start --ws-port P`; docs/PROTOCOL.md §1.2); under Node it also takes a `latzero://` URL and
+// talks to the server's Unix socket or TCP port (TLS with `latzeros://`) directly, as the Rust SDK
+// and the Python client do — no `--ws-port` needed, and no bridge in the way. One ES module, no
+// dependencies: WebSocket URLs use the global WebSocket (browsers, Node 22+; Node 20 with
+// --experimental-websocket), or the constructor given as `options.WebSocket`.
 //
 //   import { connect } from "./latzero.mjs";
-//   const lz = await connect("ws://127.0.0.1:45228", "page", { pools: ["demo"] });
+//   const lz = await connect("ws://127.0.0.1:45228", "page", { pools: ["demo"] });   // a page
+//   const lz = await connect("latzero://node-app?pools=demo");                      // Node
 //   lz.handle("greet", ({ data }) => `hello ${data}`);
 //   console.log(await lz.call("demo", "double", { x: 21 }));
 //
-// Calls are correlated by id and time out (`timeoutMs`, default 30 s, passed to the server as
-// the call's ttl); the server's errors reject with a LatZeroError carrying the wire `code`. The
-// client reconnects with backoff when the connection drops (calls in flight then reject with
-// DISCONNECTED), handshaking with the pools and triggers it has; a pool or trigger the server
-// refuses by then is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping
-// it out.
+// `latzero://APP_ID` finds the server as the SDK does: the Unix socket of $LATZERO_DATA_DIR
+// (else ~/.latzero) when it exists, else TCP $LATZERO_HOST:$LATZERO_PORT (else 127.0.0.1:45227);
+// `@HOST:PORT`, `?socket=PATH`, `?pools=A,B` and `latzeros://APP_ID@HOST:PORT?fingerprint=SHA256`
+// (or `?ca=PATH`) as PROTOCOL.md §12 gives them.
 //
-// Memory blocks are used through the server, in binary messages (a page cannot map them):
+// Calls are correlated by id and time out (`timeoutMs`, default 30 s, passed to the server as
+// the call's ttl); the server's errors reject with a LatZeroError carrying the wire `code`. A
+// frame longer than the server's max_frame_len (told at the handshake) is refused here with
+// FRAME_TOO_LARGE, unsent: the server would close the connection. The client reconnects with
+// backoff when the connection drops (calls in flight then reject with DISCONNECTED),
+// handshaking with the pools and triggers it has; a pool or trigger the server refuses by then
+// is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping it out.
+//
+// Memory blocks are used through the server, in binary messages (this client maps none):
 // blockCreate, blockWrite, blockRead and blockDelete for any block, blockAppend and
 // blockConsume for streams, blockLock/blockUnlock for leases (`lock_expired` tells when one ran
 // out; a lease does not survive a reconnect), and blockWatch, which calls a function with every
@@ -33,25 +42,149 @@ export class LatZeroError extends Error {
 }
 
 const PROTOCOL_VERSION = "1.0";
+const DEFAULT_PORT = 45227;
+const DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024;
+// A frame the server sends may pass its max_frame_len by this much (PROTOCOL.md §2).
+const FRAME_SLACK = 65536;
+const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string";
 
 /**
  * Connects and handshakes. Resolves to a Client once the server has acknowledged; rejects with
  * a LatZeroError if the server refuses the handshake (the first one is strict: every pool and
  * trigger asked for, or an error).
  *
+ *   connect("ws://HOST:PORT", appId, options)      the WebSocket port (pages, and Node)
+ *   connect("latzero://APP_ID...", options)         Node: the Unix socket or TCP (PROTOCOL.md §12)
+ *
  * options: pools, triggers, meta, auth ({token} or {jwt}), takeover, ephemeral,
  *          timeoutMs (calls, default 30000), reconnect (default true),
  *          backoffMinMs (100), backoffMaxMs (5000), WebSocket (a constructor).
+ * A `latzero://` URL's pools may not be given again in options.
  */
 export async function connect(url, appId, options = {}) {
-  const client = new Client(url, appId, options);
+  let endpoint = null;
+  if (typeof url === "string" && /^latzeros?:\/\//.test(url)) {
+    if (typeof appId === "string") {
+      throw new LatZeroError("INVALID_URL", `${url}: the app id is in the URL; give options as the second argument`);
+    }
+    options = appId ?? {};
+    if (!isNode) {
+      throw new LatZeroError("INVALID_URL", `${url}: a page connects over WebSocket (ws:// or wss://, the server's --ws-port); latzero:// URLs are for Node`);
+    }
+    const parsed = parseUrl(url);
+    if (parsed.pools && options.pools) {
+      throw new LatZeroError("INVALID_URL", `${url}: pools given both in the URL and as an option`);
+    }
+    options = parsed.pools ? { ...options, pools: parsed.pools } : options;
+    appId = parsed.appId;
+    endpoint = await resolveEndpoint(parsed);
+  }
+  const client = new Client(url, appId, options, endpoint);
   await client._open(false);
   return client;
 }
 
+/**
+ * A `latzero://` or `latzeros://` URL (PROTOCOL.md §12) read into {appId, socket, host, port,
+ * pools, tlsFingerprint, tlsCa, secure}, each only when the URL gives it. Throws a LatZeroError
+ * INVALID_URL for anything §12 refuses.
+ */
+export function parseUrl(url) {
+  const bad = (why) => new LatZeroError("INVALID_URL", `${JSON.stringify(url)}: ${why}`);
+  const secure = url.startsWith("latzeros://");
+  if (!secure && !url.startsWith("latzero://")) {
+    throw bad("not a latzero URL; expected latzero://APP_ID[@HOST:PORT][?socket=PATH&pools=A,B]");
+  }
+  const rest = url.slice(url.indexOf("://") + 3);
+  const q = rest.indexOf("?");
+  const main = (q < 0 ? rest : rest.slice(0, q)).replace(/\/+$/, "");
+  const query = q < 0 ? "" : rest.slice(q + 1);
+  const at = main.indexOf("@");
+  const app = at < 0 ? main : main.slice(0, at);
+  if (!app) throw bad("no app id");
+  const out = { appId: app, secure };
+  const hostPort = at < 0 ? "" : main.slice(at + 1);
+  if (hostPort) {
+    const colon = hostPort.lastIndexOf(":");
+    const name = colon < 0 ? "" : hostPort.slice(0, colon);
+    const port = colon < 0 ? "" : hostPort.slice(colon + 1);
+    if (!name || !/^[0-9]+$/.test(port) || Number(port) > 65535) throw bad(`'${hostPort}' is not a valid HOST:PORT`);
+    out.host = name.replace(/^\[|\]$/g, "");
+    out.port = Number(port);
+  }
+  const pools = [];
+  for (const [key, value] of new URLSearchParams(query)) {
+    if (key === "socket") {
+      if (out.host !== undefined) throw bad("give either @HOST:PORT or ?socket=PATH, not both");
+      out.socket = value;
+    } else if (key === "pools" || key === "pool") {
+      pools.push(...value.split(",").filter((p) => p));
+    } else if (key === "fingerprint" || key === "ca") {
+      if (!secure) throw bad("fingerprint and ca are for latzeros:// (TLS) URLs");
+      if (out.tlsFingerprint !== undefined || out.tlsCa !== undefined) throw bad("give one of fingerprint and ca, once");
+      if (key === "fingerprint") {
+        parseFingerprint(value);
+        out.tlsFingerprint = value;
+      } else {
+        out.tlsCa = value;
+      }
+    } else {
+      throw bad(`unknown URL parameter '${key}'; known: socket, pools, fingerprint, ca`);
+    }
+  }
+  if (pools.length) out.pools = pools;
+  if (secure) {
+    if (out.socket !== undefined) throw bad("latzeros:// is TLS over TCP; the Unix socket is local and owner-only, use latzero://");
+    if (out.tlsFingerprint === undefined && out.tlsCa === undefined) {
+      throw bad("latzeros:// needs ?fingerprint=SHA256 (printed by the server at start) or ?ca=PATH to verify the server");
+    }
+    out.host ??= "127.0.0.1";
+    out.port ??= DEFAULT_PORT;
+  }
+  return out;
+}
+
+/** A SHA-256 fingerprint as lowercase hex: 64 hex digits, colons and a `sha256:` prefix allowed. */
+function parseFingerprint(text) {
+  const hex = text.trim().replace(/^sha256:/i, "").replaceAll(":", "").toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(hex)) {
+    throw new LatZeroError("INVALID_FINGERPRINT", `${JSON.stringify(text)} is not a SHA-256 fingerprint (64 hex digits, colons allowed)`);
+  }
+  return hex;
+}
+
+/** Node's modules, loaded only under Node and only for a `latzero://` URL (named through a
+ * variable, so that a bundler building a page does not try to resolve them). */
+async function nodeModules() {
+  const names = ["node:net", "node:tls", "node:fs", "node:os", "node:path", "node:crypto"];
+  const [net, tls, fs, os, path, crypto] = await Promise.all(names.map((n) => import(n)));
+  return { net, tls, fs, os, path, crypto };
+}
+
+/** Where a parsed `latzero://` URL leads: {kind: "unix", path} or {kind: "tcp", host, port,
+ * tls}, with the default endpoint of §12 when the URL names none. */
+async function resolveEndpoint(parsed) {
+  const node = await nodeModules();
+  const base = { node };
+  if (parsed.socket !== undefined) return { ...base, kind: "unix", path: parsed.socket };
+  if (parsed.secure) {
+    const tls = parsed.tlsFingerprint !== undefined ? { pin: parseFingerprint(parsed.tlsFingerprint) } : { ca: parsed.tlsCa };
+    return { ...base, kind: "tcp", host: parsed.host, port: parsed.port, tls };
+  }
+  if (parsed.host !== undefined) return { ...base, kind: "tcp", host: parsed.host, port: parsed.port };
+  const env = process.env;
+  const dataDir = env.LATZERO_DATA_DIR || node.path.join(node.os.homedir(), ".latzero");
+  const sock = node.path.join(dataDir, "latzero.sock");
+  if (node.fs.existsSync(sock)) return { ...base, kind: "unix", path: sock };
+  return { ...base, kind: "tcp", host: env.LATZERO_HOST || "127.0.0.1", port: Number(env.LATZERO_PORT || DEFAULT_PORT) };
+}
+
 export class Client {
-  constructor(url, appId, options) {
+  constructor(url, appId, options, endpoint = null) {
     this.url = url;
+    // A `latzero://` URL's Unix socket or TCP endpoint; null for a WebSocket URL.
+    this._endpoint = endpoint;
+    this._maxFrameLen = DEFAULT_MAX_FRAME_LEN;
     this.appId = appId;
     this.options = options;
     this.pools = new Set(options.pools ?? []);
@@ -66,7 +199,7 @@ export class Client {
     this._ws = null;
     this._closed = false;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this._WebSocket !== "function") {
+    if (endpoint === null && typeof this._WebSocket !== "function") {
       throw new LatZeroError(
         "NO_WEBSOCKET",
         "this JavaScript has no WebSocket: pass one as options.WebSocket (Node before 22: --experimental-websocket, or the ws package)",
@@ -92,14 +225,22 @@ export class Client {
     }
   }
 
-  /** Opens the WebSocket and handshakes; `partial` for a reconnect. */
+  /** Where the client connects, for messages. */
+  _where() {
+    const e = this._endpoint;
+    if (e === null) return this.url;
+    return e.kind === "unix" ? `unix:${e.path}` : `${e.tls ? "tls" : "tcp"}:${e.host}:${e.port}`;
+  }
+
+  /** Opens the connection (a WebSocket, or a socket in a WebSocket's shape) and handshakes;
+   * `partial` for a reconnect. */
   _open(partial) {
     return new Promise((resolve, reject) => {
       let ws;
       try {
-        ws = new this._WebSocket(this.url);
+        ws = this._endpoint === null ? new this._WebSocket(this.url) : new SocketTransport(this._endpoint);
       } catch (e) {
-        reject(new LatZeroError("CONNECT", `cannot open ${this.url}: ${e.message ?? e}`));
+        reject(new LatZeroError("CONNECT", `cannot open ${this._where()}: ${e.message ?? e}`));
         return;
       }
       let acked = false;
@@ -136,6 +277,9 @@ export class Client {
           if (f.action === "handshake_ack") {
             acked = true;
             this._ws = ws;
+            const max = f.limits?.max_frame_len;
+            this._maxFrameLen = Number.isSafeInteger(max) && max > 0 ? max : DEFAULT_MAX_FRAME_LEN;
+            if (ws instanceof SocketTransport) ws.maxLen = this._maxFrameLen + FRAME_SLACK;
             for (const p of f.pools ?? []) this.pools.add(p);
             for (const t of f.triggers ?? []) this.triggers.add(t);
             for (const r of f.refused ?? []) this._refused(r);
@@ -150,15 +294,18 @@ export class Client {
         this._dispatch(f, body);
       };
       // Some WebSockets (Node 20's) report a failed connection with an error and no close.
-      const ended = (why) => {
+      const ended = (why, code) => {
         if (!acked) {
           acked = true;
-          reject(new LatZeroError("CONNECT", `cannot connect to ${this.url} (${why}); is the server started with --ws-port, and is this page's origin allowed (--ws-origin)?`));
+          const hint = this._endpoint === null
+            ? "is the server started with --ws-port, and is this page's origin allowed (--ws-origin)?"
+            : code === "TLS" ? "does the server serve TLS (--tls)?" : "is the server running (`latzero start`)?";
+          reject(new LatZeroError(code ?? "CONNECT", `cannot connect to ${this._where()} (${why}); ${hint}`));
           return;
         }
         if (this._ws === ws) this._lost(why);
       };
-      ws.onerror = (e) => ended(e?.message || "connection error");
+      ws.onerror = (e) => ended(e?.message || "connection error", e?.code);
       ws.onclose = (e) => ended(e.reason || `connection closed (code ${e.code})`);
     });
   }
@@ -285,7 +432,14 @@ export class Client {
     if (this._ws === null || this._ws.readyState !== 1) {
       throw new LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting");
     }
-    this._ws.send(body === undefined ? JSON.stringify(frame) : binaryFrame(frame, body));
+    const message = body === undefined ? JSON.stringify(frame) : binaryFrame(frame, body);
+    // A string's UTF-8 length is at most three bytes per UTF-16 unit: counted only near the limit.
+    const max = this._maxFrameLen;
+    const len = typeof message !== "string" ? message.length : message.length * 3 <= max ? 0 : new TextEncoder().encode(message).length;
+    if (len > max) {
+      throw new LatZeroError("FRAME_TOO_LARGE", `a frame of ${len} bytes exceeds the server's max_frame_len of ${max} bytes; not sent`);
+    }
+    this._ws.send(message);
   }
 
   /** Sends a request with an id and resolves with the server's answer frame. */
@@ -537,6 +691,133 @@ export class Client {
       this._lost("client closed");
       ws.close(1000);
     }
+  }
+}
+
+/**
+ * A Unix socket or TCP (TLS) connection under Node, in the shape of the WebSocket the client
+ * otherwise uses: `onopen`, `onmessage({data})`, `onerror`, `onclose`, `send`, `close` and
+ * `readyState`. Each frame of PROTOCOL.md §2 — a 4-byte big-endian length, then the payload —
+ * is one message: a JSON frame as a string, a binary frame (first byte 0) as an ArrayBuffer.
+ * A frame announced longer than `maxLen` (the server's max_frame_len and its slack, once the
+ * handshake told it) ends the connection with FRAME_TOO_LARGE.
+ */
+class SocketTransport {
+  constructor(endpoint) {
+    const { net, tls, fs, crypto } = endpoint.node;
+    this.readyState = 0;
+    this.binaryType = "arraybuffer";
+    this.onopen = this.onmessage = this.onerror = this.onclose = null;
+    this.maxLen = DEFAULT_MAX_FRAME_LEN + FRAME_SLACK;
+    // What has been read and not yet handed on, in the chunks it came in, and their length.
+    this._chunks = [];
+    this._have = 0;
+    let sock;
+    if (endpoint.kind === "unix") {
+      sock = net.connect(endpoint.path);
+    } else if (!endpoint.tls) {
+      sock = net.connect(endpoint.port, endpoint.host);
+    } else {
+      const ca = endpoint.tls.ca !== undefined ? fs.readFileSync(endpoint.tls.ca) : undefined;
+      sock = tls.connect({
+        host: endpoint.host,
+        port: endpoint.port,
+        servername: net.isIP(endpoint.host) ? undefined : endpoint.host,
+        minVersion: "TLSv1.2",
+        // Pinned: the certificate is checked against the fingerprint once connected, not by a
+        // chain (the generated one is self-signed). With a CA, Node checks chain and host.
+        ca,
+        rejectUnauthorized: ca !== undefined,
+      });
+    }
+    this._sock = sock;
+    sock.on(endpoint.tls ? "secureConnect" : "connect", () => {
+      if (endpoint.tls?.pin !== undefined) {
+        const got = crypto.createHash("sha256").update(sock.getPeerCertificate().raw ?? "").digest("hex");
+        if (got !== endpoint.tls.pin) {
+          const colons = (h) => h.toUpperCase().match(/../g).join(":");
+          this._fail("TLS", `the server's certificate has fingerprint ${colons(got)}, not the pinned ${colons(endpoint.tls.pin)}`);
+          return;
+        }
+      }
+      if (endpoint.kind === "tcp") sock.setNoDelay(true);
+      this.readyState = 1;
+      this.onopen?.();
+    });
+    sock.on("data", (chunk) => this._read(chunk));
+    sock.on("error", (e) => {
+      // Before the TLS session is up, anything but a failed connect or read is TLS's refusal.
+      const tlsFailed = endpoint.tls && this.readyState === 0 && !e.syscall;
+      this._fail(tlsFailed ? "TLS" : undefined, e.message);
+    });
+    sock.on("close", () => {
+      this.readyState = 3;
+      this.onclose?.({ code: 1006, reason: this._reason ?? "the server closed the connection" });
+    });
+  }
+
+  /** Ends the connection for `message` (an `error` first, then the `close`). */
+  _fail(code, message) {
+    if (this._reason !== undefined) return;
+    this._reason = code ? `${code}: ${message}` : message;
+    this.onerror?.({ code, message });
+    this._sock.destroy();
+  }
+
+  _read(chunk) {
+    this._chunks.push(chunk);
+    this._have += chunk.length;
+    // Chunks are joined only when a length or a whole frame spans them: once per frame.
+    const joined = (n) => {
+      if (this._chunks[0].length < n) this._chunks = [Buffer.concat(this._chunks)];
+      return this._chunks[0];
+    };
+    while (this._have >= 4 && this._reason === undefined) {
+      const len = joined(4).readUInt32BE(0);
+      if (len > this.maxLen) {
+        this._fail("FRAME_TOO_LARGE", `the server announced a frame of ${len} bytes, more than the ${this.maxLen} read`);
+        return;
+      }
+      if (this._have < 4 + len) return;
+      const first = joined(4 + len);
+      const payload = first.subarray(4, 4 + len);
+      if (first.length > 4 + len) this._chunks[0] = first.subarray(4 + len);
+      else this._chunks.shift();
+      this._have -= 4 + len;
+      if (len === 0) continue;
+      const data = payload[0] === 0 ? payload.buffer.slice(payload.byteOffset, payload.byteOffset + len) : payload.toString("utf8");
+      this.onmessage?.({ data });
+    }
+  }
+
+  send(message) {
+    let out;
+    if (typeof message === "string") {
+      const n = Buffer.byteLength(message);
+      out = Buffer.allocUnsafe(4 + n);
+      out.write(message, 4);
+    } else {
+      out = Buffer.allocUnsafe(4 + message.length);
+      out.set(message, 4);
+    }
+    out.writeUInt32BE(out.length - 4, 0);
+    // Frames sent in one turn of the event loop go out in one write (a write each was a syscall
+    // each).
+    if (!this._corked) {
+      this._corked = true;
+      this._sock.cork();
+      process.nextTick(() => {
+        this._corked = false;
+        this._sock.uncork();
+      });
+    }
+    this._sock.write(out);
+  }
+
+  close() {
+    if (this.readyState === 3) return;
+    this.readyState = 2;
+    this._sock.end();
   }
 }
 

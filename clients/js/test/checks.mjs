@@ -3,9 +3,10 @@
 // `latzero reply` worker serving `echo` in pool `demo`, and reports through `log(line)`: `ok NAME`
 // per check, and `restart`, which the driver answers by stopping and starting the server (a
 // promise `log` returns is awaited). It throws at the first failed check. `options` are passed
-// to every `connect` (a WebSocket constructor, say).
+// to every `connect` (a WebSocket constructor, say). `url` is a WebSocket URL, or under Node a
+// `latzero://{app}...` URL, whose `{app}` each connection fills in with its app id.
 
-import { connect as open, LatZeroError } from "../latzero.mjs";
+import { connect as open, LatZeroError, parseUrl } from "../latzero.mjs";
 
 async function rejects(promise) {
   try {
@@ -51,11 +52,30 @@ function queue() {
 }
 
 export async function run(url, log, options = {}) {
-  const connect = (u, app, o) => open(u, app, { ...options, ...o });
+  const connect = (u, app, o) =>
+    u.includes("{app}") ? open(u.replace("{app}", encodeURIComponent(app)), { ...options, ...o }) : open(u, app, { ...options, ...o });
   const check = (cond, what, detail) => {
     if (!cond) throw new Error(`${what}: ${JSON.stringify(detail)}`);
     log(`ok ${what}`);
   };
+
+  // latzero:// URLs as PROTOCOL.md §12 reads them; what it refuses is refused, before anything
+  // is opened. A page has no socket to open: it is told to use the WebSocket port.
+  const parsed = parseUrl("latzeros://w1@[::1]:9?fingerprint=" + "ab".repeat(32) + "&pools=a,b&pool=c");
+  check(parsed.appId === "w1" && parsed.host === "::1" && parsed.port === 9 && parsed.pools.join() === "a,b,c", "a URL read", parsed);
+  for (const bad of ["latzero://a@nohost", "latzero://a@h:1?socket=/s", "latzeros://a", "latzero://a?fingerprint=00",
+    "latzero://a?nope=1", "latzeros://a@h:1?ca=/c&fingerprint=" + "0".repeat(64), "latzero://", "http://a"]) {
+    const e = await rejects((async () => parseUrl(bad))());
+    check(e.code === "INVALID_URL", `refused: ${bad}`, e.message);
+  }
+  const twice = await rejects(open("latzero://a?pools=demo", { pools: ["x"] }));
+  check(twice.code === "INVALID_URL" && twice.message.includes("pools"), "pools given twice", twice.message);
+  const appTwice = await rejects(open("latzero://a", "b"));
+  check(appTwice.code === "INVALID_URL" && appTwice.message.includes("app id"), "an app id given twice", appTwice.message);
+  if (typeof process === "undefined") {
+    const inPage = await rejects(open("latzero://a"));
+    check(inPage.code === "INVALID_URL" && inPage.message.includes("ws://"), "a page is sent to the WebSocket port", inPage.message);
+  }
 
   const page = await connect(url, "js-page", { pools: ["demo"], ephemeral: true, timeoutMs: 5000, backoffMinMs: 20, backoffMaxMs: 200 });
   const echoed = await page.call("demo", "echo", { x: 21 });
@@ -77,6 +97,10 @@ export async function run(url, log, options = {}) {
   check(late.code === "TIMEOUT" && late.handlerMayStillRun === true, "TIMEOUT", late.message);
   const outside = await rejects(other.call("elsewhere", "echo"));
   check(outside.code === "NOT_IN_POOL", "NOT_IN_POOL", outside.message);
+  // Past the server's max_frame_len (16 MiB here), refused unsent: the connection stays up.
+  const huge = await rejects(other.call("demo", "echo", "é".repeat(9 << 20)));
+  check(huge.code === "FRAME_TOO_LARGE" && huge.message.includes("16777216"), "FRAME_TOO_LARGE, unsent", huge.message);
+  check((await other.call("demo", "echo", 1)).data === 1, "still connected after it", null);
 
   let news;
   const got = new Promise((resolve) => (news = resolve));

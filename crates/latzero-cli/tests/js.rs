@@ -1,8 +1,9 @@
 //! End-to-end: the JavaScript client (`clients/js/latzero.mjs`) under Node against the real
-//! `latzero` binary's WebSocket port, with a `latzero reply` worker, and a server restart the
-//! client must come back from. The checks are in `clients/js/test/e2e.mjs`; this drives it.
-//! It needs Node with a WebSocket (20 with `--experimental-websocket`, 22+ as is), or the `ws`
-//! package named by `LATZERO_JS_WS`: `scripts/test.sh` sees to both.
+//! `latzero` binary — on its WebSocket port, and on its Unix socket and TLS port by `latzero://`
+//! URLs — with a `latzero reply` worker, and a server restart the client must come back from.
+//! The checks are in `clients/js/test/checks.mjs`, run by `e2e.mjs`; this drives it. The
+//! WebSocket run needs Node with a WebSocket (20 with `--experimental-websocket`, 22+ as is), or
+//! the `ws` package named by `LATZERO_JS_WS`: `scripts/test.sh` sees to both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,16 +49,37 @@ fn the_javascript_client_calls_handles_emits_and_reconnects() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port().to_string();
     let ws = ["--ws-port", port.as_str()];
-    let mut s = ServerProc::start_in(bin(), dir.path(), &ws)?;
-    let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
+    let s = ServerProc::start_in(bin(), dir.path(), &ws)?;
     let mut cmd = node()?;
-    cmd.arg(repo().join("clients/js/test/e2e.mjs"))
-        .env("LATZERO_WS", format!("ws://127.0.0.1:{port}"));
-    let mut js = Proc::spawn(cmd)?;
+    cmd.env("LATZERO_URL", format!("ws://127.0.0.1:{port}"));
+    run_checks(s, cmd, &ws)
+}
+
+/// Under Node, `latzero://APP` finds the server as the SDK does — here the Unix socket of
+/// `$LATZERO_DATA_DIR` — and the same checks run on it, no WebSocket port in the way.
+#[test]
+fn the_javascript_client_under_node_finds_and_uses_the_unix_socket() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s = ServerProc::start_in(bin(), dir.path(), &[])?;
+    assert!(s.unix.is_some(), "the server serves its Unix socket");
+    let mut cmd = Command::new("node");
+    cmd.env("LATZERO_URL", "latzero://{app}")
+        .env("LATZERO_DATA_DIR", dir.path())
+        .env_remove("LATZERO_HOST")
+        .env_remove("LATZERO_PORT");
+    run_checks(s, cmd, &[])
+}
+
+/// Runs the shared checks in `node` (given its environment) against `s`, with a `latzero reply`
+/// worker, restarting the server with `extra` when they ask.
+fn run_checks(mut s: ServerProc, mut node: Command, extra: &[&str]) -> Result<()> {
+    let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
+    node.arg(repo().join("clients/js/test/e2e.mjs"));
+    let mut js = Proc::spawn(node)?;
     js.follow_script(|line| {
         if line == "restart" {
             // Stopped and started again on the same ports: the client must come back by itself.
-            s.restart(&ws)?;
+            s.restart(extra)?;
         }
         Ok(())
     })?;
@@ -67,4 +89,58 @@ fn the_javascript_client_calls_handles_emits_and_reconnects() -> Result<()> {
         js.seen
     );
     Ok(())
+}
+
+/// Over TLS: a `latzeros://` URL pins the server's certificate by the fingerprint server.json
+/// gives; a wrong pin, and a plain connection to the TLS port, fail with clear codes.
+#[test]
+fn the_javascript_client_under_node_pins_a_tls_servers_certificate() -> Result<()> {
+    let s = ServerProc::start(bin(), &["--tls"])?;
+    let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let fingerprint = info["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
+    let script = r#"
+const { connect } = await import(process.env.LATZERO_JS);
+const { PORT: port, PIN: pin } = process.env;
+const lz = await connect(`latzeros://js-tls@127.0.0.1:${port}?fingerprint=${pin}&pools=demo`, { ephemeral: true });
+const r = await lz.call("demo", "echo", { x: 1 });
+if (r.data?.x !== 1) throw new Error(JSON.stringify(r));
+console.log("ok call over TLS");
+lz.close();
+const wrong = "00".repeat(32);
+for (const [url, code] of [
+  [`latzeros://js-tls@127.0.0.1:${port}?fingerprint=${wrong}`, "TLS"],
+  [`latzero://js-tls@127.0.0.1:${port}`, "TLS_REQUIRED"],
+]) {
+  try {
+    await connect(url, { reconnect: false });
+    throw new Error(`${url} connected`);
+  } catch (e) {
+    if (e.code !== code) throw e;
+    console.log(`ok refused: ${e.code}`);
+  }
+}
+console.log("done");
+process.exit(0);
+"#;
+    let mut cmd = Command::new("node");
+    cmd.args(["--input-type=module", "-e", script])
+        .env(
+            "LATZERO_JS",
+            url_of(&repo().join("clients/js/latzero.mjs").canonicalize()?),
+        )
+        .env("PORT", s.tcp.port().to_string())
+        .env("PIN", &fingerprint);
+    let mut js = Proc::spawn(cmd)?;
+    js.follow_script(|line| anyhow::bail!("unexpected line: {line}"))?;
+    assert_eq!(
+        js.seen,
+        ["ok call over TLS", "ok refused: TLS", "ok refused: TLS_REQUIRED", "done"]
+    );
+    Ok(())
+}
+
+/// A file's `file://` URL, for an ES module import.
+fn url_of(path: &Path) -> String {
+    format!("file://{}", path.display())
 }
