@@ -135,7 +135,12 @@ process.exit(0);
     js.follow_script(|line| anyhow::bail!("unexpected line: {line}"))?;
     assert_eq!(
         js.seen,
-        ["ok call over TLS", "ok refused: TLS", "ok refused: TLS_REQUIRED", "done"]
+        [
+            "ok call over TLS",
+            "ok refused: TLS",
+            "ok refused: TLS_REQUIRED",
+            "done"
+        ]
     );
     Ok(())
 }
