@@ -57,7 +57,7 @@ const isNode = typeof process !== "undefined" && typeof process.versions?.node =
  *   connect("latzero://APP_ID...", options)         Node: the Unix socket or TCP (PROTOCOL.md §12)
  *
  * options: pools, triggers, meta, auth ({token} or {jwt}), takeover, ephemeral,
- *          timeoutMs (calls, default 30000), reconnect (default true),
+ *          timeoutMs (calls, and the wait for the handshake's answer; default 30000), reconnect (default true),
  *          backoffMinMs (100), backoffMaxMs (5000), WebSocket (a constructor).
  * A `latzero://` URL's pools may not be given again in options.
  */
@@ -243,7 +243,22 @@ export class Client {
         reject(new LatZeroError("CONNECT", `cannot open ${this._where()}: ${e.message ?? e}`));
         return;
       }
+      // Settled: acknowledged, refused, failed, or out of time. A server that accepts and never
+      // answers (something else on the port) is given the call timeout, as a call is.
       let acked = false;
+      const ms = this.options.timeoutMs ?? 30000;
+      const timer = setTimeout(() => {
+        if (settle()) {
+          reject(new LatZeroError("CONNECT", `no answer to the handshake from ${this._where()} within ${ms} ms; is it a LatZero server?`));
+          ws.close();
+        }
+      }, ms);
+      const settle = () => {
+        if (acked) return false;
+        acked = true;
+        clearTimeout(timer);
+        return true;
+      };
       ws.binaryType = "arraybuffer";
       ws.onopen = () => {
         const hs = {
@@ -275,7 +290,7 @@ export class Client {
         }
         if (!acked) {
           if (f.action === "handshake_ack") {
-            acked = true;
+            settle();
             this._ws = ws;
             const max = f.limits?.max_frame_len;
             this._maxFrameLen = Number.isSafeInteger(max) && max > 0 ? max : DEFAULT_MAX_FRAME_LEN;
@@ -285,7 +300,7 @@ export class Client {
             for (const r of f.refused ?? []) this._refused(r);
             resolve(this);
           } else if (f.action === "error" || f.action === "closing") {
-            acked = true; // settled: the close that follows is not a drop
+            settle(); // the close that follows is not a drop
             reject(new LatZeroError(f.code, f.message));
             ws.close();
           }
@@ -295,8 +310,7 @@ export class Client {
       };
       // Some WebSockets (Node 20's) report a failed connection with an error and no close.
       const ended = (why, code) => {
-        if (!acked) {
-          acked = true;
+        if (settle()) {
           const hint = this._endpoint === null
             ? "is the server started with --ws-port, and is this page's origin allowed (--ws-origin)?"
             : code === "TLS" ? "does the server serve TLS (--tls)?" : "is the server running (`latzero start`)?";

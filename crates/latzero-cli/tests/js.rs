@@ -91,8 +91,10 @@ fn run_checks(mut s: ServerProc, mut node: Command, extra: &[&str]) -> Result<()
     Ok(())
 }
 
-/// Over TLS: a `latzeros://` URL pins the server's certificate by the fingerprint server.json
-/// gives; a wrong pin, and a plain connection to the TLS port, fail with clear codes.
+/// Over TCP: a `latzeros://` URL pins the server's certificate by the fingerprint server.json
+/// gives; a wrong pin, and a plain connection to the TLS port, fail with clear codes; and a port
+/// that accepts and never answers (not a LatZero server) fails the connect in the call timeout
+/// rather than hanging.
 #[test]
 fn the_javascript_client_under_node_pins_a_tls_servers_certificate() -> Result<()> {
     let s = ServerProc::start(bin(), &["--tls"])?;
@@ -120,6 +122,16 @@ for (const [url, code] of [
     console.log(`ok refused: ${e.code}`);
   }
 }
+const { createServer } = await import("node:net");
+const silent = createServer(() => {});
+await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+try {
+  await connect(`latzero://js-x@127.0.0.1:${silent.address().port}`, { reconnect: false, timeoutMs: 200 });
+  throw new Error("a silent port connected");
+} catch (e) {
+  if (e.code !== "CONNECT" || !e.message.includes("no answer to the handshake")) throw e;
+  console.log("ok a silent port times out");
+}
 console.log("done");
 process.exit(0);
 "#;
@@ -139,6 +151,7 @@ process.exit(0);
             "ok call over TLS",
             "ok refused: TLS",
             "ok refused: TLS_REQUIRED",
+            "ok a silent port times out",
             "done"
         ]
     );
