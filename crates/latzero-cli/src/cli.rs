@@ -31,6 +31,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop the running server gracefully (in-flight calls fail with SHUTTING_DOWN)
     Stop(TargetArgs),
+    /// Check the running server's health: its database takes a write, its directories take a
+    /// file, every memory block's file can be attached; exits non-zero unless all pass
+    Health(HealthArgs),
     /// Call a trigger and print its result
     Call(CallArgs),
     /// Emit to every handler of a trigger in a pool (fire-and-forget) and print the receipt
@@ -569,6 +572,15 @@ pub struct TargetArgs {
     /// Connect over TLS, verifying the server against this CA certificate (PEM)
     #[arg(long, env = "LATZERO_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the server's answer as JSON (still exiting non-zero when unhealthy)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status(a) => client(command::status::run(a)),
         Command::Stop(a) => client(command::stop::run(a)),
+        Command::Health(a) => client(command::health::run(a)),
         Command::Call(a) => client(command::call::run(a)),
         Command::Emit(a) => client(command::emit::run(a)),
         Command::Reply(a) => client(command::reply::run(a)),

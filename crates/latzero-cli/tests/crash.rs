@@ -145,6 +145,36 @@ fn a_full_disk_is_a_clear_error_and_rpc_keeps_being_served() -> Result<()> {
         !ok && err.contains("INTERNAL") && err.contains("could not be stored"),
         "{err}"
     );
+
+    // `latzero health` says so: the data dir takes no file, and the database no write (a probe
+    // or two may still land in pages the WAL already holds).
+    let mut store_failed = false;
+    for _ in 0..20 {
+        let (ok, out, _) = s.run(&["health", "--json"])?;
+        let h: serde_json::Value = serde_json::from_str(&out)?;
+        assert!(!ok && h["healthy"] == false, "{h}");
+        let check = |name: &str| {
+            h["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        let dir = check("data_dir");
+        assert!(
+            dir["ok"] == false && dir["detail"].as_str().unwrap().contains("No space left"),
+            "{dir}"
+        );
+        let store = check("store");
+        if store["ok"] == false {
+            assert!(store["detail"].as_str().unwrap().contains("full"), "{store}");
+            store_failed = true;
+            break;
+        }
+    }
+    assert!(store_failed, "the store check must fail on a full disk");
     Ok(())
 }
 

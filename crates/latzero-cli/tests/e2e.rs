@@ -1049,3 +1049,57 @@ fn the_websocket_port_serves_the_protocol_to_pages_of_allowed_origins() -> Resul
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --ws-port"));
     Ok(())
 }
+
+/// `latzero health`: every check passes on a working server (exit 0, a line each); a block file
+/// deleted behind the server's back and a volatile directory gone each fail their check, named,
+/// with a non-zero exit.
+#[test]
+fn health_checks_pass_and_fail_for_real() -> Result<()> {
+    let s = server();
+    let (ok, out, err) = s.run(&["health"])?;
+    assert!(ok, "{err}");
+    for check in ["store", "data_dir", "volatile_dir", "memory"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check}: {out}"
+        );
+    }
+
+    let (ok, _, err) = s.run(&["mem", "create", "p", "kept", "--size", "64", "--persistent"])?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = s.run(&["mem", "create", "p", "gone", "--size", "64", "--persistent"])?;
+    assert!(ok, "{err}");
+    let (ok, out, _) = s.run(&["health", "--json"])?;
+    let h: Value = serde_json::from_str(&out)?;
+    assert!(ok && h["healthy"] == true, "{h}");
+    std::fs::remove_file(s.data_dir.join("memory/p/gone.blk"))?;
+    let (ok, out, err) = s.run(&["health"])?;
+    assert!(!ok, "a block whose file is gone is not healthy: {out}");
+    let memory = out.lines().find(|l| l.contains("memory")).unwrap_or_default();
+    assert!(
+        memory.starts_with("FAIL") && memory.contains("1 of 2 blocks") && memory.contains("p/gone"),
+        "{out}"
+    );
+    assert!(err.contains("not healthy: memory failed"), "{err}");
+
+    // The test server keeps its volatile blocks in its data dir (testkit).
+    let info: Value = serde_json::from_str(&s.run(&["status", "--json"])?.1)?;
+    let volatile = info["memory"]["volatile_dir"]
+        .as_str()
+        .expect("a volatile dir")
+        .to_owned();
+    std::fs::remove_dir_all(&volatile)?;
+    let (ok, out, err) = s.run(&["health", "--json"])?;
+    let h: Value = serde_json::from_str(&out)?;
+    assert!(!ok && h["healthy"] == false, "{h}");
+    let failed: Vec<&str> = h["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["volatile_dir", "memory"], "{h}");
+    assert!(err.contains("volatile_dir, memory failed"), "{err}");
+    Ok(())
+}

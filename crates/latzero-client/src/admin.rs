@@ -114,6 +114,13 @@ pub async fn status_limited(target: &Target, limit: usize) -> Result<Value, Clie
     query(target, "status", json!({ "limit": limit })).await
 }
 
+/// The server's `health_result`: `healthy`, and `checks` (each `name`, `ok`, `ms`, `detail`).
+/// An unhealthy server answers too; an error is a server not reached, or one refusing (a
+/// credential, or `SHUTTING_DOWN`).
+pub async fn health(target: &Target) -> Result<Value, ClientError> {
+    query(target, "health", json!({})).await
+}
+
 /// Round-trip time of a `ping`.
 pub async fn ping(target: &Target) -> Result<Duration, ClientError> {
     let t = std::time::Instant::now();

@@ -34,6 +34,7 @@ mod config;
 mod datadir;
 mod directory;
 mod error;
+mod health;
 mod memory;
 mod pools;
 mod registry;

@@ -119,6 +119,7 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
         json!({"action":"app_remove","id":10,"app_id":"w"}),
     )
     .await;
+    refused(&mut Raw::connect(s.addr).await, json!({"action":"health","id":11})).await;
     let app_jwt = jwt(json!({"app_id":"w","exp":exp()}));
     refused(
         &mut Raw::connect(s.addr).await,
@@ -135,6 +136,12 @@ async fn admin_requests_need_an_admin_credential_and_ping_does_not() {
     assert_eq!(
         l["action"], "pool_list_result",
         "the connection stays authenticated: {l}"
+    );
+    let h = admin.ask(json!({"action":"health","id":"h"})).await;
+    assert_eq!(
+        (h["action"].as_str(), h["healthy"].as_bool(), &h["in_reply_to"]),
+        (Some("health_result"), Some(true), &json!("h")),
+        "{h}"
     );
     let mut ops = Raw::connect(s.addr).await;
     let admin_jwt = jwt(json!({"sub":"ops","admin":true,"exp":exp()}));

@@ -2,6 +2,7 @@
 
 pub mod call;
 pub mod emit;
+pub mod health;
 pub mod inventory;
 pub mod keys;
 pub mod mem;

@@ -41,6 +41,8 @@ pub enum Request<'a> {
     },
     /// Liveness check.
     Ping,
+    /// Health check (admin): the store, the data directory and the memory blocks' files.
+    Health,
     /// Ask the server to shut down gracefully.
     Shutdown,
     /// A memory-block action (docs/PROTOCOL.md §7).
@@ -208,6 +210,7 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
             limit: super::pool::Page::new(None, env.limit, id)?.limit,
         },
         "ping" => Request::Ping,
+        "health" => Request::Health,
         "shutdown" => Request::Shutdown,
         "app_list" => Request::AppList(super::pool::Page::new(
             env.after.as_deref().map(str::to_owned),

@@ -446,6 +446,11 @@ impl Memory {
         self.lock().len()
     }
 
+    /// Every block.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        self.lock().values().cloned().collect()
+    }
+
     pub fn get(&self, pool: &PoolName, id: &BlockId) -> Result<Arc<Entry>, Refusal> {
         self.lock()
             .get(&(pool.clone(), id.clone()))

@@ -202,6 +202,9 @@ enum After {
     Backup {
         id: Option<Box<RawValue>>,
     },
+    Health {
+        id: Option<Box<RawValue>>,
+    },
     Block(crate::memory::StoreWork),
 }
 
@@ -414,6 +417,7 @@ impl Session {
         let admin = matches!(
             parsed.request,
             Request::Status { .. }
+                | Request::Health
                 | Request::Shutdown
                 | Request::AppList(_)
                 | Request::AppRemove(_)
@@ -511,6 +515,7 @@ impl Session {
             (
                 Request::Status { .. }
                 | Request::Ping
+                | Request::Health
                 | Request::Shutdown
                 | Request::AppList(_)
                 | Request::AppRemove(_)
@@ -584,6 +589,11 @@ impl Session {
             }
             Request::Backup => {
                 return Some(After::Backup {
+                    id: id.map(ToOwned::to_owned),
+                });
+            }
+            Request::Health => {
+                return Some(After::Health {
                     id: id.map(ToOwned::to_owned),
                 });
             }
@@ -945,6 +955,10 @@ impl Session {
                 Err(r) => self.error(id.as_deref(), r.code, &r.message),
             },
             After::Backup { id } => self.backup(id.as_deref()).await,
+            After::Health { id } => {
+                let v = crate::health::check(&st).await;
+                self.reply_json(id.as_deref(), v);
+            }
             After::Block(work) => self.store_block(work).await,
             After::Membership { id, app } => {
                 let err = crate::registry::store_membership(&st, &app).await;

@@ -6,7 +6,7 @@
 //! readers of a backup never stop it) and publishes a [`StoreEvent`] after each change commits.
 //! The schema and its migrations are in `schema.rs`; the records and their SQL in `records.rs`.
 
-mod records;
+pub(crate) mod records;
 mod schema;
 
 use std::path::{Path, PathBuf};
