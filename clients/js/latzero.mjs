@@ -309,17 +309,17 @@ export class Client {
         this._dispatch(f, body);
       };
       // Some WebSockets (Node 20's) report a failed connection with an error and no close.
-      const ended = (why, code) => {
+      // `code` and `hint` come from the socket transport's errors; a WebSocket gives neither.
+      const ended = (why, code, hint) => {
         if (settle()) {
-          const hint = this._endpoint === null
-            ? "is the server started with --ws-port, and is this page's origin allowed (--ws-origin)?"
-            : code === "TLS" ? "does the server serve TLS (--tls)?" : "is the server running (`latzero start`)?";
-          reject(new LatZeroError(code ?? "CONNECT", `cannot connect to ${this._where()} (${why}); ${hint}`));
+          if (this._endpoint === null) hint = "is the server started with --ws-port, and is this page's origin allowed (--ws-origin)?";
+          else if (code === undefined) hint = "is the server running (`latzero start`)?";
+          reject(new LatZeroError(code ?? "CONNECT", `cannot connect to ${this._where()} (${why})${hint ? `; ${hint}` : ""}`));
           return;
         }
         if (this._ws === ws) this._lost(why);
       };
-      ws.onerror = (e) => ended(e?.message || "connection error", e?.code);
+      ws.onerror = (e) => ended(e?.message || "connection error", e?.code, e?.hint);
       ws.onclose = (e) => ended(e.reason || `connection closed (code ${e.code})`);
     });
   }
@@ -761,8 +761,8 @@ class SocketTransport {
     sock.on("data", (chunk) => this._read(chunk));
     sock.on("error", (e) => {
       // Before the TLS session is up, anything but a failed connect or read is TLS's refusal.
-      const tlsFailed = endpoint.tls && this.readyState === 0 && !e.syscall;
-      this._fail(tlsFailed ? "TLS" : undefined, e.message);
+      if (endpoint.tls && this.readyState === 0 && !e.syscall) this._fail("TLS", e.message, "does the server serve TLS (--tls)?");
+      else this._fail(undefined, e.message);
     });
     sock.on("close", () => {
       this.readyState = 3;
@@ -771,10 +771,10 @@ class SocketTransport {
   }
 
   /** Ends the connection for `message` (an `error` first, then the `close`). */
-  _fail(code, message) {
+  _fail(code, message, hint) {
     if (this._reason !== undefined) return;
     this._reason = code ? `${code}: ${message}` : message;
-    this.onerror?.({ code, message });
+    this.onerror?.({ code, message, hint });
     this._sock.destroy();
   }
 
@@ -789,7 +789,7 @@ class SocketTransport {
     while (this._have >= 4 && this._reason === undefined) {
       const len = joined(4).readUInt32BE(0);
       if (len > this.maxLen) {
-        this._fail("FRAME_TOO_LARGE", `the server announced a frame of ${len} bytes, more than the ${this.maxLen} read`);
+        this._fail("FRAME_TOO_LARGE", `the server announced a frame of ${len} bytes, more than the ${this.maxLen} read`, "is it a LatZero server?");
         return;
       }
       if (this._have < 4 + len) return;
@@ -828,10 +828,12 @@ class SocketTransport {
     this._sock.write(out);
   }
 
+  /** Ends the connection once what was sent is written, without waiting for the peer to end
+   * its side (a peer that is not a LatZero server may never). */
   close() {
     if (this.readyState === 3) return;
     this.readyState = 2;
-    this._sock.end();
+    this._sock.destroySoon();
   }
 }
 

@@ -119,6 +119,8 @@ for (const [url, code] of [
     throw new Error(`${url} connected`);
   } catch (e) {
     if (e.code !== code) throw e;
+    // A pin that does not match says which fingerprint came, with no hint to turn TLS on.
+    if (code === "TLS" && !(e.message.includes("not the pinned") && !e.message.includes("--tls"))) throw e;
     console.log(`ok refused: ${e.code}`);
   }
 }
@@ -131,6 +133,16 @@ try {
 } catch (e) {
   if (e.code !== "CONNECT" || !e.message.includes("no answer to the handshake")) throw e;
   console.log("ok a silent port times out");
+}
+// Something else on the port, that speaks first: its bytes read as a huge frame, refused.
+const chatty = createServer((c) => c.write("HTTP/1.1 400 Bad Request\r\n\r\n"));
+await new Promise((r) => chatty.listen(0, "127.0.0.1", r));
+try {
+  await connect(`latzero://js-x@127.0.0.1:${chatty.address().port}`, { reconnect: false });
+  throw new Error("a chatty port connected");
+} catch (e) {
+  if (e.code !== "FRAME_TOO_LARGE" || !e.message.includes("is it a LatZero server?")) throw e;
+  console.log("ok another protocol is refused");
 }
 console.log("done");
 process.exit(0);
@@ -152,6 +164,7 @@ process.exit(0);
             "ok refused: TLS",
             "ok refused: TLS_REQUIRED",
             "ok a silent port times out",
+            "ok another protocol is refused",
             "done"
         ]
     );
