@@ -431,6 +431,11 @@ pub struct StartArgs {
     /// refused (403); programs, which send no Origin, are not asked [default: none]
     #[arg(long, env = "LATZERO_WS_ORIGIN", value_delimiter = ',')]
     pub ws_origin: Vec<String>,
+    /// Also serve HTTP on this port (on --host): GET /metrics in Prometheus's text format
+    /// (counters, gauges, a call latency histogram) and GET /healthz (the health checks; 200 or
+    /// 503); 0 picks a free one [default: off]
+    #[arg(long, env = "LATZERO_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, env = "LATZERO_LOG_LEVEL")]
     pub log_level: Option<String>,

@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub ws_port: Option<u16>,
     pub ws_origins: Option<Vec<String>>,
+    pub metrics_port: Option<u16>,
     pub cluster: Option<bool>,
     pub unix_socket: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
@@ -185,6 +186,7 @@ pub fn resolve(args: &StartArgs) -> Result<Resolved> {
         bail!("--tls-cert/--tls-key (or tls_cert/tls_key) are given but TLS is off; add --tls");
     }
     c.ws.port = args.ws_port.or(file.ws_port);
+    c.metrics_port = args.metrics_port.or(file.metrics_port);
     c.ws.origins = if args.ws_origin.is_empty() {
         file.ws_origins.unwrap_or_default()
     } else {

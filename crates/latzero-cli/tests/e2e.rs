@@ -1103,3 +1103,34 @@ fn health_checks_pass_and_fail_for_real() -> Result<()> {
     assert!(err.contains("volatile_dir, memory failed"), "{err}");
     Ok(())
 }
+
+/// `latzero start --metrics-port 0`: the port is in server.json, and a probe's plain HTTP GET of
+/// `/healthz` and `/metrics` is answered by the real binary.
+#[test]
+fn the_metrics_port_answers_plain_http() -> Result<()> {
+    use std::io::{Read, Write};
+    let s = ServerProc::start(bin(), &["--metrics-port", "0"])?;
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let addr = info["metrics"]
+        .as_str()
+        .expect("server.json names the metrics port")
+        .to_owned();
+    let get = |path: &str| -> Result<String> {
+        let mut c = std::net::TcpStream::connect(&addr)?;
+        write!(c, "GET {path} HTTP/1.1\r\nhost: probe\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let health = get("/healthz")?;
+    assert!(
+        health.starts_with("HTTP/1.1 200 OK") && health.contains("\"healthy\":true"),
+        "{health}"
+    );
+    let metrics = get("/metrics")?;
+    assert!(
+        metrics.starts_with("HTTP/1.1 200 OK") && metrics.contains("\nlatzero_connections "),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Map, Value, json};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($(#[doc = $doc:literal] $name:ident),* $(,)?) => {
         /// Monotonic counters since start.
         #[derive(Debug, Default)]
         pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $(#[doc = $doc] pub $name: AtomicU64,)*
         }
 
         impl Counters {
@@ -19,6 +19,11 @@ macro_rules! counters {
                 let mut m = Map::new();
                 $(m.insert(stringify!($name).to_owned(), json!(self.$name.load(Ordering::Relaxed)));)*
                 m
+            }
+
+            /// Each counter's name, what it counts (its doc line) and its value.
+            pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc.trim(), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };

@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub tls: crate::tls::TlsConfig,
     /// The WebSocket port, for browsers: off unless it has a port.
     pub ws: crate::ws::WsConfig,
+    /// The metrics port (HTTP: `/metrics` for Prometheus, `/healthz`), on the TCP port's host;
+    /// `None`: off (and no call latency is kept); 0 picks a free one.
+    pub metrics_port: Option<u16>,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
     /// How long the server keeps polling its sockets after a message before it sleeps; zero
@@ -114,6 +117,7 @@ impl ServerConfig {
             store: crate::store::StoreConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             ws: crate::ws::WsConfig::default(),
+            metrics_port: None,
             auth: crate::security::AuthConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             spin: DEFAULT_SPIN,

@@ -35,6 +35,9 @@ pub struct RuntimeInfo {
     /// The WebSocket port's address, if it serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ws: Option<SocketAddr>,
+    /// The metrics port's address, if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
     /// The server's `max_frame_len`: the longest answer it may send, which the command-line
     /// tools then read. Absent in a file written before it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,7 @@ mod directory;
 mod error;
 mod health;
 mod memory;
+mod metrics;
 mod pools;
 mod registry;
 mod router;

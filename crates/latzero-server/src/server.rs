@@ -32,6 +32,16 @@ use crate::store::Store;
 use crate::tls::Tls;
 use crate::transport;
 
+/// What [`State::gauges`] reads.
+pub(crate) struct Gauges {
+    pub uptime: std::time::Duration,
+    pub connections: usize,
+    pub calls_in_flight: usize,
+    pub pools: usize,
+    pub apps: usize,
+    pub blocks: usize,
+}
+
 /// State shared by every session.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -56,6 +66,8 @@ pub(crate) struct State {
     unix: Option<PathBuf>,
     /// The WebSocket port's address, if it serves one.
     ws: Option<SocketAddr>,
+    /// The metrics port's address, if it serves one.
+    metrics: Option<SocketAddr>,
     /// The send buffer the kernel grants the Unix sockets (`None`: its default).
     unix_send_buffer_granted: Option<usize>,
     pub spinner: Option<latzero_uds::spin::Spinner>,
@@ -68,6 +80,23 @@ impl State {
 
     pub fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
         self.directory.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The figures `/metrics` gives as gauges.
+    pub fn gauges(&self) -> Gauges {
+        let connections = self.conns.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let (pools, apps) = {
+            let dir = self.directory.read().unwrap_or_else(|e| e.into_inner());
+            (dir.pools.len(), dir.apps.len())
+        };
+        Gauges {
+            uptime: self.started.elapsed(),
+            connections,
+            calls_in_flight: self.router.table.len(),
+            pools,
+            apps,
+            blocks: self.memory.len(),
+        }
     }
 
     /// The `status_result` message, listing at most `limit` pools and apps.
@@ -87,6 +116,7 @@ impl State {
                 "tcp": self.tcp.to_string(),
                 "unix": self.unix.as_ref().map(|p| p.display().to_string()),
                 "ws": self.ws.map(|a| a.to_string()),
+                "metrics": self.metrics.map(|a| a.to_string()),
                 "data_dir": self.config.data_dir.display().to_string(),
                 "shutting_down": self.shutting_down.load(Ordering::Relaxed),
             },
@@ -137,6 +167,7 @@ pub struct Server {
     tcp: TcpListener,
     unix: Option<UnixListener>,
     ws: Option<crate::ws::WsListener>,
+    metrics: Option<crate::metrics::MetricsListener>,
     datadir: DataDir,
 }
 
@@ -185,6 +216,11 @@ impl Server {
             Some(port) => Some(bind_tcp(&config.host, port).await?),
         };
         let ws_addr = ws.as_ref().map(|(_, a)| *a);
+        let metrics = match config.metrics_port {
+            None => None,
+            Some(port) => Some(bind_tcp(&config.host, port).await?),
+        };
+        let metrics_addr = metrics.as_ref().map(|(_, a)| *a);
         // Unix clients' sockets and each TLS connection's inner socket pair take it.
         let bytes = config.unix_send_buffer;
         let send_buffer = check_send_buffer(bytes).map_err(|error| ServerError::SendBuffer { bytes, error })?;
@@ -224,6 +260,7 @@ impl Server {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
             ws: ws_addr,
+            metrics: metrics_addr,
             max_frame_len: Some(config.limits.max_frame_len),
         })?;
         let counters = Arc::new(Counters::default());
@@ -233,7 +270,10 @@ impl Server {
             store,
             auth,
             tls,
-            router: Arc::new(Router::new(counters.clone(), config.limits.clone())),
+            router: Arc::new(match metrics_addr {
+                Some(_) => Router::new(counters.clone(), config.limits.clone()).with_latency(),
+                None => Router::new(counters.clone(), config.limits.clone()),
+            }),
             config,
             directory: RwLock::new(directory),
             counters,
@@ -246,6 +286,7 @@ impl Server {
             tcp: tcp_addr,
             unix: unix_path,
             ws: ws_addr,
+            metrics: metrics_addr,
             unix_send_buffer_granted: send_buffer,
             spinner,
         });
@@ -254,6 +295,7 @@ impl Server {
             tcp,
             unix,
             ws: ws.map(|(l, _)| crate::ws::WsListener(l)),
+            metrics: metrics.map(|(l, _)| crate::metrics::MetricsListener(l)),
             datadir,
         })
     }
@@ -272,6 +314,11 @@ impl Server {
     /// The WebSocket port's address, if it serves one (`ServerConfig::ws`).
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.state.ws
+    }
+
+    /// The metrics port's address, if it serves one (`ServerConfig::metrics_port`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.state.metrics
     }
 
     /// The Unix socket path, if enabled.
@@ -295,6 +342,7 @@ impl Server {
             tcp,
             unix,
             ws,
+            metrics,
             datadir,
         } = self;
         let tracker = TaskTracker::new();
@@ -307,6 +355,14 @@ impl Server {
             tracker.clone(),
         ));
         if let Some(l) = ws {
+            tracker.spawn(transport::accept_loop(
+                state.clone(),
+                l,
+                accept_stop.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let Some(l) = metrics {
             tracker.spawn(transport::accept_loop(
                 state.clone(),
                 l,

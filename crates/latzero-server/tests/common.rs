@@ -82,6 +82,8 @@ pub struct Running {
     pub unix: PathBuf,
     /// The WebSocket port's address, when the config asked for one.
     pub ws: Option<std::net::SocketAddr>,
+    /// The metrics port's address, when the config asked for one.
+    pub metrics: Option<std::net::SocketAddr>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -92,6 +94,7 @@ impl Running {
         let addr = server.local_addr();
         let unix = server.unix_path().unwrap().to_path_buf();
         let ws = server.ws_addr();
+        let metrics = server.metrics_addr();
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -105,6 +108,7 @@ impl Running {
             addr,
             unix,
             ws,
+            metrics,
             stop,
             task,
         }

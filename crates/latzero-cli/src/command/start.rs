@@ -40,6 +40,12 @@ pub async fn run(cfg: config::Resolved) -> Result<()> {
             "WebSocket on {scheme}://{addr}; pages allowed from: {pages}"
         );
     }
+    if let Some(addr) = server.metrics_addr() {
+        let _ = writeln!(
+            std::io::stdout(),
+            "metrics on http://{addr}/metrics, health on http://{addr}/healthz"
+        );
+    }
     // Printed whatever the log level: scripts and the test kit wait for this line. A server
     // whose stdout is closed serves on: unlike the other commands' output, this is not its work.
     let _ = writeln!(

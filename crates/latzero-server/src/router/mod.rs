@@ -69,6 +69,8 @@ pub(crate) struct Router {
     pub table: PendingTable,
     counters: Arc<Counters>,
     limits: Limits,
+    /// Call latency, kept while the metrics port is served (`None`: no clock read per call).
+    pub latency: Option<crate::metrics::Latency>,
 }
 
 impl Router {
@@ -77,6 +79,15 @@ impl Router {
             table: PendingTable::new(),
             counters,
             limits,
+            latency: None,
+        }
+    }
+
+    /// Also keeps the call latency histogram (for the metrics port).
+    pub fn with_latency(self) -> Self {
+        Router {
+            latency: Some(crate::metrics::Latency::default()),
+            ..self
         }
     }
 
@@ -433,6 +444,10 @@ impl Router {
     /// Sends the terminal frame of a call that has left the table.
     fn complete(&self, p: Pending, outcome: Outcome<'_>) {
         let c = &self.counters;
+        if let (Some(l), Outcome::Handler { .. }) = (&self.latency, &outcome) {
+            // The deadline counts the ttl from when the call was read.
+            l.observe(Instant::now().saturating_duration_since(p.deadline - p.ttl));
+        }
         match &outcome {
             Outcome::Handler { status: Status::Ok, .. } => c.inc(&c.calls_ok),
             Outcome::Handler {
