@@ -33,6 +33,17 @@ const BOUNDS: [f64; 18] = [
     2.5, 10.0, 30.0,
 ];
 
+/// [`BOUNDS`] in nanoseconds, for the per-call search (integers, halving: five compares).
+const BOUNDS_NS: [u64; 18] = {
+    let mut ns = [0u64; 18];
+    let mut i = 0;
+    while i < BOUNDS.len() {
+        ns[i] = (BOUNDS[i] * 1e9) as u64;
+        i += 1;
+    }
+    ns
+};
+
 /// Call latency: from when the server read a call to when it routed the handler's answer.
 #[derive(Debug, Default)]
 pub(crate) struct Latency {
@@ -43,11 +54,11 @@ pub(crate) struct Latency {
 
 impl Latency {
     pub fn observe(&self, took: Duration) {
-        let s = took.as_secs_f64();
-        let i = BOUNDS.iter().position(|&b| s <= b).unwrap_or(BOUNDS.len());
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // The first bound at or above `ns` (Prometheus buckets are `le`); past them all, +Inf.
+        let i = BOUNDS_NS.partition_point(|&b| b < ns);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
