@@ -46,12 +46,16 @@ pub fn render(st: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "listening: tcp {}, unix {}{}\ndata dir:  {}",
+        "listening: tcp {}, unix {}{}{}\ndata dir:  {}",
         srv["tcp"].as_str().unwrap_or("?"),
         srv["unix"].as_str().unwrap_or("off"),
         srv["ws"]
             .as_str()
             .map(|a| format!(", websocket {a}"))
+            .unwrap_or_default(),
+        srv["metrics"]
+            .as_str()
+            .map(|a| format!(", metrics http://{a}/metrics"))
             .unwrap_or_default(),
         srv["data_dir"].as_str().unwrap_or("?")
     );
@@ -157,6 +161,12 @@ mod tests {
         assert!(
             text_ws.contains(", unix /d/latzero.sock, websocket 127.0.0.1:45228\n"),
             "{text_ws}"
+        );
+        with_ws["server"]["metrics"] = json!("127.0.0.1:9100");
+        let text_m = super::render(&with_ws);
+        assert!(
+            text_m.contains(", websocket 127.0.0.1:45228, metrics http://127.0.0.1:9100/metrics\n"),
+            "{text_m}"
         );
         assert!(text.contains("alpha  local  a, b     foo(b)"), "{text}");
         assert!(text.contains("calls_total  3"), "{text}");
