@@ -248,6 +248,33 @@ async fn a_peer_that_stops_reading_is_closed_and_callers_get_overloaded() {
     let st = caller.expect().await;
     assert_eq!(st["counters"]["slow_consumers"], 1);
     assert_eq!(st["calls_in_flight"], 0);
+
+    // The stuck peer, reading at last, gets what was queued to it before, then why it is
+    // closed, then the end of the stream: it is not left to guess.
+    let mut triggers = 0;
+    let closing = loop {
+        let f = stuck
+            .recv()
+            .await
+            .expect("a closing frame before the end of the stream");
+        if f["action"] == "trigger" {
+            triggers += 1;
+        } else {
+            break f;
+        }
+    };
+    assert!(triggers > 0 && triggers <= i, "{triggers} of {i} calls");
+    assert_eq!(
+        (closing["action"].as_str(), closing["code"].as_str()),
+        (Some("closing"), Some("OVERLOADED")),
+        "{closing}"
+    );
+    let why = closing["message"].as_str().unwrap();
+    assert!(
+        why.contains("did not read fast enough") && why.contains("64 frames"),
+        "{why}"
+    );
+    assert!(stuck.recv().await.is_none(), "then the connection ends");
     s.stop().await;
 }
 
@@ -622,5 +649,49 @@ async fn a_limited_status_lists_the_first_by_name_with_totals() {
     assert_eq!(whole["code"], "FRAME_TOO_LARGE", "{whole}");
     let zero = a.ask(json!({"action":"status","id":3,"limit":0})).await;
     assert_eq!(zero["code"], "INVALID_MESSAGE", "{zero}");
+    s.stop().await;
+}
+
+/// A slow consumer that never reads at all is not kept for its queue: once the shutdown grace
+/// has passed without it reading, its connection is cut off.
+#[tokio::test]
+async fn a_peer_that_never_reads_is_cut_off_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config_in(dir.path());
+    cfg.limits.outbound_queue_frames = 16;
+    cfg.limits.outbound_queue_bytes = 1 << 20;
+    cfg.shutdown_grace = std::time::Duration::from_millis(100);
+    let s = common::Running::start(cfg).await;
+    let mut stuck = common::Raw::connect(s.addr).await;
+    stuck.handshake("stuck", &["p"], &["f"]).await;
+    let mut caller = common::Raw::connect(s.addr).await;
+    caller.handshake("caller", &["p"], &[]).await;
+    let blob = "x".repeat(32 * 1024);
+    'calls: for i in 0..10_000u64 {
+        caller
+            .send(json!({"action":"trigger","id":i,"process":"f","pool":"p","data":blob}))
+            .await;
+        for f in caller.sync().await {
+            if f["code"] == "OVERLOADED" {
+                break 'calls;
+            }
+        }
+    }
+    // Wait for the event: the server counting one connection fewer. (The calls queued to the
+    // stuck peer fail meanwhile, with HANDLER_GONE: those frames are passed over.)
+    loop {
+        caller.send(json!({"action":"status","id":"s"})).await;
+        let st = loop {
+            let f = caller.expect().await;
+            if f["action"] == "status_result" {
+                break f;
+            }
+        };
+        if st["connections"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(stuck);
     s.stop().await;
 }

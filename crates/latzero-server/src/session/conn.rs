@@ -12,8 +12,10 @@
 //! - [`Conn::send`]: frames caused by *other* connections (a trigger delivered to a handler, an
 //!   emit, a presence event, a result forwarded to a `reply_to` app). When the buffer is full the
 //!   policy is named *slow consumer*: the frame fails back to whoever sent it (the router turns
-//!   that into an OVERLOADED error for a caller), and the stuck connection is closed at once,
-//!   which in turn fails its own pending calls with HANDLER_GONE.
+//!   that into an OVERLOADED error for a caller), and the stuck connection's session stops
+//!   reading at once, which fails the calls pending on it with HANDLER_GONE; the connection
+//!   itself gets what was queued before and then a `closing` frame saying why, within the
+//!   shutdown grace ([`Conn::mark_slow`]).
 //! - [`Conn::reply`]: frames answering this connection's *own* requests (acks, errors, pongs,
 //!   the terminal frame of its calls). These are always accepted — a burst of failures for a
 //!   caller that reads fine must not cost it its connection — and they are bounded by the
@@ -27,7 +29,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use latzero_proto::AppId;
+use latzero_proto::frame::encode_message;
+use latzero_proto::message::Closing;
+use latzero_proto::{AppId, ErrorCode};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned};
 
@@ -138,7 +142,10 @@ pub(crate) struct Conn {
     kill_token: CancellationToken,
     /// Set with `kill`, for [`Conn::is_killed`].
     killed: AtomicBool,
+    /// Set when closed as a slow consumer ([`Conn::mark_slow`]).
     slow: AtomicBool,
+    /// Wakes the session's reader when the connection is closed as a slow consumer.
+    pub(crate) stop: Notify,
     /// Calls this connection made that are still pending.
     pub inflight: AtomicUsize,
     counters: Arc<Counters>,
@@ -226,6 +233,7 @@ impl Conn {
             kill_token: CancellationToken::new(),
             killed: AtomicBool::new(false),
             slow: AtomicBool::new(false),
+            stop: Notify::new(),
             inflight: AtomicUsize::new(0),
             counters,
         })
@@ -394,11 +402,17 @@ impl Conn {
         q.frames >= self.max_queued_frames || q.queued() >= self.max_queued_bytes
     }
 
-    /// Waits until the buffer is under its limits (or the connection is killed).
+    /// Whether the connection was closed as a slow consumer: its session stops reading.
+    pub(crate) fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// Waits until the buffer is under its limits (or the connection is killed or closed as a
+    /// slow consumer).
     pub(crate) async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
-            if !self.over_limit() || self.is_killed() {
+            if !self.over_limit() || self.is_killed() || self.is_slow() {
                 return;
             }
             tokio::select! {
@@ -416,13 +430,35 @@ impl Conn {
         self.flush.notify_one();
     }
 
-    fn mark_slow(&self) {
-        if !self.slow.swap(true, Ordering::Relaxed) {
-            self.counters.inc(&self.counters.slow_consumers);
-            tracing::warn!(conn = self.id, app = self.app_str(), peer = %self.peer,
-                "closing slow consumer: its outbound buffer is full");
+    /// Closes a connection whose queue passed a limit (frames others sent it were refused:
+    /// their senders were told). Its session stops reading at once, so the calls routed to it
+    /// fail with HANDLER_GONE and new ones go to other handlers. The frames already queued stay
+    /// its to read, followed by a `closing` frame that says why; the flusher writes them, then
+    /// shuts the connection down — within the shutdown grace, after which a peer that still has
+    /// not read them is cut off (`session::run`).
+    fn mark_slow(self: &Arc<Self>) {
+        if self.slow.swap(true, Ordering::AcqRel) {
+            return;
         }
-        self.kill();
+        self.counters.inc(&self.counters.slow_consumers);
+        tracing::warn!(conn = self.id, app = self.app_str(), peer = %self.peer,
+            "closing slow consumer: its outbound buffer is full");
+        let message = format!(
+            "this connection did not read fast enough: its outbound queue reached its limit ({} frames or {} bytes), \
+             so frames for it were refused (their senders were told) and it is closed after the frames queued before; \
+             read faster, or raise --outbound-queue-frames/--outbound-queue-bytes",
+            self.max_queued_frames, self.max_queued_bytes
+        );
+        let frame = encode_message(&Closing {
+            action: "closing",
+            code: ErrorCode::Overloaded,
+            message: &message,
+        });
+        // Never refused for space, as an answer is not.
+        let _ = self.push(false, |b| b.extend_from_slice(&frame));
+        self.close_gracefully();
+        self.drained.notify_waiters();
+        self.stop.notify_one();
     }
 }
 
