@@ -27,7 +27,7 @@
 // Memory blocks are used through the server, in binary messages (this client maps none):
 // blockCreate, blockWrite, blockRead and blockDelete for any block, blockAppend and
 // blockConsume for streams, blockLock/blockUnlock for leases (`lock_expired` tells when one ran
-// out; a lease does not survive a reconnect), and blockWatch, which calls a function with every
+// out, or was lost with the connection: a lease does not survive a reconnect), and blockWatch, which calls a function with every
 // change and resumes after a reconnect from the last version seen (a block gone by then ends the
 // watch with a `deleted` event).
 
@@ -192,6 +192,9 @@ export class Client {
     this._presence = new Set();
     // Watched blocks: "pool\u0000blockId" -> {pool, blockId, fn, seen, createdAt}.
     this._watches = new Map();
+    // Lock leases held: "pool\u0000blockId" -> {pool, blockId, mode}. One that ends other than
+    // by blockUnlock is told with a `lock_expired` event, also when the connection drops.
+    this._leases = new Map();
     this._handlers = new Map();
     this._pending = new Map();
     this._listeners = new Map();
@@ -378,6 +381,7 @@ export class Client {
 
   _blockEvent(f) {
     if (f.event === "lock_expired") {
+      this._leases.delete(`${f.pool}\u0000${f.block_id}`);
       const detail = { pool: f.pool, blockId: f.block_id, mode: f.mode };
       if (f.reason !== undefined) detail.reason = f.reason;
       this._emitEvent("lock_expired", detail);
@@ -606,12 +610,20 @@ export class Client {
     const frame = { action: "block_lock", pool, block_id: blockId, mode: opts.mode ?? "exclusive", wait_ms: waitMs };
     if (opts.leaseMs !== undefined) frame.lease_ms = Math.max(1, Math.ceil(opts.leaseMs));
     const f = await this._request(frame, (this.options.timeoutMs ?? 30000) + waitMs);
+    this._leases.set(`${pool}\u0000${blockId}`, { pool, blockId, mode: f.mode ?? frame.mode });
     return { mode: f.mode, leaseMs: f.lease_ms, renewed: f.renewed };
   }
 
   /** Releases this client's lease on a block (NOT_LOCKED if it holds none). */
   async blockUnlock(pool, blockId) {
-    await this._request({ action: "block_unlock", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
+    const key = `${pool}\u0000${blockId}`;
+    try {
+      await this._request({ action: "block_unlock", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      if (e.code === "NOT_LOCKED") this._leases.delete(key);
+      throw e;
+    }
+    this._leases.delete(key);
   }
 
   /** Watches a block: `fn(event)` gets each event, {event, pool, blockId, version}: "changed"
@@ -658,6 +670,13 @@ export class Client {
       clearTimeout(w.timer);
       w.reject(new LatZeroError("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run"));
       this._pending.delete(id);
+    }
+    // Leases end with their connection, and are not taken again: each holder is told.
+    const leases = [...this._leases.values()];
+    this._leases.clear();
+    for (const l of leases) {
+      const reason = "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect";
+      this._emitEvent("lock_expired", { pool: l.pool, blockId: l.blockId, mode: l.mode, reason });
     }
     const closing = this._closing;
     this._closing = undefined;

@@ -29,7 +29,7 @@ it (the same host and user, on x86-64), and reads it there without a round trip,
 with the block's seqlock (PROTOCOL.md §7.1); `Block.view()` is the live bytes, zero-copy.
 `block_create`, `block_write`, `block_read` and `block_delete` for any block; `block_append`
 and `block_consume` for stream blocks; `block_lock`/`block_unlock` for leases (a `lock_expired`
-event tells when one ran out); `block_watch` calls a function with every change, and resumes
+event tells when one ran out, or was lost with the connection); `block_watch` calls a function with every change, and resumes
 after a reconnect from the last version seen (a block gone by then ends the watch with a
 `deleted` event). A lease is the connection's: it does not survive a reconnect.
 
@@ -232,6 +232,9 @@ class Client:
         self._presence = set()
         # Watched blocks: (pool, block_id) -> {"fn", "seen", "created_at"}.
         self._watches = {}
+        # Lock leases held: (pool, block_id) -> mode. One that ends other than by block_unlock
+        # is told with a `lock_expired` event, also when the connection drops.
+        self._leases = {}
         self._meta = meta
         self._auth = auth
         self._takeover = takeover
@@ -354,6 +357,11 @@ class Client:
             if closing is not None:
                 reason = f"{closing.get('code')}: {closing.get('message')}"
             self._drop_connection("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run")
+            # Leases end with their connection, and are not taken again: each holder is told.
+            leases, self._leases = self._leases, {}
+            for (pool, block_id), mode in leases.items():
+                self._event("lock_expired", {"pool": pool, "block_id": block_id, "mode": mode,
+                                             "reason": "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect"})
             # Taken over by another connection: coming back would take it back, and the two
             # would flap.
             again = not self._closed and self._reconnect and (closing or {}).get("code") != "DUPLICATE_APP"
@@ -444,6 +452,7 @@ class Client:
         key = (f.get("pool"), f.get("block_id"))
         event = f.get("event")
         if event == "lock_expired":
+            self._leases.pop(key, None)
             detail = {"pool": key[0], "block_id": key[1], "mode": f.get("mode")}
             if "reason" in f:
                 detail["reason"] = f["reason"]
@@ -678,11 +687,18 @@ class Client:
         if lease is not None:
             frame["lease_ms"] = max(1, math.ceil(lease * 1000))
         f = await self._request(frame, self._timeout + wait)
+        self._leases[(pool, block_id)] = f.get("mode", mode)
         return {"mode": f.get("mode"), "lease_ms": f.get("lease_ms"), "renewed": f.get("renewed")}
 
     async def block_unlock(self, pool, block_id):
         """Releases this client's lease on a block (NOT_LOCKED if it holds none)."""
-        await self._request({"action": "block_unlock", "pool": pool, "block_id": block_id}, self._timeout)
+        try:
+            await self._request({"action": "block_unlock", "pool": pool, "block_id": block_id}, self._timeout)
+        except LatZeroError as e:
+            if e.code == "NOT_LOCKED":
+                self._leases.pop((pool, block_id), None)
+            raise
+        self._leases.pop((pool, block_id), None)
 
     async def block_watch(self, pool, block_id, fn, *, since=None):
         """Watches a block: fn(event) (or a coroutine function) gets each event as a dict with

@@ -193,12 +193,22 @@ async def main():
     check(d["reconnecting"] is False and "DUPLICATE_APP" in d["reason"], "taken over", d)
     await taker.close()
 
-    # The server restarts: the worker reconnects with its pools, handlers and presence.
+    # The server restarts: the worker reconnects with its pools, handlers and presence. The
+    # lease it holds ends with the connection, and it is told; the one it released is not.
+    await worker.block_create("demo", "held", 8)
+    await worker.block_lock("demo", "held", lease=60)
+    await worker.block_create("demo", "freed", 8)
+    await worker.block_lock("demo", "freed", lease=60)
+    await worker.block_unlock("demo", "freed")
+    leases_told = []
+    worker.on("lock_expired", leases_told.append)
     await worker.subscribe_presence("demo")
     lost = once(worker, "disconnected")
     back = once(worker, "reconnected")
     print("restart", flush=True)
     check((await lost)["reconnecting"] is True, "disconnected, reconnecting")
+    check([(d["block_id"], "connection" in d["reason"]) for d in leases_told] == [("held", True)],
+          "a lease lost with the connection is told", leases_told)
     await back
     await worker.emit("demo", "nobody-listens")  # a round trip: the subscription asked again is in
     # (The CLI worker coming back after the restart may be told first.)

@@ -172,11 +172,21 @@ export async function run(url, log, options = {}) {
   taker.close();
 
   // The server restarts: the page reconnects with its pools, handlers and presence subscription.
+  // The lease it holds ends with the connection, and it is told; the one it released is not.
+  await page.blockCreate("demo", "held", 8);
+  await page.blockLock("demo", "held", { leaseMs: 60000 });
+  await page.blockCreate("demo", "freed", 8);
+  await page.blockLock("demo", "freed", { leaseMs: 60000 });
+  await page.blockUnlock("demo", "freed");
+  const leasesTold = [];
+  page.on("lock_expired", (d) => leasesTold.push(d));
   await page.subscribePresence("demo");
   const back = once(page, "reconnected", 20000);
   const lost = once(page, "disconnected", 20000);
   await log("restart"); // the driver stops and starts the server
   check((await lost).reconnecting === true, "disconnected, reconnecting", null);
+  const told = leasesTold.map((d) => [d.blockId, d.reason.includes("connection")]);
+  check(JSON.stringify(told) === '[["held",true]]', "a lease lost with the connection is told", leasesTold);
   await back;
   await page.emit("demo", "nobody-listens"); // a round trip: the subscription asked again is in
   // (The CLI worker coming back after the restart may be told first.)

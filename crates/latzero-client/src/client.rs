@@ -6,7 +6,7 @@
 //! each leaves it by reply, by its local deadline, or when the connection drops (then it fails
 //! at once with [`ClientError::Disconnected`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -115,6 +115,23 @@ pub enum ClientEvent {
         /// What the server said.
         reason: String,
     },
+    /// A lock lease this client held on a block ended without [`MemoryBlock::unlock`]: it ran
+    /// out, a pool policy took the right it needs away, or the connection dropped (a lease ends
+    /// with its connection and is not taken again after a reconnect). Others may lock and write
+    /// the block from now on. Watches of the block get [`BlockEvent::LockExpired`] too.
+    ///
+    /// [`MemoryBlock::unlock`]: crate::MemoryBlock::unlock
+    /// [`BlockEvent::LockExpired`]: crate::BlockEvent::LockExpired
+    LockExpired {
+        /// The block's pool.
+        pool: String,
+        /// The block.
+        block_id: String,
+        /// Whether the lease was exclusive (else shared).
+        exclusive: bool,
+        /// Why it ended.
+        reason: String,
+    },
     /// A result of another app's call that named this app as `reply_to`.
     Forwarded(Forwarded),
     /// An error frame the server sent that answers no request of ours (for example an emit's
@@ -161,6 +178,9 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: Closed,
     pub(crate) watches: Mutex<crate::memory::Watches>,
+    /// The lock leases this client holds, by block: whether each is exclusive. A lease that ends
+    /// other than by `unlock` is told as [`ClientEvent::LockExpired`].
+    pub(crate) leases: Mutex<HashMap<crate::memory::BlockKey, bool>>,
     pub(crate) spinner: Option<latzero_uds::spin::Spinner>,
     /// What the server's `handshake_ack` said of its limits.
     pub(crate) server_limits: ServerLimits,
@@ -404,6 +424,7 @@ impl Client {
             events,
             closed: Closed::new(),
             watches: Mutex::default(),
+            leases: Mutex::default(),
             spinner: latzero_uds::spin::Spinner::shared(opts.spin),
             server_limits: ServerLimits::default(),
             opts,
@@ -938,6 +959,34 @@ impl Inner {
 
     pub(crate) fn event(&self, e: ClientEvent) {
         let _ = self.events.send(e);
+    }
+
+    /// A lease of this client's ended on the server's word (`lock_expired`): forgotten, and told.
+    pub(crate) fn lease_ended(&self, key: crate::memory::BlockKey, exclusive: bool, reason: String) {
+        lock(&self.leases).remove(&key);
+        let (pool, block_id) = key;
+        self.event(ClientEvent::LockExpired {
+            pool,
+            block_id,
+            exclusive,
+            reason,
+        });
+    }
+
+    /// The connection dropped, and every lease with it: each is told, to the app and to the
+    /// block's watches, as one the server ended is.
+    pub(crate) fn leases_lost(&self) {
+        let held: Vec<_> = lock(&self.leases).drain().collect();
+        for (key, exclusive) in held {
+            lock(&self.watches).lock_lost(&key);
+            let (pool, block_id) = key;
+            self.event(ClientEvent::LockExpired {
+                pool,
+                block_id,
+                exclusive,
+                reason: "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect".to_owned(),
+            });
+        }
     }
 
     /// Forgets a trigger this client handled: its handler, and its place in the next handshake.

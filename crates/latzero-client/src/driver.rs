@@ -119,7 +119,12 @@ impl Inner {
                     taken_over: code == ErrorCode::DuplicateApp.as_str(),
                 });
             }
-            Some("block_event") => lock(&self.watches).deliver(json),
+            Some("block_event") => {
+                let expired = lock(&self.watches).deliver(json);
+                if let Some((key, exclusive, reason)) = expired {
+                    self.lease_ended(key, exclusive, reason);
+                }
+            }
             Some(action) if env.origin.is_some() && matches!(action, "response" | "error") => {
                 let origin: Value = env
                     .origin
@@ -562,6 +567,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         lock(&inner.shared).tx = None;
         live.dead.cancel();
         inner.fail_pending();
+        inner.leases_lost();
         let reconnecting = !inner.closed.is_closed() && inner.opts.reconnect && !taken_over;
         inner.event(ClientEvent::Disconnected {
             reason: reason.clone(),

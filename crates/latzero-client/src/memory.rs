@@ -177,8 +177,9 @@ struct Watched {
 }
 
 impl Watches {
-    /// Delivers a `block_event` frame to the watches of its block.
-    pub(crate) fn deliver(&mut self, json: &[u8]) {
+    /// Delivers a `block_event` frame to the watches of its block. For `lock_expired`, returns
+    /// the block, whether the lease was exclusive, and why it ended, for the app to be told.
+    pub(crate) fn deliver(&mut self, json: &[u8]) -> Option<(BlockKey, bool, String)> {
         #[derive(serde::Deserialize)]
         struct Ev {
             event: String,
@@ -192,12 +193,24 @@ impl Watches {
             length: u64,
             #[serde(default)]
             reason: String,
+            #[serde(default)]
+            mode: String,
             created_at: Option<u64>,
         }
         let Ok(e) = serde_json::from_slice::<Ev>(json) else {
             tracing::warn!("unparseable block_event from the server");
-            return;
+            return None;
         };
+        let key = (e.pool, e.block_id);
+        if e.event == "lock_expired" {
+            self.dispatch(key.clone(), BlockEvent::LockExpired, None);
+            let reason = if e.reason.is_empty() {
+                "its lease ran out".to_owned()
+            } else {
+                e.reason
+            };
+            return Some((key, e.mode != "shared", reason));
+        }
         let ev = match e.event.as_str() {
             "changed" => BlockEvent::Changed {
                 version: e.version,
@@ -210,13 +223,18 @@ impl Watches {
                 version: e.version,
                 reason: e.reason,
             },
-            "lock_expired" => BlockEvent::LockExpired,
             other => {
                 tracing::debug!(event = other, "unknown block event");
-                return;
+                return None;
             }
         };
-        self.dispatch((e.pool, e.block_id), ev, e.created_at);
+        self.dispatch(key, ev, e.created_at);
+        None
+    }
+
+    /// A lease on `key` ended with the connection: its watches are told as the server tells them.
+    pub(crate) fn lock_lost(&mut self, key: &BlockKey) {
+        self.dispatch(key.clone(), BlockEvent::LockExpired, None);
     }
 
     /// Hands `ev` to the watches of `key`, keeping where a resubscription starts; a watch that
@@ -750,10 +768,14 @@ impl MemoryBlock {
         }
         let granted = self.client.block_request(r).await?;
         match (granted["lease_ms"].as_u64(), granted["renewed"].as_bool()) {
-            (Some(ms), Some(renewed)) => Ok(LockGrant {
-                lease: Duration::from_millis(ms),
-                renewed,
-            }),
+            (Some(ms), Some(renewed)) => {
+                // Held now: if it ends other than by `unlock`, the app is told.
+                lock(&self.client.inner.leases).insert(self.key(), exclusive);
+                Ok(LockGrant {
+                    lease: Duration::from_millis(ms),
+                    renewed,
+                })
+            }
             _ => Err(ClientError::Protocol(format!(
                 "block_locked without a lease_ms and renewed: {granted}"
             ))),
@@ -762,7 +784,17 @@ impl MemoryBlock {
 
     /// Releases this client's lease.
     pub async fn unlock(&self) -> Result<(), ClientError> {
-        self.client.block_request(self.req("block_unlock")).await.map(|_| ())
+        let r = self.client.block_request(self.req("block_unlock")).await;
+        // Released, or not held (any more): either way not this client's to be told about.
+        if r.is_ok() || r.as_ref().is_err_and(|e| e.code() == Some(ErrorCode::NotLocked)) {
+            lock(&self.client.inner.leases).remove(&self.key());
+        }
+        r.map(|_| ())
+    }
+
+    /// The block as the client's maps key it.
+    fn key(&self) -> BlockKey {
+        (self.pool.to_string(), self.id.to_string())
     }
 
     /// Watches the block. `since`: the last version this watcher saw; if the block is newer, a

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use latzero_client::{Access, BlockEvent, BlockOptions, Client, ErrorCode};
+use latzero_client::{Access, BlockEvent, BlockOptions, Client, ClientEvent, ErrorCode};
 use serde_json::json;
 
 async fn client(s: &TestServer, app: &str) -> Client {
@@ -112,6 +112,59 @@ async fn a_sub_millisecond_lease_is_a_millisecond() {
         .unwrap();
     assert_eq!(g.lease, Duration::from_millis(1));
     s.stop().await;
+}
+
+/// A lease that ends other than by `unlock` is told to the app (`ClientEvent::LockExpired`) and
+/// to the block's watches: when it runs out, and for every lease held when the connection drops
+/// (leases end with their connection). One unlocked is not.
+#[tokio::test]
+async fn a_lease_that_ends_unasked_is_told() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let mut events = a.events();
+    let short = a.create_block("p", "short", BlockOptions::binary(8)).await.unwrap();
+    short
+        .lock_with(true, Some(Duration::from_millis(50)), Duration::ZERO)
+        .await
+        .unwrap();
+    let expired = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let ClientEvent::LockExpired { .. } = events.recv().await.unwrap() {
+                break;
+            }
+        }
+    });
+    expired.await.expect("the lease running out is told");
+
+    let held = a.create_block("p", "held", BlockOptions::binary(8)).await.unwrap();
+    let mut w = held.watch(None).await.unwrap();
+    assert_eq!(w.next().await, Some(BlockEvent::Synced { version: 0 }));
+    held.lock_with(false, Some(Duration::from_secs(60)), Duration::ZERO)
+        .await
+        .unwrap();
+    let freed = a.create_block("p", "freed", BlockOptions::binary(8)).await.unwrap();
+    freed.lock(true, Duration::ZERO).await.unwrap();
+    freed.unlock().await.unwrap();
+    // Drop the connection (the server goes): the lease still held is told, before the drop.
+    let mut told = vec![];
+    s.stop().await;
+    loop {
+        match events.recv().await.unwrap() {
+            ClientEvent::LockExpired {
+                pool,
+                block_id,
+                exclusive,
+                reason,
+            } => told.push((pool, block_id, exclusive, reason)),
+            ClientEvent::Disconnected { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(told.len(), 1, "{told:?}");
+    let (pool, block, exclusive, reason) = &told[0];
+    assert_eq!((pool.as_str(), block.as_str(), *exclusive), ("p", "held", false));
+    assert!(reason.contains("connection"), "{reason}");
+    assert_eq!(w.next().await, Some(BlockEvent::LockExpired));
 }
 
 /// A watch ends when its client leaves the block's pool: `Unwatched`, then nothing.
