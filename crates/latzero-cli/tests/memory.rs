@@ -186,10 +186,37 @@ fn a_lock_whose_lease_lapsed_is_given_up_not_retaken() -> Result<()> {
     holder.signal(18); // SIGCONT: its renewal is due at once
     let (status, err) = holder.wait_exit()?;
     assert!(!status.success(), "{err}");
-    assert!(err.contains("lapsed before it was renewed"), "{err}");
+    // Told by its renewal, or by the server's word that the lease ran out, whichever it reads
+    // first once it runs again.
+    assert!(
+        err.contains("lapsed before it was renewed") || err.contains("no longer held (its lease ran out)"),
+        "{err}"
+    );
     let (_, out, _) = s.run(&["mem", "stat", "p", "b", "--json"])?;
     let held = &serde_json::from_str::<Value>(&out)?["locks"]["held"];
     assert_eq!(held.as_array().map(Vec::len), Some(0), "{out}");
+    Ok(())
+}
+
+/// A holder whose connection drops learns at once that its lease went with it (not at its next
+/// renewal, half a minute later here), says so and exits non-zero.
+#[test]
+fn a_lock_lost_with_the_connection_ends_mem_lock_at_once() -> Result<()> {
+    let mut s = ServerProc::start(bin(), &[])?;
+    assert!(s.run(&["mem", "create", "p", "b", "--size", "64"])?.0);
+    let mut holder = Proc::spawn(s.cli(&["mem", "lock", "p", "b", "--app", "holder", "--lease-ms", "60000"]))?;
+    holder.wait_event("locked")?;
+    let (ok, _, err) = s.run(&["stop"])?;
+    assert!(ok, "{err}");
+    s.proc.wait_exit()?;
+    let (status, err) = holder.wait_exit()?;
+    assert!(!status.success(), "{err}");
+    // Told by the client's word that the lease went with the connection, not found out by a
+    // failed renewal half a lease later.
+    assert!(
+        err.contains("no longer held (the connection to the server dropped"),
+        "{err}"
+    );
     Ok(())
 }
 

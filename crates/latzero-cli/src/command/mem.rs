@@ -320,6 +320,9 @@ async fn lock(a: MemLockArgs) -> Result<()> {
     let c = connect(&a.block).await?;
     let blk = c.attach_block_with(&a.block.pool, &a.block.block, None, false).await?;
     let mut interrupt = Interrupt::new()?;
+    // A lease that ends under us (the connection dropped, a policy took the right away) is told
+    // at once, not at the next renewal.
+    let mut events = c.events();
     let lease = blk
         .lock_with(
             !a.shared,
@@ -348,6 +351,9 @@ async fn lock(a: MemLockArgs) -> Result<()> {
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // A renewal that is due goes first (a holder held up past its lease usually learns it
+            // there; the server's word that the lease expired may come in first, and says so).
+            biased;
             _ = &mut hold => break,
             _ = renew.tick() => {
                 let grant = blk
@@ -363,6 +369,15 @@ async fn lock(a: MemLockArgs) -> Result<()> {
                     );
                 }
             }
+            ev = events.recv() => match ev {
+                Ok(latzero_client::ClientEvent::LockExpired { pool, block_id, reason, .. })
+                    if pool == a.block.pool && block_id == a.block.block =>
+                {
+                    bail!("the lock is no longer held ({reason}): others could have locked the block since");
+                }
+                // Events dropped for lagging: the next renewal still finds out.
+                _ => {}
+            },
         }
     }
     blk.unlock().await?;
