@@ -244,7 +244,8 @@ pub enum MemCmd {
     Write(MemWriteArgs),
     /// Print a block's events as JSON lines until interrupted (or --count changes)
     Watch(MemWatchArgs),
-    /// Take a lock lease and hold it until interrupted (or --hold-ms)
+    /// Take a lock lease and hold it until interrupted (or --hold-ms), renewing it; exits non-zero
+    /// if it is lost (the lease lapsed, or went with the connection)
     Lock(MemLockArgs),
     /// Hash a block through this process's own mapping (zero copy) and print it with its version
     Checksum(MemBlockArgs),
