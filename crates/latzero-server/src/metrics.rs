@@ -4,8 +4,9 @@
 //! - `GET /healthz`: the health checks (`health.rs`) as JSON, 200 when every one passed, else 503.
 //!
 //! One request per connection (`Connection: close`); the request head is read within the
-//! handshake timeout and up to [`MAX_HEAD`] bytes. With `--require-auth` both need an admin
-//! credential as `Authorization: Bearer <token or JWT>`, as every admin request does.
+//! handshake timeout and up to [`MAX_HEAD`] bytes. A request with an `Origin` (a web page's) is
+//! refused. With `--require-auth` both need an admin credential as `Authorization: Bearer <token
+//! or JWT>`, as every admin request does.
 //!
 //! The latency histogram is kept only while this port is served: its clock read per call is
 //! the one cost a call pays for it.
@@ -175,6 +176,14 @@ async fn answer(state: &Arc<State>, head: &[u8]) -> Answer {
     }
     if !matches!(path, "/metrics" | "/healthz") {
         return Answer::text("404 Not Found", "served here: /metrics, /healthz\n");
+    }
+    // A browser names the page behind a cross-site request: a page the user opens has no
+    // business here (and /healthz writes, so even an unread answer is a side effect).
+    if req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("origin")) {
+        return Answer::text(
+            "403 Forbidden",
+            "requests from web pages (with an Origin) are refused here\n",
+        );
     }
     let bearer = req
         .headers

@@ -103,6 +103,8 @@ async fn metrics_count_and_time_calls_and_healthz_tells_a_failed_check() {
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
     let (status, ..) = get(m, "/elsewhere").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, ..) = http(m, b"GET /healthz HTTP/1.1\r\norigin: http://evil.example\r\n\r\n").await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "a web page's request");
     let (status, ..) = http(m, b"\x01\x02 not http\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 400 Bad Request");
     let long = format!("GET /metrics HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(9000));
