@@ -1134,3 +1134,44 @@ fn the_metrics_port_answers_plain_http() -> Result<()> {
     );
     Ok(())
 }
+
+/// A peer that keeps sending after the server closed it for a bad frame (its bytes unread, so
+/// the close resets the TCP connection) still reads why, even reading only after its flood:
+/// on loopback the error frame is in the peer's receive queue before the reset.
+#[test]
+fn a_flooding_peer_still_reads_why_it_was_closed() -> Result<()> {
+    use std::io::{Read, Write};
+    let s = server();
+    for _ in 0..5 {
+        let mut c = std::net::TcpStream::connect(s.tcp)?;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+        // A frame announced at 1 GiB (past max_frame_len), then a flood of its "bytes".
+        c.write_all(&(1u32 << 30).to_be_bytes())?;
+        let mut w = c.try_clone()?;
+        let flood = std::thread::spawn(move || {
+            let junk = vec![b'x'; 64 * 1024];
+            for _ in 0..2_000 {
+                if w.write_all(&junk).is_err() {
+                    return;
+                }
+            }
+        });
+        // Read only once the flood is done: by then the server has long closed.
+        let _ = flood.join();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let err = loop {
+            match c.read(&mut chunk) {
+                Ok(0) => break None,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => break Some(e),
+            }
+        };
+        drop(c);
+        assert!(got.len() > 4, "nothing read before {err:?}");
+        let len = u32::from_be_bytes([got[0], got[1], got[2], got[3]]) as usize;
+        let e: Value = serde_json::from_slice(&got[4..4 + len])?;
+        assert_eq!(e["code"], "FRAME_TOO_LARGE", "{e}");
+    }
+    Ok(())
+}
