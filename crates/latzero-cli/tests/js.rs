@@ -98,9 +98,11 @@ fn run_checks(mut s: ServerProc, mut node: Command, extra: &[&str]) -> Result<()
 #[test]
 fn the_javascript_client_under_node_pins_a_tls_servers_certificate() -> Result<()> {
     let s = ServerProc::start(bin(), &["--tls"])?;
+    let other = ServerProc::start(bin(), &["--tls"])?;
     let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
     let fingerprint = info["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
+    let cert = |s: &ServerProc| s.data_dir.join("config").join(latzero_server::GENERATED_CERT);
     let script = r#"
 const { connect } = await import(process.env.LATZERO_JS);
 const { PORT: port, PIN: pin } = process.env;
@@ -109,10 +111,17 @@ const r = await lz.call("demo", "echo", { x: 1 });
 if (r.data?.x !== 1) throw new Error(JSON.stringify(r));
 console.log("ok call over TLS");
 lz.close();
+// Verified by a CA instead of a pin: the server's own certificate as the trust anchor (it names
+// 127.0.0.1); another server's certificate is not.
+const byCa = await connect(`latzeros://js-ca@127.0.0.1:${port}?ca=${encodeURIComponent(process.env.CA)}&pools=demo`, { ephemeral: true });
+if ((await byCa.call("demo", "echo", 2)).data !== 2) throw new Error("echo over a CA-verified connection");
+console.log("ok a CA-verified connection");
+byCa.close();
 const wrong = "00".repeat(32);
 for (const [url, code] of [
   [`latzeros://js-tls@127.0.0.1:${port}?fingerprint=${wrong}`, "TLS"],
   [`latzero://js-tls@127.0.0.1:${port}`, "TLS_REQUIRED"],
+  [`latzeros://js-tls@127.0.0.1:${port}?ca=${encodeURIComponent(process.env.OTHER_CA)}`, "TLS"],
 ]) {
   try {
     await connect(url, { reconnect: false });
@@ -120,7 +129,7 @@ for (const [url, code] of [
   } catch (e) {
     if (e.code !== code) throw e;
     // A pin that does not match says which fingerprint came, with no hint to turn TLS on.
-    if (code === "TLS" && !(e.message.includes("not the pinned") && !e.message.includes("--tls"))) throw e;
+    if (url.includes("fingerprint") && !(e.message.includes("not the pinned") && !e.message.includes("--tls"))) throw e;
     console.log(`ok refused: ${e.code}`);
   }
 }
@@ -154,15 +163,19 @@ process.exit(0);
             url_of(&repo().join("clients/js/latzero.mjs").canonicalize()?),
         )
         .env("PORT", s.tcp.port().to_string())
-        .env("PIN", &fingerprint);
+        .env("PIN", &fingerprint)
+        .env("CA", cert(&s))
+        .env("OTHER_CA", cert(&other));
     let mut js = Proc::spawn(cmd)?;
     js.follow_script(|line| anyhow::bail!("unexpected line: {line}"))?;
     assert_eq!(
         js.seen,
         [
             "ok call over TLS",
+            "ok a CA-verified connection",
             "ok refused: TLS",
             "ok refused: TLS_REQUIRED",
+            "ok refused: TLS",
             "ok a silent port times out",
             "ok another protocol is refused",
             "done"
