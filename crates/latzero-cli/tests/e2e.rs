@@ -801,7 +801,7 @@ fn a_server_that_requires_auth_takes_tokens_from_the_cli() -> Result<()> {
 #[test]
 fn tls_server_prints_its_fingerprint_and_cli_processes_call_through_it() -> Result<()> {
     let s = ServerProc::start(bin(), &["--tls", "--no-unix-socket"])?;
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let info = s.info()?;
     let fp = info["tls_fingerprint"]
         .as_str()
         .expect("fingerprint in server.json")
@@ -1001,7 +1001,7 @@ fn admin_answers_are_read_up_to_the_servers_own_frame_limit() -> Result<()> {
 fn the_websocket_port_serves_the_protocol_to_pages_of_allowed_origins() -> Result<()> {
     use tungstenite::client::IntoClientRequest;
     let s = ServerProc::start(bin(), &["--ws-port", "0", "--ws-origin", "http://localhost:8080"])?;
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let info = s.info()?;
     let addr: std::net::SocketAddr = info["ws"].as_str().expect("server.json names the ws port").parse()?;
     assert!(
         s.proc
@@ -1110,7 +1110,7 @@ fn health_checks_pass_and_fail_for_real() -> Result<()> {
 fn the_metrics_port_answers_plain_http() -> Result<()> {
     use std::io::{Read, Write};
     let s = ServerProc::start(bin(), &["--metrics-port", "0"])?;
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let info = s.info()?;
     let addr = info["metrics"]
         .as_str()
         .expect("server.json names the metrics port")

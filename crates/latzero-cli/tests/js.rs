@@ -100,7 +100,7 @@ fn the_javascript_client_under_node_pins_a_tls_servers_certificate() -> Result<(
     let s = ServerProc::start(bin(), &["--tls"])?;
     let other = ServerProc::start(bin(), &["--tls"])?;
     let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let info = s.info()?;
     let fingerprint = info["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
     let cert = |s: &ServerProc| s.data_dir.join("config").join(latzero_server::GENERATED_CERT);
     let script = r#"

@@ -48,7 +48,7 @@ fn the_python_client_calls_handles_emits_and_reconnects() -> Result<()> {
 fn the_python_client_pins_a_tls_servers_certificate() -> Result<()> {
     let s = ServerProc::start(bin(), &["--tls"])?;
     let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.data_dir.join("server.json"))?)?;
+    let info = s.info()?;
     let fingerprint = info["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
     let script = r#"
 import asyncio, os, sys

@@ -979,13 +979,8 @@ impl Inner {
         let held: Vec<_> = lock(&self.leases).drain().collect();
         for (key, exclusive) in held {
             lock(&self.watches).lock_lost(&key);
-            let (pool, block_id) = key;
-            self.event(ClientEvent::LockExpired {
-                pool,
-                block_id,
-                exclusive,
-                reason: "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect".to_owned(),
-            });
+            let why = "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect";
+            self.lease_ended(key, exclusive, why.to_owned());
         }
     }
 

@@ -220,6 +220,13 @@ impl ServerProc {
         })
     }
 
+    /// The server's `server.json` (its addresses, TLS fingerprint, metrics port, ...).
+    pub fn info(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            self.data_dir.join("server.json"),
+        )?)?)
+    }
+
     /// A `latzero://` URL over TCP for "APP[?QUERY]".
     pub fn url(&self, app_query: &str) -> String {
         let (app, q) = app_query.split_once('?').unwrap_or((app_query, ""));
