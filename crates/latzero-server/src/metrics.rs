@@ -166,8 +166,12 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
 async fn answer(state: &Arc<State>, head: &[u8]) -> Answer {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Answer::text("400 Bad Request", "not an HTTP/1.1 request\n");
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => {
+            return Answer::text("431 Request Header Fields Too Large", "at most 32 headers are read\n");
+        }
+        _ => return Answer::text("400 Bad Request", "not an HTTP/1.1 request\n"),
     }
     let path = req.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);

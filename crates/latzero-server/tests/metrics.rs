@@ -107,6 +107,9 @@ async fn metrics_count_and_time_calls_and_healthz_tells_a_failed_check() {
     assert_eq!(status, "HTTP/1.1 403 Forbidden", "a web page's request");
     let (status, ..) = http(m, b"\x01\x02 not http\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    let many: String = (0..40).map(|i| format!("x-{i}: y\r\n")).collect();
+    let (status, ..) = http(m, format!("GET /metrics HTTP/1.1\r\n{many}\r\n").as_bytes()).await;
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large", "40 headers");
     let long = format!("GET /metrics HTTP/1.1\r\nx-pad: {}\r\n\r\n", "a".repeat(9000));
     let (status, ..) = http(m, long.as_bytes()).await;
     assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
