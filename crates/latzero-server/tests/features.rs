@@ -653,16 +653,25 @@ async fn a_limited_status_lists_the_first_by_name_with_totals() {
 }
 
 /// A slow consumer that never reads at all is not kept for its queue: once the shutdown grace
-/// has passed without it reading, its connection is cut off.
+/// has passed without it reading, its connection is cut off — on TCP and on the Unix socket
+/// (its session, waiting to read, is stopped by the read side's shutdown).
 #[tokio::test]
 async fn a_peer_that_never_reads_is_cut_off_after_the_grace() {
+    never_read_cut_off(false).await;
+    never_read_cut_off(true).await;
+}
+
+async fn never_read_cut_off(unix: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config_in(dir.path());
     cfg.limits.outbound_queue_frames = 16;
     cfg.limits.outbound_queue_bytes = 1 << 20;
     cfg.shutdown_grace = std::time::Duration::from_millis(100);
     let s = common::Running::start(cfg).await;
-    let mut stuck = common::Raw::connect(s.addr).await;
+    let mut stuck = match unix {
+        true => common::Raw::unix(&s.unix).await,
+        false => common::Raw::connect(s.addr).await,
+    };
     stuck.handshake("stuck", &["p"], &["f"]).await;
     let mut caller = common::Raw::connect(s.addr).await;
     caller.handshake("caller", &["p"], &[]).await;

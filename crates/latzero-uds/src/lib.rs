@@ -267,6 +267,11 @@ impl WriteHalf {
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.shared.sock.get_ref().shutdown(Shutdown::Write)
     }
+
+    /// Shuts the read side down: a read of this socket, waiting or next, sees end-of-stream.
+    pub fn shutdown_read(&self) -> io::Result<()> {
+        self.shared.sock.get_ref().shutdown(Shutdown::Read)
+    }
 }
 
 impl AsyncWrite for WriteHalf {

@@ -217,14 +217,11 @@ impl Session {
         // make, register and drop.
         let killed = self.conn.killed_owned();
         let stopping = self.state.sessions_stop.clone().cancelled_owned();
-        // Closed as a slow consumer (`Conn::mark_slow`): stop reading, close after its queue.
-        let conn = self.conn.clone();
-        let slow = conn.stop.notified();
         // When the credential that admitted this connection expires (a JWT's `exp`): armed once
         // a grant that expires is set, and re-armed if a later one changes it.
         let expiry = tokio::time::sleep(std::time::Duration::ZERO);
         let mut armed: Option<std::time::SystemTime> = None;
-        tokio::pin!(killed, stopping, expiry, slow);
+        tokio::pin!(killed, stopping, expiry);
         loop {
             // Writes made while handling this batch go out once per destination at its end.
             let mut cork = Cork::begin();
@@ -305,7 +302,6 @@ impl Session {
                 biased;
                 _ = &mut killed => return End::Killed,
                 _ = &mut stopping => return End::Shutdown,
-                _ = &mut slow => return End::Close,
                 _ = &mut expiry, if armed.is_some() => return self.credential_expired(),
                 _ = deadline => {
                     self.state.counters.inc(&self.state.counters.handshake_timeouts);
