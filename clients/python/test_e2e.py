@@ -82,6 +82,38 @@ async def main():
     e = await raises(other.call("elsewhere", "echo"))
     check(e.code == "NOT_IN_POOL", "NOT_IN_POOL", str(e))
 
+    # Many calls in one turn of the event loop go out in one write and come back in a few
+    # reads; each gets its own answer.
+    answers = await asyncio.gather(*(other.call("demo", "greet", i) for i in range(300)))
+    check(answers == [f"hello {i} from py-other" for i in range(300)], "300 calls at once, each answered", answers[:3])
+    # A result past the frame limit reaches the caller as the handler's error, not its timeout.
+    await worker.handle("huge", lambda req: "x" * (17 << 20))
+    e = await raises(other.call("demo", "huge", timeout=10))
+    check(e.code == "HANDLER_ERROR" and "too large" in e.message, "a result too large to send", str(e))
+    await worker.handle("setish", lambda req: {1, 2})
+    e = await raises(other.call("demo", "setish"))
+    check(e.code == "HANDLER_ERROR" and "not JSON" in e.message, "a result that is not JSON", str(e))
+    # A server that takes the handshake and then says nothing: the client's own deadline ends
+    # the call.
+    silent_path = os.path.join(os.path.dirname(SOCKET), "silent.sock")
+
+    async def silent(reader, writer):
+        head = await reader.readexactly(4)
+        await reader.readexactly(int.from_bytes(head, "big"))
+        ack = b'{"action":"handshake_ack","in_reply_to":0,"pools":["demo"],"triggers":[]}'
+        writer.write(len(ack).to_bytes(4, "big") + ack)
+        await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_unix_server(silent, silent_path)
+    quiet = await latzero.connect("py-quiet", socket=silent_path, pools=["demo"], timeout=0.2, reconnect=False)
+    started = asyncio.get_running_loop().time()
+    e = await raises(asyncio.wait_for(quiet.call("demo", "echo", timeout=0.1), 10))
+    waited = asyncio.get_running_loop().time() - started
+    check(e.code == "NO_REPLY" and 1.1 <= waited < 3, "a server gone quiet: NO_REPLY", (str(e), waited))
+    await quiet.close()
+    server.close()
+
     got = asyncio.get_running_loop().create_future()
     await worker.handle("news", lambda req: got.set_result(req.data))
     check(await other.emit("demo", "news", {"n": 1}) == 1, "emit receipt")
@@ -94,6 +126,13 @@ async def main():
     check(data == b"\x01\x02\x03" and seen == v, "a binary block written and read", (data, v, seen))
     whole, _ = await other.block_read("demo", "frame")
     check(whole == b"\x00\x00\x01\x02\x03" + bytes(11), "the whole block", whole)
+    # A frame larger than one read from the socket.
+    big = os.urandom(3 << 20)
+    await worker.block_create("demo", "big", len(big))
+    await worker.block_write("demo", "big", big)
+    data, _ = await other.block_read("demo", "big")
+    check(data == big, "a 3 MiB frame read whole", len(data))
+    await worker.block_delete("demo", "big")
     # Mapped here (the same host and user): read in place, without the server.
     mapped = await other.block_attach("demo", "frame")
     check(mapped.mapped, "a block mapped here", mapped.why_not_mapped)
