@@ -1,11 +1,14 @@
 // The JavaScript client under Node: the same calls over the server's WebSocket port and over
-// its Unix socket (a `latzero://` URL), side by side, and their ratio. A caller and a handler
-// client on the same transport in this one process; sequential calls (p50, p99) and pipelined
-// calls (64 in flight), 64-byte payloads. Needs a running server with --ws-port;
-// scripts/bench-js.sh starts one.
+// its Unix socket (a `latzero://` URL), side by side, and their ratio; with NATS_URL and
+// LATZERO_JS_NATS (the `nats` npm package's directory), nats.js against that nats-server too.
+// A caller and a handler client on the same transport in this one process; sequential calls
+// (p50, p99) and pipelined calls (64 in flight), 64-byte payloads. Needs a running server with
+// --ws-port; scripts/bench-js.sh starts one, and nats-server.
 //
 //   node clients/js/test/bench.mjs ws://127.0.0.1:P /path/to/latzero.sock [SEQ] [PIPELINED]
 
+import { createRequire } from "node:module";
+import path from "node:path";
 import { connect } from "../latzero.mjs";
 
 const [wsUrl, socket, seqArg, pipeArg] = process.argv.slice(2);
@@ -42,11 +45,35 @@ const ws = await measure("ws", (app) => connect(wsUrl, app, { pools: ["bench"], 
 const unix = await measure("unix", (app) =>
   connect(`latzero://${app}?socket=${encodeURIComponent(socket)}&pools=bench`, { ephemeral: true }),
 );
+// nats.js in the same shape: a subscriber that responds with the payload, and `request`.
+let nats;
+if (process.env.NATS_URL) {
+  const lib = createRequire(path.join(process.env.LATZERO_JS_NATS, "package.json"))(process.env.LATZERO_JS_NATS);
+  const bytes = new Uint8Array(64).fill(120); // 64 bytes, as LatZero's payload is on the wire
+  nats = await measure("nats", async () => {
+    const nc = await lib.connect({ servers: process.env.NATS_URL });
+    return {
+      handle: async (subject) => {
+        nc.subscribe(subject, { callback: (_e, m) => m.respond(m.data) });
+        await nc.flush();
+      },
+      call: (_pool, subject) => nc.request(subject, bytes, { timeout: 30000 }),
+      close: () => nc.close(),
+    };
+  });
+}
 const f = (x) => x.toFixed(1);
+const r = (a, b) => (a / b).toFixed(2);
 console.log(`node ${process.version}; ${seq} sequential, ${pipelined} pipelined calls (64 in flight), 64 B`);
-console.log("| | WebSocket port | Unix socket | unix ÷ ws |");
-console.log("|---|---:|---:|---:|");
-console.log(`| seq p50 µs | ${f(ws.p50)} | ${f(unix.p50)} | ${(unix.p50 / ws.p50).toFixed(2)} |`);
-console.log(`| seq p99 µs | ${f(ws.p99)} | ${f(unix.p99)} | ${(unix.p99 / ws.p99).toFixed(2)} |`);
-console.log(`| pipelined calls/s | ${Math.round(ws.rate)} | ${Math.round(unix.rate)} | ${(unix.rate / ws.rate).toFixed(2)} |`);
+const cols = nats ? [ws, unix, nats] : [ws, unix];
+console.log(`| | WebSocket port | Unix socket |${nats ? " NATS (nats.js) |" : ""} unix ÷ ws |${nats ? " unix ÷ NATS |" : ""}`);
+console.log(`|---|${"---:|".repeat(cols.length + (nats ? 2 : 1))}`);
+for (const [label, pick, fmt] of [
+  ["seq p50 µs", (x) => x.p50, f],
+  ["seq p99 µs", (x) => x.p99, f],
+  ["pipelined calls/s", (x) => x.rate, Math.round],
+]) {
+  const ratios = [r(pick(unix), pick(ws))].concat(nats ? [r(pick(unix), pick(nats))] : []);
+  console.log(`| ${label} | ${cols.map((x) => fmt(pick(x))).join(" | ")} | ${ratios.join(" | ")} |`);
+}
 process.exit(0);
