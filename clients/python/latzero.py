@@ -53,6 +53,7 @@ import random
 import ssl
 import struct
 import time
+import types
 import urllib.parse
 
 __all__ = ["LatZeroError", "Request", "Client", "Block", "connect", "parse_url"]
@@ -533,9 +534,10 @@ class Client:
             self._block_event({"pool": key[0], "block_id": key[1], "version": w["seen"] or 0, **ended})
 
     def _deliver(self, f, answer):
-        """Runs the handler for a delivered trigger or emit: a plain function right here, in the
-        read loop (a task for each delivery cost more than a small handler); a coroutine, or
-        anything else awaitable it returns, in a task of its own."""
+        """Runs the handler for a delivered trigger or emit right here, in the read loop (a task
+        for each delivery cost more than a small handler): a plain function to its end, a
+        coroutine until it first waits, and then on in a task of its own, as the Rust SDK
+        does. Any other awaitable it returns is awaited in a task."""
         name = f.get("process")
         handler = self._handlers.get(name)
         if handler is None:
@@ -547,6 +549,16 @@ class Client:
         except Exception as e:
             self._answer(f, answer, False, {"message": str(e) or type(e).__name__})
             return
+        if inspect.iscoroutine(value):
+            try:
+                waiting = value.send(None)
+            except StopIteration as done:
+                self._answer(f, answer, True, done.value)
+                return
+            except Exception as e:
+                self._answer(f, answer, False, {"message": str(e) or type(e).__name__})
+                return
+            value = _carry_on(value, waiting)
         if inspect.isawaitable(value):
             asyncio.ensure_future(self._deliver_later(f, answer, value))
         else:
@@ -986,6 +998,30 @@ def _decode(text):
     if end != len(text):
         raise json.JSONDecodeError("Extra data", text, end)
     return value
+
+
+@types.coroutine
+def _carry_on(coro, waiting):
+    """Runs on, in the task that awaits this, a coroutine already stepped once by hand, whose
+    step gave `waiting` (the future it waits on, or None to be stepped again soon): each
+    value or exception the task sends in goes on to the coroutine, each future it waits on
+    out to the task."""
+    while True:
+        try:
+            sent = yield waiting
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:  # thrown in by the task: cancellation
+            try:
+                waiting = coro.throw(e)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting = coro.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def _frame(obj):

@@ -73,6 +73,25 @@ async def main():
     check(e.code == "INVALID_URL" and "pools" in e.message, "an option given twice", str(e))
     check(await other.call("demo", "greet", "ada") == "hello ada from py-other", "call a sync handler")
     check(await other.call("demo", "double", {"x": 21}) == 42, "call an async handler")
+
+    # A coroutine runs in the read loop until it first waits: one that never waits, or fails
+    # before or after its wait, answers as one run in a task does.
+    async def quick(req):
+        return req.data + 1
+
+    async def early(req):
+        raise ValueError("early")
+
+    async def late(req):
+        await asyncio.sleep(0.01)
+        raise ValueError("late")
+
+    for name, fn in (("quick", quick), ("early", early), ("late", late)):
+        await worker.handle(name, fn)
+    check(await other.call("demo", "quick", 1) == 2, "an async handler that never waits")
+    for name in ("early", "late"):
+        e = await raises(other.call("demo", name))
+        check(e.code == "HANDLER_ERROR" and name in e.message, f"an async handler failing {name}", str(e))
     e = await raises(other.call("demo", "fail"))
     check(e.code == "HANDLER_ERROR" and "nope" in e.message, "a handler's exception", str(e))
     e = await raises(other.call("demo", "nobody-serves-this"))
