@@ -6,9 +6,11 @@ handler run as two clients in this one process, on one event loop, as in the Rus
     python3 clients/python/bench_rpc.py --socket S --tcp HOST:PORT --nats nats://HOST:PORT
 
 Sequential calls (64-byte payloads; p50 and p99 µs after warm-up), then pipelined calls
-(64 in flight: 64 coroutines calling in turn; calls/s, the median of the rounds, each round
-run in turn across the peers). The payload is 64 bytes on the wire for both: a JSON string
-for LatZero, whose payloads are JSON, raw bytes for NATS.
+(64 in flight: 64 coroutines calling in turn; calls/s), then events fanned out to 4 receivers
+(fire-and-forget `emit(..., confirm=False)` against NATS `publish`; events/s until every
+receiver has them all) — the rates the median of the rounds, each round run in turn across
+the peers. The payload is 64 bytes on the wire for both: a JSON string for LatZero, whose
+payloads are JSON, raw bytes for NATS.
 """
 
 import argparse
@@ -38,6 +40,28 @@ class LatZeroPeer:
     async def call(self):
         return await self.caller.call("bench", "echo", self.data)
 
+    async def fanout(self, n, receivers):
+        tag = self.name.split()[-1]
+        done = asyncio.get_running_loop().create_future()
+        got = [0] * receivers
+        clients = []
+        for i in range(receivers):
+            def count(_req, i=i):
+                got[i] += 1
+                if got[i] == n and all(g == n for g in got) and not done.done():
+                    done.set_result(None)
+            c = await latzero.connect(f"py-bench-{tag}-rx{i}", pools=["bench"], ephemeral=True, **self.where)
+            await c.handle("ev", count)
+            clients.append(c)
+        t = time.perf_counter()
+        for _ in range(n):
+            await self.caller.emit("bench", "ev", self.data, confirm=False)
+        await asyncio.wait_for(done, 120)
+        rate = n / (time.perf_counter() - t)
+        for c in clients:
+            await c.close()
+        return rate
+
     async def stop(self):
         await self.caller.close()
         await self.handler.close()
@@ -64,6 +88,31 @@ class NatsPeer:
 
     async def call(self):
         return (await self.caller.request("echo", self.data, timeout=30)).data
+
+    async def fanout(self, n, receivers):
+        import nats
+
+        done = asyncio.get_running_loop().create_future()
+        got = [0] * receivers
+        clients = []
+        for i in range(receivers):
+            async def count(_msg, i=i):
+                got[i] += 1
+                if got[i] == n and all(g == n for g in got) and not done.done():
+                    done.set_result(None)
+            c = await nats.connect(self.url, pending_size=64 << 20)
+            await c.subscribe("ev", cb=count, pending_msgs_limit=n)
+            await c.flush()
+            clients.append(c)
+        t = time.perf_counter()
+        for _ in range(n):
+            await self.caller.publish("ev", self.data)
+        await self.caller.flush()
+        await asyncio.wait_for(done, 120)
+        rate = n / (time.perf_counter() - t)
+        for c in clients:
+            await c.close()
+        return rate
 
     async def stop(self):
         await self.caller.close()
@@ -104,13 +153,16 @@ async def main(args):
     for p in peers:
         seq[p.name] = await sequential(p, args.seq, args.warmup)
     rounds = {p.name: [] for p in peers}
+    fan_rounds = {p.name: [] for p in peers}
     for _ in range(args.rounds):
         for p in peers:
             rounds[p.name].append(await pipelined(p, args.pipelined, args.inflight))
+            fan_rounds[p.name].append(await p.fanout(args.fanout, 4))
     for p in peers:
         await p.stop()
 
     rate = {name: statistics.median(r) for name, r in rounds.items()}
+    fan = {name: statistics.median(r) for name, r in fan_rounds.items()}
     names = [p.name for p in peers]
     nats = "NATS"
     print(f"| workload | {' | '.join(names)} | unix ÷ NATS | tcp ÷ NATS |")
@@ -119,15 +171,17 @@ async def main(args):
         ("seq 64 B p50 µs", lambda n: seq[n][0], "{:.1f}"),
         ("seq 64 B p99 µs", lambda n: seq[n][1], "{:.1f}"),
         ("pipelined calls/s", lambda n: rate[n], "{:.0f}"),
+        ("fan-out ×4 events/s", lambda n: fan[n], "{:.0f}"),
     ):
         cells = [fmt.format(pick(n)) for n in names]
         ratios = [f"{pick(n) / pick(nats):.2f}" for n in ("LatZero unix", "LatZero tcp")]
         print(f"| {label} | {' | '.join(cells)} | {' | '.join(ratios)} |")
     print()
-    print("Pipelined rounds, in the order run:")
+    print("Rounds, in the order run (pipelined calls/s; fan-out events/s):")
     print()
     for n in names:
-        print(f"- {n}: {' · '.join(f'{r / 1000:.1f}k' for r in rounds[n])}")
+        print(f"- {n}: {' · '.join(f'{r / 1000:.1f}k' for r in rounds[n])}; "
+              f"{' · '.join(f'{r / 1000:.1f}k' for r in fan_rounds[n])}")
 
 
 if __name__ == "__main__":
@@ -139,5 +193,6 @@ if __name__ == "__main__":
     a.add_argument("--warmup", type=int, default=500, help="warm-up calls first (default 500)")
     a.add_argument("--pipelined", type=int, default=50000, help="pipelined calls per round (default 50000)")
     a.add_argument("--inflight", type=int, default=64, help="calls in flight (default 64)")
-    a.add_argument("--rounds", type=int, default=3, help="pipelined rounds (default 3)")
+    a.add_argument("--fanout", type=int, default=50000, help="events fanned out per round (default 50000)")
+    a.add_argument("--rounds", type=int, default=3, help="rounds of the rates (default 3)")
     asyncio.run(main(a.parse_args()))

@@ -259,8 +259,10 @@ class Client:
         self._closing = None
         self._reader_task = None
         self._loop = asyncio.get_running_loop()
-        # Frames sent in this turn of the event loop, written together at its end.
+        # Frames sent in this turn of the event loop, written together at its end, and their
+        # bytes.
         self._out = []
+        self._out_bytes = 0
 
     # Events.
 
@@ -603,10 +605,15 @@ class Client:
         if len(data) - 4 > self._max_frame_len:
             raise LatZeroError("FRAME_TOO_LARGE", f"a frame of {len(data) - 4} bytes exceeds the server's max_frame_len of {self._max_frame_len} bytes; not sent")
         # Frames sent in one turn of the event loop go out in one write at its end (a write
-        # each was a send(2) each: a fifth of a pipelining client's time).
+        # each was a send(2) each: a fifth of a pipelining client's time), or as soon as they
+        # fill a batch: a loop that sends without waiting for answers may not end the turn.
         if not self._out:
             self._loop.call_soon(self._write_out)
+            self._out_bytes = 0
         self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= WRITE_BATCH:
+            self._write_out()
 
     def _write_out(self):
         out, self._out = self._out, []
@@ -667,10 +674,22 @@ class Client:
         f = await self._request(frame, timeout + 1.0)
         return f.get("response")
 
-    async def emit(self, pool, trigger, data=None):
-        """Emits to every handler of a trigger in a pool; returns how many it reached."""
-        f = await self._request({"action": "emit", "process": trigger, "pool": pool, "data": data}, self._timeout)
-        return f.get("delivered")
+    async def emit(self, pool, trigger, data=None, *, confirm=True):
+        """Emits to every handler of a trigger in a pool; returns how many it reached (the
+        server's receipt). With confirm=False it is fire-and-forget, as the Rust SDK's `emit`:
+        it returns None once the event is queued to the server, and a refusal (NOT_IN_POOL,
+        OVERLOADED) comes later as a `server_error` event."""
+        if confirm:
+            f = await self._request({"action": "emit", "process": trigger, "pool": pool, "data": data}, self._timeout)
+            return f.get("delivered")
+        # In the layout the server reads first (as the Rust SDK writes it).
+        self._send(f'{{"action":"emit","process":{_json(trigger)},"pool":{_json(pool)},"data":{_json(data)}}}')
+        try:
+            # Backpressure: waits while the socket's buffer is over its high-water mark.
+            await self._writer.drain()
+        except (OSError, AttributeError):
+            raise LatZeroError("DISCONNECTED", "the connection to the server was lost; the event may or may not have been sent") from None
+        return None
 
     async def handle(self, trigger, fn):
         """Registers a handler: fn(request) returns (or is a coroutine that returns) the response;
@@ -988,6 +1007,8 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 _raw_decode = json.JSONDecoder().raw_decode
 # The most read from the socket at once.
 READ_CHUNK = 256 * 1024
+# Frames queued in one turn are written at once when they reach this many bytes.
+WRITE_BATCH = 256 * 1024
 # How often waiting requests are checked against their deadlines, seconds.
 SWEEP_INTERVAL = 0.1
 

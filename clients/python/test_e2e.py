@@ -137,6 +137,26 @@ async def main():
     await worker.handle("news", lambda req: got.set_result(req.data))
     check(await other.emit("demo", "news", {"n": 1}) == 1, "emit receipt")
     check((await asyncio.wait_for(got, 5))["n"] == 1, "emit delivered")
+    # Fire-and-forget: nothing to wait for but the queue; more than one write's batch, all
+    # delivered in order. A refusal comes as an event.
+    seen, all_seen = [], asyncio.get_running_loop().create_future()
+
+    def tally(req):
+        seen.append(req.data)
+        if len(seen) == 5000:
+            all_seen.set_result(None)
+
+    await worker.handle("tally", tally)
+    for i in range(5000):
+        check_none = await other.emit("demo", "tally", {"i": i, "pad": "x" * 64}, confirm=False)
+        assert check_none is None, check_none
+    # (Written out as each batch filled, not held until the loop gave the turn up.)
+    check(sum(map(len, other._out)) < latzero.WRITE_BATCH, "a full batch is written at once")
+    await asyncio.wait_for(all_seen, 10)
+    check([d["i"] for d in seen] == list(range(5000)), "5000 emits without receipts, in order", len(seen))
+    refused = once(other, "server_error")
+    await other.emit("elsewhere", "tally", 1, confirm=False)
+    check((await refused).code == "NOT_IN_POOL", "a refused emit without a receipt is told")
 
     # Memory blocks, through the server: binary bytes at an offset, and a json document.
     await worker.block_create("demo", "frame", 16)
