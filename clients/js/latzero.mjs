@@ -46,6 +46,11 @@ const DEFAULT_PORT = 45227;
 const DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024;
 // A frame the server sends may pass its max_frame_len by this much (PROTOCOL.md §2).
 const FRAME_SLACK = 65536;
+// Frames written in one turn of the event loop go out at once when they reach this many bytes
+// (the Unix socket and TCP under Node).
+const WRITE_BATCH = 256 * 1024;
+// Unsent bytes at which fire-and-forget sends wait for the connection (`writeBufferLimit`).
+const DEFAULT_WRITE_BUFFER_LIMIT = 1024 * 1024;
 const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string";
 
 /**
@@ -58,7 +63,9 @@ const isNode = typeof process !== "undefined" && typeof process.versions?.node =
  *
  * options: pools, triggers, meta, auth ({token} or {jwt}), takeover, ephemeral,
  *          timeoutMs (calls, and the wait for the handshake's answer; default 30000), reconnect (default true),
- *          backoffMinMs (100), backoffMaxMs (5000), WebSocket (a constructor).
+ *          backoffMinMs (100), backoffMaxMs (5000), WebSocket (a constructor),
+ *          writeBufferLimit (bytes not yet taken by the connection at which a fire-and-forget
+ *          emit waits for it; default 1 MiB).
  * A `latzero://` URL's pools may not be given again in options.
  */
 export async function connect(url, appId, options = {}) {
@@ -490,10 +497,33 @@ export class Client {
     return f.response ?? null;
   }
 
-  /** Emits to every handler of a trigger in a pool; resolves with how many it reached. */
-  async emit(pool, trigger, data = null) {
+  /** Emits to every handler of a trigger in a pool; resolves with how many it reached (the
+   * server's receipt). With `opts.confirm` false it is fire-and-forget, as the Rust SDK's
+   * `emit`: it resolves (with undefined) once the event is queued to the server and the
+   * connection's write buffer is under its limit, and a refusal (NOT_IN_POOL, OVERLOADED) comes
+   * later as a `server_error` event. */
+  async emit(pool, trigger, data = null, opts = {}) {
+    if (opts.confirm === false) {
+      this._send({ action: "emit", process: trigger, pool, data });
+      await this._room();
+      return undefined;
+    }
     const f = await this._request({ action: "emit", process: trigger, pool, data }, this.options.timeoutMs ?? 30000);
     return f.delivered;
+  }
+
+  /** Resolves once the connection's unsent bytes are under `writeBufferLimit` (at once when
+   * they are): what sends without waiting for answers waits here instead, so that its frames
+   * cannot pile up in memory faster than the connection takes them. */
+  async _room() {
+    const ws = this._ws;
+    const limit = this.options.writeBufferLimit ?? DEFAULT_WRITE_BUFFER_LIMIT;
+    if (ws === null || ws.bufferedAmount < limit) return;
+    if (ws.drained) return ws.drained();
+    // A WebSocket tells of no drain: look again each turn of the event loop.
+    while (ws.readyState === 1 && ws.bufferedAmount >= limit) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
   }
 
   /** Registers a handler: `fn({data, pool, process, origin})` returns (or resolves to) the
@@ -835,16 +865,41 @@ class SocketTransport {
     }
     out.writeUInt32BE(out.length - 4, 0);
     // Frames sent in one turn of the event loop go out in one write (a write each was a syscall
-    // each).
+    // each), or as soon as they fill a batch: a loop that sends without waiting for answers
+    // (an `await` resolved at once each time) may not end the turn.
     if (!this._corked) {
       this._corked = true;
       this._sock.cork();
-      process.nextTick(() => {
-        this._corked = false;
-        this._sock.uncork();
-      });
+      process.nextTick(() => this._uncork());
     }
     this._sock.write(out);
+    if (this._sock.writableLength >= WRITE_BATCH) this._uncork();
+  }
+
+  _uncork() {
+    if (!this._corked) return;
+    this._corked = false;
+    this._sock.uncork();
+  }
+
+  /** Bytes written and not yet taken by the socket, as a WebSocket's `bufferedAmount`. */
+  get bufferedAmount() {
+    return this._sock.writableLength;
+  }
+
+  /** Resolves when the socket has taken what was written (its `drain`), or has closed; at once
+   * when what it holds is under its own high-water mark (no `drain` comes then). */
+  drained() {
+    if (!this._sock.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this._sock.off("drain", done);
+        this._sock.off("close", done);
+        resolve();
+      };
+      this._sock.on("drain", done);
+      this._sock.on("close", done);
+    });
   }
 
   /** Ends the connection once what was sent is written, without waiting for the peer to end

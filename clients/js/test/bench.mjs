@@ -2,7 +2,9 @@
 // its Unix socket (a `latzero://` URL), side by side, and their ratio; with NATS_URL and
 // LATZERO_JS_NATS (the `nats` npm package's directory), nats.js against that nats-server too.
 // A caller and a handler client on the same transport in this one process; sequential calls
-// (p50, p99) and pipelined calls (64 in flight), 64-byte payloads. Needs a running server with
+// (p50, p99), pipelined calls (64 in flight), and events fanned out to 4 receiver clients
+// (fire-and-forget `emit` against nats.js `publish`; events/s until every receiver has them
+// all), 64-byte payloads. Needs a running server with
 // --ws-port; scripts/bench-js.sh starts one, and nats-server.
 //
 //   node clients/js/test/bench.mjs ws://127.0.0.1:P /path/to/latzero.sock [SEQ] [PIPELINED]
@@ -14,6 +16,7 @@ import { connect } from "../latzero.mjs";
 const [wsUrl, socket, seqArg, pipeArg] = process.argv.slice(2);
 const seq = Number(seqArg ?? 5000);
 const pipelined = Number(pipeArg ?? 50000);
+const fanout = pipelined;
 const payload = { p: "x".repeat(56) }; // 64 bytes of JSON
 
 async function measure(name, open) {
@@ -36,9 +39,26 @@ async function measure(name, open) {
   };
   await Promise.all(Array.from({ length: 64 }, lane));
   const rate = pipelined / (Number(process.hrtime.bigint() - t) / 1e9);
+  // Fan-out: four receivers count; the caller emits without waiting for receipts.
+  const counts = [0, 0, 0, 0];
+  let allIn;
+  const arrived = new Promise((resolve) => (allIn = resolve));
+  const receivers = [];
+  for (const i of counts.keys()) {
+    const rx = await open(`bench-${name}-rx${i}`);
+    await rx.handle("ev", () => {
+      if (++counts[i] === fanout && counts.every((c) => c === fanout)) allIn();
+    });
+    receivers.push(rx);
+  }
+  const t2 = process.hrtime.bigint();
+  for (let i = 0; i < fanout; i++) await caller.emit("bench", "ev", payload, { confirm: false });
+  await arrived;
+  const fan = fanout / (Number(process.hrtime.bigint() - t2) / 1e9);
+  for (const rx of receivers) rx.close();
   caller.close();
   handler.close();
-  return { p50: at(0.5), p99: at(0.99), rate };
+  return { p50: at(0.5), p99: at(0.99), rate, fan };
 }
 
 const ws = await measure("ws", (app) => connect(wsUrl, app, { pools: ["bench"], ephemeral: true }));
@@ -53,11 +73,13 @@ if (process.env.NATS_URL) {
   nats = await measure("nats", async () => {
     const nc = await lib.connect({ servers: process.env.NATS_URL });
     return {
-      handle: async (subject) => {
-        nc.subscribe(subject, { callback: (_e, m) => m.respond(m.data) });
+      handle: async (subject, fn) => {
+        // The echo handler responds with the payload; the fan-out's receivers count.
+        nc.subscribe(subject, { callback: subject === "echo" ? (_e, m) => m.respond(m.data) : () => fn() });
         await nc.flush();
       },
       call: (_pool, subject) => nc.request(subject, bytes, { timeout: 30000 }),
+      emit: (_pool, subject) => nc.publish(subject, bytes),
       close: () => nc.close(),
     };
   });
@@ -72,6 +94,7 @@ for (const [label, pick, fmt] of [
   ["seq p50 µs", (x) => x.p50, f],
   ["seq p99 µs", (x) => x.p99, f],
   ["pipelined calls/s", (x) => x.rate, Math.round],
+  ["fan-out ×4 events/s", (x) => x.fan, Math.round],
 ]) {
   const ratios = [r(pick(unix), pick(ws))].concat(nats ? [r(pick(unix), pick(nats))] : []);
   console.log(`| ${label} | ${cols.map((x) => fmt(pick(x))).join(" | ")} | ${ratios.join(" | ")} |`);

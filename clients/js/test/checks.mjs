@@ -108,6 +108,24 @@ export async function run(url, log, options = {}) {
   const delivered = await other.emit("demo", "news", { n: 1 });
   check(delivered === 1, "emit receipt", delivered);
   check((await got).n === 1, "emit delivered", null);
+  // Fire-and-forget: nothing to wait for but the connection; all delivered, in order. A
+  // refusal comes as an event.
+  const tallied = [];
+  let allTallied;
+  const tallyDone = new Promise((resolve) => (allTallied = resolve));
+  await page.handle("tally", ({ data }) => {
+    tallied.push(data.i);
+    if (tallied.length === 5000) allTallied();
+  });
+  for (let i = 0; i < 5000; i++) {
+    const r = await other.emit("demo", "tally", { i, pad: "x".repeat(64) }, { confirm: false });
+    if (r !== undefined) throw new Error(`a fire-and-forget emit resolved with ${r}`);
+  }
+  await tallyDone;
+  check(tallied.every((n, i) => n === i), "5000 emits without receipts, in order", tallied.length);
+  const refused = once(other, "server_error");
+  await other.emit("elsewhere", "tally", 1, { confirm: false });
+  check((await refused).code === "NOT_IN_POOL", "a refused emit without a receipt is told", null);
 
   // Memory blocks, through the server: binary bytes at an offset, and a json document.
   await page.blockCreate("demo", "frame", 16);

@@ -184,6 +184,89 @@ process.exit(0);
     Ok(())
 }
 
+/// Fire-and-forget emits under Node wait for a connection that takes nothing: a peer that
+/// answers the handshake and then stops reading holds the sender's loop at `writeBufferLimit`
+/// (plus one batch) instead of letting its frames pile up in memory, and the loop finishes
+/// once the peer reads again; with a limit below the socket's own high-water mark, the sender
+/// does not wait for a drain that will not come. No server needed: the peer is a socket of the
+/// script's own.
+#[test]
+fn the_javascript_client_waits_for_a_connection_that_does_not_read() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let script = r#"
+const { connect } = await import(process.env.LATZERO_JS);
+const { createServer } = await import("node:net");
+const path = `${process.env.DIR}/peer.sock`;
+let peer;
+let taken = 0;
+const server = createServer((c) => {
+  const first = peer === undefined;
+  if (first) peer = c;
+  c.once("data", () => {
+    const ack = Buffer.from(JSON.stringify({ action: "handshake_ack", in_reply_to: 0, pools: ["demo"], triggers: [] }));
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(ack.length);
+    c.write(Buffer.concat([len, ack]));
+    if (first) c.pause(); // and read nothing more until told
+  });
+});
+await new Promise((r) => server.listen(path, r));
+const limit = 256 * 1024;
+const lz = await connect(`latzero://js-bp?socket=${encodeURIComponent(path)}&pools=demo`, { reconnect: false, writeBufferLimit: limit });
+const pad = "x".repeat(1000);
+const total = 64000; // ~64 MB of frames: more than the socket's buffers hold
+let sent = 0;
+let most = 0;
+const loop = (async () => {
+  for (; sent < total; sent++) {
+    await lz.emit("demo", "ev", pad, { confirm: false });
+    most = Math.max(most, lz._ws.bufferedAmount);
+  }
+})();
+await new Promise((r) => setTimeout(r, 500));
+if (sent >= total) throw new Error("the loop ran to its end against a peer that reads nothing");
+// The limit, one batch written at once past it, and the frame that crossed it.
+if (most > limit + 256 * 1024 + 2048) throw new Error(`${most} bytes held unsent, past the limit`);
+console.log(`ok held at ${sent} of ${total} emits`);
+peer.on("data", (d) => (taken += d.length));
+peer.resume();
+await loop;
+lz.close();
+await new Promise((r) => peer.on("end", r));
+if (taken < total * 1000) throw new Error(`the peer got ${taken} bytes`);
+console.log("ok all sent once the peer reads");
+const tiny = await connect(`latzero://js-bp2?socket=${encodeURIComponent(path)}&pools=demo`, { reconnect: false, writeBufferLimit: 1 });
+const quick = (async () => {
+  for (let i = 0; i < 1000; i++) await tiny.emit("demo", "ev", pad, { confirm: false });
+})();
+await Promise.race([quick, new Promise((_, no) => setTimeout(() => no(new Error("stuck under a limit below the high-water mark")), 5000))]);
+tiny.close();
+console.log("ok a limit below the socket's high-water mark");
+console.log("done");
+process.exit(0);
+"#;
+    let mut cmd = Command::new("node");
+    cmd.args(["--input-type=module", "-e", script])
+        .env(
+            "LATZERO_JS",
+            url_of(&repo().join("clients/js/latzero.mjs").canonicalize()?),
+        )
+        .env("DIR", dir.path());
+    let mut js = Proc::spawn(cmd)?;
+    js.follow_script(|line| anyhow::bail!("unexpected line: {line}"))?;
+    assert_eq!(js.seen.len(), 4, "{:?}", js.seen);
+    assert!(js.seen[0].starts_with("ok held at "), "{:?}", js.seen);
+    assert_eq!(
+        js.seen[1..],
+        [
+            "ok all sent once the peer reads",
+            "ok a limit below the socket's high-water mark",
+            "done"
+        ]
+    );
+    Ok(())
+}
+
 /// A file's `file://` URL, for an ES module import.
 fn url_of(path: &Path) -> String {
     format!("file://{}", path.display())
