@@ -68,6 +68,11 @@ fn url(link: &Link, app: &str) -> String {
     }
 }
 
+/// A JSON string of exactly `size` bytes, as the WebSocket clients send it.
+fn ws_text(size: usize) -> String {
+    format!("\"{}\"", "x".repeat(size.saturating_sub(2)))
+}
+
 /// A JSON string payload of exactly `size` bytes on the wire.
 fn payload(size: usize) -> Payload {
     Payload::from_json(&"x".repeat(size.saturating_sub(2))).expect("a string serialises")
@@ -116,7 +121,9 @@ async fn parallel(clients: Vec<Client>, tasks_per_client: usize, n: usize) -> Re
     Ok((per * tasks) as f64 / t.elapsed().as_secs_f64())
 }
 
-async fn fanout(link: &Link, n: usize) -> Result<f64> {
+/// Emits fanned out to the SDK receivers, from an SDK emitter, or with `ws_port` from a
+/// WebSocket one (as a page).
+async fn fanout(link: &Link, n: usize, ws_port: Option<u16>) -> Result<f64> {
     let done = Arc::new(tokio::sync::Notify::new());
     let finished = Arc::new(AtomicUsize::new(0));
     let mut receivers = vec![];
@@ -138,12 +145,23 @@ async fn fanout(link: &Link, n: usize) -> Result<f64> {
         .await?;
         receivers.push(c);
     }
-    let emitter = connect(link, "emitter").await?;
-    let p = payload(64);
-    let t = Instant::now();
-    for _ in 0..n {
-        emitter.emit("bench", "ev", &p).await?;
-    }
+    let t = match ws_port {
+        None => {
+            let emitter = connect(link, "emitter").await?;
+            let p = payload(64);
+            let t = Instant::now();
+            for _ in 0..n {
+                emitter.emit("bench", "ev", &p).await?;
+            }
+            t
+        }
+        Some(port) => {
+            let mut ws = crate::ws::connect(port, "emitter").await?;
+            let t = Instant::now();
+            crate::ws::emit(&mut ws, &ws_text(64), n).await?;
+            t
+        }
+    };
     tokio::time::timeout(std::time::Duration::from_secs(120), done.notified())
         .await
         .context("LatZero fan-out receivers did not get every emit")?;
@@ -184,14 +202,23 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
         ..Figures::default()
     };
     if transport == Transport::Ws {
-        // The caller is a minimal WebSocket client, so the 10×2 and fan-out workloads (SDK
-        // clients on the sockets) have no ws form.
-        let _h = echo_handler(&link, "h").await?;
-        let mut c = crate::ws::connect(ws_port, "caller").await?;
-        let text = |size: usize| format!("\"{}\"", "x".repeat(size.saturating_sub(2)));
-        f.seq_64 = crate::ws::seq(&mut c, &text(64), sizes.seq, sizes.warmup).await?;
-        f.seq_4k = crate::ws::seq(&mut c, &text(4096), sizes.seq, sizes.warmup).await?;
-        f.pipelined = crate::ws::pipelined(c, &text(64), sizes.pipelined, sizes.inflight).await?;
+        // The callers and the emitter are minimal WebSocket clients, the handlers and the
+        // receivers SDK clients on the Unix socket.
+        {
+            let _h = echo_handler(&link, "h").await?;
+            let mut c = crate::ws::connect(ws_port, "caller").await?;
+            f.seq_64 = crate::ws::seq(&mut c, &ws_text(64), sizes.seq, sizes.warmup).await?;
+            f.seq_4k = crate::ws::seq(&mut c, &ws_text(4096), sizes.seq, sizes.warmup).await?;
+            f.pipelined = crate::ws::pipelined(c, &ws_text(64), sizes.pipelined, sizes.inflight).await?;
+        }
+        {
+            let mut hs = vec![];
+            for i in 0..HANDLERS {
+                hs.push(echo_handler(&link, &format!("mh{i}")).await?);
+            }
+            f.multi = Some(crate::ws::multi(ws_port, CALLERS, &ws_text(64), sizes.multi / CALLERS).await?);
+        }
+        f.fanout = Some(fanout(&link, sizes.fanout, Some(ws_port)).await?);
         return Ok(f);
     }
     {
@@ -212,6 +239,6 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
         }
         f.multi = Some(parallel(callers, 1, sizes.multi).await?);
     }
-    f.fanout = Some(fanout(&link, sizes.fanout).await?);
+    f.fanout = Some(fanout(&link, sizes.fanout, None).await?);
     Ok(f)
 }

@@ -87,8 +87,8 @@ struct Args {
     /// on one worker, as README advises for SDK-heavy processes
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     client_workers: Option<u16>,
-    /// Peers to run, comma-separated: relay, nats, tcp, unix, tls, ws (the caller over the
-    /// WebSocket port, as a page; the handler on the Unix socket)
+    /// Peers to run, comma-separated: relay, nats, tcp, unix, tls, ws (the callers and the
+    /// emitter over the WebSocket port, as pages; the handlers and receivers on the Unix socket)
     #[arg(long, default_value = "relay,nats,tcp,unix,tls,ws", value_delimiter = ',')]
     peers: Vec<String>,
 }

@@ -1,7 +1,7 @@
-//! The caller of the `ws` peer: LatZero's WebSocket port (`latzero start --ws-port`) reached as a
-//! browser page reaches it — the protocol's JSON frames as text messages — by a minimal
-//! tokio-tungstenite client. The handler stays an SDK client on the Unix socket, as a local
-//! worker serving a page would be.
+//! The callers and the emitter of the `ws` peer: LatZero's WebSocket port (`latzero start
+//! --ws-port`) reached as a browser page reaches it — the protocol's JSON frames as text
+//! messages — by a minimal tokio-tungstenite client. The handlers and the fan-out's receivers
+//! stay SDK clients on the Unix socket, as local workers serving pages would be.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -111,4 +111,43 @@ pub async fn pipelined(ws: Ws, data: &str, n: usize, inflight: usize) -> Result<
     }
     let _tx = send.await??;
     Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// `per` calls from each of `callers` WebSocket connections at once, each waiting for its
+/// answer before its next call; calls/s over them all (timed once all are connected).
+pub async fn multi(port: u16, callers: usize, data: &str, per: usize) -> Result<f64> {
+    let mut conns = Vec::with_capacity(callers);
+    for i in 0..callers {
+        conns.push(connect(port, &format!("wsc{i}")).await?);
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::with_capacity(callers);
+    for mut ws in conns {
+        let data = data.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                ws.send(call(i as u64, &data)).await?;
+                answered(&next_text(&mut ws).await?)?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((per * callers) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Sends `n` emits of `ev` in pool `bench` with `data` (a JSON text), fire-and-forget (no id,
+/// so no receipt), written a run of 64 at a time as a page's sends are.
+pub async fn emit(ws: &mut Ws, data: &str, n: usize) -> Result<()> {
+    let text = format!(r#"{{"action":"emit","pool":"bench","process":"ev","data":{data}}}"#);
+    for i in 0..n {
+        ws.feed(Message::text(text.clone())).await?;
+        if i % 64 == 63 {
+            ws.flush().await?;
+        }
+    }
+    ws.flush().await?;
+    Ok(())
 }
