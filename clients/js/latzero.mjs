@@ -501,7 +501,9 @@ export class Client {
    * server's receipt). With `opts.confirm` false it is fire-and-forget, as the Rust SDK's
    * `emit`: it resolves (with undefined) once the event is queued to the server and the
    * connection's write buffer is under its limit, and a refusal (NOT_IN_POOL, OVERLOADED) comes
-   * later as a `server_error` event. */
+   * later as a `server_error` event. An event still unsent when the connection drops is lost
+   * with it (the `disconnected` event tells of the drop): wait for the receipt where that
+   * matters. */
   async emit(pool, trigger, data = null, opts = {}) {
     if (opts.confirm === false) {
       this._send({ action: "emit", process: trigger, pool, data });

@@ -678,7 +678,9 @@ class Client:
         """Emits to every handler of a trigger in a pool; returns how many it reached (the
         server's receipt). With confirm=False it is fire-and-forget, as the Rust SDK's `emit`:
         it returns None once the event is queued to the server, and a refusal (NOT_IN_POOL,
-        OVERLOADED) comes later as a `server_error` event."""
+        OVERLOADED) comes later as a `server_error` event. An event still queued when the
+        connection drops is lost with it (the `disconnected` event tells of the drop): wait
+        for the receipt where that matters."""
         if confirm:
             f = await self._request({"action": "emit", "process": trigger, "pool": pool, "data": data}, self._timeout)
             return f.get("delivered")
