@@ -378,8 +378,7 @@ export class Client {
     if (f.action === "error") {
       waiter.reject(new LatZeroError(f.code, f.message, { handler: f.handler, handlerMayStillRun: f.handler_may_still_run }));
     } else if (f.action === "response" && f.status === "error") {
-      const message = typeof f.error?.message === "string" ? f.error.message : JSON.stringify(f.error);
-      waiter.reject(new LatZeroError("HANDLER_ERROR", message, { error: f.error }));
+      waiter.reject(handlerError(f.error));
     } else {
       if (body !== undefined) f._body = body;
       waiter.resolve(f);
@@ -497,6 +496,21 @@ export class Client {
     return f.response ?? null;
   }
 
+  /** Calls a trigger on every app of the pool that serves it (PROTOCOL.md §5.5); resolves once
+   * each has answered or failed, with an array of `{appId, response}` or `{appId, error}` (a
+   * LatZeroError: HANDLER_ERROR for the handler's own error, else the server's code for it,
+   * TIMEOUT say). Rejects with NO_HANDLER when none serves it. opts: timeoutMs. */
+  async broadcast(pool, trigger, data = null, opts = {}) {
+    const timeoutMs = opts.timeoutMs ?? this.options.timeoutMs ?? 30000;
+    const frame = { action: "trigger", process: trigger, pool, data, ttl: timeoutMs, broadcast: true };
+    const f = await this._request(frame, timeoutMs + 1000);
+    return (f.responses ?? []).map((r) => {
+      if (r.status === "ok") return { appId: r.app_id, response: r.response ?? null };
+      if (r.code !== undefined) return { appId: r.app_id, error: new LatZeroError(r.code, r.message) };
+      return { appId: r.app_id, error: handlerError(r.error) };
+    });
+  }
+
   /** Emits to every handler of a trigger in a pool; resolves with how many it reached (the
    * server's receipt). With `opts.confirm` false it is fire-and-forget, as the Rust SDK's
    * `emit`: it resolves (with undefined) once the event is queued to the server and the
@@ -542,6 +556,15 @@ export class Client {
     }
   }
 
+  /** Stops serving a trigger: the handler is forgotten, and the server unregisters it. A call
+   * the server routed here meanwhile is answered with an error. While disconnected it is
+   * forgotten here, and the next handshake leaves it out. */
+  async unhandle(trigger) {
+    this._handlers.delete(trigger);
+    this.triggers.delete(trigger);
+    await this._release({ action: "unregister", triggers: [trigger] });
+  }
+
   /** Joins a pool (created on first join). While disconnected the pool is recorded and asked
    * for in the next handshake. */
   async join(pool) {
@@ -551,6 +574,22 @@ export class Client {
   /** Asks for `presence` events of a pool the client is in; asked again after reconnects. */
   async subscribePresence(pool) {
     await this._hold(this._presence, pool, { action: "presence_subscribe", pool });
+  }
+
+  /** Stops the `presence` events of a pool. */
+  async unsubscribePresence(pool) {
+    this._presence.delete(pool);
+    await this._release({ action: "presence_unsubscribe", pool });
+  }
+
+  /** Asks the server to let go of something already forgotten here; while disconnected there
+   * is nothing to ask (the next handshake leaves it out). */
+  async _release(frame) {
+    try {
+      await this._request(frame, this.options.timeoutMs ?? 30000);
+    } catch (e) {
+      if (e.code !== "DISCONNECTED") throw e;
+    }
   }
 
   /** Adds `item` to `held` (what the next handshake or reconnect asks for again) and asks the
@@ -690,10 +729,12 @@ export class Client {
     }
   }
 
-  /** Leaves a pool. */
+  /** Leaves a pool. While disconnected it is forgotten here, and the next handshake leaves it
+   * out. */
   async leave(pool) {
     this.pools.delete(pool);
-    await this._request({ action: "leave", pools: [pool] }, this.options.timeoutMs ?? 30000);
+    this._presence.delete(pool);
+    await this._release({ action: "leave", pools: [pool] });
   }
 
   _lost(reason) {
@@ -911,6 +952,12 @@ class SocketTransport {
     this.readyState = 2;
     this._sock.destroySoon();
   }
+}
+
+/** A handler's own error (a response with status error) as a LatZeroError HANDLER_ERROR. */
+function handlerError(error) {
+  const message = typeof error?.message === "string" ? error.message : JSON.stringify(error);
+  return new LatZeroError("HANDLER_ERROR", message, { error });
 }
 
 /** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,

@@ -478,9 +478,7 @@ class Client:
             fut.set_exception(LatZeroError(f.get("code"), f.get("message"), handler=f.get("handler"),
                                            handler_may_still_run=f.get("handler_may_still_run")))
         elif action == "response" and f.get("status") == "error":
-            err = f.get("error")
-            message = err.get("message") if isinstance(err, dict) and isinstance(err.get("message"), str) else json.dumps(err)
-            fut.set_exception(LatZeroError("HANDLER_ERROR", message, error=err))
+            fut.set_exception(_handler_error(f.get("error")))
         else:
             if body is not None:
                 f["_body"] = body
@@ -674,6 +672,26 @@ class Client:
         f = await self._request(frame, timeout + 1.0)
         return f.get("response")
 
+    async def broadcast(self, pool, trigger, data=None, *, timeout=None):
+        """Calls a trigger on every app of the pool that serves it (PROTOCOL.md §5.5), and
+        returns once each has answered or failed: a list, one dict per handler, with `app_id`
+        and either `response` or `error` (a LatZeroError: HANDLER_ERROR for the handler's own
+        error, else the server's code for it, TIMEOUT say). NO_HANDLER is raised when none
+        serves it."""
+        timeout = self._timeout if timeout is None else timeout
+        frame = {"action": "trigger", "process": trigger, "pool": pool, "data": data,
+                 "ttl": max(1, int(timeout * 1000)), "broadcast": True}
+        f = await self._request(frame, timeout + 1.0)
+        out = []
+        for r in f.get("responses") or []:
+            if r.get("status") == "ok":
+                out.append({"app_id": r.get("app_id"), "response": r.get("response")})
+            elif "code" in r:
+                out.append({"app_id": r.get("app_id"), "error": LatZeroError(r["code"], r.get("message"))})
+            else:
+                out.append({"app_id": r.get("app_id"), "error": _handler_error(r.get("error"))})
+        return out
+
     async def emit(self, pool, trigger, data=None, *, confirm=True):
         """Emits to every handler of a trigger in a pool; returns how many it reached (the
         server's receipt). With confirm=False it is fire-and-forget, as the Rust SDK's `emit`:
@@ -697,8 +715,8 @@ class Client:
         """Registers a handler: fn(request) returns (or is a coroutine that returns) the response;
         an exception answers the caller with an error. A plain function runs at once, in the
         client's read loop, holding up everything else until it returns: move blocking work off
-        it (`await asyncio.to_thread(...)` in a coroutine, which runs in a task of its own). While disconnected it is recorded, and
-        the next handshake carries it."""
+        it (`await asyncio.to_thread(...)` in a coroutine, which runs in a task of its own).
+        While disconnected it is recorded, and the next handshake carries it."""
         had = trigger in self._handlers
         self._handlers[trigger] = fn
         if had:
@@ -709,6 +727,14 @@ class Client:
             self._handlers.pop(trigger, None)
             raise
 
+    async def unhandle(self, trigger):
+        """Stops serving a trigger: the handler is forgotten, and the server unregisters it. A
+        call the server routed here meanwhile is answered with an error. While disconnected it
+        is forgotten here, and the next handshake leaves it out."""
+        self._handlers.pop(trigger, None)
+        self.triggers.discard(trigger)
+        await self._release({"action": "unregister", "triggers": [trigger]})
+
     async def join(self, pool):
         """Joins a pool (created on first join). While disconnected it is recorded."""
         await self._hold(self.pools, pool, {"action": "join", "pools": [pool]})
@@ -716,6 +742,20 @@ class Client:
     async def subscribe_presence(self, pool):
         """Asks for `presence` events of a pool the client is in; asked again after reconnects."""
         await self._hold(self._presence, pool, {"action": "presence_subscribe", "pool": pool})
+
+    async def unsubscribe_presence(self, pool):
+        """Stops the `presence` events of a pool."""
+        self._presence.discard(pool)
+        await self._release({"action": "presence_unsubscribe", "pool": pool})
+
+    async def _release(self, frame):
+        """Asks the server to let go of something already forgotten here; while disconnected
+        there is nothing to ask (the next handshake leaves it out)."""
+        try:
+            await self._request(frame, self._timeout)
+        except LatZeroError as e:
+            if e.code != "DISCONNECTED":
+                raise
 
     async def _hold(self, held, item, frame):
         """Adds `item` to `held` (what the next handshake or reconnect asks for again) and asks
@@ -862,9 +902,11 @@ class Client:
                 raise
 
     async def leave(self, pool):
-        """Leaves a pool."""
+        """Leaves a pool. While disconnected it is forgotten here, and the next handshake leaves
+        it out."""
         self.pools.discard(pool)
-        await self._request({"action": "leave", "pools": [pool]}, self._timeout)
+        self._presence.discard(pool)
+        await self._release({"action": "leave", "pools": [pool]})
 
     async def close(self):
         """Closes the connection; calls in flight raise DISCONNECTED."""
@@ -1045,6 +1087,12 @@ def _carry_on(coro, waiting):
                 waiting = coro.send(sent)
             except StopIteration as done:
                 return done.value
+
+
+def _handler_error(err):
+    """A handler's own error (a response with status error) as a LatZeroError HANDLER_ERROR."""
+    message = err.get("message") if isinstance(err, dict) and isinstance(err.get("message"), str) else json.dumps(err)
+    return LatZeroError("HANDLER_ERROR", message, error=err)
 
 
 def _frame(obj):

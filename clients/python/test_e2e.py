@@ -133,6 +133,22 @@ async def main():
     await quiet.close()
     server.close()
 
+    # Broadcast: every app serving the trigger answers, or fails, in its own entry.
+    await worker.handle("who", lambda req: "worker")
+    await other.handle("who", fail)
+    replies = sorted(await worker.broadcast("demo", "who"), key=lambda r: r["app_id"])
+    check([r["app_id"] for r in replies] == ["py-other", "py-worker"]
+          and replies[0]["error"].code == "HANDLER_ERROR" and "nope" in replies[0]["error"].message
+          and replies[1]["response"] == "worker", "a broadcast", replies)
+    # Unhandled: no longer served, here or after a reconnect.
+    await other.unhandle("who")
+    check(await worker.broadcast("demo", "who") == [{"app_id": "py-worker", "response": "worker"}],
+          "a trigger unhandled", None)
+    await worker.unhandle("who")
+    check("who" not in worker.triggers, "and not asked for again", worker.triggers)
+    e = await raises(worker.broadcast("demo", "who"))
+    check(e.code == "NO_HANDLER", "a broadcast nobody serves", str(e))
+
     got = asyncio.get_running_loop().create_future()
     await worker.handle("news", lambda req: got.set_result(req.data))
     check(await other.emit("demo", "news", {"n": 1}) == 1, "emit receipt")
@@ -294,6 +310,15 @@ async def main():
     again = await latzero.connect("py-again", pools=["demo"], **opts)
     p = await arrived
     check(p["app_id"] == "py-again" and p["joined"] is True, "presence after the reconnect", p)
+    # Unsubscribed: an app joining after that is not told of. (Its join is done when its
+    # connect returns, so a presence event would come before the answer to the round trip after.)
+    await worker.unsubscribe_presence("demo")
+    joins = []
+    worker.on("presence", lambda d: joins.append(d["app_id"]))
+    late = await latzero.connect("py-late", pools=["demo"], **opts)
+    await worker.emit("demo", "nobody-listens")  # a round trip
+    check("py-late" not in joins, "no presence after unsubscribing", joins)
+    await late.close()
     check(await again.call("demo", "greet", "bob") == "hello bob from py-again", "reconnected with its handlers")
 
     async def until(queue, pred):

@@ -93,6 +93,28 @@ export async function run(url, log, options = {}) {
   check(failed instanceof LatZeroError && failed.code === "HANDLER_ERROR" && failed.message.includes("nope"), "a handler's throw", failed.message);
   const none = await rejects(other.call("demo", "nobody-serves-this"));
   check(none.code === "NO_HANDLER", "NO_HANDLER", none.message);
+
+  // Broadcast: every app serving the trigger answers, or fails, in its own entry.
+  await page.handle("who", () => "page");
+  await other.handle("who", () => {
+    throw new Error("nope");
+  });
+  const replies = (await page.broadcast("demo", "who")).sort((a, b) => a.appId.localeCompare(b.appId));
+  check(
+    replies.map((r) => r.appId).join() === "js-other,js-page" &&
+      replies[0].error?.code === "HANDLER_ERROR" && replies[0].error.message.includes("nope") &&
+      replies[1].response === "page",
+    "a broadcast",
+    replies,
+  );
+  // Unhandled: no longer served, here or after a reconnect.
+  await other.unhandle("who");
+  const one = await page.broadcast("demo", "who");
+  check(one.length === 1 && one[0].appId === "js-page" && one[0].response === "page", "a trigger unhandled", one);
+  await page.unhandle("who");
+  check(!page.triggers.has("who"), "and not asked for again", [...page.triggers]);
+  const nobody = await rejects(page.broadcast("demo", "who"));
+  check(nobody.code === "NO_HANDLER", "a broadcast nobody serves", nobody.message);
   const late = await rejects(other.call("demo", "slow", null, { timeoutMs: 200 }));
   check(late.code === "TIMEOUT" && late.handlerMayStillRun === true, "TIMEOUT", late.message);
   const outside = await rejects(other.call("elsewhere", "echo"));
@@ -212,6 +234,15 @@ export async function run(url, log, options = {}) {
   const again = await connect(url, "js-again", { pools: ["demo"], ephemeral: true });
   const p = await arrived;
   check(p.appId === "js-again" && p.joined === true, "presence after the reconnect", p);
+  // Unsubscribed: an app joining after that is not told of. (Its join is done when its connect
+  // resolves, so a presence event would come before the answer to the round trip after.)
+  await page.unsubscribePresence("demo");
+  const joins = [];
+  page.on("presence", (d) => joins.push(d.appId));
+  const joiner = await connect(url, "js-late", { pools: ["demo"], ephemeral: true });
+  await page.emit("demo", "nobody-listens"); // a round trip
+  check(!joins.includes("js-late"), "no presence after unsubscribing", joins);
+  joiner.close();
   check((await again.call("demo", "greet", "bob")) === "hello bob from js-again", "reconnected with its handlers", null);
   const nv = await again.blockWrite("demo", "state", null, { document: { n: 2 } });
   await changes.until((e) => e.event === "changed" && e.version === nv);
