@@ -40,27 +40,16 @@ class LatZeroPeer:
     async def call(self):
         return await self.caller.call("bench", "echo", self.data)
 
-    async def fanout(self, n, receivers):
-        tag = self.name.split()[-1]
-        done = asyncio.get_running_loop().create_future()
-        got = [0] * receivers
-        clients = []
-        for i in range(receivers):
-            def count(_req, i=i):
-                got[i] += 1
-                if got[i] == n and all(g == n for g in got) and not done.done():
-                    done.set_result(None)
-            c = await latzero.connect(f"py-bench-{tag}-rx{i}", pools=["bench"], ephemeral=True, **self.where)
-            await c.handle("ev", count)
-            clients.append(c)
-        t = time.perf_counter()
-        for _ in range(n):
-            await self.caller.emit("bench", "ev", self.data, confirm=False)
-        await asyncio.wait_for(done, 120)
-        rate = n / (time.perf_counter() - t)
-        for c in clients:
-            await c.close()
-        return rate
+    async def receiver(self, i, on_event):
+        c = await latzero.connect(f"py-bench-{self.name.split()[-1]}-rx{i}", pools=["bench"], ephemeral=True, **self.where)
+        await c.handle("ev", lambda _req: on_event())
+        return c
+
+    async def publish(self):
+        await self.caller.emit("bench", "ev", self.data, confirm=False)
+
+    async def flush(self):
+        pass
 
     async def stop(self):
         await self.caller.close()
@@ -89,30 +78,22 @@ class NatsPeer:
     async def call(self):
         return (await self.caller.request("echo", self.data, timeout=30)).data
 
-    async def fanout(self, n, receivers):
+    async def receiver(self, _i, on_event):
         import nats
 
-        done = asyncio.get_running_loop().create_future()
-        got = [0] * receivers
-        clients = []
-        for i in range(receivers):
-            async def count(_msg, i=i):
-                got[i] += 1
-                if got[i] == n and all(g == n for g in got) and not done.done():
-                    done.set_result(None)
-            c = await nats.connect(self.url, pending_size=64 << 20)
-            await c.subscribe("ev", cb=count, pending_msgs_limit=n)
-            await c.flush()
-            clients.append(c)
-        t = time.perf_counter()
-        for _ in range(n):
-            await self.caller.publish("ev", self.data)
+        async def count(_msg):
+            on_event()
+
+        c = await nats.connect(self.url, pending_size=64 << 20)
+        await c.subscribe("ev", cb=count, pending_msgs_limit=1 << 20)
+        await c.flush()
+        return c
+
+    async def publish(self):
+        await self.caller.publish("ev", self.data)
+
+    async def flush(self):
         await self.caller.flush()
-        await asyncio.wait_for(done, 120)
-        rate = n / (time.perf_counter() - t)
-        for c in clients:
-            await c.close()
-        return rate
 
     async def stop(self):
         await self.caller.close()
@@ -143,6 +124,30 @@ async def pipelined(peer, n, inflight):
     return per * inflight / (time.perf_counter() - t)
 
 
+async def fanout(peer, n, receivers):
+    """`n` events to `receivers` receiving clients; events/s until every one has them all."""
+    done = asyncio.get_running_loop().create_future()
+    got = [0] * receivers
+
+    def counter(i):
+        def count():
+            got[i] += 1
+            if got[i] == n and all(g == n for g in got) and not done.done():
+                done.set_result(None)
+        return count
+
+    clients = [await peer.receiver(i, counter(i)) for i in range(receivers)]
+    t = time.perf_counter()
+    for _ in range(n):
+        await peer.publish()
+    await peer.flush()
+    await asyncio.wait_for(done, 120)
+    rate = n / (time.perf_counter() - t)
+    for c in clients:
+        await c.close()
+    return rate
+
+
 async def main(args):
     peers = [NatsPeer(args.nats), LatZeroPeer("LatZero unix", socket=args.socket)]
     host, port = args.tcp.rsplit(":", 1)
@@ -157,7 +162,7 @@ async def main(args):
     for _ in range(args.rounds):
         for p in peers:
             rounds[p.name].append(await pipelined(p, args.pipelined, args.inflight))
-            fan_rounds[p.name].append(await p.fanout(args.fanout, 4))
+            fan_rounds[p.name].append(await fanout(p, args.fanout, 4))
     for p in peers:
         await p.stop()
 

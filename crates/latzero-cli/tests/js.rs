@@ -156,13 +156,8 @@ try {
 console.log("done");
 process.exit(0);
 "#;
-    let mut cmd = Command::new("node");
-    cmd.args(["--input-type=module", "-e", script])
-        .env(
-            "LATZERO_JS",
-            url_of(&repo().join("clients/js/latzero.mjs").canonicalize()?),
-        )
-        .env("PORT", s.tcp.port().to_string())
+    let mut cmd = node_script(script)?;
+    cmd.env("PORT", s.tcp.port().to_string())
         .env("PIN", &fingerprint)
         .env("CA", cert(&s))
         .env("OTHER_CA", cert(&other));
@@ -245,13 +240,8 @@ console.log("ok a limit below the socket's high-water mark");
 console.log("done");
 process.exit(0);
 "#;
-    let mut cmd = Command::new("node");
-    cmd.args(["--input-type=module", "-e", script])
-        .env(
-            "LATZERO_JS",
-            url_of(&repo().join("clients/js/latzero.mjs").canonicalize()?),
-        )
-        .env("DIR", dir.path());
+    let mut cmd = node_script(script)?;
+    cmd.env("DIR", dir.path());
     let mut js = Proc::spawn(cmd)?;
     js.follow_script(|line| anyhow::bail!("unexpected line: {line}"))?;
     assert_eq!(js.seen.len(), 4, "{:?}", js.seen);
@@ -265,6 +255,16 @@ process.exit(0);
         ]
     );
     Ok(())
+}
+
+/// Node running `script` as an ES module, with the client's module URL in `LATZERO_JS`.
+fn node_script(script: &str) -> Result<Command> {
+    let mut cmd = Command::new("node");
+    cmd.args(["--input-type=module", "-e", script]).env(
+        "LATZERO_JS",
+        url_of(&repo().join("clients/js/latzero.mjs").canonicalize()?),
+    );
+    Ok(cmd)
 }
 
 /// A file's `file://` URL, for an ES module import.
