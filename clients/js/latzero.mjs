@@ -17,7 +17,10 @@
 // (or `?ca=PATH`) as PROTOCOL.md §12 gives them.
 //
 // Calls are correlated by id and time out (`timeoutMs`, default 30 s, passed to the server as
-// the call's ttl); the server's errors reject with a LatZeroError carrying the wire `code`. A
+// the call's ttl); the server's errors reject with a LatZeroError carrying the wire `code`.
+// `broadcast` calls every handler of a trigger at once; `unhandle` stops serving one; `emit`
+// waits for the server's receipt, or with `{ confirm: false }` only for room in the connection
+// (`writeBufferLimit`). A
 // frame longer than the server's max_frame_len (told at the handshake) is refused here with
 // FRAME_TOO_LARGE, unsent: the server would close the connection. The client reconnects with
 // backoff when the connection drops (calls in flight then reject with DISCONNECTED),
