@@ -20,9 +20,8 @@
 // the call's ttl); the server's errors reject with a LatZeroError carrying the wire `code`.
 // `broadcast` calls every handler of a trigger at once; `unhandle` stops serving one; `emit`
 // waits for the server's receipt, or with `{ confirm: false }` only for room in the connection
-// (`writeBufferLimit`). A
-// frame longer than the server's max_frame_len (told at the handshake) is refused here with
-// FRAME_TOO_LARGE, unsent: the server would close the connection. The client reconnects with
+// (`writeBufferLimit`). A frame longer than the server's max_frame_len (told at the handshake)
+// is refused here with FRAME_TOO_LARGE, unsent: the server would close the connection. The client reconnects with
 // backoff when the connection drops (calls in flight then reject with DISCONNECTED),
 // handshaking with the pools and triggers it has; a pool or trigger the server refuses by then
 // is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping it out.
