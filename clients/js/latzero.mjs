@@ -471,8 +471,11 @@ export class Client {
   /** Sends a request with an id and resolves with the server's answer frame. */
   _request(frame, timeoutMs, body) {
     return new Promise((resolve, reject) => {
-      const id = String(this._nextId++);
-      frame.id = id;
+      // An integer on the wire (a call's frame then has the layout the server reads first),
+      // its text the key here, as `in_reply_to` comes back.
+      const n = this._nextId++;
+      const id = String(n);
+      frame.id = n;
       const timer = setTimeout(() => {
         this._pending.delete(id);
         reject(new LatZeroError("NO_REPLY", `no reply from the server within ${timeoutMs} ms`));
@@ -491,7 +494,9 @@ export class Client {
   /** Calls a trigger; resolves with its response. opts: timeoutMs, to (an app id), ttlMs. */
   async call(pool, trigger, data = null, opts = {}) {
     const timeoutMs = opts.timeoutMs ?? this.options.timeoutMs ?? 30000;
-    const frame = { action: "trigger", process: trigger, pool, data, ttl: timeoutMs };
+    // The id's place comes second (set by _request): the layout the server reads first, as the
+    // Rust SDK writes it.
+    const frame = { action: "trigger", id: 0, process: trigger, pool, data, ttl: timeoutMs };
     if (opts.to) frame.destination = opts.to;
     // The server's own deadline answers first (TIMEOUT); this one covers a server gone quiet.
     const f = await this._request(frame, timeoutMs + 1000);
