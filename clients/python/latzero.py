@@ -549,10 +549,12 @@ class Client:
             self._answer(f, answer, False, {"message": f"this app has no handler for '{name}'"})
             return
         origin = (f.get("origin") or {}).get("app_id")
+        # A CancelledError the handler raises is its own failure here, in the read loop: let
+        # through, it would end the loop.
         try:
             value = handler(Request(f.get("data"), f.get("pool"), name, origin))
-        except Exception as e:
-            self._answer(f, answer, False, {"message": str(e) or type(e).__name__})
+        except (Exception, asyncio.CancelledError) as e:
+            self._answer(f, answer, False, _failure(e))
             return
         if inspect.iscoroutine(value):
             try:
@@ -560,8 +562,8 @@ class Client:
             except StopIteration as done:
                 self._answer(f, answer, True, done.value)
                 return
-            except Exception as e:
-                self._answer(f, answer, False, {"message": str(e) or type(e).__name__})
+            except (Exception, asyncio.CancelledError) as e:
+                self._answer(f, answer, False, _failure(e))
                 return
             value = _carry_on(value, waiting)
         if inspect.isawaitable(value):
@@ -573,8 +575,13 @@ class Client:
         try:
             value = await waiting
         except Exception as e:
-            self._answer(f, answer, False, {"message": str(e) or type(e).__name__})
+            self._answer(f, answer, False, _failure(e))
             return
+        except asyncio.CancelledError as e:
+            # The handler's own, or this task's (the loop shutting down): the caller is told
+            # either way, and the cancellation goes on.
+            self._answer(f, answer, False, _failure(e))
+            raise
         self._answer(f, answer, True, value)
 
     def _answer(self, f, answer, ok, value):
@@ -1092,6 +1099,13 @@ def _carry_on(coro, waiting):
                 waiting = coro.send(sent)
             except StopIteration as done:
                 return done.value
+
+
+def _failure(e):
+    """A handler's exception as the error a caller receives."""
+    if isinstance(e, asyncio.CancelledError):
+        return {"message": "the handler was cancelled"}
+    return {"message": str(e) or type(e).__name__}
 
 
 def _handler_error(err):

@@ -89,6 +89,17 @@ async def main():
     for name, fn in (("quick", quick), ("early", early), ("late", late)):
         await worker.handle(name, fn)
     check(await other.call("demo", "quick", 1) == 2, "an async handler that never waits")
+    # One that meets a cancelled future at once fails its call; the read loop it ran in goes on.
+    gone = asyncio.get_running_loop().create_future()
+    gone.cancel()
+
+    async def cancelled(req):
+        return await gone
+
+    await worker.handle("cancelled", cancelled)
+    e = await raises(other.call("demo", "cancelled"))
+    check(e.code == "HANDLER_ERROR" and "cancelled" in e.message, "a handler cancelled at once", str(e))
+    check(await other.call("demo", "quick", 2) == 3, "and its client still serves", None)
     for name in ("early", "late"):
         e = await raises(other.call("demo", name))
         check(e.code == "HANDLER_ERROR" and name in e.message, f"an async handler failing {name}", str(e))
