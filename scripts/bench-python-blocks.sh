@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pin=()
 if [ "${1:-}" = pinned ]; then pin=(taskset -c 0); fi
+set --  # a sourced script without arguments would see this one's
 source scripts/own-server.sh
 "${pin[@]}" python3 clients/python/bench_blocks.py "$dir/latzero.sock"

@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
     rounds: Option<u16>,
     /// The latzero binary [default: next to this executable]
-    #[arg(long)]
+    #[arg(long, global = true)]
     server: Option<PathBuf>,
     /// Print the figures as JSON (used between placements)
     #[arg(long)]
