@@ -356,6 +356,51 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Writes a binary frame (length prefix included) at the end of `out`, its body filled in by
+/// `fill` (`body_len` bytes, zeroed first), with the header `header` makes from what `fill`
+/// returned: for a body whose header depends on how it was read (a block's version, read with
+/// its bytes). No buffer of its own for the body: a large one cost an allocation, its first
+/// touch of every page, and a copy. `header` should give a header of the length `guess` does
+/// (then it is written over in place); one of another length moves the body once. An `Err`
+/// from `fill` leaves `out` as it was.
+pub fn encode_binary_onto<T, E>(
+    out: &mut Vec<u8>,
+    guess: &[u8],
+    body_len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<T, E>,
+    header: impl FnOnce(&T) -> Vec<u8>,
+) -> Result<T, E> {
+    let start = out.len();
+    out.reserve(9 + guess.len() + body_len);
+    out.extend_from_slice(&[0; 9]);
+    out.extend_from_slice(guess);
+    let at = out.len();
+    out.resize(at + body_len, 0);
+    let got = match fill(&mut out[at..]) {
+        Ok(got) => got,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let head = header(&got);
+    let head_at = start + 9;
+    if head.len() != guess.len() {
+        let new_at = head_at + head.len();
+        if new_at > at {
+            out.resize(new_at + body_len, 0);
+        }
+        out.copy_within(at..at + body_len, new_at);
+        out.truncate(new_at + body_len);
+    }
+    out[head_at..head_at + head.len()].copy_from_slice(&head);
+    let payload_len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&payload_len.to_be_bytes());
+    out[start + 4] = BINARY_MARKER;
+    out[start + 5..start + 9].copy_from_slice(&(head.len() as u32).to_be_bytes());
+    Ok(got)
+}
+
 /// Encodes a binary frame (length prefix included).
 pub fn encode_binary(header: &[u8], body: &[u8]) -> Bytes {
     let payload_len = 1 + 4 + header.len() + body.len();
@@ -577,6 +622,34 @@ mod tests {
             assert_eq!(got[0].json().as_ref(), br#"{"action":"ping"}"#);
             assert_eq!(got[1].json().as_ref(), br#"{"action":"pong"}"#);
         }
+    }
+
+    /// A frame written in place is the frame `encode_binary` makes of the header the body was
+    /// read with — whether that header is the guess's length, longer or shorter — after what
+    /// the buffer already held; a failed read leaves the buffer as it was.
+    #[test]
+    fn binary_frames_are_written_in_place_under_the_header_their_body_was_read_with() {
+        let head = |v: &u32| format!(r#"{{"version":{v}}}"#).into_bytes();
+        for (guess, read) in [(7, 8), (7, 10), (10, 7), (123, 4)] {
+            let mut out = b"before".to_vec();
+            let got = encode_binary_onto(
+                &mut out,
+                &head(&guess),
+                5,
+                |body| {
+                    body.copy_from_slice(b"bytes");
+                    Ok::<_, ()>(read)
+                },
+                head,
+            );
+            assert_eq!(got, Ok(read));
+            let mut want = b"before".to_vec();
+            want.extend_from_slice(&encode_binary(&head(&read), b"bytes"));
+            assert_eq!(out, want, "guessed {guess}, read {read}");
+        }
+        let mut out = b"before".to_vec();
+        let got = encode_binary_onto(&mut out, b"{}", 1 << 20, |_| Err::<u32, _>("gone"), |_| Vec::new());
+        assert_eq!((got, &out[..]), (Err("gone"), &b"before"[..]));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use latzero_memory::{HEADER_LEN, Kind, LAYOUT_VERSION};
-use latzero_proto::frame::{encode_binary, encode_message};
+use latzero_proto::frame::{encode_binary_onto, encode_message};
 use latzero_proto::message::{BlockOp, BlockRequest, BlockType, LockMode, PoolOp, RawValue};
 use latzero_proto::{AppId, ErrorCode, PoolName};
 use serde_json::json;
@@ -175,17 +175,38 @@ impl Memory {
                                 ),
                             ));
                         }
-                        let mut buf = vec![0u8; len as usize];
-                        let version = e.block.read(offset, &mut buf)?;
-                        let mut head = json!({
-                            "action": "block_data", "in_reply_to": id, "pool": req.pool, "block_id": block_id,
-                            "version": version, "offset": offset, "length": len,
-                        });
+                        let head = |version: u64| {
+                            json!({
+                                "action": "block_data", "in_reply_to": id, "pool": req.pool, "block_id": block_id,
+                                "version": version, "offset": offset, "length": len,
+                            })
+                        };
                         if base64 {
+                            let mut buf = vec![0u8; len as usize];
+                            let version = e.block.read(offset, &mut buf)?;
+                            let mut head = head(version);
                             head["data"] = json!(B64.encode(&buf));
                             reply(head);
                         } else {
-                            let _ = conn.reply(&encode_binary(&serde_json::to_vec(&head).unwrap_or_default(), &buf));
+                            // Read straight into the connection's buffer, under the header of the
+                            // version read with the bytes (guessed from the version now; a write
+                            // in between only moves the bytes along if its digits differ). Three
+                            // buffers of the read's size, each allocated and let go per read, had
+                            // malloc hand memory back and fault it in again: 1 MiB reads took 5x
+                            // as long (docs/BENCHMARKS.md).
+                            let to_vec = |v: serde_json::Value| serde_json::to_vec(&v).unwrap_or_default();
+                            let guess = to_vec(head(e.block.version()));
+                            let mut read = Ok(0);
+                            let _ = conn.reply_with(|b| {
+                                read = encode_binary_onto(
+                                    b,
+                                    &guess,
+                                    len as usize,
+                                    |body| e.block.read(offset, body),
+                                    |&version| to_vec(head(version)),
+                                );
+                            });
+                            read?;
                         }
                     }
                     Kind::Json => {
@@ -227,8 +248,26 @@ impl Memory {
                             head["records"] = json!(r.records.iter().map(|x| B64.encode(x)).collect::<Vec<_>>());
                             reply(head);
                         } else {
-                            let body = r.records.concat();
-                            let _ = conn.reply(&encode_binary(&serde_json::to_vec(&head).unwrap_or_default(), &body));
+                            // The records go straight into the connection's buffer (see the
+                            // binary read above).
+                            let head = serde_json::to_vec(&head).unwrap_or_default();
+                            let total = lengths.iter().sum();
+                            let _ = conn.reply_with(|b| {
+                                let _ = encode_binary_onto(
+                                    b,
+                                    &head,
+                                    total,
+                                    |body| {
+                                        let mut at = 0;
+                                        for r in &r.records {
+                                            body[at..at + r.len()].copy_from_slice(r);
+                                            at += r.len();
+                                        }
+                                        Ok::<_, std::convert::Infallible>(())
+                                    },
+                                    |_| head.clone(),
+                                );
+                            });
                         }
                     }
                 }
