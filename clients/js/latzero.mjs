@@ -204,6 +204,9 @@ export class Client {
     // Lock leases held: "pool\u0000blockId" -> {pool, blockId, mode}. One that ends other than
     // by blockUnlock is told with a `lock_expired` event, also when the connection drops.
     this._leases = new Map();
+    // Connections dropped so far: a grant read just before a drop, taken up after it, ended with
+    // its connection and is not taken for a lease held.
+    this._drops = 0;
     this._handlers = new Map();
     this._pending = new Map();
     this._listeners = new Map();
@@ -682,12 +685,19 @@ export class Client {
    * LOCKED; else LOCK_TIMEOUT). `opts.leaseMs` (the server's default, 30 s, without it) is
    * renewed by locking again. Resolves with {mode, leaseMs, renewed}: `renewed` is false for a
    * new lease, so a holder renewing learns that its lease had run out. The lease ends at
-   * blockUnlock, when it expires (a `lock_expired` event), or with the connection. */
+   * blockUnlock, when it expires (a `lock_expired` event), or with the connection; a grant that
+   * comes just before the connection drops ended with it, and rejects with DISCONNECTED. */
   async blockLock(pool, blockId, opts = {}) {
     const waitMs = Math.ceil(opts.waitMs ?? 0);
     const frame = { action: "block_lock", pool, block_id: blockId, mode: opts.mode ?? "exclusive", wait_ms: waitMs };
     if (opts.leaseMs !== undefined) frame.lease_ms = Math.max(1, Math.ceil(opts.leaseMs));
+    const drops = this._drops;
     const f = await this._request(frame, (this.options.timeoutMs ?? 30000) + waitMs);
+    if (this._drops !== drops) {
+      // Granted, but the connection dropped before this call took the grant up (a frame behind
+      // the grant in the same read ended it, say), and the lease ended with it.
+      throw new LatZeroError("DISCONNECTED", "the connection to the server dropped just after the lock was granted; the lease ended with it");
+    }
     this._leases.set(`${pool}\u0000${blockId}`, { pool, blockId, mode: f.mode ?? frame.mode });
     return { mode: f.mode, leaseMs: f.lease_ms, renewed: f.renewed };
   }
@@ -752,6 +762,7 @@ export class Client {
       this._pending.delete(id);
     }
     // Leases end with their connection, and are not taken again: each holder is told.
+    this._drops += 1;
     const leases = [...this._leases.values()];
     this._leases.clear();
     for (const l of leases) {

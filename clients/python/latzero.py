@@ -241,6 +241,9 @@ class Client:
         # Lock leases held: (pool, block_id) -> mode. One that ends other than by block_unlock
         # is told with a `lock_expired` event, also when the connection drops.
         self._leases = {}
+        # Connections dropped so far: a grant read just before a drop, taken up after it, ended
+        # with its connection and is not taken for a lease held.
+        self._drops = 0
         self._meta = meta
         self._auth = auth
         self._takeover = takeover
@@ -368,6 +371,7 @@ class Client:
                 reason = f"{closing.get('code')}: {closing.get('message')}"
             self._drop_connection("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run")
             # Leases end with their connection, and are not taken again: each holder is told.
+            self._drops += 1
             leases, self._leases = self._leases, {}
             for (pool, block_id), mode in leases.items():
                 self._event("lock_expired", {"pool": pool, "block_id": block_id, "mode": mode,
@@ -860,12 +864,18 @@ class Client:
         `lease` (seconds; the server's default, 30 s, without it) is renewed by locking again.
         Returns {"mode", "lease_ms", "renewed"}: `renewed` is False when the lease is new,
         so a holder renewing learns that its lease had run out. The lease ends at
-        `block_unlock`, when it expires (a `lock_expired` event), or with the connection."""
+        `block_unlock`, when it expires (a `lock_expired` event), or with the connection; a grant
+        that comes just before the connection drops ended with it, and raises DISCONNECTED."""
         frame = {"action": "block_lock", "pool": pool, "block_id": block_id, "mode": mode,
                  "wait_ms": math.ceil(wait * 1000)}
         if lease is not None:
             frame["lease_ms"] = max(1, math.ceil(lease * 1000))
+        drops = self._drops
         f = await self._request(frame, self._timeout + wait)
+        if self._drops != drops:
+            # Granted, but the connection dropped before this call took the grant up (frames
+            # behind the grant in the same read, say), and the lease ended with it.
+            raise LatZeroError("DISCONNECTED", "the connection to the server dropped just after the lock was granted; the lease ended with it")
         self._leases[(pool, block_id)] = f.get("mode", mode)
         return {"mode": f.get("mode"), "lease_ms": f.get("lease_ms"), "renewed": f.get("renewed")}
 

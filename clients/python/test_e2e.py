@@ -7,6 +7,7 @@ serving `echo` in pool `demo`, and restarts the server when this prints `restart
 """
 
 import asyncio
+import json
 import mmap
 import os
 import subprocess
@@ -142,6 +143,34 @@ async def main():
     waited = asyncio.get_running_loop().time() - started
     check(e.code == "NO_REPLY" and 1.1 <= waited < 3, "a server gone quiet: NO_REPLY", (str(e), waited))
     await quiet.close()
+    server.close()
+
+    # A server that grants a lock and ends the connection in the same write (a frame too large
+    # to read right behind the grant): the lease ended with the connection before block_lock
+    # could take it up, so it is not taken for one held.
+    granting_path = os.path.join(os.path.dirname(SOCKET), "granting.sock")
+
+    async def granting(reader, writer):
+        async def frame():
+            head = await reader.readexactly(4)
+            return json.loads(await reader.readexactly(int.from_bytes(head, "big")))
+
+        await frame()
+        ack = b'{"action":"handshake_ack","in_reply_to":0,"pools":["demo"],"triggers":[]}'
+        writer.write(len(ack).to_bytes(4, "big") + ack)
+        req = await frame()
+        locked = json.dumps({"action": "block_locked", "in_reply_to": req["id"], "pool": "demo",
+                             "block_id": "b", "mode": "exclusive", "lease_ms": 30000,
+                             "renewed": False}).encode()
+        writer.write(len(locked).to_bytes(4, "big") + locked + b"\xff\xff\xff\xff")
+        await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_unix_server(granting, granting_path)
+    dropping = await latzero.connect("py-dropping", socket=granting_path, pools=["demo"], reconnect=False)
+    e = await raises(dropping.block_lock("demo", "b"))
+    check(e.code == "DISCONNECTED", "a lock granted just before the connection drops", str(e))
+    await dropping.close()
     server.close()
 
     # Broadcast: every app serving the trigger answers, or fails, in its own entry.

@@ -3,6 +3,7 @@
 // serving `echo` in pool `demo`, and restarts the server when this prints `restart`. The URL is
 // the server's WebSocket port (`latzero start --ws-port P`), or a `latzero://{app}...` URL for
 // its Unix socket or TCP port (checks.mjs fills in `{app}`).
+// Before them, one check of its own against a stand-in server (`grantThenDrop`).
 // Prints `ok NAME` per check (checks.mjs) and `done` at the end; a failure prints `FAIL` with
 // the reason and exits 1.
 //
@@ -16,9 +17,59 @@ if (url.startsWith("ws") && typeof globalThis.WebSocket !== "function") {
   options.WebSocket = (await import(process.env.LATZERO_JS_WS)).default;
 }
 
+/** A stand-in server that grants a lock and ends the connection in the same write (a frame too
+ * large to read right behind the grant): the lease ended with the connection before blockLock
+ * could take it up, so it must not be taken for one held. Node only (a page has no listener). */
+async function grantThenDrop(connect, LatZeroError) {
+  const net = await import("node:net");
+  const server = net.createServer((sock) => {
+    let buf = Buffer.alloc(0);
+    let seen = 0;
+    const write = (obj, tail = Buffer.alloc(0)) => {
+      const text = Buffer.from(JSON.stringify(obj));
+      const head = Buffer.alloc(4);
+      head.writeUInt32BE(text.length);
+      sock.write(Buffer.concat([head, text, tail]));
+    };
+    sock.on("data", (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+        const f = JSON.parse(buf.subarray(4, 4 + buf.readUInt32BE(0)).toString());
+        buf = buf.subarray(4 + buf.readUInt32BE(0));
+        if (seen++ === 0) {
+          write({ action: "handshake_ack", in_reply_to: f.id, pools: ["demo"], triggers: [] });
+        } else if (f.action === "block_lock") {
+          const locked = { action: "block_locked", in_reply_to: f.id, pool: "demo", block_id: "b", mode: "exclusive", lease_ms: 30000, renewed: false };
+          write(locked, Buffer.from([0xff, 0xff, 0xff, 0xff]));
+        }
+      }
+    });
+    sock.on("error", () => {});
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    const c = await connect(`latzero://js-dropping@127.0.0.1:${server.address().port}?pools=demo`, { reconnect: false });
+    let e;
+    try {
+      await c.blockLock("demo", "b");
+    } catch (err) {
+      e = err;
+    }
+    if (!(e instanceof LatZeroError) || e.code !== "DISCONNECTED") {
+      throw new Error(`a lock granted just before the connection drops: ${e?.stack ?? "granted"}`);
+    }
+    console.log("ok a lock granted just before the connection drops");
+    await c.close();
+  } finally {
+    server.close();
+  }
+}
+
 try {
   // Imported here, so that a module that fails to load is reported too.
   const { run } = await import("./checks.mjs");
+  const { connect, LatZeroError } = await import("../latzero.mjs");
+  await grantThenDrop(connect, LatZeroError);
   await run(url, (line) => console.log(line), options);
   console.log("done");
   process.exit(0);

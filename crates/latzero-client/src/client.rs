@@ -178,12 +178,23 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: Closed,
     pub(crate) watches: Mutex<crate::memory::Watches>,
-    /// The lock leases this client holds, by block: whether each is exclusive. A lease that ends
-    /// other than by `unlock` is told as [`ClientEvent::LockExpired`].
-    pub(crate) leases: Mutex<HashMap<crate::memory::BlockKey, bool>>,
+    /// The lock leases this client holds. A lease that ends other than by `unlock` is told as
+    /// [`ClientEvent::LockExpired`].
+    pub(crate) leases: Mutex<Leases>,
     pub(crate) spinner: Option<latzero_uds::spin::Spinner>,
     /// What the server's `handshake_ack` said of its limits.
     pub(crate) server_limits: ServerLimits,
+}
+
+/// The lock leases a client holds, and how many of its connections have dropped (each drop ends
+/// every lease): a grant read just before a drop, whose caller takes it up only after the drop
+/// has ended the leases, is not taken for a lease held.
+#[derive(Default)]
+pub(crate) struct Leases {
+    /// By block: whether each is exclusive.
+    pub(crate) held: HashMap<crate::memory::BlockKey, bool>,
+    /// Connections dropped so far.
+    pub(crate) drops: u64,
 }
 
 /// The limits the server told at the handshake (`limits`, PROTOCOL.md §4.1): the client keeps to
@@ -963,7 +974,7 @@ impl Inner {
 
     /// A lease of this client's ended on the server's word (`lock_expired`): forgotten, and told.
     pub(crate) fn lease_ended(&self, key: crate::memory::BlockKey, exclusive: bool, reason: String) {
-        lock(&self.leases).remove(&key);
+        lock(&self.leases).held.remove(&key);
         let (pool, block_id) = key;
         self.event(ClientEvent::LockExpired {
             pool,
@@ -976,7 +987,11 @@ impl Inner {
     /// The connection dropped, and every lease with it: each is told, to the app and to the
     /// block's watches, as one the server ended is.
     pub(crate) fn leases_lost(&self) {
-        let held: Vec<_> = lock(&self.leases).drain().collect();
+        let held: Vec<_> = {
+            let mut leases = lock(&self.leases);
+            leases.drops += 1;
+            leases.held.drain().collect()
+        };
         for (key, exclusive) in held {
             lock(&self.watches).lock_lost(&key);
             let why = "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect";

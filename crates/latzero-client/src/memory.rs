@@ -744,7 +744,8 @@ impl MemoryBlock {
     /// renews it ([`LockGrant::renewed`] tells whether it had run out). The lease ends at
     /// [`MemoryBlock::unlock`], when it expires, or when this client's connection drops (it is
     /// not retaken after a reconnect). Both go in whole milliseconds, rounded up (a lease is at
-    /// least 1 ms).
+    /// least 1 ms). A grant that arrives just before the connection drops ended with it: the
+    /// call fails with [`ClientError::Disconnected`], as one whose grant never came.
     pub async fn lock_with(
         &self,
         exclusive: bool,
@@ -766,11 +767,23 @@ impl MemoryBlock {
         if let Some(l) = lease {
             r["lease_ms"] = json!(crate::options::whole_ms(l).max(1));
         }
+        // The connection the request goes out on is the one live now: the grant can only come
+        // on it, and a drop accounted after this read ended the lease with it. (A request sent
+        // once the drop is accounted fails as Disconnected; only a reconnect finished between
+        // this read and the send, which has no await between them, would put the grant on a
+        // later connection, and then the lease is taken for gone and runs out on the server.)
+        let drops = lock(&self.client.inner.leases).drops;
         let granted = self.client.block_request(r).await?;
         match (granted["lease_ms"].as_u64(), granted["renewed"].as_bool()) {
             (Some(ms), Some(renewed)) => {
+                let mut leases = lock(&self.client.inner.leases);
+                if leases.drops != drops {
+                    // Granted, but the connection dropped before this call took the grant up,
+                    // and the lease ended with it: not the app's to use.
+                    return Err(ClientError::Disconnected);
+                }
                 // Held now: if it ends other than by `unlock`, the app is told.
-                lock(&self.client.inner.leases).insert(self.key(), exclusive);
+                leases.held.insert(self.key(), exclusive);
                 Ok(LockGrant {
                     lease: Duration::from_millis(ms),
                     renewed,
@@ -787,7 +800,7 @@ impl MemoryBlock {
         let r = self.client.block_request(self.req("block_unlock")).await;
         // Released, or not held (any more): either way not this client's to be told about.
         if r.is_ok() || r.as_ref().is_err_and(|e| e.code() == Some(ErrorCode::NotLocked)) {
-            lock(&self.client.inner.leases).remove(&self.key());
+            lock(&self.client.inner.leases).held.remove(&self.key());
         }
         r.map(|_| ())
     }

@@ -5,7 +5,8 @@
 //! The stand-in also plays a server that never answers a call (the call must end at the
 //! client's own deadline), one whose reply is not UTF-8 (the call fails when it arrives), and
 //! one that writes several replies and then an oversized frame at once (each reply reaches its
-//! call, and the oversized frame ends the connection with its reason).
+//! call, and the oversized frame ends the connection with its reason), and one that grants a
+//! lock and drops the connection at once (the grant is not taken for a lease held).
 
 use latzero_client::{Client, Request};
 use latzero_proto::frame::{FrameCodec, encode_json};
@@ -259,4 +260,45 @@ async fn a_trigger_without_data_reaches_a_raw_handler_as_null() {
         (Some("ok"), &Value::Null),
         "{r}"
     );
+}
+
+#[tokio::test]
+async fn a_lock_granted_just_before_the_connection_drops_is_not_taken_for_held() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, mut buf) = accept_handshake(listener, "w").await;
+        let attach = read_frame(&mut s, &mut buf).await;
+        assert_eq!(attach["action"], "block_attach");
+        let attached = json!({"action":"block_attached","in_reply_to":attach["id"],"mode":"write",
+            "block":{"pool":"p","block_id":"b","type":"binary","size":16}});
+        s.write_all(&encode_json(attached.to_string().as_bytes()))
+            .await
+            .unwrap();
+        let lock = read_frame(&mut s, &mut buf).await;
+        assert_eq!(lock["action"], "block_lock");
+        // The grant, and the connection's end right behind it: on this one-thread runtime the
+        // client's reader takes both in before the caller is polled for its grant.
+        let locked = json!({"action":"block_locked","in_reply_to":lock["id"],"pool":"p","block_id":"b",
+            "mode":"exclusive","lease_ms":30000,"renewed":false});
+        s.write_all(&encode_json(locked.to_string().as_bytes())).await.unwrap();
+    });
+    let client = latzero_client::ClientOptions::new()
+        .reconnect(false)
+        .connect(&format!("latzero://w@{addr}?pools=p"))
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let block = client.attach_block_with("p", "b", None, false).await.unwrap();
+    // The lease ended with the connection, before the app could use it: not a lock held.
+    let got = block.lock(true, std::time::Duration::ZERO).await;
+    assert!(matches!(got, Err(latzero_client::ClientError::Disconnected)), "{got:?}");
+    server.await.unwrap();
+    assert!(matches!(
+        events.recv().await.unwrap(),
+        latzero_client::ClientEvent::Disconnected {
+            reconnecting: false,
+            ..
+        }
+    ));
 }
