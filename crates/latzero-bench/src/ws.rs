@@ -35,10 +35,11 @@ pub async fn connect(port: u16, app: &str) -> Result<Ws> {
     Ok(ws)
 }
 
-/// A call of `echo` in pool `bench` with `data` (a JSON text).
+/// A call of `echo` in pool `bench` with `data` (a JSON text), in the layout the JavaScript
+/// client writes, the one the server reads by its fixed layout first (any key order is allowed).
 fn call(id: u64, data: &str) -> Message {
     Message::text(format!(
-        r#"{{"action":"trigger","id":{id},"pool":"bench","process":"echo","data":{data},"ttl":30000}}"#
+        r#"{{"action":"trigger","id":{id},"process":"echo","pool":"bench","data":{data},"ttl":30000}}"#
     ))
 }
 
@@ -141,7 +142,7 @@ pub async fn multi(port: u16, callers: usize, data: &str, per: usize) -> Result<
 /// Sends `n` emits of `ev` in pool `bench` with `data` (a JSON text), fire-and-forget (no id,
 /// so no receipt), written a run of 64 at a time as a page's sends are.
 pub async fn emit(ws: &mut Ws, data: &str, n: usize) -> Result<()> {
-    let text = format!(r#"{{"action":"emit","pool":"bench","process":"ev","data":{data}}}"#);
+    let text = format!(r#"{{"action":"emit","process":"ev","pool":"bench","data":{data}}}"#);
     for i in 0..n {
         ws.feed(Message::text(text.clone())).await?;
         if i % 64 == 63 {
