@@ -518,18 +518,35 @@ impl Block {
 
     /// Json blocks: the document and its version.
     pub fn read_json(&self) -> Result<(Vec<u8>, u64), MemError> {
+        let mut doc = Vec::new();
+        let (_, v) = self.read_json_onto(&mut doc, usize::MAX)?;
+        Ok((doc, v))
+    }
+
+    /// Json blocks: appends the document to `out` if it is at most `max` bytes long, and
+    /// returns its length and version; a longer one is not copied (`out` is left as it was)
+    /// and only its length is returned. For a reply written in place, with no buffer of the
+    /// document's size per read.
+    pub fn read_json_onto(&self, out: &mut Vec<u8>, max: usize) -> Result<(usize, u64), MemError> {
         self.expect_kind(Kind::Json)?;
         let h = self.header();
         let size = self.size;
         let data = self.data_ptr();
-        let (doc, v) = self.consistent(|| {
+        let base = out.len();
+        self.consistent(|| {
+            out.truncate(base);
             let used = h.used.load(Ordering::Relaxed).min(size) as usize;
-            let mut doc = vec![0u8; used];
-            // SAFETY: `used` is clamped to the data size.
-            unsafe { std::ptr::copy_nonoverlapping(data, doc.as_mut_ptr(), used) };
-            doc
-        })?;
-        Ok((doc, v))
+            if used <= max {
+                out.reserve(used);
+                // SAFETY: `used` is clamped to the data size, and `out` has room for `used`
+                // more bytes, which the copy initialises before the length takes them in.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(base), used);
+                    out.set_len(base + used);
+                }
+            }
+            used
+        })
     }
 
     /// Json blocks: replaces the document after checking it is one valid JSON value.
@@ -715,6 +732,14 @@ mod tests {
             (b"7".to_vec(), 2),
             "failed writes leave it intact"
         );
+        // Onto what a buffer holds already; a document longer than `max` leaves it as it was.
+        b.write_json(br#"{"k":"v"}"#).unwrap();
+        let mut out = b"head:".to_vec();
+        assert_eq!(b.read_json_onto(&mut out, 9).unwrap(), (9, 3));
+        assert_eq!(out, br#"head:{"k":"v"}"#);
+        let mut out = b"head:".to_vec();
+        assert_eq!(b.read_json_onto(&mut out, 8).unwrap(), (9, 3));
+        assert_eq!(out, b"head:");
     }
 
     /// Writers fill the whole block with one byte value; readers must never see two values.

@@ -210,6 +210,15 @@ impl JsonFrame {
         self
     }
 
+    /// `"key":` and then whatever `write` appends to the frame's buffer, which must be one JSON
+    /// value or nothing (the caller then ends the frame unsent): for a value written in place,
+    /// such as a document read straight into a reply. The caller vouches for the text, as for
+    /// [`raw`](Self::raw)'s.
+    pub fn raw_with<R>(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        self.key(key);
+        write(&mut self.b)
+    }
+
     /// Appends `json` as it is. For the frames on every call, written in the fixed layout the
     /// readers expect: a run such as `","pool":"` is one copy where key by key it is five
     /// (docs/BENCHMARKS.md). The caller vouches for the text, as for [`raw`](Self::raw)'s;

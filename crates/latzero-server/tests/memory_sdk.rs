@@ -388,3 +388,36 @@ async fn a_mapping_of_a_non_persistent_block_refuses_use_once_the_server_stopped
     // A persistent block's file stays, and so does its mapping.
     assert_eq!(kept.write(0, b"kept").await.unwrap(), 1);
 }
+
+/// A json document is read through the server into one frame; one longer than a frame may be
+/// (written by a mapped writer, which no frame limit bounds) is refused with OUT_OF_RANGE, and
+/// the reader's connection stays up. It was sent before, over the client's frame limit, and
+/// the client dropped the connection.
+#[tokio::test]
+async fn a_json_document_longer_than_a_frame_is_refused_not_sent() {
+    let s = TestServer::with_limits(latzero_server::Limits {
+        max_frame_len: 128 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let a = client(&s, "a").await;
+    let b = client(&s, "b").await;
+    let blk = a.create_block("p", "cfg", BlockOptions::json(1 << 20)).await.unwrap();
+    assert!(blk.is_mapped());
+    let remote = b.attach_block_with("p", "cfg", None, false).await.unwrap();
+    // Up to the limit (the frame's less 64 KiB of header room), in one frame with its version.
+    let fits = "x".repeat(64 * 1024 - 2);
+    let v = blk.write_json(&fits).await.unwrap();
+    assert_eq!(remote.read_json::<String>().await.unwrap(), (fits, v));
+    let long = "x".repeat(64 * 1024 - 1);
+    blk.write_json(&long).await.unwrap();
+    let e = remote.read_json::<String>().await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::OutOfRange), "{e}");
+    assert!(e.to_string().contains("65537 bytes"), "{e}");
+    // Still connected: the next read of a shorter document is answered.
+    let v = blk.write_json(&json!({"rate": 30})).await.unwrap();
+    assert_eq!(
+        remote.read_json::<serde_json::Value>().await.unwrap(),
+        (json!({"rate": 30}), v)
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use latzero_memory::{HEADER_LEN, Kind, LAYOUT_VERSION};
-use latzero_proto::frame::{encode_binary_onto, encode_message};
+use latzero_proto::frame::{JsonFrame, encode_binary_onto, encode_message};
 use latzero_proto::message::{BlockOp, BlockRequest, BlockType, LockMode, PoolOp, RawValue};
 use latzero_proto::{AppId, ErrorCode, PoolName};
 use serde_json::json;
@@ -210,17 +210,51 @@ impl Memory {
                         }
                     }
                     Kind::Json => {
-                        let (doc, version) = e.block.read_json()?;
-                        let doc: &RawValue = serde_json::from_slice(&doc).map_err(|err| {
-                            Refusal::new(
-                                ErrorCode::Internal,
-                                format!("the stored document is not valid JSON: {err}"),
-                            )
-                        })?;
-                        reply(json!({
-                            "action": "block_data", "in_reply_to": id, "pool": req.pool, "block_id": block_id,
-                            "version": version, "document": doc,
-                        }));
+                        // Read straight into the connection's buffer, after the reply's head and
+                        // before its version (known once read): no buffer of the document's
+                        // size per read, and no tree of it (the document went through a
+                        // `serde_json::Value` on its way out before). A document longer than a
+                        // reply may be is refused, as a binary read is: sent, the frame would be
+                        // over the client's limit, which ends its connection.
+                        let mut read = Ok(());
+                        let _ = conn.reply_with(|b| {
+                            let start = b.len();
+                            let mut f = JsonFrame::after(std::mem::take(b), 160);
+                            f.name("action", "block_data")
+                                .raw("in_reply_to", id.map_or("null", RawValue::get))
+                                .name("pool", req.pool.as_str())
+                                .name("block_id", block_id.as_str());
+                            let got = f.raw_with("document", |v| {
+                                let at = v.len();
+                                let (len, version) = e.block.read_json_onto(v, room as usize)?;
+                                if len as u64 > room {
+                                    return Err(Refusal::new(
+                                        ErrorCode::OutOfRange,
+                                        format!(
+                                            "the document is {len} bytes; a read through the server returns at most {room} (max_frame_len less header room): attach and map the block, or raise max_frame_len"
+                                        ),
+                                    ));
+                                }
+                                // Checked as JSON when written; checked again here, since a
+                                // mapped writer's bytes reach the file without the server.
+                                serde_json::from_slice::<serde::de::IgnoredAny>(&v[at..]).map_err(|err| {
+                                    Refusal::new(
+                                        ErrorCode::Internal,
+                                        format!("the stored document is not valid JSON: {err}"),
+                                    )
+                                })?;
+                                Ok(version)
+                            });
+                            read = got.map(|version| {
+                                f.u64("version", version);
+                            });
+                            let mut v = f.into_vec();
+                            if read.is_err() {
+                                v.truncate(start);
+                            }
+                            *b = v;
+                        });
+                        read?;
                     }
                     Kind::Stream => {
                         let consumer = consumer.ok_or_else(|| {
