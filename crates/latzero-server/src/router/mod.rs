@@ -554,22 +554,31 @@ impl Router {
         let text = serde_json::to_string(&entry).expect("serialising an entry into memory");
         let done = {
             let mut g = group.state.lock().unwrap_or_else(|e| e.into_inner());
-            g.slots[slot] = Some(text);
+            g.slots[slot] = Some((app_id.to_owned(), text));
             g.remaining -= 1;
             (g.remaining == 0).then(|| std::mem::take(&mut g.slots))
         };
         if let Some(slots) = done {
-            let mut json = String::with_capacity(64 + slots.iter().flatten().map(String::len).sum::<usize>());
-            json.push_str(r#"{"action":"response","in_reply_to":"#);
+            const HEAD: &str = r#"{"action":"response","in_reply_to":"#;
+            const MID: &str = r#","status":"ok","broadcast":true,"responses":["#;
+            const TAIL: &str = "]}";
+            let mut entries: Vec<_> = slots.into_iter().flatten().collect();
+            let room = self
+                .limits
+                .max_frame_len
+                .saturating_sub(HEAD.len() + p.caller_id.len() + MID.len() + TAIL.len());
+            fit_broadcast(&mut entries, room, self.limits.max_frame_len);
+            let mut json = String::with_capacity(64 + entries.iter().map(|(_, e)| e.len() + 1).sum::<usize>());
+            json.push_str(HEAD);
             json.push_str(&p.caller_id);
-            json.push_str(r#","status":"ok","broadcast":true,"responses":["#);
-            for (i, s) in slots.iter().flatten().enumerate() {
+            json.push_str(MID);
+            for (i, (_, s)) in entries.iter().enumerate() {
                 if i > 0 {
                     json.push(',');
                 }
                 json.push_str(s);
             }
-            json.push_str("]}");
+            json.push_str(TAIL);
             if p.caller
                 .reply(&latzero_proto::frame::encode_json(json.as_bytes()))
                 .is_err()
@@ -577,6 +586,34 @@ impl Router {
                 self.counters.inc(&self.counters.undeliverable);
             }
         }
+    }
+}
+
+/// Keeps a broadcast's entries (app id, JSON text) within `room` bytes, the commas between them
+/// counted: the largest answer is replaced by a `FRAME_TOO_LARGE` entry, then the next, until
+/// they fit. Each answer fits a frame of its own, but together they may not, and a reply over
+/// the caller's frame limit would end its connection.
+fn fit_broadcast(entries: &mut [(String, String)], room: usize, max_frame_len: usize) {
+    let mut total: usize = entries.iter().map(|(_, e)| e.len() + 1).sum();
+    while total > room {
+        let Some(i) = (0..entries.len()).max_by_key(|&i| entries[i].1.len()) else {
+            return;
+        };
+        let (app, text) = &entries[i];
+        let message = format!(
+            "this handler's answer was left out ({} bytes as an entry of the reply): the broadcast's answers together would pass max_frame_len ({max_frame_len} bytes)",
+            text.len()
+        );
+        let entry = serde_json::json!({
+            "app_id": app, "status": "error", "code": ErrorCode::FrameTooLarge, "message": message,
+        })
+        .to_string();
+        if entry.len() >= text.len() {
+            // Only left-out entries are left, and the reply is as small as it gets.
+            return;
+        }
+        total = total - text.len() + entry.len();
+        entries[i].1 = entry;
     }
 }
 

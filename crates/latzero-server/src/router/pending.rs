@@ -63,8 +63,8 @@ pub(crate) struct Group {
 
 #[derive(Debug)]
 pub(crate) struct GroupState {
-    /// Each slot is a finished JSON object describing one handler's result.
-    pub slots: Vec<Option<String>>,
+    /// Each slot is a handler's app id and the finished JSON object describing its result.
+    pub slots: Vec<Option<(String, String)>>,
     pub remaining: usize,
 }
 

@@ -24,11 +24,14 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let counters = Arc::new(Counters::default());
-    let limits = Limits {
+    fixture_with(Limits {
         default_ttl: Duration::from_secs(30),
         ..Limits::default()
-    };
+    })
+}
+
+fn fixture_with(limits: Limits) -> Fixture {
+    let counters = Arc::new(Counters::default());
     Fixture {
         router: Arc::new(Router::new(counters.clone(), limits)),
         dir: RwLock::default(),
@@ -429,4 +432,45 @@ async fn broadcast_collects_one_result_per_handler() {
     assert_eq!(r["responses"][0], json!({"app_id":"a","status":"ok","response":"A"}));
     assert_eq!(r["responses"][1]["code"], "TIMEOUT");
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+}
+
+/// Each answer fits a frame, but together they would not: the largest is left out, with
+/// FRAME_TOO_LARGE in its place, and the reply stays within the caller's frame limit.
+#[tokio::test(start_paused = true)]
+async fn a_broadcast_reply_too_long_for_a_frame_leaves_out_the_largest_answers() {
+    let f = fixture_with(Limits {
+        max_frame_len: 1024,
+        ..Limits::default()
+    });
+    let mut handlers = vec![];
+    for (i, name) in ["a", "b", "d"].into_iter().enumerate() {
+        handlers.push(f.app(i as u64 + 1, name, &["f"]).await);
+    }
+    let (c, mut crx) = f.app(9, "c", &[]).await;
+    f.call(
+        &c,
+        json!({"action":"trigger","id":"bc","process":"f","pool":"p","broadcast":true,"ttl":5000}),
+    )
+    .unwrap();
+    for ((h, rx), len) in handlers.iter_mut().zip([600, 300, 50]) {
+        let t = next(rx).unwrap();
+        f.respond(
+            h,
+            json!({"action":"response","in_reply_to":t["id"],"status":"ok","response":"x".repeat(len)}),
+        )
+        .unwrap();
+    }
+    let r = next(&mut crx).unwrap();
+    assert!(r.to_string().len() <= 1024, "{}", r.to_string().len());
+    let left_out = &r["responses"][0];
+    assert_eq!(
+        (left_out["app_id"].as_str(), left_out["code"].as_str()),
+        (Some("a"), Some("FRAME_TOO_LARGE"))
+    );
+    assert!(
+        left_out["message"].as_str().unwrap().contains("642 bytes"),
+        "{left_out}"
+    );
+    assert_eq!(r["responses"][1]["response"], "x".repeat(300));
+    assert_eq!(r["responses"][2]["response"], "x".repeat(50));
 }
