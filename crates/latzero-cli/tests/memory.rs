@@ -255,6 +255,9 @@ fn bad_input_from_the_cli_is_one_clear_line() -> Result<()> {
     assert!(s.run(&["mem", "create", "p", "j", "--size", "64", "--type", "json"])?.0);
     let (ok, _, err) = s.run(&["mem", "write", "p", "j", "{\"a\":"])?;
     assert!(!ok && err.contains("not valid JSON"), "{err}");
+    // `-` as DATA is not standard input here: --file - is, and the error says so.
+    let (ok, _, err) = s.run(&["mem", "write", "p", "j", "-"])?;
+    assert!(!ok && err.contains("give --file -"), "{err}");
     assert!(s.run(&["mem", "write", "p", "j", "{\"a\":1}"])?.0);
     let (_, out, _) = s.run(&["mem", "read", "p", "j"])?;
     assert_eq!(json_line(&out)["document"]["a"], 1);

@@ -229,7 +229,10 @@ async fn write(a: MemWriteArgs) -> Result<()> {
     match kind_taking(&stat, &a.block.block, &flags)?.as_str() {
         "json" => {
             let bytes = data.context("give the JSON document as DATA or --file")?;
-            let doc: Value = serde_json::from_slice(&bytes).context("DATA is not valid JSON")?;
+            let doc: Value = match &a.data {
+                Some(d) => super::json_arg(Some(d), "DATA")?,
+                None => serde_json::from_slice(&bytes).context("the file is not valid JSON")?,
+            };
             let version = blk.write_json(&doc).await?;
             line(json!({ "version": version }));
         }

@@ -159,7 +159,13 @@ pub fn json_arg(s: Option<&str>, what: &str) -> Result<serde_json::Value> {
         Some(s) => serde_json::from_str(s).with_context(|| {
             let shown: String = s.chars().take(60).collect();
             let more = if shown.len() < s.len() { "..." } else { "" };
-            format!("{what} is not valid JSON: {shown}{more}")
+            // `-` is stdin for many tools; here it is --file's.
+            let hint = if s == "-" {
+                "; to read standard input, give --file -"
+            } else {
+                ""
+            };
+            format!("{what} is not valid JSON: {shown}{more}{hint}")
         }),
     }
 }
