@@ -38,7 +38,7 @@ counters!(
     handshake_timeouts,
     /// Frames received.
     frames_in,
-    /// Calls (trigger requests) accepted for routing.
+    /// Calls (trigger requests) accepted for routing; a broadcast counts once per handler, as its outcomes do.
     calls_total,
     /// Calls answered by a handler with status ok.
     calls_ok,

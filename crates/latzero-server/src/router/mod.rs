@@ -193,7 +193,8 @@ impl Router {
                 ),
             ));
         }
-        self.counters.inc(&self.counters.calls_total);
+        // Once per handler, as each one's outcome is counted (a broadcast reaches n).
+        self.counters.calls_total.fetch_add(n as u64, Ordering::Relaxed);
 
         let deadline = received + ttl;
         let group = t.broadcast.then(|| Group::new(n));

@@ -432,6 +432,16 @@ async fn broadcast_collects_one_result_per_handler() {
     assert_eq!(r["responses"][0], json!({"app_id":"a","status":"ok","response":"A"}));
     assert_eq!(r["responses"][1]["code"], "TIMEOUT");
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+    // Counted once per handler, in the total as in the outcomes.
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(
+        (
+            count(&f.counters.calls_total),
+            count(&f.counters.calls_ok),
+            count(&f.counters.calls_timed_out)
+        ),
+        (2, 1, 1)
+    );
 }
 
 /// Each answer fits a frame, but together they would not: the largest is left out, with
