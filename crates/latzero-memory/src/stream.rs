@@ -146,6 +146,20 @@ impl Block {
     /// record when there is one) from `from`. A cursor behind the oldest record held resumes
     /// there and reports how many records it missed.
     pub fn read_records(&self, from: Cursor, max: usize, max_bytes: u64) -> Result<Records, MemError> {
+        self.read_records_within(from, max, max_bytes, |len| len)
+    }
+
+    /// [`read_records`](Self::read_records), with each record costing `cost(its length)` of
+    /// `budget` rather than its length: for a reply that spends more than the record's bytes on
+    /// each (its entry in a list of lengths, base64 text). Still at least one record when there
+    /// is one, whatever it costs.
+    pub fn read_records_within(
+        &self,
+        from: Cursor,
+        max: usize,
+        budget: u64,
+        cost: impl Fn(u64) -> u64,
+    ) -> Result<Records, MemError> {
         self.expect_kind(Kind::Stream)?;
         let h = self.header();
         let size = self.size();
@@ -166,20 +180,20 @@ impl Block {
                 (from, 0)
             };
             let mut records = vec![];
-            let mut bytes = 0u64;
+            let mut spent = 0u64;
             while cur.pos < head && records.len() < max {
                 let len = self.record_len(cur.pos);
                 if padded(len) > head - cur.pos || padded(len) > size {
                     // Only possible mid-write (then the seqlock retries) or in a corrupt file.
                     return Err(cur);
                 }
-                if !records.is_empty() && bytes + len > max_bytes {
+                if !records.is_empty() && spent.saturating_add(cost(len)) > budget {
                     break;
                 }
                 let mut r = vec![0u8; len as usize];
                 self.ring_read(cur.pos + RECORD_OVERHEAD, &mut r);
                 records.push(r);
-                bytes += len;
+                spent = spent.saturating_add(cost(len));
                 cur.pos += padded(len);
                 cur.index += 1;
             }
@@ -405,5 +419,12 @@ mod tests {
         assert_eq!(r.records.len(), 1);
         let r = b.read_records(Cursor::default(), 10, 10).unwrap();
         assert_eq!(r.records.len(), 1);
+        // Costed: 100 bytes a record plus 20 fit two in 250, where bytes alone fit all four.
+        let r = b
+            .read_records_within(Cursor::default(), 10, 250, |len| len + 20)
+            .unwrap();
+        assert_eq!((r.records.len(), r.next.index), (2, 2));
+        let r = b.read_records_within(Cursor::default(), 10, 400, |len| len).unwrap();
+        assert_eq!(r.records.len(), 4);
     }
 }

@@ -865,3 +865,104 @@ async fn a_connection_waits_for_a_lock_once() {
     );
     s.stop().await;
 }
+
+/// The payload length of a frame as read.
+fn frame_len(f: &latzero_proto::Frame) -> usize {
+    match f {
+        latzero_proto::Frame::Json(b) => b.len(),
+        latzero_proto::Frame::Binary { header, body } => 5 + header.len() + body.len(),
+    }
+}
+
+/// Reads through the server stay within the frame limit, which the client holds the server to
+/// (a longer frame ends its connection): a hundred thousand short stream records spend more on
+/// their `lengths` entries, or as base64 on their text, than on their bytes; a record longer
+/// than a reply may be is refused, its consumer's cursor left on it; a base64 read is held to
+/// three quarters of a binary one's room; a pool's block list that has outgrown a frame is
+/// FRAME_TOO_LARGE. The connection stays up throughout.
+#[tokio::test]
+async fn reads_through_the_server_keep_within_the_frame_limit() {
+    let max = 128 * 1024;
+    let s = TestServer::with_limits(latzero_server::Limits {
+        max_frame_len: max,
+        ..Default::default()
+    })
+    .await;
+    let mut a = member(&s, "a").await;
+    let c = create(&mut a, json!({"block_id":"log","type":"stream","size":4 << 20})).await;
+    assert_eq!(c["action"], "block_created", "{c}");
+    // Appended through a mapping of the block's file, as a local writer does (no frames).
+    let at = a
+        .ask(json!({"action":"block_attach","id":"at","pool":"p","block_id":"log","mode":"write"}))
+        .await;
+    let log = latzero_memory::Block::open(std::path::Path::new(at["path"].as_str().unwrap()), true).unwrap();
+    const N: usize = 70_000;
+    for _ in 0..N {
+        log.append(&[7]).unwrap();
+    }
+    for base64 in [false, true] {
+        let consumer = if base64 { "text" } else { "bytes" };
+        let (mut seen, mut reads) = (0, 0);
+        while seen < N {
+            let mut req =
+                json!({"action":"block_read","id":"r","pool":"p","block_id":"log","consumer":consumer,"max":100000});
+            if base64 {
+                req["encoding"] = json!("base64");
+            }
+            a.send(req).await;
+            let f = a.recv_frame().await.expect("connection closed");
+            assert!(frame_len(&f) <= max, "a frame of {} bytes", frame_len(&f));
+            let got = match &f {
+                latzero_proto::Frame::Binary { header, .. } => {
+                    serde_json::from_slice::<Value>(header).unwrap()["lengths"]
+                        .as_array()
+                        .unwrap()
+                        .len()
+                }
+                latzero_proto::Frame::Json(b) => {
+                    let v: Value = serde_json::from_slice(b).unwrap();
+                    v["records"].as_array().unwrap_or_else(|| panic!("{v}")).len()
+                }
+            };
+            assert!(got > 0);
+            seen += got;
+            reads += 1;
+        }
+        assert_eq!(seen, N);
+        assert!(reads > 1, "{consumer}: all in one read");
+    }
+    // One record longer than a reply may be: refused, and still next.
+    log.append(&vec![1u8; 200 * 1024]).unwrap();
+    for _ in 0..2 {
+        let r = a
+            .ask(json!({"action":"block_read","id":"big","pool":"p","block_id":"log","consumer":"bytes"}))
+            .await;
+        assert_eq!(code(&r), "OUT_OF_RANGE");
+        assert!(r["message"].as_str().unwrap().contains("204800 bytes"), "{r}");
+    }
+    // Base64: at most three quarters of the binary room (64 KiB here).
+    let c = create(&mut a, json!({"block_id":"bin","size":65536})).await;
+    assert_eq!(c["action"], "block_created", "{c}");
+    let r = a
+        .ask(json!({"action":"block_read","id":"b","pool":"p","block_id":"bin","encoding":"base64"}))
+        .await;
+    assert_eq!(code(&r), "OUT_OF_RANGE");
+    assert!(r["message"].as_str().unwrap().contains("49152 bytes as base64"), "{r}");
+    let r = a
+        .ask(json!({"action":"block_read","id":"b","pool":"p","block_id":"bin","length":49152,"encoding":"base64"}))
+        .await;
+    assert_eq!(r["action"], "block_data", "{r}");
+    // A block list longer than a frame.
+    for i in 0..600 {
+        let c = create(
+            &mut a,
+            json!({"block_id": format!("block-{i:04}-{}", "x".repeat(100)), "size": 8}),
+        )
+        .await;
+        assert_eq!(c["action"], "block_created", "{c}");
+    }
+    let r = a.ask(json!({"action":"block_list","id":"l","pool":"p"})).await;
+    assert_eq!(code(&r), "FRAME_TOO_LARGE");
+    assert_eq!(r["in_reply_to"], "l");
+    assert_eq!(a.ask(json!({"action":"ping","id":"still"})).await["action"], "pong");
+}

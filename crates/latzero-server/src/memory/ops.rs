@@ -92,14 +92,29 @@ impl Memory {
         body: Option<&[u8]>,
         max_frame_len: usize,
     ) -> Result<Option<StoreWork>, Refusal> {
-        let reply = |v: serde_json::Value| {
-            let _ = conn.reply(&encode_message(&v));
+        // An answer that grows with what it describes (a pool's blocks, base64 data) is held to
+        // the frame limit: past it the client would take the frame for a broken stream and drop
+        // the connection, so it is refused as FRAME_TOO_LARGE instead (the reads below keep
+        // within their room first, and say so in their own terms).
+        let reply = |v: serde_json::Value| -> Result<(), Refusal> {
+            let frame = encode_message(&v);
+            let len = frame.len() - 4;
+            if len > max_frame_len {
+                return Err(Refusal::new(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "the answer would be a frame of {len} bytes, above the server's max_frame_len of {max_frame_len}"
+                    ),
+                ));
+            }
+            let _ = conn.reply(&frame);
+            Ok(())
         };
         let app = who.app;
         let Some(block_id) = &req.block_id else {
             who.policy(&req.pool, PoolOp::Read)?;
             let blocks: Vec<_> = self.list(&req.pool).iter().map(|e| e.describe()).collect();
-            reply(json!({ "action": "block_list_result", "in_reply_to": id, "pool": req.pool, "blocks": blocks }));
+            reply(json!({ "action": "block_list_result", "in_reply_to": id, "pool": req.pool, "blocks": blocks }))?;
             return Ok(None);
         };
         if body.is_some() && !matches!(req.op, BlockOp::Write { .. }) {
@@ -153,7 +168,7 @@ impl Memory {
                     "mode": if write { "write" } else { "read" },
                     "header_len": HEADER_LEN,
                     "layout_version": LAYOUT_VERSION,
-                }));
+                }))?;
             }
             BlockOp::Read {
                 offset,
@@ -167,11 +182,17 @@ impl Memory {
                 match e.block.kind() {
                     Kind::Binary => {
                         let len = length.unwrap_or_else(|| e.block.size().saturating_sub(offset));
-                        if len > room {
+                        // Base64 spends four bytes of text on every three.
+                        let (most, as_what) = if base64 {
+                            (room / 4 * 3, " as base64")
+                        } else {
+                            (room, "")
+                        };
+                        if len > most {
                             return Err(Refusal::new(
                                 ErrorCode::OutOfRange,
                                 format!(
-                                    "a read through the server returns at most {room} bytes (max_frame_len less header room); read in chunks, or attach and map the block"
+                                    "a read through the server returns at most {most} bytes{as_what} (max_frame_len less header room); read in chunks, or attach and map the block"
                                 ),
                             ));
                         }
@@ -186,7 +207,7 @@ impl Memory {
                             let version = e.block.read(offset, &mut buf)?;
                             let mut head = head(version);
                             head["data"] = json!(B64.encode(&buf));
-                            reply(head);
+                            reply(head)?;
                         } else {
                             // Read straight into the connection's buffer, under the header of the
                             // version read with the bytes (guessed from the version now; a write
@@ -271,7 +292,30 @@ impl Memory {
                             ));
                         }
                         let slot = e.block.consumer(&consumer)?;
-                        let r = e.block.read_records(e.block.consumer_cursor(slot), max, room)?;
+                        // What a record costs of the reply: its bytes (or their base64 text,
+                        // quoted, and a comma) and its entry in `lengths` (digits and a comma).
+                        // A hundred thousand short records spend more on their entries than on
+                        // their bytes.
+                        let cost = |len: u64| {
+                            let entry = len.checked_ilog10().unwrap_or(0) as u64 + 2;
+                            entry + if base64 { len.div_ceil(3) * 4 + 3 } else { len }
+                        };
+                        let r = e
+                            .block
+                            .read_records_within(e.block.consumer_cursor(slot), max, room, cost)?;
+                        if let [one] = &r.records[..]
+                            && cost(one.len() as u64) > room
+                        {
+                            // Left where it is, for a mapping to read (the cursor stays).
+                            return Err(Refusal::new(
+                                ErrorCode::OutOfRange,
+                                format!(
+                                    "the next record is {} bytes, more than a read through the server returns{} ({room} bytes of reply: max_frame_len less header room); attach and map the block to read it",
+                                    one.len(),
+                                    if base64 { " as base64" } else { "" }
+                                ),
+                            ));
+                        }
                         e.block.commit_cursor(slot, r.next)?;
                         let lengths: Vec<usize> = r.records.iter().map(Vec::len).collect();
                         let mut head = json!({
@@ -280,7 +324,7 @@ impl Memory {
                         });
                         if base64 {
                             head["records"] = json!(r.records.iter().map(|x| B64.encode(x)).collect::<Vec<_>>());
-                            reply(head);
+                            reply(head)?;
                         } else {
                             // The records go straight into the connection's buffer (see the
                             // binary read above).
@@ -361,17 +405,17 @@ impl Memory {
                 match e.block.kind() {
                     Kind::Binary => {
                         let v = e.block.write(offset, bytes)?;
-                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }));
+                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }))?;
                         e.changed(v, offset, len);
                     }
                     Kind::Json => {
                         let v = e.block.write_json(bytes)?;
-                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }));
+                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }))?;
                         e.changed(v, 0, len);
                     }
                     Kind::Stream => {
                         let (index, v) = e.block.append(bytes)?;
-                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v, "index": index }));
+                        reply(json!({ "action": "block_written", "in_reply_to": id, "version": v, "index": index }))?;
                         e.changed(v, index, len);
                     }
                 }
@@ -402,7 +446,9 @@ impl Memory {
             }
             BlockOp::Unlock => {
                 e.unlock(conn.id)?;
-                reply(json!({ "action": "block_unlocked", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
+                reply(
+                    json!({ "action": "block_unlocked", "in_reply_to": id, "pool": req.pool, "block_id": block_id }),
+                )?;
             }
             BlockOp::Watch { since, created_at } => {
                 who.may_read(&e)?;
@@ -411,7 +457,7 @@ impl Memory {
                 let version = e.block.version();
                 reply(
                     json!({ "action": "block_watching", "in_reply_to": id, "pool": req.pool, "block_id": block_id, "version": version }),
-                );
+                )?;
                 // The initial state: what changed since the watcher last looked, then "synced".
                 // Another creation time, or a version above this one: the watcher saw another
                 // block of this name (this one was deleted and created again, or a
@@ -426,19 +472,19 @@ impl Memory {
                     reply(json!({
                         "action": "block_event", "event": "changed", "pool": req.pool, "block_id": block_id,
                         "version": version, "offset": 0, "length": e.block.size(),
-                    }));
+                    }))?;
                 }
                 reply(json!({
                     "action": "block_event", "event": "synced", "pool": req.pool, "block_id": block_id,
                     "version": version, "created_at": e.meta.created_at,
-                }));
+                }))?;
                 drop(st);
             }
             BlockOp::Unwatch => {
                 e.state().watchers.remove(&conn.id);
                 reply(
                     json!({ "action": "block_unwatched", "in_reply_to": id, "pool": req.pool, "block_id": block_id }),
-                );
+                )?;
             }
             BlockOp::Notify {
                 version,
@@ -461,7 +507,7 @@ impl Memory {
                 }
                 e.changed(version, offset, length);
                 if id.is_some() {
-                    reply(json!({ "action": "block_notified", "in_reply_to": id, "version": version }));
+                    reply(json!({ "action": "block_notified", "in_reply_to": id, "version": version }))?;
                 }
             }
             BlockOp::Delete => {
@@ -474,11 +520,11 @@ impl Memory {
                         id: id.map(ToOwned::to_owned),
                     }));
                 }
-                reply(json!({ "action": "block_deleted", "in_reply_to": id, "pool": req.pool, "block_id": block_id }));
+                reply(json!({ "action": "block_deleted", "in_reply_to": id, "pool": req.pool, "block_id": block_id }))?;
             }
             BlockOp::Stat => {
                 who.policy(&req.pool, PoolOp::Read)?;
-                reply(json!({ "action": "block_stat_result", "in_reply_to": id, "block": e.describe() }));
+                reply(json!({ "action": "block_stat_result", "in_reply_to": id, "block": e.describe() }))?;
             }
         }
         Ok(None)
