@@ -38,6 +38,11 @@ event tells when one ran out, or was lost with the connection); `block_watch` ca
 after a reconnect from the last version seen (a block gone by then ends the watch with a
 `deleted` event). A lease is the connection's: it does not survive a reconnect.
 
+A handler is a plain function, run in the client's read loop to its end (the fastest; it must
+not block), or a coroutine function, run as a task of its own (started eagerly on Python 3.12
+and later), so that `asyncio.timeout`, `asyncio.current_task()` and context variables in it are
+its own.
+
 Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
 a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`.
 When the connection drops, calls in flight raise `DISCONNECTED` and the client reconnects,
@@ -57,8 +62,8 @@ import platform
 import random
 import ssl
 import struct
+import sys
 import time
-import types
 import urllib.parse
 
 __all__ = ["LatZeroError", "Request", "Client", "Block", "connect", "parse_url"]
@@ -68,6 +73,10 @@ DEFAULT_PORT = 45227
 DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024
 # A frame the server sends may pass its max_frame_len by this much (PROTOCOL.md §2).
 FRAME_SLACK = 65536
+# Python 3.12 starts a task eagerly on asking (`asyncio.Task(..., eager_start=True)`): its
+# first step runs at once, as the task's own. Before it, a coroutine handler waits for a turn of
+# the loop to start.
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class LatZeroError(Exception):
@@ -244,6 +253,8 @@ class Client:
         # Connections dropped so far: a grant read just before a drop, taken up after it, ended
         # with its connection and is not taken for a lease held.
         self._drops = 0
+        # Handlers' tasks still running (the loop keeps only weak references to tasks).
+        self._tasks = set()
         self._meta = meta
         self._auth = auth
         self._takeover = takeover
@@ -543,10 +554,11 @@ class Client:
             self._block_event({"pool": key[0], "block_id": key[1], "version": w["seen"] or 0, **ended})
 
     def _deliver(self, f, answer):
-        """Runs the handler for a delivered trigger or emit right here, in the read loop (a task
-        for each delivery cost more than a small handler): a plain function to its end, a
-        coroutine until it first waits, and then on in a task of its own, as the Rust SDK
-        does. Any other awaitable it returns is awaited in a task."""
+        """Runs the handler for a delivered trigger or emit: a plain function right here, in
+        the read loop, to its end (a task for each delivery cost more than a small handler); a
+        coroutine as a task of its own, started at once where Python can (3.12's eager tasks:
+        one that does not wait ends here, without a turn of the loop). Any other awaitable it
+        returns is awaited in a task."""
         name = f.get("process")
         handler = self._handlers.get(name)
         if handler is None:
@@ -560,20 +572,33 @@ class Client:
         except (Exception, asyncio.CancelledError) as e:
             self._answer(f, answer, False, _failure(e))
             return
-        if inspect.iscoroutine(value):
-            try:
-                waiting = value.send(None)
-            except StopIteration as done:
-                self._answer(f, answer, True, done.value)
-                return
-            except (Exception, asyncio.CancelledError) as e:
-                self._answer(f, answer, False, _failure(e))
-                return
-            value = _carry_on(value, waiting)
+        if inspect.iscoroutine(value) and _EAGER_TASKS:
+            # Not stepped by hand in the read loop: there its first step was the read loop
+            # task's, so `asyncio.timeout` in a handler cancelled the read loop (the client
+            # stopped reading, silently) and its context variables leaked into the loop.
+            task = asyncio.Task(value, loop=self._loop, eager_start=True)
+            if task.done():
+                self._answer_task(f, answer, task)
+            else:
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: self._answer_task(f, answer, t))
+            return
         if inspect.isawaitable(value):
-            asyncio.ensure_future(self._deliver_later(f, answer, value))
+            task = asyncio.ensure_future(self._deliver_later(f, answer, value))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         else:
             self._answer(f, answer, True, value)
+
+    def _answer_task(self, f, answer, task):
+        """Answers for a handler's task once it has ended (see _deliver)."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            self._answer(f, answer, False, _failure(asyncio.CancelledError()))
+        elif task.exception() is not None:
+            self._answer(f, answer, False, _failure(task.exception()))
+        else:
+            self._answer(f, answer, True, task.result())
 
     async def _deliver_later(self, f, answer, waiting):
         try:
@@ -1085,30 +1110,6 @@ def _decode(text):
     if end != len(text):
         raise json.JSONDecodeError("Extra data", text, end)
     return value
-
-
-@types.coroutine
-def _carry_on(coro, waiting):
-    """Runs on, in the task that awaits this, a coroutine already stepped once by hand, whose
-    step gave `waiting` (the future it waits on, or None to be stepped again soon): each
-    value or exception the task sends in goes on to the coroutine, each future it waits on
-    out to the task."""
-    while True:
-        try:
-            sent = yield waiting
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as e:  # thrown in by the task: cancellation
-            try:
-                waiting = coro.throw(e)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                waiting = coro.send(sent)
-            except StopIteration as done:
-                return done.value
 
 
 def _failure(e):

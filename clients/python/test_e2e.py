@@ -7,6 +7,7 @@ serving `echo` in pool `demo`, and restarts the server when this prints `restart
 """
 
 import asyncio
+import contextvars
 import json
 import mmap
 import os
@@ -75,8 +76,8 @@ async def main():
     check(await other.call("demo", "greet", "ada") == "hello ada from py-other", "call a sync handler")
     check(await other.call("demo", "double", {"x": 21}) == 42, "call an async handler")
 
-    # A coroutine runs in the read loop until it first waits: one that never waits, or fails
-    # before or after its wait, answers as one run in a task does.
+    # A coroutine runs as a task of its own (eagerly started on 3.12+): one that never waits,
+    # or fails before or after its wait, answers as expected.
     async def quick(req):
         return req.data + 1
 
@@ -101,6 +102,27 @@ async def main():
     e = await raises(other.call("demo", "cancelled"))
     check(e.code == "HANDLER_ERROR" and "cancelled" in e.message, "a handler cancelled at once", str(e))
     check(await other.call("demo", "quick", 2) == 3, "and its client still serves", None)
+    # `asyncio.timeout` in a handler times the handler out, not the client's read loop (when
+    # the handler's first step ran in the read loop, the timeout cancelled the loop: the call
+    # got "late", and the client never read again). Its context is its own too.
+    marker = contextvars.ContextVar("marker", default="unset")
+
+    async def bounded(req):
+        marker.set("handler's")
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(5)
+        return "late"
+
+    await worker.handle("bounded", bounded)
+    e = await raises(other.call("demo", "bounded"))
+    check(e.code == "HANDLER_ERROR" and "TimeoutError" in e.message, "asyncio.timeout in a handler", str(e))
+    check(await other.call("demo", "quick", 3) == 4, "and the client still reads", None)
+
+    async def peek(req):
+        return marker.get()
+
+    await worker.handle("peek", peek)
+    check(await other.call("demo", "peek") == "unset", "a handler's context variables stay its own", None)
     for name in ("early", "late"):
         e = await raises(other.call("demo", name))
         check(e.code == "HANDLER_ERROR" and name in e.message, f"an async handler failing {name}", str(e))
