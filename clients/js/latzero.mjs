@@ -439,8 +439,11 @@ export class Client {
 
   async _deliver(f, answer) {
     const handler = this._handlers.get(f.process);
+    // Called without a catch (from the read): nothing may escape as a rejection, which Node
+    // ends the process for. A connection closing or gone by the handler's end has failed the
+    // call already (HANDLER_GONE): there is no one to answer.
     const reply = (ok, value) => {
-      if (!answer || this._ws === null) return;
+      if (!answer || this._ws === null || this._ws.readyState !== 1) return;
       const r = { action: "response", in_reply_to: f.id, status: ok ? "ok" : "error" };
       r[ok ? "response" : "error"] = value ?? null;
       this._send(r);
@@ -453,7 +456,11 @@ export class Client {
       const out = await handler({ data: f.data ?? null, pool: f.pool, process: f.process, origin: f.origin?.app_id });
       reply(true, out === undefined ? null : out);
     } catch (e) {
-      reply(false, { message: e?.message ?? String(e) });
+      try {
+        reply(false, { message: e?.message ?? String(e) });
+      } catch {
+        // Not sendable either (the connection went between the two): see `reply`.
+      }
     }
   }
 

@@ -3,7 +3,8 @@
 // serving `echo` in pool `demo`, and restarts the server when this prints `restart`. The URL is
 // the server's WebSocket port (`latzero start --ws-port P`), or a `latzero://{app}...` URL for
 // its Unix socket or TCP port (checks.mjs fills in `{app}`).
-// Before them, one check of its own against a stand-in server (`grantThenDrop`).
+// Before them, two checks of its own: a stand-in server (`grantThenDrop`), and a handler that
+// ends while its connection closes (`answerWhileClosing`).
 // Prints `ok NAME` per check (checks.mjs) and `done` at the end; a failure prints `FAIL` with
 // the reason and exits 1.
 //
@@ -65,11 +66,27 @@ async function grantThenDrop(connect, LatZeroError) {
   }
 }
 
+/** A handler that ends while its connection is closing (a WebSocket's readyState 2 before its
+ * close event) has no one to answer: that must not become a rejection, which ends a Node
+ * process. */
+async function answerWhileClosing(Client) {
+  const c = new Client("latzero://js-closing", "js-closing", {}, { socket: "/nonexistent" });
+  c._ws = { readyState: 2, send() {} };
+  c._handlers.set("t", async () => 1);
+  c._handlers.set("f", async () => {
+    throw new Error("no");
+  });
+  await c._deliver({ action: "trigger", id: 1, process: "t", pool: "demo" }, true);
+  await c._deliver({ action: "trigger", id: 2, process: "f", pool: "demo" }, true);
+  console.log("ok a handler that ends while its connection closes");
+}
+
 try {
   // Imported here, so that a module that fails to load is reported too.
   const { run } = await import("./checks.mjs");
-  const { connect, LatZeroError } = await import("../latzero.mjs");
+  const { connect, LatZeroError, Client } = await import("../latzero.mjs");
   await grantThenDrop(connect, LatZeroError);
+  await answerWhileClosing(Client);
   await run(url, (line) => console.log(line), options);
   console.log("done");
   process.exit(0);
