@@ -966,3 +966,28 @@ async fn reads_through_the_server_keep_within_the_frame_limit() {
     assert_eq!(r["in_reply_to"], "l");
     assert_eq!(a.ask(json!({"action":"ping","id":"still"})).await["action"], "pong");
 }
+
+/// A lease or a wait out of range is refused naming its own bounds: a wait may be 0 (fail at
+/// once), a lease may not.
+#[tokio::test]
+async fn lock_fields_out_of_range_name_their_bounds() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    assert_eq!(create(&mut a, json!({})).await["action"], "block_created");
+    let r = a
+        .ask(json!({"action":"block_lock","id":1,"pool":"p","block_id":"b","lease_ms":0}))
+        .await;
+    assert_eq!(code(&r), "INVALID_MESSAGE");
+    assert!(
+        r["message"].as_str().unwrap().contains("must be 1 to 3600000 ms"),
+        "{r}"
+    );
+    let r = a
+        .ask(json!({"action":"block_lock","id":2,"pool":"p","block_id":"b","wait_ms":3600001u64}))
+        .await;
+    assert_eq!(code(&r), "INVALID_MESSAGE");
+    assert!(
+        r["message"].as_str().unwrap().contains("must be 0 to 3600000 ms"),
+        "{r}"
+    );
+}

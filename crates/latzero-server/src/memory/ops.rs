@@ -437,7 +437,11 @@ impl Memory {
                     }
                     Some(ms) => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
-                        format!("field `{field}` is {ms}; it must be 1 to {} ms", max.as_millis()),
+                        format!(
+                            "field `{field}` is {ms}; it must be {} to {} ms",
+                            if field == "wait_ms" { 0 } else { 1 },
+                            max.as_millis()
+                        ),
                     )),
                 };
                 let lease = ms(lease_ms, self.config.default_lease, "lease_ms")?;
