@@ -449,7 +449,7 @@ pub struct StartArgs {
     /// Do not listen on the Unix socket in the data directory
     #[arg(long, env = "LATZERO_NO_UNIX_SOCKET", action = ArgAction::SetTrue)]
     pub no_unix_socket: bool,
-    /// Largest frame payload accepted, bytes [default: 16777216]
+    /// Largest frame payload accepted, bytes (1024 to 4294967295) [default: 16777216]
     #[arg(long, env = "LATZERO_MAX_FRAME_LEN")]
     pub max_frame_len: Option<usize>,
     /// Frames queued to one connection before it is closed as a slow consumer [default: 1048576]

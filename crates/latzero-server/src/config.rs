@@ -54,6 +54,9 @@ impl Default for Limits {
     }
 }
 
+/// The smallest `limits.max_frame_len` a server takes: a handshake and its answer must fit.
+pub const MIN_FRAME_LEN: usize = 1024;
+
 /// The default of [`ServerConfig::spin`].
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
@@ -125,7 +128,8 @@ impl ServerConfig {
         }
     }
 
-    /// Refuses settings that would leave a server refusing everything they limit: a limit, a
+    /// Refuses settings that would leave a server refusing everything they limit (a frame limit
+    /// below [`MIN_FRAME_LEN`] among them): a limit, a
     /// timeout or a lease of zero, a default above its maximum, a frame length the wire's
     /// four-byte length cannot carry. [`Server::bind`](crate::Server::bind) calls it first, so an
     /// embedder that builds its configuration in code is told as `latzero start` tells a user.
@@ -167,6 +171,15 @@ impl ServerConfig {
             if v.is_zero() {
                 return refuse(setting, "must be longer than zero".into());
             }
+        }
+        if l.max_frame_len < MIN_FRAME_LEN {
+            // Past the zero check: a limit below a handshake's size refuses every client, each
+            // with an error that names its first frame, not the setting.
+            let why = format!(
+                "must be at least {MIN_FRAME_LEN} bytes (a handshake and its answer must fit), not {}",
+                l.max_frame_len
+            );
+            return refuse("limits.max_frame_len", why);
         }
         if l.max_frame_len > u32::MAX as usize {
             let why = format!("must be at most {} bytes (a frame's length is four bytes)", u32::MAX);
@@ -266,6 +279,17 @@ mod tests {
         let (setting, why) = refused(&c);
         assert_eq!(setting, "limits.max_frame_len");
         assert!(why.contains("at most"), "{why}");
+    }
+
+    #[test]
+    fn a_frame_length_too_small_for_a_handshake_is_refused() {
+        let mut c = ServerConfig::new("/d");
+        c.limits.max_frame_len = MIN_FRAME_LEN;
+        c.check().unwrap();
+        c.limits.max_frame_len = MIN_FRAME_LEN - 1;
+        let (setting, why) = refused(&c);
+        assert_eq!(setting, "limits.max_frame_len");
+        assert!(why.contains("at least 1024"), "{why}");
     }
 
     /// `bind` checks before it creates the data directory or binds a port.

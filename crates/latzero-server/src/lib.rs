@@ -50,7 +50,9 @@ mod transport;
 mod ws;
 
 pub use backup::{Restored, list as list_backups, restore};
-pub use config::{DEFAULT_SPIN, DEFAULT_UNIX_SEND_BUFFER, Limits, MAX_SPIN, MAX_UNIX_SEND_BUFFER, ServerConfig};
+pub use config::{
+    DEFAULT_SPIN, DEFAULT_UNIX_SEND_BUFFER, Limits, MAX_SPIN, MAX_UNIX_SEND_BUFFER, MIN_FRAME_LEN, ServerConfig,
+};
 pub use datadir::{LOCK_FILE, RUNTIME_FILE, RuntimeInfo, SUBDIRS};
 pub use error::ServerError;
 pub use memory::MemoryConfig;
