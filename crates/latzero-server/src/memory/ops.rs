@@ -93,22 +93,11 @@ impl Memory {
         max_frame_len: usize,
     ) -> Result<Option<StoreWork>, Refusal> {
         // An answer that grows with what it describes (a pool's blocks, base64 data) is held to
-        // the frame limit: past it the client would take the frame for a broken stream and drop
-        // the connection, so it is refused as FRAME_TOO_LARGE instead (the reads below keep
-        // within their room first, and say so in their own terms).
+        // the frame limit, as the session's listings are (the reads below keep within their
+        // room first, and say so in their own terms).
         let reply = |v: serde_json::Value| -> Result<(), Refusal> {
-            let frame = encode_message(&v);
-            let len = frame.len() - 4;
-            if len > max_frame_len {
-                return Err(Refusal::new(
-                    ErrorCode::FrameTooLarge,
-                    format!(
-                        "the answer would be a frame of {len} bytes, above the server's max_frame_len of {max_frame_len}"
-                    ),
-                ));
-            }
-            let _ = conn.reply(&frame);
-            Ok(())
+            conn.reply_within(&encode_message(&v), max_frame_len)
+                .map_err(|why| Refusal::new(ErrorCode::FrameTooLarge, why))
         };
         let app = who.app;
         let Some(block_id) = &req.block_id else {

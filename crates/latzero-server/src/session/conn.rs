@@ -302,6 +302,21 @@ impl Conn {
         self.push(false, |b| b.extend_from_slice(frame))
     }
 
+    /// [`reply`](Self::reply) for an answer whose size grows with what it describes (`status`,
+    /// the listings, a pool's blocks): one whose payload is past `max` would be taken by the
+    /// client for a broken stream, so it is not sent, and the FRAME_TOO_LARGE message to answer
+    /// with instead is returned (the connection stays).
+    pub(crate) fn reply_within(self: &Arc<Self>, frame: &[u8], max: usize) -> Result<(), String> {
+        let len = frame.len().saturating_sub(4);
+        if len > max {
+            return Err(format!(
+                "the answer would be a frame of {len} bytes, above the server's max_frame_len of {max}; raise --max-frame-len (clients read up to what the handshake tells)"
+            ));
+        }
+        let _ = self.reply(frame);
+        Ok(())
+    }
+
     /// [`reply`](Self::reply), writing the frame in place as [`send_with`](Self::send_with).
     pub(crate) fn reply_with(self: &Arc<Self>, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
         self.push(false, write)

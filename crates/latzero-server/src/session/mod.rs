@@ -1145,15 +1145,8 @@ impl Session {
     /// pool changes' descriptions): one past `max_frame_len` would be refused by the client as
     /// a broken stream, so it is answered with FRAME_TOO_LARGE instead, and the connection stays.
     fn reply_listing(&self, id: Option<&RawValue>, frame: bytes::Bytes) {
-        let max = self.state.config.limits.max_frame_len;
-        let len = frame.len().saturating_sub(4);
-        if len > max {
-            let msg = format!(
-                "the answer would be a frame of {len} bytes, above the server's max_frame_len of {max}; raise --max-frame-len (clients read up to what the handshake tells)"
-            );
+        if let Err(msg) = self.conn.reply_within(&frame, self.state.config.limits.max_frame_len) {
             self.error(id, ErrorCode::FrameTooLarge, &msg);
-        } else {
-            let _ = self.conn.reply(&frame);
         }
     }
 
