@@ -159,8 +159,8 @@ pub fn json_arg(s: Option<&str>, what: &str) -> Result<serde_json::Value> {
         Some(s) => serde_json::from_str(s).with_context(|| {
             let shown: String = s.chars().take(60).collect();
             let more = if shown.len() < s.len() { "..." } else { "" };
-            // `-` is stdin for many tools; here it is --file's.
-            let hint = if s == "-" {
+            // `-` is stdin for many tools; here it is --file's (where DATA has one beside it).
+            let hint = if s == "-" && what == "DATA" {
                 "; to read standard input, give --file -"
             } else {
                 ""
