@@ -18,6 +18,12 @@ if ! command -v python3 >/dev/null 2>&1; then
   echo "installing python3 (one time)" >&2
   apt_install python3
 fi
+# Its mapped block writes take the write side with libatomic's compare-and-swap (libatomic1),
+# which the test expects to find.
+if ! python3 -c 'import ctypes; ctypes.CDLL("libatomic.so.1")' 2>/dev/null; then
+  echo "installing libatomic1 (one time)" >&2
+  apt_install libatomic1
+fi
 # The JavaScript client's end-to-end test (crates/latzero-cli/tests/js.rs) runs it under Node,
 # which needs a WebSocket: Node 22+ has one, 20 behind a flag (the test passes it); older Node
 # gets the ws package from npm.

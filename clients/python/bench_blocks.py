@@ -1,6 +1,7 @@
 """Reads of a memory block from Python: in place through the mapping (`Block.read`), against
-the same read through the server (`Client.block_read`), for a few sizes; and writes through the
-server (`Client.block_write`: Python does not write a mapped block). Needs a running
+the same read through the server (`Client.block_read`), for a few sizes; and writes in place
+(`Block.write` on a block attached for writing) against writes through the server
+(`Client.block_write`). Needs a running
 server; scripts/bench-python-blocks.sh starts one.
 
     python3 clients/python/bench_blocks.py /path/to/latzero.sock
@@ -26,19 +27,20 @@ async def timed(n, read):
 
 async def main(socket):
     lz = await latzero.connect("py-bench", socket=socket, pools=["bench"], ephemeral=True)
-    print("| block size | mapped read µs | read through the server µs | server ÷ mapped | write through the server µs |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| block size | mapped read µs | read through the server µs | server ÷ mapped | mapped write µs | write through the server µs |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for size, n in ((64, 20000), (4096, 20000), (65536, 5000), (1 << 20, 500)):
         await lz.block_create("bench", "b", size)
         await lz.block_write("bench", "b", b"\x07" * size)
-        block = await lz.block_attach("bench", "b")
-        if not block.mapped:
-            raise SystemExit(f"not mapped: {block.why_not_mapped}")
+        block = await lz.block_attach("bench", "b", write=True)
+        if not block.writable:
+            raise SystemExit(f"not mapped for writing: {block.why_not_writable}")
         mapped = await timed(n, block.read)
         served = await timed(n, lambda: lz.block_read("bench", "b"))
         data = b"\x05" * size
+        in_place = await timed(n, lambda: block.write(0, data))
         written = await timed(n, lambda: lz.block_write("bench", "b", data))
-        print(f"| {size} | {mapped:.2f} | {served:.1f} | {served / mapped:.0f} | {written:.1f} |")
+        print(f"| {size} | {mapped:.2f} | {served:.1f} | {served / mapped:.0f} | {in_place:.2f} | {written:.1f} |")
         block.close()
         await lz.block_delete("bench", "b")
     await lz.close()

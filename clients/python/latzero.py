@@ -28,10 +28,13 @@ data dir's socket (`$LATZERO_DATA_DIR` or `~/.latzero`, then `latzero.sock`) if 
 server.json: the certificate must hash to it, whoever signed it) or `tls_ca=` (a CA file: the
 chain must lead to it and name the host).
 
-Memory blocks are used through the server, in binary frames, and read in place when mapped:
-`block_attach` returns a Block that maps the block's file read-only when this process can open
-it (the same host and user, on x86-64), and reads it there without a round trip, consistent
-with the block's seqlock (PROTOCOL.md §7.1); `Block.view()` is the live bytes, zero-copy.
+Memory blocks are used through the server, in binary frames, and in place when mapped:
+`block_attach` returns a Block that maps the block's file when this process can open it (the
+same host and user, on x86-64), and reads it there without a round trip, consistent with the
+block's seqlock (PROTOCOL.md §7.1); `Block.view()` is the live bytes, zero-copy. Attached with
+`write=True`, `Block.write` writes a binary block in place as the seqlock's writers do (the
+write side taken with libatomic's compare-and-swap, from the libatomic1 package) and tells the
+server, so that watchers hear of it; without libatomic it writes through the server.
 `block_create`, `block_write`, `block_read` and `block_delete` for any block; `block_append`
 and `block_consume` for stream blocks; `block_lock`/`block_unlock` for leases (a `lock_expired`
 event tells when one ran out, or was lost with the connection); `block_watch` calls a function with every change, and resumes
@@ -51,6 +54,7 @@ dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping
 """
 
 import asyncio
+import ctypes
 import hashlib
 import inspect
 import itertools
@@ -852,14 +856,17 @@ class Client:
         """Deletes a memory block."""
         await self._request({"action": "block_delete", "pool": pool, "block_id": block_id}, self._timeout)
 
-    async def block_attach(self, pool, block_id, *, map=True):
-        """Attaches a block for reading and returns a Block: mapped read-only when this
-        process can open the server's file for it (the same host and user) on x86-64, whose
-        memory ordering the lock-free reads rely on; through the server otherwise (`map=False`
-        asks for that). Writes go through the server (`block_write`)."""
-        f = await self._request({"action": "block_attach", "pool": pool, "block_id": block_id, "mode": "read"},
-                                self._timeout)
-        return Block(self, f.get("block") or {}, f.get("path") if map else None, f.get("header_len", 4096))
+    async def block_attach(self, pool, block_id, *, map=True, write=False):
+        """Attaches a block and returns a Block: mapped when this process can open the server's
+        file for it (the same host and user) on x86-64, whose memory ordering the lock-free
+        reads and writes rely on; through the server otherwise (`map=False` asks for that).
+        With `write=True` (write permission needed) a binary block's `Block.write` writes in
+        place too, taking the block's write side with libatomic's compare-and-swap (the
+        libatomic1 package; without it writes go through the server)."""
+        f = await self._request({"action": "block_attach", "pool": pool, "block_id": block_id,
+                                 "mode": "write" if write else "read"}, self._timeout)
+        return Block(self, f.get("block") or {}, f.get("path") if map else None, f.get("header_len", 4096),
+                     writable=f.get("mode") == "write")
 
     async def block_append(self, pool, block_id, record):
         """Appends a record (bytes) to a stream block; returns (index, version)."""
@@ -982,9 +989,10 @@ class Block:
     `mapped` tells whether it is mapped here. A mapped block is read in place, consistent with
     the block's seqlock (a read that meets a write is retried; one that keeps meeting them, or
     a writer that died mid-write, is read through the server instead), and a block the server
-    has deleted raises BLOCK_NOT_FOUND. Otherwise every read goes through the server."""
+    has deleted raises BLOCK_NOT_FOUND. Otherwise every read goes through the server.
+    `writable` tells whether `write` writes in place (`why_not_writable` says why not)."""
 
-    def __init__(self, client, info, path, header_len):
+    def __init__(self, client, info, path, header_len, writable=False):
         self._client = client
         self.pool = info.get("pool")
         self.block_id = info.get("block_id")
@@ -992,9 +1000,11 @@ class Block:
         self.size = info.get("size", 0)
         # The server's file for the block (mapped when `mapped`).
         self.path = path
-        self._mm = self._words = None
+        self._mm = self._words = self._writer = None
         self._header_len = header_len
         self.why_not_mapped = None
+        # Why `write` goes through the server (None: it writes in place).
+        self.why_not_writable = None if writable else "attached for reading"
         if path is None:
             self.why_not_mapped = "not asked to map it"
         elif platform.machine().lower() not in ("x86_64", "amd64"):
@@ -1003,9 +1013,9 @@ class Block:
             self.why_not_mapped = "a stream's consumers move their cursors: consume through the server"
         else:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
                 try:
-                    self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
                 finally:
                     os.close(fd)
                 if len(self._mm) < header_len + self.size or self._mm[:8] != b"LZBLOCK\0":
@@ -1014,13 +1024,29 @@ class Block:
             except (OSError, ValueError) as e:
                 self.close()
                 self.why_not_mapped = f"cannot map {path}: {e}"
+        if self.why_not_writable is None:
+            if not self.mapped:
+                self.why_not_writable = f"not mapped: {self.why_not_mapped}"
+            elif self.type != "binary":
+                self.why_not_writable = f"a {self.type} block is written through the server"
+            elif _cas() is None:
+                self.why_not_writable = "libatomic (the libatomic1 package) is not installed"
+            else:
+                # The write side's word, for the compare-and-swap that takes it.
+                self._writer = ctypes.c_uint64.from_buffer(self._mm, 8 * _W_WRITER)
 
     @property
     def mapped(self):
         return self._words is not None
 
+    @property
+    def writable(self):
+        """Whether `write` writes in place (else through the server: see `why_not_writable`)."""
+        return self._writer is not None
+
     def close(self):
         """Unmaps the block (views from `view()` must be released first)."""
+        self._writer = None
         if self._words is not None:
             self._words.release()
             self._words = None
@@ -1072,6 +1098,64 @@ class Block:
                 return got
         return await self._client.block_read(self.pool, self.block_id, offset=offset, length=length)
 
+    async def write(self, offset, data):
+        """Writes `data` (bytes) at `offset` of a binary block and returns the new version: in
+        place when `writable` (then the server is told, without waiting, so that watchers hear
+        of it), else through the server. A write side held too long, or by a writer that died, is left to
+        the server, which repairs it."""
+        if not self.writable:
+            return await self._client.block_write(self.pool, self.block_id, data, offset=offset)
+        n = len(data)
+        if offset < 0 or offset + n > self.size:
+            raise LatZeroError("OUT_OF_RANGE", f"{offset}+{n} is outside block {self.pool}/{self.block_id} of {self.size} bytes")
+        version = self._write_in_place(offset, data)
+        if version is None:
+            return await self._client.block_write(self.pool, self.block_id, data, offset=offset)
+        # Told without waiting for an answer, as the Rust SDK tells it (a refusal would come as
+        # a `server_error` event). Not connected just now: the write stands, and watchers
+        # resuming after the reconnect hear of it from the version.
+        try:
+            self._client._send({"action": "block_notify", "pool": self.pool, "block_id": self.block_id,
+                                "version": version, "offset": offset, "length": n})
+            # Backpressure, as for a fire-and-forget emit: a loop of writes that never waits
+            # otherwise would pile its notices up in memory.
+            await self._client._writer.drain()
+        except (LatZeroError, OSError, AttributeError):
+            pass
+        return version
+
+    def _write_in_place(self, offset, data):
+        """The seqlock's write side (PROTOCOL.md §7.1): take it (compare-and-swap `writer` from
+        0 to this pid), make `seq` odd, copy, bump `version`, make `seq` even, give it back.
+        x86-64 keeps stores in program order, which the readers' retry relies on. The version,
+        or None when the side stayed taken (busy, or its holder died)."""
+        w, cas, me = self._words, _cas(), os.getpid()
+        at = ctypes.addressof(self._writer)
+        expected = ctypes.c_uint64(0)
+        start, tries = time.monotonic(), 0
+        while not cas(at, ctypes.byref(expected), me, _SEQ_CST, _SEQ_CST):
+            holder, expected.value = expected.value, 0
+            tries += 1
+            if tries % 64 == 0:
+                if holder != me and not _pid_alive(holder):
+                    return None
+                if time.monotonic() - start > _MAPPED_READ_PATIENCE:
+                    return None
+                time.sleep(0)
+        try:
+            if w[_W_DELETED] != 0:
+                raise LatZeroError("BLOCK_NOT_FOUND", f"block {self.pool}/{self.block_id} was deleted")
+            seq = w[_W_SEQ]
+            w[_W_SEQ] = seq + 1
+            at = self._header_len + offset
+            self._mm[at:at + len(data)] = data
+            version = w[_W_VERSION] + 1
+            w[_W_VERSION] = version
+            w[_W_SEQ] = seq + 2
+            return version
+        finally:
+            w[_W_WRITER] = 0
+
     async def read_json(self):
         """A json block's document and its version: (document, version)."""
         if self.mapped and self.type == "json":
@@ -1081,6 +1165,23 @@ class Block:
                 raw, version = got
                 return (json.loads(raw) if raw else None), version
         return await self._client.block_read(self.pool, self.block_id)
+
+
+_SEQ_CST = 5  # __ATOMIC_SEQ_CST
+_CAS = []
+
+
+def _cas():
+    """libatomic's 8-byte compare-and-swap, loaded once; None where libatomic is missing."""
+    if not _CAS:
+        try:
+            fn = ctypes.CDLL("libatomic.so.1").__atomic_compare_exchange_8
+            fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
+            fn.restype = ctypes.c_bool
+            _CAS.append(fn)
+        except (OSError, AttributeError):
+            _CAS.append(None)
+    return _CAS[0]
 
 
 def _pid_alive(pid):
