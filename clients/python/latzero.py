@@ -1101,8 +1101,8 @@ class Block:
     async def write(self, offset, data):
         """Writes `data` (bytes) at `offset` of a binary block and returns the new version: in
         place when `writable` (then the server is told, without waiting, so that watchers hear
-        of it), else through the server. A write side held too long, or by a writer that died, is left to
-        the server, which repairs it."""
+        of it), else through the server. A write side held too long, or by a writer that died,
+        is left to the server, which repairs it."""
         if not self.writable:
             return await self._client.block_write(self.pool, self.block_id, data, offset=offset)
         n = len(data)
