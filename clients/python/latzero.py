@@ -32,9 +32,10 @@ Memory blocks are used through the server, in binary frames, and in place when m
 `block_attach` returns a Block that maps the block's file when this process can open it (the
 same host and user, on x86-64), and reads it there without a round trip, consistent with the
 block's seqlock (PROTOCOL.md §7.1); `Block.view()` is the live bytes, zero-copy. Attached with
-`write=True`, `Block.write` writes a binary block in place as the seqlock's writers do (the
-write side taken with libatomic's compare-and-swap, from the libatomic1 package) and tells the
-server, so that watchers hear of it; without libatomic it writes through the server.
+`write=True`, `Block.write` (binary) and `Block.write_json` (json) write in place as the
+seqlock's writers do (the write side taken with libatomic's compare-and-swap, from the
+libatomic1 package) and tell the server, so that watchers hear of it; without libatomic, and
+for streams, writes go through the server.
 `block_create`, `block_write`, `block_read` and `block_delete` for any block; `block_append`
 and `block_consume` for stream blocks; `block_lock`/`block_unlock` for leases (a `lock_expired`
 event tells when one ran out, or was lost with the connection); `block_watch` calls a function with every change, and resumes
@@ -860,9 +861,9 @@ class Client:
         """Attaches a block and returns a Block: mapped when this process can open the server's
         file for it (the same host and user) on x86-64, whose memory ordering the lock-free
         reads and writes rely on; through the server otherwise (`map=False` asks for that).
-        With `write=True` (write permission needed) a binary block's `Block.write` writes in
-        place too, taking the block's write side with libatomic's compare-and-swap (the
-        libatomic1 package; without it writes go through the server)."""
+        With `write=True` (write permission needed) `Block.write` and `Block.write_json` write
+        a binary or json block in place too, taking the block's write side with libatomic's
+        compare-and-swap (the libatomic1 package; without it writes go through the server)."""
         f = await self._request({"action": "block_attach", "pool": pool, "block_id": block_id,
                                  "mode": "write" if write else "read"}, self._timeout)
         return Block(self, f.get("block") or {}, f.get("path") if map else None, f.get("header_len", 4096),
@@ -1027,8 +1028,8 @@ class Block:
         if self.why_not_writable is None:
             if not self.mapped:
                 self.why_not_writable = f"not mapped: {self.why_not_mapped}"
-            elif self.type != "binary":
-                self.why_not_writable = f"a {self.type} block is written through the server"
+            elif self.type == "stream":
+                self.why_not_writable = "a stream block is appended to through the server"
             elif _cas() is None:
                 self.why_not_writable = "libatomic (the libatomic1 package) is not installed"
             else:
@@ -1103,7 +1104,7 @@ class Block:
         place when `writable` (then the server is told, without waiting, so that watchers hear
         of it), else through the server. A write side held too long, or by a writer that died,
         is left to the server, which repairs it."""
-        if not self.writable:
+        if not self.writable or self.type != "binary":
             return await self._client.block_write(self.pool, self.block_id, data, offset=offset)
         n = len(data)
         if offset < 0 or offset + n > self.size:
@@ -1111,6 +1112,27 @@ class Block:
         version = self._write_in_place(offset, data)
         if version is None:
             return await self._client.block_write(self.pool, self.block_id, data, offset=offset)
+        return await self._notify(version, offset, n)
+
+    async def write_json(self, document):
+        """Replaces a json block's document and returns the new version: in place when
+        `writable` (the document's text and its length, in one write of the seqlock; the server
+        told as for `write`), else through the server."""
+        if not self.writable or self.type != "json":
+            return await self._client.block_write(self.pool, self.block_id, document=document)
+        try:
+            text = _encode_strict(document).encode()
+        except (TypeError, ValueError) as e:
+            raise LatZeroError("INVALID_JSON", f"the document is not JSON: {e}") from None
+        if len(text) > self.size:
+            raise LatZeroError("OUT_OF_RANGE", f"the document is {len(text)} bytes; block {self.pool}/{self.block_id} holds {self.size}")
+        version = self._write_in_place(0, text, used=len(text))
+        if version is None:
+            return await self._client.block_write(self.pool, self.block_id, document=document)
+        return await self._notify(version, 0, len(text))
+
+    async def _notify(self, version, offset, n):
+        """Tells the server of a write made in place, so that watchers hear of it."""
         # Told without waiting for an answer, as the Rust SDK tells it (a refusal would come as
         # a `server_error` event). Not connected just now: the write stands, and watchers
         # resuming after the reconnect hear of it from the version.
@@ -1124,9 +1146,10 @@ class Block:
             pass
         return version
 
-    def _write_in_place(self, offset, data):
+    def _write_in_place(self, offset, data, used=None):
         """The seqlock's write side (PROTOCOL.md §7.1): take it (compare-and-swap `writer` from
-        0 to this pid), make `seq` odd, copy, bump `version`, make `seq` even, give it back.
+        0 to this pid), make `seq` odd, copy (and set a json block's `used`), bump `version`,
+        make `seq` even, give it back.
         x86-64 keeps stores in program order, which the readers' retry relies on. The version,
         or None when the side stayed taken (busy, or its holder died)."""
         w, cas, me = self._words, _cas(), os.getpid()
@@ -1149,6 +1172,8 @@ class Block:
             w[_W_SEQ] = seq + 1
             at = self._header_len + offset
             self._mm[at:at + len(data)] = data
+            if used is not None:
+                w[_W_USED] = used
             version = w[_W_VERSION] + 1
             w[_W_VERSION] = version
             w[_W_SEQ] = seq + 2
@@ -1196,6 +1221,9 @@ def _pid_alive(pid):
 
 # One encoder for every frame: json.dumps with separators builds a new one per call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+# For documents written in place, which no server checks on their way: NaN and Infinity are not
+# JSON.
+_encode_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _raw_decode = json.JSONDecoder().raw_decode
 # The most read from the socket at once.
 READ_CHUNK = 256 * 1024
