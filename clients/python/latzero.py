@@ -56,6 +56,7 @@ dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping
 
 import asyncio
 import ctypes
+import functools
 import hashlib
 import inspect
 import itertools
@@ -1078,13 +1079,8 @@ class Block:
                 if w[_W_SEQ] == s1:
                     return r, v
             tries += 1
-            if tries % 64 == 0:
-                writer = w[_W_WRITER]
-                if writer and not _pid_alive(writer):
-                    return None
-                if time.monotonic() - start > _MAPPED_READ_PATIENCE:
-                    return None
-                time.sleep(0)
+            if tries % 64 == 0 and _give_up(w[_W_WRITER], start):
+                return None
 
     async def read(self, offset=0, length=None):
         """A binary block's bytes from `offset` (`length` of them, or to the end), with the
@@ -1159,12 +1155,8 @@ class Block:
         while not cas(at, ctypes.byref(expected), me, _SEQ_CST, _SEQ_CST):
             holder, expected.value = expected.value, 0
             tries += 1
-            if tries % 64 == 0:
-                if holder != me and not _pid_alive(holder):
-                    return None
-                if time.monotonic() - start > _MAPPED_READ_PATIENCE:
-                    return None
-                time.sleep(0)
+            if tries % 64 == 0 and _give_up(holder if holder != me else 0, start):
+                return None
         try:
             if w[_W_DELETED] != 0:
                 raise LatZeroError("BLOCK_NOT_FOUND", f"block {self.pool}/{self.block_id} was deleted")
@@ -1193,20 +1185,28 @@ class Block:
 
 
 _SEQ_CST = 5  # __ATOMIC_SEQ_CST
-_CAS = []
-
-
+@functools.cache
 def _cas():
     """libatomic's 8-byte compare-and-swap, loaded once; None where libatomic is missing."""
-    if not _CAS:
-        try:
-            fn = ctypes.CDLL("libatomic.so.1").__atomic_compare_exchange_8
-            fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
-            fn.restype = ctypes.c_bool
-            _CAS.append(fn)
-        except (OSError, AttributeError):
-            _CAS.append(None)
-    return _CAS[0]
+    try:
+        fn = ctypes.CDLL("libatomic.so.1").__atomic_compare_exchange_8
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64, ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_bool
+    return fn
+
+
+def _give_up(writer, start):
+    """For a mapped read or write that keeps finding the write side taken: whether to leave it
+    to the server (its holder `writer` died, or this has waited its patience out); else yields
+    the CPU once and goes on."""
+    if writer and not _pid_alive(writer):
+        return True
+    if time.monotonic() - start > _MAPPED_READ_PATIENCE:
+        return True
+    time.sleep(0)
+    return False
 
 
 def _pid_alive(pid):
