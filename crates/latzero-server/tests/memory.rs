@@ -188,6 +188,60 @@ async fn json_blocks_validate_and_return_the_document() {
     s.stop().await;
 }
 
+/// What a mapped writer does to a json block (PROTOCOL.md §7.1: the document after the header,
+/// its length in `used`, the version bumped), done with plain file writes: the server never
+/// sees these bytes on their way in.
+fn mapped_json_write(path: &str, doc: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    const VERSION: u64 = 32;
+    const USED: u64 = 56;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut v = [0u8; 8];
+    f.read_exact_at(&mut v, VERSION).unwrap();
+    f.write_all_at(doc, latzero_memory::HEADER_LEN).unwrap();
+    f.write_all_at(&(doc.len() as u64).to_ne_bytes(), USED).unwrap();
+    f.write_all_at(&(u64::from_ne_bytes(v) + 1).to_ne_bytes(), VERSION).unwrap();
+}
+
+#[tokio::test]
+async fn a_json_document_from_a_mapped_writer_is_checked_before_it_is_sent() {
+    let s = TestServer::start().await;
+    let mut a = member(&s, "a").await;
+    create(&mut a, json!({"type":"json","size":256})).await;
+    let w = a
+        .ask(json!({"action":"block_write","id":1,"pool":"p","block_id":"b","document":{"ok":1}}))
+        .await;
+    assert_eq!(w["version"], 1);
+    let read = |id: u64| json!({"action":"block_read","id":id,"pool":"p","block_id":"b"});
+    let r = a.ask(read(2)).await;
+    assert_eq!((r["document"].clone(), r["version"].as_u64()), (json!({"ok":1}), Some(1)));
+    let at = a
+        .ask(json!({"action":"block_attach","id":3,"pool":"p","block_id":"b","mode":"write"}))
+        .await;
+    let path = at["path"].as_str().unwrap().to_owned();
+    // A version already sent once is not taken for checked when the bytes move on: each new
+    // version is checked, again at every read while it stays broken.
+    mapped_json_write(&path, b"{\"ok\":");
+    for id in [4, 5] {
+        let r = a.ask(read(id)).await;
+        assert_eq!(code(&r), "INTERNAL", "{r}");
+        assert!(r["message"].as_str().unwrap().contains("not valid JSON"), "{r}");
+    }
+    mapped_json_write(&path, b"[1,2]");
+    for id in [6, 7] {
+        let r = a.ask(read(id)).await;
+        assert_eq!((r["document"].clone(), r["version"].as_u64()), (json!([1, 2]), Some(3)));
+    }
+    // The connection stays up through the refusals, and a write through the server counts as
+    // checked.
+    let w = a
+        .ask(json!({"action":"block_write","id":8,"pool":"p","block_id":"b","document":"z"}))
+        .await;
+    assert_eq!(w["version"], 4);
+    assert_eq!(a.ask(read(9)).await["document"], "z");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn stream_blocks_keep_a_cursor_per_consumer() {
     let s = TestServer::start().await;

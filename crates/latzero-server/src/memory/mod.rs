@@ -22,7 +22,7 @@ pub(crate) use ops::Caller;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -180,6 +180,11 @@ pub(crate) struct Entry {
     pub state: Mutex<EntryState>,
     /// Set when deleted; operations that raced the delete see BLOCK_NOT_FOUND.
     pub deleted: AtomicBool,
+    /// Json blocks: one more than the newest version whose document the server checked as JSON
+    /// (0: none). A mapped writer's bytes reach the file without the server, so a read through
+    /// the server checks each new version once; versions go up with every write, and the bytes
+    /// of one version are the same in every consistent read.
+    pub json_checked: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -189,6 +194,18 @@ pub(crate) struct EntryState {
 }
 
 impl Entry {
+    /// Whether the json document at `version` was checked as JSON (its write through the
+    /// server, or an earlier read, did).
+    pub fn json_checked(&self, version: u64) -> bool {
+        self.json_checked.load(Ordering::Relaxed) == version.saturating_add(1)
+    }
+
+    /// Records that the json document at `version` is valid JSON.
+    pub fn set_json_checked(&self, version: u64) {
+        self.json_checked
+            .fetch_max(version.saturating_add(1), Ordering::Relaxed);
+    }
+
     pub fn state(&self) -> MutexGuard<'_, EntryState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -399,6 +416,7 @@ impl Memory {
                             block,
                             state: Mutex::default(),
                             deleted: AtomicBool::new(false),
+                            json_checked: AtomicU64::new(0),
                         }),
                     );
                 }
@@ -576,6 +594,7 @@ impl Memory {
             block,
             state: Mutex::default(),
             deleted: AtomicBool::new(false),
+            json_checked: AtomicU64::new(0),
         });
         let mut blocks = self.lock();
         blocks.insert(key, entry.clone());

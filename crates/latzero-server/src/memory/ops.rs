@@ -226,45 +226,88 @@ impl Memory {
                         // `serde_json::Value` on its way out before). A document longer than a
                         // reply may be is refused, as a binary read is: sent, the frame would be
                         // over the client's limit, which ends its connection.
-                        let mut read = Ok(());
-                        let _ = conn.reply_with(|b| {
+                        //
+                        // A mapped writer's bytes reach the file without the server, so each
+                        // version is checked as JSON once before it is sent: a version already
+                        // checked goes out as it is read, under the connection's lock; any other
+                        // is read and checked apart, without the lock, which other frames to
+                        // this connection wait on (checking 1 MB takes a millisecond or two).
+                        let too_long = |len: usize| {
+                            Refusal::new(
+                                ErrorCode::OutOfRange,
+                                format!(
+                                    "the document is {len} bytes; a read through the server returns at most {room} (max_frame_len less header room): attach and map the block, or raise max_frame_len"
+                                ),
+                            )
+                        };
+                        // The reply, with the document `body` appends and the version it returns.
+                        // `Err(None)`: the version read was not checked yet (nothing is sent).
+                        type Body<'a> = dyn FnMut(&mut Vec<u8>) -> Result<u64, Option<Refusal>> + 'a;
+                        let frame = |b: &mut Vec<u8>, body: &mut Body<'_>| {
                             let start = b.len();
                             let mut f = JsonFrame::after(std::mem::take(b), 160);
                             f.name("action", "block_data")
                                 .raw("in_reply_to", id.map_or("null", RawValue::get))
                                 .name("pool", req.pool.as_str())
                                 .name("block_id", block_id.as_str());
-                            let got = f.raw_with("document", |v| {
-                                let at = v.len();
-                                let (len, version) = e.block.read_json_onto(v, room as usize)?;
+                            let got = f.raw_with("document", body);
+                            if let Ok(version) = got {
+                                f.u64("version", version);
+                            }
+                            let mut v = f.into_vec();
+                            if got.is_err() {
+                                v.truncate(start);
+                            }
+                            *b = v;
+                            got.map(|_| ())
+                        };
+                        let mut sent = Err(None);
+                        if e.json_checked(e.block.version())
+                            && conn
+                                .reply_with(|b| {
+                                    sent = frame(b, &mut |v| {
+                                        let (len, version) = e
+                                            .block
+                                            .read_json_onto(v, room as usize)
+                                            .map_err(|err| Some(err.into()))?;
+                                        if len as u64 > room {
+                                            return Err(Some(too_long(len)));
+                                        }
+                                        if e.json_checked(version) {
+                                            Ok(version)
+                                        } else {
+                                            Err(None)
+                                        }
+                                    })
+                                })
+                                .is_err()
+                        {
+                            return Ok(None); // the connection is closing: no one to answer
+                        }
+                        match sent {
+                            Ok(()) => {}
+                            Err(Some(refusal)) => return Err(refusal),
+                            Err(None) => {
+                                let mut doc = Vec::new();
+                                let (len, version) = e.block.read_json_onto(&mut doc, room as usize)?;
                                 if len as u64 > room {
-                                    return Err(Refusal::new(
-                                        ErrorCode::OutOfRange,
-                                        format!(
-                                            "the document is {len} bytes; a read through the server returns at most {room} (max_frame_len less header room): attach and map the block, or raise max_frame_len"
-                                        ),
-                                    ));
+                                    return Err(too_long(len));
                                 }
-                                // Checked as JSON when written; checked again here, since a
-                                // mapped writer's bytes reach the file without the server.
-                                serde_json::from_slice::<serde::de::IgnoredAny>(&v[at..]).map_err(|err| {
+                                serde_json::from_slice::<serde::de::IgnoredAny>(&doc).map_err(|err| {
                                     Refusal::new(
                                         ErrorCode::Internal,
                                         format!("the stored document is not valid JSON: {err}"),
                                     )
                                 })?;
-                                Ok(version)
-                            });
-                            read = got.map(|version| {
-                                f.u64("version", version);
-                            });
-                            let mut v = f.into_vec();
-                            if read.is_err() {
-                                v.truncate(start);
+                                e.set_json_checked(version);
+                                let _ = conn.reply_with(|b| {
+                                    let _ = frame(b, &mut |v| {
+                                        v.extend_from_slice(&doc);
+                                        Ok(version)
+                                    });
+                                });
                             }
-                            *b = v;
-                        });
-                        read?;
+                        }
                     }
                     Kind::Stream => {
                         let consumer = consumer.ok_or_else(|| {
@@ -399,6 +442,7 @@ impl Memory {
                     }
                     Kind::Json => {
                         let v = e.block.write_json(bytes)?;
+                        e.set_json_checked(v); // `write_json` checked it
                         reply(json!({ "action": "block_written", "in_reply_to": id, "version": v }))?;
                         e.changed(v, 0, len);
                     }
