@@ -678,7 +678,8 @@ impl Client {
         self.request_json(action, fields).await
     }
 
-    /// Calls a trigger in a pool; the server picks a handler round-robin.
+    /// Calls a trigger in a pool; the server picks a handler: round-robin, passing over one with
+    /// more calls in flight than the next (PROTOCOL.md §5.1).
     pub async fn call<T: Serialize + ?Sized>(&self, pool: &str, process: &str, data: &T) -> Result<Value, ClientError> {
         self.call_as(pool, process, data).await
     }

@@ -41,13 +41,19 @@ pub(crate) struct Handlers {
 }
 
 impl Handlers {
-    /// The next handler in round-robin order.
+    /// The handler for the next call: of the next two in round-robin order, the one with fewer
+    /// calls in flight (the first when they are level, so that handlers keeping up take turns).
+    /// A handler that stops answering keeps its calls until they time out, so it is passed
+    /// over while any other has fewer, rather than taking every n-th call into the same wait.
     pub fn pick(&self) -> Option<&Arc<Conn>> {
-        if self.list.is_empty() {
-            return None;
+        let n = self.list.len();
+        if n < 2 {
+            return self.list.first();
         }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.list.len();
-        self.list.get(i)
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let (a, b) = (&self.list[i], &self.list[(i + 1) % n]);
+        let load = |c: &Conn| c.handling.load(Ordering::Relaxed);
+        Some(if load(b) < load(a) { b } else { a })
     }
 }
 
@@ -608,6 +614,7 @@ impl Directory {
                     "meta": a.meta.as_ref().and_then(|m| serde_json::from_str::<Value>(m.get()).ok()),
                     "connected_at": unix_ms(a.connected_at),
                     "calls_in_flight": a.conn.inflight.load(Ordering::Relaxed),
+                    "calls_handling": a.conn.handling.load(Ordering::Relaxed),
                 })
             })
             .collect();

@@ -200,7 +200,8 @@ fn mapped_json_write(path: &str, doc: &[u8]) {
     f.read_exact_at(&mut v, VERSION).unwrap();
     f.write_all_at(doc, latzero_memory::HEADER_LEN).unwrap();
     f.write_all_at(&(doc.len() as u64).to_ne_bytes(), USED).unwrap();
-    f.write_all_at(&(u64::from_ne_bytes(v) + 1).to_ne_bytes(), VERSION).unwrap();
+    f.write_all_at(&(u64::from_ne_bytes(v) + 1).to_ne_bytes(), VERSION)
+        .unwrap();
 }
 
 #[tokio::test]
@@ -214,7 +215,10 @@ async fn a_json_document_from_a_mapped_writer_is_checked_before_it_is_sent() {
     assert_eq!(w["version"], 1);
     let read = |id: u64| json!({"action":"block_read","id":id,"pool":"p","block_id":"b"});
     let r = a.ask(read(2)).await;
-    assert_eq!((r["document"].clone(), r["version"].as_u64()), (json!({"ok":1}), Some(1)));
+    assert_eq!(
+        (r["document"].clone(), r["version"].as_u64()),
+        (json!({"ok":1}), Some(1))
+    );
     let at = a
         .ask(json!({"action":"block_attach","id":3,"pool":"p","block_id":"b","mode":"write"}))
         .await;

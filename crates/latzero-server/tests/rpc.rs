@@ -150,6 +150,57 @@ async fn a_refused_response_fails_its_call_at_once() {
     s.stop().await;
 }
 
+/// Of two handlers, one stops answering: the calls after its first go to the other (round-robin
+/// alone sent it every other one, each to wait out its ttl), and `status` shows each app's
+/// calls made and calls being handled.
+#[tokio::test]
+async fn a_stuck_handler_is_passed_over_and_status_shows_the_load() {
+    let s = TestServer::start().await;
+    let (mut stuck, mut c) = handler_and_caller(&s, "stuck").await;
+    let mut live = s.raw().await;
+    live.handshake("live", &["p"], &["f"]).await;
+    // Calls until the stuck one has taken one (the first or the second, by the cursor).
+    let call = |id: u64| json!({"action":"trigger","id":id,"process":"f","pool":"p","ttl":60000});
+    for id in 0.. {
+        c.send(call(id)).await;
+        if !stuck.sync().await.is_empty() {
+            break;
+        }
+        let t = live.expect().await;
+        live.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
+            .await;
+        assert_eq!(c.expect().await["in_reply_to"], id);
+    }
+    for id in 100..120 {
+        c.send(call(id)).await;
+        let t = live.expect().await;
+        live.send(json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
+            .await;
+        assert_eq!(c.expect().await["in_reply_to"], id);
+    }
+    assert_eq!(stuck.sync().await, Vec::<Value>::new(), "nothing more reached it");
+    let st = c.ask(json!({"action":"status","id":"st"})).await;
+    let app = |name: &str| {
+        st["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["app_id"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            app("c")["calls_in_flight"].as_u64(),
+            app("c")["calls_handling"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(app("stuck")["calls_handling"], 1, "{st}");
+    assert_eq!(app("live")["calls_handling"], 0, "{st}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn sdk_round_robin_destination_and_errors() {
     let s = TestServer::start().await;

@@ -101,6 +101,7 @@ pub fn render(st: &Value) -> String {
         "POOLS".into(),
         "TRIGGERS".into(),
         "IN FLIGHT".into(),
+        "HANDLING".into(),
         "PEER".into(),
     ]];
     for a in st["apps"].as_array().into_iter().flatten() {
@@ -109,6 +110,7 @@ pub fn render(st: &Value) -> String {
             list(&a["pools"]),
             list(&a["triggers"]),
             a["calls_in_flight"].to_string(),
+            a["calls_handling"].as_u64().map_or("-".into(), |n| n.to_string()),
             a["peer"].as_str().unwrap_or("?").into(),
         ]);
     }

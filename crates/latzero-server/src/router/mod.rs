@@ -26,7 +26,7 @@ use latzero_proto::message::{
 use tokio::time::{Duration, Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use self::pending::{Group, Pending, PendingTable, Take, Target};
+use self::pending::{Group, Handling, Pending, PendingTable, Take, Target};
 use crate::admin::Counters;
 use crate::config::Limits;
 use crate::directory::Directory;
@@ -220,7 +220,7 @@ impl Router {
                 Pending {
                     caller: caller.clone(),
                     caller_id: CompactString::new(t.id.get()),
-                    handler: handler.clone(),
+                    handler: Handling::new(handler.clone()),
                     deadline,
                     ttl,
                     target,

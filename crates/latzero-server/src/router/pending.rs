@@ -33,6 +33,31 @@ pub(crate) enum Target {
     Broadcast { group: Arc<Group>, slot: usize },
 }
 
+/// A pending call's handler: counted in its connection's `handling` from the call's delivery
+/// until the call's entry is dropped, however the call ends.
+#[derive(Debug)]
+pub(crate) struct Handling(Arc<Conn>);
+
+impl Handling {
+    pub fn new(handler: Arc<Conn>) -> Self {
+        handler.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(handler)
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Handling {
+    type Target = Arc<Conn>;
+    fn deref(&self) -> &Arc<Conn> {
+        &self.0
+    }
+}
+
 /// One pending call (one hop: caller → handler).
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -40,7 +65,7 @@ pub(crate) struct Pending {
     /// The caller's own id, its JSON text echoed verbatim in the terminal frame: kept inline
     /// up to 24 bytes (the SDK's ids are integers), so that a call's entry allocates nothing.
     pub caller_id: CompactString,
-    pub handler: Arc<Conn>,
+    pub handler: Handling,
     pub deadline: Instant,
     pub ttl: Duration,
     pub target: Target,

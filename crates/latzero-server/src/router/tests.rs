@@ -138,6 +138,7 @@ async fn reply_removes_the_call_and_reaches_the_caller() {
     );
     assert_eq!(f.router.table.len(), 0);
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+    assert_eq!(h.handling.load(Ordering::Relaxed), 0);
 }
 
 /// The caller's id is kept as its text, inline when short: ids on either side of the inline
@@ -188,6 +189,7 @@ async fn deadline_fires_exactly_once() {
     )
     .unwrap();
     let t = next(&mut hrx).unwrap();
+    assert_eq!(h.handling.load(Ordering::Relaxed), 1);
     tokio::time::sleep(Duration::from_millis(99)).await;
     assert!(next(&mut crx).is_none(), "not before the deadline");
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -197,6 +199,7 @@ async fn deadline_fires_exactly_once() {
         (Some("TIMEOUT"), Some(7))
     );
     assert_eq!(f.router.table.len(), 0);
+    assert_eq!(h.handling.load(Ordering::Relaxed), 0);
     // The late response is counted, not delivered.
     f.respond(&h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
         .unwrap();
@@ -217,7 +220,7 @@ async fn answered_calls_leave_no_deadline_behind_that_fires_or_grows() {
     let pending = |ms: u64| Pending {
         caller: c.clone(),
         caller_id: "1".into(),
-        handler: h.clone(),
+        handler: super::pending::Handling::new(h.clone()),
         deadline: now + Duration::from_millis(ms),
         ttl: Duration::from_millis(ms),
         target: Target::Caller,
@@ -295,12 +298,15 @@ async fn handler_disconnect_fails_the_call_and_caller_disconnect_drops_it() {
         (Some("HANDLER_GONE"), Some("a"))
     );
     assert_eq!(f.router.table.len(), 0);
+    assert_eq!(h.handling.load(Ordering::Relaxed), 0);
 
-    let (_h2, _h2rx) = f.app(3, "h2", &["g"]).await;
+    let (h2, _h2rx) = f.app(3, "h2", &["g"]).await;
     f.call(&c, json!({"action":"trigger","id":"b","process":"g","pool":"p"}))
         .unwrap();
+    assert_eq!(h2.handling.load(Ordering::Relaxed), 1);
     f.router.on_disconnect(c.id);
     assert_eq!(f.router.table.len(), 0);
+    assert_eq!(h2.handling.load(Ordering::Relaxed), 0);
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
     assert_eq!(f.counters.undeliverable.load(Ordering::Relaxed), 1);
 }
@@ -323,21 +329,82 @@ async fn a_call_to_a_killed_handler_fails_at_once_and_reaches_nobody() {
     assert_eq!(next(&mut hrx), None);
     assert_eq!(f.router.table.len(), 0);
     assert_eq!(c.inflight.load(Ordering::Relaxed), 0);
+    assert_eq!(h.handling.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_fails_every_call() {
     let f = fixture();
-    let ((_h, _hrx), (c, mut crx)) = f.handler_and_caller().await;
+    let ((h, _hrx), (c, mut crx)) = f.handler_and_caller().await;
     for i in 0..3 {
         f.call(&c, json!({"action":"trigger","id":i,"process":"f","pool":"p"}))
             .unwrap();
     }
+    assert_eq!(h.handling.load(Ordering::Relaxed), 3);
     f.router.fail_all(ErrorCode::ShuttingDown, "bye");
     for _ in 0..3 {
         assert_eq!(next(&mut crx).unwrap()["code"], "SHUTTING_DOWN");
     }
     assert_eq!(f.router.table.len(), 0);
+    assert_eq!(h.handling.load(Ordering::Relaxed), 0);
+}
+
+/// Handlers that keep up take turns; one that stops answering is passed over while the others
+/// have fewer calls in flight, and takes its turns again once its calls have ended.
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_stops_answering_is_passed_over_until_its_calls_end() {
+    let f = fixture();
+    let _timer = f.timer();
+    let (a, mut arx) = f.app(1, "a", &["f"]).await;
+    let (b, mut brx) = f.app(2, "b", &["f"]).await;
+    let (c, mut crx) = f.app(3, "c", &[]).await;
+    let call = |id: u64, ttl: u64| {
+        f.call(
+            &c,
+            json!({"action":"trigger","id":id,"process":"f","pool":"p","ttl":ttl}),
+        )
+        .unwrap()
+    };
+    // Answered at once, one call at a time: a, b, a, b.
+    let answer = |h: &Arc<Conn>, t: Value| {
+        f.respond(h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
+            .unwrap()
+    };
+    let mut turns = String::new();
+    for id in 0..4 {
+        call(id, 30_000);
+        match (next(&mut arx), next(&mut brx)) {
+            (Some(t), None) => (answer(&a, t), turns.push('a')).1,
+            (None, Some(t)) => (answer(&b, t), turns.push('b')).1,
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next(&mut crx).unwrap()["status"], "ok");
+    }
+    assert_eq!(turns, "abab");
+    // a takes a call and never answers it: the next ten go to b, not every other one to a.
+    call(10, 1_000);
+    next(&mut arx).expect("a's turn");
+    for id in 11..21 {
+        call(id, 30_000);
+        answer(&b, next(&mut brx).expect("b takes it"));
+        assert_eq!(next(&mut crx).unwrap()["in_reply_to"], id);
+    }
+    assert!(next(&mut arx).is_none());
+    // a's call times out, and a takes its turns again.
+    tokio::time::sleep(Duration::from_millis(1_001)).await;
+    assert_eq!(next(&mut crx).unwrap()["code"], "TIMEOUT");
+    assert_eq!(a.handling.load(Ordering::Relaxed), 0);
+    let mut turns = String::new();
+    for id in 30..34 {
+        call(id, 30_000);
+        match (next(&mut arx), next(&mut brx)) {
+            (Some(t), None) => (answer(&a, t), turns.push('a')).1,
+            (None, Some(t)) => (answer(&b, t), turns.push('b')).1,
+            other => panic!("{other:?}"),
+        }
+        next(&mut crx).unwrap();
+    }
+    assert_eq!(turns.matches('a').count(), 2, "{turns}");
 }
 
 #[tokio::test(start_paused = true)]

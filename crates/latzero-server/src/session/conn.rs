@@ -154,6 +154,9 @@ pub(crate) struct Conn {
     slow: AtomicBool,
     /// Calls this connection made that are still pending.
     pub inflight: AtomicUsize,
+    /// Calls delivered to this connection, as a handler, that have not ended (answered, timed
+    /// out, or failed): what the router balances on. Kept by [`crate::router::pending::Handling`].
+    pub handling: AtomicUsize,
     counters: Arc<Counters>,
 }
 
@@ -240,6 +243,7 @@ impl Conn {
             killed: AtomicBool::new(false),
             slow: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            handling: AtomicUsize::new(0),
             counters,
         })
     }
