@@ -549,10 +549,12 @@ impl Block {
         })
     }
 
-    /// Json blocks: replaces the document after checking it is one valid JSON value.
+    /// Json blocks: replaces the document after checking it is one valid JSON value, nested at
+    /// most [`latzero_proto::message::MAX_NESTING`] levels deep (deeper, no client could parse
+    /// it when the server sends it).
     pub fn write_json(&self, doc: &[u8]) -> Result<u64, MemError> {
         self.expect_kind(Kind::Json)?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(doc).map_err(|e| MemError::InvalidJson(e.to_string()))?;
+        check_json(doc)?;
         if doc.len() as u64 > self.size {
             return Err(MemError::TooLarge {
                 len: doc.len() as u64,
@@ -577,6 +579,20 @@ impl Block {
             error,
         })
     }
+}
+
+/// Whether `doc` is one JSON value that nests at most [`latzero_proto::message::MAX_NESTING`]
+/// levels deep: what a json block may hold (PROTOCOL.md §3, §7).
+pub fn check_json(doc: &[u8]) -> Result<(), MemError> {
+    use latzero_proto::message::{MAX_NESTING, nests_within};
+    serde_json::from_slice::<serde::de::IgnoredAny>(doc).map_err(|e| MemError::InvalidJson(e.to_string()))?;
+    // Valid JSON is UTF-8.
+    if !nests_within(std::str::from_utf8(doc).unwrap_or_default(), MAX_NESTING) {
+        return Err(MemError::InvalidJson(format!(
+            "the document nests arrays and objects more than {MAX_NESTING} levels deep, the most a payload may (PROTOCOL.md §3)"
+        )));
+    }
+    Ok(())
 }
 
 /// The write side, held: writes go through [`WriteSide::write`]; dropping it releases.
@@ -724,6 +740,13 @@ mod tests {
         assert_eq!(b.read_json().unwrap(), (b"7".to_vec(), 2));
         assert!(matches!(b.write_json(b"{nope"), Err(MemError::InvalidJson(_))));
         assert!(matches!(b.write_json(b"1 2"), Err(MemError::InvalidJson(_))));
+        // Nested past what a payload may be (PROTOCOL.md §3), however short.
+        let max = latzero_proto::message::MAX_NESTING;
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(
+            matches!(b.write_json(deep(max + 1).as_bytes()), Err(MemError::InvalidJson(m)) if m.contains("levels deep"))
+        );
+        assert!(check_json(deep(max).as_bytes()).is_ok());
         let big = format!("\"{}\"", "x".repeat(100));
         assert!(matches!(b.write_json(big.as_bytes()), Err(MemError::TooLarge { .. })));
         assert!(matches!(b.write(0, b"x"), Err(MemError::WrongKind { .. })));

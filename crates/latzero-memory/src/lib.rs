@@ -31,7 +31,7 @@
 mod block;
 mod stream;
 
-pub use block::{Block, DEFAULT_WAIT, Kind, Spec, is_block_file};
+pub use block::{Block, DEFAULT_WAIT, Kind, Spec, check_json, is_block_file};
 pub use stream::{Cursor, Records};
 
 use std::path::PathBuf;

@@ -229,19 +229,36 @@ async fn a_json_document_from_a_mapped_writer_is_checked_before_it_is_sent() {
     for id in [4, 5] {
         let r = a.ask(read(id)).await;
         assert_eq!(code(&r), "INTERNAL", "{r}");
-        assert!(r["message"].as_str().unwrap().contains("not valid JSON"), "{r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("not a valid JSON document"),
+            "{r}"
+        );
     }
+    // Valid JSON, nested past what a payload may be (PROTOCOL.md §3): not sent either, and not
+    // taken from a write through the server.
+    let max = latzero_proto::message::MAX_NESTING;
+    let deep = format!("{}{}", "[".repeat(max + 1), "]".repeat(max + 1));
+    mapped_json_write(&path, deep.as_bytes());
+    let r = a.ask(read(40)).await;
+    assert_eq!(code(&r), "INTERNAL", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("levels deep"), "{r}");
+    a.send_binary(
+        json!({"action":"block_write","id":41,"pool":"p","block_id":"b"}),
+        deep.as_bytes(),
+    )
+    .await;
+    assert_eq!(code(&a.expect().await), "INVALID_JSON");
     mapped_json_write(&path, b"[1,2]");
     for id in [6, 7] {
         let r = a.ask(read(id)).await;
-        assert_eq!((r["document"].clone(), r["version"].as_u64()), (json!([1, 2]), Some(3)));
+        assert_eq!((r["document"].clone(), r["version"].as_u64()), (json!([1, 2]), Some(4)));
     }
     // The connection stays up through the refusals, and a write through the server counts as
     // checked.
     let w = a
         .ask(json!({"action":"block_write","id":8,"pool":"p","block_id":"b","document":"z"}))
         .await;
-    assert_eq!(w["version"], 4);
+    assert_eq!(w["version"], 5);
     assert_eq!(a.ask(read(9)).await["document"], "z");
     s.stop().await;
 }

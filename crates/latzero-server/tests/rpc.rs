@@ -150,6 +150,61 @@ async fn a_refused_response_fails_its_call_at_once() {
     s.stop().await;
 }
 
+/// A payload nested past what any client can parse (PROTOCOL.md §3) is never forwarded: a call's
+/// data is refused to its caller, a response's body fails the call at once, and both
+/// connections stay up.
+#[tokio::test]
+async fn payloads_nested_too_deep_are_refused_not_forwarded() {
+    let s = TestServer::start().await;
+    let (mut h, mut c) = handler_and_caller(&s, "h").await;
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let max = latzero_proto::message::MAX_NESTING;
+    c.send_text(&format!(
+        r#"{{"action":"trigger","id":1,"process":"f","pool":"p","data":{}}}"#,
+        deep(max + 1)
+    ))
+    .await;
+    let e = c.expect().await;
+    assert_eq!(
+        (e["code"].as_str(), e["in_reply_to"].as_u64()),
+        (Some("INVALID_MESSAGE"), Some(1)),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("levels deep"), "{e}");
+    c.send_text(&format!(
+        r#"{{"action":"emit","id":2,"process":"f","pool":"p","data":{}}}"#,
+        deep(100_000)
+    ))
+    .await;
+    assert_eq!(c.expect().await["code"], "INVALID_MESSAGE");
+    assert_eq!(h.sync().await, Vec::<Value>::new(), "nothing reached the handler");
+    // At the limit it goes through, and the handler answers past it.
+    c.send_text(&format!(
+        r#"{{"action":"trigger","id":3,"process":"f","pool":"p","data":{}}}"#,
+        deep(max)
+    ))
+    .await;
+    let t = h.expect().await;
+    assert_eq!(t["data"].to_string(), deep(max));
+    h.send_text(&format!(
+        r#"{{"action":"response","in_reply_to":{},"status":"ok","response":{}}}"#,
+        t["id"],
+        deep(max + 1)
+    ))
+    .await;
+    assert_eq!(h.expect().await["code"], "INVALID_MESSAGE");
+    let r = c.expect().await;
+    assert_eq!(
+        (r["in_reply_to"].as_u64(), r["status"].as_str()),
+        (Some(3), Some("error")),
+        "{r}"
+    );
+    assert!(r["error"]["message"].as_str().unwrap().contains("refused"), "{r}");
+    assert_eq!(c.ask(json!({"action":"ping","id":"p"})).await["action"], "pong");
+    assert_eq!(h.ask(json!({"action":"ping","id":"p"})).await["action"], "pong");
+    s.stop().await;
+}
+
 /// Of two handlers, one stops answering: the calls after its first go to the other (round-robin
 /// alone sent it every other one, each to wait out its ttl), and `status` shows each app's
 /// calls made and calls being handled.

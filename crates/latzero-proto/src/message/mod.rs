@@ -32,10 +32,25 @@ pub fn checked_raw_value(text: &str) -> Option<&RawValue> {
     scan::checked_raw(text).or_else(|| serde_json::from_str(text).ok())
 }
 
+/// How deep a payload (a call's `data`, a response's body, an emit's `data`, a handshake's
+/// `meta`, a json block's document) may nest arrays and objects: 100 levels (PROTOCOL.md §3).
+/// The server forwards payloads as they are, and every client must be able to parse what it
+/// receives: serde_json's typed parsing stops at 127 levels, Python's at its recursion limit,
+/// .NET's at 64 by default. So it is a rule of the protocol, not a server setting.
+pub const MAX_NESTING: usize = 100;
+
+/// Whether the JSON text nests arrays and objects at most `max` levels deep (a scalar is 0
+/// deep, `[1]` 1). Brackets inside strings do not count. Sixty-four bytes a step; it stops as
+/// soon as the text goes past `max`.
+pub fn nests_within(text: &str, max: usize) -> bool {
+    scan::nests_within(text.as_bytes(), max)
+}
+
 /// `text` as a [`RawValue`] if it is exactly one JSON value with no whitespace around it,
 /// checked in full by the scanner the server reads frames with, in one pass of its own; serde
 /// is asked only about what that pass refuses (nesting deeper than 64, or text that is not
-/// valid). `None` otherwise: serde then gives the same answer, or the error.
+/// valid). `None` otherwise: serde then gives the same answer, or the error. Nesting deeper
+/// than [`MAX_NESTING`] is `None` too.
 pub fn one_value(text: &str) -> Option<&RawValue> {
     scan::one_value(text).map(|(raw, _)| raw)
 }

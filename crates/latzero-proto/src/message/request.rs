@@ -188,6 +188,19 @@ fn parse_general(json: &[u8]) -> Result<Parsed<'_>, ParseError<'_>> {
     if let Some(raw) = id {
         check_id(raw).map_err(|m| invalid(None, m))?;
     }
+    // The fast paths refuse a payload nested too deep (it comes here); serde's raw values and
+    // ignored fields take any depth, so the whole frame is measured: its payloads sit one level
+    // inside it.
+    if !super::scan::nests_within(json, super::MAX_NESTING + 1) {
+        return Err(invalid(
+            id,
+            format!(
+                "a field of the message nests arrays and objects more than {} levels deep; a payload may nest at most {} (PROTOCOL.md §3)",
+                super::MAX_NESTING,
+                super::MAX_NESTING
+            ),
+        ));
+    }
     let Some(action) = env.action() else {
         return Err(invalid(id, "missing field `action` (or its alias `type`)"));
     };
@@ -614,6 +627,34 @@ mod tests {
             r#"{"action":"response","in_reply_to":}"#,
         ] {
             assert_eq!(hop(t), None, "{t}");
+        }
+    }
+
+    /// A payload nested past MAX_NESTING is refused in every message that carries one, in the
+    /// SDK's layout or any other, with the request's id; one at the limit is taken.
+    #[test]
+    fn a_payload_nested_too_deep_is_refused_with_its_id() {
+        use crate::message::MAX_NESTING;
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for n in [MAX_NESTING, MAX_NESTING + 1, 100_000] {
+            let p = deep(n);
+            for frame in [
+                format!(r#"{{"action":"trigger","id":7,"process":"f","pool":"p","data":{p}}}"#),
+                format!(r#"{{"id":7,"action":"trigger","process":"f","pool":"p","data":{p}}}"#),
+                format!(r#"{{"action":"emit","id":7,"process":"f","pool":"p","data":{p}}}"#),
+                format!(r#"{{"action":"response","id":7,"in_reply_to":"3","status":"ok","response":{p}}}"#),
+                format!(r#"{{"action":"response","id":7,"in_reply_to":"3","status":"error","error":{p}}}"#),
+                format!(r#"{{"action":"handshake","id":7,"app_id":"a","meta":{p}}}"#),
+            ] {
+                match parse_request(frame.as_bytes()) {
+                    Ok(_) => assert!(n <= MAX_NESTING, "{n}: {}", &frame[..60]),
+                    Err(e) => {
+                        assert!(n > MAX_NESTING, "{n}: {}", e.message);
+                        assert_eq!(e.id.map(RawValue::get), Some("7"));
+                        assert!(e.message.contains("levels deep"), "{}", e.message);
+                    }
+                }
+            }
         }
     }
 

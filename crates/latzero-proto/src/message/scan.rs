@@ -12,7 +12,7 @@
 
 use std::ops::ControlFlow;
 
-use super::RawValue;
+use super::{MAX_NESTING, RawValue};
 
 /// What a value is, by its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +84,16 @@ impl<'a> Value<'a> {
         checked
             .then(|| checked_raw(self.text))
             .flatten()
-            .or_else(|| serde_json::from_str::<&RawValue>(self.text).ok())
+            .or_else(|| deep_raw(self.text))
     }
+}
+
+/// `text` as a [`RawValue`] checked by serde, for what the scanner's own pass does not take
+/// (nesting deeper than 64 among it), and nesting at most [`MAX_NESTING`] deep: serde's raw
+/// values have no limit of their own, and a payload no client can parse must not be forwarded.
+fn deep_raw(text: &str) -> Option<&RawValue> {
+    let raw = serde_json::from_str::<&RawValue>(text).ok()?;
+    nests_within(text.as_bytes(), MAX_NESTING).then_some(raw)
 }
 
 /// `text`, already known to be one valid JSON value, as a [`RawValue`] without validating it
@@ -113,7 +121,7 @@ pub(crate) fn one_value(text: &str) -> Option<(&RawValue, Kind)> {
         {
             return Some((raw, Kind::Nested));
         }
-        let raw = serde_json::from_str::<&RawValue>(text).ok()?;
+        let raw = deep_raw(text)?;
         // serde allows whitespace after the value; this does not.
         return (raw.get().len() == text.len()).then_some((raw, Kind::Nested));
     }
@@ -359,11 +367,24 @@ fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
 /// (an escaped quote is not a quote). Against the byte-by-byte walk with [`string_end`] for
 /// each string it replaced: 9.4k instructions for a 4,049-byte array of objects, not 68k.
 fn nested_end(b: &[u8], i: usize) -> Option<usize> {
+    nested_walk(b, i, &mut Walk::new(usize::MAX))
+}
+
+/// Whether the JSON text `b` nests arrays and objects at most `max` levels deep (brackets
+/// outside strings counted; a scalar is 0 deep). Stops as soon as it goes past `max`.
+pub(crate) fn nests_within(b: &[u8], max: usize) -> bool {
+    let i = ws(b, 0);
+    if !matches!(b.get(i), Some(b'[' | b'{')) {
+        return true;
+    }
+    let mut walk = Walk::new(max);
+    nested_walk(b, i, &mut walk);
+    !walk.too_deep
+}
+
+/// [`nested_end`], with `walk`'s limit on the depth (`None`, and `too_deep` set, past it).
+fn nested_walk(b: &[u8], i: usize, walk: &mut Walk) -> Option<usize> {
     use wide::u8x16;
-    let mut walk = Walk {
-        depth: 0,
-        in_string: false,
-    };
     let mut at = i;
     while at < b.len() {
         let n = (b.len() - at).min(64);
@@ -402,7 +423,7 @@ fn nested_end(b: &[u8], i: usize) -> Option<usize> {
                     return Some(at + k as usize + 1);
                 }
             } else {
-                walk.depth += 1;
+                walk.open()?;
             }
             brackets &= brackets - 1;
         }
@@ -515,9 +536,29 @@ fn string_valid(b: &[u8], i: usize) -> Option<usize> {
 struct Walk {
     depth: usize,
     in_string: bool,
+    /// The deepest nesting taken; an opening bracket past it ends the walk.
+    max: usize,
+    too_deep: bool,
 }
 
 impl Walk {
+    fn new(max: usize) -> Walk {
+        Walk {
+            depth: 0,
+            in_string: false,
+            max,
+            too_deep: false,
+        }
+    }
+
+    /// An array or object opens: `None` (and `too_deep`) past the limit.
+    #[inline(always)]
+    fn open(&mut self) -> Option<()> {
+        self.depth += 1;
+        self.too_deep = self.depth > self.max;
+        (!self.too_deep).then_some(())
+    }
+
     /// Walks `n` bytes from `*at` one by one (a step holding a backslash): `Break` with the end
     /// of the value if it is among them (`None` for a closing bracket with none open), else
     /// `Continue` with `*at` past them, or one further when the last was a backslash in a
@@ -535,7 +576,11 @@ impl Walk {
             } else {
                 match c {
                     b'"' => self.in_string = true,
-                    b'[' | b'{' => self.depth += 1,
+                    b'[' | b'{' => {
+                        let Some(()) = self.open() else {
+                            return ControlFlow::Break(None);
+                        };
+                    }
                     b']' | b'}' => {
                         let Some(depth) = self.depth.checked_sub(1) else {
                             return ControlFlow::Break(None);
@@ -853,6 +898,48 @@ mod tests {
         // one_value still answers, through serde.
         assert!(one_value(&deep(65)).is_some());
         assert!(one_value(&deep(65)[1..]).is_none());
+    }
+
+    /// Past MAX_NESTING a value is refused, by the one-pass check and by serde's alike (serde's
+    /// raw values take any depth); a field's value too.
+    #[test]
+    fn nesting_past_the_limit_is_refused() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let objects = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        for n in [MAX_NESTING, MAX_NESTING + 1, 100_000] {
+            let within = n <= MAX_NESTING;
+            assert_eq!(one_value(&deep(n)).is_some(), within, "{n}");
+            assert_eq!(one_value(&objects(n)).is_some(), within, "{n}");
+            let field = format!(r#"{{"a":{}}}"#, deep(n));
+            let mut raw = None;
+            object(field.as_bytes(), |_, v| {
+                raw = Some(v.raw().is_some());
+                Some(())
+            });
+            assert_eq!(raw, Some(within), "{n}");
+        }
+    }
+
+    #[test]
+    fn nests_within_counts_brackets_outside_strings() {
+        for (text, depth) in [
+            ("1", 0),
+            (r#""[[[""#, 0),
+            ("[]", 1),
+            (r#"[{"a":[1]},[]]"#, 3),
+            (r#"["]]]\"[[[", {"k\\]": [[]]}]"#, 4),
+            // A backslash in the step walks it byte by byte: the same count.
+            (r#"[[[["\\", "\"[", [[[[ ]]]] ]]]]"#, 8),
+        ] {
+            assert!(nests_within(text.as_bytes(), depth), "{text} within {depth}");
+            assert!(
+                !nests_within(text.as_bytes(), depth.saturating_sub(1)) || depth == 0,
+                "{text}"
+            );
+        }
+        let long = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        assert!(nests_within(long.as_bytes(), 1000));
+        assert!(!nests_within(long.as_bytes(), 999));
     }
 
     #[test]

@@ -293,11 +293,8 @@ impl Memory {
                                 if len as u64 > room {
                                     return Err(too_long(len));
                                 }
-                                serde_json::from_slice::<serde::de::IgnoredAny>(&doc).map_err(|err| {
-                                    Refusal::new(
-                                        ErrorCode::Internal,
-                                        format!("the stored document is not valid JSON: {err}"),
-                                    )
+                                latzero_memory::check_json(&doc).map_err(|err| {
+                                    Refusal::new(ErrorCode::Internal, format!("the stored document is {err}"))
                                 })?;
                                 e.set_json_checked(version);
                                 let _ = conn.reply_with(|b| {
