@@ -1,38 +1,41 @@
 //! TLS on the TCP port (`--tls`): the certificate (given, or self-signed and generated on first
 //! start into `config/`), its fingerprint, and accepting TLS connections.
 //!
-//! A TLS connection is terminated here and its plaintext bridged to the session over a Unix
-//! socket pair, so the session's writers keep their non-blocking `try_write` path (docs of
-//! `session::conn`) unchanged; the bridge costs one extra local hop per direction, paid only by
-//! TLS connections. A connection whose first byte is not a TLS handshake record gets one plain
-//! `TLS_REQUIRED` error frame and is closed, so a plain client sees why instead of hanging.
+//! After the TLS handshake (tokio-rustls), the session runs on the connection itself: its
+//! reader decrypts what the socket brings ([`TlsRead`]), and the frames written to it are
+//! encrypted by whichever thread writes them, with the same non-blocking `try_write` a plain
+//! socket has ([`TlsWrite`], `session::conn::Sock::Tls`). One rustls connection under a mutex
+//! serves both sides. (Until 2026-11-24 the plaintext went to the session over a Unix socket
+//! pair and a bridge task: a hop more each way, docs/BENCHMARKS.md.) A connection whose first
+//! byte is not a TLS handshake record gets one plain `TLS_REQUIRED` error frame and is closed,
+//! so a plain client sees why instead of hanging.
 
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 
 use latzero_proto::frame::encode_message;
 use latzero_proto::message::ErrorFrame;
 use latzero_proto::{ErrorCode, format_fingerprint};
-use latzero_uds::UdsStream;
+use rustls::ServerConnection;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
 
 use crate::datadir::write_atomic;
 use crate::error::ServerError;
 use crate::server::State;
+use crate::session::conn::Sock;
 
 /// The generated certificate and key, in `<data_dir>/config/`.
 pub const GENERATED_CERT: &str = "tls-cert.pem";
 /// See [`GENERATED_CERT`].
 pub const GENERATED_KEY: &str = "tls-key.pem";
-
-/// Bytes the bridge moves per read.
-const BRIDGE_BUFFER: usize = 64 * 1024;
 
 /// TLS settings.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +126,7 @@ fn generate(cert_path: &Path, key_path: &Path, host: &str) -> Result<(), ServerE
 
 /// Serves one TCP connection over TLS: checks that it speaks TLS, completes the TLS handshake
 /// within the handshake timeout, then runs the session on the plaintext.
-pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer: String, tracker: TaskTracker) {
+pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer: String) {
     let limit = state.config.limits.handshake_timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
@@ -145,26 +148,160 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
     let Some(stream) = crate::transport::within_handshake(&state, &peer, "TLS handshake", accepted).await else {
         return;
     };
-    crate::transport::run_bridged(state, peer, &tracker, "TLS", |near| bridge(stream, near)).await;
+    let (tcp, session) = stream.into_inner();
+    let shared = Arc::new(Shared {
+        tcp,
+        session: Mutex::new(session),
+    });
+    crate::session::run(state, TlsRead(shared.clone()), Sock::Tls(TlsWrite(shared)), peer).await;
 }
 
-/// Moves bytes between the TLS stream and the session's socket until the session ends (its
-/// socket reaches end of stream; the peer then gets close_notify), or the peer closes (the
-/// session then reads end of stream, and ends).
-async fn bridge(tls: tokio_rustls::server::TlsStream<TcpStream>, near: UdsStream) {
-    let (tr, mut tw) = tokio::io::split(tls);
-    let (nr, mut nw) = near.into_split();
-    let down = async {
-        let _ = tokio::io::copy_buf(&mut BufReader::with_capacity(BRIDGE_BUFFER, nr), &mut tw).await;
-        let _ = tw.shutdown().await;
-    };
-    let up = async {
-        let _ = tokio::io::copy_buf(&mut BufReader::with_capacity(BRIDGE_BUFFER, tr), &mut nw).await;
-        let _ = nw.shutdown().await;
-    };
-    tokio::pin!(down, up);
-    tokio::select! {
-        () = &mut down => {}
-        () = &mut up => down.await,
+/// One TLS connection: the socket and the rustls state, which the reader and every writer share.
+struct Shared {
+    tcp: TcpStream,
+    session: Mutex<ServerConnection>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ServerConnection> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The socket as rustls reads and writes it: without blocking (`WouldBlock` when it would).
+struct Io<'a>(&'a TcpStream);
+
+impl io::Read for Io<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(b)
+    }
+}
+
+impl io::Write for Io<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.try_write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the TLS records rustls holds: `true` once none is left, `false` if the socket would
+/// block first.
+fn flush_records(s: &mut ServerConnection, tcp: &TcpStream) -> io::Result<bool> {
+    while s.wants_write() {
+        match s.write_tls(&mut Io(tcp)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The session's side of a TLS connection for reading: the plaintext rustls decrypted from what
+/// the socket brought. The peer's close_notify, and a socket closed without one, read as end of
+/// stream.
+pub(crate) struct TlsRead(Arc<Shared>);
+
+impl AsyncRead for TlsRead {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let sh = &*self.0;
+        loop {
+            {
+                let mut s = sh.lock();
+                let mut plain = s.reader();
+                match plain.fill_buf() {
+                    Ok(chunk) => {
+                        // Empty: the peer closed cleanly.
+                        let n = chunk.len().min(buf.remaining());
+                        buf.put_slice(&chunk[..n]);
+                        plain.consume(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                match s.read_tls(&mut Io(&sh.tcp)) {
+                    // End of the socket: rustls notes it, and the next look says so.
+                    Ok(0) => continue,
+                    Ok(_) => {
+                        let processed = s.process_new_packets();
+                        // An alert for a bad record, or the answer to a key update: what the
+                        // socket does not take now goes out with the next frame written.
+                        let _ = flush_records(&mut s, &sh.tcp);
+                        if let Err(e) = processed {
+                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            // Nothing to read: wait for the socket (its readiness was cleared by the
+            // `WouldBlock` above, so this registers the waker).
+            ready!(sh.tcp.poll_read_ready(cx))?;
+        }
+    }
+}
+
+/// The session's side of a TLS connection for writing (`Sock::Tls`): plaintext in, encrypted
+/// and written without blocking by the thread that writes it.
+pub(crate) struct TlsWrite(Arc<Shared>);
+
+impl std::fmt::Debug for TlsWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsWrite")
+    }
+}
+
+impl TlsWrite {
+    /// Takes up to `b.len()` bytes of plaintext as a socket write does: encrypts what rustls's
+    /// buffer takes and writes it, `WouldBlock` when records written before are still waiting
+    /// for the socket. Records that the socket did not take stay with rustls:
+    /// [`pending`](Self::pending) says so, and [`flush_pending`](Self::flush_pending) writes them.
+    pub(crate) fn try_write(&self, b: &[u8]) -> io::Result<usize> {
+        let mut s = self.0.lock();
+        if !flush_records(&mut s, &self.0.tcp)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = s.writer().write(b)?;
+        flush_records(&mut s, &self.0.tcp)?;
+        if n == 0 && !b.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    /// Whether encrypted records are waiting for the socket.
+    pub(crate) fn pending(&self) -> bool {
+        self.0.lock().wants_write()
+    }
+
+    /// Writes the records waiting for the socket: `true` once none is left.
+    pub(crate) fn flush_pending(&self) -> io::Result<bool> {
+        flush_records(&mut self.0.lock(), &self.0.tcp)
+    }
+
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.0.tcp.writable().await
+    }
+
+    /// Sends close_notify (as far as the socket takes it now), then shuts the write side down.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        {
+            let mut s = self.0.lock();
+            s.send_close_notify();
+            let _ = flush_records(&mut s, &self.0.tcp);
+        }
+        socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Ends reading: the session's read sees end of stream.
+    pub(crate) fn shutdown_read(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Read)
     }
 }

@@ -40,13 +40,7 @@ impl Listener for TcpListener {
 
     fn serve(state: &Arc<State>, stream: TcpStream, peer: String, tracker: &TaskTracker) {
         if let Some(tls) = &state.tls {
-            tracker.spawn(crate::tls::serve(
-                state.clone(),
-                tls.clone(),
-                stream,
-                peer,
-                tracker.clone(),
-            ));
+            tracker.spawn(crate::tls::serve(state.clone(), tls.clone(), stream, peer));
             return;
         }
         let (r, w) = stream.into_split();
@@ -110,7 +104,7 @@ pub(crate) async fn within_handshake<T, E: std::fmt::Display>(
     }
 }
 
-/// Runs a session whose bytes a bridge carries to and from its peer (TLS, WebSocket): the
+/// Runs a session whose bytes a bridge carries to and from its peer (WebSocket): the
 /// session gets one end of a Unix socket pair, `bridge` the other. Once the session has ended
 /// the bridge gets the shutdown grace to deliver what the session last wrote, then is dropped:
 /// a peer that does not read would otherwise hold it, and the server's shutdown that waits for

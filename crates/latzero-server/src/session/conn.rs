@@ -58,6 +58,8 @@ pub(crate) enum Sock {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     /// Watched for reading only: a peer's reads do not wake the server (see `latzero-uds`).
     Unix(latzero_uds::WriteHalf),
+    /// TLS on the TCP port, encrypted by the writing thread (`crate::tls`).
+    Tls(crate::tls::TlsWrite),
 }
 
 impl Sock {
@@ -65,6 +67,23 @@ impl Sock {
         match self {
             Sock::Tcp(w) => w.try_write(b),
             Sock::Unix(w) => w.try_write(b),
+            Sock::Tls(w) => w.try_write(b),
+        }
+    }
+
+    /// Whether bytes already taken are still waiting for the socket (TLS records rustls holds).
+    fn pending(&self) -> bool {
+        match self {
+            Sock::Tls(w) => w.pending(),
+            Sock::Tcp(_) | Sock::Unix(_) => false,
+        }
+    }
+
+    /// Writes what [`pending`](Self::pending) holds: `true` once nothing is left.
+    fn flush_pending(&self) -> io::Result<bool> {
+        match self {
+            Sock::Tls(w) => w.flush_pending(),
+            Sock::Tcp(_) | Sock::Unix(_) => Ok(true),
         }
     }
 
@@ -72,6 +91,7 @@ impl Sock {
         match self {
             Sock::Tcp(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write),
             Sock::Unix(w) => w.shutdown_write(),
+            Sock::Tls(w) => w.shutdown_write(),
         }
     }
 
@@ -80,6 +100,7 @@ impl Sock {
         match self {
             Sock::Tcp(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Read),
             Sock::Unix(w) => w.shutdown_read(),
+            Sock::Tls(w) => w.shutdown_read(),
         }
     }
 
@@ -87,6 +108,7 @@ impl Sock {
         match self {
             Sock::Tcp(w) => w.writable().await,
             Sock::Unix(w) => w.writable().await,
+            Sock::Tls(w) => w.writable().await,
         }
     }
 }
@@ -392,15 +414,27 @@ impl Conn {
 
     /// Writes from the buffer until it is empty (true) or the socket would block (false).
     fn write_buffered(&self, q: &mut Outq) -> Result<bool, ()> {
+        let failed = |e: io::Error| {
+            tracing::debug!(conn = self.id, error = %e, "write failed; closing");
+            self.kill();
+        };
         while !q.is_empty() {
             match self.sock.try_write(&q.buf[q.head..]) {
                 Ok(n) => q.consumed(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => {
-                    tracing::debug!(conn = self.id, error = %e, "write failed; closing");
-                    self.kill();
+                    failed(e);
                     return Err(());
                 }
+            }
+        }
+        // What the socket layer took but has not written yet (TLS records) is not written.
+        match self.sock.flush_pending() {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => {
+                failed(e);
+                return Err(());
             }
         }
         q.frames = 0;
@@ -503,7 +537,7 @@ pub(crate) async fn flusher(conn: Arc<Conn>) {
         loop {
             let done = {
                 let mut q = conn.lock();
-                if q.is_empty() {
+                if q.is_empty() && !conn.sock.pending() {
                     q.flushing = false;
                     if q.closing {
                         break_and_close(&conn);
