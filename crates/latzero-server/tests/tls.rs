@@ -30,17 +30,25 @@ fn once() -> ClientOptions {
     ClientOptions::new().reconnect(false).ephemeral(true)
 }
 
-#[tokio::test]
-async fn sdk_clients_call_each_other_over_tls_with_a_pinned_generated_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = Running::start(tls_config(dir.path())).await;
-    let fp = fingerprint(dir.path());
-    let url = |app: &str| format!("latzeros://{app}@{}?pools=p&fingerprint={fp}", srv.addr);
+/// A TLS server in `dir`, the URL of an app on it (pinning the generated certificate) and an
+/// SDK worker there that answers "echo" with what it gets.
+async fn echo_over_tls(dir: &std::path::Path) -> (Running, impl Fn(&str) -> String, Client) {
+    let srv = Running::start(tls_config(dir)).await;
+    let (fp, addr) = (fingerprint(dir), srv.addr);
+    let url = move |app: &str| format!("latzeros://{app}@{addr}?pools=p&fingerprint={fp}");
     let worker = once().connect(&url("worker")).await.unwrap();
     worker
         .handle("echo", |r: Request| async move { Ok(r.data) })
         .await
         .unwrap();
+    (srv, url, worker)
+}
+
+#[tokio::test]
+async fn sdk_clients_call_each_other_over_tls_with_a_pinned_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, url, worker) = echo_over_tls(dir.path()).await;
+    let fp = fingerprint(dir.path());
     let caller = once().connect(&url("caller")).await.unwrap();
     let big = "x".repeat(200_000);
     for payload in [json!(1), json!(big)] {
@@ -74,19 +82,12 @@ async fn sdk_clients_call_each_other_over_tls_with_a_pinned_generated_certificat
 }
 
 /// The server encrypts on whichever thread writes, and records the socket does not take at once
-/// wait with rustls for the flusher: many large calls and replies in flight at once, with small
-/// socket buffers, and a fan-out of emits, all arrive whole and in order.
+/// wait with rustls for the flusher: many large calls and replies in flight at once, and a
+/// fan-out of emits beside them, all arrive whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_large_frames_in_flight_over_tls_all_arrive() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Running::start(tls_config(dir.path())).await;
-    let fp = fingerprint(dir.path());
-    let url = |app: &str| format!("latzeros://{app}@{}?pools=p&fingerprint={fp}", srv.addr);
-    let worker = once().connect(&url("worker")).await.unwrap();
-    worker
-        .handle("echo", |r: Request| async move { Ok(r.data) })
-        .await
-        .unwrap();
+    let (srv, url, worker) = echo_over_tls(dir.path()).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let receiver = once().connect(&url("rx")).await.unwrap();
     receiver

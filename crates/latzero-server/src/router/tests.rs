@@ -365,46 +365,34 @@ async fn a_handler_that_stops_answering_is_passed_over_until_its_calls_end() {
         )
         .unwrap()
     };
-    // Answered at once, one call at a time: a, b, a, b.
     let answer = |h: &Arc<Conn>, t: Value| {
         f.respond(h, json!({"action":"response","in_reply_to":t["id"],"status":"ok"}))
             .unwrap()
     };
-    let mut turns = String::new();
-    for id in 0..4 {
-        call(id, 30_000);
-        match (next(&mut arx), next(&mut brx)) {
-            (Some(t), None) => (answer(&a, t), turns.push('a')).1,
-            (None, Some(t)) => (answer(&b, t), turns.push('b')).1,
-            other => panic!("{other:?}"),
+    // Calls answered at once, one at a time; which handler took each, in order.
+    let turns = |ids: std::ops::Range<u64>, arx: &mut Peer, brx: &mut Peer, crx: &mut Peer| {
+        let mut took = String::new();
+        for id in ids {
+            call(id, 30_000);
+            match (next(arx), next(brx)) {
+                (Some(t), None) => (answer(&a, t), took.push('a')).1,
+                (None, Some(t)) => (answer(&b, t), took.push('b')).1,
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(next(crx).unwrap()["in_reply_to"], id);
         }
-        assert_eq!(next(&mut crx).unwrap()["status"], "ok");
-    }
-    assert_eq!(turns, "abab");
+        took
+    };
+    assert_eq!(turns(0..4, &mut arx, &mut brx, &mut crx), "abab");
     // a takes a call and never answers it: the next ten go to b, not every other one to a.
     call(10, 1_000);
     next(&mut arx).expect("a's turn");
-    for id in 11..21 {
-        call(id, 30_000);
-        answer(&b, next(&mut brx).expect("b takes it"));
-        assert_eq!(next(&mut crx).unwrap()["in_reply_to"], id);
-    }
-    assert!(next(&mut arx).is_none());
+    assert_eq!(turns(11..21, &mut arx, &mut brx, &mut crx), "b".repeat(10));
     // a's call times out, and a takes its turns again.
     tokio::time::sleep(Duration::from_millis(1_001)).await;
     assert_eq!(next(&mut crx).unwrap()["code"], "TIMEOUT");
     assert_eq!(a.handling.load(Ordering::Relaxed), 0);
-    let mut turns = String::new();
-    for id in 30..34 {
-        call(id, 30_000);
-        match (next(&mut arx), next(&mut brx)) {
-            (Some(t), None) => (answer(&a, t), turns.push('a')).1,
-            (None, Some(t)) => (answer(&b, t), turns.push('b')).1,
-            other => panic!("{other:?}"),
-        }
-        next(&mut crx).unwrap();
-    }
-    assert_eq!(turns.matches('a').count(), 2, "{turns}");
+    assert_eq!(turns(30..34, &mut arx, &mut brx, &mut crx).matches('a').count(), 2);
 }
 
 #[tokio::test(start_paused = true)]
