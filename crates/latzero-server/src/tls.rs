@@ -181,6 +181,10 @@ impl io::Write for Io<'_> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         self.0.try_write(b)
     }
+    /// rustls hands its records over as one slice each: written together, in one system call.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -206,40 +210,52 @@ fn flush_records(s: &mut ServerConnection, tcp: &TcpStream) -> io::Result<bool> 
 pub(crate) struct TlsRead(Arc<Shared>);
 
 impl AsyncRead for TlsRead {
+    /// Fills `buf` with as much plaintext as rustls holds and the socket has ready now (a record
+    /// carries at most 16 KiB; a whole socket's worth per read keeps the session's batches as
+    /// large as on a plain socket), waiting only when there is none.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let sh = &*self.0;
+        let start = buf.filled().len();
         loop {
             {
                 let mut s = sh.lock();
-                let mut plain = s.reader();
-                match plain.fill_buf() {
-                    Ok(chunk) => {
-                        // Empty: the peer closed cleanly.
-                        let n = chunk.len().min(buf.remaining());
-                        buf.put_slice(&chunk[..n]);
-                        plain.consume(n);
-                        return Poll::Ready(Ok(()));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                match s.read_tls(&mut Io(&sh.tcp)) {
-                    // End of the socket: rustls notes it, and the next look says so.
-                    Ok(0) => continue,
-                    Ok(_) => {
-                        let processed = s.process_new_packets();
-                        // An alert for a bad record, or the answer to a key update: what the
-                        // socket does not take now goes out with the next frame written.
-                        let _ = flush_records(&mut s, &sh.tcp);
-                        if let Err(e) = processed {
-                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                loop {
+                    let mut plain = s.reader();
+                    match plain.fill_buf() {
+                        // The peer closed cleanly: end of stream once what came before is read.
+                        Ok([]) => return Poll::Ready(Ok(())),
+                        Ok(chunk) => {
+                            let n = chunk.len().min(buf.remaining());
+                            buf.put_slice(&chunk[..n]);
+                            plain.consume(n);
+                            if buf.remaining() == 0 {
+                                return Poll::Ready(Ok(()));
+                            }
+                            continue;
                         }
-                        continue;
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
+                        Err(e) => return Poll::Ready(Err(e)),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+                    match s.read_tls(&mut Io(&sh.tcp)) {
+                        // End of the socket: rustls notes it, and the next look says so.
+                        Ok(0) => {}
+                        Ok(_) => {
+                            let processed = s.process_new_packets();
+                            // An alert for a bad record, or the answer to a key update: what the
+                            // socket does not take now goes out with the next frame written.
+                            let _ = flush_records(&mut s, &sh.tcp);
+                            if let Err(e) = processed {
+                                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
                 }
+            }
+            if buf.filled().len() > start {
+                return Poll::Ready(Ok(()));
             }
             // Nothing to read: wait for the socket (its readiness was cleared by the
             // `WouldBlock` above, so this registers the waker).
