@@ -428,7 +428,8 @@ impl Conn {
                 }
             }
         }
-        // What the socket layer took but has not written yet (TLS records) is not written.
+        // Bytes the socket layer took but holds back (TLS records rustls encrypted and the socket
+        // did not take) are written before the buffer counts as drained.
         match self.sock.flush_pending() {
             Ok(true) => {}
             Ok(false) => return Ok(false),
