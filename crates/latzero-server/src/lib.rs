@@ -3,8 +3,8 @@
 //! ```text
 //! server.rs      bind listeners, shared State, graceful shutdown
 //! transport.rs   TCP and Unix-socket accept loops
-//! tls.rs         TLS on the TCP port (certificate, bridge)
-//! ws.rs          the WebSocket port (browsers): upgrade, origin check, message bridge
+//! tls.rs         TLS on the TCP port (certificate, the session's TLS reader and writer)
+//! ws.rs          the WebSocket port (browsers): upgrade, origin check, messages as frames
 //! session/       one connection: reader loop (mod.rs), outbound queue + writer (conn.rs)
 //! directory.rs   connected apps and the pools (members, trigger index)
 //! registry.rs    the durable app registry: write-through to the store, rehydration

@@ -148,12 +148,19 @@ pub(crate) async fn serve(state: Arc<State>, tls: Tls, mut tcp: TcpStream, peer:
     let Some(stream) = crate::transport::within_handshake(&state, &peer, "TLS handshake", accepted).await else {
         return;
     };
+    let (read, write) = split(stream);
+    crate::session::run(state, read, Sock::Tls(write), peer).await;
+}
+
+/// An accepted TLS connection as its reading and its writing side (the WebSocket port runs its
+/// framing on these with `--tls`).
+pub(crate) fn split(stream: tokio_rustls::server::TlsStream<TcpStream>) -> (TlsRead, TlsWrite) {
     let (tcp, session) = stream.into_inner();
     let shared = Arc::new(Shared {
         tcp,
         session: Mutex::new(session),
     });
-    crate::session::run(state, TlsRead(shared.clone()), Sock::Tls(TlsWrite(shared)), peer).await;
+    (TlsRead(shared.clone()), TlsWrite(shared))
 }
 
 /// One TLS connection: the socket and the rustls state, which the reader and every writer share.
@@ -292,6 +299,20 @@ impl TlsWrite {
         Ok(n)
     }
 
+    /// [`try_write`](Self::try_write) for plaintext in pieces, taken in order as one.
+    pub(crate) fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut s = self.0.lock();
+        if !flush_records(&mut s, &self.0.tcp)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = s.writer().write_vectored(bufs)?;
+        flush_records(&mut s, &self.0.tcp)?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
     /// Whether encrypted records are waiting for the socket.
     pub(crate) fn pending(&self) -> bool {
         self.0.lock().wants_write()
@@ -304,6 +325,11 @@ impl TlsWrite {
 
     pub(crate) async fn writable(&self) -> io::Result<()> {
         self.0.tcp.writable().await
+    }
+
+    /// [`writable`](Self::writable) as a poll, which keeps one waker (the reading task's).
+    pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.tcp.poll_write_ready(cx)
     }
 
     /// Sends close_notify (as far as the socket takes it now), then shuts the write side down.

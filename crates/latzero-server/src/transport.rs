@@ -104,35 +104,6 @@ pub(crate) async fn within_handshake<T, E: std::fmt::Display>(
     }
 }
 
-/// Runs a session whose bytes a bridge carries to and from its peer (WebSocket): the
-/// session gets one end of a Unix socket pair, `bridge` the other. Once the session has ended
-/// the bridge gets the shutdown grace to deliver what the session last wrote, then is dropped:
-/// a peer that does not read would otherwise hold it, and the server's shutdown that waits for
-/// it, for ever.
-pub(crate) async fn run_bridged<B, F>(state: Arc<State>, peer: String, tracker: &TaskTracker, what: &str, bridge: B)
-where
-    B: FnOnce(UdsStream) -> F,
-    F: Future<Output = ()> + Send + 'static,
-{
-    let (near, far) = match UdsStream::pair() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(peer = %peer, error = %e, "cannot bridge a {what} connection");
-            return;
-        }
-    };
-    // The session writes its frames into `far`; the bridge takes them out to the peer.
-    size_send_buffer(&state, &far);
-    let mut bridge = tracker.spawn(bridge(near));
-    let (r, w) = far.into_split();
-    let grace = state.config.shutdown_grace;
-    session::run(state, r, Sock::Unix(w), peer).await;
-    if tokio::time::timeout(grace, &mut bridge).await.is_err() {
-        tracing::info!("a peer did not read what its session last sent within the grace; dropping its connection");
-        bridge.abort();
-    }
-}
-
 /// Accepts until `stop`, running each connection as a tracked session.
 pub(crate) async fn accept_loop<L: Listener>(
     state: Arc<State>,

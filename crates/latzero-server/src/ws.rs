@@ -1,30 +1,45 @@
 //! The WebSocket transport (`--ws-port`), for browsers and anything else that speaks WebSocket:
 //! `ws://HOST:PORT`, or `wss://` with `--tls` (the TCP port's certificate). Each WebSocket message
 //! carries one frame's payload (docs/PROTOCOL.md §2 without its length prefix): a text message a
-//! JSON frame, a binary message a binary frame, both ways. A bridge moves the messages to and
-//! from the session's socket pair, as the TLS bridge moves bytes, so the session is the same as
-//! on every other transport.
+//! JSON frame, a binary message a binary frame, both ways.
+//!
+//! The session runs on the WebSocket connection itself, as on any socket. Its reader
+//! ([`WsRead`]) takes the page's messages — tungstenite reads and unmasks them and answers
+//! pings — and hands the session their payloads as frames. The frames written to it go out as
+//! WebSocket messages from whichever thread writes them, with the same non-blocking write a
+//! plain socket has ([`WsWrite`], `session::conn::Sock::Ws`); tungstenite's own few messages
+//! (its handshake answer, pongs) go through the same writer, so they never land inside a message.
+//! With `--tls` both run on the TLS connection (`crate::tls`). (Until 2026-11-24 a bridge task
+//! moved the messages to the session over a Unix socket pair: a hop more each way,
+//! docs/BENCHMARKS.md.) The session's end sends a close message after what it wrote last, with
+//! a code and reason when the page broke a rule (a message over the frame limit: 1009,
+//! `FRAME_TOO_LARGE`).
 //!
 //! A browser sends the page's `Origin` with the upgrade request. Any page the user opens could
 //! otherwise reach a server on 127.0.0.1, so an upgrade with an `Origin` is refused (403) unless
 //! the origin is allowed (`--ws-origin`); one without (a program, not a page) is not asked.
 
-use std::sync::Arc;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use latzero_uds::UdsStream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::task::TaskTracker;
 
 use crate::server::State;
+use crate::session::conn::Sock;
+use crate::tls::{TlsRead, TlsWrite};
 use crate::transport::Listener;
 
 /// The WebSocket listener's settings.
@@ -54,23 +69,42 @@ impl Listener for WsListener {
     }
 
     fn serve(state: &Arc<State>, stream: TcpStream, peer: String, tracker: &TaskTracker) {
-        tracker.spawn(serve(state.clone(), stream, peer, tracker.clone()));
+        tracker.spawn(serve(state.clone(), stream, peer));
     }
 }
 
 /// Serves one connection to the WebSocket port: TLS first with `--tls`, then the upgrade
-/// (within the handshake timeout), then the session on the bridged messages.
-async fn serve(state: Arc<State>, tcp: TcpStream, peer: String, tracker: TaskTracker) {
-    match &state.tls {
-        None => upgrade(state, tcp, peer, tracker).await,
+/// (within the handshake timeout), then the session on the connection's messages.
+async fn serve(state: Arc<State>, tcp: TcpStream, peer: String) {
+    let (read, under) = match &state.tls {
+        None => {
+            let tcp = Arc::new(tcp);
+            (RawRead::Tcp(tcp.clone()), Under::Tcp(tcp))
+        }
         Some(tls) => {
             let accepted = tls.acceptor.accept(tcp);
             let what = "TLS handshake on the WebSocket port";
-            if let Some(s) = crate::transport::within_handshake(&state, &peer, what, accepted).await {
-                upgrade(state, s, peer, tracker).await;
-            }
+            let Some(s) = crate::transport::within_handshake(&state, &peer, what, accepted).await else {
+                return;
+            };
+            let (r, w) = crate::tls::split(s);
+            (RawRead::Tls(r), Under::Tls(w))
         }
-    }
+    };
+    let write = WsWrite(Arc::new(Shared {
+        under,
+        out: Mutex::new(Out::default()),
+    }));
+    upgrade(
+        state,
+        Duplex {
+            read,
+            write: write.clone(),
+        },
+        write,
+        peer,
+    )
+    .await;
 }
 
 /// Whether a page of `origin` may connect.
@@ -78,10 +112,7 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }
 
-async fn upgrade<S>(state: Arc<State>, stream: S, peer: String, tracker: TaskTracker)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn upgrade(state: Arc<State>, stream: Duplex, write: WsWrite, peer: String) {
     let origins = state.config.ws.origins.clone();
     // The signature is tungstenite's `Callback`, whose refusal is an HTTP response.
     #[allow(clippy::result_large_err)]
@@ -101,15 +132,37 @@ where
     };
     // A message is one frame: the frame limit is the message limit.
     let max = state.config.limits.max_frame_len;
+    // tungstenite writes only its own few messages (pongs); the frames go through `WsWrite`.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+        .max_frame_size(Some(max))
+        .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_BUFFER);
     let accepted = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
     let Some(ws) = crate::transport::within_handshake(&state, &peer, "WebSocket upgrade", accepted).await else {
         return;
     };
-    crate::transport::run_bridged(state, peer, &tracker, "WebSocket", |near| bridge(ws, near, max)).await;
+    let read = WsRead {
+        ws,
+        write: write.clone(),
+        frame: None,
+        at: 0,
+        ended: false,
+        max,
+    };
+    let grace = state.config.shutdown_grace;
+    crate::session::run(state, read, Sock::Ws(write.clone()), peer).await;
+    // The close message goes after what the session wrote last: the session's graceful end sent
+    // it already, one cut off has not. The peer gets the shutdown grace to take it.
+    let close = async {
+        while let Ok(false) = write.close() {
+            if write.0.under.writable().await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(grace, close).await;
 }
 
 /// Each page's read buffer. tungstenite's default, 128 KiB, is allocated for every connection
@@ -118,143 +171,455 @@ where
 /// than this is read in more steps, at no cost measured (docs/BENCHMARKS.md).
 const READ_BUFFER: usize = 4 * 1024;
 
-/// The most a peer's messages are gathered into before they are written to the session (more
-/// than one message's worth only when they were already read).
-const UP_BATCH: usize = 64 * 1024;
+/// The most tungstenite holds of its own messages (pongs) that the socket has not taken: past
+/// it, it keeps only the latest pong, so a page that pings and never reads costs no more.
+const CONTROL_BUFFER: usize = 4 * 1024;
 
-/// Moves messages between the WebSocket and the session's socket until the session ends (the
-/// peer then gets a close frame) or the peer closes (the session then reads end of stream, and
-/// ends). The two directions run apart, so a peer that does not read never stops the session
-/// from reading it (the session's own backpressure then applies, as on any socket).
-async fn bridge<S>(ws: WebSocketStream<S>, near: UdsStream, max: usize)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sink, mut stream) = ws.split();
-    let (mut nr, mut nw) = near.into_split();
-    // Why the peer's side ended, for the close frame: an oversized message is the peer's to know.
-    let (why_tx, mut why_rx) = tokio::sync::oneshot::channel::<CloseFrame>();
-    let up = async move {
-        let mut why = None;
-        let mut out = BytesMut::with_capacity(UP_BATCH);
-        let mut open = true;
-        while open {
-            // A message of a batch's size or more, written as it is after the batch before it:
-            // not copied, and no buffer of its size kept for the rest of the connection.
-            let mut large = None;
-            // The next message, waiting for it, then those already read, as frames in one write
-            // (a write per message cost two syscalls each, and most of a pipelined page's time).
-            let mut next = stream.next().await;
-            loop {
-                let payload: Option<Bytes> = match next {
-                    Some(Ok(Message::Text(t))) => Some(t.into()),
-                    Some(Ok(Message::Binary(b))) => Some(b),
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        if let Some(Err(WsError::Capacity(e))) = next {
-                            why = Some(CloseFrame {
-                                code: CloseCode::Size,
-                                reason: Utf8Bytes::from(format!(
-                                    "FRAME_TOO_LARGE: {e}; the server's max_frame_len is {max} bytes"
-                                )),
-                            });
-                        }
-                        open = false;
-                        break;
-                    }
-                    Some(Ok(_)) => None, // ping, pong: nothing for the session
-                };
-                match payload {
-                    Some(p) if p.len() >= UP_BATCH => {
-                        large = Some(p);
-                        break;
-                    }
-                    Some(p) => {
-                        // At most `max` (the WebSocket limit), which the server's own check
-                        // keeps in a u32.
-                        out.put_u32(p.len() as u32);
-                        out.extend_from_slice(&p);
-                    }
-                    None => {}
-                }
-                if out.len() >= UP_BATCH {
-                    break;
-                }
-                match stream.next().now_or_never() {
-                    Some(m) => next = m,
-                    None => break,
-                }
-            }
-            // What the peer sent before it closed still reaches the session.
-            if !out.is_empty() && nw.write_all(&out).await.is_err() {
-                break;
-            }
-            out.clear();
-            if let Some(p) = large {
-                let len = (p.len() as u32).to_be_bytes();
-                if nw.write_all(&len).await.is_err() || nw.write_all(&p).await.is_err() {
-                    break;
-                }
-            }
+/// The most frames gathered into one write (two slices each: the message header, the payload).
+const WRITE_BATCH: usize = 32;
+
+/// Largest capacity of the unwritten tail kept once it has drained.
+const RETAIN_TAIL: usize = 64 * 1024;
+
+/// The bytes under the WebSocket framing: the TCP socket, or TLS on it (`wss://`).
+enum Under {
+    Tcp(Arc<TcpStream>),
+    Tls(TlsWrite),
+}
+
+impl Under {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Under::Tcp(t) => t.try_write_vectored(bufs),
+            Under::Tls(t) => t.try_write_vectored(bufs),
         }
-        if let Some(w) = why {
-            let _ = why_tx.send(w);
+    }
+
+    /// Bytes taken but still waiting for the socket (TLS records): written, `true` once none is
+    /// left.
+    fn flush_pending(&self) -> io::Result<bool> {
+        match self {
+            Under::Tcp(_) => Ok(true),
+            Under::Tls(t) => t.flush_pending(),
         }
-        let _ = nw.shutdown().await;
-    };
-    let down = async move {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        'read: loop {
-            match nr.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            while buf.len() >= 4 {
-                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if buf.len() < 4 + len {
-                    buf.reserve(4 + len - buf.len());
-                    break;
-                }
-                buf.advance(4);
-                let payload = buf.split_to(len).freeze();
-                if sink.feed(message(payload)).await.is_err() {
-                    break 'read;
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
+    }
+
+    fn pending(&self) -> bool {
+        match self {
+            Under::Tcp(_) => false,
+            Under::Tls(t) => t.pending(),
         }
-        // Sent before the peer's side shut the session's input, so here by the time the
-        // session has ended for that.
-        let close = why_rx.try_recv().unwrap_or(CloseFrame {
-            code: CloseCode::Normal,
-            reason: Utf8Bytes::from_static("the session ended"),
-        });
-        let _ = sink.send(Message::Close(Some(close))).await;
-        let _ = sink.close().await;
-    };
-    tokio::pin!(up, down);
-    tokio::select! {
-        () = &mut down => {}
-        () = &mut up => down.await,
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Under::Tcp(t) => t.writable().await,
+            Under::Tls(t) => t.writable().await,
+        }
+    }
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Under::Tcp(t) => t.poll_write_ready(cx),
+            Under::Tls(t) => t.poll_writable(cx),
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Under::Tcp(t) => socket2::SockRef::from(t.as_ref()).shutdown(std::net::Shutdown::Write),
+            Under::Tls(t) => t.shutdown_write(),
+        }
+    }
+
+    fn shutdown_read(&self) -> io::Result<()> {
+        match self {
+            Under::Tcp(t) => socket2::SockRef::from(t.as_ref()).shutdown(std::net::Shutdown::Read),
+            Under::Tls(t) => t.shutdown_read(),
+        }
     }
 }
 
-/// One of the server's frames as a message: binary for a binary frame (its first byte is the
-/// binary marker), text for JSON.
-fn message(payload: Bytes) -> Message {
-    if payload.first() == Some(&latzero_proto::frame::BINARY_MARKER) {
-        return Message::Binary(payload);
+/// What the writing side keeps between writes.
+#[derive(Default)]
+struct Out {
+    /// WebSocket bytes the socket did not take, `tail[head..]`: the rest of a message begun, and
+    /// tungstenite's messages after it. They go out before anything else.
+    tail: Vec<u8>,
+    head: usize,
+    /// Why the peer's side ended, for the close message (the reading side sets it).
+    why: Option<(CloseCode, String)>,
+    /// The close message is queued: nothing more is sent after it.
+    closed: bool,
+    /// The write side is shut down.
+    shut: bool,
+}
+
+impl Out {
+    fn unwritten(&self) -> bool {
+        self.head < self.tail.len()
     }
-    match Utf8Bytes::try_from(payload.clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Binary(payload),
+
+    /// Writes the tail: `true` once nothing is left of it (TLS records included).
+    fn flush(&mut self, under: &Under) -> io::Result<bool> {
+        while self.unwritten() {
+            match under.try_write_vectored(&[IoSlice::new(&self.tail[self.head..])]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.head += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.head = 0;
+        self.tail.clear();
+        if self.tail.capacity() > RETAIN_TAIL {
+            self.tail = Vec::new();
+        }
+        under.flush_pending()
+    }
+}
+
+struct Shared {
+    under: Under,
+    out: Mutex<Out>,
+}
+
+/// The session's side of a WebSocket connection for writing (`Sock::Ws`): frames in (as the
+/// session writes them, each with its length prefix), WebSocket messages out, written without
+/// blocking by the thread that writes them.
+#[derive(Clone)]
+pub(crate) struct WsWrite(Arc<Shared>);
+
+impl std::fmt::Debug for WsWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsWrite")
+    }
+}
+
+impl WsWrite {
+    fn lock(&self) -> MutexGuard<'_, Out> {
+        self.0.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes whole frames from the front of `b` as a socket write takes bytes: each goes out as
+    /// one message, up to [`WRITE_BATCH`] in one vectored write, and the count of the frames'
+    /// bytes taken is returned. A message the socket took in part counts as taken: its rest
+    /// waits in the tail ([`pending`](Self::pending)), which goes out before the next message.
+    /// `WouldBlock` while the tail is not written, or when the socket takes nothing.
+    pub(crate) fn try_write(&self, b: &[u8]) -> io::Result<usize> {
+        let under = &self.0.under;
+        let mut out = self.lock();
+        if !out.flush(under)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if out.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the WebSocket is closed"));
+        }
+        // Each frame: its message header, and where its payload lies in `b`.
+        let mut heads = [[0u8; MAX_HEADER]; WRITE_BATCH];
+        let mut spans = [(0usize, 0usize, 0usize); WRITE_BATCH];
+        let (mut k, mut off) = (0, 0);
+        while k < WRITE_BATCH && b.len() - off >= 4 {
+            let len = u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]) as usize;
+            let start = off + 4;
+            if b.len() - start < len {
+                break;
+            }
+            let payload = &b[start..start + len];
+            spans[k] = (header(&mut heads[k], payload), start, len);
+            k += 1;
+            off = start + len;
+        }
+        if k == 0 {
+            return match b.len() {
+                0 => Ok(0),
+                _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a whole frame")),
+            };
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+        for (i, &(hl, start, len)) in spans[..k].iter().enumerate() {
+            slices[2 * i] = IoSlice::new(&heads[i][..hl]);
+            slices[2 * i + 1] = IoSlice::new(&b[start..start + len]);
+        }
+        let mut n = match under.try_write_vectored(&slices[..2 * k])? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => n,
+        };
+        let mut taken = 0;
+        for (i, &(hl, start, len)) in spans[..k].iter().enumerate() {
+            if n == 0 {
+                break;
+            }
+            taken = start + len;
+            if n >= hl + len {
+                n -= hl + len;
+                continue;
+            }
+            // Part of this message went out: the rest waits, ahead of everything after it.
+            if n < hl {
+                out.tail.extend_from_slice(&heads[i][n..hl]);
+                out.tail.extend_from_slice(&b[start..start + len]);
+            } else {
+                out.tail.extend_from_slice(&b[start + (n - hl)..start + len]);
+            }
+            break;
+        }
+        Ok(taken)
+    }
+
+    /// Whether bytes taken are still waiting for the socket.
+    pub(crate) fn pending(&self) -> bool {
+        self.lock().unwritten() || self.0.under.pending()
+    }
+
+    /// Writes what [`pending`](Self::pending) holds: `true` once nothing is left.
+    pub(crate) fn flush_pending(&self) -> io::Result<bool> {
+        self.lock().flush(&self.0.under)
+    }
+
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.0.under.writable().await
+    }
+
+    /// Queues the close message (once: its code and reason the peer's fault, else 1000, "the
+    /// session ended"), writes as much as the socket takes now, and once all is written shuts the
+    /// write side down: `true` then.
+    pub(crate) fn close(&self) -> io::Result<bool> {
+        let under = &self.0.under;
+        let mut out = self.lock();
+        if !out.closed {
+            out.closed = true;
+            let (code, reason) = out
+                .why
+                .take()
+                .unwrap_or((CloseCode::Normal, "the session ended".to_owned()));
+            let frame = close_message(code, &reason);
+            out.tail.extend_from_slice(&frame);
+        }
+        if !out.flush(under)? {
+            return Ok(false);
+        }
+        if !out.shut {
+            out.shut = true;
+            under.shutdown_write()?;
+        }
+        Ok(true)
+    }
+
+    /// Ends reading: the session's read sees end of stream.
+    pub(crate) fn shutdown_read(&self) -> io::Result<()> {
+        self.0.under.shutdown_read()
+    }
+
+    /// Takes bytes tungstenite wrote (whole messages of its own): after the tail, so they never
+    /// split a message, and only once the tail is written — else a page that pings and never
+    /// reads would grow it without bound (tungstenite keeps one pong, [`CONTROL_BUFFER`]).
+    /// After the close message they are dropped.
+    fn poll_control(&self, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let under = &self.0.under;
+        let mut out = self.lock();
+        loop {
+            if out.flush(under)? {
+                break;
+            }
+            // Registered with this task (the reading one): woken once the socket takes more.
+            ready!(under.poll_writable(cx))?;
+        }
+        if !out.closed {
+            out.tail.extend_from_slice(b);
+            out.flush(under)?;
+        }
+        Poll::Ready(Ok(b.len()))
+    }
+
+    fn poll_flush_control(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let under = &self.0.under;
+        let mut out = self.lock();
+        loop {
+            if out.flush(under)? {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(under.poll_writable(cx))?;
+        }
+    }
+}
+
+/// The longest header of a server's message (unmasked, a 64-bit length).
+const MAX_HEADER: usize = 10;
+
+/// Writes the header of an unmasked, final message carrying one frame's payload (RFC 6455
+/// §5.2): binary for a binary frame (its first byte is the binary marker) or bytes that are not
+/// UTF-8, text for JSON. Returns its length.
+fn header(h: &mut [u8; MAX_HEADER], payload: &[u8]) -> usize {
+    let text = payload.first() != Some(&latzero_proto::frame::BINARY_MARKER) && std::str::from_utf8(payload).is_ok();
+    h[0] = 0x80 | if text { 0x1 } else { 0x2 };
+    length(h, payload.len())
+}
+
+/// The payload length of a header whose first byte is written; the header's length.
+fn length(h: &mut [u8; MAX_HEADER], len: usize) -> usize {
+    if len < 126 {
+        h[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// A close message: its code, and its reason cut to what a control message holds (125 bytes).
+fn close_message(code: CloseCode, reason: &str) -> Vec<u8> {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut h = [0u8; MAX_HEADER];
+    h[0] = 0x88;
+    let hl = length(&mut h, 2 + cut);
+    let mut m = h[..hl].to_vec();
+    m.extend_from_slice(&u16::from(code).to_be_bytes());
+    m.extend_from_slice(&reason.as_bytes()[..cut]);
+    m
+}
+
+/// The bytes under the WebSocket framing for reading.
+enum RawRead {
+    Tcp(Arc<TcpStream>),
+    Tls(TlsRead),
+}
+
+/// The connection as tungstenite sees it: reads from the socket (or TLS), writes through
+/// [`WsWrite`].
+pub(crate) struct Duplex {
+    read: RawRead,
+    write: WsWrite,
+}
+
+impl AsyncRead for Duplex {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().read {
+            RawRead::Tcp(t) => loop {
+                ready!(t.poll_read_ready(cx))?;
+                match t.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            RawRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Duplex {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.write.poll_control(cx, b)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write.poll_flush_control(cx)
+    }
+
+    /// The connection's end is the session's ([`WsWrite::close`]), not tungstenite's.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The session's side of a WebSocket connection for reading: each message's payload as a frame
+/// (its length prefix, then the payload). The peer's close message, the end of the socket, and
+/// a message that breaks a rule (its reason kept for the close message) read as end of stream.
+pub(crate) struct WsRead {
+    ws: WebSocketStream<Duplex>,
+    write: WsWrite,
+    /// The message being handed over, and how much of its frame (prefix included) has been.
+    frame: Option<Bytes>,
+    at: usize,
+    ended: bool,
+    /// The frame limit, for the reason of a close over it.
+    max: usize,
+}
+
+impl AsyncRead for WsRead {
+    /// Fills `buf` with the messages read now, waiting only when there are none.
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let start = buf.filled().len();
+        loop {
+            if let Some(p) = &me.frame {
+                if me.at < 4 {
+                    // At most `max` (the WebSocket limit), which the server's own check keeps in
+                    // a u32.
+                    let prefix = (p.len() as u32).to_be_bytes();
+                    let n = (4 - me.at).min(buf.remaining());
+                    buf.put_slice(&prefix[me.at..me.at + n]);
+                    me.at += n;
+                }
+                if me.at >= 4 {
+                    let from = me.at - 4;
+                    let n = (p.len() - from).min(buf.remaining());
+                    buf.put_slice(&p[from..from + n]);
+                    me.at += n;
+                    if from + n == p.len() {
+                        me.frame = None;
+                        me.at = 0;
+                    }
+                }
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if me.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match me.ws.poll_next_unpin(cx) {
+                Poll::Pending if buf.filled().len() > start => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(Message::Text(t)))) => me.frame = Some(t.into()),
+                Poll::Ready(Some(Ok(Message::Binary(b)))) => me.frame = Some(b),
+                // Ping, pong: tungstenite answers pings.
+                Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Poll::Ready(Some(Ok(Message::Close(_))) | None) => me.ended = true,
+                Poll::Ready(Some(Err(e))) => {
+                    me.ended = true;
+                    if let Some(why) = close_reason(&e, me.max) {
+                        me.write.lock().why = Some(why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The close message's code and reason for a page that broke a rule; `None` for a connection
+/// that just ended.
+fn close_reason(e: &WsError, max: usize) -> Option<(CloseCode, String)> {
+    match e {
+        WsError::Capacity(e) => Some((
+            CloseCode::Size,
+            format!("FRAME_TOO_LARGE: {e}; the server's max_frame_len is {max} bytes"),
+        )),
+        // The socket ended without a close message: nobody to tell.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(e) => Some((CloseCode::Protocol, format!("{e}"))),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "a text message that is not UTF-8".to_owned())),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
     #[test]
     fn origins_match_exactly_or_by_star() {
@@ -267,10 +632,52 @@ mod tests {
         assert!(origin_allowed("http://evil.example", &["*".to_owned()]));
     }
 
+    /// Reads back a message header as tungstenite parses it: (final, opcode, masked, length).
+    fn parsed(h: &[u8]) -> (bool, OpCode, bool, u64) {
+        let (head, len) = FrameHeader::parse(&mut std::io::Cursor::new(h)).unwrap().unwrap();
+        (head.is_final, head.opcode, head.mask.is_some(), len)
+    }
+
     #[test]
-    fn binary_frames_go_as_binary_messages_and_json_as_text() {
-        assert!(matches!(message(Bytes::from_static(b"\0head")), Message::Binary(_)));
-        assert!(matches!(message(Bytes::from_static(b"{\"a\":1}")), Message::Text(_)));
-        assert!(matches!(message(Bytes::from_static(b"\xff\xfe")), Message::Binary(_)));
+    fn frames_go_as_final_unmasked_messages_binary_or_text() {
+        let text = OpCode::Data(Data::Text);
+        let binary = OpCode::Data(Data::Binary);
+        let mut h = [0u8; MAX_HEADER];
+        for (payload, op) in [
+            (&b"\0head"[..], binary),
+            (&b"{\"a\":1}"[..], text),
+            (&b"\xff\xfe"[..], binary),
+            (&b""[..], text),
+        ] {
+            let n = header(&mut h, payload);
+            assert_eq!(parsed(&h[..n]), (true, op, false, payload.len() as u64));
+        }
+        // Every length form: 7 bits, 16, 64.
+        for len in [125, 126, 65_535, 65_536, 300_000] {
+            let payload = vec![b'a'; len];
+            let n = header(&mut h, &payload);
+            assert_eq!(
+                n,
+                if len < 126 {
+                    2
+                } else if len < 65_536 {
+                    4
+                } else {
+                    10
+                }
+            );
+            assert_eq!(parsed(&h[..n]), (true, text, false, len as u64));
+        }
+    }
+
+    #[test]
+    fn a_close_message_carries_its_code_and_a_reason_cut_on_a_character() {
+        let m = close_message(CloseCode::Size, &"é".repeat(100));
+        let (fin, op, masked, len) = parsed(&m);
+        assert_eq!((fin, op, masked), (true, OpCode::Control(Control::Close), false));
+        // 2 bytes of code and 122 of reason: 61 whole characters, not 123 bytes.
+        assert_eq!((len, m.len()), (124, 126));
+        assert_eq!(u16::from_be_bytes([m[2], m[3]]), 1009);
+        assert_eq!(std::str::from_utf8(&m[4..]).unwrap(), "é".repeat(61));
     }
 }

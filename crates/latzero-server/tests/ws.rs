@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Running, config_in};
+use bytes::Bytes;
+use common::{Raw, Running, config_in};
 use futures_util::{SinkExt, StreamExt};
 use latzero_client::Request;
 use serde_json::{Value, json};
@@ -253,14 +254,13 @@ async fn with_tls_the_websocket_port_serves_wss() {
 }
 
 /// A page that sends and never reads is held back as any client is (the server stops reading
-/// it), and the server still stops in time: the bridge stuck writing to the page is not waited
-/// for past the shutdown grace.
+/// it), and the server still stops in time: the close message stuck behind what the page did
+/// not read is not waited for past the shutdown grace.
 #[tokio::test]
 async fn a_page_that_never_reads_does_not_hold_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ws_config(dir.path(), &[]);
     cfg.limits.outbound_queue_bytes = 64 * 1024;
-    cfg.unix_send_buffer = 16 * 1024;
     cfg.shutdown_grace = Duration::from_millis(500);
     let srv = Running::start(cfg).await;
     let mut ws = open(&srv, None).await.unwrap();
@@ -326,4 +326,117 @@ async fn a_burst_of_messages_then_a_close_all_reach_the_session() {
         let got = tokio::time::timeout(WAIT, rx.recv()).await.expect("every emit in time");
         assert_eq!(got, Some(i));
     }
+}
+
+/// A page that reads only once a burst is queued for it: the server's socket fills, messages go
+/// out in part and their rests wait, and still every message arrives whole and in order, with
+/// the pong for a ping sent meanwhile between messages, not inside one. Over ws:// and wss://.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_for_a_page_that_reads_late_arrives_whole() {
+    for tls in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ws_config(dir.path(), &[]);
+        cfg.tls.enabled = tls;
+        let srv = Running::start(cfg).await;
+        let addr = srv.ws.unwrap();
+        if tls {
+            let cert = dir.path().join("config").join(latzero_server::GENERATED_CERT);
+            let stream = common::tls_to(addr, &cert).await;
+            let page = upgrade(stream, &format!("wss://{addr}/"), None).await.unwrap();
+            burst(&srv, page).await;
+        } else {
+            burst(&srv, open(&srv, None).await.unwrap()).await;
+        }
+        srv.stop().await;
+    }
+}
+
+async fn burst<S: AsyncRead + AsyncWrite + Unpin>(srv: &Running, mut page: WebSocketStream<S>) {
+    send(
+        &mut page,
+        json!({"action":"handshake","id":0,"app_id":"page","pools":["p"],"triggers":["ev"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut page).await["action"], "handshake_ack");
+    let mut tx = Raw::unix(&srv.unix).await;
+    tx.handshake("tx", &["p"], &[]).await;
+    let blob = "z".repeat(60_000);
+    let n = 300;
+    for i in 0..n {
+        tx.send(json!({"action":"emit","process":"ev","pool":"p","data":[i, blob]}))
+            .await;
+    }
+    // Every emit is queued for the page once the ping is answered (frames are handled in order).
+    assert_eq!(tx.sync().await, Vec::<Value>::new());
+    page.send(Message::Ping(Bytes::from_static(b"late"))).await.unwrap();
+    let (mut i, mut pong) = (0, false);
+    while i < n || !pong {
+        match tokio::time::timeout(WAIT, page.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let e: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(e["data"][0], i);
+                assert_eq!(e["data"][1].as_str().map(str::len), Some(blob.len()));
+                i += 1;
+            }
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"late");
+                pong = true;
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+}
+
+/// A page that sends a request and closes at once still gets the answer, then the close
+/// message: the session's last frames go out before it.
+#[tokio::test]
+async fn the_close_message_comes_after_the_sessions_last_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(ws_config(dir.path(), &[])).await;
+    let mut page = open(&srv, None).await.unwrap();
+    page.feed(Message::text(json!({"action":"ping","id":"last"}).to_string()))
+        .await
+        .unwrap();
+    page.send(Message::Close(None)).await.unwrap();
+    assert_eq!(recv(&mut page).await["in_reply_to"], "last");
+    match tokio::time::timeout(WAIT, page.next())
+        .await
+        .expect("the close in time")
+    {
+        Some(Ok(Message::Close(c))) => assert_eq!(c.map(|c| c.code), Some(CloseCode::Normal)),
+        other => panic!("expected the close message, got {other:?}"),
+    }
+    srv.stop().await;
+}
+
+/// A page that breaks the WebSocket protocol (an unmasked message) is closed with 1002 and
+/// tungstenite's reason; one that sends a text message that is not UTF-8, with 1007.
+#[tokio::test]
+async fn a_protocol_error_is_told_in_the_close_message() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(ws_config(dir.path(), &[])).await;
+    // A text message "hi", final, with no mask: a client must mask (RFC 6455 §5.1). Then a
+    // masked (with zeros) text message of two bytes that are not UTF-8.
+    let cases: [(&[u8], CloseCode, &str); 2] = [
+        (&[0x81, 0x02, b'h', b'i'], CloseCode::Protocol, "mask"),
+        (&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe], CloseCode::Invalid, "UTF-8"),
+    ];
+    for (raw, code, why) in cases {
+        let mut page = open(&srv, None).await.unwrap();
+        page.get_mut().write_all(raw).await.unwrap();
+        let close = match tokio::time::timeout(WAIT, page.next())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(Message::Close(c))) => c.expect("a close message with a reason"),
+            other => panic!("expected the close message, got {other:?}"),
+        };
+        assert_eq!(close.code, code);
+        assert!(close.reason.contains(why), "{}", close.reason);
+    }
+    srv.stop().await;
 }

@@ -60,6 +60,8 @@ pub(crate) enum Sock {
     Unix(latzero_uds::WriteHalf),
     /// TLS on the TCP port, encrypted by the writing thread (`crate::tls`).
     Tls(crate::tls::TlsWrite),
+    /// The WebSocket port: each frame a message, framed by the writing thread (`crate::ws`).
+    Ws(crate::ws::WsWrite),
 }
 
 impl Sock {
@@ -68,13 +70,16 @@ impl Sock {
             Sock::Tcp(w) => w.try_write(b),
             Sock::Unix(w) => w.try_write(b),
             Sock::Tls(w) => w.try_write(b),
+            Sock::Ws(w) => w.try_write(b),
         }
     }
 
-    /// Whether bytes already taken are still waiting for the socket (TLS records rustls holds).
+    /// Whether bytes already taken are still waiting for the socket (TLS records rustls holds,
+    /// the rest of a WebSocket message).
     fn pending(&self) -> bool {
         match self {
             Sock::Tls(w) => w.pending(),
+            Sock::Ws(w) => w.pending(),
             Sock::Tcp(_) | Sock::Unix(_) => false,
         }
     }
@@ -83,6 +88,7 @@ impl Sock {
     fn flush_pending(&self) -> io::Result<bool> {
         match self {
             Sock::Tls(w) => w.flush_pending(),
+            Sock::Ws(w) => w.flush_pending(),
             Sock::Tcp(_) | Sock::Unix(_) => Ok(true),
         }
     }
@@ -92,6 +98,9 @@ impl Sock {
             Sock::Tcp(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Write),
             Sock::Unix(w) => w.shutdown_write(),
             Sock::Tls(w) => w.shutdown_write(),
+            // The close message first, as far as the socket takes it now (the WebSocket
+            // session's end waits for the rest).
+            Sock::Ws(w) => w.close().map(drop),
         }
     }
 
@@ -101,6 +110,7 @@ impl Sock {
             Sock::Tcp(w) => socket2::SockRef::from(w.as_ref()).shutdown(std::net::Shutdown::Read),
             Sock::Unix(w) => w.shutdown_read(),
             Sock::Tls(w) => w.shutdown_read(),
+            Sock::Ws(w) => w.shutdown_read(),
         }
     }
 
@@ -109,6 +119,7 @@ impl Sock {
             Sock::Tcp(w) => w.writable().await,
             Sock::Unix(w) => w.writable().await,
             Sock::Tls(w) => w.writable().await,
+            Sock::Ws(w) => w.writable().await,
         }
     }
 }

@@ -1,5 +1,7 @@
-//! One connection: a reader (this task) that decodes frames and handles each message, and a
-//! writer task ([`conn::writer`]) that drains the bounded outbound queue.
+//! One connection: a reader (this task) that decodes frames and handles each message, and its
+//! outbound side ([`conn::Conn`]): frames are written to the socket by whichever task sends
+//! them, and what the socket does not take waits in a bounded buffer for the connection's
+//! flusher task ([`conn::flusher`]).
 //!
 //! Handling is synchronous — a lookup, a table insert, a non-blocking queue push — so the reader
 //! never awaits anything but the socket. Bad input gets an error frame naming the problem and the
