@@ -147,10 +147,9 @@ async fn fanout(link: &Link, n: usize, ws_port: Option<u16>) -> Result<f64> {
         .await?;
         receivers.push(c);
     }
-    // The emitter stays connected until the receivers have every emit: an emit is only queued
-    // when it returns, and a client dropped at once may take its last ones with it (the SDK
-    // asks for `flush` first). One unpinned TLS round in about fifteen lost 3,292 of 200,000 that
-    // way (2026-11-24; the server never read them, and no slow consumer was closed).
+    // The emitter flushes and stays connected until the receivers have every emit, so that its
+    // rate counts emits that arrived, whatever a close does with frames still queued (until
+    // 2026-11-24 the SDK dropped those: one unpinned TLS round lost 3,292 of 200,000 emits).
     let (t, _emitter, _page) = match ws_port {
         None => {
             let emitter = connect(link, "emitter").await?;

@@ -470,7 +470,10 @@ impl Client {
         self.inner.events.subscribe()
     }
 
-    /// Closes the connection. Calls in flight fail with `Disconnected`.
+    /// Closes the connection. Calls in flight fail with `Disconnected`. Frames queued before
+    /// (an emit returns once queued) are still written, for up to
+    /// [`ClientOptions::close_grace`](crate::ClientOptions::close_grace); dropping the last clone
+    /// of a client closes it the same way. [`flush`](Self::flush) first to know they arrived.
     pub fn close(&self) {
         self.inner.closed.close();
     }

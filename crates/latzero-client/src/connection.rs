@@ -133,7 +133,7 @@ struct Queue {
     busy: bool,
     /// The writer task has ended: sends fail.
     closed: bool,
-    /// Every handle is gone.
+    /// Every handle is gone, or the connection was finished ([`Outbox::finish`]).
     orphaned: bool,
 }
 
@@ -177,6 +177,14 @@ impl Outbox {
                 gather: Gather::for_this_process(),
             },
         )
+    }
+
+    /// Ends the connection once the queue is empty: the writer task writes what was queued,
+    /// then ends as it does when every handle is gone (a closed client's frames still go out).
+    pub(crate) fn finish(&self) {
+        let out = &self.0.out;
+        out.lock().orphaned = true;
+        out.wake.notify_one();
     }
 
     /// Queues a frame for the writer task, waiting while the queue is full. `Err` when the
@@ -515,8 +523,11 @@ pub(crate) async fn open_with_request(
     Ok((json, reader, w, direct))
 }
 
-/// Writes queued frames into the socket, many per write. Ends when every [`Outbox`] is gone
-/// (after writing what they queued) or `dead` is cancelled; cancels `dead` itself when a write
+/// Writes queued frames into the socket, many per write. Ends when every [`Outbox`] is gone or
+/// one was [finished](Outbox::finish) (after writing what they queued: a closed client's
+/// connection task finishes it, and leaves `dead` alone for the close grace) or `dead` is
+/// cancelled (the connection is gone: what is
+/// queued is dropped, and a write under way is given up); cancels `dead` itself when a write
 /// fails. `in_flight` counts the client's calls waiting for an answer (see below).
 pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flight: Arc<AtomicUsize>) {
     let WriterEnd { out, mut w, gather } = end;
@@ -556,7 +567,14 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
             }
             out.room.notify_waiters();
             // A no-op flush on plain sockets; TLS may hold the tail of a record until flushed.
-            if w.write_all(&spare).await.is_err() || w.flush().await.is_err() {
+            // Given up when the connection is declared dead meanwhile (a closed client's grace
+            // ran out on a server that does not read).
+            let write = async { w.write_all(&spare).await.and(w.flush().await) };
+            let written = tokio::select! {
+                r = write => r.is_ok(),
+                _ = dead.cancelled() => false,
+            };
+            if !written {
                 dead.cancel();
                 break 'run;
             }

@@ -497,6 +497,8 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool, partial: bool)
 struct Ended {
     reason: String,
     taken_over: bool,
+    /// The client was closed while the connection was live.
+    by_client: bool,
 }
 
 /// Reads and dispatches one connection's frames until it ends, the client is closed, or the
@@ -505,6 +507,7 @@ async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
     let mut end = Ended {
         reason: String::from("server closed the connection"),
         taken_over: false,
+        by_client: false,
     };
     // Made once per connection, not per frame: each costs a few hundred instructions.
     let closed = inner.closed.cancelled();
@@ -517,7 +520,7 @@ async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
             // frames comes back Pending in time and lets them be seen.
             biased;
             f = live.reader.next() => f,
-            _ = &mut closed => { end.reason = "client closed".into(); break; }
+            _ = &mut closed => { end.reason = "client closed".into(); end.by_client = true; break; }
             _ = &mut dead => { end.reason = "write to the server failed".into(); break; }
         };
         let mut frame = match frame {
@@ -556,16 +559,29 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         // with nobody reading: the connection is dropped as a lost one is (calls in flight fail
         // at once, the app is told, and it reconnects).
         let read = std::panic::AssertUnwindSafe(read_frames(&inner, &mut live)).catch_unwind();
-        let Ended { reason, taken_over } = read.await.unwrap_or_else(|panic| {
+        let Ended { reason, taken_over, by_client } = read.await.unwrap_or_else(|panic| {
             let what = panic_message(panic.as_ref());
             tracing::error!(app = %inner.app_id, panic = what, "the client panicked reading from the server (a bug); dropping the connection");
             Ended {
                 reason: format!("the client failed reading from the server (a bug: {what}); connection dropped"),
                 taken_over: false,
+                by_client: false,
             }
         });
         lock(&inner.shared).tx = None;
-        live.dead.cancel();
+        if by_client {
+            // The client closed a live connection: the frames it queued before (an emit returns
+            // once queued) still go out, within the close grace, and the writer ends the
+            // connection once they are written.
+            live.tx.finish();
+            let (dead, grace) = (live.dead.clone(), inner.opts.close_grace);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                dead.cancel();
+            });
+        } else {
+            live.dead.cancel();
+        }
         inner.fail_pending();
         inner.leases_lost();
         let reconnecting = !inner.closed.is_closed() && inner.opts.reconnect && !taken_over;
@@ -741,6 +757,64 @@ mod tests {
         );
         let _again = accept(&l).await;
         assert!(matches!(events.recv().await.unwrap(), ClientEvent::Reconnected));
+    }
+
+    /// Emits queued just before the client is closed still reach the server (an emit returns
+    /// once queued), then the connection ends: the writer writes them first, even when the
+    /// connection task has seen the close before the writer ran. The order of the two is the
+    /// scheduler's, so the test closes many clients right after their emits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn emits_queued_before_a_close_are_written() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("latzero://a@{}", l.local_addr().unwrap());
+        let opts = crate::ClientOptions::new().reconnect(false);
+        for round in 0..300 {
+            let (client, (mut s, mut buf)) = tokio::join!(opts.clone().connect(&url), accept(&l));
+            let client = client.unwrap();
+            for i in 0..20 {
+                client.emit("p", "ev", &json!(i)).await.unwrap();
+            }
+            drop(client);
+            for i in 0..20 {
+                let f = read_frame(&mut s, &mut buf).await;
+                assert_eq!(f.map(|f| f["data"].clone()), Some(json!(i)), "round {round}");
+            }
+            assert!(
+                read_frame(&mut s, &mut buf).await.is_none(),
+                "round {round}: then the end"
+            );
+        }
+    }
+
+    /// A closed client gives up on a server that does not read within its close grace: the
+    /// connection ends (the server reads end of stream) without the frames the socket never
+    /// took, rather than holding them and the socket for ever.
+    #[tokio::test]
+    async fn a_closed_client_gives_up_on_a_server_that_does_not_read() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("latzero://a@{}", l.local_addr().unwrap());
+        let opts = crate::ClientOptions::new()
+            .reconnect(false)
+            .close_grace(Duration::from_millis(100));
+        let (client, (mut s, mut buf)) = tokio::join!(opts.connect(&url), accept(&l));
+        let client = client.unwrap();
+        // 400 × 64 KiB: more than the sockets on the way hold.
+        let big = "z".repeat(64 * 1024);
+        let n = 400;
+        for _ in 0..n {
+            client.emit("p", "ev", &json!(big)).await.unwrap();
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut got = 0;
+        while tokio::time::timeout(Duration::from_secs(10), read_frame(&mut s, &mut buf))
+            .await
+            .expect("the end of stream in time, not a wait for ever")
+            .is_some()
+        {
+            got += 1;
+        }
+        assert!(got < n, "all {n} were written: the grace was not kept");
     }
 
     #[test]

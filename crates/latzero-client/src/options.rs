@@ -65,6 +65,7 @@ pub struct ClientOptions {
     pub(crate) auth: Option<Credential>,
     pub(crate) meta: Option<Value>,
     pub(crate) write_queue: usize,
+    pub(crate) close_grace: Duration,
     pub(crate) max_frame_len: Option<usize>,
     pub(crate) triggers: Vec<String>,
     pub(crate) tls: Option<latzero_proto::TlsVerify>,
@@ -86,6 +87,9 @@ pub(crate) fn wire_ttl(d: Duration) -> Duration {
 /// The shortest first reconnect delay [`ClientOptions::backoff`] takes.
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
 
+/// The default of [`ClientOptions::close_grace`].
+pub const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// The default of [`ClientOptions::spin`].
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
@@ -101,6 +105,7 @@ impl Default for ClientOptions {
             auth: None,
             meta: None,
             write_queue: 8192,
+            close_grace: DEFAULT_CLOSE_GRACE,
             max_frame_len: None,
             triggers: Vec::new(),
             tls: None,
@@ -212,6 +217,16 @@ impl ClientOptions {
     /// Frames the client may queue for writing before `call`/`emit` wait (backpressure).
     pub fn write_queue(mut self, frames: usize) -> Self {
         self.write_queue = frames.max(1);
+        self
+    }
+
+    /// How long a closed client (dropped, or [`Client::close`](crate::Client::close)) keeps
+    /// writing the frames it had queued — emits, a mapped write's notices — before it gives up
+    /// on a server that does not read them (default [`DEFAULT_CLOSE_GRACE`], 5 s). What is
+    /// written in time reaches the server; [`Client::flush`](crate::Client::flush) before
+    /// closing confirms it.
+    pub fn close_grace(mut self, d: Duration) -> Self {
+        self.close_grace = d;
         self
     }
 
