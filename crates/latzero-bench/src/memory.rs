@@ -39,8 +39,9 @@ pub struct MemoryFigures {
 /// pipelined calls with RSS sampled ten times; then `ws_pages` idle WebSocket pages on a server
 /// of their own.
 pub async fn run(bin: &Path, clients: usize, calls: u64, ws_pages: usize) -> Result<MemoryFigures> {
-    // Each client costs this process one descriptor and the server one, a WebSocket page the
-    // server three (its socket and the bridge's pair); children inherit.
+    // Each client costs this process one descriptor and the server one (a WebSocket page cost
+    // the server three while a bridge's socket pair carried it; the check keeps that room);
+    // children inherit.
     let want = (clients.max(ws_pages * 2) as u64 + 1024) * 2;
     let got = rlimit::increase_nofile_limit(want).context("raising the open-files limit")?;
     if got < (clients as u64).max(ws_pages as u64 * 3) + 512 {
