@@ -524,11 +524,11 @@ pub(crate) async fn open_with_request(
 }
 
 /// Writes queued frames into the socket, many per write. Ends when every [`Outbox`] is gone or
-/// one was [finished](Outbox::finish) (after writing what they queued: a closed client's
-/// connection task finishes it, and leaves `dead` alone for the close grace) or `dead` is
-/// cancelled (the connection is gone: what is
-/// queued is dropped, and a write under way is given up); cancels `dead` itself when a write
-/// fails. `in_flight` counts the client's calls waiting for an answer (see below).
+/// one was [finished](Outbox::finish), after writing what they queued (a closed client's
+/// connection task finishes it, and leaves `dead` alone for the close grace), or when `dead` is
+/// cancelled: the connection is gone, what is queued is dropped and a write under way is given
+/// up. Cancels `dead` itself when a write fails, and as it ends. `in_flight` counts the
+/// client's calls waiting for an answer (see below).
 pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flight: Arc<AtomicUsize>) {
     let WriterEnd { out, mut w, gather } = end;
     let mut spare = Vec::new();
@@ -599,6 +599,8 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
     }
     out.room.notify_waiters();
     let _ = w.shutdown().await;
+    // The connection is gone: whatever waits for that (a closed client's grace) need not.
+    dead.cancel();
 }
 
 /// Frames queued at which the writer writes without first letting other senders run.

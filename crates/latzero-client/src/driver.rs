@@ -576,8 +576,11 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
             live.tx.finish();
             let (dead, grace) = (live.dead.clone(), inner.opts.close_grace);
             tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                dead.cancel();
+                tokio::select! {
+                    () = tokio::time::sleep(grace) => dead.cancel(),
+                    // The writer is done (it cancels `dead` as it ends).
+                    () = dead.cancelled() => {}
+                }
             });
         } else {
             live.dead.cancel();
