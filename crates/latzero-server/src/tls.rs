@@ -287,16 +287,7 @@ impl TlsWrite {
     /// for the socket. Records that the socket did not take stay with rustls:
     /// [`pending`](Self::pending) says so, and [`flush_pending`](Self::flush_pending) writes them.
     pub(crate) fn try_write(&self, b: &[u8]) -> io::Result<usize> {
-        let mut s = self.0.lock();
-        if !flush_records(&mut s, &self.0.tcp)? {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = s.writer().write(b)?;
-        flush_records(&mut s, &self.0.tcp)?;
-        if n == 0 && !b.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
+        self.try_write_vectored(&[io::IoSlice::new(b)])
     }
 
     /// [`try_write`](Self::try_write) for plaintext in pieces, taken in order as one.
