@@ -1319,4 +1319,74 @@ mod tests {
         );
         assert!(state.conns.lock().unwrap().is_empty(), "the connection is still listed");
     }
+
+    /// Every frame `frames` (as a client sends them, length-prefixed) brings back from one
+    /// session of a server that has begun to shut down but not yet stopped its sessions: the
+    /// window in which frames already read are still handled.
+    async fn answers_while_shutting_down(frames: &[serde_json::Value]) -> Vec<serde_json::Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::ServerConfig::new(dir.path());
+        cfg.port = 0;
+        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
+        let server = crate::Server::bind(cfg).await.unwrap();
+        let state = server.state();
+        state.shutting_down.store(true, Ordering::SeqCst);
+        let mut input = Vec::new();
+        for f in frames {
+            let b = serde_json::to_vec(f).unwrap();
+            input.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            input.extend_from_slice(&b);
+        }
+        let (near, far) = latzero_uds::UdsStream::pair().unwrap();
+        let (_, w) = far.into_split();
+        // The reader ends after the frames: the session handles them, then closes.
+        run(state, std::io::Cursor::new(input), Sock::Unix(w), "test".into()).await;
+        let (mut r, _w) = near.into_split();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        loop {
+            match FrameCodec::default().decode(&mut buf).unwrap() {
+                Some(Frame::Json(b)) => out.push(serde_json::from_slice(&b).unwrap()),
+                Some(Frame::Binary { .. }) => panic!("a binary frame"),
+                None if r.read_buf(&mut buf).await.unwrap() == 0 => return out,
+                None => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_shutting_down_refuses_handshakes_and_health_but_answers_status() {
+        let out = answers_while_shutting_down(&[
+            serde_json::json!({"action":"handshake","id":1,"app_id":"a","pools":[]}),
+            serde_json::json!({"action":"health","id":2}),
+            serde_json::json!({"action":"status","id":3}),
+            serde_json::json!({"action":"ping","id":4}),
+        ])
+        .await;
+        let said: Vec<_> = out
+            .iter()
+            .map(|v| {
+                let id = v.get("in_reply_to").or_else(|| v.get("id")).cloned();
+                (
+                    v["action"].as_str().map(str::to_owned),
+                    v["code"].as_str().map(str::to_owned),
+                    id,
+                )
+            })
+            .collect();
+        let shutting = |id: i64| {
+            (
+                Some("error".to_owned()),
+                Some("SHUTTING_DOWN".to_owned()),
+                Some(id.into()),
+            )
+        };
+        assert_eq!(said[0], shutting(1), "{out:?}");
+        assert_eq!(said[1], shutting(2), "health is refused while shutting down: {out:?}");
+        // What a client needs to see the server's state still answers.
+        assert_eq!(said[2].0.as_deref(), Some("status_result"), "{out:?}");
+        assert_eq!(out[2]["server"]["shutting_down"], true, "{out:?}");
+        assert_eq!(said[3].0.as_deref(), Some("pong"), "{out:?}");
+        assert_eq!(out.len(), 4, "{out:?}");
+    }
 }
