@@ -670,6 +670,61 @@ mod tests {
         }
     }
 
+    /// A pong tungstenite writes while a message begun is still unwritten waits for it: it is
+    /// not taken (so a page that pings and never reads holds the server to tungstenite's one
+    /// pong), and once the socket takes the rest it follows the message whole.
+    #[tokio::test]
+    async fn a_pong_waits_for_the_message_begun_and_follows_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut page = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let w = WsWrite(Arc::new(Shared {
+            under: Under::Tcp(Arc::new(server)),
+            out: Mutex::new(Out::default()),
+        }));
+        // More than the loopback socket's buffers take while the page does not read.
+        let len = 32 << 20;
+        let mut frame = (len as u32).to_be_bytes().to_vec();
+        frame.resize(4 + len, b'a');
+        assert_eq!(w.try_write(&frame).unwrap(), frame.len(), "the message is taken whole");
+        assert!(
+            w.pending(),
+            "the socket took the whole message: the test needs a larger one"
+        );
+        let tail = w.lock().tail.len();
+        let pong = [0x8a, 0x00];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            w.poll_control(&mut cx, &pong).is_pending(),
+            "the pong is taken before the message's rest"
+        );
+        assert_eq!(w.lock().tail.len(), tail, "the pong was queued behind the rest");
+
+        let read = tokio::spawn(async move {
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut page, &mut all).await.unwrap();
+            all
+        });
+        assert_eq!(std::future::poll_fn(|cx| w.poll_control(cx, &pong)).await.unwrap(), 2);
+        while !w.close().unwrap() {
+            w.writable().await.unwrap();
+        }
+        let all = read.await.unwrap();
+        let head = 10;
+        assert_eq!(
+            parsed(&all[..head]),
+            (true, OpCode::Data(Data::Text), false, len as u64)
+        );
+        assert!(all[head..head + len].iter().all(|&b| b == b'a'));
+        assert_eq!(
+            &all[head + len..head + len + 2],
+            &pong,
+            "the pong follows the message whole"
+        );
+        let (_, op, _, _) = parsed(&all[head + len + 2..]);
+        assert_eq!(op, OpCode::Control(Control::Close), "then the close message");
+    }
+
     #[test]
     fn a_close_message_carries_its_code_and_a_reason_cut_on_a_character() {
         let m = close_message(CloseCode::Size, &"é".repeat(100));
