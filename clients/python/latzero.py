@@ -61,6 +61,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import logging
 import math
 import mmap
 import os
@@ -71,6 +72,8 @@ import struct
 import sys
 import time
 import urllib.parse
+
+_log = logging.getLogger("latzero")
 
 __all__ = ["LatZeroError", "Request", "Client", "Block", "connect", "parse_url"]
 
@@ -302,7 +305,7 @@ class Client:
             try:
                 fn(detail)
             except Exception as e:  # a listener's bug must not stop the client
-                print(f"latzero: a {event!r} listener raised {e!r}")
+                _log.warning("a %r listener raised %r", event, e)
 
     # The connection.
 
@@ -350,6 +353,9 @@ class Client:
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
             writer.close()
             raise LatZeroError("CONNECT", f"the handshake with {kind}:{where} failed: {e!r}") from None
+        except ValueError as e:
+            writer.close()
+            raise LatZeroError("PROTOCOL", f"the handshake answer from {kind}:{where} does not read: {e}") from None
         if ack.get("action") != "handshake_ack":
             writer.close()
             raise LatZeroError(ack.get("code", "PROTOCOL"), ack.get("message", json.dumps(ack)))
@@ -434,10 +440,9 @@ class Client:
                         raise LatZeroError("FRAME_TOO_LARGE", f"the server announced a frame of {n} bytes, more than the {max_len} read")
                     if end - pos - 4 < n:
                         break
-                    f, body = _parse_payload(bytes(view[pos + 4:pos + 4 + n]))
+                    payload = bytes(view[pos + 4:pos + 4 + n])
                     pos += 4 + n
-                    if f is not None:
-                        self._dispatch(f, body)
+                    self._take(payload)
             finally:
                 view.release()
             del buf[:pos]
@@ -473,6 +478,15 @@ class Client:
     def _finish(self):
         if not self._done.done():
             self._done.set_result(None)
+
+    def _take(self, payload):
+        """Handles one frame's payload. One that does not read (empty, not UTF-8, not one JSON
+        object, or fields of the wrong type) is skipped with a warning on the `latzero` logger,
+        as the Rust SDK skips it: the connection stays, and the frames after it still read."""
+        try:
+            self._dispatch(*_parse_payload(payload))
+        except Exception as e:
+            _log.warning("skipped a frame from the server that does not read: %r", e)
 
     def _dispatch(self, f, body=None):
         action = f.get("action")
@@ -539,7 +553,7 @@ class Client:
             if inspect.isawaitable(out):
                 asyncio.ensure_future(out)
         except Exception as e:  # a watcher's bug must not stop the client
-            print(f"latzero: the watch of {key[0]}/{key[1]} raised {e!r}")
+            _log.warning("the watch of %s/%s raised %r", key[0], key[1], e)
 
     async def _resume_watch(self, key):
         w = self._watches.get(key)
@@ -1289,17 +1303,22 @@ async def _read_frame(reader, max_len):
 
 def _parse_payload(payload):
     """A frame's payload as (message, body): a JSON frame's body is None, a binary frame's the
-    bytes after its header (PROTOCOL.md §2.2). (None, None) for an empty frame, to skip."""
+    bytes after its header (PROTOCOL.md §2.2). ValueError for a frame that does not read: empty,
+    a binary header past the frame's end, text that is not UTF-8 or not one JSON object."""
     if not payload:
-        return None, None
+        raise ValueError("an empty frame")
     if payload[0] != 0:
-        return _decode(payload.decode()), None
-    if len(payload) < 5:
-        return None, None
-    (h,) = struct.unpack(">I", payload[1:5])
-    if 5 + h > len(payload):
-        return None, None
-    return _decode(payload[5:5 + h].decode()), payload[5 + h:]
+        message, body = _decode(payload.decode()), None
+    else:
+        if len(payload) < 5:
+            raise ValueError(f"a binary frame of {len(payload)} bytes, shorter than its header's length")
+        (h,) = struct.unpack(">I", payload[1:5])
+        if 5 + h > len(payload):
+            raise ValueError(f"a binary frame whose header of {h} bytes runs past its end")
+        message, body = _decode(payload[5:5 + h].decode()), payload[5 + h:]
+    if not isinstance(message, dict):
+        raise ValueError(f"a frame that is not a JSON object ({type(message).__name__})")
+    return message, body
 
 
 async def _read_json(reader, max_len):

@@ -9,6 +9,7 @@ serving `echo` in pool `demo`, and restarts the server when this prints `restart
 import asyncio
 import contextvars
 import json
+import logging
 import mmap
 import os
 import subprocess
@@ -195,6 +196,60 @@ async def main():
     e = await raises(dropping.block_lock("demo", "b"))
     check(e.code == "DISCONNECTED", "a lock granted just before the connection drops", str(e))
     await dropping.close()
+    server.close()
+
+    # A server whose frames do not all read: each such frame is skipped with a warning, and
+    # the connection stays (a reply right behind them is still taken).
+    damaged_path = os.path.join(os.path.dirname(SOCKET), "damaged.sock")
+    damaged = [b"", b"\xff\xfe", b"{not json", b"[1,2]", b"null", b"\x00\x00\x00",
+               b"\x00\x00\x00\x00\x09{}", b"\x00\x00\x00\x00\x02[]",
+               b'{"action":"trigger","id":"9","process":["x"],"pool":"demo"}',
+               b'{"action":"block_event","pool":["a"],"block_id":"b","event":"changed"}',
+               b'{"action":"pool_left","pool":{}}']
+
+    async def damaging(reader, writer):
+        async def frame():
+            head = await reader.readexactly(4)
+            return json.loads(await reader.readexactly(int.from_bytes(head, "big")))
+
+        hs = await frame()
+        if hs["app_id"] == "py-damaged-ack":
+            writer.write(b"\x00\x00\x00\x02\xff\xfe")
+        else:
+            ack = b'{"action":"handshake_ack","in_reply_to":0,"pools":["demo"],"triggers":[]}'
+            writer.write(len(ack).to_bytes(4, "big") + ack)
+        while True:
+            try:
+                req = await frame()
+            except asyncio.IncompleteReadError:
+                break
+            ok = json.dumps({"action": "response", "in_reply_to": req["id"], "status": "ok",
+                             "response": "read"}).encode()
+            writer.write(b"".join(len(b).to_bytes(4, "big") + b for b in damaged + [ok]))
+        writer.close()
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record.getMessage())
+
+    kept = Kept()
+    logging.getLogger("latzero").addHandler(kept)
+    server = await asyncio.start_unix_server(damaging, damaged_path)
+    hurt = await latzero.connect("py-damaged", socket=damaged_path, pools=["demo"], reconnect=False)
+    lost = []
+    hurt.on("disconnected", lost.append)
+    answers = [await hurt.call("demo", "x"), await hurt.call("demo", "x")]
+    check(answers == ["read", "read"] and not lost, "a reply behind frames that do not read", (answers, lost))
+    skipped = [r for r in kept.records if r.startswith("skipped a frame")]
+    check(len(skipped) == 2 * len(damaged), "each skipped with a warning", kept.records)
+    await hurt.close()
+    e = await raises(latzero.connect("py-damaged-ack", socket=damaged_path, reconnect=False))
+    check(e.code == "PROTOCOL" and "does not read" in e.message, "a handshake answer that does not read", str(e))
+    logging.getLogger("latzero").removeHandler(kept)
     server.close()
 
     # Broadcast: every app serving the trigger answers, or fails, in its own entry.
