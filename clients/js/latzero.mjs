@@ -294,13 +294,27 @@ export class Client {
       ws.onmessage = (m) => {
         let f;
         let body;
+        // A frame that does not read (not JSON, not one object, a binary header past its end)
+        // is skipped with a warning, as the Rust SDK skips it; before the handshake's answer
+        // it fails the connection.
         try {
           if (typeof m.data === "string") {
             f = JSON.parse(m.data);
           } else {
             [f, body] = readBinary(new Uint8Array(m.data));
           }
-        } catch {
+          if (f === null || typeof f !== "object" || Array.isArray(f)) {
+            const what = Array.isArray(f) ? "an array" : f === null ? "null" : `a ${typeof f}`;
+            throw new Error(`a frame that is not a JSON object (${what})`);
+          }
+        } catch (e) {
+          if (acked) {
+            console.warn("latzero: skipped a frame from the server that does not read:", e.message);
+          } else {
+            settle(); // the close that follows is not a drop
+            reject(new LatZeroError("PROTOCOL", `the handshake answer from ${this._where()} does not read: ${e.message}`));
+            ws.close();
+          }
           return;
         }
         if (!acked) {
@@ -321,7 +335,12 @@ export class Client {
           }
           return;
         }
-        this._dispatch(f, body);
+        try {
+          this._dispatch(f, body);
+        } catch (e) {
+          // Fields of the wrong type: under Node a throw here would end the process.
+          console.warn("latzero: skipped a frame from the server that does not read:", e.message);
+        }
       };
       // Some WebSockets (Node 20's) report a failed connection with an error and no close.
       // `code` and `hint` come from the socket transport's errors; a WebSocket gives neither.
@@ -915,7 +934,6 @@ class SocketTransport {
       if (first.length > 4 + len) this._chunks[0] = first.subarray(4 + len);
       else this._chunks.shift();
       this._have -= 4 + len;
-      if (len === 0) continue;
       const data = payload[0] === 0 ? payload.buffer.slice(payload.byteOffset, payload.byteOffset + len) : payload.toString("utf8");
       this.onmessage?.({ data });
     }
@@ -1000,6 +1018,7 @@ function binaryFrame(header, body) {
 /** A binary message read as [header, body]; a JSON frame sent as binary is [message, undefined]. */
 function readBinary(bytes) {
   if (bytes[0] !== 0) return [JSON.parse(new TextDecoder().decode(bytes)), undefined];
+  if (bytes.length < 5) throw new Error(`a binary frame of ${bytes.length} bytes, shorter than its header's length`);
   const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1);
   if (5 + n > bytes.length) throw new Error("a binary frame whose header does not fit");
   return [JSON.parse(new TextDecoder().decode(bytes.subarray(5, 5 + n))), bytes.slice(5 + n)];

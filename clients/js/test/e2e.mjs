@@ -3,8 +3,8 @@
 // serving `echo` in pool `demo`, and restarts the server when this prints `restart`. The URL is
 // the server's WebSocket port (`latzero start --ws-port P`), or a `latzero://{app}...` URL for
 // its Unix socket or TCP port (checks.mjs fills in `{app}`).
-// Before them, two checks of its own: a stand-in server (`grantThenDrop`), and a handler that
-// ends while its connection closes (`answerWhileClosing`).
+// Before them, three checks of its own: two stand-in servers (`grantThenDrop`, `damagedFrames`),
+// and a handler that ends while its connection closes (`answerWhileClosing`).
 // Prints `ok NAME` per check (checks.mjs) and `done` at the end; a failure prints `FAIL` with
 // the reason and exits 1.
 //
@@ -66,6 +66,72 @@ async function grantThenDrop(connect, LatZeroError) {
   }
 }
 
+/** A stand-in server whose frames do not all read: each such frame is skipped with a warning,
+ * the connection stays, and a reply right behind them is still taken (a frame that was `null`
+ * ended a Node process). A handshake answer that does not read fails the connect. Node only. */
+async function damagedFrames(connect, LatZeroError) {
+  const net = await import("node:net");
+  const damaged = [
+    Buffer.alloc(0), Buffer.from([0xff, 0xfe]), "{not json", "[1,2]", "null", '"s"', "7",
+    Buffer.from([0, 0, 0]), Buffer.from([0, 0, 0, 0, 9, 0x7b, 0x7d]), Buffer.from([0, 0, 0, 0, 2, 0x5b, 0x5d]),
+  ].map((b) => (typeof b === "string" ? Buffer.from(b) : b));
+  const frame = (b) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(b.length);
+    return Buffer.concat([head, b]);
+  };
+  const server = net.createServer((sock) => {
+    let buf = Buffer.alloc(0);
+    let seen = 0;
+    sock.on("data", (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+        const f = JSON.parse(buf.subarray(4, 4 + buf.readUInt32BE(0)).toString());
+        buf = buf.subarray(4 + buf.readUInt32BE(0));
+        if (seen++ === 0) {
+          const ack = { action: "handshake_ack", in_reply_to: f.id, pools: ["demo"], triggers: [] };
+          sock.write(f.app_id === "js-damaged-ack" ? frame(Buffer.from("null")) : frame(Buffer.from(JSON.stringify(ack))));
+        } else {
+          const ok = Buffer.from(JSON.stringify({ action: "response", in_reply_to: f.id, status: "ok", response: "read" }));
+          sock.write(Buffer.concat([...damaged, ok].map(frame)));
+        }
+      }
+    });
+    sock.on("error", () => {});
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const warn = console.warn;
+  const warned = [];
+  console.warn = (...args) => warned.push(args.join(" "));
+  try {
+    const at = `127.0.0.1:${server.address().port}`;
+    const c = await connect(`latzero://js-damaged@${at}?pools=demo`, { reconnect: false });
+    const lost = [];
+    c.on("disconnected", (d) => lost.push(d));
+    const answers = [await c.call("demo", "x"), await c.call("demo", "x")];
+    if (answers.join() !== "read,read" || lost.length) {
+      throw new Error(`a reply behind frames that do not read: ${JSON.stringify({ answers, lost })}`);
+    }
+    const skipped = warned.filter((w) => w.startsWith("latzero: skipped a frame"));
+    if (skipped.length !== 2 * damaged.length) throw new Error(`each skipped with a warning: ${JSON.stringify(warned)}`);
+    console.log("ok a reply behind frames that do not read, each skipped with a warning");
+    await c.close();
+    let e;
+    try {
+      await connect(`latzero://js-damaged-ack@${at}`, { reconnect: false });
+    } catch (err) {
+      e = err;
+    }
+    if (!(e instanceof LatZeroError) || e.code !== "PROTOCOL" || !e.message.includes("does not read")) {
+      throw new Error(`a handshake answer that does not read: ${e?.stack ?? "connected"}`);
+    }
+    console.log("ok a handshake answer that does not read");
+  } finally {
+    console.warn = warn;
+    server.close();
+  }
+}
+
 /** A handler that ends while its connection is closing (a WebSocket's readyState 2 before its
  * close event) has no one to answer: that must not become a rejection, which ends a Node
  * process. */
@@ -87,6 +153,7 @@ try {
   const { connect, LatZeroError, Client } = await import("../latzero.mjs");
   await grantThenDrop(connect, LatZeroError);
   await answerWhileClosing(Client);
+  await damagedFrames(connect, LatZeroError);
   await run(url, (line) => console.log(line), options);
   console.log("done");
   process.exit(0);
