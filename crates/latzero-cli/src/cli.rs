@@ -330,7 +330,7 @@ pub struct MemReadArgs {
     /// Binary: bytes to read [default: to the end]
     #[arg(long)]
     pub length: Option<u64>,
-    /// Stream: the consumer whose cursor to read from (required for streams)
+    /// Stream: the consumer whose cursor to read from (required for streams); one record a line, its bytes as they are
     #[arg(long)]
     pub consumer: Option<String>,
     /// Stream: most records to read (at least 1) [default: 1000]
@@ -360,7 +360,7 @@ pub struct MemWriteArgs {
     /// Binary with --fill: how many bytes
     #[arg(long)]
     pub length: Option<u64>,
-    /// Stream: append each line of standard input as a record
+    /// Stream: append each line of standard input (its bytes, without the line end) as a record
     #[arg(long)]
     pub lines: bool,
 }

@@ -247,6 +247,64 @@ fn a_stream_with_one_producer_and_two_consumers() -> Result<()> {
     Ok(())
 }
 
+/// `--lines` appends each line's bytes as they are (not only text), `mem read` gives them back
+/// as they are, and a stream that fills says which lines went in, so a caller knows what to
+/// send again.
+#[test]
+fn stream_lines_are_bytes_and_a_full_stream_says_which_went_in() -> Result<()> {
+    let s = ServerProc::start(bin(), &[])?;
+    let lines = |block: &str, input: &[u8]| -> Result<std::process::Output> {
+        let mut cmd = s.cli(&["mem", "write", "p", block, "--lines"]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        child.stdin.take().unwrap().write_all(input)?;
+        Ok(child.wait_with_output()?)
+    };
+    let read = |block: &str| -> Result<Vec<u8>> {
+        let out = s.cli(&["mem", "read", "p", block, "--consumer", "c"]).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(out.stdout)
+    };
+    assert!(
+        s.run(&["mem", "create", "p", "raw", "--size", "4096", "--type", "stream"])?
+            .0
+    );
+    let out = lines("raw", b"a\r\nb\xff\x00\nc")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read("raw")?, b"a\nb\xff\x00\nc\n");
+
+    assert!(
+        s.run(&["mem", "create", "p", "small", "--size", "128", "--type", "stream"])?
+            .0
+    );
+    // A consumer holds the records it has not read: the ring fills.
+    assert_eq!(read("small")?, b"");
+    let input: Vec<u8> = (0..50).flat_map(|i| format!("record {i:03}\n").into_bytes()).collect();
+    let out = lines("small", &input)?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a 128-byte ring took 50 records");
+    // "line K+1 not appended (the K before it appended, as records 0 to K-1): ... stream full"
+    let k: usize = err
+        .split("(the ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of lines appended: {err}"));
+    assert!(
+        err.contains(&format!("line {} not appended", k + 1))
+            && err.contains(&format!("as records 0 to {}", k - 1))
+            && err.contains("stream full"),
+        "{err}"
+    );
+    let expected: Vec<u8> = (0..k).flat_map(|i| format!("record {i:03}\n").into_bytes()).collect();
+    assert_eq!(
+        String::from_utf8(read("small")?)?,
+        String::from_utf8(expected)?,
+        "the lines it named"
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_input_from_the_cli_is_one_clear_line() -> Result<()> {
     let s = ServerProc::start(bin(), &["--max-block-size", "1024"])?;

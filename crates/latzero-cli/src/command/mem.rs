@@ -191,9 +191,13 @@ async fn read(a: MemReadArgs) -> Result<()> {
                     r.skipped
                 );
             }
+            // One record a line, its bytes as they are (as `mem write --lines` takes them).
+            let mut out = Vec::new();
             for rec in &r.records {
-                outln!("{}", String::from_utf8_lossy(rec));
+                out.extend_from_slice(rec);
+                out.push(b'\n');
             }
+            crate::out::bytes(&out);
         }
         _ => {
             let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(offset));
@@ -240,9 +244,25 @@ async fn write(a: MemWriteArgs) -> Result<()> {
             if a.lines {
                 let stdin = std::io::stdin();
                 let mut last = json!(null);
-                for l in stdin.lock().lines() {
-                    let l = l?;
-                    let (index, version) = blk.append(l.as_bytes()).await?;
+                // Lines appended, and the record indices of the first and the last of them.
+                let (mut done, mut span) = (0u64, None);
+                // Lines of bytes: a record need not be text.
+                for (n, l) in stdin.lock().split(b'\n').enumerate() {
+                    // A failure says which lines went in, so a caller knows what to send again.
+                    let so_far = || match span {
+                        None => "no line appended before it".to_owned(),
+                        Some((a, b)) => format!("the {done} before it appended, as records {a} to {b}"),
+                    };
+                    let mut l = l.with_context(|| format!("reading line {} of stdin ({})", n + 1, so_far()))?;
+                    if l.last() == Some(&b'\r') {
+                        l.pop();
+                    }
+                    let (index, version) = blk
+                        .append(&l)
+                        .await
+                        .with_context(|| format!("line {} not appended ({})", n + 1, so_far()))?;
+                    span = Some((span.map_or(index, |(a, _)| a), index));
+                    done += 1;
                     last = json!({ "index": index, "version": version });
                 }
                 line(last);
