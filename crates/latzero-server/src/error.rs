@@ -82,11 +82,35 @@ pub enum ServerError {
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
     Store(crate::store::StoreError),
+    /// The database file is damaged; nothing was changed.
+    #[error(
+        "the database {} is damaged ({why}); the server does not start on it. Put a backup in its place with `latzero restore FILE`{}, or move it aside to start with an empty registry",
+        path.display(),
+        newest_backup.as_ref().map(|b| format!(" (the newest: {})", b.display())).unwrap_or_else(|| " (there is none in backups/)".into())
+    )]
+    DamagedStore {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite found.
+        why: String,
+        /// The newest backup in `<data_dir>/backups/`, if any.
+        newest_backup: Option<PathBuf>,
+    },
 }
 
 impl From<crate::store::StoreError> for ServerError {
     fn from(e: crate::store::StoreError) -> Self {
-        ServerError::Store(e)
+        match e {
+            crate::store::StoreError::Damaged { path, why } => {
+                let backups = path.parent().map(|d| d.join("backups")).unwrap_or_default();
+                ServerError::DamagedStore {
+                    path,
+                    why,
+                    newest_backup: crate::backup::list(&backups).pop(),
+                }
+            }
+            e => ServerError::Store(e),
+        }
     }
 }
 
@@ -96,6 +120,33 @@ mod tests {
 
     use super::*;
     use crate::store::StoreError;
+
+    /// A damaged database's error says how to recover, naming the newest backup if any.
+    #[test]
+    fn a_damaged_database_names_the_newest_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let damaged = || StoreError::Damaged {
+            path: dir.path().join("data.db"),
+            why: "database disk image is malformed".into(),
+        };
+        let told = ServerError::from(damaged()).to_string();
+        assert!(
+            told.contains("is damaged (database disk image is malformed)")
+                && told.contains("latzero restore FILE` (there is none in backups/)")
+                && told.contains("move it aside"),
+            "{told}"
+        );
+        std::fs::create_dir(dir.path().join("backups")).unwrap();
+        for name in [
+            "latzero-20261101-000000-000-000.db",
+            "latzero-20261102-000000-000-000.db",
+        ] {
+            std::fs::write(dir.path().join("backups").join(name), b"").unwrap();
+        }
+        let newest = dir.path().join("backups/latzero-20261102-000000-000-000.db");
+        let told = ServerError::from(damaged()).to_string();
+        assert!(told.contains(&format!("(the newest: {})", newest.display())), "{told}");
+    }
 
     /// An error with a cause tells it in its message and does not hand it on as its source, so
     /// a report that walks the chain (`latzero start` prints `anyhow`'s `{:#}`) tells it once.
