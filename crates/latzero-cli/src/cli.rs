@@ -630,7 +630,8 @@ pub struct CallArgs {
     /// Call timeout in ms (at least 1) [default: 30000]
     #[arg(long, value_parser = at_least_one::<u64>)]
     pub timeout_ms: Option<u64>,
-    /// Make this many calls (at least 1) and print a summary instead of each result
+    /// Make this many calls (at least 1) and print a JSON summary instead of each result: outcomes,
+    /// calls/s, and latency_us percentiles (p50, p90, p99, p99.9, max) of the calls answered
     #[arg(long, value_parser = at_least_one::<u64>)]
     pub count: Option<u64>,
     /// Calls in flight at once with --count (at least 1) [default: 1]

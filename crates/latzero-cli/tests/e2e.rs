@@ -52,6 +52,31 @@ fn round_robin_across_two_handler_processes() -> Result<()> {
     Ok(())
 }
 
+/// `call --count` reports the latency percentiles of the calls answered: at least the handler's
+/// delay, in order; none when no call was answered.
+#[test]
+fn call_count_reports_latency_percentiles_of_the_calls_answered() -> Result<()> {
+    let s = server();
+    let _slow = s.reply(&["--app", "slow", "--pool", "alpha", "slow", "--delay-ms", "20"])?;
+    let (ok, out, err) = s.run(&["call", "--pool", "alpha", "slow", "--count", "5", "--concurrency", "2"])?;
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(out.trim())?;
+    let at = |q: &str| {
+        summary["latency_us"][q]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {q}: {summary}"))
+    };
+    let qs = ["p50", "p90", "p99", "p99.9", "max"].map(at);
+    assert!(qs[0] >= 20_000.0, "below the handler's 20 ms delay: {summary}");
+    assert!(qs.windows(2).all(|w| w[0] <= w[1]), "{summary}");
+    let (ok, out, _) = s.run(&["call", "--pool", "alpha", "nobody", "--count", "2"])?;
+    assert!(!ok);
+    let summary: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(summary["errors"], json!({"NO_HANDLER": 2}), "{summary}");
+    assert_eq!(summary["latency_us"], Value::Null, "{summary}");
+    Ok(())
+}
+
 #[test]
 fn destination_routing_reaches_the_named_app_and_the_reply_the_caller() -> Result<()> {
     let s = server();

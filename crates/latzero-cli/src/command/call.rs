@@ -1,4 +1,5 @@
-//! `latzero call`: one call (prints the result), or `--count` calls (prints a JSON summary).
+//! `latzero call`: one call (prints the result), or `--count` calls (prints a JSON summary: the
+//! outcome of the calls, their rate, and the latency percentiles of those answered).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +10,27 @@ use latzero_client::{Client, ClientError, ClientOptions};
 use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
+
+/// A call's latency as recorded: nanoseconds, three significant digits, up to an hour (longer is
+/// counted as an hour; a call's ttl is at most that by default).
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
+}
+
+/// The percentiles of `h` in microseconds (`null` when no call was answered).
+fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+    json!({
+        "p50": us(h.value_at_quantile(0.5)),
+        "p90": us(h.value_at_quantile(0.9)),
+        "p99": us(h.value_at_quantile(0.99)),
+        "p99.9": us(h.value_at_quantile(0.999)),
+        "max": us(h.max()),
+    })
+}
 
 pub async fn run(args: CallArgs) -> Result<()> {
     let data = super::payload_arg(args.data.as_deref(), args.file.as_deref())?;
@@ -38,6 +60,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
             let mut mismatched = 0u64;
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut responders: BTreeMap<String, u64> = BTreeMap::new();
+            let mut latency = histogram();
             loop {
                 let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if seq >= count {
@@ -52,9 +75,11 @@ pub async fn run(args: CallArgs) -> Result<()> {
                 if let Some(to) = &args.to {
                     req = req.destination(to);
                 }
+                let sent = Instant::now();
                 match req.send().await {
                     Ok(v) => {
                         ok += 1;
+                        latency.saturating_record(sent.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
                         if let Some(app) = v.get("app_id").and_then(Value::as_str) {
                             *responders.entry(app.to_owned()).or_default() += 1;
                         }
@@ -65,15 +90,17 @@ pub async fn run(args: CallArgs) -> Result<()> {
                     Err(e) => *errors.entry(error_name(&e)).or_default() += 1,
                 }
             }
-            (ok, mismatched, errors, responders)
+            (ok, mismatched, errors, responders, latency)
         }));
     }
     let mut ok = 0;
     let mut mismatched = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut responders: BTreeMap<String, u64> = BTreeMap::new();
+    let mut latency = histogram();
     for t in tasks {
-        let (o, m, e, r) = t.await?;
+        let (o, m, e, r, l) = t.await?;
+        latency.add(&l)?;
         ok += o;
         mismatched += m;
         for (k, v) in e {
@@ -87,7 +114,8 @@ pub async fn run(args: CallArgs) -> Result<()> {
     outln!(
         "{}",
         json!({"calls": count, "ok": ok, "mismatched": mismatched, "errors": errors,
-               "responders": responders, "seconds": secs, "calls_per_sec": count as f64 / secs})
+               "responders": responders, "seconds": secs, "calls_per_sec": count as f64 / secs,
+               "latency_us": percentiles(&latency)})
     );
     if ok != count || mismatched != 0 {
         bail!("{} of {count} calls failed or mismatched", count - ok + mismatched);
