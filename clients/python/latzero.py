@@ -640,8 +640,9 @@ class Client:
             return
         in_reply_to = _json(f.get("id"))
         try:
+            text = _json_text(value)
             self._send(f'{{"action":"response","in_reply_to":{in_reply_to},'
-                       f'"status":"{"ok" if ok else "error"}","{"response" if ok else "error"}":{_json(value)}}}')
+                       f'"status":"{"ok" if ok else "error"}","{"response" if ok else "error"}":{text}}}')
             return
         except LatZeroError as e:
             if e.code != "FRAME_TOO_LARGE":
@@ -1131,7 +1132,7 @@ class Block:
         if not self.writable or self.type != "json":
             return await self._client.block_write(self.pool, self.block_id, document=document)
         try:
-            text = _encode_strict(document).encode()
+            text = _encode(document).encode()
         except (TypeError, ValueError) as e:
             raise LatZeroError("INVALID_JSON", f"the document is not JSON: {e}") from None
         if len(text) > self.size:
@@ -1234,10 +1235,9 @@ def _pid_alive(pid):
 
 
 # One encoder for every frame: json.dumps with separators builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-# For documents written in place, which no server checks on their way: NaN and Infinity are not
-# JSON.
-_encode_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# NaN and Infinity are not JSON: Python's default writes them, and a server refuses the frame
+# without being able to tell whose call it was (the call waited out its timeout).
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _raw_decode = json.JSONDecoder().raw_decode
 # The most read from the socket at once.
 READ_CHUNK = 256 * 1024
@@ -1270,7 +1270,7 @@ def _handler_error(err):
 
 def _frame(obj):
     """A JSON frame of `obj`, a message or its JSON text."""
-    payload = (obj if isinstance(obj, str) else _encode(obj)).encode()
+    payload = (obj if isinstance(obj, str) else _json(obj)).encode()
     return len(payload).to_bytes(4, "big") + payload
 
 
@@ -1278,8 +1278,15 @@ _encode_str = json.encoder.encode_basestring_ascii
 
 
 def _json(value):
-    """`value` as JSON text, as json.dumps gives it; the common scalars without building an
-    encoder."""
+    """`value` as JSON text, as json.dumps gives it (but NaN and Infinity refused); the common
+    scalars without building an encoder. INVALID_JSON for a value that is not JSON."""
+    try:
+        return _json_text(value)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise LatZeroError("INVALID_JSON", f"not sent: the value is not JSON: {e}") from None
+
+
+def _json_text(value):
     t = type(value)
     if t is str:
         return _encode_str(value)

@@ -149,6 +149,18 @@ async def main():
     await worker.handle("setish", lambda req: {1, 2})
     e = await raises(other.call("demo", "setish"))
     check(e.code == "HANDLER_ERROR" and "not JSON" in e.message, "a result that is not JSON", str(e))
+    await worker.handle("nan", lambda req: float("nan"))
+    e = await raises(other.call("demo", "nan"))
+    check(e.code == "HANDLER_ERROR" and "not JSON" in e.message, "a NaN result is not JSON", str(e))
+    # Data that is not JSON is refused before it is sent, at once: NaN went out as Python
+    # writes it, the server could not tell whose frame it refused, and the call waited out its
+    # timeout (NO_REPLY).
+    for send in (lambda v: other.call("demo", "greet", v, timeout=30), lambda v: other.emit("demo", "greet", v),
+                 lambda v: other.emit("demo", "greet", v, confirm=False),
+                 lambda v: other.broadcast("demo", "greet", v)):
+        for bad in (float("nan"), {"x": float("-inf")}, {1, 2}):
+            e = await raises(asyncio.wait_for(send(bad), 5))
+            check(e.code == "INVALID_JSON" and "not sent" in e.message, "data that is not JSON is refused", str(e))
     # A server that takes the handshake and then says nothing: the client's own deadline ends
     # the call.
     silent_path = os.path.join(os.path.dirname(SOCKET), "silent.sock")
