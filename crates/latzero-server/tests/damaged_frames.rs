@@ -130,6 +130,46 @@ async fn damaged_requests_over_tls() {
     srv.stop().await;
 }
 
+/// A call whose frame is not valid JSON (NaN, as Python writes it; a string left open) but
+/// gives its id before the damage is refused with that id, so its caller fails at once instead
+/// of waiting out its deadline; one whose id comes after a break in its outline is refused
+/// without one.
+#[tokio::test]
+async fn a_call_that_is_not_json_is_refused_with_its_id_when_it_gives_one() {
+    let s = TestServer::start().await;
+    let mut c = s.raw().await;
+    c.handshake("c", &["p"], &[]).await;
+    for (frame, id) in [
+        (
+            r#"{"action":"trigger","id":41,"process":"f","pool":"p","data":NaN,"ttl":1000}"#,
+            json!(41),
+        ),
+        (
+            r#"{"action":"trigger","data":{"id":1,"x":Infinity},"id":"b","process":"f","pool":"p"}"#,
+            json!("b"),
+        ),
+        (
+            r#"{"action":"emit","id":43,"process":"f","pool":"p","data":"open}"#,
+            json!(43),
+        ),
+        (r#"{"action":"trigger","data":[1,2}"id":44}"#, Value::Null),
+    ] {
+        c.send_text(frame).await;
+        let e = c.expect().await;
+        assert_eq!(
+            (e["code"].as_str(), &e["in_reply_to"]),
+            (Some("INVALID_MESSAGE"), &id),
+            "{frame}: {e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains("not valid JSON"),
+            "{e}"
+        );
+    }
+    assert_eq!(c.ask(json!({"action": "ping", "id": "p"})).await["action"], "pong");
+    s.stop().await;
+}
+
 /// A frame announced longer than the limit, after damaged ones, on each transport: the damage
 /// is answered, then FRAME_TOO_LARGE, then end of stream; other connections stay served.
 #[tokio::test]

@@ -365,7 +365,7 @@ fn explain_bad_json(json: &[u8], e: serde_json::Error) -> ParseError<'_> {
         .and_then(|x| x.id)
         .filter(|raw| check_id(raw).is_ok());
     if id.is_none() && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err() {
-        return invalid(None, format!("frame is not valid JSON: {e}"));
+        return invalid(id_before_damage(json), format!("frame is not valid JSON: {e}"));
     }
     if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return invalid(
@@ -382,6 +382,107 @@ fn explain_bad_json(json: &[u8], e: serde_json::Error) -> ParseError<'_> {
         _ => format!("message is not a valid LatZero message: {e}"),
     };
     invalid(id, message)
+}
+
+/// The `id` of a frame that is not valid JSON, when its top object's outline holds up to it:
+/// the members are walked from the start, each value only measured (a string to its closing
+/// quote past escapes, an object or array to its balancing bracket, a scalar such as `NaN` to the
+/// next delimiter), and the walk stops where the outline breaks (a missing colon or comma, a
+/// string or bracket left open). A member `id` found on the way lies at the object's top level,
+/// not inside a payload: it is the request's own, so the sender's call can fail at once with the
+/// error rather than wait out its deadline. An id given twice, or not plainly (§3: a string or an
+/// integer, its key written without escapes), is `None`.
+fn id_before_damage(json: &[u8]) -> Option<&RawValue> {
+    /// Past the string that starts at `at` (its opening quote).
+    fn string_end(b: &[u8], mut at: usize) -> Option<usize> {
+        at += 1;
+        loop {
+            match *b.get(at)? {
+                b'"' => return Some(at + 1),
+                b'\\' => at += 2,
+                _ => at += 1,
+            }
+        }
+    }
+    /// Past the value that starts at `at`: a string, an object or array (brackets balanced
+    /// outside strings), or a scalar up to the next delimiter.
+    fn value_end(b: &[u8], at: usize) -> Option<usize> {
+        match *b.get(at)? {
+            b'"' => string_end(b, at),
+            b'{' | b'[' => {
+                let (mut depth, mut i) = (0usize, at);
+                loop {
+                    match *b.get(i)? {
+                        b'"' => {
+                            i = string_end(b, i)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(i + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            _ => {
+                let n = b[at..]
+                    .iter()
+                    .take_while(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+                    .count();
+                (n > 0).then_some(at + n)
+            }
+        }
+    }
+    let space = |at: usize| {
+        at + json[at.min(json.len())..]
+            .iter()
+            .take_while(|c| c.is_ascii_whitespace())
+            .count()
+    };
+    let mut at = space(0);
+    if json.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut found: Option<&RawValue> = None;
+    loop {
+        at = space(at + 1);
+        if json.get(at) != Some(&b'"') {
+            return found;
+        }
+        let key_end = string_end(json, at)?;
+        let key = &json[at..key_end];
+        at = space(key_end);
+        if json.get(at) != Some(&b':') {
+            return found;
+        }
+        let start = space(at + 1);
+        let Some(end) = value_end(json, start) else {
+            return found;
+        };
+        if key == b"\"id\"" {
+            // Read as a value too: a raw value takes an escape such as a lone `\ud800`, which
+            // a client's typed read of the error would not.
+            let raw = std::str::from_utf8(&json[start..end])
+                .ok()
+                .filter(|t| serde_json::from_str::<serde_json::Value>(t).is_ok())
+                .and_then(|t| serde_json::from_str::<&RawValue>(t).ok())
+                .filter(|raw| check_id(raw).is_ok());
+            match (found, raw) {
+                // Given twice, or not plainly: no guess.
+                (Some(_), _) | (None, None) => return None,
+                (None, Some(raw)) => found = Some(raw),
+            }
+        }
+        at = space(end);
+        if json.get(at) != Some(&b',') {
+            return found;
+        }
+    }
 }
 
 /// The hop id a `response` the server refuses still names, when it names one plainly: a frame
@@ -627,6 +728,58 @@ mod tests {
             r#"{"action":"response","in_reply_to":}"#,
         ] {
             assert_eq!(hop(t), None, "{t}");
+        }
+    }
+
+    /// A frame that is not valid JSON keeps its id when its top object's outline holds up to the
+    /// `id` member: the sender's call fails at once, not at its deadline.
+    #[test]
+    fn a_frame_that_is_not_json_keeps_a_plain_top_level_id() {
+        let id = |t: &str| match parse_request(t.as_bytes()) {
+            Err(e) => {
+                assert!(e.message.contains("not valid JSON"), "{t}: {}", e.message);
+                e.id.map(|r| r.get().to_owned())
+            }
+            Ok(_) => panic!("{t} parsed"),
+        };
+        for (t, want) in [
+            // Python's NaN; damage after the id; damage in a string; nested ids and brackets
+            // inside strings before it; spaces; a string id; a negative one.
+            (
+                r#"{"action":"trigger","id":5,"process":"f","pool":"p","data":NaN}"#,
+                "5",
+            ),
+            (r#"{"action":"trigger","data":NaN,"id":5}"#, "5"),
+            (r#"{"action":"trigger","id":"a-1","data":{"x":}}"#, r#""a-1""#),
+            (r#"{"action":"trigger","pool":"p\q","id":6,"data":1}"#, "6"),
+            (
+                r#"{"data":{"id":1,"s":"}]\"{"},"tags":[{"id":2}],"id":7,"action":"trigger","x":tru}"#,
+                "7",
+            ),
+            (r#" { "action" : "emit" , "id" : -8 , "data" : Infinity } "#, "-8"),
+            (r#"{"action":"trigger","id":9,"data":"x"#, "9"),
+        ] {
+            assert_eq!(id(t).as_deref(), Some(want), "{t}");
+        }
+        // No id; only nested ones; after the outline breaks; twice; not plain (an object, a
+        // float, too long, an escaped key); not an object.
+        let long = format!(r#"{{"id":"{}","data":NaN}}"#, "x".repeat(MAX_ID_LEN));
+        for t in [
+            r#"{"action":"trigger","data":NaN}"#,
+            r#"{"action":"trigger","data":{"id":5,"x":NaN}}"#,
+            r#"{"action":"trigger","data":{"x":1]"id":5}"#,
+            r#"{"action":"trigger" "id":5,"data":NaN}"#,
+            r#"{"action":"trigger","data":"open,"id":5}"#,
+            r#"{"id":5,"action":"trigger","id":6,"data":NaN}"#,
+            r#"{"id":{"n":5},"data":NaN}"#,
+            r#"{"id":5.5,"data":NaN}"#,
+            long.as_str(),
+            r#"{"i\u0064":5,"data":NaN}"#,
+            r#"{"id":"\ud800","data":NaN}"#,
+            r#"[{"id":5},NaN]"#,
+            "NaN",
+        ] {
+            assert_eq!(id(t), None, "{t}");
         }
     }
 
