@@ -268,6 +268,7 @@ class Client:
         self._auth = auth
         self._takeover = takeover
         self._ephemeral = ephemeral
+        _ms(timeout, "timeout")  # checked here, not at the first call
         self._timeout = timeout
         self._reconnect = reconnect
         self._backoff = (backoff_min, backoff_max)
@@ -724,7 +725,7 @@ class Client:
         timeout = self._timeout if timeout is None else timeout
         # Written as text (see _request): a dict serialised per call cost a fifth of the call.
         # Without `to`, in the layout the server reads first (as the Rust SDK writes it).
-        head = f'"process":{_json(trigger)},"pool":{_json(pool)},"data":{_json(data)},"ttl":{max(1, int(timeout * 1000))}'
+        head = f'"process":{_json(trigger)},"pool":{_json(pool)},"data":{_json(data)},"ttl":{_ms(timeout, "timeout")}'
         if to is not None:
             head += f',"destination":{_json(to)}'
 
@@ -742,7 +743,7 @@ class Client:
         serves it."""
         timeout = self._timeout if timeout is None else timeout
         frame = {"action": "trigger", "process": trigger, "pool": pool, "data": data,
-                 "ttl": max(1, int(timeout * 1000)), "broadcast": True}
+                 "ttl": _ms(timeout, "timeout"), "broadcast": True}
         f = await self._request(frame, timeout + 1.0)
         out = []
         for r in f.get("responses") or []:
@@ -916,9 +917,9 @@ class Client:
         `block_unlock`, when it expires (a `lock_expired` event), or with the connection; a grant
         that comes just before the connection drops ended with it, and raises DISCONNECTED."""
         frame = {"action": "block_lock", "pool": pool, "block_id": block_id, "mode": mode,
-                 "wait_ms": math.ceil(wait * 1000)}
+                 "wait_ms": _ms(wait, "wait", zero=True)}
         if lease is not None:
-            frame["lease_ms"] = max(1, math.ceil(lease * 1000))
+            frame["lease_ms"] = _ms(lease, "lease")
         drops = self._drops
         f = await self._request(frame, self._timeout + wait)
         if self._drops != drops:
@@ -1275,6 +1276,17 @@ def _frame(obj):
 
 
 _encode_str = json.encoder.encode_basestring_ascii
+
+
+def _ms(seconds, what, zero=False):
+    """`seconds` as whole milliseconds for the wire, rounded up (a deadline is never cut short).
+    INVALID_OPTIONS for anything but a finite number above zero (or zero, where it means "do not
+    wait"): a negative or NaN timeout was clamped to 1 ms, or raised a bare ValueError."""
+    ok = type(seconds) in (int, float) and math.isfinite(seconds) and (seconds > 0 or (zero and seconds == 0))
+    if not ok:
+        at_least = "zero or more" if zero else "above zero"
+        raise LatZeroError("INVALID_OPTIONS", f"{what} must be a number of seconds {at_least}, got {seconds!r}")
+    return max(1, math.ceil(seconds * 1000)) if seconds > 0 else 0
 
 
 def _json(value):

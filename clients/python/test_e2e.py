@@ -161,6 +161,15 @@ async def main():
         for bad in (float("nan"), {"x": float("-inf")}, {1, 2}):
             e = await raises(asyncio.wait_for(send(bad), 5))
             check(e.code == "INVALID_JSON" and "not sent" in e.message, "data that is not JSON is refused", str(e))
+    # A timeout, lease or wait that is not a number of seconds above zero is refused, not
+    # clamped to a millisecond (a negative timeout was) or raised as a bare ValueError (NaN).
+    for bad in (0, -1, float("nan"), float("inf"), "5"):
+        for attempt in (other.call("demo", "greet", 1, timeout=bad), other.broadcast("demo", "greet", timeout=bad),
+                        other.block_lock("demo", "cfg", lease=bad)):
+            e = await raises(attempt)
+            check(e.code == "INVALID_OPTIONS", "a timeout that is not above zero is refused", (bad, str(e)))
+    e = await raises(other.block_lock("demo", "cfg", wait=-1))
+    check(e.code == "INVALID_OPTIONS", "a negative wait is refused", str(e))
     # A server that takes the handshake and then says nothing: the client's own deadline ends
     # the call.
     silent_path = os.path.join(os.path.dirname(SOCKET), "silent.sock")
