@@ -195,6 +195,8 @@ export class Client {
     this._endpoint = endpoint;
     this._maxFrameLen = DEFAULT_MAX_FRAME_LEN;
     this.appId = appId;
+    // Checked here, not at the first call.
+    if (options.timeoutMs !== undefined) wireMs(options.timeoutMs, "timeoutMs");
     this.options = options;
     this.pools = new Set(options.pools ?? []);
     this.triggers = new Set(options.triggers ?? []);
@@ -520,9 +522,10 @@ export class Client {
     });
   }
 
-  /** Calls a trigger; resolves with its response. opts: timeoutMs, to (an app id), ttlMs. */
+  /** Calls a trigger; resolves with its response. opts: timeoutMs (the call's ttl at the server
+   * too), to (an app id). */
   async call(pool, trigger, data = null, opts = {}) {
-    const timeoutMs = opts.timeoutMs ?? this.options.timeoutMs ?? 30000;
+    const timeoutMs = wireMs(opts.timeoutMs ?? this.options.timeoutMs ?? 30000, "timeoutMs");
     // The id's place comes second (set by _request): the layout the server reads first, as the
     // Rust SDK writes it.
     const frame = { action: "trigger", id: 0, process: trigger, pool, data, ttl: timeoutMs };
@@ -537,7 +540,7 @@ export class Client {
    * LatZeroError: HANDLER_ERROR for the handler's own error, else the server's code for it,
    * TIMEOUT say). Rejects with NO_HANDLER when none serves it. opts: timeoutMs. */
   async broadcast(pool, trigger, data = null, opts = {}) {
-    const timeoutMs = opts.timeoutMs ?? this.options.timeoutMs ?? 30000;
+    const timeoutMs = wireMs(opts.timeoutMs ?? this.options.timeoutMs ?? 30000, "timeoutMs");
     const frame = { action: "trigger", process: trigger, pool, data, ttl: timeoutMs, broadcast: true };
     const f = await this._request(frame, timeoutMs + 1000);
     return (f.responses ?? []).map((r) => {
@@ -714,9 +717,9 @@ export class Client {
    * blockUnlock, when it expires (a `lock_expired` event), or with the connection; a grant that
    * comes just before the connection drops ended with it, and rejects with DISCONNECTED. */
   async blockLock(pool, blockId, opts = {}) {
-    const waitMs = Math.ceil(opts.waitMs ?? 0);
+    const waitMs = wireMs(opts.waitMs ?? 0, "waitMs", true);
     const frame = { action: "block_lock", pool, block_id: blockId, mode: opts.mode ?? "exclusive", wait_ms: waitMs };
-    if (opts.leaseMs !== undefined) frame.lease_ms = Math.max(1, Math.ceil(opts.leaseMs));
+    if (opts.leaseMs !== undefined) frame.lease_ms = wireMs(opts.leaseMs, "leaseMs");
     const drops = this._drops;
     const f = await this._request(frame, (this.options.timeoutMs ?? 30000) + waitMs);
     if (this._drops !== drops) {
@@ -1005,6 +1008,17 @@ function handlerError(error) {
 
 /** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,
  * the body. */
+/** `ms` as whole milliseconds for the wire, rounded up (a deadline is never cut short); a
+ * LatZeroError INVALID_OPTIONS for anything but a finite number above zero (or zero where
+ * `zero`: "do not wait"). NaN and Infinity went out as `null` (the server's default) while the
+ * client's own timer fired at once; a negative lease was taken as 1 ms. */
+function wireMs(ms, what, zero = false) {
+  if (typeof ms !== "number" || !Number.isFinite(ms) || !(ms > 0 || (zero && ms === 0))) {
+    throw new LatZeroError("INVALID_OPTIONS", `${what} must be a number of milliseconds ${zero ? "zero or more" : "above zero"}, got ${typeof ms === "string" ? JSON.stringify(ms) : String(ms)}`);
+  }
+  return ms > 0 ? Math.max(1, Math.ceil(ms)) : 0;
+}
+
 function binaryFrame(header, body) {
   const h = new TextEncoder().encode(JSON.stringify(header));
   const out = new Uint8Array(5 + h.length + body.length);

@@ -119,6 +119,22 @@ export async function run(url, log, options = {}) {
   check(late.code === "TIMEOUT" && late.handlerMayStillRun === true, "TIMEOUT", late.message);
   const outside = await rejects(other.call("elsewhere", "echo"));
   check(outside.code === "NOT_IN_POOL", "NOT_IN_POOL", outside.message);
+  // A timeout, lease or wait that is not a number of milliseconds above zero is refused before
+  // anything is sent: NaN went out as null (the server's 30 s) while the client's own timer
+  // fired at once, and a negative lease was taken as 1 ms.
+  for (const bad of [0, -1, NaN, Infinity, "500"]) {
+    for (const attempt of [
+      () => other.call("demo", "echo", 1, { timeoutMs: bad }),
+      () => other.broadcast("demo", "echo", 1, { timeoutMs: bad }),
+      () => other.blockLock("demo", "nob", { leaseMs: bad }),
+    ]) {
+      const e = await rejects(attempt());
+      check(e.code === "INVALID_OPTIONS", "a timeout that is not above zero is refused", `${String(bad)}: ${e.message}`);
+    }
+  }
+  const negativeWait = await rejects(other.blockLock("demo", "nob", { waitMs: -1 }));
+  check(negativeWait.code === "INVALID_OPTIONS", "a negative wait is refused", negativeWait.message);
+  check((await other.call("demo", "echo", 1, { timeoutMs: 1000.5 })).data === 1, "a fractional timeout is rounded up", null);
   // Past the server's max_frame_len (16 MiB here), refused unsent: the connection stays up.
   const huge = await rejects(other.call("demo", "echo", "é".repeat(9 << 20)));
   check(huge.code === "FRAME_TOO_LARGE" && huge.message.includes("16777216"), "FRAME_TOO_LARGE, unsent", huge.message);
