@@ -225,8 +225,13 @@ export class Client {
   }
 
   /** Listens for `disconnected`, `reconnected`, `reconnect_refused`, `pool_left`,
-   * `trigger_refused`, `presence`, `lock_expired` and `server_error` events. */
+   * `trigger_refused`, `presence`, `lock_expired` and `server_error` events. Any other name is
+   * INVALID_OPTIONS (a misspelt one would never fire). */
   on(event, fn) {
+    if (!EVENTS.includes(event)) {
+      throw new LatZeroError("INVALID_OPTIONS", `no event ${JSON.stringify(event)}; the events are ${EVENTS.join(", ")}`);
+    }
+    mustCall(fn, "an event listener");
     if (!this._listeners.has(event)) this._listeners.set(event, []);
     this._listeners.get(event).push(fn);
     return this;
@@ -584,6 +589,7 @@ export class Client {
   /** Registers a handler: `fn({data, pool, process, origin})` returns (or resolves to) the
    * response; a throw answers the caller with an error. Resolves once the server has it. */
   async handle(trigger, fn) {
+    mustCall(fn, "a handler");
     const had = this._handlers.has(trigger);
     this._handlers.set(trigger, fn);
     if (had) return;
@@ -751,6 +757,7 @@ export class Client {
    * gone by then (a non-persistent block does not outlive its server) ends it with "deleted".
    * Watching a block again replaces fn. While disconnected it is recorded. */
   async blockWatch(pool, blockId, fn, opts = {}) {
+    mustCall(fn, "a watch");
     const key = `${pool}\u0000${blockId}`;
     const w = { pool, blockId, fn, seen: opts.since, createdAt: undefined };
     this._watches.set(key, w);
@@ -1008,6 +1015,14 @@ function handlerError(error) {
 
 /** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,
  * the body. */
+/** The events `Client.on` takes. */
+const EVENTS = ["disconnected", "reconnected", "reconnect_refused", "pool_left", "trigger_refused", "presence", "lock_expired", "server_error"];
+
+/** INVALID_OPTIONS unless `fn` is a function (found here, not when the first event calls it). */
+function mustCall(fn, what) {
+  if (typeof fn !== "function") throw new LatZeroError("INVALID_OPTIONS", `${what} must be a function, got ${fn === null ? "null" : typeof fn}`);
+}
+
 /** `ms` as whole milliseconds for the wire, rounded up (a deadline is never cut short); a
  * LatZeroError INVALID_OPTIONS for anything but a finite number above zero (or zero where
  * `zero`: "do not wait"). NaN and Infinity went out as `null` (the server's default) while the

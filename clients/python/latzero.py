@@ -297,7 +297,11 @@ class Client:
 
     def on(self, event, fn):
         """Listens for `disconnected`, `reconnected`, `reconnect_refused`, `pool_left`,
-        `trigger_refused`, `presence`, `lock_expired` and `server_error` events: fn(dict)."""
+        `trigger_refused`, `presence`, `lock_expired` and `server_error` events: fn(dict). Any
+        other name is INVALID_OPTIONS (a misspelt one would never fire)."""
+        if event not in EVENTS:
+            raise LatZeroError("INVALID_OPTIONS", f"no event {event!r}; the events are {', '.join(EVENTS)}")
+        _callable(fn, "an event listener")
         self._listeners.setdefault(event, []).append(fn)
         return self
 
@@ -780,6 +784,7 @@ class Client:
         client's read loop, holding up everything else until it returns: move blocking work off
         it (`await asyncio.to_thread(...)` in a coroutine, which runs in a task of its own).
         While disconnected it is recorded, and the next handshake carries it."""
+        _callable(fn, "a handler")
         had = trigger in self._handlers
         self._handlers[trigger] = fn
         if had:
@@ -948,6 +953,7 @@ class Client:
         of it. After a reconnect the watch resumes from the last version seen; a block gone by
         then (a non-persistent block does not outlive its server) ends it with `deleted`.
         Watching a block again replaces fn. While disconnected it is recorded."""
+        _callable(fn, "a watch")
         key = (pool, block_id)
         w = {"fn": fn, "seen": since, "created_at": None}
         self._watches[key] = w
@@ -1276,6 +1282,17 @@ def _frame(obj):
 
 
 _encode_str = json.encoder.encode_basestring_ascii
+
+
+# The events `Client.on` takes.
+EVENTS = ("disconnected", "reconnected", "reconnect_refused", "pool_left", "trigger_refused", "presence",
+          "lock_expired", "server_error")
+
+
+def _callable(fn, what):
+    """INVALID_OPTIONS unless `fn` can be called (found here, not when the first event calls it)."""
+    if not callable(fn):
+        raise LatZeroError("INVALID_OPTIONS", f"{what} must be a function, got {type(fn).__name__}")
 
 
 def _ms(seconds, what, zero=False):

@@ -170,6 +170,17 @@ async def main():
             check(e.code == "INVALID_OPTIONS", "a timeout that is not above zero is refused", (bad, str(e)))
     e = await raises(other.block_lock("demo", "cfg", wait=-1))
     check(e.code == "INVALID_OPTIONS", "a negative wait is refused", str(e))
+    # A misspelt event would never fire, and a handler or watch that is not a function would
+    # fail at its first event: both are refused where they are given.
+    try:
+        other.on("disconnect", print)
+        raise AssertionError("on('disconnect') was taken")
+    except latzero.LatZeroError as e:
+        check(e.code == "INVALID_OPTIONS" and "disconnected" in e.message, "an event that does not exist", str(e))
+    for attempt in (other.handle("nothing", None), other.block_watch("demo", "cfg", "not a function")):
+        e = await raises(attempt)
+        check(e.code == "INVALID_OPTIONS" and "must be a function" in e.message, "a handler that is not a function", str(e))
+    check("nothing" not in other.triggers, "and not registered", other.triggers)
     # A server that takes the handshake and then says nothing: the client's own deadline ends
     # the call.
     silent_path = os.path.join(os.path.dirname(SOCKET), "silent.sock")

@@ -134,6 +134,20 @@ export async function run(url, log, options = {}) {
   }
   const negativeWait = await rejects(other.blockLock("demo", "nob", { waitMs: -1 }));
   check(negativeWait.code === "INVALID_OPTIONS", "a negative wait is refused", negativeWait.message);
+  // A misspelt event would never fire, and a handler or watch that is not a function would fail
+  // at its first event: both are refused where they are given.
+  let misspelt;
+  try {
+    other.on("disconnect", () => {});
+  } catch (e) {
+    misspelt = e;
+  }
+  check(misspelt?.code === "INVALID_OPTIONS" && misspelt.message.includes("disconnected"), "an event that does not exist", misspelt?.message);
+  for (const attempt of [() => other.handle("nothing", null), () => other.blockWatch("demo", "nob", "not a function")]) {
+    const e = await rejects(attempt());
+    check(e.code === "INVALID_OPTIONS" && e.message.includes("must be a function"), "a handler that is not a function", e.message);
+  }
+  check(!other.triggers.has("nothing"), "and not registered", [...other.triggers]);
   check((await other.call("demo", "echo", 1, { timeoutMs: 1000.5 })).data === 1, "a fractional timeout is rounded up", null);
   // Past the server's max_frame_len (16 MiB here), refused unsent: the connection stays up.
   const huge = await rejects(other.call("demo", "echo", "é".repeat(9 << 20)));
