@@ -77,6 +77,30 @@ fn call_count_reports_latency_percentiles_of_the_calls_answered() -> Result<()> 
     Ok(())
 }
 
+/// What `call` sends and prints and what `reply` prints and echoes is the JSON text as written:
+/// read into a value, an integer past 64 bits or a decimal past a double's precision changed.
+#[test]
+fn call_and_reply_pass_json_text_on_as_written() -> Result<()> {
+    let s = server();
+    let mut worker = s.reply(&["--app", "w", "--pool", "alpha", "echo"])?;
+    let data = r#"{"big":123456789012345678901234567890,"x":0.1000000000000000055511151231257827,"n":-0.0}"#;
+    let (ok, out, err) = s.run(&["call", "--pool", "alpha", "echo", data])?;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!(r#"{{"app_id":"w","process":"echo","data":{data}}}"#)
+    );
+    // The worker's `call` line, as text.
+    let line = loop {
+        let l = worker.next_line()?;
+        if l.contains(r#""event":"call""#) {
+            break l;
+        }
+    };
+    assert!(line.contains(&format!(r#""data":{data}"#)), "{line}");
+    Ok(())
+}
+
 #[test]
 fn destination_routing_reaches_the_named_app_and_the_reply_the_caller() -> Result<()> {
     let s = server();

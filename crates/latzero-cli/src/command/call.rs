@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use latzero_client::{Client, ClientError, ClientOptions};
+use latzero_client::{Client, ClientError, ClientOptions, Payload};
 use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
@@ -66,12 +66,13 @@ pub async fn run(args: CallArgs) -> Result<()> {
                 if seq >= count {
                     break;
                 }
-                let payload = if args.expect_echo {
-                    json!({"seq": seq, "from": client.app_id().as_str()})
-                } else {
-                    data.clone()
+                let echo = args
+                    .expect_echo
+                    .then(|| json!({"seq": seq, "from": client.app_id().as_str()}));
+                let mut req = match &echo {
+                    Some(e) => client.request(&args.pool, &args.trigger).data(e),
+                    None => client.request(&args.pool, &args.trigger).data(&data),
                 };
-                let mut req = client.request(&args.pool, &args.trigger).data(&payload);
                 if let Some(to) = &args.to {
                     req = req.destination(to);
                 }
@@ -83,7 +84,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
                         if let Some(app) = v.get("app_id").and_then(Value::as_str) {
                             *responders.entry(app.to_owned()).or_default() += 1;
                         }
-                        if args.expect_echo && v.get("data") != Some(&payload) {
+                        if echo.is_some() && v.get("data") != echo.as_ref() {
                             mismatched += 1;
                         }
                     }
@@ -134,7 +135,7 @@ fn error_name(e: &ClientError) -> String {
     }
 }
 
-async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
+async fn single(client: &Client, args: &CallArgs, data: &Payload) -> Result<()> {
     let mut req = client.request(&args.pool, &args.trigger).data(data);
     if let Some(to) = &args.to {
         req = req.destination(to);
@@ -158,7 +159,9 @@ async fn single(client: &Client, args: &CallArgs, data: &Value) -> Result<()> {
         }
         return Ok(());
     }
-    match req.send().await {
+    // The result's JSON text as the handler wrote it (a value read and printed again would
+    // change an integer past 64 bits, or a decimal past a double's precision).
+    match req.send_raw().await {
         Ok(v) => {
             outln!("{v}");
             Ok(())

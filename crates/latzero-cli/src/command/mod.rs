@@ -13,8 +13,8 @@ pub mod stop;
 pub mod view;
 
 use anyhow::{Context, Result, bail};
-use latzero_client::ClientError;
 use latzero_client::admin::Target;
+use latzero_client::{ClientError, Payload};
 use latzero_proto::{DEFAULT_HOST, DEFAULT_PORT, Endpoint, ErrorCode, TlsVerify, parse_fingerprint};
 use latzero_server::RuntimeInfo;
 
@@ -156,18 +156,20 @@ fn with_hint(e: ClientError) -> anyhow::Error {
 pub fn json_arg(s: Option<&str>, what: &str) -> Result<serde_json::Value> {
     match s {
         None => Ok(serde_json::Value::Null),
-        Some(s) => serde_json::from_str(s).with_context(|| {
-            let shown: String = s.chars().take(60).collect();
-            let more = if shown.len() < s.len() { "..." } else { "" };
-            // `-` is stdin for many tools; here it is --file's (where DATA has one beside it).
-            let hint = if s == "-" && what == "DATA" {
-                "; to read standard input, give --file -"
-            } else {
-                ""
-            };
-            format!("{what} is not valid JSON: {shown}{more}{hint}")
-        }),
+        Some(s) => serde_json::from_str(s).with_context(|| not_json(s, what)),
     }
+}
+
+fn not_json(s: &str, what: &str) -> String {
+    let shown: String = s.chars().take(60).collect();
+    let more = if shown.len() < s.len() { "..." } else { "" };
+    // `-` is stdin for many tools; here it is --file's (where DATA has one beside it).
+    let hint = if s == "-" && what == "DATA" {
+        "; to read standard input, give --file -"
+    } else {
+        ""
+    };
+    format!("{what} is not valid JSON: {shown}{more}{hint}")
 }
 
 /// A file's bytes, `-` meaning stdin.
@@ -182,12 +184,17 @@ pub fn read_file_arg(path: &std::path::Path) -> Result<Vec<u8>> {
 }
 
 /// A command's JSON payload: DATA, or the file `--file` names (`-`: stdin); `null` if neither.
-pub fn payload_arg(data: Option<&str>, file: Option<&std::path::Path>) -> Result<serde_json::Value> {
+/// Kept as the JSON text given (checked to be one value), so it is sent as written: read into a
+/// value, an integer past 64 bits or a decimal past a double's precision came out changed.
+pub fn payload_arg(data: Option<&str>, file: Option<&std::path::Path>) -> Result<Payload> {
     match file {
-        None => json_arg(data, "DATA"),
+        None => match data {
+            None => Ok(Payload::null()),
+            Some(s) => Payload::from_text(s.to_owned()).with_context(|| not_json(s, "DATA")),
+        },
         Some(f) => {
             let bytes = read_file_arg(f)?;
-            serde_json::from_slice(&bytes).with_context(|| format!("{} does not hold valid JSON", f.display()))
+            Payload::from_text(bytes).with_context(|| format!("{} does not hold valid JSON", f.display()))
         }
     }
 }

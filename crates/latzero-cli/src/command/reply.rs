@@ -5,8 +5,29 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use latzero_client::{ClientEvent, ClientOptions, HandlerError, Request};
+use latzero_client::{ClientEvent, ClientOptions, HandlerError, Payload, Request};
+use serde::Serialize;
 use serde_json::json;
+
+/// A `call` or `emit` line. Written as text, so `data` is the caller's JSON as it came (a value
+/// read and written again would change an integer past 64 bits, or a decimal past a double's
+/// precision).
+#[derive(Serialize)]
+struct Event<'a> {
+    event: &'a str,
+    process: &'a str,
+    pool: &'a str,
+    data: &'a Payload,
+    origin: Option<&'a str>,
+}
+
+/// The default answer: the request echoed, `data` as it came.
+#[derive(Serialize)]
+struct Echo<'a> {
+    app_id: &'a str,
+    process: &'a str,
+    data: &'a Payload,
+}
 
 use crate::cli::ReplyArgs;
 
@@ -28,11 +49,20 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
         let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
         let (delay, hang) = (args.delay_ms, args.hang);
         client
-            .handle(t, move |req: Request| {
+            .handle_raw(t, move |req: Request<Payload>| {
                 let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
                 async move {
-                    let kind = if req.is_emit { "emit" } else { "call" };
-                    outln!("{}", json!({"event": kind, "process": req.process, "pool": req.pool, "data": req.data, "origin": req.origin}));
+                    let line = Event {
+                        event: if req.is_emit { "emit" } else { "call" },
+                        process: &req.process,
+                        pool: &req.pool,
+                        data: &req.data,
+                        origin: req.origin.as_deref(),
+                    };
+                    outln!(
+                        "{}",
+                        serde_json::to_string(&line).map_err(|e| HandlerError::msg(e.to_string()))?
+                    );
                     if hang {
                         std::future::pending::<()>().await;
                     }
@@ -42,7 +72,15 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                     if let Some(e) = error {
                         return Err(HandlerError(e));
                     }
-                    Ok(respond.unwrap_or_else(|| json!({"app_id": me, "process": req.process, "data": req.data})))
+                    let answer = match respond {
+                        Some(r) => Payload::from_json(&r),
+                        None => Payload::from_json(&Echo {
+                            app_id: &me,
+                            process: &req.process,
+                            data: &req.data,
+                        }),
+                    };
+                    answer.map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}")))
                 }
             })
             .await?;
