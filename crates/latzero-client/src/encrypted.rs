@@ -1,5 +1,5 @@
 //! Encrypted pools in the SDK (docs/PROTOCOL.md §4.6): joining by proving the SigilKey, and
-//! calls, emits, handlers and memory blocks whose contents are sealed end to end — encrypted
+//! calls, emits, handlers, binary blocks and stream records whose contents are sealed end to end — encrypted
 //! with the CipherShard, signed with the OblivionSeal, verified and checked for replays by every
 //! reader. The server routes and stores only sealed records.
 //!
@@ -23,8 +23,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use latzero_crypto::{
-    CONTEXT_BLOCK, CONTEXT_MSG, Opened, PoolKeys, ReplayGuard, Role, SealError, Verifiers, context, open,
-    peek_generation, seal,
+    CONTEXT_BLOCK, CONTEXT_MSG, CONTEXT_STREAM, Opened, PoolKeys, ReplayGuard, Role, SealError, Verifiers, context,
+    open, peek_generation, seal,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -34,6 +34,27 @@ use crate::client::{Client, ClientEvent, lock};
 use crate::error::ClientError;
 use crate::handler::{HandlerError, Request};
 use crate::memory::MemoryBlock;
+use latzero_proto::ErrorCode;
+
+/// How many times an append is sealed again after the server found it sealed before the
+/// stream's newest record (another writer's append landed first).
+const APPEND_TRIES: usize = 8;
+
+/// Records read from a stream in an encrypted pool ([`EncryptedPool::consume`]).
+#[derive(Debug)]
+pub struct OpenedRecords {
+    /// In stream order, each record's plaintext, or why it was refused: not sealed by a holder
+    /// of the OblivionSeal, altered, sealed for another stream, or not sealed after the last
+    /// record this pool handle read from the stream (a replay, or records put out of order).
+    /// The consumer's cursor has moved past every one of them.
+    pub records: Vec<Result<Vec<u8>, SealError>>,
+    /// Records an overwriting stream dropped before this consumer read them.
+    pub skipped: u64,
+    /// The index of the next record this consumer will read.
+    pub next_index: u64,
+    /// The block's version when they were read.
+    pub version: u64,
+}
 
 /// How long a sealed message stays acceptable (and its nonce remembered).
 const REPLAY_WINDOW: Duration = Duration::from_secs(300);
@@ -115,6 +136,10 @@ pub struct EncryptedPool {
     pool: String,
     state: Arc<State>,
     rejoin: JoinHandle<()>,
+    /// Held by an append from its seal to its answer: this handle's records leave in the order
+    /// they were sealed (tasks on several threads could seal in one order and send in the
+    /// other, and every crossing cost a refusal and a second seal).
+    appending: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for EncryptedPool {
@@ -207,6 +232,7 @@ impl Client {
             pool: pool.to_owned(),
             state,
             rejoin,
+            appending: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -278,6 +304,50 @@ impl EncryptedPool {
         rec.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
         rec.extend_from_slice(&sealed);
         block.write(0, &rec).await
+    }
+
+    /// Appends `plaintext` to a stream block of the pool as one sealed record (the record takes
+    /// 28 + plaintext + 16 + 64 bytes of the ring, plus the ring's own 8 and padding). It goes
+    /// through the server even where the block is mapped: the server checks the signature and
+    /// that the record was sealed after the stream's newest, so the stream's records are in the
+    /// order they were sealed. One append of this handle is in flight at a time, so its records
+    /// leave in the order they were sealed; one that another writer's append overtook is sealed
+    /// again (up to 8 times in all). Returns the record's index and the block's version.
+    pub async fn append(&self, block: &MemoryBlock, plaintext: &[u8]) -> Result<(u64, u64), ClientError> {
+        let ctx = context(CONTEXT_STREAM, block.id());
+        let _in_order = self.appending.lock().await;
+        let mut tries = 0;
+        loop {
+            let sealed = self.state.seal(&ctx, plaintext)?;
+            match block.append_through_server(&sealed).await {
+                Err(e) if e.code() == Some(ErrorCode::StaleRecord) && tries + 1 < APPEND_TRIES => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    /// Reads up to `max` records of a stream block of the pool from the named consumer's
+    /// cursor (which moves past them, as [`MemoryBlock::consume`]), each verified and decrypted.
+    /// A record that does not open, or was not sealed after the last one this handle read from
+    /// the stream, is returned as its error in its place rather than failing the others.
+    pub async fn consume(&self, block: &MemoryBlock, consumer: &str, max: usize) -> Result<OpenedRecords, ClientError> {
+        let ctx = context(CONTEXT_STREAM, block.id());
+        let r = block.consume(consumer, max).await?;
+        let records = r
+            .records
+            .iter()
+            .map(|sealed| {
+                let o = self.state.open(&ctx, sealed)?;
+                lock(&self.state.guard).check_stream(&ctx, &o)?;
+                Ok(o.plaintext)
+            })
+            .collect();
+        Ok(OpenedRecords {
+            records,
+            skipped: r.skipped,
+            next_index: r.next_index,
+            version: r.version,
+        })
     }
 
     /// Reads, verifies and decrypts the block's sealed record. A record older than one this

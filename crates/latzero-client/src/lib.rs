@@ -54,7 +54,7 @@ mod tls;
 pub use bytestring::ByteString;
 pub use call::{BroadcastReply, Call};
 pub use client::{Client, ClientEvent, Forwarded, PoolSpec};
-pub use encrypted::EncryptedPool;
+pub use encrypted::{EncryptedPool, OpenedRecords};
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};
 pub use latzero_crypto::{KeyError, PoolKeys, SealError, Verifiers, generate as generate_pool_keys};

@@ -683,6 +683,12 @@ impl MemoryBlock {
             self.notify(v, index, record.len() as u64).await?;
             return Ok((index, v));
         }
+        self.append_through_server(record).await
+    }
+
+    /// [`append`](Self::append) through the server even where the block is mapped: for records
+    /// the server checks (an encrypted pool's sealed records).
+    pub(crate) async fn append_through_server(&self, record: &[u8]) -> Result<(u64, u64), ClientError> {
         let f = self.client.block_frame(self.req("block_write"), Some(record)).await?;
         let v: Value = serde_json::from_slice(f.json())?;
         Ok((v["index"].as_u64().unwrap_or(0), v["version"].as_u64().unwrap_or(0)))

@@ -26,6 +26,6 @@ mod seal;
 
 pub use keys::{GenKeys, KeyError, PoolKeys, Role, Verifiers, generate};
 pub use seal::{
-    CONTEXT_BLOCK, CONTEXT_MSG, HEADER_LEN, Opened, ReplayGuard, SIGNATURE_LEN, SealError, context, open,
-    peek_generation, seal, verify_join, verify_write,
+    CONTEXT_BLOCK, CONTEXT_MSG, CONTEXT_STREAM, HEADER_LEN, Opened, ReplayGuard, SIGNATURE_LEN, SealError, context,
+    open, peek_generation, seal, verify_join, verify_write,
 };

@@ -25,8 +25,11 @@ const JOIN_DOMAIN: &[u8] = b"latzero-join-v1\0";
 pub const CONTEXT_MSG: &str = "msg";
 /// The context of a block record (`block/<block id>`).
 pub const CONTEXT_BLOCK: &str = "block";
+/// The context of a stream block's record (`stream/<block id>`): one sealed record per stream
+/// record, so a binary block's record cannot be appended to a stream of the same name.
+pub const CONTEXT_STREAM: &str = "stream";
 
-/// `msg/<trigger>` or `block/<block id>`.
+/// `msg/<trigger>`, `block/<block id>` or `stream/<block id>`.
 pub fn context(kind: &str, name: &str) -> String {
     format!("{kind}/{name}")
 }
@@ -272,6 +275,22 @@ impl ReplayGuard {
         Ok(())
     }
 
+    /// Accepts a stream record only if it was sealed after the last one accepted for `ctx`: a
+    /// stream's records are in strictly increasing seq when every append goes through the
+    /// server, which refuses any other (docs/PROTOCOL.md §4.6), so one that is not is a replay,
+    /// or records put out of order.
+    pub fn check_stream(&mut self, ctx: &str, o: &Opened) -> Result<(), SealError> {
+        let last = self.blocks.entry(ctx.to_owned()).or_insert(0);
+        if o.seq <= *last {
+            return Err(SealError::Replay(format!(
+                "{ctx} holds a record sealed at {} ns, not after one already read ({} ns)",
+                o.seq, *last
+            )));
+        }
+        *last = o.seq;
+        Ok(())
+    }
+
     /// Accepts a message once, and only within the window.
     pub fn check_message(&mut self, o: &Opened) -> Result<(), SealError> {
         let now = SystemTime::now()
@@ -373,6 +392,13 @@ mod tests {
         g.check_block("block/b", &new).unwrap();
         g.check_block("block/b", &new).unwrap();
         assert!(matches!(g.check_block("block/b", &old), Err(SealError::Replay(_))));
+        // A stream's record must come after the last one read: the same one again is a replay.
+        g.check_stream("stream/s", &old).unwrap();
+        g.check_stream("stream/s", &new).unwrap();
+        assert!(matches!(g.check_stream("stream/s", &new), Err(SealError::Replay(_))));
+        assert!(matches!(g.check_stream("stream/s", &old), Err(SealError::Replay(_))));
+        // Each stream, and the blocks, keep their own last.
+        g.check_stream("stream/t", &old).unwrap();
         let m = open(&reader, "msg/x", &seal(&writer, "msg/x", b"m").unwrap(), &v.write).unwrap();
         g.check_message(&m).unwrap();
         assert!(matches!(g.check_message(&m), Err(SealError::Replay(_))));

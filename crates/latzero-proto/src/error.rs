@@ -50,6 +50,9 @@ pub enum ErrorCode {
     InvalidJson,
     /// The app is not on the block's read or write list.
     PermissionDenied,
+    /// A sealed record appended to a stream in an encrypted pool was not sealed after the
+    /// stream's newest: a replay, or sealed before another writer's append landed. Seal it again.
+    StaleRecord,
     /// Another app holds a lock on the block that the operation conflicts with.
     Locked,
     /// A lock was not granted within the wait asked for.
@@ -109,6 +112,7 @@ impl ErrorCode {
             Self::WrongType => "WRONG_TYPE",
             Self::InvalidJson => "INVALID_JSON",
             Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::StaleRecord => "STALE_RECORD",
             Self::Locked => "LOCKED",
             Self::LockTimeout => "LOCK_TIMEOUT",
             Self::NotLocked => "NOT_LOCKED",
@@ -128,7 +132,7 @@ impl ErrorCode {
     }
 
     /// Every code, in the order of the table in docs/PROTOCOL.md.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 37] = [
         Self::NoHandler,
         Self::Timeout,
         Self::HandlerGone,
@@ -150,6 +154,7 @@ impl ErrorCode {
         Self::WrongType,
         Self::InvalidJson,
         Self::PermissionDenied,
+        Self::StaleRecord,
         Self::Locked,
         Self::LockTimeout,
         Self::NotLocked,

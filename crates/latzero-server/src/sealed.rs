@@ -4,7 +4,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use latzero_crypto::{CONTEXT_BLOCK, CONTEXT_MSG, HEADER_LEN, Verifiers, context, peek_generation, verify_write};
+use latzero_crypto::{
+    CONTEXT_BLOCK, CONTEXT_MSG, CONTEXT_STREAM, HEADER_LEN, Verifiers, context, peek_generation, verify_write,
+};
 use latzero_proto::ErrorCode;
 use latzero_proto::message::RawValue;
 
@@ -81,4 +83,45 @@ pub(crate) fn check_block_write(
         ));
     }
     Ok(())
+}
+
+/// An append to a stream through the server: the record is one sealed record for
+/// `stream/<block id>`, signed, and sealed after the newest one appended (`newest`, found in the
+/// ring the first time: the highest seq of a record that verifies, 0 for none). Returns its seq,
+/// for the caller to record as the newest once the append is done.
+pub(crate) fn check_stream_append(
+    keys: &[Verifiers],
+    pool: &str,
+    block_id: &str,
+    block: &latzero_memory::Block,
+    bytes: &[u8],
+    newest: &mut Option<u64>,
+) -> Result<u64, Refusal> {
+    let what = "stream records";
+    let ctx = context(CONTEXT_STREAM, block_id);
+    let seq = verify(keys, pool, &ctx, bytes, what)?;
+    let last = match *newest {
+        Some(n) => n,
+        None => {
+            let (tail, _) = block.stream_bounds()?;
+            let held = block.read_records(tail, usize::MAX, u64::MAX)?;
+            let n = held
+                .records
+                .iter()
+                .filter_map(|r| verify(keys, pool, &ctx, r, what).ok())
+                .max()
+                .unwrap_or(0);
+            *newest = Some(n);
+            n
+        }
+    };
+    if seq <= last {
+        return Err(Refusal::new(
+            ErrorCode::StaleRecord,
+            format!(
+                "encrypted pool '{pool}': stream '{block_id}' already holds a record sealed at or after this one (a replay, or sealed before another writer's append landed): seal it again and append (the SDK does)"
+            ),
+        ));
+    }
+    Ok(seq)
 }

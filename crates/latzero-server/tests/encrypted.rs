@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Raw, Running, config_in};
@@ -150,7 +152,7 @@ async fn sealed_calls_and_blocks_and_every_threat_refused() {
     block.write(0, &old_raw).await.unwrap();
     let e = rp.read_block(&rblock).await.unwrap_err();
     assert!(matches!(e, ClientError::Crypto(SealError::Replay(_))), "{e}");
-    // json and stream blocks are not sealed yet, and say so.
+    // json blocks are not sealed yet, and say so (streams are: the next test).
     let e = worker
         .create_block("vault", "j", BlockOptions::json(4096))
         .await
@@ -203,6 +205,146 @@ async fn sealed_calls_and_blocks_and_every_threat_refused() {
 }
 
 const HEADER_BYTE: usize = 30;
+
+/// Streams in an encrypted pool: each record sealed on its own; readers open them in order; the
+/// server refuses a record that is plaintext, forged, sealed for another block, or a replay
+/// (`STALE_RECORD`), also after a restart (it finds the newest in the ring); two writers
+/// appending at once land every record; a record put straight into the mapping out of order is
+/// refused by readers, in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sealed_stream_records_in_order_and_every_threat_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Running::start(config_in(dir.path())).await;
+    let owner = app(&srv, "owner").await;
+    let (texts, _) = create_vault(&owner).await;
+    let all = || PoolKeys::parse("vault", &texts).unwrap();
+    let writer = app(&srv, "writer").await;
+    let wp = writer.encrypted_pool("vault", all()).await.unwrap();
+    let log = writer
+        .create_block("vault", "log", BlockOptions::stream(256 * 1024).persistent())
+        .await
+        .unwrap();
+    // Consumers see every record from here on: "c" reads through the pool, "raw" the sealed bytes.
+    let reader = app(&srv, "reader").await;
+    let rp = reader
+        .encrypted_pool("vault", PoolKeys::parse("vault", [&texts[0], &texts[1]]).unwrap())
+        .await
+        .unwrap();
+    let rlog = reader.attach_block("vault", "log").await.unwrap();
+    assert!(rp.consume(&rlog, "c", 10).await.unwrap().records.is_empty());
+    assert!(log.consume("raw", 10).await.unwrap().records.is_empty());
+    for i in 0..3 {
+        wp.append(&log, format!("entry {i}").as_bytes()).await.unwrap();
+    }
+    let got = rp.consume(&rlog, "c", 10).await.unwrap();
+    let plain: Vec<_> = got.records.into_iter().map(Result::unwrap).collect();
+    assert_eq!(plain, [b"entry 0".to_vec(), b"entry 1".to_vec(), b"entry 2".to_vec()]);
+    let sealed = log.consume("raw", 10).await.unwrap().records;
+    assert!(
+        !sealed[0].windows(7).any(|w| w == b"entry 0"),
+        "the ring holds ciphertext"
+    );
+    // A reader cannot seal.
+    let e = rp.append(&rlog, b"x").await.unwrap_err();
+    assert!(matches!(e, ClientError::Crypto(SealError::Key(_))), "{e}");
+
+    // Through the server: plaintext, a forgery, a record for another block, a replay.
+    let remote = writer
+        .attach_block_with("vault", "log", Some(latzero_client::Access::Write), false)
+        .await
+        .unwrap();
+    let (other_texts, _) = generate_pool_keys("vault", 1);
+    let forger = PoolKeys::parse("vault", [&texts[1], &other_texts[2]]).unwrap();
+    for (what, record) in [
+        ("plaintext", b"plain".to_vec()),
+        ("forged", latzero_crypto::seal(&forger, "stream/log", b"x").unwrap()),
+        (
+            "another stream's",
+            latzero_crypto::seal(&all(), "stream/other", b"x").unwrap(),
+        ),
+        (
+            "a binary block's",
+            latzero_crypto::seal(&all(), "block/log", b"x").unwrap(),
+        ),
+    ] {
+        let e = remote.append(&record).await.unwrap_err();
+        assert!(denied(&e), "{what}: {e}");
+    }
+    for old in [&sealed[0], &sealed[2]] {
+        let e = remote.append(old).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::StaleRecord), "a replay: {e}");
+    }
+
+    // Two writers at once: every record lands, and readers find them all in order.
+    let second = app(&srv, "second").await;
+    let sp = second.encrypted_pool("vault", all()).await.unwrap();
+    let slog = second.attach_block("vault", "log").await.unwrap();
+    // Eight tasks per writer, on a runtime of four threads: a record sealed in one task is often
+    // sent after one sealed later in another, and the server's STALE_RECORD makes it seal again.
+    let mut tasks = tokio::task::JoinSet::new();
+    let (wp, sp) = (Arc::new(wp), Arc::new(sp));
+    let (log, slog) = (Arc::new(log), Arc::new(slog));
+    for t in 0..16 {
+        let (pool, block, w) = if t % 2 == 0 {
+            (wp.clone(), log.clone(), "a")
+        } else {
+            (sp.clone(), slog.clone(), "b")
+        };
+        tasks.spawn(async move {
+            for i in 0..12 {
+                pool.append(&block, format!("{w}{}", t / 2 * 12 + i).as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // Every record, each opened (so in strictly increasing seq), each task's in its order.
+    let got = rp.consume(&rlog, "c", 1000).await.unwrap();
+    let plain: Vec<String> = got
+        .records
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap()).unwrap())
+        .collect();
+    assert_eq!(plain.len(), 192);
+    for t in 0..16 {
+        let w = if t % 2 == 0 { "a" } else { "b" };
+        let want: Vec<String> = (0..12).map(|i| format!("{w}{}", t / 2 * 12 + i)).collect();
+        let mine: Vec<&String> = plain.iter().filter(|p| want.contains(p)).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>(), "task {t}'s records in its order");
+    }
+
+    // Straight into the mapping (no server check): readers refuse the replay in its place, and
+    // take the records around it.
+    assert!(log.is_mapped() && log.is_writable());
+    wp.append(&log, b"before").await.unwrap();
+    log.append(&sealed[1]).await.unwrap();
+    wp.append(&log, b"after").await.unwrap();
+    let got = rp.consume(&rlog, "c", 10).await.unwrap().records;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].as_deref().unwrap(), b"before");
+    assert!(matches!(got[1], Err(SealError::Replay(_))), "{:?}", got[1]);
+    assert_eq!(got[2].as_deref().unwrap(), b"after");
+    drop((wp, sp, rp, remote, log, slog, rlog, writer, second, reader, owner));
+    srv.stop().await;
+
+    // After a restart the server knows no newest seq until it reads the ring: a replay is still
+    // refused, and a new record still lands.
+    let srv = Running::start(config_in(dir.path())).await;
+    let writer = app(&srv, "writer").await;
+    let wp = writer.encrypted_pool("vault", all()).await.unwrap();
+    let remote = writer
+        .attach_block_with("vault", "log", Some(latzero_client::Access::Write), false)
+        .await
+        .unwrap();
+    let e = remote.append(&sealed[2]).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::StaleRecord), "a replay after a restart: {e}");
+    wp.append(&remote, b"after the restart").await.unwrap();
+    drop((wp, remote, writer));
+    srv.stop().await;
+}
 
 /// A handler's error in an encrypted pool travels sealed: the caller's SDK opens it, and what
 /// crosses the server (seen here by a call that does not open it) holds none of its text. A

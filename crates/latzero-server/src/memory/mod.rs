@@ -185,6 +185,10 @@ pub(crate) struct Entry {
     /// the server checks each new version once; versions go up with every write, and the bytes
     /// of one version are the same in every consistent read.
     pub json_checked: AtomicU64,
+    /// Streams in encrypted pools: the seq of the newest sealed record appended (`None` until
+    /// the first append through this server, which finds it in the ring). Held across the check
+    /// and the append, so appends through the server go in strictly increasing seq.
+    pub sealed_newest: Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -417,6 +421,7 @@ impl Memory {
                             state: Mutex::default(),
                             deleted: AtomicBool::new(false),
                             json_checked: AtomicU64::new(0),
+                            sealed_newest: Mutex::default(),
                         }),
                     );
                 }
@@ -595,6 +600,7 @@ impl Memory {
             state: Mutex::default(),
             deleted: AtomicBool::new(false),
             json_checked: AtomicU64::new(0),
+            sealed_newest: Mutex::default(),
         });
         let mut blocks = self.lock();
         blocks.insert(key, entry.clone());

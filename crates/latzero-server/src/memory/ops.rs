@@ -121,10 +121,10 @@ impl Memory {
         } = req.op
         {
             who.policy(&req.pool, PoolOp::Write)?;
-            if who.keys.is_some() && kind != BlockType::Binary {
+            if who.keys.is_some() && kind == BlockType::Json {
                 return Err(Refusal::new(
                     ErrorCode::NotAvailable,
-                    "encrypted pools hold binary blocks of sealed records; encrypted json and stream blocks are not available yet",
+                    "encrypted pools hold binary and stream blocks of sealed records; encrypted json blocks are not available yet (seal the document into a binary block)",
                 ));
             }
             return Ok(Some(StoreWork::Create {
@@ -415,7 +415,22 @@ impl Memory {
                     }
                 };
                 let len = bytes.len() as u64;
-                if let Some(keys) = who.keys {
+                // An encrypted stream's newest seq, held until the append is done.
+                let mut sealed_append = None;
+                if let Some(keys) = who.keys
+                    && e.block.kind() == Kind::Stream
+                {
+                    let mut newest = e.sealed_newest.lock().unwrap_or_else(|p| p.into_inner());
+                    let seq = crate::sealed::check_stream_append(
+                        keys,
+                        req.pool.as_str(),
+                        block_id.as_str(),
+                        &e.block,
+                        bytes,
+                        &mut newest,
+                    )?;
+                    sealed_append = Some((newest, seq));
+                } else if let Some(keys) = who.keys {
                     // The record the write replaces: its length prefix, then the record.
                     let mut prefix = [0u8; 4];
                     e.block.read(0, &mut prefix)?;
@@ -445,6 +460,9 @@ impl Memory {
                     }
                     Kind::Stream => {
                         let (index, v) = e.block.append(bytes)?;
+                        if let Some((mut newest, seq)) = sealed_append {
+                            *newest = Some(seq);
+                        }
                         reply(json!({ "action": "block_written", "in_reply_to": id, "version": v, "index": index }))?;
                         e.changed(v, index, len);
                     }
