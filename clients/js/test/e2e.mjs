@@ -18,36 +18,46 @@ if (url.startsWith("ws") && typeof globalThis.WebSocket !== "function") {
   options.WebSocket = (await import(process.env.LATZERO_JS_WS)).default;
 }
 
-/** A stand-in server that grants a lock and ends the connection in the same write (a frame too
- * large to read right behind the grant): the lease ended with the connection before blockLock
- * could take it up, so it must not be taken for one held. Node only (a page has no listener). */
-async function grantThenDrop(connect, LatZeroError) {
+/** `b` (bytes) as a frame: its length, then it. */
+const frame = (b) => {
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(b.length);
+  return Buffer.concat([head, b]);
+};
+
+/** A stand-in server on a free TCP port: `answer(sock, message, n)` for each JSON frame a client
+ * sends, `n` counting from 0 (the handshake). Node only (a page has no listener). */
+async function standIn(answer) {
   const net = await import("node:net");
   const server = net.createServer((sock) => {
     let buf = Buffer.alloc(0);
     let seen = 0;
-    const write = (obj, tail = Buffer.alloc(0)) => {
-      const text = Buffer.from(JSON.stringify(obj));
-      const head = Buffer.alloc(4);
-      head.writeUInt32BE(text.length);
-      sock.write(Buffer.concat([head, text, tail]));
-    };
     sock.on("data", (chunk) => {
       buf = Buffer.concat([buf, chunk]);
       while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
         const f = JSON.parse(buf.subarray(4, 4 + buf.readUInt32BE(0)).toString());
         buf = buf.subarray(4 + buf.readUInt32BE(0));
-        if (seen++ === 0) {
-          write({ action: "handshake_ack", in_reply_to: f.id, pools: ["demo"], triggers: [] });
-        } else if (f.action === "block_lock") {
-          const locked = { action: "block_locked", in_reply_to: f.id, pool: "demo", block_id: "b", mode: "exclusive", lease_ms: 30000, renewed: false };
-          write(locked, Buffer.from([0xff, 0xff, 0xff, 0xff]));
-        }
+        answer(sock, f, seen++);
       }
     });
     sock.on("error", () => {});
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server;
+}
+
+/** A stand-in server that grants a lock and ends the connection in the same write (a frame too
+ * large to read right behind the grant): the lease ended with the connection before blockLock
+ * could take it up, so it must not be taken for one held. */
+async function grantThenDrop(connect, LatZeroError) {
+  const server = await standIn((sock, f, n) => {
+    if (n === 0) {
+      sock.write(frame(Buffer.from(JSON.stringify({ action: "handshake_ack", in_reply_to: f.id, pools: ["demo"], triggers: [] }))));
+    } else if (f.action === "block_lock") {
+      const locked = { action: "block_locked", in_reply_to: f.id, pool: "demo", block_id: "b", mode: "exclusive", lease_ms: 30000, renewed: false };
+      sock.write(Buffer.concat([frame(Buffer.from(JSON.stringify(locked))), Buffer.from([0xff, 0xff, 0xff, 0xff])]));
+    }
+  });
   try {
     const c = await connect(`latzero://js-dropping@127.0.0.1:${server.address().port}?pools=demo`, { reconnect: false });
     let e;
@@ -70,36 +80,19 @@ async function grantThenDrop(connect, LatZeroError) {
  * the connection stays, and a reply right behind them is still taken (a frame that was `null`
  * ended a Node process). A handshake answer that does not read fails the connect. Node only. */
 async function damagedFrames(connect, LatZeroError) {
-  const net = await import("node:net");
   const damaged = [
     Buffer.alloc(0), Buffer.from([0xff, 0xfe]), "{not json", "[1,2]", "null", '"s"', "7",
     Buffer.from([0, 0, 0]), Buffer.from([0, 0, 0, 0, 9, 0x7b, 0x7d]), Buffer.from([0, 0, 0, 0, 2, 0x5b, 0x5d]),
   ].map((b) => (typeof b === "string" ? Buffer.from(b) : b));
-  const frame = (b) => {
-    const head = Buffer.alloc(4);
-    head.writeUInt32BE(b.length);
-    return Buffer.concat([head, b]);
-  };
-  const server = net.createServer((sock) => {
-    let buf = Buffer.alloc(0);
-    let seen = 0;
-    sock.on("data", (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
-        const f = JSON.parse(buf.subarray(4, 4 + buf.readUInt32BE(0)).toString());
-        buf = buf.subarray(4 + buf.readUInt32BE(0));
-        if (seen++ === 0) {
-          const ack = { action: "handshake_ack", in_reply_to: f.id, pools: ["demo"], triggers: [] };
-          sock.write(f.app_id === "js-damaged-ack" ? frame(Buffer.from("null")) : frame(Buffer.from(JSON.stringify(ack))));
-        } else {
-          const ok = Buffer.from(JSON.stringify({ action: "response", in_reply_to: f.id, status: "ok", response: "read" }));
-          sock.write(Buffer.concat([...damaged, ok].map(frame)));
-        }
-      }
-    });
-    sock.on("error", () => {});
+  const server = await standIn((sock, f, n) => {
+    if (n === 0) {
+      const ack = { action: "handshake_ack", in_reply_to: f.id, pools: ["demo"], triggers: [] };
+      sock.write(f.app_id === "js-damaged-ack" ? frame(Buffer.from("null")) : frame(Buffer.from(JSON.stringify(ack))));
+    } else {
+      const ok = Buffer.from(JSON.stringify({ action: "response", in_reply_to: f.id, status: "ok", response: "read" }));
+      sock.write(Buffer.concat([...damaged, ok].map(frame)));
+    }
   });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   const warn = console.warn;
   const warned = [];
   console.warn = (...args) => warned.push(args.join(" "));

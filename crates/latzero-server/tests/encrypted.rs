@@ -36,6 +36,22 @@ async fn create_vault(owner: &Client) -> ([String; 3], serde_json::Value) {
     (texts, owner.create_pool("vault", spec).await.unwrap())
 }
 
+/// A server in `dir` with the vault created by "owner": the server, the owner, the key texts.
+async fn vault_server(dir: &std::path::Path) -> (Running, Client, [String; 3]) {
+    let srv = Running::start(config_in(dir)).await;
+    let owner = app(&srv, "owner").await;
+    let (texts, _) = create_vault(&owner).await;
+    (srv, owner, texts)
+}
+
+/// "reader", in the vault with the SigilKey and the CipherShard only: it reads, and cannot write.
+async fn vault_reader(srv: &Running, texts: &[String; 3]) -> (Client, EncryptedPool) {
+    let reader = app(srv, "reader").await;
+    let keys = PoolKeys::parse("vault", [&texts[0], &texts[1]]).unwrap();
+    let rp = reader.encrypted_pool("vault", keys).await.unwrap();
+    (reader, rp)
+}
+
 fn denied(e: &ClientError) -> bool {
     e.code() == Some(ErrorCode::PermissionDenied)
 }
@@ -214,9 +230,7 @@ const HEADER_BYTE: usize = 30;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sealed_stream_records_in_order_and_every_threat_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Running::start(config_in(dir.path())).await;
-    let owner = app(&srv, "owner").await;
-    let (texts, _) = create_vault(&owner).await;
+    let (srv, owner, texts) = vault_server(dir.path()).await;
     let all = || PoolKeys::parse("vault", &texts).unwrap();
     let writer = app(&srv, "writer").await;
     let wp = writer.encrypted_pool("vault", all()).await.unwrap();
@@ -225,11 +239,7 @@ async fn sealed_stream_records_in_order_and_every_threat_refused() {
         .await
         .unwrap();
     // Consumers see every record from here on: "c" reads through the pool, "raw" the sealed bytes.
-    let reader = app(&srv, "reader").await;
-    let rp = reader
-        .encrypted_pool("vault", PoolKeys::parse("vault", [&texts[0], &texts[1]]).unwrap())
-        .await
-        .unwrap();
+    let (reader, rp) = vault_reader(&srv, &texts).await;
     let rlog = reader.attach_block("vault", "log").await.unwrap();
     assert!(rp.consume(&rlog, "c", 10).await.unwrap().records.is_empty());
     assert!(log.consume("raw", 10).await.unwrap().records.is_empty());
@@ -352,9 +362,7 @@ async fn sealed_stream_records_in_order_and_every_threat_refused() {
 #[tokio::test]
 async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Running::start(config_in(dir.path())).await;
-    let owner = app(&srv, "owner").await;
-    let (texts, _) = create_vault(&owner).await;
+    let (srv, owner, texts) = vault_server(dir.path()).await;
     let all = || PoolKeys::parse("vault", &texts).unwrap();
 
     let worker = app(&srv, "worker").await;
@@ -364,11 +372,7 @@ async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
     })
     .await
     .unwrap();
-    let reader = app(&srv, "reader").await;
-    let rp = reader
-        .encrypted_pool("vault", PoolKeys::parse("vault", [&texts[0], &texts[1]]).unwrap())
-        .await
-        .unwrap();
+    let (reader, rp) = vault_reader(&srv, &texts).await;
     rp.handle("audit", |_| async { Err(HandlerError::msg("account 7 is flagged")) })
         .await
         .unwrap();

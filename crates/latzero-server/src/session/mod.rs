@@ -1284,13 +1284,18 @@ mod tests {
         }
     }
 
+    /// A server bound (not run) in `dir`, on a free port: sessions are run on its state by hand.
+    async fn bound(dir: &std::path::Path) -> crate::Server {
+        let mut cfg = crate::ServerConfig::new(dir);
+        cfg.port = 0;
+        cfg.memory.volatile_dir = Some(dir.to_path_buf());
+        crate::Server::bind(cfg).await.unwrap()
+    }
+
     #[tokio::test]
     async fn a_session_that_panics_tells_its_peer_and_is_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = crate::ServerConfig::new(dir.path());
-        cfg.port = 0;
-        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
-        let server = crate::Server::bind(cfg).await.unwrap();
+        let server = bound(dir.path()).await;
         let state = server.state();
         let (near, far) = latzero_uds::UdsStream::pair().unwrap();
         let (_, w) = far.into_split();
@@ -1325,10 +1330,7 @@ mod tests {
     /// window in which frames already read are still handled.
     async fn answers_while_shutting_down(frames: &[serde_json::Value]) -> Vec<serde_json::Value> {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = crate::ServerConfig::new(dir.path());
-        cfg.port = 0;
-        cfg.memory.volatile_dir = Some(dir.path().to_path_buf());
-        let server = crate::Server::bind(cfg).await.unwrap();
+        let server = bound(dir.path()).await;
         let state = server.state();
         state.shutting_down.store(true, Ordering::SeqCst);
         let mut input = Vec::new();
