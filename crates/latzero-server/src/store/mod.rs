@@ -115,8 +115,8 @@ fn damage(e: &rusqlite::Error) -> bool {
 }
 
 /// The first lines of `PRAGMA quick_check` if it finds damage: every page and index of the
-/// file read once (11 ms for 10 MB, a registry of 65,536 apps), so that a damaged registry is found at start
-/// rather than by whichever request first reads the damaged page.
+/// file read once (11 ms for 10 MB, a registry of 65,536 apps), so that a damaged registry is
+/// found at start rather than by whichever request first reads the damaged page.
 fn quick_check(conn: &Connection) -> Result<Option<String>, rusqlite::Error> {
     const SHOWN: usize = 5;
     let mut stmt = conn.prepare("PRAGMA quick_check(6)")?;
@@ -223,6 +223,13 @@ impl Store {
     fn open_checked(data_dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
         let (mut conn, path) = open_conn(data_dir, &config)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Before anything writes to the file (a journal mode changed, a migration).
+        if let (Some(path), Some(why)) = (&path, quick_check(&conn)?) {
+            return Err(StoreError::Damaged {
+                path: path.clone(),
+                why,
+            });
+        }
         if !config.memory_mode {
             let mode = if config.wal_mode { "WAL" } else { "DELETE" };
             let got: String = conn.pragma_update_and_check(None, "journal_mode", mode, |r| r.get(0))?;
@@ -237,12 +244,6 @@ impl Store {
         }
         conn.pragma_update(None, "cache_size", config.cache_size)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        if let (Some(path), Some(why)) = (&path, quick_check(&conn)?) {
-            return Err(StoreError::Damaged {
-                path: path.clone(),
-                why,
-            });
-        }
         schema::migrate_to(&mut conn, SCHEMA_VERSION)?;
         let (events, _) = broadcast::channel(1024);
         let (jobs, rx) = mpsc::channel::<Job>();
@@ -878,11 +879,16 @@ mod tests {
     }
 
     /// A file that is not a database, and a database with a damaged page, are refused at open
-    /// as damaged, and neither is changed (no migration writes to it).
+    /// as damaged, and neither is changed: the database was written without WAL, and opening
+    /// it with WAL (the default) would change its header before a migration could.
     #[tokio::test]
     async fn a_damaged_database_is_refused_at_open_and_left_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let no_wal = StoreConfig {
+            wal_mode: false,
+            ..StoreConfig::default()
+        };
+        let s = Store::open(dir.path(), no_wal).unwrap();
         for i in 0..300 {
             s.register_app(app(&format!("app-{i:03}"), &["p"])).await.unwrap();
         }
