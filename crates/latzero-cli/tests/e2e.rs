@@ -98,6 +98,11 @@ fn call_and_reply_pass_json_text_on_as_written() -> Result<()> {
         }
     };
     assert!(line.contains(&format!(r#""data":{data}"#)), "{line}");
+    let fixed = r#"{"n":123456789012345678901234567891}"#;
+    let _fixed = s.reply(&["--app", "f", "--pool", "alpha", "fixed", "--respond", fixed])?;
+    let (ok, out, err) = s.run(&["call", "--pool", "alpha", "fixed"])?;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), fixed, "--respond as written");
     Ok(())
 }
 

@@ -183,6 +183,11 @@ pub fn read_file_arg(path: &std::path::Path) -> Result<Vec<u8>> {
     }
 }
 
+/// A JSON argument kept as the text given (checked to be one value), to be sent as written.
+pub fn json_text_arg(s: &str, what: &str) -> Result<Payload> {
+    Payload::from_text(s.to_owned()).with_context(|| not_json(s, what))
+}
+
 /// A command's JSON payload: DATA, or the file `--file` names (`-`: stdin); `null` if neither.
 /// Kept as the JSON text given (checked to be one value), so it is sent as written: read into a
 /// value, an integer past 64 bits or a decimal past a double's precision came out changed.
@@ -190,7 +195,7 @@ pub fn payload_arg(data: Option<&str>, file: Option<&std::path::Path>) -> Result
     match file {
         None => match data {
             None => Ok(Payload::null()),
-            Some(s) => Payload::from_text(s.to_owned()).with_context(|| not_json(s, "DATA")),
+            Some(s) => json_text_arg(s, "DATA"),
         },
         Some(f) => {
             let bytes = read_file_arg(f)?;

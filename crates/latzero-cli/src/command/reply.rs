@@ -35,7 +35,7 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
     let respond = args
         .respond
         .as_deref()
-        .map(|s| super::json_arg(Some(s), "--respond"))
+        .map(|s| super::json_text_arg(s, "--respond"))
         .transpose()?;
     let error = args
         .error
@@ -72,15 +72,15 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                     if let Some(e) = error {
                         return Err(HandlerError(e));
                     }
-                    let answer = match respond {
-                        Some(r) => Payload::from_json(&r),
+                    match respond {
+                        Some(r) => Ok(r),
                         None => Payload::from_json(&Echo {
                             app_id: &me,
                             process: &req.process,
                             data: &req.data,
-                        }),
-                    };
-                    answer.map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}")))
+                        })
+                        .map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}"))),
+                    }
                 }
             })
             .await?;
