@@ -1299,7 +1299,8 @@ def _ms(seconds, what, zero=False):
     """`seconds` as whole milliseconds for the wire, rounded up (a deadline is never cut short).
     INVALID_OPTIONS for anything but a finite number above zero (or zero, where it means "do not
     wait"): a negative or NaN timeout was clamped to 1 ms, or raised a bare ValueError."""
-    ok = type(seconds) in (int, float) and math.isfinite(seconds) and (seconds > 0 or (zero and seconds == 0))
+    number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+    ok = number and math.isfinite(seconds) and (seconds > 0 or (zero and seconds == 0))
     if not ok:
         at_least = "zero or more" if zero else "above zero"
         raise LatZeroError("INVALID_OPTIONS", f"{what} must be a number of seconds {at_least}, got {seconds!r}")
