@@ -1013,8 +1013,6 @@ function handlerError(error) {
   return new LatZeroError("HANDLER_ERROR", message, { error });
 }
 
-/** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,
- * the body. */
 /** The events `Client.on` takes. */
 const EVENTS = ["disconnected", "reconnected", "reconnect_refused", "pool_left", "trigger_refused", "presence", "lock_expired", "server_error"];
 
@@ -1034,6 +1032,8 @@ function wireMs(ms, what, zero = false) {
   return ms > 0 ? Math.max(1, Math.ceil(ms)) : 0;
 }
 
+/** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,
+ * the body. */
 function binaryFrame(header, body) {
   const h = new TextEncoder().encode(JSON.stringify(header));
   const out = new Uint8Array(5 + h.length + body.length);
