@@ -18,8 +18,9 @@
 //! with a fresh random 96-bit nonce per record; the pool and the record's context (the trigger,
 //! or the block id) are bound as associated data, together with the header. `seq` orders a
 //! writer's records (nanoseconds since the epoch, strictly increasing per process): readers
-//! reject a block record older than one they have seen and a message seen before or outside
-//! the replay window ([`ReplayGuard`]).
+//! reject a block record older than one they have seen, a stream record not sealed after the
+//! last one they read from that stream, and a message seen before or outside the replay window
+//! ([`ReplayGuard`]).
 
 mod keys;
 mod seal;
