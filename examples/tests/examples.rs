@@ -74,6 +74,12 @@ fn the_examples_run_against_a_server() -> Result<()> {
         out.contains(r#"opened by the caller: {"account":"7","balance":1200}"#),
         "{out}"
     );
+    assert!(
+        out.contains(
+            "ledger, opened by the auditor: account 7 read\nledger, opened by the auditor: account 7 debited 200\n"
+        ),
+        "{out}"
+    );
 
     let _ = stop.send(());
     rt.block_on(task)??;
