@@ -27,6 +27,7 @@ use latzero_crypto::{
     open, peek_generation, seal,
 };
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -304,6 +305,20 @@ impl EncryptedPool {
         rec.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
         rec.extend_from_slice(&sealed);
         block.write(0, &rec).await
+    }
+
+    /// Writes `doc` as JSON into a binary block of the pool, as its sealed record
+    /// ([`write_block`](Self::write_block)). An encrypted pool keeps its documents this way: the
+    /// server cannot check a document it cannot read, so json blocks are not available there.
+    pub async fn write_json<T: Serialize + ?Sized>(&self, block: &MemoryBlock, doc: &T) -> Result<u64, ClientError> {
+        self.write_block(block, &serde_json::to_vec(doc)?).await
+    }
+
+    /// The document [`write_json`](Self::write_json) sealed into the block, and the block's
+    /// version ([`read_block`](Self::read_block), then JSON).
+    pub async fn read_json<T: DeserializeOwned>(&self, block: &MemoryBlock) -> Result<(T, u64), ClientError> {
+        let (bytes, version) = self.read_block(block).await?;
+        Ok((serde_json::from_slice(&bytes)?, version))
     }
 
     /// Appends `plaintext` to a stream block of the pool as one sealed record (the record takes

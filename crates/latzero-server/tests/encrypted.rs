@@ -168,12 +168,26 @@ async fn sealed_calls_and_blocks_and_every_threat_refused() {
     block.write(0, &old_raw).await.unwrap();
     let e = rp.read_block(&rblock).await.unwrap_err();
     assert!(matches!(e, ClientError::Crypto(SealError::Replay(_))), "{e}");
-    // json blocks are not sealed yet, and say so (streams are: the next test).
+    // json blocks are not available, and say so (streams are: the next test); a document is
+    // sealed into a binary block instead, and read back by a reader.
     let e = worker
         .create_block("vault", "j", BlockOptions::json(4096))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotAvailable), "{e}");
+    assert!(e.to_string().contains("EncryptedPool::write_json"), "{e}");
+    let doc = worker
+        .create_block("vault", "settings", BlockOptions::binary(4096))
+        .await
+        .unwrap();
+    wp.write_json(&doc, &json!({"limit": 1200, "owner": "7"}))
+        .await
+        .unwrap();
+    let rdoc = reader.attach_block("vault", "settings").await.unwrap();
+    let (read, _) = rp.read_json::<serde_json::Value>(&rdoc).await.unwrap();
+    assert_eq!(read, json!({"limit": 1200, "owner": "7"}));
+    let (raw, _) = rdoc.read(0, 4096).await.unwrap();
+    assert!(!raw.windows(4).any(|w| w == b"1200"), "the block holds ciphertext");
 
     // Rotation: generation 2; old records stay readable with the old keys; new joins need the
     // new SigilKey.

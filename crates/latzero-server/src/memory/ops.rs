@@ -124,7 +124,7 @@ impl Memory {
             if who.keys.is_some() && kind == BlockType::Json {
                 return Err(Refusal::new(
                     ErrorCode::NotAvailable,
-                    "encrypted pools hold binary and stream blocks of sealed records; encrypted json blocks are not available yet (seal the document into a binary block)",
+                    "encrypted pools hold binary and stream blocks of sealed records; json blocks are not available in them (the server cannot check a document it cannot read): seal the document into a binary block (the SDK's EncryptedPool::write_json)",
                 ));
             }
             return Ok(Some(StoreWork::Create {
