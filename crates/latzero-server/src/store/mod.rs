@@ -115,8 +115,9 @@ fn damage(e: &rusqlite::Error) -> bool {
 }
 
 /// The first lines of `PRAGMA quick_check` if it finds damage: every page and index of the
-/// file read once (11 ms for 10 MB, a registry of 65,536 apps), so that a damaged registry is
-/// found at start rather than by whichever request first reads the damaged page.
+/// file read once (11 ms for a 10 MB table of 65,536 registration-sized rows), so that a
+/// damaged registry is found at start rather than by whichever request first reads the damaged
+/// page.
 fn quick_check(conn: &Connection) -> Result<Option<String>, rusqlite::Error> {
     const SHOWN: usize = 5;
     let mut stmt = conn.prepare("PRAGMA quick_check(6)")?;
