@@ -228,10 +228,25 @@ impl PoolKeys {
 }
 
 fn redact(t: &str) -> String {
-    // Name the shape, never the key.
-    match t.rsplit_once('.') {
-        Some((head, _)) => format!("{head}.<redacted>"),
-        None => "<redacted>".to_owned(),
+    // Name the shape, never the key: only the parts a key text starts with are shown, each only
+    // if it is what belongs there (`lzk1`, a role, a generation's digits). Anything else may be
+    // a key, or hold one: a key pasted with a trailing full stop, or two keys on one line.
+    let tags = ["sigil", "cipher", "seal"];
+    let shown: Vec<&str> = t
+        .split('.')
+        .zip(0..3)
+        .map_while(|(part, i)| {
+            let fits = match i {
+                0 => part == "lzk1",
+                1 => tags.contains(&part),
+                _ => !part.is_empty() && part.len() <= 10 && part.bytes().all(|b| b.is_ascii_digit()),
+            };
+            fits.then_some(part)
+        })
+        .collect();
+    match shown.is_empty() {
+        true => "<redacted>".to_owned(),
+        false => format!("{}.<redacted>", shown.join(".")),
     }
 }
 
@@ -265,6 +280,24 @@ mod tests {
         let secret = texts[0].rsplit_once('.').unwrap().1;
         let e = PoolKeys::parse("vault", [format!("{}x", texts[0])]).unwrap_err();
         assert!(!e.to_string().contains(secret), "{e}");
+        // Pasted with a trailing full stop, two keys on one line, the printed line whole: the
+        // key is in the text, not after its last dot.
+        for t in [
+            format!("{}.", texts[0]),
+            format!("{} {}", texts[0], texts[1]),
+            format!("SigilKey     (join)   {}", texts[0]),
+            format!("{secret}.lzk1"),
+        ] {
+            let e = PoolKeys::parse("vault", [&t]).unwrap_err().to_string();
+            assert!(!e.contains(secret) && e.contains("<redacted>"), "{e}");
+        }
+        assert!(
+            PoolKeys::parse("vault", [format!("{}.", texts[0])])
+                .unwrap_err()
+                .to_string()
+                .ends_with("lzk1.sigil.1.<redacted>"),
+            "the parts that belong there are named"
+        );
         assert!(format!("{keys:?}").contains("redacted") && !format!("{keys:?}").contains(secret));
         let reader = PoolKeys::parse("vault", [&texts[1]]).unwrap();
         assert!(reader.verifiers(1).is_err());
