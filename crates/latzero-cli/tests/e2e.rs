@@ -898,21 +898,12 @@ fn tls_server_prints_its_fingerprint_and_cli_processes_call_through_it() -> Resu
     Ok(())
 }
 
-/// The key texts `latzero keys generate|rotate` printed (its non-comment lines' last word).
-fn printed_keys(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-        .collect()
-}
-
 #[test]
 fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() -> Result<()> {
     let s = ServerProc::start(bin(), &["--log-level", "debug"])?;
     let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner"])?;
     assert!(ok, "{err}");
-    let gen1 = printed_keys(&out);
+    let gen1 = latzero_testkit::printed_keys(&out);
     assert_eq!(gen1.len(), 3, "{out}");
     assert!(
         gen1[0].starts_with("lzk1.sigil.1.") && gen1[2].starts_with("lzk1.seal.1."),
@@ -941,7 +932,7 @@ fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() ->
 
     let (ok, out, err) = s.run(&["keys", "rotate", "vault", "--app", "owner"])?;
     assert!(ok, "{err}");
-    let gen2 = printed_keys(&out);
+    let gen2 = latzero_testkit::printed_keys(&out);
     assert!(gen2.iter().all(|k| k.contains(".2.")), "{out}");
     let (ok, _, err) = s.run(&["keys", "rotate", "vault", "--app", "caller"])?;
     assert!(!ok && err.contains("PERMISSION_DENIED"), "only owners rotate: {err}");

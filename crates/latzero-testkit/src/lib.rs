@@ -17,6 +17,15 @@ use serde_json::Value;
 
 pub mod damage;
 
+/// The key texts `latzero keys generate|rotate` printed (its non-comment lines' last word).
+pub fn printed_keys(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect()
+}
+
 /// The safety-net timeout for waiting on an event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
