@@ -24,6 +24,20 @@ if ! python3 -c 'import ctypes; ctypes.CDLL("libatomic.so.1")' 2>/dev/null; then
   echo "installing libatomic1 (one time)" >&2
   apt_install libatomic1
 fi
+# Its encrypted pools take their primitives from the cryptography package: Debian's for
+# Debian's python3, else from pip into target/py.
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+  echo "installing the cryptography package for python3 (one time)" >&2
+  if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+    apt_install python3-cryptography
+  else
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    python3 -m pip install --quiet --disable-pip-version-check --target target/py cryptography
+  fi
+fi
+if [ -d target/py/cryptography ]; then
+  export PYTHONPATH="$PWD/target/py${PYTHONPATH:+:$PYTHONPATH}"
+fi
 # The JavaScript client's end-to-end test (crates/latzero-cli/tests/js.rs) runs it under Node,
 # which needs a WebSocket: Node 22+ has one, 20 behind a flag (the test passes it); older Node
 # gets the ws package from npm.

@@ -1,7 +1,7 @@
 """LatZero for Python: an asyncio client over the server's Unix socket or TCP port.
 
 One module, standard library only (Python 3.10+: earlier asyncio streams may not be drained
-from several tasks at once). It speaks docs/PROTOCOL.md: length-prefixed JSON frames,
+from several tasks at once), but for encrypted pools, which need the `cryptography` package. It speaks docs/PROTOCOL.md: length-prefixed JSON frames,
 correlated calls with the server's deadlines and error codes (`call`, and `broadcast` to every
 handler at once), handlers (`handle`, `unhandle`), emits (with the server's receipt, or
 fire-and-forget with `confirm=False`), presence events, and reconnecting with backoff.
@@ -47,14 +47,22 @@ not block), or a coroutine function, run as a task of its own (started eagerly o
 and later), so that `asyncio.timeout`, `asyncio.current_task()` and context variables in it are
 its own.
 
+Encrypted pools (PROTOCOL.md §4.6): `Client.encrypted_pool(pool, keys)` proves the pool's
+SigilKey and returns an EncryptedPool whose calls, emits, handlers, blocks and stream records
+are sealed and opened as the Rust SDK's are (each opens the other's records); its own failures
+(a key not held, a record that does not verify or decrypt, a replay) raise LatZeroError CRYPTO.
+
 Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
-a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`.
+a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`
+(a handler raises HandlerError(value) to answer with any JSON value as its error).
 When the connection drops, calls in flight raise `DISCONNECTED` and the client reconnects,
 handshaking with the pools and triggers it has; a pool or trigger the server refuses by then is
 dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping it out.
 """
 
 import asyncio
+import base64
+import collections
 import ctypes
 import functools
 import hashlib
@@ -75,7 +83,8 @@ import urllib.parse
 
 _log = logging.getLogger("latzero")
 
-__all__ = ["LatZeroError", "Request", "Client", "Block", "connect", "parse_url"]
+__all__ = ["LatZeroError", "HandlerError", "Request", "Client", "Block", "PoolKeys", "EncryptedPool", "connect",
+           "parse_url"]
 
 PROTOCOL_VERSION = "1.0"
 DEFAULT_PORT = 45227
@@ -98,6 +107,17 @@ class LatZeroError(Exception):
         self.handler = extra.get("handler")
         self.handler_may_still_run = extra.get("handler_may_still_run")
         self.error = extra.get("error")
+
+
+class HandlerError(Exception):
+    """Raised by a handler to answer its caller with `error` (any JSON value) as its error, as
+    it is: a Python caller gets it as LatZeroError HANDLER_ERROR with `error`, a Rust one as
+    `ClientError::Handler(error)`. Any other exception answers {"message": str(e)}."""
+
+    def __init__(self, error):
+        message = error.get("message") if isinstance(error, dict) else None
+        super().__init__(message if isinstance(message, str) else repr(error))
+        self.error = error
 
 
 class Request:
@@ -986,6 +1006,25 @@ class Client:
         self._presence.discard(pool)
         await self._release({"action": "leave", "pools": [pool]})
 
+    async def encrypted_pool(self, pool, keys):
+        """Joins an encrypted pool by proving its SigilKey (the key never leaves this process)
+        and returns the EncryptedPool through which this app's payloads and blocks in the pool
+        are sealed and opened. `keys` is a PoolKeys, or the key texts `latzero keys generate`
+        printed. Needs the `cryptography` package (NOT_AVAILABLE without it). A wrong SigilKey
+        is PERMISSION_DENIED. The pool is not in `pools`: a handshake cannot join it, so the
+        handle joins it again after a reconnect."""
+        if not isinstance(keys, PoolKeys):
+            keys = PoolKeys(pool, keys)
+        if keys.pool != pool:
+            raise LatZeroError("INVALID_OPTIONS", f"these keys are for pool '{keys.pool}', not '{pool}'")
+        handle = EncryptedPool(self, keys)
+        try:
+            await handle._join()
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
     async def close(self):
         """Closes the connection; calls in flight raise DISCONNECTED."""
         self._closed = True
@@ -1206,6 +1245,520 @@ class Block:
         return await self._client.block_read(self.pool, self.block_id)
 
 
+# Encrypted pools (PROTOCOL.md §4.6). They need the `cryptography` package (Debian:
+# python3-cryptography; else `pip install cryptography`), imported on first use: the rest of
+# this client is the standard library only.
+
+_SEAL_MAGIC = b"LZS1"
+_SEAL_HEADER_LEN = 4 + 4 + 8 + 12
+_SEAL_TAG_LEN = 16
+_SEAL_SIGNATURE_LEN = 64
+_SEAL_DOMAIN = b"latzero-seal-v1\0"
+_JOIN_DOMAIN = b"latzero-join-v1\0"
+# How long a sealed message stays acceptable (and its nonce remembered), nanoseconds.
+_REPLAY_WINDOW_NS = 300 * 10**9
+# How many times an append is sealed again after the server found it sealed before the
+# stream's newest record (another writer's append landed first).
+_APPEND_TRIES = 8
+_KEY_ROLES = {"sigil": "SigilKey", "cipher": "CipherShard", "seal": "OblivionSeal"}
+_U32_MAX = 2**32 - 1
+
+
+@functools.lru_cache(maxsize=None)
+def _crypto():
+    """The `cryptography` package's primitives; NOT_AVAILABLE without the package."""
+    try:
+        from cryptography.exceptions import InvalidSignature, InvalidTag
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    except ImportError:
+        raise LatZeroError("NOT_AVAILABLE", "encrypted pools need the `cryptography` package (Debian: apt install "
+                                            "python3-cryptography; else pip install cryptography)") from None
+    return {"InvalidSignature": InvalidSignature, "InvalidTag": InvalidTag, "SHA256": hashes.SHA256,
+            "Ed25519PrivateKey": Ed25519PrivateKey, "Ed25519PublicKey": Ed25519PublicKey, "AESGCM": AESGCM,
+            "HKDF": HKDF, "Raw": (Encoding.Raw, PublicFormat.Raw)}
+
+
+def _crypto_error(message):
+    return LatZeroError("CRYPTO", message)
+
+
+def _redact_key(text):
+    """A key text as an error may show it: only the parts that belong before the key (`lzk1`,
+    a role, a generation's digits), as the Rust SDK shows it; anything else may hold a key."""
+    shown = []
+    for i, part in enumerate(text.split(".")[:3]):
+        fits = (part == "lzk1", part in _KEY_ROLES, part.isascii() and part.isdigit() and len(part) <= 10)[i]
+        if not fits:
+            break
+        shown.append(part)
+    return ".".join(shown + ["<redacted>"])
+
+
+class PoolKeys:
+    """An encrypted pool's keys: the texts `latzero keys generate|rotate` printed
+    (`lzk1.<sigil|cipher|seal>.<generation>.<key>`), any subset of them. Joining takes the
+    SigilKey, reading the CipherShard, writing the CipherShard and the OblivionSeal; keys of
+    older generations open records sealed under them. A bad text is INVALID_OPTIONS, naming its
+    shape but never its key; repr() shows no key."""
+
+    def __init__(self, pool, texts):
+        _crypto()
+        if isinstance(texts, (str, bytes)):
+            texts = [texts]
+        self.pool = pool
+        self._gens = {}
+        self._derived = {}
+        for t in texts:
+            if not isinstance(t, str):
+                raise LatZeroError("INVALID_OPTIONS", f"a pool key is text, got {type(t).__name__}")
+            t = t.strip()
+            bad = LatZeroError("INVALID_OPTIONS", "not a LatZero pool key (expected "
+                                                  f"lzk1.sigil|cipher|seal.GENERATION.KEY): {_redact_key(t)}")
+            parts = t.split(".")
+            if len(parts) != 4 or parts[0] != "lzk1" or parts[1] not in _KEY_ROLES:
+                raise bad
+            generation, key = parts[2], parts[3]
+            if not (generation.isascii() and generation.isdigit() and int(generation) <= _U32_MAX):
+                raise bad
+            try:
+                raw = base64.b64decode(key.translate(str.maketrans("-_", "+/")) + "=" * (-len(key) % 4), validate=True)
+            except ValueError:
+                raise bad from None
+            # Unpadded, and canonical: the Rust SDK refuses any other spelling of the 32 bytes.
+            if len(raw) != 32 or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != key:
+                raise bad
+            self._gens.setdefault(int(generation), {})[parts[1]] = raw
+        if not self._gens:
+            raise LatZeroError("INVALID_OPTIONS", f"no keys for pool '{pool}'")
+
+    def __repr__(self):
+        held = {g: sorted(_KEY_ROLES[r] for r in keys) for g, keys in sorted(self._gens.items())}
+        return f"PoolKeys(pool={self.pool!r}, generations={held})"
+
+    @property
+    def latest(self):
+        """The newest key generation held."""
+        return max(self._gens)
+
+    def has(self, role, generation):
+        """Whether the key of `role` (sigil, cipher or seal) of `generation` is held."""
+        return role in self._gens.get(generation, {})
+
+    def _need(self, role, generation, what):
+        key = self._gens.get(generation, {}).get(role)
+        if key is None:
+            raise _crypto_error(f"pool '{self.pool}' has no {_KEY_ROLES[role]} for key generation {generation}; {what} needs it")
+        return key
+
+    def _derive(self, role, generation, label, what, make):
+        """A key derived from one of ours (HKDF-SHA256, salt `latzero/v1/<pool>`, info
+        `<label>/<generation>`), made once."""
+        got = self._derived.get((label, generation))
+        if got is None:
+            c = _crypto()
+            hkdf = c["HKDF"](algorithm=c["SHA256"](), length=32, salt=f"latzero/v1/{self.pool}".encode(),
+                             info=f"{label}/{generation}".encode())
+            got = self._derived[(label, generation)] = make(c, hkdf.derive(self._need(role, generation, what)))
+        return got
+
+    def _cipher(self, generation, what):
+        return self._derive("cipher", generation, "aes-256-gcm", what, lambda c, k: c["AESGCM"](k))
+
+    def _writer(self, generation):
+        return self._derive("seal", generation, "write-ed25519", "writing (signing)",
+                            lambda c, k: c["Ed25519PrivateKey"].from_private_bytes(k))
+
+    def _joiner(self, generation):
+        return self._derive("sigil", generation, "join-ed25519", "joining",
+                            lambda c, k: c["Ed25519PrivateKey"].from_private_bytes(k))
+
+    def write_verifier(self, generation):
+        """The 32-byte Ed25519 public key the server checks writes of `generation` with (needs
+        the OblivionSeal)."""
+        return self._writer(generation).public_key().public_bytes(*_crypto()["Raw"])
+
+
+_last_seq = 0
+
+
+def _next_seq():
+    """The writer's clock in nanoseconds, strictly increasing in this process (PROTOCOL.md §4.6)."""
+    global _last_seq
+    _last_seq = max(time.time_ns(), _last_seq + 1)
+    return _last_seq
+
+
+def _aad(pool, ctx, header):
+    return pool.encode() + b"\0" + ctx.encode() + b"\0" + header
+
+
+def _signed(aad, body):
+    return _SEAL_DOMAIN + len(aad).to_bytes(4, "big") + aad + body
+
+
+def _seal(keys, ctx, plaintext):
+    """`plaintext` as a sealed record for `ctx`: encrypted with the CipherShard, signed with the
+    OblivionSeal, under the newest generation held."""
+    generation = keys.latest
+    aead = keys._cipher(generation, "encrypting")
+    signer = keys._writer(generation)
+    nonce = os.urandom(12)
+    header = _SEAL_MAGIC + generation.to_bytes(4, "big") + _next_seq().to_bytes(8, "big") + nonce
+    aad = _aad(keys.pool, ctx, header)
+    body = header + aead.encrypt(nonce, bytes(plaintext), aad)
+    return body + signer.sign(_signed(aad, body))
+
+
+def _open(keys, ctx, sealed, verifiers):
+    """A sealed record's (plaintext, generation, seq, nonce): its signature verified against the
+    generation's write verifier first, then decrypted. CRYPTO for anything else."""
+    c = _crypto()
+    if len(sealed) < _SEAL_HEADER_LEN + _SEAL_TAG_LEN + _SEAL_SIGNATURE_LEN or sealed[:4] != _SEAL_MAGIC:
+        raise _crypto_error("not a sealed record")
+    generation, seq = int.from_bytes(sealed[4:8], "big"), int.from_bytes(sealed[8:16], "big")
+    nonce, body, signature = sealed[16:28], sealed[:-_SEAL_SIGNATURE_LEN], sealed[-_SEAL_SIGNATURE_LEN:]
+    verifier = verifiers.get(generation)
+    if verifier is None:
+        raise _crypto_error(f"unknown key generation {generation}")
+    aad = _aad(keys.pool, ctx, sealed[:_SEAL_HEADER_LEN])
+    try:
+        c["Ed25519PublicKey"].from_public_bytes(verifier).verify(signature, _signed(aad, body))
+    except (c["InvalidSignature"], ValueError):
+        raise _crypto_error("the record's signature does not verify: it was not written by a holder of the "
+                            "OblivionSeal, or it was altered") from None
+    aead = keys._cipher(generation, "decrypting")
+    try:
+        plaintext = aead.decrypt(nonce, body[_SEAL_HEADER_LEN:], aad)
+    except c["InvalidTag"]:
+        raise _crypto_error("the record does not decrypt with this CipherShard (wrong key, or another pool or "
+                            "context)") from None
+    return plaintext, generation, seq, nonce
+
+
+class _ReplayGuard:
+    """What a reader remembers to refuse replays (the Rust SDK's ReplayGuard): the newest record
+    read of each block and stream, and the messages of the last five minutes."""
+
+    def __init__(self):
+        self._last = {}
+        # The messages read in the window: a set to look up, and their order to forget the
+        # oldest first (a scan of all of them per message made a busy handler quadratic).
+        self._seen = set()
+        self._order = collections.deque()
+
+    def block(self, ctx, seq):
+        last = self._last.get(ctx, 0)
+        if seq < last:
+            raise _crypto_error(f"replayed record rejected: {ctx} holds a record sealed at {seq} ns, older than one "
+                                f"already read ({last} ns)")
+        self._last[ctx] = seq
+
+    def stream(self, ctx, seq):
+        last = self._last.get(ctx, 0)
+        if seq <= last:
+            raise _crypto_error(f"replayed record rejected: {ctx} holds a record sealed at {seq} ns, not after one "
+                                f"already read ({last} ns)")
+        self._last[ctx] = seq
+
+    def message(self, seq, nonce):
+        now = time.time_ns()
+        while self._order and self._order[0][0] + _REPLAY_WINDOW_NS < now:
+            self._seen.discard(self._order.popleft())
+        if seq + _REPLAY_WINDOW_NS < now or seq > now + _REPLAY_WINDOW_NS:
+            raise _crypto_error("replayed record rejected: sealed outside the replay window")
+        if (seq, nonce) in self._seen:
+            raise _crypto_error("replayed record rejected: this message was already delivered")
+        self._seen.add((seq, nonce))
+        self._order.append((seq, nonce))
+
+
+def _b64(data):
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text, what):
+    try:
+        return base64.b64decode(text, validate=True)
+    except (TypeError, ValueError):
+        raise _crypto_error(f"{what} is not base64") from None
+
+
+class EncryptedPool:
+    """An encrypted pool this app joined with its keys (`Client.encrypted_pool`): calls, emits,
+    handlers, binary blocks and stream records whose contents are sealed end to end, as the
+    Rust SDK's EncryptedPool seals them (the two read each other's records). The server routes
+    and stores only sealed records. Errors of the sealing itself raise LatZeroError CRYPTO (a
+    key not held, a record that does not verify or decrypt, a replay).
+
+    After a reconnect the handle proves the SigilKey again and re-joins; its operations wait for
+    that first, and raise its error if it failed. `close()` stops the re-joining (the app stays
+    in the pool until it leaves or disconnects)."""
+
+    def __init__(self, client, keys):
+        self._client = client
+        self._keys = keys
+        self._writes = {}
+        self._guard = _ReplayGuard()
+        self._appending = asyncio.Lock()
+        self._rejoining = None
+        self._closed = False
+        client.on("reconnected", self._on_reconnected)
+        client.on("pool_left", self._on_pool_left)
+
+    def __repr__(self):
+        return f"EncryptedPool(pool={self.pool!r})"
+
+    @property
+    def pool(self):
+        return self._keys.pool
+
+    def close(self):
+        """Stops re-joining after reconnects."""
+        self._closed = True
+
+    def _on_reconnected(self, _detail):
+        if not self._closed:
+            self._rejoining = asyncio.ensure_future(self._join())
+            # Told here too, for a handle nobody uses until the next reconnect.
+            self._rejoining.add_done_callback(self._told)
+
+    def _told(self, task):
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("could not re-join encrypted pool %r: %s", self.pool, task.exception())
+
+    def _on_pool_left(self, detail):
+        # Taken out of the pool (its owner removed it): not joined again.
+        if detail.get("pool") == self.pool:
+            self._closed = True
+
+    async def _ready(self):
+        """Waits for a re-join under way; raises its error if it failed."""
+        joining = self._rejoining
+        if joining is not None:
+            try:
+                await asyncio.shield(joining)
+            except LatZeroError as e:
+                raise LatZeroError(e.code, f"could not re-join encrypted pool '{self.pool}' after a reconnect: {e.message}") from None
+
+    async def _join(self):
+        """Proves the SigilKey for the pool's newest key generation and joins. The write verifiers
+        the server gives are checked against our own OblivionSeal where we hold it, before the
+        proof is sent."""
+        client, keys, pool = self._client, self._keys, self.pool
+        ch = await client._request({"action": "pool_challenge", "pool": pool}, client._timeout)
+
+        def bad(what):
+            return LatZeroError("PROTOCOL", f"pool_challenge answer without a valid `{what}`")
+        generation = ch.get("generation")
+        if type(generation) is not int or not 0 <= generation <= _U32_MAX:
+            raise bad("generation")
+        try:
+            nonce = base64.b64decode(ch.get("nonce"), validate=True)
+        except (TypeError, ValueError):
+            raise bad("nonce") from None
+        writes = {}
+        verifiers = ch.get("write_verifiers")
+        if not isinstance(verifiers, dict):
+            raise bad("write_verifiers")
+        for g, v in verifiers.items():
+            try:
+                g, v = int(g), base64.b64decode(v, validate=True)
+            except (TypeError, ValueError):
+                raise bad("write_verifiers") from None
+            if len(v) != 32 or not 0 <= g <= _U32_MAX:
+                raise bad("write_verifiers")
+            if keys.has("seal", g) and keys.write_verifier(g) != v:
+                raise _crypto_error(f"the server's write verifier for key generation {g} does not match our "
+                                    "OblivionSeal; refusing to trust it")
+            writes[g] = v
+        app = client.app_id.encode()
+        message = (_JOIN_DOMAIN + len(pool.encode()).to_bytes(4, "big") + pool.encode() + len(app).to_bytes(4, "big")
+                   + app + generation.to_bytes(4, "big") + nonce)
+        signature = keys._joiner(generation).sign(message)
+        await client._request({"action": "pool_prove", "pool": pool, "signature": _b64(signature)}, client._timeout)
+        self._writes = writes
+
+    # Messages.
+
+    def _seal_value(self, ctx, value):
+        return _b64(_seal(self._keys, ctx, _json(value).encode()))
+
+    def _open_message(self, ctx, data):
+        """A sealed message (`data` as it came on the wire), opened once."""
+        if not isinstance(data, str):
+            raise _crypto_error("not a sealed record")
+        plaintext, _, seq, nonce = _open(self._keys, ctx, _unb64(data, "a sealed record"), self._writes)
+        self._guard.message(seq, nonce)
+        return _json_payload(plaintext)
+
+    def _open_error(self, trigger, e):
+        """A call's error: a handler's sealed error opened (or why it cannot be); anything else
+        as it came (the server's own errors are plaintext)."""
+        err = e.error
+        if e.code != "HANDLER_ERROR" or not isinstance(err, dict) or list(err) != ["sealed"]:
+            return e
+        try:
+            return _handler_error(self._open_message(f"error/{trigger}", err["sealed"]))
+        except LatZeroError as why:
+            return why
+
+    async def call(self, trigger, data=None, *, timeout=None, to=None):
+        """Calls a trigger with a sealed payload and opens the sealed answer (needs the
+        CipherShard and the OblivionSeal). A handler's error comes sealed too, and is opened into
+        LatZeroError HANDLER_ERROR; the server's own errors (TIMEOUT, NO_HANDLER) are plaintext."""
+        await self._ready()
+        sealed = self._seal_value(f"msg/{trigger}", data)
+        try:
+            answer = await self._client.call(self.pool, trigger, sealed, timeout=timeout, to=to)
+        except LatZeroError as e:
+            raise self._open_error(trigger, e) from None
+        return self._open_message(f"reply/{trigger}", answer)
+
+    async def emit(self, trigger, data=None, *, confirm=True):
+        """Emits a sealed payload (needs the CipherShard and the OblivionSeal); as Client.emit."""
+        await self._ready()
+        return await self._client.emit(self.pool, trigger, self._seal_value(f"msg/{trigger}", data), confirm=confirm)
+
+    async def handle(self, trigger, fn):
+        """Handles a trigger: calls and emits in this pool reach fn opened (verified, decrypted,
+        checked for replays; anything else is refused with a handler error and never reaches
+        fn), and its answer is sealed (answering needs the OblivionSeal), and so is its error: a
+        handler that cannot seal answers an error saying so, without its error's contents. A
+        cancelled handler's error ("the handler was cancelled") is plaintext. In other pools fn
+        sees payloads as they are. fn is a plain function or a coroutine function, as for
+        Client.handle."""
+        _callable(fn, "a handler")
+        pool = self.pool
+
+        def opened(req):
+            if req.pool != pool:
+                return fn(req)
+            try:
+                req.data = self._open_message(f"msg/{req.process}", req.data)
+            except LatZeroError as e:
+                raise HandlerError({"message": f"rejected sealed payload: {e.message}"}) from None
+            try:
+                out = fn(req)
+            except Exception as e:
+                raise self._sealed_failure(req.process, e) from None
+            if inspect.isawaitable(out):
+                return self._answer_later(req.process, out)
+            return self._seal_answer(req.process, out)
+        await self._client.handle(trigger, opened)
+
+    async def _answer_later(self, process, waiting):
+        try:
+            out = await waiting
+        except Exception as e:
+            raise self._sealed_failure(process, e) from None
+        return self._seal_answer(process, out)
+
+    def _seal_answer(self, process, out):
+        try:
+            return self._seal_value(f"reply/{process}", out)
+        except LatZeroError as e:
+            raise HandlerError({"message": f"cannot seal the answer: {e.message}"}) from None
+
+    def _sealed_failure(self, process, e):
+        try:
+            return HandlerError({"sealed": self._seal_value(f"error/{process}", _failure(e))})
+        except LatZeroError as why:
+            return HandlerError({"message": f"the handler failed, and cannot seal its error: {why.message}"})
+
+    # Blocks.
+
+    async def write_block(self, block_id, plaintext):
+        """Writes `plaintext` (bytes) as the binary block's sealed record, through the server
+        (length-prefixed at offset 0: the block must hold 4 + 28 + plaintext + 16 + 64 bytes).
+        Returns the block's version."""
+        await self._ready()
+        sealed = _seal(self._keys, f"block/{block_id}", plaintext)
+        return await self._client.block_write(self.pool, block_id, len(sealed).to_bytes(4, "big") + sealed)
+
+    async def read_block(self, block_id):
+        """Reads, verifies and decrypts the binary block's sealed record: (plaintext, version). A
+        record older than one this handle already read (a replayed old write) is refused."""
+        await self._ready()
+        ctx = f"block/{block_id}"
+        for _ in range(3):
+            prefix, _ = await self._client.block_read(self.pool, block_id, length=4)
+            n = int.from_bytes(prefix[:4], "big")
+            if len(prefix) < 4 or n == 0:
+                raise _crypto_error("not a sealed record (the block holds none)")
+            try:
+                buf, version = await self._client.block_read(self.pool, block_id, length=4 + n)
+            except LatZeroError as e:
+                if e.code != "OUT_OF_RANGE":
+                    raise
+                raise _crypto_error(f"not a sealed record: its length prefix ({n} bytes) does not fit ({e.message})") from None
+            if buf[:4] != prefix[:4]:
+                continue  # rewritten between the two reads
+            plaintext, _, seq, _ = _open(self._keys, ctx, buf[4:], self._writes)
+            self._guard.block(ctx, seq)
+            return plaintext, version
+        raise LatZeroError("PROTOCOL", "the block kept changing while being read; try again")
+
+    async def write_json(self, block_id, document):
+        """Writes `document` as JSON into a binary block of the pool, as its sealed record
+        (write_block): json blocks are not available in encrypted pools, since the server cannot
+        check a document it cannot read. Returns the block's version."""
+        return await self.write_block(block_id, _json(document).encode())
+
+    async def read_json(self, block_id):
+        """The document write_json sealed into the block, and the block's version."""
+        plaintext, version = await self.read_block(block_id)
+        return _json_payload(plaintext), version
+
+    async def append(self, block_id, plaintext):
+        """Appends `plaintext` (bytes) to a stream block of the pool as one sealed record, through
+        the server, which checks that it was sealed after the stream's newest record; one that
+        another writer's append overtook is sealed again (up to 8 times in all). One append of
+        this handle is in flight at a time, so its records leave in the order they were sealed.
+        Returns (index, version)."""
+        await self._ready()
+        ctx = f"stream/{block_id}"
+        async with self._appending:
+            for attempt in range(_APPEND_TRIES):
+                try:
+                    return await self._client.block_append(self.pool, block_id, _seal(self._keys, ctx, plaintext))
+                except LatZeroError as e:
+                    if e.code != "STALE_RECORD" or attempt + 1 == _APPEND_TRIES:
+                        raise
+
+    async def consume(self, block_id, consumer, *, max=1000):
+        """Reads up to `max` records of a stream block from the named consumer's cursor, as
+        Client.block_consume, each verified and decrypted: `records` holds, in stream order, each
+        record's plaintext (bytes) or, in its place, the LatZeroError CRYPTO it was refused with
+        (not sealed by a holder of the OblivionSeal, altered, sealed for another stream, or not
+        sealed after the last record this handle read from the stream). The cursor has moved
+        past all of them."""
+        await self._ready()
+        ctx = f"stream/{block_id}"
+        r = await self._client.block_consume(self.pool, block_id, consumer, max=max)
+        records = []
+        for sealed in r["records"]:
+            try:
+                plaintext, _, seq, _ = _open(self._keys, ctx, sealed, self._writes)
+                self._guard.stream(ctx, seq)
+                records.append(plaintext)
+            except LatZeroError as e:
+                records.append(e)
+        r["records"] = records
+        return r
+
+
+def _json_payload(data):
+    """An opened record's JSON."""
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise LatZeroError("INVALID_JSON", f"an opened record is not JSON: {e}") from None
+
+
 _SEQ_CST = 5  # __ATOMIC_SEQ_CST
 @functools.cache
 def _cas():
@@ -1264,6 +1817,8 @@ def _decode(text):
 
 def _failure(e):
     """A handler's exception as the error a caller receives."""
+    if isinstance(e, HandlerError):
+        return e.error
     if isinstance(e, asyncio.CancelledError):
         return {"message": "the handler was cancelled"}
     return {"message": str(e) or type(e).__name__}

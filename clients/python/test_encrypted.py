@@ -1,0 +1,152 @@
+"""End-to-end test of the Python client's encrypted pools against a real server and a Rust SDK
+app in the same pool, run by crates/latzero-cli/tests/python.rs. That test makes the pool with
+`latzero keys generate vault`, and its Rust app (`rs-worker`) serves `rs_upper`, has written a
+sealed document into block `rs-doc` and two sealed records into stream `rs-log`. When this
+prints `ready` the Rust app checks what this wrote and calls `py_done`; when it prints `restart`
+the test restarts the server. Prints `ok NAME` per check and `done` at the end; any failure
+exits 1 with the reason.
+
+    LATZERO_SOCKET=/path/to/latzero.sock LATZERO_KEYS="lzk1.sigil... lzk1.cipher... lzk1.seal..." \
+        python3 clients/python/test_encrypted.py
+"""
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import latzero  # noqa: E402
+
+SOCKET = os.environ["LATZERO_SOCKET"]
+KEYS = os.environ["LATZERO_KEYS"].split()
+
+
+def check(cond, what, detail=None):
+    if not cond:
+        raise AssertionError(f"{what}: {detail!r}")
+    print(f"ok {what}", flush=True)
+
+
+async def raises(coro):
+    try:
+        await coro
+    except latzero.LatZeroError as e:
+        return e
+    raise AssertionError("expected a LatZeroError")
+
+
+async def main():
+    opts = dict(socket=SOCKET, timeout=5.0, backoff_min=0.02, backoff_max=0.2)
+    py = await latzero.connect("py-app", **opts)
+    vault = await py.encrypted_pool("vault", KEYS)
+    check("vault" not in py.pools, "joined by proving the SigilKey, not by a handshake", py.pools)
+
+    # Python seals, Rust opens and answers sealed, Python opens.
+    got = await vault.call("rs_upper", {"text": "héllo"})
+    check(got == {"upper": "HÉLLO", "by": "rust"}, "a Rust handler answers a sealed call", got)
+    e = await raises(vault.call("rs_upper", {"fail": True}))
+    check(e.code == "HANDLER_ERROR" and e.error == {"message": "account 7 is short by 1200"},
+          "a Rust handler's sealed error opens", (e.code, e.error))
+    # On the wire the error is a sealed record: the server never saw its text.
+    raw = await raises(py.call("vault", "rs_upper", vault._seal_value("msg/rs_upper", {"fail": True})))
+    check(list(raw.error) == ["sealed"] and "1200" not in str(raw.error), "the error crossed the server sealed",
+          raw.error)
+    e = await raises(py.call("vault", "rs_upper", {"text": "plain"}))
+    check(e.code == "PERMISSION_DENIED", "the server refuses a plaintext call", str(e))
+
+    doc, _ = await vault.read_json("rs-doc")
+    check(doc == {"from": "rust", "n": 1}, "reads a document Rust sealed", doc)
+    r = await vault.consume("rs-log", "py")
+    check(r["records"] == [b"rust 0", b"rust 1"], "opens stream records Rust sealed", r)
+
+    # What the Rust app checks at `ready`.
+    done = asyncio.get_running_loop().create_future()
+    notes = []
+
+    async def py_sum(req):
+        if not req.data["xs"]:
+            raise latzero.HandlerError({"message": "nothing to add", "code": 42})
+        return {"sum": sum(req.data["xs"]), "by": "python", "from": req.origin}
+
+    await vault.handle("py_sum", py_sum)
+    await vault.handle("py_note", lambda req: notes.append(req.data))
+    await vault.handle("py_done", lambda req: done.done() or done.set_result(req.data))
+    await py.block_create("vault", "py-doc", 1024)
+    await vault.write_json("py-doc", {"from": "python", "list": [1, 2]})
+    index, _ = await vault.append("rs-log", b"python 0")
+    check(index == 2, "appends a sealed record after Rust's", index)
+
+    # Keys: a reader reads and cannot write; a wrong SigilKey cannot join; bad text is named,
+    # never echoed.
+    reader_client = await latzero.connect("py-reader", **opts)
+    reader = await reader_client.encrypted_pool("vault", latzero.PoolKeys("vault", KEYS[:2]))
+    doc, _ = await reader.read_json("py-doc")
+    check(doc == {"from": "python", "list": [1, 2]}, "a reader with the CipherShard reads", doc)
+    e = await raises(reader.call("rs_upper", {"text": "x"}))
+    check(e.code == "CRYPTO" and "OblivionSeal" in e.message, "a reader cannot seal", str(e))
+    e = await raises(reader.write_json("py-doc", {"forged": True}))
+    check(e.code == "CRYPTO", "nor write a block", str(e))
+    wrong = "lzk1.sigil.1." + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+    stranger = await latzero.connect("py-stranger", **opts)
+    e = await raises(stranger.encrypted_pool("vault", [wrong] + KEYS[1:]))
+    check(e.code == "PERMISSION_DENIED", "a wrong SigilKey does not join", str(e))
+    secret = KEYS[0].rsplit(".", 1)[1]
+    for text in (KEYS[0] + ".", KEYS[0] + " " + KEYS[1], KEYS[0][:-1] + "!"):
+        e = await raises(stranger.encrypted_pool("vault", [text]))
+        check(e.code == "INVALID_OPTIONS" and secret not in str(e) and "<redacted>" in str(e),
+              f"bad key text {len(text)} is refused without the key", str(e))
+    e = await raises(stranger.encrypted_pool("vault", latzero.PoolKeys("other", KEYS)))
+    check(e.code == "INVALID_OPTIONS", "keys of another pool are refused", str(e))
+    check(secret not in repr(vault._keys), "repr shows no key", repr(vault._keys))
+    # Written through the server unsealed, or sealed and altered: refused there.
+    e = await raises(py.block_write("vault", "py-doc", b"\x00\x00\x00\x05hello"))
+    check(e.code == "PERMISSION_DENIED", "the server refuses an unsealed block write", str(e))
+    sealed = bytearray(latzero._seal(vault._keys, "block/py-doc", b"x"))
+    sealed[40] ^= 1
+    e = await raises(py.block_write("vault", "py-doc", len(sealed).to_bytes(4, "big") + bytes(sealed)))
+    check(e.code == "PERMISSION_DENIED", "and an altered one", str(e))
+    # A record a reader opened once is not taken again (a replayed message).
+    msg = vault._seal_value("msg/x", 1)
+    vault._open_message("msg/x", msg)
+    e = await raises(_opening(vault, "msg/x", msg))
+    check(e.code == "CRYPTO" and "already delivered" in e.message, "a message opens once", str(e))
+
+    print("ready", flush=True)
+    checked = await asyncio.wait_for(done, 30)
+    check(checked == {"checked": 5}, "the Rust app opened what Python sealed", checked)
+    check(notes == [{"note": "from rust"}], "an emit from Rust opens", notes)
+
+    # After a restart the handle proves the key again before its next operation.
+    reconnected = asyncio.get_running_loop().create_future()
+    py.on("reconnected", lambda d: reconnected.done() or reconnected.set_result(d))
+    print("restart", flush=True)
+    await asyncio.wait_for(reconnected, 30)
+    doc, _ = await vault.read_json("rs-doc")
+    check(doc == {"from": "rust", "n": 1}, "re-joined after the server restarted", doc)
+
+    # Without the cryptography package: a clear NOT_AVAILABLE, not an ImportError.
+    probe = ("import sys; sys.modules['cryptography'] = None; sys.path.insert(0, sys.argv[1]); import latzero\n"
+             "try:\n    latzero.PoolKeys('vault', sys.argv[2:])\n"
+             "except latzero.LatZeroError as e:\n    print(e.code, e.message)")
+    out = subprocess.run([sys.executable, "-c", probe, os.path.dirname(os.path.abspath(__file__)), *KEYS],
+                         capture_output=True, text=True, timeout=30)
+    check(out.stdout.startswith("NOT_AVAILABLE") and "cryptography" in out.stdout,
+          "without the cryptography package it says so", (out.stdout, out.stderr))
+
+    for c in (py, reader_client, stranger):
+        await c.close()
+    print("done", flush=True)
+
+
+async def _opening(pool, ctx, data):
+    pool._open_message(ctx, data)
+
+
+try:
+    asyncio.run(main())
+except Exception:
+    print("FAIL " + traceback.format_exc().replace("\n", " | "), flush=True)
+    sys.exit(1)
