@@ -32,6 +32,13 @@
 // out, or was lost with the connection: a lease does not survive a reconnect), and blockWatch, which calls a function with every
 // change and resumes after a reconnect from the last version seen (a block gone by then ends the
 // watch with a `deleted` event).
+//
+// Encrypted pools (PROTOCOL.md §4.6): `encryptedPool(pool, keys)` proves the pool's SigilKey and
+// resolves with an EncryptedPool whose calls, emits, handlers, blocks and stream records are
+// sealed and opened as the Rust SDK's are, on WebCrypto (`crypto.subtle` with Ed25519; pages
+// need https or localhost); its own failures (a key not held, a record that does not verify or
+// decrypt, a replay) reject with LatZeroError CRYPTO. A handler throws HandlerError(value) to
+// answer with any JSON value as its error.
 
 /** An error from the server (`code` is the wire code) or from the client itself. */
 export class LatZeroError extends Error {
@@ -40,6 +47,17 @@ export class LatZeroError extends Error {
     this.name = "LatZeroError";
     this.code = code;
     Object.assign(this, extra);
+  }
+}
+
+/** Thrown by a handler to answer its caller with `error` (any JSON value) as its error, as it
+ * is: a JavaScript caller gets it as LatZeroError HANDLER_ERROR with `error`, a Rust one as
+ * `ClientError::Handler(error)`. Any other throw answers {message}. */
+export class HandlerError extends Error {
+  constructor(error) {
+    super(typeof error?.message === "string" ? error.message : JSON.stringify(error));
+    this.name = "HandlerError";
+    this.error = error;
   }
 }
 
@@ -483,7 +501,7 @@ export class Client {
       reply(true, out === undefined ? null : out);
     } catch (e) {
       try {
-        reply(false, { message: e?.message ?? String(e) });
+        reply(false, failure(e));
       } catch {
         // Not sendable either (the connection went between the two): see `reply`.
       }
@@ -843,6 +861,25 @@ export class Client {
     }
   }
 
+  /** Joins an encrypted pool by proving its SigilKey (the key never leaves this JavaScript) and
+   * resolves with the EncryptedPool through which this app's payloads and blocks in the pool are
+   * sealed and opened. `keys` is a PoolKeys, or the key texts `latzero keys generate` printed.
+   * Needs WebCrypto with Ed25519 (NOT_AVAILABLE without it). A wrong SigilKey is
+   * PERMISSION_DENIED. The pool is not in `pools`: a handshake cannot join it, so the handle joins
+   * it again after a reconnect. */
+  async encryptedPool(pool, keys) {
+    if (!(keys instanceof PoolKeys)) keys = new PoolKeys(pool, keys);
+    if (keys.pool !== pool) throw new LatZeroError("INVALID_OPTIONS", `these keys are for pool '${keys.pool}', not '${pool}'`);
+    const handle = new EncryptedPool(this, keys);
+    try {
+      await handle._join();
+    } catch (e) {
+      handle.close();
+      throw e;
+    }
+    return handle;
+  }
+
   /** Closes the connection; calls in flight reject with DISCONNECTED. */
   close() {
     this._closed = true;
@@ -851,6 +888,580 @@ export class Client {
       this._lost("client closed");
       ws.close(1000);
     }
+  }
+}
+
+// Encrypted pools (PROTOCOL.md §4.6), on WebCrypto (`crypto.subtle`: Node 20+, and pages
+// served over https or from localhost in browsers with Ed25519 — Chromium 137+, Firefox 129+,
+// Safari 17+). Records are sealed and opened as the Rust SDK and the Python client seal them.
+
+const SEAL_MAGIC = Uint8Array.of(0x4c, 0x5a, 0x53, 0x31); // "LZS1"
+const SEAL_HEADER_LEN = 4 + 4 + 8 + 12;
+const SEAL_TAG_LEN = 16;
+const SEAL_SIGNATURE_LEN = 64;
+const utf8 = new TextEncoder();
+const SEAL_DOMAIN = utf8.encode("latzero-seal-v1\0");
+const JOIN_DOMAIN = utf8.encode("latzero-join-v1\0");
+// An Ed25519 private key's PKCS #8 form is this, then its 32-byte seed (RFC 8410): WebCrypto
+// imports no raw private key.
+const ED25519_PKCS8 = Uint8Array.of(0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20);
+// How long a sealed message stays acceptable (and its nonce remembered), nanoseconds.
+const REPLAY_WINDOW_NS = 300n * 1_000_000_000n;
+// How many times an append is sealed again after the server found it sealed before the stream's
+// newest record (another writer's append landed first).
+const APPEND_TRIES = 8;
+const KEY_ROLES = { sigil: "SigilKey", cipher: "CipherShard", seal: "OblivionSeal" };
+const U32_MAX = 2 ** 32 - 1;
+
+/** WebCrypto, or NOT_AVAILABLE. */
+function subtle() {
+  const s = globalThis.crypto?.subtle;
+  if (!s) {
+    throw new LatZeroError("NOT_AVAILABLE", "encrypted pools need WebCrypto (crypto.subtle): Node 20+, or a page served over https or from localhost");
+  }
+  return s;
+}
+
+const cryptoError = (message) => new LatZeroError("CRYPTO", message);
+
+/** An error's message without the `CODE: ` a LatZeroError's starts with, to quote it in another. */
+const reasonOf = (e) => (e instanceof LatZeroError && e.message.startsWith(`${e.code}: `) ? e.message.slice(e.code.length + 2) : String(e?.message ?? e));
+
+// Write verifiers imported for WebCrypto, by the bytes the server gave (an import cost a
+// quarter of a verification).
+const importedVerifiers = new WeakMap();
+
+/** Runs a WebCrypto step; an algorithm this JavaScript lacks (Ed25519 in an older browser) is
+ * NOT_AVAILABLE rather than a bare DOMException. */
+async function webCrypto(step) {
+  try {
+    return await step(subtle());
+  } catch (e) {
+    if (e?.name === "NotSupportedError") {
+      throw new LatZeroError("NOT_AVAILABLE", `encrypted pools need WebCrypto with Ed25519, AES-GCM and HKDF, which this JavaScript lacks (${e.message})`);
+    }
+    throw e;
+  }
+}
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+const u32 = (n) => {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n);
+  return b;
+};
+
+function toB64(bytes) {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+/** Standard base64 (padded) as bytes; null for anything else. */
+function fromB64(text) {
+  if (typeof text !== "string" || text.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(text)) return null;
+  const s = atob(text);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/** A key text as an error may show it: only the parts that belong before the key (`lzk1`, a
+ * role, a generation's digits), as the Rust SDK shows it; anything else may hold a key. */
+function redactKey(text) {
+  const shown = [];
+  const fits = [(p) => p === "lzk1", (p) => Object.hasOwn(KEY_ROLES, p), (p) => /^[0-9]{1,10}$/.test(p)];
+  for (const [i, part] of text.split(".").slice(0, 3).entries()) {
+    if (!fits[i](part)) break;
+    shown.push(part);
+  }
+  return [...shown, "<redacted>"].join(".");
+}
+
+/**
+ * An encrypted pool's keys: the texts `latzero keys generate|rotate` printed
+ * (`lzk1.<sigil|cipher|seal>.<generation>.<key>`), any subset of them. Joining takes the
+ * SigilKey, reading the CipherShard, writing the CipherShard and the OblivionSeal; keys of older
+ * generations open records sealed under them. A bad text is INVALID_OPTIONS, naming its shape but
+ * never its key; neither JSON nor inspection shows a key.
+ */
+export class PoolKeys {
+  #gens = new Map();
+  #derived = new Map();
+
+  constructor(pool, texts) {
+    if (typeof texts === "string") texts = [texts];
+    this.pool = pool;
+    for (const raw of texts ?? []) {
+      if (typeof raw !== "string") throw new LatZeroError("INVALID_OPTIONS", `a pool key is text, got ${raw === null ? "null" : typeof raw}`);
+      const t = raw.trim();
+      const bad = new LatZeroError("INVALID_OPTIONS", `not a LatZero pool key (expected lzk1.sigil|cipher|seal.GENERATION.KEY): ${redactKey(t)}`);
+      const parts = t.split(".");
+      if (parts.length !== 4 || parts[0] !== "lzk1" || !Object.hasOwn(KEY_ROLES, parts[1]) || !/^[0-9]{1,10}$/.test(parts[2])) throw bad;
+      const generation = Number(parts[2]);
+      if (generation > U32_MAX || !/^[A-Za-z0-9_-]{43}$/.test(parts[3])) throw bad;
+      const key = fromB64(parts[3].replaceAll("-", "+").replaceAll("_", "/") + "=");
+      // Canonical, as the Rust SDK takes it: the 43rd character carries no stray bits.
+      if (key === null || key.length !== 32 || toB64(key).slice(0, 43).replaceAll("+", "-").replaceAll("/", "_") !== parts[3]) throw bad;
+      if (!this.#gens.has(generation)) this.#gens.set(generation, {});
+      this.#gens.get(generation)[parts[1]] = key;
+    }
+    if (this.#gens.size === 0) throw new LatZeroError("INVALID_OPTIONS", `no keys for pool '${pool}'`);
+  }
+
+  toJSON() {
+    return { pool: this.pool, generations: Object.fromEntries([...this.#gens].map(([g, k]) => [g, Object.keys(k).map((r) => KEY_ROLES[r])])) };
+  }
+
+  /** The newest key generation held. */
+  get latest() {
+    return Math.max(...this.#gens.keys());
+  }
+
+  /** Whether the key of `role` ("sigil", "cipher" or "seal") of `generation` is held. */
+  has(role, generation) {
+    return this.#gens.get(generation)?.[role] !== undefined;
+  }
+
+  _need(role, generation, what) {
+    const key = this.#gens.get(generation)?.[role];
+    if (key === undefined) throw cryptoError(`pool '${this.pool}' has no ${KEY_ROLES[role]} for key generation ${generation}; ${what} needs it`);
+    return key;
+  }
+
+  /** A key derived from one of ours (HKDF-SHA256, salt `latzero/v1/<pool>`, info
+   * `<label>/<generation>`) and imported by `make`, once. */
+  _derive(role, generation, label, what, make) {
+    const id = `${label}/${generation}`;
+    if (!this.#derived.has(id)) {
+      const key = this._need(role, generation, what);
+      const made = webCrypto(async (s) => {
+        const ikm = await s.importKey("raw", key, "HKDF", false, ["deriveBits"]);
+        const params = { name: "HKDF", hash: "SHA-256", salt: utf8.encode(`latzero/v1/${this.pool}`), info: utf8.encode(id) };
+        return make(s, new Uint8Array(await s.deriveBits(params, ikm, 256)));
+      });
+      made.catch(() => this.#derived.delete(id));
+      this.#derived.set(id, made);
+    }
+    return this.#derived.get(id);
+  }
+
+  _cipher(generation, what) {
+    return this._derive("cipher", generation, "aes-256-gcm", what, (s, k) => s.importKey("raw", k, "AES-GCM", false, ["encrypt", "decrypt"]));
+  }
+
+  _signer(role, generation, label, what) {
+    return this._derive(role, generation, label, what, async (s, seed) => {
+      const priv = await s.importKey("pkcs8", concat(ED25519_PKCS8, seed), { name: "Ed25519" }, true, ["sign"]);
+      const x = (await s.exportKey("jwk", priv)).x;
+      return { priv, pub: fromB64(x.replaceAll("-", "+").replaceAll("_", "/") + "=") };
+    });
+  }
+
+  _writer(generation) {
+    return this._signer("seal", generation, "write-ed25519", "writing (signing)");
+  }
+
+  _joiner(generation) {
+    return this._signer("sigil", generation, "join-ed25519", "joining");
+  }
+
+  /** The 32-byte Ed25519 public key the server checks writes of `generation` with (needs the
+   * OblivionSeal). */
+  async writeVerifier(generation) {
+    return (await this._writer(generation)).pub;
+  }
+}
+
+let lastSeq = 0n;
+
+/** The writer's clock in nanoseconds, strictly increasing in this JavaScript (PROTOCOL.md §4.6). */
+function nextSeq() {
+  const now = BigInt(Date.now()) * 1_000_000n;
+  lastSeq = now > lastSeq ? now : lastSeq + 1n;
+  return lastSeq;
+}
+
+const sealAad = (pool, ctx, header) => concat(utf8.encode(pool), [0], utf8.encode(ctx), [0], header);
+const signedBytes = (aad, body) => concat(SEAL_DOMAIN, u32(aad.length), aad, body);
+
+/** `plaintext` (bytes) as a sealed record for `ctx`: encrypted with the CipherShard, signed with
+ * the OblivionSeal, under the newest generation held. */
+async function seal(keys, ctx, plaintext) {
+  const generation = keys.latest;
+  const aes = await keys._cipher(generation, "encrypting");
+  const { priv } = await keys._writer(generation);
+  const nonce = globalThis.crypto.getRandomValues(new Uint8Array(12));
+  const header = new Uint8Array(SEAL_HEADER_LEN);
+  header.set(SEAL_MAGIC);
+  const view = new DataView(header.buffer);
+  view.setUint32(4, generation);
+  view.setBigUint64(8, nextSeq());
+  header.set(nonce, 16);
+  const aad = sealAad(keys.pool, ctx, header);
+  return webCrypto(async (s) => {
+    const body = concat(header, new Uint8Array(await s.encrypt({ name: "AES-GCM", iv: nonce, additionalData: aad }, aes, plaintext)));
+    return concat(body, new Uint8Array(await s.sign({ name: "Ed25519" }, priv, signedBytes(aad, body))));
+  });
+}
+
+/** A sealed record's {plaintext, generation, seq, nonce}: its signature verified against the
+ * generation's write verifier first, then decrypted. CRYPTO for anything else. */
+async function open(keys, ctx, sealed, verifiers) {
+  if (sealed.length < SEAL_HEADER_LEN + SEAL_TAG_LEN + SEAL_SIGNATURE_LEN || SEAL_MAGIC.some((b, i) => sealed[i] !== b)) {
+    throw cryptoError("not a sealed record");
+  }
+  const view = new DataView(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  const generation = view.getUint32(4);
+  const seq = view.getBigUint64(8);
+  const nonce = sealed.slice(16, 28);
+  const body = sealed.subarray(0, sealed.length - SEAL_SIGNATURE_LEN);
+  const signature = sealed.subarray(sealed.length - SEAL_SIGNATURE_LEN);
+  const verifier = verifiers.get(generation);
+  if (verifier === undefined) throw cryptoError(`unknown key generation ${generation}`);
+  const aad = sealAad(keys.pool, ctx, sealed.subarray(0, SEAL_HEADER_LEN));
+  const ok = await webCrypto(async (s) => {
+    let pub = importedVerifiers.get(verifier);
+    if (pub === undefined) {
+      pub = await s.importKey("raw", verifier, { name: "Ed25519" }, false, ["verify"]);
+      importedVerifiers.set(verifier, pub);
+    }
+    return s.verify({ name: "Ed25519" }, pub, signature, signedBytes(aad, body));
+  });
+  if (!ok) throw cryptoError("the record's signature does not verify: it was not written by a holder of the OblivionSeal, or it was altered");
+  const aes = await keys._cipher(generation, "decrypting");
+  let plaintext;
+  try {
+    plaintext = new Uint8Array(await subtle().decrypt({ name: "AES-GCM", iv: nonce, additionalData: aad }, aes, body.subarray(SEAL_HEADER_LEN)));
+  } catch {
+    throw cryptoError("the record does not decrypt with this CipherShard (wrong key, or another pool or context)");
+  }
+  return { plaintext, generation, seq, nonce };
+}
+
+/** What a reader remembers to refuse replays (the Rust SDK's ReplayGuard): the newest record
+ * read of each block and stream, and the messages of the last five minutes. */
+class ReplayGuard {
+  #last = new Map();
+  #seen = new Set();
+  #order = [];
+
+  block(ctx, seq) {
+    const last = this.#last.get(ctx) ?? 0n;
+    if (seq < last) throw cryptoError(`replayed record rejected: ${ctx} holds a record sealed at ${seq} ns, older than one already read (${last} ns)`);
+    this.#last.set(ctx, seq);
+  }
+
+  stream(ctx, seq) {
+    const last = this.#last.get(ctx) ?? 0n;
+    if (seq <= last) throw cryptoError(`replayed record rejected: ${ctx} holds a record sealed at ${seq} ns, not after one already read (${last} ns)`);
+    this.#last.set(ctx, seq);
+  }
+
+  message(seq, nonce) {
+    const now = BigInt(Date.now()) * 1_000_000n;
+    while (this.#order.length > 0 && this.#order[0].seq + REPLAY_WINDOW_NS < now) this.#seen.delete(this.#order.shift().key);
+    if (seq + REPLAY_WINDOW_NS < now || seq > now + REPLAY_WINDOW_NS) throw cryptoError("replayed record rejected: sealed outside the replay window");
+    const key = `${seq}/${toB64(nonce)}`;
+    if (this.#seen.has(key)) throw cryptoError("replayed record rejected: this message was already delivered");
+    this.#seen.add(key);
+    this.#order.push({ seq, key });
+  }
+}
+
+/** `value` as JSON bytes; INVALID_JSON for what JSON.stringify refuses (a BigInt, a cycle). */
+function jsonBytes(value) {
+  try {
+    return utf8.encode(JSON.stringify(value === undefined ? null : value));
+  } catch (e) {
+    throw new LatZeroError("INVALID_JSON", `not sent: the value is not JSON: ${e.message}`);
+  }
+}
+
+/** An opened record's JSON. */
+function openedJson(bytes) {
+  try {
+    return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (e) {
+    throw new LatZeroError("INVALID_JSON", `an opened record is not JSON: ${e.message}`);
+  }
+}
+
+/**
+ * An encrypted pool this app joined with its keys (`Client.encryptedPool`): calls, emits,
+ * handlers, binary blocks and stream records whose contents are sealed end to end, as the Rust
+ * SDK and the Python client seal them (each opens the others' records). The server routes and
+ * stores only sealed records. Failures of the sealing itself (a key not held, a record that does
+ * not verify or decrypt, a replay) reject with LatZeroError CRYPTO.
+ *
+ * After a reconnect the handle proves the SigilKey again and re-joins; its operations wait for
+ * that first, and reject with its error if it failed. `close()` stops the re-joining (the app
+ * stays in the pool until it leaves or disconnects).
+ */
+export class EncryptedPool {
+  #client;
+  #keys;
+  #writes = new Map();
+  #guard = new ReplayGuard();
+  #appending = Promise.resolve();
+  #rejoining = null;
+  #closed = false;
+
+  constructor(client, keys) {
+    this.#client = client;
+    this.#keys = keys;
+    client.on("reconnected", () => {
+      if (this.#closed) return;
+      this.#rejoining = this._join();
+      // Told here too, for a handle nobody uses until the next reconnect.
+      this.#rejoining.catch((e) => console.warn(`latzero: could not re-join encrypted pool '${this.pool}': ${e.message}`));
+    });
+    // Taken out of the pool (its owner removed it): not joined again.
+    client.on("pool_left", (d) => {
+      if (d.pool === this.pool) this.#closed = true;
+    });
+  }
+
+  get pool() {
+    return this.#keys.pool;
+  }
+
+  /** Stops re-joining after reconnects. */
+  close() {
+    this.#closed = true;
+  }
+
+  /** Waits for a re-join under way; rejects with its error if it failed. */
+  async _ready() {
+    if (this.#rejoining === null) return;
+    try {
+      await this.#rejoining;
+    } catch (e) {
+      throw new LatZeroError(e.code ?? "CRYPTO", `could not re-join encrypted pool '${this.pool}' after a reconnect: ${reasonOf(e)}`);
+    }
+  }
+
+  /** Proves the SigilKey for the pool's newest key generation and joins. The write verifiers the
+   * server gives are checked against our own OblivionSeal where we hold it, before the proof is
+   * sent. */
+  async _join() {
+    const client = this.#client;
+    const keys = this.#keys;
+    const pool = this.pool;
+    const timeout = client.options.timeoutMs ?? 30000;
+    const ch = await client._request({ action: "pool_challenge", pool }, timeout);
+    const bad = (what) => new LatZeroError("PROTOCOL", `pool_challenge answer without a valid \`${what}\``);
+    const generation = ch.generation;
+    if (!Number.isInteger(generation) || generation < 0 || generation > U32_MAX) throw bad("generation");
+    const nonce = fromB64(ch.nonce);
+    if (nonce === null) throw bad("nonce");
+    if (typeof ch.write_verifiers !== "object" || ch.write_verifiers === null) throw bad("write_verifiers");
+    const writes = new Map();
+    for (const [g, v] of Object.entries(ch.write_verifiers)) {
+      const gen = Number(g);
+      const key = fromB64(v);
+      if (!/^[0-9]{1,10}$/.test(g) || gen > U32_MAX || key === null || key.length !== 32) throw bad("write_verifiers");
+      if (keys.has("seal", gen)) {
+        const ours = await keys.writeVerifier(gen);
+        if (ours.some((b, i) => b !== key[i])) {
+          throw cryptoError(`the server's write verifier for key generation ${gen} does not match our OblivionSeal; refusing to trust it`);
+        }
+      }
+      writes.set(gen, key);
+    }
+    const app = utf8.encode(client.appId);
+    const poolBytes = utf8.encode(pool);
+    const message = concat(JOIN_DOMAIN, u32(poolBytes.length), poolBytes, u32(app.length), app, u32(generation), nonce);
+    const { priv } = await keys._joiner(generation);
+    const signature = await webCrypto(async (s) => new Uint8Array(await s.sign({ name: "Ed25519" }, priv, message)));
+    await client._request({ action: "pool_prove", pool, signature: toB64(signature) }, timeout);
+    this.#writes = writes;
+  }
+
+  // Messages.
+
+  async _sealValue(ctx, value) {
+    return toB64(await seal(this.#keys, ctx, jsonBytes(value)));
+  }
+
+  /** A sealed message (`data` as it came on the wire), opened once. */
+  async _openMessage(ctx, data) {
+    const sealed = fromB64(data);
+    if (sealed === null) throw cryptoError("not a sealed record");
+    const o = await open(this.#keys, ctx, sealed, this.#writes);
+    this.#guard.message(o.seq, o.nonce);
+    return openedJson(o.plaintext);
+  }
+
+  /** A call's error: a handler's sealed error opened (or why it cannot be); anything else as it
+   * came (the server's own errors are plaintext). */
+  async _openError(trigger, e) {
+    const err = e?.error;
+    if (e?.code !== "HANDLER_ERROR" || typeof err !== "object" || err === null || Object.keys(err).join() !== "sealed") return e;
+    try {
+      return handlerError(await this._openMessage(`error/${trigger}`, err.sealed));
+    } catch (why) {
+      return why;
+    }
+  }
+
+  /** Calls a trigger with a sealed payload and opens the sealed answer (needs the CipherShard and
+   * the OblivionSeal). A handler's error comes sealed too, and is opened into LatZeroError
+   * HANDLER_ERROR; the server's own errors (TIMEOUT, NO_HANDLER) are plaintext. opts: as
+   * Client.call. */
+  async call(trigger, data = null, opts = {}) {
+    await this._ready();
+    const sealed = await this._sealValue(`msg/${trigger}`, data);
+    let answer;
+    try {
+      answer = await this.#client.call(this.pool, trigger, sealed, opts);
+    } catch (e) {
+      throw await this._openError(trigger, e);
+    }
+    return this._openMessage(`reply/${trigger}`, answer);
+  }
+
+  /** Emits a sealed payload (needs the CipherShard and the OblivionSeal); as Client.emit. */
+  async emit(trigger, data = null, opts = {}) {
+    await this._ready();
+    return this.#client.emit(this.pool, trigger, await this._sealValue(`msg/${trigger}`, data), opts);
+  }
+
+  /** Handles a trigger: calls and emits in this pool reach `fn` opened (verified, decrypted,
+   * checked for replays; anything else is refused with a handler error and never reaches `fn`),
+   * and its answer is sealed (answering needs the OblivionSeal), and so is its error: a handler
+   * that cannot seal answers an error saying so, without its error's contents. In other pools
+   * `fn` sees payloads as they are. */
+  async handle(trigger, fn) {
+    mustCall(fn, "a handler");
+    const pool = this.pool;
+    await this.#client.handle(trigger, async (req) => {
+      if (req.pool !== pool) return fn(req);
+      try {
+        req.data = await this._openMessage(`msg/${req.process}`, req.data);
+      } catch (e) {
+        throw new HandlerError({ message: `rejected sealed payload: ${reasonOf(e)}` });
+      }
+      let out;
+      try {
+        out = await fn(req);
+      } catch (e) {
+        let sealed;
+        try {
+          sealed = await this._sealValue(`error/${req.process}`, failure(e));
+        } catch (why) {
+          throw new HandlerError({ message: `the handler failed, and cannot seal its error: ${reasonOf(why)}` });
+        }
+        throw new HandlerError({ sealed });
+      }
+      try {
+        return await this._sealValue(`reply/${req.process}`, out);
+      } catch (e) {
+        throw new HandlerError({ message: `cannot seal the answer: ${reasonOf(e)}` });
+      }
+    });
+  }
+
+  // Blocks.
+
+  /** Writes `plaintext` (a Uint8Array) as the binary block's sealed record, through the server
+   * (length-prefixed at offset 0: the block must hold 4 + 28 + plaintext + 16 + 64 bytes).
+   * Resolves with the block's version. */
+  async writeBlock(blockId, plaintext) {
+    await this._ready();
+    const sealed = await seal(this.#keys, `block/${blockId}`, plaintext);
+    return this.#client.blockWrite(this.pool, blockId, concat(u32(sealed.length), sealed));
+  }
+
+  /** Reads, verifies and decrypts the binary block's sealed record: {data, version}. A record
+   * older than one this handle already read (a replayed old write) is refused. */
+  async readBlock(blockId) {
+    await this._ready();
+    const ctx = `block/${blockId}`;
+    for (let i = 0; i < 3; i++) {
+      const { data: prefix } = await this.#client.blockRead(this.pool, blockId, { length: 4 });
+      const n = prefix.length < 4 ? 0 : new DataView(prefix.buffer, prefix.byteOffset, 4).getUint32(0);
+      if (n === 0) throw cryptoError("not a sealed record (the block holds none)");
+      let got;
+      try {
+        got = await this.#client.blockRead(this.pool, blockId, { length: 4 + n });
+      } catch (e) {
+        if (e.code !== "OUT_OF_RANGE") throw e;
+        throw cryptoError(`not a sealed record: its length prefix (${n} bytes) does not fit (${reasonOf(e)})`);
+      }
+      if (got.data.subarray(0, 4).some((b, j) => b !== prefix[j])) continue; // rewritten between the two reads
+      const o = await open(this.#keys, ctx, got.data.subarray(4), this.#writes);
+      this.#guard.block(ctx, o.seq);
+      return { data: o.plaintext, version: got.version };
+    }
+    throw new LatZeroError("PROTOCOL", "the block kept changing while being read; try again");
+  }
+
+  /** Writes `document` as JSON into a binary block of the pool, as its sealed record
+   * (writeBlock): json blocks are not available in encrypted pools, since the server cannot check
+   * a document it cannot read. Resolves with the block's version. */
+  async writeJson(blockId, document) {
+    return this.writeBlock(blockId, jsonBytes(document));
+  }
+
+  /** The document writeJson sealed into the block: {document, version}. */
+  async readJson(blockId) {
+    const { data, version } = await this.readBlock(blockId);
+    return { document: openedJson(data), version };
+  }
+
+  /** Appends `plaintext` (a Uint8Array) to a stream block of the pool as one sealed record,
+   * through the server, which checks that it was sealed after the stream's newest record; one
+   * that another writer's append overtook is sealed again (up to 8 times in all). One append of
+   * this handle is in flight at a time, so its records leave in the order they were sealed.
+   * Resolves with {index, version}. */
+  async append(blockId, plaintext) {
+    await this._ready();
+    const ctx = `stream/${blockId}`;
+    const mine = this.#appending.then(async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.#client.blockAppend(this.pool, blockId, await seal(this.#keys, ctx, plaintext));
+        } catch (e) {
+          if (e.code !== "STALE_RECORD" || attempt === APPEND_TRIES) throw e;
+        }
+      }
+    });
+    this.#appending = mine.catch(() => {});
+    return mine;
+  }
+
+  /** Reads up to `opts.max` (1000) records of a stream block from the named consumer's cursor, as
+   * Client.blockConsume, each verified and decrypted: `records` holds, in stream order, each
+   * record's plaintext (a Uint8Array) or, in its place, the LatZeroError CRYPTO it was refused
+   * with (not sealed by a holder of the OblivionSeal, altered, sealed for another stream, or not
+   * sealed after the last record this handle read from the stream). The cursor has moved past
+   * all of them. */
+  async consume(blockId, consumer, opts = {}) {
+    await this._ready();
+    const ctx = `stream/${blockId}`;
+    const r = await this.#client.blockConsume(this.pool, blockId, consumer, opts);
+    const records = [];
+    for (const sealed of r.records) {
+      try {
+        const o = await open(this.#keys, ctx, sealed, this.#writes);
+        this.#guard.stream(ctx, o.seq);
+        records.push(o.plaintext);
+      } catch (e) {
+        if (!(e instanceof LatZeroError)) throw e;
+        records.push(e);
+      }
+    }
+    return { ...r, records };
   }
 }
 
@@ -1005,6 +1616,11 @@ class SocketTransport {
     this.readyState = 2;
     this._sock.destroySoon();
   }
+}
+
+/** A handler's throw as the error its caller receives. */
+function failure(e) {
+  return e instanceof HandlerError ? e.error : { message: e?.message ?? String(e) };
 }
 
 /** A handler's own error (a response with status error) as a LatZeroError HANDLER_ERROR. */

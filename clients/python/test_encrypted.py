@@ -1,9 +1,9 @@
 """End-to-end test of the Python client's encrypted pools against a real server and a Rust SDK
 app in the same pool, run by crates/latzero-cli/tests/python.rs. That test makes the pool with
-`latzero keys generate vault`, and its Rust app (`rs-worker`) serves `rs_upper`, has written a
-sealed document into block `rs-doc` and two sealed records into stream `rs-log`. When this
-prints `ready` the Rust app checks what this wrote and calls `py_done`; when it prints `restart`
-the test restarts the server. Prints `ok NAME` per check and `done` at the end; any failure
+`latzero keys generate vault`, and its Rust app (`rs-worker`, crates/latzero-cli/tests/sealed/
+mod.rs) serves `rs_upper`, has written a sealed document into block `rs-doc` and two sealed
+records into stream `rs-log`. When this prints `ready` the Rust app checks what this wrote and
+calls `peer_done`; when it prints `restart` the test restarts the server. Prints `ok NAME` per check and `done` at the end; any failure
 exits 1 with the reason.
 
     LATZERO_SOCKET=/path/to/latzero.sock LATZERO_KEYS="lzk1.sigil... lzk1.cipher... lzk1.seal..." \
@@ -66,16 +66,16 @@ async def main():
     done = asyncio.get_running_loop().create_future()
     notes = []
 
-    async def py_sum(req):
+    async def peer_sum(req):
         if not req.data["xs"]:
             raise latzero.HandlerError({"message": "nothing to add", "code": 42})
         return {"sum": sum(req.data["xs"]), "by": "python", "from": req.origin}
 
-    await vault.handle("py_sum", py_sum)
-    await vault.handle("py_note", lambda req: notes.append(req.data))
-    await vault.handle("py_done", lambda req: done.done() or done.set_result(req.data))
-    await py.block_create("vault", "py-doc", 1024)
-    await vault.write_json("py-doc", {"from": "python", "list": [1, 2]})
+    await vault.handle("peer_sum", peer_sum)
+    await vault.handle("peer_note", lambda req: notes.append(req.data))
+    await vault.handle("peer_done", lambda req: done.done() or done.set_result(req.data))
+    await py.block_create("vault", "peer-doc", 1024)
+    await vault.write_json("peer-doc", {"from": "python", "list": [1, 2]})
     index, _ = await vault.append("rs-log", b"python 0")
     check(index == 2, "appends a sealed record after Rust's", index)
 
@@ -83,11 +83,11 @@ async def main():
     # never echoed.
     reader_client = await latzero.connect("py-reader", **opts)
     reader = await reader_client.encrypted_pool("vault", latzero.PoolKeys("vault", KEYS[:2]))
-    doc, _ = await reader.read_json("py-doc")
+    doc, _ = await reader.read_json("peer-doc")
     check(doc == {"from": "python", "list": [1, 2]}, "a reader with the CipherShard reads", doc)
     e = await raises(reader.call("rs_upper", {"text": "x"}))
     check(e.code == "CRYPTO" and "OblivionSeal" in e.message, "a reader cannot seal", str(e))
-    e = await raises(reader.write_json("py-doc", {"forged": True}))
+    e = await raises(reader.write_json("peer-doc", {"forged": True}))
     check(e.code == "CRYPTO", "nor write a block", str(e))
     wrong = "lzk1.sigil.1." + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
     stranger = await latzero.connect("py-stranger", **opts)
@@ -102,11 +102,11 @@ async def main():
     check(e.code == "INVALID_OPTIONS", "keys of another pool are refused", str(e))
     check(secret not in repr(vault._keys), "repr shows no key", repr(vault._keys))
     # Written through the server unsealed, or sealed and altered: refused there.
-    e = await raises(py.block_write("vault", "py-doc", b"\x00\x00\x00\x05hello"))
+    e = await raises(py.block_write("vault", "peer-doc", b"\x00\x00\x00\x05hello"))
     check(e.code == "PERMISSION_DENIED", "the server refuses an unsealed block write", str(e))
-    sealed = bytearray(latzero._seal(vault._keys, "block/py-doc", b"x"))
+    sealed = bytearray(latzero._seal(vault._keys, "block/peer-doc", b"x"))
     sealed[40] ^= 1
-    e = await raises(py.block_write("vault", "py-doc", len(sealed).to_bytes(4, "big") + bytes(sealed)))
+    e = await raises(py.block_write("vault", "peer-doc", len(sealed).to_bytes(4, "big") + bytes(sealed)))
     check(e.code == "PERMISSION_DENIED", "and an altered one", str(e))
     # A record a reader opened once is not taken again (a replayed message).
     msg = vault._seal_value("msg/x", 1)

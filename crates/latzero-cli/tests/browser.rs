@@ -2,8 +2,10 @@
 //! `clients/js/test/browser.html` from a small HTTP server here; the page runs the client's
 //! checks (`clients/js/test/checks.mjs`, the same the Node test runs) against the real `latzero`
 //! binary's WebSocket port, which lets the page's origin in (`--ws-origin`), with a `latzero
-//! reply` worker and a server restart the page must come back from. Then it goes to a page of
-//! another origin, which the server must refuse.
+//! reply` worker and a server restart the page must come back from; then the encrypted-pool
+//! checks (`clients/js/test/sealed.mjs`, on the browser's WebCrypto) with a Rust SDK app in the
+//! pool (`sealed/mod.rs`). Then it goes to a page of another origin, which the server must
+//! refuse.
 //!
 //! The page reports each line by POSTing it to `/line`, in order; this test reads them as a
 //! script and answers `restart` once the server is back. It needs Chromium (`chromium`, or the
@@ -17,6 +19,8 @@ use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
 use latzero_testkit::{EVENT_TIMEOUT, ServerProc, free_port};
+
+mod sealed;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_latzero"))
@@ -45,13 +49,13 @@ fn chromium() -> Result<PathBuf> {
     bail!("the browser test needs Chromium (chromium, or LATZERO_CHROMIUM); scripts/test.sh installs Debian's")
 }
 
-/// A line the page sent, and where to say it was handled.
-type Line = (String, mpsc::Sender<()>);
+/// A line the page sent, and where to say it was handled (with text for the page).
+type Line = (String, mpsc::Sender<String>);
 
 /// Serves `root`'s files (GET) and takes the page's lines (POST /line) on `l`, one request per
 /// connection, each on a thread of its own (a connection the browser opens ahead and leaves
-/// idle holds up no other). A line's response waits until the test has handled it; the page
-/// sends the next only then. A request it cannot read is dropped: the page then fails to
+/// idle holds up no other). A line's response waits until the test has handled it, and carries
+/// the test's answer; the page sends the next only then. A request it cannot read is dropped: the page then fails to
 /// report, and the test says what it saw.
 fn serve(l: TcpListener, root: PathBuf, lines: mpsc::Sender<Line>) {
     std::thread::spawn(move || {
@@ -88,8 +92,8 @@ fn answer(mut s: TcpStream, root: &Path, lines: &mpsc::Sender<Line>) -> Result<(
         r.read_exact(&mut body)?;
         let (done_tx, done) = mpsc::channel();
         lines.send((String::from_utf8(body)?, done_tx))?;
-        done.recv_timeout(EVENT_TIMEOUT * 2)?;
-        ("200 OK", "text/plain", Vec::new())
+        let reply = done.recv_timeout(EVENT_TIMEOUT * 2)?;
+        ("200 OK", "text/plain", reply.into_bytes())
     } else {
         let file = path.trim_start_matches('/');
         let kind = match file.rsplit_once('.').map(|(_, ext)| ext) {
@@ -169,6 +173,9 @@ fn the_javascript_client_runs_in_a_browser_page_and_other_origins_are_refused() 
     );
 
     let mut seen = vec![];
+    // The encrypted pool's Rust app, started once the checks' restart is behind them; the page
+    // gets the pool's keys in the answer to the line that says so.
+    let mut rust = None;
     loop {
         let (line, handled) = lines
             .recv_timeout(EVENT_TIMEOUT)
@@ -178,7 +185,18 @@ fn the_javascript_client_runs_in_a_browser_page_and_other_origins_are_refused() 
             // Stopped and started again on the same ports: the page must come back by itself.
             s.restart(&args)?;
         }
-        let _ = handled.send(());
+        let mut reply = String::new();
+        if line == "ok the checks ran in a browser page" {
+            let app = sealed::RustApp::start(&s)?;
+            reply = app.keys.join(",");
+            rust = Some(app);
+        }
+        if line == "ready" {
+            rust.as_ref()
+                .context("ready before the keys")?
+                .check_peer("javascript")?;
+        }
+        let _ = handled.send(reply);
         if line.starts_with("FAIL") {
             bail!("the page failed: {seen:?}");
         }
@@ -189,6 +207,8 @@ fn the_javascript_client_runs_in_a_browser_page_and_other_origins_are_refused() 
     for want in [
         "ok reconnected with its handlers",
         "ok the checks ran in a browser page",
+        "ok re-joined after the server restarted",
+        "ok the encrypted-pool checks ran in a browser page",
         "ok a page of another origin is refused",
     ] {
         assert!(seen.iter().any(|l| l == want), "{want:?} not in {seen:?}");

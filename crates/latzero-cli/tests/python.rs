@@ -10,6 +10,8 @@ use std::process::Command;
 use anyhow::Result;
 use latzero_testkit::{Proc, ServerProc};
 
+mod sealed;
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_latzero"))
 }
@@ -105,80 +107,22 @@ print("done", flush=True)
 /// `latzero keys generate`, each opening what the other sealed — calls both ways, a handler's
 /// sealed error both ways, an emit, a block document and a stream's records — and the Python
 /// handle re-joining after a restart. The checks on the Python side are in
-/// `clients/python/test_encrypted.py`; those on the Rust side run here when it prints `ready`.
+/// `clients/python/test_encrypted.py`; those on the Rust side in `sealed/mod.rs`.
 #[test]
 fn the_python_client_and_the_rust_sdk_open_each_others_sealed_records() -> Result<()> {
-    use latzero_client::{BlockOptions, ClientError, ClientOptions, HandlerError, PoolKeys, Request};
-    use serde_json::{Value, json};
-
     let dir = tempfile::tempdir()?;
     let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
-    let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner"])?;
-    assert!(ok, "{err}");
-    let keys = latzero_testkit::printed_keys(&out);
-    assert_eq!(keys.len(), 3, "{out}");
-
-    let rt = tokio::runtime::Runtime::new()?;
-    let url = s.url("rs-worker");
-    let (rust, vault) = rt.block_on(async {
-        let rust = ClientOptions::new().connect(&url).await?;
-        let vault = rust.encrypted_pool("vault", PoolKeys::parse("vault", &keys)?).await?;
-        vault
-            .handle("rs_upper", |r: Request| async move {
-                if r.data["fail"] == json!(true) {
-                    return Err(HandlerError(json!({"message": "account 7 is short by 1200"})));
-                }
-                let text = r.data["text"].as_str().unwrap_or_default().to_uppercase();
-                Ok(json!({"upper": text, "by": "rust"}))
-            })
-            .await?;
-        let doc = rust
-            .create_block("vault", "rs-doc", BlockOptions::binary(1024).persistent())
-            .await?;
-        vault.write_json(&doc, &json!({"from": "rust", "n": 1})).await?;
-        let log = rust
-            .create_block("vault", "rs-log", BlockOptions::stream(65536))
-            .await?;
-        for i in 0..2 {
-            vault.append(&log, format!("rust {i}").as_bytes()).await?;
-        }
-        anyhow::Ok((rust, vault))
-    })?;
-
+    let rust = sealed::RustApp::start(&s)?;
     let mut cmd = Command::new(std::env::var_os("LATZERO_PYTHON").unwrap_or_else(|| "python3".into()));
     cmd.arg(repo().join("clients/python/test_encrypted.py"))
         .env(
             "LATZERO_SOCKET",
             s.unix.clone().expect("the server serves its Unix socket"),
         )
-        .env("LATZERO_KEYS", keys.join(" "));
+        .env("LATZERO_KEYS", rust.keys.join(" "));
     let mut py = Proc::spawn(cmd)?;
     py.follow_script(|line| match line {
-        // What Python sealed, opened here; then `py_done` lets the script go on.
-        "ready" => rt.block_on(async {
-            let mut checked = 0;
-            let sum = vault.call("py_sum", &json!({"xs": [1, 2, 3]})).await?;
-            assert_eq!(sum, json!({"sum": 6, "by": "python", "from": "rs-worker"}));
-            checked += 1;
-            match vault.call("py_sum", &json!({"xs": []})).await {
-                Err(ClientError::Handler(e)) => assert_eq!(e, json!({"message": "nothing to add", "code": 42})),
-                other => anyhow::bail!("a Python handler's sealed error: {other:?}"),
-            }
-            checked += 1;
-            let doc = rust.attach_block("vault", "py-doc").await?;
-            let (got, _) = vault.read_json::<Value>(&doc).await?;
-            assert_eq!(got, json!({"from": "python", "list": [1, 2]}));
-            checked += 1;
-            let log = rust.attach_block("vault", "rs-log").await?;
-            let r = vault.consume(&log, "rs", 10).await?;
-            let records: Vec<Vec<u8>> = r.records.into_iter().collect::<Result<_, _>>()?;
-            assert_eq!(records, [&b"rust 0"[..], b"rust 1", b"python 0"]);
-            checked += 1;
-            vault.emit("py_note", &json!({"note": "from rust"})).await?;
-            checked += 1;
-            vault.call("py_done", &json!({"checked": checked})).await?;
-            anyhow::Ok(())
-        }),
+        "ready" => rust.check_peer("python"),
         // Stopped and started again: the Python handle must prove its key again by itself.
         "restart" => s.restart(&[]),
         _ => anyhow::bail!("unexpected line: {line}"),
@@ -188,6 +132,5 @@ fn the_python_client_and_the_rust_sdk_open_each_others_sealed_records() -> Resul
         "{:?}",
         py.seen
     );
-    drop((vault, rust));
     Ok(())
 }

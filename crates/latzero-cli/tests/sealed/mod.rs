@@ -1,0 +1,96 @@
+//! The Rust SDK side of the cross-language encrypted-pool tests (`python.rs`, `js.rs`): a pool
+//! made by `latzero keys generate vault`, and a Rust app (`rs-worker`) in it that serves
+//! `rs_upper` (sealed answers, and a sealed error for `{"fail": true}`), has sealed a document
+//! into block `rs-doc` and two records into stream `rs-log`, and, when the other client says
+//! `ready`, opens what that client sealed: its `peer_sum` handler's answer and sealed error, its
+//! document in `peer-doc`, its record after Rust's in `rs-log`; then emits `peer_note` and calls
+//! `peer_done` with how many checks passed (the clients' scripts: `clients/python/
+//! test_encrypted.py`, `clients/js/test/sealed.mjs`).
+
+use anyhow::{Result, bail};
+use latzero_client::{
+    BlockOptions, Client, ClientError, ClientOptions, EncryptedPool, HandlerError, PoolKeys, Request,
+};
+use latzero_testkit::ServerProc;
+use serde_json::{Value, json};
+
+pub struct RustApp {
+    /// The key texts `latzero keys generate` printed.
+    pub keys: Vec<String>,
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    vault: EncryptedPool,
+}
+
+impl RustApp {
+    pub fn start(s: &ServerProc) -> Result<RustApp> {
+        let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner"])?;
+        assert!(ok, "{err}");
+        let keys = latzero_testkit::printed_keys(&out);
+        assert_eq!(keys.len(), 3, "{out}");
+        let rt = tokio::runtime::Runtime::new()?;
+        let url = s.url("rs-worker");
+        let (client, vault) = rt.block_on(async {
+            let client = ClientOptions::new().connect(&url).await?;
+            let vault = client.encrypted_pool("vault", PoolKeys::parse("vault", &keys)?).await?;
+            vault
+                .handle("rs_upper", |r: Request| async move {
+                    if r.data["fail"] == json!(true) {
+                        return Err(HandlerError(json!({"message": "account 7 is short by 1200"})));
+                    }
+                    let text = r.data["text"].as_str().unwrap_or_default().to_uppercase();
+                    Ok(json!({"upper": text, "by": "rust"}))
+                })
+                .await?;
+            let doc = client
+                .create_block("vault", "rs-doc", BlockOptions::binary(1024).persistent())
+                .await?;
+            vault.write_json(&doc, &json!({"from": "rust", "n": 1})).await?;
+            let log = client
+                .create_block("vault", "rs-log", BlockOptions::stream(65536))
+                .await?;
+            for i in 0..2 {
+                vault.append(&log, format!("rust {i}").as_bytes()).await?;
+            }
+            anyhow::Ok((client, vault))
+        })?;
+        Ok(RustApp {
+            keys,
+            rt,
+            client,
+            vault,
+        })
+    }
+
+    /// Opens what the other client (`by`: "python", "javascript") sealed, then lets it go on.
+    pub fn check_peer(&self, by: &str) -> Result<()> {
+        let (vault, client) = (&self.vault, &self.client);
+        self.rt.block_on(async {
+            let mut checked = 0;
+            let sum = vault.call("peer_sum", &json!({"xs": [1, 2, 3]})).await?;
+            assert_eq!(sum, json!({"sum": 6, "by": by, "from": "rs-worker"}));
+            checked += 1;
+            match vault.call("peer_sum", &json!({"xs": []})).await {
+                Err(ClientError::Handler(e)) => assert_eq!(e, json!({"message": "nothing to add", "code": 42})),
+                other => bail!("the {by} handler's sealed error: {other:?}"),
+            }
+            checked += 1;
+            let doc = client.attach_block("vault", "peer-doc").await?;
+            let (got, _) = vault.read_json::<Value>(&doc).await?;
+            assert_eq!(got, json!({"from": by, "list": [1, 2]}));
+            checked += 1;
+            let log = client.attach_block("vault", "rs-log").await?;
+            let r = vault.consume(&log, "rs", 10).await?;
+            let records: Vec<Vec<u8>> = r.records.into_iter().collect::<Result<_, _>>()?;
+            assert_eq!(
+                records,
+                [b"rust 0".to_vec(), b"rust 1".to_vec(), format!("{by} 0").into_bytes()]
+            );
+            checked += 1;
+            vault.emit("peer_note", &json!({"note": "from rust"})).await?;
+            checked += 1;
+            vault.call("peer_done", &json!({"checked": checked})).await?;
+            anyhow::Ok(())
+        })
+    }
+}
