@@ -4,12 +4,18 @@
 # unpinned, and prints the tables with ratios. Extra arguments go to latzero-bench (--help), e.g.
 #   scripts/bench.sh --write docs/BENCHMARKS.md
 #   scripts/bench.sh blocks --write docs/BENCHMARKS.md   (memory blocks vs memcpy and Redis)
+#   scripts/bench.sh sealed --write docs/BENCHMARKS.md   (calls into an encrypted pool, from Rust,
+#                                                         Python and Node)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if [ "${1:-}" = sealed ]; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  python3 -c 'import cryptography' 2>/dev/null || missing+=(python3-cryptography)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -12,13 +12,15 @@
 //! re-runs itself under each and prints one table per placement with ratios, then runs LatZero
 //! unpinned once more with its clients on a one-worker runtime (`--client-workers` sets every
 //! peer's instead). `--write FILE` replaces the generated section of FILE (between the race
-//! markers).
+//! markers). Subcommands measure memory blocks (`blocks`), the server's memory (`memory`) and
+//! what sealing costs in encrypted pools (`sealed`).
 
 mod blocks;
 mod latzero;
 mod memory;
 mod nats;
 mod relay;
+mod sealed;
 mod stats;
 mod ws;
 
@@ -101,6 +103,10 @@ enum Cmd {
     /// Memory blocks: mapped access vs memcpy, through the server vs Redis GET/SET,
     /// write-to-watcher latency vs Redis pub/sub (runs redis-server itself)
     Blocks,
+    /// What sealing costs: sequential calls plain and into an encrypted pool, from the Rust
+    /// SDK, the Python client and the JavaScript client under Node (needs python3 with the
+    /// cryptography package, and node)
+    Sealed,
     /// Server memory: RSS with many idle clients, and over a long run of calls
     Memory {
         /// Idle clients to connect
@@ -147,7 +153,25 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
-        Some(Cmd::Blocks) => return blocks_cmd(&args),
+        Some(Cmd::Blocks) => {
+            let version = blocks::RedisServer::version;
+            return placed(
+                &args,
+                "blocks",
+                |bin| async move { blocks::run(&bin).await },
+                blocks::table,
+                |t| format!("{t}; {}", version()),
+            );
+        }
+        Some(Cmd::Sealed) => {
+            return placed(
+                &args,
+                "sealed",
+                |bin| async move { sealed::run(&bin).await },
+                sealed::table,
+                |t| format!("{t}; {}; {}", tool_version("python3"), tool_version("node")),
+            );
+        }
         None => {}
     }
     let sizes = sizes(&args);
@@ -332,7 +356,21 @@ fn both(args: &Args) -> Result<()> {
 }
 
 /// `latzero-bench blocks`: one placement (printing JSON with --json), or both via taskset.
-fn blocks_cmd(args: &Args) -> Result<()> {
+/// A subcommand measured in each placement (`sub`: its name, and its section's in `--write`):
+/// for one placement, `measure` runs here (rerun under `taskset -c 0` when pinned) and prints
+/// its table, or its figures with `--json`; for both, this binary runs itself once per placement
+/// and prints, or writes, the two tables under a line `line` completes.
+fn placed<F, Fut>(
+    args: &Args,
+    sub: &str,
+    measure: impl FnOnce(PathBuf) -> Fut,
+    table: fn(&str, &F) -> String,
+    line: impl FnOnce(String) -> String,
+) -> Result<()>
+where
+    F: serde::Serialize + serde::de::DeserializeOwned,
+    Fut: std::future::Future<Output = Result<F>>,
+{
     let placement = args.placement.as_str();
     if placement != "both" {
         if !matches!(placement, "pinned" | "unpinned") {
@@ -342,28 +380,39 @@ fn blocks_cmd(args: &Args) -> Result<()> {
             return rerun_pinned();
         }
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let f = rt.block_on(blocks::run(&server_bin(args)?))?;
+        let f = rt.block_on(measure(server_bin(args)?))?;
         if args.json {
             println!("{}", serde_json::to_string(&f)?);
         } else {
-            print!("{}", blocks::table(placement, &f));
+            print!("{}", table(placement, &f));
         }
         return Ok(());
     }
     let mut out = String::new();
     for placement in ["pinned", "unpinned"] {
-        let o = run_placement(args, placement, &["blocks".to_owned()])?;
-        let f: blocks::BlockFigures = serde_json::from_slice(&o.stdout)?;
-        out.push_str(&blocks::table(placement, &f));
+        let o = run_placement(args, placement, &[sub.to_owned()])?;
+        let f: F = serde_json::from_slice(&o.stdout)?;
+        out.push_str(&table(placement, &f));
         out.push('\n');
     }
-    let text = format!("{}; {}.\n\n{out}", run_line(), blocks::RedisServer::version());
+    let text = format!("{}.\n\n{out}", line(run_line()));
     print!("{text}");
     if let Some(path) = &args.write {
-        write_section(path, "blocks", &text)?;
+        write_section(path, sub, &text)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `TOOL --version`'s first line, for the run line.
+fn tool_version(tool: &str) -> String {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(|l| format!("{tool} {}", l.trim())))
+        .unwrap_or_else(|| format!("{tool}: version unknown"))
 }
 
 /// Whether this process may run on vCPU 0 only (as under `taskset -c 0`).
