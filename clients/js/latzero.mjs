@@ -1084,9 +1084,12 @@ export class PoolKeys {
 
 let lastSeq = 0n;
 
-/** The writer's clock in nanoseconds, strictly increasing in this JavaScript (PROTOCOL.md §4.6). */
+/** The writer's clock in nanoseconds, strictly increasing in this JavaScript (PROTOCOL.md §4.6),
+ * to the microsecond where `performance` gives it: writers to one stream whose records were
+ * sealed in the same millisecond would otherwise take turns being refused as stale. */
 function nextSeq() {
-  const now = BigInt(Date.now()) * 1_000_000n;
+  const ms = globalThis.performance ? performance.timeOrigin + performance.now() : Date.now();
+  const now = BigInt(Math.floor(ms * 1000)) * 1000n;
   lastSeq = now > lastSeq ? now : lastSeq + 1n;
   return lastSeq;
 }
@@ -1223,7 +1226,7 @@ export class EncryptedPool {
       if (this.#closed) return;
       this.#rejoining = this._join();
       // Told here too, for a handle nobody uses until the next reconnect.
-      this.#rejoining.catch((e) => console.warn(`latzero: could not re-join encrypted pool '${this.pool}': ${e.message}`));
+      this.#rejoining.catch((e) => this.#client._closed || console.warn(`latzero: could not re-join encrypted pool '${this.pool}': ${e.message}`));
     });
     // Taken out of the pool (its owner removed it): not joined again.
     client.on("pool_left", (d) => {

@@ -1527,7 +1527,7 @@ class EncryptedPool:
             self._rejoining.add_done_callback(self._told)
 
     def _told(self, task):
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and not self._client._closed:
             _log.warning("could not re-join encrypted pool %r: %s", self.pool, task.exception())
 
     def _on_pool_left(self, detail):
