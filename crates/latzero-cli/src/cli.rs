@@ -641,6 +641,11 @@ pub struct CallArgs {
     /// (as `latzero reply` does by default)
     #[arg(long, requires = "count", conflicts_with_all = ["data", "file"])]
     pub expect_echo: bool,
+    /// The pool is encrypted: its keys, in this file (the lines `latzero keys generate` printed;
+    /// in a file, not on the command line, where the process list shows it). The pool is joined
+    /// by proving its SigilKey, and payloads are sealed and opened end to end
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["to", "broadcast", "count"])]
+    pub keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -662,6 +667,11 @@ pub struct EmitArgs {
     /// Read the JSON payload from this file ('-': stdin), for payloads too large for an argument
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// The pool is encrypted: its keys, in this file (the lines `latzero keys generate` printed;
+    /// in a file, not on the command line, where the process list shows it). The pool is joined
+    /// by proving its SigilKey, and payloads are sealed and opened end to end
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -692,6 +702,11 @@ pub struct ReplyArgs {
     /// Take over a live connection with the same app id
     #[arg(long)]
     pub takeover: bool,
+    /// The pool (one --pool) is encrypted: its keys, in this file (the lines `latzero keys generate` printed;
+    /// in a file, not on the command line, where the process list shows it). The pool is joined
+    /// by proving its SigilKey, and payloads are sealed and opened end to end
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
 }
 
 /// A count or a time that must be at least 1.

@@ -957,6 +957,61 @@ fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() ->
     Ok(())
 }
 
+/// The command-line tools in an encrypted pool: `--keys FILE` (the file `latzero keys generate`
+/// wrote) joins it by proving the SigilKey; `reply` serves a trigger with opened payloads and
+/// sealed answers, `call` and `emit` seal and open. Without keys the refusal says how; a reader's
+/// keys cannot call; a key file others may read is warned about; --keys with --count is refused.
+#[test]
+fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let s = ServerProc::start(bin(), &[])?;
+    let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner"])?;
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir()?;
+    let keys = dir.path().join("vault.keys");
+    std::fs::write(&keys, &out)?;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600))?;
+    let keys = keys.to_str().expect("a UTF-8 path");
+    let mut worker = s.reply(&["--app", "w", "--pool", "vault", "--keys", keys, "echo"])?;
+
+    let (ok, out, err) = s.run(&["call", "--pool", "vault", "echo", r#"{"x":[1,2]}"#, "--keys", keys])?;
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)?,
+        json!({"app_id": "w", "process": "echo", "data": {"x": [1, 2]}})
+    );
+    assert!(err.is_empty(), "no warning for a file only its owner reads: {err}");
+    let call = worker.wait_event("call")?;
+    assert_eq!(call["data"], json!({"x": [1, 2]}), "the worker saw the payload opened");
+    let (ok, out, err) = s.run(&["emit", "--pool", "vault", "echo", r#""hi""#, "--keys", keys])?;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out)?, json!({"delivered": 1}));
+    assert_eq!(worker.wait_event("emit")?["data"], json!("hi"));
+
+    // Without keys: refused by the server, and told how to give them.
+    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "1"])?;
+    assert!(
+        !ok && err.contains("PERMISSION_DENIED") && err.contains("--keys FILE"),
+        "{err}"
+    );
+    // A reader's keys (the SigilKey and the CipherShard) join but cannot seal a call.
+    let reader = dir.path().join("reader.keys");
+    let lines: Vec<String> = latzero_testkit::printed_keys(&std::fs::read_to_string(keys)?);
+    std::fs::write(&reader, lines[..2].join("\n"))?;
+    std::fs::set_permissions(&reader, std::fs::Permissions::from_mode(0o644))?;
+    let reader = reader.to_str().expect("a UTF-8 path");
+    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "1", "--keys", reader])?;
+    assert!(!ok && err.contains("no OblivionSeal"), "{err}");
+    assert!(err.contains("may be read by other users"), "{err}");
+    let secret = lines[0].rsplit_once('.').expect("a key text").1;
+    assert!(!err.contains(secret), "no key in the output: {err}");
+    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "--keys", keys, "--count", "2"])?;
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, _, err) = s.run(&["reply", "--pool", "vault", "--pool", "demo", "--keys", keys, "echo"])?;
+    assert!(!ok && err.contains("exactly one --pool"), "{err}");
+    Ok(())
+}
+
 /// Runs `args` with a stdout whose reader is already gone (`| head -1` after head exited);
 /// returns the exit code and stderr. Fails if the command runs on past the deadline.
 fn with_closed_stdout(s: &ServerProc, args: &[&str]) -> Result<(Option<i32>, String)> {

@@ -256,13 +256,17 @@ impl EncryptedPool {
         self.state.open_message(&context(CONTEXT_REPLY, process), &answer)
     }
 
-    /// Emits a sealed payload (needs the CipherShard and OblivionSeal).
+    /// Emits a sealed payload (needs the CipherShard and OblivionSeal), and waits for the
+    /// server's receipt.
     pub async fn emit<T: Serialize + ?Sized>(&self, process: &str, data: &T) -> Result<(), ClientError> {
+        self.emit_confirmed(process, data).await.map(|_| ())
+    }
+
+    /// [`emit`](Self::emit), returning how many handlers the event reached (the server's
+    /// receipt, as [`Client::emit_confirmed`]).
+    pub async fn emit_confirmed<T: Serialize + ?Sized>(&self, process: &str, data: &T) -> Result<u64, ClientError> {
         let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
-        self.client
-            .emit_confirmed(&self.pool, process, &sealed)
-            .await
-            .map(|_| ())
+        self.client.emit_confirmed(&self.pool, process, &sealed).await
     }
 
     /// Handles a trigger: calls and emits in this pool arrive opened (verified, decrypted,

@@ -38,6 +38,17 @@ pub async fn run(args: CallArgs) -> Result<()> {
     if let Some(ms) = args.timeout_ms {
         opts = opts.request_timeout(Duration::from_millis(ms));
     }
+    if let Some(keys) = &args.keys {
+        let (_client, vault) = super::connect_sealed(&args.target, args.app.as_deref(), &args.pool, keys, opts).await?;
+        return match vault.call(&args.trigger, &data).await {
+            Ok(v) => {
+                outln!("{v}");
+                Ok(())
+            }
+            Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),
+            Err(e) => Err(e.into()),
+        };
+    }
     let client = super::connect(
         &args.target,
         args.app.as_deref(),

@@ -126,6 +126,50 @@ pub async fn connect(
     opts.connect(&url(t, app, pools)?).await.map_err(with_hint)
 }
 
+/// Connects as `app` and joins the encrypted `pool` with the keys in `keys` (`--keys FILE`).
+pub async fn connect_sealed(
+    t: &TargetArgs,
+    app: Option<&str>,
+    pool: &str,
+    keys: &std::path::Path,
+    opts: latzero_client::ClientOptions,
+) -> Result<(latzero_client::Client, latzero_client::EncryptedPool)> {
+    let keys = keys_file(pool, keys)?;
+    let client = connect(t, app, &[], opts).await?;
+    let vault = client
+        .encrypted_pool(pool, keys)
+        .await
+        .with_context(|| format!("cannot join encrypted pool '{pool}'"))?;
+    Ok((client, vault))
+}
+
+/// A pool's keys from a file: the last word of each line that is neither blank nor a `#`
+/// comment, so the file `latzero keys generate POOL > FILE` wrote is taken as it is, and so is
+/// one key per line. Warns when other users may read the file.
+pub fn keys_file(pool: &str, path: &std::path::Path) -> Result<latzero_client::PoolKeys> {
+    use std::os::unix::fs::MetadataExt;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the keys file {}", path.display()))?,
+    );
+    if let Ok(m) = std::fs::metadata(path)
+        && m.is_file()
+        && m.mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: the keys file {} may be read by other users (mode {:o}); `chmod 600 {}`",
+            path.display(),
+            m.mode() & 0o777,
+            path.display()
+        );
+    }
+    let texts = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().last());
+    latzero_client::PoolKeys::parse(pool, texts).with_context(|| format!("in the keys file {}", path.display()))
+}
+
 /// A failed request to the target server, with `context` said before it — unless the server was
 /// not reached: that error names the address and says what to do, so it stands alone.
 pub fn request_failed(e: ClientError, context: impl FnOnce() -> String) -> anyhow::Error {
@@ -141,6 +185,10 @@ fn with_hint(e: ClientError) -> anyhow::Error {
     if e.code() == Some(ErrorCode::AuthFailed) && !latzero_client::admin::has_env_credential() {
         anyhow::anyhow!(
             "{e}; the command-line tools send the token in $LATZERO_TOKEN (or a JWT in $LATZERO_JWT), which is not set"
+        )
+    } else if e.code() == Some(ErrorCode::PermissionDenied) && e.to_string().contains("is an encrypted pool") {
+        anyhow::anyhow!(
+            "{e}; the command-line tools join an encrypted pool with --keys FILE, a file of the keys `latzero keys generate` printed"
         )
     } else if let ClientError::AnswerTooLarge { .. } = e {
         anyhow::anyhow!(

@@ -4,29 +4,74 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use latzero_client::{ClientEvent, ClientOptions, HandlerError, Payload, Request};
 use serde::Serialize;
 use serde_json::json;
 
 /// A `call` or `emit` line. Written as text, so `data` is the caller's JSON as it came (a value
 /// read and written again would change an integer past 64 bits, or a decimal past a double's
-/// precision).
+/// precision). In an encrypted pool, the payload as opened.
 #[derive(Serialize)]
-struct Event<'a> {
+struct Event<'a, D> {
     event: &'a str,
     process: &'a str,
     pool: &'a str,
-    data: &'a Payload,
+    data: &'a D,
     origin: Option<&'a str>,
 }
 
 /// The default answer: the request echoed, `data` as it came.
 #[derive(Serialize)]
-struct Echo<'a> {
+struct Echo<'a, D> {
     app_id: &'a str,
     process: &'a str,
-    data: &'a Payload,
+    data: &'a D,
+}
+
+/// How every call is answered, from the command line.
+#[derive(Clone)]
+struct Answer {
+    me: String,
+    respond: Option<Payload>,
+    error: Option<serde_json::Value>,
+    delay_ms: u64,
+    hang: bool,
+}
+
+impl Answer {
+    /// Prints the request's line, then answers it as told.
+    async fn to<D: Serialize>(self, req: &Request<D>) -> Result<Payload, HandlerError> {
+        let line = Event {
+            event: if req.is_emit { "emit" } else { "call" },
+            process: &req.process,
+            pool: &req.pool,
+            data: &req.data,
+            origin: req.origin.as_deref(),
+        };
+        outln!(
+            "{}",
+            serde_json::to_string(&line).map_err(|e| HandlerError::msg(e.to_string()))?
+        );
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        if self.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+        }
+        if let Some(e) = self.error {
+            return Err(HandlerError(e));
+        }
+        match self.respond {
+            Some(r) => Ok(r),
+            None => Payload::from_json(&Echo {
+                app_id: &self.me,
+                process: &req.process,
+                data: &req.data,
+            })
+            .map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}"))),
+        }
+    }
 }
 
 use crate::cli::ReplyArgs;
@@ -43,47 +88,55 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
         .map(|s| super::json_arg(Some(s), "--error"))
         .transpose()?;
     let opts = ClientOptions::new().takeover(args.takeover);
-    let client = super::connect(&args.target, args.app.as_deref(), &args.pools, opts).await?;
+    // In an encrypted pool the handle must live as long as the handlers: it re-joins the pool
+    // after a reconnect.
+    let (client, vault) = match &args.keys {
+        Some(keys) => {
+            let [pool] = args.pools.as_slice() else {
+                bail!("--keys is one pool's keys: give exactly one --pool with it");
+            };
+            let (c, v) = super::connect_sealed(&args.target, args.app.as_deref(), pool, keys, opts).await?;
+            (c, Some(v))
+        }
+        None => (
+            super::connect(&args.target, args.app.as_deref(), &args.pools, opts).await?,
+            None,
+        ),
+    };
     let me = client.app_id().to_string();
+    let answer = Answer {
+        me: me.clone(),
+        respond,
+        error,
+        delay_ms: args.delay_ms,
+        hang: args.hang,
+    };
     for t in &args.triggers {
-        let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
-        let (delay, hang) = (args.delay_ms, args.hang);
-        client
-            .handle_raw(t, move |req: Request<Payload>| {
-                let (me, respond, error) = (me.clone(), respond.clone(), error.clone());
-                async move {
-                    let line = Event {
-                        event: if req.is_emit { "emit" } else { "call" },
-                        process: &req.process,
-                        pool: &req.pool,
-                        data: &req.data,
-                        origin: req.origin.as_deref(),
-                    };
-                    outln!(
-                        "{}",
-                        serde_json::to_string(&line).map_err(|e| HandlerError::msg(e.to_string()))?
-                    );
-                    if hang {
-                        std::future::pending::<()>().await;
-                    }
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    if let Some(e) = error {
-                        return Err(HandlerError(e));
-                    }
-                    match respond {
-                        Some(r) => Ok(r),
-                        None => Payload::from_json(&Echo {
-                            app_id: &me,
-                            process: &req.process,
-                            data: &req.data,
-                        })
-                        .map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}"))),
-                    }
-                }
-            })
-            .await?;
+        let answer = answer.clone();
+        match &vault {
+            // The answer sealed by the handle: a value (the payload as opened, and --respond, go
+            // through one).
+            Some(vault) => {
+                vault
+                    .handle(t, move |req: Request| {
+                        let answer = answer.clone();
+                        async move {
+                            let out = answer.to(&req).await?;
+                            out.json()
+                                .map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}")))
+                        }
+                    })
+                    .await?
+            }
+            None => {
+                client
+                    .handle_raw(t, move |req: Request<Payload>| {
+                        let answer = answer.clone();
+                        async move { answer.to(&req).await }
+                    })
+                    .await?
+            }
+        }
     }
     let mut events = client.events();
     outln!(
@@ -107,7 +160,7 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
                 }
                 Ok(ClientEvent::PoolLeft { pool, reason }) => {
                     outln!("{}", json!({"event": "pool_left", "pool": pool, "reason": reason}));
-                    if client.pools().is_empty() {
+                    if client.pools().is_empty() && vault.as_ref().is_none_or(|v| v.pool() == pool) {
                         anyhow::bail!("{reason} (it was the last pool this app served in)");
                     }
                 }
