@@ -267,6 +267,11 @@ pub struct MemBlockArgs {
     /// The block id
     #[arg(value_parser = block_id)]
     pub block: String,
+    /// The pool is encrypted: its keys, in this file (as `latzero keys generate` wrote them).
+    /// The pool is joined by proving its SigilKey; binary blocks are read and written as one
+    /// sealed record, and a stream's records are sealed and opened, end to end
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +287,10 @@ pub struct MemListArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// The pool is encrypted: its keys, in this file (as `latzero keys generate` wrote them).
+    /// The pool is joined by proving its SigilKey
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

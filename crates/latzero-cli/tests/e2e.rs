@@ -1009,6 +1009,32 @@ fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Re
     assert!(!ok && err.contains("cannot be used with"), "{err}");
     let (ok, _, err) = s.run(&["reply", "--pool", "vault", "--pool", "demo", "--keys", keys, "echo"])?;
     assert!(!ok && err.contains("exactly one --pool"), "{err}");
+
+    // Blocks: a binary block's record sealed and opened whole, a stream's records each sealed.
+    let k = ["--keys", keys];
+    let mem = |args: &[&str]| s.run(&[&["mem"], args, &k[..]].concat());
+    let (ok, _, err) = mem(&["create", "vault", "doc", "--size", "1024"])?;
+    assert!(ok, "{err}");
+    let (ok, out, err) = mem(&["write", "vault", "doc", "the plan"])?;
+    assert!(ok && out.contains(r#""version":1"#), "{out} {err}");
+    let (ok, out, err) = mem(&["read", "vault", "doc"])?;
+    assert!(ok && out == "the plan", "{out:?} {err}");
+    let (ok, _, err) = mem(&["write", "vault", "doc", "x", "--offset", "3"])?;
+    assert!(!ok && err.contains("read and written whole"), "{err}");
+    let (ok, out, _) = s.run(&["mem", "checksum", "vault", "doc", "--keys", keys])?;
+    assert!(ok, "{out}");
+    let (ok, _, err) = mem(&["create", "vault", "log", "--size", "65536", "--type", "stream"])?;
+    assert!(ok, "{err}");
+    let (ok, out, err) = s.run_with_stdin(
+        &["mem", "write", "vault", "log", "--lines", "--keys", keys],
+        b"one\ntwo\n",
+    )?;
+    assert!(ok && out.contains(r#""index":1"#), "{out} {err}");
+    let (ok, out, err) = mem(&["read", "vault", "log", "--consumer", "c"])?;
+    assert!(ok && out == "one\ntwo\n", "{out:?} {err}");
+    // Through the mapping the block holds only ciphertext.
+    let (ok, _, err) = s.run(&["mem", "read", "vault", "doc"])?;
+    assert!(!ok && err.contains("--keys FILE"), "{err}");
     Ok(())
 }
 

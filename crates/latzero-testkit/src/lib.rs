@@ -279,6 +279,20 @@ impl ServerProc {
         Ok(())
     }
 
+    /// Runs a CLI command to completion with `input` on its stdin: (success, stdout, stderr).
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Result<(bool, String, String)> {
+        let mut cmd = self.cli(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        child.stdin.take().expect("piped").write_all(input)?;
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Runs a CLI command to completion: (success, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let out = self.cli(args).output()?;

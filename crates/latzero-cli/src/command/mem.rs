@@ -4,19 +4,47 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use latzero_client::{BlockEvent, BlockOptions, Client, ClientOptions};
+use latzero_client::{BlockEvent, BlockOptions, Client, ClientOptions, EncryptedPool, MemoryBlock};
 use serde_json::{Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::cli::{MemBlockArgs, MemCmd, MemCreateArgs, MemLockArgs, MemReadArgs, MemWatchArgs, MemWriteArgs};
 
 async fn connect(b: &MemBlockArgs) -> Result<Client> {
-    connect_to(&b.target, b.app.as_deref(), &b.pool).await
+    Ok(connect_sealed(b).await?.0)
 }
 
-async fn connect_to(t: &crate::cli::TargetArgs, app: Option<&str>, pool: &str) -> Result<Client> {
+/// Connects to the block's pool, by proving its SigilKey with `--keys` (then with the pool's
+/// handle, to seal and open).
+async fn connect_sealed(b: &MemBlockArgs) -> Result<(Client, Option<EncryptedPool>)> {
+    connect_to(&b.target, b.app.as_deref(), &b.pool, b.keys.as_deref()).await
+}
+
+async fn connect_to(
+    t: &crate::cli::TargetArgs,
+    app: Option<&str>,
+    pool: &str,
+    keys: Option<&std::path::Path>,
+) -> Result<(Client, Option<EncryptedPool>)> {
     let opts = ClientOptions::new().reconnect(false);
-    super::connect(t, app, std::slice::from_ref(&pool.to_owned()), opts).await
+    match keys {
+        Some(keys) => {
+            let (c, v) = super::connect_sealed(t, app, pool, keys, opts).await?;
+            Ok((c, Some(v)))
+        }
+        None => Ok((
+            super::connect(t, app, std::slice::from_ref(&pool.to_owned()), opts).await?,
+            None,
+        )),
+    }
+}
+
+/// A flag that does not apply to a sealed block's record, which is read and written whole.
+fn whole_record(flags: &[(&str, bool)]) -> Result<()> {
+    if let Some((flag, _)) = flags.iter().find(|(_, given)| *given) {
+        bail!("{flag} does not apply with --keys: a sealed block's record is read and written whole");
+    }
+    Ok(())
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM, listened for from the moment it is made: one that comes before
@@ -53,7 +81,7 @@ pub async fn run(cmd: MemCmd) -> Result<()> {
     match cmd {
         MemCmd::Create(a) => create(a).await,
         MemCmd::List(a) => {
-            let c = connect_to(&a.target, a.app.as_deref(), &a.pool).await?;
+            let (c, _) = connect_to(&a.target, a.app.as_deref(), &a.pool, a.keys.as_deref()).await?;
             let blocks = c.list_blocks(&a.pool).await?;
             if a.json {
                 outln!("{}", serde_json::to_string_pretty(&blocks)?);
@@ -166,9 +194,12 @@ fn kind_taking(stat: &Value, block: &str, flags: &[(&str, bool, &str)]) -> Resul
 }
 
 async fn read(a: MemReadArgs) -> Result<()> {
-    let c = connect(&a.block).await?;
+    let (c, vault) = connect_sealed(&a.block).await?;
     let blk = c.attach_block(&a.block.pool, &a.block.block).await?;
     let stat = blk.stat().await?;
+    if let Some(vault) = vault {
+        return read_sealed(&a, &vault, &blk, &stat).await;
+    }
     let flags = [
         ("--offset", a.offset.is_some(), "binary"),
         ("--length", a.length.is_some(), "binary"),
@@ -215,7 +246,7 @@ async fn read(a: MemReadArgs) -> Result<()> {
 }
 
 async fn write(a: MemWriteArgs) -> Result<()> {
-    let c = connect(&a.block).await?;
+    let (c, vault) = connect_sealed(&a.block).await?;
     let blk = c.attach_block(&a.block.pool, &a.block.block).await?;
     let stat = blk.stat().await?;
     let data = match (&a.data, &a.file) {
@@ -223,6 +254,9 @@ async fn write(a: MemWriteArgs) -> Result<()> {
         (None, Some(f)) => Some(super::read_file_arg(f)?),
         (None, None) => None,
     };
+    if let Some(vault) = vault {
+        return write_sealed(&a, &vault, &blk, &stat, data).await;
+    }
     let flags = [
         ("--offset", a.offset.is_some(), "binary"),
         ("--fill", a.fill.is_some(), "binary"),
@@ -242,30 +276,8 @@ async fn write(a: MemWriteArgs) -> Result<()> {
         }
         "stream" => {
             if a.lines {
-                let stdin = std::io::stdin();
-                let mut last = json!(null);
-                // Lines appended, and the record indices of the first and the last of them.
-                let (mut done, mut span) = (0u64, None);
-                // Lines of bytes: a record need not be text.
-                for (n, l) in stdin.lock().split(b'\n').enumerate() {
-                    // A failure says which lines went in, so a caller knows what to send again.
-                    let so_far = || match span {
-                        None => "no line appended before it".to_owned(),
-                        Some((a, b)) => format!("the {done} before it appended, as records {a} to {b}"),
-                    };
-                    let mut l = l.with_context(|| format!("reading line {} of stdin ({})", n + 1, so_far()))?;
-                    if l.last() == Some(&b'\r') {
-                        l.pop();
-                    }
-                    let (index, version) = blk
-                        .append(&l)
-                        .await
-                        .with_context(|| format!("line {} not appended ({})", n + 1, so_far()))?;
-                    span = Some((span.map_or(index, |(a, _)| a), index));
-                    done += 1;
-                    last = json!({ "index": index, "version": version });
-                }
-                line(last);
+                let blk = &blk;
+                append_lines(|l| async move { blk.append(&l).await }).await?;
             } else {
                 let bytes = data.context("give the record as DATA or --file, or use --lines")?;
                 let (index, version) = blk.append(&bytes).await?;
@@ -292,6 +304,127 @@ async fn write(a: MemWriteArgs) -> Result<()> {
     }
     // A mapped write's notice is fire-and-forget: make sure it left before the process exits.
     c.flush().await?;
+    Ok(())
+}
+
+/// Appends each line of standard input (its bytes, without the line end) with `append`, and
+/// prints the last one's index and version. A failure says which lines went in, so a caller
+/// knows what to send again.
+async fn append_lines<F, Fut>(mut append: F) -> Result<()>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, u64), latzero_client::ClientError>>,
+{
+    let stdin = std::io::stdin();
+    let mut last = json!(null);
+    let (mut done, mut span) = (0u64, None);
+    for (n, l) in stdin.lock().split(b'\n').enumerate() {
+        let so_far = || match span {
+            None => "no line appended before it".to_owned(),
+            Some((a, b)) => format!("the {done} before it appended, as records {a} to {b}"),
+        };
+        let mut l = l.with_context(|| format!("reading line {} of stdin ({})", n + 1, so_far()))?;
+        if l.last() == Some(&b'\r') {
+            l.pop();
+        }
+        let (index, version) = append(l)
+            .await
+            .with_context(|| format!("line {} not appended ({})", n + 1, so_far()))?;
+        span = Some((span.map_or(index, |(a, _)| a), index));
+        done += 1;
+        last = json!({ "index": index, "version": version });
+    }
+    line(last);
+    Ok(())
+}
+
+/// `mem read --keys`: a binary block's sealed record opened, or a stream's records opened in
+/// turn (one refused — not sealed by a holder of the OblivionSeal, altered, or a replay — is said
+/// on stderr in its place, and the command fails once the others are out).
+async fn read_sealed(a: &MemReadArgs, vault: &EncryptedPool, blk: &MemoryBlock, stat: &Value) -> Result<()> {
+    let flags = [
+        ("--out", a.out.is_some(), "binary"),
+        ("--consumer", a.consumer.is_some(), "stream"),
+        ("--max", a.max.is_some(), "stream"),
+    ];
+    whole_record(&[("--offset", a.offset.is_some()), ("--length", a.length.is_some())])?;
+    match kind_taking(stat, &a.block.block, &flags)?.as_str() {
+        "stream" => {
+            let consumer = a
+                .consumer
+                .as_deref()
+                .context("reading a stream needs --consumer NAME")?;
+            let r = vault.consume(blk, consumer, a.max.unwrap_or(1000)).await?;
+            if r.skipped > 0 {
+                eprintln!(
+                    "note: {} records were overwritten before this consumer read them",
+                    r.skipped
+                );
+            }
+            let (mut out, mut refused) = (Vec::new(), 0);
+            let first = r.next_index - r.records.len() as u64;
+            for (i, rec) in r.records.iter().enumerate() {
+                match rec {
+                    Ok(bytes) => {
+                        out.extend_from_slice(bytes);
+                        out.push(b'\n');
+                    }
+                    Err(e) => {
+                        refused += 1;
+                        eprintln!("record {} refused: {e}", first + i as u64);
+                    }
+                }
+            }
+            crate::out::bytes(&out);
+            if refused > 0 {
+                bail!(
+                    "{refused} of {} records refused (the consumer has moved past them)",
+                    r.records.len()
+                );
+            }
+        }
+        _ => {
+            let (bytes, version) = vault.read_block(blk).await?;
+            match &a.out {
+                Some(path) => {
+                    std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+                    line(json!({ "version": version, "bytes": bytes.len(), "out": path }));
+                }
+                None => crate::out::bytes(&bytes),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mem write --keys`: a binary block's record sealed and written whole, or records sealed and
+/// appended to a stream.
+async fn write_sealed(
+    a: &MemWriteArgs,
+    vault: &EncryptedPool,
+    blk: &MemoryBlock,
+    stat: &Value,
+    data: Option<Vec<u8>>,
+) -> Result<()> {
+    let flags = [("--lines", a.lines, "stream")];
+    whole_record(&[
+        ("--offset", a.offset.is_some()),
+        ("--fill", a.fill.is_some()),
+        ("--length", a.length.is_some()),
+    ])?;
+    match kind_taking(stat, &a.block.block, &flags)?.as_str() {
+        "stream" if a.lines => append_lines(|l| async move { vault.append(blk, &l).await }).await?,
+        "stream" => {
+            let bytes = data.context("give the record as DATA or --file, or use --lines")?;
+            let (index, version) = vault.append(blk, &bytes).await?;
+            line(json!({ "index": index, "version": version }));
+        }
+        _ => {
+            let bytes = data.context("give the bytes as DATA or --file")?;
+            let version = vault.write_block(blk, &bytes).await?;
+            line(json!({ "version": version }));
+        }
+    }
     Ok(())
 }
 
