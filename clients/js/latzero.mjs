@@ -35,8 +35,8 @@
 //
 // Encrypted pools (PROTOCOL.md §4.6): `encryptedPool(pool, keys)` proves the pool's SigilKey and
 // resolves with an EncryptedPool whose calls, emits, handlers, blocks and stream records are
-// sealed and opened as the Rust SDK's are, on WebCrypto (`crypto.subtle` with Ed25519; pages
-// need https or localhost); its own failures (a key not held, a record that does not verify or
+// sealed and opened as the Rust SDK's are, on Node's crypto module under Node and WebCrypto in
+// pages (`crypto.subtle` with Ed25519: https or localhost); its own failures (a key not held, a record that does not verify or
 // decrypt, a replay) reject with LatZeroError CRYPTO. A handler throws HandlerError(value) to
 // answer with any JSON value as its error.
 
@@ -55,7 +55,7 @@ export class LatZeroError extends Error {
  * `ClientError::Handler(error)`. Any other throw answers {message}. */
 export class HandlerError extends Error {
   constructor(error) {
-    super(typeof error?.message === "string" ? error.message : JSON.stringify(error));
+    super(typeof error?.message === "string" ? error.message : describe(error));
     this.name = "HandlerError";
     this.error = error;
   }
@@ -502,8 +502,14 @@ export class Client {
     } catch (e) {
       try {
         reply(false, failure(e));
-      } catch {
-        // Not sendable either (the connection went between the two): see `reply`.
+      } catch (unsent) {
+        // A HandlerError whose value is not JSON (a BigInt, a cycle) is said so; anything else
+        // failing here is the connection gone between the two (see `reply`).
+        try {
+          reply(false, { message: `handler '${f.process}' threw an error that cannot be sent: ${unsent?.message ?? unsent}` });
+        } catch {
+          // Not sendable either.
+        }
       }
     }
   }
@@ -864,7 +870,7 @@ export class Client {
   /** Joins an encrypted pool by proving its SigilKey (the key never leaves this JavaScript) and
    * resolves with the EncryptedPool through which this app's payloads and blocks in the pool are
    * sealed and opened. `keys` is a PoolKeys, or the key texts `latzero keys generate` printed.
-   * Needs WebCrypto with Ed25519 (NOT_AVAILABLE without it). A wrong SigilKey is
+   * In a page it needs WebCrypto with Ed25519 (NOT_AVAILABLE without it). A wrong SigilKey is
    * PERMISSION_DENIED. The pool is not in `pools`: a handshake cannot join it, so the handle joins
    * it again after a reconnect. */
   async encryptedPool(pool, keys) {
@@ -891,9 +897,10 @@ export class Client {
   }
 }
 
-// Encrypted pools (PROTOCOL.md §4.6), on WebCrypto (`crypto.subtle`: Node 20+, and pages
-// served over https or from localhost in browsers with Ed25519 — Chromium 137+, Firefox 129+,
-// Safari 17+). Records are sealed and opened as the Rust SDK and the Python client seal them.
+// Encrypted pools (PROTOCOL.md §4.6): on Node's crypto module under Node, on WebCrypto in pages
+// (`crypto.subtle`, in pages served over https or from localhost, in browsers with Ed25519 —
+// Chromium 137+, Firefox 129+, Safari 17+; and under Node with LATZERO_JS_WEBCRYPTO=1). Records
+// are sealed and opened as the Rust SDK and the Python client seal them.
 
 const SEAL_MAGIC = Uint8Array.of(0x4c, 0x5a, 0x53, 0x31); // "LZS1"
 const SEAL_HEADER_LEN = 4 + 4 + 8 + 12;
@@ -922,27 +929,93 @@ function subtle() {
   return s;
 }
 
+/** The primitives on WebCrypto (pages; Node with LATZERO_JS_WEBCRYPTO=1). */
+function webPrimitives() {
+  const s = subtle();
+  const gcm = (iv, aad) => ({ name: "AES-GCM", iv, additionalData: aad });
+  return {
+    async hkdf(ikm, salt, info) {
+      const key = await s.importKey("raw", ikm, "HKDF", false, ["deriveBits"]);
+      return new Uint8Array(await s.deriveBits({ name: "HKDF", hash: "SHA-256", salt, info }, key, 256));
+    },
+    aesKey: (raw) => s.importKey("raw", raw, "AES-GCM", false, ["encrypt", "decrypt"]),
+    encrypt: async (key, iv, aad, plaintext) => new Uint8Array(await s.encrypt(gcm(iv, aad), key, plaintext)),
+    async decrypt(key, iv, aad, ciphertext) {
+      try {
+        return new Uint8Array(await s.decrypt(gcm(iv, aad), key, ciphertext));
+      } catch {
+        return null;
+      }
+    },
+    async signer(seed) {
+      const priv = await s.importKey("pkcs8", concat(ED25519_PKCS8, seed), { name: "Ed25519" }, true, ["sign"]);
+      return { priv, pub: fromB64url((await s.exportKey("jwk", priv)).x) };
+    },
+    sign: async (priv, message) => new Uint8Array(await s.sign({ name: "Ed25519" }, priv, message)),
+    verifier: (raw) => s.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]),
+    verify: (pub, signature, message) => s.verify({ name: "Ed25519" }, pub, signature, message),
+  };
+}
+
+/** The same primitives on Node's crypto module: each step synchronous, where WebCrypto's settles
+ * a promise from Node's thread pool (an Ed25519 signature took 93 µs through it here, 36 µs
+ * through `sign`). */
+async function nodePrimitives() {
+  const c = await import("node:crypto");
+  return {
+    hkdf: (ikm, salt, info) => new Uint8Array(c.hkdfSync("sha256", ikm, salt, info, 32)),
+    aesKey: (raw) => c.createSecretKey(raw),
+    encrypt(key, iv, aad, plaintext) {
+      const e = c.createCipheriv("aes-256-gcm", key, iv);
+      e.setAAD(aad);
+      return concat(e.update(plaintext), e.final(), e.getAuthTag());
+    },
+    decrypt(key, iv, aad, ciphertext) {
+      if (ciphertext.length < SEAL_TAG_LEN) return null;
+      const d = c.createDecipheriv("aes-256-gcm", key, iv);
+      d.setAAD(aad);
+      d.setAuthTag(ciphertext.subarray(ciphertext.length - SEAL_TAG_LEN));
+      try {
+        return concat(d.update(ciphertext.subarray(0, ciphertext.length - SEAL_TAG_LEN)), d.final());
+      } catch {
+        return null;
+      }
+    },
+    signer(seed) {
+      const priv = c.createPrivateKey({ key: Buffer.from(concat(ED25519_PKCS8, seed)), format: "der", type: "pkcs8" });
+      return { priv, pub: fromB64url(c.createPublicKey(priv).export({ format: "jwk" }).x) };
+    },
+    sign: (priv, message) => new Uint8Array(c.sign(null, message, priv)),
+    verifier: (raw) => c.createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: toB64url(raw) }, format: "jwk" }),
+    verify: (pub, signature, message) => c.verify(null, message, pub, signature),
+  };
+}
+
+let chosenPrimitives = null;
+
+/** Runs a step on the primitives (Node's crypto module under Node, unless LATZERO_JS_WEBCRYPTO=1;
+ * WebCrypto elsewhere); an algorithm this JavaScript lacks (Ed25519 in an older browser) is
+ * NOT_AVAILABLE rather than a bare DOMException. */
+async function crypted(step) {
+  try {
+    chosenPrimitives ??= isNode && process.env.LATZERO_JS_WEBCRYPTO !== "1" ? nodePrimitives() : Promise.resolve().then(webPrimitives);
+    return await step(await chosenPrimitives);
+  } catch (e) {
+    if (e?.name === "NotSupportedError") {
+      throw new LatZeroError("NOT_AVAILABLE", `encrypted pools need Ed25519, AES-GCM and HKDF, which this JavaScript's WebCrypto lacks (${e.message})`);
+    }
+    throw e;
+  }
+}
+
 const cryptoError = (message) => new LatZeroError("CRYPTO", message);
 
 /** An error's message without the `CODE: ` a LatZeroError's starts with, to quote it in another. */
 const reasonOf = (e) => (e instanceof LatZeroError && e.message.startsWith(`${e.code}: `) ? e.message.slice(e.code.length + 2) : String(e?.message ?? e));
 
-// Write verifiers imported for WebCrypto, by the bytes the server gave (an import cost a
+// Write verifiers imported, by the bytes the server gave (with WebCrypto an import cost a
 // quarter of a verification).
 const importedVerifiers = new WeakMap();
-
-/** Runs a WebCrypto step; an algorithm this JavaScript lacks (Ed25519 in an older browser) is
- * NOT_AVAILABLE rather than a bare DOMException. */
-async function webCrypto(step) {
-  try {
-    return await step(subtle());
-  } catch (e) {
-    if (e?.name === "NotSupportedError") {
-      throw new LatZeroError("NOT_AVAILABLE", `encrypted pools need WebCrypto with Ed25519, AES-GCM and HKDF, which this JavaScript lacks (${e.message})`);
-    }
-    throw e;
-  }
-}
 
 function concat(...parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -974,6 +1047,9 @@ function fromB64(text) {
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
   return out;
 }
+
+const toB64url = (bytes) => toB64(bytes).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+const fromB64url = (text) => fromB64(text.replaceAll("-", "+").replaceAll("_", "/") + "=".repeat((4 - (text.length % 4)) % 4));
 
 /** A key text as an error may show it: only the parts that belong before the key (`lzk1`, a
  * role, a generation's digits), as the Rust SDK shows it; anything else may hold a key. */
@@ -1009,9 +1085,9 @@ export class PoolKeys {
       if (parts.length !== 4 || parts[0] !== "lzk1" || !Object.hasOwn(KEY_ROLES, parts[1]) || !/^[0-9]{1,10}$/.test(parts[2])) throw bad;
       const generation = Number(parts[2]);
       if (generation > U32_MAX || !/^[A-Za-z0-9_-]{43}$/.test(parts[3])) throw bad;
-      const key = fromB64(parts[3].replaceAll("-", "+").replaceAll("_", "/") + "=");
+      const key = fromB64url(parts[3]);
       // Canonical, as the Rust SDK takes it: the 43rd character carries no stray bits.
-      if (key === null || key.length !== 32 || toB64(key).slice(0, 43).replaceAll("+", "-").replaceAll("/", "_") !== parts[3]) throw bad;
+      if (key === null || key.length !== 32 || toB64url(key) !== parts[3]) throw bad;
       if (!this.#gens.has(generation)) this.#gens.set(generation, {});
       this.#gens.get(generation)[parts[1]] = key;
     }
@@ -1044,11 +1120,7 @@ export class PoolKeys {
     const id = `${label}/${generation}`;
     if (!this.#derived.has(id)) {
       const key = this._need(role, generation, what);
-      const made = webCrypto(async (s) => {
-        const ikm = await s.importKey("raw", key, "HKDF", false, ["deriveBits"]);
-        const params = { name: "HKDF", hash: "SHA-256", salt: utf8.encode(`latzero/v1/${this.pool}`), info: utf8.encode(id) };
-        return make(s, new Uint8Array(await s.deriveBits(params, ikm, 256)));
-      });
+      const made = crypted(async (p) => make(p, await p.hkdf(key, utf8.encode(`latzero/v1/${this.pool}`), utf8.encode(id))));
       made.catch(() => this.#derived.delete(id));
       this.#derived.set(id, made);
     }
@@ -1056,15 +1128,11 @@ export class PoolKeys {
   }
 
   _cipher(generation, what) {
-    return this._derive("cipher", generation, "aes-256-gcm", what, (s, k) => s.importKey("raw", k, "AES-GCM", false, ["encrypt", "decrypt"]));
+    return this._derive("cipher", generation, "aes-256-gcm", what, (p, k) => p.aesKey(k));
   }
 
   _signer(role, generation, label, what) {
-    return this._derive(role, generation, label, what, async (s, seed) => {
-      const priv = await s.importKey("pkcs8", concat(ED25519_PKCS8, seed), { name: "Ed25519" }, true, ["sign"]);
-      const x = (await s.exportKey("jwk", priv)).x;
-      return { priv, pub: fromB64(x.replaceAll("-", "+").replaceAll("_", "/") + "=") };
-    });
+    return this._derive(role, generation, label, what, (p, seed) => p.signer(seed));
   }
 
   _writer(generation) {
@@ -1111,9 +1179,9 @@ async function seal(keys, ctx, plaintext) {
   view.setBigUint64(8, nextSeq());
   header.set(nonce, 16);
   const aad = sealAad(keys.pool, ctx, header);
-  return webCrypto(async (s) => {
-    const body = concat(header, new Uint8Array(await s.encrypt({ name: "AES-GCM", iv: nonce, additionalData: aad }, aes, plaintext)));
-    return concat(body, new Uint8Array(await s.sign({ name: "Ed25519" }, priv, signedBytes(aad, body))));
+  return crypted(async (p) => {
+    const body = concat(header, await p.encrypt(aes, nonce, aad, plaintext));
+    return concat(body, await p.sign(priv, signedBytes(aad, body)));
   });
 }
 
@@ -1132,22 +1200,18 @@ async function open(keys, ctx, sealed, verifiers) {
   const verifier = verifiers.get(generation);
   if (verifier === undefined) throw cryptoError(`unknown key generation ${generation}`);
   const aad = sealAad(keys.pool, ctx, sealed.subarray(0, SEAL_HEADER_LEN));
-  const ok = await webCrypto(async (s) => {
+  const ok = await crypted(async (p) => {
     let pub = importedVerifiers.get(verifier);
     if (pub === undefined) {
-      pub = await s.importKey("raw", verifier, { name: "Ed25519" }, false, ["verify"]);
+      pub = await p.verifier(verifier);
       importedVerifiers.set(verifier, pub);
     }
-    return s.verify({ name: "Ed25519" }, pub, signature, signedBytes(aad, body));
+    return p.verify(pub, signature, signedBytes(aad, body));
   });
   if (!ok) throw cryptoError("the record's signature does not verify: it was not written by a holder of the OblivionSeal, or it was altered");
   const aes = await keys._cipher(generation, "decrypting");
-  let plaintext;
-  try {
-    plaintext = new Uint8Array(await subtle().decrypt({ name: "AES-GCM", iv: nonce, additionalData: aad }, aes, body.subarray(SEAL_HEADER_LEN)));
-  } catch {
-    throw cryptoError("the record does not decrypt with this CipherShard (wrong key, or another pool or context)");
-  }
+  const plaintext = await crypted((p) => p.decrypt(aes, nonce, aad, body.subarray(SEAL_HEADER_LEN)));
+  if (plaintext === null) throw cryptoError("the record does not decrypt with this CipherShard (wrong key, or another pool or context)");
   return { plaintext, generation, seq, nonce };
 }
 
@@ -1285,7 +1349,7 @@ export class EncryptedPool {
     const poolBytes = utf8.encode(pool);
     const message = concat(JOIN_DOMAIN, u32(poolBytes.length), poolBytes, u32(app.length), app, u32(generation), nonce);
     const { priv } = await keys._joiner(generation);
-    const signature = await webCrypto(async (s) => new Uint8Array(await s.sign({ name: "Ed25519" }, priv, message)));
+    const signature = await crypted((p) => p.sign(priv, message));
     await client._request({ action: "pool_prove", pool, signature: toB64(signature) }, timeout);
     this.#writes = writes;
   }
@@ -1618,6 +1682,15 @@ class SocketTransport {
     if (this.readyState === 3) return;
     this.readyState = 2;
     this._sock.destroySoon();
+  }
+}
+
+/** `value` as JSON text for a message, or as a string where it is not JSON (a BigInt, a cycle). */
+function describe(value) {
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
   }
 }
 

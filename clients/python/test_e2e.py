@@ -131,6 +131,16 @@ async def main():
         check(e.code == "HANDLER_ERROR" and name in e.message, f"an async handler failing {name}", str(e))
     e = await raises(other.call("demo", "fail"))
     check(e.code == "HANDLER_ERROR" and "nope" in e.message, "a handler's exception", str(e))
+    # HandlerError answers with its value as the error, as it is; one that is not JSON says so.
+    def refuse(req):
+        raise latzero.HandlerError({"n": {1, 2}} if req.data == "set" else {"message": "over the limit", "limit": 3})
+
+    await worker.handle("refuse", refuse)
+    e = await raises(other.call("demo", "refuse"))
+    check(e.code == "HANDLER_ERROR" and e.error == {"message": "over the limit", "limit": 3}
+          and e.message == "over the limit", "a HandlerError's value", (str(e), e.error))
+    e = await raises(other.call("demo", "refuse", "set"))
+    check(e.code == "HANDLER_ERROR" and "not JSON" in e.message, "a HandlerError that is not JSON", str(e))
     e = await raises(other.call("demo", "nobody-serves-this"))
     check(e.code == "NO_HANDLER", "NO_HANDLER", str(e))
     e = await raises(other.call("demo", "slow", timeout=0.2))

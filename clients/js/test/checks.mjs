@@ -6,7 +6,7 @@
 // to every `connect` (a WebSocket constructor, say). `url` is a WebSocket URL, or under Node a
 // `latzero://{app}...` URL, whose `{app}` each connection fills in with its app id.
 
-import { connect as open, LatZeroError, parseUrl } from "../latzero.mjs";
+import { connect as open, HandlerError, LatZeroError, parseUrl } from "../latzero.mjs";
 
 async function rejects(promise) {
   try {
@@ -91,6 +91,15 @@ export async function run(url, log, options = {}) {
 
   const failed = await rejects(other.call("demo", "fail"));
   check(failed instanceof LatZeroError && failed.code === "HANDLER_ERROR" && failed.message.includes("nope"), "a handler's throw", failed.message);
+  // HandlerError answers with its value as the error, as it is; one whose value is not JSON is
+  // said so, rather than the call waiting out its timeout.
+  await page.handle("refuse", ({ data }) => {
+    throw new HandlerError(data === "big" ? { n: 1n } : { message: "over the limit", limit: 3 });
+  });
+  const refusal = await rejects(other.call("demo", "refuse"));
+  check(refusal.code === "HANDLER_ERROR" && refusal.error?.limit === 3 && refusal.message.includes("over the limit"), "a HandlerError's value", refusal.error);
+  const unsent = await rejects(other.call("demo", "refuse", "big"));
+  check(unsent.code === "HANDLER_ERROR" && unsent.message.includes("cannot be sent"), "a HandlerError that is not JSON", unsent.message);
   const none = await rejects(other.call("demo", "nobody-serves-this"));
   check(none.code === "NO_HANDLER", "NO_HANDLER", none.message);
 

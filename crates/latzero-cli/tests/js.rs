@@ -72,36 +72,40 @@ fn the_javascript_client_under_node_finds_and_uses_the_unix_socket() -> Result<(
     run_checks(s, cmd, &[])
 }
 
-/// Encrypted pools across languages: a Rust SDK app and the JavaScript client under Node (on
-/// WebCrypto) in one pool made by `latzero keys generate`, each opening what the other sealed —
-/// calls both ways, a handler's sealed error both ways, an emit, a block document and a stream's
-/// records — and the JavaScript handle re-joining after a restart. The checks on the JavaScript
-/// side are in `clients/js/test/sealed.mjs` (run by `encrypted.mjs`); those on the Rust side in
+/// Encrypted pools across languages: a Rust SDK app and the JavaScript client under Node in one
+/// pool made by `latzero keys generate`, each opening what the other sealed — calls both ways, a
+/// handler's sealed error both ways, an emit, a block document and a stream's records — and the
+/// JavaScript handle re-joining after a restart; on Node's crypto module, then on WebCrypto
+/// (`LATZERO_JS_WEBCRYPTO=1`, what pages use). The checks on the JavaScript side are in
+/// `clients/js/test/sealed.mjs` (run by `encrypted.mjs`); those on the Rust side in
 /// `sealed/mod.rs`.
 #[test]
 fn the_javascript_client_and_the_rust_sdk_open_each_others_sealed_records() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
-    let rust = sealed::RustApp::start(&s)?;
-    let mut cmd = Command::new("node");
-    cmd.arg(repo().join("clients/js/test/encrypted.mjs"))
-        .env(
-            "LATZERO_SOCKET",
-            s.unix.clone().expect("the server serves its Unix socket"),
-        )
-        .env("LATZERO_KEYS", rust.keys.join(" "));
-    let mut js = Proc::spawn(cmd)?;
-    js.follow_script(|line| match line {
-        "ready" => rust.check_peer("javascript"),
-        // Stopped and started again: the JavaScript handle must prove its key again by itself.
-        "restart" => s.restart(&[]),
-        _ => bail!("unexpected line: {line}"),
-    })?;
-    assert!(
-        js.seen.iter().any(|l| l == "ok re-joined after the server restarted"),
-        "{:?}",
-        js.seen
-    );
+    for webcrypto in ["0", "1"] {
+        let dir = tempfile::tempdir()?;
+        let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
+        let rust = sealed::RustApp::start(&s)?;
+        let mut cmd = Command::new("node");
+        cmd.arg(repo().join("clients/js/test/encrypted.mjs"))
+            .env(
+                "LATZERO_SOCKET",
+                s.unix.clone().expect("the server serves its Unix socket"),
+            )
+            .env("LATZERO_KEYS", rust.keys.join(" "))
+            .env("LATZERO_JS_WEBCRYPTO", webcrypto);
+        let mut js = Proc::spawn(cmd)?;
+        js.follow_script(|line| match line {
+            "ready" => rust.check_peer("javascript"),
+            // Stopped and started again: the JavaScript handle must prove its key again by itself.
+            "restart" => s.restart(&[]),
+            _ => bail!("unexpected line: {line}"),
+        })?;
+        assert!(
+            js.seen.iter().any(|l| l == "ok re-joined after the server restarted"),
+            "LATZERO_JS_WEBCRYPTO={webcrypto}: {:?}",
+            js.seen
+        );
+    }
     Ok(())
 }
 
