@@ -19,23 +19,10 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import latzero  # noqa: E402
+from checking import check, raises  # noqa: E402
 
 SOCKET = os.environ["LATZERO_SOCKET"]
 KEYS = os.environ["LATZERO_KEYS"].split()
-
-
-def check(cond, what, detail=None):
-    if not cond:
-        raise AssertionError(f"{what}: {detail!r}")
-    print(f"ok {what}", flush=True)
-
-
-async def raises(coro):
-    try:
-        await coro
-    except latzero.LatZeroError as e:
-        return e
-    raise AssertionError("expected a LatZeroError")
 
 
 async def main():

@@ -82,29 +82,11 @@ fn the_javascript_client_under_node_finds_and_uses_the_unix_socket() -> Result<(
 #[test]
 fn the_javascript_client_and_the_rust_sdk_open_each_others_sealed_records() -> Result<()> {
     for webcrypto in ["0", "1"] {
-        let dir = tempfile::tempdir()?;
-        let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
-        let rust = sealed::RustApp::start(&s)?;
         let mut cmd = Command::new("node");
         cmd.arg(repo().join("clients/js/test/encrypted.mjs"))
-            .env(
-                "LATZERO_SOCKET",
-                s.unix.clone().expect("the server serves its Unix socket"),
-            )
-            .env("LATZERO_KEYS", rust.keys.join(" "))
             .env("LATZERO_JS_WEBCRYPTO", webcrypto);
-        let mut js = Proc::spawn(cmd)?;
-        js.follow_script(|line| match line {
-            "ready" => rust.check_peer("javascript"),
-            // Stopped and started again: the JavaScript handle must prove its key again by itself.
-            "restart" => s.restart(&[]),
-            _ => bail!("unexpected line: {line}"),
-        })?;
-        assert!(
-            js.seen.iter().any(|l| l == "ok re-joined after the server restarted"),
-            "LATZERO_JS_WEBCRYPTO={webcrypto}: {:?}",
-            js.seen
-        );
+        sealed::run_script(bin(), cmd, "javascript")
+            .map_err(|e| e.context(format!("with LATZERO_JS_WEBCRYPTO={webcrypto}")))?;
     }
     Ok(())
 }

@@ -110,27 +110,7 @@ print("done", flush=True)
 /// `clients/python/test_encrypted.py`; those on the Rust side in `sealed/mod.rs`.
 #[test]
 fn the_python_client_and_the_rust_sdk_open_each_others_sealed_records() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut s = ServerProc::start_in(bin(), dir.path(), &[])?;
-    let rust = sealed::RustApp::start(&s)?;
     let mut cmd = Command::new(std::env::var_os("LATZERO_PYTHON").unwrap_or_else(|| "python3".into()));
-    cmd.arg(repo().join("clients/python/test_encrypted.py"))
-        .env(
-            "LATZERO_SOCKET",
-            s.unix.clone().expect("the server serves its Unix socket"),
-        )
-        .env("LATZERO_KEYS", rust.keys.join(" "));
-    let mut py = Proc::spawn(cmd)?;
-    py.follow_script(|line| match line {
-        "ready" => rust.check_peer("python"),
-        // Stopped and started again: the Python handle must prove its key again by itself.
-        "restart" => s.restart(&[]),
-        _ => anyhow::bail!("unexpected line: {line}"),
-    })?;
-    assert!(
-        py.seen.iter().any(|l| l == "ok re-joined after the server restarted"),
-        "{:?}",
-        py.seen
-    );
-    Ok(())
+    cmd.arg(repo().join("clients/python/test_encrypted.py"));
+    sealed::run_script(bin(), cmd, "python")
 }

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use latzero_client::{
     BlockOptions, Client, ClientError, ClientOptions, EncryptedPool, HandlerError, PoolKeys, Request,
 };
-use latzero_testkit::ServerProc;
+use latzero_testkit::{Proc, ServerProc};
 use serde_json::{Value, json};
 
 pub struct RustApp {
@@ -93,4 +93,34 @@ impl RustApp {
             anyhow::Ok(())
         })
     }
+}
+
+/// Runs a client's encrypted-pool script (`script`, given `LATZERO_SOCKET` and `LATZERO_KEYS`)
+/// against a server of its own and the Rust app, which checks what the script sealed when it
+/// says `ready` (`by`: its language); restarts the server when it says `restart`, and asserts
+/// that its handle re-joined after that.
+#[allow(dead_code, reason = "browser.rs drives its page itself and uses only RustApp")]
+pub fn run_script(bin: &std::path::Path, mut script: std::process::Command, by: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut s = ServerProc::start_in(bin, dir.path(), &[])?;
+    let rust = RustApp::start(&s)?;
+    script
+        .env(
+            "LATZERO_SOCKET",
+            s.unix.clone().expect("the server serves its Unix socket"),
+        )
+        .env("LATZERO_KEYS", rust.keys.join(" "));
+    let mut p = Proc::spawn(script)?;
+    p.follow_script(|line| match line {
+        "ready" => rust.check_peer(by),
+        // Stopped and started again: the client's handle must prove its key again by itself.
+        "restart" => s.restart(&[]),
+        _ => bail!("unexpected line: {line}"),
+    })?;
+    assert!(
+        p.seen.iter().any(|l| l == "ok re-joined after the server restarted"),
+        "{by}: {:?}",
+        p.seen
+    );
+    Ok(())
 }
