@@ -88,6 +88,10 @@ pub enum KeysCmd {
         /// Who may do what (a JSON object of app lists keyed join, call, emit, read, write)
         #[arg(long)]
         policies: Option<String>,
+        /// Write the keys into this new file (mode 600; an existing file is not overwritten)
+        /// instead of printing them, for the tools' --keys FILE
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Start a new key generation (connect as an owner); prints the new keys once. Records
     /// sealed under older generations stay readable with the old keys until rewritten
@@ -98,6 +102,11 @@ pub enum KeysCmd {
         /// An owner of the pool to connect as
         #[arg(long, value_parser = app_id)]
         app: String,
+        /// Write the new keys into this new file (mode 600; an existing file is not overwritten)
+        /// instead of printing them. Readers of older records need the older keys too: a keys
+        /// file may hold several generations' lines
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 

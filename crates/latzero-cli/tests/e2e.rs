@@ -965,13 +965,28 @@ fn keys_generate_and_rotate_an_encrypted_pool_and_no_key_reaches_the_server() ->
 fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let s = ServerProc::start(bin(), &[])?;
-    let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner"])?;
-    assert!(ok, "{err}");
     let dir = tempfile::tempdir()?;
     let keys = dir.path().join("vault.keys");
-    std::fs::write(&keys, &out)?;
-    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600))?;
     let keys = keys.to_str().expect("a UTF-8 path");
+    let (ok, out, err) = s.run(&["keys", "generate", "vault", "--app", "owner", "--out", keys])?;
+    assert!(ok && out.is_empty() && err.contains("keys written to"), "{out} {err}");
+    let mode = std::fs::metadata(keys)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the keys file is its owner's only");
+    // An existing file is not overwritten; a file made for a pool the server refuses is removed.
+    let before = std::fs::read(keys)?;
+    let (ok, _, err) = s.run(&["keys", "generate", "other", "--app", "owner", "--out", keys])?;
+    assert!(
+        !ok && err.contains("File exists") && std::fs::read(keys)? == before,
+        "{err}"
+    );
+    let refused = dir.path().join("refused.keys");
+    let refused = refused.to_str().expect("a UTF-8 path");
+    let (ok, _, err) = s.run(&["keys", "generate", "vault", "--app", "owner", "--out", refused])?;
+    assert!(!ok && err.contains("POOL_EXISTS"), "{err}");
+    assert!(
+        !std::path::Path::new(refused).exists(),
+        "no empty keys file is left behind"
+    );
     let mut worker = s.reply(&["--app", "w", "--pool", "vault", "--keys", keys, "echo"])?;
 
     let (ok, out, err) = s.run(&["call", "--pool", "vault", "echo", r#"{"x":[1,2]}"#, "--keys", keys])?;
