@@ -1094,6 +1094,13 @@ export class PoolKeys {
     if (this.#gens.size === 0) throw new LatZeroError("INVALID_OPTIONS", `no keys for pool '${pool}'`);
   }
 
+  /** The keys in a keys file's text (`latzero keys generate POOL --out FILE`): the last word of
+   * each line that is neither blank nor a `#` comment, as the Rust SDK reads it. */
+  static fromText(pool, text) {
+    const lines = text.split("\n").map((l) => l.trim());
+    return new PoolKeys(pool, lines.filter((l) => l !== "" && !l.startsWith("#")).map((l) => l.split(/\s+/).pop()));
+  }
+
   toJSON() {
     return { pool: this.pool, generations: Object.fromEntries([...this.#gens].map(([g, k]) => [g, Object.keys(k).map((r) => KEY_ROLES[r])])) };
   }

@@ -1335,6 +1335,19 @@ class PoolKeys:
         if not self._gens:
             raise LatZeroError("INVALID_OPTIONS", f"no keys for pool '{pool}'")
 
+    @classmethod
+    def from_text(cls, pool, text):
+        """The keys in a keys file's text (`latzero keys generate POOL --out FILE`): the last word
+        of each line that is neither blank nor a `#` comment, as the Rust SDK reads it."""
+        lines = (line.strip() for line in text.splitlines())
+        return cls(pool, [line.split()[-1] for line in lines if line and not line.startswith("#")])
+
+    @classmethod
+    def from_file(cls, pool, path):
+        """The keys in a keys file (from_text)."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_text(pool, f.read())
+
     def __repr__(self):
         held = {g: sorted(_KEY_ROLES[r] for r in keys) for g, keys in sorted(self._gens.items())}
         return f"PoolKeys(pool={self.pool!r}, generations={held})"

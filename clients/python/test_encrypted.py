@@ -28,7 +28,10 @@ KEYS = os.environ["LATZERO_KEYS"].split()
 async def main():
     opts = dict(socket=SOCKET, timeout=5.0, backoff_min=0.02, backoff_max=0.2)
     py = await latzero.connect("py-app", **opts)
-    vault = await py.encrypted_pool("vault", KEYS)
+    # The keys as `latzero keys generate` printed them, as a keys file holds them.
+    from_text = latzero.PoolKeys.from_text("vault", os.environ["LATZERO_KEYS_TEXT"])
+    check(repr(from_text) == repr(latzero.PoolKeys("vault", KEYS)), "a keys file's text reads", repr(from_text))
+    vault = await py.encrypted_pool("vault", from_text)
     check("vault" not in py.pools, "joined by proving the SigilKey, not by a handshake", py.pools)
 
     # Python seals, Rust opens and answers sealed, Python opens.

@@ -11,7 +11,7 @@ import { run } from "./sealed.mjs";
 const socket = process.env.LATZERO_SOCKET;
 const options = { timeoutMs: 5000, backoffMinMs: 20, backoffMaxMs: 200 };
 try {
-  await run((app) => connect(`latzero://${app}?socket=${socket}`, options), async (line) => console.log(line), process.env.LATZERO_KEYS.split(" "));
+  await run((app) => connect(`latzero://${app}?socket=${socket}`, options), async (line) => console.log(line), process.env.LATZERO_KEYS.split(" "), process.env.LATZERO_KEYS_TEXT);
   console.log("done");
   process.exit(0);
 } catch (e) {

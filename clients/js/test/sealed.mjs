@@ -21,8 +21,9 @@ function sameJson(a, b) {
 
 /** Runs the checks: `open(app)` connects as `app` (by a `latzero://` URL under Node, to the
  * WebSocket port in a page), `say(line)` reports a line and resolves once the test has handled
- * it, `KEYS` are the pool's key texts. */
-export async function run(open, say, KEYS) {
+ * it, `KEYS` are the pool's key texts, `printed` the keys as `latzero keys generate` printed
+ * them. */
+export async function run(open, say, KEYS, printed) {
   const check = async (cond, what, detail) => {
     if (!cond) throw new Error(`${what}: ${JSON.stringify(detail)}`);
     await say(`ok ${what}`);
@@ -39,7 +40,10 @@ export async function run(open, say, KEYS) {
   };
 
   const js = await open("js-app");
-  const vault = await js.encryptedPool("vault", KEYS);
+  // The keys as `latzero keys generate` printed them, as a keys file holds them.
+  const fromText = PoolKeys.fromText("vault", printed);
+  await check(sameJson(fromText.toJSON(), new PoolKeys("vault", KEYS).toJSON()), "a keys file's text reads", fromText);
+  const vault = await js.encryptedPool("vault", fromText);
   await check(!js.pools.has("vault"), "joined by proving the SigilKey, not by a handshake", [...js.pools]);
 
   // JavaScript seals, Rust opens and answers sealed, JavaScript opens.

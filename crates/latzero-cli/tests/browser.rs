@@ -188,7 +188,7 @@ fn the_javascript_client_runs_in_a_browser_page_and_other_origins_are_refused() 
         let mut reply = String::new();
         if line == "ok the checks ran in a browser page" {
             let app = sealed::RustApp::start(&s)?;
-            reply = app.keys.join(",");
+            reply = serde_json::json!({"keys": app.keys, "printed": app.printed}).to_string();
             rust = Some(app);
         }
         if line == "ready" {

@@ -175,6 +175,20 @@ impl PoolKeys {
     }
 
     /// The pool.
+    /// The keys in a keys file's text: the last word of each line that is neither blank nor a
+    /// `#` comment, so the file `latzero keys generate POOL --out FILE` wrote (its lines name
+    /// each key before it) is taken as it is, and so is one key text per line, or several
+    /// generations' files put together.
+    pub fn from_text(pool: &str, text: &str) -> Result<PoolKeys, KeyError> {
+        PoolKeys::parse(
+            pool,
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter_map(|l| l.split_whitespace().last()),
+        )
+    }
+
     pub fn pool(&self) -> &str {
         &self.pool
     }
@@ -301,5 +315,21 @@ mod tests {
         assert!(format!("{keys:?}").contains("redacted") && !format!("{keys:?}").contains(secret));
         let reader = PoolKeys::parse("vault", [&texts[1]]).unwrap();
         assert!(reader.verifiers(1).is_err());
+    }
+
+    #[test]
+    fn a_keys_file_is_read_as_written() {
+        let (texts, v) = generate("vault", 1);
+        let file = format!(
+            "# pool vault, key generation 1.\n\nSigilKey     (join)   {}\n  CipherShard  (read)   {}  \n{}\n",
+            texts[0], texts[1], texts[2]
+        );
+        assert_eq!(PoolKeys::from_text("vault", &file).unwrap().verifiers(1).unwrap(), v);
+        assert!(matches!(
+            PoolKeys::from_text("vault", "# only a comment\n"),
+            Err(KeyError::Empty(_))
+        ));
+        let e = PoolKeys::from_text("vault", &format!("{} trailing", texts[0])).unwrap_err();
+        assert!(matches!(e, KeyError::Format(_)), "the last word is the key: {e}");
     }
 }

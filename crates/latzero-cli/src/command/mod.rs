@@ -143,9 +143,8 @@ pub async fn connect_sealed(
     Ok((client, vault))
 }
 
-/// A pool's keys from a file: the last word of each line that is neither blank nor a `#`
-/// comment, so the file `latzero keys generate POOL > FILE` wrote is taken as it is, and so is
-/// one key per line. Warns when other users may read the file.
+/// A pool's keys from a file ([`PoolKeys::from_text`](latzero_client::PoolKeys::from_text)).
+/// Warns when other users may read the file.
 pub fn keys_file(pool: &str, path: &std::path::Path) -> Result<latzero_client::PoolKeys> {
     use std::os::unix::fs::MetadataExt;
     let text = zeroize::Zeroizing::new(
@@ -162,12 +161,7 @@ pub fn keys_file(pool: &str, path: &std::path::Path) -> Result<latzero_client::P
             path.display()
         );
     }
-    let texts = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().last());
-    latzero_client::PoolKeys::parse(pool, texts).with_context(|| format!("in the keys file {}", path.display()))
+    latzero_client::PoolKeys::from_text(pool, &text).with_context(|| format!("in the keys file {}", path.display()))
 }
 
 /// A failed request to the target server, with `context` said before it — unless the server was

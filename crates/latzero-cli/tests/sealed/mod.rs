@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 pub struct RustApp {
     /// The key texts `latzero keys generate` printed.
     pub keys: Vec<String>,
+    /// What it printed, as a keys file holds it.
+    pub printed: String,
     rt: tokio::runtime::Runtime,
     client: Client,
     vault: EncryptedPool,
@@ -56,6 +58,7 @@ impl RustApp {
         })?;
         Ok(RustApp {
             keys,
+            printed: out,
             rt,
             client,
             vault,
@@ -95,7 +98,8 @@ impl RustApp {
     }
 }
 
-/// Runs a client's encrypted-pool script (`script`, given `LATZERO_SOCKET` and `LATZERO_KEYS`)
+/// Runs a client's encrypted-pool script (`script`, given `LATZERO_SOCKET`, `LATZERO_KEYS` and
+/// the keys as printed, `LATZERO_KEYS_TEXT`)
 /// against a server of its own and the Rust app, which checks what the script sealed when it
 /// says `ready` (`by`: its language); restarts the server when it says `restart`, and asserts
 /// that its handle re-joined after that.
@@ -109,7 +113,8 @@ pub fn run_script(bin: &std::path::Path, mut script: std::process::Command, by: 
             "LATZERO_SOCKET",
             s.unix.clone().expect("the server serves its Unix socket"),
         )
-        .env("LATZERO_KEYS", rust.keys.join(" "));
+        .env("LATZERO_KEYS", rust.keys.join(" "))
+        .env("LATZERO_KEYS_TEXT", &rust.printed);
     let mut p = Proc::spawn(script)?;
     p.follow_script(|line| match line {
         "ready" => rust.check_peer(by),
