@@ -36,8 +36,8 @@
 // Encrypted pools (PROTOCOL.md §4.6): `encryptedPool(pool, keys)` proves the pool's SigilKey and
 // resolves with an EncryptedPool whose calls, emits, handlers, blocks and stream records are
 // sealed and opened as the Rust SDK's are, on Node's crypto module under Node and WebCrypto in
-// pages (`crypto.subtle` with Ed25519: https or localhost); its own failures (a key not held, a record that does not verify or
-// decrypt, a replay) reject with LatZeroError CRYPTO. A handler throws HandlerError(value) to
+// pages (`crypto.subtle` with Ed25519: https or localhost); its own failures (a key not held, a
+// record that does not verify or decrypt, a replay) reject with LatZeroError CRYPTO. A handler throws HandlerError(value) to
 // answer with any JSON value as its error.
 
 /** An error from the server (`code` is the wire code) or from the client itself. */

@@ -1,8 +1,8 @@
 """LatZero for Python: an asyncio client over the server's Unix socket or TCP port.
 
 One module, standard library only (Python 3.10+: earlier asyncio streams may not be drained
-from several tasks at once), but for encrypted pools, which need the `cryptography` package. It speaks docs/PROTOCOL.md: length-prefixed JSON frames,
-correlated calls with the server's deadlines and error codes (`call`, and `broadcast` to every
+from several tasks at once), but for encrypted pools, which need the `cryptography` package.
+It speaks docs/PROTOCOL.md: length-prefixed JSON frames, correlated calls with the server's deadlines and error codes (`call`, and `broadcast` to every
 handler at once), handlers (`handle`, `unhandle`), emits (with the server's receipt, or
 fire-and-forget with `confirm=False`), presence events, and reconnecting with backoff.
 
