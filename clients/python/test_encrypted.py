@@ -12,6 +12,7 @@ exits 1 with the reason.
 
 import asyncio
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -116,6 +117,43 @@ async def main():
     await asyncio.wait_for(reconnected, 30)
     doc, _ = await vault.read_json("rs-doc")
     check(doc == {"from": "rust", "n": 1}, "re-joined after the server restarted", doc)
+
+    # A server that gives a write verifier other than our OblivionSeal's (one that would pass
+    # forged records off as the pool's) is not trusted: refused before any proof is sent.
+    lying_path = os.path.join(os.path.dirname(SOCKET), "lying.sock")
+    asked = []
+
+    async def lying(reader, writer):
+        async def frame():
+            head = await reader.readexactly(4)
+            return json.loads(await reader.readexactly(int.from_bytes(head, "big")))
+
+        def send(obj):
+            data = json.dumps(obj).encode()
+            writer.write(len(data).to_bytes(4, "big") + data)
+
+        await frame()
+        send({"action": "handshake_ack", "in_reply_to": 0, "pools": [], "triggers": []})
+        try:
+            while True:
+                req = await frame()
+                asked.append(req["action"])
+                if req["action"] == "pool_challenge":
+                    send({"action": "pool_challenge", "in_reply_to": req["id"], "pool": "vault", "generation": 1,
+                          "nonce": base64.b64encode(os.urandom(32)).decode(),
+                          "write_verifiers": {"1": base64.b64encode(os.urandom(32)).decode()}})
+                else:
+                    send({"action": "ack", "in_reply_to": req["id"]})
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    server = await asyncio.start_unix_server(lying, lying_path)
+    liar = await latzero.connect("py-liar", socket=lying_path, reconnect=False)
+    e = await raises(liar.encrypted_pool("vault", KEYS))
+    check(e.code == "CRYPTO" and "does not match our OblivionSeal" in e.message and asked == ["pool_challenge"],
+          "a server's false write verifier is refused before proving", (str(e), asked))
+    await liar.close()
+    server.close()
 
     # Without the cryptography package: a clear NOT_AVAILABLE, not an ImportError.
     probe = ("import sys; sys.modules['cryptography'] = None; sys.path.insert(0, sys.argv[1]); import latzero\n"
