@@ -118,6 +118,56 @@ async def main():
     doc, _ = await vault.read_json("rs-doc")
     check(doc == {"from": "rust", "n": 1}, "re-joined after the server restarted", doc)
 
+    # A stream append the server finds sealed before the stream's newest (another writer's
+    # landed first) is sealed again and sent again, each time with a later seq, up to 8 tries.
+    stale_path = os.path.join(os.path.dirname(SOCKET), "stale.sock")
+    appends = []
+
+    async def stale(reader, writer):
+        async def frame():
+            head = await reader.readexactly(4)
+            payload = await reader.readexactly(int.from_bytes(head, "big"))
+            if payload[:1] == b"\x00":  # a binary frame: its header, then the record
+                n = int.from_bytes(payload[1:5], "big")
+                return json.loads(payload[5:5 + n]), payload[5 + n:]
+            return json.loads(payload), None
+
+        def send(obj):
+            data = json.dumps(obj).encode()
+            writer.write(len(data).to_bytes(4, "big") + data)
+
+        await frame()
+        send({"action": "handshake_ack", "in_reply_to": 0, "pools": [], "triggers": []})
+        try:
+            while True:
+                req, body = await frame()
+                if req["action"] == "pool_challenge":
+                    send({"action": "pool_challenge", "in_reply_to": req["id"], "pool": "vault", "generation": 1,
+                          "nonce": base64.b64encode(os.urandom(32)).decode(),
+                          "write_verifiers": {"1": base64.b64encode(vault._keys.write_verifier(1)).decode()}})
+                elif req["action"] == "block_write":
+                    appends.append(int.from_bytes(body[8:16], "big"))
+                    if len(appends) in (1, 2) or len(appends) >= 4:
+                        send({"action": "error", "in_reply_to": req["id"], "code": "STALE_RECORD",
+                              "message": "sealed before the stream's newest record"})
+                    else:
+                        send({"action": "block_written", "in_reply_to": req["id"], "index": 7, "version": 8})
+                else:
+                    send({"action": "ack", "in_reply_to": req["id"]})
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    server = await asyncio.start_unix_server(stale, stale_path)
+    staler = await latzero.connect("py-stale", socket=stale_path, reconnect=False)
+    overtaken = await staler.encrypted_pool("vault", KEYS)
+    got = await overtaken.append("s", b"again")
+    check(got == (7, 8) and len(appends) == 3 and appends == sorted(set(appends)),
+          "an append overtaken twice is sealed again and lands", (got, appends))
+    e = await raises(overtaken.append("s", b"never"))
+    check(e.code == "STALE_RECORD" and len(appends) == 3 + 8, "and gives up after 8 tries", (str(e), len(appends)))
+    await staler.close()
+    server.close()
+
     # A server that gives a write verifier other than our OblivionSeal's (one that would pass
     # forged records off as the pool's) is not trusted: refused before any proof is sent.
     lying_path = os.path.join(os.path.dirname(SOCKET), "lying.sock")
