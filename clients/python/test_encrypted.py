@@ -12,6 +12,7 @@ exits 1 with the reason.
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -120,90 +121,46 @@ async def main():
 
     # A stream append the server finds sealed before the stream's newest (another writer's
     # landed first) is sealed again and sent again, each time with a later seq, up to 8 tries.
-    stale_path = os.path.join(os.path.dirname(SOCKET), "stale.sock")
     appends = []
+    write_verifier = base64.b64encode(vault._keys.write_verifier(1)).decode()
 
-    async def stale(reader, writer):
-        async def frame():
-            head = await reader.readexactly(4)
-            payload = await reader.readexactly(int.from_bytes(head, "big"))
-            if payload[:1] == b"\x00":  # a binary frame: its header, then the record
-                n = int.from_bytes(payload[1:5], "big")
-                return json.loads(payload[5:5 + n]), payload[5 + n:]
-            return json.loads(payload), None
+    def stale(req, body):
+        if req["action"] == "pool_challenge":
+            return challenge(req, write_verifier)
+        if req["action"] != "block_write":
+            return {"action": "ack", "in_reply_to": req["id"]}
+        appends.append(int.from_bytes(body[8:16], "big"))
+        if len(appends) == 3:
+            return {"action": "block_written", "in_reply_to": req["id"], "index": 7, "version": 8}
+        return {"action": "error", "in_reply_to": req["id"], "code": "STALE_RECORD",
+                "message": "sealed before the stream's newest record"}
 
-        def send(obj):
-            data = json.dumps(obj).encode()
-            writer.write(len(data).to_bytes(4, "big") + data)
-
-        await frame()
-        send({"action": "handshake_ack", "in_reply_to": 0, "pools": [], "triggers": []})
-        try:
-            while True:
-                req, body = await frame()
-                if req["action"] == "pool_challenge":
-                    send({"action": "pool_challenge", "in_reply_to": req["id"], "pool": "vault", "generation": 1,
-                          "nonce": base64.b64encode(os.urandom(32)).decode(),
-                          "write_verifiers": {"1": base64.b64encode(vault._keys.write_verifier(1)).decode()}})
-                elif req["action"] == "block_write":
-                    appends.append(int.from_bytes(body[8:16], "big"))
-                    if len(appends) in (1, 2) or len(appends) >= 4:
-                        send({"action": "error", "in_reply_to": req["id"], "code": "STALE_RECORD",
-                              "message": "sealed before the stream's newest record"})
-                    else:
-                        send({"action": "block_written", "in_reply_to": req["id"], "index": 7, "version": 8})
-                else:
-                    send({"action": "ack", "in_reply_to": req["id"]})
-        except asyncio.IncompleteReadError:
-            writer.close()
-
-    server = await asyncio.start_unix_server(stale, stale_path)
-    staler = await latzero.connect("py-stale", socket=stale_path, reconnect=False)
-    overtaken = await staler.encrypted_pool("vault", KEYS)
-    got = await overtaken.append("s", b"again")
-    check(got == (7, 8) and len(appends) == 3 and appends == sorted(set(appends)),
-          "an append overtaken twice is sealed again and lands", (got, appends))
-    e = await raises(overtaken.append("s", b"never"))
-    check(e.code == "STALE_RECORD" and len(appends) == 3 + 8, "and gives up after 8 tries", (str(e), len(appends)))
-    await staler.close()
-    server.close()
+    async with stand_in("stale.sock", stale) as path:
+        staler = await latzero.connect("py-stale", socket=path, reconnect=False)
+        overtaken = await staler.encrypted_pool("vault", KEYS)
+        got = await overtaken.append("s", b"again")
+        check(got == (7, 8) and len(appends) == 3 and appends == sorted(set(appends)),
+              "an append overtaken twice is sealed again and lands", (got, appends))
+        e = await raises(overtaken.append("s", b"never"))
+        check(e.code == "STALE_RECORD" and len(appends) == 3 + 8, "and gives up after 8 tries", (str(e), len(appends)))
+        await staler.close()
 
     # A server that gives a write verifier other than our OblivionSeal's (one that would pass
     # forged records off as the pool's) is not trusted: refused before any proof is sent.
-    lying_path = os.path.join(os.path.dirname(SOCKET), "lying.sock")
     asked = []
 
-    async def lying(reader, writer):
-        async def frame():
-            head = await reader.readexactly(4)
-            return json.loads(await reader.readexactly(int.from_bytes(head, "big")))
+    def lying(req, _body):
+        asked.append(req["action"])
+        if req["action"] == "pool_challenge":
+            return challenge(req, base64.b64encode(os.urandom(32)).decode())
+        return {"action": "ack", "in_reply_to": req["id"]}
 
-        def send(obj):
-            data = json.dumps(obj).encode()
-            writer.write(len(data).to_bytes(4, "big") + data)
-
-        await frame()
-        send({"action": "handshake_ack", "in_reply_to": 0, "pools": [], "triggers": []})
-        try:
-            while True:
-                req = await frame()
-                asked.append(req["action"])
-                if req["action"] == "pool_challenge":
-                    send({"action": "pool_challenge", "in_reply_to": req["id"], "pool": "vault", "generation": 1,
-                          "nonce": base64.b64encode(os.urandom(32)).decode(),
-                          "write_verifiers": {"1": base64.b64encode(os.urandom(32)).decode()}})
-                else:
-                    send({"action": "ack", "in_reply_to": req["id"]})
-        except asyncio.IncompleteReadError:
-            writer.close()
-
-    server = await asyncio.start_unix_server(lying, lying_path)
-    liar = await latzero.connect("py-liar", socket=lying_path, reconnect=False)
-    e = await raises(liar.encrypted_pool("vault", KEYS))
-    check(e.code == "CRYPTO" and "does not match our OblivionSeal" in e.message and asked == ["pool_challenge"],
-          "a server's false write verifier is refused before proving", (str(e), asked))
-    await liar.close()
-    server.close()
+    async with stand_in("lying.sock", lying) as path:
+        liar = await latzero.connect("py-liar", socket=path, reconnect=False)
+        e = await raises(liar.encrypted_pool("vault", KEYS))
+        check(e.code == "CRYPTO" and "does not match our OblivionSeal" in e.message and asked == ["pool_challenge"],
+              "a server's false write verifier is refused before proving", (str(e), asked))
+        await liar.close()
 
     # Without the cryptography package: a clear NOT_AVAILABLE, not an ImportError.
     probe = ("import sys; sys.modules['cryptography'] = None; sys.path.insert(0, sys.argv[1]); import latzero\n"
@@ -217,6 +174,46 @@ async def main():
     for c in (py, reader_client, stranger):
         await c.close()
     print("done", flush=True)
+
+
+def challenge(req, write_verifier):
+    """A stand-in's answer to pool_challenge for `vault`, generation 1, with this write verifier."""
+    return {"action": "pool_challenge", "in_reply_to": req["id"], "pool": "vault", "generation": 1,
+            "nonce": base64.b64encode(os.urandom(32)).decode(), "write_verifiers": {"1": write_verifier}}
+
+
+@contextlib.asynccontextmanager
+async def stand_in(name, answer):
+    """A stand-in server on a Unix socket beside the real one's (its path is yielded): it takes
+    the handshake, then answers each frame with `answer(message, body)` (`body`: a binary
+    frame's bytes after its header, else None)."""
+    async def serve(reader, writer):
+        async def frame():
+            head = await reader.readexactly(4)
+            payload = await reader.readexactly(int.from_bytes(head, "big"))
+            if payload[:1] == b"\x00":
+                n = int.from_bytes(payload[1:5], "big")
+                return json.loads(payload[5:5 + n]), payload[5 + n:]
+            return json.loads(payload), None
+
+        def send(obj):
+            data = json.dumps(obj).encode()
+            writer.write(len(data).to_bytes(4, "big") + data)
+
+        await frame()
+        send({"action": "handshake_ack", "in_reply_to": 0, "pools": [], "triggers": []})
+        try:
+            while True:
+                send(answer(*await frame()))
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    path = os.path.join(os.path.dirname(SOCKET), name)
+    server = await asyncio.start_unix_server(serve, path)
+    try:
+        yield path
+    finally:
+        server.close()
 
 
 async def _opening(pool, ctx, data):
