@@ -72,6 +72,8 @@ const WRITE_BATCH = 256 * 1024;
 // Unsent bytes at which fire-and-forget sends wait for the connection (`writeBufferLimit`).
 const DEFAULT_WRITE_BUFFER_LIMIT = 1024 * 1024;
 const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string";
+// One encoder for every frame and record (one made per binary frame cost an allocation each).
+const utf8 = new TextEncoder();
 
 /**
  * Connects and handshakes. Resolves to a Client once the server has acknowledged; rejects with
@@ -521,7 +523,7 @@ export class Client {
     const message = body === undefined ? JSON.stringify(frame) : binaryFrame(frame, body);
     // A string's UTF-8 length is at most three bytes per UTF-16 unit: counted only near the limit.
     const max = this._maxFrameLen;
-    const len = typeof message !== "string" ? message.length : message.length * 3 <= max ? 0 : new TextEncoder().encode(message).length;
+    const len = typeof message !== "string" ? message.length : message.length * 3 <= max ? 0 : utf8.encode(message).length;
     if (len > max) {
       throw new LatZeroError("FRAME_TOO_LARGE", `a frame of ${len} bytes exceeds the server's max_frame_len of ${max} bytes; not sent`);
     }
@@ -906,7 +908,6 @@ const SEAL_MAGIC = Uint8Array.of(0x4c, 0x5a, 0x53, 0x31); // "LZS1"
 const SEAL_HEADER_LEN = 4 + 4 + 8 + 12;
 const SEAL_TAG_LEN = 16;
 const SEAL_SIGNATURE_LEN = 64;
-const utf8 = new TextEncoder();
 const SEAL_DOMAIN = utf8.encode("latzero-seal-v1\0");
 const JOIN_DOMAIN = utf8.encode("latzero-join-v1\0");
 // An Ed25519 private key's PKCS #8 form is this, then its 32-byte seed (RFC 8410): WebCrypto
@@ -1734,7 +1735,7 @@ function wireMs(ms, what, zero = false) {
 /** A binary frame's payload (PROTOCOL.md §2.2): the 0 marker, the header's length, the header,
  * the body. */
 function binaryFrame(header, body) {
-  const h = new TextEncoder().encode(JSON.stringify(header));
+  const h = utf8.encode(JSON.stringify(header));
   const out = new Uint8Array(5 + h.length + body.length);
   out[0] = 0;
   new DataView(out.buffer).setUint32(1, h.length);
