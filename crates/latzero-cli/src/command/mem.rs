@@ -216,30 +216,12 @@ async fn read(a: MemReadArgs) -> Result<()> {
         "stream" => {
             let consumer = a.consumer.context("reading a stream needs --consumer NAME")?;
             let r = blk.consume(&consumer, a.max.unwrap_or(1000)).await?;
-            if r.skipped > 0 {
-                eprintln!(
-                    "note: {} records were overwritten before this consumer read them",
-                    r.skipped
-                );
-            }
-            // One record a line, its bytes as they are (as `mem write --lines` takes them).
-            let mut out = Vec::new();
-            for rec in &r.records {
-                out.extend_from_slice(rec);
-                out.push(b'\n');
-            }
-            crate::out::bytes(&out);
+            print_records(r.skipped, r.records.iter().map(Vec::as_slice));
         }
         _ => {
             let len = a.length.unwrap_or_else(|| blk.size().saturating_sub(offset));
             let (bytes, version) = blk.read(offset, len).await?;
-            match a.out {
-                Some(path) => {
-                    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-                    line(json!({ "version": version, "bytes": bytes.len(), "out": path }));
-                }
-                None => crate::out::bytes(&bytes),
-            }
+            print_bytes(a.out.as_deref(), &bytes, version)?;
         }
     }
     Ok(())
@@ -338,6 +320,32 @@ where
     Ok(())
 }
 
+/// A stream's records read: one a line, its bytes as they are (as `mem write --lines` takes
+/// them), after a note on stderr of those overwritten before the consumer read them.
+fn print_records<'a>(skipped: u64, records: impl Iterator<Item = &'a [u8]>) {
+    if skipped > 0 {
+        eprintln!("note: {skipped} records were overwritten before this consumer read them");
+    }
+    let mut out = Vec::new();
+    for rec in records {
+        out.extend_from_slice(rec);
+        out.push(b'\n');
+    }
+    crate::out::bytes(&out);
+}
+
+/// A binary block's bytes read: to `--out`'s file (and a line saying so), else to stdout.
+fn print_bytes(out: Option<&std::path::Path>, bytes: &[u8], version: u64) -> Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+            line(json!({ "version": version, "bytes": bytes.len(), "out": path }));
+        }
+        None => crate::out::bytes(bytes),
+    }
+    Ok(())
+}
+
 /// `mem read --keys`: a binary block's sealed record opened, or a stream's records opened in
 /// turn (one refused — not sealed by a holder of the OblivionSeal, altered, or a replay — is said
 /// on stderr in its place, and the command fails once the others are out).
@@ -355,27 +363,18 @@ async fn read_sealed(a: &MemReadArgs, vault: &EncryptedPool, blk: &MemoryBlock, 
                 .as_deref()
                 .context("reading a stream needs --consumer NAME")?;
             let r = vault.consume(blk, consumer, a.max.unwrap_or(1000)).await?;
-            if r.skipped > 0 {
-                eprintln!(
-                    "note: {} records were overwritten before this consumer read them",
-                    r.skipped
-                );
-            }
-            let (mut out, mut refused) = (Vec::new(), 0);
             let first = r.next_index - r.records.len() as u64;
-            for (i, rec) in r.records.iter().enumerate() {
-                match rec {
-                    Ok(bytes) => {
-                        out.extend_from_slice(bytes);
-                        out.push(b'\n');
-                    }
-                    Err(e) => {
-                        refused += 1;
-                        eprintln!("record {} refused: {e}", first + i as u64);
-                    }
-                }
+            let mut refused = 0;
+            for (i, e) in r
+                .records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, rec)| Some((i, rec.as_ref().err()?)))
+            {
+                refused += 1;
+                eprintln!("record {} refused: {e}", first + i as u64);
             }
-            crate::out::bytes(&out);
+            print_records(r.skipped, r.records.iter().filter_map(|rec| rec.as_deref().ok()));
             if refused > 0 {
                 bail!(
                     "{refused} of {} records refused (the consumer has moved past them)",
@@ -385,13 +384,7 @@ async fn read_sealed(a: &MemReadArgs, vault: &EncryptedPool, blk: &MemoryBlock, 
         }
         _ => {
             let (bytes, version) = vault.read_block(blk).await?;
-            match &a.out {
-                Some(path) => {
-                    std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-                    line(json!({ "version": version, "bytes": bytes.len(), "out": path }));
-                }
-                None => crate::out::bytes(&bytes),
-            }
+            print_bytes(a.out.as_deref(), &bytes, version)?;
         }
     }
     Ok(())
