@@ -998,6 +998,14 @@ fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Re
     assert!(err.is_empty(), "no warning for a file only its owner reads: {err}");
     let call = worker.wait_event("call")?;
     assert_eq!(call["data"], json!({"x": [1, 2]}), "the worker saw the payload opened");
+    let (ok, out, err) = s.run(&["call", "--pool", "vault", "echo", "5", "--to", "w", "--keys", keys])?;
+    assert!(
+        ok && serde_json::from_str::<Value>(&out)?["data"] == json!(5),
+        "{out} {err}"
+    );
+    worker.wait_event("call")?;
+    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "5", "--to", "nobody", "--keys", keys])?;
+    assert!(!ok && err.contains("NOT_IN_POOL") && err.contains("nobody"), "{err}");
     let (ok, out, err) = s.run(&["emit", "--pool", "vault", "echo", r#""hi""#, "--keys", keys])?;
     assert!(ok, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out)?, json!({"delivered": 1}));

@@ -248,8 +248,31 @@ impl EncryptedPool {
     /// and OblivionSeal). A handler's error comes sealed too, and is opened into
     /// [`ClientError::Handler`]; the server's own errors (a timeout, no handler) are plaintext.
     pub async fn call<T: Serialize + ?Sized>(&self, process: &str, data: &T) -> Result<Value, ClientError> {
+        self.call_on(None, process, data).await
+    }
+
+    /// [`call`](Self::call), run on the app `to` rather than on any handler of the trigger.
+    pub async fn call_to<T: Serialize + ?Sized>(
+        &self,
+        to: &str,
+        process: &str,
+        data: &T,
+    ) -> Result<Value, ClientError> {
+        self.call_on(Some(to), process, data).await
+    }
+
+    async fn call_on<T: Serialize + ?Sized>(
+        &self,
+        to: Option<&str>,
+        process: &str,
+        data: &T,
+    ) -> Result<Value, ClientError> {
         let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
-        let answer = match self.client.call(&self.pool, process, &sealed).await {
+        let mut req = self.client.request(&self.pool, process).data(&sealed);
+        if let Some(to) = to {
+            req = req.destination(to);
+        }
+        let answer = match req.send().await {
             Ok(answer) => answer,
             Err(e) => return Err(self.state.open_error(process, e)),
         };

@@ -373,6 +373,32 @@ async fn sealed_stream_records_in_order_and_every_threat_refused() {
 /// A handler's error in an encrypted pool travels sealed: the caller's SDK opens it, and what
 /// crosses the server (seen here by a call that does not open it) holds none of its text. A
 /// handler that cannot seal (a reader) sends an error saying so, not its error's text.
+/// A sealed call can name the app to run it, as a plain one can: each answer comes from the app
+/// named, and one that does not serve the trigger is the server's plaintext NO_HANDLER.
+#[tokio::test]
+async fn a_sealed_call_runs_on_the_app_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, owner, texts) = vault_server(dir.path()).await;
+    let all = || PoolKeys::parse("vault", &texts).unwrap();
+    let mut workers = vec![];
+    for name in ["w1", "w2"] {
+        let w = app(&srv, name).await;
+        let wp = w.encrypted_pool("vault", all()).await.unwrap();
+        wp.handle("who", move |_| async move { Ok(json!(name)) }).await.unwrap();
+        workers.push((w, wp));
+    }
+    let caller = app(&srv, "caller").await;
+    let cp = caller.encrypted_pool("vault", all()).await.unwrap();
+    // Twice in a row each: no balancing between the two could answer in this order.
+    for to in ["w1", "w1", "w2", "w2", "w1"] {
+        assert_eq!(cp.call_to(to, "who", &json!(null)).await.unwrap(), json!(to));
+    }
+    let e = cp.call_to("caller", "who", &json!(null)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NoHandler), "{e}");
+    drop((workers, cp, caller, owner));
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,7 +40,11 @@ pub async fn run(args: CallArgs) -> Result<()> {
     }
     if let Some(keys) = &args.keys {
         let (_client, vault) = super::connect_sealed(&args.target, args.app.as_deref(), &args.pool, keys, opts).await?;
-        return match vault.call(&args.trigger, &data).await {
+        let answer = match &args.to {
+            Some(to) => vault.call_to(to, &args.trigger, &data).await,
+            None => vault.call(&args.trigger, &data).await,
+        };
+        return match answer {
             Ok(v) => {
                 outln!("{v}");
                 Ok(())
