@@ -1028,7 +1028,25 @@ fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Re
     assert!(err.contains("may be read by other users"), "{err}");
     let secret = lines[0].rsplit_once('.').expect("a key text").1;
     assert!(!err.contains(secret), "no key in the output: {err}");
-    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "--keys", keys, "--count", "2"])?;
+    // Counted calls sealed: each echo opened and checked, from four calls in flight.
+    let counted = [
+        "call",
+        "--pool",
+        "vault",
+        "echo",
+        "--keys",
+        keys,
+        "--count",
+        "20",
+        "--concurrency",
+        "4",
+        "--expect-echo",
+    ];
+    let (ok, out, err) = s.run(&counted)?;
+    let summary: Value = serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out} {err}"))?;
+    assert!(ok && summary["ok"] == 20 && summary["mismatched"] == 0, "{summary}");
+    assert_eq!(summary["responders"], json!({"w": 20}));
+    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "--keys", keys, "--broadcast"])?;
     assert!(!ok && err.contains("cannot be used with"), "{err}");
     let (ok, _, err) = s.run(&["reply", "--pool", "vault", "--pool", "demo", "--keys", keys, "echo"])?;
     assert!(!ok && err.contains("exactly one --pool"), "{err}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use latzero_client::{Client, ClientError, ClientOptions, Payload};
+use latzero_client::{Client, ClientError, ClientOptions, EncryptedPool, Payload};
 use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
@@ -38,30 +38,24 @@ pub async fn run(args: CallArgs) -> Result<()> {
     if let Some(ms) = args.timeout_ms {
         opts = opts.request_timeout(Duration::from_millis(ms));
     }
-    if let Some(keys) = &args.keys {
-        let (_client, vault) = super::connect_sealed(&args.target, args.app.as_deref(), &args.pool, keys, opts).await?;
-        let answer = match &args.to {
-            Some(to) => vault.call_to(to, &args.trigger, &data).await,
-            None => vault.call(&args.trigger, &data).await,
-        };
-        return match answer {
-            Ok(v) => {
-                outln!("{v}");
-                Ok(())
-            }
-            Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),
-            Err(e) => Err(e.into()),
-        };
-    }
-    let client = super::connect(
-        &args.target,
-        args.app.as_deref(),
-        std::slice::from_ref(&args.pool),
-        opts,
-    )
-    .await?;
+    let (client, vault) = match &args.keys {
+        Some(keys) => {
+            let (c, v) = super::connect_sealed(&args.target, args.app.as_deref(), &args.pool, keys, opts).await?;
+            (c, Some(Arc::new(v)))
+        }
+        None => {
+            let pools = std::slice::from_ref(&args.pool);
+            (
+                super::connect(&args.target, args.app.as_deref(), pools, opts).await?,
+                None,
+            )
+        }
+    };
     let Some(count) = args.count else {
-        return single(&client, &args, &data).await;
+        return match &vault {
+            Some(vault) => single_sealed(vault, &args, &data).await,
+            None => single(&client, &args, &data).await,
+        };
     };
     let client = Arc::new(client);
     let args = Arc::new(args);
@@ -70,6 +64,7 @@ pub async fn run(args: CallArgs) -> Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.unwrap_or(1) {
         let (client, args, next, data) = (client.clone(), args.clone(), next.clone(), data.clone());
+        let vault = vault.clone();
         tasks.push(tokio::spawn(async move {
             let mut ok = 0u64;
             let mut mismatched = 0u64;
@@ -84,15 +79,27 @@ pub async fn run(args: CallArgs) -> Result<()> {
                 let echo = args
                     .expect_echo
                     .then(|| json!({"seq": seq, "from": client.app_id().as_str()}));
-                let mut req = match &echo {
-                    Some(e) => client.request(&args.pool, &args.trigger).data(e),
-                    None => client.request(&args.pool, &args.trigger).data(&data),
-                };
-                if let Some(to) = &args.to {
-                    req = req.destination(to);
-                }
                 let sent = Instant::now();
-                match req.send().await {
+                let answer = match &vault {
+                    // Sealed and opened in the pool's handle: the time counted includes both.
+                    Some(vault) => match (&args.to, &echo) {
+                        (Some(to), Some(e)) => vault.call_to(to, &args.trigger, e).await,
+                        (Some(to), None) => vault.call_to(to, &args.trigger, &data).await,
+                        (None, Some(e)) => vault.call(&args.trigger, e).await,
+                        (None, None) => vault.call(&args.trigger, &data).await,
+                    },
+                    None => {
+                        let mut req = match &echo {
+                            Some(e) => client.request(&args.pool, &args.trigger).data(e),
+                            None => client.request(&args.pool, &args.trigger).data(&data),
+                        };
+                        if let Some(to) = &args.to {
+                            req = req.destination(to);
+                        }
+                        req.send().await
+                    }
+                };
+                match answer {
                     Ok(v) => {
                         ok += 1;
                         latency.saturating_record(sent.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
@@ -147,6 +154,22 @@ fn error_name(e: &ClientError) -> String {
             ClientError::Disconnected => "DISCONNECTED".into(),
             other => other.to_string(),
         },
+    }
+}
+
+/// One call into an encrypted pool (`--keys`): its result as opened, a value.
+async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -> Result<()> {
+    let answer = match &args.to {
+        Some(to) => vault.call_to(to, &args.trigger, data).await,
+        None => vault.call(&args.trigger, data).await,
+    };
+    match answer {
+        Ok(v) => {
+            outln!("{v}");
+            Ok(())
+        }
+        Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),
+        Err(e) => Err(e.into()),
     }
 }
 
