@@ -82,11 +82,9 @@ pub async fn run(args: CallArgs) -> Result<()> {
                 let sent = Instant::now();
                 let answer = match &vault {
                     // Sealed and opened in the pool's handle: the time counted includes both.
-                    Some(vault) => match (&args.to, &echo) {
-                        (Some(to), Some(e)) => vault.call_to(to, &args.trigger, e).await,
-                        (Some(to), None) => vault.call_to(to, &args.trigger, &data).await,
-                        (None, Some(e)) => vault.call(&args.trigger, e).await,
-                        (None, None) => vault.call(&args.trigger, &data).await,
+                    Some(vault) => match &echo {
+                        Some(e) => sealed_call(vault, &args, e).await,
+                        None => sealed_call(vault, &args, &data).await,
                     },
                     None => {
                         let mut req = match &echo {
@@ -157,13 +155,21 @@ fn error_name(e: &ClientError) -> String {
     }
 }
 
-/// One call into an encrypted pool (`--keys`): its result as opened, a value.
-async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -> Result<()> {
-    let answer = match &args.to {
+/// A call into an encrypted pool (`--keys`), on `--to`'s app if it names one.
+async fn sealed_call<T: serde::Serialize + ?Sized>(
+    vault: &EncryptedPool,
+    args: &CallArgs,
+    data: &T,
+) -> Result<Value, ClientError> {
+    match &args.to {
         Some(to) => vault.call_to(to, &args.trigger, data).await,
         None => vault.call(&args.trigger, data).await,
-    };
-    match answer {
+    }
+}
+
+/// One call into an encrypted pool: its result as opened, a value.
+async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -> Result<()> {
+    match sealed_call(vault, args, data).await {
         Ok(v) => {
             outln!("{v}");
             Ok(())
