@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use bytestring::ByteString;
@@ -117,8 +117,16 @@ where
 {
     fn start(&self, req: Request<D>) -> Started<D> {
         let fut = (self.f)(req);
-        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut slot = spare.unwrap_or_else(|| Box::pin(None));
+        // One lock for the spare box, held through the first poll (two lock pairs were four
+        // atomic operations per call, ~5 ns each: docs/BENCHMARKS.md, "Atomic operations"). A
+        // start meanwhile — the handler calling its own trigger in-process, or another thread —
+        // finds it held and boxes its future afresh, as the first start does.
+        let mut spare = match self.spare.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let mut slot = spare.as_mut().and_then(|s| s.take()).unwrap_or_else(|| Box::pin(None));
         slot.set(Some(fut));
         // The first poll needs no waker: a future that is not ready goes to a task, which
         // polls it again with its own.
@@ -126,7 +134,9 @@ where
         match slot.as_mut().as_pin_mut().map(|f| f.poll(&mut cx)) {
             Some(Poll::Ready(result)) => {
                 slot.set(None);
-                *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+                if let Some(spare) = &mut spare {
+                    **spare = Some(slot);
+                }
                 Started::Done(result)
             }
             _ => Started::Waiting(Box::pin(Rest(slot))),
@@ -228,6 +238,28 @@ mod tests {
         };
         assert_eq!(v, json!(10));
         assert!(spare(&h).is_some());
+    }
+
+    /// `start` holds the spare box's lock through the first poll: a handler that calls its own
+    /// trigger in-process within that poll must get a box of its own, not wait for the lock.
+    #[test]
+    fn a_handler_that_starts_itself_while_polled_gets_a_box_of_its_own() {
+        static SELF: std::sync::OnceLock<HandlerFn> = std::sync::OnceLock::new();
+        let h = handler_fn(|r: Request| async move {
+            let n = r.data.as_i64().unwrap();
+            if n == 0 {
+                return Ok(json!(0));
+            }
+            let Started::Done(inner) = SELF.get().unwrap().start(req(n - 1)) else {
+                panic!("not done at once")
+            };
+            Ok(json!(n + inner?.as_i64().unwrap()))
+        });
+        assert!(SELF.set(h.clone()).is_ok());
+        let Started::Done(Ok(v)) = h.start(req(3)) else {
+            panic!("not done at once")
+        };
+        assert_eq!(v, json!(3 + 2 + 1));
     }
 
     #[tokio::test]
