@@ -79,3 +79,33 @@ impl Counters {
         c.fetch_add(n, Ordering::Relaxed);
     }
 }
+
+/// The counters a session adds to on every call, kept in the session and added to the shared
+/// [`Counters`] once per batch of frames ([`Tally::flush`]), before the batch's writes go out:
+/// each shared count is an atomic read-modify-write, ~5 ns on this VM, and a pipelined call
+/// made four of them (docs/BENCHMARKS.md, "Atomic operations"). Whoever reads the counters
+/// after an answer arrived sees that answer counted.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub frames_in: u64,
+    pub calls_total: u64,
+    pub calls_ok: u64,
+    pub calls_handler_error: u64,
+}
+
+impl Tally {
+    /// Adds what was tallied to `c`, and starts again from zero.
+    pub fn flush(&mut self, c: &Counters) {
+        let t = std::mem::take(self);
+        for (counter, n) in [
+            (&c.frames_in, t.frames_in),
+            (&c.calls_total, t.calls_total),
+            (&c.calls_ok, t.calls_ok),
+            (&c.calls_handler_error, t.calls_handler_error),
+        ] {
+            if n > 0 {
+                c.add(counter, n);
+            }
+        }
+    }
+}

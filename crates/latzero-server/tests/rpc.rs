@@ -540,6 +540,58 @@ async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_t
     s.stop().await;
 }
 
+/// The session reads the directory once for a run of calls and emits from one read, and must
+/// let go of it before any other request: a `register` between two calls in one write takes the
+/// directory for writing on the same thread (holding the read lock through it deadlocks the
+/// runtime: the test hangs, and nextest's slow-timeout fails it).
+#[tokio::test]
+async fn a_registration_between_calls_in_one_write_is_answered_and_so_are_the_calls() {
+    use latzero_proto::frame::encode_json;
+    let s = TestServer::start().await;
+    let (mut h, mut c) = handler_and_caller(&s, "h").await;
+    let call = |id: u64| {
+        encode_json(
+            format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
+        )
+    };
+    let register = encode_json(br#"{"action":"register","id":"r","triggers":["g"]}"#);
+    let emit = encode_json(br#"{"action":"emit","process":"f","pool":"p","data":3}"#);
+    c.send_bytes(&[call(1), register, call(2), emit, call(4)].concat())
+        .await;
+    for want in [1, 2, 3, 4] {
+        let t = h.expect().await;
+        assert_eq!(t["data"], want, "{t}");
+        if t["action"] == "trigger" {
+            let hop = t["id"].as_str().unwrap();
+            h.send_text(&format!(
+                r#"{{"action":"response","in_reply_to":"{hop}","status":"ok","response":{want}}}"#
+            ))
+            .await;
+        }
+    }
+    let mut got = vec![];
+    for _ in 0..4 {
+        got.push(c.expect().await);
+    }
+    let ack = got
+        .iter()
+        .find(|f| f["in_reply_to"] == "r")
+        .expect("the register's ack");
+    assert_eq!(
+        (&ack["action"], &ack["triggers"]),
+        (&json!("ack"), &json!(["g"])),
+        "{ack}"
+    );
+    let answered: Vec<&Value> = got
+        .iter()
+        .filter(|f| f["action"] == "response")
+        .map(|f| &f["response"])
+        .collect();
+    assert_eq!(answered, [&json!(1), &json!(2), &json!(4)], "{got:?}");
+    assert!(c.sync().await.is_empty());
+    s.stop().await;
+}
+
 /// A handler replaced must not answer again, even while it is still alive elsewhere (here, in an
 /// in-process call that waits), and a handler replaced or removed must be dropped: a cache of
 /// handlers in the SDK's reader (tried, not kept) would have to hold to both.

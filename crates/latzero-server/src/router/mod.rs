@@ -4,9 +4,9 @@
 //! [`pending`] table with its deadline, queue the trigger to the handler) → handler →
 //! [`Router::respond`] (match the hop, check it was sent to this connection) → the caller's
 //! queue. No disk and no global lock on this path: the directory is read under its read lock,
-//! held while the call is queued (a few hundred nanoseconds, nothing that waits) so that the
-//! frame and the table take the names and handlers without a reference count each. Nothing
-//! called under it takes the directory again.
+//! which the session holds across a run of calls and emits (a batch of frames from one read,
+//! nothing that waits), so that the frame and the table take the names and handlers without a
+//! reference count each. Nothing called under it takes the directory again.
 //!
 //! Handlers see a server-assigned hop id, never the caller's id, so two callers may use the
 //! same id without being confused, and a connection can only answer calls sent to it.
@@ -27,7 +27,7 @@ use tokio::time::{Duration, Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use self::pending::{Group, Handling, Pending, PendingTable, Take, Target};
-use crate::admin::Counters;
+use crate::admin::{Counters, Tally};
 use crate::config::Limits;
 use crate::directory::Directory;
 use crate::session::conn::{Conn, ConnId, SendError};
@@ -95,10 +95,11 @@ impl Router {
     /// nothing was recorded or sent.
     pub fn call(
         &self,
-        directory: &std::sync::RwLock<Directory>,
+        dir: &Directory,
         caller: &Arc<Conn>,
         t: &Trigger<'_>,
         received: Instant,
+        tally: &mut Tally,
     ) -> Result<(), Refusal> {
         let caller_app = caller.app().expect("calls are only routed after the handshake");
         let ttl = match t.ttl_ms {
@@ -114,9 +115,8 @@ impl Router {
             Some(ms) => Duration::from_millis(ms),
             None => self.limits.default_ttl,
         };
-        // Held until the call is queued: the names go into the frames and the handlers into the
+        // Read until the call is queued: the names go into the frames and the handlers into the
         // table straight from the directory, without taking a reference to each.
-        let dir = directory.read().unwrap_or_else(|e| e.into_inner());
         let (handlers, reply_conn, pool_name, trigger) = {
             let (pool_name, pool) = dir
                 .pools
@@ -194,7 +194,7 @@ impl Router {
             ));
         }
         // Once per handler, as each one's outcome is counted (a broadcast reaches n).
-        self.counters.calls_total.fetch_add(n as u64, Ordering::Relaxed);
+        tally.calls_total += n as u64;
 
         let deadline = received + ttl;
         let group = t.broadcast.then(|| Group::new(n));
@@ -255,6 +255,7 @@ impl Router {
                             message: &message,
                             may_still_run: Some(false),
                         },
+                        None,
                     );
                 }
                 continue;
@@ -273,7 +274,7 @@ impl Router {
     }
 
     /// A handler's response.
-    pub fn respond(&self, conn: &Arc<Conn>, r: &Response<'_>) -> Result<(), Refusal> {
+    pub fn respond(&self, conn: &Arc<Conn>, r: &Response<'_>, tally: &mut Tally) -> Result<(), Refusal> {
         let raw = r.in_reply_to.get();
         // The hop id as the server wrote it (a string of digits), or as a number. `raw` is one
         // JSON value, so a quote at each end is a string's (a generic `trim_matches` cost ~60
@@ -294,6 +295,7 @@ impl Router {
                         status: r.status,
                         body: r.body,
                     },
+                    Some(tally),
                 );
                 Ok(())
             }
@@ -308,14 +310,8 @@ impl Router {
 
     /// Fire-and-forget: queues the emit to every handler of the trigger in the pool.
     /// Returns how many handlers it was queued to.
-    pub fn emit(
-        &self,
-        directory: &std::sync::RwLock<Directory>,
-        sender: &Arc<Conn>,
-        e: &Emit<'_>,
-    ) -> Result<u64, Refusal> {
+    pub fn emit(&self, dir: &Directory, sender: &Arc<Conn>, e: &Emit<'_>) -> Result<u64, Refusal> {
         let sender_app = sender.app().expect("emits are only routed after the handshake");
-        let dir = directory.read().unwrap_or_else(|e| e.into_inner());
         let (pool_name, pool) = dir
             .pools
             .get_key_value(&*e.pool)
@@ -348,8 +344,8 @@ impl Router {
             origin: Origin { app_id: sender_app },
         }
         .encode();
-        // Sending never blocks (it writes or buffers), so the read lock is held only briefly and
-        // the receiver list need not be copied.
+        // Sending never blocks (it writes or buffers), so the directory can be read while it
+        // goes on and the receiver list need not be copied.
         let mut delivered = 0;
         let mut slow = Vec::new();
         for c in &targets.list {
@@ -359,7 +355,6 @@ impl Router {
                 Err(SendError::Closed) => {}
             }
         }
-        drop(dir);
         self.counters.add(&self.counters.emits_delivered, delivered);
         if !slow.is_empty() {
             return Err(refuse(
@@ -391,6 +386,7 @@ impl Router {
                         message: &message,
                         may_still_run: None,
                     },
+                    None,
                 );
             } else {
                 // The caller (or its reply target) has gone: nobody is left to tell.
@@ -410,6 +406,7 @@ impl Router {
                     message,
                     may_still_run: Some(true),
                 },
+                None,
             );
         }
     }
@@ -437,36 +434,58 @@ impl Router {
                         message: &message,
                         may_still_run: Some(true),
                     },
+                    None,
                 );
             }
         }
     }
 
     /// Sends the terminal frame of a call that has left the table.
-    fn complete(&self, p: Pending, outcome: Outcome<'_>) {
+    /// Ends the call `p` with `outcome`, counted in `tally` if a session holds one (an answer
+    /// from a handler), else straight in the shared counters.
+    fn complete(&self, p: Pending, outcome: Outcome<'_>, tally: Option<&mut Tally>) {
         let c = &self.counters;
         if let (Some(l), Outcome::Handler { .. }) = (&self.latency, &outcome) {
             // The deadline counts the ttl from when the call was read.
             l.observe(Instant::now().saturating_duration_since(p.deadline - p.ttl));
         }
-        match &outcome {
-            Outcome::Handler { status: Status::Ok, .. } => c.inc(&c.calls_ok),
-            Outcome::Handler {
-                status: Status::Error, ..
-            } => c.inc(&c.calls_handler_error),
-            Outcome::Failed {
-                code: ErrorCode::Timeout,
-                ..
-            } => c.inc(&c.calls_timed_out),
-            Outcome::Failed {
-                code: ErrorCode::HandlerGone,
-                ..
-            } => c.inc(&c.calls_handler_gone),
-            Outcome::Failed {
-                code: ErrorCode::ShuttingDown,
-                ..
-            } => c.inc(&c.calls_shut_down),
-            Outcome::Failed { .. } => c.inc(&c.calls_refused),
+        match (&outcome, tally) {
+            (Outcome::Handler { status: Status::Ok, .. }, Some(t)) => t.calls_ok += 1,
+            (Outcome::Handler { status: Status::Ok, .. }, None) => c.inc(&c.calls_ok),
+            (
+                Outcome::Handler {
+                    status: Status::Error, ..
+                },
+                Some(t),
+            ) => t.calls_handler_error += 1,
+            (
+                Outcome::Handler {
+                    status: Status::Error, ..
+                },
+                None,
+            ) => c.inc(&c.calls_handler_error),
+            (
+                Outcome::Failed {
+                    code: ErrorCode::Timeout,
+                    ..
+                },
+                _,
+            ) => c.inc(&c.calls_timed_out),
+            (
+                Outcome::Failed {
+                    code: ErrorCode::HandlerGone,
+                    ..
+                },
+                _,
+            ) => c.inc(&c.calls_handler_gone),
+            (
+                Outcome::Failed {
+                    code: ErrorCode::ShuttingDown,
+                    ..
+                },
+                _,
+            ) => c.inc(&c.calls_shut_down),
+            (Outcome::Failed { .. }, _) => c.inc(&c.calls_refused),
         }
         p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
         let handler = p.handler.app_str();

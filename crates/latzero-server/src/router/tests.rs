@@ -81,7 +81,13 @@ impl Fixture {
         let Request::Trigger(t) = parse_request(text.as_bytes()).unwrap().request else {
             panic!()
         };
-        self.router.call(&self.dir, caller, &t, Instant::now())
+        // A batch of one frame, as a session counts it.
+        let mut tally = Tally::default();
+        let routed = self
+            .router
+            .call(&self.dir.read().unwrap(), caller, &t, Instant::now(), &mut tally);
+        tally.flush(&self.counters);
+        routed
     }
 
     fn respond(&self, handler: &Arc<Conn>, msg: Value) -> Result<(), Refusal> {
@@ -89,7 +95,10 @@ impl Fixture {
         let Request::Response(r) = parse_request(text.as_bytes()).unwrap().request else {
             panic!()
         };
-        self.router.respond(handler, &r)
+        let mut tally = Tally::default();
+        let answered = self.router.respond(handler, &r, &mut tally);
+        tally.flush(&self.counters);
+        answered
     }
 }
 

@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use self::conn::{Conn, Cork, Sock};
+use crate::admin::Tally;
 use crate::directory::Directory;
 use crate::memory::Refusal;
 use crate::security::Grant;
@@ -109,6 +110,7 @@ where
         challenges: std::collections::HashMap::new(),
         closing: false,
         received: None,
+        tally: Tally::default(),
     };
     // A bug that panics in the session must not leave the connection open and silent, nor
     // its registrations behind: the peer is told, and the connection ends as a closed one does.
@@ -169,6 +171,44 @@ struct Session {
     /// from. The clock is read for the first call of each read and shared by the rest (~25 ns a
     /// read on this VM, a few percent of a pipelined call); `None` until then.
     received: Option<tokio::time::Instant>,
+    /// The calls and frames this batch, for the shared counters at its end.
+    tally: Tally,
+}
+
+/// How [`Session::take_frames`] stopped.
+enum Taken {
+    /// No whole frame is left in the buffer.
+    All,
+    /// A request left work to await before the next frame (boxed: `After` is large, and rare).
+    After(Box<After>),
+    /// The connection is to close (after this batch's writes).
+    Close,
+}
+
+/// The directory's read lock, taken by the first call or emit of a batch and held for those
+/// after it (a read lock and unlock per call were two atomic read-modify-writes, ~5 ns each:
+/// docs/BENCHMARKS.md, "Atomic operations"). Released before any other request, which may
+/// take the directory for writing on this thread, and at the batch's end, before the session
+/// awaits anything: nothing routing a call takes the directory again (see `router`), and a
+/// writer waits at most one batch.
+struct DirRead<'a> {
+    lock: &'a std::sync::RwLock<Directory>,
+    guard: Option<std::sync::RwLockReadGuard<'a, Directory>>,
+}
+
+impl<'a> DirRead<'a> {
+    fn new(lock: &'a std::sync::RwLock<Directory>) -> Self {
+        DirRead { lock, guard: None }
+    }
+
+    fn get(&mut self) -> &Directory {
+        self.guard
+            .get_or_insert_with(|| self.lock.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn release(&mut self) {
+        self.guard = None;
+    }
 }
 
 /// Work a request leaves for after the current batch: storing a registration before it is
@@ -228,43 +268,27 @@ impl Session {
             // Writes made while handling this batch go out once per destination at its end.
             let mut cork = Cork::begin();
             loop {
-                // A call, response or emit in the SDK's layout is routed where it lies in the
-                // buffer, with no frame split off for it; anything else is taken as a frame.
-                if let Some(json) = codec.peek_json(&buf) {
-                    let len = 4 + json.len();
-                    if self.route_in_place(json) {
-                        buf.advance(len);
-                        continue;
-                    }
-                }
-                match codec.decode(&mut buf) {
-                    Ok(Some(frame)) => {
-                        if let Some(after) = self.handle(frame) {
-                            // A cork must not live across an await.
-                            cork.flush();
-                            self.finish(after).await;
-                            // Time passed in the await: later frames read the clock again.
-                            self.received = None;
-                            cork = Cork::begin();
-                        }
+                match self.take_frames(&mut codec, &mut buf) {
+                    Taken::All => break,
+                    Taken::After(after) => {
+                        // A cork must not live across an await.
+                        self.end_batch(cork);
+                        self.finish(*after).await;
+                        // Time passed in the await: later frames read the clock again.
+                        self.received = None;
+                        cork = Cork::begin();
                         if self.closing {
-                            cork.flush();
+                            self.end_batch(cork);
                             return End::Close;
                         }
                     }
-                    Ok(None) => break,
-                    Err(FrameError::TooLarge { len, max }) => {
-                        let msg = format!(
-                            "frame of {len} bytes exceeds the maximum of {max} bytes; closing the connection (the stream cannot be resynchronised)"
-                        );
-                        self.error(None, ErrorCode::FrameTooLarge, &msg);
-                        cork.flush();
+                    Taken::Close => {
+                        self.end_batch(cork);
                         return End::Close;
                     }
-                    Err(e) => self.error(None, ErrorCode::InvalidMessage, &e.to_string()),
                 }
             }
-            cork.flush();
+            self.end_batch(cork);
             let expires = self.grant.as_ref().and_then(|g| g.expires);
             if expires != armed {
                 armed = expires;
@@ -331,6 +355,54 @@ impl Session {
         }
     }
 
+    /// Handles the whole frames in `buf`, until none is left ([`Taken::All`]), one leaves work
+    /// to await, or the connection is to close. Not async: the directory's read lock, taken by
+    /// the first call or emit and held for those after it ([`DirRead`]), cannot live across an
+    /// await.
+    fn take_frames(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut) -> Taken {
+        let state = self.state.clone();
+        let mut dir = DirRead::new(&state.directory);
+        loop {
+            // A call, response or emit in the SDK's layout is routed where it lies in the
+            // buffer, with no frame split off for it; anything else is taken as a frame.
+            if let Some(json) = codec.peek_json(buf) {
+                let len = 4 + json.len();
+                if self.route_in_place(json, &mut dir) {
+                    buf.advance(len);
+                    continue;
+                }
+            }
+            // Anything else may take the directory for writing.
+            dir.release();
+            match codec.decode(buf) {
+                Ok(Some(frame)) => {
+                    if let Some(after) = self.handle(frame) {
+                        return Taken::After(Box::new(after));
+                    }
+                    if self.closing {
+                        return Taken::Close;
+                    }
+                }
+                Ok(None) => return Taken::All,
+                Err(FrameError::TooLarge { len, max }) => {
+                    let msg = format!(
+                        "frame of {len} bytes exceeds the maximum of {max} bytes; closing the connection (the stream cannot be resynchronised)"
+                    );
+                    self.error(None, ErrorCode::FrameTooLarge, &msg);
+                    return Taken::Close;
+                }
+                Err(e) => self.error(None, ErrorCode::InvalidMessage, &e.to_string()),
+            }
+        }
+    }
+
+    /// Ends a batch of frames: the tally goes to the shared counters, then the batch's writes
+    /// go out (so whoever reads the counters after an answer arrived sees it counted).
+    fn end_batch(&mut self, cork: Cork) {
+        self.tally.flush(&self.state.counters);
+        cork.flush();
+    }
+
     /// `request` as a call, a response or an emit to [`route`](Self::route) at once, if it takes
     /// the calls' own path: in a JSON frame from an app past its handshake, such a request
     /// passes every check of the general path (none is an admin request, a handshake or a
@@ -352,7 +424,7 @@ impl Session {
     /// Routes `json`, a whole JSON frame, if it is a call, a response or an emit in the SDK's
     /// layout that may be routed now; `false` (and nothing done) otherwise. On the parsed
     /// request where it lies: each move of it copies ~300 bytes (the largest request's size).
-    fn route_in_place(&mut self, json: &[u8]) -> bool {
+    fn route_in_place(&mut self, json: &[u8], dir: &mut DirRead<'_>) -> bool {
         // Borrowed from the `Option`, not moved out of it (a copy of the request).
         let parsed = parse_sdk_call(json);
         let Some(p) = &parsed else {
@@ -361,15 +433,14 @@ impl Session {
         let Some(r) = self.routes_at_once(false, &p.request) else {
             return false;
         };
-        let st = &self.state;
-        st.counters.inc(&st.counters.frames_in);
-        self.route(p.id, r);
+        self.tally.frames_in += 1;
+        self.route(p.id, r, dir);
         true
     }
 
     fn handle(&mut self, frame: Frame) -> Option<After> {
+        self.tally.frames_in += 1;
         let st = &self.state;
-        st.counters.inc(&st.counters.frames_in);
         let binary = matches!(frame, Frame::Binary { .. });
         let json = frame.json();
         // A call, response or emit in any other layout than the SDK's (which `read_loop` routes
@@ -379,7 +450,7 @@ impl Session {
         if let Ok(p) = &parsed
             && let Some(r) = self.routes_at_once(binary, &p.request)
         {
-            self.route(p.id, r);
+            self.route_alone(p.id, r);
             return None;
         }
         let mut parsed = match parsed {
@@ -687,30 +758,36 @@ impl Session {
             }
             Request::PresenceSubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, true),
             Request::PresenceUnsubscribe(pool) => self.presence(id, &app.expect("checked above"), &pool, false),
-            Request::Trigger(t) => self.route(id, Routed::Call(&t)),
-            Request::Response(r) => self.route(id, Routed::Response(&r)),
-            Request::Emit(e) => self.route(id, Routed::Emit(&e)),
+            Request::Trigger(t) => self.route_alone(id, Routed::Call(&t)),
+            Request::Response(r) => self.route_alone(id, Routed::Response(&r)),
+            Request::Emit(e) => self.route_alone(id, Routed::Emit(&e)),
         }
         None
     }
 
-    /// Routes a call, a response or an emit.
-    fn route(&mut self, id: Option<&RawValue>, request: Routed<'_, '_>) {
+    /// [`route`](Self::route) outside a run of calls: the directory is read for this one.
+    fn route_alone(&mut self, id: Option<&RawValue>, request: Routed<'_, '_>) {
+        let state = self.state.clone();
+        self.route(id, request, &mut DirRead::new(&state.directory));
+    }
+
+    /// Routes a call, a response or an emit; calls and emits read the directory under `dir`.
+    fn route(&mut self, id: Option<&RawValue>, request: Routed<'_, '_>, dir: &mut DirRead<'_>) {
         let st = &self.state;
         match request {
             Routed::Call(t) => {
                 let received = *self.received.get_or_insert_with(tokio::time::Instant::now);
-                if let Err(r) = st.router.call(&st.directory, &self.conn, t, received) {
+                if let Err(r) = st.router.call(dir.get(), &self.conn, t, received, &mut self.tally) {
                     st.counters.inc(&st.counters.calls_refused);
                     self.error(Some(t.id), r.code, &r.message);
                 }
             }
             Routed::Response(r) => {
-                if let Err(refusal) = st.router.respond(&self.conn, r) {
+                if let Err(refusal) = st.router.respond(&self.conn, r, &mut self.tally) {
                     self.error(id, refusal.code, &refusal.message);
                 }
             }
-            Routed::Emit(e) => match st.router.emit(&st.directory, &self.conn, e) {
+            Routed::Emit(e) => match st.router.emit(dir.get(), &self.conn, e) {
                 Ok(delivered) => {
                     if let Some(id) = id {
                         let receipt = Emitted {
@@ -1169,7 +1246,11 @@ impl Session {
             status: Status::Error,
             body: Some(&body),
         };
-        self.state.router.respond(&self.conn, &answer).is_ok()
+        // Rare: counted at once.
+        let mut tally = Tally::default();
+        let answered = self.state.router.respond(&self.conn, &answer, &mut tally).is_ok();
+        tally.flush(&self.state.counters);
+        answered
     }
 
     fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
