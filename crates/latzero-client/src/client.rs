@@ -163,11 +163,9 @@ pub(crate) struct Inner {
     pub(crate) app_id: AppId,
     pub(crate) endpoint: Endpoint,
     pub(crate) opts: ClientOptions,
-    pub(crate) next_id: AtomicU64,
-    /// Requests waiting for their reply, and when their waits run out.
+    /// Requests waiting for their reply, and when their waits run out; how many there are
+    /// (`pending.len()`) is the writer task's batching hint.
     pub(crate) pending: Pending,
-    /// Calls sent and not yet answered, timed out or abandoned (the writer task's batching hint).
-    pub(crate) in_flight: Arc<AtomicUsize>,
     /// Keyed by the names this app registered: a handful of entries that frames only look up,
     /// so a fast hash, as for `pending`.
     pub(crate) handlers: RwLock<FxHashMap<String, Handler>>,
@@ -252,22 +250,6 @@ impl ServerLimits {
             u64::MAX => request_timeout,
             ms => Duration::from_millis(ms),
         }
-    }
-}
-
-/// Counts one call in [`Inner::in_flight`] while it lives.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        InFlight(n)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -421,9 +403,7 @@ impl Client {
         let inner = Arc::new(Inner {
             app_id: url.app_id,
             endpoint: url.endpoint,
-            next_id: AtomicU64::new(1),
             pending: Pending::new(),
-            in_flight: Arc::default(),
             handlers: RwLock::new(FxHashMap::default()),
             handler_count: AtomicUsize::new(0),
             shared: Mutex::new(Shared {
@@ -850,7 +830,7 @@ impl Inner {
     /// Sends a call's frame without waiting, if it can: queued when other calls are in flight
     /// and the queue has room. `None` when it must go through [`send_call`](Self::send_call).
     fn try_queue_call(&self, frame: &[u8]) -> Option<Result<(), ClientError>> {
-        if self.in_flight.load(Ordering::Relaxed) <= 1 {
+        if self.pending.len().load(Ordering::Relaxed) <= 1 {
             return None;
         }
         // Queued under the client's lock: no outbox handle taken out of it and dropped again
@@ -872,7 +852,7 @@ impl Inner {
     /// for room. [`try_queue_call`](Self::try_queue_call) has been tried first.
     async fn send_call(&self, frame: &[u8]) -> Result<(), ClientError> {
         let tx = self.outbox()?;
-        let sent = if self.in_flight.load(Ordering::Relaxed) > 1 {
+        let sent = if self.pending.len().load(Ordering::Relaxed) > 1 {
             tx.send(frame).await
         } else {
             tx.send_direct(frame).await
@@ -933,15 +913,13 @@ impl Inner {
         want: Want,
         ttl: Duration,
     ) -> Result<Reply, ClientError> {
-        let id = want.id(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let frame = build(id)?;
-        self.server_limits.check_frame(&frame)?;
         let wait = ttl + reply_grace(ttl);
         // In the table with this poll's waker, so that the first look for the reply can be
-        // saved when the send does not wait (`still_in_its_poll`). Leaves the table if this
-        // future is dropped before its reply.
-        let mut call = std::future::poll_fn(|cx| Poll::Ready(self.pending.wait(id, wait, cx.waker()))).await;
-        let _in_flight = InFlight::enter(&self.in_flight);
+        // saved when the send does not wait (`still_in_its_poll`), and given its id there.
+        // Leaves the table if this future is dropped before its reply, or the frame fails.
+        let mut call = std::future::poll_fn(|cx| Poll::Ready(self.pending.wait(want, wait, cx.waker()))).await;
+        let frame = build(call.id())?;
+        self.server_limits.check_frame(&frame)?;
         latzero_uds::spin::touch(self.spinner.as_ref());
         let sent = match self.try_queue_call(&frame) {
             Some(sent) => {

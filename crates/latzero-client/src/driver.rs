@@ -488,7 +488,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool, partial: bool)
     }
     let (tx, end) = Outbox::new(inner.opts.write_queue, w, direct);
     let dead = CancellationToken::new();
-    tokio::spawn(writer_task(end, dead.clone(), inner.in_flight.clone()));
+    tokio::spawn(writer_task(end, dead.clone(), inner.pending.len().clone()));
     Ok(Live { reader, tx, dead })
 }
 

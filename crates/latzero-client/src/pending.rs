@@ -16,7 +16,8 @@
 //! second to that — so a tick of a tenth of a second is precise enough.
 
 use std::collections::hash_map::Entry as Slot;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -87,11 +88,18 @@ pub(crate) struct Pending {
     calls: Mutex<Calls>,
     /// Wakes the sweeper from its sleep when a call arrives at an empty table.
     wake: Notify,
+    /// How many calls the table holds: stored under its lock (a plain store, where counting
+    /// each call in and out beside the table were two atomic read-modify-writes, ~5 ns each:
+    /// docs/BENCHMARKS.md, "Atomic operations"), read without it by a caller choosing to write
+    /// its frame itself and by the writer task gathering frames.
+    len: Arc<AtomicUsize>,
 }
 
 struct Calls {
     /// Keyed by our own sequential ids: a fast hash, no need for SipHash's flood resistance.
     calls: FxHashMap<u64, Call>,
+    /// Requests made so far: the sequence number in the next request's id ([`Want::id`]).
+    made: u64,
     /// Ticks the sweeper has counted.
     now: u64,
     /// No call ends before this tick (a lower bound: it is not raised when calls leave).
@@ -117,20 +125,37 @@ impl Pending {
         Pending {
             calls: Mutex::new(Calls {
                 calls: FxHashMap::default(),
+                made: 0,
                 now: 0,
                 earliest: u64::MAX,
                 asleep: true,
             }),
             wake: Notify::new(),
+            len: Arc::default(),
         }
+    }
+
+    /// How many calls are in the table (waiting, or answered and not yet collected), as last
+    /// stored under its lock.
+    pub fn len(&self) -> &Arc<AtomicUsize> {
+        &self.len
     }
 
     /// Waits for the reply to `id` (made by [`Want::id`]) for at least `wait`, waking `waker`
     /// (if any yet) when it comes; then the sweeper ends the call. Returns when the wait runs
     /// out, for [`expired`](Self::expired). Callers go through [`wait`](Self::wait), whose
     /// guard takes the call out if they give up on it.
+    #[cfg(test)]
     fn insert(&self, id: u64, wait: Duration, waker: Option<Waker>) -> Expiry {
+        self.insert_with(|_| id, wait, waker).1
+    }
+
+    /// [`insert`](Self::insert) with the id `id_of` makes of the request's sequence number,
+    /// counted under the table's lock (no atomic counter of its own); returns the id too.
+    fn insert_with(&self, id_of: impl FnOnce(u64) -> u64, wait: Duration, waker: Option<Waker>) -> (u64, Expiry) {
         let mut calls = lock(&self.calls);
+        calls.made += 1;
+        let id = id_of(calls.made);
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128 / 2) as u64;
         let expiry = Expiry(calls.now.saturating_add(ticks + 1));
         calls.calls.insert(
@@ -141,22 +166,25 @@ impl Pending {
             },
         );
         calls.earliest = calls.earliest.min(expiry.0);
+        self.len.store(calls.calls.len(), Ordering::Relaxed);
         if calls.asleep {
             calls.asleep = false;
             drop(calls);
             self.wake.notify_one();
         }
-        expiry
+        (id, expiry)
     }
 
-    /// [`insert`](Self::insert) on behalf of a caller, with the waker of the poll that makes
-    /// the call: the call leaves the table when the returned guard drops, if it has not left by
-    /// itself (the caller gave up on it).
-    pub fn wait(&self, id: u64, wait: Duration, waker: &Waker) -> Waiting<'_> {
+    /// A new request that wants its reply in the form `want`, in the table on behalf of a
+    /// caller with the waker of the poll that makes it ([`Waiting::id`] is its id): the call
+    /// leaves the table when the returned guard drops, if it has not left by itself (the
+    /// caller gave up on it).
+    pub fn wait(&self, want: Want, wait: Duration, waker: &Waker) -> Waiting<'_> {
+        let (id, expiry) = self.insert_with(|seq| want.id(seq), wait, Some(waker.clone()));
         Waiting {
             pending: self,
             id,
-            expiry: self.insert(id, wait, Some(waker.clone())),
+            expiry,
             left: false,
             look: true,
         }
@@ -209,16 +237,23 @@ impl Pending {
                 *w = Some(cx.waker().clone());
                 Poll::Pending
             }
-            State::Answered(_) => match call.remove().state {
-                State::Answered(reply) => Poll::Ready(Some(reply)),
-                State::Waiting(_) => Poll::Ready(None),
-            },
+            State::Answered(_) => {
+                let call = call.remove();
+                self.len.store(calls.calls.len(), Ordering::Relaxed);
+                match call.state {
+                    State::Answered(reply) => Poll::Ready(Some(reply)),
+                    State::Waiting(_) => Poll::Ready(None),
+                }
+            }
         }
     }
 
     /// Takes the call `id` out of the table, answered or not (its caller gave up on it).
     pub fn remove(&self, id: u64) {
-        let call = lock(&self.calls).calls.remove(&id);
+        let mut calls = lock(&self.calls);
+        let call = calls.calls.remove(&id);
+        self.len.store(calls.calls.len(), Ordering::Relaxed);
+        drop(calls);
         drop(call);
     }
 
@@ -231,13 +266,16 @@ impl Pending {
     /// Replies already handed over stay for their callers.
     pub fn clear(&self) {
         let mut gone = Vec::new();
-        lock(&self.calls).calls.retain(|_, call| match &mut call.state {
+        let mut calls = lock(&self.calls);
+        calls.calls.retain(|_, call| match &mut call.state {
             State::Waiting(w) => {
                 gone.extend(w.take());
                 false
             }
             State::Answered(_) => true,
         });
+        self.len.store(calls.calls.len(), Ordering::Relaxed);
+        drop(calls);
         gone.into_iter().for_each(Waker::wake);
     }
 
@@ -278,6 +316,7 @@ impl Pending {
                         .map(|c| c.expiry.0)
                         .min()
                         .unwrap_or(u64::MAX);
+                    self.len.store(calls.calls.len(), Ordering::Relaxed);
                 }
                 calls.asleep = calls.calls.is_empty();
             }
@@ -323,6 +362,11 @@ impl Waiting<'_> {
         let polled = self.pending.poll_reply(self.id, cx);
         self.left = polled.is_ready();
         polled
+    }
+
+    /// The call's request id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Whether the call's wait has run out.
@@ -494,20 +538,23 @@ mod tests {
 
         // Answered before the poll that made the call returns: the skipped look is made up
         // for by the wake-up the answer gave, and the next look finds the reply.
-        let mut call = p.wait(1, wait, &made_waker);
+        let mut call = p.wait(Want::Frame, wait, &made_waker);
         call.still_in_its_poll();
-        p.answer(1, frame("early"));
+        assert_eq!(p.len().load(Ordering::Relaxed), 1);
+        p.answer(call.id(), frame("early"));
         assert_eq!(woken(&made), 1);
         assert!(call.poll_reply(&mut made_cx).is_pending());
+        assert_eq!(p.len().load(Ordering::Relaxed), 1, "answered, not yet taken");
         assert!(matches!(call.poll_reply(&mut made_cx), Poll::Ready(Some(Reply::Frame(b))) if b == "early"));
+        assert_eq!(p.len().load(Ordering::Relaxed), 0, "taken");
         drop(call);
 
         // Answered later: the waker it was made with is woken, and only one look is skipped.
-        let mut call = p.wait(2, wait, &made_waker);
+        let mut call = p.wait(Want::Frame, wait, &made_waker);
         call.still_in_its_poll();
         assert!(call.poll_reply(&mut made_cx).is_pending());
         assert!(call.poll_reply(&mut made_cx).is_pending());
-        p.answer(2, frame("later"));
+        p.answer(call.id(), frame("later"));
         assert_eq!(woken(&made), 2);
         assert!(matches!(call.poll_reply(&mut made_cx), Poll::Ready(Some(Reply::Frame(b))) if b == "later"));
         drop(call);
@@ -516,9 +563,9 @@ mod tests {
         // takes the place of the first one.
         let moved = Arc::new(Wakes::default());
         let moved_waker = Waker::from(moved.clone());
-        let mut call = p.wait(3, wait, &made_waker);
+        let mut call = p.wait(Want::Frame, wait, &made_waker);
         assert!(call.poll_reply(&mut Context::from_waker(&moved_waker)).is_pending());
-        p.answer(3, frame("moved"));
+        p.answer(call.id(), frame("moved"));
         assert_eq!((woken(&made), woken(&moved)), (2, 1));
         drop(call);
         assert!(lock(&p.calls).calls.is_empty());
@@ -530,15 +577,19 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let wait = Duration::from_secs(30);
         // A caller waiting for its reply, then dropped mid-wait (a timeout or select around it).
+        let id = Want::Raw.id(1);
         let mut call = Box::pin(async {
-            let mut call = p.wait(1, wait, Waker::noop());
+            let mut call = p.wait(Want::Raw, wait, Waker::noop());
+            assert_eq!(call.id(), id, "the table's first request");
             std::future::poll_fn(|cx| call.poll_reply(cx)).await
         });
         assert!(call.as_mut().poll(&mut cx).is_pending());
-        assert!(p.waiting(1));
+        assert!(p.waiting(id));
+        assert_eq!(p.len().load(Ordering::Relaxed), 1);
         drop(call);
         assert!(lock(&p.calls).calls.is_empty());
-        p.answer(1, frame("too late"));
+        assert_eq!(p.len().load(Ordering::Relaxed), 0);
+        p.answer(id, frame("too late"));
         assert!(lock(&p.calls).calls.is_empty());
     }
 
@@ -549,7 +600,9 @@ mod tests {
         p.insert(2, Duration::from_secs(30), None);
         let (one, two) = (caller(&p, 1), caller(&p, 2));
         tokio::task::yield_now().await;
+        assert_eq!(p.len().load(Ordering::Relaxed), 2);
         p.clear();
+        assert_eq!(p.len().load(Ordering::Relaxed), 0);
         assert_eq!(one.await.unwrap(), None);
         assert_eq!(two.await.unwrap(), None);
         assert!(!p.expired(expiry));
