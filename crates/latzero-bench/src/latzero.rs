@@ -184,9 +184,10 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
     if transport == Transport::Tls {
         args.push("--tls".to_owned());
     }
-    let ws_port = latzero_testkit::free_port();
     if transport == Transport::Ws {
-        args.extend(["--ws-port".to_owned(), ws_port.to_string()]);
+        // The server picks the port and says which in server.json: a port picked here and
+        // handed over could be taken in between (an unpinned race lost a run to that).
+        args.extend(["--ws-port".to_owned(), "0".to_owned()]);
     }
     if let Some(us) = sizes.spin_us {
         opts = opts.spin(std::time::Duration::from_micros(us));
@@ -201,6 +202,11 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
     let server = ServerProc::start(bin, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let info: Value = serde_json::from_str(&std::fs::read_to_string(server.data_dir.join("server.json"))?)?;
     let fingerprint = info["tls_fingerprint"].as_str().unwrap_or_default().to_owned();
+    let ws_port: u16 = match info["ws"].as_str().and_then(|a| a.rsplit(':').next()?.parse().ok()) {
+        Some(port) => port,
+        None if transport == Transport::Ws => bail!("server.json names no WebSocket address: {info}"),
+        None => 0,
+    };
     let link = Link {
         server,
         transport,
