@@ -1102,6 +1102,19 @@ export class PoolKeys {
     return new PoolKeys(pool, lines.filter((l) => l !== "" && !l.startsWith("#")).map((l) => l.split(/\s+/).pop()));
   }
 
+  /** The keys in a keys file (`latzero keys generate --out FILE`), read as `fromText` reads its
+   * text. Under Node; a page reads no files, and gets NOT_AVAILABLE (pass the text to
+   * `fromText`). */
+  static async fromFile(pool, path) {
+    let fs;
+    try {
+      fs = await import("node:fs/promises");
+    } catch {
+      throw new LatZeroError("NOT_AVAILABLE", "PoolKeys.fromFile reads files under Node only; in a page, pass the keys' text to PoolKeys.fromText");
+    }
+    return PoolKeys.fromText(pool, await fs.readFile(path, "utf8"));
+  }
+
   toJSON() {
     return { pool: this.pool, generations: Object.fromEntries([...this.#gens].map(([g, k]) => [g, Object.keys(k).map((r) => KEY_ROLES[r])])) };
   }

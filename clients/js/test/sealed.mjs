@@ -43,6 +43,21 @@ export async function run(open, say, KEYS, printed) {
   // The keys as `latzero keys generate` printed them, as a keys file holds them.
   const fromText = PoolKeys.fromText("vault", printed);
   await check(sameJson(fromText.toJSON(), new PoolKeys("vault", KEYS).toJSON()), "a keys file's text reads", fromText);
+  // A keys file: read under Node; a page reads no files, and is told so.
+  if (typeof process !== "undefined" && process.versions?.node !== undefined) {
+    const [{ mkdtemp, writeFile, rm }, { tmpdir }, { join }] = await Promise.all([import("node:fs/promises"), import("node:os"), import("node:path")]);
+    const dir = await mkdtemp(join(tmpdir(), "latzero-keys-"));
+    try {
+      await writeFile(join(dir, "vault.keys"), printed, { mode: 0o600 });
+      const fromFile = await PoolKeys.fromFile("vault", join(dir, "vault.keys"));
+      await check(sameJson(fromFile.toJSON(), fromText.toJSON()), "a keys file reads", fromFile);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  } else {
+    const e = await rejects(PoolKeys.fromFile("vault", "vault.keys"));
+    await check(e.code === "NOT_AVAILABLE", "a page is told it reads no keys file", e.message);
+  }
   const vault = await js.encryptedPool("vault", fromText);
   await check(!js.pools.has("vault"), "joined by proving the SigilKey, not by a handshake", [...js.pools]);
 
