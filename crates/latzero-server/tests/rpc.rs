@@ -486,6 +486,14 @@ async fn a_response_names_its_hop_as_a_string_or_a_number() {
     s.stop().await;
 }
 
+/// A call of trigger `f` in pool `p` carrying `id` as its id and its data, framed, in exactly the
+/// layout the Rust SDK writes (which the server routes where it lies in its read buffer).
+fn sdk_call(id: u64) -> bytes::Bytes {
+    latzero_proto::frame::encode_json(
+        format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
+    )
+}
+
 /// The server routes calls, responses and emits in the SDK's layout where they lie in its read
 /// buffer; a frame that arrives in pieces, or several in one read, must read the same.
 #[tokio::test]
@@ -493,11 +501,7 @@ async fn frames_in_the_sdks_layout_are_routed_whether_they_arrive_in_pieces_or_t
     use latzero_proto::frame::encode_json;
     let s = TestServer::start().await;
     let (mut h, mut c) = handler_and_caller(&s, "h").await;
-    let call = |id: u64| {
-        encode_json(
-            format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
-        )
-    };
+    let call = sdk_call;
     // A byte at a time: routed once, when the frame is whole.
     for b in call(1).iter() {
         c.send_bytes(&[*b]).await;
@@ -549,11 +553,7 @@ async fn a_registration_between_calls_in_one_write_is_answered_and_so_are_the_ca
     use latzero_proto::frame::encode_json;
     let s = TestServer::start().await;
     let (mut h, mut c) = handler_and_caller(&s, "h").await;
-    let call = |id: u64| {
-        encode_json(
-            format!(r#"{{"action":"trigger","id":{id},"process":"f","pool":"p","data":{id},"ttl":5000}}"#).as_bytes(),
-        )
-    };
+    let call = sdk_call;
     let register = encode_json(br#"{"action":"register","id":"r","triggers":["g"]}"#);
     let emit = encode_json(br#"{"action":"emit","process":"f","pool":"p","data":3}"#);
     c.send_bytes(&[call(1), register, call(2), emit, call(4)].concat())
