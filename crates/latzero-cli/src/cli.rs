@@ -662,7 +662,7 @@ pub struct CallArgs {
     /// The pool is encrypted: its keys, in this file (the lines `latzero keys generate` printed;
     /// in a file, not on the command line, where the process list shows it). The pool is joined
     /// by proving its SigilKey, and payloads are sealed and opened end to end
-    #[arg(long, value_name = "FILE", conflicts_with = "broadcast")]
+    #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
 }
 

@@ -1046,8 +1046,15 @@ fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Re
     let summary: Value = serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out} {err}"))?;
     assert!(ok && summary["ok"] == 20 && summary["mismatched"] == 0, "{summary}");
     assert_eq!(summary["responders"], json!({"w": 20}));
-    let (ok, _, err) = s.run(&["call", "--pool", "vault", "echo", "--keys", keys, "--broadcast"])?;
-    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    // A broadcast sealed: each handler's answer printed opened.
+    let (ok, out, err) = s.run(&["call", "--pool", "vault", "echo", "3", "--keys", keys, "--broadcast"])?;
+    assert!(ok, "{out} {err}");
+    let line: Value = serde_json::from_str(out.trim()).map_err(|e| anyhow::anyhow!("{e}: {out}"))?;
+    assert_eq!(
+        (&line["app_id"], &line["status"], &line["response"]["data"]),
+        (&json!("w"), &json!("ok"), &json!(3)),
+        "{line}"
+    );
     let (ok, _, err) = s.run(&["reply", "--pool", "vault", "--pool", "demo", "--keys", keys, "echo"])?;
     assert!(!ok && err.contains("exactly one --pool"), "{err}");
 

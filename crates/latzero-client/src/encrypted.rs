@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use crate::call::BroadcastReply;
 use crate::client::{Client, ClientEvent, lock};
 use crate::error::ClientError;
 use crate::handler::{HandlerError, Request};
@@ -259,6 +260,40 @@ impl EncryptedPool {
         data: &T,
     ) -> Result<Value, ClientError> {
         self.call_on(Some(to), process, data).await
+    }
+
+    /// [`call`](Self::call) to every handler of the trigger in the pool, as
+    /// [`Call::broadcast`](crate::Call::broadcast): one result per handler, once all have
+    /// answered or timed out, each answer and each handler's error opened (an answer that does
+    /// not open is that handler's error: [`ClientError::Crypto`]).
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        process: &str,
+        data: &T,
+    ) -> Result<Vec<BroadcastReply>, ClientError> {
+        let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
+        let replies = self
+            .client
+            .request(&self.pool, process)
+            .data(&sealed)
+            .broadcast()
+            .await?;
+        let reply = context(CONTEXT_REPLY, process);
+        Ok(replies
+            .into_iter()
+            .map(|r| BroadcastReply {
+                result: match r.result {
+                    Ok(answer) => self.state.open_message(&reply, &answer).map_err(Arc::new),
+                    Err(e) => match &*e {
+                        ClientError::Handler(v) => Err(Arc::new(
+                            self.state.open_error(process, ClientError::Handler(v.clone())),
+                        )),
+                        _ => Err(e),
+                    },
+                },
+                app_id: r.app_id,
+            })
+            .collect())
     }
 
     async fn call_on<T: Serialize + ?Sized>(

@@ -400,6 +400,61 @@ async fn a_sealed_call_runs_on_the_app_it_names() {
 }
 
 #[tokio::test]
+async fn a_sealed_broadcast_reaches_every_handler_and_opens_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, owner, texts) = vault_server(dir.path()).await;
+    let all = || PoolKeys::parse("vault", &texts).unwrap();
+    let mut workers = vec![];
+    for name in ["w1", "w2"] {
+        let w = app(&srv, name).await;
+        let wp = w.encrypted_pool("vault", all()).await.unwrap();
+        wp.handle("who", move |r| async move {
+            match name {
+                "w1" => Ok(json!({"by": name, "got": r.data})),
+                _ => Err(HandlerError::msg(format!("{name} is short by {}", r.data["n"]))),
+            }
+        })
+        .await
+        .unwrap();
+        workers.push((w, wp));
+    }
+    // A handler that holds no OblivionSeal answers with an error saying it cannot seal.
+    let (reader, rp) = vault_reader(&srv, &texts).await;
+    rp.handle("who", |_| async { Ok(json!("unsealed")) }).await.unwrap();
+    let caller = app(&srv, "caller").await;
+    let cp = caller.encrypted_pool("vault", all()).await.unwrap();
+    let mut replies = cp.broadcast("who", &json!({"n": 7})).await.unwrap();
+    replies.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+    let apps: Vec<&str> = replies.iter().map(|r| r.app_id.as_str()).collect();
+    assert_eq!(apps, ["reader", "w1", "w2"]);
+    assert_eq!(
+        replies[1].result.as_ref().unwrap(),
+        &json!({"by": "w1", "got": {"n": 7}})
+    );
+    let handler_error = |i: usize| match replies[i].result.as_ref().map_err(|e| &**e) {
+        Err(ClientError::Handler(e)) => e["message"].as_str().unwrap().to_owned(),
+        other => panic!("{other:?}"),
+    };
+    // w2's error travelled sealed and opens; the reader's says it could not seal.
+    assert_eq!(handler_error(2), "w2 is short by 7");
+    assert!(
+        handler_error(0).contains("cannot seal the answer"),
+        "{}",
+        handler_error(0)
+    );
+    // Unsealed, the same broadcast is refused by the server before any handler sees it.
+    let e = caller
+        .request("vault", "who")
+        .data(&json!({"n": 7}))
+        .broadcast()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    drop((workers, reader, rp, cp, caller, owner));
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let (srv, owner, texts) = vault_server(dir.path()).await;

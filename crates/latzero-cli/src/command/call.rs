@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use latzero_client::{Client, ClientError, ClientOptions, EncryptedPool, Payload};
+use latzero_client::{BroadcastReply, Client, ClientError, ClientOptions, EncryptedPool, Payload};
 use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
@@ -167,8 +167,12 @@ async fn sealed_call<T: serde::Serialize + ?Sized>(
     }
 }
 
-/// One call into an encrypted pool: its result as opened, a value.
+/// One call into an encrypted pool: its result as opened, a value (or each handler's, with
+/// `--broadcast`).
 async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -> Result<()> {
+    if args.broadcast {
+        return print_broadcast(vault.broadcast(&args.trigger, data).await?);
+    }
     match sealed_call(vault, args, data).await {
         Ok(v) => {
             outln!("{v}");
@@ -179,29 +183,33 @@ async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -
     }
 }
 
+/// A broadcast's results, a line per handler; an error when any handler did not answer with a
+/// result (as with `--count`, a script sees it from the exit status).
+fn print_broadcast(replies: Vec<BroadcastReply>) -> Result<()> {
+    let (all, mut failed) = (replies.len(), 0);
+    for r in replies {
+        let line = match r.result {
+            Ok(v) => json!({"app_id": r.app_id, "status": "ok", "response": v}),
+            Err(e) => {
+                failed += 1;
+                json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})
+            }
+        };
+        outln!("{line}");
+    }
+    if failed > 0 {
+        bail!("{failed} of {all} handlers did not answer with a result (their lines above say why)");
+    }
+    Ok(())
+}
+
 async fn single(client: &Client, args: &CallArgs, data: &Payload) -> Result<()> {
     let mut req = client.request(&args.pool, &args.trigger).data(data);
     if let Some(to) = &args.to {
         req = req.destination(to);
     }
     if args.broadcast {
-        let replies = req.broadcast().await?;
-        let (all, mut failed) = (replies.len(), 0);
-        for r in replies {
-            let line = match r.result {
-                Ok(v) => json!({"app_id": r.app_id, "status": "ok", "response": v}),
-                Err(e) => {
-                    failed += 1;
-                    json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})
-                }
-            };
-            outln!("{line}");
-        }
-        // As with --count: a script sees from the exit status that not every handler answered.
-        if failed > 0 {
-            bail!("{failed} of {all} handlers did not answer with a result (their lines above say why)");
-        }
-        return Ok(());
+        return print_broadcast(req.broadcast().await?);
     }
     // The result's JSON text as the handler wrote it (a value read and printed again would
     // change an integer past 64 bits, or a decimal past a double's precision).
