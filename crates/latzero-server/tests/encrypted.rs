@@ -44,6 +44,16 @@ async fn vault_server(dir: &std::path::Path) -> (Running, Client, [String; 3]) {
     (srv, owner, texts)
 }
 
+/// `name`, in the vault with all three keys.
+async fn vault_member(srv: &Running, name: &str, texts: &[String; 3]) -> (Client, EncryptedPool) {
+    let member = app(srv, name).await;
+    let pool = member
+        .encrypted_pool("vault", PoolKeys::parse("vault", texts).unwrap())
+        .await
+        .unwrap();
+    (member, pool)
+}
+
 /// "reader", in the vault with the SigilKey and the CipherShard only: it reads, and cannot write.
 async fn vault_reader(srv: &Running, texts: &[String; 3]) -> (Client, EncryptedPool) {
     let reader = app(srv, "reader").await;
@@ -370,25 +380,19 @@ async fn sealed_stream_records_in_order_and_every_threat_refused() {
     srv.stop().await;
 }
 
-/// A handler's error in an encrypted pool travels sealed: the caller's SDK opens it, and what
-/// crosses the server (seen here by a call that does not open it) holds none of its text. A
-/// handler that cannot seal (a reader) sends an error saying so, not its error's text.
 /// A sealed call can name the app to run it, as a plain one can: each answer comes from the app
 /// named, and one that does not serve the trigger is the server's plaintext NO_HANDLER.
 #[tokio::test]
 async fn a_sealed_call_runs_on_the_app_it_names() {
     let dir = tempfile::tempdir().unwrap();
     let (srv, owner, texts) = vault_server(dir.path()).await;
-    let all = || PoolKeys::parse("vault", &texts).unwrap();
     let mut workers = vec![];
     for name in ["w1", "w2"] {
-        let w = app(&srv, name).await;
-        let wp = w.encrypted_pool("vault", all()).await.unwrap();
+        let (w, wp) = vault_member(&srv, name, &texts).await;
         wp.handle("who", move |_| async move { Ok(json!(name)) }).await.unwrap();
         workers.push((w, wp));
     }
-    let caller = app(&srv, "caller").await;
-    let cp = caller.encrypted_pool("vault", all()).await.unwrap();
+    let (caller, cp) = vault_member(&srv, "caller", &texts).await;
     // Twice in a row each: no balancing between the two could answer in this order.
     for to in ["w1", "w1", "w2", "w2", "w1"] {
         assert_eq!(cp.call_to(to, "who", &json!(null)).await.unwrap(), json!(to));
@@ -399,15 +403,15 @@ async fn a_sealed_call_runs_on_the_app_it_names() {
     srv.stop().await;
 }
 
+/// A sealed broadcast reaches every handler of the trigger, and each answer and each handler's
+/// error comes back sealed and opens; a handler that cannot seal says so.
 #[tokio::test]
 async fn a_sealed_broadcast_reaches_every_handler_and_opens_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (srv, owner, texts) = vault_server(dir.path()).await;
-    let all = || PoolKeys::parse("vault", &texts).unwrap();
     let mut workers = vec![];
     for name in ["w1", "w2"] {
-        let w = app(&srv, name).await;
-        let wp = w.encrypted_pool("vault", all()).await.unwrap();
+        let (w, wp) = vault_member(&srv, name, &texts).await;
         wp.handle("who", move |r| async move {
             match name {
                 "w1" => Ok(json!({"by": name, "got": r.data})),
@@ -421,8 +425,7 @@ async fn a_sealed_broadcast_reaches_every_handler_and_opens_every_answer() {
     // A handler that holds no OblivionSeal answers with an error saying it cannot seal.
     let (reader, rp) = vault_reader(&srv, &texts).await;
     rp.handle("who", |_| async { Ok(json!("unsealed")) }).await.unwrap();
-    let caller = app(&srv, "caller").await;
-    let cp = caller.encrypted_pool("vault", all()).await.unwrap();
+    let (caller, cp) = vault_member(&srv, "caller", &texts).await;
     let mut replies = cp.broadcast("who", &json!({"n": 7})).await.unwrap();
     replies.sort_by(|a, b| a.app_id.cmp(&b.app_id));
     let apps: Vec<&str> = replies.iter().map(|r| r.app_id.as_str()).collect();
@@ -454,6 +457,9 @@ async fn a_sealed_broadcast_reaches_every_handler_and_opens_every_answer() {
     srv.stop().await;
 }
 
+/// A handler's error in an encrypted pool travels sealed: the caller's SDK opens it, and what
+/// crosses the server (seen here by a call that does not open it) holds none of its text. A
+/// handler that cannot seal (a reader) sends an error saying so, not its error's text.
 #[tokio::test]
 async fn a_handler_error_in_an_encrypted_pool_travels_sealed() {
     let dir = tempfile::tempdir().unwrap();
