@@ -58,6 +58,29 @@ enum Outcome<'a> {
     },
 }
 
+/// The shared counter that counts calls ending with `outcome`.
+fn outcome_counter<'c>(c: &'c Counters, outcome: &Outcome<'_>) -> &'c std::sync::atomic::AtomicU64 {
+    match outcome {
+        Outcome::Handler { status: Status::Ok, .. } => &c.calls_ok,
+        Outcome::Handler {
+            status: Status::Error, ..
+        } => &c.calls_handler_error,
+        Outcome::Failed {
+            code: ErrorCode::Timeout,
+            ..
+        } => &c.calls_timed_out,
+        Outcome::Failed {
+            code: ErrorCode::HandlerGone,
+            ..
+        } => &c.calls_handler_gone,
+        Outcome::Failed {
+            code: ErrorCode::ShuttingDown,
+            ..
+        } => &c.calls_shut_down,
+        Outcome::Failed { .. } => &c.calls_refused,
+    }
+}
+
 /// `null`, for absent payloads.
 fn null() -> &'static RawValue {
     RawValue::NULL
@@ -451,41 +474,13 @@ impl Router {
         }
         match (&outcome, tally) {
             (Outcome::Handler { status: Status::Ok, .. }, Some(t)) => t.calls_ok += 1,
-            (Outcome::Handler { status: Status::Ok, .. }, None) => c.inc(&c.calls_ok),
             (
                 Outcome::Handler {
                     status: Status::Error, ..
                 },
                 Some(t),
             ) => t.calls_handler_error += 1,
-            (
-                Outcome::Handler {
-                    status: Status::Error, ..
-                },
-                None,
-            ) => c.inc(&c.calls_handler_error),
-            (
-                Outcome::Failed {
-                    code: ErrorCode::Timeout,
-                    ..
-                },
-                _,
-            ) => c.inc(&c.calls_timed_out),
-            (
-                Outcome::Failed {
-                    code: ErrorCode::HandlerGone,
-                    ..
-                },
-                _,
-            ) => c.inc(&c.calls_handler_gone),
-            (
-                Outcome::Failed {
-                    code: ErrorCode::ShuttingDown,
-                    ..
-                },
-                _,
-            ) => c.inc(&c.calls_shut_down),
-            (Outcome::Failed { .. }, _) => c.inc(&c.calls_refused),
+            (outcome, _) => c.inc(outcome_counter(c, outcome)),
         }
         p.caller.inflight.fetch_sub(1, Ordering::Relaxed);
         let handler = p.handler.app_str();
