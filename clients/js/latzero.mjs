@@ -1418,6 +1418,29 @@ export class EncryptedPool {
     return this._openMessage(`reply/${trigger}`, answer);
   }
 
+  /** Client.broadcast with a sealed payload: an array of `{appId, response}` or `{appId,
+   * error}`, each answer and error opened (a handler's sealed error into HANDLER_ERROR; an
+   * answer that does not open is that handler's error, CRYPTO). opts: as Client.broadcast. */
+  async broadcast(trigger, data = null, opts = {}) {
+    await this._ready();
+    const sealed = await this._sealValue(`msg/${trigger}`, data);
+    const replies = await this.#client.broadcast(this.pool, trigger, sealed, opts);
+    const out = [];
+    for (const r of replies) {
+      if (r.error !== undefined) {
+        out.push({ appId: r.appId, error: await this._openError(trigger, r.error) });
+        continue;
+      }
+      try {
+        out.push({ appId: r.appId, response: await this._openMessage(`reply/${trigger}`, r.response) });
+      } catch (e) {
+        if (!(e instanceof LatZeroError)) throw e;
+        out.push({ appId: r.appId, error: e });
+      }
+    }
+    return out;
+  }
+
   /** Emits a sealed payload (needs the CipherShard and the OblivionSeal); as Client.emit. */
   async emit(trigger, data = null, opts = {}) {
     await this._ready();

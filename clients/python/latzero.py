@@ -1631,6 +1631,23 @@ class EncryptedPool:
             raise self._open_error(trigger, e) from None
         return self._open_message(f"reply/{trigger}", answer)
 
+    async def broadcast(self, trigger, data=None, *, timeout=None):
+        """Client.broadcast with a sealed payload: one dict per handler, its `response` or its
+        `error` opened (a handler's sealed error into HANDLER_ERROR; an answer that does not
+        open is that handler's error, CRYPTO)."""
+        await self._ready()
+        sealed = self._seal_value(f"msg/{trigger}", data)
+        out = []
+        for r in await self._client.broadcast(self.pool, trigger, sealed, timeout=timeout):
+            if "error" in r:
+                out.append({"app_id": r["app_id"], "error": self._open_error(trigger, r["error"])})
+                continue
+            try:
+                out.append({"app_id": r["app_id"], "response": self._open_message(f"reply/{trigger}", r["response"])})
+            except LatZeroError as e:
+                out.append({"app_id": r["app_id"], "error": e})
+        return out
+
     async def emit(self, trigger, data=None, *, confirm=True):
         """Emits a sealed payload (needs the CipherShard and the OblivionSeal); as Client.emit."""
         await self._ready()

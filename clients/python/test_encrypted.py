@@ -48,6 +48,14 @@ async def main():
           raw.error)
     e = await raises(py.call("vault", "rs_upper", {"text": "plain"}))
     check(e.code == "PERMISSION_DENIED", "the server refuses a plaintext call", str(e))
+    # A sealed broadcast: the Rust handler's answer, and its sealed error, opened.
+    replies = await vault.broadcast("rs_upper", {"text": "ok"})
+    check(replies == [{"app_id": "rs-worker", "response": {"upper": "OK", "by": "rust"}}],
+          "a sealed broadcast's answer opens", replies)
+    replies = await vault.broadcast("rs_upper", {"fail": True})
+    e = replies[0].get("error") if len(replies) == 1 else None
+    check(isinstance(e, latzero.LatZeroError) and e.code == "HANDLER_ERROR"
+          and e.error == {"message": "account 7 is short by 1200"}, "a sealed broadcast's error opens", replies)
 
     doc, _ = await vault.read_json("rs-doc")
     check(doc == {"from": "rust", "n": 1}, "reads a document Rust sealed", doc)

@@ -71,6 +71,12 @@ export async function run(open, say, KEYS, printed) {
   await check(Object.keys(raw.error).join() === "sealed" && !JSON.stringify(raw.error).includes("1200"), "the error crossed the server sealed", raw.error);
   e = await rejects(js.call("vault", "rs_upper", { text: "plain" }));
   await check(e.code === "PERMISSION_DENIED", "the server refuses a plaintext call", e.message);
+  // A sealed broadcast: the Rust handler's answer, and its sealed error, opened.
+  let replies = await vault.broadcast("rs_upper", { text: "ok" });
+  await check(sameJson(replies, [{ appId: "rs-worker", response: { upper: "OK", by: "rust" } }]), "a sealed broadcast's answer opens", replies);
+  replies = await vault.broadcast("rs_upper", { fail: true });
+  const be = replies.length === 1 ? replies[0].error : undefined;
+  await check(be instanceof LatZeroError && be.code === "HANDLER_ERROR" && sameJson(be.error, { message: "account 7 is short by 1200" }), "a sealed broadcast's error opens", replies);
 
   const { document } = await vault.readJson("rs-doc");
   await check(sameJson(document, { from: "rust", n: 1 }), "reads a document Rust sealed", document);
