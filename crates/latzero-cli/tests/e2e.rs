@@ -998,6 +998,15 @@ fn the_cli_calls_emits_and_replies_in_an_encrypted_pool_with_a_keys_file() -> Re
     assert!(err.is_empty(), "no warning for a file only its owner reads: {err}");
     let call = worker.wait_event("call")?;
     assert_eq!(call["data"], json!({"x": [1, 2]}), "the worker saw the payload opened");
+    // The payload and the result sealed and opened as JSON text: an integer past 64 bits keeps
+    // its digits both ways.
+    let big = r#"{"n":123456789012345678901234567890}"#;
+    let (ok, out, err) = s.run(&["call", "--pool", "vault", "echo", big, "--keys", keys])?;
+    assert!(
+        ok && out.contains(r#""data":{"n":123456789012345678901234567890}"#),
+        "{out} {err}"
+    );
+    worker.wait_event("call")?;
     let (ok, out, err) = s.run(&["call", "--pool", "vault", "echo", "5", "--to", "w", "--keys", keys])?;
     assert!(
         ok && serde_json::from_str::<Value>(&out)?["data"] == json!(5),

@@ -36,6 +36,7 @@ use crate::client::{Client, ClientEvent, lock};
 use crate::error::ClientError;
 use crate::handler::{HandlerError, Request};
 use crate::memory::MemoryBlock;
+use crate::payload::Payload;
 use latzero_proto::ErrorCode;
 
 /// How many times an append is sealed again after the server found it sealed before the
@@ -96,13 +97,29 @@ impl State {
 
     /// Opens a sealed message (`data` as sent on the wire), once.
     fn open_message(&self, ctx: &str, data: &Value) -> Result<Value, ClientError> {
-        let sealed = data
-            .as_str()
-            .and_then(|s| B64.decode(s).ok())
-            .ok_or(SealError::Malformed)?;
+        let plaintext = self.open_once(ctx, data.as_str().ok_or(SealError::Malformed)?)?;
+        Ok(serde_json::from_slice(&plaintext)?)
+    }
+
+    /// `data` sealed for `ctx` as it is written, as the wire carries it (a JSON string: the
+    /// record in base64).
+    fn seal_text(&self, ctx: &str, data: &Payload) -> Result<Payload, ClientError> {
+        let sealed = self.seal(ctx, data.as_bytes())?;
+        Ok(Payload::from_json(&B64.encode(sealed))?)
+    }
+
+    /// [`open_message`](Self::open_message) into the JSON text as it was sealed, not a value.
+    fn open_text(&self, ctx: &str, data: &Payload) -> Result<Payload, ClientError> {
+        let text: String = serde_json::from_str(data.as_str()).map_err(|_| SealError::Malformed)?;
+        Ok(Payload::from_text(self.open_once(ctx, &text)?)?)
+    }
+
+    /// The plaintext of a sealed record given in base64, checked for replays.
+    fn open_once(&self, ctx: &str, b64: &str) -> Result<Vec<u8>, ClientError> {
+        let sealed = B64.decode(b64).map_err(|_| SealError::Malformed)?;
         let o = self.open(ctx, &sealed)?;
         lock(&self.guard).check_message(&o)?;
-        Ok(serde_json::from_slice(&o.plaintext)?)
+        Ok(o.plaintext)
     }
 
     /// A handler's error, sealed for `error/<trigger>` if it can be; if it cannot (a handler
@@ -129,6 +146,54 @@ impl State {
             _ => e,
         }
     }
+}
+
+/// A payload form a sealed handler takes: a [`Value`], or JSON text ([`Payload`]).
+trait SealedForm: Sized {
+    /// A request's payload as it came on the wire, opened.
+    fn open(st: &State, ctx: &str, wire: &Self) -> Result<Self, ClientError>;
+    /// An answer, sealed as the wire carries it.
+    fn seal(st: &State, ctx: &str, plain: &Self) -> Result<Self, ClientError>;
+}
+
+impl SealedForm for Value {
+    fn open(st: &State, ctx: &str, wire: &Self) -> Result<Self, ClientError> {
+        st.open_message(ctx, wire)
+    }
+
+    fn seal(st: &State, ctx: &str, plain: &Self) -> Result<Self, ClientError> {
+        st.seal_value(ctx, plain)
+    }
+}
+
+impl SealedForm for Payload {
+    fn open(st: &State, ctx: &str, wire: &Self) -> Result<Self, ClientError> {
+        st.open_text(ctx, wire)
+    }
+
+    fn seal(st: &State, ctx: &str, plain: &Self) -> Result<Self, ClientError> {
+        st.seal_text(ctx, plain)
+    }
+}
+
+/// Serves `req` with `f`, a handler of an encrypted pool's handle for `pool`: in that pool the
+/// payload is opened before `f` sees it (refused with a handler error if it does not open), and
+/// the answer and any error `f` returns are sealed; in other pools `f` serves it as it is.
+async fn serve_sealed<D, F, Fut>(st: &State, pool: &str, f: &F, mut req: Request<D>) -> Result<D, HandlerError>
+where
+    D: SealedForm,
+    F: Fn(Request<D>) -> Fut,
+    Fut: Future<Output = Result<D, HandlerError>>,
+{
+    if req.pool != pool {
+        return f(req).await;
+    }
+    req.data = D::open(st, &context(CONTEXT_MSG, &req.process), &req.data)
+        .map_err(|e| HandlerError::msg(format!("rejected sealed payload: {e}")))?;
+    let process = req.process.clone();
+    let answer = f(req).await.map_err(|e| st.seal_error(&process, e))?;
+    D::seal(st, &context(CONTEXT_REPLY, &process), &answer)
+        .map_err(|e| HandlerError::msg(format!("cannot seal the answer: {e}")))
 }
 
 /// An encrypted pool this app joined with its keys. Dropping it stops re-joining after a
@@ -296,6 +361,31 @@ impl EncryptedPool {
             .collect())
     }
 
+    /// [`call`](Self::call) with the payload and the answer as JSON text ([`Payload`]), as
+    /// [`Client::call_raw`]: sealed and opened as they are written, never read into a value
+    /// (an integer past 64 bits keeps its digits).
+    pub async fn call_raw(&self, process: &str, data: &Payload) -> Result<Payload, ClientError> {
+        self.call_raw_on(None, process, data).await
+    }
+
+    /// [`call_raw`](Self::call_raw), run on the app `to`.
+    pub async fn call_raw_to(&self, to: &str, process: &str, data: &Payload) -> Result<Payload, ClientError> {
+        self.call_raw_on(Some(to), process, data).await
+    }
+
+    async fn call_raw_on(&self, to: Option<&str>, process: &str, data: &Payload) -> Result<Payload, ClientError> {
+        let sealed = self.state.seal_text(&context(CONTEXT_MSG, process), data)?;
+        let mut req = self.client.request(&self.pool, process).data(&sealed);
+        if let Some(to) = to {
+            req = req.destination(to);
+        }
+        let answer = match req.send_raw().await {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.state.open_error(process, e)),
+        };
+        self.state.open_text(&context(CONTEXT_REPLY, process), &answer)
+    }
+
     async fn call_on<T: Serialize + ?Sized>(
         &self,
         to: Option<&str>,
@@ -337,24 +427,28 @@ impl EncryptedPool {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
     {
-        let st = self.state.clone();
-        let pool = self.pool.clone();
-        let f = Arc::new(f);
+        let (st, pool, f) = (self.state.clone(), self.pool.clone(), Arc::new(f));
         self.client
-            .handle(trigger, move |mut req: Request| {
+            .handle(trigger, move |req| {
                 let (st, pool, f) = (st.clone(), pool.clone(), f.clone());
-                async move {
-                    if req.pool != pool {
-                        return f(req).await;
-                    }
-                    req.data = st
-                        .open_message(&context(CONTEXT_MSG, &req.process), &req.data)
-                        .map_err(|e| HandlerError::msg(format!("rejected sealed payload: {e}")))?;
-                    let process = req.process.clone();
-                    let answer = f(req).await.map_err(|e| st.seal_error(&process, e))?;
-                    st.seal_value(&context(CONTEXT_REPLY, &process), &answer)
-                        .map_err(|e| HandlerError::msg(format!("cannot seal the answer: {e}")))
-                }
+                async move { serve_sealed(&st, &pool, &*f, req).await }
+            })
+            .await
+    }
+
+    /// [`handle`](Self::handle) with payloads as JSON text ([`Payload`]), as
+    /// [`Client::handle_raw`]: a request's payload opened into the text it was sealed as, and
+    /// the answer sealed as it is written, never read into a value.
+    pub async fn handle_raw<F, Fut>(&self, trigger: &str, f: F) -> Result<(), ClientError>
+    where
+        F: Fn(Request<Payload>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, HandlerError>> + Send + 'static,
+    {
+        let (st, pool, f) = (self.state.clone(), self.pool.clone(), Arc::new(f));
+        self.client
+            .handle_raw(trigger, move |req| {
+                let (st, pool, f) = (st.clone(), pool.clone(), f.clone());
+                async move { serve_sealed(&st, &pool, &*f, req).await }
             })
             .await
     }

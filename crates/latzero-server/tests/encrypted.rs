@@ -11,8 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Raw, Running, config_in};
 use latzero_client::{
-    BlockOptions, Client, ClientError, ClientOptions, EncryptedPool, ErrorCode, HandlerError, PoolKeys, PoolSpec,
-    Request, SealError, generate_pool_keys,
+    BlockOptions, Client, ClientError, ClientOptions, EncryptedPool, ErrorCode, HandlerError, Payload, PoolKeys,
+    PoolSpec, Request, SealError, generate_pool_keys,
 };
 use serde_json::json;
 
@@ -454,6 +454,50 @@ async fn a_sealed_broadcast_reaches_every_handler_and_opens_every_answer() {
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
     drop((workers, reader, rp, cp, caller, owner));
+    srv.stop().await;
+}
+
+/// Bytes-level sealed calls and handlers: the JSON text is sealed and opened as written (an
+/// integer past 64 bits keeps its digits), and either form opens what the other sealed.
+#[tokio::test]
+async fn sealed_payloads_as_text_keep_their_digits_and_open_in_either_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, owner, texts) = vault_server(dir.path()).await;
+    let (w, wp) = vault_member(&srv, "w", &texts).await;
+    wp.handle_raw("echo_text", |r: Request<Payload>| async move {
+        if r.data.as_str() == "0" {
+            return Err(HandlerError::msg("zero refused"));
+        }
+        Ok(r.data)
+    })
+    .await
+    .unwrap();
+    wp.handle("echo_value", |r: Request| async move { Ok(json!({"got": r.data})) })
+        .await
+        .unwrap();
+    let (caller, cp) = vault_member(&srv, "caller", &texts).await;
+    let big = Payload::from_text(r#"{"n":123456789012345678901234567890,"x":1.25e400}"#).unwrap();
+    assert_eq!(cp.call_raw("echo_text", &big).await.unwrap().as_str(), big.as_str());
+    assert_eq!(
+        cp.call_raw_to("w", "echo_text", &big).await.unwrap().as_str(),
+        big.as_str()
+    );
+    // A value call to a text handler, and a text call to a value handler.
+    assert_eq!(cp.call("echo_text", &json!([1, "a"])).await.unwrap(), json!([1, "a"]));
+    let answer = cp
+        .call_raw("echo_value", &Payload::from_text("[2]").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer.as_str(), r#"{"got":[2]}"#);
+    // A text handler's error travels sealed and opens.
+    match cp.call_raw("echo_text", &Payload::from_text("0").unwrap()).await {
+        Err(ClientError::Handler(e)) => assert_eq!(e, json!({"message": "zero refused"})),
+        other => panic!("{other:?}"),
+    }
+    // What crossed the server was sealed: the text handler refuses a payload that is not.
+    let e = caller.call_raw("vault", "echo_text", &big).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    drop((w, wp, caller, cp, owner));
     srv.stop().await;
 }
 

@@ -167,13 +167,17 @@ async fn sealed_call<T: serde::Serialize + ?Sized>(
     }
 }
 
-/// One call into an encrypted pool: its result as opened, a value (or each handler's, with
-/// `--broadcast`).
+/// One call into an encrypted pool: its result's JSON text as opened (or each handler's
+/// result, with `--broadcast`, through a value).
 async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -> Result<()> {
     if args.broadcast {
         return print_broadcast(vault.broadcast(&args.trigger, data).await?);
     }
-    match sealed_call(vault, args, data).await {
+    let result = match &args.to {
+        Some(to) => vault.call_raw_to(to, &args.trigger, data).await,
+        None => vault.call_raw(&args.trigger, data).await,
+    };
+    match result {
         Ok(v) => {
             outln!("{v}");
             Ok(())

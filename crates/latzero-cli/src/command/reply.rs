@@ -113,29 +113,14 @@ pub async fn run(args: ReplyArgs) -> Result<()> {
     };
     for t in &args.triggers {
         let answer = answer.clone();
+        let serve = move |req: Request<Payload>| {
+            let answer = answer.clone();
+            async move { answer.to(&req).await }
+        };
         match &vault {
-            // The answer sealed by the handle: a value (the payload as opened, and --respond, go
-            // through one).
-            Some(vault) => {
-                vault
-                    .handle(t, move |req: Request| {
-                        let answer = answer.clone();
-                        async move {
-                            let out = answer.to(&req).await?;
-                            out.json()
-                                .map_err(|e| HandlerError::msg(format!("cannot write the answer: {e}")))
-                        }
-                    })
-                    .await?
-            }
-            None => {
-                client
-                    .handle_raw(t, move |req: Request<Payload>| {
-                        let answer = answer.clone();
-                        async move { answer.to(&req).await }
-                    })
-                    .await?
-            }
+            // Opened and sealed by the handle, as JSON text.
+            Some(vault) => vault.handle_raw(t, serve).await?,
+            None => client.handle_raw(t, serve).await?,
         }
     }
     let mut events = client.events();
