@@ -108,6 +108,31 @@ struct Calls {
     asleep: bool,
 }
 
+/// The locked table ([`Pending::lock`]).
+struct Locked<'a> {
+    guard: std::sync::MutexGuard<'a, Calls>,
+    len: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Calls;
+    fn deref(&self) -> &Calls {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Calls {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.len.store(self.guard.calls.len(), Ordering::Relaxed);
+    }
+}
+
 struct Call {
     state: State,
     expiry: Expiry,
@@ -135,6 +160,15 @@ impl Pending {
         }
     }
 
+    /// The table, locked: its length is stored in `len` as the lock is let go, whatever
+    /// changed it.
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: lock(&self.calls),
+            len: &self.len,
+        }
+    }
+
     /// How many calls are in the table (waiting, or answered and not yet collected), as last
     /// stored under its lock.
     pub fn len(&self) -> &Arc<AtomicUsize> {
@@ -153,7 +187,7 @@ impl Pending {
     /// [`insert`](Self::insert) with the id `id_of` makes of the request's sequence number,
     /// counted under the table's lock (no atomic counter of its own); returns the id too.
     fn insert_with(&self, id_of: impl FnOnce(u64) -> u64, wait: Duration, waker: Option<Waker>) -> (u64, Expiry) {
-        let mut calls = lock(&self.calls);
+        let mut calls = self.lock();
         calls.made += 1;
         let id = id_of(calls.made);
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128 / 2) as u64;
@@ -166,7 +200,6 @@ impl Pending {
             },
         );
         calls.earliest = calls.earliest.min(expiry.0);
-        self.len.store(calls.calls.len(), Ordering::Relaxed);
         if calls.asleep {
             calls.asleep = false;
             drop(calls);
@@ -193,7 +226,7 @@ impl Pending {
     /// Whether the call `id` is still waiting for its reply.
     pub fn waiting(&self, id: u64) -> bool {
         matches!(
-            lock(&self.calls).calls.get(&id),
+            self.lock().calls.get(&id),
             Some(Call {
                 state: State::Waiting(_),
                 ..
@@ -207,7 +240,7 @@ impl Pending {
     /// it preempts this thread).
     pub fn answer(&self, id: u64, reply: Reply) -> bool {
         let waker = {
-            let mut calls = lock(&self.calls);
+            let mut calls = self.lock();
             let Some(call) = calls.calls.get_mut(&id) else {
                 return false;
             };
@@ -227,7 +260,7 @@ impl Pending {
     /// The reply to `id` once it is there, taken out of the table with the call; `None` if
     /// the call ended without one (the connection dropped, or its wait ran out).
     pub fn poll_reply(&self, id: u64, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
-        let mut calls = lock(&self.calls);
+        let mut calls = self.lock();
         let Slot::Occupied(mut call) = calls.calls.entry(id) else {
             return Poll::Ready(None);
         };
@@ -239,7 +272,6 @@ impl Pending {
             }
             State::Answered(_) => {
                 let call = call.remove();
-                self.len.store(calls.calls.len(), Ordering::Relaxed);
                 match call.state {
                     State::Answered(reply) => Poll::Ready(Some(reply)),
                     State::Waiting(_) => Poll::Ready(None),
@@ -250,23 +282,22 @@ impl Pending {
 
     /// Takes the call `id` out of the table, answered or not (its caller gave up on it).
     pub fn remove(&self, id: u64) {
-        let mut calls = lock(&self.calls);
+        let mut calls = self.lock();
         let call = calls.calls.remove(&id);
-        self.len.store(calls.calls.len(), Ordering::Relaxed);
         drop(calls);
         drop(call);
     }
 
     /// Whether a wait that runs out at `expiry` has run out.
     pub fn expired(&self, expiry: Expiry) -> bool {
-        lock(&self.calls).now >= expiry.0
+        self.lock().now >= expiry.0
     }
 
     /// Ends every call still waiting (each caller then hears that the connection is gone).
     /// Replies already handed over stay for their callers.
     pub fn clear(&self) {
         let mut gone = Vec::new();
-        let mut calls = lock(&self.calls);
+        let mut calls = self.lock();
         calls.calls.retain(|_, call| match &mut call.state {
             State::Waiting(w) => {
                 gone.extend(w.take());
@@ -274,7 +305,6 @@ impl Pending {
             }
             State::Answered(_) => true,
         });
-        self.len.store(calls.calls.len(), Ordering::Relaxed);
         drop(calls);
         gone.into_iter().for_each(Waker::wake);
     }
@@ -283,7 +313,7 @@ impl Pending {
     /// run out. Its caller, finding its call gone after its wait ran out, reports no reply.
     pub async fn sweep(&self, closed: CancellationToken) {
         loop {
-            if lock(&self.calls).asleep {
+            if self.lock().asleep {
                 tokio::select! {
                     _ = closed.cancelled() => return,
                     _ = self.wake.notified() => {}
@@ -297,7 +327,7 @@ impl Pending {
             }
             let mut expired = Vec::new();
             {
-                let mut calls = lock(&self.calls);
+                let mut calls = self.lock();
                 calls.now += 1;
                 let now = calls.now;
                 if now >= calls.earliest {
@@ -316,7 +346,6 @@ impl Pending {
                         .map(|c| c.expiry.0)
                         .min()
                         .unwrap_or(u64::MAX);
-                    self.len.store(calls.calls.len(), Ordering::Relaxed);
                 }
                 calls.asleep = calls.calls.is_empty();
             }
@@ -327,7 +356,7 @@ impl Pending {
 
     #[cfg(test)]
     fn ticks(&self) -> u64 {
-        lock(&self.calls).now
+        self.lock().now
     }
 }
 
