@@ -15,13 +15,15 @@ use crate::handler::{Handler, HandlerError, Request, invoke};
 use crate::payload::Payload;
 use crate::pending::{Reply, Want};
 
-/// One handler's part of a broadcast result.
+/// One handler's part of a broadcast result: its answer as a [`Value`] (from
+/// [`Call::broadcast`]), or as the JSON text it wrote, a [`Payload`] (from
+/// [`Call::broadcast_raw`]).
 #[derive(Debug, Clone)]
-pub struct BroadcastReply {
+pub struct BroadcastReply<D = Value> {
     /// The handler.
     pub app_id: String,
-    /// Its result.
-    pub result: Result<Value, Arc<ClientError>>,
+    /// Its result. A handler's own error ([`ClientError::Handler`]) is a value in either form.
+    pub result: Result<D, Arc<ClientError>>,
 }
 
 /// A call being built. Finish with [`send`](Call::send), [`broadcast`](Call::broadcast) or
@@ -265,7 +267,17 @@ impl Call<'_> {
 
     /// Sends the call to every handler of the trigger in the pool; returns one result per
     /// handler once all have answered or timed out.
-    pub async fn broadcast(mut self) -> Result<Vec<BroadcastReply>, ClientError> {
+    pub async fn broadcast(self) -> Result<Vec<BroadcastReply>, ClientError> {
+        self.broadcast_as().await
+    }
+
+    /// [`broadcast`](Self::broadcast) with each answer as the JSON text its handler wrote
+    /// ([`Payload`]), never read into a value (an integer past 64 bits keeps its digits).
+    pub async fn broadcast_raw(self) -> Result<Vec<BroadcastReply<Payload>>, ClientError> {
+        self.broadcast_as().await
+    }
+
+    pub(crate) async fn broadcast_as<D: Form>(mut self) -> Result<Vec<BroadcastReply<D>>, ClientError> {
         self.check()?;
         let ttl = self.ttl();
         let data = std::mem::replace(&mut self.data, Ok(None))?;
@@ -279,12 +291,9 @@ impl Call<'_> {
         if env.action() == Some("error") {
             return Err(remote_error(&env).into());
         }
-        let v: Value = serde_json::from_slice(&frame)?;
-        let list = v
-            .get("responses")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ClientError::Protocol("broadcast reply without responses".into()))?;
-        Ok(list.iter().map(broadcast_entry).collect())
+        let bad = |e: serde_json::Error| ClientError::Protocol(format!("bad broadcast reply: {e}"));
+        let list: Responses<'_> = serde_json::from_slice(&frame).map_err(bad)?;
+        Ok(list.responses.into_iter().map(broadcast_entry).collect())
     }
 
     /// Sends the call with its result going to another app (`reply_to`), which receives it as
@@ -305,21 +314,48 @@ impl Call<'_> {
     }
 }
 
-fn broadcast_entry(e: &Value) -> BroadcastReply {
-    let app_id = e["app_id"].as_str().unwrap_or_default().to_owned();
-    let result = match (e["status"].as_str(), e.get("code")) {
-        (Some("ok"), _) => Ok(e.get("response").cloned().unwrap_or(Value::Null)),
+/// A broadcast's answer frame, as far as [`Call::broadcast`] reads it.
+#[derive(serde::Deserialize)]
+struct Responses<'a> {
+    #[serde(borrow)]
+    responses: Vec<Entry<'a>>,
+}
+
+/// One handler's entry (docs/PROTOCOL.md, "broadcast"): its answer's text as it came.
+#[derive(serde::Deserialize)]
+struct Entry<'a> {
+    #[serde(default)]
+    app_id: String,
+    #[serde(default, borrow)]
+    status: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    response: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<Value>,
+    /// A code this SDK does not know reads as `INTERNAL`.
+    #[serde(default, borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn broadcast_entry<D: Form>(e: Entry<'_>) -> BroadcastReply<D> {
+    // A `null` answer reads as no `response`.
+    let answer = || D::from_payload(Payload::from_text(e.response.map_or("null", RawValue::get).to_owned())?);
+    let result = match (e.status.as_deref(), e.code) {
+        (Some("ok"), _) => answer().map_err(Arc::new),
         (_, Some(code)) => Err(Arc::new(ClientError::Remote(RemoteError {
-            code: serde_json::from_value(code.clone()).unwrap_or(ErrorCode::Internal),
-            message: e["message"].as_str().unwrap_or_default().to_owned(),
-            handler: Some(app_id.clone()),
+            code: serde_json::from_str(code.get()).unwrap_or(ErrorCode::Internal),
+            message: e.message.unwrap_or_default(),
+            handler: Some(e.app_id.clone()),
             handler_may_still_run: None,
         }))),
-        _ => Err(Arc::new(ClientError::Handler(
-            e.get("error").cloned().unwrap_or(Value::Null),
-        ))),
+        _ => Err(Arc::new(ClientError::Handler(e.error.unwrap_or(Value::Null)))),
     };
-    BroadcastReply { app_id, result }
+    BroadcastReply {
+        app_id: e.app_id,
+        result,
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::call::BroadcastReply;
+use crate::call::{BroadcastReply, Form};
 use crate::client::{Client, ClientEvent, lock};
 use crate::error::ClientError;
 use crate::handler::{HandlerError, Request};
@@ -337,18 +337,38 @@ impl EncryptedPool {
         data: &T,
     ) -> Result<Vec<BroadcastReply>, ClientError> {
         let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
+        self.broadcast_sealed(process, &sealed).await
+    }
+
+    /// [`broadcast`](Self::broadcast) with the payload and each answer as JSON text
+    /// ([`Payload`]), as [`call_raw`](Self::call_raw): sealed and opened as they are written.
+    pub async fn broadcast_raw(
+        &self,
+        process: &str,
+        data: &Payload,
+    ) -> Result<Vec<BroadcastReply<Payload>>, ClientError> {
+        let sealed = self.state.seal_text(&context(CONTEXT_MSG, process), data)?;
+        self.broadcast_sealed(process, &sealed).await
+    }
+
+    /// Broadcasts `sealed` and opens each answer, and each handler's error, in the form `D`.
+    async fn broadcast_sealed<D: SealedForm + Form + Serialize>(
+        &self,
+        process: &str,
+        sealed: &D,
+    ) -> Result<Vec<BroadcastReply<D>>, ClientError> {
         let replies = self
             .client
             .request(&self.pool, process)
-            .data(&sealed)
-            .broadcast()
+            .data(sealed)
+            .broadcast_as::<D>()
             .await?;
         let reply = context(CONTEXT_REPLY, process);
         Ok(replies
             .into_iter()
             .map(|r| BroadcastReply {
                 result: match r.result {
-                    Ok(answer) => self.state.open_message(&reply, &answer).map_err(Arc::new),
+                    Ok(answer) => D::open(&self.state, &reply, &answer).map_err(Arc::new),
                     Err(e) => match &*e {
                         ClientError::Handler(v) => Err(Arc::new(
                             self.state.open_error(process, ClientError::Handler(v.clone())),

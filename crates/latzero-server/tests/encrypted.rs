@@ -494,6 +494,19 @@ async fn sealed_payloads_as_text_keep_their_digits_and_open_in_either_form() {
         Err(ClientError::Handler(e)) => assert_eq!(e, json!({"message": "zero refused"})),
         other => panic!("{other:?}"),
     }
+    // Broadcast as text: the answer keeps its digits, and the error opens.
+    for (data, want) in [(&big, Ok(big.as_str())), (&Payload::from_text("0").unwrap(), Err(()))] {
+        let replies = cp.broadcast_raw("echo_text", data).await.unwrap();
+        let [r] = &replies[..] else { panic!("{replies:?}") };
+        match (&r.result, want) {
+            (Ok(p), Ok(want)) => assert_eq!(p.as_str(), want),
+            (Err(e), Err(())) => match &**e {
+                ClientError::Handler(e) => assert_eq!(e, &json!({"message": "zero refused"})),
+                other => panic!("{other:?}"),
+            },
+            (got, _) => panic!("{got:?}"),
+        }
+    }
     // What crossed the server was sealed: the text handler refuses a payload that is not.
     let e = caller.call_raw("vault", "echo_text", &big).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");

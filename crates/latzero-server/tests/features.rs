@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use latzero_client::{Client, ClientError, ClientEvent, ClientOptions, ErrorCode, Request};
+use latzero_client::{Client, ClientError, ClientEvent, ClientOptions, ErrorCode, Payload, Request};
 use latzero_server::Limits;
 use serde_json::{Value, json};
 
@@ -53,6 +53,20 @@ async fn broadcast_reaches_every_handler_with_correlated_results() {
             ("c".into(), json!("hi from c"))
         ]
     );
+    // As text, each answer as its handler wrote it: an integer past 64 bits keeps its digits.
+    let big = r#"{"n":123456789012345678901234567890}"#;
+    keep[0]
+        .handle_raw("big", move |_r: Request<Payload>| async move {
+            Payload::from_text(big).map_err(Into::into)
+        })
+        .await
+        .unwrap();
+    let replies = caller.request("p", "big").broadcast_raw().await.unwrap();
+    let got: Vec<(&str, &str)> = replies
+        .iter()
+        .map(|r| (r.app_id.as_str(), r.result.as_ref().unwrap().as_str()))
+        .collect();
+    assert_eq!(got, [("a", big)]);
     s.stop().await;
 }
 

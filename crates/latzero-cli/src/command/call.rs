@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use latzero_client::{BroadcastReply, Client, ClientError, ClientOptions, EncryptedPool, Payload};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
@@ -167,11 +168,11 @@ async fn sealed_call<T: serde::Serialize + ?Sized>(
     }
 }
 
-/// One call into an encrypted pool: its result's JSON text as opened (or each handler's
-/// result, with `--broadcast`, through a value).
+/// One call into an encrypted pool: its result's JSON text as opened (with `--broadcast`, each
+/// handler's).
 async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -> Result<()> {
     if args.broadcast {
-        return print_broadcast(vault.broadcast(&args.trigger, data).await?);
+        return print_broadcast(vault.broadcast_raw(&args.trigger, data).await?);
     }
     let result = match &args.to {
         Some(to) => vault.call_raw_to(to, &args.trigger, data).await,
@@ -187,19 +188,41 @@ async fn single_sealed(vault: &EncryptedPool, args: &CallArgs, data: &Payload) -
     }
 }
 
-/// A broadcast's results, a line per handler; an error when any handler did not answer with a
-/// result (as with `--count`, a script sees it from the exit status).
-fn print_broadcast(replies: Vec<BroadcastReply>) -> Result<()> {
+/// A broadcast's results, a line per handler, each answer's JSON text as its handler wrote it;
+/// an error when any handler did not answer with a result (as with `--count`, a script sees it
+/// from the exit status).
+fn print_broadcast(replies: Vec<BroadcastReply<Payload>>) -> Result<()> {
+    /// A line's fields, in the order a `json!` object prints them (by name).
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        app_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response: Option<&'a RawValue>,
+        status: &'static str,
+    }
     let (all, mut failed) = (replies.len(), 0);
-    for r in replies {
-        let line = match r.result {
-            Ok(v) => json!({"app_id": r.app_id, "status": "ok", "response": v}),
+    for r in &replies {
+        let line = match &r.result {
+            // A payload is one JSON value: it reads as one.
+            Ok(p) => Line {
+                app_id: &r.app_id,
+                error: None,
+                response: Some(serde_json::from_str(p.as_str())?),
+                status: "ok",
+            },
             Err(e) => {
                 failed += 1;
-                json!({"app_id": r.app_id, "status": "error", "error": e.to_string()})
+                Line {
+                    app_id: &r.app_id,
+                    error: Some(e.to_string()),
+                    response: None,
+                    status: "error",
+                }
             }
         };
-        outln!("{line}");
+        outln!("{}", serde_json::to_string(&line)?);
     }
     if failed > 0 {
         bail!("{failed} of {all} handlers did not answer with a result (their lines above say why)");
@@ -213,7 +236,7 @@ async fn single(client: &Client, args: &CallArgs, data: &Payload) -> Result<()> 
         req = req.destination(to);
     }
     if args.broadcast {
-        return print_broadcast(req.broadcast().await?);
+        return print_broadcast(req.broadcast_raw().await?);
     }
     // The result's JSON text as the handler wrote it (a value read and printed again would
     // change an integer past 64 bits, or a decimal past a double's precision).
