@@ -249,7 +249,7 @@ impl Call<'_> {
         self.send_as().await
     }
 
-    async fn send_as<D: Form>(mut self) -> Result<D, ClientError> {
+    pub(crate) async fn send_as<D: Form>(mut self) -> Result<D, ClientError> {
         self.check()?;
         let data = std::mem::replace(&mut self.data, Ok(None))?;
         let inner = &self.client.inner;

@@ -395,15 +395,7 @@ impl EncryptedPool {
 
     async fn call_raw_on(&self, to: Option<&str>, process: &str, data: &Payload) -> Result<Payload, ClientError> {
         let sealed = self.state.seal_text(&context(CONTEXT_MSG, process), data)?;
-        let mut req = self.client.request(&self.pool, process).data(&sealed);
-        if let Some(to) = to {
-            req = req.destination(to);
-        }
-        let answer = match req.send_raw().await {
-            Ok(answer) => answer,
-            Err(e) => return Err(self.state.open_error(process, e)),
-        };
-        self.state.open_text(&context(CONTEXT_REPLY, process), &answer)
+        self.call_sealed(to, process, &sealed).await
     }
 
     async fn call_on<T: Serialize + ?Sized>(
@@ -413,15 +405,25 @@ impl EncryptedPool {
         data: &T,
     ) -> Result<Value, ClientError> {
         let sealed = self.state.seal_value(&context(CONTEXT_MSG, process), data)?;
-        let mut req = self.client.request(&self.pool, process).data(&sealed);
+        self.call_sealed(to, process, &sealed).await
+    }
+
+    /// Sends `sealed` (on `to`, if it names an app) and opens the answer, or the handler's
+    /// error, in the form `D`.
+    async fn call_sealed<D: SealedForm + Form + Serialize>(
+        &self,
+        to: Option<&str>,
+        process: &str,
+        sealed: &D,
+    ) -> Result<D, ClientError> {
+        let mut req = self.client.request(&self.pool, process).data(sealed);
         if let Some(to) = to {
             req = req.destination(to);
         }
-        let answer = match req.send().await {
-            Ok(answer) => answer,
-            Err(e) => return Err(self.state.open_error(process, e)),
-        };
-        self.state.open_message(&context(CONTEXT_REPLY, process), &answer)
+        match req.send_as::<D>().await {
+            Ok(answer) => D::open(&self.state, &context(CONTEXT_REPLY, process), &answer),
+            Err(e) => Err(self.state.open_error(process, e)),
+        }
     }
 
     /// Emits a sealed payload (needs the CipherShard and OblivionSeal), and waits for the
