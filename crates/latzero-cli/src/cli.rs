@@ -645,7 +645,7 @@ pub struct CallArgs {
     /// Call every handler and print each result
     #[arg(long, conflicts_with_all = ["to", "count"])]
     pub broadcast: bool,
-    /// Call timeout in ms (at least 1) [default: 30000]
+    /// Call timeout in ms (at least 1; one over the server's max ttl is refused) [default: 30000]
     #[arg(long, value_parser = at_least_one::<u64>)]
     pub timeout_ms: Option<u64>,
     /// Make this many calls (at least 1) and print a JSON summary instead of each result: outcomes,

@@ -217,10 +217,10 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     /// Takes the limits of a new connection's ack, for a client whose request timeout is
-    /// `request_timeout`.
-    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64, request_timeout: Duration) {
+    /// `request_timeout`; only the SDK's default (`chosen` false) is cut to the max ttl.
+    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64, request_timeout: Duration, chosen: bool) {
         self.max_frame_len.store(max_frame_len, Ordering::Relaxed);
-        let cut = if request_timeout.as_millis() > u128::from(max_ttl_ms) {
+        let cut = if !chosen && request_timeout.as_millis() > u128::from(max_ttl_ms) {
             max_ttl_ms
         } else {
             u64::MAX
@@ -243,8 +243,9 @@ impl ServerLimits {
     }
 
     /// The ttl of a call that names none: the client's request timeout, cut to the longest
-    /// the server takes (so that a server started with a shorter `--max-ttl-ms` does not refuse
-    /// every call of a client left on its defaults).
+    /// the server takes when it is the SDK's default (so that a server started with a shorter
+    /// `--max-ttl-ms` does not refuse every call of a client left on its defaults). A timeout
+    /// the user chose is sent as chosen: one too long is refused, not silently shortened.
     pub(crate) fn default_ttl(&self, request_timeout: Duration) -> Duration {
         match self.ttl_cut_ms.load(Ordering::Relaxed) {
             u64::MAX => request_timeout,

@@ -470,9 +470,12 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool, partial: bool)
     }
     if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
         if let Some(l) = a.limits {
-            inner
-                .server_limits
-                .set(l.max_frame_len, l.max_ttl_ms, inner.opts.request_timeout);
+            inner.server_limits.set(
+                l.max_frame_len,
+                l.max_ttl_ms,
+                inner.opts.request_timeout,
+                inner.opts.request_timeout_set,
+            );
             reader.set_max_len(inner.opts.read_limit(l.max_frame_len));
         }
         {

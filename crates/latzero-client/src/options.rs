@@ -57,6 +57,9 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub(crate) request_timeout: Duration,
+    /// Whether [`ClientOptions::request_timeout`] set it: only the default is cut to the
+    /// server's max ttl.
+    pub(crate) request_timeout_set: bool,
     pub(crate) reconnect: bool,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
@@ -97,6 +100,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            request_timeout_set: false,
             reconnect: true,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
@@ -121,9 +125,12 @@ impl ClientOptions {
     }
 
     /// Default timeout of calls (sent as `ttl`), rounded up to whole milliseconds (the wire's
-    /// unit) and at least 1 ms.
+    /// unit) and at least 1 ms. One longer than the server's `max_ttl_ms` is sent as it is, and
+    /// the server refuses each call with `INVALID_MESSAGE`; left unset, the 30 s default is cut
+    /// to a shorter `max_ttl_ms`.
     pub fn request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = wire_ttl(d);
+        self.request_timeout_set = true;
         self
     }
 

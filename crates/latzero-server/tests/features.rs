@@ -468,6 +468,16 @@ async fn the_sdk_keeps_to_the_limits_the_handshake_tells() {
     let (mut worker_events, mut caller_events) = (worker.events(), caller.events());
     // The SDK's default timeout is 30 s; the server takes at most 2 s, and the call is served.
     assert_eq!(caller.call("p", "echo", &json!(1)).await.unwrap(), json!(1));
+    // A timeout the user chose is sent as chosen: one too long is refused, not shortened.
+    let chosen = ClientOptions::new().request_timeout(Duration::from_secs(3));
+    let patient = chosen.connect(&s.url("patient?pools=p")).await.unwrap();
+    let e = patient.call("p", "echo", &json!(1)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidMessage), "{e}");
+    assert!(
+        e.to_string().contains("ttl 3000 ms exceeds the maximum of 2000 ms"),
+        "{e}"
+    );
+    drop(patient);
     let big = json!("x".repeat(5000));
     let e = caller.call("p", "echo", &big).await.unwrap_err();
     assert!(matches!(e, ClientError::FrameTooLarge { max: 4096, .. }), "{e}");
