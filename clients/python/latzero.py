@@ -1701,26 +1701,48 @@ class EncryptedPool:
 
     # Blocks.
 
-    async def write_block(self, block_id, plaintext):
-        """Writes `plaintext` (bytes) as the binary block's sealed record, through the server
-        (length-prefixed at offset 0: the block must hold 4 + 28 + plaintext + 16 + 64 bytes).
-        Returns the block's version."""
-        await self._ready()
-        sealed = _seal(self._keys, f"block/{block_id}", plaintext)
-        return await self._client.block_write(self.pool, block_id, len(sealed).to_bytes(4, "big") + sealed)
+    def _block(self, block):
+        """(block id, read, write) for `block`: a block id, used through the server, or a Block
+        from `Client.block_attach` of this pool, read and written in place where it is mapped
+        (and attached for writing), through the server otherwise."""
+        if isinstance(block, Block):
+            if block.pool != self.pool:
+                raise LatZeroError("INVALID_OPTIONS", f"block {block.pool}/{block.block_id} is not in the encrypted pool {self.pool!r}")
+            return block.block_id, block.read, lambda record: block.write(0, record)
 
-    async def read_block(self, block_id):
-        """Reads, verifies and decrypts the binary block's sealed record: (plaintext, version). A
-        record older than one this handle already read (a replayed old write) is refused."""
+        async def read(offset=0, length=None):
+            return await self._client.block_read(self.pool, block, offset=offset, length=length)
+
+        async def write(record):
+            return await self._client.block_write(self.pool, block, record)
+        return block, read, write
+
+    async def write_block(self, block, plaintext):
+        """Writes `plaintext` (bytes) as the binary block's sealed record (length-prefixed at
+        offset 0: the block must hold 4 + 28 + plaintext + 16 + 64 bytes). `block` is its id
+        (written through the server) or a Block attached for writing (written in place where
+        `writable`; readers check such a write, the server does not). Returns the block's
+        version."""
         await self._ready()
+        block_id, _, write = self._block(block)
+        sealed = _seal(self._keys, f"block/{block_id}", plaintext)
+        return await write(len(sealed).to_bytes(4, "big") + sealed)
+
+    async def read_block(self, block):
+        """Reads, verifies and decrypts the binary block's sealed record: (plaintext, version).
+        `block` is its id (read through the server) or an attached Block (read in place where
+        mapped). A record older than one this handle already read (a replayed old write) is
+        refused."""
+        await self._ready()
+        block_id, read, _ = self._block(block)
         ctx = f"block/{block_id}"
         for _ in range(3):
-            prefix, _ = await self._client.block_read(self.pool, block_id, length=4)
+            prefix, _ = await read(length=4)
             n = int.from_bytes(prefix[:4], "big")
             if len(prefix) < 4 or n == 0:
                 raise _crypto_error("not a sealed record (the block holds none)")
             try:
-                buf, version = await self._client.block_read(self.pool, block_id, length=4 + n)
+                buf, version = await read(length=4 + n)
             except LatZeroError as e:
                 if e.code != "OUT_OF_RANGE":
                     raise
@@ -1732,15 +1754,16 @@ class EncryptedPool:
             return plaintext, version
         raise LatZeroError("PROTOCOL", "the block kept changing while being read; try again")
 
-    async def write_json(self, block_id, document):
+    async def write_json(self, block, document):
         """Writes `document` as JSON into a binary block of the pool, as its sealed record
-        (write_block): json blocks are not available in encrypted pools, since the server cannot
-        check a document it cannot read. Returns the block's version."""
-        return await self.write_block(block_id, _json(document).encode())
+        (write_block; `block` as there): json blocks are not available in encrypted pools,
+        since the server cannot check a document it cannot read. Returns the block's version."""
+        return await self.write_block(block, _json(document).encode())
 
-    async def read_json(self, block_id):
-        """The document write_json sealed into the block, and the block's version."""
-        plaintext, version = await self.read_block(block_id)
+    async def read_json(self, block):
+        """The document write_json sealed into the block (`block` as in read_block), and the
+        block's version."""
+        plaintext, version = await self.read_block(block)
         return _json_payload(plaintext), version
 
     async def append(self, block_id, plaintext):

@@ -59,6 +59,18 @@ async def main():
 
     doc, _ = await vault.read_json("rs-doc")
     check(doc == {"from": "rust", "n": 1}, "reads a document Rust sealed", doc)
+    # The same through a mapping: no read goes through the server (it would fail here).
+    mapped = await py.block_attach("vault", "rs-doc")
+    check(mapped.mapped, "the sealed block maps", mapped.why_not_mapped)
+    through_server, py.block_read = py.block_read, None
+    try:
+        doc, _ = await vault.read_json(mapped)
+    finally:
+        py.block_read = through_server
+    check(doc == {"from": "rust", "n": 1}, "reads a document Rust sealed in place", doc)
+    elsewhere = latzero.Block(py, {"pool": "other", "block_id": "rs-doc"}, None, 4096)
+    e = await raises(vault.read_block(elsewhere))
+    check(e.code == "INVALID_OPTIONS" and "other/rs-doc" in e.message, "a block of another pool is refused", str(e))
     r = await vault.consume("rs-log", "py")
     check(r["records"] == [b"rust 0", b"rust 1"], "opens stream records Rust sealed", r)
 
@@ -75,7 +87,13 @@ async def main():
     await vault.handle("peer_note", lambda req: notes.append(req.data))
     await vault.handle("peer_done", lambda req: done.done() or done.set_result(req.data))
     await py.block_create("vault", "peer-doc", 1024)
-    await vault.write_json("peer-doc", {"from": "python", "list": [1, 2]})
+    await vault.write_json("peer-doc", {"from": "python", "draft": True})
+    # Sealed and written in place (the Rust app and the reader below open it).
+    doc_block = await py.block_attach("vault", "peer-doc", write=True)
+    check(doc_block.writable, "the sealed block is writable in place", doc_block.why_not_writable)
+    version = await vault.write_json(doc_block, {"from": "python", "list": [1, 2]})
+    check(version == 2, "the write in place is the block's second version", version)
+    doc_block.close()
     index, _ = await vault.append("rs-log", b"python 0")
     check(index == 2, "appends a sealed record after Rust's", index)
 
