@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Python's reads and writes of a memory block, in place against through the server
-# (clients/python/bench_blocks.py), against a release server of its own in a temp data dir.
-# Writes in place need libatomic (libatomic1), installed here if missing.
+# (clients/python/bench_blocks.py), against a release server of its own in a temp data dir; and
+# sealed records of an encrypted pool read by id (through the server) against through a mapping.
+# Writes in place need libatomic (libatomic1), the sealed reads the cryptography package:
+# installed here if missing (scripts/python-deps.sh).
 # Pass `pinned` to run everything under `taskset -c 0`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pin=()
 if [ "${1:-}" = pinned ]; then pin=(taskset -c 0); fi
-if ! python3 -c 'import ctypes; ctypes.CDLL("libatomic.so.1")' 2>/dev/null; then
-  echo "installing libatomic1" >&2
-  apt-get update -qq && apt-get install -y -qq libatomic1
-fi
+source scripts/python-deps.sh
 set --  # a sourced script without arguments would see this one's
 source scripts/own-server.sh
-"${pin[@]}" python3 clients/python/bench_blocks.py "$dir/latzero.sock"
+# An encrypted pool for the sealed reads (its keys in the server's temp dir).
+target/release/latzero keys generate --data-dir "$dir" --app bench-owner vault --out "$dir/vault.keys" >/dev/null
+"${pin[@]}" python3 clients/python/bench_blocks.py "$dir/latzero.sock" "$dir/vault.keys"
