@@ -418,6 +418,62 @@ impl Status {
     }
 }
 
+/// The frames of the call path, each in the layout its writer uses (the SDK's to the server, the
+/// server's to the SDK), for the tests that hand the fast paths edited copies of them.
+#[cfg(test)]
+pub(crate) const CALL_PATH: &[&str] = &[
+    r#"{"action":"trigger","id":7,"process":"echo","pool":"p","data":"x","ttl":30000}"#,
+    r#"{"action":"response","in_reply_to":"17","status":"ok","response":{"a":[1,2.5e3]}}"#,
+    r#"{"action":"response","in_reply_to":"17","status":"error","error":{"message":"m"}}"#,
+    r#"{"action":"emit","process":"ev","pool":"p","data":[1,"\u00e9\""]}"#,
+    r#"{"action":"trigger","id":"5","process":"echo","pool":"p","data":"x","origin":{"app_id":"c"},"ttl":29999}"#,
+    r#"{"action":"emit","process":"ev","pool":"p","data":{"a":null},"origin":{"app_id":"c"}}"#,
+    r#"{"action":"response","in_reply_to":3,"status":"ok","response":[1,true]}"#,
+    r#"{"action":"response","in_reply_to":3,"status":"error","error":{"message":"x"}}"#,
+    r#"{"action":"error","in_reply_to":3,"code":"TIMEOUT","message":"call timed out","handler_may_still_run":true,"handler":"h"}"#,
+];
+
+/// `per` copies of each of `frames`, each with one to three random edits (a byte replaced,
+/// inserted or removed, or a run of the frame copied elsewhere in it), from a fixed seed: the
+/// same frames on every run. The bytes put in are the ones JSON's structure turns on, and a few
+/// that are not text.
+#[cfg(test)]
+pub(crate) fn edited(frames: &[&str], per: usize) -> Vec<Vec<u8>> {
+    const BYTES: &[u8] = b"\"\\{}[],:0123456789-+.eEnultrfas u\x00\x1f\x7f\xc3\xa9\xff";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |below: usize| {
+        // xorshift64*: enough to spread edits over a frame, and no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % below.max(1)
+    };
+    let mut out = Vec::with_capacity(frames.len() * per);
+    for frame in frames {
+        for _ in 0..per {
+            let mut f = frame.as_bytes().to_vec();
+            for _ in 0..=next(3) {
+                let at = next(f.len() + 1);
+                let byte = BYTES[next(BYTES.len())];
+                match next(4) {
+                    0 if at < f.len() => f[at] = byte,
+                    1 => f.insert(at, byte),
+                    2 if at < f.len() => {
+                        f.remove(at);
+                    }
+                    _ => {
+                        let from = next(f.len());
+                        let run = f[from..(from + 1 + next(12)).min(f.len())].to_vec();
+                        f.splice(at..at, run);
+                    }
+                }
+            }
+            out.push(f);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +539,30 @@ mod tests {
         r#"[1]"#,
         "{\"action\":\"trig\tger\"}",
     ];
+
+    /// The fast paths read edited call-path frames as serde does, or leave them to it.
+    #[test]
+    fn edited_frames_read_alike_on_the_fast_path_and_by_serde() {
+        let (mut envelopes, mut server_frames) = (0, 0);
+        for json in edited(CALL_PATH, 10000) {
+            let text = String::from_utf8_lossy(&json);
+            if let Some(env) = Envelope::scan(&json) {
+                envelopes += 1;
+                let serde = serde_json::from_slice::<Envelope<'_>>(&json);
+                let serde = serde.unwrap_or_else(|e| panic!("fast path accepted {text} which serde refuses: {e}"));
+                assert_eq!(format!("{env:?}"), format!("{serde:?}"), "{text}");
+            }
+            if let Some(f) = ServerFrame::scan(&json) {
+                server_frames += 1;
+                let serde = serde_json::from_slice::<ServerFrame<'_>>(&json);
+                let serde = serde.unwrap_or_else(|e| panic!("fast path accepted {text} which serde refuses: {e}"));
+                assert_eq!(format!("{f:?}"), format!("{serde:?}"), "{text}");
+            }
+        }
+        // Edits that keep a frame valid (a digit for a digit, a run inside a string) are
+        // common enough that each fast path is really compared.
+        assert!(envelopes > 100 && server_frames > 100, "{envelopes} {server_frames}");
+    }
 
     #[test]
     fn the_fast_path_agrees_with_serde() {

@@ -593,7 +593,51 @@ pub struct Pong<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{CALL_PATH, ServerFrame, edited, origin_app_id};
     use crate::seed;
+
+    /// Edited copies of the call path's frames: whatever the SDK's readers take in the layouts
+    /// the server writes, the general parse reads with the same fields (and no others that
+    /// would change what the frame means).
+    #[test]
+    fn edited_frames_the_sdk_reads_in_layout_read_alike_in_general() {
+        let (mut responses, mut deliveries) = (0, 0);
+        for json in edited(CALL_PATH, 10000) {
+            let text = String::from_utf8_lossy(&json);
+            let general = || {
+                let f = ServerFrame::parse(&json);
+                f.unwrap_or_else(|e| panic!("read in layout, refused in general: {text}: {e}"))
+            };
+            if let Some(r) = ForwardResponse::read::<&RawValue>(&json) {
+                responses += 1;
+                let f = general();
+                let (status, body, other) = match r.result {
+                    Ok(body) => ("ok", body, f.error),
+                    Err(body) => ("error", body, f.response),
+                };
+                assert_eq!(f.action.as_deref(), Some("response"), "{text}");
+                assert_eq!(f.in_reply_to.map(RawValue::get), Some(r.in_reply_to), "{text}");
+                assert_eq!(f.status.as_deref(), Some(status), "{text}");
+                let got = if status == "ok" { f.response } else { f.error };
+                assert_eq!(got.map(RawValue::get), Some(body.get()), "{text}");
+                assert!(other.is_none() && f.origin.is_none(), "{text}");
+            }
+            let delivery = DeliverTrigger::read::<&RawValue>(&json).or_else(|| DeliverEmit::read::<&RawValue>(&json));
+            if let Some(d) = delivery {
+                deliveries += 1;
+                let f = general();
+                let action = if d.id.is_some() { "trigger" } else { "emit" };
+                assert_eq!(f.action.as_deref(), Some(action), "{text}");
+                assert_eq!(f.id.map(RawValue::get), d.id, "{text}");
+                assert_eq!(f.process.as_deref(), Some(d.process), "{text}");
+                assert_eq!(f.pool.as_deref(), Some(d.pool), "{text}");
+                assert_eq!(f.data.map(RawValue::get), Some(d.data.get()), "{text}");
+                let origin = f.origin.and_then(origin_app_id);
+                assert_eq!(origin.as_deref(), Some(d.origin), "{text}");
+            }
+        }
+        assert!(responses > 100 && deliveries > 100, "{responses} {deliveries}");
+    }
 
     fn tn(name: &str) -> TriggerName {
         TriggerName::try_from(name).unwrap()

@@ -811,6 +811,22 @@ mod tests {
         }
     }
 
+    /// Edited copies of the call path's frames: whatever the SDK's layout reads, the general
+    /// parse reads the same.
+    #[test]
+    fn edited_frames_in_the_sdk_layout_read_as_the_general_parse_does() {
+        let mut fast = 0;
+        for json in crate::message::edited(crate::message::CALL_PATH, 10000) {
+            if let Some(p) = parse_sdk_call(&json) {
+                fast += 1;
+                let general = format!("{:?}", parse_general(&json));
+                let text = String::from_utf8_lossy(&json);
+                assert_eq!(format!("{:?}", Ok::<_, ParseError<'_>>(p)), general, "{text}");
+            }
+        }
+        assert!(fast > 100, "{fast} edited frames read in the SDK's layout");
+    }
+
     #[test]
     fn the_sdk_layout_reads_as_the_general_parse_does() {
         let payloads = [
