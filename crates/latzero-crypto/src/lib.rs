@@ -28,5 +28,5 @@ mod seal;
 pub use keys::{GenKeys, KeyError, PoolKeys, Role, Verifiers, generate};
 pub use seal::{
     CONTEXT_BLOCK, CONTEXT_MSG, CONTEXT_STREAM, HEADER_LEN, Opened, ReplayGuard, SIGNATURE_LEN, SealError, context,
-    open, peek_generation, seal, verify_join, verify_write,
+    open, peek_generation, peek_seq, seal, verify_join, verify_write,
 };

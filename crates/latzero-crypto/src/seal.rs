@@ -204,6 +204,12 @@ pub fn peek_generation(sealed: &[u8]) -> Result<u32, SealError> {
     split(sealed).map(|p| p.generation)
 }
 
+/// The seq a sealed record names, unverified: its signature covers it, so it is the record's
+/// seq only once [`verify_write`] accepts the record.
+pub fn peek_seq(sealed: &[u8]) -> Result<u64, SealError> {
+    split(sealed).map(|p| p.seq)
+}
+
 /// Checks a record's signature against a write verifier (what the server does; no key needed
 /// beyond the public verifier). Returns its generation and seq.
 pub fn verify_write(pool: &str, ctx: &str, sealed: &[u8], verifier: &[u8; 32]) -> Result<(u32, u64), SealError> {

@@ -361,11 +361,16 @@ async fn sealed_stream_records_in_order_and_every_threat_refused() {
     assert_eq!(got[0].as_deref().unwrap(), b"before");
     assert!(matches!(got[1], Err(SealError::Replay(_))), "{:?}", got[1]);
     assert_eq!(got[2].as_deref().unwrap(), b"after");
+    // A record naming a seq past every other, its signature not matching it (straight into the
+    // mapping, unchecked): the newest seq the server finds after a restart is not its claim.
+    let mut forged = sealed[0].to_vec();
+    forged[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+    log.append(&forged).await.unwrap();
     drop((wp, sp, rp, remote, log, slog, rlog, writer, second, reader, owner));
     srv.stop().await;
 
     // After a restart the server knows no newest seq until it reads the ring: a replay is still
-    // refused, and a new record still lands.
+    // refused, and a new record still lands (the forged record's seq taken, it would not).
     let srv = Running::start(config_in(dir.path())).await;
     let writer = app(&srv, "writer").await;
     let wp = writer.encrypted_pool("vault", all()).await.unwrap();
