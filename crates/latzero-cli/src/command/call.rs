@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use latzero_client::{BroadcastReply, Client, ClientError, ClientOptions, EncryptedPool, Payload};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::cli::CallArgs;
@@ -198,18 +197,18 @@ fn print_broadcast(replies: Vec<BroadcastReply<Payload>>) -> Result<()> {
         app_id: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// Written as the JSON text it holds.
         #[serde(skip_serializing_if = "Option::is_none")]
-        response: Option<&'a RawValue>,
+        response: Option<&'a Payload>,
         status: &'static str,
     }
     let (all, mut failed) = (replies.len(), 0);
     for r in &replies {
         let line = match &r.result {
-            // A payload is one JSON value: it reads as one.
             Ok(p) => Line {
                 app_id: &r.app_id,
                 error: None,
-                response: Some(serde_json::from_str(p.as_str())?),
+                response: Some(p),
                 status: "ok",
             },
             Err(e) => {
