@@ -217,10 +217,11 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     /// Takes the limits of a new connection's ack, for a client whose request timeout is
-    /// `request_timeout`; only the SDK's default (`chosen` false) is cut to the max ttl.
-    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64, request_timeout: Duration, chosen: bool) {
+    /// `chosen` (`None`: the SDK's default, the only one cut to the max ttl).
+    pub(crate) fn set(&self, max_frame_len: usize, max_ttl_ms: u64, chosen: Option<Duration>) {
         self.max_frame_len.store(max_frame_len, Ordering::Relaxed);
-        let cut = if !chosen && request_timeout.as_millis() > u128::from(max_ttl_ms) {
+        let default = crate::options::DEFAULT_REQUEST_TIMEOUT;
+        let cut = if chosen.is_none() && default.as_millis() > u128::from(max_ttl_ms) {
             max_ttl_ms
         } else {
             u64::MAX
@@ -606,7 +607,7 @@ impl Client {
     /// A request built from `fields` plus `action` and a fresh `id`; its reply's JSON.
     pub(crate) async fn request_json(&self, action: &str, mut fields: Value) -> Result<Value, ClientError> {
         fields["action"] = json!(action);
-        let timeout = self.inner.opts.request_timeout;
+        let timeout = self.inner.opts.timeout();
         self.inner
             .roundtrip(
                 |id| {
@@ -778,7 +779,7 @@ impl Client {
                     }
                     .encode()?)
                 },
-                self.inner.opts.request_timeout,
+                self.inner.opts.timeout(),
             )
             .await?;
         v["delivered"]
@@ -819,7 +820,7 @@ impl Inner {
 
     /// The ttl of a call that names none (see [`ServerLimits::default_ttl`]).
     pub(crate) fn default_ttl(&self) -> Duration {
-        self.server_limits.default_ttl(self.opts.request_timeout)
+        self.server_limits.default_ttl(self.opts.timeout())
     }
 
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ClientError> {

@@ -452,7 +452,7 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool, partial: bool)
         inner.opts.tls.as_ref(),
         &handshake,
         inner.opts.read_limit(latzero_proto::DEFAULT_MAX_FRAME_LEN),
-        inner.opts.request_timeout,
+        inner.opts.timeout(),
     )
     .await?;
     // The server's view wins: a rehydrated app gets its stored pools and triggers back, and
@@ -470,12 +470,9 @@ pub(crate) async fn establish(inner: &Arc<Inner>, takeover: bool, partial: bool)
     }
     if let Ok(a) = serde_json::from_slice::<Ack>(&ack) {
         if let Some(l) = a.limits {
-            inner.server_limits.set(
-                l.max_frame_len,
-                l.max_ttl_ms,
-                inner.opts.request_timeout,
-                inner.opts.request_timeout_set,
-            );
+            inner
+                .server_limits
+                .set(l.max_frame_len, l.max_ttl_ms, inner.opts.request_timeout);
             reader.set_max_len(inner.opts.read_limit(l.max_frame_len));
         }
         {
@@ -661,7 +658,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                                 r["id"] = json!(id);
                                 Ok(latzero_proto::frame::encode_message(&r))
                             },
-                            inner.opts.request_timeout,
+                            inner.opts.timeout(),
                         )
                         .await;
                     match asked {

@@ -60,5 +60,5 @@ pub use handler::{HandlerError, Request};
 pub use latzero_crypto::{KeyError, PoolKeys, SealError, Verifiers, generate as generate_pool_keys};
 pub use latzero_proto::{AppId, ErrorCode, LatzeroUrl, PoolName, TlsVerify, TriggerName, parse_fingerprint};
 pub use memory::{Access, BlockEvent, BlockOptions, BlockWatch, LockGrant, MemoryBlock, Records};
-pub use options::{ClientOptions, DEFAULT_CLOSE_GRACE, DEFAULT_SPIN};
+pub use options::{ClientOptions, DEFAULT_CLOSE_GRACE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SPIN};
 pub use payload::Payload;

@@ -495,7 +495,7 @@ impl Client {
 
     /// A block request, optionally with a binary body; the whole reply frame.
     async fn block_frame(&self, mut req: Value, body: Option<&[u8]>) -> Result<Frame, ClientError> {
-        let timeout = self.inner.opts.request_timeout;
+        let timeout = self.inner.opts.timeout();
         // Lock waits may be longer than the client's request timeout.
         let wait = Duration::from_millis(req["wait_ms"].as_u64().unwrap_or(0));
         self.inner

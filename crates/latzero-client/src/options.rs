@@ -56,10 +56,9 @@ impl std::fmt::Debug for Credential {
 /// [`connect`](ClientOptions::connect).
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    pub(crate) request_timeout: Duration,
-    /// Whether [`ClientOptions::request_timeout`] set it: only the default is cut to the
-    /// server's max ttl.
-    pub(crate) request_timeout_set: bool,
+    /// Set by [`ClientOptions::request_timeout`]; `None` is [`DEFAULT_REQUEST_TIMEOUT`], which
+    /// (unlike a timeout the user set) is cut to the server's max ttl.
+    pub(crate) request_timeout: Option<Duration>,
     pub(crate) reconnect: bool,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
@@ -90,6 +89,9 @@ pub(crate) fn wire_ttl(d: Duration) -> Duration {
 /// The shortest first reconnect delay [`ClientOptions::backoff`] takes.
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
 
+/// The default of [`ClientOptions::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The default of [`ClientOptions::close_grace`].
 pub const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -99,8 +101,7 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(30),
-            request_timeout_set: false,
+            request_timeout: None,
             reconnect: true,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
@@ -124,13 +125,17 @@ impl ClientOptions {
         Self::default()
     }
 
+    /// The timeout of calls that name none (before the server's max ttl cuts the default).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
     /// Default timeout of calls (sent as `ttl`), rounded up to whole milliseconds (the wire's
     /// unit) and at least 1 ms. One longer than the server's `max_ttl_ms` is sent as it is, and
     /// the server refuses each call with `INVALID_MESSAGE`; left unset, the 30 s default is cut
     /// to a shorter `max_ttl_ms`.
     pub fn request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = wire_ttl(d);
-        self.request_timeout_set = true;
+        self.request_timeout = Some(wire_ttl(d));
         self
     }
 
@@ -281,7 +286,7 @@ mod tests {
             assert_eq!(wire_ttl(given), Duration::from_millis(sent), "{given:?}");
         }
         let o = ClientOptions::new().request_timeout(Duration::from_micros(500));
-        assert_eq!(o.request_timeout, Duration::from_millis(1));
+        assert_eq!(o.timeout(), Duration::from_millis(1));
     }
 
     #[test]
