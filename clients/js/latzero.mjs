@@ -26,8 +26,10 @@
 // handshaking with the pools and triggers it has; a pool or trigger the server refuses by then
 // is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping it out.
 //
-// Memory blocks are used through the server, in binary messages (this client maps none):
-// blockCreate, blockWrite, blockRead and blockDelete for any block, blockAppend and
+// Memory blocks are used through the server, in binary messages: blockCreate, blockWrite,
+// blockRead and blockDelete for any block, blockAttach for a Block that under Node reads the
+// block's file directly (same host and user; no mmap, so positioned reads under the block's
+// seqlock, without a round trip; writes still go through the server), blockAppend and
 // blockConsume for streams, blockLock/blockUnlock for leases (`lock_expired` tells when one ran
 // out, or was lost with the connection: a lease does not survive a reconnect), and blockWatch, which calls a function with every
 // change and resumes after a reconnect from the last version seen (a block gone by then ends the
@@ -712,6 +714,17 @@ export class Client {
     return { data: f._body ?? new Uint8Array(), version: f.version };
   }
 
+  /** Attaches a block for reading; resolves with a Block. Under Node, when this process can
+   * open the server's file for the block (the same host and user), the Block reads it directly
+   * (positioned reads of the file, consistent with the block's seqlock), without a round trip
+   * to the server; in a page, with `opts.direct` false, or for a stream, it reads through the
+   * server (`Block.whyNotDirect` says why). */
+  async blockAttach(pool, blockId, opts = {}) {
+    const f = await this._request({ action: "block_attach", pool, block_id: blockId, mode: "read" }, this.options.timeoutMs ?? 30000);
+    const fs = isNode && opts.direct !== false ? await import("node:fs") : null;
+    return new Block(this, f, fs, opts.direct === false ? "not asked to read it directly" : "a page cannot open the block's file");
+  }
+
   /** Deletes a memory block. */
   async blockDelete(pool, blockId) {
     await this._request({ action: "block_delete", pool, block_id: blockId }, this.options.timeoutMs ?? 30000);
@@ -896,6 +909,178 @@ export class Client {
       this._lost("client closed");
       ws.close(1000);
     }
+  }
+}
+
+// The block file's header (PROTOCOL.md §7.1): where the words a direct read uses lie.
+const H_LAYOUT = 8;
+const H_VERSION = 32;
+const H_SEQ = 40;
+const H_WRITER = 48;
+const H_USED = 56;
+const H_DELETED = 2656;
+const BLOCK_MAGIC = "LZBLOCK\0";
+// A direct read that keeps meeting writes for this long (ms) is read through the server
+// instead, which reads under the block's write side.
+const DIRECT_READ_PATIENCE_MS = 50;
+
+/**
+ * A memory block attached by `Client.blockAttach`, for reading.
+ *
+ * `direct` tells whether it is read directly here: Node has no mmap without a native addon, so
+ * a direct read is positioned reads of the block's file (the server maps it; tmpfs or the page
+ * cache is the same memory), a few system calls, in the order PROTOCOL.md §7.1 gives readers:
+ * `seq` (even), the bytes, `version`, `seq` again; a read that met a write is made again, one
+ * that keeps meeting them (or a writer that died mid-write) goes through the server. A block the
+ * server has deleted rejects with BLOCK_NOT_FOUND. Writes go through the server: a write in
+ * place takes the write side by compare-and-swap, which positioned writes cannot do.
+ */
+export class Block {
+  #client;
+  #fs;
+  #fd = null;
+  // One 8-byte word of the header, read in place.
+  #word = new Uint8Array(8);
+  // The header from `seq` to `deleted`, read in place.
+  #seqToDeleted = new Uint8Array(H_DELETED + 8 - H_SEQ);
+
+  constructor(client, attached, fs, whyNot) {
+    const info = attached.block ?? {};
+    this.#client = client;
+    this.#fs = fs;
+    this.pool = info.pool;
+    this.blockId = info.block_id;
+    this.type = info.type ?? "binary";
+    this.size = info.size ?? 0;
+    // The server's file for the block.
+    this.path = attached.path ?? null;
+    this.headerLen = attached.header_len ?? 4096;
+    this.whyNotDirect = null;
+    if (fs === null) {
+      this.whyNotDirect = whyNot;
+    } else if (this.path === null) {
+      this.whyNotDirect = "the server named no file for the block";
+    } else if (this.type === "stream") {
+      this.whyNotDirect = "a stream's consumers move their cursors: consume through the server";
+    } else {
+      try {
+        this.#fd = fs.openSync(this.path, "r");
+        const head = new Uint8Array(16);
+        this.#readAt(head, 0);
+        const magic = String.fromCharCode(...head.subarray(0, 8));
+        const layout = new DataView(head.buffer).getUint32(H_LAYOUT, true);
+        if (magic !== BLOCK_MAGIC || layout !== (attached.layout_version ?? 1) || fs.fstatSync(this.#fd).size < this.headerLen + this.size) {
+          throw new Error("not a block file of this layout and size");
+        }
+      } catch (e) {
+        this.close();
+        this.whyNotDirect = `cannot read ${this.path} directly: ${e.message}`;
+      }
+    }
+  }
+
+  /** Whether reads go to the block's file directly (else through the server). */
+  get direct() {
+    return this.#fd !== null;
+  }
+
+  /** Closes the block's file; reads go through the server from then on. */
+  close() {
+    if (this.#fd === null) return;
+    this.#fs.closeSync(this.#fd);
+    this.#fd = null;
+    this.whyNotDirect ??= "closed";
+  }
+
+  /** A binary block's bytes from `opts.offset` (`opts.length` of them, or to the end): {data:
+   * Uint8Array, version}. A json block's: {document, version}, as `readJson`. */
+  async read(opts = {}) {
+    if (this.direct && this.type === "binary") {
+      const offset = opts.offset ?? 0;
+      const length = opts.length ?? this.size - offset;
+      if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+        throw new LatZeroError("OUT_OF_RANGE", `${offset}+${length} is outside block ${this.pool}/${this.blockId} of ${this.size} bytes`);
+      }
+      const got = await this.#consistent(() => length, offset);
+      if (got !== null) return got;
+    }
+    return this.#client.blockRead(this.pool, this.blockId, opts);
+  }
+
+  /** A json block's document: {document, version}. */
+  async readJson() {
+    if (this.direct && this.type === "json") {
+      const got = await this.#consistent(() => Math.min(this.#u64(H_USED), this.size), 0);
+      if (got !== null) {
+        const text = new TextDecoder().decode(got.data);
+        return { document: text === "" ? null : JSON.parse(text), version: got.version };
+      }
+    }
+    return this.#client.blockRead(this.pool, this.blockId);
+  }
+
+  /** Writes through the server, as `Client.blockWrite`; resolves with the new version. */
+  async write(data, opts = {}) {
+    return this.#client.blockWrite(this.pool, this.blockId, data, opts);
+  }
+
+  /** Replaces a json block's document through the server; resolves with the new version. */
+  async writeJson(document) {
+    return this.#client.blockWrite(this.pool, this.blockId, null, { document });
+  }
+
+  /** `length()` bytes from `offset` of the data, read with no write overlapping the read:
+   * {data, version}, or null when writes kept overlapping it or its writer died mid-write.
+   * Every 64 tries it lets the event loop run. */
+  async #consistent(length, offset) {
+    const start = performance.now();
+    for (let tries = 1; ; tries++) {
+      if (this.#fd === null) return null;
+      // `seq` and `deleted` in one read: in which order the two are loaded does not matter.
+      this.#readAt(this.#seqToDeleted, H_SEQ);
+      const words = new DataView(this.#seqToDeleted.buffer);
+      if (words.getBigUint64(H_DELETED - H_SEQ, true) !== 0n) {
+        throw new LatZeroError("BLOCK_NOT_FOUND", `block ${this.pool}/${this.blockId} was deleted`);
+      }
+      const s1 = Number(words.getBigUint64(0, true));
+      if (s1 % 2 === 0) {
+        const data = new Uint8Array(length());
+        this.#readAt(data, this.headerLen + offset);
+        const version = this.#u64(H_VERSION);
+        if (this.#u64(H_SEQ) === s1) return { data, version };
+      }
+      if (tries % 64 === 0) {
+        const writer = this.#u64(H_WRITER);
+        if ((writer !== 0 && !pidAlive(writer)) || performance.now() - start > DIRECT_READ_PATIENCE_MS) return null;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
+  }
+
+  /** The header's 8-byte word at `at`, as a Number (exact: the words a reader uses stay far
+   * below 2^53). */
+  #u64(at) {
+    this.#readAt(this.#word, at);
+    return Number(new DataView(this.#word.buffer).getBigUint64(0, true));
+  }
+
+  /** Fills `buf` from the file at `position` (a regular file reads short only at its end). */
+  #readAt(buf, position) {
+    for (let done = 0; done < buf.length; ) {
+      const n = this.#fs.readSync(this.#fd, buf, done, buf.length - done, position + done);
+      if (n === 0) throw new LatZeroError("BLOCK_NOT_FOUND", `block ${this.pool}/${this.blockId}: its file ended early`);
+      done += n;
+    }
+  }
+}
+
+/** Whether process `pid` exists (one of another user's counts as alive). */
+function pidAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code !== "ESRCH";
   }
 }
 

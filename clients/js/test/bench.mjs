@@ -4,7 +4,8 @@
 // A caller and a handler client on the same transport in this one process; sequential calls
 // (p50, p99), pipelined calls (64 in flight), and events fanned out to 4 receiver clients
 // (fire-and-forget `emit` against nats.js `publish`; events/s until every receiver has them
-// all), 64-byte payloads. Needs a running server with
+// all), 64-byte payloads; then reads of a memory block, directly from its file against through
+// the server, for a few sizes. Needs a running server with
 // --ws-port; scripts/bench-js.sh starts one, and nats-server.
 //
 //   node clients/js/test/bench.mjs ws://127.0.0.1:P /path/to/latzero.sock [SEQ] [PIPELINED]
@@ -99,4 +100,28 @@ for (const [label, pick, fmt] of [
   const ratios = [r(pick(unix), pick(ws))].concat(nats ? [r(pick(unix), pick(nats))] : []);
   console.log(`| ${label} | ${cols.map((x) => fmt(pick(x))).join(" | ")} | ${ratios.join(" | ")} |`);
 }
+// Reads of a memory block: directly from its file (`Block.read` of a block attached under
+// Node) against through the server (`blockRead`, on the Unix socket).
+const lz = await connect(`latzero://bench-blocks?socket=${encodeURIComponent(socket)}&pools=bench`, { ephemeral: true });
+const timed = async (n, read) => {
+  for (let i = 0; i < Math.min(n, 100); i++) await read();
+  const t = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) await read();
+  return Number(process.hrtime.bigint() - t) / 1000 / n;
+};
+console.log();
+console.log("| block size | direct read µs | read through the server µs | server ÷ direct |");
+console.log("|---:|---:|---:|---:|");
+for (const [size, n] of [[64, 20000], [4096, 20000], [65536, 5000], [1 << 20, 500]]) {
+  await lz.blockCreate("bench", "b", size);
+  await lz.blockWrite("bench", "b", new Uint8Array(size).fill(7));
+  const block = await lz.blockAttach("bench", "b");
+  if (!block.direct) throw new Error(`not read directly: ${block.whyNotDirect}`);
+  const direct = await timed(n, () => block.read());
+  const served = await timed(n, () => lz.blockRead("bench", "b"));
+  console.log(`| ${size} | ${direct.toFixed(2)} | ${served.toFixed(1)} | ${Math.round(served / direct)} |`);
+  block.close();
+  await lz.blockDelete("bench", "b");
+}
+lz.close();
 process.exit(0);

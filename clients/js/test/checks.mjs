@@ -51,6 +51,53 @@ function queue() {
   };
 }
 
+/** Node only: a direct read keeps to the block's seqlock (PROTOCOL.md §7.1), against writes
+ * made in place meanwhile by the driver (`churn PATH`, answered by a writer of the Rust memory
+ * crate filling the block with one byte per write until `churned`), and against a writer that
+ * died mid-write (its pid and an odd `seq` put into the header here), which the server repairs.
+ * `block` is 16 bytes, attached, holding 9,0,1 at 0. */
+async function directReads(block, log, check) {
+  const fs = await import("node:fs");
+  const { spawnSync } = await import("node:child_process");
+  const fd = fs.openSync(block.path, "r+");
+  const word = Buffer.alloc(8);
+  const get = (at) => (fs.readSync(fd, word, 0, 8, at), Number(word.readBigUInt64LE(0)));
+  const put = (at, v) => (word.writeBigUInt64LE(BigInt(v)), fs.writeSync(fd, word, 0, 8, at));
+  try {
+    // A writer that died mid-write: its bytes are not taken; the read goes through the server,
+    // which repairs the block (a version bump); then it is read directly again.
+    const before = await block.read({ length: 3 });
+    const dead = spawnSync(process.execPath, ["-e", ""]).pid;
+    put(48, dead);
+    put(40, get(40) + 1);
+    const repaired = await block.read({ length: 3 });
+    check(repaired.data.join() === "9,0,1" && repaired.version === before.version + 1 && get(48) === 0 && get(40) % 2 === 0, "a write left half done is repaired, not read", repaired);
+    check(block.direct && (await block.read({ length: 1 })).version === before.version + 1, "read directly again", null);
+    // Writes in place while reading: every read is one write's bytes, with that write's
+    // version (the driver fills the block with the byte version % 251).
+    const quiet = (await block.read({ length: 1 })).version;
+    await log(`churn ${block.path}`);
+    const versions = new Set();
+    const deadline = Date.now() + 30000;
+    for (let turn = 1, reads = 0; reads < 3000 || versions.size < 20; turn++) {
+      const { data, version } = await block.read();
+      if (version !== quiet) {
+        reads++;
+        versions.add(version);
+        if (!data.every((b) => b === version % 251)) {
+          check(false, "a direct read during writes in place is one write's", { version, data: [...data] });
+        }
+      }
+      if (Date.now() > deadline) check(false, "the driver's writes in place came", { reads, versions: versions.size });
+      if (turn % 100 === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+    await log("churned");
+    check(true, "a direct read during writes in place is one write's", versions.size);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export async function run(url, log, options = {}) {
   const connect = (u, app, o) =>
     u.includes("{app}") ? open(u.replace("{app}", encodeURIComponent(app)), { ...options, ...o }) : open(u, app, { ...options, ...o });
@@ -201,7 +248,28 @@ export async function run(url, log, options = {}) {
   check(doc.document?.rate === 30 && doc.version === dv, "a json block", doc);
   const missing = await rejects(other.blockRead("demo", "missing"));
   check(missing.code === "BLOCK_NOT_FOUND", "BLOCK_NOT_FOUND", missing.message);
+  // Attached: under Node read from the block's file directly, in a page through the server;
+  // the same bytes and versions either way.
+  const inNode = typeof process !== "undefined";
+  const attached = await other.blockAttach("demo", "frame");
+  check(attached.direct === inNode && (inNode || attached.whyNotDirect.includes("page")), "a block attached", attached.whyNotDirect);
+  const v2 = await page.blockWrite("demo", "frame", new Uint8Array([9]), { offset: 0 });
+  const head = await attached.read({ length: 3 });
+  check(head.data.join() === "9,0,1" && head.version === v2, "a write read from the attached block", head);
+  const tail = await attached.read({ offset: 13 });
+  check(tail.data.join() === "0,0,0" && tail.version === v2, "to its end", tail);
+  const past = await rejects(attached.read({ offset: 10, length: 7 }));
+  check(past.code === "OUT_OF_RANGE", "a read past its end", past.message);
+  const cfgBlock = await other.blockAttach("demo", "cfg");
+  const attachedDoc = await cfgBlock.readJson();
+  check(cfgBlock.direct === inNode && attachedDoc.document?.rate === 30 && attachedDoc.version === dv, "a json block attached", attachedDoc);
+  if (inNode) await directReads(attached, log, check);
   await page.blockDelete("demo", "frame");
+  const deleted = await rejects(attached.read());
+  check(deleted.code === "BLOCK_NOT_FOUND", "a deleted block's attachment refuses reads", deleted.message);
+  attached.close();
+  check(!attached.direct && (await rejects(attached.read())).code === "BLOCK_NOT_FOUND", "a closed one reads through the server", null);
+  cfgBlock.close();
   await page.blockDelete("demo", "cfg");
 
   // Streams: records appended, and a consumer's cursor.

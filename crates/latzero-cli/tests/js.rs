@@ -7,8 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use latzero_testkit::{Proc, ServerProc, free_port};
 
 mod sealed;
@@ -97,10 +100,16 @@ fn run_checks(mut s: ServerProc, mut node: Command, extra: &[&str]) -> Result<()
     let _worker = s.reply(&["--app", "worker", "--pool", "demo", "echo"])?;
     node.arg(repo().join("clients/js/test/e2e.mjs"));
     let mut js = Proc::spawn(node)?;
+    let mut churn = None;
     js.follow_script(|line| {
         if line == "restart" {
             // Stopped and started again on the same ports: the client must come back by itself.
             s.restart(extra)?;
+        } else if let Some(path) = line.strip_prefix("churn ") {
+            churn = Some(Churn::start(Path::new(path))?);
+        } else if line == "churned" {
+            let writes = churn.take().context("`churned` before `churn`")?.stop()?;
+            ensure!(writes > 0, "no write in place was made");
         }
         Ok(())
     })?;
@@ -110,6 +119,47 @@ fn run_checks(mut s: ServerProc, mut node: Command, extra: &[&str]) -> Result<()
         js.seen
     );
     Ok(())
+}
+
+/// Writes in place into a block file through the Rust memory crate's mapping (as a Rust app
+/// attached for writing does), each write filling the block with the byte its new version
+/// % 251, with a pause between writes so that readers meet some and miss others, until
+/// stopped.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    writer: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl Churn {
+    fn start(path: &Path) -> Result<Churn> {
+        let block = latzero_memory::Block::open(path, true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut writes = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let byte = ((block.version() + 1) % 251) as u8;
+                    match block.write_with(0, block.size(), |d| d.fill(byte)) {
+                        Ok(_) => writes += 1,
+                        // The script goes on to delete the block once it says `churned`, which
+                        // may come before this sees the stop.
+                        Err(latzero_memory::MemError::Deleted) => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Ok(writes)
+            }
+        });
+        Ok(Churn { stop, writer })
+    }
+
+    /// Stops the writes; how many were made.
+    fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.writer.join().map_err(|_| anyhow!("the writer panicked"))?
+    }
 }
 
 /// Over TCP: a `latzeros://` URL pins the server's certificate by the fingerprint server.json
