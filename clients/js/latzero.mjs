@@ -1678,18 +1678,29 @@ export class EncryptedPool {
     return this.#client.blockWrite(this.pool, blockId, concat(u32(sealed.length), sealed));
   }
 
-  /** Reads, verifies and decrypts the binary block's sealed record: {data, version}. A record
-   * older than one this handle already read (a replayed old write) is refused. */
-  async readBlock(blockId) {
+  /** Reads, verifies and decrypts the binary block's sealed record: {data, version}. `block` is
+   * its id (read through the server) or a Block of this pool from `Client.blockAttach` (read
+   * from its file directly where `direct`). A record older than one this handle already read (a
+   * replayed old write) is refused. */
+  async readBlock(block) {
     await this._ready();
+    let blockId = block;
+    let read = (opts) => this.#client.blockRead(this.pool, blockId, opts);
+    if (block instanceof Block) {
+      if (block.pool !== this.pool) {
+        throw new LatZeroError("INVALID_OPTIONS", `block ${block.pool}/${block.blockId} is not in the encrypted pool ${JSON.stringify(this.pool)}`);
+      }
+      blockId = block.blockId;
+      read = (opts) => block.read(opts);
+    }
     const ctx = `block/${blockId}`;
     for (let i = 0; i < 3; i++) {
-      const { data: prefix } = await this.#client.blockRead(this.pool, blockId, { length: 4 });
+      const { data: prefix } = await read({ length: 4 });
       const n = prefix.length < 4 ? 0 : new DataView(prefix.buffer, prefix.byteOffset, 4).getUint32(0);
       if (n === 0) throw cryptoError("not a sealed record (the block holds none)");
       let got;
       try {
-        got = await this.#client.blockRead(this.pool, blockId, { length: 4 + n });
+        got = await read({ length: 4 + n });
       } catch (e) {
         if (e.code !== "OUT_OF_RANGE") throw e;
         throw cryptoError(`not a sealed record: its length prefix (${n} bytes) does not fit (${reasonOf(e)})`);
@@ -1709,9 +1720,10 @@ export class EncryptedPool {
     return this.writeBlock(blockId, jsonBytes(document));
   }
 
-  /** The document writeJson sealed into the block: {document, version}. */
-  async readJson(blockId) {
-    const { data, version } = await this.readBlock(blockId);
+  /** The document writeJson sealed into the block (its id, or a Block as for readBlock):
+   * {document, version}. */
+  async readJson(block) {
+    const { data, version } = await this.readBlock(block);
     return { document: openedJson(data), version };
   }
 

@@ -6,7 +6,7 @@
 // When this says `ready` the Rust app checks what this sealed and calls `peer_done`; when it says
 // `restart` the test restarts the server. Each check says `ok NAME`; a failure throws.
 
-import { HandlerError, LatZeroError, PoolKeys } from "../latzero.mjs";
+import { Block, HandlerError, LatZeroError, PoolKeys } from "../latzero.mjs";
 
 const utf8 = new TextEncoder();
 const text = (b) => new TextDecoder().decode(b);
@@ -80,6 +80,22 @@ export async function run(open, say, KEYS, printed) {
 
   const { document } = await vault.readJson("rs-doc");
   await check(sameJson(document, { from: "rust", n: 1 }), "reads a document Rust sealed", document);
+  // Given a Block instead of an id: under Node read from the block's file directly (the
+  // client's reads through the server are taken away meanwhile), in a page through the server.
+  const inNode = Boolean(globalThis.process?.versions?.node);
+  const docBlock = await js.blockAttach("vault", "rs-doc");
+  await check(docBlock.direct === inNode, "a sealed block attached", docBlock.whyNotDirect);
+  const throughServer = js.blockRead;
+  if (inNode) js.blockRead = () => Promise.reject(new Error("read through the server"));
+  try {
+    const direct = await vault.readJson(docBlock);
+    await check(sameJson(direct.document, { from: "rust", n: 1 }), "reads it through an attached Block", direct);
+  } finally {
+    js.blockRead = throughServer;
+  }
+  e = await rejects(vault.readBlock(new Block(js, { block: { pool: "other", block_id: "rs-doc" } }, null, "a test's")));
+  await check(e.code === "INVALID_OPTIONS" && e.message.includes("other/rs-doc"), "a Block of another pool is refused", e.message);
+  docBlock.close();
   const r = await vault.consume("rs-log", "js");
   await check(sameJson(r.records.map(text), ["rust 0", "rust 1"]), "opens stream records Rust sealed", r.records.map(String));
 
