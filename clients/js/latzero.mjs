@@ -965,6 +965,7 @@ export class Block {
     } else {
       try {
         this.#fd = fs.openSync(this.path, "r");
+        blockFiles.register(this, { fs, fd: this.#fd }, this);
         const head = new Uint8Array(16);
         this.#readAt(head, 0);
         const magic = String.fromCharCode(...head.subarray(0, 8));
@@ -984,9 +985,11 @@ export class Block {
     return this.#fd !== null;
   }
 
-  /** Closes the block's file; reads go through the server from then on. */
+  /** Closes the block's file; reads go through the server from then on. (A Block collected
+   * without it has its file closed then.) */
   close() {
     if (this.#fd === null) return;
+    blockFiles.unregister(this);
     this.#fs.closeSync(this.#fd);
     this.#fd = null;
     this.whyNotDirect ??= "closed";
@@ -1073,6 +1076,10 @@ export class Block {
     }
   }
 }
+
+// The file of a Block collected without `close`: closed then, rather than held until the
+// process ends.
+const blockFiles = new FinalizationRegistry(({ fs, fd }) => fs.closeSync(fd));
 
 /** Whether process `pid` exists (one of another user's counts as alive). */
 function pidAlive(pid) {

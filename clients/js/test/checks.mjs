@@ -55,8 +55,9 @@ function queue() {
  * made in place meanwhile by the driver (`churn PATH`, answered by a writer of the Rust memory
  * crate filling the block with one byte per write until `churned`), and against a writer that
  * died mid-write (its pid and an odd `seq` put into the header here), which the server repairs.
- * `block` is 16 bytes, attached, holding 9,0,1 at 0. */
-async function directReads(block, log, check) {
+ * And a Block collected without `close` closes its file. `block` is 16 bytes, attached by
+ * `client`, holding 9,0,1 at 0. */
+async function directReads(client, block, log, check) {
   const fs = await import("node:fs");
   const { spawnSync } = await import("node:child_process");
   const fd = fs.openSync(block.path, "r+");
@@ -93,6 +94,30 @@ async function directReads(block, log, check) {
     }
     await log("churned");
     check(true, "a direct read during writes in place is one write's", versions.size);
+    // A Block collected without `close` has its file closed then.
+    const v8 = await import("node:v8");
+    const vm = await import("node:vm");
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc");
+    const opened = () =>
+      fs.readdirSync("/proc/self/fd").filter((f) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${f}`) === block.path;
+        } catch {
+          return false;
+        }
+      }).length;
+    const files = opened();
+    await (async () => {
+      const dropped = await client.blockAttach(block.pool, block.blockId);
+      check(dropped.direct && opened() === files + 1, "a second attachment opens the file", null);
+    })();
+    for (let turn = 0; opened() > files; turn++) {
+      if (turn === 500) check(false, "a Block collected without close has its file closed", opened() - files);
+      gc();
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    check(true, "a Block collected without close has its file closed", null);
   } finally {
     fs.closeSync(fd);
   }
@@ -263,7 +288,7 @@ export async function run(url, log, options = {}) {
   const cfgBlock = await other.blockAttach("demo", "cfg");
   const attachedDoc = await cfgBlock.readJson();
   check(cfgBlock.direct === inNode && attachedDoc.document?.rate === 30 && attachedDoc.version === dv, "a json block attached", attachedDoc);
-  if (inNode) await directReads(attached, log, check);
+  if (inNode) await directReads(other, attached, log, check);
   await page.blockDelete("demo", "frame");
   const deleted = await rejects(attached.read());
   check(deleted.code === "BLOCK_NOT_FOUND", "a deleted block's attachment refuses reads", deleted.message);
