@@ -1016,7 +1016,12 @@ export class Block {
       const got = await this.#consistent(() => Math.min(this.#u64(H_USED), this.size), 0);
       if (got !== null) {
         const text = new TextDecoder().decode(got.data);
-        return { document: text === "" ? null : JSON.parse(text), version: got.version };
+        try {
+          return { document: text === "" ? null : JSON.parse(text), version: got.version };
+        } catch (e) {
+          // As the server refuses to send it (PROTOCOL.md §7.4).
+          throw new LatZeroError("INTERNAL", `the stored document is not a valid JSON document: ${e.message}`);
+        }
       }
     }
     return this.#client.blockRead(this.pool, this.blockId);

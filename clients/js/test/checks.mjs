@@ -288,7 +288,24 @@ export async function run(url, log, options = {}) {
   const cfgBlock = await other.blockAttach("demo", "cfg");
   const attachedDoc = await cfgBlock.readJson();
   check(cfgBlock.direct === inNode && attachedDoc.document?.rate === 30 && attachedDoc.version === dv, "a json block attached", attachedDoc);
-  if (inNode) await directReads(other, attached, log, check);
+  if (inNode) {
+    // A document in the block that is not JSON (put into the file here, its version bumped):
+    // refused with INTERNAL, read directly as through the server.
+    const fs = await import("node:fs");
+    const fd = fs.openSync(cfgBlock.path, "r+");
+    const word = Buffer.alloc(8);
+    fs.writeSync(fd, Buffer.from("{nope"), 0, 5, cfgBlock.headerLen);
+    word.writeBigUInt64LE(5n);
+    fs.writeSync(fd, word, 0, 8, 56); // used
+    fs.readSync(fd, word, 0, 8, 32); // version
+    word.writeBigUInt64LE(word.readBigUInt64LE(0) + 1n);
+    fs.writeSync(fd, word, 0, 8, 32);
+    fs.closeSync(fd);
+    const direct = await rejects(cfgBlock.readJson());
+    const served = await rejects(other.blockRead("demo", "cfg"));
+    check(direct.code === "INTERNAL" && served.code === "INTERNAL", "a stored document that is not JSON", [direct.message, served.message]);
+    await directReads(other, attached, log, check);
+  }
   await page.blockDelete("demo", "frame");
   const deleted = await rejects(attached.read());
   check(deleted.code === "BLOCK_NOT_FOUND", "a deleted block's attachment refuses reads", deleted.message);
