@@ -1241,7 +1241,11 @@ class Block:
             got = self._consistent(lambda: self._mm[h:h + min(self._words[_W_USED], size)])
             if got is not None:
                 raw, version = got
-                return (json.loads(raw) if raw else None), version
+                try:
+                    return (json.loads(raw) if raw else None), version
+                except ValueError as e:
+                    # As the server refuses to send it (PROTOCOL.md §7.4).
+                    raise LatZeroError("INTERNAL", f"the stored document is not a valid JSON document: {e}") from None
         return await self._client.block_read(self.pool, self.block_id)
 
 

@@ -439,6 +439,17 @@ async def main():
     check(e.code == "OUT_OF_RANGE", "a document longer than the block", str(e))
     check(await other.block_read("demo", "cfg") == ({"rate": 31, "name": "é"}, v), "refused writes change nothing", None)
     doc_writer.close()
+    # A document in the block that is not JSON (put into the mapping here, its version bumped):
+    # INTERNAL, read in place as through the server.
+    with open(doc_block.path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        words = memoryview(m).cast("Q")
+        m[4096:4101] = b"{nope"
+        words[7], words[4] = 5, words[4] + 1  # used, version
+        words.release()
+    doc_block = await other.block_attach("demo", "cfg")
+    in_place, served = await raises(doc_block.read_json()), await raises(other.block_read("demo", "cfg"))
+    check(in_place.code == served.code == "INTERNAL", "a stored document that is not JSON", (str(in_place), str(served)))
+    doc_block.close()
     e = await raises(other.block_read("demo", "missing"))
     check(e.code == "BLOCK_NOT_FOUND", "BLOCK_NOT_FOUND", str(e))
     await worker.block_delete("demo", "frame")
