@@ -5,7 +5,8 @@
 # Pass `pinned` (or `unpinned`) first: pinned runs everything under `taskset -c 0`; then,
 # optionally, the numbers of sequential and pipelined calls. Needs Node 22+, or 20 (run with
 # --experimental-websocket here); scripts/test.sh installs Node. Installs nats-server (Debian)
-# and the nats npm package (into target/js) if missing.
+# and the nats npm package (into target/js) if missing. Makes an encrypted pool `vault` for
+# the sealed block reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pin=()
@@ -27,7 +28,10 @@ nats_pid=$!
 trap 'kill "$nats_pid" 2>/dev/null || true; target/release/latzero stop --data-dir "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do grep -q "Server is ready" "$dir/nats.log" && break; sleep 0.1; done
 grep -q "Server is ready" "$dir/nats.log" || { cat "$dir/nats.log" >&2; echo "nats-server did not start" >&2; exit 1; }
+# An encrypted pool for the sealed block reads (its keys in the server's temp dir).
+target/release/latzero keys generate --data-dir "$dir" --app bench-owner vault --out "$dir/vault.keys" >/dev/null
 flags=()
 if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)'; then flags=(--experimental-websocket); fi
 NATS_URL="nats://127.0.0.1:$nats_port" LATZERO_JS_NATS="$PWD/target/js/node_modules/nats" \
+  LATZERO_JS_VAULT_KEYS="$dir/vault.keys" \
   "${pin[@]}" node "${flags[@]}" clients/js/test/bench.mjs "ws://127.0.0.1:$ws_port" "$dir/latzero.sock" "${@:2}"

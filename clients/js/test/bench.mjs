@@ -5,14 +5,15 @@
 // (p50, p99), pipelined calls (64 in flight), and events fanned out to 4 receiver clients
 // (fire-and-forget `emit` against nats.js `publish`; events/s until every receiver has them
 // all), 64-byte payloads; then reads of a memory block, directly from its file against through
-// the server, for a few sizes. Needs a running server with
+// the server, for a few sizes, and (with LATZERO_JS_VAULT_KEYS) sealed records read by id
+// against through an attached Block. Needs a running server with
 // --ws-port; scripts/bench-js.sh starts one, and nats-server.
 //
 //   node clients/js/test/bench.mjs ws://127.0.0.1:P /path/to/latzero.sock [SEQ] [PIPELINED]
 
 import { createRequire } from "node:module";
 import path from "node:path";
-import { connect } from "../latzero.mjs";
+import { connect, PoolKeys } from "../latzero.mjs";
 
 const [wsUrl, socket, seqArg, pipeArg] = process.argv.slice(2);
 const seq = Number(seqArg ?? 5000);
@@ -122,6 +123,26 @@ for (const [size, n] of [[64, 20000], [4096, 20000], [65536, 5000], [1 << 20, 50
   console.log(`| ${size} | ${direct.toFixed(2)} | ${served.toFixed(1)} | ${Math.round(served / direct)} |`);
   block.close();
   await lz.blockDelete("bench", "b");
+}
+// With LATZERO_JS_VAULT_KEYS (a keys file of the encrypted pool `vault`): its sealed records
+// read by block id (through the server) against through an attached Block (from its file).
+if (process.env.LATZERO_JS_VAULT_KEYS) {
+  const vault = await lz.encryptedPool("vault", await PoolKeys.fromFile("vault", process.env.LATZERO_JS_VAULT_KEYS));
+  console.log();
+  console.log("| sealed record | readBlock through the server µs | readBlock of a Block µs | server ÷ Block |");
+  console.log("|---:|---:|---:|---:|");
+  for (const [size, n] of [[64, 3000], [4096, 3000], [65536, 1000]]) {
+    // Room for the record: its length, nonce, tag and signature beside the plaintext.
+    await lz.blockCreate("vault", "s", size + 4 + 28 + 16 + 64);
+    await vault.writeBlock("s", new Uint8Array(size).fill(7));
+    const block = await lz.blockAttach("vault", "s");
+    if (!block.direct) throw new Error(`not read directly: ${block.whyNotDirect}`);
+    const served = await timed(n, () => vault.readBlock("s"));
+    const direct = await timed(n, () => vault.readBlock(block));
+    console.log(`| ${size} | ${served.toFixed(1)} | ${direct.toFixed(1)} | ${(served / direct).toFixed(1)} |`);
+    block.close();
+    await lz.blockDelete("vault", "s");
+  }
 }
 lz.close();
 process.exit(0);
