@@ -124,10 +124,16 @@ fn run_checks(mut s: ServerProc, mut node: Command, extra: &[&str]) -> Result<()
 /// Writes in place into a block file through the Rust memory crate's mapping (as a Rust app
 /// attached for writing does), each write filling the block with the byte its new version
 /// % 251, with a pause between writes so that readers meet some and miss others, until
-/// stopped.
+/// stopped (or dropped: a script that fails midway leaves no writer behind).
 struct Churn {
     stop: Arc<AtomicBool>,
-    writer: std::thread::JoinHandle<Result<u64>>,
+    writer: Option<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Churn {
@@ -152,13 +158,17 @@ impl Churn {
                 Ok(writes)
             }
         });
-        Ok(Churn { stop, writer })
+        Ok(Churn {
+            stop,
+            writer: Some(writer),
+        })
     }
 
     /// Stops the writes; how many were made.
-    fn stop(self) -> Result<u64> {
+    fn stop(mut self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.writer.join().map_err(|_| anyhow!("the writer panicked"))?
+        let writer = self.writer.take().context("stopped twice")?;
+        writer.join().map_err(|_| anyhow!("the writer panicked"))?
     }
 }
 
