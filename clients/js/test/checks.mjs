@@ -60,10 +60,7 @@ function queue() {
 async function directReads(client, block, log, check) {
   const fs = await import("node:fs");
   const { spawnSync } = await import("node:child_process");
-  const fd = fs.openSync(block.path, "r+");
-  const word = Buffer.alloc(8);
-  const get = (at) => (fs.readSync(fd, word, 0, 8, at), Number(word.readBigUInt64LE(0)));
-  const put = (at, v) => (word.writeBigUInt64LE(BigInt(v)), fs.writeSync(fd, word, 0, 8, at));
+  const { get, put, close } = await blockFile(block.path);
   try {
     // A writer that died mid-write: its bytes are not taken; the read goes through the server,
     // which repairs the block (a version bump); then it is read directly again.
@@ -119,8 +116,22 @@ async function directReads(client, block, log, check) {
     }
     check(true, "a Block collected without close has its file closed", null);
   } finally {
-    fs.closeSync(fd);
+    close();
   }
+}
+
+/** Node only: a block's file opened for the test to put words and bytes into, behind the
+ * block's back: `get(at)` and `put(at, n)` an 8-byte word, `write(at, bytes)`. */
+async function blockFile(path) {
+  const fs = await import("node:fs");
+  const fd = fs.openSync(path, "r+");
+  const word = Buffer.alloc(8);
+  return {
+    get: (at) => (fs.readSync(fd, word, 0, 8, at), Number(word.readBigUInt64LE(0))),
+    put: (at, n) => (word.writeBigUInt64LE(BigInt(n)), fs.writeSync(fd, word, 0, 8, at)),
+    write: (at, bytes) => fs.writeSync(fd, bytes, 0, bytes.length, at),
+    close: () => fs.closeSync(fd),
+  };
 }
 
 export async function run(url, log, options = {}) {
@@ -291,16 +302,11 @@ export async function run(url, log, options = {}) {
   if (inNode) {
     // A document in the block that is not JSON (put into the file here, its version bumped):
     // refused with INTERNAL, read directly as through the server.
-    const fs = await import("node:fs");
-    const fd = fs.openSync(cfgBlock.path, "r+");
-    const word = Buffer.alloc(8);
-    fs.writeSync(fd, Buffer.from("{nope"), 0, 5, cfgBlock.headerLen);
-    word.writeBigUInt64LE(5n);
-    fs.writeSync(fd, word, 0, 8, 56); // used
-    fs.readSync(fd, word, 0, 8, 32); // version
-    word.writeBigUInt64LE(word.readBigUInt64LE(0) + 1n);
-    fs.writeSync(fd, word, 0, 8, 32);
-    fs.closeSync(fd);
+    const file = await blockFile(cfgBlock.path);
+    file.write(cfgBlock.headerLen, new TextEncoder().encode("{nope"));
+    file.put(56, 5); // used
+    file.put(32, file.get(32) + 1); // version
+    file.close();
     const direct = await rejects(cfgBlock.readJson());
     const served = await rejects(other.blockRead("demo", "cfg"));
     check(direct.code === "INTERNAL" && served.code === "INTERNAL", "a stored document that is not JSON", [direct.message, served.message]);
