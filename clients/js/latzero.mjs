@@ -939,10 +939,12 @@ export class Block {
   #client;
   #fs;
   #fd = null;
-  // One 8-byte word of the header, read in place.
+  // One 8-byte word of the header, read in place, and a view to decode it.
   #word = new Uint8Array(8);
-  // The header from `seq` to `deleted`, read in place.
+  #wordView = new DataView(this.#word.buffer);
+  // The header from `seq` to `deleted`, read in place, and a view to decode it.
   #seqToDeleted = new Uint8Array(H_DELETED + 8 - H_SEQ);
+  #seqToDeletedView = new DataView(this.#seqToDeleted.buffer);
 
   constructor(client, attached, fs, whyNot) {
     const info = attached.block ?? {};
@@ -1046,7 +1048,7 @@ export class Block {
       if (this.#fd === null) return null;
       // `seq` and `deleted` in one read: in which order the two are loaded does not matter.
       this.#readAt(this.#seqToDeleted, H_SEQ);
-      const words = new DataView(this.#seqToDeleted.buffer);
+      const words = this.#seqToDeletedView;
       if (words.getBigUint64(H_DELETED - H_SEQ, true) !== 0n) {
         throw new LatZeroError("BLOCK_NOT_FOUND", `block ${this.pool}/${this.blockId} was deleted`);
       }
@@ -1069,7 +1071,7 @@ export class Block {
    * below 2^53). */
   #u64(at) {
     this.#readAt(this.#word, at);
-    return Number(new DataView(this.#word.buffer).getBigUint64(0, true));
+    return Number(this.#wordView.getBigUint64(0, true));
   }
 
   /** Fills `buf` from the file at `position` (a regular file reads short only at its end). */
