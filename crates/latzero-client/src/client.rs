@@ -172,6 +172,9 @@ pub(crate) struct Inner {
     /// How many entries `handlers` has, written under its lock: a client without handlers (one
     /// that only calls) finds out that no call of its is in-process without taking a lock.
     pub(crate) handler_count: AtomicUsize,
+    /// Bumped under `handlers`' write lock by every change to it: the read loop's
+    /// [`HandlerCache`](crate::driver::HandlerCache) is good while this has not moved.
+    pub(crate) handler_gen: AtomicU64,
     pub(crate) shared: Mutex<Shared>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     pub(crate) closed: Closed,
@@ -408,6 +411,7 @@ impl Client {
             pending: Pending::new(),
             handlers: RwLock::new(FxHashMap::default()),
             handler_count: AtomicUsize::new(0),
+            handler_gen: AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 pools: url.pools.into_iter().collect(),
                 triggers,
@@ -499,7 +503,7 @@ impl Client {
         {
             let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
             handlers.insert(name.to_string(), h);
-            self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
+            self.inner.handlers_changed(&handlers);
         }
         // While disconnected `membership` only records; the next handshake carries the trigger.
         let new = lock(&self.inner.shared).triggers.insert(name.clone());
@@ -523,7 +527,7 @@ impl Client {
         {
             let mut handlers = self.inner.handlers.write().unwrap_or_else(|e| e.into_inner());
             handlers.remove(name.as_str());
-            self.inner.handler_count.store(handlers.len(), Ordering::Relaxed);
+            self.inner.handlers_changed(&handlers);
         }
         lock(&self.inner.shared).triggers.remove(&name);
         self.membership("unregister", json!({ "triggers": [name.as_str()] }))
@@ -988,7 +992,15 @@ impl Inner {
         lock(&self.shared).triggers.remove(name);
         let mut handlers = self.handlers.write().unwrap_or_else(|e| e.into_inner());
         handlers.remove(name.as_str());
+        self.handlers_changed(&handlers);
+    }
+
+    /// Called with `handlers`' write lock held, after any change to it.
+    fn handlers_changed(&self, handlers: &FxHashMap<String, Handler>) {
         self.handler_count.store(handlers.len(), Ordering::Relaxed);
+        // Release: a read loop that sees the new generation drops the handler it cached (the
+        // change itself is seen through the lock, when it looks the handler up again).
+        self.handler_gen.fetch_add(1, Ordering::Release);
     }
 
     /// A pool or trigger a reconnect's handshake left out (the server would have refused the

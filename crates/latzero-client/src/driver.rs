@@ -3,6 +3,7 @@
 //! backoff and jitter.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -33,7 +34,10 @@ pub(crate) struct Live {
 
 impl Inner {
     /// Handles one frame from the server. Returns why the server is closing us, if it said so.
-    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox) -> Option<Closing> {
+    fn dispatch(self: &Arc<Self>, frame: Frame, tx: &Outbox, cache: &mut HandlerCache) -> Option<Closing> {
+        // Before anything this frame does: a frame answering `unhandle` must find the removed
+        // handler gone from the cache as well as from the table.
+        cache.check(self);
         let json = frame.json();
         // A bug, as a test puts one in: see `a_panic_reading_a_frame_drops_the_connection`.
         #[cfg(test)]
@@ -59,7 +63,7 @@ impl Inner {
                 text: Some(d.data),
             };
             let origin = || Some(cut(&text, d.origin));
-            if self.deliver(d.process, d.pool, data, origin, d.id, tx).is_ok() {
+            if self.deliver(d.process, d.pool, data, origin, d.id, tx, cache).is_ok() {
                 return None;
             }
         }
@@ -85,7 +89,7 @@ impl Inner {
                     env.id.map(RawValue::get)
                 };
                 let pool = env.pool.as_deref().unwrap_or_default();
-                if let Err(e) = self.deliver(process, pool, data, origin, hop, tx) {
+                if let Err(e) = self.deliver(process, pool, data, origin, hop, tx, cache) {
                     // Checked JSON that still does not read (nested deeper than serde_json
                     // parses a Value): the caller hears why instead of waiting for its timeout.
                     let why = HandlerError::msg(format!("the payload could not be read: {e}"));
@@ -234,6 +238,7 @@ impl Inner {
     /// handler takes: inline until its first await, then in its own task. `hop` is a trigger's
     /// id as JSON text (`None` for an emit). `Err` — and nothing done — if the payload does not
     /// read in that form.
+    #[allow(clippy::too_many_arguments)]
     fn deliver<'a>(
         self: &Arc<Self>,
         process: &str,
@@ -242,13 +247,9 @@ impl Inner {
         origin: impl FnOnce() -> Option<ByteString>,
         hop: Option<&str>,
         tx: &Outbox,
+        cache: &mut HandlerCache,
     ) -> Result<(), serde_json::Error> {
-        let handler = self
-            .handlers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(process)
-            .cloned();
+        let handler = cache.get(self, process);
         // The names are views into the frame, as the payload is: no copies.
         let names = || (cut(data.frame, process), cut(data.frame, pool));
         match handler {
@@ -513,6 +514,7 @@ async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
     let closed = inner.closed.cancelled();
     let dead = live.dead.cancelled();
     tokio::pin!(closed, dead);
+    let mut cache = HandlerCache::default();
     'frames: loop {
         let frame = tokio::select! {
             // The reader first, so a frame already buffered is dispatched without polling the
@@ -535,7 +537,7 @@ async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
         // Then every frame the same read brought, without going back through `select!` for
         // each (the tokens are looked at again once the buffer is empty).
         loop {
-            if let Some(c) = inner.dispatch(frame, &live.tx) {
+            if let Some(c) = inner.dispatch(frame, &live.tx, &mut cache) {
                 end.reason = c.reason;
                 end.taken_over = c.taken_over;
             }
@@ -548,8 +550,56 @@ async fn read_frames(inner: &Arc<Inner>, live: &mut Live) -> Ended {
                 }
             };
         }
+        // No handler is kept while the loop waits: one replaced meanwhile (which takes no
+        // round trip, so no frame would come to drop it) is not kept alive by the cache.
+        cache.idle();
     }
     end
+}
+
+/// The handler the read loop last looked up, kept for the rest of the frames one read brought:
+/// a run of deliveries to one trigger takes the handler table's lock and the handler's
+/// reference count once, not once each (four atomic operations a delivery, ~5 ns each:
+/// docs/BENCHMARKS.md, "Atomic operations"). It is dropped as soon as the table changes
+/// (`Inner::handler_gen`) and whenever the loop goes back to wait, so a removed or replaced
+/// handler is never kept alive by it.
+#[derive(Default)]
+pub(crate) struct HandlerCache {
+    /// The table's generation when the handler was looked up.
+    generation: u64,
+    /// The trigger it was looked up for; the buffer is kept when the handler is dropped.
+    name: String,
+    handler: Option<Handler>,
+}
+
+impl HandlerCache {
+    /// Drops the handler if the table changed since it was looked up.
+    fn check(&mut self, inner: &Inner) {
+        if self.handler.is_some() && inner.handler_gen.load(Ordering::Acquire) != self.generation {
+            self.handler = None;
+        }
+    }
+
+    /// The handler of `process`: the cached one, or looked up (and cached) — `None` if there is
+    /// none. Called after [`check`](Self::check) for the same frame.
+    fn get(&mut self, inner: &Inner, process: &str) -> Option<&Handler> {
+        if self.handler.is_none() || self.name != process {
+            // The generation read under the table's lock, which every change holds while it
+            // bumps it: it is the generation of what is found here, and a later change makes
+            // the next frame's `check` drop it.
+            let handlers = inner.handlers.read().unwrap_or_else(|e| e.into_inner());
+            self.generation = inner.handler_gen.load(Ordering::Acquire);
+            self.handler = handlers.get(process).cloned();
+            drop(handlers);
+            self.name.clear();
+            self.name.push_str(process);
+        }
+        self.handler.as_ref()
+    }
+
+    fn idle(&mut self) {
+        self.handler = None;
+    }
 }
 
 /// Owns the connection: reads frames, and reconnects when it drops.
@@ -717,6 +767,80 @@ mod tests {
         let frame = latzero_proto::frame::encode_json(ack.to_string().as_bytes());
         s.write_all(&frame).await.unwrap();
         (s, buf)
+    }
+
+    /// The read loop keeps the handler it looked up for the rest of one read's frames, but not
+    /// past a change to the handler table: a handler replaced between two deliveries of one read
+    /// (here by the first delivery itself) answers the second no more, and the replaced one is
+    /// dropped then. Nor is a handler kept while the loop waits for the next read: one replaced
+    /// then (which takes no round trip, so no frame comes) is dropped at once.
+    #[tokio::test]
+    async fn a_handler_replaced_between_two_frames_of_one_read_answers_no_more() {
+        use std::sync::atomic::AtomicBool;
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("latzero://a@{}", l.local_addr().unwrap());
+        let opts = crate::ClientOptions::new().reconnect(false);
+        let (client, (mut s, mut buf)) = tokio::join!(opts.connect(&url), accept(&l));
+        let client = client.unwrap();
+        let answer = |n: &'static str| move |_r: Request<Payload>| async move { Ok(Payload::from_text(n).unwrap()) };
+        let first = Arc::new(());
+        let handler = {
+            let (c, first, replaced) = (client.clone(), first.clone(), AtomicBool::new(false));
+            move |r: Request<Payload>| {
+                if !replaced.swap(true, Ordering::SeqCst) {
+                    let replace = c.handle_raw("f", answer("2")).now_or_never();
+                    replace.expect("a replacement takes no round trip").unwrap();
+                }
+                let _first = first.clone();
+                answer("1")(r)
+            }
+        };
+        let registered = tokio::spawn({
+            let c = client.clone();
+            async move { c.handle_raw("f", handler).await }
+        });
+        let register = read_frame(&mut s, &mut buf).await.unwrap();
+        assert_eq!(register["action"], "register");
+        let ack = json!({"action":"ack","in_reply_to":register["id"],"pools":["p"],"triggers":["f"]});
+        s.write_all(&latzero_proto::frame::encode_json(ack.to_string().as_bytes()))
+            .await
+            .unwrap();
+        registered.await.unwrap().unwrap();
+        // Two deliveries in one write, so that one read brings both.
+        let trigger = |id: &str| {
+            let t = json!({"action":"trigger","id":id,"process":"f","pool":"p","data":null,"origin":{"app_id":"c"}});
+            latzero_proto::frame::encode_json(t.to_string().as_bytes())
+        };
+        s.write_all(&[trigger("h1"), trigger("h2")].concat()).await.unwrap();
+        for (id, result) in [("h1", 1), ("h2", 2)] {
+            let r = read_frame(&mut s, &mut buf).await.unwrap();
+            assert_eq!((&r["in_reply_to"], &r["response"]), (&json!(id), &json!(result)), "{r}");
+        }
+        assert_eq!(Arc::strong_count(&first), 1, "the replaced handler is still alive");
+        // The second handler answered and was kept; replaced while the loop waits, it is not
+        // kept alive by the loop.
+        let second = Arc::new(());
+        let keep = second.clone();
+        client
+            .handle_raw("f", move |r| {
+                let _keep = keep.clone();
+                answer("3")(r)
+            })
+            .await
+            .unwrap();
+        s.write_all(&trigger("h3")).await.unwrap();
+        let r = read_frame(&mut s, &mut buf).await.unwrap();
+        assert_eq!(r["response"], 3, "{r}");
+        client.handle_raw("f", answer("4")).await.unwrap();
+        // Nothing more is sent: the loop drops what it held once it waits again.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while Arc::strong_count(&second) > 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the handler replaced while the read loop waited is dropped");
     }
 
     /// A panic while a frame is handled (a bug) drops the connection as a lost one: the call in
