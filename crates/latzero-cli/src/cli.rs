@@ -596,6 +596,12 @@ pub struct TargetArgs {
     /// Connect over TLS, verifying the server against this CA certificate (PEM)
     #[arg(long, env = "LATZERO_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
+    /// Longest answer read from the server, bytes (1024 to 4294967295; an app's connection
+    /// reads frames up to this plus 65536 for the envelope) [default: the server's own limit,
+    /// from its server.json or an app's handshake; 16777216 for status and listings from a
+    /// server named by --host/--port]
+    #[arg(long, env = "LATZERO_MAX_FRAME_LEN", global = true)]
+    pub max_frame_len: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -1161,7 +1161,9 @@ fn a_closed_stdout_ends_a_command_quietly() -> Result<()> {
 
 /// An answer longer than 16 MiB from a server that sends such (its `--max-frame-len` is larger)
 /// is read when the tools find the server through its data dir, whose server.json gives the
-/// limit; named by its port, they say why they cannot and how to.
+/// limit; named by its port, they say why they cannot and how to, and read it with their own
+/// `--max-frame-len` (or `$LATZERO_MAX_FRAME_LEN`). An app's connection keeps to that limit
+/// too, and a call whose answer passes it says why it failed.
 #[test]
 fn admin_answers_are_read_up_to_the_servers_own_frame_limit() -> Result<()> {
     let s = ServerProc::start(bin(), &["--max-frame-len", "33554432"])?;
@@ -1183,7 +1185,50 @@ fn admin_answers_are_read_up_to_the_servers_own_frame_limit() -> Result<()> {
         err.contains("longer than the 16777216 bytes this client reads"),
         "{err}"
     );
-    assert!(err.contains("through its data dir (-d"), "{err}");
+    assert!(
+        err.contains("through its data dir (-d") && err.contains("--max-frame-len"),
+        "{err}"
+    );
+    let port = s.tcp.port().to_string();
+    let by_port = |extra: &[&str], env: Option<&str>| -> Result<std::process::Output> {
+        let mut c = std::process::Command::new(bin());
+        c.args(["status", "--json", "--limit", "0", "-p", &port])
+            .args(extra)
+            .env_remove("LATZERO_TOKEN")
+            .env_remove("LATZERO_JWT")
+            .env_remove("LATZERO_MAX_FRAME_LEN");
+        if let Some(v) = env {
+            c.env("LATZERO_MAX_FRAME_LEN", v);
+        }
+        Ok(c.output()?)
+    };
+    for out in [
+        by_port(&["--max-frame-len", "33554432"], None)?,
+        by_port(&[], Some("33554432"))?,
+    ] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let st: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(st["apps"][0]["meta"].as_str().map(str::len), Some(17 << 20));
+    }
+    let out = by_port(&["--max-frame-len", "512"], None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--max-frame-len (LATZERO_MAX_FRAME_LEN) must be 1024 to 4294967295 bytes, not 512"),
+        "{err}"
+    );
+    // An app's connection: the echo of 100,000 bytes passes 1,024 plus the envelope's room.
+    let _echo = s.reply(&["--app", "w", "--pool", "p", "echo"])?;
+    let data = serde_json::to_string(&"x".repeat(100_000))?;
+    let call = |extra: &[&str]| s.run(&[&["call", "--pool", "p", "echo", data.as_str()][..], extra].concat());
+    let (ok, _, err) = call(&["--max-frame-len", "1024"])?;
+    assert!(
+        !ok && err.contains("connection to the server lost") && err.contains("exceeds the maximum of 66560 bytes"),
+        "{err}"
+    );
+    // Without it, the server's limit: the echo (of the whole request) comes back.
+    let (ok, out, err) = call(&[])?;
+    assert!(ok && out.contains(&data), "{err}");
     Ok(())
 }
 

@@ -254,7 +254,8 @@ impl ServerProc {
             .env_remove("LATZERO_HOST")
             .env_remove("LATZERO_DATA_DIR")
             .env_remove("LATZERO_TOKEN")
-            .env_remove("LATZERO_JWT");
+            .env_remove("LATZERO_JWT")
+            .env_remove("LATZERO_MAX_FRAME_LEN");
         cmd
     }
 

@@ -230,21 +230,42 @@ fn print_broadcast(replies: Vec<BroadcastReply<Payload>>) -> Result<()> {
 }
 
 async fn single(client: &Client, args: &CallArgs, data: &Payload) -> Result<()> {
+    // Why the connection dropped, if it does: the call's error only says that it did.
+    let mut events = client.events();
     let mut req = client.request(&args.pool, &args.trigger).data(data);
     if let Some(to) = &args.to {
         req = req.destination(to);
     }
-    if args.broadcast {
-        return print_broadcast(req.broadcast_raw().await?);
-    }
-    // The result's JSON text as the handler wrote it (a value read and printed again would
-    // change an integer past 64 bits, or a decimal past a double's precision).
-    match req.send_raw().await {
-        Ok(v) => {
+    let result = if args.broadcast {
+        req.broadcast_raw().await.map(print_broadcast)
+    } else {
+        // The result's JSON text as the handler wrote it (a value read and printed again would
+        // change an integer past 64 bits, or a decimal past a double's precision).
+        req.send_raw().await.map(|v| {
             outln!("{v}");
             Ok(())
-        }
+        })
+    };
+    match result {
+        Ok(printed) => printed,
         Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),
+        Err(e @ ClientError::Disconnected) => {
+            // The event follows the failed calls at once (the bound is for a client that closed
+            // without one).
+            let reason = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    match events.recv().await {
+                        Ok(latzero_client::ClientEvent::Disconnected { reason, .. }) => return Some(reason),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+            match reason.await {
+                Ok(Some(reason)) => bail!("{e}: {reason}"),
+                _ => Err(e.into()),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }

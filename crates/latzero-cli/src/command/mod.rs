@@ -69,6 +69,13 @@ pub fn target(t: &TargetArgs) -> Result<Target> {
             Err(_) => default_tcp(),
         }
     };
+    // Named, it wins: it can only be as long as the server sends (its own limit) or shorter.
+    if let Some(n) = t.max_frame_len {
+        if !(1024..=u32::MAX as usize).contains(&n) {
+            bail!("--max-frame-len (LATZERO_MAX_FRAME_LEN) must be 1024 to 4294967295 bytes, not {n}");
+        }
+        max_frame_len = n;
+    }
     Ok(Target {
         endpoint,
         tls,
@@ -120,8 +127,13 @@ pub async fn connect(
 ) -> Result<latzero_client::Client> {
     // A generated app id is a one-off: the server need not remember it.
     let mut opts = opts.ephemeral(app.is_none()).credential_from_env();
-    if let Some(tls) = target(t)?.tls {
+    let target = target(t)?;
+    if let Some(tls) = target.tls {
         opts = opts.tls(tls);
+    }
+    // Without the flag the client follows the server's limit, told at the handshake.
+    if t.max_frame_len.is_some() {
+        opts = opts.max_frame_len(target.max_frame_len.saturating_add(latzero_proto::ENVELOPE_ROOM));
     }
     opts.connect(&url(t, app, pools)?).await.map_err(with_hint)
 }
@@ -187,7 +199,8 @@ fn with_hint(e: ClientError) -> anyhow::Error {
     } else if let ClientError::AnswerTooLarge { .. } = e {
         anyhow::anyhow!(
             "{e}; the command-line tools read up to the server's max_frame_len when they find the server through \
-             its data dir (-d, whose server.json gives it), and 16 MiB when it is named by --host/--port"
+             its data dir (-d, whose server.json gives it), and 16 MiB when it is named by --host/--port: \
+             --max-frame-len (or LATZERO_MAX_FRAME_LEN) sets it"
         )
     } else {
         e.into()
