@@ -598,8 +598,8 @@ pub struct TargetArgs {
     pub tls_ca: Option<PathBuf>,
     /// Longest answer read from the server, bytes (1024 to 4294967295; an app's connection
     /// reads frames up to this plus 65536 for the envelope) [default: the server's own limit,
-    /// from its server.json or an app's handshake; 16777216 for status and listings from a
-    /// server named by --host/--port]
+    /// from its server.json or an app's handshake; 16777216 for admin requests (status, the
+    /// listings, stop, health, backup) to a server named by --host/--port]
     #[arg(long, env = "LATZERO_MAX_FRAME_LEN", global = true)]
     pub max_frame_len: Option<usize>,
 }

@@ -69,7 +69,8 @@ pub fn target(t: &TargetArgs) -> Result<Target> {
             Err(_) => default_tcp(),
         }
     };
-    // Named, it wins: it can only be as long as the server sends (its own limit) or shorter.
+    // Named, it wins over server.json's: the user may want less read, or knows the limit of a
+    // server named by --host/--port.
     if let Some(n) = t.max_frame_len {
         if !(1024..=u32::MAX as usize).contains(&n) {
             bail!("--max-frame-len (LATZERO_MAX_FRAME_LEN) must be 1024 to 4294967295 bytes, not {n}");
