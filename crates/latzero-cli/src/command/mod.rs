@@ -84,8 +84,8 @@ pub fn target(t: &TargetArgs) -> Result<Target> {
     })
 }
 
-/// A `latzero://` URL for `app` at the target.
-pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String> {
+/// A `latzero://` URL for `app` at `endpoint`.
+fn url(endpoint: &Endpoint, app: Option<&str>, pools: &[String]) -> String {
     let app = app
         .map(str::to_owned)
         .unwrap_or_else(|| format!("latzero-cli-{}", std::process::id()));
@@ -94,7 +94,7 @@ pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String
     } else {
         format!("pools={}", pools.join(","))
     };
-    let u = match target(t)?.endpoint {
+    match endpoint {
         Endpoint::Tcp(a) => format!(
             "latzero://{app}@{a}{}",
             if pools.is_empty() {
@@ -115,8 +115,7 @@ pub fn url(t: &TargetArgs, app: Option<&str>, pools: &[String]) -> Result<String
             )
         }
         Endpoint::Default => format!("latzero://{app}"),
-    };
-    Ok(u)
+    }
 }
 
 /// Connects as `app` (default `latzero-cli-<pid>`) to the target server, joining `pools`.
@@ -128,6 +127,7 @@ pub async fn connect(
 ) -> Result<latzero_client::Client> {
     // A generated app id is a one-off: the server need not remember it.
     let mut opts = opts.ephemeral(app.is_none()).credential_from_env();
+    // Resolved once: server.json is read here, not again for the URL.
     let target = target(t)?;
     if let Some(tls) = target.tls {
         opts = opts.tls(tls);
@@ -136,7 +136,9 @@ pub async fn connect(
     if t.max_frame_len.is_some() {
         opts = opts.max_frame_len(target.max_frame_len.saturating_add(latzero_proto::ENVELOPE_ROOM));
     }
-    opts.connect(&url(t, app, pools)?).await.map_err(with_hint)
+    opts.connect(&url(&target.endpoint, app, pools))
+        .await
+        .map_err(with_hint)
 }
 
 /// Connects as `app` and joins the encrypted `pool` with the keys in `keys` (`--keys FILE`).
