@@ -157,6 +157,18 @@ pub(crate) struct Shared {
     /// (a subscription is the connection's, on the server).
     pub(crate) presence: BTreeSet<PoolName>,
     pub(crate) tx: Option<Outbox>,
+    /// Why the connection last dropped, set with `tx = None` (before the calls in flight are
+    /// failed, so that each finds it) and cleared when a new connection is in `tx`.
+    pub(crate) dropped: Option<String>,
+}
+
+impl Shared {
+    /// The error of a request the connection's drop failed, with why it dropped if known.
+    pub(crate) fn disconnected(&self) -> ClientError {
+        ClientError::Disconnected {
+            reason: self.dropped.clone(),
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -417,6 +429,7 @@ impl Client {
                 triggers,
                 presence: BTreeSet::new(),
                 tx: None,
+                dropped: None,
             }),
             events,
             closed: Closed::new(),
@@ -819,7 +832,13 @@ impl Inner {
         if self.closed.is_closed() {
             return Err(ClientError::Closed);
         }
-        lock(&self.shared).tx.clone().ok_or(ClientError::Disconnected)
+        let shared = lock(&self.shared);
+        shared.tx.clone().ok_or_else(|| shared.disconnected())
+    }
+
+    /// The error of a request the connection's drop failed.
+    pub(crate) fn disconnected(&self) -> ClientError {
+        lock(&self.shared).disconnected()
     }
 
     /// The ttl of a call that names none (see [`ServerLimits::default_ttl`]).
@@ -830,7 +849,7 @@ impl Inner {
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ClientError> {
         self.server_limits.check_frame(frame)?;
         let tx = self.outbox()?;
-        tx.send(frame).await.map_err(|_| ClientError::Disconnected)
+        tx.send(frame).await.map_err(|_| self.disconnected())
     }
 
     /// Sends a call's frame without waiting, if it can: queued when other calls are in flight
@@ -847,10 +866,10 @@ impl Inner {
         }
         let shared = lock(&self.shared);
         let Some(tx) = shared.tx.as_ref() else {
-            return Some(Err(ClientError::Disconnected));
+            return Some(Err(shared.disconnected()));
         };
         tx.try_queue(frame, None)
-            .map(|done| done.map_err(|_| ClientError::Disconnected))
+            .map(|done| done.map_err(|_| shared.disconnected()))
     }
 
     /// Sends a call's frame: written straight to the socket when it is the client's only call
@@ -863,7 +882,7 @@ impl Inner {
         } else {
             tx.send_direct(frame).await
         };
-        sent.map_err(|_| ClientError::Disconnected)
+        sent.map_err(|_| self.disconnected())
     }
 
     /// Sends a request built around a fresh id and waits for the frame that answers it.
@@ -946,7 +965,7 @@ impl Inner {
             } else if call.expired() {
                 ClientError::NoReply(wait)
             } else {
-                ClientError::Disconnected
+                self.disconnected()
             }
         })
     }

@@ -448,7 +448,8 @@ impl FrameReader {
         }
     }
 
-    /// The next frame; the end of the stream is [`ClientError::Disconnected`].
+    /// The next frame; the end of the stream is [`ClientError::Disconnected`] (the server closed
+    /// the connection).
     pub async fn expect_frame(&mut self) -> Result<Frame, ClientError> {
         self.next()
             .await
@@ -456,7 +457,9 @@ impl FrameReader {
                 FrameError::TooLarge { len, max } => ClientError::AnswerTooLarge { len, max },
                 e => ClientError::Protocol(e.to_string()),
             })?
-            .ok_or(ClientError::Disconnected)
+            .ok_or_else(|| ClientError::Disconnected {
+                reason: Some("the server closed the connection".into()),
+            })
     }
 
     /// The next frame; `None` at a clean end of stream.

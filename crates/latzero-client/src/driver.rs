@@ -618,7 +618,11 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
                 by_client: false,
             }
         });
-        lock(&inner.shared).tx = None;
+        {
+            let mut s = lock(&inner.shared);
+            s.tx = None;
+            s.dropped = Some(reason.clone());
+        }
         if by_client {
             // The client closed a live connection: the frames it queued before (an emit returns
             // once queued) still go out, within the close grace, and the writer ends the
@@ -681,6 +685,7 @@ pub(crate) async fn connection_task(inner: Arc<Inner>, mut live: Live) {
         {
             let mut s = lock(&inner.shared);
             s.tx = Some(live.tx.clone());
+            s.dropped = None;
             // Presence subscriptions were the old connection's: asked again for the pools the
             // client is still in (one it left would be refused, NOT_IN_POOL).
             let crate::client::Shared { pools, presence, .. } = &mut *s;
@@ -867,13 +872,18 @@ mod tests {
         s.write_all(&latzero_proto::frame::encode_json(&panic)).await.unwrap();
         let failed = tokio::time::timeout(Duration::from_secs(10), call).await;
         let e = failed.expect("the call waits on").unwrap().unwrap_err();
-        assert!(matches!(e, ClientError::Disconnected), "{e}");
+        // The call's error says why, as the event does.
+        let ClientError::Disconnected { reason: Some(why) } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(e.to_string().contains(why.as_str()), "{e}");
         match events.recv().await.unwrap() {
             ClientEvent::Disconnected { reason, reconnecting } => {
                 assert!(
                     reason.contains("a bug") && reason.contains("a panic a test put in"),
                     "{reason}"
                 );
+                assert_eq!(&reason, why);
                 assert!(reconnecting);
             }
             other => panic!("{other:?}"),

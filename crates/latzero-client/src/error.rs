@@ -56,8 +56,15 @@ pub enum ClientError {
     #[error("handler returned an error: {0}")]
     Handler(Value),
     /// The connection dropped before the reply arrived. The call may or may not have run.
-    #[error("connection to the server lost before the reply arrived; the call may or may not have run")]
-    Disconnected,
+    #[error(
+        "connection to the server lost before the reply arrived{}; the call may or may not have run",
+        because(reason.as_deref())
+    )]
+    Disconnected {
+        /// Why it dropped, when the client knew by the time the call failed: the reason the
+        /// [`ClientEvent::Disconnected`](crate::ClientEvent::Disconnected) event carries.
+        reason: Option<String>,
+    },
     /// No reply arrived within the call's timeout plus a grace period of at least a second (the
     /// server itself did not answer, which only happens if it is wedged or gone). The client
     /// looks every 100 ms, so this comes up to ~0.2 s after that wait.
@@ -116,6 +123,11 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// `Disconnected`'s reason, as the message puts it.
+fn because(reason: Option<&str>) -> String {
+    reason.map(|r| format!(" ({r})")).unwrap_or_default()
 }
 
 /// `?` on the errors whose message a [`ClientError`] tells (see its doc for why these are not

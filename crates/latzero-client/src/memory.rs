@@ -561,7 +561,7 @@ impl MemoryBlock {
         n["offset"] = json!(offset);
         n["length"] = json!(length);
         match self.client.inner.send(&encode_message(&n)).await {
-            Err(ClientError::Disconnected) => {
+            Err(ClientError::Disconnected { .. }) => {
                 let mut w = lock(&self.client.inner.watches);
                 let v = w
                     .unnotified
@@ -786,7 +786,8 @@ impl MemoryBlock {
                 if leases.drops != drops {
                     // Granted, but the connection dropped before this call took the grant up,
                     // and the lease ended with it: not the app's to use.
-                    return Err(ClientError::Disconnected);
+                    drop(leases);
+                    return Err(self.client.inner.disconnected());
                 }
                 // Held now: if it ends other than by `unlock`, the app is told.
                 leases.held.insert(self.key(), exclusive);

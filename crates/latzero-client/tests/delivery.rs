@@ -213,7 +213,7 @@ async fn every_frame_of_one_read_is_handled_and_an_oversized_one_behind_them_end
         .expect("failed at once")
         .unwrap();
     assert!(
-        matches!(third, Err(latzero_client::ClientError::Disconnected)),
+        matches!(third, Err(latzero_client::ClientError::Disconnected { .. })),
         "{third:?}"
     );
     let reason = loop {
@@ -292,7 +292,10 @@ async fn a_lock_granted_just_before_the_connection_drops_is_not_taken_for_held()
     let block = client.attach_block_with("p", "b", None, false).await.unwrap();
     // The lease ended with the connection, before the app could use it: not a lock held.
     let got = block.lock(true, std::time::Duration::ZERO).await;
-    assert!(matches!(got, Err(latzero_client::ClientError::Disconnected)), "{got:?}");
+    assert!(
+        matches!(got, Err(latzero_client::ClientError::Disconnected { .. })),
+        "{got:?}"
+    );
     server.await.unwrap();
     assert!(matches!(
         events.recv().await.unwrap(),

@@ -68,7 +68,7 @@ fn end(r: &Result<Value, ClientError>) -> Option<&'static str> {
     Some(match r {
         Ok(_) => "answered",
         Err(ClientError::Handler(_)) => "handler error",
-        Err(ClientError::Disconnected | ClientError::Closed) => "caller closed",
+        Err(ClientError::Disconnected { .. } | ClientError::Closed) => "caller closed",
         Err(e) => match e.code()? {
             ErrorCode::Timeout => "timed out",
             ErrorCode::HandlerGone => "handler gone",

@@ -317,7 +317,7 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
     );
     // While disconnected, remote calls fail at once (no hang).
     let e = worker.request("p", "other").send().await.unwrap_err();
-    assert!(matches!(e, ClientError::Disconnected), "{e:?}");
+    assert!(matches!(e, ClientError::Disconnected { .. }), "{e:?}");
 
     let second = start().await;
     next_event(&mut ev, |e| matches!(e, ClientEvent::Reconnected)).await;

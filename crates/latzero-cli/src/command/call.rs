@@ -149,7 +149,7 @@ fn error_name(e: &ClientError) -> String {
         Some(c) => c.to_string(),
         None => match e {
             ClientError::Handler(_) => "HANDLER_ERROR".into(),
-            ClientError::Disconnected => "DISCONNECTED".into(),
+            ClientError::Disconnected { .. } => "DISCONNECTED".into(),
             other => other.to_string(),
         },
     }
@@ -230,8 +230,6 @@ fn print_broadcast(replies: Vec<BroadcastReply<Payload>>) -> Result<()> {
 }
 
 async fn single(client: &Client, args: &CallArgs, data: &Payload) -> Result<()> {
-    // Why the connection dropped, if it does: the call's error only says that it did.
-    let mut events = client.events();
     let mut req = client.request(&args.pool, &args.trigger).data(data);
     if let Some(to) = &args.to {
         req = req.destination(to);
@@ -249,23 +247,6 @@ async fn single(client: &Client, args: &CallArgs, data: &Payload) -> Result<()> 
     match result {
         Ok(printed) => printed,
         Err(ClientError::Handler(v)) => bail!("HANDLER_ERROR: {v}"),
-        Err(e @ ClientError::Disconnected) => {
-            // The event follows the failed calls at once (the bound is for a client that closed
-            // without one).
-            let reason = tokio::time::timeout(Duration::from_secs(1), async {
-                loop {
-                    match events.recv().await {
-                        Ok(latzero_client::ClientEvent::Disconnected { reason, .. }) => return Some(reason),
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-            match reason.await {
-                Ok(Some(reason)) => bail!("{e}: {reason}"),
-                _ => Err(e.into()),
-            }
-        }
         Err(e) => Err(e.into()),
     }
 }
