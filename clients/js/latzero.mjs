@@ -22,7 +22,8 @@
 // waits for the server's receipt, or with `{ confirm: false }` only for room in the connection
 // (`writeBufferLimit`). A frame longer than the server's max_frame_len (told at the handshake)
 // is refused here with FRAME_TOO_LARGE, unsent: the server would close the connection. The client reconnects with
-// backoff when the connection drops (calls in flight then reject with DISCONNECTED),
+// backoff when the connection drops (calls in flight then reject with DISCONNECTED, whose
+// message says why it dropped, as the `disconnected` event does),
 // handshaking with the pools and triggers it has; a pool or trigger the server refuses by then
 // is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping it out.
 //
@@ -236,6 +237,10 @@ export class Client {
     this._listeners = new Map();
     this._nextId = 1;
     this._ws = null;
+    // Why the connection last dropped, and whether the client is coming back: for the error of
+    // a request made meanwhile.
+    this._dropped = null;
+    this._reconnecting = false;
     this._closed = false;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (endpoint === null && typeof this._WebSocket !== "function") {
@@ -350,6 +355,7 @@ export class Client {
           if (f.action === "handshake_ack") {
             settle();
             this._ws = ws;
+            this._dropped = null;
             const max = f.limits?.max_frame_len;
             this._maxFrameLen = Number.isSafeInteger(max) && max > 0 ? max : DEFAULT_MAX_FRAME_LEN;
             if (ws instanceof SocketTransport) ws.maxLen = this._maxFrameLen + FRAME_SLACK;
@@ -520,7 +526,9 @@ export class Client {
 
   _send(frame, body) {
     if (this._ws === null || this._ws.readyState !== 1) {
-      throw new LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting");
+      const why = this._dropped ? ` (${this._dropped})` : "";
+      const then = this._reconnecting ? "the client is reconnecting" : "the client does not reconnect";
+      throw new LatZeroError("DISCONNECTED", `not connected to the server${why}; ${then}`);
     }
     const message = body === undefined ? JSON.stringify(frame) : binaryFrame(frame, body);
     // A string's UTF-8 length is at most three bytes per UTF-16 unit: counted only near the limit.
@@ -831,9 +839,14 @@ export class Client {
 
   _lost(reason) {
     this._ws = null;
+    const closing = this._closing;
+    this._closing = undefined;
+    if (closing) reason = `${closing.code}: ${closing.message}`;
+    // Told by the errors of the requests the drop fails, until the next connection is up.
+    this._dropped = reason;
     for (const [id, w] of this._pending) {
       clearTimeout(w.timer);
-      w.reject(new LatZeroError("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run"));
+      w.reject(new LatZeroError("DISCONNECTED", `the connection to the server was lost before the reply arrived (${reason}); the call may or may not have run`));
       this._pending.delete(id);
     }
     // Leases end with their connection, and are not taken again: each holder is told.
@@ -844,11 +857,10 @@ export class Client {
       const reason = "the connection to the server dropped: a lease ends with its connection, and is not taken again after a reconnect";
       this._emitEvent("lock_expired", { pool: l.pool, blockId: l.blockId, mode: l.mode, reason });
     }
-    const closing = this._closing;
-    this._closing = undefined;
     // Taken over by another connection: coming back would take it back, and the two would flap.
     const reconnecting = !this._closed && this.options.reconnect !== false && closing?.code !== "DUPLICATE_APP";
-    this._emitEvent("disconnected", { reason: closing ? `${closing.code}: ${closing.message}` : reason, reconnecting });
+    this._reconnecting = reconnecting;
+    this._emitEvent("disconnected", { reason, reconnecting });
     if (reconnecting) this._reconnect();
   }
 

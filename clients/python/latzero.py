@@ -55,7 +55,8 @@ are sealed and opened as the Rust SDK's are (each opens the other's records); it
 Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `TIMEOUT`, ...);
 a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`
 (a handler raises HandlerError(value) to answer with any JSON value as its error).
-When the connection drops, calls in flight raise `DISCONNECTED` and the client reconnects,
+When the connection drops, calls in flight raise `DISCONNECTED` (its message says why it
+dropped, as the `disconnected` event does) and the client reconnects,
 handshaking with the pools and triggers it has; a pool or trigger the server refuses by then is
 dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping it out.
 """
@@ -302,6 +303,9 @@ class Client:
         self._ids = itertools.count(1)
         self._reader = None
         self._writer = None
+        # Why the connection last dropped: told by the errors of the requests the drop failed,
+        # until the next connection is up.
+        self._dropped = None
         self._closed = False
         self._done = asyncio.get_running_loop().create_future()
         self._max_frame_len = DEFAULT_MAX_FRAME_LEN
@@ -391,6 +395,7 @@ class Client:
         for r in ack.get("refused", []):
             self._refused(r)
         self._reader, self._writer = reader, writer
+        self._dropped = None
 
     def _refused(self, r):
         reason = f"{r.get('code')}: {r.get('message')}"
@@ -417,7 +422,8 @@ class Client:
             closing, self._closing = self._closing, None
             if closing is not None:
                 reason = f"{closing.get('code')}: {closing.get('message')}"
-            self._drop_connection("DISCONNECTED", "the connection to the server was lost before the reply arrived; the call may or may not have run")
+            self._dropped = reason
+            self._drop_connection("DISCONNECTED", f"the connection to the server was lost before the reply arrived ({reason}); the call may or may not have run")
             # Leases end with their connection, and are not taken again: each holder is told.
             self._drops += 1
             leases, self._leases = self._leases, {}
@@ -499,6 +505,10 @@ class Client:
             if not fut.done():
                 fut.set_exception(LatZeroError(code, message))
         self._pending.clear()
+
+    def _why(self):
+        """Why the connection dropped, for a DISCONNECTED message, if known by now."""
+        return f" ({self._dropped})" if self._dropped else ""
 
     def _finish(self):
         if not self._done.done():
@@ -685,7 +695,8 @@ class Client:
 
     def _send(self, frame, body=None):
         if self._writer is None:
-            raise LatZeroError("DISCONNECTED", "not connected to the server; the client is reconnecting")
+            then = "the client does not reconnect" if self._done.done() else "the client is reconnecting"
+            raise LatZeroError("DISCONNECTED", f"not connected to the server{self._why()}; {then}")
         data = _frame(frame) if body is None else _binary_frame(frame, body)
         if len(data) - 4 > self._max_frame_len:
             raise LatZeroError("FRAME_TOO_LARGE", f"a frame of {len(data) - 4} bytes exceeds the server's max_frame_len of {self._max_frame_len} bytes; not sent")
@@ -724,7 +735,7 @@ class Client:
             await self._writer.drain()
             return await fut
         except (OSError, AttributeError):
-            raise LatZeroError("DISCONNECTED", "the connection to the server was lost; the call may or may not have run") from None
+            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the call may or may not have run") from None
         finally:
             self._pending.pop(rid, None)
 
@@ -795,7 +806,7 @@ class Client:
             # Backpressure: waits while the socket's buffer is over its high-water mark.
             await self._writer.drain()
         except (OSError, AttributeError):
-            raise LatZeroError("DISCONNECTED", "the connection to the server was lost; the event may or may not have been sent") from None
+            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the event may or may not have been sent") from None
         return None
 
     async def handle(self, trigger, fn):
@@ -1030,6 +1041,7 @@ class Client:
         self._closed = True
         if self._reader_task is not None:
             self._reader_task.cancel()
+        self._dropped = "the client was closed"
         self._drop_connection("DISCONNECTED", "the client was closed")
         self._event("disconnected", {"reason": "client closed", "reconnecting": False})
         self._finish()

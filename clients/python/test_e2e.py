@@ -501,6 +501,13 @@ async def main():
     taker = await latzero.connect("py-other", pools=["demo"], takeover=True, **opts)
     d = await gone
     check(d["reconnecting"] is False and "DUPLICATE_APP" in d["reason"], "taken over", d)
+    # A request after it says why the connection is gone.
+    try:
+        await other.emit("demo", "nobody-listens")
+        raise AssertionError("an emit on a taken-over client was sent")
+    except latzero.LatZeroError as e:
+        check(e.code == "DISCONNECTED" and "DUPLICATE_APP" in e.message and "does not reconnect" in e.message,
+              "a request after a takeover says why", str(e))
     await taker.close()
 
     # The server restarts: the worker reconnects with its pools, handlers and presence. The

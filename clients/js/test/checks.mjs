@@ -364,6 +364,13 @@ export async function run(url, log, options = {}) {
   const taker = await connect(url, "js-other", { pools: ["demo"], ephemeral: true, takeover: true });
   const d = await gone;
   check(d.reconnecting === false && d.reason.includes("DUPLICATE_APP"), "taken over", d);
+  // A request after it says why the connection is gone.
+  const after = await rejects(other.emit("demo", "nobody-listens"));
+  check(
+    after.code === "DISCONNECTED" && after.message.includes("DUPLICATE_APP") && after.message.includes("does not reconnect"),
+    "a request after a takeover says why",
+    after.message,
+  );
   taker.close();
 
   // The server restarts: the page reconnects with its pools, handlers and presence subscription.
