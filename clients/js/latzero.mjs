@@ -23,7 +23,8 @@
 // (`writeBufferLimit`). A frame longer than the server's max_frame_len (told at the handshake)
 // is refused here with FRAME_TOO_LARGE, unsent: the server would close the connection. The client reconnects with
 // backoff when the connection drops (calls in flight then reject with DISCONNECTED, whose
-// message says why it dropped, as the `disconnected` event does),
+// message says why it dropped, as the `disconnected` event does; `sent` is false on one made
+// while no connection was up, which the server never saw),
 // handshaking with the pools and triggers it has; a pool or trigger the server refuses by then
 // is dropped and reported (`pool_left`, `trigger_refused`) rather than keeping it out.
 //
@@ -528,7 +529,7 @@ export class Client {
     if (this._ws === null || this._ws.readyState !== 1) {
       const why = this._dropped ? ` (${this._dropped})` : "";
       const then = this._reconnecting ? "the client is reconnecting" : "the client does not reconnect";
-      throw new LatZeroError("DISCONNECTED", `not connected to the server${why}; ${then}`);
+      throw new LatZeroError("DISCONNECTED", `not connected to the server${why}; the request was not sent; ${then}`, { sent: false });
     }
     const message = body === undefined ? JSON.stringify(frame) : binaryFrame(frame, body);
     // A string's UTF-8 length is at most three bytes per UTF-16 unit: counted only near the limit.
@@ -778,7 +779,7 @@ export class Client {
     if (this._drops !== drops) {
       // Granted, but the connection dropped before this call took the grant up (a frame behind
       // the grant in the same read ended it, say), and the lease ended with it.
-      throw new LatZeroError("DISCONNECTED", "the connection to the server dropped just after the lock was granted; the lease ended with it");
+      throw new LatZeroError("DISCONNECTED", "the connection to the server dropped just after the lock was granted; the lease ended with it", { sent: true });
     }
     this._leases.set(`${pool}\u0000${blockId}`, { pool, blockId, mode: f.mode ?? frame.mode });
     return { mode: f.mode, leaseMs: f.lease_ms, renewed: f.renewed };
@@ -846,7 +847,7 @@ export class Client {
     this._dropped = reason;
     for (const [id, w] of this._pending) {
       clearTimeout(w.timer);
-      w.reject(new LatZeroError("DISCONNECTED", `the connection to the server was lost before the reply arrived (${reason}); the call may or may not have run`));
+      w.reject(new LatZeroError("DISCONNECTED", `the connection to the server was lost before the reply arrived (${reason}); the call may or may not have run`, { sent: true }));
       this._pending.delete(id);
     }
     // Leases end with their connection, and are not taken again: each holder is told.

@@ -56,7 +56,8 @@ Errors from the server raise LatZeroError with the wire `code` (`NO_HANDLER`, `T
 a handler's own error raises it with code `HANDLER_ERROR` and the handler's value in `error`
 (a handler raises HandlerError(value) to answer with any JSON value as its error).
 When the connection drops, calls in flight raise `DISCONNECTED` (its message says why it
-dropped, as the `disconnected` event does) and the client reconnects,
+dropped, as the `disconnected` event does; `sent` is False on one made while no connection was
+up, which the server never saw) and the client reconnects,
 handshaking with the pools and triggers it has; a pool or trigger the server refuses by then is
 dropped and reported (`pool_left`, `trigger_refused` events) rather than keeping it out.
 """
@@ -108,6 +109,9 @@ class LatZeroError(Exception):
         self.handler = extra.get("handler")
         self.handler_may_still_run = extra.get("handler_may_still_run")
         self.error = extra.get("error")
+        # DISCONNECTED: whether the request left this client (False: the server never saw it,
+        # and it is safe to send again once reconnected).
+        self.sent = extra.get("sent")
 
 
 class HandlerError(Exception):
@@ -503,7 +507,7 @@ class Client:
         self._reader = self._writer = None
         for fut, _, _ in self._pending.values():
             if not fut.done():
-                fut.set_exception(LatZeroError(code, message))
+                fut.set_exception(LatZeroError(code, message, sent=True))
         self._pending.clear()
 
     def _why(self):
@@ -696,7 +700,7 @@ class Client:
     def _send(self, frame, body=None):
         if self._writer is None:
             then = "the client does not reconnect" if self._done.done() else "the client is reconnecting"
-            raise LatZeroError("DISCONNECTED", f"not connected to the server{self._why()}; {then}")
+            raise LatZeroError("DISCONNECTED", f"not connected to the server{self._why()}; the request was not sent; {then}", sent=False)
         data = _frame(frame) if body is None else _binary_frame(frame, body)
         if len(data) - 4 > self._max_frame_len:
             raise LatZeroError("FRAME_TOO_LARGE", f"a frame of {len(data) - 4} bytes exceeds the server's max_frame_len of {self._max_frame_len} bytes; not sent")
@@ -735,7 +739,7 @@ class Client:
             await self._writer.drain()
             return await fut
         except (OSError, AttributeError):
-            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the call may or may not have run") from None
+            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the call may or may not have run", sent=True) from None
         finally:
             self._pending.pop(rid, None)
 
@@ -806,7 +810,7 @@ class Client:
             # Backpressure: waits while the socket's buffer is over its high-water mark.
             await self._writer.drain()
         except (OSError, AttributeError):
-            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the event may or may not have been sent") from None
+            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the event may or may not have been sent", sent=True) from None
         return None
 
     async def handle(self, trigger, fn):
@@ -961,7 +965,7 @@ class Client:
         if self._drops != drops:
             # Granted, but the connection dropped before this call took the grant up (frames
             # behind the grant in the same read, say), and the lease ended with it.
-            raise LatZeroError("DISCONNECTED", "the connection to the server dropped just after the lock was granted; the lease ended with it")
+            raise LatZeroError("DISCONNECTED", "the connection to the server dropped just after the lock was granted; the lease ended with it", sent=True)
         self._leases[(pool, block_id)] = f.get("mode", mode)
         return {"mode": f.get("mode"), "lease_ms": f.get("lease_ms"), "renewed": f.get("renewed")}
 

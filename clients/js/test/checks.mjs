@@ -367,7 +367,7 @@ export async function run(url, log, options = {}) {
   // A request after it says why the connection is gone.
   const after = await rejects(other.emit("demo", "nobody-listens"));
   check(
-    after.code === "DISCONNECTED" && after.message.includes("DUPLICATE_APP") && after.message.includes("does not reconnect"),
+    after.code === "DISCONNECTED" && after.sent === false && after.message.includes("DUPLICATE_APP") && after.message.includes("does not reconnect"),
     "a request after a takeover says why",
     after.message,
   );

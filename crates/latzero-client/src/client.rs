@@ -163,10 +163,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The error of a request the connection's drop failed, with why it dropped if known.
-    pub(crate) fn disconnected(&self) -> ClientError {
+    /// The error of a request the connection's drop failed, with why it dropped if known:
+    /// `sent` if it may have reached the server, not if it never left this client.
+    pub(crate) fn disconnected(&self, sent: bool) -> ClientError {
         ClientError::Disconnected {
             reason: self.dropped.clone(),
+            sent,
         }
     }
 }
@@ -833,12 +835,12 @@ impl Inner {
             return Err(ClientError::Closed);
         }
         let shared = lock(&self.shared);
-        shared.tx.clone().ok_or_else(|| shared.disconnected())
+        shared.tx.clone().ok_or_else(|| shared.disconnected(false))
     }
 
-    /// The error of a request the connection's drop failed.
-    pub(crate) fn disconnected(&self) -> ClientError {
-        lock(&self.shared).disconnected()
+    /// The error of a request the connection's drop failed (see [`Shared::disconnected`]).
+    pub(crate) fn disconnected(&self, sent: bool) -> ClientError {
+        lock(&self.shared).disconnected(sent)
     }
 
     /// The ttl of a call that names none (see [`ServerLimits::default_ttl`]).
@@ -849,7 +851,8 @@ impl Inner {
     pub(crate) async fn send(&self, frame: &[u8]) -> Result<(), ClientError> {
         self.server_limits.check_frame(frame)?;
         let tx = self.outbox()?;
-        tx.send(frame).await.map_err(|_| self.disconnected())
+        // Not queued: the connection was gone.
+        tx.send(frame).await.map_err(|_| self.disconnected(false))
     }
 
     /// Sends a call's frame without waiting, if it can: queued when other calls are in flight
@@ -866,10 +869,10 @@ impl Inner {
         }
         let shared = lock(&self.shared);
         let Some(tx) = shared.tx.as_ref() else {
-            return Some(Err(shared.disconnected()));
+            return Some(Err(shared.disconnected(false)));
         };
         tx.try_queue(frame, None)
-            .map(|done| done.map_err(|_| shared.disconnected()))
+            .map(|done| done.map_err(|_| shared.disconnected(false)))
     }
 
     /// Sends a call's frame: written straight to the socket when it is the client's only call
@@ -882,7 +885,7 @@ impl Inner {
         } else {
             tx.send_direct(frame).await
         };
-        sent.map_err(|_| self.disconnected())
+        sent.map_err(|_| self.disconnected(false))
     }
 
     /// Sends a request built around a fresh id and waits for the frame that answers it.
@@ -965,7 +968,7 @@ impl Inner {
             } else if call.expired() {
                 ClientError::NoReply(wait)
             } else {
-                self.disconnected()
+                self.disconnected(true)
             }
         })
     }

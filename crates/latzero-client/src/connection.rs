@@ -459,6 +459,7 @@ impl FrameReader {
             })?
             .ok_or_else(|| ClientError::Disconnected {
                 reason: Some("the server closed the connection".into()),
+                sent: true,
             })
     }
 

@@ -873,7 +873,11 @@ mod tests {
         let failed = tokio::time::timeout(Duration::from_secs(10), call).await;
         let e = failed.expect("the call waits on").unwrap().unwrap_err();
         // The call's error says why, as the event does.
-        let ClientError::Disconnected { reason: Some(why) } = &e else {
+        let ClientError::Disconnected {
+            reason: Some(why),
+            sent: true,
+        } = &e
+        else {
             panic!("{e:?}")
         };
         assert!(e.to_string().contains(why.as_str()), "{e}");

@@ -55,15 +55,18 @@ pub enum ClientError {
     /// The handler answered with `status: "error"`; this is its `error` value.
     #[error("handler returned an error: {0}")]
     Handler(Value),
-    /// The connection dropped before the reply arrived. The call may or may not have run.
-    #[error(
-        "connection to the server lost before the reply arrived{}; the call may or may not have run",
-        because(reason.as_deref())
-    )]
+    /// The connection dropped before the reply arrived, and the call may or may not have run
+    /// (`sent`); or there was no connection to send the request on, and it was not sent (a
+    /// client reconnecting, or one that will not: taken over, or told to stop reconnecting).
+    #[error("{}", disconnected(reason.as_deref(), *sent))]
     Disconnected {
-        /// Why it dropped, when the client knew by the time the call failed: the reason the
-        /// [`ClientEvent::Disconnected`](crate::ClientEvent::Disconnected) event carries.
+        /// Why the connection dropped, when the client knew by the time the request failed:
+        /// the reason the [`ClientEvent::Disconnected`](crate::ClientEvent::Disconnected)
+        /// event carries.
         reason: Option<String>,
+        /// Whether the request left this client. When it did not, the server never saw it,
+        /// and it is safe to send again once connected (`ClientEvent::Reconnected`).
+        sent: bool,
     },
     /// No reply arrived within the call's timeout plus a grace period of at least a second (the
     /// server itself did not answer, which only happens if it is wedged or gone). The client
@@ -125,9 +128,14 @@ impl ClientError {
     }
 }
 
-/// `Disconnected`'s reason, as the message puts it.
-fn because(reason: Option<&str>) -> String {
-    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+/// `Disconnected`'s message.
+fn disconnected(reason: Option<&str>, sent: bool) -> String {
+    let because = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+    if sent {
+        format!("connection to the server lost before the reply arrived{because}; the call may or may not have run")
+    } else {
+        format!("not connected to the server{because}; the request was not sent")
+    }
 }
 
 /// `?` on the errors whose message a [`ClientError`] tells (see its doc for why these are not

@@ -787,7 +787,7 @@ impl MemoryBlock {
                     // Granted, but the connection dropped before this call took the grant up,
                     // and the lease ended with it: not the app's to use.
                     drop(leases);
-                    return Err(self.client.inner.disconnected());
+                    return Err(self.client.inner.disconnected(true));
                 }
                 // Held now: if it ends other than by `unlock`, the app is told.
                 leases.held.insert(self.key(), exclusive);

@@ -315,9 +315,13 @@ async fn sdk_reconnects_after_a_restart_and_handshakes_again() {
         matches!(e, ClientEvent::Disconnected { ref reason, reconnecting: true } if reason.contains("SHUTTING_DOWN")),
         "{e:?}"
     );
-    // While disconnected, remote calls fail at once (no hang).
+    // While disconnected, remote calls fail at once (no hang), unsent, saying why.
     let e = worker.request("p", "other").send().await.unwrap_err();
-    assert!(matches!(e, ClientError::Disconnected { .. }), "{e:?}");
+    assert!(
+        matches!(&e, ClientError::Disconnected { reason: Some(r), sent: false } if r.contains("SHUTTING_DOWN")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("was not sent"), "{e}");
 
     let second = start().await;
     next_event(&mut ev, |e| matches!(e, ClientEvent::Reconnected)).await;
