@@ -917,6 +917,8 @@ export class Client {
   /** Closes the connection; calls in flight reject with DISCONNECTED. */
   close() {
     this._closed = true;
+    // Closed while reconnecting: it no longer is.
+    this._reconnecting = false;
     const ws = this._ws;
     if (ws) {
       this._lost("client closed");
