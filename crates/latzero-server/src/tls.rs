@@ -179,8 +179,10 @@ impl Shared {
 struct Io<'a>(&'a TcpStream);
 
 impl io::Read for Io<'_> {
+    /// A read that drains the socket clears its readiness, so the read after it (rustls reads
+    /// until `WouldBlock`) returns `WouldBlock` without a syscall.
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(b)
+        crate::transport::try_read_draining(self.0, b)
     }
 }
 

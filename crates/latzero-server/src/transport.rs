@@ -83,6 +83,29 @@ pub(crate) fn size_send_buffer(state: &State, s: &UdsStream) {
     }
 }
 
+/// Reads what `tcp` has now into `b` without blocking, as `try_read` does, and clears the
+/// socket's readiness when the read fills less than `b`: that read drained the socket, so the
+/// next one waits for the socket's next event instead of making a syscall that finds nothing
+/// (tokio's own `poll_read` does the same; `try_read` clears it only on `WouldBlock`). The
+/// TLS and WebSocket readers read through this: with a plain `try_read` each batch a client
+/// sent cost one read more.
+pub(crate) fn try_read_draining(tcp: &TcpStream, b: &mut [u8]) -> std::io::Result<usize> {
+    let want = b.len();
+    let mut got = 0;
+    let read = tcp.try_io(tokio::io::Interest::READABLE, || {
+        got = tcp.try_read(b)?;
+        if got > 0 && got < want {
+            // Only a `WouldBlock` from here clears the readiness; the bytes are kept in `got`.
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
+}
+
 /// A connection's TLS handshake or WebSocket upgrade (`what`), within the handshake timeout;
 /// `None`, logged, if it fails or runs out of time.
 pub(crate) async fn within_handshake<T, E: std::fmt::Display>(

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -515,26 +515,11 @@ impl AsyncRead for Duplex {
         match &mut self.get_mut().read {
             RawRead::Tcp(t) => loop {
                 ready!(t.poll_read_ready(cx))?;
-                // A read that fills less than the buffer drained the socket: its readiness is
-                // cleared then (as tokio's own `poll_read` does), or the next read would be a
-                // syscall that finds nothing — one for every batch a pipelining page sends.
-                let dst = buf.initialize_unfilled();
-                let want = dst.len();
-                let mut got = 0;
-                let read = t.try_io(Interest::READABLE, || {
-                    got = t.try_read(dst)?;
-                    match got {
-                        n if n > 0 && n < want => Err(io::ErrorKind::WouldBlock.into()),
-                        n => Ok(n),
-                    }
-                });
+                // A read that drains the socket clears its readiness: the next waits here.
+                let read = crate::transport::try_read_draining(t, buf.initialize_unfilled());
                 match read {
                     Ok(n) => {
                         buf.advance(n);
-                        return Poll::Ready(Ok(()));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
-                        buf.advance(got);
                         return Poll::Ready(Ok(()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
