@@ -682,18 +682,24 @@ mod tests {
         }
     }
 
+    /// A loopback connection: the page's end, and the server's with its writer over it.
+    async fn connected() -> (TcpStream, Arc<TcpStream>, WsWrite) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let page = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let server = Arc::new(listener.accept().await.unwrap().0);
+        let write = WsWrite(Arc::new(Shared {
+            under: Under::Tcp(server.clone()),
+            out: Mutex::new(Out::default()),
+        }));
+        (page, server, write)
+    }
+
     /// A pong tungstenite writes while a message begun is still unwritten waits for it: it is
     /// not taken (so a page that pings and never reads holds the server to tungstenite's one
     /// pong), and once the socket takes the rest it follows the message whole.
     #[tokio::test]
     async fn a_pong_waits_for_the_message_begun_and_follows_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut page = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let w = WsWrite(Arc::new(Shared {
-            under: Under::Tcp(Arc::new(server)),
-            out: Mutex::new(Out::default()),
-        }));
+        let (mut page, _, w) = connected().await;
         // More than the loopback socket's buffers take while the page does not read.
         let len = 32 << 20;
         let mut frame = (len as u32).to_be_bytes().to_vec();
@@ -743,13 +749,7 @@ mod tests {
     #[tokio::test]
     async fn reads_wait_only_once_the_socket_is_drained() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut page = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let server = Arc::new(listener.accept().await.unwrap().0);
-        let write = WsWrite(Arc::new(Shared {
-            under: Under::Tcp(server.clone()),
-            out: Mutex::new(Out::default()),
-        }));
+        let (mut page, server, write) = connected().await;
         let mut d = Duplex {
             read: RawRead::Tcp(server),
             write,
@@ -792,13 +792,7 @@ mod tests {
     /// included.
     #[tokio::test]
     async fn frames_go_in_batches_whole_and_in_order() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut page = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let w = WsWrite(Arc::new(Shared {
-            under: Under::Tcp(Arc::new(server)),
-            out: Mutex::new(Out::default()),
-        }));
+        let (mut page, _, w) = connected().await;
         // Small frames: a batch's worth fits the socket at once.
         let small: Vec<Vec<u8>> = (0..WRITE_BATCH + 88).map(|i| format!("{i}").into_bytes()).collect();
         // Then frames of 2-byte and 4-byte headers, more than the loopback socket takes while
