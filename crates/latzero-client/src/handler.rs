@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 
-use bytestring::ByteString;
+use compact_str::CompactString;
 use serde_json::{Value, json};
 
 use crate::payload::Payload;
@@ -14,18 +14,19 @@ use crate::payload::Payload;
 /// [`Client::handle`](crate::Client::handle), `Request<Payload>` (its JSON text, unparsed) for
 /// [`Client::handle_raw`](crate::Client::handle_raw).
 ///
-/// The names are [`ByteString`]s: text that dereferences to `&str` and compares with `&str`,
-/// cut out of the frame the request arrived in, so a delivery copies none of them.
+/// The names are [`CompactString`]s: text that dereferences to `&str` and compares with
+/// `&str`, held inline up to 24 bytes, so a delivery allocates none of them (and, unlike a
+/// view into the frame, shares no reference count with it).
 #[derive(Debug, Clone)]
 pub struct Request<D = Value> {
     /// The trigger's name.
-    pub process: ByteString,
+    pub process: CompactString,
     /// The pool it was called in.
-    pub pool: ByteString,
+    pub pool: CompactString,
     /// The payload.
     pub data: D,
     /// The calling app (`None` for an in-process call).
-    pub origin: Option<ByteString>,
+    pub origin: Option<CompactString>,
     /// True for an emit (fire-and-forget): the return value is discarded.
     pub is_emit: bool,
 }
@@ -33,10 +34,10 @@ pub struct Request<D = Value> {
 impl<D> Request<D> {
     /// A request for `process` in `pool` carrying `data`.
     pub(crate) fn new(
-        process: ByteString,
-        pool: ByteString,
+        process: CompactString,
+        pool: CompactString,
         data: D,
-        origin: Option<ByteString>,
+        origin: Option<CompactString>,
         is_emit: bool,
     ) -> Self {
         Request {

@@ -28,8 +28,8 @@
 //!   pool it is in, runs in-process without a network round trip.
 //! - Payloads as JSON text ([`Payload`]): [`Client::call_raw`], [`Call::send_raw`] and
 //!   [`Client::handle_raw`] never parse a payload into a [`serde_json::Value`]; a received one
-//!   is a view into its frame, as are a handler's [`Request`] names ([`ByteString`], re-exported
-//!   from the `bytestring` crate).
+//!   is a view into its frame. A handler's [`Request`] names are [`CompactString`]s (re-exported
+//!   from the `compact_str` crate), inline up to 24 bytes.
 //! - Memory blocks: [`Client::create_block`] and [`Client::attach_block`] give a
 //!   [`MemoryBlock`], mapped in this process when the server is on this machine (reads and writes
 //!   touch shared memory directly), with versions, locks and [`MemoryBlock::watch`].
@@ -51,9 +51,9 @@ mod payload;
 mod pending;
 mod tls;
 
-pub use bytestring::ByteString;
 pub use call::{BroadcastReply, Call};
 pub use client::{Client, ClientEvent, Forwarded, PoolSpec};
+pub use compact_str::CompactString;
 pub use encrypted::{EncryptedPool, OpenedRecords};
 pub use error::{ClientError, RemoteError};
 pub use handler::{HandlerError, Request};

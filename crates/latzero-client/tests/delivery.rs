@@ -79,6 +79,72 @@ async fn triggers_with_any_key_order_reach_the_handler() {
     assert_eq!(server.await.unwrap(), vec![json!(4), json!(10)]);
 }
 
+/// A handler's names are held inline up to 24 bytes and on the heap past that: both forms
+/// reach it whole, by either parsing path.
+#[tokio::test]
+async fn a_handler_gets_its_names_whole_short_or_long() {
+    const LONG: &str = "a.trigger.name.longer.than.twenty.four.bytes";
+    const ORIGIN: &str = "an-app-id-longer-than-twenty-four-bytes";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, mut buf) = accept_handshake(listener, "w").await;
+        let mut registered = 0;
+        while registered < 2 {
+            registered += usize::from(read_frame(&mut s, &mut buf).await["action"] == "register");
+        }
+        let mut answers = vec![];
+        for (i, (process, origin, reordered)) in [
+            ("names", "c", false),
+            (LONG, ORIGIN, false),
+            ("names", ORIGIN, true),
+            (LONG, "c", true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = (i + 1).to_string();
+            let text = if reordered {
+                json!({"id": id, "pool": "p", "process": process, "action": "trigger", "data": null, "origin": {"app_id": origin}}).to_string()
+            } else {
+                format!(
+                    r#"{{"action":"trigger","id":"{id}","process":"{process}","pool":"p","data":null,"origin":{{"app_id":"{origin}"}},"ttl":1000}}"#
+                )
+            };
+            s.write_all(&encode_json(text.as_bytes())).await.unwrap();
+            let r = loop {
+                let f = read_frame(&mut s, &mut buf).await;
+                if f["action"] == "response" {
+                    break f;
+                }
+            };
+            assert_eq!(r["in_reply_to"], id);
+            answers.push(r["response"].clone());
+        }
+        answers
+    });
+    let client = Client::connect(&format!("latzero://w@{addr}?pools=p")).await.unwrap();
+    for name in ["names", LONG] {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.handle(
+                name,
+                |r: Request| async move { Ok(json!([r.process, r.pool, r.origin])) },
+            )
+            .await
+        });
+    }
+    assert_eq!(
+        server.await.unwrap(),
+        vec![
+            json!(["names", "p", "c"]),
+            json!([LONG, "p", ORIGIN]),
+            json!(["names", "p", ORIGIN]),
+            json!([LONG, "p", "c"]),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_call_never_answered_ends_at_its_own_deadline_while_a_longer_one_waits_on() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
