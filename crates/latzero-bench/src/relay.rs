@@ -177,20 +177,26 @@ async fn pipelined(c: Framed, n: usize, inflight: usize) -> Result<f64> {
             Ok::<_, anyhow::Error>(w)
         }
     });
-    let mut buf = Vec::with_capacity(256 * 1024);
-    let mut got = 0;
-    while got < n {
-        let mut chunk = [0u8; 64 * 1024];
-        let k = r.read(&mut chunk).await?;
-        if k == 0 {
-            bail!("relay closed");
+    // The reader runs as a task too, as the SDK peers' callers do: on the caller's own thread
+    // (`block_on`) every credit it returned would wake the sender across threads.
+    let read = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(256 * 1024);
+        let mut got = 0;
+        while got < n {
+            let mut chunk = [0u8; 64 * 1024];
+            let k = r.read(&mut chunk).await?;
+            if k == 0 {
+                bail!("relay closed");
+            }
+            buf.extend_from_slice(&chunk[..k]);
+            let (end, frames) = complete_frames(&buf);
+            buf.drain(..end);
+            got += frames;
+            credits.add_permits(frames);
         }
-        buf.extend_from_slice(&chunk[..k]);
-        let (end, frames) = complete_frames(&buf);
-        buf.drain(..end);
-        got += frames;
-        credits.add_permits(frames);
-    }
+        Ok::<_, anyhow::Error>(r)
+    });
+    let _r = read.await??;
     let _w = send.await??;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }

@@ -106,10 +106,16 @@ pub async fn pipelined(ws: Ws, data: &str, n: usize, inflight: usize) -> Result<
             Ok::<_, anyhow::Error>(tx)
         }
     });
-    for _ in 0..n {
-        answered(&next_text(&mut rx).await?)?;
-        credits.add_permits(1);
-    }
+    // The reader runs as a task too, as the SDK peers' callers do: on the caller's own thread
+    // (`block_on`) every credit it returned would wake the sender across threads.
+    let read = tokio::spawn(async move {
+        for _ in 0..n {
+            answered(&next_text(&mut rx).await?)?;
+            credits.add_permits(1);
+        }
+        Ok::<_, anyhow::Error>(rx)
+    });
+    let _rx = read.await??;
     let _tx = send.await??;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
