@@ -542,6 +542,16 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
                 let mut q = out.lock();
                 if q.buf.is_empty() {
                     q.busy = false;
+                    // Finished (or every handle gone) is read under the same lock that found
+                    // the queue empty, and the queue closed under it too: frames queued before
+                    // the finish are in `buf` then and are written first, and a send after it
+                    // fails rather than queue what nobody writes. Read apart, frames queued
+                    // and a finish made between the two reads were dropped (a close that lost
+                    // the emits before it).
+                    if q.orphaned {
+                        q.closed = true;
+                        break 'run;
+                    }
                     break;
                 }
                 (q.frames < BATCH_FRAMES, q.frames)
@@ -586,9 +596,6 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
             if spare.capacity() > RETAIN_BUFFER {
                 spare = Vec::new();
             }
-        }
-        if out.lock().orphaned {
-            break;
         }
         tokio::select! {
             biased;
