@@ -369,6 +369,34 @@ async fn handler_gone_mid_call_fails_the_caller_at_once() {
     s.stop().await;
 }
 
+/// Emits return once queued: a client dropped straight after them still writes them all, and
+/// every one reaches the handler, in order. Two workers, so that the emitter's connection task
+/// may see the close before its writer has run (a race that once dropped such emits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_queued_by_a_client_dropped_at_once_all_reach_the_handler() {
+    let s = TestServer::start().await;
+    let r = Client::connect(&s.url("r?pools=p")).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    r.handle("ev", move |q: Request| {
+        let _ = tx.send(q.data);
+        async { Ok(Value::Null) }
+    })
+    .await
+    .unwrap();
+    for round in 0..20 {
+        let e = Client::connect(&s.url(&format!("e{round}?pools=p"))).await.unwrap();
+        for i in 0..100 {
+            e.emit("p", "ev", &json!([round, i])).await.unwrap();
+        }
+        drop(e);
+        for i in 0..100 {
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            assert_eq!(got.ok().flatten(), Some(json!([round, i])), "round {round}");
+        }
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_closed_client_fails_its_calls_and_emits_with_closed_in_every_clone() {
     let s = TestServer::start().await;
