@@ -5,14 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use latzero_client::{Client, ClientOptions, Payload, Request};
 use latzero_testkit::ServerProc;
 use serde_json::Value;
 
-use crate::stats::{CALLERS, Figures, HANDLERS, Lat, RECEIVERS, Sizes};
+use crate::stats::{CALLERS, Figures, HANDLERS, RECEIVERS, Sizes};
 
 /// How the SDK reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ async fn echo_handler(link: &Link, app: &str) -> Result<Client> {
     Ok(h)
 }
 
-async fn seq(c: &Client, size: usize, n: usize, warmup: usize) -> Result<Lat> {
+async fn seq(c: &Client, size: usize, n: usize, warmup: usize) -> Result<Vec<Duration>> {
     let p = payload(size);
     let mut lat = Vec::with_capacity(n);
     for i in 0..warmup + n {
@@ -95,7 +95,7 @@ async fn seq(c: &Client, size: usize, n: usize, warmup: usize) -> Result<Lat> {
             lat.push(t.elapsed());
         }
     }
-    Ok(Lat::from(lat))
+    Ok(lat)
 }
 
 async fn parallel(clients: Vec<Client>, tasks_per_client: usize, n: usize) -> Result<f64> {
@@ -223,8 +223,8 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
         {
             let _h = echo_handler(&link, "h").await?;
             let mut c = crate::ws::connect(ws_port, "caller").await?;
-            f.seq_64 = crate::ws::seq(&mut c, &ws_text(64), sizes.seq, sizes.warmup).await?;
-            f.seq_4k = crate::ws::seq(&mut c, &ws_text(4096), sizes.seq, sizes.warmup).await?;
+            f.seq_64_samples = crate::ws::seq(&mut c, &ws_text(64), sizes.seq, sizes.warmup).await?;
+            f.seq_4k_samples = crate::ws::seq(&mut c, &ws_text(4096), sizes.seq, sizes.warmup).await?;
             f.pipelined = crate::ws::pipelined(c, &ws_text(64), sizes.pipelined, sizes.inflight).await?;
         }
         {
@@ -240,8 +240,8 @@ pub async fn run(bin: &Path, sizes: &Sizes, transport: Transport) -> Result<Figu
     {
         let _h = echo_handler(&link, "h").await?;
         let c = connect(&link, "caller").await?;
-        f.seq_64 = seq(&c, 64, sizes.seq, sizes.warmup).await?;
-        f.seq_4k = seq(&c, 4096, sizes.seq, sizes.warmup).await?;
+        f.seq_64_samples = seq(&c, 64, sizes.seq, sizes.warmup).await?;
+        f.seq_4k_samples = seq(&c, 4096, sizes.seq, sizes.warmup).await?;
         f.pipelined = parallel(vec![c], sizes.inflight, sizes.pipelined).await?;
     }
     {

@@ -58,9 +58,10 @@ struct Args {
     /// Warm-up calls before each sequential measurement
     #[arg(long, default_value_t = 2_000)]
     warmup: usize,
-    /// Rounds of the rates (pipelined, 10×2, fan-out), run in turn across the peers, each
-    /// peer's rate the median of its rounds (each round listed below the table); the sequential
-    /// percentiles come from the first round [default: 5]
+    /// Rounds, run in turn across the peers: each peer's rates (pipelined, 10×2, fan-out) are
+    /// the median of its rounds (each round listed below the table), and each round measures
+    /// its share of `--seq` (after `--warmup`), the percentiles taken from all of them
+    /// [default: 5]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
     rounds: Option<u16>,
     /// The latzero binary [default: next to this executable]
@@ -245,8 +246,11 @@ async fn measure(args: &Args, sizes: &Sizes) -> Result<Vec<Figures>> {
     let rounds = sizes.rounds.max(1);
     let mut by_peer = vec![Vec::new(); peers.len()];
     for round in 0..rounds {
-        // Later rounds warm up and measure the rates only.
-        let s = if round == 0 { *sizes } else { Sizes { seq: 0, ..*sizes } };
+        // Each round warms up and measures its share of the sequential calls.
+        let s = Sizes {
+            seq: stats::seq_share(sizes.seq, round, rounds),
+            ..*sizes
+        };
         for ((name, peer), got) in args.peers.iter().zip(&peers).zip(&mut by_peer) {
             eprintln!("  {name} (round {} of {rounds})", round + 1);
             got.push(match peer {
@@ -520,7 +524,8 @@ fn header(s: &Sizes) -> String {
             0 | 1 => String::new(),
             n => format!(
                 "Rates (pipelined, 10×2, fan-out) are each peer's median of {n} rounds, run in turn across the \
-                 peers (each round is listed below its table); the sequential percentiles come from the first round.\n"
+                 peers (each round is listed below its table); the sequential calls are split between the rounds \
+                 (each warmed up), their percentiles taken from all of them.\n"
             ),
         },
         settings = settings(s),

@@ -5,13 +5,13 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::stats::{CALLERS, Figures, HANDLERS, Lat, RECEIVERS, Sizes, payload};
+use crate::stats::{CALLERS, Figures, HANDLERS, RECEIVERS, Sizes, payload};
 
 /// A running nats-server, killed on drop.
 pub struct NatsServer {
@@ -80,7 +80,7 @@ async fn responder(url: &str, queue: bool) -> Result<(async_nats::Client, tokio:
     Ok((client, task))
 }
 
-async fn seq(c: &async_nats::Client, size: usize, n: usize, warmup: usize) -> Result<Lat> {
+async fn seq(c: &async_nats::Client, size: usize, n: usize, warmup: usize) -> Result<Vec<Duration>> {
     let p = Bytes::from(payload(size));
     let mut lat = Vec::with_capacity(n);
     for i in 0..warmup + n {
@@ -90,7 +90,7 @@ async fn seq(c: &async_nats::Client, size: usize, n: usize, warmup: usize) -> Re
             lat.push(t.elapsed());
         }
     }
-    Ok(Lat::from(lat))
+    Ok(lat)
 }
 
 async fn parallel(clients: Vec<async_nats::Client>, tasks_per_client: usize, n: usize) -> Result<f64> {
@@ -168,8 +168,8 @@ pub async fn run(sizes: &Sizes) -> Result<Figures> {
     {
         let (_r, task) = responder(&server.url, false).await?;
         let c = async_nats::connect(&server.url).await?;
-        f.seq_64 = seq(&c, 64, sizes.seq, sizes.warmup).await?;
-        f.seq_4k = seq(&c, 4096, sizes.seq, sizes.warmup).await?;
+        f.seq_64_samples = seq(&c, 64, sizes.seq, sizes.warmup).await?;
+        f.seq_4k_samples = seq(&c, 4096, sizes.seq, sizes.warmup).await?;
         f.pipelined = parallel(vec![c], sizes.inflight, sizes.pipelined).await?;
         task.abort();
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::stats::{Figures, Lat, Sizes, payload};
+use crate::stats::{Figures, Sizes, payload};
 
 /// `latzero-bench relay`: accept a handler ('H') and a caller ('C'), then copy complete frames
 /// both ways. Prints the port on stdout. Single-threaded, as lean as a relay gets.
@@ -136,7 +136,7 @@ async fn session(port: u16) -> Result<(Framed, tokio::task::JoinHandle<Result<()
     Ok((c, echo))
 }
 
-async fn seq(c: &mut Framed, size: usize, n: usize, warmup: usize) -> Result<Lat> {
+async fn seq(c: &mut Framed, size: usize, n: usize, warmup: usize) -> Result<Vec<Duration>> {
     let f = frame(&payload(size));
     let mut lat = Vec::with_capacity(n);
     for i in 0..warmup + n {
@@ -147,7 +147,7 @@ async fn seq(c: &mut Framed, size: usize, n: usize, warmup: usize) -> Result<Lat
             lat.push(t.elapsed());
         }
     }
-    Ok(Lat::from(lat))
+    Ok(lat)
 }
 
 async fn pipelined(c: Framed, n: usize, inflight: usize) -> Result<f64> {
@@ -221,8 +221,8 @@ pub async fn run(sizes: &Sizes) -> Result<Figures> {
     {
         let (mut child, port) = start()?;
         let (mut c, echo) = session(port).await?;
-        figures.seq_64 = seq(&mut c, 64, sizes.seq, sizes.warmup).await?;
-        figures.seq_4k = seq(&mut c, 4096, sizes.seq, sizes.warmup).await?;
+        figures.seq_64_samples = seq(&mut c, 64, sizes.seq, sizes.warmup).await?;
+        figures.seq_4k_samples = seq(&mut c, 4096, sizes.seq, sizes.warmup).await?;
         drop(c);
         echo.abort();
         let _ = child.kill();

@@ -40,6 +40,12 @@ pub struct Figures {
     /// fields above are their medians.
     #[serde(default)]
     pub rounds: Vec<Rates>,
+    /// The round trips `seq_64` and `seq_4k` are taken from: one round's as measured, pooled
+    /// by [`combine`]. Not serialised: rounds are combined in the process that ran them.
+    #[serde(skip)]
+    pub seq_64_samples: Vec<Duration>,
+    #[serde(skip)]
+    pub seq_4k_samples: Vec<Duration>,
 }
 
 /// The rates of one round.
@@ -51,8 +57,10 @@ pub struct Rates {
 }
 
 /// One peer's figures from several rounds (at least one), in the order run: the sequential
-/// percentiles of the first (later rounds only warm up before their rates), and the median of
-/// each rate, with every round's rates kept beside it.
+/// percentiles of every round's round trips pooled (each round measures its share of the
+/// sequential calls, so each peer's percentiles span the same spells of the machine and the
+/// same placements of its threads, rather than one round's), and the median of each rate,
+/// with every round's rates kept beside it.
 pub fn combine(rounds: Vec<Figures>) -> Figures {
     let rates: Vec<Rates> = rounds
         .iter()
@@ -62,7 +70,16 @@ pub fn combine(rounds: Vec<Figures>) -> Figures {
             fanout: f.fanout,
         })
         .collect();
-    let mut first = rounds.into_iter().next().expect("at least one round");
+    let mut rounds = rounds.into_iter();
+    let mut first = rounds.next().expect("at least one round");
+    let mut b64 = std::mem::take(&mut first.seq_64_samples);
+    let mut b4k = std::mem::take(&mut first.seq_4k_samples);
+    for mut f in rounds {
+        b64.append(&mut f.seq_64_samples);
+        b4k.append(&mut f.seq_4k_samples);
+    }
+    first.seq_64 = Lat::from(b64);
+    first.seq_4k = Lat::from(b4k);
     if rates.len() > 1 {
         first.pipelined = median(rates.iter().map(|r| Some(r.pipelined))).unwrap_or_default();
         first.multi = median(rates.iter().map(|r| r.multi));
@@ -70,6 +87,13 @@ pub fn combine(rounds: Vec<Figures>) -> Figures {
         first.rounds = rates;
     }
     first
+}
+
+/// The sequential calls of round `round` (from 0) of `rounds`: `seq` split between them, the
+/// first rounds taking one more where it does not divide.
+pub fn seq_share(seq: usize, round: usize, rounds: usize) -> usize {
+    let rounds = rounds.max(1);
+    seq / rounds + usize::from(round < seq % rounds)
 }
 
 /// The median of the values present (the mean of the middle two for an even count); `None`
@@ -119,43 +143,66 @@ pub fn payload(len: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn round(pipelined: f64, multi: Option<f64>, p50: f64) -> Figures {
+    /// A round's figures, its sequential 64 B round trips `us` microseconds each.
+    fn round(pipelined: f64, multi: Option<f64>, us: &[u64]) -> Figures {
         Figures {
             peer: "p".into(),
-            seq_64: Lat { p50, ..Lat::default() },
             pipelined,
             multi,
             fanout: Some(pipelined * 2.0),
+            seq_64_samples: us.iter().map(|&u| Duration::from_micros(u)).collect(),
             ..Figures::default()
         }
     }
 
     #[test]
-    fn rates_are_the_median_of_the_rounds_and_latency_comes_from_the_first() {
+    fn rates_are_the_median_of_the_rounds() {
         let f = combine(vec![
-            round(300.0, Some(10.0), 40.0),
-            round(100.0, Some(30.0), 0.0),
-            round(200.0, Some(20.0), 0.0),
+            round(300.0, Some(10.0), &[]),
+            round(100.0, Some(30.0), &[]),
+            round(200.0, Some(20.0), &[]),
         ]);
         assert_eq!(f.pipelined, 200.0);
         assert_eq!(f.multi, Some(20.0));
         assert_eq!(f.fanout, Some(400.0));
-        assert_eq!(f.seq_64.p50, 40.0);
         let order: Vec<f64> = f.rounds.iter().map(|r| r.pipelined).collect();
         assert_eq!(order, [300.0, 100.0, 200.0], "kept in the order run");
     }
 
     #[test]
+    fn latency_percentiles_pool_every_rounds_round_trips() {
+        // A slow first round and two fast ones: the median is the pooled one, neither the first
+        // round's nor a median of the rounds' medians.
+        let f = combine(vec![
+            round(1.0, None, &[90, 91, 92]),
+            round(1.0, None, &[10, 11]),
+            round(1.0, None, &[12, 13]),
+        ]);
+        assert_eq!(f.seq_64.p50, 13.0);
+        assert_eq!(f.seq_64.p999, 92.0);
+        assert!(f.seq_64_samples.is_empty() && f.seq_4k.p50 == 0.0);
+    }
+
+    #[test]
+    fn the_sequential_calls_are_split_between_the_rounds() {
+        let shares: Vec<usize> = (0..3).map(|r| seq_share(20_000, r, 3)).collect();
+        assert_eq!(shares, [6_667, 6_667, 6_666]);
+        assert_eq!(seq_share(7, 0, 1), 7);
+        assert_eq!(seq_share(2, 4, 5), 0, "more rounds than calls");
+        assert_eq!(seq_share(5, 0, 0), 5, "no rounds count as one");
+    }
+
+    #[test]
     fn an_even_count_takes_the_mean_of_the_middle_two_and_absent_rates_stay_absent() {
-        let f = combine(vec![round(100.0, None, 1.0), round(300.0, None, 0.0)]);
+        let f = combine(vec![round(100.0, None, &[]), round(300.0, None, &[])]);
         assert_eq!(f.pipelined, 200.0);
         assert_eq!(f.multi, None);
     }
 
     #[test]
     fn one_round_is_kept_as_it_is() {
-        let f = combine(vec![round(100.0, Some(5.0), 1.0)]);
-        assert_eq!((f.pipelined, f.multi), (100.0, Some(5.0)));
+        let f = combine(vec![round(100.0, Some(5.0), &[7])]);
+        assert_eq!((f.pipelined, f.multi, f.seq_64.p50), (100.0, Some(5.0), 7.0));
         assert!(f.rounds.is_empty());
     }
 }

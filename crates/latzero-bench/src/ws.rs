@@ -4,15 +4,13 @@
 //! stay SDK clients on the Unix socket, as local workers serving pages would be.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-
-use crate::stats::Lat;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -70,7 +68,7 @@ fn answered(t: &str) -> Result<()> {
 }
 
 /// `warmup + n` calls one after another; the latencies of the last `n`.
-pub async fn seq(ws: &mut Ws, data: &str, n: usize, warmup: usize) -> Result<Lat> {
+pub async fn seq(ws: &mut Ws, data: &str, n: usize, warmup: usize) -> Result<Vec<Duration>> {
     let mut lat = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t = Instant::now();
@@ -80,7 +78,7 @@ pub async fn seq(ws: &mut Ws, data: &str, n: usize, warmup: usize) -> Result<Lat
             lat.push(t.elapsed());
         }
     }
-    Ok(Lat::from(lat))
+    Ok(lat)
 }
 
 /// `n` calls with `inflight` in flight: a writer sends while it has credits (flushing once per
