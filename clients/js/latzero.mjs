@@ -847,7 +847,7 @@ export class Client {
     this._dropped = reason;
     for (const [id, w] of this._pending) {
       clearTimeout(w.timer);
-      w.reject(new LatZeroError("DISCONNECTED", `the connection to the server was lost before the reply arrived (${reason}); the call may or may not have run`, { sent: true }));
+      w.reject(new LatZeroError("DISCONNECTED", `the connection to the server was lost before the reply arrived (${reason}); the request was sent and may or may not have been carried out (a call may have run)`, { sent: true }));
       this._pending.delete(id);
     }
     // Leases end with their connection, and are not taken again: each holder is told.

@@ -427,7 +427,7 @@ class Client:
             if closing is not None:
                 reason = f"{closing.get('code')}: {closing.get('message')}"
             self._dropped = reason
-            self._drop_connection("DISCONNECTED", f"the connection to the server was lost before the reply arrived ({reason}); the call may or may not have run")
+            self._drop_connection("DISCONNECTED", f"the connection to the server was lost before the reply arrived ({reason}); the request was sent and may or may not have been carried out (a call may have run)")
             # Leases end with their connection, and are not taken again: each holder is told.
             self._drops += 1
             leases, self._leases = self._leases, {}
@@ -739,7 +739,7 @@ class Client:
             await self._writer.drain()
             return await fut
         except (OSError, AttributeError):
-            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the call may or may not have run", sent=True) from None
+            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the request was sent and may or may not have been carried out (a call may have run)", sent=True) from None
         finally:
             self._pending.pop(rid, None)
 

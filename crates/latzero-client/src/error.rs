@@ -55,8 +55,8 @@ pub enum ClientError {
     /// The handler answered with `status: "error"`; this is its `error` value.
     #[error("handler returned an error: {0}")]
     Handler(Value),
-    /// The connection dropped before the reply arrived, and the call may or may not have run
-    /// (`sent`); or there was no connection to send the request on, and it was not sent (a
+    /// The connection dropped before the reply arrived, and the request (a call, a block write,
+    /// an admin request) may or may not have been carried out (`sent`); or there was no connection to send the request on, and it was not sent (a
     /// client reconnecting, or one that will not: taken over, or told to stop reconnecting).
     #[error("{}", disconnected(reason.as_deref(), *sent))]
     Disconnected {
@@ -132,7 +132,7 @@ impl ClientError {
 fn disconnected(reason: Option<&str>, sent: bool) -> String {
     let because = reason.map(|r| format!(" ({r})")).unwrap_or_default();
     if sent {
-        format!("connection to the server lost before the reply arrived{because}; the call may or may not have run")
+        format!("connection to the server lost before the reply arrived{because}; the request was sent and may or may not have been carried out (a call may have run)")
     } else {
         format!("not connected to the server{because}; the request was not sent")
     }
