@@ -191,7 +191,8 @@ async def connect(app_id, **options):
     The first handshake is strict: every pool and trigger asked for, or a LatZeroError.
     options: socket, host, port, tls_fingerprint, tls_ca, pools, triggers, meta,
     auth ({"token": ...} or {"jwt": ...}), takeover, ephemeral, timeout (seconds per call,
-    default 30), reconnect (default True), backoff_min (0.1 s), backoff_max (5 s).
+    default 30), reconnect (default True), backoff_min (0.1 s), backoff_max (5 s), close_grace
+    (5 s: how long close() waits for what was queued to be written).
     """
     if app_id.startswith(("latzero://", "latzeros://")):
         from_url = parse_url(app_id)
@@ -263,7 +264,7 @@ def parse_url(url):
 class Client:
     def __init__(self, app_id, socket=None, host=None, port=None, pools=(), triggers=(), meta=None,
                  auth=None, takeover=False, ephemeral=False, timeout=30.0, reconnect=True,
-                 backoff_min=0.1, backoff_max=5.0, tls_fingerprint=None, tls_ca=None):
+                 backoff_min=0.1, backoff_max=5.0, tls_fingerprint=None, tls_ca=None, close_grace=5.0):
         tls = tls_fingerprint is not None or tls_ca is not None
         if socket is not None:
             if tls:
@@ -295,6 +296,8 @@ class Client:
         self._ephemeral = ephemeral
         _ms(timeout, "timeout")  # checked here, not at the first call
         self._timeout = timeout
+        _ms(close_grace, "close_grace", zero=True)
+        self._close_grace = close_grace
         self._reconnect = reconnect
         self._backoff = (backoff_min, backoff_max)
         self._handlers = {}
@@ -800,7 +803,7 @@ class Client:
         it returns None once the event is queued to the server, and a refusal (NOT_IN_POOL,
         OVERLOADED) comes later as a `server_error` event. An event still queued when the
         connection drops is lost with it (the `disconnected` event tells of the drop): wait
-        for the receipt where that matters."""
+        for the receipt where that matters. close() writes what is queued before it returns."""
         if confirm:
             f = await self._request({"action": "emit", "process": trigger, "pool": pool, "data": data}, self._timeout)
             return f.get("delivered")
@@ -1041,14 +1044,36 @@ class Client:
         return handle
 
     async def close(self):
-        """Closes the connection; calls in flight raise DISCONNECTED."""
+        """Closes the connection; calls in flight raise DISCONNECTED. What was queued before
+        (a fire-and-forget emit returns once queued) is written first: close returns once the
+        connection has taken all of it, or after `close_grace` seconds (5 by default) of a
+        server that does not read it, when the rest is dropped with a warning on the `latzero`
+        logger. So a program may end as soon as close returns."""
         self._closed = True
         if self._reader_task is not None:
             self._reader_task.cancel()
+        writer = self._writer
         self._dropped = "the client was closed"
         self._drop_connection("DISCONNECTED", "the client was closed")
         self._event("disconnected", {"reason": "client closed", "reconnecting": False})
+        if writer is not None:
+            await self._written(writer)
         self._finish()
+
+    async def _written(self, writer):
+        """Waits for a closed `writer` to write what it holds, for up to the close grace; then
+        drops the rest, saying so."""
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self._close_grace)
+        except asyncio.TimeoutError:
+            left = writer.transport.get_write_buffer_size()
+            writer.transport.abort()
+            if left:
+                _log.warning("close: %d bytes queued to the server were not written: it did not read them "
+                             "within the close grace (%s s)", left, self._close_grace)
+        except OSError:
+            # The connection failed meanwhile; the `disconnected` event has told of the close.
+            pass
 
     async def wait_closed(self):
         """Waits until the client is closed, or disconnected for good."""

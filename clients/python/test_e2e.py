@@ -30,6 +30,87 @@ def once(client, event, timeout=20.0, which=lambda d: True):
     return asyncio.wait_for(fut, timeout)
 
 
+
+CLOSING_SENDER = r"""
+import asyncio, logging, os, socket, sys
+sys.path.insert(0, os.environ["LATZERO_PY"])
+import latzero
+
+async def main():
+    logging.basicConfig()
+    c = await latzero.connect("py-closing", pools=["demo"], socket=os.environ["LATZERO_SOCKET"], ephemeral=True,
+                              close_grace=float(os.environ["CLOSE_GRACE"]))
+    # A small send buffer, so that the kernel cannot take the emits below whatever its default.
+    c._writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for i in range(6):
+        await c.emit("demo", "closing_tally", {"i": i, "pad": "x" * 10000}, confirm=False)
+    await asyncio.sleep(0)  # the turn's frames handed to the transport
+    print("held", c._writer.transport.get_write_buffer_size() + sum(map(len, c._out)), flush=True)
+    await c.close()
+    print("closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def closing_sender(close_grace):
+    """A process that queues emits and closes (CLOSING_SENDER), and a reader of its lines."""
+    env = dict(os.environ, LATZERO_PY=os.path.dirname(os.path.abspath(latzero.__file__)), CLOSE_GRACE=str(close_grace))
+    sender = await asyncio.create_subprocess_exec(sys.executable, "-c", CLOSING_SENDER, env=env, stdin=subprocess.PIPE,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return sender, lambda: asyncio.wait_for(sender.stdout.readline(), 20)
+
+
+async def closing_writes_what_was_queued(worker):
+    import signal
+    status = await worker._request({"action": "status"}, 5)
+    server = status["server"]["pid"]
+    got, all_got = [], asyncio.get_running_loop().create_future()
+
+    def arrived(req):
+        got.append(req.data["i"])
+        if len(got) == 6:
+            all_got.set_result(None)
+
+    await worker.handle("closing_tally", arrived)
+    sender, line = await closing_sender(5.0)
+    check(await line() == b"ready\n", "the closing sender connected")
+    os.kill(server, signal.SIGSTOP)
+    try:
+        sender.stdin.write(b"go\n")
+        held = (await line()).split()
+        check(held[0] == b"held" and int(held[1]) > 0, "emits held in the client while the server is stopped", held)
+        try:
+            await asyncio.wait_for(sender.wait(), 1.0)
+            ended = True
+        except asyncio.TimeoutError:
+            ended = False
+        check(not ended, "close() waits for the held emits to be written (the sender did not end)")
+    finally:
+        os.kill(server, signal.SIGCONT)
+    check(await asyncio.wait_for(sender.wait(), 20) == 0, "the sender ended once they were written")
+    check(await line() == b"closed\n", "its close() returned")
+    await asyncio.wait_for(all_got, 10)
+    check(got == list(range(6)), "every emit queued before close() arrived, in order", got)
+    await worker.unhandle("closing_tally")
+
+    # A server that reads nothing holds close() up for the close grace only, and the bytes it
+    # drops then are told.
+    sender, line = await closing_sender(0.2)
+    check(await line() == b"ready\n", "a second closing sender connected")
+    os.kill(server, signal.SIGSTOP)
+    try:
+        sender.stdin.write(b"go\n")
+        check((await line()).startswith(b"held "), "its emits held in the client")
+        ended = await asyncio.wait_for(sender.wait(), 20)
+    finally:
+        os.kill(server, signal.SIGCONT)
+    told = (await sender.stderr.read()).decode()
+    check(ended == 0 and await line() == b"closed\n", "close() returned after the grace, the server still stopped")
+    check("were not written" in told and "close grace (0.2 s)" in told, "the bytes it dropped are told", told)
+
 async def main():
     opts = dict(socket=SOCKET, ephemeral=True, timeout=5.0, backoff_min=0.02, backoff_max=0.2)
     worker = await latzero.connect("py-worker", pools=["demo"], **opts)
@@ -167,6 +248,8 @@ async def main():
             check(e.code == "INVALID_OPTIONS", "a timeout that is not above zero is refused", (bad, str(e)))
     e = await raises(other.block_lock("demo", "cfg", wait=-1))
     check(e.code == "INVALID_OPTIONS", "a negative wait is refused", str(e))
+    e = await raises(latzero.connect("py-bad", socket=SOCKET, close_grace=-1))
+    check(e.code == "INVALID_OPTIONS" and "close_grace" in e.message, "a negative close grace is refused", str(e))
     # A misspelt event would never fire, and a handler or watch that is not a function would
     # fail at its first event: both are refused where they are given.
     try:
@@ -321,6 +404,12 @@ async def main():
     refused = once(other, "server_error")
     await other.emit("elsewhere", "tally", 1, confirm=False)
     check((await refused).code == "NOT_IN_POOL", "a refused emit without a receipt is told")
+
+    # close() writes what was queued before it returns, so a program that ends right after it
+    # loses nothing. The server is stopped (SIGSTOP) while a sender process queues more than its
+    # socket takes: the rest waits in the client when it closes, and the sender must not end
+    # until the server, continued, has read it all.
+    await closing_writes_what_was_queued(worker)
 
     # Memory blocks, through the server: binary bytes at an offset, and a json document.
     await worker.block_create("demo", "frame", 16)
