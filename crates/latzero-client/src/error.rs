@@ -132,7 +132,9 @@ impl ClientError {
 fn disconnected(reason: Option<&str>, sent: bool) -> String {
     let because = reason.map(|r| format!(" ({r})")).unwrap_or_default();
     if sent {
-        format!("connection to the server lost before the reply arrived{because}; the request was sent and may or may not have been carried out (a call may have run)")
+        format!(
+            "connection to the server lost before the reply arrived{because}; the request was sent and may or may not have been carried out (a call may have run)"
+        )
     } else {
         format!("not connected to the server{because}; the request was not sent")
     }
