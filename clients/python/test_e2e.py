@@ -30,7 +30,6 @@ def once(client, event, timeout=20.0, which=lambda d: True):
     return asyncio.wait_for(fut, timeout)
 
 
-
 CLOSING_SENDER = r"""
 import asyncio, logging, os, socket, sys
 sys.path.insert(0, os.environ["LATZERO_PY"])
@@ -110,6 +109,7 @@ async def closing_writes_what_was_queued(worker):
     told = (await sender.stderr.read()).decode()
     check(ended == 0 and await line() == b"closed\n", "close() returned after the grace, the server still stopped")
     check("were not written" in told and "close grace (0.2 s)" in told, "the bytes it dropped are told", told)
+
 
 async def main():
     opts = dict(socket=SOCKET, ephemeral=True, timeout=5.0, backoff_min=0.02, backoff_max=0.2)

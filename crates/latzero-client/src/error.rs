@@ -56,8 +56,9 @@ pub enum ClientError {
     #[error("handler returned an error: {0}")]
     Handler(Value),
     /// The connection dropped before the reply arrived, and the request (a call, a block write,
-    /// an admin request) may or may not have been carried out (`sent`); or there was no connection to send the request on, and it was not sent (a
-    /// client reconnecting, or one that will not: taken over, or told to stop reconnecting).
+    /// an admin request) may or may not have been carried out (`sent`); or there was no
+    /// connection to send the request on, and it was not sent (a client reconnecting, or one
+    /// that will not: taken over, or told to stop reconnecting).
     #[error("{}", disconnected(reason.as_deref(), *sent))]
     Disconnected {
         /// Why the connection dropped, when the client knew by the time the request failed:
