@@ -84,6 +84,8 @@ import time
 import urllib.parse
 
 _log = logging.getLogger("latzero")
+# What a DISCONNECTED error says of a request that left before its connection was lost.
+_MAYBE_CARRIED_OUT = "the request was sent and may or may not have been carried out (a call may have run)"
 
 __all__ = ["LatZeroError", "HandlerError", "Request", "Client", "Block", "PoolKeys", "EncryptedPool", "connect",
            "parse_url"]
@@ -430,7 +432,7 @@ class Client:
             if closing is not None:
                 reason = f"{closing.get('code')}: {closing.get('message')}"
             self._dropped = reason
-            self._drop_connection("DISCONNECTED", f"the connection to the server was lost before the reply arrived ({reason}); the request was sent and may or may not have been carried out (a call may have run)")
+            self._drop_connection("DISCONNECTED", f"the connection to the server was lost before the reply arrived ({reason}); {_MAYBE_CARRIED_OUT}")
             # Leases end with their connection, and are not taken again: each holder is told.
             self._drops += 1
             leases, self._leases = self._leases, {}
@@ -742,7 +744,7 @@ class Client:
             await self._writer.drain()
             return await fut
         except (OSError, AttributeError):
-            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; the request was sent and may or may not have been carried out (a call may have run)", sent=True) from None
+            raise LatZeroError("DISCONNECTED", f"the connection to the server was lost{self._why()}; {_MAYBE_CARRIED_OUT}", sent=True) from None
         finally:
             self._pending.pop(rid, None)
 
