@@ -474,7 +474,9 @@ impl Client {
     /// Closes the connection. Calls in flight fail with `Disconnected`. Frames queued before
     /// (an emit returns once queued) are still written, for up to
     /// [`ClientOptions::close_grace`](crate::ClientOptions::close_grace); dropping the last clone
-    /// of a client closes it the same way. [`flush`](Self::flush) first to know they arrived.
+    /// of a client closes it the same way. [`flush`](Self::flush) first to know they arrived:
+    /// the runtime must also outlive the writing, and bytes left unwritten (the grace ran out,
+    /// or the runtime shut down first) are logged as a `tracing` warning with their count.
     pub fn close(&self) {
         self.inner.closed.close();
     }

@@ -530,16 +530,22 @@ pub(crate) async fn open_with_request(
 /// Writes queued frames into the socket, many per write. Ends when every [`Outbox`] is gone or
 /// one was [finished](Outbox::finish), after writing what they queued (a closed client's
 /// connection task finishes it, and leaves `dead` alone for the close grace), or when `dead` is
-/// cancelled: the connection is gone, what is queued is dropped and a write under way is given
-/// up. Cancels `dead` itself when a write fails, and as it ends. `in_flight` counts the
+/// cancelled: the connection is gone, what is queued is dropped (and counted in a warning, see
+/// [`Writing`]) and a write under way is given up. Cancels `dead` itself when a write fails, and as it ends. `in_flight` counts the
 /// client's calls waiting for an answer (see below).
 pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flight: Arc<AtomicUsize>) {
     let WriterEnd { out, mut w, gather } = end;
-    let mut spare = Vec::new();
+    // Made before the first wait, so that a runtime going away at any wait finds it.
+    let mut g = Writing {
+        out,
+        spare: Vec::new(),
+        done: 0,
+        ended: false,
+    };
     'run: loop {
         loop {
             let (room, mut seen) = {
-                let mut q = out.lock();
+                let mut q = g.out.lock();
                 if q.buf.is_empty() {
                     q.busy = false;
                     // Finished (or every handle gone) is read under the same lock that found
@@ -565,7 +571,7 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
                 tokio::task::yield_now().await;
                 if gather == Gather::WhileArriving {
                     for _ in 1..GATHER_YIELDS {
-                        let now = out.lock().frames;
+                        let now = g.out.lock().frames;
                         if now == seen || now >= BATCH_FRAMES {
                             break;
                         }
@@ -575,15 +581,25 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
                 }
             }
             {
-                let mut q = out.lock();
-                std::mem::swap(&mut q.buf, &mut spare);
+                let mut q = g.out.lock();
+                std::mem::swap(&mut q.buf, &mut g.spare);
                 q.frames = 0;
             }
-            out.room.notify_waiters();
+            g.out.room.notify_waiters();
             // A no-op flush on plain sockets; TLS may hold the tail of a record until flushed.
             // Given up when the connection is declared dead meanwhile (a closed client's grace
-            // ran out on a server that does not read).
-            let write = async { w.write_all(&spare).await.and(w.flush().await) };
+            // ran out on a server that does not read). `done` counts what the socket took, for
+            // the account of what was not written (`Writing`).
+            let (buf, done) = (&g.spare, &mut g.done);
+            let write = async {
+                while *done < buf.len() {
+                    match w.write(&buf[*done..]).await? {
+                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                        n => *done += n,
+                    }
+                }
+                w.flush().await
+            };
             let written = tokio::select! {
                 r = write => r.is_ok(),
                 _ = dead.cancelled() => false,
@@ -592,26 +608,67 @@ pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flig
                 dead.cancel();
                 break 'run;
             }
-            spare.clear();
-            if spare.capacity() > RETAIN_BUFFER {
-                spare = Vec::new();
+            g.spare.clear();
+            g.done = 0;
+            if g.spare.capacity() > RETAIN_BUFFER {
+                g.spare = Vec::new();
             }
         }
         tokio::select! {
             biased;
             _ = dead.cancelled() => break,
-            _ = out.wake.notified() => {}
+            _ = g.out.wake.notified() => {}
         }
     }
-    {
-        let mut q = out.lock();
-        q.closed = true;
-        q.buf = Vec::new();
-    }
-    out.room.notify_waiters();
+    g.ended = true;
+    // Closes the queue (sends fail from now on), telling of what was not written.
+    drop(g);
     let _ = w.shutdown().await;
     // The connection is gone: whatever waits for that (a closed client's grace) need not.
     dead.cancel();
+}
+
+/// What the writer task holds across its waits: the queue, the buffer it writes from and how
+/// much of that the socket took. Dropped as the task ends — or unfinished, when the runtime
+/// goes away first (a program returning from `main` right after closing its client) — it
+/// closes the queue, so that later sends fail rather than queue what nobody writes, and warns
+/// of the bytes queued and never written: emits and block notices among them are lost, and
+/// nothing else would say so.
+struct Writing {
+    out: Arc<Out>,
+    spare: Vec<u8>,
+    /// Bytes of `spare` the socket took.
+    done: usize,
+    /// The task ran to its end (else the runtime dropped it).
+    ended: bool,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let lost = {
+            let mut q = self.out.lock();
+            q.closed = true;
+            let lost = q.buf.len() + self.spare.len().saturating_sub(self.done);
+            q.buf = Vec::new();
+            lost
+        };
+        self.out.room.notify_waiters();
+        if lost > 0 && self.ended {
+            tracing::warn!(
+                bytes = lost,
+                "gave up writing {lost} bytes of queued frames (the connection dropped, or the \
+                 close grace ran out on a server that did not read them): the emits and block \
+                 notices among them did not reach the server"
+            );
+        } else if lost > 0 {
+            tracing::warn!(
+                bytes = lost,
+                "the runtime shut down before {lost} bytes of queued frames were written: the \
+                 emits and block notices among them did not reach the server (await \
+                 Client::flush before a program ends)"
+            );
+        }
+    }
 }
 
 /// Frames queued at which the writer writes without first letting other senders run.
@@ -643,6 +700,51 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// A sink that never takes a byte: a server that does not read.
+    struct Stuck;
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Runs `f` with this thread's log events written as text into what it returns.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Text(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Text {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let text = Text::default();
+        let to = text.clone();
+        let logs = tracing_subscriber::fmt()
+            .with_writer(move || to.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(logs, f);
+        String::from_utf8(text.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     /// Writes that tasks sending one 10-byte frame each turn into, with `in_flight` calls and
@@ -824,6 +926,62 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Err(()));
         assert_eq!(outbox.send(b"late").await, Err(()));
         assert_eq!(outbox.send_direct(b"late").await, Err(()));
+    }
+
+    /// A connection that ends with frames queued (dropped, or a closed client's grace run out)
+    /// loses them: the writer says how many bytes, since an emit among them has returned
+    /// long ago and nothing else would tell.
+    #[test]
+    fn the_writer_tells_of_what_it_gave_up_writing() {
+        let logs = logs_of(|| {
+            current_thread().block_on(async {
+                let (outbox, end) = Outbox::new(8, Box::new(Stuck), None);
+                outbox.send_now(b"fifteen bytes: ");
+                outbox.send_now(b"and six");
+                let dead = CancellationToken::new();
+                let writer = tokio::spawn(writer_task(end, dead.clone(), Arc::new(AtomicUsize::new(1))));
+                // Taken into the writer's buffer, and stuck in its write; then the end.
+                while outbox.queued() > 0 {
+                    tokio::task::yield_now().await;
+                }
+                outbox.send_now(b"queued after");
+                dead.cancel();
+                writer.await.unwrap();
+            })
+        });
+        assert!(logs.contains("gave up writing 34 bytes of queued frames"), "{logs}");
+    }
+
+    /// A runtime that shuts down with the writer under way (a program returning from `main`
+    /// right after closing its client) drops what it holds: said too, with what to do; and
+    /// the queue is closed, so a send after it fails rather than queue what nobody writes.
+    #[test]
+    fn a_runtime_shut_down_under_the_writer_tells_of_what_was_not_written() {
+        let mut kept = None;
+        let logs = logs_of(|| {
+            let rt = current_thread();
+            let outbox = rt.block_on(async {
+                let (outbox, end) = Outbox::new(8, Box::new(Stuck), None);
+                outbox.send_now(b"ten bytes!");
+                tokio::spawn(writer_task(
+                    end,
+                    CancellationToken::new(),
+                    Arc::new(AtomicUsize::new(1)),
+                ));
+                while outbox.queued() > 0 {
+                    tokio::task::yield_now().await;
+                }
+                outbox
+            });
+            drop(rt);
+            kept = Some(outbox);
+        });
+        assert!(
+            logs.contains("the runtime shut down before 10 bytes of queued frames were written"),
+            "{logs}"
+        );
+        assert!(logs.contains("Client::flush"), "{logs}");
+        assert_eq!(kept.unwrap().try_queue(b"late", None), Some(Err(())));
     }
 
     #[tokio::test]

@@ -236,7 +236,7 @@ impl ClientOptions {
     /// writing the frames it had queued — emits, a mapped write's notices — before it gives up
     /// on a server that does not read them (default [`DEFAULT_CLOSE_GRACE`], 5 s). What is
     /// written in time reaches the server; [`Client::flush`](crate::Client::flush) before
-    /// closing confirms it.
+    /// closing confirms it. What is not is dropped with a `tracing` warning giving its bytes.
     pub fn close_grace(mut self, d: Duration) -> Self {
         self.close_grace = d;
         self
