@@ -531,8 +531,8 @@ pub(crate) async fn open_with_request(
 /// one was [finished](Outbox::finish), after writing what they queued (a closed client's
 /// connection task finishes it, and leaves `dead` alone for the close grace), or when `dead` is
 /// cancelled: the connection is gone, what is queued is dropped (and counted in a warning, see
-/// [`Writing`]) and a write under way is given up. Cancels `dead` itself when a write fails, and as it ends. `in_flight` counts the
-/// client's calls waiting for an answer (see below).
+/// [`Writing`]) and a write under way is given up. Cancels `dead` itself when a write fails,
+/// and as it ends. `in_flight` counts the client's calls waiting for an answer (see below).
 pub(crate) async fn writer_task(end: WriterEnd, dead: CancellationToken, in_flight: Arc<AtomicUsize>) {
     let WriterEnd { out, mut w, gather } = end;
     // Made before the first wait, so that a runtime going away at any wait finds it.
