@@ -740,6 +740,20 @@ mod tests {
         String::from_utf8(text.0.lock().unwrap().clone()).unwrap()
     }
 
+    /// An outbox over [`Stuck`] with `frames` queued, and its writer task, which has taken
+    /// them into its buffer and is stuck writing them.
+    async fn stuck_writer(frames: &[&[u8]], dead: &CancellationToken) -> (Outbox, tokio::task::JoinHandle<()>) {
+        let (outbox, end) = Outbox::new(8, Box::new(Stuck), None);
+        for f in frames {
+            outbox.send_now(f);
+        }
+        let writer = tokio::spawn(writer_task(end, dead.clone(), Arc::new(AtomicUsize::new(1))));
+        while outbox.queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+        (outbox, writer)
+    }
+
     fn current_thread() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -935,15 +949,8 @@ mod tests {
     fn the_writer_tells_of_what_it_gave_up_writing() {
         let logs = logs_of(|| {
             current_thread().block_on(async {
-                let (outbox, end) = Outbox::new(8, Box::new(Stuck), None);
-                outbox.send_now(b"fifteen bytes: ");
-                outbox.send_now(b"and six");
                 let dead = CancellationToken::new();
-                let writer = tokio::spawn(writer_task(end, dead.clone(), Arc::new(AtomicUsize::new(1))));
-                // Taken into the writer's buffer, and stuck in its write; then the end.
-                while outbox.queued() > 0 {
-                    tokio::task::yield_now().await;
-                }
+                let (outbox, writer) = stuck_writer(&[b"fifteen bytes: ", b"and six"], &dead).await;
                 outbox.send_now(b"queued after");
                 dead.cancel();
                 writer.await.unwrap();
@@ -960,19 +967,7 @@ mod tests {
         let mut kept = None;
         let logs = logs_of(|| {
             let rt = current_thread();
-            let outbox = rt.block_on(async {
-                let (outbox, end) = Outbox::new(8, Box::new(Stuck), None);
-                outbox.send_now(b"ten bytes!");
-                tokio::spawn(writer_task(
-                    end,
-                    CancellationToken::new(),
-                    Arc::new(AtomicUsize::new(1)),
-                ));
-                while outbox.queued() > 0 {
-                    tokio::task::yield_now().await;
-                }
-                outbox
-            });
+            let outbox = rt.block_on(async { stuck_writer(&[b"ten bytes!"], &CancellationToken::new()).await.0 });
             drop(rt);
             kept = Some(outbox);
         });
