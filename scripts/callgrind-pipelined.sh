@@ -17,6 +17,9 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 cargo build --release -q -p latzero-cli -p latzero-bench
 root=$PWD
+# Made up front: a copy into a missing directory would end `measure` before it removes its
+# temporary directory.
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; fi
 n=${1:-20000}
 workload=${2:-pipelined}
 case $workload in
