@@ -440,6 +440,13 @@ fn start_refuses_with_one_line_reasons() -> Result<()> {
         !ok && err.contains("cannot use data directory") && err.lines().count() == 1,
         "{err}"
     );
+    // A data directory whose socket path would not fit a socket address (107 bytes here).
+    let deep = other.path().join("d".repeat(120));
+    let (ok, err) = run(&["start", "-p", "0", "-d", deep.to_str().unwrap()])?;
+    assert!(
+        !ok && err.contains("--no-unix-socket") && err.lines().count() == 1,
+        "{err}"
+    );
     let (ok, err) = run(&["start", "-p", "0", "-d", other.path().to_str().unwrap(), "--cluster"])?;
     assert!(!ok && err.contains("not available yet"), "{err}");
     let (ok, err) = run(&[

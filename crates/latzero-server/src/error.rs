@@ -40,6 +40,16 @@ pub enum ServerError {
         /// The I/O error.
         error: std::io::Error,
     },
+    /// The Unix socket's path (in the data directory) is longer than a socket address takes.
+    #[error("cannot listen on {}: a Unix socket's path may have at most {max} bytes here, and this one has {len}; pick a shorter --data-dir, or serve TCP only with --no-unix-socket", path.display())]
+    SocketPathTooLong {
+        /// The socket's path.
+        path: PathBuf,
+        /// Its length, bytes.
+        len: usize,
+        /// The longest a socket path may be, bytes.
+        max: usize,
+    },
     /// The Unix sockets' send buffer (`--unix-send-buffer`) cannot be set.
     #[error("cannot give Unix sockets a send buffer of {bytes} bytes (--unix-send-buffer): {error}")]
     SendBuffer {

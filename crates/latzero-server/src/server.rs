@@ -189,6 +189,28 @@ fn check_send_buffer(bytes: usize) -> std::io::Result<Option<usize>> {
     Ok(Some(granted))
 }
 
+/// The longest path a Unix socket address holds: `sun_path` less its closing NUL.
+const MAX_SOCKET_PATH: usize = if cfg!(any(target_os = "linux", target_os = "android")) {
+    107
+} else {
+    103
+};
+
+/// Refuses a socket path too long to bind, with what to do about it (the standard library's
+/// own error names no remedy, nor the limit).
+fn check_socket_path(path: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(ServerError::SocketPathTooLong {
+            path: path.to_owned(),
+            len,
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    Ok(())
+}
+
 /// Binds a TCP listener on `host:port` (0: a free port); returns it with the address it got.
 async fn bind_tcp(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), ServerError> {
     let addr = format!("{host}:{port}");
@@ -226,6 +248,7 @@ impl Server {
         let send_buffer = check_send_buffer(bytes).map_err(|error| ServerError::SendBuffer { bytes, error })?;
         let (unix, unix_path) = if config.unix_socket {
             let path = datadir.path().join(UNIX_SOCKET_NAME);
+            check_socket_path(&path)?;
             // We hold the data dir's lock, so a socket file here is left over from a crash.
             let _ = std::fs::remove_file(&path);
             let bind_err = |e| ServerError::Bind {
@@ -437,5 +460,31 @@ impl Server {
         datadir.clear_runtime();
         tracing::info!("server stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limit is the kernel's: a path of `MAX_SOCKET_PATH` bytes binds, and one byte more is
+    /// refused by the check, as it is by the bind itself.
+    #[test]
+    fn the_socket_path_limit_is_the_one_bind_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |len: usize| {
+            let base = dir.path().as_os_str().len() + 1;
+            dir.path().join("s".repeat(len - base))
+        };
+        let longest = at(MAX_SOCKET_PATH);
+        check_socket_path(&longest).unwrap();
+        std::os::unix::net::UnixListener::bind(&longest).unwrap();
+        let over = at(MAX_SOCKET_PATH + 1);
+        assert!(std::os::unix::net::UnixListener::bind(&over).is_err());
+        let e = check_socket_path(&over).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("at most {MAX_SOCKET_PATH} bytes")) && e.contains("--no-unix-socket"),
+            "{e}"
+        );
     }
 }
