@@ -189,6 +189,26 @@ fn check_send_buffer(bytes: usize) -> std::io::Result<Option<usize>> {
     Ok(Some(granted))
 }
 
+/// What a server listening at `addr` (TCP, and the WebSocket and metrics ports on its host)
+/// exposes beyond this machine, as a warning for its log: nothing on a loopback address.
+/// Without authentication anyone who reaches the port may call triggers, read and write blocks
+/// and stop the server (the admin requests are open too); with it but without TLS, credentials
+/// and payloads cross the network in clear.
+fn exposure(addr: SocketAddr, auth_required: bool, tls: bool) -> Option<String> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    match (auth_required, tls) {
+        (false, _) => Some(format!(
+            "listening on {addr}, beyond loopback, without --require-auth: anyone who reaches the port may call triggers, read and write memory blocks and stop the server; turn --require-auth on, or listen on --host 127.0.0.1"
+        )),
+        (true, false) => Some(format!(
+            "listening on {addr}, beyond loopback, without --tls: credentials and payloads cross the network in clear; turn --tls on"
+        )),
+        (true, true) => None,
+    }
+}
+
 /// The longest path a Unix socket address holds: `sun_path` less its closing NUL.
 const MAX_SOCKET_PATH: usize = if cfg!(any(target_os = "linux", target_os = "android")) {
     107
@@ -233,6 +253,9 @@ impl Server {
         config.check()?;
         let datadir = DataDir::prepare(&config.data_dir)?;
         let (tcp, tcp_addr) = bind_tcp(&config.host, config.port).await?;
+        if let Some(warning) = exposure(tcp_addr, config.auth.required, config.tls.enabled) {
+            tracing::warn!("{warning}");
+        }
         let ws = match config.ws.port {
             None => None,
             Some(port) => Some(bind_tcp(&config.host, port).await?),
@@ -466,6 +489,23 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_beyond_loopback_is_warned_of_unless_authenticated_and_encrypted() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        for local in ["127.0.0.1:45227", "127.8.0.1:1", "[::1]:45227"] {
+            for (auth, tls) in [(false, false), (true, false), (true, true)] {
+                assert_eq!(exposure(at(local), auth, tls), None, "{local}");
+            }
+        }
+        for open in ["0.0.0.0:45227", "192.168.1.5:45227", "[::]:45227"] {
+            let w = exposure(at(open), false, true).unwrap();
+            assert!(w.contains("--require-auth") && w.contains(open), "{w}");
+            let w = exposure(at(open), true, false).unwrap();
+            assert!(w.contains("--tls") && !w.contains("--require-auth"), "{w}");
+            assert_eq!(exposure(at(open), true, true), None);
+        }
+    }
 
     /// The limit is the kernel's: a path of `MAX_SOCKET_PATH` bytes binds, and one byte more is
     /// refused by the check, as it is by the bind itself.
