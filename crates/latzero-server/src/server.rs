@@ -209,6 +209,16 @@ fn exposure(addr: SocketAddr, auth_required: bool, tls: bool) -> Option<String> 
     }
 }
 
+/// What a WebSocket port that lets in pages of any origin exposes, as a warning for its log:
+/// without authentication, any web page a browser on this machine opens may connect to it, as a
+/// page of an allowed origin may (the Origin check is what stops the others).
+fn open_to_pages(ws: &crate::ws::WsConfig, auth_required: bool) -> Option<&'static str> {
+    let any = ws.port.is_some() && ws.origins.iter().any(|o| o == "*");
+    (any && !auth_required).then_some(
+        "the WebSocket port lets in pages of any origin (--ws-origin '*') without --require-auth: any web page a browser on this machine opens may call triggers, read and write memory blocks and stop the server; name the pages' origins, or turn --require-auth on",
+    )
+}
+
 /// The longest path a Unix socket address holds: `sun_path` less its closing NUL.
 const MAX_SOCKET_PATH: usize = if cfg!(any(target_os = "linux", target_os = "android")) {
     107
@@ -254,6 +264,9 @@ impl Server {
         let datadir = DataDir::prepare(&config.data_dir)?;
         let (tcp, tcp_addr) = bind_tcp(&config.host, config.port).await?;
         if let Some(warning) = exposure(tcp_addr, config.auth.required, config.tls.enabled) {
+            tracing::warn!("{warning}");
+        }
+        if let Some(warning) = open_to_pages(&config.ws, config.auth.required) {
             tracing::warn!("{warning}");
         }
         let ws = match config.ws.port {
@@ -505,6 +518,19 @@ mod tests {
             assert!(w.contains("--tls") && !w.contains("--require-auth"), "{w}");
             assert_eq!(exposure(at(open), true, true), None);
         }
+    }
+
+    #[test]
+    fn a_websocket_port_open_to_any_page_is_warned_of_without_auth() {
+        let ws = |port: Option<u16>, origins: &[&str]| crate::ws::WsConfig {
+            port,
+            origins: origins.iter().map(|o| o.to_string()).collect(),
+        };
+        let any = ws(Some(0), &["http://localhost:8080", "*"]);
+        assert!(open_to_pages(&any, false).unwrap().contains("--ws-origin '*'"));
+        assert_eq!(open_to_pages(&any, true), None);
+        assert_eq!(open_to_pages(&ws(Some(0), &["http://localhost:8080"]), false), None);
+        assert_eq!(open_to_pages(&ws(None, &["*"]), false), None);
     }
 
     /// The limit is the kernel's: a path of `MAX_SOCKET_PATH` bytes binds, and one byte more is
