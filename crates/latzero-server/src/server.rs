@@ -263,12 +263,6 @@ impl Server {
         config.check()?;
         let datadir = DataDir::prepare(&config.data_dir)?;
         let (tcp, tcp_addr) = bind_tcp(&config.host, config.port).await?;
-        if let Some(warning) = exposure(tcp_addr, config.auth.required, config.tls.enabled) {
-            tracing::warn!("{warning}");
-        }
-        if let Some(warning) = open_to_pages(&config.ws, config.auth.required) {
-            tracing::warn!("{warning}");
-        }
         let ws = match config.ws.port {
             None => None,
             Some(port) => Some(bind_tcp(&config.host, port).await?),
@@ -322,6 +316,13 @@ impl Server {
             metrics: metrics_addr,
             max_frame_len: Some(config.limits.max_frame_len),
         })?;
+        // Said once everything is bound and open, so a start that fails warns of nothing.
+        if let Some(warning) = exposure(tcp_addr, config.auth.required, config.tls.enabled) {
+            tracing::warn!("{warning}");
+        }
+        if let Some(warning) = open_to_pages(&config.ws, config.auth.required) {
+            tracing::warn!("{warning}");
+        }
         let counters = Arc::new(Counters::default());
         let spinner = latzero_uds::spin::Spinner::shared(config.spin);
         let state = Arc::new(State {
