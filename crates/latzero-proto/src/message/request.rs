@@ -1047,13 +1047,14 @@ mod protocol_examples {
         while let Some(i) = next(rest) {
             rest = &rest[i..];
             let mut values = serde_json::Deserializer::from_str(rest).into_iter::<serde::de::IgnoredAny>();
+            // Past the example, or past its opening brace when it is not one whole value.
             let end = match values.next() {
-                Some(Ok(_)) => values.byte_offset(),
+                Some(Ok(_)) => {
+                    frames.push(&rest[..values.byte_offset()]);
+                    values.byte_offset()
+                }
                 _ => 1,
             };
-            if end > 1 {
-                frames.push(&rest[..end]);
-            }
             rest = &rest[end..];
         }
         frames
