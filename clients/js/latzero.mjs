@@ -70,6 +70,8 @@ const DEFAULT_PORT = 45227;
 const DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024;
 // A frame the server sends may pass its max_frame_len by this much (PROTOCOL.md §2).
 const FRAME_SLACK = 65536;
+// The most records one read of a stream may ask for (PROTOCOL.md §7.4).
+const MAX_STREAM_READ = 100000;
 // Frames written in one turn of the event loop go out at once when they reach this many bytes
 // (the Unix socket and TCP under Node).
 const WRITE_BATCH = 256 * 1024;
@@ -750,7 +752,10 @@ export class Client {
    * Resolves with {records: [Uint8Array], skipped, nextIndex, version}: `skipped` counts
    * records an overwriting stream dropped before this consumer read them. */
   async blockConsume(pool, blockId, consumer, opts = {}) {
-    const frame = { action: "block_read", pool, block_id: blockId, consumer, max: opts.max ?? 1000 };
+    // At most the protocol's bound a read (a larger max asks for that many); a read may return
+    // fewer than max with more waiting, as it holds only what fits one frame.
+    const max = opts.max ?? 1000;
+    const frame = { action: "block_read", pool, block_id: blockId, consumer, max: Number.isInteger(max) ? Math.min(max, MAX_STREAM_READ) : max };
     const f = await this._request(frame, this.options.timeoutMs ?? 30000);
     const body = f._body ?? new Uint8Array();
     const records = [];

@@ -95,6 +95,8 @@ DEFAULT_PORT = 45227
 DEFAULT_MAX_FRAME_LEN = 16 * 1024 * 1024
 # A frame the server sends may pass its max_frame_len by this much (PROTOCOL.md §2).
 FRAME_SLACK = 65536
+# The most records one read of a stream may ask for (PROTOCOL.md §7.4).
+MAX_STREAM_READ = 100_000
 # Python 3.12 starts a task eagerly on asking (`asyncio.Task(..., eager_start=True)`): its
 # first step runs at once, as the task's own. Before it, a coroutine handler waits for a turn of
 # the loop to start.
@@ -941,7 +943,12 @@ class Client:
         """Reads up to `max` records of a stream block from the named consumer's cursor (1-48
         bytes; registered on first use, at the oldest record held), which moves past them.
         Returns {"records": [bytes], "skipped", "next_index", "version"}: `skipped` counts
-        records an overwriting stream dropped before this consumer read them."""
+        records an overwriting stream dropped before this consumer read them. A read returns at
+        most 100,000 records (the protocol's bound; a larger `max` asks for that many) and as
+        many as fit one frame, so it may return fewer than `max` with more waiting: read again.
+        `max` is at least 1."""
+        if type(max) is int:
+            max = min(max, MAX_STREAM_READ)
         frame = {"action": "block_read", "pool": pool, "block_id": block_id, "consumer": consumer, "max": max}
         f = await self._request(frame, self._timeout)
         body, records, at = f.get("_body", b""), [], 0

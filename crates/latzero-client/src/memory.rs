@@ -695,9 +695,13 @@ impl MemoryBlock {
     }
 
     /// Stream blocks: up to `max` records from the named consumer's cursor, which moves past
-    /// them. A writable mapping reads in place; otherwise the server reads for us.
+    /// them. A writable mapping reads in place; otherwise the server reads for us, at most
+    /// 100,000 records a read (the protocol's bound) and as many as fit one frame, so a read
+    /// may return fewer than `max` with more waiting: read again. `max` is at least 1; 0 is
+    /// refused with `INVALID_MESSAGE` whether the block is mapped or not.
     pub async fn consume(&self, consumer: &str, max: usize) -> Result<Records, ClientError> {
-        if let Some(m) = self.map.as_ref().filter(|_| self.writable) {
+        // `max` 0 goes to the server, whose refusal is the answer either way.
+        if let Some(m) = self.map.as_ref().filter(|_| self.writable && max > 0) {
             let slot = m.consumer(consumer)?;
             let r = m.read_records(m.consumer_cursor(slot), max, u64::MAX)?;
             m.commit_cursor(slot, r.next)?;
@@ -710,7 +714,7 @@ impl MemoryBlock {
         }
         let mut req = self.req("block_read");
         req["consumer"] = json!(consumer);
-        req["max"] = json!(max);
+        req["max"] = json!(max.min(latzero_proto::message::MAX_STREAM_READ));
         match self.client.block_frame(req, None).await? {
             Frame::Binary { header, body } => {
                 let h: Value = serde_json::from_slice(&header)?;

@@ -235,6 +235,25 @@ async fn json_and_stream_blocks_mapped_and_remote() {
     s.stop().await;
 }
 
+/// `consume` takes the same `max` mapped or not: 0 is refused the same way, and one above the
+/// protocol's bound on a read through the server still reads.
+#[tokio::test]
+async fn a_stream_read_takes_the_same_max_mapped_or_not() {
+    let s = TestServer::start().await;
+    let a = client(&s, "a").await;
+    let log = a.create_block("p", "log", BlockOptions::stream(4096)).await.unwrap();
+    let remote = a.attach_block_with("p", "log", None, false).await.unwrap();
+    log.append(b"one").await.unwrap();
+    log.append(b"two").await.unwrap();
+    for (handle, consumer) in [(&log, "mapped"), (&remote, "remote")] {
+        let e = handle.consume(consumer, 0).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidMessage), "{consumer}: {e}");
+        let r = handle.consume(consumer, 200_000).await.unwrap();
+        assert_eq!(r.records, vec![b"one".to_vec(), b"two".to_vec()], "{consumer}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn locks_through_the_sdk() {
     let s = TestServer::start().await;

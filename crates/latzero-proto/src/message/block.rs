@@ -7,6 +7,9 @@ use super::request::{ParseError, bad_name, invalid};
 use super::{RawValue, Str};
 use crate::name::{AppId, BlockId, NameError, PoolName};
 
+/// The most records one `block_read` of a stream may ask for (its `max`; §7.4).
+pub const MAX_STREAM_READ: usize = 100_000;
+
 /// The block actions, as sent in `action`.
 pub const BLOCK_ACTIONS: [&str; 12] = [
     "block_create",

@@ -16,7 +16,7 @@ use crate::session::conn::Conn;
 
 /// Records a stream read returns when the request names no `max`, and the most it may name.
 const DEFAULT_RECORDS: usize = 1000;
-const MAX_RECORDS: usize = 100_000;
+const MAX_RECORDS: usize = latzero_proto::message::MAX_STREAM_READ;
 /// Room left in a reply frame for its JSON header.
 const HEADER_ROOM: usize = 64 * 1024;
 
