@@ -15,12 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Raw, Running, config_in};
-use latzero_proto::ErrorCode;
 use latzero_proto::frame::Frame;
-use latzero_proto::message::parse_request;
 use serde_json::{Value, json};
 
-const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
+use latzero_testkit::protocol_doc::{PROTOCOL as DOC, examples};
 
 /// Values that are any JSON the apps choose (payloads, meta, documents): neither their type nor
 /// their insides are checked.
@@ -404,94 +402,6 @@ async fn frames_of_a_session() -> Vec<Value> {
     done
 }
 
-/// Every JSON object of PROTOCOL.md that opens with `"action"`, with its line, `...` elisions
-/// taken out; those that are still not JSON (`NaN` on purpose, an elided value) are left out.
-fn examples() -> Vec<(usize, Value)> {
-    let mut out = Vec::new();
-    for (i, _) in DOC.match_indices('{') {
-        if !DOC[i + 1..].trim_start().starts_with("\"action\"") {
-            continue;
-        }
-        let Some(len) = object_len(&DOC[i..]) else { continue };
-        if let Ok(v) = serde_json::from_str::<Value>(&without_elisions(&DOC[i..i + len])) {
-            out.push((DOC[..i].matches('\n').count() + 1, v));
-        }
-    }
-    out
-}
-
-/// `json` without its `...` (outside strings) and the commas they leave dangling.
-fn without_elisions(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    let mut rest = json;
-    while let Some(ch) = rest.chars().next() {
-        if !in_string && rest.starts_with("...") {
-            rest = &rest[3..];
-            continue;
-        }
-        match ch {
-            _ if escaped => escaped = false,
-            '\\' if in_string => escaped = true,
-            '"' => in_string = !in_string,
-            _ => {}
-        }
-        out.push(ch);
-        rest = &rest[ch.len_utf8()..];
-    }
-    // A comma is dangling when the next thing outside a string closes, or is another comma.
-    let mut cleaned = String::with_capacity(out.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for (i, ch) in out.char_indices() {
-        match ch {
-            _ if escaped => escaped = false,
-            '\\' if in_string => escaped = true,
-            '"' => in_string = !in_string,
-            ',' if !in_string => {
-                if matches!(out[i + 1..].trim_start().chars().next(), Some('}' | ']' | ',') | None) {
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        cleaned.push(ch);
-    }
-    cleaned
-}
-
-/// The length of the object `s` opens with, up to its closing brace.
-fn object_len(s: &str) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, ch) in s.char_indices() {
-        match ch {
-            _ if escaped => escaped = false,
-            '\\' if in_string => escaped = true,
-            '"' => in_string = !in_string,
-            '{' if !in_string => depth += 1,
-            '}' if !in_string => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Whether an example shows a frame the server sends: an answer (`in_reply_to`), what a caller
-/// receives (`response`: what a handler sends is a part of it), a delivered trigger or emit (with
-/// `origin`; the one caller's example that shows `origin`, which the server ignores, names a
-/// `destination`), or an action no client may send.
-fn sent_by_server(v: &Value) -> bool {
-    let action = v["action"].as_str().unwrap_or_default();
-    v.get("in_reply_to").is_some()
-        || action == "response"
-        || (matches!(action, "trigger" | "emit") && v.get("origin").is_some() && v.get("destination").is_none())
-        || parse_request(v.to_string().as_bytes()).is_err_and(|e| e.code == ErrorCode::UnknownAction)
-}
-
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -584,14 +494,15 @@ async fn the_protocol_describes_the_frames_the_server_sends() {
     }
 
     // The spec's examples of server frames: their actions seen, their fields sent.
-    let shown: Vec<(usize, Value)> = examples().into_iter().filter(|(_, v)| sent_by_server(v)).collect();
+    let shown: Vec<_> = examples().into_iter().filter(|e| e.sent_by_server()).collect();
     assert!(
         shown.len() >= 40,
         "only {} server frames found in PROTOCOL.md",
         shown.len()
     );
     let mut wrong = Vec::new();
-    for (line, ex) in &shown {
+    for e in &shown {
+        let (line, ex) = (e.line, &e.value);
         let action = ex["action"].as_str().unwrap();
         match by_action.get(action) {
             None => wrong.push(format!("line {line}: no `{action}` frame was seen in the session")),

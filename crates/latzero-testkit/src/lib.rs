@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 pub mod damage;
+pub mod protocol_doc;
 
 /// The key texts `latzero keys generate|rotate` printed (its non-comment lines' last word).
 pub fn printed_keys(stdout: &str) -> Vec<String> {

@@ -1037,51 +1037,30 @@ mod tests {
 mod protocol_examples {
     use super::*;
 
-    /// Every frame of PROTOCOL.md's examples, as written there (a JSON object whose first key is
-    /// `action`).
-    fn protocol_examples() -> Vec<&'static str> {
-        const DOC: &str = include_str!("../../../../docs/PROTOCOL.md");
-        let mut frames = Vec::new();
-        let mut rest = DOC;
-        let next = |s: &str| ["{ \"action\"", "{\"action\""].iter().filter_map(|k| s.find(k)).min();
-        while let Some(i) = next(rest) {
-            rest = &rest[i..];
-            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<serde::de::IgnoredAny>();
-            // Past the example, or past its opening brace when it is not one whole value.
-            let end = match values.next() {
-                Some(Ok(_)) => {
-                    frames.push(&rest[..values.byte_offset()]);
-                    values.byte_offset()
-                }
-                _ => 1,
-            };
-            rest = &rest[end..];
-        }
-        frames
-    }
-
-    /// PROTOCOL.md's request examples are requests the server reads: each parses, and the only
-    /// examples refused are the server's own frames (`ack`, `block_event`, ...), as unknown
-    /// actions. A field misspelt in an example, or renamed in the code alone, fails here.
+    /// PROTOCOL.md's examples of requests (one-line or spread over lines; see
+    /// `latzero_testkit::protocol_doc`) are requests the server reads: each parses. A field
+    /// misspelt in an example, or renamed in the code alone, fails here.
     #[test]
     fn every_request_example_of_the_protocol_parses() {
-        let frames = protocol_examples();
-        assert!(frames.len() >= 50, "only {} examples found", frames.len());
+        let examples = latzero_testkit::protocol_doc::examples();
+        assert!(examples.len() >= 80, "only {} examples found", examples.len());
         let mut requests = 0;
-        for f in &frames {
-            match parse_request(f.as_bytes()) {
-                Ok(_) => requests += 1,
-                Err(e) => assert_eq!(e.code, ErrorCode::UnknownAction, "{f}: {}", e.message),
+        for e in examples.iter().filter(|e| e.sent_by_client()) {
+            if let Err(err) = parse_request(e.text.as_bytes()) {
+                panic!("PROTOCOL.md line {}: {}\n{}", e.line, err.message, e.text);
             }
+            requests += 1;
         }
-        assert!(requests >= 30, "only {requests} of the examples parse");
+        assert!(requests >= 35, "only {requests} of the examples are requests");
     }
 
     /// Every action's parse, not only the call path's, meets damaged frames without a panic:
     /// each example edited 3,000 ways.
     #[test]
     fn edits_of_every_example_never_panic() {
-        for json in crate::message::edited(&protocol_examples(), 3000) {
+        let examples = latzero_testkit::protocol_doc::examples();
+        let frames: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        for json in crate::message::edited(&frames, 3000) {
             let _ = parse_request(&json);
         }
     }
