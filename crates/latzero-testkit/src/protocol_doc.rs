@@ -80,52 +80,34 @@ pub fn examples() -> Vec<Example> {
 /// `json` without its `...` (outside strings) and the commas they leave dangling.
 fn without_elisions(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    let mut rest = json;
-    while let Some(ch) = rest.chars().next() {
-        if !in_string && rest.starts_with("...") {
-            rest = &rest[3..];
-            continue;
+    let mut skip = 0;
+    for (i, ch, structure) in chars(json) {
+        if skip > 0 {
+            skip -= 1;
+        } else if structure && json[i..].starts_with("...") {
+            skip = 2;
+        } else {
+            out.push(ch);
         }
-        match ch {
-            _ if escaped => escaped = false,
-            '\\' if in_string => escaped = true,
-            '"' => in_string = !in_string,
-            _ => {}
-        }
-        out.push(ch);
-        rest = &rest[ch.len_utf8()..];
     }
     // A comma is dangling when the next thing outside a string closes, or is another comma.
-    let mut cleaned = String::with_capacity(out.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for (i, ch) in out.char_indices() {
-        match ch {
-            _ if escaped => escaped = false,
-            '\\' if in_string => escaped = true,
-            '"' => in_string = !in_string,
-            ',' if !in_string => {
-                if matches!(out[i + 1..].trim_start().chars().next(), Some('}' | ']' | ',') | None) {
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        cleaned.push(ch);
-    }
-    cleaned
+    chars(&out)
+        .filter(|&(i, ch, structure)| {
+            !(structure
+                && ch == ','
+                && matches!(out[i + 1..].trim_start().chars().next(), Some('}' | ']' | ',') | None))
+        })
+        .map(|(_, ch, _)| ch)
+        .collect()
 }
 
 /// The length of the object `s` opens with, up to its closing brace.
 fn object_len(s: &str) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, ch) in s.char_indices() {
+    let mut depth = 0usize;
+    for (i, ch, structure) in chars(s) {
         match ch {
-            _ if escaped => escaped = false,
-            '\\' if in_string => escaped = true,
-            '"' => in_string = !in_string,
-            '{' if !in_string => depth += 1,
-            '}' if !in_string => {
+            '{' if structure => depth += 1,
+            '}' if structure => {
                 depth -= 1;
                 if depth == 0 {
                     return Some(i + 1);
@@ -135,4 +117,50 @@ fn object_len(s: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// The characters of JSON text with their offsets, each with whether it is structure (outside
+/// a string; a string's quotes count as inside).
+fn chars(json: &str) -> impl Iterator<Item = (usize, char, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    json.char_indices().map(move |(i, ch)| {
+        let was_in = in_string;
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            _ => {}
+        }
+        (i, ch, !was_in && ch != '"')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elisions_go_and_strings_stay() {
+        let text = r#"{ "apps": [ { "app_id": "a", ... }, { ... } ], "m": "a \"...\" b", ... }"#;
+        let v: Value = serde_json::from_str(&without_elisions(text)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"apps": [{"app_id": "a"}, {}], "m": "a \"...\" b"})
+        );
+        assert_eq!(object_len(r#"{"a":"}{","b":{"c":1}} tail"#), Some(22));
+    }
+
+    #[test]
+    fn the_examples_are_found_spread_over_lines_too() {
+        let found = examples();
+        assert!(found.len() >= 80, "only {} examples", found.len());
+        // §4.1's handshake opens with `{` alone on its line.
+        assert!(
+            found
+                .iter()
+                .any(|e| e.action() == "handshake" && e.text.starts_with("{\n"))
+        );
+        assert!(found.iter().filter(|e| e.sent_by_client()).count() >= 35);
+        assert!(found.iter().filter(|e| e.sent_by_server()).count() >= 40);
+    }
 }
