@@ -81,18 +81,26 @@ impl Conn {
         self.seen
     }
 
-    /// Sends `v` and returns the frame that ends it: the first answering its `id` that is not
-    /// `backup_progress`.
-    async fn ask(&mut self, v: Value) -> Value {
+    /// Sends `v` and returns its answer, which must be `action`.
+    async fn expect(&mut self, v: Value, action: &str) -> Value {
         let id = v["id"].clone();
         self.raw.send(v).await;
-        self.until(|f| f["in_reply_to"] == id && f["action"] != "backup_progress")
-            .await
+        self.answer(id, action).await
     }
 
-    /// As `ask`, and the answer must be `action`.
-    async fn expect(&mut self, v: Value, action: &str) -> Value {
-        let r = self.ask(v).await;
+    /// Sends a binary frame and returns its answer, which must be `action`.
+    async fn expect_binary(&mut self, header: Value, body: &[u8], action: &str) -> Value {
+        let id = header["id"].clone();
+        self.raw.send_binary(header, body).await;
+        self.answer(id, action).await
+    }
+
+    /// The frame that ends the request `id`: the first answering it that is not
+    /// `backup_progress`, which must be `action`.
+    async fn answer(&mut self, id: Value, action: &str) -> Value {
+        let r = self
+            .until(|f| f["in_reply_to"] == id && f["action"] != "backup_progress")
+            .await;
         assert_eq!(r["action"], action, "{r}");
         r
     }
@@ -100,15 +108,6 @@ impl Conn {
     async fn block_event(&mut self, event: &str) -> Value {
         self.until(|f| f["action"] == "block_event" && f["event"] == event)
             .await
-    }
-
-    /// Sends a binary frame and returns its answer, which must be `action`.
-    async fn expect_binary(&mut self, header: Value, body: &[u8], action: &str) -> Value {
-        let id = header["id"].clone();
-        self.raw.send_binary(header, body).await;
-        let r = self.until(|f| f["in_reply_to"] == id).await;
-        assert_eq!(r["action"], action, "{r}");
-        r
     }
 }
 
